@@ -1,0 +1,163 @@
+"""The `medisyn` command: parse options, call the Python API, print a summary. Errors exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .errors import MedisynError
+from .progress import console, results
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Make synthetic medical image datasets with text-guided latent diffusion.\n\n"
+         "Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth",
+)
+state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    state["debug"] = debug
+
+
+def _fail(exc: Exception, code: int = 2) -> None:
+    if state["debug"]:
+        raise exc
+    console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def generate(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Prompt manifest (.csv or .jsonl): label, prompt, "
+                                                              "optional negative_prompt, weight, mode."),
+    n: int = typer.Option(..., "--n", help="Total number of images, shared by the classes by weight."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<manifest name>)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Diffusers folder, .safetensors/.ckpt file or hub id "
+                                                             "(default: the bundled medisyn-mini model)."),
+    seed: int = typer.Option(0, "--seed", help="Run seed; each image's seed derives from it, its class and index."),
+    format: str = typer.Option("both", "--format", help="parquet, imagefolder or both."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16/bf16 on GPU, fp32 on CPU), fp32, fp16, bf16."),
+    scheduler: str = typer.Option("dpm++", "--scheduler", help="dpm++, ddim, euler, euler-a, unipc, pndm, ddpm."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's, else 25)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+    height: Optional[int] = typer.Option(None, "--height"),
+    width: Optional[int] = typer.Option(None, "--width"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing medisyn output folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (classes, prompts, seeds); load no model."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Generate a balanced, labelled synthetic dataset from a prompt manifest.
+
+    Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth
+    """
+    from .config import GenerateConfig
+    from .runner import run_generate
+    from .writers import parse_formats
+
+    try:
+        cfg = GenerateConfig(manifest=str(manifest), n=n, out=str(out) if out else None, model=model, seed=seed,
+                             formats=parse_formats(format), device=device, dtype=dtype, scheduler=scheduler,
+                             steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
+                             overwrite=overwrite, dry_run=dry_run)
+        summary = run_generate(cfg, show_progress=progress)
+    except MedisynError as exc:
+        _fail(exc)
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    if summary.dry_run:
+        table = Table(title=f"plan: {sum(c.planned for c in summary.counts.values())} images -> {summary.out}")
+        for name in ("label", "images", "variants", "weight"):
+            table.add_column(name)
+        for label, count in summary.counts.items():
+            table.add_row(label, str(count.planned), str(len(summary.manifest.variants(label))),
+                          f"{summary.manifest.weights()[label]:g}")
+        results.print(table)
+        jobs = Table(title="first planned images")
+        for name in ("id", "seed", "prompt"):
+            jobs.add_column(name)
+        for job in summary.preview:
+            jobs.add_row(job.id, str(job.seed), job.prompt)
+        results.print(jobs)
+        return
+    table = Table(title=f"{summary.out} ({summary.seconds:.0f} s)")
+    for name in ("label", "planned", "written", "regenerated"):
+        table.add_column(name)
+    for label, count in summary.counts.items():
+        table.add_row(label, str(count.planned), str(count.written), str(count.regenerated))
+    results.print(table)
+
+
+@app.command()
+def train(
+    data: list[Path] = typer.Argument(..., help="ImageFolder(s) with metadata.csv captions, Parquet, label folders, "
+                                                "or a folder holding several such datasets."),
+    out: Path = typer.Option(..., "--out", help="Folder for the trained diffusers pipeline."),
+    base: Optional[str] = typer.Option(None, "--base", help="Pipeline to fine-tune: folder, file or hub id."),
+    config: str = typer.Option("mini", "--config", help="Named architecture when training from scratch."),
+    resolution: int = typer.Option(64, "--resolution"),
+    steps: int = typer.Option(2000, "--steps", help="Diffusion (UNet) optimisation steps."),
+    vae_steps: int = typer.Option(600, "--vae-steps", help="Autoencoder steps (from scratch only)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto, no, fp16 or bf16."),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    ema: bool = typer.Option(True, "--ema/--no-ema"),
+    checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
+    caption_dropout: float = typer.Option(0.1, "--caption-dropout"),
+    caption_template: str = typer.Option("{label}", "--caption-template",
+                                         help="Caption for data without captions, e.g. 'chest x-ray, {label}'."),
+    validation_prompts: Optional[Path] = typer.Option(None, "--validation-prompts", help="Text file or manifest."),
+    validate_every: int = typer.Option(500, "--validate-every"),
+    train_text_encoder: Optional[bool] = typer.Option(None, "--train-text-encoder/--freeze-text-encoder",
+                                                      help="Default: trained from scratch, frozen when fine-tuning."),
+    holdout: float = typer.Option(0.0, "--holdout", help="Fraction of images held out (by file-name hash)."),
+    save_dtype: str = typer.Option("fp32", "--save-dtype", help="fp32 or fp16 weights."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train or fine-tune a text-to-image model and save a diffusers pipeline folder.
+
+    Example: medisyn train ../shared/data --out my-model --steps 2000 --holdout 0.2
+    """
+    from .train import TrainConfig, train as run_train
+
+    try:
+        cfg = TrainConfig(data=tuple(map(str, data)), out=str(out), base=base, config=config,
+                          resolution=resolution, steps=steps, vae_steps=vae_steps, batch_size=batch_size, lr=lr,
+                          mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
+                          checkpoint_every=checkpoint_every, resume=resume, caption_dropout=caption_dropout,
+                          caption_template=caption_template,
+                          validation_prompts=str(validation_prompts) if validation_prompts else None,
+                          validate_every=validate_every, train_text_encoder=train_text_encoder,
+                          holdout=holdout, save_dtype=save_dtype, seed=seed)
+        result = run_train(cfg)
+    except MedisynError as exc:
+        _fail(exc)
+    table = Table(title=f"trained model in {result.model_dir}")
+    for name in ("steps", "images", "final_loss", "vae_psnr", "seconds"):
+        table.add_column(name)
+    psnr = "-" if result.vae_psnr is None else f"{result.vae_psnr:.1f} dB"
+    table.add_row(str(result.steps), str(result.images), f"{result.final_loss:.4f}", psnr, f"{result.seconds:.0f}")
+    results.print(table)
+    for key, error in result.skipped:
+        console.print(f"skipped {key}: {error}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

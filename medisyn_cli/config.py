@@ -1,0 +1,38 @@
+"""Defaults shared by the CLI and the Python API; saved into run.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+FORMATS = ("parquet", "imagefolder")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Options of one `generate` run. None for model settings means: the model's own recommendation."""
+
+    manifest: str
+    n: int
+    out: str | None = None
+    model: str | None = None
+    seed: int = 0
+    formats: tuple[str, ...] = FORMATS
+    device: str = "auto"
+    dtype: str = "auto"
+    scheduler: str = "dpm++"
+    steps: int | None = None
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    batch_size: int = 8
+    rows_per_part: int = 5000
+    max_regenerate: int = 5
+    overwrite: bool = False
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5

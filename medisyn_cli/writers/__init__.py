@@ -1,0 +1,49 @@
+"""Dataset writers behind one interface: write(row, png) for each image, then close() or abort()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from ..config import FORMATS
+from ..errors import MedisynError
+
+# Provenance columns every writer stores beside the image, with their Arrow types.
+COLUMNS = {
+    "id": "string", "label": "string", "label_id": "int64", "prompt": "string", "negative_prompt": "string",
+    "seed": "int64", "attempt": "int32", "mode": "string", "model": "string", "scheduler": "string",
+    "steps": "int32", "guidance": "float32", "height": "int32", "width": "int32",
+}
+
+
+class Writer(Protocol):
+    """A dataset format. Nothing it writes looks complete before close()."""
+
+    name: str
+
+    def write(self, row: dict, png: bytes) -> None: ...
+
+    def close(self) -> dict: ...
+
+    def abort(self) -> None: ...
+
+
+def make_writers(formats: tuple[str, ...], out: Path, labels: list[str], rows_per_part: int = 5000) -> list[Writer]:
+    """One writer per requested format, under out/<format>/."""
+    from .imagefolder import ImageFolderWriter
+    from .parquet import ParquetWriter
+
+    makers = {"parquet": lambda: ParquetWriter(out / "parquet", labels, rows_per_part),
+              "imagefolder": lambda: ImageFolderWriter(out / "imagefolder")}
+    return [makers[f]() for f in formats]
+
+
+def parse_formats(value: str) -> tuple[str, ...]:
+    """'both', 'parquet', 'imagefolder' or a comma list -> tuple of formats."""
+    if value == "both":
+        return FORMATS
+    formats = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise MedisynError(f"--format: '{value}' is not one of parquet, imagefolder, both")
+    return formats
