@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -26,11 +27,22 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     state["debug"] = debug
 
 
-def _fail(exc: Exception, code: int = 2) -> None:
-    if state["debug"]:
-        raise exc
-    console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+@contextmanager
+def errors_as_exit_codes():
+    """MedisynError -> one line, exit 2; anything unexpected -> one line, exit 1; --debug shows tracebacks."""
+    try:
+        yield
+    except MedisynError as exc:
+        if state["debug"]:
+            raise
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except Exception as exc:
+        if state["debug"]:
+            raise
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -63,14 +75,12 @@ def generate(
     from .runner import run_generate
     from .writers import parse_formats
 
-    try:
+    with errors_as_exit_codes():
         cfg = GenerateConfig(manifest=str(manifest), n=n, out=str(out) if out else None, model=model, seed=seed,
                              formats=parse_formats(format), device=device, dtype=dtype, scheduler=scheduler,
                              steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
                              overwrite=overwrite, dry_run=dry_run)
         summary = run_generate(cfg, show_progress=progress)
-    except MedisynError as exc:
-        _fail(exc)
     _print_summary(summary)
 
 
@@ -132,7 +142,7 @@ def train(
     """
     from .train import TrainConfig, train as run_train
 
-    try:
+    with errors_as_exit_codes():
         cfg = TrainConfig(data=tuple(map(str, data)), out=str(out), base=base, config=config,
                           resolution=resolution, steps=steps, vae_steps=vae_steps, batch_size=batch_size, lr=lr,
                           mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
@@ -142,8 +152,6 @@ def train(
                           validate_every=validate_every, train_text_encoder=train_text_encoder,
                           holdout=holdout, save_dtype=save_dtype, seed=seed)
         result = run_train(cfg)
-    except MedisynError as exc:
-        _fail(exc)
     table = Table(title=f"trained model in {result.model_dir}")
     for name in ("steps", "images", "final_loss", "vae_psnr", "seconds"):
         table.add_column(name)

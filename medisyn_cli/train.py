@@ -343,7 +343,11 @@ def _autoencoder_stage(parts, pixels, config, accelerator, progress, work: Path)
     if (saved / "config.json").exists():
         parts["vae"] = AutoencoderKL.from_pretrained(saved).to(accelerator.device).requires_grad_(False)
         return json.loads((saved / "psnr.json").read_text())["psnr"]
-    psnr = train_vae(parts["vae"], pixels, config, accelerator, progress)
+    from accelerate import Accelerator
+
+    # its own Accelerator, so that diffusion checkpoints hold only the UNet and text encoder
+    vae_accelerator = Accelerator(mixed_precision=accelerator.mixed_precision)
+    psnr = train_vae(parts["vae"], pixels, config, vae_accelerator, progress)
     vae = parts["vae"]
     latents = encode_latents(vae, pixels[: min(512, len(pixels))], accelerator.device)
     vae.register_to_config(scaling_factor=float(1.0 / latents[:, : latents.shape[1] // 2].float().std()))

@@ -1,0 +1,170 @@
+"""Are the bundled model's images recognisably of their class?
+
+For each data set of ../shared/data, train the same small classifier on (a) synthetic images made by
+`medisyn generate` with the bundled model and (b) as many real training images, then report macro AUROC on
+real images the model never saw (its hold-out split, listed in the model's holdout.csv).
+
+    python benchmarks/utility_mini.py --per-class 200 --seeds 3 --out benchmarks/results/utility_mini
+
+Prints one row per data set: real AUROC (baseline), synthetic AUROC (candidate), their difference and ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SETS = {"isic2017_dermoscopy": "mini_dermoscopy", "kermany_pediatric_cxr": "mini_chest_xray",
+        "brain_tumor_mri": "mini_brain_mri", "busi_breast_ultrasound": "mini_breast_ultrasound",
+        "mednist_radiology": "mini_radiology", "bccd_blood_smear": "mini_blood_smear"}
+
+
+def real_split(dataset: str, model: Path) -> tuple[list, list]:
+    """(train, test) lists of (path, label): test is the model's hold-out of this data set."""
+    held = {Path(row["key"]).parts[-3:] for row in csv.DictReader(open(model / "holdout.csv"))}
+    folder = DATA / dataset
+    rows = [(folder / r["file_name"], r["label"]) for r in csv.DictReader(open(folder / "metadata.csv"))]
+    return [r for r in rows if r[0].parts[-3:] not in held], [r for r in rows if r[0].parts[-3:] in held]
+
+
+def load(paths: list[Path], size: int) -> np.ndarray:
+    """Images as float32 (N, 3, size, size) in [0, 1]."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR), np.float32) / 255
+                     for p in paths]).transpose(0, 3, 1, 2)
+
+
+def small_cnn(classes: int):
+    import torch.nn as nn
+
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
+
+    return nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(128, classes))
+
+
+def train_and_score(x_train, y_train, x_test, y_test, classes: int, seed: int, epochs: int) -> float:
+    """Train the small CNN (flip/shift augmentation) and return macro one-vs-rest AUROC on the test set."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    torch.manual_seed(seed)
+    model = small_cnn(classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
+    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    steps = epochs * max(1, len(x) // 64)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=generator)
+        batch = _augment(x[idx], generator)
+        loss = torch.nn.functional.cross_entropy(model(batch), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(x_test)), 1).numpy()
+    if classes == 2:
+        return float(roc_auc_score(y_test, probs[:, 1]))
+    return float(roc_auc_score(y_test, probs, multi_class="ovr", average="macro"))
+
+
+def _augment(batch, generator):
+    import torch
+
+    shift = torch.randint(-4, 5, (2,), generator=generator).tolist()
+    return torch.roll(batch, shifts=shift, dims=(2, 3))
+
+
+def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, steps: int, guidance: float) -> list:
+    """Generate per_class images per class with medisyn; returns (path, label)."""
+    from medisyn_cli.config import GenerateConfig
+    from medisyn_cli.manifest import load_manifest
+    from medisyn_cli.runner import run_generate
+
+    classes = len(load_manifest(manifest).labels)
+    if not (out / "run.json").exists():
+        run_generate(GenerateConfig(manifest=str(manifest), n=per_class * classes, out=str(out), model=model,
+                                    steps=steps, guidance=guidance, batch_size=64, formats=("imagefolder",),
+                                    dtype="bf16", overwrite=True))
+    rows = csv.DictReader(open(out / "imagefolder" / "metadata.csv"))
+    return [(out / "imagefolder" / r["file_name"], r["label"]) for r in rows]
+
+
+def balanced_sample(rows: list, per_class: int, seed: int) -> list:
+    """At most per_class rows of each label, chosen reproducibly."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in sorted({label for _, label in rows}):
+        items = [r for r in rows if r[1] == label]
+        out += [items[i] for i in rng.permutation(len(items))[:per_class]]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "utility_mini")
+    args = parser.parse_args()
+
+    import torch
+
+    from medisyn_cli.models import BUNDLED_MODEL
+
+    torch.set_num_threads(2)
+    model_dir = Path(args.model) if args.model else BUNDLED_MODEL
+    results = []
+    for dataset, manifest in SETS.items():
+        started = time.time()
+        train_real, test = real_split(dataset, model_dir)
+        synth = synthetic(REPO / "prompts" / f"{manifest}.csv", args.per_class, args.out / dataset,
+                          args.model, args.steps, args.guidance)
+        labels = sorted({label for _, label in test})
+        index = {label: i for i, label in enumerate(labels)}
+        x_test, y_test = load([p for p, _ in test], args.size), np.array([index[l] for _, l in test])
+        scores = {"real": [], "synthetic": []}
+        for seed in range(args.seeds):
+            for name, rows in (("real", balanced_sample(train_real, args.per_class, seed)), ("synthetic", synth)):
+                x = load([p for p, _ in rows], args.size)
+                y = np.array([index[l] for _, l in rows])
+                scores[name].append(train_and_score(x, y, x_test, y_test, len(labels), seed, args.epochs))
+        row = {"dataset": dataset, "classes": len(labels), "test_images": len(test),
+               "real_train_per_class": min(args.per_class, min(sum(1 for _, l in train_real if l == c) for c in labels)),
+               "synthetic_per_class": args.per_class,
+               "real_auroc": float(np.mean(scores["real"])), "real_std": float(np.std(scores["real"])),
+               "synthetic_auroc": float(np.mean(scores["synthetic"])), "synthetic_std": float(np.std(scores["synthetic"])),
+               "seconds": round(time.time() - started, 1)}
+        row["difference"] = row["synthetic_auroc"] - row["real_auroc"]
+        row["ratio"] = row["synthetic_auroc"] / row["real_auroc"]
+        results.append(row)
+        print(f"{dataset:24s} real {row['real_auroc']:.3f}±{row['real_std']:.3f}  synthetic "
+              f"{row['synthetic_auroc']:.3f}±{row['synthetic_std']:.3f}  diff {row['difference']:+.3f}  "
+              f"ratio {row['ratio']:.3f}  ({row['test_images']} test images)", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "results": results}, indent=2))
+    mean_real = np.mean([r["real_auroc"] for r in results])
+    mean_syn = np.mean([r["synthetic_auroc"] for r in results])
+    print(f"{'mean':24s} real {mean_real:.3f}  synthetic {mean_syn:.3f}  diff {mean_syn - mean_real:+.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Training: loss goes down, the saved pipeline loads and generates, resume continues, bad data is refused."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medisyn_cli.errors import MedisynError
+from medisyn_cli.train import TrainConfig, train
+
+DATA = Path(__file__).parent / "fixtures" / "images"
+
+
+def tiny(out: Path, **options) -> TrainConfig:
+    base = dict(data=(str(DATA),), out=str(out), config="tiny", resolution=32, steps=40, vae_steps=30, batch_size=8,
+                lr=2e-3, checkpoint_every=20, validate_every=40, mixed_precision="no")
+    return TrainConfig(**{**base, **options})
+
+
+def losses(out: Path) -> list[float]:
+    with open(out / "loss.csv") as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "model"
+    return train(tiny(out), show_progress=False)
+
+
+def test_training_lowers_the_loss_and_reports(trained):
+    values = losses(trained.model_dir)
+    assert len(values) == 40 == trained.steps
+    assert np.mean(values[-10:]) < np.mean(values[:10])
+    assert trained.vae_psnr > 12
+    info = json.loads((trained.model_dir / "training.json").read_text())
+    assert info["train_images"] == 12 and info["steps"] == 40
+    assert (trained.model_dir / "loss.png").stat().st_size > 0
+    assert (trained.model_dir / "samples" / "step-000040.png").exists()
+
+
+def test_saved_pipeline_loads_with_diffusers_and_generates(trained, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(trained.model_dir)
+    image = pipe("light microscopy of a stained peripheral blood smear centred on a platelet", num_inference_steps=3,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+
+    from medisyn_cli.config import GenerateConfig
+    from medisyn_cli.runner import run_generate
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("label,prompt\nplatelet,light microscopy of a stained peripheral blood smear centred on a "
+                        "platelet\nnormal,frontal pediatric chest x-ray with no pneumonia\n")
+    summary = run_generate(GenerateConfig(manifest=str(manifest), n=2, out=str(tmp_path / "o"),
+                                          model=str(trained.model_dir), steps=2), show_progress=False)
+    assert sum(c.written for c in summary.counts.values()) == 2
+
+
+def test_resume_continues_the_step_count(tmp_path):
+    out = tmp_path / "model"
+    train(tiny(out, steps=20, validate_every=0), show_progress=False)
+    first = losses(out)
+    result = train(tiny(out, steps=30, validate_every=0, resume=True), show_progress=False)
+    resumed = losses(out)
+    assert result.steps == 30 and len(resumed) == 30 and resumed[:20] == first
+
+
+def test_resume_with_other_options_is_refused(tmp_path):
+    out = tmp_path / "model"
+    train(tiny(out, steps=2, vae_steps=2, validate_every=0), show_progress=False)
+    with pytest.raises(MedisynError, match="options differ .*lr"):
+        train(tiny(out, steps=4, vae_steps=2, validate_every=0, lr=1e-4, resume=True), show_progress=False)
+    with pytest.raises(MedisynError, match="not empty"):
+        train(tiny(out, steps=4, vae_steps=2, validate_every=0), show_progress=False)
+
+
+def test_corrupt_images_are_skipped_and_listed(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    (data / "images" / "platelet_00004_12.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = train(tiny(tmp_path / "m", data=(str(data),), steps=2, vae_steps=2, validate_every=0),
+                   show_progress=False)
+    assert result.images == 11 and [Path(k).name for k, _ in result.skipped] == ["platelet_00004_12.png"]
+
+
+def test_bad_data_is_a_clear_error(tmp_path):
+    with pytest.raises(MedisynError, match="no such file or folder"):
+        train(tiny(tmp_path / "m", data=(str(tmp_path / "nothing"),)), show_progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MedisynError, match="no images found"):
+        train(tiny(tmp_path / "m2", data=(str(empty),)), show_progress=False)
+    nocap = tmp_path / "nocap"
+    shutil.copytree(DATA / "images", nocap / "images")
+    (nocap / "metadata.csv").write_text("file_name\nimages/platelet_00004_12.png\n")
+    with pytest.raises(MedisynError, match="no caption"):
+        train(tiny(tmp_path / "m3", data=(str(nocap),)), show_progress=False)
+    with pytest.raises(MedisynError, match="only 12 readable images; need at least 50"):
+        train(tiny(tmp_path / "m4", min_images=50), show_progress=False)
+
+
+def test_label_folders_get_captions_from_the_template(tmp_path):
+    from medisyn_cli.data import read_records
+
+    for label in ("normal", "pneumonia"):
+        (tmp_path / label).mkdir()
+        shutil.copy(next((DATA / "images").glob("te_*")), tmp_path / label / "a.png")
+    records = read_records([tmp_path], caption_template="chest x-ray, {label}")
+    assert sorted(r.caption for r in records) == ["chest x-ray, normal", "chest x-ray, pneumonia"]
