@@ -113,13 +113,27 @@ def balanced_sample(rows: list, per_class: int, seed: int) -> list:
     return out
 
 
+def comparison_grid(rows: list, path: Path) -> None:
+    """One row per class: four real training images, then four synthetic ones."""
+    from PIL import Image
+
+    from medisyn_cli.report import image_grid
+
+    images, labels = [], []
+    for label, real, synth in rows:
+        images += [Image.open(p).convert("RGB") for p in (real + synth)]
+        labels.append(label)
+    image_grid(images, rows=len(rows), path=path, labels=[f"{l}: real | synthetic" for l in labels], label_width=260)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
-    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--size", type=int, default=32, help="classifier input size (px)")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "utility_mini")
@@ -129,9 +143,9 @@ def main() -> None:
 
     from medisyn_cli.models import BUNDLED_MODEL
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else BUNDLED_MODEL
-    results = []
+    results, grid_rows = [], []
     for dataset, manifest in SETS.items():
         started = time.time()
         train_real, test = real_split(dataset, model_dir)
@@ -155,12 +169,15 @@ def main() -> None:
         row["difference"] = row["synthetic_auroc"] - row["real_auroc"]
         row["ratio"] = row["synthetic_auroc"] / row["real_auroc"]
         results.append(row)
+        grid_rows += [(label, [p for p, l in balanced_sample(train_real, 4, 0) if l == label],
+                       [p for p, l in synth if l == label][:4]) for label in labels]
         print(f"{dataset:24s} real {row['real_auroc']:.3f}±{row['real_std']:.3f}  synthetic "
               f"{row['synthetic_auroc']:.3f}±{row['synthetic_std']:.3f}  diff {row['difference']:+.3f}  "
               f"ratio {row['ratio']:.3f}  ({row['test_images']} test images)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "results": results}, indent=2))
+    comparison_grid(grid_rows, args.out / "real_vs_synthetic.png")
     mean_real = np.mean([r["real_auroc"] for r in results])
     mean_syn = np.mean([r["synthetic_auroc"] for r in results])
     print(f"{'mean':24s} real {mean_real:.3f}  synthetic {mean_syn:.3f}  diff {mean_syn - mean_real:+.3f}")

@@ -86,6 +86,10 @@ def load_pipeline(model: str | None, device: "torch.device", dtype: "torch.dtype
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    if device.type == "cpu":
+        import torch
+
+        torch.set_flush_denormal(True)
     return pipe.to(device)
 
 

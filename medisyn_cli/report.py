@@ -18,7 +18,7 @@ def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = N
         r, c = divmod(i, cols)
         grid.paste(image.convert("RGB"), (offset + c * w, r * h))
     for r, label in enumerate(labels or []):
-        draw.text((4, r * h + h // 2 - 6), label[:36], fill="black")
+        draw.text((4, r * h + h // 2 - 6), label[-(label_width // 6):], fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     grid.save(tmp)

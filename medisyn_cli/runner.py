@@ -45,7 +45,7 @@ def default_out(manifest: str | Path) -> Path:
     return Path.cwd() / Path(manifest).stem
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty folder unless --overwrite, and then only one that medisyn wrote."""
     if out.exists() and not out.is_dir():
         raise MedisynError(f"--out {out}: exists and is not a folder")
@@ -54,9 +54,19 @@ def prepare_out(out: Path, overwrite: bool) -> None:
             raise MedisynError(f"--out {out}: folder exists and is not empty (use --overwrite to replace it)")
         if not any((out / name).exists() for name in (RUN_FILE, "parquet", "imagefolder", ".medisyn")):
             raise MedisynError(f"--out {out}: --overwrite only replaces a medisyn output folder, and this is not one")
-        shutil.rmtree(out)
+
+
+def prepare_out(out: Path, overwrite: bool) -> Path | None:
+    """Create the output folder; an overwritten one is moved aside (deleted only when the new run succeeds)."""
+    check_out(out, overwrite)
+    replaced = None
+    if out.exists() and any(out.iterdir()):
+        replaced = out.with_name(f".{out.name}.replaced")
+        shutil.rmtree(replaced, ignore_errors=True)
+        out.rename(replaced)
     out.mkdir(parents=True, exist_ok=True)
     (out / ".medisyn").write_text("output folder of medisyn generate\n")
+    return replaced
 
 
 def model_settings(config: GenerateConfig, pipe) -> dict:
@@ -106,17 +116,18 @@ def run_generate(config: GenerateConfig, show_progress: bool = True) -> RunSumma
     manifest, class_quotas = plan_run(config)
     counts = {label: ClassCount(planned) for label, planned in class_quotas.items()}
     out = Path(config.out) if config.out else default_out(config.manifest)
+    check_options(config)
     if config.dry_run:
         preview = list(iter_jobs(manifest, class_quotas, config.seed))[:20]
         return RunSummary(out, manifest, counts, dry_run=True, preview=preview)
-    check_options(config)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    prepare_out(out, config.overwrite)
+    check_out(out, config.overwrite)
     started, clock = datetime.now(timezone.utc), time.time()
 
-    # 2. model
+    # 2. model, then the output folder (a model that fails to load leaves nothing behind)
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
+    replaced = prepare_out(out, config.overwrite)
     values = model_settings(config, pipe)
     settings = Settings(**values, autocast_bf16=_autocast(dtype, device))
     constant = {"model": _model_name(config.model), "scheduler": config.scheduler, **values}
@@ -141,6 +152,9 @@ def run_generate(config: GenerateConfig, show_progress: bool = True) -> RunSumma
     except BaseException:
         for writer in writers:
             writer.abort()
+        if replaced is not None:  # put the previous dataset back rather than leave a partial one
+            shutil.rmtree(out, ignore_errors=True)
+            replaced.rename(out)
         raise
     outputs = [writer.close() for writer in writers]
 
@@ -151,6 +165,8 @@ def run_generate(config: GenerateConfig, show_progress: bool = True) -> RunSumma
     from .card import write_card
 
     write_card(out, summary)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     return summary
 
 

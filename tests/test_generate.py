@@ -70,6 +70,8 @@ def test_parquet_and_imagefolder_load_with_hugging_face_datasets(dataset):
     parquet = load_dataset("parquet", data_files=str(dataset / "parquet" / "*.parquet"), split="train")
     assert len(parquet) == 9 and parquet[0]["image"].size == (16, 16)
     assert parquet.features["label_id"].names == ["melanoma", "nevus", "x ray/normal"]
+    whole = load_dataset(str(dataset), split="train")  # the dataset card's header points at parquet/
+    assert len(whole) == 9 and whole.features["image"].__class__.__name__ == "Image"
     folder = load_dataset("imagefolder", data_dir=str(dataset / "imagefolder"), split="train")
     assert len(folder) == 9 and sorted(set(folder["label"])) == ["melanoma", "nevus", "x ray/normal"]
     assert folder[0]["image"].size == (16, 16)
@@ -133,13 +135,23 @@ def test_black_or_nan_images_are_regenerated_with_a_new_recorded_seed(manifest):
         generate_batch(None, jobs, Settings(1, 1.0, 8, 8), run_seed=0, max_regenerate=2, render=black)
 
 
-def test_existing_output_is_refused_then_overwritten(tiny_model, tmp_path):
+def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fails(tiny_model, tmp_path, monkeypatch):
     first = run(tmp_path, tiny_model, "out", n=3)
     with pytest.raises(MedisynError, match="not empty .*--overwrite"):
         run(tmp_path, tiny_model, "out", n=3)
     second = run(tmp_path, tiny_model, "out", n=6, overwrite=True)
     assert first.out == second.out
     assert len(list((second.out / "imagefolder").rglob("*.png"))) == 6
+    import medisyn_cli.generate as generate_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(generate_module, "generate_batch", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(tmp_path, tiny_model, "out", n=3, overwrite=True)
+    assert len(list((second.out / "imagefolder").rglob("*.png"))) == 6 and (second.out / "run.json").exists()
+    monkeypatch.undo()
     stranger = tmp_path / "mine"
     stranger.mkdir()
     (stranger / "thesis.tex").write_text("precious")

@@ -103,6 +103,7 @@ def test_bad_data_is_a_clear_error(tmp_path):
         train(tiny(tmp_path / "m3", data=(str(nocap),)), show_progress=False)
     with pytest.raises(MedisynError, match="only 12 readable images; need at least 50"):
         train(tiny(tmp_path / "m4", min_images=50), show_progress=False)
+    assert not any((tmp_path / name).exists() for name in ("m", "m2", "m3", "m4"))
 
 
 def test_label_folders_get_captions_from_the_template(tmp_path):
