@@ -114,3 +114,19 @@ def test_label_folders_get_captions_from_the_template(tmp_path):
         shutil.copy(next((DATA / "images").glob("te_*")), tmp_path / label / "a.png")
     records = read_records([tmp_path], caption_template="chest x-ray, {label}")
     assert sorted(r.caption for r in records) == ["chest x-ray, normal", "chest x-ray, pneumonia"]
+
+
+def test_fine_tuning_a_base_pipeline_keeps_vae_and_text_encoder_frozen(tiny_model, tmp_path):
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    result = train(tiny(tmp_path / "ft", base=str(tiny_model), resolution=16, steps=4, validate_every=0),
+                   show_progress=False)
+    assert result.steps == 4 and result.vae_psnr is None
+    for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        before, after = load_file(tiny_model / part), load_file(tmp_path / "ft" / part)
+        assert all(torch.equal(before[k], after[k]) for k in before), part
+    unet_before = load_file(tiny_model / "unet/diffusion_pytorch_model.safetensors")
+    unet_after = load_file(tmp_path / "ft" / "unet/diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+    assert DiffusionPipeline.from_pretrained(tmp_path / "ft").unet.config.sample_size == 8
