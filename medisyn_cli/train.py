@@ -310,7 +310,8 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
 
 def _run_options(config: TrainConfig) -> dict:
     """The options a resumed run must share with the original (steps may grow)."""
-    options = {k: v for k, v in asdict(config).items() if k not in ("out", "resume", "steps", "checkpoint_every")}
+    options = {k: v for k, v in asdict(config).items() if k not in (
+        "out", "resume", "steps", "checkpoint_every", "validate_every", "validation_prompts")}
     return json.loads(json.dumps(options))
 
 
