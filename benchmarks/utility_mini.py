@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--size", type=int, default=32, help="classifier input size (px)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sets", default=",".join(SETS), help="comma list of data sets")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "utility_mini")
@@ -146,7 +147,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else BUNDLED_MODEL
     results, grid_rows = [], []
-    for dataset, manifest in SETS.items():
+    for dataset, manifest in ((d, SETS[d]) for d in args.sets.split(",")):
         started = time.time()
         train_real, test = real_split(dataset, model_dir)
         synth = synthetic(REPO / "prompts" / f"{manifest}.csv", args.per_class, args.out / dataset,
