@@ -292,6 +292,9 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     out = Path(config.out)
     work = out / "_work"
     _check_out(out, config)
+    if not config.base and config.config not in CONFIGS:
+        raise MedisynError(f"--config: unknown config '{config.config}' (choose from {', '.join(CONFIGS)})")
+    _reset_accelerate()
     pixels, captions, skipped, held = load_training_images(config)
     _save_options(work, config)
     accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
@@ -306,6 +309,14 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     _write_reports(out, losses, config, held, skipped, psnr, time.time() - started, len(pixels))
     shutil.rmtree(work / "tokenizer", ignore_errors=True)
     return TrainResult(out, len(losses), _tail_mean(losses), len(pixels), skipped, time.time() - started, psnr)
+
+
+def _reset_accelerate() -> None:
+    """Forget a previous run's accelerate state, so one process can train twice with other precisions."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and hasattr(AcceleratorState, "_reset_state"):
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _run_options(config: TrainConfig) -> dict:

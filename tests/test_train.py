@@ -130,3 +130,21 @@ def test_fine_tuning_a_base_pipeline_keeps_vae_and_text_encoder_frozen(tiny_mode
     unet_after = load_file(tmp_path / "ft" / "unet/diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
     assert DiffusionPipeline.from_pretrained(tmp_path / "ft").unet.config.sample_size == 8
+
+
+def test_cli_train_runs_and_reports_bad_data_with_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from medisyn_cli.cli import app
+
+    args = ["train", str(DATA), "--out", str(tmp_path / "m"), "--config", "tiny", "--resolution", "32", "--steps", "2",
+            "--vae-steps", "2", "--batch-size", "4", "--validate-every", "0", "--mixed-precision", "no"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "final_loss" in result.output and (tmp_path / "m" / "model_index.json").exists()
+    bad = CliRunner().invoke(app, ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "n")])
+    assert bad.exit_code == 2 and "no such file or folder" in bad.output
+    bad = CliRunner().invoke(app, [*args[:3], str(tmp_path / "o"), "--config", "huge"])
+    assert bad.exit_code == 2 and "unknown config 'huge'" in bad.output
+    again = CliRunner().invoke(app, [*args[:3], str(tmp_path / "p"), *args[4:-1], "bf16"])  # same process, bf16
+    assert again.exit_code == 0, again.output
