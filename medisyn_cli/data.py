@@ -117,3 +117,110 @@ def iter_images(records: list[Record]) -> Iterator[tuple[Record, object | None, 
             yield record, record.open(), None
         except Exception as exc:  # PIL raises many types for corrupt data
             yield record, None, f"{type(exc).__name__}: {exc}"
+
+
+# --- streaming access, for jobs that must not hold a whole dataset in memory (index build) ---------------
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset on disk: 'parquet' (file or folder), 'imagefolder' (metadata.csv) or 'images' (any depth)."""
+
+    path: Path
+    kind: str
+
+
+def find_sources(paths: list[str | Path]) -> list[Source]:
+    """The datasets under each path (a folder of ImageFolders is searched); MedisynError for missing or empty paths."""
+    if not paths:
+        raise MedisynError("no source given (expected image folders, ImageFolders with metadata.csv or Parquet)")
+    found: list[Source] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise MedisynError(f"{path}: no such file or folder")
+        sources = _sources_of(path)
+        if not sources or sum(count_images(s) for s in sources) == 0:
+            raise MedisynError(f"{path}: no images found (expected image files, metadata.csv or Parquet files)")
+        found.extend(sources)
+    return found
+
+
+def _sources_of(path: Path) -> list[Source]:
+    if path.is_file():
+        return [Source(path, "parquet" if path.suffix == ".parquet" else "images")]
+    if (path / "metadata.csv").exists():
+        return [Source(path, "imagefolder")]
+    if _parquet_files(path):
+        return [Source(path, "parquet")]
+    nested = sorted(p.parent for p in path.glob("*/metadata.csv"))
+    return [Source(folder, "imagefolder") for folder in nested] if nested else [Source(path, "images")]
+
+
+def _image_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _metadata_rows(folder: Path) -> Iterator[dict]:
+    meta = folder / "metadata.csv"
+    with open(meta, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if "file_name" not in (reader.fieldnames or []):
+            raise MedisynError(f"{meta}: line 1: missing column 'file_name'")
+        yield from reader
+
+
+def count_images(source: Source) -> int:
+    """Number of images (rows) of a source, from file listings and Parquet footers only."""
+    if source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in _parquet_files(source.path))
+    if source.kind == "imagefolder":
+        return sum(1 for _ in _metadata_rows(source.path))
+    return len(_image_files(source.path))
+
+
+def source_files(source: Source) -> Iterator[Path]:
+    """The files a source is read from (for fingerprints): Parquet files, metadata.csv and its images, or images."""
+    if source.kind == "parquet":
+        yield from _parquet_files(source.path)
+    elif source.kind == "imagefolder":
+        yield source.path / "metadata.csv"
+        yield from (p for p in (source.path / row["file_name"] for row in _metadata_rows(source.path)) if p.exists())
+    else:
+        yield from _image_files(source.path)
+
+
+def iter_source_records(source: Source, batch_rows: int = 64) -> Iterator[Record]:
+    """Records of a source one at a time (captions not filled); Parquet is read a few rows at a time."""
+    if source.kind == "parquet":
+        yield from _iter_parquet(source.path, batch_rows)
+    elif source.kind == "imagefolder":
+        for row in _metadata_rows(source.path):
+            path = source.path / row["file_name"]
+            yield Record(str(path), row.get("label") or None, None, path=path)
+    else:
+        root = source.path if source.path.is_dir() else source.path.parent
+        for path in _image_files(source.path):
+            yield Record(str(path), path.parent.name if path.parent != root else None, None, path=path)
+
+
+def _iter_parquet(path: Path, batch_rows: int) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    for file in _parquet_files(path):
+        parquet = pq.ParquetFile(file)
+        names = parquet.schema_arrow.names
+        if "image" not in names:
+            raise MedisynError(f"{file}: no 'image' column (columns: {', '.join(names)})")
+        columns = ["image"] + [c for c in ("id", "label") if c in names]
+        row = 0
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            for item in batch.to_pylist():
+                image = item["image"]
+                data = image.get("bytes") if isinstance(image, dict) else image
+                label = item.get("label")
+                yield Record(f"{file}:{item.get('id', row)}", None if label is None else str(label), None,
+                             data=data or b"")
+                row += 1
