@@ -20,6 +20,7 @@ app = typer.Typer(
          "Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth",
 )
 state = {"debug": False}
+EXIT_MEMORISES = 3  # a class kept producing near-copies of training images
 
 
 @app.callback()
@@ -63,6 +64,12 @@ def generate(
     height: Optional[int] = typer.Option(None, "--height"),
     width: Optional[int] = typer.Option(None, "--width"),
     batch_size: int = typer.Option(8, "--batch-size"),
+    index: Optional[Path] = typer.Option(None, "--index", help="Training-image index (medisyn index build): reject "
+                                                             "near-copies of training images and replace them."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
+                                                                      "the index's calibrated one)."),
+    max_attempts: int = typer.Option(10, "--max-attempts", help="Near-copies in a row for one image that end its "
+                                                               "class (the model memorises it)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing medisyn output folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (classes, prompts, seeds); load no model."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -79,9 +86,15 @@ def generate(
         cfg = GenerateConfig(manifest=str(manifest), n=n, out=str(out) if out else None, model=model, seed=seed,
                              formats=parse_formats(format), device=device, dtype=dtype, scheduler=scheduler,
                              steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
-                             overwrite=overwrite, dry_run=dry_run)
+                             index=str(index) if index else None, threshold=threshold,
+                             max_attempts=max_attempts, overwrite=overwrite, dry_run=dry_run)
         summary = run_generate(cfg, show_progress=progress)
     _print_summary(summary)
+    for label, reason in summary.ended.items():
+        console.print(f"[red]error:[/red] class '{label}' ended short of its quota: {reason}", highlight=False,
+                      soft_wrap=True)
+    if summary.ended:
+        raise typer.Exit(EXIT_MEMORISES)
 
 
 def _print_summary(summary) -> None:
@@ -101,10 +114,12 @@ def _print_summary(summary) -> None:
         results.print(jobs)
         return
     table = Table(title=f"{summary.out} ({summary.seconds:.0f} s)")
-    for name in ("label", "planned", "written", "regenerated"):
+    columns = ("label", "planned", "written", "regenerated") + (("near-copies replaced",) if summary.screened else ())
+    for name in columns:
         table.add_column(name)
     for label, count in summary.counts.items():
-        table.add_row(label, str(count.planned), str(count.written), str(count.regenerated))
+        cells = [label, str(count.planned), str(count.written), str(count.regenerated), str(count.rejected)]
+        table.add_row(*cells[:len(columns)], style="red" if count.ended else None)
     results.print(table)
 
 
@@ -160,6 +175,60 @@ def train(
     results.print(table)
     for key, error in result.skipped:
         console.print(f"skipped {key}: {error}", highlight=False)
+
+
+index_app = typer.Typer(no_args_is_help=True, help="Indexes of training images, for near-copy screening.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    sources: list[Path] = typer.Argument(..., help="Training images: image folders (recursive), ImageFolders with "
+                                                   "metadata.csv, Parquet datasets with an image column."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write."),
+    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, clip:<model> "
+                                                             "or hf:<model>."),
+    index_type: str = typer.Option("auto", "--index-type", help="auto, flat (exact), hnsw or ivfpq."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for the index, e.g. 4GB "
+                                                                       "(auto picks a type that fits)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images decoded and embedded at a time."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Embed training images and build the FAISS index that `generate --index` and `screen` search.
+
+    Example: medisyn index build ../shared/data --out train-index
+    """
+    from .index import build_index
+
+    with errors_as_exit_codes():
+        meta = build_index(sources, out, embedder, index_type, max_memory, batch_size, progress, overwrite)
+    _print_index(out, meta)
+
+
+def _print_index(out: Path, meta: dict) -> None:
+    index, skipped = meta["index"], meta["skipped"]
+    table = Table(title=f"index {out} ({meta['seconds']:.0f} s)")
+    for name in ("images", "skipped", "embedder", "index", "recall@1", "threshold"):
+        table.add_column(name)
+    recall = "exact" if index["recall_at_1"] is None else f"{index['recall_at_1']:.3f}"
+    table.add_row(str(meta["count"]), str(skipped["count"]), meta["embedder"]["spec"], index["type"], recall,
+                  f"{meta['threshold']:g}")
+    results.print(table)
+    nearest = meta["nearest_neighbour_similarity"]
+    if nearest["percentiles"]:
+        spread = Table(title=f"similarity of training images to their nearest other training image "
+                             f"({nearest['sample']} sampled)")
+        shown = {k: v for k, v in nearest["percentiles"].items() if k in ("p1", "p5", "p50", "p95", "p99", "p100")}
+        for name in shown:
+            spread.add_column(name.replace("p100", "max"))
+        spread.add_column(">= threshold")
+        spread.add_row(*(f"{v:.3f}" for v in shown.values()), f"{nearest['at_or_above_threshold']:.1%}")
+        results.print(spread)
+    for item in skipped["files"][:20]:
+        console.print(f"skipped {item['key']}: {item['reason']}", highlight=False, soft_wrap=True)
+    if skipped["count"] > 20:
+        console.print(f"... and {skipped['count'] - 20} more (all listed in {out / 'index.json'})", highlight=False)
 
 
 def main() -> None:

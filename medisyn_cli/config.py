@@ -27,6 +27,9 @@ class GenerateConfig:
     batch_size: int = 8
     rows_per_part: int = 5000
     max_regenerate: int = 5
+    index: str | None = None
+    threshold: float | None = None
+    max_attempts: int = 10
     overwrite: bool = False
     dry_run: bool = False
 

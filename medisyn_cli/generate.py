@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import MedisynError
@@ -29,6 +29,7 @@ class Generated:
     image: object
     seed: int
     attempt: int
+    screen: object | None = None  # ScreenResult when the run screens against a training index
 
     def png(self) -> bytes:
         """The image as PNG bytes (single channel for mode L)."""
@@ -68,23 +69,72 @@ def to_image(array, mode: str):
 
 
 def generate_batch(pipe, jobs: list[Job], settings: Settings, run_seed: int, max_regenerate: int = 5,
-                   render: Callable = render_batch) -> list[Generated]:
-    """Generate a batch; NaN/black images are made again from a new recorded seed."""
-    attempts = {job.id: 0 for job in jobs}
+                   render: Callable = render_batch, attempts: dict[str, int] | None = None) -> list[Generated]:
+    """Generate a batch; NaN/black images are made again from a new recorded seed.
+
+    `attempts` gives each job's first attempt number (0 by default) and is advanced past bad images.
+    """
+    attempts = attempts if attempts is not None else {}
+    bad = {job.id: 0 for job in jobs}
     done: dict[str, Generated] = {}
     pending = list(jobs)
     while pending:
-        seeds = [image_seed(run_seed, job.label, job.index, attempts[job.id]) for job in pending]
+        seeds = [image_seed(run_seed, job.label, job.index, attempts.get(job.id, 0)) for job in pending]
         arrays = render(pipe, [j.prompt for j in pending], [j.negative_prompt for j in pending], seeds, settings)
         retry = []
         for job, seed, array in zip(pending, seeds, arrays):
             if not is_bad(array):
-                done[job.id] = Generated(job, to_image(array, job.mode), seed, attempts[job.id])
+                done[job.id] = Generated(job, to_image(array, job.mode), seed, attempts.get(job.id, 0))
                 continue
-            attempts[job.id] += 1
-            if attempts[job.id] > max_regenerate:
-                raise MedisynError(f"image {job.id} ('{job.label}') came out black or NaN {attempts[job.id]} times; "
+            attempts[job.id] = attempts.get(job.id, 0) + 1
+            bad[job.id] += 1
+            if bad[job.id] > max_regenerate:
+                raise MedisynError(f"image {job.id} ('{job.label}') came out black or NaN {bad[job.id]} times; "
                                    f"try --dtype fp32 or another --scheduler")
             retry.append(job)
         pending = retry
     return [done[job.id] for job in jobs]
+
+
+@dataclass
+class Screened:
+    """A batch after screening: images kept, near-copies rejected, classes ended for memorising."""
+
+    kept: list[Generated] = field(default_factory=list)
+    rejected: list[Generated] = field(default_factory=list)
+    ended: dict[str, str] = field(default_factory=dict)
+
+
+def generate_screened(pipe, jobs: list[Job], settings: Settings, run_seed: int, screener=None,
+                      max_attempts: int = 10, max_regenerate: int = 5, render: Callable = render_batch) -> Screened:
+    """Generate a batch and replace near-copies of training images with new images from new recorded seeds.
+
+    An image that is still a near-copy after `max_attempts` attempts ends its class (the model memorises it):
+    the class is named in `ended` and its remaining jobs in the batch are dropped.
+    """
+    result, pending = Screened(), list(jobs)
+    attempts, rejections = {job.id: 0 for job in jobs}, {job.id: 0 for job in jobs}
+    while pending:
+        items = generate_batch(pipe, pending, settings, run_seed, max_regenerate, render, attempts)
+        checks = screener.check([item.image for item in items]) if screener is not None else [None] * len(items)
+        retry = []
+        for item, check in zip(items, checks):
+            item.screen = check
+            if check is None or not check.near_copy:
+                result.kept.append(item)
+                continue
+            result.rejected.append(item)
+            attempts[item.job.id] = item.attempt + 1
+            rejections[item.job.id] += 1
+            if rejections[item.job.id] >= max_attempts:
+                result.ended.setdefault(item.job.label, _ended_reason(item, max_attempts))
+            retry.append(item.job)
+        pending = [job for job in retry if job.label not in result.ended]
+    order = {job.id: i for i, job in enumerate(jobs)}
+    result.kept.sort(key=lambda item: order[item.job.id])
+    return result
+
+
+def _ended_reason(item: Generated, max_attempts: int) -> str:
+    return (f"{max_attempts} images in a row for {item.job.id} were near-copies of training images (last: "
+            f"{item.screen.nn_key}, similarity {item.screen.nn_similarity:.3f}); the model memorises this class")

@@ -14,8 +14,9 @@ from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig
 from .errors import MedisynError
 from .manifest import Manifest, load_manifest
 from .plan import Job, batched, iter_jobs, quotas
+from .screen import RejectedLog
 
-RUN_FILE = "run.json"
+RUN_FILE, REJECTED_FILE = "run.json", "rejected.parquet"
 
 
 @dataclass
@@ -25,6 +26,8 @@ class ClassCount:
     planned: int
     written: int = 0
     regenerated: int = 0
+    rejected: int = 0
+    ended: str | None = None  # why the class stopped short of its quota (it kept producing near-copies)
 
 
 @dataclass
@@ -38,6 +41,12 @@ class RunSummary:
     dry_run: bool = False
     preview: list[Job] = field(default_factory=list)
     run: dict = field(default_factory=dict)
+    screened: bool = False
+
+    @property
+    def ended(self) -> dict[str, str]:
+        """Classes that stopped short of their quota, with the reason."""
+        return {label: count.ended for label, count in self.counts.items() if count.ended}
 
 
 def default_out(manifest: str | Path) -> Path:
@@ -105,11 +114,24 @@ def check_options(config: GenerateConfig) -> None:
             raise MedisynError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
 
 
+def open_index(config: GenerateConfig):
+    """The screening index and threshold of --index / --threshold, checked before any model loads."""
+    if config.max_attempts < 1:
+        raise MedisynError(f"--max-attempts: must be at least 1, got {config.max_attempts}")
+    if config.index is None:
+        if config.threshold is not None:
+            raise MedisynError("--threshold needs --index (the training index to screen against)")
+        return None
+    from .index import load_index
+    from .screen import Screener
+
+    return Screener(load_index(config.index), config.threshold)
+
+
 def run_generate(config: GenerateConfig, show_progress: bool = True) -> RunSummary:
     """Generate a balanced, provenance-tracked dataset (see GenerateConfig for the options)."""
-    from .generate import Settings, generate_batch
+    from .generate import Settings
     from .models import load_pipeline, resolve_device, resolve_dtype
-    from .progress import make_progress, rate_text
     from .writers import make_writers
 
     # 1. plan: everything that can fail on input fails here, before the model loads
@@ -117,6 +139,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True) -> RunSumma
     counts = {label: ClassCount(planned) for label, planned in class_quotas.items()}
     out = Path(config.out) if config.out else default_out(config.manifest)
     check_options(config)
+    screener = open_index(config)
     if config.dry_run:
         preview = list(iter_jobs(manifest, class_quotas, config.seed))[:20]
         return RunSummary(out, manifest, counts, dry_run=True, preview=preview)
@@ -132,35 +155,23 @@ def run_generate(config: GenerateConfig, show_progress: bool = True) -> RunSumma
     settings = Settings(**values, autocast_bf16=_autocast(dtype, device))
     constant = {"model": _model_name(config.model), "scheduler": config.scheduler, **values}
 
-    # 3. generate and stream into the writers
-    writers = make_writers(config.formats, out, manifest.labels, config.rows_per_part)
-    total = sum(class_quotas.values())
+    # 3. generate, screen and stream into the writers
+    sinks = Sinks(make_writers(config.formats, out, manifest.labels, config.rows_per_part),
+                  RejectedLog(out / REJECTED_FILE) if screener else None)
     try:
-        with make_progress(disable=not show_progress) as progress:
-            task = progress.add_task("generate", total=total, rate="", info="")
-            written = 0
-            for jobs in batched(iter_jobs(manifest, class_quotas, config.seed), config.batch_size):
-                for item in generate_batch(pipe, jobs, settings, config.seed, config.max_regenerate):
-                    row = provenance_row(item, constant)
-                    png = item.png()
-                    for writer in writers:
-                        writer.write(row, png)
-                    counts[item.job.label].written += 1
-                    counts[item.job.label].regenerated += int(item.attempt > 0)
-                written += len(jobs)
-                progress.update(task, completed=written, rate=rate_text(written, time.time() - clock, "img"))
+        _stream(pipe, manifest, class_quotas, config, settings, constant, screener, sinks, counts, show_progress)
     except BaseException:
-        for writer in writers:
-            writer.abort()
+        sinks.abort()
         if replaced is not None:  # put the previous dataset back rather than leave a partial one
             shutil.rmtree(out, ignore_errors=True)
             replaced.rename(out)
         raise
-    outputs = [writer.close() for writer in writers]
+    outputs = sinks.close()
 
     # 4. provenance: run.json last, then the dataset card
-    summary = RunSummary(out, manifest, counts, seconds=time.time() - clock)
+    summary = RunSummary(out, manifest, counts, seconds=time.time() - clock, screened=screener is not None)
     summary.run = run_record(config, manifest, summary, outputs, started, device, dtype, settings)
+    summary.run["screening"] = screening_record(screener, counts)
     write_json(out / RUN_FILE, summary.run)
     from .card import write_card
 
@@ -168,6 +179,69 @@ def run_generate(config: GenerateConfig, show_progress: bool = True) -> RunSumma
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     return summary
+
+
+@dataclass
+class Sinks:
+    """Where a run's images go: the dataset writers, and the log of rejected near-copies when screening."""
+
+    writers: list
+    rejected: object | None = None
+
+    def abort(self) -> None:
+        for sink in self.writers + [self.rejected]:
+            if sink is not None:
+                sink.abort()
+
+    def close(self) -> list[dict]:
+        outputs = [writer.close() for writer in self.writers]
+        return outputs + ([{"format": "rejected", **self.rejected.close()}] if self.rejected else [])
+
+
+def _stream(pipe, manifest: Manifest, class_quotas: dict, config: GenerateConfig, settings, constant: dict,
+            screener, sinks: Sinks, counts: dict[str, ClassCount], show_progress: bool) -> None:
+    """Generate the plan batch by batch, screen each batch, write what is kept; end classes that memorise."""
+    from .generate import generate_screened
+    from .progress import make_progress, rate_text
+
+    clock, written = time.time(), 0
+    jobs = (job for job in iter_jobs(manifest, class_quotas, config.seed) if not counts[job.label].ended)
+    with make_progress(disable=not show_progress) as progress:
+        task = progress.add_task("generate", total=sum(class_quotas.values()), rate="", info="")
+        for batch in batched(jobs, config.batch_size):
+            batch = [job for job in batch if not counts[job.label].ended]
+            result = generate_screened(pipe, batch, settings, config.seed, screener, config.max_attempts,
+                                       config.max_regenerate)
+            for item in result.kept:
+                png, row = item.png(), provenance_row(item, constant)
+                for writer in sinks.writers:
+                    writer.write(row, png)
+                counts[item.job.label].written += 1
+                counts[item.job.label].regenerated += int(item.attempt > 0)
+            if sinks.rejected is not None:
+                sinks.rejected.write(result.rejected)
+            for item in result.rejected:
+                counts[item.job.label].rejected += 1
+            for label, reason in result.ended.items():
+                counts[label].ended = reason
+            written += len(result.kept)
+            rejected = sum(c.rejected for c in counts.values())
+            progress.update(task, completed=written, total=sum(c.written if c.ended else c.planned
+                                                                for c in counts.values()),
+                            rate=rate_text(written, time.time() - clock, "img"),
+                            info=f"{rejected} near-copies replaced" if screener else "")
+
+
+def screening_record(screener, counts: dict[str, ClassCount]) -> dict | None:
+    """What run.json records of the screening: index fingerprint, embedder, threshold, rejections."""
+    if screener is None:
+        return None
+    meta = screener.index.meta
+    return {"index": str(Path(screener.index.path).resolve()), "fingerprint": meta.get("fingerprint"),
+            "embedder": meta["embedder"], "index_type": meta["index"]["type"], "index_count": meta["count"],
+            "threshold": screener.threshold, "rejected": sum(c.rejected for c in counts.values()),
+            "rejected_file": REJECTED_FILE,
+            "ended_classes": {label: c.ended for label, c in counts.items() if c.ended}}
 
 
 def _weights_dtype(dtype, device):
@@ -188,10 +262,11 @@ def _model_name(model: str | None) -> str:
 
 def provenance_row(item, constant: dict) -> dict:
     """The metadata stored with each image."""
-    job = item.job
+    job, screen = item.job, item.screen
     return {"id": job.id, "label": job.label, "label_id": job.label_id, "prompt": job.prompt,
             "negative_prompt": job.negative_prompt, "seed": item.seed, "attempt": item.attempt, "mode": job.mode,
-            **constant}
+            **constant, "nn_id": screen.nn_id if screen else None,
+            "nn_similarity": screen.nn_similarity if screen else None}
 
 
 def run_record(config: GenerateConfig, manifest: Manifest, summary: RunSummary, outputs: list[dict], started,

@@ -18,6 +18,7 @@ similarity (trying many alignments raises the chance similarity of distinct imag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -106,3 +107,42 @@ def _unique_top(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
             if len(seen) == k:
                 break
     return np.array(seen, dtype=np.int64)
+
+
+class RejectedLog:
+    """rejected.parquet: one row per near-copy kept out of a dataset (no image: it resembles a patient's)."""
+
+    SCHEMA = {"id": "string", "label": "string", "prompt": "string", "seed": "int64", "attempt": "int32",
+              "nn_id": "int64", "nn_key": "string", "nn_label": "string", "nn_similarity": "float32",
+              "view": "string"}
+
+    def __init__(self, path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.schema = pa.schema([pa.field(k, getattr(pa, v)()) for k, v in self.SCHEMA.items()])
+        self.handle = pq.ParquetWriter(self.tmp, self.schema)
+        self.rows = 0
+
+    def write(self, items: list) -> None:
+        """Log rejected `Generated` items (each with its ScreenResult in `.screen`)."""
+        import pyarrow as pa
+
+        if not items:
+            return
+        rows = [{"id": i.job.id, "label": i.job.label, "prompt": i.job.prompt, "seed": i.seed, "attempt": i.attempt,
+                 "nn_id": i.screen.nn_id, "nn_key": i.screen.nn_key, "nn_label": i.screen.nn_label,
+                 "nn_similarity": i.screen.nn_similarity, "view": i.screen.view} for i in items]
+        self.handle.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        self.rows += len(rows)
+
+    def close(self) -> dict:
+        self.handle.close()
+        self.tmp.replace(self.path)
+        return {"file": self.path.name, "rows": self.rows}
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)

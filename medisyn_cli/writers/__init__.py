@@ -13,6 +13,7 @@ COLUMNS = {
     "id": "string", "label": "string", "label_id": "int64", "prompt": "string", "negative_prompt": "string",
     "seed": "int64", "attempt": "int32", "mode": "string", "model": "string", "scheduler": "string",
     "steps": "int32", "guidance": "float32", "height": "int32", "width": "int32",
+    "nn_id": "int64", "nn_similarity": "float32",  # nearest training image (screening index); empty unscreened
 }
 
 

@@ -31,7 +31,7 @@ class ImageFolderWriter:
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(png)
         os.replace(tmp, target)
-        self.csv.writerow({"file_name": relative, **{k: row[k] for k in COLUMNS}})
+        self.csv.writerow({"file_name": relative, **{k: row.get(k) for k in COLUMNS}})
         self.rows += 1
 
     def close(self) -> dict:

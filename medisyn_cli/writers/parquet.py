@@ -45,7 +45,8 @@ class ParquetWriter:
         return self.folder / f".{self.prefix}-{self.part:05d}.parquet.tmp"
 
     def write(self, row: dict, png: bytes) -> None:
-        self.buffer.append({"image": {"bytes": png, "path": f"{row['id']}.png"}, **{k: row[k] for k in COLUMNS}})
+        image = {"bytes": png, "path": f"{row['id']}.png"}
+        self.buffer.append({"image": image, **{k: row.get(k) for k in COLUMNS}})
         if len(self.buffer) >= self.row_group:
             self._flush()
 
