@@ -177,6 +177,48 @@ def train(
         console.print(f"skipped {key}: {error}", highlight=False)
 
 
+@app.command()
+def screen(
+    dataset: Path = typer.Argument(..., help="A medisyn output folder, a Parquet dataset, an ImageFolder or any "
+                                             "folder of images."),
+    index: Path = typer.Option(..., "--index", help="Training-image index (medisyn index build)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy threshold (default: the "
+                                                                      "index's calibrated one)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Folder for screen.parquet/.csv/.json and "
+                                                               "report.html (default: DATASET/screen for a medisyn "
+                                                               "output, else ./<name>-screen)."),
+    keep_out: Optional[Path] = typer.Option(None, "--keep-out", help="Write a copy of the dataset without the "
+                                                                    "near-copies here."),
+    fail_on_copies: bool = typer.Option(False, "--fail-on-copies", help="Exit 1 if any near-copy is found."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="Check that the index was built with this "
+                                                                   "embedder."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Audit a dataset: the nearest training image of every image, near-copies flagged, an HTML report.
+
+    Example: medisyn screen derm-synth --index train-index --fail-on-copies
+    """
+    from .audit import screen_dataset
+
+    with errors_as_exit_codes():
+        summary = screen_dataset(dataset, index, threshold, report, keep_out, embedder, batch_size,
+                                 show_progress=progress)
+    table = Table(title=f"screened {summary.dataset} against {summary.index} (threshold {summary.threshold:g})")
+    for name in ("label", "screened", "near-copies"):
+        table.add_column(name)
+    for label, (n, copies) in summary.per_label.items():
+        table.add_row(label, str(n), str(copies), style="red" if copies else None)
+    table.add_row("all", str(summary.screened), str(summary.near_copies), style="bold")
+    results.print(table)
+    if summary.errors:
+        console.print(f"{summary.errors} unreadable images (rows with an error in screen.csv)", highlight=False)
+    console.print(f"report: {summary.report_dir / 'report.html'}"
+                  + (f"; copy without near-copies: {summary.kept_out}" if summary.kept_out else ""), highlight=False)
+    if fail_on_copies and summary.near_copies:
+        raise typer.Exit(1)
+
+
 index_app = typer.Typer(no_args_is_help=True, help="Indexes of training images, for near-copy screening.")
 app.add_typer(index_app, name="index")
 

@@ -226,3 +226,24 @@ def _iter_parquet(path: Path, batch_rows: int) -> Iterator[Record]:
                 yield Record(f"{file}:{item.get('id', row)}", None if label is None else str(label), None,
                              data=data or b"")
                 row += 1
+
+
+def open_key(key: str):
+    """The image a source key names: a file path, or '<parquet file>:<id or row>' as iter_source_records makes."""
+    path = Path(key)
+    if path.is_file() and path.suffix != ".parquet":
+        return Record(key, None, None, path=path).open()
+    file, _, item = key.rpartition(":")
+    if not file or not Path(file).is_file():
+        raise MedisynError(f"{key}: no such image file or Parquet row")
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(file).schema_arrow.names
+    if "id" in names:
+        table = pq.read_table(file, columns=["image"], filters=[("id", "=", item)])
+    else:
+        table = pq.read_table(file, columns=["image"]).slice(int(item), 1)
+    if table.num_rows == 0:
+        raise MedisynError(f"{key}: no such row in {file}")
+    image = table.column("image")[0].as_py()
+    return Record(key, None, None, data=image.get("bytes") if isinstance(image, dict) else image).open()
