@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .errors import MedisynError
+from .errors import MedisynError, Interrupted
 from .progress import console, results
 
 app = typer.Typer(
@@ -38,6 +38,9 @@ def errors_as_exit_codes():
             raise
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+    except Interrupted as exc:
+        console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(Interrupted.exit_code)
     except Exception as exc:
         if state["debug"]:
             raise
@@ -70,6 +73,9 @@ def generate(
                                                                       "the index's calibrated one)."),
     max_attempts: int = typer.Option(10, "--max-attempts", help="Near-copies in a row for one image that end its "
                                                                "class (the model memorises it)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: make shard K (from 0) of N of the run into the "
+                                                             "same --out (default: from SLURM_ARRAY_TASK_ID, RANK...)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (same options)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing medisyn output folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (classes, prompts, seeds); load no model."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -87,7 +93,8 @@ def generate(
                              formats=parse_formats(format), device=device, dtype=dtype, scheduler=scheduler,
                              steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
                              index=str(index) if index else None, threshold=threshold,
-                             max_attempts=max_attempts, overwrite=overwrite, dry_run=dry_run)
+                             max_attempts=max_attempts, shard=shard, resume=resume, overwrite=overwrite,
+                             dry_run=dry_run)
         summary = run_generate(cfg, show_progress=progress)
     _print_summary(summary)
     for label, reason in summary.ended.items():
@@ -98,6 +105,10 @@ def generate(
 
 
 def _print_summary(summary) -> None:
+    if summary.note:
+        console.print(summary.note, highlight=False, soft_wrap=True)
+    if not summary.complete:
+        return
     if summary.dry_run:
         table = Table(title=f"plan: {sum(c.planned for c in summary.counts.values())} images -> {summary.out}")
         for name in ("label", "images", "variants", "weight"):
@@ -217,6 +228,19 @@ def screen(
                   + (f"; copy without near-copies: {summary.kept_out}" if summary.kept_out else ""), highlight=False)
     if fail_on_copies and summary.near_copies:
         raise typer.Exit(1)
+
+
+@app.command()
+def merge(out: Path = typer.Argument(..., help="Output folder of a sharded or interrupted generate run.")) -> None:
+    """Check that every planned image of a sharded run is there once, and consolidate the dataset.
+
+    Example: medisyn merge derm-synth
+    """
+    from .runner import merge_run
+
+    with errors_as_exit_codes():
+        summary = merge_run(out)
+    _print_summary(summary)
 
 
 index_app = typer.Typer(no_args_is_help=True, help="Indexes of training images, for near-copy screening.")

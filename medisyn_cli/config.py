@@ -30,6 +30,8 @@ class GenerateConfig:
     index: str | None = None
     threshold: float | None = None
     max_attempts: int = 10
+    shard: str | None = None
+    resume: bool = False
     overwrite: bool = False
     dry_run: bool = False
 
@@ -39,3 +41,25 @@ class GenerateConfig:
 
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
+
+
+FLAGS = {"manifest": "--manifest", "n": "--n", "out": "--out", "model": "--model", "seed": "--seed",
+         "device": "--device", "dtype": "--dtype", "scheduler": "--scheduler", "steps": "--steps",
+         "guidance": "--guidance", "height": "--height", "width": "--width", "batch_size": "--batch-size",
+         "index": "--index", "threshold": "--threshold", "max_attempts": "--max-attempts", "shard": "--shard"}
+
+
+def command_line(config: GenerateConfig) -> str:
+    """The `medisyn generate` command that runs `config` (options at their defaults left out)."""
+    import shlex
+
+    default = GenerateConfig(manifest="", n=0)
+    words = ["medisyn", "generate"]
+    for name, flag in FLAGS.items():
+        value = getattr(config, name)
+        if value is not None and (value != getattr(default, name) or name in ("manifest", "n")):
+            words += [flag, str(value)]
+    if tuple(config.formats) != FORMATS:
+        words += ["--format", ",".join(config.formats)]
+    words += ["--resume"] if config.resume else []
+    return " ".join(shlex.quote(w) for w in words)

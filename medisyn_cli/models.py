@@ -27,13 +27,14 @@ SCHEDULERS = {
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
 
-def resolve_device(name: str = "auto") -> "torch.device":
-    """Pick cuda, then mps, then cpu for 'auto'; validate an explicit device name."""
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> "torch.device":
+    """Pick cuda (this process's GPU when several run on a node), then mps, then cpu for 'auto'."""
     import torch
 
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank % torch.cuda.device_count()) if local_rank is not None \
+                else torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from .errors import MedisynError
 from .manifest import Manifest
@@ -87,31 +87,3 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
-
-
-def shard_of(position: int, shard_count: int) -> int:
-    """Which shard a job at this position in the plan belongs to (round robin, balanced by class)."""
-    return position % shard_count
-
-
-def select_shard(jobs: Iterable[Job], shard_index: int, shard_count: int) -> Iterator[Job]:
-    """The jobs of one shard out of shard_count."""
-    if not 0 <= shard_index < shard_count:
-        raise MedisynError(f"--shard: index {shard_index} is outside 0..{shard_count - 1}")
-    return (job for position, job in enumerate(jobs) if shard_of(position, shard_count) == shard_index)
-
-
-def plan_table(manifest: Manifest, counts: dict[str, int]) -> list[dict]:
-    """Per-class rows for --dry-run and summaries."""
-    return [{"label": label, "images": counts[label], "variants": len(manifest.variants(label)),
-             "weight": manifest.weights()[label]} for label in manifest.labels]
-
-
-def first_jobs(jobs: Sequence[Job] | Iterable[Job], limit: int) -> list[Job]:
-    """The first jobs of a plan, for previews."""
-    out = []
-    for job in jobs:
-        if len(out) == limit:
-            break
-        out.append(job)
-    return out

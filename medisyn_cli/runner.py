@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig
-from .errors import MedisynError
+from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, command_line
+from .errors import Interrupted, MedisynError
 from .manifest import Manifest, load_manifest
 from .plan import Job, batched, iter_jobs, quotas
 from .screen import RejectedLog
+from .shards import Shard, batch_count, resolve_shard, shard_batches
+from .work import WORK, IncompleteRun, WorkDir, batch_name, consolidate, missing_report
+from .work import remove as remove_work
 
 RUN_FILE, REJECTED_FILE = "run.json", "rejected.parquet"
 
@@ -35,13 +40,15 @@ class RunSummary:
     """What a run did (or, for --dry-run, would do)."""
 
     out: Path
-    manifest: Manifest
+    manifest: Manifest | None
     counts: dict[str, ClassCount]
     seconds: float = 0.0
     dry_run: bool = False
     preview: list[Job] = field(default_factory=list)
     run: dict = field(default_factory=dict)
     screened: bool = False
+    complete: bool = True       # False: this shard is done, other shards are not
+    note: str = ""
 
     @property
     def ended(self) -> dict[str, str]:
@@ -54,22 +61,38 @@ def default_out(manifest: str | Path) -> Path:
     return Path.cwd() / Path(manifest).stem
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty folder unless --overwrite, and then only one that medisyn wrote."""
+def out_state(out: Path, config: GenerateConfig, shard: Shard) -> str:
+    """'new', 'join' (an unfinished run to continue) or 'complete'; a clear error for anything else."""
     if out.exists() and not out.is_dir():
         raise MedisynError(f"--out {out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise MedisynError(f"--out {out}: folder exists and is not empty (use --overwrite to replace it)")
-        if not any((out / name).exists() for name in (RUN_FILE, "parquet", "imagefolder", ".medisyn")):
+    if not out.exists() or not any(out.iterdir()):
+        return "new"
+    ours = any((out / name).exists() for name in (RUN_FILE, "parquet", "imagefolder", ".medisyn", WORK))
+    if config.overwrite:
+        if shard.count > 1:
+            raise MedisynError("--overwrite with shards would let each shard delete the others' work; "
+                               f"delete {out} first, then start the shards")
+        if not ours:
             raise MedisynError(f"--out {out}: --overwrite only replaces a medisyn output folder, and this is not one")
+        return "new"
+    joining = config.resume or shard.count > 1
+    if ours and (out / RUN_FILE).exists() and not WorkDir(out).exists():
+        if joining:
+            return "complete"
+        raise MedisynError(f"--out {out}: folder exists and is not empty (use --overwrite to replace it)")
+    if ours and not (out / RUN_FILE).exists():
+        if joining:
+            return "join"
+        done = len(WorkDir(out).done()) if WorkDir(out).exists() else 0
+        raise MedisynError(f"--out {out}: holds an unfinished run ({done} batches done); add --resume to continue "
+                           f"it, or --overwrite to start again")
+    raise MedisynError(f"--out {out}: folder exists and is not empty (use --overwrite to replace it)")
 
 
 def prepare_out(out: Path, overwrite: bool) -> Path | None:
     """Create the output folder; an overwritten one is moved aside (deleted only when the new run succeeds)."""
-    check_out(out, overwrite)
     replaced = None
-    if out.exists() and any(out.iterdir()):
+    if overwrite and out.exists() and any(out.iterdir()):
         replaced = out.with_name(f".{out.name}.replaced")
         shutil.rmtree(replaced, ignore_errors=True)
         out.rename(replaced)
@@ -128,120 +151,243 @@ def open_index(config: GenerateConfig):
     return Screener(load_index(config.index), config.threshold)
 
 
-def run_generate(config: GenerateConfig, show_progress: bool = True) -> RunSummary:
-    """Generate a balanced, provenance-tracked dataset (see GenerateConfig for the options)."""
+def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict | None = None) -> RunSummary:
+    """Generate a balanced, provenance-tracked dataset (see GenerateConfig), or this process's shard of it."""
     from .generate import Settings
     from .models import load_pipeline, resolve_device, resolve_dtype
-    from .writers import make_writers
 
     # 1. plan: everything that can fail on input fails here, before the model loads
     manifest, class_quotas = plan_run(config)
     counts = {label: ClassCount(planned) for label, planned in class_quotas.items()}
     out = Path(config.out) if config.out else default_out(config.manifest)
     check_options(config)
+    shard = resolve_shard(config.shard, os.environ if env is None else env)
     screener = open_index(config)
     if config.dry_run:
         preview = list(iter_jobs(manifest, class_quotas, config.seed))[:20]
         return RunSummary(out, manifest, counts, dry_run=True, preview=preview)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, shard.local_rank)
     dtype = resolve_dtype(config.dtype, device)
-    check_out(out, config.overwrite)
-    started, clock = datetime.now(timezone.utc), time.time()
+    state = out_state(out, config, shard)
+    if state == "complete":
+        return completed_summary(out)
 
     # 2. model, then the output folder (a model that fails to load leaves nothing behind)
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
-    replaced = prepare_out(out, config.overwrite)
-    values = model_settings(config, pipe)
-    settings = Settings(**values, autocast_bf16=_autocast(dtype, device))
-    constant = {"model": _model_name(config.model), "scheduler": config.scheduler, **values}
+    settings = Settings(**model_settings(config, pipe), autocast_bf16=_autocast(dtype, device))
+    record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
+    replaced = prepare_out(out, config.overwrite) if state == "new" else None
+    work = WorkDir(out)
+    work.create_or_join(record)
+    work.clean_partial()
 
-    # 3. generate, screen and stream into the writers
-    sinks = Sinks(make_writers(config.formats, out, manifest.labels, config.rows_per_part),
-                  RejectedLog(out / REJECTED_FILE) if screener else None)
+    # 3. this shard's batches that are not done yet: generate, screen, write, mark done
     try:
-        _stream(pipe, manifest, class_quotas, config, settings, constant, screener, sinks, counts, show_progress)
+        made = _make_batches(pipe, manifest, class_quotas, config, settings, screener, work, shard, show_progress)
     except BaseException:
-        sinks.abort()
         if replaced is not None:  # put the previous dataset back rather than leave a partial one
             shutil.rmtree(out, ignore_errors=True)
             replaced.rename(out)
         raise
-    outputs = sinks.close()
 
-    # 4. provenance: run.json last, then the dataset card
-    summary = RunSummary(out, manifest, counts, seconds=time.time() - clock, screened=screener is not None)
-    summary.run = run_record(config, manifest, summary, outputs, started, device, dtype, settings)
-    summary.run["screening"] = screening_record(screener, counts)
-    write_json(out / RUN_FILE, summary.run)
-    from .card import write_card
-
-    write_card(out, summary)
+    # 4. the process that completes the run consolidates it: dataset files, run.json, the card
+    summary = None
+    if _all_done(work) and work.lock():
+        summary = finish_run(out, manifest)
+    summary = summary or partial_summary(out, manifest, work, shard, made)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     return summary
 
 
-@dataclass
-class Sinks:
-    """Where a run's images go: the dataset writers, and the log of rejected near-copies when screening."""
-
-    writers: list
-    rejected: object | None = None
-
-    def abort(self) -> None:
-        for sink in self.writers + [self.rejected]:
-            if sink is not None:
-                sink.abort()
-
-    def close(self) -> list[dict]:
-        outputs = [writer.close() for writer in self.writers]
-        return outputs + ([{"format": "rejected", **self.rejected.close()}] if self.rejected else [])
+def _all_done(work: WorkDir) -> bool:
+    return len(work.done()) == work.read_config()["batches"]
 
 
-def _stream(pipe, manifest: Manifest, class_quotas: dict, config: GenerateConfig, settings, constant: dict,
-            screener, sinks: Sinks, counts: dict[str, ClassCount], show_progress: bool) -> None:
-    """Generate the plan batch by batch, screen each batch, write what is kept; end classes that memorise."""
-    from .generate import generate_screened
+@contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGUSR1 (SLURM preemption and --signal warnings) set a flag; a second one kills at once."""
+    import signal
+    import threading
+
+    flag = {"signal": None}
+
+    def handler(number, frame):
+        flag["signal"] = signal.Signals(number).name
+        for name in ("SIGTERM", "SIGUSR1"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in ("SIGTERM", "SIGUSR1")}
+    try:
+        yield flag
+    finally:
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
+
+
+def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: GenerateConfig, settings, screener,
+                  work: WorkDir, shard: Shard, show_progress: bool) -> int:
+    """Make this shard's pending batches; returns how many were made."""
     from .progress import make_progress, rate_text
 
-    clock, written = time.time(), 0
-    jobs = (job for job in iter_jobs(manifest, class_quotas, config.seed) if not counts[job.label].ended)
-    with make_progress(disable=not show_progress) as progress:
-        task = progress.add_task("generate", total=sum(class_quotas.values()), rate="", info="")
-        for batch in batched(jobs, config.batch_size):
-            batch = [job for job in batch if not counts[job.label].ended]
-            result = generate_screened(pipe, batch, settings, config.seed, screener, config.max_attempts,
-                                       config.max_regenerate)
-            for item in result.kept:
-                png, row = item.png(), provenance_row(item, constant)
-                for writer in sinks.writers:
-                    writer.write(row, png)
-                counts[item.job.label].written += 1
-                counts[item.job.label].regenerated += int(item.attempt > 0)
-            if sinks.rejected is not None:
-                sinks.rejected.write(result.rejected)
-            for item in result.rejected:
-                counts[item.job.label].rejected += 1
-            for label, reason in result.ended.items():
-                counts[label].ended = reason
-            written += len(result.kept)
-            rejected = sum(c.rejected for c in counts.values())
-            progress.update(task, completed=written, total=sum(c.written if c.ended else c.planned
-                                                                for c in counts.values()),
-                            rate=rate_text(written, time.time() - clock, "img"),
-                            info=f"{rejected} near-copies replaced" if screener else "")
+    done = work.done()
+    ended = {label: reason for rec in work.done_records() for label, reason in rec["ended"].items()}
+    mine = set(shard_batches(work.read_config()["batches"], shard)) - done
+    constant = {"model": _model_name(config.model), "scheduler": config.scheduler, "steps": settings.steps,
+                "guidance": settings.guidance, "height": settings.height, "width": settings.width}
+    clock, made, images = time.time(), 0, 0
+    with stop_on_signals() as stop, make_progress(disable=not show_progress) as progress:
+        task = progress.add_task(f"generate {shard.name}" if shard.count > 1 else "generate",
+                                 total=sum(len(jobs) for b, jobs in _batches(manifest, class_quotas, config) if b in mine),
+                                 rate="", info="")
+        for number, jobs in _batches(manifest, class_quotas, config):
+            if number not in mine:
+                continue
+            result = _make_batch(pipe, number, [j for j in jobs if j.label not in ended], config, settings,
+                                 screener, constant, work)
+            ended.update(result["ended"])
+            made, images = made + 1, images + len(jobs)
+            progress.update(task, completed=images, rate=rate_text(images, time.time() - clock, "img"),
+                            info=f"batch {number}")
+            if stop["signal"]:
+                raise Interrupted(f"{stop['signal']}: stopped after batch {number}; {len(work.done())} of "
+                                  f"{work.read_config()['batches']} batches done; resume with --resume")
+    return made
 
 
-def screening_record(screener, counts: dict[str, ClassCount]) -> dict | None:
-    """What run.json records of the screening: index fingerprint, embedder, threshold, rejections."""
+def _batches(manifest: Manifest, class_quotas: dict, config: GenerateConfig):
+    return enumerate(batched(iter_jobs(manifest, class_quotas, config.seed), config.batch_size))
+
+
+def _make_batch(pipe, number: int, jobs: list[Job], config: GenerateConfig, settings, screener, constant: dict,
+                work: WorkDir) -> dict:
+    """Generate, screen and write one batch under OUT/_work, then mark it done (the last write)."""
+    from .generate import generate_screened
+    from .writers import make_writers
+
+    clock = time.time()
+    result = generate_screened(pipe, jobs, settings, config.seed, screener, config.max_attempts,
+                               config.max_regenerate) if jobs else None
+    name = batch_name(number)
+    writers = make_writers(config.formats, work.out, _labels(work), config.rows_per_part, batch=name)
+    rejected = RejectedLog(work.root / "rejected" / f"{name}.parquet") if screener else None
+    counts: dict[str, dict] = {}
+    for item in result.kept if result else []:
+        png, row = item.png(), provenance_row(item, constant)
+        for writer in writers:
+            writer.write(row, png)
+        tally = counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})
+        tally["written"] += 1
+        tally["regenerated"] += int(item.attempt > 0)
+    for item in result.rejected if result else []:
+        counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})["rejected"] += 1
+    if rejected is not None:
+        rejected.write(result.rejected if result else [])
+        rejected.close()
+    for writer in writers:
+        writer.close()
+    record = {"batch": number, "ids": [item.job.id for item in result.kept] if result else [], "counts": counts,
+              "ended": result.ended if result else {}, "seconds": round(time.time() - clock, 3)}
+    work.mark_done(number, record)
+    return record
+
+
+def _labels(work: WorkDir) -> list[str]:
+    return work.read_config()["manifest"]["classes"]
+
+
+def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
+    """Consolidate a run whose batches are all done: dataset files, rejected.parquet, run.json, the card."""
+    from .card import write_card
+
+    work = WorkDir(out)
+    record = work.read_config()
+    options = record["options"]
+    counts = {label: ClassCount(planned) for label, planned in record["quotas"].items()}
+    for done in work.done_records():
+        for label, tally in done["counts"].items():
+            for name, value in tally.items():
+                setattr(counts[label], name, getattr(counts[label], name) + value)
+        for label, reason in done["ended"].items():
+            counts[label].ended = counts[label].ended or reason
+    outputs = consolidate(work, tuple(options["formats"]), record["manifest"]["classes"], options["rows_per_part"],
+                          record["screening"] is not None)
+    started = datetime.fromisoformat(record["started"])
+    finished = datetime.now(timezone.utc)
+    summary = RunSummary(out, manifest, counts, seconds=(finished - started).total_seconds(),
+                         screened=record["screening"] is not None)
+    summary.run = {k: v for k, v in record.items() if k not in ("key", "quotas", "batches")}
+    summary.run.update(finished=finished.isoformat(), seconds=round(summary.seconds, 2),
+                       classes={label: vars(c) for label, c in counts.items()}, outputs=outputs,
+                       batches={"count": record["batches"], "size": options["batch_size"]})
+    if summary.run["screening"] is not None:
+        summary.run["screening"].update(rejected=sum(c.rejected for c in counts.values()),
+                                        ended_classes=summary.ended)
+    write_json(out / RUN_FILE, summary.run)
+    write_card(out, summary)
+    remove_work(work)
+    return summary
+
+
+def completed_summary(out: Path) -> RunSummary:
+    """The summary of a run that already finished (resuming it has nothing left to do)."""
+    run = json.loads((out / RUN_FILE).read_text())
+    counts = {label: ClassCount(**values) for label, values in run["classes"].items()}
+    return RunSummary(out, None, counts, seconds=0.0, run=run, screened=run.get("screening") is not None,
+                      complete=True, note="already complete: nothing to do")
+
+
+def partial_summary(out: Path, manifest: Manifest, work: WorkDir, shard: Shard, made: int) -> RunSummary:
+    """This shard is done but others are not: counts of the batches done so far."""
+    counts = {label: ClassCount(0) for label in manifest.labels}
+    for done in work.done_records():
+        for label, tally in done["counts"].items():
+            counts[label].written += tally["written"]
+    batches = work.read_config()["batches"]
+    note = (f"shard {shard.name} made {made} batches; {len(work.done())} of {batches} batches are done. The last "
+            f"shard to finish consolidates the dataset (or run: medisyn merge {out})")
+    return RunSummary(out, manifest, counts, complete=False, note=note)
+
+
+def merge_run(out: str | Path) -> RunSummary:
+    """`medisyn merge`: consolidate a sharded run, or say precisely which shards still have work."""
+    out = Path(out)
+    work = WorkDir(out)
+    if not work.exists():
+        if (out / RUN_FILE).exists():
+            return completed_summary(out)
+        raise MedisynError(f"{out}: not a medisyn run folder (no {WORK}/config.json or {RUN_FILE})")
+    record = work.read_config()
+    batches, done = record["batches"], work.done()
+    if len(done) < batches:
+        raise IncompleteRun(missing_text(out, record, done))
+    if not work.lock():
+        raise MedisynError(f"{out}: another process is consolidating this run (remove {work.lock_path} if none is)")
+    return finish_run(out)
+
+
+def missing_text(out: Path, record: dict, done: set[int]) -> str:
+    """One line: how many batches and images each shard still owes, and the command that finishes them."""
+    shards, size, total = record["shards"], record["options"]["batch_size"], record["total"]
+    missing = missing_report(record["batches"], done, shards, lambda b: min(size, total - b * size))
+    parts = [f"shard {k}/{shards}: {b} batches ({n} images)" for k, (b, n) in missing.items()]
+    command = command_line(GenerateConfig(**{**record["options"], "formats": tuple(record["options"]["formats"]),
+                                             "shard": f"K/{shards}", "resume": True}))
+    return (f"{out}: {record['batches'] - len(done)} of {record['batches']} batches are not done: "
+            f"{'; '.join(parts)}. Finish them with: {command} (K = each shard listed)")
+
+
+def screening_record(screener) -> dict | None:
+    """What run.json records of the screening: index, fingerprint, embedder, threshold (rejections added at the end)."""
     if screener is None:
         return None
     meta = screener.index.meta
     return {"index": str(Path(screener.index.path).resolve()), "fingerprint": meta.get("fingerprint"),
             "embedder": meta["embedder"], "index_type": meta["index"]["type"], "index_count": meta["count"],
-            "threshold": screener.threshold, "rejected": sum(c.rejected for c in counts.values()),
-            "rejected_file": REJECTED_FILE,
-            "ended_classes": {label: c.ended for label, c in counts.items() if c.ended}}
+            "threshold": screener.threshold, "max_attempts": None, "rejected_file": REJECTED_FILE}
 
 
 def _weights_dtype(dtype, device):
@@ -269,27 +415,37 @@ def provenance_row(item, constant: dict) -> dict:
             "nn_similarity": screen.nn_similarity if screen else None}
 
 
-def run_record(config: GenerateConfig, manifest: Manifest, summary: RunSummary, outputs: list[dict], started,
-               device, dtype, settings) -> dict:
-    """Everything needed to reproduce the run."""
+def start_record(config: GenerateConfig, manifest: Manifest, class_quotas: dict[str, int], out: Path, shard: Shard,
+                 device, dtype, settings, screener) -> dict:
+    """Everything needed to reproduce the run, written to OUT/_work/config.json before the first batch."""
     from .models import model_source, weight_hashes
 
+    hashes = weight_hashes(config.model)
+    screening = screening_record(screener)
+    if screening:
+        screening["max_attempts"] = config.max_attempts
+    sampling = {"scheduler": config.scheduler, "steps": settings.steps, "guidance": settings.guidance,
+                "height": settings.height, "width": settings.width}
+    key = {"manifest_sha256": manifest.sha256, "n": config.n, "seed": config.seed, "model": model_source(config.model),
+           "weights_sha256": hashes, **sampling, "dtype": config.dtype, "batch_size": config.batch_size,
+           "formats": list(config.formats), "rows_per_part": config.rows_per_part,
+           "max_regenerate": config.max_regenerate, "index_fingerprint": screening and screening["fingerprint"],
+           "threshold": screening and screening["threshold"], "max_attempts": screening and config.max_attempts}
+    total = sum(class_quotas.values())
     return {
+        "key": key,
         "medisyn": _version("medisyn"),
         "command": "generate",
-        "options": config.to_dict(),
+        "options": {**config.to_dict(), "out": str(out), "shard": None, "resume": False, "overwrite": False},
         "manifest": {"path": str(manifest.path), "sha256": manifest.sha256, "classes": manifest.labels},
-        "model": {"source": model_source(config.model), "name": _model_name(config.model),
-                  "weights_sha256": weight_hashes(config.model)},
-        "sampling": {"scheduler": config.scheduler, "steps": settings.steps, "guidance": settings.guidance,
-                     "height": settings.height, "width": settings.width},
+        "model": {"source": model_source(config.model), "name": _model_name(config.model), "weights_sha256": hashes},
+        "sampling": sampling, "screening": screening,
         "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "libraries": {name: _version(name) for name in ("torch", "diffusers", "transformers", "pyarrow", "pillow")},
         "python": platform.python_version(), "platform": platform.platform(),
-        "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-        "seconds": round(summary.seconds, 2),
-        "classes": {label: vars(count) for label, count in summary.counts.items()},
-        "outputs": outputs,
+        "started": datetime.now(timezone.utc).isoformat(),
+        "quotas": class_quotas, "total": total, "batches": batch_count(total, config.batch_size),
+        "shards": shard.count,
     }
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from medisyn_cli.errors import MedisynError
 from medisyn_cli.manifest import load_manifest
-from medisyn_cli.plan import (batched, image_id, image_seed, iter_jobs, quotas, safe_name, select_shard)
+from medisyn_cli.plan import batched, image_id, image_seed, iter_jobs, quotas, safe_name
 
 
 def test_quotas_are_balanced_and_sum_to_n():
@@ -56,16 +56,6 @@ def test_a_larger_n_keeps_the_images_of_a_smaller_one(manifest):
     small = {(j.id, j.seed, j.prompt) for j in iter_jobs(m, quotas(m.weights(), 6), 0)}
     large = {(j.id, j.seed, j.prompt) for j in iter_jobs(m, quotas(m.weights(), 30), 0)}
     assert small <= large
-
-
-def test_shards_partition_the_plan(manifest):
-    m = load_manifest(manifest)
-    jobs = list(iter_jobs(m, quotas(m.weights(), 20), 0))
-    shards = [list(select_shard(jobs, k, 3)) for k in range(3)]
-    assert sorted(j.id for s in shards for j in s) == sorted(j.id for j in jobs)
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1
-    with pytest.raises(MedisynError, match="outside 0..2"):
-        list(select_shard(jobs, 3, 3))
 
 
 def test_batched():

@@ -29,13 +29,19 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
-def make_writers(formats: tuple[str, ...], out: Path, labels: list[str], rows_per_part: int = 5000) -> list[Writer]:
-    """One writer per requested format, under out/<format>/."""
+def make_writers(formats: tuple[str, ...], out: Path, labels: list[str], rows_per_part: int = 5000,
+                 batch: str | None = None) -> list[Writer]:
+    """One writer per requested format, under out/<format>/; for one `batch` of a run, under out/_work/."""
     from .imagefolder import ImageFolderWriter
     from .parquet import ParquetWriter
 
-    makers = {"parquet": lambda: ParquetWriter(out / "parquet", labels, rows_per_part),
-              "imagefolder": lambda: ImageFolderWriter(out / "imagefolder")}
+    if batch is None:
+        makers = {"parquet": lambda: ParquetWriter(out / "parquet", labels, rows_per_part),
+                  "imagefolder": lambda: ImageFolderWriter(out / "imagefolder")}
+    else:
+        makers = {"parquet": lambda: ParquetWriter(out / "_work" / "parquet", labels, 10 ** 9, prefix=batch),
+                  "imagefolder": lambda: ImageFolderWriter(out / "imagefolder",
+                                                           out / "_work" / "imagefolder" / f"{batch}.csv")}
     return [makers[f]() for f in formats]
 
 

@@ -15,10 +15,12 @@ class ImageFolderWriter:
 
     name = "imagefolder"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, metadata: Path | None = None):
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.partial = folder / ".metadata.csv.partial"
+        self.metadata = metadata or folder / "metadata.csv"
+        self.metadata.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.metadata.with_name(f".{self.metadata.name}.tmp")
         self.handle = open(self.partial, "w", newline="", encoding="utf-8")
         self.csv = csv.DictWriter(self.handle, fieldnames=["file_name", *COLUMNS])
         self.csv.writeheader()
@@ -36,8 +38,8 @@ class ImageFolderWriter:
 
     def close(self) -> dict:
         self.handle.close()
-        os.replace(self.partial, self.folder / "metadata.csv")
-        return {"format": self.name, "rows": self.rows, "files": ["metadata.csv"]}
+        os.replace(self.partial, self.metadata)
+        return {"format": self.name, "rows": self.rows, "files": [self.metadata.name]}
 
     def abort(self) -> None:
         self.handle.close()

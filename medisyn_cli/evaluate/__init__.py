@@ -1,0 +1,33 @@
+"""Evaluate synthetic datasets: downstream utility, privacy (distance to closest record), fidelity, HTML report.
+
+    from medisyn_cli.evaluate import UtilityConfig, run_utility
+    result = run_utility(UtilityConfig(real_train=("real/train",), real_test=("real/test",),
+                                       synthetic=("derm-synth",), seeds=3))
+
+Modules: utility.py (classifiers trained on real / synthetic / both, AUROC on real test images), privacy.py
+(nearest training image of synthetic vs held-out images), fidelity.py + metrics.py (FID, KID, PRDC, diversity
+on features from cnn / inception:FILE / pixel / clip: / hf:), classifier.py (small CNN, ResNets, AUROC),
+inception.py (FID Inception from a local file), html.py (`medisyn report`), common.py (reading sets, atomic
+writes). Every run writes <name>.json (last) and <name>.csv, and figures, under --out.
+"""
+
+from __future__ import annotations
+
+_API = {
+    "UtilityConfig": ("utility", "UtilityConfig"), "run_utility": ("utility", "run_utility"),
+    "PrivacyConfig": ("privacy", "PrivacyConfig"), "run_privacy": ("privacy", "run_privacy"),
+    "FidelityConfig": ("fidelity", "FidelityConfig"), "run_fidelity": ("fidelity", "run_fidelity"),
+    "write_report": ("html", "write_report"),
+    "fid": ("metrics", "fid"), "kid": ("metrics", "kid"), "prdc": ("metrics", "prdc"),
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    """Import lazily, so `medisyn --help` does not load numpy-heavy modules."""
+    if name not in _API:
+        raise AttributeError(f"module 'medisyn_cli.evaluate' has no attribute '{name}'")
+    from importlib import import_module
+
+    module, attr = _API[name]
+    return getattr(import_module(f".{module}", __name__), attr)

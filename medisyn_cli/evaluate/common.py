@@ -1,0 +1,216 @@
+"""Shared parts of the evaluations: reading labelled image sets in batches, label checks, atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..data import Record, Source, find_sources, iter_source_records
+from ..errors import MedisynError
+
+LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set read once: per image its key, label(s) and stream position; skipped files."""
+
+    name: str
+    keys: list[str] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # ordinal in the stream (to find an image again)
+    skipped: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def open_sources(paths: list[str | Path] | str | Path, option: str) -> list[Source]:
+    """find_sources for one CLI option; its name is added to the error."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    try:
+        return find_sources(paths)
+    except MedisynError as exc:
+        raise MedisynError(f"{option}: {exc}") from exc
+
+
+def iter_batches(sources: list[Source], batch_size: int, image_set: ImageSet) -> Iterator[tuple[list[Record], list]]:
+    """(records, PIL images) batches of every readable image; unreadable ones go to image_set.skipped."""
+    records, images, position = [], [], 0
+    for source in sources:
+        for record in iter_source_records(source):
+            try:
+                images.append(record.open())
+            except Exception as exc:  # PIL raises many types for corrupt or truncated data
+                image_set.skipped.append({"key": record.key, "reason": f"{type(exc).__name__}: {exc}"[:300]})
+                position += 1
+                continue
+            records.append(record)
+            image_set.keys.append(record.key)
+            image_set.labels.append(record.label)
+            image_set.positions.append(position)
+            position += 1
+            if len(images) == batch_size:
+                yield records, images
+                records, images = [], []
+    if images:
+        yield records, images
+
+
+def fetch_images(sources: list[Source], positions: list[int]) -> dict[int, object]:
+    """The images at the given stream positions (a second pass over the sources; only those are decoded)."""
+    wanted, found, position = set(positions), {}, 0
+    for source in sources:
+        for record in iter_source_records(source):
+            if position in wanted:
+                found[position] = record.open()
+            position += 1
+            if len(found) == len(wanted):
+                return found
+    return found
+
+
+def to_rgb_array(image, size: int) -> np.ndarray:
+    """uint8 (3, size, size) of any PIL image (grey and 16-bit images become 8-bit RGB)."""
+    from PIL import Image
+
+    from ..embed import to_8bit
+
+    rgb = to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def load_arrays(sources: list[Source], size: int, name: str) -> tuple[np.ndarray, ImageSet]:
+    """All images of a set as uint8 (N, 3, size, size) in memory (12 KB an image at 64 px), with their labels."""
+    image_set, chunks = ImageSet(name), []
+    for _, images in iter_batches(sources, 256, image_set):
+        chunks.append(np.stack([to_rgb_array(image, size) for image in images]))
+    if not chunks:
+        raise MedisynError(f"{name}: no readable images ({len(image_set.skipped)} unreadable)")
+    return np.concatenate(chunks), image_set
+
+
+def split_labels(label: str | None, multi_label: bool) -> tuple[str, ...]:
+    """The labels of one image: one, or for multi-label sets the '|'-separated findings (may be none)."""
+    if label is None:
+        return ()
+    if not multi_label:
+        return (label,)
+    return tuple(sorted({part.strip() for part in label.split(LABEL_SEPARATOR) if part.strip()}))
+
+
+def require_labels(image_set: ImageSet, multi_label: bool) -> None:
+    """MedisynError when images of a multi-class set have no label (multi-label: an empty label is 'no finding')."""
+    missing = [key for key, label in zip(image_set.keys, image_set.labels) if label is None]
+    if missing and not multi_label:
+        raise MedisynError(f"{image_set.name}: {len(missing)} of {len(image_set)} images have no label "
+                           f"(e.g. {missing[0]}); give label folders, a label column or metadata.csv labels")
+
+
+def label_vocabulary(image_set: ImageSet, multi_label: bool) -> list[str]:
+    """Sorted distinct labels of a set."""
+    return sorted({part for label in image_set.labels for part in split_labels(label, multi_label)})
+
+
+def check_same_labels(reference: ImageSet, others: list[ImageSet], multi_label: bool) -> list[str]:
+    """The reference's labels; MedisynError naming the labels when another set has extra or missing ones."""
+    expected = label_vocabulary(reference, multi_label)
+    for other in others:
+        labels = set(label_vocabulary(other, multi_label))
+        extra, missing = sorted(labels - set(expected)), sorted(set(expected) - labels)
+        if extra:
+            raise MedisynError(f"{other.name}: labels not in {reference.name}: {', '.join(extra)} "
+                               f"({reference.name} has: {', '.join(expected)})")
+        if missing:
+            raise MedisynError(f"{other.name}: no images of {reference.name} labels {', '.join(missing)} "
+                               f"(a classifier trained on it cannot score them)")
+    return expected
+
+
+def targets(image_set: ImageSet, classes: list[str], multi_label: bool) -> np.ndarray:
+    """int64 class indices (N,), or for multi-label float32 multi-hot (N, C)."""
+    index = {label: i for i, label in enumerate(classes)}
+    if not multi_label:
+        return np.array([index[label] for label in image_set.labels], dtype=np.int64)
+    hot = np.zeros((len(image_set), len(classes)), dtype=np.float32)
+    for row, label in enumerate(image_set.labels):
+        for part in split_labels(label, True):
+            hot[row, index[part]] = 1.0
+    return hot
+
+
+def default_out(synthetic: str | Path | None) -> Path:
+    """SYNTHETIC/evaluate for a medisyn output folder (so `medisyn report` finds it), else ./evaluate."""
+    if synthetic is not None and (Path(synthetic) / "run.json").exists():
+        return Path(synthetic) / "evaluate"
+    return Path("evaluate")
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """JSON written to a temp name, then renamed (NaN written as null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """CSV of dict rows (columns of the first row), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def save_figure(figure, path: Path) -> Path:
+    """A matplotlib figure saved as PNG atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    tmp.replace(path)
+    return path
+
+
+def new_figure(width: float = 6.4, height: float = 4.0):
+    """(figure, axes) with the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image encoded as PNG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _finite(value):
+    """NaN and infinities -> None, recursively (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value

@@ -1,0 +1,190 @@
+"""Fidelity and diversity: FID, KID, precision/recall, density/coverage, within-class diversity.
+
+Every number depends on the feature extractor, and numbers from different extractors are not comparable
+(the extractor is named in every table and in the JSON `features` field). `--features`:
+
+    cnn            default, offline: penultimate layer (128-d) of the small CNN trained on the real set's labels
+                   (seed 0, 64 px, 15 epochs); meaningful for telling classes apart, not a standard FID
+    inception:FILE the standard FID network from a local file (pytorch-fid's pt_inception-2015-12-05 weights,
+                   or torchvision's inception_v3_google); the only choice whose FID compares with papers
+    pixel          medisyn's pixel embedder (band-passed grey 32x32 thumbnails); no weights
+    clip:<model>   open_clip image tower; hf:<model> a transformers vision encoder (see medisyn_cli.embed)
+
+Features are computed in batches; only the features are kept (the `cnn` extractor holds the real set at 64 px
+in memory to train on it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import MedisynError
+from .common import (ImageSet, default_out, iter_batches, load_arrays, open_sources, to_rgb_array, write_csv,
+                     write_json)
+from .metrics import diversity, fid, kid, prdc
+
+NOT_COMPARABLE = "numbers computed with different features are not comparable"
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Options of `medisyn evaluate fidelity`."""
+
+    real: tuple[str, ...]
+    synthetic: tuple[str, ...]
+    features: str = "cnn"
+    per_class: bool = False
+    k: int = 5
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    cnn_epochs: int = 15
+    batch_size: int = 64
+    device: str = "auto"
+    out: str | None = None
+
+
+@dataclass
+class Extractor:
+    """A feature extractor: its description (for tables and JSON) and PIL images -> (N, d) float32."""
+
+    name: str
+    embed: Callable[[list], np.ndarray]
+
+
+def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device) -> Extractor:
+    """The extractor named by `spec` (cnn, inception:FILE, pixel, clip:..., hf:...)."""
+    spec = spec.strip()
+    if spec == "cnn":
+        return _cnn_extractor(real_sources, config, device)
+    if spec.startswith("inception:"):
+        from .inception import inception_features, load_inception
+
+        model, variant = load_inception(spec[len("inception:"):], device)
+        return Extractor(f"{spec} ({variant} Inception v3 pool3, 2048-d)",
+                         lambda images: inception_features(model, images, device))
+    if spec == "phash":
+        raise MedisynError("--features phash: binary hashes have no mean or covariance; use cnn, pixel, "
+                           "inception:FILE, clip:<model> or hf:<model>")
+    if spec == "pixel" or spec.startswith(("clip:", "hf:")):
+        from ..embed import get_embedder
+
+        embedder = get_embedder(spec)
+        return Extractor(f"{embedder.name} ({embedder.dim}-d, L2-normalised)", embedder.embed)
+    raise MedisynError(f"--features: unknown extractor '{spec}' (valid: cnn, inception:FILE, pixel, clip:<model>, "
+                       f"hf:<model>)")
+
+
+def _cnn_extractor(real_sources: list, config: FidelityConfig, device) -> Extractor:
+    """Penultimate features of the small CNN trained on the real set's labels."""
+    from .classifier import TrainSettings, features, train_classifier
+    from .common import label_vocabulary, require_labels, targets
+
+    size = 64
+    x, real = load_arrays(real_sources, size, "--real")
+    require_labels(real, False)
+    classes = label_vocabulary(real, False)
+    if len(classes) < 2:
+        raise MedisynError(f"--features cnn: the real set has one class ({', '.join(classes)}); the CNN needs two "
+                           f"or more to learn features; use --features pixel or inception:FILE")
+    settings = TrainSettings("small-cnn", config.cnn_epochs, config.batch_size)
+    model = train_classifier(x, targets(real, classes, False), len(classes), settings, 0, device)
+    del x
+    name = (f"cnn (small CNN penultimate layer, 128-d, trained on the real set: {len(real)} images, "
+            f"{len(classes)} classes, {config.cnn_epochs} epochs, {size} px, seed 0)")
+    return Extractor(name, lambda images: features(model, np.stack([to_rgb_array(i, size) for i in images]), device))
+
+
+def extract(sources: list, extractor: Extractor, name: str, batch_size: int) -> tuple[np.ndarray, ImageSet]:
+    """Features of every readable image of a set, batch by batch, with the set's keys and labels."""
+    image_set, chunks = ImageSet(name), []
+    for _, images in iter_batches(sources, batch_size, image_set):
+        chunks.append(np.asarray(extractor.embed(images), dtype=np.float32))
+    if not chunks:
+        raise MedisynError(f"{name}: no readable images ({len(image_set.skipped)} unreadable)")
+    return np.concatenate(chunks), image_set
+
+
+def compare(real: np.ndarray, fake: np.ndarray, config: FidelityConfig) -> dict:
+    """FID, KID and PRDC of two feature sets; metrics the sample sizes do not allow are None, with a note."""
+    row: dict = {"real_images": len(real), "synthetic_images": len(fake)}
+    notes = []
+    try:
+        row["fid"] = fid(real, fake)
+        row["kid"], row["kid_std"] = kid(real, fake, config.kid_subsets, config.kid_subset_size)
+    except MedisynError as exc:
+        row.update(fid=None, kid=None, kid_std=None)
+        notes.append(str(exc))
+    try:
+        row.update(prdc(real, fake, config.k))
+    except MedisynError as exc:
+        row.update(precision=None, recall=None, density=None, coverage=None)
+        notes.append(str(exc))
+    row["real_diversity"], row["synthetic_diversity"] = diversity(real), diversity(fake)
+    if notes:
+        row["note"] = "; ".join(notes)
+    return row
+
+
+def run_fidelity(config: FidelityConfig) -> dict:
+    """Extract features of both sets and compare them overall and per class; write fidelity.json / .csv."""
+    from ..models import resolve_device
+
+    # 1. inputs and extractor
+    device = resolve_device(config.device)
+    if config.k < 1:
+        raise MedisynError("--k must be at least 1")
+    real_sources, synthetic_sources = open_sources(config.real, "--real"), open_sources(config.synthetic,
+                                                                                      "--synthetic")
+    started = time.time()
+    extractor = make_extractor(config.features, real_sources, config, device)
+    # 2. features, batch by batch
+    real, real_set = extract(real_sources, extractor, "--real", config.batch_size)
+    fake, fake_set = extract(synthetic_sources, extractor, "--synthetic", config.batch_size)
+    # 3. metrics: overall, per class, within-class diversity
+    overall = compare(real, fake, config)
+    classes = sorted({l for l in real_set.labels if l is not None} & {l for l in fake_set.labels if l is not None})
+    per_class = {label: _class_row(real, real_set, fake, fake_set, label, config) for label in classes}
+    if classes:
+        overall["real_diversity_within_class"] = _mean([r["real_diversity"] for r in per_class.values()])
+        overall["synthetic_diversity_within_class"] = _mean([r["synthetic_diversity"] for r in per_class.values()])
+    result = {"evaluation": "fidelity", "features": extractor.name, "features_spec": config.features,
+              "note": NOT_COMPARABLE, "k": config.k, "overall": overall, "per_class": per_class,
+              "unmatched_labels": sorted(({l for l in real_set.labels + fake_set.labels if l is not None})
+                                         - set(classes)),
+              "skipped": {s.name: s.skipped for s in (real_set, fake_set) if s.skipped},
+              "seconds": round(time.time() - started, 1), "config": asdict(config)}
+    write_fidelity(result, Path(config.out) if config.out else default_out(config.synthetic[0]))
+    return result
+
+
+def _class_row(real: np.ndarray, real_set: ImageSet, fake: np.ndarray, fake_set: ImageSet, label: str,
+               config: FidelityConfig) -> dict:
+    """Metrics of one class: full comparison with --per-class, else its diversity only."""
+    r = real[np.array([l == label for l in real_set.labels])]
+    f = fake[np.array([l == label for l in fake_set.labels])]
+    if config.per_class:
+        return compare(r, f, config)
+    return {"real_images": len(r), "synthetic_images": len(f), "real_diversity": diversity(r),
+            "synthetic_diversity": diversity(f)}
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def write_fidelity(result: dict, out: Path) -> dict[str, Path]:
+    """fidelity.json and fidelity.csv (one row overall, one per class) under `out`."""
+    rows = [{"scope": "all", **{k: v for k, v in result["overall"].items()}}]
+    rows += [{"scope": label, **row} for label, row in result["per_class"].items()]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    rows = [{c: row.get(c) for c in columns} | {"features": result["features"]} for row in rows]
+    files = {"json": out / "fidelity.json", "csv": out / "fidelity.csv"}
+    write_csv(files["csv"], rows)
+    write_json(files["json"], result | {"files": {k: p.name for k, p in files.items()}})
+    return files

@@ -1,0 +1,209 @@
+"""Downstream utility (the MediSyn paper's Figure 5): does a classifier trained on synthetic images work on real ones?
+
+The same classifier is trained on real images only (at each fraction of the real training set), on synthetic
+images only, and on real (at each fraction) + all synthetic images, once per seed; each is scored by macro
+one-vs-rest AUROC on the real test set, reported as mean +- std over seeds.
+
+Labels come from the datasets (label folders, a `label` column of metadata.csv or Parquet). Multi-label sets
+(chest X-ray style) put the findings of an image in one label joined by '|' (e.g. `effusion|pneumonia`; an
+empty label means no finding); their AUROC is the mean over findings that have positives and negatives in
+the test set. Every set must have the test set's labels: no extra and none missing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MedisynError
+from .classifier import TrainSettings, check_arch, default_size, macro_auroc, predict, train_classifier
+from .common import (ImageSet, check_same_labels, default_out, label_vocabulary, load_arrays, open_sources,
+                     require_labels, save_figure, new_figure, targets, write_csv, write_json)
+
+REAL, SYNTHETIC, COMBINED = "real", "synthetic", "real+synthetic"
+
+
+@dataclass(frozen=True)
+class UtilityConfig:
+    """Options of `medisyn evaluate utility` (paths: any dataset medisyn reads)."""
+
+    real_train: tuple[str, ...]
+    real_test: tuple[str, ...]
+    synthetic: tuple[str, ...]
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    arch: str = "small-cnn"
+    seeds: int = 5
+    multi_label: bool = False
+    epochs: int = 25
+    batch_size: int = 64
+    size: int | None = None       # classifier input side; None: 64 for small-cnn, 224 for ResNets
+    weights: str | None = None    # local state dict for ResNets
+    device: str = "auto"
+    out: str | None = None        # None: SYNTHETIC/evaluate for a medisyn output folder, else ./evaluate
+
+
+@dataclass
+class Condition:
+    """One training set of the comparison: which data, at which fraction of the real training set."""
+
+    name: str
+    fraction: float | None
+    scores: list[float] = field(default_factory=list)
+    per_class: list[dict] = field(default_factory=list)
+    real_images: int = 0
+    synthetic_images: int = 0
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """'0.1,0.25,1' -> (0.1, 0.25, 1.0); MedisynError unless every value is in (0, 1]."""
+    try:
+        values = tuple(sorted({float(part) for part in text.split(",") if part.strip()}))
+    except ValueError as exc:
+        raise MedisynError(f"--fractions: expected numbers like 0.1,0.25,0.5,1, got '{text}'") from exc
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise MedisynError(f"--fractions: every fraction must be in (0, 1], got '{text}'")
+    return values
+
+
+def run_utility(config: UtilityConfig) -> dict:
+    """Train and score every condition; write utility.json, utility.csv and utility.png; return the results."""
+    from ..models import resolve_device
+
+    # 1. options and inputs, checked before any image is decoded
+    check_arch(config.arch, config.weights)
+    if config.seeds < 1 or config.epochs < 1:
+        raise MedisynError("--seeds and --epochs must be at least 1")
+    fractions = parse_fractions(",".join(map(str, config.fractions)))
+    device = resolve_device(config.device)
+    sources = {name: open_sources(paths, option) for name, paths, option in
+               (("test", config.real_test, "--real-test"), ("train", config.real_train, "--real-train"),
+                ("synthetic", config.synthetic, "--synthetic"))}
+    # 2. images (uint8, in memory) and labels
+    size = config.size or default_size(config.arch)
+    arrays, sets = {}, {}
+    for name, option in (("test", "--real-test"), ("train", "--real-train"), ("synthetic", "--synthetic")):
+        arrays[name], sets[name] = load_arrays(sources[name], size, option)
+    classes = check_utility_labels(sets["test"], sets["train"], sets["synthetic"], config.multi_label)
+    y = {name: targets(image_set, classes, config.multi_label) for name, image_set in sets.items()}
+    # 3. train and score each condition, seed by seed
+    settings = TrainSettings(config.arch, config.epochs, config.batch_size, multi_label=config.multi_label,
+                             weights=config.weights)
+    conditions = _conditions(fractions)
+    started = time.time()
+    for seed in range(config.seeds):
+        for condition in conditions:
+            x_train, y_train = _training_set(condition, arrays, y, sets["train"], config.multi_label, seed)
+            model = train_classifier(x_train, y_train, len(classes), settings, seed, device)
+            scores = predict(model, arrays["test"], device, config.multi_label)
+            value, per_class = macro_auroc(y["test"], scores, classes, config.multi_label)
+            condition.scores.append(value)
+            condition.per_class.append(per_class)
+    # 4. summary and files
+    result = _summary(config, conditions, classes, sets, size, str(device), time.time() - started)
+    write_utility(result, Path(config.out) if config.out else default_out(config.synthetic[0]))
+    return result
+
+
+def check_utility_labels(test: ImageSet, train: ImageSet, synthetic: ImageSet, multi_label: bool) -> list[str]:
+    """The test set's classes; MedisynError for unlabelled images, fewer than two classes or mismatched sets."""
+    for image_set in (test, train, synthetic):
+        require_labels(image_set, multi_label)
+    classes = label_vocabulary(test, multi_label)
+    if multi_label:
+        hot = targets(test, classes, True)
+        if not classes or not ((hot.sum(0) > 0) & (hot.sum(0) < len(hot))).any():
+            raise MedisynError(f"--real-test: no finding has both positive and negative test images "
+                               f"(labels: {', '.join(classes) or 'none'}); AUROC is undefined")
+    elif len(classes) < 2:
+        raise MedisynError(f"--real-test: only one class ({', '.join(classes)}) in the test set; AUROC is undefined "
+                           f"(it needs at least two classes)")
+    return check_same_labels(test, [train, synthetic], multi_label)
+
+
+def _conditions(fractions: tuple[float, ...]) -> list[Condition]:
+    return ([Condition(REAL, f) for f in fractions] + [Condition(SYNTHETIC, None)]
+            + [Condition(COMBINED, f) for f in fractions])
+
+
+def _training_set(condition: Condition, arrays: dict, y: dict, train: ImageSet, multi_label: bool,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images and targets of one condition for one seed (a stratified fraction of the real set)."""
+    parts_x, parts_y = [], []
+    if condition.name in (REAL, COMBINED):
+        rows = fraction_rows(train, condition.fraction, seed, multi_label)
+        parts_x.append(arrays["train"][rows])
+        parts_y.append(y["train"][rows])
+        condition.real_images = len(rows)
+    if condition.name in (SYNTHETIC, COMBINED):
+        parts_x.append(arrays["synthetic"])
+        parts_y.append(y["synthetic"])
+        condition.synthetic_images = len(arrays["synthetic"])
+    return np.concatenate(parts_x), np.concatenate(parts_y)
+
+
+def fraction_rows(image_set: ImageSet, fraction: float, seed: int, multi_label: bool) -> np.ndarray:
+    """Row indices of a seeded fraction of a set; multi-class: per class, at least one image of each."""
+    rng = np.random.default_rng(seed)
+    if fraction >= 1.0:
+        return np.arange(len(image_set))
+    if multi_label:
+        return np.sort(rng.permutation(len(image_set))[:max(1, round(fraction * len(image_set)))])
+    labels = np.array(image_set.labels, dtype=object)
+    rows = []
+    for label in sorted(set(image_set.labels)):
+        members = np.flatnonzero(labels == label)
+        rows.append(rng.permutation(members)[:max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(rows))
+
+
+def _summary(config: UtilityConfig, conditions: list[Condition], classes: list[str], sets: dict, size: int,
+             device: str, seconds: float) -> dict:
+    rows = []
+    for c in conditions:
+        per_class = {label: float(np.nanmean([p[label] for p in c.per_class])) if any(
+            not np.isnan(p[label]) for p in c.per_class) else float("nan") for label in classes}
+        rows.append({"condition": c.name, "real_fraction": c.fraction, "real_images": c.real_images,
+                     "synthetic_images": c.synthetic_images, "auroc_mean": float(np.mean(c.scores)),
+                     "auroc_std": float(np.std(c.scores)), "auroc_seeds": c.scores, "auroc_per_class": per_class})
+    return {"evaluation": "utility", "metric": "macro one-vs-rest AUROC on the real test set",
+            "classes": classes, "multi_label": config.multi_label, "label_separator": "|",
+            "images": {name: len(s) for name, s in sets.items()},
+            "skipped": {name: s.skipped for name, s in sets.items() if s.skipped},
+            "classifier": {"arch": config.arch, "size": size, "epochs": config.epochs,
+                           "batch_size": config.batch_size, "weights": config.weights, "device": device},
+            "seeds": config.seeds, "rows": rows, "seconds": round(seconds, 1), "config": asdict(config)}
+
+
+def write_utility(result: dict, out: Path) -> dict[str, Path]:
+    """utility.json, utility.csv (one row per condition) and utility.png under `out`."""
+    flat = [{k: v for k, v in row.items() if k not in ("auroc_seeds", "auroc_per_class")}
+            | {"auroc_seeds": " ".join(f"{s:.4f}" for s in row["auroc_seeds"])}
+            | {f"auroc_{label}": value for label, value in row["auroc_per_class"].items()} for row in result["rows"]]
+    files = {"json": out / "utility.json", "csv": out / "utility.csv", "png": out / "utility.png"}
+    write_csv(files["csv"], flat)
+    plot_utility(result, files["png"])
+    write_json(files["json"], result | {"files": {k: p.name for k, p in files.items()}})
+    return files
+
+
+def plot_utility(result: dict, path: Path) -> Path:
+    """AUROC against the fraction of real training data: real, real + synthetic, and synthetic only."""
+    figure, axes = new_figure()
+    for name, style in ((REAL, "o-"), (COMBINED, "s-")):
+        rows = [r for r in result["rows"] if r["condition"] == name]
+        axes.errorbar([r["real_fraction"] for r in rows], [r["auroc_mean"] for r in rows],
+                      yerr=[r["auroc_std"] for r in rows], fmt=style, capsize=3, label=name)
+    synthetic = next(r for r in result["rows"] if r["condition"] == SYNTHETIC)
+    axes.axhline(synthetic["auroc_mean"], color="tab:green", linestyle="--",
+                 label=f"synthetic only ({synthetic['synthetic_images']} images)")
+    axes.axhspan(synthetic["auroc_mean"] - synthetic["auroc_std"], synthetic["auroc_mean"] + synthetic["auroc_std"],
+                 color="tab:green", alpha=0.15)
+    axes.set_xlabel("fraction of the real training set")
+    axes.set_ylabel("macro AUROC on real test images")
+    axes.set_title(f"utility: {result['classifier']['arch']}, {result['seeds']} seeds (mean ± std)")
+    axes.legend(loc="lower right")
+    axes.grid(alpha=0.3)
+    return save_figure(figure, path)

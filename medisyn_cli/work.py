@@ -1,0 +1,209 @@
+"""The resume unit: every batch of a run is written under OUT/_work and marked done last; merge consolidates.
+
+    OUT/_work/config.json                 what the result depends on; every process and resume must agree
+    OUT/_work/parquet/b-0000012-00000.parquet     the batch's rows (renamed in when complete)
+    OUT/_work/imagefolder/b-0000012.csv   its metadata.csv rows (PNGs go straight to OUT/imagefolder/<label>/)
+    OUT/_work/rejected/b-0000012.parquet  its rejected near-copies
+    OUT/_work/done/b-0000012.json         written last: ids kept and per-class counts
+
+A batch without its done file is made again from scratch (same ids, same seeds, same images), so a run killed
+at any moment loses at most the batches in flight. When every batch is done, `consolidate` writes the final
+parquet/part-*.parquet, imagefolder/metadata.csv and rejected.parquet in plan order, identical whatever the
+sharding and however often the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import MedisynError
+
+WORK = "_work"
+
+
+class IncompleteRun(MedisynError):
+    """merge found batches that are not done yet."""
+
+
+def batch_name(batch: int) -> str:
+    return f"b-{batch:07d}"
+
+
+class WorkDir:
+    """OUT/_work of one run."""
+
+    def __init__(self, out: Path):
+        self.out, self.root = Path(out), Path(out) / WORK
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def create_or_join(self, record: dict) -> bool:
+        """Write config.json if no process has yet (atomically); else check it matches. True if created."""
+        for name in ("done", "parquet", "imagefolder", "rejected"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".config.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        try:
+            os.link(tmp, self.config_path)  # atomic: fails if another process got there first
+            return True
+        except FileExistsError:
+            check_same_run(self.read_config()["key"], record["key"], self.out)
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "consolidate.lock"
+
+    def lock(self) -> bool:
+        """Take the right to consolidate (atomic mkdir); False if another process has it."""
+        try:
+            self.lock_path.mkdir()
+            return True
+        except FileExistsError:
+            return False
+
+    def read_config(self) -> dict:
+        try:
+            return json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MedisynError(f"{self.config_path}: cannot read the run's recorded config ({exc})") from exc
+
+    def clean_partial(self) -> None:
+        """Remove temp files left by a killed process (complete files are never touched)."""
+        for folder in (self.root, self.out / "imagefolder"):
+            if folder.exists():
+                for tmp in folder.rglob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+    def done(self) -> set[int]:
+        """Numbers of the batches marked done."""
+        return {int(p.stem[2:]) for p in (self.root / "done").glob("b-*.json")}
+
+    def mark_done(self, batch: int, record: dict) -> None:
+        path = self.root / "done" / f"{batch_name(batch)}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+    def done_records(self):
+        """The done files in batch order."""
+        for path in sorted((self.root / "done").glob("b-*.json")):
+            yield json.loads(path.read_text())
+
+
+def check_same_run(recorded: dict, current: dict, out: Path) -> None:
+    """A clear error naming every option that differs from the run already in OUT."""
+    differ = [f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} now" for k in sorted(set(recorded) | set(current))
+              if recorded.get(k) != current.get(k)]
+    if differ:
+        raise MedisynError(f"--out {out}: holds a run with other settings ({'; '.join(differ)}); use the same "
+                           f"options, another --out, or --overwrite to start again")
+
+
+def missing_report(batches: int, done: set[int], shard_count: int, batch_sizes) -> dict[int, tuple[int, int]]:
+    """shard -> (missing batches, missing images) for every shard with work left."""
+    report: dict[int, list[int]] = {}
+    for batch in range(batches):
+        if batch not in done:
+            entry = report.setdefault(batch % shard_count, [0, 0])
+            entry[0] += 1
+            entry[1] += batch_sizes(batch)
+    return {shard: (b, n) for shard, (b, n) in sorted(report.items())}
+
+
+# --- consolidation ----------------------------------------------------------------------------------------
+
+def consolidate(work: WorkDir, formats: tuple[str, ...], labels: list[str], rows_per_part: int,
+                screened: bool) -> list[dict]:
+    """Write the final dataset files from the batches, in plan order; returns the outputs for run.json."""
+    outputs = []
+    if "parquet" in formats:
+        outputs.append(_consolidate_parquet(work.root / "parquet", work.out / "parquet", rows_per_part))
+    if "imagefolder" in formats:
+        outputs.append(_consolidate_metadata(work, work.out / "imagefolder"))
+    if screened:
+        outputs.append(_consolidate_rejected(work.root / "rejected", work.out / "rejected.parquet"))
+    return outputs
+
+
+def _consolidate_parquet(source: Path, target: Path, rows_per_part: int) -> dict:
+    """Batch files -> part-NNNNN.parquet of rows_per_part rows (schema and its HF metadata kept)."""
+    import pyarrow.parquet as pq
+
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob("part-*.parquet"):
+        old.unlink()
+    files, rows, handle, part_rows = [], 0, None, 0
+    for batch_file in sorted(source.glob("b-*.parquet")):
+        table = pq.read_table(batch_file)
+        while table.num_rows:
+            if handle is None:
+                tmp = target / f".part-{len(files):05d}.parquet.tmp"
+                handle = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            take = min(table.num_rows, rows_per_part - part_rows)
+            handle.write_table(table.slice(0, take), row_group_size=64)
+            table, part_rows, rows = table.slice(take), part_rows + take, rows + take
+            if part_rows == rows_per_part:
+                files.append(_finish_part(handle, tmp, target, len(files)))
+                handle, part_rows = None, 0
+    if handle is not None:
+        files.append(_finish_part(handle, tmp, target, len(files)))
+    return {"format": "parquet", "rows": rows, "files": files}
+
+
+def _finish_part(handle, tmp: Path, target: Path, number: int) -> str:
+    handle.close()
+    final = target / f"part-{number:05d}.parquet"
+    tmp.replace(final)
+    return final.name
+
+
+def _consolidate_metadata(work: WorkDir, target: Path) -> dict:
+    """Batch CSVs -> imagefolder/metadata.csv; PNGs of ids that were not kept (a redone batch) are removed."""
+    from .writers import COLUMNS
+
+    target.mkdir(parents=True, exist_ok=True)
+    tmp, rows, listed = target / ".metadata.csv.tmp", 0, set()
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file_name", *COLUMNS])
+        writer.writeheader()
+        for batch_file in sorted((work.root / "imagefolder").glob("b-*.csv")):
+            with open(batch_file, newline="", encoding="utf-8") as source:
+                for row in csv.DictReader(source):
+                    writer.writerow(row)
+                    listed.add(row["file_name"])
+                    rows += 1
+    tmp.replace(target / "metadata.csv")
+    for png in target.rglob("*.png"):
+        if png.relative_to(target).as_posix() not in listed:
+            png.unlink()
+    return {"format": "imagefolder", "rows": rows, "files": ["metadata.csv"]}
+
+
+def _consolidate_rejected(source: Path, target: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from .screen import RejectedLog
+
+    log = RejectedLog(target)
+    for batch_file in sorted(source.glob("b-*.parquet")):
+        table = pq.read_table(batch_file, schema=log.schema)
+        log.handle.write_table(table)
+        log.rows += table.num_rows
+    return {"format": "rejected", **log.close()}
+
+
+def remove(work: WorkDir) -> None:
+    """Delete the work folder once the dataset is consolidated."""
+    shutil.rmtree(work.root, ignore_errors=True)
