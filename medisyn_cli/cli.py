@@ -77,7 +77,16 @@ def generate(
                                                              "same --out (default: from SLURM_ARRAY_TASK_ID, RANK...)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (same options)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing medisyn output folder."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (classes, prompts, seeds); load no model."),
+    slurm_array: Optional[int] = typer.Option(None, "--slurm-array", help="Submit as a SLURM array of N tasks "
+                                                                        "(one shard each) instead of running here."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+    gpus_per_task: int = typer.Option(0, "--gpus-per-task", help="GPUs per array task; one process per GPU."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task"),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="SLURM walltime per task, e.g. 04:00:00."),
+    mem: Optional[str] = typer.Option(None, "--mem", help="SLURM memory per task, e.g. 32G."),
+    sbatch: list[str] = typer.Option([], "--sbatch", help="Extra sbatch option, e.g. --sbatch=--account=abc."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (classes, prompts, seeds) or, with "
+                                                          "--slurm-array, the sbatch script; load no model."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate a balanced, labelled synthetic dataset from a prompt manifest.
@@ -95,6 +104,12 @@ def generate(
                              index=str(index) if index else None, threshold=threshold,
                              max_attempts=max_attempts, shard=shard, resume=resume, overwrite=overwrite,
                              dry_run=dry_run)
+        if slurm_array is not None:
+            from .slurm import SlurmOptions
+
+            slurm = SlurmOptions(slurm_array, partition, gpus_per_task, cpus_per_task, time_limit, mem,
+                                 extra=tuple(sbatch))
+            return _submit(cfg, slurm)
         summary = run_generate(cfg, show_progress=progress)
     _print_summary(summary)
     for label, reason in summary.ended.items():
@@ -102,6 +117,20 @@ def generate(
                       soft_wrap=True)
     if summary.ended:
         raise typer.Exit(EXIT_MEMORISES)
+
+
+def _submit(cfg, slurm) -> None:
+    from .slurm import submit_generate
+
+    script, job, out = submit_generate(cfg, slurm)
+    if job is None:
+        results.print(script, highlight=False, markup=False, soft_wrap=True)
+        return
+    results.print(f"submitted job array {job} ({slurm.array} tasks) -> {out}\n"
+                  f"  script: {out / 'slurm' / 'generate.sbatch'}\n"
+                  f"  watch:  squeue -j {job}; tail -f {out / 'slurm'}/{job}_*.out\n"
+                  f"  check:  medisyn merge {out}   (the last task consolidates; merge reports what is missing)",
+                  highlight=False, markup=False)
 
 
 def _print_summary(summary) -> None:

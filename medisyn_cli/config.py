@@ -49,12 +49,12 @@ FLAGS = {"manifest": "--manifest", "n": "--n", "out": "--out", "model": "--model
          "index": "--index", "threshold": "--threshold", "max_attempts": "--max-attempts", "shard": "--shard"}
 
 
-def command_line(config: GenerateConfig) -> str:
+def command_line(config: GenerateConfig, program: str = "medisyn") -> str:
     """The `medisyn generate` command that runs `config` (options at their defaults left out)."""
     import shlex
 
     default = GenerateConfig(manifest="", n=0)
-    words = ["medisyn", "generate"]
+    words = ["generate"]
     for name, flag in FLAGS.items():
         value = getattr(config, name)
         if value is not None and (value != getattr(default, name) or name in ("manifest", "n")):
@@ -62,4 +62,4 @@ def command_line(config: GenerateConfig) -> str:
     if tuple(config.formats) != FORMATS:
         words += ["--format", ",".join(config.formats)]
     words += ["--resume"] if config.resume else []
-    return " ".join(shlex.quote(w) for w in words)
+    return " ".join([program] + [shlex.quote(w) for w in words])

@@ -67,7 +67,7 @@ def out_state(out: Path, config: GenerateConfig, shard: Shard) -> str:
         raise MedisynError(f"--out {out}: exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return "new"
-    ours = any((out / name).exists() for name in (RUN_FILE, "parquet", "imagefolder", ".medisyn", WORK))
+    ours = any((out / name).exists() for name in (RUN_FILE, "parquet", "imagefolder", ".medisyn", WORK, "slurm"))
     if config.overwrite:
         if shard.count > 1:
             raise MedisynError("--overwrite with shards would let each shard delete the others' work; "
@@ -206,16 +206,18 @@ def _all_done(work: WorkDir) -> bool:
 
 @contextmanager
 def stop_on_signals():
-    """SIGTERM and SIGUSR1 (SLURM preemption and --signal warnings) set a flag; a second one kills at once."""
+    """SIGTERM and SIGUSR1 (SLURM preemption and --signal warnings) set a flag checked after each batch.
+
+    SLURM may deliver both (SIGTERM to every process, USR1 forwarded by the batch script): the first one counts.
+    Ctrl-C (SIGINT) still stops at once.
+    """
     import signal
     import threading
 
     flag = {"signal": None}
 
     def handler(number, frame):
-        flag["signal"] = signal.Signals(number).name
-        for name in ("SIGTERM", "SIGUSR1"):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        flag["signal"] = flag["signal"] or signal.Signals(number).name
 
     if threading.current_thread() is not threading.main_thread():
         yield flag
