@@ -272,6 +272,11 @@ def merge(out: Path = typer.Argument(..., help="Output folder of a sharded or in
     _print_summary(summary)
 
 
+from .cli_evaluate import evaluate_app, report_command  # noqa: E402  (after errors_as_exit_codes, which it uses)
+
+app.add_typer(evaluate_app, name="evaluate")
+app.command("report")(report_command)
+
 index_app = typer.Typer(no_args_is_help=True, help="Indexes of training images, for near-copy screening.")
 app.add_typer(index_app, name="index")
 

@@ -65,7 +65,7 @@ def utility(
         result = run_utility(config)
     table = Table(title=f"utility: macro AUROC on {result['images']['test']} real test images "
                         f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)")
-    for name in ("condition", "real fraction", "real images", "synthetic images", "AUROC (mean ± std)"):
+    for name in ("condition", "real fraction", "real", "synthetic", "AUROC mean ± std"):
         table.add_column(name)
     for row in result["rows"]:
         table.add_row(row["condition"], "-" if row["real_fraction"] is None else f"{row['real_fraction']:g}",

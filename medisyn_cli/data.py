@@ -149,8 +149,10 @@ def _sources_of(path: Path) -> list[Source]:
         return [Source(path, "parquet" if path.suffix == ".parquet" else "images")]
     if (path / "metadata.csv").exists():
         return [Source(path, "imagefolder")]
-    if (path / "run.json").exists() and _parquet_files(path / "parquet"):
+    if (path / "run.json").exists() and (path / "parquet").is_dir() and _parquet_files(path / "parquet"):
         return [Source(path / "parquet", "parquet")]  # a medisyn output folder: its Parquet copy
+    if (path / "run.json").exists() and (path / "imagefolder" / "metadata.csv").exists():
+        return [Source(path / "imagefolder", "imagefolder")]
     if _parquet_files(path):
         return [Source(path, "parquet")]
     nested = sorted(p.parent for p in path.glob("*/metadata.csv"))

@@ -178,8 +178,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
     replaced = prepare_out(out, config.overwrite) if state == "new" else None
     work = WorkDir(out)
-    work.create_or_join(record)
-    work.clean_partial()
+    work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
 
     # 3. this shard's batches that are not done yet: generate, screen, write, mark done
     try:
@@ -330,6 +329,7 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
                                         ended_classes=summary.ended)
     write_json(out / RUN_FILE, summary.run)
     write_card(out, summary)
+    work.clean_partial()  # every batch is done: any temp file left is from a killed process
     remove_work(work)
     return summary
 

@@ -80,7 +80,7 @@ class WorkDir:
             raise MedisynError(f"{self.config_path}: cannot read the run's recorded config ({exc})") from exc
 
     def clean_partial(self) -> None:
-        """Remove temp files left by a killed process (complete files are never touched)."""
+        """Remove temp files left by killed processes; only when no process is writing (all batches done)."""
         for folder in (self.root, self.out / "imagefolder"):
             if folder.exists():
                 for tmp in folder.rglob(".*.tmp"):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from medisyn_cli.cli import app
 from medisyn_cli.config import GenerateConfig
 from medisyn_cli.slurm import SlurmOptions, sbatch_script
+from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
 MANIFEST = "label,prompt\nmelanoma,dermoscopy image of melanoma\nnevus,dermoscopy image of benign melanocytic nevus\n"
 
@@ -39,3 +40,32 @@ def test_dry_run_prints_the_script_and_submits_nothing(tmp_path):
     bad = CliRunner().invoke(app, ["generate", "--manifest", str(tmp_path / "m.csv"), "--n", "8", "--slurm-array",
                                    "0", "--dry-run"])
     assert bad.exit_code == 2 and "--slurm-array: must be at least 1" in bad.output
+
+
+def test_a_4_task_array_on_a_real_slurm_equals_a_single_process_run(slurm_cluster, tiny_model, tmp_path):
+    import shutil
+    import sys
+
+    from medisyn_cli.runner import run_generate
+
+    (tmp_path / "m.csv").write_text(MANIFEST)
+    single = run_generate(GenerateConfig(manifest=str(tmp_path / "m.csv"), n=8, out=str(tmp_path / "one"),
+                                         model=str(tiny_model), steps=2, batch_size=2), show_progress=False).out
+    exe = shutil.which("medisyn") or str(Path(sys.executable).with_name("medisyn"))
+    proc = subprocess.run([exe, "generate", "--manifest", str(tmp_path / "m.csv"), "--n", "8", "--out",
+                           str(tmp_path / "array"), "--model", str(tiny_model), "--steps", "2", "--batch-size", "2",
+                           "--slurm-array", "4"], capture_output=True, text=True, env=slurm_cluster.env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job = int(proc.stdout.split("submitted job array ")[1].split()[0])
+    states = slurm_cluster.wait(job, timeout=400)
+    logs = "\n".join(p.read_text()[-1500:] for p in sorted((tmp_path / "array" / "slurm").glob("*.out")))
+    assert states == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED", 3: "COMPLETED"}, logs
+    merged = CliRunner().invoke(app, ["merge", str(tmp_path / "array")])
+    assert merged.exit_code == 0, merged.output
+    frame = lambda out: pd.read_parquet(out / "parquet")[["id", "seed", "image"]]  # noqa: E731
+    array, one = frame(tmp_path / "array"), frame(single)
+    assert list(array["id"]) == list(one["id"]) and list(array["seed"]) == list(one["seed"])
+    assert [i["bytes"] for i in array["image"]] == [i["bytes"] for i in one["image"]]
+    run = json.loads((tmp_path / "array" / "run.json").read_text())
+    assert sum(c["written"] for c in run["classes"].values()) == 8
+    assert len(list((tmp_path / "array" / "slurm").glob(f"{job}_*.out"))) == 4

@@ -73,7 +73,8 @@ def _resnet(arch: str, weights: str | None):
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle, zip or format errors
-            raise MedisynError(f"--weights {weights}: not a readable PyTorch state dict ({type(exc).__name__})") from exc
+            raise MedisynError(f"--weights {weights}: not a readable PyTorch state dict "
+                               f"({type(exc).__name__})") from exc
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -152,14 +153,21 @@ def features(model, x: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
 
 def auroc(positive: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve of one binary problem (Mann-Whitney U / (n+ n-), ties count half); NaN if one-sided."""
-    from scipy.stats import rankdata
-
     positive = np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(score)
+    ranks = average_ranks(np.asarray(score, dtype=np.float64))
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their average rank (scipy.stats.rankdata's default)."""
+    order = np.argsort(values, kind="mergesort")
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(values), np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
 
 
 def macro_auroc(y: np.ndarray, scores: np.ndarray, classes: list[str], multi_label: bool) -> tuple[float, dict]:

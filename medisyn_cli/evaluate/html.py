@@ -43,8 +43,12 @@ def write_report(out: str | Path, per_class: int = 8) -> tuple[Path, list[str]]:
     if not out.is_dir():
         raise MedisynError(f"{out}: no such folder (expected a medisyn generate output folder)")
     run = _read_json(out / "run.json")
-    kept = _kept_rows(out)
     page = Page()
+    try:
+        kept = _kept_rows(out)
+    except Exception as exc:  # unreadable Parquet or CSV: report the rest
+        kept = None
+        page.skip(f"kept rows unreadable ({type(exc).__name__}: {exc})"[:300])
     for step in (_run_section, _counts_section, _samples_section, _rejections_section, _similarity_section,
                  _pairs_section, _evaluate_sections):
         try:
@@ -269,7 +273,8 @@ def _privacy_html(result: dict) -> str:
              "near-copy rate (synthetic / held-out)": "{synthetic} / {heldout}".format(
                  **result.get("near_copy_rate", {"synthetic": "?", "heldout": "?"})),
              "P(synthetic closer than held-out)": result.get("p_synthetic_closer"),
-             "Mann-Whitney p": result.get("mannwhitney_p"), "images": result.get("images")}
+             "Mann-Whitney p": result.get("mannwhitney_p"),
+             "images": ", ".join(f"{k} {v}" for k, v in (result.get("images") or {}).items())}
     return _table([{"": k, "value": v} for k, v in facts.items()])
 
 

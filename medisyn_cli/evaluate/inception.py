@@ -36,8 +36,8 @@ def load_inception(path: str | Path, device):
         raise MedisynError(f"inception:{path}: not an Inception v3 state dict ({type(exc).__name__}: {exc})"[:300]) \
             from exc
     fid_variant = classes == FID_CLASSES
-    model = Inception3(num_classes=classes, aux_logits=not fid_variant and any(k.startswith("AuxLogits") for k in state),
-                       transform_input=False, init_weights=False)
+    aux = not fid_variant and any(k.startswith("AuxLogits") for k in state)
+    model = Inception3(num_classes=classes, aux_logits=aux, transform_input=False, init_weights=False)
     if fid_variant:
         _use_fid_blocks(model)
     try:

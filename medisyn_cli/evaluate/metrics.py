@@ -1,7 +1,8 @@
 """Distribution metrics on feature vectors: FID, KID, precision/recall/density/coverage, diversity.
 
 All take float arrays (N, d) of real and synthetic features; none needs images or a network.
-- FID (Heusel et al. 2017): |mu_r - mu_s|^2 + Tr(C_r + C_s - 2 (C_r C_s)^1/2), scipy.linalg.sqrtm.
+- FID (Heusel et al. 2017): |mu_r - mu_s|^2 + Tr(C_r + C_s - 2 (C_r C_s)^1/2); the trace of the root from the
+  eigenvalues of C_r^1/2 C_s C_r^1/2 (equal to scipy.linalg.sqrtm's, stable for singular covariances).
 - KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel (x.y / d + 1)^3, averaged over
   random subsets; mean and std.
 - PRDC (Naeem et al. 2020, k = 5): a sample's k-NN radius is the distance to its k-th nearest neighbour in its
@@ -21,18 +22,20 @@ from ..errors import MedisynError
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to the two feature sets (>= 2 samples each)."""
-    from scipy import linalg
-
     _need(real, fake, 2, "FID")
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-    mu1, mu2 = real.mean(0), fake.mean(0)
     c1, c2 = np.atleast_2d(np.cov(real, rowvar=False)), np.atleast_2d(np.cov(fake, rowvar=False))
-    root, _ = linalg.sqrtm(c1 @ c2, disp=False)
-    if not np.isfinite(root).all():  # singular product (fewer samples than dimensions): regularise, as pytorch-fid
-        offset = np.eye(len(c1)) * 1e-6
-        root = linalg.sqrtm((c1 + offset) @ (c2 + offset))
-    value = float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(np.real(root)))
-    return max(value, 0.0)
+    value = np.sum((real.mean(0) - fake.mean(0)) ** 2) + np.trace(c1) + np.trace(c2) - 2 * trace_sqrt_product(c1, c2)
+    return max(float(value), 0.0)
+
+
+def trace_sqrt_product(c1: np.ndarray, c2: np.ndarray) -> float:
+    """Tr((C1 C2)^1/2) for covariance matrices, as Tr((C1^1/2 C2 C1^1/2)^1/2): symmetric eigenvalues only, so
+    exact for singular covariances (fewer samples than dimensions) where sqrtm of C1 C2 is ill-conditioned."""
+    w, v = np.linalg.eigh(c1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root @ c2 @ root
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum())
 
 
 def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000,

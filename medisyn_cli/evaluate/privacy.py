@@ -185,12 +185,12 @@ def closest_pairs_figure(synthetic: Nearest, synthetic_sources: list, train: Ima
     sources = fetch_images(train_sources, [train.positions[synthetic.nn_id[i]] for i in order])
     side, cols = 96, 4
     rows = -(-len(order) // cols)
-    grid = Image.new("RGB", (cols * (2 * side + 12), rows * (side + 16)), "white")
+    grid = Image.new("RGB", (cols * (2 * side + 16), rows * (side + 16)), "white")
     draw = ImageDraw.Draw(grid)
     for n, i in enumerate(order):
-        x, y = (n % cols) * (2 * side + 12), (n // cols) * (side + 16)
+        x, y = (n % cols) * (2 * side + 16), (n // cols) * (side + 16)
         for offset, image in ((0, query.get(synthetic.image_set.positions[i])),
-                              (side, sources.get(train.positions[synthetic.nn_id[i]]))):
+                              (side + 4, sources.get(train.positions[synthetic.nn_id[i]]))):
             if image is not None:
                 grid.paste(_thumbnail(image, side), (x + offset, y))
         draw.text((x + 2, y + side + 2), f"{synthetic.similarity[i]:.3f} {synthetic.view[i]}"[:30], fill="black")

@@ -1,0 +1,353 @@
+"""`medisyn evaluate` (utility, privacy, fidelity) and `medisyn report`, on small sets made from real fixture images.
+
+The sets: every real fixture image (BCCD blood-smear crops and Kermany chest x-rays) under a few flips and
+rotations, labelled `cell` or `xray` -- two visually distinct classes a small CNN separates reliably. Training
+sets come from tests/fixtures/images, test / held-out sets from tests/fixtures/screen/distinct (other patients).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import typer
+from PIL import Image, ImageEnhance, ImageOps
+from typer.testing import CliRunner
+
+from medisyn_cli.cli_evaluate import evaluate_app, report_command
+from medisyn_cli.errors import MedisynError
+from medisyn_cli.evaluate.classifier import auroc, macro_auroc
+from medisyn_cli.evaluate.metrics import diversity, fid, kid, prdc, trace_sqrt_product
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TRAIN_IMAGES = sorted((FIXTURES / "images" / "images").glob("*.png"))
+OTHER_IMAGES = sorted((FIXTURES / "screen" / "distinct").glob("*.png"))
+VIEWS = {"id": lambda i: i, "h": ImageOps.mirror, "v": ImageOps.flip, "r90": lambda i: i.rotate(90),
+         "r180": lambda i: i.rotate(180), "r270": lambda i: i.rotate(270),
+         "t": lambda i: ImageOps.mirror(i.rotate(90)), "crop": lambda i: i.crop((4, 4, 60, 60)).resize((64, 64))}
+TINY = ["--size", "16", "--batch-size", "16", "--epochs", "6"]
+
+
+def kind(path: Path) -> str:
+    return "cell" if "blood" in path.name or "platelet" in path.name else "xray"
+
+
+def jpeg(image: Image.Image, quality: int = 85) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert(image.mode)
+
+
+def label_folders(folder: Path, images: list[Path], views: list[str], label=kind) -> Path:
+    """<folder>/<label>/<name>_<view>.png for every image under every view."""
+    for path in images:
+        for view in views:
+            (folder / label(path)).mkdir(parents=True, exist_ok=True)
+            VIEWS[view](Image.open(path)).save(folder / label(path) / f"{path.stem}_{view}.png")
+    return folder
+
+
+def invoke(*args: str):
+    app = typer.Typer()
+    app.add_typer(evaluate_app, name="evaluate")
+    app.command("report")(report_command)
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> Path:
+    """train (48: 24 cell, 24 xray), test (24, other patients), synthetic (other views of the training images)."""
+    root = tmp_path_factory.mktemp("sets")
+    label_folders(root / "train", TRAIN_IMAGES, ["id", "h", "v", "r90"])
+    label_folders(root / "test", OTHER_IMAGES, ["id", "h", "v", "r90"])
+    label_folders(root / "synthetic", TRAIN_IMAGES, ["r180", "r270", "t", "crop"])
+    return root
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+
+def test_auroc_matches_sklearn_including_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    score = np.round(rng.normal(size=200) + y, 1)  # rounding makes ties
+    assert auroc(y == 1, score) == pytest.approx(roc_auc_score(y, score))
+    probs = rng.dirichlet([1, 1, 1], 90)
+    labels = rng.integers(0, 3, 90)
+    value, _ = macro_auroc(labels, probs, ["a", "b", "c"], multi_label=False)
+    assert value == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    assert np.isnan(auroc(np.ones(5, bool), np.arange(5)))
+
+
+def test_fid_is_zero_for_identical_features_grows_with_a_shift_and_matches_sqrtm():
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 6)), rng.normal(size=(300, 6)) * 1.3 + 0.5
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    assert trace_sqrt_product(c1, c2) == pytest.approx(np.trace(sqrtm(c1 @ c2)).real, rel=1e-8)
+    few = rng.normal(size=(10, 64))  # fewer samples than dimensions: singular covariance
+    assert fid(few, few) == pytest.approx(0.0, abs=1e-6)
+    assert fid(a, a + 1.0) == pytest.approx(6.0, rel=1e-6)  # mean shift of 1 in 6 dimensions
+    assert fid(a, b) > 1.0
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+    rng = np.random.default_rng(2)
+    x, y, z = rng.normal(size=(400, 16)), rng.normal(size=(400, 16)), rng.normal(size=(400, 16)) + 0.5
+    same, _ = kid(x, y, subsets=20, subset_size=200)
+    shifted, _ = kid(x, z, subsets=20, subset_size=200)
+    assert abs(same) < 0.01 and shifted > 0.05
+
+
+def test_prdc_of_identical_sets_is_perfect_and_of_far_sets_is_zero():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 5))
+    assert prdc(x, x.copy(), k=5) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    far = prdc(x, x + 100.0, k=5)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    half = prdc(x, np.concatenate([x[:30], x[:30] + 100.0]), k=5)  # half the fakes are real-like
+    assert half["precision"] == pytest.approx(0.5)
+    with pytest.raises(MedisynError, match="at least 6"):
+        prdc(x[:5], x, k=5)
+
+
+def test_diversity_is_the_mean_distance_between_distinct_samples():
+    points = np.array([[0.0, 0.0], [3.0, 4.0]])
+    assert diversity(points) == pytest.approx(5.0)
+    assert np.isnan(diversity(points[:1]))
+
+
+# --- utility --------------------------------------------------------------------------------------------
+
+def test_utility_real_trained_classifier_beats_chance_and_every_condition_is_written(sets, tmp_path):
+    out = tmp_path / "utility"
+    result = invoke("evaluate", "utility", "--real-train", sets / "train", "--real-test", sets / "test",
+                    "--synthetic", sets / "synthetic", "--fractions", "0.5,1", "--seeds", "2", *TINY, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "real+synthetic" in result.output and "AUROC mean ± std" in result.output
+    data = json.loads((out / "utility.json").read_text())
+    rows = {(r["condition"], r["real_fraction"]): r for r in data["rows"]}
+    assert set(rows) == {("real", 0.5), ("real", 1.0), ("synthetic", None), ("real+synthetic", 0.5),
+                         ("real+synthetic", 1.0)}
+    assert rows[("real", 1.0)]["auroc_mean"] > 0.8 and rows[("synthetic", None)]["auroc_mean"] > 0.8
+    assert rows[("real", 0.5)]["real_images"] == 24 and rows[("real+synthetic", 1.0)]["synthetic_images"] == 48
+    assert len(rows[("real", 1.0)]["auroc_seeds"]) == 2 and data["classes"] == ["cell", "xray"]
+    assert len(pd.read_csv(out / "utility.csv")) == 5
+    assert Image.open(out / "utility.png").size[0] > 300
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_utility_multi_label_scores_each_finding(tmp_path):
+    def write(folder: Path, images: list[Path], views: list[str]) -> Path:
+        """An ImageFolder whose metadata.csv labels x-rays with two findings, 'xray|grey'."""
+        folder.mkdir()
+        rows = []
+        for path in images:
+            for view in views:
+                VIEWS[view](Image.open(path)).save(folder / f"{path.stem}_{view}.png")
+                label = "cell" if kind(path) == "cell" else "xray|grey"
+                rows.append({"file_name": f"{path.stem}_{view}.png", "label": label})
+        pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+        return folder
+
+    train, test = write(tmp_path / "train", TRAIN_IMAGES, ["id", "h"]), write(tmp_path / "test", OTHER_IMAGES, ["id"])
+    result = invoke("evaluate", "utility", "--real-train", train, "--real-test", test, "--synthetic", train,
+                    "--fractions", "1", "--seeds", "1", "--multi-label", *TINY, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "utility.json").read_text())
+    assert data["classes"] == ["cell", "grey", "xray"] and data["multi_label"]
+    real = next(r for r in data["rows"] if r["condition"] == "real")
+    assert set(real["auroc_per_class"]) == {"cell", "grey", "xray"} and real["auroc_mean"] > 0.8
+
+
+@pytest.mark.parametrize("case, message", [
+    ("extra synthetic label", "--synthetic: labels not in --real-test: tumour"),
+    ("missing synthetic label", "--synthetic: no images of --real-test labels xray"),
+    ("single test class", "only one class (cell) in the test set; AUROC is undefined"),
+    ("empty synthetic set", "--synthetic: "),
+])
+def test_utility_bad_inputs_give_one_clear_line_and_exit_2(sets, tmp_path, case, message):
+    synthetic, test = sets / "synthetic", sets / "test"
+    if case == "extra synthetic label":
+        synthetic = label_folders(tmp_path / "s", TRAIN_IMAGES[:6], ["id"], label=lambda p: "tumour")
+        label_folders(synthetic, TRAIN_IMAGES, ["id"])
+    elif case == "missing synthetic label":
+        synthetic = label_folders(tmp_path / "s", [p for p in TRAIN_IMAGES if kind(p) == "cell"], ["id"])
+    elif case == "single test class":
+        test = label_folders(tmp_path / "t", [p for p in OTHER_IMAGES if kind(p) == "cell"], ["id"])
+    else:
+        synthetic = tmp_path / "empty"
+        (synthetic / "cell").mkdir(parents=True)
+    result = invoke("evaluate", "utility", "--real-train", sets / "train", "--real-test", test,
+                    "--synthetic", synthetic, "--seeds", "1", *TINY, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# --- privacy --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def privacy_sets(tmp_path_factory) -> Path:
+    """heldout: unseen patients (two views each); copies: flipped JPEGs of the training images;
+    heldout_like: the held-out images re-encoded and brightened (same distance to training as held-out)."""
+    root = tmp_path_factory.mktemp("privacy")
+    label_folders(root / "heldout", OTHER_IMAGES, ["id", "r90"])
+    for name, images, change in (("copies", TRAIN_IMAGES, lambda i: jpeg(ImageOps.mirror(i))),
+                                 ("heldout_like", sorted((root / "heldout").rglob("*.png")),
+                                  lambda i: jpeg(ImageEnhance.Brightness(i).enhance(1.1)))):
+        for path in images:
+            (root / name / path.parent.name).mkdir(parents=True, exist_ok=True)
+            change(Image.open(path)).save(root / name / path.parent.name / path.name)
+    return root
+
+
+def test_privacy_flags_copies_of_training_images_as_memorised(privacy_sets, tmp_path):
+    out = tmp_path / "privacy"
+    result = invoke("evaluate", "privacy", "--train", FIXTURES / "images", "--heldout", privacy_sets / "heldout",
+                    "--synthetic", privacy_sets / "copies", "--pairs", "4", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "memorises" in result.output
+    data = json.loads((out / "privacy.json").read_text())
+    assert data["memorises"] and data["share_above_heldout_p95"] == 1.0
+    assert data["near_copy_rate"] == {"synthetic": 1.0, "heldout": 0.0}
+    assert data["mannwhitney_p"] < 0.001 and data["p_synthetic_closer"] == 1.0
+    rows = pd.read_csv(out / "privacy.csv")
+    copies = rows[rows["set"] == "synthetic"]
+    assert len(copies) == 12 and (copies["view"] == "hflip").all()  # each found as the flip of its source
+    assert all(Path(k).stem == Path(n).stem for k, n in zip(copies["key"], copies["nn_key"]))
+    assert Image.open(out / "closest_pairs.png").size[0] > 400 and (out / "privacy_histogram.png").exists()
+
+
+def test_privacy_does_not_flag_images_as_far_from_training_as_held_out_ones(privacy_sets, tmp_path):
+    from medisyn_cli.evaluate import PrivacyConfig, run_privacy
+
+    data = run_privacy(PrivacyConfig((str(FIXTURES / "images"),), (str(privacy_sets / "heldout"),),
+                                     (str(privacy_sets / "heldout_like"),), pairs=0, out=str(tmp_path)))
+    assert not data["memorises"] and data["verdict"].startswith("no shift")
+    assert data["share_above_heldout_p95"] <= 0.1 and data["mannwhitney_p"] > 0.2
+    assert data["near_copy_rate"]["synthetic"] == 0.0
+    assert not (tmp_path / "closest_pairs.png").exists()
+
+
+def test_privacy_rejects_a_threshold_outside_0_1_with_exit_2(privacy_sets, tmp_path):
+    result = invoke("evaluate", "privacy", "--train", FIXTURES / "images", "--heldout", privacy_sets / "heldout",
+                    "--synthetic", privacy_sets / "copies", "--threshold", "1.5", "--out", tmp_path)
+    assert result.exit_code == 2 and "threshold 1.5 is outside (0, 1]" in result.output
+
+
+# --- fidelity -------------------------------------------------------------------------------------------
+
+def test_fidelity_identical_sets_give_fid_near_zero_and_name_the_features(sets, tmp_path):
+    result = invoke("evaluate", "fidelity", "--real", sets / "train", "--synthetic", sets / "train",
+                    "--features", "pixel", "--per-class", "--kid-subsets", "5", "--out", tmp_path / "same")
+    assert result.exit_code == 0, result.output
+    assert "features: pixel" in result.output
+    same = json.loads((tmp_path / "same" / "fidelity.json").read_text())
+    assert same["features"].startswith("pixel") and "not comparable" in same["note"]
+    assert same["overall"]["fid"] < 1e-6 and same["overall"]["precision"] == same["overall"]["coverage"] == 1.0
+    assert set(same["per_class"]) == {"cell", "xray"} and same["per_class"]["cell"]["fid"] < 1e-6
+    invoke("evaluate", "fidelity", "--real", sets / "train", "--synthetic", sets / "test", "--features", "pixel",
+           "--kid-subsets", "5", "--out", tmp_path / "other")
+    other = json.loads((tmp_path / "other" / "fidelity.json").read_text())
+    assert other["overall"]["fid"] > 0.1 and other["overall"]["coverage"] < 1.0
+    assert len(pd.read_csv(tmp_path / "same" / "fidelity.csv")) == 3
+
+
+def test_fidelity_default_cnn_features_are_trained_on_the_real_labels(sets, tmp_path):
+    from medisyn_cli.evaluate import FidelityConfig, run_fidelity
+
+    config = dict(kid_subsets=5, cnn_epochs=2, batch_size=16, out=str(tmp_path))
+    same = run_fidelity(FidelityConfig((str(sets / "train"),), (str(sets / "train"),), **config))
+    assert same["features"].startswith("cnn (small CNN penultimate layer") and same["overall"]["fid"] < 1e-6
+    assert same["overall"]["real_diversity_within_class"] > 0
+    one_class = label_folders(tmp_path / "cells", [p for p in TRAIN_IMAGES if kind(p) == "cell"], ["id"])
+    with pytest.raises(MedisynError, match=r"the real set has one class \(cell\)"):
+        run_fidelity(FidelityConfig((str(one_class),), (str(sets / "train"),), **config))
+
+
+def test_fidelity_inception_from_a_missing_file_is_one_clear_error(sets, tmp_path):
+    result = invoke("evaluate", "fidelity", "--real", sets / "train", "--synthetic", sets / "train",
+                    "--features", f"inception:{tmp_path / 'pt_inception.pth'}")
+    assert result.exit_code == 2
+    assert "pt_inception.pth: no such file" in result.output and "nothing is downloaded" in result.output
+
+
+def test_fidelity_inception_loads_the_pytorch_fid_layout_from_a_local_file(tmp_path):
+    import torch
+    from torchvision.models.inception import Inception3
+
+    from medisyn_cli.evaluate.inception import _use_fid_blocks, inception_features, load_inception
+
+    torch.manual_seed(0)
+    reference = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
+    _use_fid_blocks(reference)
+    torch.save(reference.state_dict(), tmp_path / "pt_inception.pth")
+    model, variant = load_inception(tmp_path / "pt_inception.pth", "cpu")
+    assert variant.startswith("pytorch-fid")
+    assert type(model.Mixed_7c).__name__ == "FIDInceptionE2" and type(model.Mixed_5b).__name__ == "FIDInceptionA"
+    features = inception_features(model, [Image.open(p) for p in TRAIN_IMAGES[:2]], "cpu")
+    assert features.shape == (2, 2048) and np.isfinite(features).all()
+    torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(MedisynError, match="not an Inception v3 state dict"):
+        load_inception(tmp_path / "other.pth", "cpu")
+
+
+# --- report ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def generated(tmp_path) -> Path:
+    """A screened generate output folder: parquet/, rejected.parquet, run.json with its index, evaluate/ JSON."""
+    from medisyn_cli.index import build_index
+
+    out = tmp_path / "synth"
+    (out / "parquet").mkdir(parents=True)
+    build_index([FIXTURES / "images"], tmp_path / "index", show_progress=False)
+    rows = [{"image": {"bytes": path.read_bytes(), "path": f"{kind(path)}-{i}.png"}, "id": f"{kind(path)}-{i}",
+             "label": kind(path), "nn_id": i, "nn_similarity": 0.5 + i / 30} for i, path in enumerate(TRAIN_IMAGES)]
+    pq.write_table(pa.Table.from_pylist(rows), out / "parquet" / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist([{"id": "cell-99", "label": "cell", "attempt": 0, "nn_id": 0,
+                                          "nn_key": str(TRAIN_IMAGES[0]), "nn_similarity": 0.99, "view": "hflip"}]),
+                   out / "rejected.parquet")
+    run = {"model": {"name": "medisyn-mini (bundled)"}, "sampling": {"steps": 20},
+           "classes": {"cell": {"planned": 6, "written": 6, "regenerated": 0, "rejected": 1, "ended": None},
+                       "xray": {"planned": 6, "written": 6, "regenerated": 0, "rejected": 0, "ended": None}},
+           "screening": {"index": str(tmp_path / "index"), "embedder": {"spec": "pixel"}, "threshold": 0.97,
+                         "rejected": 1}}
+    (out / "run.json").write_text(json.dumps(run))
+    (out / "evaluate").mkdir()
+    (out / "evaluate" / "fidelity.json").write_text(json.dumps(
+        {"evaluation": "fidelity", "features": "pixel (1024-d)", "note": "not comparable",
+         "overall": {"real_images": 5, "synthetic_images": 5, "fid": 1.25}, "per_class": {}}))
+    return out
+
+
+def test_report_is_one_offline_page_with_samples_counts_rejections_similarities_and_metrics(generated):
+    result = invoke("report", generated)
+    assert result.exit_code == 0, result.output
+    page = (generated / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4  # two class strips, histogram, closest pairs
+    assert "<h3>cell</h3>" in page and "<h3>xray</h3>" in page
+    assert "rejected near-copies" in page and "hflip" in page and "similarity to training" in page
+    assert "closest kept images" in page and "features: <b>pixel (1024-d)</b>" in page and "1.25" in page
+    assert "http://" not in page and "https://" not in page and 'src="data:' in page
+
+
+def test_report_omits_missing_parts_with_a_note_instead_of_failing(tmp_path):
+    out = label_folders(tmp_path / "bare" / "imagefolder", TRAIN_IMAGES[:4], ["id"]).parent
+    result = invoke("report", out)
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "no readable run.json" in page and "no rejected.parquet" in page and "no evaluate JSON" in page
+    assert "<h3>cell</h3>" in page and "omitted:" in result.output
+    missing = invoke("report", tmp_path / "nowhere")
+    assert missing.exit_code == 2 and "no such folder" in missing.output
