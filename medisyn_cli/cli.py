@@ -66,7 +66,16 @@ def generate(
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
     height: Optional[int] = typer.Option(None, "--height"),
     width: Optional[int] = typer.Option(None, "--width"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per model call (default: 8 on CPU, "
+                                                                     "the most that fit in free memory on CUDA)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (slow first batch; faster on GPUs)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory layout (GPUs)."),
+    vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode one image at a time (less memory)."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in tiles (large images, less memory)."),
+    prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache",
+                                      help="Encode each distinct prompt once per run."),
+    overlap: bool = typer.Option(True, "--overlap/--no-overlap", help="Screen and write a batch while the model "
+                                                                     "makes the next."),
     index: Optional[Path] = typer.Option(None, "--index", help="Training-image index (medisyn index build): reject "
                                                              "near-copies of training images and replace them."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
@@ -103,7 +112,9 @@ def generate(
                              steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
                              index=str(index) if index else None, threshold=threshold,
                              max_attempts=max_attempts, shard=shard, resume=resume, overwrite=overwrite,
-                             dry_run=dry_run)
+                             dry_run=dry_run, cache_prompts=prompt_cache, overlap=overlap,
+                             channels_last=channels_last, compile=compile, vae_slicing=vae_slicing,
+                             vae_tiling=vae_tiling)
         if slurm_array is not None:
             from .slurm import SlurmOptions
 

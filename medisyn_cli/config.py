@@ -24,7 +24,7 @@ class GenerateConfig:
     guidance: float | None = None
     height: int | None = None
     width: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: chosen from the device (speed.choose_batch_size)
     rows_per_part: int = 5000
     max_regenerate: int = 5
     index: str | None = None
@@ -34,6 +34,12 @@ class GenerateConfig:
     resume: bool = False
     overwrite: bool = False
     dry_run: bool = False
+    cache_prompts: bool = True    # encode each distinct prompt once per run
+    overlap: bool = True          # screen and write batch k while the model makes batch k+1
+    channels_last: bool = False
+    compile: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +55,10 @@ FLAGS = {"manifest": "--manifest", "n": "--n", "out": "--out", "model": "--model
          "index": "--index", "threshold": "--threshold", "max_attempts": "--max-attempts", "shard": "--shard"}
 
 
+SWITCHES = {"cache_prompts": "--prompt-cache", "overlap": "--overlap", "channels_last": "--channels-last",
+            "compile": "--compile", "vae_slicing": "--vae-slicing", "vae_tiling": "--vae-tiling"}
+
+
 def command_line(config: GenerateConfig, program: str = "medisyn") -> str:
     """The `medisyn generate` command that runs `config` (options at their defaults left out)."""
     import shlex
@@ -59,6 +69,9 @@ def command_line(config: GenerateConfig, program: str = "medisyn") -> str:
         value = getattr(config, name)
         if value is not None and (value != getattr(default, name) or name in ("manifest", "n")):
             words += [flag, str(value)]
+    for name, flag in SWITCHES.items():
+        if getattr(config, name) != getattr(default, name):
+            words.append(flag if getattr(config, name) else f"--no-{flag[2:]}")
     if tuple(config.formats) != FORMATS:
         words += ["--format", ",".join(config.formats)]
     words += ["--resume"] if config.resume else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,17 +39,76 @@ class Generated:
         return buffer.getvalue()
 
 
-def render_batch(pipe, prompts: list[str], negatives: list[str], seeds: list[int], settings: Settings):
-    """Images as float arrays (B, H, W, C) in [0, 1]; noise drawn from one CPU generator per image."""
-    import torch
+class Renderer:
+    """The pipeline as `render(prompts, negatives, seeds) -> float arrays (B, H, W, C) in [0, 1]`.
 
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    device = getattr(pipe, "device", torch.device("cpu"))
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.autocast_bf16):
-        result = pipe(prompt=prompts, negative_prompt=negatives if any(negatives) else None,
-                      num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                      height=settings.height, width=settings.width, generator=generators, output_type="np")
-    return result.images
+    Noise comes from one CPU generator per image, so an image depends on its seed only, not on its batch.
+    Each distinct (prompt, negative prompt) is encoded by the text encoder once per run (`PromptCache`), where the
+    pipeline accepts prompt embeddings; other pipelines get the strings.
+    """
+
+    def __init__(self, pipe, settings: Settings, cache_prompts: bool = True):
+        self.pipe, self.settings = pipe, settings
+        self.prompts = PromptCache(pipe, settings.guidance) if cache_prompts and PromptCache.supports(pipe) else None
+
+    def __call__(self, prompts: list[str], negatives: list[str], seeds: list[int]):
+        import torch
+
+        settings = self.settings
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        device = getattr(self.pipe, "device", torch.device("cpu"))
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                    enabled=settings.autocast_bf16):
+            text = self.prompts.embeddings(prompts, negatives) if self.prompts else \
+                {"prompt": prompts, "negative_prompt": negatives if any(negatives) else None}
+            result = self.pipe(**text, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                               height=settings.height, width=settings.width, generator=generators, output_type="np")
+        return result.images
+
+
+class PromptCache:
+    """Text-encoder outputs of each distinct (prompt, negative prompt), kept for the run (least recently used
+    dropped beyond `size`)."""
+
+    def __init__(self, pipe, guidance: float, size: int = 2048):
+        self.pipe, self.size = pipe, size
+        self.guidance = guidance > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+        self.cache: OrderedDict = OrderedDict()
+        self.encoded = self.hits = 0
+
+    @staticmethod
+    def supports(pipe) -> bool:
+        """Stable Diffusion 1.x/2.x style pipelines: encode_prompt returns (embeddings, negative embeddings)."""
+        import inspect
+
+        encode = getattr(pipe, "encode_prompt", None)
+        if encode is None or "prompt_embeds" not in inspect.signature(pipe.__call__).parameters:
+            return False
+        return "prompt_2" not in inspect.signature(encode).parameters  # SDXL/SD3 encode more than one text
+
+    def embeddings(self, prompts: list[str], negatives: list[str]) -> dict:
+        """Keyword arguments for the pipeline: prompt_embeds and, with guidance, negative_prompt_embeds."""
+        import torch
+
+        pairs = [self._encoded(prompt, negative) for prompt, negative in zip(prompts, negatives)]
+        text = {"prompt_embeds": torch.cat([positive for positive, _ in pairs])}
+        if self.guidance:
+            text["negative_prompt_embeds"] = torch.cat([negative for _, negative in pairs])
+        return text
+
+    def _encoded(self, prompt: str, negative: str):
+        key = (prompt, negative)
+        if key in self.cache:
+            self.hits += 1
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        positive, negative_embeds = self.pipe.encode_prompt(prompt, self.pipe.device, 1, self.guidance,
+                                                            negative or None)
+        self.cache[key] = (positive, negative_embeds)
+        self.encoded += 1
+        if len(self.cache) > self.size:
+            self.cache.popitem(last=False)
+        return self.cache[key]
 
 
 def is_bad(array) -> bool:
@@ -68,9 +128,9 @@ def to_image(array, mode: str):
     return image.convert(mode)
 
 
-def generate_batch(pipe, jobs: list[Job], settings: Settings, run_seed: int, max_regenerate: int = 5,
-                   render: Callable = render_batch, attempts: dict[str, int] | None = None) -> list[Generated]:
-    """Generate a batch; NaN/black images are made again from a new recorded seed.
+def generate_batch(render: Callable, jobs: list[Job], run_seed: int, max_regenerate: int = 5,
+                   attempts: dict[str, int] | None = None) -> list[Generated]:
+    """Generate a batch with `render` (a Renderer); NaN/black images are made again from a new recorded seed.
 
     `attempts` gives each job's first attempt number (0 by default) and is advanced past bad images.
     """
@@ -80,7 +140,7 @@ def generate_batch(pipe, jobs: list[Job], settings: Settings, run_seed: int, max
     pending = list(jobs)
     while pending:
         seeds = [image_seed(run_seed, job.label, job.index, attempts.get(job.id, 0)) for job in pending]
-        arrays = render(pipe, [j.prompt for j in pending], [j.negative_prompt for j in pending], seeds, settings)
+        arrays = render([j.prompt for j in pending], [j.negative_prompt for j in pending], seeds)
         retry = []
         for job, seed, array in zip(pending, seeds, arrays):
             if not is_bad(array):
@@ -105,17 +165,23 @@ class Screened:
     ended: dict[str, str] = field(default_factory=dict)
 
 
-def generate_screened(pipe, jobs: list[Job], settings: Settings, run_seed: int, screener=None,
-                      max_attempts: int = 10, max_regenerate: int = 5, render: Callable = render_batch) -> Screened:
+def generate_screened(render: Callable, jobs: list[Job], run_seed: int, screener=None, max_attempts: int = 10,
+                      max_regenerate: int = 5, first: list[Generated] | None = None,
+                      ended: dict[str, str] | None = None) -> Screened:
     """Generate a batch and replace near-copies of training images with new images from new recorded seeds.
 
-    An image that is still a near-copy after `max_attempts` attempts ends its class (the model memorises it):
-    the class is named in `ended` and its remaining jobs in the batch are dropped.
+    `first`: the batch's first images when they were already made (the model makes the next batch while this one
+    is screened). An image that is still a near-copy after `max_attempts` attempts ends its class (the model
+    memorises it): the class is named in `ended` and its remaining jobs are dropped, as are jobs of classes in the
+    `ended` given (ended by an earlier batch).
     """
-    result, pending = Screened(), list(jobs)
+    result = Screened(ended=dict(ended or {}))
     attempts, rejections = {job.id: 0 for job in jobs}, {job.id: 0 for job in jobs}
+    items = [item for item in first if item.job.label not in result.ended] if first is not None else None
+    pending = [job for job in jobs if job.label not in result.ended]
     while pending:
-        items = generate_batch(pipe, pending, settings, run_seed, max_regenerate, render, attempts)
+        if items is None:
+            items = generate_batch(render, pending, run_seed, max_regenerate, attempts)
         checks = screener.check([item.image for item in items]) if screener is not None else [None] * len(items)
         retry = []
         for item, check in zip(items, checks):
@@ -129,9 +195,10 @@ def generate_screened(pipe, jobs: list[Job], settings: Settings, run_seed: int, 
             if rejections[item.job.id] >= max_attempts:
                 result.ended.setdefault(item.job.label, _ended_reason(item, max_attempts))
             retry.append(item.job)
-        pending = [job for job in retry if job.label not in result.ended]
+        pending, items = [job for job in retry if job.label not in result.ended], None
     order = {job.id: i for i, job in enumerate(jobs)}
     result.kept.sort(key=lambda item: order[item.job.id])
+    result.ended = {label: reason for label, reason in result.ended.items() if label not in (ended or {})}
     return result
 
 

@@ -22,6 +22,8 @@ from .work import WORK, IncompleteRun, WorkDir, batch_name, consolidate, missing
 from .work import remove as remove_work
 
 RUN_FILE, REJECTED_FILE = "run.json", "rejected.parquet"
+# speed options that may change pixel values by rounding: every shard and resume of a run must use the same
+NUMERIC_OPTIONS = ("cache_prompts", "channels_last", "compile", "vae_slicing", "vae_tiling")
 
 
 @dataclass
@@ -155,6 +157,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     """Generate a balanced, provenance-tracked dataset (see GenerateConfig), or this process's shard of it."""
     from .generate import Settings
     from .models import load_pipeline, resolve_device, resolve_dtype
+    from .speed import apply_speed_options
 
     # 1. plan: everything that can fail on input fails here, before the model loads
     manifest, class_quotas = plan_run(config)
@@ -174,8 +177,11 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
 
     # 2. model, then the output folder (a model that fails to load leaves nothing behind)
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
+    speed = apply_speed_options(pipe, config.channels_last, config.compile, config.vae_slicing, config.vae_tiling)
     settings = Settings(**model_settings(config, pipe), autocast_bf16=_autocast(dtype, device))
+    config, speed["batch_size_from"] = resolve_batch_size(config, pipe, settings, device, out, state)
     record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
+    record["speed"] = speed
     replaced = prepare_out(out, config.overwrite) if state == "new" else None
     work = WorkDir(out)
     work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
@@ -197,6 +203,22 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     return summary
+
+
+def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path, state: str):
+    """The config with its batch size set, and how it was chosen: given, recorded by the run being continued
+    (every shard and resume must agree), or chosen for the device."""
+    from dataclasses import replace
+
+    from .generate import Renderer
+    from .speed import choose_batch_size
+
+    if config.batch_size is not None:
+        return config, "given"
+    if state == "join" and WorkDir(out).exists():
+        return replace(config, batch_size=WorkDir(out).read_config()["options"]["batch_size"]), "recorded by the run"
+    size, how = choose_batch_size(Renderer(pipe, settings, cache_prompts=False), device)
+    return replace(config, batch_size=size), f"chosen ({how})"
 
 
 def _all_done(work: WorkDir) -> bool:
@@ -231,7 +253,12 @@ def stop_on_signals():
 
 def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: GenerateConfig, settings, screener,
                   work: WorkDir, shard: Shard, show_progress: bool) -> int:
-    """Make this shard's pending batches; returns how many were made."""
+    """Make this shard's pending batches; returns how many were made.
+
+    The model makes batch k+1 while a background thread screens and writes batch k (`Lane`); a batch that
+    has near-copies gets its replacements from the model between two batches (one lock guards the model).
+    """
+    from .generate import Renderer, generate_batch
     from .progress import make_progress, rate_text
 
     done = work.done()
@@ -239,39 +266,99 @@ def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: Generate
     mine = set(shard_batches(work.read_config()["batches"], shard)) - done
     constant = {"model": _model_name(config.model), "scheduler": config.scheduler, "steps": settings.steps,
                 "guidance": settings.guidance, "height": settings.height, "width": settings.width}
-    clock, made, images = time.time(), 0, 0
-    with stop_on_signals() as stop, make_progress(disable=not show_progress) as progress:
+    render = Locked(Renderer(pipe, settings, cache_prompts=config.cache_prompts))
+    clock, tally = time.time(), {"made": 0, "images": 0}
+    with stop_on_signals() as stop, make_progress(disable=not show_progress) as progress, \
+            Lane(config.overlap) as lane:
         task = progress.add_task(f"generate {shard.name}" if shard.count > 1 else "generate",
                                  total=sum(len(jobs) for b, jobs in _batches(manifest, class_quotas, config) if b in mine),
                                  rate="", info="")
+
+        def finished(number: int, size: int, record: dict) -> None:
+            ended.update(record["ended"])
+            tally["made"], tally["images"] = tally["made"] + 1, tally["images"] + size
+            progress.update(task, completed=tally["images"], info=f"batch {number}",
+                            rate=rate_text(tally["images"], time.time() - clock, "img"))
+
         for number, jobs in _batches(manifest, class_quotas, config):
             if number not in mine:
                 continue
-            result = _make_batch(pipe, number, [j for j in jobs if j.label not in ended], config, settings,
-                                 screener, constant, work)
-            ended.update(result["ended"])
-            made, images = made + 1, images + len(jobs)
-            progress.update(task, completed=images, rate=rate_text(images, time.time() - clock, "img"),
-                            info=f"batch {number}")
+            wanted = [j for j in jobs if j.label not in ended]
+            first = generate_batch(render, wanted, config.seed, config.max_regenerate) if wanted else []
+            lane.submit(lambda n=number, w=wanted, f=first, size=len(jobs): finished(
+                n, size, _make_batch(render, n, w, config, screener, constant, work, f, dict(ended))))
             if stop["signal"]:
+                lane.drain()
                 raise Interrupted(f"{stop['signal']}: stopped after batch {number}; {len(work.done())} of "
                                   f"{work.read_config()['batches']} batches done; resume with --resume")
-    return made
+    return tally["made"]
+
+
+class Locked:
+    """A renderer shared by the main thread and the lane: one call at a time."""
+
+    def __init__(self, render):
+        import threading
+
+        self.render, self.lock = render, threading.Lock()
+
+    def __call__(self, *args):
+        with self.lock:
+            return self.render(*args)
+
+
+class Lane:
+    """One background thread that screens and writes a batch while the model makes the next one.
+
+    At most one batch waits in the lane, so memory holds two batches. `enabled=False` runs the work in place.
+    An error in the lane is raised by the next submit, drain or exit.
+    """
+
+    def __init__(self, enabled: bool = True):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="medisyn-write") if enabled else None
+        self.pending = None
+
+    def submit(self, work) -> None:
+        self.drain()
+        if self.pool is None:
+            work()
+        else:
+            self.pending = self.pool.submit(work)
+
+    def drain(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        try:
+            self.drain()  # the batch in the lane is finished (and marked done) even when the main thread failed
+        except BaseException:
+            if kind is None:
+                raise
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
 
 
 def _batches(manifest: Manifest, class_quotas: dict, config: GenerateConfig):
     return enumerate(batched(iter_jobs(manifest, class_quotas, config.seed), config.batch_size))
 
 
-def _make_batch(pipe, number: int, jobs: list[Job], config: GenerateConfig, settings, screener, constant: dict,
-                work: WorkDir) -> dict:
-    """Generate, screen and write one batch under OUT/_work, then mark it done (the last write)."""
+def _make_batch(render, number: int, jobs: list[Job], config: GenerateConfig, screener, constant: dict,
+                work: WorkDir, first: list, ended: dict) -> dict:
+    """Screen one generated batch (replacing near-copies), write it under OUT/_work, then mark it done (last)."""
     from .generate import generate_screened
     from .writers import make_writers
 
     clock = time.time()
-    result = generate_screened(pipe, jobs, settings, config.seed, screener, config.max_attempts,
-                               config.max_regenerate) if jobs else None
+    result = generate_screened(render, jobs, config.seed, screener, config.max_attempts, config.max_regenerate,
+                               first=first, ended=ended) if jobs else None
     name = batch_name(number)
     writers = make_writers(config.formats, work.out, _labels(work), config.rows_per_part, batch=name)
     rejected = RejectedLog(work.root / "rejected" / f"{name}.parquet") if screener else None
@@ -432,7 +519,8 @@ def start_record(config: GenerateConfig, manifest: Manifest, class_quotas: dict[
            "weights_sha256": hashes, **sampling, "dtype": config.dtype, "batch_size": config.batch_size,
            "formats": list(config.formats), "rows_per_part": config.rows_per_part,
            "max_regenerate": config.max_regenerate, "index_fingerprint": screening and screening["fingerprint"],
-           "threshold": screening and screening["threshold"], "max_attempts": screening and config.max_attempts}
+           "threshold": screening and screening["threshold"], "max_attempts": screening and config.max_attempts,
+           **{name: getattr(config, name) for name in NUMERIC_OPTIONS}}
     total = sum(class_quotas.values())
     return {
         "key": key,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from medisyn_cli.cli import app
 from medisyn_cli.config import GenerateConfig
 from medisyn_cli.errors import MedisynError
-from medisyn_cli.generate import Settings, generate_batch, render_batch
+from medisyn_cli.generate import PromptCache, Renderer, Settings, generate_batch
 from medisyn_cli.manifest import load_manifest
 from medisyn_cli.plan import iter_jobs, quotas
 from medisyn_cli.runner import run_generate
@@ -108,8 +108,9 @@ def test_same_image_whatever_the_batch_size_or_order(tiny_model, tmp_path):
     m = load_manifest(manifest)
     jobs = list(iter_jobs(m, quotas(m.weights(), 6), seed=3))
     settings = Settings(steps=2, guidance=7.5, height=16, width=16)
-    together = {g.job.id: np.asarray(g.image) for g in generate_batch(pipe, jobs, settings, 3)}
-    alone = {g.job.id: np.asarray(g.image) for job in reversed(jobs) for g in generate_batch(pipe, [job], settings, 3)}
+    render = Renderer(pipe, settings)
+    together = {g.job.id: np.asarray(g.image) for g in generate_batch(render, jobs, 3)}
+    alone = {g.job.id: np.asarray(g.image) for job in reversed(jobs) for g in generate_batch(render, [job], 3)}
     for key in together:
         assert np.abs(together[key].astype(int) - alone[key].astype(int)).max() <= 1
     assert not np.array_equal(together[jobs[0].id], together[jobs[3].id])
@@ -120,19 +121,19 @@ def test_black_or_nan_images_are_regenerated_with_a_new_recorded_seed(manifest):
     jobs = list(iter_jobs(m, quotas(m.weights(), 3), seed=0))
     calls = []
 
-    def fake(pipe, prompts, negatives, seeds, settings):
+    def fake(prompts, negatives, seeds):
         calls.append(seeds)
         return [np.full((8, 8, 3), np.nan if i == 1 and len(calls) == 1 else 0.5) for i in range(len(seeds))]
 
-    out = generate_batch(None, jobs, Settings(1, 1.0, 8, 8), run_seed=0, render=fake)
+    out = generate_batch(fake, jobs, run_seed=0)
     assert [g.attempt for g in out] == [0, 1, 0]
     assert out[1].seed == calls[1][0] != jobs[1].seed and len(calls) == 2
 
-    def black(pipe, prompts, negatives, seeds, settings):
+    def black(prompts, negatives, seeds):
         return [np.zeros((8, 8, 3)) for _ in seeds]
 
     with pytest.raises(MedisynError, match="black or NaN 3 times"):
-        generate_batch(None, jobs, Settings(1, 1.0, 8, 8), run_seed=0, max_regenerate=2, render=black)
+        generate_batch(black, jobs, run_seed=0, max_regenerate=2)
 
 
 def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fails(tiny_model, tmp_path, monkeypatch):

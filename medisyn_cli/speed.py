@@ -1,0 +1,72 @@
+"""How fast the model runs: memory layout, attention, compilation, VAE slicing/tiling, the batch size."""
+
+from __future__ import annotations
+
+from .errors import MedisynError
+
+CPU_BATCH = 8       # images/s is flat beyond this on CPU (benchmarks/batch_scaling.py)
+MAX_BATCH = 64
+HEADROOM = 0.8      # share of the free device memory a batch may use
+
+
+def apply_speed_options(pipe, channels_last: bool = False, compile: bool = False, vae_slicing: bool = False,
+                        vae_tiling: bool = False) -> dict:
+    """Set the speed options on a loaded pipeline; returns what was applied (recorded in run.json)."""
+    import torch
+
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if vae_slicing:
+        pipe.vae.enable_slicing()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if compile:
+        try:
+            pipe.unet = torch.compile(pipe.unet, fullgraph=False)
+        except RuntimeError as exc:  # e.g. a Python or platform torch.compile does not support
+            raise MedisynError(f"--compile: torch.compile is not available here ({exc})") from exc
+    return {"attention": attention_name(pipe), "channels_last": channels_last, "compile": compile,
+            "vae_slicing": vae_slicing, "vae_tiling": vae_tiling}
+
+
+def attention_name(pipe) -> str:
+    """The UNet's attention implementation: diffusers uses PyTorch's scaled_dot_product_attention (SDPA) by default."""
+    processors = getattr(pipe.unet, "attn_processors", {}) or {}
+    names = sorted({type(p).__name__ for p in processors.values()})
+    return ",".join(names) or "none"
+
+
+def fit_batch(free_bytes: int, per_image_bytes: int, cap: int = MAX_BATCH, headroom: float = HEADROOM) -> int:
+    """The largest power of two of images whose memory fits in `headroom` of the free memory (1 to `cap`).
+
+    A power of two keeps the choice the same on identical GPUs whose free memory differs a little, so the shards of
+    one run agree on the batch size.
+    """
+    if per_image_bytes <= 0:
+        return cap
+    fits = int(free_bytes * headroom // per_image_bytes)
+    batch = 1
+    while batch * 2 <= min(fits, cap):
+        batch *= 2
+    return batch
+
+
+def choose_batch_size(render, device) -> tuple[int, str]:
+    """The batch size when --batch-size is not given, and how it was chosen.
+
+    On CUDA: two probe images measure the memory one image needs; the batch fills the free memory. On CPU and
+    MPS larger batches do not make images faster, so the batch is CPU_BATCH.
+    """
+    if device.type != "cuda":
+        return CPU_BATCH, f"{device.type}: fixed"
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    render(["probe", "probe"], ["", ""], [0, 1])
+    per_image = max(1, (torch.cuda.max_memory_allocated(device) - before) // 2)
+    free, _ = torch.cuda.mem_get_info(device)
+    batch = fit_batch(free, per_image)
+    return batch, f"cuda: {per_image / 2**20:.0f} MiB per image, {free / 2**30:.1f} GiB free"
