@@ -74,8 +74,9 @@ def generate(
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in tiles (large images, less memory)."),
     prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache",
                                       help="Encode each distinct prompt once per run."),
-    overlap: bool = typer.Option(True, "--overlap/--no-overlap", help="Screen and write a batch while the model "
-                                                                     "makes the next."),
+    overlap: Optional[bool] = typer.Option(None, "--overlap/--no-overlap", help="Screen and write a batch while "
+                                           "the model makes the next (default: on GPUs, not on CPU, whose cores the "
+                                           "model already uses)."),
     index: Optional[Path] = typer.Option(None, "--index", help="Training-image index (medisyn index build): reject "
                                                              "near-copies of training images and replace them."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
@@ -304,20 +305,44 @@ def index_build(
                                                                        "(auto picks a type that fits)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images decoded and embedded at a time."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: embed shard K (from 0) of N into --out; the "
+                                                             "last shard builds the index (default: from "
+                                                             "SLURM_ARRAY_TASK_ID, RANK...)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Embed training images and build the FAISS index that `generate --index` and `screen` search.
 
     Example: medisyn index build ../shared/data --out train-index
     """
+    import os
+
     from .index import build_index
+    from .shards import resolve_shard
 
     with errors_as_exit_codes():
-        meta = build_index(sources, out, embedder, index_type, max_memory, batch_size, progress, overwrite)
+        place = resolve_shard(shard, os.environ)
+        meta = build_index(sources, out, embedder, index_type, max_memory, batch_size, progress, overwrite, place)
+    _print_index(out, meta)
+
+
+@index_app.command("merge")
+def index_merge(out: Path = typer.Argument(..., help="Folder of a sharded `index build`.")) -> None:
+    """Build the index from every shard's embeddings, or name the shards that are not done."""
+    from .index_shards import merge_shards
+
+    with errors_as_exit_codes():
+        meta = merge_shards(out)
     _print_index(out, meta)
 
 
 def _print_index(out: Path, meta: dict) -> None:
+    if meta.get("partial"):
+        console.print(f"shard {meta['shard']} embedded {meta['made']} batches; {meta['done']} of {meta['batches']} "
+                      f"batches are done. The last shard to finish builds the index (or run: medisyn index merge "
+                      f"{out})", highlight=False, soft_wrap=True)
+        return
+    if meta.get("note"):
+        console.print(meta["note"], highlight=False)
     index, skipped = meta["index"], meta["skipped"]
     table = Table(title=f"index {out} ({meta['seconds']:.0f} s)")
     for name in ("images", "skipped", "embedder", "index", "recall@1", "threshold"):

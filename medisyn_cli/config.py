@@ -35,7 +35,7 @@ class GenerateConfig:
     overwrite: bool = False
     dry_run: bool = False
     cache_prompts: bool = True    # encode each distinct prompt once per run
-    overlap: bool = True          # screen and write batch k while the model makes batch k+1
+    overlap: bool | None = None   # screen and write batch k while the model makes k+1 (None: not on CPU)
     channels_last: bool = False
     compile: bool = False
     vae_slicing: bool = False

@@ -239,8 +239,11 @@ class Embedded:
 
 def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", index_type: str = "auto",
                 max_memory: str | None = None, batch_size: int = 256, show_progress: bool = True,
-                overwrite: bool = False) -> dict:
-    """Embed every image of `sources`; write index.faiss, keys.parquet, index.json to `out`; return index.json's content."""
+                overwrite: bool = False, shard=None) -> dict:
+    """Embed every image of `sources`; write index.faiss, keys.parquet, index.json to `out`; return index.json's content.
+
+    With a `shard` (shards.Shard) of several, embed only this shard's batches; the shard that completes the
+    last batch builds the index (index_shards.py)."""
     # 1. check every option before any work, and refuse a non-empty `out`
     out = Path(out)
     budget = parse_memory(max_memory)
@@ -252,33 +255,44 @@ def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", i
     model = get_embedder(embedder)
     if model.binary and index_type == "ivfpq":
         raise MedisynError(f"index type 'ivfpq' is for float vectors; {model.name} codes use flat or hnsw")
+    if shard is not None and shard.count > 1:
+        from .index_shards import build_shard
+
+        return build_shard(found, out, model, index_type, budget, batch_size, show_progress, shard)
     _prepare_out(out, overwrite)
     total = sum(count_images(source) for source in found)
     # 2. embed in batches into a memmap, keys straight to parquet
     started = time.time()
     try:
         embedded = _embed_sources(found, model, out, total, batch_size, show_progress)
-        if embedded.count == 0:
-            raise MedisynError(f"{', '.join(map(str, sources))}: none of the {total} images could be read "
-                               f"(first error: {embedded.skipped[0]['reason'] if embedded.skipped else '-'})")
-        vectors = embedded.vectors[: embedded.count]
-        # 3. the FAISS index, its recall when approximate, and the training set's own neighbour similarities
-        plan = plan_index(index_type, embedded.count, model, budget)
-        index = fill_index(vectors, plan, model)
-        exact = _exact_store(vectors, out / (VECTORS_FILE + ".tmp")) if plan.type == "ivfpq" else None
-        search = lambda queries, k: search_index(index, queries, k, model, exact)  # noqa: E731
-        recall = None if plan.type == "flat" else round(recall_at_1(search, vectors, model), 4)
-        meta = _metadata(model, plan, embedded, found, recall,
-                         neighbour_stats(search, vectors, model.default_threshold), time.time() - started)
-        # 4. write under temporary names, then rename; index.json last
-        _write_index(index, model, out / (INDEX_FILE + ".tmp"))
-        _write_json(meta, out / (META_FILE + ".tmp"))
-        del vectors, embedded, exact
-        for name in (INDEX_FILE, KEYS_FILE) + ((VECTORS_FILE,) if plan.type == "ivfpq" else ()) + (META_FILE,):
-            os.replace(out / (name + ".tmp"), out / name)
+        return finish_index(out, embedded, model, found, index_type, budget, started, sources)
     finally:
         for tmp in out.glob("*.tmp"):
             tmp.unlink()
+
+
+def finish_index(out: Path, embedded: "Embedded", model: Embedder, found: list[Source], index_type: str,
+                 budget: int | None, started: float, sources: list) -> dict:
+    """From embedded vectors (and keys.parquet.tmp) to the index folder: FAISS index, recall, index.json."""
+    if embedded.count == 0:
+        raise MedisynError(f"{', '.join(map(str, sources))}: none of the {embedded.count + len(embedded.skipped)} "
+                           f"images could be read (first error: "
+                           f"{embedded.skipped[0]['reason'] if embedded.skipped else '-'})")
+    vectors = embedded.vectors[: embedded.count]
+    # 3. the FAISS index, its recall when approximate, and the training set's own neighbour similarities
+    plan = plan_index(index_type, embedded.count, model, budget)
+    index = fill_index(vectors, plan, model)
+    exact = _exact_store(vectors, out / (VECTORS_FILE + ".tmp")) if plan.type == "ivfpq" else None
+    search = lambda queries, k: search_index(index, queries, k, model, exact)  # noqa: E731
+    recall = None if plan.type == "flat" else round(recall_at_1(search, vectors, model), 4)
+    meta = _metadata(model, plan, embedded, found, recall,
+                     neighbour_stats(search, vectors, model.default_threshold), time.time() - started)
+    # 4. write under temporary names, then rename; index.json last
+    _write_index(index, model, out / (INDEX_FILE + ".tmp"))
+    _write_json(meta, out / (META_FILE + ".tmp"))
+    del vectors, embedded, exact
+    for name in (INDEX_FILE, KEYS_FILE) + ((VECTORS_FILE,) if plan.type == "ivfpq" else ()) + (META_FILE,):
+        os.replace(out / (name + ".tmp"), out / name)
     return meta
 
 

@@ -269,7 +269,7 @@ def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: Generate
     render = Locked(Renderer(pipe, settings, cache_prompts=config.cache_prompts))
     clock, tally = time.time(), {"made": 0, "images": 0}
     with stop_on_signals() as stop, make_progress(disable=not show_progress) as progress, \
-            Lane(config.overlap) as lane:
+            Lane(_overlap(config, pipe)) as lane:
         task = progress.add_task(f"generate {shard.name}" if shard.count > 1 else "generate",
                                  total=sum(len(jobs) for b, jobs in _batches(manifest, class_quotas, config) if b in mine),
                                  rate="", info="")
@@ -292,6 +292,14 @@ def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: Generate
                 raise Interrupted(f"{stop['signal']}: stopped after batch {number}; {len(work.done())} of "
                                   f"{work.read_config()['batches']} batches done; resume with --resume")
     return tally["made"]
+
+
+def _overlap(config: GenerateConfig, pipe) -> bool:
+    """--overlap, else on when the model runs on a GPU: on CPU the model's threads use every core and a writer
+    thread only competes with them (benchmarks/overhead.py)."""
+    if config.overlap is not None:
+        return config.overlap
+    return getattr(pipe, "device", None) is not None and pipe.device.type != "cpu"
 
 
 class Locked:

@@ -124,11 +124,11 @@ def content(out: Path) -> list:
 def test_batches_are_written_while_the_model_makes_the_next_and_the_data_is_the_same(tiny_model, manifest,
                                                                                       tmp_path, monkeypatch):
     seen = intervals(monkeypatch, pause=0.3)
-    generate(tiny_model, manifest, tmp_path / "overlap")
+    generate(tiny_model, manifest, tmp_path / "overlap", overlap=True)
     assert len(seen["write"]) == 4 and {name for _, _, name in seen["write"]} == {"medisyn-write_0"}
     assert overlapping(seen["render"], seen["write"])
     seen["render"].clear(), seen["write"].clear()
-    generate(tiny_model, manifest, tmp_path / "serial", overlap=False)
+    generate(tiny_model, manifest, tmp_path / "serial")  # on CPU the default is no overlap
     assert {name for _, _, name in seen["write"]} == {"MainThread"}
     assert not overlapping(seen["render"], seen["write"])
     assert content(tmp_path / "overlap") == content(tmp_path / "serial")
@@ -147,7 +147,7 @@ def test_a_failing_model_still_lets_the_batch_in_the_lane_finish(tiny_model, man
 
     monkeypatch.setattr(Renderer, "__call__", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
-        generate(tiny_model, manifest, tmp_path / "out")
+        generate(tiny_model, manifest, tmp_path / "out", overlap=True)
     assert sorted(p.name for p in (tmp_path / "out" / "_work" / "done").iterdir()) == ["b-0000000.json"]
     monkeypatch.undo()
     summary = generate(tiny_model, manifest, tmp_path / "out", resume=True)

@@ -1,0 +1,191 @@
+"""`medisyn index build --shard K/N`: embedding shards, then one index, for training sets too large for one process.
+
+The images are cut into batches of --batch-size in source order; batch b belongs to shard b mod N (as in
+generate). Each shard writes its batches under OUT/_shards, each marked done last, so a killed shard that is
+started again redoes only the batch in flight:
+
+    OUT/_shards/config.json             sources fingerprint, embedder, batch size, shard count, index options
+    OUT/_shards/vectors/b-0000012.npy   the batch's codes
+    OUT/_shards/keys/b-0000012.parquet  its keys (key, label, source)
+    OUT/_shards/done/b-0000012.json     written last: its row count and skipped files
+
+The process that completes the last batch (or `medisyn index merge OUT`) concatenates the batches in order and
+builds the same index as one process would: same ids, keys, vectors, skipped list and index.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import Source, count_images
+from .embed import Embedder, get_embedder
+from .errors import MedisynError
+from .index import (KEYS_FILE, META_FILE, Embedded, _batches, _decode, _embed_batch, _KeyWriter, finish_index,
+                    parse_memory, source_fingerprint)
+from .shards import Shard, batch_count, shard_batches
+from .work import IncompleteRun, batch_name, check_same_run, missing_report
+
+SHARDS = "_shards"
+
+
+class ShardDir:
+    """OUT/_shards of one sharded index build."""
+
+    def __init__(self, out: Path):
+        self.out, self.root = Path(out), Path(out) / SHARDS
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def create_or_join(self, record: dict) -> None:
+        """Write config.json atomically if no shard has yet; else check this shard builds the same index."""
+        for name in ("vectors", "keys", "done"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".config.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        try:
+            os.link(tmp, self.config_path)
+        except FileExistsError:
+            check_same_run(self.config()["key"], record["key"], self.out)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def config(self) -> dict:
+        try:
+            return json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise MedisynError(f"{self.config_path}: cannot read the sharded build's config ({exc})") from exc
+
+    def done(self) -> set[int]:
+        return {int(p.stem[2:]) for p in (self.root / "done").glob("b-*.json")}
+
+    def record(self, batch: int) -> dict:
+        return json.loads((self.root / "done" / f"{batch_name(batch)}.json").read_text())
+
+    def write_batch(self, batch: int, codes: np.ndarray, records: list, skipped: list[dict]) -> None:
+        """The batch's codes and keys under temp names, renamed; the done marker last."""
+        name = batch_name(batch)
+        with open(self.root / "vectors" / f".{name}.npy.tmp", "wb") as handle:
+            np.save(handle, codes)
+        os.replace(self.root / "vectors" / f".{name}.npy.tmp", self.root / "vectors" / f"{name}.npy")
+        with _KeyWriter(self.root / "keys" / f".{name}.parquet.tmp") as keys:
+            keys.write(records, 0)
+        os.replace(self.root / "keys" / f".{name}.parquet.tmp", self.root / "keys" / f"{name}.parquet")
+        marker = self.root / "done" / f".{name}.json.tmp"
+        marker.write_text(json.dumps({"rows": len(codes), "skipped": skipped}))
+        os.replace(marker, self.root / "done" / f"{name}.json")
+
+    def lock(self) -> bool:
+        try:
+            (self.root / "merge.lock").mkdir()
+            return True
+        except FileExistsError:
+            return False
+
+
+def build_shard(found: list[Source], out: Path, model: Embedder, index_type: str, budget: int | None,
+                batch_size: int, show_progress: bool, shard: Shard) -> dict:
+    """Embed this shard's batches; build the index if that completed the last batch. Returns index.json's content,
+    or {"partial": ...} describing what is left."""
+    out = Path(out)
+    if (out / META_FILE).exists():
+        return {**json.loads((out / META_FILE).read_text()), "note": "already built: nothing to do"}
+    if out.exists() and any(p.name != SHARDS and not p.name.endswith(".tmp") for p in out.iterdir()):
+        raise MedisynError(f"{out}: folder exists and holds other files than a sharded index build ({SHARDS}/)")
+    total = sum(count_images(source) for source in found)
+    batches = batch_count(total, batch_size)
+    work = ShardDir(out)
+    key = {"fingerprint": source_fingerprint(found), "sources": [str(s.path) for s in found], "total": total,
+           "embedder": model.name, "settings": json.loads(json.dumps(model.settings(), default=str)),
+           "batch_size": batch_size, "shards": shard.count, "index_type": index_type, "max_memory": budget}
+    work.create_or_join({"key": key, "batches": batches, "started": time.time()})
+    mine = set(shard_batches(batches, shard)) - work.done()
+    _embed_mine(found, model, work, mine, batch_size, show_progress, f"embedding {shard.name} ({model.name})")
+    if len(work.done()) == batches and work.lock():
+        return merge_shards(out)
+    return {"partial": True, "shard": shard.name, "made": len(mine), "done": len(work.done()), "batches": batches}
+
+
+def _embed_mine(found: list[Source], model: Embedder, work: ShardDir, mine: set[int], batch_size: int,
+                show_progress: bool, title: str) -> None:
+    from .progress import make_progress, rate_text
+
+    images, started = 0, time.time()
+    with make_progress(disable=not show_progress) as progress:
+        task = progress.add_task(title, total=len(mine), rate="", info="")
+        for number, batch in enumerate(_batches(found, batch_size)):
+            if number not in mine:
+                continue
+            skipped: list[dict] = []
+            decoded, records = _decode(batch, skipped)
+            codes, records = _embed_batch(model, decoded, records, skipped)
+            work.write_batch(number, codes, records, skipped)
+            images += len(batch)
+            progress.update(task, advance=1, rate=rate_text(images, time.time() - started, "img"),
+                            info=f"batch {number}")
+
+
+def merge_shards(out: str | Path, show_progress: bool = False) -> dict:
+    """Concatenate every shard's batches in order and build the index; IncompleteRun names what is missing."""
+    from .data import find_sources
+
+    out = Path(out)
+    work = ShardDir(out)
+    if not work.config_path.exists():
+        if (out / META_FILE).exists():
+            return {**json.loads((out / META_FILE).read_text()), "note": "already built: nothing to do"}
+        raise MedisynError(f"{out}: not a sharded index build (no {SHARDS}/config.json)")
+    config = work.config()
+    key, batches, done = config["key"], config["batches"], work.done()
+    if len(done) < batches:
+        missing = missing_report(batches, done, key["shards"], lambda b: min(key["batch_size"],
+                                                                              key["total"] - b * key["batch_size"]))
+        parts = "; ".join(f"shard {k}/{key['shards']}: {b} batches ({n} images)" for k, (b, n) in missing.items())
+        raise IncompleteRun(f"{out}: {batches - len(done)} of {batches} batches are not embedded yet: {parts}. "
+                            f"Run `medisyn index build` with the same sources and options and --shard K/"
+                            f"{key['shards']} for each shard listed")
+    model = get_embedder(key["embedder"])
+    found = find_sources(key["sources"])
+    try:
+        embedded = _concatenate(work, model, batches)
+        meta = finish_index(out, embedded, model, found, key["index_type"], parse_memory(key["max_memory"]),
+                            config["started"], key["sources"])
+    finally:
+        for tmp in out.glob("*.tmp"):
+            tmp.unlink()
+    shutil.rmtree(work.root, ignore_errors=True)
+    return meta
+
+
+def _concatenate(work: ShardDir, model: Embedder, batches: int) -> Embedded:
+    """The batches' codes into one memmap and their keys into keys.parquet.tmp, in batch order, ids renumbered."""
+    import pyarrow.parquet as pq
+
+    from .data import Record
+
+    rows = [work.record(b)["rows"] for b in range(batches)]
+    dtype = np.uint8 if model.binary else np.float32
+    vectors = np.lib.format.open_memmap(work.out / "embedding.npy.tmp", mode="w+", dtype=dtype,
+                                        shape=(max(sum(rows), 1), model.code_size))
+    skipped: list[dict] = []
+    count = 0
+    with _KeyWriter(work.out / (KEYS_FILE + ".tmp")) as keys:
+        for batch in range(batches):
+            name = batch_name(batch)
+            codes = np.load(work.root / "vectors" / f"{name}.npy")
+            vectors[count:count + len(codes)] = codes
+            table = pq.read_table(work.root / "keys" / f"{name}.parquet").to_pydict()
+            records = [(Source(Path(source), "batch"), Record(k, label, None))
+                       for k, label, source in zip(table["key"], table["label"], table["source"])]
+            keys.write(records, count)
+            count += len(codes)
+            skipped += work.record(batch)["skipped"]
+    vectors.flush()
+    return Embedded(vectors, count, skipped)
