@@ -62,7 +62,7 @@ def test_shards_build_the_same_index_as_one_process(train, tmp_path, shards):
 def test_merge_names_missing_shards_then_builds(train, tmp_path):
     out = tmp_path / "idx"
     build_index([train], out, batch_size=3, show_progress=False, shard=parse_shard("1/3"))
-    with pytest.raises(IncompleteRun, match=r"shard 0/3: 2 batches \(6 images\); shard 2/3: 1 batches \(1 images\)"):
+    with pytest.raises(IncompleteRun, match=r"shard 0/3: 2 batches \(6 images\); shard 2/3: 1 batches \(3 images\)"):
         index_shards.merge_shards(out)
     for k in (0, 2):
         build_index([train], out, batch_size=3, show_progress=False, shard=parse_shard(f"{k}/3"))
