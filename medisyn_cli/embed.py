@@ -27,6 +27,7 @@ benchmarks/results/screen_quality.txt.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from .errors import MedisynError
 
 PIXEL_THRESHOLD = 0.97
 GEOMETRIC_PENALTY = 0.015
+OPERATORS = 72  # resampling operators kept: the coarse views' and every refinement's (about 1 MB each)
 PHASH_THRESHOLD = 0.88  # 1 - 30/256 = 0.883: at most 30 of 256 bits differ
 MODEL_THRESHOLD = 0.95  # clip: / hf: -- NOT calibrated here (no weights offline); calibrate before relying on it
 CALIBRATION = """\
@@ -247,7 +249,7 @@ class PixelEmbedder(Embedder):
         self.dim = size * size
         self.default_threshold = PIXEL_THRESHOLD
         self.work = math.ceil(2 * size / window)  # larger images are first shrunk to this (2x the thumbnail)
-        self._operators: dict = {}
+        self._operators: OrderedDict = OrderedDict()  # least recently used dropped beyond OPERATORS
 
     def settings(self) -> dict:
         return {"size": self.size, "window": self.window, "blur": self.blur, "background": self.background,
@@ -285,9 +287,11 @@ class PixelEmbedder(Embedder):
     def _operator(self, shape: tuple[int, int], views: tuple[View, ...]) -> tuple[np.ndarray, np.ndarray]:
         """(rows (2V*size, H), cols (2V, W, size)): low-pass then high-pass stacks of every view's resampling."""
         key = (shape, views)
-        if key not in self._operators:
-            if len(self._operators) > 32:
-                self._operators.clear()
+        if key in self._operators:
+            self._operators.move_to_end(key)
+        else:
+            if len(self._operators) >= OPERATORS:  # the 61 coarse views' operator stays: it is used for every image
+                self._operators.popitem(last=False)
             low, high = _gaussian_matrix(self.size, self.blur), _gaussian_matrix(self.size, self.background)
             ry = np.stack([self._resample(view, shape[0], vertical=True) for view in views])
             rx = np.stack([self._resample(view, shape[1], vertical=False) for view in views])

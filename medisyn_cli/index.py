@@ -23,6 +23,7 @@ import math
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -188,7 +189,8 @@ def search_index(index, queries: np.ndarray, k: int, embedder: Embedder,
                  exact: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """FAISS top-k as (similarity, id), higher = more similar; with `exact` vectors (IVF-PQ), the compressed
     index only proposes 4k candidates and their similarity is computed from the exact vectors."""
-    distances, ids = index.search(queries, k if exact is None else max(4 * k, 16))
+    with _threads_for(len(queries) * index.ntotal):
+        distances, ids = index.search(queries, k if exact is None else max(4 * k, 16))
     if exact is None:
         sims = embedder.similarity_from_distance(distances)
     else:
@@ -199,6 +201,25 @@ def search_index(index, queries: np.ndarray, k: int, embedder: Embedder,
     sims = np.clip(sims, -1.0, 1.0).astype(np.float32)
     sims[ids < 0] = -np.inf
     return sims, ids.astype(np.int64)
+
+
+SMALL_SEARCH = 50_000_000  # query x vector pairs below which one FAISS thread is faster (no OpenMP start-up)
+
+
+@contextmanager
+def _threads_for(pairs: int):
+    """One FAISS thread for small searches (e.g. screening a batch against a small index beside a busy model)."""
+    import faiss
+
+    if pairs >= SMALL_SEARCH:
+        yield
+        return
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def recall_at_1(search, vectors: np.ndarray, embedder: Embedder, n: int = RECALL_QUERIES) -> float:
