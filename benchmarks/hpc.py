@@ -91,7 +91,7 @@ def main() -> None:
     cores = os.cpu_count() or 2
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        startup = timed((MEDISYN + ["generate", "--manifest", str(REPO / "prompts" / args.manifest), "--n", "1",
+        startup = timed((MEDISYN + ["generate", "--manifest", str(REPO / "prompts" / args.manifest), "--n", "3",
                                     "--out", str(tmp / "startup"), "--no-progress"], env(cores)))
         single = timed((command(args, tmp / "one"), env(cores)))
         single_1 = timed((command(args, tmp / "one-thread"), env(1)))
@@ -112,7 +112,7 @@ def main() -> None:
               "resume_s": round(resumed, 1), "resume_overhead_s": round(overhead, 1),
               "resume_ratio": round((killed + resumed) / single, 3), "resume_vs_uninterrupted": same_resume,
               "command": "python benchmarks/hpc.py " + " ".join(sys.argv[1:])}
-    print(f"startup (a 1-image run): {startup:.1f} s")
+    print(f"startup (a 3-image run): {startup:.1f} s")
     print(f"one process: {single:.1f} s   two shards ({half} core(s) each): {sharded:.1f} s   "
           f"ratio {sharded / single:.3f}")
     print(f"  shards vs one 1-thread process: {same_shards}")

@@ -66,8 +66,9 @@ def generate(
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
     height: Optional[int] = typer.Option(None, "--height"),
     width: Optional[int] = typer.Option(None, "--width"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per model call (default: 8 on CPU, "
-                                                                     "the most that fit in free memory on CUDA)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per model call (default: 16 on CPU "
+                                                                     "up to 128 px, fewer for larger images; the most "
+                                                                     "that fit in free memory on CUDA)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (slow first batch; faster on GPUs)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory layout (GPUs)."),
     vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode one image at a time (less memory)."),

@@ -217,7 +217,8 @@ def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path
         return config, "given"
     if state == "join" and WorkDir(out).exists():
         return replace(config, batch_size=WorkDir(out).read_config()["options"]["batch_size"]), "recorded by the run"
-    size, how = choose_batch_size(Renderer(pipe, settings, cache_prompts=False), device)
+    size, how = choose_batch_size(Renderer(pipe, settings, cache_prompts=False), device,
+                                  settings.height * settings.width)
     return replace(config, batch_size=size), f"chosen ({how})"
 
 

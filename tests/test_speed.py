@@ -20,7 +20,7 @@ from medisyn_cli.manifest import load_manifest
 from medisyn_cli.models import load_pipeline
 from medisyn_cli.plan import batched, iter_jobs, quotas
 from medisyn_cli.runner import Lane, run_generate
-from medisyn_cli.speed import CPU_BATCH, choose_batch_size, fit_batch
+from medisyn_cli.speed import CPU_BATCH, choose_batch_size, cpu_batch, fit_batch
 
 SETTINGS = Settings(steps=2, guidance=7.5, height=16, width=16)
 
@@ -198,12 +198,13 @@ def test_batch_size_fits_free_memory_as_a_power_of_two():
 
 
 def test_batch_size_is_chosen_when_not_given_and_a_resume_keeps_the_recorded_one(tiny_model, manifest, tmp_path):
-    assert choose_batch_size(None, torch.device("cpu"))[0] == CPU_BATCH
-    config = GenerateConfig(manifest=str(manifest), n=20, out=str(tmp_path / "out"), model=str(tiny_model), steps=2)
+    assert choose_batch_size(None, torch.device("cpu"), 64 * 64)[0] == CPU_BATCH == cpu_batch(128 * 128) == 16
+    assert [cpu_batch(side * side) for side in (256, 512, 1024)] == [4, 1, 1]
+    config = GenerateConfig(manifest=str(manifest), n=40, out=str(tmp_path / "out"), model=str(tiny_model), steps=2)
     summary = run_generate(config, show_progress=False)
     run = json.loads((summary.out / "run.json").read_text())
     assert run["options"]["batch_size"] == CPU_BATCH and run["batches"]["count"] == 3
-    assert run["speed"]["batch_size_from"] == "cpu: fixed".join(("chosen (", ")"))
+    assert run["speed"]["batch_size_from"] == "chosen (cpu: by image size)"
     assert "--batch-size" not in command_line(config)
     first = GenerateConfig(manifest=str(manifest), n=12, out=str(tmp_path / "sharded"), model=str(tiny_model),
                            steps=2, batch_size=4, shard="0/2")
