@@ -189,7 +189,7 @@ def search_index(index, queries: np.ndarray, k: int, embedder: Embedder,
                  exact: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """FAISS top-k as (similarity, id), higher = more similar; with `exact` vectors (IVF-PQ), the compressed
     index only proposes 4k candidates and their similarity is computed from the exact vectors."""
-    with _threads_for(len(queries) * index.ntotal):
+    with _threads_for(len(queries) * index.ntotal * queries.shape[1]):
         distances, ids = index.search(queries, k if exact is None else max(4 * k, 16))
     if exact is None:
         sims = embedder.similarity_from_distance(distances)
@@ -203,15 +203,16 @@ def search_index(index, queries: np.ndarray, k: int, embedder: Embedder,
     return sims, ids.astype(np.int64)
 
 
-SMALL_SEARCH = 50_000_000  # query x vector pairs below which one FAISS thread is faster (no OpenMP start-up)
+SMALL_SEARCH = 1_000_000_000  # query x vector x dimension products (about 50 ms on one core) below which one
+                               # FAISS thread is faster beside a busy model (benchmarks/overhead.py)
 
 
 @contextmanager
-def _threads_for(pairs: int):
+def _threads_for(work: int):
     """One FAISS thread for small searches (e.g. screening a batch against a small index beside a busy model)."""
     import faiss
 
-    if pairs >= SMALL_SEARCH:
+    if work >= SMALL_SEARCH:
         yield
         return
     threads = faiss.omp_get_max_threads()

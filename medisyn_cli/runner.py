@@ -179,7 +179,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
     speed = apply_speed_options(pipe, config.channels_last, config.compile, config.vae_slicing, config.vae_tiling)
     settings = Settings(**model_settings(config, pipe), autocast_bf16=_autocast(dtype, device))
-    config, speed["batch_size_from"] = resolve_batch_size(config, pipe, settings, device, out, state)
+    config, speed["batch_size_from"] = resolve_batch_size(config, pipe, settings, device, out)
     record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
     record["speed"] = speed
     replaced = prepare_out(out, config.overwrite) if state == "new" else None
@@ -205,7 +205,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     return summary
 
 
-def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path, state: str):
+def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path):
     """The config with its batch size set, and how it was chosen: given, recorded by the run being continued
     (every shard and resume must agree), or chosen for the device."""
     from dataclasses import replace
@@ -215,7 +215,7 @@ def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path
 
     if config.batch_size is not None:
         return config, "given"
-    if state == "join" and WorkDir(out).exists():
+    if not config.overwrite and WorkDir(out).exists():  # also a shard that started since out_state looked
         return replace(config, batch_size=WorkDir(out).read_config()["options"]["batch_size"]), "recorded by the run"
     size, how = choose_batch_size(Renderer(pipe, settings, cache_prompts=False), device,
                                   settings.height * settings.width)
