@@ -29,45 +29,15 @@ from .errors import MedisynError
 from .index import (KEYS_FILE, META_FILE, Embedded, _batches, _decode, _embed_batch, _KeyWriter, finish_index,
                     parse_memory, source_fingerprint)
 from .shards import Shard, batch_count, shard_batches
-from .work import IncompleteRun, batch_name, check_same_run, missing_report
+from .work import IncompleteRun, WorkDir, batch_name, missing_report
 
 SHARDS = "_shards"
 
 
-class ShardDir:
-    """OUT/_shards of one sharded index build."""
+class ShardDir(WorkDir):
+    """OUT/_shards of one sharded index build (config.json, done markers and lock as a generate run's _work)."""
 
-    def __init__(self, out: Path):
-        self.out, self.root = Path(out), Path(out) / SHARDS
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.json"
-
-    def create_or_join(self, record: dict) -> None:
-        """Write config.json atomically if no shard has yet; else check this shard builds the same index."""
-        for name in ("vectors", "keys", "done"):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record, indent=1))
-        try:
-            os.link(tmp, self.config_path)
-        except FileExistsError:
-            check_same_run(self.config()["key"], record["key"], self.out)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def config(self) -> dict:
-        try:
-            return json.loads(self.config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise MedisynError(f"{self.config_path}: cannot read the sharded build's config ({exc})") from exc
-
-    def done(self) -> set[int]:
-        return {int(p.stem[2:]) for p in (self.root / "done").glob("b-*.json")}
-
-    def record(self, batch: int) -> dict:
-        return json.loads((self.root / "done" / f"{batch_name(batch)}.json").read_text())
+    NAME, FOLDERS, LOCK = SHARDS, ("vectors", "keys", "done"), "merge.lock"
 
     def write_batch(self, batch: int, codes: np.ndarray, records: list, skipped: list[dict]) -> None:
         """The batch's codes and keys under temp names, renamed; the done marker last."""
@@ -78,16 +48,7 @@ class ShardDir:
         with _KeyWriter(self.root / "keys" / f".{name}.parquet.tmp") as keys:
             keys.write(records, 0)
         os.replace(self.root / "keys" / f".{name}.parquet.tmp", self.root / "keys" / f"{name}.parquet")
-        marker = self.root / "done" / f".{name}.json.tmp"
-        marker.write_text(json.dumps({"rows": len(codes), "skipped": skipped}))
-        os.replace(marker, self.root / "done" / f"{name}.json")
-
-    def lock(self) -> bool:
-        try:
-            (self.root / "merge.lock").mkdir()
-            return True
-        except FileExistsError:
-            return False
+        self.mark_done(batch, {"rows": len(codes), "skipped": skipped})
 
 
 def build_shard(found: list[Source], out: Path, model: Embedder, index_type: str, budget: int | None,
@@ -96,7 +57,7 @@ def build_shard(found: list[Source], out: Path, model: Embedder, index_type: str
     or {"partial": ...} describing what is left."""
     out = Path(out)
     if (out / META_FILE).exists():
-        return {**json.loads((out / META_FILE).read_text()), "note": "already built: nothing to do"}
+        return _already_built(out)
     if out.exists() and any(p.name != SHARDS and not p.name.endswith(".tmp") for p in out.iterdir()):
         raise MedisynError(f"{out}: folder exists and holds other files than a sharded index build ({SHARDS}/)")
     total = sum(count_images(source) for source in found)
@@ -111,6 +72,10 @@ def build_shard(found: list[Source], out: Path, model: Embedder, index_type: str
     if len(work.done()) == batches and work.lock():
         return merge_shards(out)
     return {"partial": True, "shard": shard.name, "made": len(mine), "done": len(work.done()), "batches": batches}
+
+
+def _already_built(out: Path) -> dict:
+    return {**json.loads((out / META_FILE).read_text()), "note": "already built: nothing to do"}
 
 
 def _embed_mine(found: list[Source], model: Embedder, work: ShardDir, mine: set[int], batch_size: int,
@@ -132,7 +97,7 @@ def _embed_mine(found: list[Source], model: Embedder, work: ShardDir, mine: set[
                             info=f"batch {number}")
 
 
-def merge_shards(out: str | Path, show_progress: bool = False) -> dict:
+def merge_shards(out: str | Path) -> dict:
     """Concatenate every shard's batches in order and build the index; IncompleteRun names what is missing."""
     from .data import find_sources
 
@@ -140,9 +105,9 @@ def merge_shards(out: str | Path, show_progress: bool = False) -> dict:
     work = ShardDir(out)
     if not work.config_path.exists():
         if (out / META_FILE).exists():
-            return {**json.loads((out / META_FILE).read_text()), "note": "already built: nothing to do"}
+            return _already_built(out)
         raise MedisynError(f"{out}: not a sharded index build (no {SHARDS}/config.json)")
-    config = work.config()
+    config = work.read_config()
     key, batches, done = config["key"], config["batches"], work.done()
     if len(done) < batches:
         missing = missing_report(batches, done, key["shards"], lambda b: min(key["batch_size"],
@@ -154,7 +119,7 @@ def merge_shards(out: str | Path, show_progress: bool = False) -> dict:
     model = get_embedder(key["embedder"])
     found = find_sources(key["sources"])
     try:
-        embedded = _concatenate(work, model, batches)
+        embedded = _concatenate(work, model)
         meta = finish_index(out, embedded, model, found, key["index_type"], parse_memory(key["max_memory"]),
                             config["started"], key["sources"])
     finally:
@@ -164,20 +129,20 @@ def merge_shards(out: str | Path, show_progress: bool = False) -> dict:
     return meta
 
 
-def _concatenate(work: ShardDir, model: Embedder, batches: int) -> Embedded:
+def _concatenate(work: ShardDir, model: Embedder) -> Embedded:
     """The batches' codes into one memmap and their keys into keys.parquet.tmp, in batch order, ids renumbered."""
     import pyarrow.parquet as pq
 
     from .data import Record
 
-    rows = [work.record(b)["rows"] for b in range(batches)]
+    done = list(work.done_records())  # in batch order: rows and skipped files of each batch
     dtype = np.uint8 if model.binary else np.float32
     vectors = np.lib.format.open_memmap(work.out / "embedding.npy.tmp", mode="w+", dtype=dtype,
-                                        shape=(max(sum(rows), 1), model.code_size))
+                                        shape=(max(sum(d["rows"] for d in done), 1), model.code_size))
     skipped: list[dict] = []
     count = 0
     with _KeyWriter(work.out / (KEYS_FILE + ".tmp")) as keys:
-        for batch in range(batches):
+        for batch, record in enumerate(done):
             name = batch_name(batch)
             codes = np.load(work.root / "vectors" / f"{name}.npy")
             vectors[count:count + len(codes)] = codes
@@ -186,6 +151,6 @@ def _concatenate(work: ShardDir, model: Embedder, batches: int) -> Embedded:
                        for k, label, source in zip(table["key"], table["label"], table["source"])]
             keys.write(records, count)
             count += len(codes)
-            skipped += work.record(batch)["skipped"]
+            skipped += record["skipped"]
     vectors.flush()
     return Embedded(vectors, count, skipped)

@@ -34,10 +34,15 @@ def batch_name(batch: int) -> str:
 
 
 class WorkDir:
-    """OUT/_work of one run."""
+    """OUT/_work of one run: config.json shared by every process, per-batch files, done markers written last.
+
+    Subclasses name another folder, its sub-folders and lock (index_shards.ShardDir for sharded index builds).
+    """
+
+    NAME, FOLDERS, LOCK = WORK, ("done", "parquet", "imagefolder", "rejected"), "consolidate.lock"
 
     def __init__(self, out: Path):
-        self.out, self.root = Path(out), Path(out) / WORK
+        self.out, self.root = Path(out), Path(out) / self.NAME
 
     @property
     def config_path(self) -> Path:
@@ -48,7 +53,7 @@ class WorkDir:
 
     def create_or_join(self, record: dict) -> bool:
         """Write config.json if no process has yet (atomically); else check it matches. True if created."""
-        for name in ("done", "parquet", "imagefolder", "rejected"):
+        for name in self.FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".config.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -63,10 +68,10 @@ class WorkDir:
 
     @property
     def lock_path(self) -> Path:
-        return self.root / "consolidate.lock"
+        return self.root / self.LOCK
 
     def lock(self) -> bool:
-        """Take the right to consolidate (atomic mkdir); False if another process has it."""
+        """Take the right to consolidate or merge (atomic mkdir); False if another process has it."""
         try:
             self.lock_path.mkdir()
             return True
