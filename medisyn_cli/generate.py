@@ -175,10 +175,11 @@ def generate_screened(render: Callable, jobs: list[Job], run_seed: int, screener
     memorises it): the class is named in `ended` and its remaining jobs are dropped, as are jobs of classes in the
     `ended` given (ended by an earlier batch).
     """
-    result = Screened(ended=dict(ended or {}))
+    result, closed = Screened(), set(ended or {})
+    stopped = lambda label: label in closed or label in result.ended  # noqa: E731
     attempts, rejections = {job.id: 0 for job in jobs}, {job.id: 0 for job in jobs}
-    items = [item for item in first if item.job.label not in result.ended] if first is not None else None
-    pending = [job for job in jobs if job.label not in result.ended]
+    items = [item for item in first if not stopped(item.job.label)] if first is not None else None
+    pending = [job for job in jobs if not stopped(job.label)]
     while pending:
         if items is None:
             items = generate_batch(render, pending, run_seed, max_regenerate, attempts)
@@ -195,10 +196,9 @@ def generate_screened(render: Callable, jobs: list[Job], run_seed: int, screener
             if rejections[item.job.id] >= max_attempts:
                 result.ended.setdefault(item.job.label, _ended_reason(item, max_attempts))
             retry.append(item.job)
-        pending, items = [job for job in retry if job.label not in result.ended], None
+        pending, items = [job for job in retry if not stopped(job.label)], None
     order = {job.id: i for i, job in enumerate(jobs)}
     result.kept.sort(key=lambda item: order[item.job.id])
-    result.ended = {label: reason for label, reason in result.ended.items() if label not in (ended or {})}
     return result
 
 
