@@ -7,6 +7,8 @@ from pathlib import Path
 
 def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = None, label_width: int = 220) -> Path:
     """Paste equally sized PIL images into a grid (row-major), with an optional text label per row."""
+    import textwrap
+
     from PIL import Image, ImageDraw
 
     cols = max(1, len(images) // max(rows, 1))
@@ -18,7 +20,8 @@ def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = N
         r, c = divmod(i, cols)
         grid.paste(image.convert("RGB"), (offset + c * w, r * h))
     for r, label in enumerate(labels or []):
-        draw.text((4, r * h + h // 2 - 6), label[-(label_width // 6):], fill="black")
+        lines = textwrap.wrap(label, max(8, label_width // 6 - 1))[: max(1, h // 12)]
+        draw.multiline_text((4, r * h + max(0, h - 12 * len(lines)) // 2), "\n".join(lines), fill="black", spacing=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     grid.save(tmp)

@@ -158,3 +158,19 @@ def test_an_empty_dataset_is_a_clear_error(index, tmp_path):
     (tmp_path / "empty").mkdir()
     result = screen(tmp_path / "empty", "--index", index, "--report", tmp_path / "rep")
     assert result.exit_code == 2 and "no images found" in result.output
+
+
+def test_image_grid_wraps_long_row_labels_inside_the_label_column(tmp_path):
+    from medisyn_cli.report import image_grid
+
+    label = "light microscopy of a stained peripheral blood smear centred on a white blood cell"
+    tiles = [Image.new("RGB", (64, 64), (0, 200, 0))] * 4
+    grid = np.asarray(Image.open(image_grid(tiles, rows=2, path=tmp_path / "g.png", labels=[label, "x"])))
+    assert grid.shape == (128, 220 + 2 * 64, 3)
+    ink = (grid[:64, :220] < 128).all(axis=2)
+    lines = ink.any(axis=1)
+    bands = np.count_nonzero(np.diff(lines.astype(int)) == 1) + int(lines[0])
+    assert bands >= 3, "the long label is wrapped onto several lines"
+    assert ink[:, :60].any(axis=0).sum() > 20, "the label starts at the left edge, not cut to its last words"
+    assert not ink[:, 200:].any(), "text stays inside its column"
+    assert (grid[:, 220:] == (0, 200, 0)).all()
