@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -539,12 +540,22 @@ def save_pipeline(parts, out: Path, config: TrainConfig) -> Path:
     tmp = out / "_work" / "pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    _follow_umask(tmp)
     for item in tmp.iterdir():
         target = out / item.name
         if target.is_dir():
             shutil.rmtree(target)
         item.rename(target)
     return out
+
+
+def _follow_umask(folder: Path) -> None:
+    """safetensors writes its files owner-only (0600); give them the usual umask mode so a shared model is readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 def _write_reports(out: Path, losses, config: TrainConfig, held: list[Record], skipped, psnr, seconds, n_images):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def test_training_lowers_the_loss_and_reports(trained):
     assert info["train_images"] == 12 and info["steps"] == 40
     assert (trained.model_dir / "loss.png").stat().st_size > 0
     assert (trained.model_dir / "samples" / "step-000040.png").exists()
+    weights = trained.model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~mask, "the umask decides, not safetensors' owner-only mode"
 
 
 def test_saved_pipeline_loads_with_diffusers_and_generates(trained, tmp_path):
