@@ -98,7 +98,7 @@ def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, step
     if not (out / "run.json").exists():
         run_generate(GenerateConfig(manifest=str(manifest), n=per_class * classes, out=str(out), model=model,
                                     steps=steps, guidance=guidance, batch_size=64, formats=("imagefolder",),
-                                    dtype="bf16", overwrite=True))
+                                    overwrite=True))
     rows = csv.DictReader(open(out / "imagefolder" / "metadata.csv"))
     return [(out / "imagefolder" / r["file_name"], r["label"]) for r in rows]
 
