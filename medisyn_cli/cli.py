@@ -194,6 +194,8 @@ def train(
     checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
     caption_dropout: float = typer.Option(0.1, "--caption-dropout"),
+    balance: float = typer.Option(0.0, "--balance", help="Sampling by caption: 0 uniform over images, 1 every "
+                                  "caption (class) equally often; between: 1/count**balance."),
     caption_template: str = typer.Option("{label}", "--caption-template",
                                          help="Caption for data without captions, e.g. 'chest x-ray, {label}'."),
     validation_prompts: Optional[Path] = typer.Option(None, "--validation-prompts", help="Text file or manifest."),
@@ -215,6 +217,7 @@ def train(
                           resolution=resolution, steps=steps, vae_steps=vae_steps, batch_size=batch_size, lr=lr,
                           mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
                           checkpoint_every=checkpoint_every, resume=resume, caption_dropout=caption_dropout,
+                          balance=balance,
                           caption_template=caption_template,
                           validation_prompts=str(validation_prompts) if validation_prompts else None,
                           validate_every=validate_every, train_text_encoder=train_text_encoder,

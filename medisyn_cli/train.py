@@ -62,6 +62,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     resume: bool = False
     caption_dropout: float = 0.1
+    balance: float = 0.0
     caption_template: str = "{label}"
     validation_prompts: str | None = None
     validate_every: int = 500
@@ -295,6 +296,8 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     _check_out(out, config)
     if not config.base and config.config not in CONFIGS:
         raise MedisynError(f"--config: unknown config '{config.config}' (choose from {', '.join(CONFIGS)})")
+    if not 0.0 <= config.balance <= 1.0:
+        raise MedisynError(f"--balance: {config.balance} is not between 0 (uniform) and 1 (every caption equally often)")
     _reset_accelerate()
     pixels, captions, skipped, held = load_training_images(config)
     _save_options(work, config)
@@ -333,7 +336,8 @@ def _check_out(out: Path, config: TrainConfig) -> None:
     saved = out / "_work" / "config.json"
     if config.resume and saved.exists():
         previous, current = json.loads(saved.read_text()), _run_options(config)
-        changed = [k for k in current if current[k] != previous.get(k)]
+        defaults = _run_options(TrainConfig(data=config.data, out=config.out))
+        changed = [k for k in current if current[k] != previous.get(k, defaults[k])]
         if changed:
             raise MedisynError(f"--resume: options differ from the run in {out}: {', '.join(changed)}")
 
@@ -396,6 +400,7 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
     unique = sorted(set(captions))
     ids_of = tokenize(parts["tokenizer"], unique + [""])
     caption_index = torch.tensor([unique.index(c) for c in captions])
+    weights = caption_weights(caption_index, config.balance) if config.balance else None
     losses, step = _restore(accelerator, work)
     generator = torch.Generator().manual_seed(config.seed + step)
     task = progress.add_task("diffusion", total=config.steps, completed=step, rate="", info="")
@@ -403,7 +408,7 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
     unet.train()
     text_encoder.train(parts["train_text_encoder"])
     while step < config.steps:
-        idx = torch.randint(0, len(latents), (config.batch_size,), generator=generator)
+        idx = draw_batch(weights, len(latents), config.batch_size, generator)
         mean, std = latents[idx].float().chunk(2, dim=1)
         z = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
         drop = torch.rand(len(idx), generator=generator) < config.caption_dropout
@@ -432,6 +437,22 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
         ema.copy_to(trainable)
     parts.update(unet=accelerator.unwrap_model(unet), text_encoder=accelerator.unwrap_model(text_encoder))
     return losses
+
+
+def caption_weights(caption_index, power: float):
+    """Each image's sampling weight, 1 / (images sharing its caption) ** power: 0 is uniform over images,
+    1 draws every caption equally often."""
+    counts = caption_index.bincount()
+    return counts[caption_index].double() ** -power
+
+
+def draw_batch(weights, n: int, size: int, generator):
+    """Indices of one training batch: uniform over n images, or by weight (with replacement)."""
+    import torch
+
+    if weights is None:
+        return torch.randint(0, n, (size,), generator=generator)
+    return torch.multinomial(weights, size, replacement=True, generator=generator)
 
 
 class _ema_weights:

@@ -85,6 +85,39 @@ def test_resume_with_other_options_is_refused(tmp_path):
         train(tiny(out, steps=4, vae_steps=2, validate_every=0), show_progress=False)
 
 
+def test_balance_draws_every_caption_equally_often():
+    from medisyn_cli.train import caption_weights, draw_batch
+
+    caption_index = torch.tensor([0] * 90 + [1] * 10)
+    assert draw_batch(None, 100, 5, torch.Generator().manual_seed(0)).tolist() == \
+        torch.randint(0, 100, (5,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert torch.equal(caption_weights(caption_index, 0.0), torch.ones(100, dtype=torch.float64))
+    share = {}
+    for power in (0.5, 1.0):
+        drawn = draw_batch(caption_weights(caption_index, power), 100, 20000, torch.Generator().manual_seed(0))
+        share[power] = float((caption_index[drawn] == 1).double().mean())
+    assert abs(share[1.0] - 0.5) < 0.02
+    assert abs(share[0.5] - 0.25) < 0.02  # weights 1/sqrt(90) vs 1/sqrt(10): 10/sqrt(10) : 90/sqrt(90) = 1 : 3
+
+
+def test_balanced_run_resumes_and_old_runs_without_the_option_still_resume(tmp_path):
+    out = tmp_path / "model"
+    train(tiny(out, steps=2, vae_steps=2, validate_every=0, balance=1.0), show_progress=False)
+    with pytest.raises(MedisynError, match="options differ .*balance"):
+        train(tiny(out, steps=3, vae_steps=2, validate_every=0, resume=True), show_progress=False)
+    assert train(tiny(out, steps=3, vae_steps=2, validate_every=0, balance=1.0, resume=True),
+                 show_progress=False).steps == 3
+    old = tmp_path / "old"
+    train(tiny(old, steps=2, vae_steps=2, validate_every=0), show_progress=False)
+    saved = old / "_work" / "config.json"
+    options = json.loads(saved.read_text())
+    del options["balance"]
+    saved.write_text(json.dumps(options))
+    assert train(tiny(old, steps=3, vae_steps=2, validate_every=0, resume=True), show_progress=False).steps == 3
+    with pytest.raises(MedisynError, match="--balance: 2.0 is not between 0"):
+        train(tiny(tmp_path / "bad", balance=2.0), show_progress=False)
+
+
 def test_corrupt_images_are_skipped_and_listed(tmp_path):
     data = tmp_path / "data"
     shutil.copytree(DATA, data)
