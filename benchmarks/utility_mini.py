@@ -4,7 +4,7 @@ For each data set of ../shared/data, train the same small classifier on (a) synt
 `medisyn generate` with the bundled model and (b) as many real training images, then report macro AUROC on
 real images the model never saw (its hold-out split, listed in the model's holdout.csv).
 
-    python benchmarks/utility_mini.py --per-class 200 --seeds 3 --out benchmarks/results/utility_mini
+    python benchmarks/utility_mini.py --per-class 100 --seeds 3 --out benchmarks/results/utility_mini
 
 Prints one row per data set: real AUROC (baseline), synthetic AUROC (candidate), their difference and ratio.
 """
@@ -88,7 +88,8 @@ def _augment(batch, generator):
     return torch.roll(batch, shifts=shift, dims=(2, 3))
 
 
-def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, steps: int, guidance: float) -> list:
+def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, steps: int,
+              guidance: float | None, seed: int) -> list:
     """Generate per_class images per class with medisyn; returns (path, label)."""
     from medisyn_cli.config import GenerateConfig
     from medisyn_cli.manifest import load_manifest
@@ -97,7 +98,7 @@ def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, step
     classes = len(load_manifest(manifest).labels)
     if not (out / "run.json").exists():
         run_generate(GenerateConfig(manifest=str(manifest), n=per_class * classes, out=str(out), model=model,
-                                    steps=steps, guidance=guidance, batch_size=64, formats=("imagefolder",),
+                                    steps=steps, guidance=guidance, seed=seed, batch_size=64, formats=("imagefolder",),
                                     overwrite=True))
     rows = csv.DictReader(open(out / "imagefolder" / "metadata.csv"))
     return [(out / "imagefolder" / r["file_name"], r["label"]) for r in rows]
@@ -136,7 +137,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sets", default=",".join(SETS), help="comma list of data sets")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--generate-seed", type=int, default=0, help="base seed of the synthetic images")
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's recommended one")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "utility_mini")
     args = parser.parse_args()
 
@@ -151,7 +153,7 @@ def main() -> None:
         started = time.time()
         train_real, test = real_split(dataset, model_dir)
         synth = synthetic(REPO / "prompts" / f"{manifest}.csv", args.per_class, args.out / dataset,
-                          args.model, args.steps, args.guidance)
+                          args.model, args.steps, args.guidance, args.generate_seed)
         labels = sorted({label for _, label in test})
         index = {label: i for i, label in enumerate(labels)}
         x_test, y_test = load([p for p, _ in test], args.size), np.array([index[l] for _, l in test])
