@@ -89,7 +89,7 @@ def _augment(batch, generator):
 
 
 def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, steps: int,
-              guidance: float | None, seed: int) -> list:
+              guidance: float | None, seed: int = 0) -> list:
     """Generate per_class images per class with medisyn; returns (path, label)."""
     from medisyn_cli.config import GenerateConfig
     from medisyn_cli.manifest import load_manifest
