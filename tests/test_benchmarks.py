@@ -47,8 +47,16 @@ def bench(monkeypatch, tmp_path, tiny_model):
 
 
 def run_main(module, monkeypatch, args: list[str]) -> None:
+    """Run a benchmark's main(); restore torch's thread count, which it sets (later tests compare pixels made in
+    this process with pixels made by a `medisyn` subprocess)."""
+    import torch
+
     monkeypatch.setattr(sys, "argv", [module.__file__, *args])
-    module.main()
+    threads = torch.get_num_threads()
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_utility_mini_scores_real_and_synthetic(bench, monkeypatch, tmp_path, capsys):
