@@ -90,16 +90,18 @@ def _augment(batch, generator):
 
 def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, steps: int,
               guidance: float | None, seed: int = 0) -> list:
-    """Generate per_class images per class with medisyn; returns (path, label)."""
+    """Generate per_class images per class with medisyn (or reuse those in OUT made with the same options);
+    returns (path, label)."""
     from medisyn_cli.config import GenerateConfig
     from medisyn_cli.manifest import load_manifest
     from medisyn_cli.runner import run_generate
 
-    classes = len(load_manifest(manifest).labels)
-    if not (out / "run.json").exists():
-        run_generate(GenerateConfig(manifest=str(manifest), n=per_class * classes, out=str(out), model=model,
-                                    steps=steps, guidance=guidance, seed=seed, batch_size=64, formats=("imagefolder",),
-                                    overwrite=True))
+    wanted = {"n": per_class * len(load_manifest(manifest).labels), "model": model, "steps": steps,
+              "guidance": guidance, "seed": seed}
+    run = out / "run.json"
+    if not (run.exists() and all(json.loads(run.read_text())["options"].get(k) == v for k, v in wanted.items())):
+        run_generate(GenerateConfig(manifest=str(manifest), out=str(out), **wanted, batch_size=64,
+                                    formats=("imagefolder",), overwrite=True))
     rows = csv.DictReader(open(out / "imagefolder" / "metadata.csv"))
     return [(out / "imagefolder" / r["file_name"], r["label"]) for r in rows]
 

@@ -63,15 +63,19 @@ def test_utility_mini_scores_real_and_synthetic(bench, monkeypatch, tmp_path, ca
     utility_mini, model = bench
     common = ["--model", str(model), "--sets", "bccd_blood_smear", "--per-class", "3", "--seeds", "1",
               "--epochs", "1", "--steps", "2", "--threads", "1"]
-    run_main(utility_mini, monkeypatch, common + ["--out", str(tmp_path / "u0")])
-    run_main(utility_mini, monkeypatch, common + ["--generate-seed", "1", "--out", str(tmp_path / "u1")])
-    result = json.loads((tmp_path / "u0" / "results.json").read_text())["results"][0]
+    out = tmp_path / "u"
+    first_image = lambda: Image.open(sorted((out / "bccd_blood_smear" / "imagefolder").rglob("*.png"))[0]).tobytes()
+    run_main(utility_mini, monkeypatch, common + ["--out", str(out)])
+    result = json.loads((out / "results.json").read_text())["results"][0]
     assert (result["classes"], result["test_images"], result["synthetic_per_class"]) == (3, 6, 3)
     assert 0 <= result["real_auroc"] <= 1 and 0 <= result["synthetic_auroc"] <= 1
-    assert (tmp_path / "u0" / "real_vs_synthetic.png").stat().st_size > 0
+    assert (out / "real_vs_synthetic.png").stat().st_size > 0
     assert "bccd_blood_smear" in capsys.readouterr().out
-    first = [sorted((tmp_path / u / "bccd_blood_smear" / "imagefolder").rglob("*.png"))[0] for u in ("u0", "u1")]
-    assert Image.open(first[0]).tobytes() != Image.open(first[1]).tobytes()
+    seed0, record = first_image(), (out / "bccd_blood_smear" / "run.json").read_text()
+    run_main(utility_mini, monkeypatch, common + ["--out", str(out)])
+    assert (out / "bccd_blood_smear" / "run.json").read_text() == record  # same options: the set is reused
+    run_main(utility_mini, monkeypatch, common + ["--generate-seed", "1", "--out", str(out)])
+    assert first_image() != seed0  # another seed in the same --out: generated again, not reused
 
 
 def test_evaluate_mini_writes_every_evaluation(bench, monkeypatch, tmp_path):
