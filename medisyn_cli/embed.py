@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ PIXEL_THRESHOLD = 0.97
 GEOMETRIC_PENALTY = 0.015
 OPERATORS = 72  # resampling operators kept: the coarse views' and every refinement's (about 1 MB each)
 PHASH_THRESHOLD = 0.88  # 1 - 30/256 = 0.883: at most 30 of 256 bits differ
+BLAS_THREADS: int | None = 1  # around the pixel embedder's small products (benchmarks/screen_blas.py: screen 1.8x faster)
 MODEL_THRESHOLD = 0.95  # clip: / hf: -- NOT calibrated here (no weights offline); calibrate before relying on it
 CALIBRATION = """\
 How the defaults were chosen (benchmarks/screen_quality.py, seed 0):
@@ -87,6 +90,24 @@ class View:
 
 IDENTITY = View()
 FLIPS = (IDENTITY, View("h"), View("v"))
+
+
+@lru_cache(maxsize=1)
+def _threadpools():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextmanager
+def blas_threads(limit: int | None = None):
+    """At most `limit` BLAS threads (default BLAS_THREADS; None: leave BLAS as it is) for small matrix products."""
+    limit = BLAS_THREADS if limit is None else limit
+    if limit is None:
+        yield
+        return
+    with _threadpools().limit(limits=limit, user_api="blas"):
+        yield
 
 
 # --- image modes ----------------------------------------------------------------------------------------
@@ -260,6 +281,10 @@ class PixelEmbedder(Embedder):
         return self.embed_views(images, (IDENTITY,))[:, 0]
 
     def embed_views(self, images: list, views: tuple[View, ...] | list[View]) -> np.ndarray:
+        with blas_threads():
+            return self._embed_views(images, views)
+
+    def _embed_views(self, images: list, views: tuple[View, ...] | list[View]) -> np.ndarray:
         out = np.empty((len(images), len(views), self.dim), dtype=np.float32)
         for n, image in enumerate(images):
             grey = self._working_grey(image)

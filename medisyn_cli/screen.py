@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .embed import blas_threads
 from .errors import MedisynError
 from .index import TrainingIndex
 
@@ -90,7 +91,8 @@ class Screener:
             return sim, nn, view, candidates
         vectors = self.embedder.embed_views([image], fine)[0]
         penalties = np.array([f.penalty for f in fine], dtype=np.float32)[:, None]
-        sims = np.minimum(vectors @ self.index.reconstruct(candidates).T, 1.0) - penalties
+        with blas_threads():
+            sims = np.minimum(vectors @ self.index.reconstruct(candidates).T, 1.0) - penalties
         row, col = np.unravel_index(np.argmax(sims), sims.shape)
         if sims[row, col] > sim:
             return float(sims[row, col]), int(candidates[col]), fine[row], candidates

@@ -186,3 +186,15 @@ def test_unreachable_or_bad_models_give_one_clear_error(spec, message, monkeypat
 def test_threshold_outside_the_similarity_range_is_rejected(threshold):
     with pytest.raises(MedisynError, match="threshold"):
         get_embedder("pixel").valid_threshold(threshold)
+
+
+def test_pixel_vectors_do_not_depend_on_the_blas_thread_count(real_images):
+    from threadpoolctl import threadpool_limits
+
+    embedder = get_embedder("pixel")
+    views = embedder.default_views()
+    with threadpool_limits(4, user_api="blas"):   # multi-threaded OpenBLAS rounds differently from one thread
+        many = embedder.embed_views(real_images[:4], views)
+    with threadpool_limits(1, user_api="blas"):
+        one = embedder.embed_views(real_images[:4], views)
+    assert np.array_equal(many, one)
