@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+
+from .files import atomic_write_text
 
 HEADER = """---
 license: other
@@ -44,7 +47,11 @@ def card_text(out: Path, summary) -> str:
              "## Classes", "", "| label | images | regenerated | near-copies replaced |", "|---|---:|---:|---:|"]
     lines += [f"| {label} | {c.written}{' (ended early)' if c.ended else ''} | {c.regenerated} | {c.rejected} |"
               for label, c in summary.counts.items()]
-    lines += ["", "## Privacy screening", "", *_screening_lines(run.get("screening"))]
+    warnings = run.get("warnings") or []
+    if warnings:
+        lines += ["", "## Warnings", "", "Found when the run started (the prompts' words and labels against the "
+                  "model's training captions):", "", *[f"- {warning}" for warning in warnings]]
+    lines += ["", "## Privacy screening", "", *_screening_lines(run.get("screening")), *_filter_lines(run)]
     sampling = run["sampling"]
     lines += ["", "## How it was made", "",
               f"- model: `{run['model']['name']}` ({run['model']['source']})",
@@ -79,10 +86,24 @@ def _screening_lines(screening: dict | None) -> list[str]:
     return lines
 
 
+def _filter_lines(run: dict) -> list[str]:
+    filtered = run.get("filtered")
+    if not filtered:
+        return []
+    return ["", f"This copy was filtered afterwards by `medisyn screen --keep-out`: {filtered['near_copies_removed']} "
+            f"near-copies (similarity {filtered['threshold']} or more, embedder `{filtered['embedder']}`, index "
+            f"`{filtered['index']}`) were removed from `{filtered['source']}`; the class counts above are this "
+            f"copy's."]
+
+
+def write_run_card(out: Path, run: dict) -> Path:
+    """Write the card of a finished run from its run.json (a copy filtered by `medisyn screen --keep-out`)."""
+    counts = {label: SimpleNamespace(**values) for label, values in run["classes"].items()}
+    return write_card(out, SimpleNamespace(run=run, counts=counts))
+
+
 def write_card(out: Path, summary) -> Path:
     """Write README.md atomically."""
     path = out / "README.md"
-    tmp = out / ".README.md.tmp"
-    tmp.write_text(card_text(out, summary), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, card_text(out, summary))
     return path

@@ -25,6 +25,7 @@ class GenerateConfig:
     height: int | None = None
     width: int | None = None
     batch_size: int | None = None  # None: chosen from the device (speed.choose_batch_size)
+    threads: int | None = None     # CPU threads of torch (None: as set; a continued run uses the one it recorded)
     rows_per_part: int = 5000
     max_regenerate: int = 5
     index: str | None = None
@@ -51,7 +52,7 @@ DEFAULT_GUIDANCE = 7.5
 
 FLAGS = {"manifest": "--manifest", "n": "--n", "out": "--out", "model": "--model", "seed": "--seed",
          "device": "--device", "dtype": "--dtype", "scheduler": "--scheduler", "steps": "--steps",
-         "guidance": "--guidance", "height": "--height", "width": "--width", "batch_size": "--batch-size",
+         "guidance": "--guidance", "height": "--height", "width": "--width", "batch_size": "--batch-size", "threads": "--threads",
          "index": "--index", "threshold": "--threshold", "max_attempts": "--max-attempts", "shard": "--shard"}
 
 

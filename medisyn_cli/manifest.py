@@ -16,6 +16,8 @@ from .errors import MedisynError
 REQUIRED = ("label", "prompt")
 TEMPLATED = ("prompt", "negative_prompt")
 MODES = ("RGB", "L")
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
+MAX_LABEL = 200  # bytes of the file-safe label: <label>-<index>.png and its temp name stay under 255
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,10 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
 
 
 def _check_columns(path: Path, columns: list[str], line: int = 1) -> None:
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise MedisynError(f"{path}:{line}: column {', '.join(repr(c) for c in repeated)} appears more than once in "
+                           f"the header; give each column once")
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise MedisynError(f"{path}:{line}: missing required column '{missing[0]}' "
@@ -118,6 +124,7 @@ def _parse_row(path: Path, line: int, record: dict) -> PromptRow:
     for column in REQUIRED:
         if not record.get(column):
             raise MedisynError(f"{path}:{line}: column '{column}' is empty")
+    _label(path, line, record["label"])
     return PromptRow(
         line=line,
         label=record["label"],
@@ -133,9 +140,16 @@ def render(path: Path, line: int, column: str, record: dict) -> str:
     template = record[column]
     values = {**record, "label_text": record["label"].replace("_", " ")}
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+        names = [name for name, _, _ in fields]
     except ValueError as exc:
         raise MedisynError(f"{path}:{line}: column '{column}': bad template ({exc}); write literal braces as {{{{ }}}}") from exc
+    shaped = [f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+              for name, spec, conversion in fields if spec or conversion]
+    if shaped:
+        raise MedisynError(f"{path}:{line}: column '{column}': placeholder {shaped[0][:60]} has a format; write "
+                           f"plain {{name}} placeholders")
     unknown = [n for n in names if n not in values or n in TEMPLATED]
     if unknown:
         usable = sorted(k for k in values if k not in TEMPLATED)
@@ -151,9 +165,19 @@ def _weight(path: Path, line: int, value: str) -> float | None:
         weight = float(value)
     except ValueError:
         weight = math.nan
-    if not math.isfinite(weight) or weight <= 0:
-        raise MedisynError(f"{path}:{line}: column 'weight': '{value}' is not a positive number")
+    if not math.isfinite(weight) or weight <= 0 or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise MedisynError(f"{path}:{line}: column 'weight': '{value}' is not a positive number from {MIN_WEIGHT:g} "
+                           f"to {MAX_WEIGHT:g}")
     return weight
+
+
+def _label(path: Path, line: int, label: str) -> None:
+    """A label names files and folders: its file-safe form must fit in a file name with room for the id."""
+    from .plan import safe_name
+
+    if len(safe_name(label).encode()) > MAX_LABEL:
+        raise MedisynError(f"{path}:{line}: column 'label': '{label[:40]}...' is {len(label)} characters; labels "
+                           f"name files and folders and must be at most {MAX_LABEL} characters")
 
 
 def _mode(path: Path, line: int, value: str) -> str:

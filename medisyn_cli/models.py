@@ -95,17 +95,50 @@ def load_pipeline(model: str | None, device: "torch.device", dtype: "torch.dtype
 
 
 def check_model_source(model: str | None) -> str:
-    """The model's source string; a local-looking path that does not exist is an error."""
+    """The model's source string; a local path that does not exist, or is not a complete model, is an error."""
     source = model_source(model)
     path = Path(source).expanduser()
     if path.is_file() and not path.name.endswith(SINGLE_FILE_SUFFIXES):
         raise MedisynError(f"--model: {path} is a file but not a .safetensors/.ckpt checkpoint")
-    if path.is_dir() and not (path / "model_index.json").exists():
-        raise MedisynError(f"--model: {path} is not a diffusers pipeline folder (no model_index.json)")
+    if path.is_file() and path.suffix == ".safetensors":
+        _check_safetensors(path)
+    if path.is_dir():
+        _check_folder(path)
     if not path.exists() and _looks_local(source):
         raise MedisynError(f"--model: '{source}' does not exist (give a diffusers folder, a .safetensors/.ckpt file "
                            f"or a hub id such as hiesingerlab/MediSyn)")
     return source
+
+
+def _check_folder(path: Path) -> None:
+    """A diffusers folder must have model_index.json and every component it lists, with readable weights."""
+    import json
+
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except FileNotFoundError:
+        raise MedisynError(f"--model: {path} is not a diffusers pipeline folder (no model_index.json)") from None
+    except (OSError, ValueError) as exc:
+        raise MedisynError(f"--model: {path / 'model_index.json'}: not valid JSON ({exc})") from exc
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue
+        if not (path / name).is_dir():
+            raise MedisynError(f"--model: {path} lists component '{name}' in model_index.json but has no {name}/ "
+                               f"folder (an incomplete download or copy?)")
+        for weights in (path / name).glob("*.safetensors"):
+            _check_safetensors(weights)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read a .safetensors file's header: a truncated or garbage file is a one-line error, before loading."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for bad files
+        raise MedisynError(f"--model: {path}: not a readable .safetensors file ({exc})") from None
 
 
 def quiet_libraries() -> None:

@@ -26,7 +26,8 @@ class LoggingProgress(Progress):
         self.last_log = time.time()
         task = self._tasks[task_id]
         fields = " ".join(str(v) for v in task.fields.values() if v)
-        self.console.print(f"{task.description}: {task.completed:.0f}/{task.total:.0f} {fields}", highlight=False)
+        count = f"{task.completed:.0f}" if task.total is None else f"{task.completed:.0f}/{task.total:.0f}"
+        self.console.print(f"{task.description}: {count} {fields}", highlight=False)
 
 
 def make_progress(unit: str = "img", disable: bool = False) -> Progress:

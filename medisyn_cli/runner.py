@@ -8,22 +8,27 @@ import platform
 import shutil
 import time
 from contextlib import contextmanager
+from itertools import islice
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, command_line
-from .errors import Interrupted, MedisynError
+from .errors import Cancelled, Interrupted, MedisynError
+from .files import write_json
 from .manifest import Manifest, load_manifest
+from .outdir import LOCK, MARKER, discard_previous, is_ours, move_aside, new_run_id, write_marker
 from .plan import Job, batched, iter_jobs, quotas
+from .progress import console
+from .runkey import NUMERIC_OPTIONS, differences, key_of_record, run_key
+from .runlock import RunBusy, RunLock, busy_message, read_holder
 from .screen import RejectedLog
 from .shards import Shard, batch_count, resolve_shard, shard_batches
+from .validate import check_options, check_writable, prompt_warnings, recorded_threads, use_threads
 from .work import WORK, IncompleteRun, WorkDir, batch_name, consolidate, missing_report
 from .work import remove as remove_work
 
 RUN_FILE, REJECTED_FILE = "run.json", "rejected.parquet"
-# speed options that may change pixel values by rounding: every shard and resume of a run must use the same
-NUMERIC_OPTIONS = ("cache_prompts", "channels_last", "compile", "vae_slicing", "vae_tiling")
 
 
 @dataclass
@@ -51,6 +56,7 @@ class RunSummary:
     screened: bool = False
     complete: bool = True       # False: this shard is done, other shards are not
     note: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ended(self) -> dict[str, str]:
@@ -67,40 +73,77 @@ def out_state(out: Path, config: GenerateConfig, shard: Shard) -> str:
     """'new', 'join' (an unfinished run to continue) or 'complete'; a clear error for anything else."""
     if out.exists() and not out.is_dir():
         raise MedisynError(f"--out {out}: exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p.name != LOCK for p in out.iterdir()):
         return "new"
-    ours = any((out / name).exists() for name in (RUN_FILE, "parquet", "imagefolder", ".medisyn", WORK, "slurm"))
+    if not is_ours(out):
+        raise MedisynError(f"--out {out}: folder exists, is not empty and was not made by medisyn generate (it has "
+                           f"no {MARKER} marker), so medisyn will neither write into it nor delete it "
+                           f"(--overwrite included); choose another --out")
     if config.overwrite:
         if shard.count > 1:
             raise MedisynError("--overwrite with shards would let each shard delete the others' work; "
                                f"delete {out} first, then start the shards")
-        if not ours:
-            raise MedisynError(f"--out {out}: --overwrite only replaces a medisyn output folder, and this is not one")
         return "new"
     joining = config.resume or shard.count > 1
-    if ours and (out / RUN_FILE).exists() and not WorkDir(out).exists():
+    if (out / RUN_FILE).exists():
         if joining:
             return "complete"
-        raise MedisynError(f"--out {out}: folder exists and is not empty (use --overwrite to replace it)")
-    if ours and not (out / RUN_FILE).exists():
-        if joining:
-            return "join"
-        done = len(WorkDir(out).done()) if WorkDir(out).exists() else 0
-        raise MedisynError(f"--out {out}: holds an unfinished run ({done} batches done); add --resume to continue "
-                           f"it, or --overwrite to start again")
-    raise MedisynError(f"--out {out}: folder exists and is not empty (use --overwrite to replace it)")
+        raise MedisynError(f"--out {out}: holds a complete medisyn run; use --resume to check it is this run, "
+                           f"--overwrite to replace it (the old one is kept until the new one completes), or "
+                           f"another --out")
+    if joining:
+        return "join"
+    done = len(WorkDir(out).done()) if WorkDir(out).exists() else 0
+    raise MedisynError(f"--out {out}: holds an unfinished run ({done} batches done); add --resume to continue "
+                       f"it, or --overwrite to start again (the unfinished run is moved aside, not deleted)")
 
 
-def prepare_out(out: Path, overwrite: bool) -> Path | None:
-    """Create the output folder; an overwritten one is moved aside (deleted only when the new run succeeds)."""
-    replaced = None
-    if overwrite and out.exists() and any(out.iterdir()):
-        replaced = out.with_name(f".{out.name}.replaced")
-        shutil.rmtree(replaced, ignore_errors=True)
-        out.rename(replaced)
+@dataclass
+class Claim:
+    """This process's hold on --out: its state under the lock, and the run moved aside by --overwrite."""
+
+    state: str
+    replaced: Path | None = None
+    lock: RunLock | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def claim_out(out: Path, config: GenerateConfig, shard: Shard) -> Claim:
+    """Lock --out (single-process runs), re-check its state under the lock, move an overwritten run aside.
+
+    Shards of one run share --out and coordinate per batch; they only check that no single process holds it.
+    """
+    if shard.count > 1:
+        holder = read_holder(out / LOCK)
+        if holder is not None and not RunLock(out / LOCK).is_stale(holder):
+            raise RunBusy(busy_message(out / LOCK, f"--out {out}", holder))
+        return Claim(out_state(out, config, shard))
+    existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    (out / ".medisyn").write_text("output folder of medisyn generate\n")
-    return replaced
+    lock = RunLock(out / LOCK, f"--out {out}")
+    try:
+        lock.acquire()
+        claim = Claim(out_state(out, config, shard), lock=lock)
+        if claim.state == "new" and any(p.name != LOCK for p in out.iterdir()):
+            claim.replaced = move_aside(out)
+            out.mkdir()
+            claim.lock = RunLock(out / LOCK, f"--out {out}").acquire()
+            lock.release()
+        return claim
+    except BaseException:
+        lock.release()
+        if not existed and out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def start_out(out: Path, claim: Claim, record: dict) -> None:
+    """Mark a new output folder as this run's; a joined run keeps its marker."""
+    if claim.state == "new" or not is_ours(out):
+        write_marker(out, record["run_id"])
 
 
 def model_settings(config: GenerateConfig, pipe) -> dict:
@@ -122,21 +165,6 @@ def plan_run(config: GenerateConfig) -> tuple[Manifest, dict[str, int]]:
     """Validate the manifest and split --n into class quotas, before any model is loaded."""
     manifest = load_manifest(config.manifest)
     return manifest, quotas(manifest.weights(), config.n)
-
-
-def check_options(config: GenerateConfig) -> None:
-    """Fail on bad options before anything is written or loaded."""
-    from .models import SCHEDULERS, check_model_source
-    from .writers import parse_formats
-
-    parse_formats(",".join(config.formats))
-    if config.scheduler not in SCHEDULERS:
-        raise MedisynError(f"--scheduler: unknown scheduler '{config.scheduler}' (choose from {', '.join(SCHEDULERS)})")
-    check_model_source(config.model)
-    for name in ("steps", "height", "width", "batch_size"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise MedisynError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
 
 
 def open_index(config: GenerateConfig):
@@ -164,45 +192,63 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     counts = {label: ClassCount(planned) for label, planned in class_quotas.items()}
     out = Path(config.out) if config.out else default_out(config.manifest)
     check_options(config)
+    check_writable(out)
     shard = resolve_shard(config.shard, os.environ if env is None else env)
     screener = open_index(config)
+    warnings = prompt_warnings(manifest, config.model)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {config.manifest}: {warning}", highlight=False, soft_wrap=True)
     if config.dry_run:
-        preview = list(iter_jobs(manifest, class_quotas, config.seed))[:20]
-        return RunSummary(out, manifest, counts, dry_run=True, preview=preview)
+        preview = list(islice(iter_jobs(manifest, class_quotas, config.seed), 20))
+        return RunSummary(out, manifest, counts, dry_run=True, preview=preview, warnings=warnings)
     device = resolve_device(config.device, shard.local_rank)
     dtype = resolve_dtype(config.dtype, device)
     state = out_state(out, config, shard)
+    config = use_threads(recorded_threads(config, out, state))
     if state == "complete":
-        return completed_summary(out)
+        return completed_summary(out, requested_key(config, manifest, screener))
 
     # 2. model, then the output folder (a model that fails to load leaves nothing behind)
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
     speed = apply_speed_options(pipe, config.channels_last, config.compile, config.vae_slicing, config.vae_tiling)
     settings = Settings(**model_settings(config, pipe), autocast_bf16=_autocast(dtype, device))
     config, speed["batch_size_from"] = resolve_batch_size(config, pipe, settings, device, out)
-    record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
-    record["speed"] = speed
-    replaced = prepare_out(out, config.overwrite) if state == "new" else None
-    work = WorkDir(out)
-    work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
-
-    # 3. this shard's batches that are not done yet: generate, screen, write, mark done
+    claim = claim_out(out, config, shard)
     try:
-        made = _make_batches(pipe, manifest, class_quotas, config, settings, screener, work, shard, show_progress)
-    except BaseException:
-        if replaced is not None:  # put the previous dataset back rather than leave a partial one
-            shutil.rmtree(out, ignore_errors=True)
-            replaced.rename(out)
-        raise
+        if claim.state == "complete":  # another process finished the run while this one loaded the model
+            return completed_summary(out, requested_key(config, manifest, screener))
+        record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
+        record.update(speed=speed, warnings=warnings, replaces=claim.replaced and str(claim.replaced))
+        start_out(out, claim, record)
+        work = WorkDir(out)
+        work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
+        with explained_failures(out, work, claim.replaced):
+            # 3. this shard's batches that are not done yet: generate, screen, write, mark done
+            made = _make_batches(pipe, manifest, class_quotas, config, settings, screener, work, shard,
+                                 show_progress)
+            # 4. the process that completes the run consolidates it: dataset files, the card, run.json last
+            summary = finish_run(out, manifest) if _all_done(work) and work.lock() else None
+        return summary or partial_summary(out, manifest, work, shard, made)
+    finally:
+        claim.release()
 
-    # 4. the process that completes the run consolidates it: dataset files, run.json, the card
-    summary = None
-    if _all_done(work) and work.lock():
-        summary = finish_run(out, manifest)
-    summary = summary or partial_summary(out, manifest, work, shard, made)
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
-    return summary
+
+@contextmanager
+def explained_failures(out: Path, work: WorkDir, replaced: Path | None):
+    """A failed or stopped run says what it leaves: batches done, how to resume, where the previous run is."""
+    import errno
+
+    kept = f"; the previous run in {out} is kept intact at {replaced} until this one completes" if replaced else ""
+    try:
+        yield
+    except Interrupted as exc:
+        raise type(exc)(f"{exc}{kept}") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+            raise
+        done = f"{len(work.done())} of {work.read_config()['batches']} batches are done and kept"
+        raise MedisynError(f"{exc.filename or out}: {exc.strerror} (errno {exc.errno}); {done}: fix it, then "
+                           f"resume with --resume (same options){kept}") from exc
 
 
 def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path):
@@ -281,18 +327,26 @@ def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: Generate
             progress.update(task, completed=tally["images"], info=f"batch {number}",
                             rate=rate_text(tally["images"], time.time() - clock, "img"))
 
-        for number, jobs in _batches(manifest, class_quotas, config):
-            if number not in mine:
-                continue
-            wanted = [j for j in jobs if j.label not in ended]
-            first = generate_batch(render, wanted, config.seed, config.max_regenerate) if wanted else []
-            lane.submit(lambda n=number, w=wanted, f=first, size=len(jobs): finished(
-                n, size, _make_batch(render, n, w, config, screener, constant, work, f, dict(ended))))
-            if stop["signal"]:
-                lane.drain()
-                raise Interrupted(f"{stop['signal']}: stopped after batch {number}; {len(work.done())} of "
-                                  f"{work.read_config()['batches']} batches done; resume with --resume")
+        try:
+            for number, jobs in _batches(manifest, class_quotas, config):
+                if number not in mine:
+                    continue
+                wanted = [j for j in jobs if j.label not in ended]
+                first = generate_batch(render, wanted, config.seed, config.max_regenerate) if wanted else []
+                lane.submit(lambda n=number, w=wanted, f=first, size=len(jobs): finished(
+                    n, size, _make_batch(render, n, w, config, screener, constant, work, f, dict(ended))))
+                if stop["signal"]:
+                    lane.drain()
+                    raise Interrupted(f"{stop['signal']}: stopped after batch {number}; {_done_text(work)}; resume "
+                                      f"with --resume (same options)")
+        except KeyboardInterrupt:
+            raise Cancelled(f"Ctrl-C: {_done_text(work)} (the batches in flight are made again); resume with "
+                            f"--resume (same options)") from None
     return tally["made"]
+
+
+def _done_text(work: WorkDir) -> str:
+    return f"{len(work.done())} of {work.read_config()['batches']} batches done"
 
 
 def _overlap(config: GenerateConfig, pipe) -> bool:
@@ -410,30 +464,50 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
                 setattr(counts[label], name, getattr(counts[label], name) + value)
         for label, reason in done["ended"].items():
             counts[label].ended = counts[label].ended or reason
+    work.clean_partial()  # every batch is done: any temp file left is from a killed process
     outputs = consolidate(work, tuple(options["formats"]), record["manifest"]["classes"], options["rows_per_part"],
                           record["screening"] is not None)
     started = datetime.fromisoformat(record["started"])
     finished = datetime.now(timezone.utc)
     summary = RunSummary(out, manifest, counts, seconds=(finished - started).total_seconds(),
                          screened=record["screening"] is not None)
-    summary.run = {k: v for k, v in record.items() if k not in ("key", "quotas", "batches")}
+    summary.run = {k: v for k, v in record.items() if k not in ("quotas", "batches", "replaces")}
     summary.run.update(finished=finished.isoformat(), seconds=round(summary.seconds, 2),
                        classes={label: vars(c) for label, c in counts.items()}, outputs=outputs,
                        batches={"count": record["batches"], "size": options["batch_size"]})
     if summary.run["screening"] is not None:
         summary.run["screening"].update(rejected=sum(c.rejected for c in counts.values()),
                                         ended_classes=summary.ended)
-    write_json(out / RUN_FILE, summary.run)
+    summary.warnings = list(record.get("warnings") or [])
     write_card(out, summary)
-    work.clean_partial()  # every batch is done: any temp file left is from a killed process
+    write_json(out / RUN_FILE, summary.run)  # last: a folder with run.json holds a complete dataset
     remove_work(work)
+    work.unlock()
+    summary.note = _discard_replaced(record.get("replaces"))
     return summary
 
 
-def completed_summary(out: Path) -> RunSummary:
-    """The summary of a run that already finished (resuming it has nothing left to do)."""
-    run = json.loads((out / RUN_FILE).read_text())
-    counts = {label: ClassCount(**values) for label, values in run["classes"].items()}
+def _discard_replaced(path: str | None) -> str:
+    """Delete the run an --overwrite moved aside, now that the new one is complete; say what was left."""
+    if not path:
+        return ""
+    left = discard_previous(Path(path))
+    return (f"the replaced run's files were deleted; {len(left)} other entries were left in {path}: "
+            f"{', '.join(left[:5])}" if left else "")
+
+
+def completed_summary(out: Path, requested: dict | None = None) -> RunSummary:
+    """The summary of a run that already finished, after checking it is the run asked for (`requested` key)."""
+    try:
+        run = json.loads((out / RUN_FILE).read_text())
+        counts = {label: ClassCount(**values) for label, values in run["classes"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MedisynError(f"{out / RUN_FILE}: cannot read the finished run's record ({exc})") from exc
+    if requested is not None:
+        differ = differences(key_of_record(run), requested)
+        if differ:
+            raise MedisynError(f"--out {out}: holds a complete run with other settings ({'; '.join(differ)}); use "
+                               f"the same options, another --out, or --overwrite to replace it")
     return RunSummary(out, None, counts, seconds=0.0, run=run, screened=run.get("screening") is not None,
                       complete=True, note="already complete: nothing to do")
 
@@ -524,15 +598,11 @@ def start_record(config: GenerateConfig, manifest: Manifest, class_quotas: dict[
         screening["max_attempts"] = config.max_attempts
     sampling = {"scheduler": config.scheduler, "steps": settings.steps, "guidance": settings.guidance,
                 "height": settings.height, "width": settings.width}
-    key = {"manifest_sha256": manifest.sha256, "n": config.n, "seed": config.seed, "model": model_source(config.model),
-           "weights_sha256": hashes, **sampling, "dtype": config.dtype, "batch_size": config.batch_size,
-           "formats": list(config.formats), "rows_per_part": config.rows_per_part,
-           "max_regenerate": config.max_regenerate, "index_fingerprint": screening and screening["fingerprint"],
-           "threshold": screening and screening["threshold"], "max_attempts": screening and config.max_attempts,
-           **{name: getattr(config, name) for name in NUMERIC_OPTIONS}}
+    key = run_key(config, manifest, screener, sampling)
     total = sum(class_quotas.values())
     return {
         "key": key,
+        "run_id": new_run_id(),
         "medisyn": _version("medisyn"),
         "command": "generate",
         "options": {**config.to_dict(), "out": str(out), "shard": None, "resume": False, "overwrite": False},
@@ -555,10 +625,3 @@ def _version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON to a temp name, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)

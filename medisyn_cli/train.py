@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .data import Record, iter_images, read_records
 from .errors import MedisynError
+from .files import write_json
 from .progress import console, make_progress, rate_text
 
 MINI = {
@@ -298,6 +299,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
         raise MedisynError(f"--config: unknown config '{config.config}' (choose from {', '.join(CONFIGS)})")
     if not 0.0 <= config.balance <= 1.0:
         raise MedisynError(f"--balance: {config.balance} is not between 0 (uniform) and 1 (every caption equally often)")
+    _check_numbers(config)
     _reset_accelerate()
     pixels, captions, skipped, held = load_training_images(config)
     _save_options(work, config)
@@ -593,7 +595,22 @@ def _write_reports(out: Path, losses, config: TrainConfig, held: list[Record], s
     summary = {"config": asdict(config), "steps": len(losses), "final_loss": _tail_mean(losses),
                "train_images": n_images, "held_out_images": len(held), "vae_psnr_db": psnr,
                "seconds": round(seconds, 1), "skipped": skipped}
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "training.json", summary)
+
+
+def _check_numbers(config) -> None:
+    """Counts at least 1, rates finite: a zero-step run would save an untrained model and say it trained."""
+    import math
+
+    for name in ("steps", "batch_size", "grad_accum", "resolution"):
+        if getattr(config, name) < 1:
+            raise MedisynError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(config, name)}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise MedisynError(f"--lr: must be a positive number, got {config.lr}")
+    if not 0.0 <= config.caption_dropout < 1.0:
+        raise MedisynError(f"--caption-dropout: {config.caption_dropout} is not in [0, 1)")
+    if not 0.0 <= config.holdout < 1.0:
+        raise MedisynError(f"--holdout: {config.holdout} is not in [0, 1)")
 
 
 def _tail_mean(losses: list[float], n: int = 50) -> float:

@@ -2,14 +2,16 @@
 
     OUT/_work/config.json                 what the result depends on; every process and resume must agree
     OUT/_work/parquet/b-0000012-00000.parquet     the batch's rows (renamed in when complete)
-    OUT/_work/imagefolder/b-0000012.csv   its metadata.csv rows (PNGs go straight to OUT/imagefolder/<label>/)
+    OUT/_work/imagefolder/b-0000012.csv   its metadata.csv rows
+    OUT/_work/images/<label>/<id>.png     its PNGs (the ImageFolder, published by one rename when complete)
     OUT/_work/rejected/b-0000012.parquet  its rejected near-copies
     OUT/_work/done/b-0000012.json         written last: ids kept and per-class counts
 
 A batch without its done file is made again from scratch (same ids, same seeds, same images), so a run killed
 at any moment loses at most the batches in flight. When every batch is done, `consolidate` writes the final
 parquet/part-*.parquet, imagefolder/metadata.csv and rejected.parquet in plan order, identical whatever the
-sharding and however often the run was interrupted.
+sharding and however often the run was interrupted. `parquet/` and `imagefolder/` are built under OUT/_work and
+each appears in OUT by one rename, so no loader ever sees a partial dataset; run.json is written last.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import shutil
 from pathlib import Path
 
 from .errors import MedisynError
+from .runkey import check_same_run
+from .runlock import RunBusy, RunLock
 
 WORK = "_work"
 
@@ -39,7 +43,7 @@ class WorkDir:
     Subclasses name another folder, its sub-folders and lock (index_shards.ShardDir for sharded index builds).
     """
 
-    NAME, FOLDERS, LOCK = WORK, ("done", "parquet", "imagefolder", "rejected"), "consolidate.lock"
+    NAME, FOLDERS, LOCK = WORK, ("done", "parquet", "imagefolder", "images", "rejected"), "consolidate.lock"
 
     def __init__(self, out: Path):
         self.out, self.root = Path(out), Path(out) / self.NAME
@@ -71,12 +75,18 @@ class WorkDir:
         return self.root / self.LOCK
 
     def lock(self) -> bool:
-        """Take the right to consolidate or merge (atomic mkdir); False if another process has it."""
+        """Take the right to consolidate or merge; False if another live process has it (a dead one's is taken
+        over). Held until `unlock` or the process ends."""
         try:
-            self.lock_path.mkdir()
+            self._lock = RunLock(self.lock_path, f"consolidation of {self.out}").acquire()
             return True
-        except FileExistsError:
+        except RunBusy:
             return False
+
+    def unlock(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
     def read_config(self) -> dict:
         try:
@@ -107,15 +117,6 @@ class WorkDir:
             yield json.loads(path.read_text())
 
 
-def check_same_run(recorded: dict, current: dict, out: Path) -> None:
-    """A clear error naming every option that differs from the run already in OUT."""
-    differ = [f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} now" for k in sorted(set(recorded) | set(current))
-              if recorded.get(k) != current.get(k)]
-    if differ:
-        raise MedisynError(f"--out {out}: holds a run with other settings ({'; '.join(differ)}); use the same "
-                           f"options, another --out, or --overwrite to start again")
-
-
 def missing_report(batches: int, done: set[int], shard_count: int, batch_sizes) -> dict[int, tuple[int, int]]:
     """shard -> (missing batches, missing images) for every shard with work left."""
     report: dict[int, list[int]] = {}
@@ -131,15 +132,58 @@ def missing_report(batches: int, done: set[int], shard_count: int, batch_sizes) 
 
 def consolidate(work: WorkDir, formats: tuple[str, ...], labels: list[str], rows_per_part: int,
                 screened: bool) -> list[dict]:
-    """Write the final dataset files from the batches, in plan order; returns the outputs for run.json."""
+    """Write the final dataset files from the batches, in plan order; returns the outputs for run.json.
+
+    Each format is built under OUT/_work and published by one rename; a consolidation killed after a rename
+    finds that format published and describes it instead of building it again.
+    """
     outputs = []
     if "parquet" in formats:
-        outputs.append(_consolidate_parquet(work.root / "parquet", work.out / "parquet", rows_per_part))
+        outputs.append(_publish(work.root / "parquet-out", work.out / "parquet", _describe_parquet,
+                                lambda staged: _consolidate_parquet(work.root / "parquet", staged, rows_per_part)))
     if "imagefolder" in formats:
-        outputs.append(_consolidate_metadata(work, work.out / "imagefolder"))
+        _adopt_published_pngs(work)
+        outputs.append(_publish(work.root / "images", work.out / "imagefolder", _describe_metadata,
+                                lambda staged: _consolidate_metadata(work, staged)))
     if screened:
         outputs.append(_consolidate_rejected(work.root / "rejected", work.out / "rejected.parquet"))
     return outputs
+
+
+def _publish(staged: Path, final: Path, describe, build) -> dict:
+    """build(staged), then rename staged -> final in one step; an already published final is described."""
+    if final.exists() and not staged.exists():
+        return describe(final)
+    output = build(staged)
+    shutil.rmtree(final, ignore_errors=True)  # a partial one from an older version's interrupted consolidation
+    staged.rename(final)
+    return output
+
+
+def _adopt_published_pngs(work: WorkDir) -> None:
+    """A run started by medisyn 0.1 wrote PNGs straight to OUT/imagefolder: move them into the staged folder."""
+    final, staged = work.out / "imagefolder", work.root / "images"
+    if not final.exists() or (final / "metadata.csv").exists() and not staged.exists():
+        return
+    for png in final.rglob("*.png"):
+        target = staged / png.relative_to(final)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(png, target)
+    shutil.rmtree(final)
+
+
+def _describe_parquet(folder: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    files = sorted(p.name for p in folder.glob("part-*.parquet"))
+    return {"format": "parquet", "rows": sum(pq.ParquetFile(folder / f).metadata.num_rows for f in files),
+            "files": files}
+
+
+def _describe_metadata(folder: Path) -> dict:
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as handle:
+        rows = sum(1 for _ in csv.DictReader(handle))
+    return {"format": "imagefolder", "rows": rows, "files": ["metadata.csv"]}
 
 
 def _consolidate_parquet(source: Path, target: Path, rows_per_part: int) -> dict:

@@ -40,7 +40,7 @@ def make_writers(formats: tuple[str, ...], out: Path, labels: list[str], rows_pe
                   "imagefolder": lambda: ImageFolderWriter(out / "imagefolder")}
     else:
         makers = {"parquet": lambda: ParquetWriter(out / "_work" / "parquet", labels, 10 ** 9, prefix=batch),
-                  "imagefolder": lambda: ImageFolderWriter(out / "imagefolder",
+                  "imagefolder": lambda: ImageFolderWriter(out / "_work" / "images",
                                                            out / "_work" / "imagefolder" / f"{batch}.csv")}
     return [makers[f]() for f in formats]
 
