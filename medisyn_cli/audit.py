@@ -19,6 +19,7 @@ import numpy as np
 
 from .data import Record, Source, find_sources, iter_source_records
 from .errors import MedisynError
+from .files import write_json
 
 SCREEN_COLUMNS = {"image": "string", "label": "string", "nn_id": "int64", "nn_key": "string", "nn_label": "string",
                   "nn_similarity": "float32", "near_copy": "bool_", "view": "string", "error": "string"}
@@ -82,6 +83,8 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
 
     # 1. inputs: everything that can fail on input fails before any output is written
     dataset = Path(dataset)
+    if batch_size < 1:
+        raise MedisynError(f"--batch-size: must be at least 1, got {batch_size}")
     training = load_index(index)
     if embedder is not None:
         require_embedder(training, embedder)
@@ -95,6 +98,7 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
     summary = ScreenSummary(dataset, report_dir, str(index), training.meta["embedder"]["spec"], screener.threshold)
 
     # 2. screen batch by batch into the tables
+    made_report_dir = not report_dir.exists()
     report_dir.mkdir(parents=True, exist_ok=True)
     clock, copies = time.time(), set()
     with _Tables(report_dir) as tables, make_progress(disable=not show_progress) as progress:
@@ -106,6 +110,11 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
             progress.update(task, completed=summary.screened, rate=rate_text(summary.screened, time.time() - clock,
                                                                              "img"),
                             info=f"{summary.near_copies} near-copies")
+        if summary.screened == 0:
+            if made_report_dir:
+                shutil.rmtree(report_dir, ignore_errors=True)
+            raise MedisynError(f"{dataset}: none of its {summary.errors} images could be read (corrupt or not an "
+                               f"image), so nothing was screened")
     summary.seconds = time.time() - clock
     summary.pairs.sort(key=lambda pair: -pair.similarity)
 
@@ -113,10 +122,8 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
     summary.files = ["screen.parquet", "screen.csv", "report.html", "screen.json"]
     write_screen_report(summary, report_dir / "report.html", training)
     if keep_out is not None:
-        write_kept_copy(dataset, sources, copies, keep_out)
+        write_kept_copy(dataset, sources, copies, keep_out, summary)
         summary.kept_out = keep_out
-    from .runner import write_json
-
     write_json(report_dir / "screen.json", summary.to_dict())
     return summary
 
@@ -217,7 +224,8 @@ class _Tables:
 
 # --- --keep-out: a copy of the dataset without the near-copies ------------------------------------------
 
-def write_kept_copy(dataset: Path, sources: list[Source], copies: set[str], out: Path) -> None:
+def write_kept_copy(dataset: Path, sources: list[Source], copies: set[str], out: Path,
+                    summary: ScreenSummary | None = None) -> None:
     """Copy `dataset` to `out` without the records whose key is in `copies` (built under a temp name)."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -225,6 +233,8 @@ def write_kept_copy(dataset: Path, sources: list[Source], copies: set[str], out:
     try:
         if (dataset / "run.json").exists():
             _copy_medisyn_output(dataset, copies, tmp)
+            if summary is not None:
+                _record_filtering(tmp, summary)
         else:
             for source in sources:
                 _copy_source(source, copies, tmp / _relative(source.path, dataset))
@@ -266,6 +276,29 @@ def _copy_medisyn_output(dataset: Path, copies: set[str], target: Path) -> None:
     for name in ("run.json", "README.md", "rejected.parquet"):
         if (dataset / name).exists():
             shutil.copy2(dataset / name, target / name)
+
+
+def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
+    """The copy's run.json and dataset card give its own counts and the screening that made it."""
+    import json
+
+    from .card import write_run_card
+    from .files import write_json
+
+    run = json.loads((copy / "run.json").read_text())
+    removed = {label: counts[1] for label, counts in summary.per_label.items() if counts[1]}
+    for label, count in removed.items():
+        if label in run.get("classes", {}):
+            run["classes"][label]["written"] -= count
+    for output in run.get("outputs", []):
+        if output.get("format") in ("parquet", "imagefolder"):
+            output["rows"] = max(0, output.get("rows", 0) - sum(removed.values()))
+    run["filtered"] = {"by": "medisyn screen --keep-out", "source": str(summary.dataset), "index": summary.index,
+                       "embedder": summary.embedder, "threshold": summary.threshold,
+                       "near_copies_removed": sum(removed.values()), "per_label": removed,
+                       "unreadable": summary.errors}
+    write_json(copy / "run.json", run)
+    write_run_card(copy, run)
 
 
 def _filter_parquet(file: Path, keep, target: Path) -> None:
