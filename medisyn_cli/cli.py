@@ -289,8 +289,10 @@ def merge(out: Path = typer.Argument(..., help="Output folder of a sharded or in
 
 
 from .cli_evaluate import evaluate_app, report_command  # noqa: E402  (after errors_as_exit_codes, which it uses)
+from .cli_study import study_app  # noqa: E402
 
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(study_app, name="study")
 app.command("report")(report_command)
 
 index_app = typer.Typer(no_args_is_help=True, help="Indexes of training images, for near-copy screening.")
