@@ -43,13 +43,10 @@ def load(paths: list[Path], size: int) -> np.ndarray:
 
 
 def small_cnn(classes: int):
-    import torch.nn as nn
+    """The product's small CNN (`medisyn evaluate utility --classifier small-cnn`), freshly initialised."""
+    from medisyn_cli.evaluate.classifier import build_network
 
-    def block(i, o):
-        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
-
-    return nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(128, classes))
+    return build_network("small-cnn", classes)
 
 
 def train_and_score(x_train, y_train, x_test, y_test, classes: int, seed: int, epochs: int) -> float:

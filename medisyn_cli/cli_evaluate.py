@@ -40,11 +40,17 @@ def utility(
     real_test: list[Path] = typer.Option(..., "--real-test", help="Real test images (never used for training)."),
     synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic training images."),
     fractions: str = typer.Option("0.1,0.25,0.5,1", "--fractions", help="Fractions of the real training set."),
-    arch: str = typer.Option("small-cnn", "--arch", help="small-cnn (CPU default), resnet18 or resnet50."),
+    arch: str = typer.Option("small-cnn", "--classifier", "--arch", help="small-cnn (CPU default), resnet18 or "
+                                                                         "resnet50 (torchvision, random init)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local torchvision ResNet state dict to start "
                                                                    "from (never downloaded)."),
     seeds: int = typer.Option(5, "--seeds", help="Training runs per condition (mean ± std)."),
-    epochs: int = typer.Option(25, "--epochs"),
+    epochs: int = typer.Option(25, "--epochs", help="With --budget steps: passes over the largest condition."),
+    budget: str = typer.Option("steps", "--budget", help="steps: the same optimiser steps for every condition; "
+                                                         "epochs: epochs of each condition's own set (unequal)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps per condition (default: --epochs "
+                                                              "over the largest condition)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap rounds of the per-seed AUROC interval."),
     size: Optional[int] = typer.Option(None, "--size", help="Input side in px (default 64 small-cnn, 224 ResNets)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     multi_label: bool = typer.Option(False, "--multi-label", help="Labels are '|'-joined findings (chest X-ray "
@@ -61,16 +67,19 @@ def utility(
     with _errors():
         config = UtilityConfig(_strs(real_train), _strs(real_test), _strs(synthetic), parse_fractions(fractions),
                                arch, seeds, multi_label, epochs, batch_size, size,
-                               str(weights) if weights else None, device, str(out) if out else None)
+                               str(weights) if weights else None, device, str(out) if out else None,
+                               budget=budget, steps=steps, bootstrap=bootstrap)
         result = run_utility(config)
     table = Table(title=f"utility: macro AUROC on {result['images']['test']} real test images "
-                        f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)")
-    for name in ("condition", "real fraction", "real", "synthetic", "AUROC mean ± std"):
-        table.add_column(name)
+                        f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)",
+                  caption=f"budget: {result['budget']['text']}")
+    for name in ("condition", "frac", "real", "synth", "steps", "AUROC ± std", "95% CI"):
+        table.add_column(name, no_wrap=True)
     for row in result["rows"]:
+        low, high = row["auroc_ci95"]
         table.add_row(row["condition"], "-" if row["real_fraction"] is None else f"{row['real_fraction']:g}",
-                      str(row["real_images"]), str(row["synthetic_images"]),
-                      f"{_fmt(row['auroc_mean'])} ± {_fmt(row['auroc_std'])}")
+                      str(row["real_images"]), str(row["synthetic_images"]), str(row["steps"]),
+                      f"{_fmt(row['auroc_mean'])} ± {_fmt(row['auroc_std'])}", f"{_fmt(low)}-{_fmt(high)}")
     results.print(table)
     results.print(f"written: {_out_of(config, result)}/utility.json, utility.csv, utility.png", highlight=False)
 

@@ -91,3 +91,19 @@ def test_evaluate_mini_writes_every_evaluation(bench, monkeypatch, tmp_path):
     assert 0 <= row["utility"]["synthetic_auroc"] <= 1
     assert 0 <= row["privacy"]["share_above_heldout_p95"] <= 1
     assert row["fidelity"]["synthetic_fid"] >= 0
+
+
+def test_utility_mini_trains_the_products_small_cnn(monkeypatch):
+    """utility_mini.py's classifier is `medisyn evaluate utility`'s small CNN: same layers, same seeded weights."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import utility_mini
+    from medisyn_cli.evaluate.classifier import build_network
+
+    torch.manual_seed(0)
+    ours = utility_mini.small_cnn(4)
+    torch.manual_seed(0)
+    product = build_network("small-cnn", 4)
+    assert [type(m) for m in ours.modules()] == [type(m) for m in product.modules()]
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), product.state_dict().values()))

@@ -31,7 +31,7 @@ OTHER_IMAGES = sorted((FIXTURES / "screen" / "distinct").glob("*.png"))
 VIEWS = {"id": lambda i: i, "h": ImageOps.mirror, "v": ImageOps.flip, "r90": lambda i: i.rotate(90),
          "r180": lambda i: i.rotate(180), "r270": lambda i: i.rotate(270),
          "t": lambda i: ImageOps.mirror(i.rotate(90)), "crop": lambda i: i.crop((4, 4, 60, 60)).resize((64, 64))}
-TINY = ["--size", "16", "--batch-size", "16", "--epochs", "6"]
+TINY = ["--size", "16", "--batch-size", "16", "--epochs", "6", "--bootstrap", "100"]
 
 
 def kind(path: Path) -> str:
@@ -58,6 +58,17 @@ def invoke(*args: str):
     app.add_typer(evaluate_app, name="evaluate")
     app.command("report")(report_command)
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Train on one thread: on a shared 2-core machine OpenMP's spinning threads make tiny models ~20x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +143,9 @@ def test_utility_real_trained_classifier_beats_chance_and_every_condition_is_wri
     result = invoke("evaluate", "utility", "--real-train", sets / "train", "--real-test", sets / "test",
                     "--synthetic", sets / "synthetic", "--fractions", "0.5,1", "--seeds", "2", *TINY, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "real+synthetic" in result.output and "AUROC mean ± std" in result.output
+    assert "real+synthetic" in result.output and "AUROC ± std" in result.output
+    assert "95% CI" in result.output
+    assert "budget: equal: 36 optimiser steps" in result.output
     data = json.loads((out / "utility.json").read_text())
     rows = {(r["condition"], r["real_fraction"]): r for r in data["rows"]}
     assert set(rows) == {("real", 0.5), ("real", 1.0), ("synthetic", None), ("real+synthetic", 0.5),
@@ -140,6 +153,10 @@ def test_utility_real_trained_classifier_beats_chance_and_every_condition_is_wri
     assert rows[("real", 1.0)]["auroc_mean"] > 0.8 and rows[("synthetic", None)]["auroc_mean"] > 0.8
     assert rows[("real", 0.5)]["real_images"] == 24 and rows[("real+synthetic", 1.0)]["synthetic_images"] == 48
     assert len(rows[("real", 1.0)]["auroc_seeds"]) == 2 and data["classes"] == ["cell", "xray"]
+    seeds = rows[("real", 1.0)]["auroc_seeds"]
+    assert rows[("real", 1.0)]["auroc_std"] == pytest.approx(np.std(seeds, ddof=1))
+    low, high = rows[("real", 1.0)]["auroc_ci95"]
+    assert low <= rows[("real", 1.0)]["auroc_mean"] <= high
     assert len(pd.read_csv(out / "utility.csv")) == 5
     assert Image.open(out / "utility.png").size[0] > 300
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
@@ -166,6 +183,66 @@ def test_utility_multi_label_scores_each_finding(tmp_path):
     assert data["classes"] == ["cell", "grey", "xray"] and data["multi_label"]
     real = next(r for r in data["rows"] if r["condition"] == "real")
     assert set(real["auroc_per_class"]) == {"cell", "grey", "xray"} and real["auroc_mean"] > 0.8
+
+
+def test_utility_gives_every_condition_the_same_optimiser_steps(sets, tmp_path, monkeypatch):
+    """The default budget: epochs x ceil(N / batch) of the largest condition (real 100% + synthetic) for all."""
+    import torch
+
+    from medisyn_cli.evaluate import UtilityConfig, run_utility
+
+    counted: list[int] = []
+    real_step = torch.optim.AdamW.step
+
+    def counting_step(self, *args, **kwargs):
+        counted.append(id(self))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    config = dict(fractions=(0.25, 1.0), seeds=1, epochs=2, batch_size=16, size=16, bootstrap=50)
+    data = run_utility(UtilityConfig((str(sets / "train"),), (str(sets / "test"),), (str(sets / "synthetic"),),
+                                     **config, out=str(tmp_path / "steps")))
+    per_run = [counted.count(i) for i in dict.fromkeys(counted)]  # optimiser steps of each training run
+    largest = 48 + 48  # all real training images + all synthetic ones
+    assert per_run == [2 * -(-largest // 16)] * 5 == [row["steps"] for row in data["rows"]]
+    assert data["budget"]["steps"] == 12 and "12 optimiser steps" in data["budget"]["text"]
+    assert {row["epochs_seen"] for row in data["rows"]} == {round(12 * 16 / n, 2) for n in (12, 48, 60, 96)}
+    counted.clear()
+    epochs = run_utility(UtilityConfig((str(sets / "train"),), (str(sets / "test"),), (str(sets / "synthetic"),),
+                                       **config, budget="epochs", out=str(tmp_path / "epochs")))
+    assert [row["steps"] for row in epochs["rows"]] == [2, 6, 6, 8, 12]  # 12, 48, 48, 60, 96 images
+    assert epochs["budget"]["steps"] is None and epochs["budget"]["text"].startswith("unequal")
+    one_seed = epochs["rows"][0]
+    assert one_seed["auroc_ci95_method"].startswith("bootstrap") and np.isnan(one_seed["auroc_std"])
+    assert one_seed["auroc_ci95"] == one_seed["auroc_seed_bootstrap_ci95"][0]
+
+
+def test_utility_multi_label_fraction_keeps_each_finding_and_no_finding_share():
+    from medisyn_cli.evaluate.common import ImageSet
+    from medisyn_cli.evaluate.utility import fraction_rows
+
+    labels = ["a"] * 200 + ["b"] * 30 + ["a|c"] * 10 + [""] * 760  # c: rare, only with a
+    image_set = ImageSet("x", keys=[str(i) for i in range(1000)], labels=labels, positions=list(range(1000)))
+    for seed in range(3):
+        rows = fraction_rows(image_set, 0.1, seed, multi_label=True)
+        picked = [labels[r] for r in rows]
+        assert 1 <= sum("c" in p for p in picked) <= 3 and sum(p == "b" for p in picked) == 3  # c also via a
+        assert sum("a" in p for p in picked) == 21 and sum(p == "" for p in picked) == 76
+
+
+def test_bootstrap_auroc_interval_holds_the_estimate_and_narrows_with_more_test_images():
+    from medisyn_cli.evaluate.classifier import bootstrap_auroc
+
+    rng = np.random.default_rng(4)
+    widths = []
+    for n in (60, 600):
+        y = rng.integers(0, 2, n)
+        scores = np.stack([1 - (s := 1 / (1 + np.exp(-(rng.normal(size=n) + 1.2 * y)))), s], 1)
+        value, _ = macro_auroc(y, scores, ["a", "b"], False)
+        low, high = bootstrap_auroc(y, scores, ["a", "b"], False, rounds=300)
+        assert low < value < high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2
 
 
 @pytest.mark.parametrize("case, message", [

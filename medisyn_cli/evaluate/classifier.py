@@ -1,9 +1,9 @@
 """The classifier the evaluations train: a small CNN (CPU default) or a torchvision ResNet, and macro AUROC.
 
 Images are held in memory as uint8 (N, 3, size, size) arrays (12 KB an image at 64 px: 100,000 images ~1.2 GB)
-and converted to float a batch at a time. Training draws random batches (with replacement) for
-epochs x ceil(N / batch_size) steps, with a random shift of up to 1/16 of the side as augmentation, AdamW and a
-one-cycle learning rate. ResNets start from random weights unless `weights` names a local state-dict file
+and converted to float a batch at a time. Training draws random batches (with replacement) for a fixed number
+of optimiser steps (`TrainSettings.steps`; None: epochs x ceil(N / batch_size), which grows with the training
+set), with a random shift of up to 1/16 of the side as augmentation, AdamW and a one-cycle learning rate. ResNets start from random weights unless `weights` names a local state-dict file
 (e.g. torchvision's resnet18-f37072fd.pth); nothing is ever downloaded.
 """
 
@@ -30,6 +30,11 @@ class TrainSettings:
     lr: float = 2e-3
     multi_label: bool = False
     weights: str | None = None
+    steps: int | None = None      # optimiser steps; None: epochs x ceil(N / batch_size)
+
+    def steps_for(self, images: int) -> int:
+        """Optimiser steps for a training set of `images` images."""
+        return self.steps if self.steps is not None else max(1, self.epochs * -(-images // self.batch_size))
 
 
 def default_size(arch: str) -> int:
@@ -101,7 +106,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, settings: Train
 
     torch.manual_seed(seed)
     model = build_network(settings.arch, classes, settings.weights).to(device)
-    steps = max(1, settings.epochs * -(-len(x) // settings.batch_size))
+    steps = settings.steps_for(len(x))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps)
     generator = np.random.default_rng(seed)
@@ -109,6 +114,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, settings: Train
     loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if settings.multi_label \
         else torch.nn.functional.cross_entropy
     model.train()
+    done = 0
     for _ in range(steps):
         idx = generator.integers(0, len(x), settings.batch_size)
         batch = _shift(to_input(x[idx], device), generator)
@@ -117,6 +123,8 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, settings: Train
         loss.backward()
         optimizer.step()
         schedule.step()
+        done += 1
+    model.steps_trained = done  # what the loop actually ran, reported per condition
     return model.eval()
 
 
@@ -178,3 +186,30 @@ def macro_auroc(y: np.ndarray, scores: np.ndarray, classes: list[str], multi_lab
         per_class[label] = auroc(positive, scores[:, c])
     defined = [v for v in per_class.values() if not np.isnan(v)]
     return (float(np.mean(defined)) if defined else float("nan")), per_class
+
+
+def bootstrap_auroc(y: np.ndarray, scores: np.ndarray, classes: list[str], multi_label: bool, rounds: int = 1000,
+                    seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of macro AUROC over test images (resampled within each class)."""
+    if rounds < 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(len(y))] if multi_label else [np.flatnonzero(y == c) for c in range(len(classes))]
+    values = []
+    for _ in range(rounds):
+        rows = np.concatenate([rng.choice(g, len(g)) for g in groups if len(g)])
+        values.append(macro_auroc(y[rows], scores[rows], classes, multi_label)[0])
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def seed_interval(values: list[float]) -> tuple[float, float, float]:
+    """(sample std with ddof=1, 95% t-interval low, high) of per-seed values; NaN for fewer than two."""
+    from scipy.stats import t
+
+    values = [v for v in values if v == v]
+    if len(values) < 2:
+        return float("nan"), float("nan"), float("nan")
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = float(t.ppf(0.975, len(values) - 1)) * std / np.sqrt(len(values))
+    return std, mean - half, mean + half

@@ -2,7 +2,13 @@
 
 The same classifier is trained on real images only (at each fraction of the real training set), on synthetic
 images only, and on real (at each fraction) + all synthetic images, once per seed; each is scored by macro
-one-vs-rest AUROC on the real test set, reported as mean +- std over seeds.
+one-vs-rest AUROC on the real test set, reported as mean, sample std (ddof=1) and a 95% t-interval over seeds,
+and per seed a 95% bootstrap interval over test images (the only interval when there is one seed).
+
+Budget (`budget`): "steps" (default) trains every condition for the same number of optimiser steps, `steps` or
+by default epochs x ceil(N / batch_size) of the largest condition (so that one sees its data `epochs` times and
+the smaller ones more often); a budget that grows with the training set would credit a larger condition with
+its extra steps. "epochs" trains each condition for epochs x ceil(N / batch_size) of its own N (unequal).
 
 Labels come from the datasets (label folders, a `label` column of metadata.csv or Parquet). Multi-label sets
 (chest X-ray style) put the findings of an image in one label joined by '|' (e.g. `effusion|pneumonia`; an
@@ -19,11 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedisynError
-from .classifier import TrainSettings, check_arch, default_size, macro_auroc, predict, train_classifier
+from .classifier import (TrainSettings, bootstrap_auroc, check_arch, default_size, macro_auroc, predict,
+                         seed_interval, train_classifier)
 from .common import (ImageSet, check_same_labels, default_out, label_vocabulary, load_arrays, open_sources,
                      require_labels, save_figure, new_figure, targets, write_csv, write_json)
 
 REAL, SYNTHETIC, COMBINED = "real", "synthetic", "real+synthetic"
+BUDGETS = ("steps", "epochs")
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,9 @@ class UtilityConfig:
     weights: str | None = None    # local state dict for ResNets
     device: str = "auto"
     out: str | None = None        # None: SYNTHETIC/evaluate for a medisyn output folder, else ./evaluate
+    budget: str = "steps"         # "steps": the same optimiser steps for every condition; "epochs": per-set epochs
+    steps: int | None = None      # with budget "steps"; None: epochs x ceil(N / batch_size) of the largest condition
+    bootstrap: int = 1000         # bootstrap rounds of the per-seed AUROC interval (0: none)
 
 
 @dataclass
@@ -53,6 +64,8 @@ class Condition:
     fraction: float | None
     scores: list[float] = field(default_factory=list)
     per_class: list[dict] = field(default_factory=list)
+    intervals: list[tuple[float, float]] = field(default_factory=list)  # per seed: bootstrap 95% interval
+    steps: list[int] = field(default_factory=list)                        # per seed: optimiser steps run
     real_images: int = 0
     synthetic_images: int = 0
 
@@ -76,6 +89,10 @@ def run_utility(config: UtilityConfig) -> dict:
     check_arch(config.arch, config.weights)
     if config.seeds < 1 or config.epochs < 1:
         raise MedisynError("--seeds and --epochs must be at least 1")
+    if config.budget not in BUDGETS:
+        raise MedisynError(f"--budget: unknown budget '{config.budget}' (valid: {', '.join(BUDGETS)})")
+    if config.steps is not None and (config.steps < 1 or config.budget != "steps"):
+        raise MedisynError(f"--steps {config.steps}: must be at least 1, and only with --budget steps")
     fractions = parse_fractions(",".join(map(str, config.fractions)))
     device = resolve_device(config.device)
     sources = {name: open_sources(paths, option) for name, paths, option in
@@ -88,10 +105,11 @@ def run_utility(config: UtilityConfig) -> dict:
         arrays[name], sets[name] = load_arrays(sources[name], size, option)
     classes = check_utility_labels(sets["test"], sets["train"], sets["synthetic"], config.multi_label)
     y = {name: targets(image_set, classes, config.multi_label) for name, image_set in sets.items()}
-    # 3. train and score each condition, seed by seed
-    settings = TrainSettings(config.arch, config.epochs, config.batch_size, multi_label=config.multi_label,
-                             weights=config.weights)
+    # 3. train and score each condition, seed by seed, under one step budget
     conditions = _conditions(fractions)
+    settings = TrainSettings(config.arch, config.epochs, config.batch_size, multi_label=config.multi_label,
+                             weights=config.weights, steps=step_budget(config, len(arrays["train"]),
+                                                                       len(arrays["synthetic"])))
     started = time.time()
     for seed in range(config.seeds):
         for condition in conditions:
@@ -101,8 +119,11 @@ def run_utility(config: UtilityConfig) -> dict:
             value, per_class = macro_auroc(y["test"], scores, classes, config.multi_label)
             condition.scores.append(value)
             condition.per_class.append(per_class)
+            condition.steps.append(model.steps_trained)
+            condition.intervals.append(bootstrap_auroc(y["test"], scores, classes, config.multi_label,
+                                                       config.bootstrap, seed))
     # 4. summary and files
-    result = _summary(config, conditions, classes, sets, size, str(device), time.time() - started)
+    result = _summary(config, settings, conditions, classes, sets, size, str(device), time.time() - started)
     write_utility(result, Path(config.out) if config.out else default_out(config.synthetic[0]))
     return result
 
@@ -121,6 +142,16 @@ def check_utility_labels(test: ImageSet, train: ImageSet, synthetic: ImageSet, m
         raise MedisynError(f"--real-test: only one class ({', '.join(classes)}) in the test set; AUROC is undefined "
                            f"(it needs at least two classes)")
     return check_same_labels(test, [train, synthetic], multi_label)
+
+
+def step_budget(config: UtilityConfig, real_images: int, synthetic_images: int) -> int | None:
+    """Optimiser steps of every condition: --steps, or epochs over the largest condition (real + synthetic);
+    None with budget "epochs" (each condition's own epochs x ceil(N / batch_size))."""
+    if config.budget == "epochs":
+        return None
+    if config.steps is not None:
+        return config.steps
+    return max(1, config.epochs * -(-(real_images + synthetic_images) // config.batch_size))
 
 
 def _conditions(fractions: tuple[float, ...]) -> list[Condition]:
@@ -150,7 +181,7 @@ def fraction_rows(image_set: ImageSet, fraction: float, seed: int, multi_label: 
     if fraction >= 1.0:
         return np.arange(len(image_set))
     if multi_label:
-        return np.sort(rng.permutation(len(image_set))[:max(1, round(fraction * len(image_set)))])
+        return _multi_label_rows(image_set, fraction, rng)
     labels = np.array(image_set.labels, dtype=object)
     rows = []
     for label in sorted(set(image_set.labels)):
@@ -159,28 +190,64 @@ def fraction_rows(image_set: ImageSet, fraction: float, seed: int, multi_label: 
     return np.sort(np.concatenate(rows))
 
 
-def _summary(config: UtilityConfig, conditions: list[Condition], classes: list[str], sets: dict, size: int,
-             device: str, seconds: float) -> dict:
-    rows = []
-    for c in conditions:
-        per_class = {label: float(np.nanmean([p[label] for p in c.per_class])) if any(
-            not np.isnan(p[label]) for p in c.per_class) else float("nan") for label in classes}
-        rows.append({"condition": c.name, "real_fraction": c.fraction, "real_images": c.real_images,
-                     "synthetic_images": c.synthetic_images, "auroc_mean": float(np.mean(c.scores)),
-                     "auroc_std": float(np.std(c.scores)), "auroc_seeds": c.scores, "auroc_per_class": per_class})
+def _multi_label_rows(image_set: ImageSet, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Rows holding about `fraction` of each finding's images (at least one each) and of the no-finding images:
+    findings are filled rarest first, counting images already drawn for another finding."""
+    from .common import split_labels
+
+    groups: dict[str, list[int]] = {}
+    for row, label in enumerate(image_set.labels):
+        for part in split_labels(label, True) or ("",):  # "": no finding
+            groups.setdefault(part, []).append(row)
+    chosen: set[int] = set()
+    for part, members in sorted(groups.items(), key=lambda item: (len(item[1]), item[0])):
+        need = max(1, round(fraction * len(members))) - sum(1 for r in members if r in chosen)
+        free = [r for r in members if r not in chosen]
+        chosen.update(rng.permutation(free)[:max(0, need)].tolist())
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def _summary(config: UtilityConfig, settings: TrainSettings, conditions: list[Condition], classes: list[str],
+             sets: dict, size: int, device: str, seconds: float) -> dict:
+    rows = [_row(c, classes, settings) for c in conditions]
+    budget = (f"equal: {settings.steps} optimiser steps of {settings.batch_size} images for every condition"
+              if settings.steps is not None else
+              f"unequal: {settings.epochs} epochs of each condition's own images (more steps for larger sets)")
     return {"evaluation": "utility", "metric": "macro one-vs-rest AUROC on the real test set",
+            "interval": "95% t-interval over seeds (std: sample std, ddof=1); per seed a 95% stratified "
+                        f"bootstrap interval over test images ({config.bootstrap} rounds)",
             "classes": classes, "multi_label": config.multi_label, "label_separator": "|",
             "images": {name: len(s) for name, s in sets.items()},
             "skipped": {name: s.skipped for name, s in sets.items() if s.skipped},
+            "budget": {"mode": config.budget, "steps": settings.steps, "text": budget},
             "classifier": {"arch": config.arch, "size": size, "epochs": config.epochs,
                            "batch_size": config.batch_size, "weights": config.weights, "device": device},
             "seeds": config.seeds, "rows": rows, "seconds": round(seconds, 1), "config": asdict(config)}
 
 
+def _row(c: Condition, classes: list[str], settings: TrainSettings) -> dict:
+    """One condition's summary: mean, sample std, 95% intervals over seeds and per seed, steps, epochs seen."""
+    per_class = {label: float(np.nanmean([p[label] for p in c.per_class])) if any(
+        not np.isnan(p[label]) for p in c.per_class) else float("nan") for label in classes}
+    std, low, high = seed_interval(c.scores)
+    if len(c.scores) == 1:  # one seed: the bootstrap interval over test images is the only one
+        low, high = c.intervals[0]
+    images = c.real_images + c.synthetic_images
+    return {"condition": c.name, "real_fraction": c.fraction, "real_images": c.real_images,
+            "synthetic_images": c.synthetic_images, "steps": c.steps[0] if len(set(c.steps)) == 1 else c.steps,
+            "epochs_seen": round(c.steps[0] * settings.batch_size / max(1, images), 2),
+            "auroc_mean": float(np.mean(c.scores)), "auroc_std": std, "auroc_ci95": [low, high],
+            "auroc_ci95_method": "t over seeds" if len(c.scores) > 1 else "bootstrap over test images",
+            "auroc_seeds": c.scores, "auroc_seed_bootstrap_ci95": [list(i) for i in c.intervals],
+            "auroc_per_class": per_class}
+
+
 def write_utility(result: dict, out: Path) -> dict[str, Path]:
     """utility.json, utility.csv (one row per condition) and utility.png under `out`."""
-    flat = [{k: v for k, v in row.items() if k not in ("auroc_seeds", "auroc_per_class")}
-            | {"auroc_seeds": " ".join(f"{s:.4f}" for s in row["auroc_seeds"])}
+    skip = ("auroc_seeds", "auroc_per_class", "auroc_ci95", "auroc_seed_bootstrap_ci95")
+    flat = [{k: v for k, v in row.items() if k not in skip}
+            | {"auroc_ci95_low": row["auroc_ci95"][0], "auroc_ci95_high": row["auroc_ci95"][1],
+               "auroc_seeds": " ".join(f"{s:.4f}" for s in row["auroc_seeds"])}
             | {f"auroc_{label}": value for label, value in row["auroc_per_class"].items()} for row in result["rows"]]
     files = {"json": out / "utility.json", "csv": out / "utility.csv", "png": out / "utility.png"}
     write_csv(files["csv"], flat)
@@ -194,16 +261,21 @@ def plot_utility(result: dict, path: Path) -> Path:
     figure, axes = new_figure()
     for name, style in ((REAL, "o-"), (COMBINED, "s-")):
         rows = [r for r in result["rows"] if r["condition"] == name]
+        yerr = np.array([[r["auroc_mean"] - r["auroc_ci95"][0], r["auroc_ci95"][1] - r["auroc_mean"]]
+                         for r in rows], dtype=float).T
         axes.errorbar([r["real_fraction"] for r in rows], [r["auroc_mean"] for r in rows],
-                      yerr=[r["auroc_std"] for r in rows], fmt=style, capsize=3, label=name)
+                      yerr=np.nan_to_num(yerr), fmt=style, capsize=3, label=name)
     synthetic = next(r for r in result["rows"] if r["condition"] == SYNTHETIC)
     axes.axhline(synthetic["auroc_mean"], color="tab:green", linestyle="--",
                  label=f"synthetic only ({synthetic['synthetic_images']} images)")
-    axes.axhspan(synthetic["auroc_mean"] - synthetic["auroc_std"], synthetic["auroc_mean"] + synthetic["auroc_std"],
-                 color="tab:green", alpha=0.15)
+    low, high = synthetic["auroc_ci95"]
+    if low == low and high == high:
+        axes.axhspan(low, high, color="tab:green", alpha=0.15)
     axes.set_xlabel("fraction of the real training set")
     axes.set_ylabel("macro AUROC on real test images")
-    axes.set_title(f"utility: {result['classifier']['arch']}, {result['seeds']} seeds (mean ± std)")
+    steps = result["budget"]["steps"]
+    axes.set_title(f"utility: {result['classifier']['arch']}, {result['seeds']} seeds, "
+                   f"{f'{steps} steps each' if steps else 'epochs-based budget'} (mean, 95% interval)")
     axes.legend(loc="lower right")
     axes.grid(alpha=0.3)
     return save_figure(figure, path)
