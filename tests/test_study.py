@@ -359,6 +359,38 @@ def test_scripted_readers_in_headless_chromium_pause_resume_export_and_score(stu
     assert written["score.html"].exists()
 
 
+def test_served_page_goes_back_without_feedback_and_submits_to_the_server(sets, tmp_path):
+    exe = chromium()
+    from playwright.sync_api import sync_playwright
+
+    study = tmp_path / "small"
+    key = build_study(StudyConfig((str(sets[0]),), (str(sets[1]),), str(study), pairs=4, classify=4, seed=1))
+    httpd = make_server(study, port=0, quiet=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    right = perfect(key)
+    first = key["items"][0]
+    wrong = next(a for a in ("none", "left", "right", "both") if a != first["answer"])
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, args=BROWSER_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/")
+            start_reader(page, "served", 4, "fellow")
+            answer_items(page, lambda item: wrong, limit=1)
+            page.keyboard.press("Backspace")                             # back to the first item
+            assert page.locator(".item").get_attribute("data-item") == first["id"]
+            assert page.locator("button.chosen").get_attribute("data-answer") == wrong   # own answer, no verdict
+            answer_items(page, right.get)
+            page.wait_for_function("() => /Saved on the study server/.test(document.querySelector('#status')"
+                                   ".textContent)")
+            browser.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    saved = [json.loads(f.read_text()) for f in (study / "answers").glob("*.json")]
+    assert len(saved) == 1 and {a["item"]: a["answer"] for a in saved[0]["answers"]} == right
+
+
 # --- the server -----------------------------------------------------------------------------------------------
 
 @pytest.fixture
