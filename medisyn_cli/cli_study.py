@@ -81,7 +81,7 @@ def serve(
         server = make_server(study, host, port)
     address, bound = server.server_address[:2]
     results.print(f"serving {study / 'site'} at http://{address}:{bound}/ ; answers go to {study / 'answers'} "
-                  "(Ctrl-C stops)", highlight=False)
+                  "(Ctrl-C stops)", highlight=False, soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
