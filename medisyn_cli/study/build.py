@@ -50,6 +50,9 @@ def build_study(config: StudyConfig) -> dict:
     if config.pairs < 0 or (config.classify or 0) < 0:
         raise MedisynError("--pairs and --classify must be 0 or more")
     real, synthetic = list_images(config.real, "--real"), list_images(config.synthetic, "--synthetic")
+    both = set(_all(real)) & set(_all(synthetic))
+    if both:
+        raise MedisynError(f"{len(both)} images are in both --real and --synthetic, e.g. {min(both)}")
     classes = match_classes(real, synthetic, config.labels)
     classify = _classify_count(config.classify, classes)
     if config.pairs + classify == 0:

@@ -136,8 +136,7 @@
         el("section", { class: "card" }, [
           el("h2", { text: "Before you start" }),
           el("p", { text: "Some of the images in this study are real and some were made by a computer model. " +
-                          "You will see " + count("pair") + " pairs of images: mark which of the two, if any, are " +
-                          "synthetic. Then " + count("classify") + " single images: choose what each shows." }),
+                          instructions() }),
           el("p", { class: "muted", text: "There is no feedback. Keys: 0-3 for pairs, 1-9 and 0 for classes, " +
                                          "Backspace to go back. You can pause and resume on this device." })]),
         el("section", { class: "card" }, [
@@ -159,6 +158,13 @@
   }
 
   function count(task) { return S.items.filter(function (i) { return i.task === task; }).length; }
+
+  function instructions() {
+    var pairs = count("pair"), singles = count("classify"), parts = [];
+    if (pairs) parts.push("You will see " + pairs + " pairs of images: mark which of the two, if any, are synthetic.");
+    if (singles) parts.push((pairs ? "Then " : "You will see ") + singles + " single images: choose what each shows.");
+    return parts.join(" ");
+  }
 
   function resume(session) {
     state = session;
