@@ -1,4 +1,4 @@
-"""`medisyn evaluate utility|privacy|fidelity` and `medisyn report`: parse options, call the API, print a summary.
+"""`medisyn evaluate utility|privacy|leakage|fidelity` and `medisyn report`: parse options, call the API, print a summary.
 
 Registered in cli.py with `app.add_typer(evaluate_app, name="evaluate")` and `app.command("report")(report_command)`.
 Results go to --out (default: SYNTHETIC/evaluate for a medisyn output folder, else ./evaluate) as JSON, CSV and
@@ -117,13 +117,62 @@ def privacy(
         table.add_row(name, str(result["images"][name]), _fmt(p["p5"]), _fmt(p["p50"]), _fmt(p["p95"]),
                       _fmt(p["p99"]), f"{result['near_copy_rate'][name]:.1%}")
     results.print(table)
-    results.print(f"synthetic above the held-out 95th percentile: {result['share_above_heldout_p95']:.1%} "
-                  f"(expected 5%); P(synthetic closer) {result['p_synthetic_closer']:.3f}, Mann-Whitney p "
-                  f"{result['mannwhitney_p']:.3g}", highlight=False)
+    leaks = result["heldout_near_copies"]
+    results.print(f"held-out near-copies of training images: {leaks['count']} ({leaks['share']:.1%}), left out of "
+                  f"the reference ({result['reference_images']} images)", highlight=False)
+    for warning in result.get("warnings", []):
+        results.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+    p = result["p_values"]
+    results.print(f"synthetic above the reference 95th percentile: {result['share_above_heldout_p95']:.1%} "
+                  f"(expected 5%, p {p['tail_p95']:.3g}); near-copies p {p['near_copies']:.3g}; distribution "
+                  f"(Mann-Whitney) p {p['distribution']:.3g}; each test at p < {result['test_level']:.3g}",
+                  highlight=False)
+    pixel = result["pixel_distance_percentiles"]
+    results.print(f"pixel distance to the nearest training image (Figure 4b), median: synthetic "
+                  f"{pixel['synthetic']['p50']:.3f}, held-out {pixel['heldout']['p50']:.3f}", highlight=False)
+    flagged = [label for label, row in result["per_class"].items() if row.get("memorises")]
+    if flagged:
+        results.print(f"[bold red]classes flagged on their own: {', '.join(flagged)}[/bold red]", highlight=False)
     style = "bold red" if result["memorises"] else "green"
     results.print(f"[{style}]{result['verdict']}[/{style}]", highlight=False)
     results.print(f"written: {_out_of(config, result)}/privacy.json, privacy.csv, privacy_histogram.png, "
                   f"closest_pairs.png", highlight=False)
+
+
+@evaluate_app.command("leakage")
+def leakage(
+    train: list[Path] = typer.Option(..., "--train", help=f"Training images: {SETS_HELP}."),
+    test: list[Path] = typer.Option(..., "--test", help="Test (or held-out) images to audit."),
+    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, clip:<model>, "
+                                                             "hf:<model>."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
+                                                                       "the embedder's calibrated one)."),
+    views: bool = typer.Option(True, "--views/--no-views", help="Search flips, shifts and crops, as screening does."),
+    pairs: int = typer.Option(16, "--pairs", help="Closest test / training pairs in leakage_pairs.png."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    out: Path = typer.Option(Path("evaluate"), "--out", "-o", help="Folder for leakage.json/.csv/_pairs.png."),
+) -> None:
+    """Test images that are near-copies of training images, per class (a leaky split inflates utility numbers).
+
+    Example: medisyn evaluate leakage --train data/train --test data/test
+    """
+    from .evaluate.leakage import LeakageConfig, run_leakage
+
+    with _errors():
+        result = run_leakage(LeakageConfig(_strs(train), _strs(test), embedder, threshold, views, pairs,
+                                           batch_size=batch_size, out=str(out)))
+    table = Table(title=f"leakage: test images near-copies of training images ({result['embedder']}, similarity "
+                        f">= {result['threshold']:g})")
+    for name in ("class", "test images", "near-copies", "share"):
+        table.add_column(name)
+    for label, row in list(result["per_class"].items()) + [("all", {"images": result["images"]["test"],
+                                                                    "near_copies": result["count"],
+                                                                    "share": result["share"]})]:
+        table.add_row(label or "(none)", str(row["images"]), str(row["near_copies"]), f"{row['share']:.1%}")
+    results.print(table)
+    if result["warning"]:
+        results.print(f"[yellow]warning: {result['warning']}[/yellow]", highlight=False)
+    results.print(f"written: {out}/leakage.json, leakage.csv, leakage_pairs.png", highlight=False)
 
 
 @evaluate_app.command("fidelity")

@@ -296,11 +296,14 @@ def test_privacy_flags_copies_of_training_images_as_memorised(privacy_sets, tmp_
     assert "memorises" in result.output
     data = json.loads((out / "privacy.json").read_text())
     assert data["memorises"] and data["share_above_heldout_p95"] == 1.0
-    assert data["near_copy_rate"] == {"synthetic": 1.0, "heldout": 0.0}
+    assert data["near_copy_rate"] == {"synthetic": 1.0, "heldout": 0.0, "reference": 0.0}
     assert data["mannwhitney_p"] < 0.001 and data["p_synthetic_closer"] == 1.0
+    assert set(data["flagged_by"]) == {"tail_p95", "near_copies", "distribution"}
+    assert data["pixel_distance_percentiles"]["synthetic"]["p50"] < data["pixel_distance_percentiles"]["heldout"]["p5"]
     rows = pd.read_csv(out / "privacy.csv")
     copies = rows[rows["set"] == "synthetic"]
     assert len(copies) == 12 and (copies["view"] == "hflip").all()  # each found as the flip of its source
+    assert copies["near_copy"].all() and (copies["pixel_distance"] > 0).all()
     assert all(Path(k).stem == Path(n).stem for k, n in zip(copies["key"], copies["nn_key"]))
     assert Image.open(out / "closest_pairs.png").size[0] > 400 and (out / "privacy_histogram.png").exists()
 
@@ -310,10 +313,77 @@ def test_privacy_does_not_flag_images_as_far_from_training_as_held_out_ones(priv
 
     data = run_privacy(PrivacyConfig((str(FIXTURES / "images"),), (str(privacy_sets / "heldout"),),
                                      (str(privacy_sets / "heldout_like"),), pairs=0, out=str(tmp_path)))
-    assert not data["memorises"] and data["verdict"].startswith("no shift")
+    assert not data["memorises"] and data["verdict"].startswith("no sign of memorisation")
+    assert data["heldout_near_copies"]["count"] == 0 and data["heldout_near_copies"]["warning"] is None
+    assert set(data["per_class"]) == {"cell", "xray"} and not any(r["memorises"] for r in data["per_class"].values())
+    assert sum(r["synthetic"] for r in data["per_class"].values()) == data["images"]["synthetic"]
     assert data["share_above_heldout_p95"] <= 0.1 and data["mannwhitney_p"] > 0.2
     assert data["near_copy_rate"]["synthetic"] == 0.0
     assert not (tmp_path / "closest_pairs.png").exists()
+
+
+def simulated_similarities(rng, copies: float, heldout_duplicates: float, synthetic_far: bool,
+                           threshold: float = 0.97) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-training cosine similarity of 200 synthetic and 300 held-out vectors (16-d, 400 training vectors
+    around 40 centres). `copies`: share of synthetic vectors that are noisy copies of training vectors (similarity
+    0.97-0.995); `heldout_duplicates`: the same for held-out ones (a leaky split); `synthetic_far`: the novel
+    synthetic vectors are further from training than held-out ones (the README's situation)."""
+    centres = rng.normal(size=(40, 16))
+
+    def draw(n: int, spread: float = 0.6) -> np.ndarray:
+        return centres[rng.integers(0, 40, n)] + spread * rng.normal(size=(n, 16))
+
+    def noisy_copies(n: int) -> np.ndarray:
+        source = train[rng.integers(0, len(train), n)]
+        noise = rng.normal(size=source.shape)
+        noise -= (noise * source).sum(1, keepdims=True) * source  # orthogonal to the source
+        angle = np.arccos(rng.uniform(threshold, 0.995, n))[:, None]
+        return np.cos(angle) * source + np.sin(angle) * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    train = unit(draw(400))
+    k, d = round(200 * copies), round(300 * heldout_duplicates)
+    synthetic = unit(np.concatenate([draw(200 - k, 1.2 if synthetic_far else 0.6), noisy_copies(k)]))
+    heldout = unit(np.concatenate([draw(300 - d), noisy_copies(d)]))
+    return (synthetic @ train.T).max(1), (heldout @ train.T).max(1)
+
+
+@pytest.mark.parametrize("heldout_duplicates, synthetic_far", [(0.0, False), (0.2, False), (0.0, True)])
+def test_privacy_verdict_flags_5_percent_noisy_copies_and_rarely_flags_none(heldout_duplicates, synthetic_far):
+    """Planted copies, 200 simulated runs each: >= 95% flagged with 5% noisy copies, <= 5% with none; also when
+    20% of the held-out set are near-duplicates of training images, and when synthetic images are further away."""
+    from medisyn_cli.evaluate.privacy import memorisation_tests
+
+    rng = np.random.default_rng(7)
+    flagged = {}
+    for copies in (0.0, 0.05):
+        runs = [memorisation_tests(*simulated_similarities(rng, copies, heldout_duplicates, synthetic_far), 0.97)
+                for _ in range(200)]
+        flagged[copies] = np.mean([run["memorises"] for run in runs])
+    assert flagged[0.05] >= 0.95 and flagged[0.0] <= 0.05, flagged
+
+
+def test_privacy_screens_held_out_near_copies_out_of_the_reference_and_warns(privacy_sets, tmp_path):
+    """A leaky split: half the held-out images are copies of training images. The old verdict (share above the
+    unscreened held-out p95) saw nothing; the screened reference sees the copied synthetic set."""
+    from medisyn_cli.evaluate import PrivacyConfig, run_privacy
+
+    leaky = tmp_path / "leaky"
+    for source in (privacy_sets / "heldout", privacy_sets / "copies"):
+        for path in source.rglob("*.png"):
+            (leaky / path.parent.name).mkdir(parents=True, exist_ok=True)
+            Image.open(path).save(leaky / path.parent.name / f"{source.name}_{path.name}")
+    data = run_privacy(PrivacyConfig((str(FIXTURES / "images"),), (str(leaky),), (str(privacy_sets / "copies"),),
+                                     pairs=0, out=str(tmp_path / "out")))
+    leaks = data["heldout_near_copies"]
+    assert leaks["count"] == 12 and leaks["share"] == 0.5 and len(leaks["examples"]) == 10
+    assert "near-copies of training images" in leaks["warning"] and data["warnings"] == [leaks["warning"]]
+    assert {label: row["near_copies"] for label, row in leaks["per_class"].items()} == {"cell": 0, "xray": 0,
+                                                                                          "images": 12}
+    assert data["reference_images"] == 12 and data["memorises"] and "near_copies" in data["flagged_by"]
+    assert data["heldout_p95_similarity"] < 0.97 <= data["percentiles"]["heldout"]["p95"]
 
 
 def test_privacy_rejects_a_threshold_outside_0_1_with_exit_2(privacy_sets, tmp_path):
@@ -428,3 +498,32 @@ def test_report_omits_missing_parts_with_a_note_instead_of_failing(tmp_path):
     assert "<h3>cell</h3>" in page and "omitted:" in result.output
     missing = invoke("report", tmp_path / "nowhere")
     assert missing.exit_code == 2 and "no such folder" in missing.output
+
+
+@pytest.mark.parametrize("name", ["identity", "hflip", "rot90+vflip", "rot270+hflip+invert", "box(0.05,0.00,1.05,1.00)",
+                                  "rot3+box(-0.05,-0.05,1.06,1.06)"])
+def test_privacy_reads_back_the_view_a_screen_result_names(name):
+    from medisyn_cli.evaluate.privacy import view_from_name
+
+    assert view_from_name(name).name == name
+
+
+def test_leakage_finds_test_images_that_copy_training_images_per_class(privacy_sets, tmp_path):
+    leaky = tmp_path / "test"
+    for source in (privacy_sets / "heldout", privacy_sets / "copies"):
+        for path in source.rglob("*.png"):
+            label = "cell" if "blood" in path.name or "platelet" in path.name else "xray"
+            (leaky / label).mkdir(parents=True, exist_ok=True)
+            Image.open(path).save(leaky / label / f"{source.name}_{path.name}")
+    result = invoke("evaluate", "leakage", "--train", FIXTURES / "images", "--test", leaky, "--pairs", "4",
+                    "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "12 of 24 images (50.0%)" in " ".join(result.output.split())
+    data = json.loads((tmp_path / "out" / "leakage.json").read_text())
+    copies = {label: sum(1 for p in (privacy_sets / "copies").rglob("*.png") if kind(p) == label)
+              for label in ("cell", "xray")}
+    assert {label: row["near_copies"] for label, row in data["per_class"].items()} == copies
+    assert all(e["key"].split("/")[-1].startswith("copies_") for e in data["examples"])
+    rows = pd.read_csv(tmp_path / "out" / "leakage.csv")
+    assert rows["near_copy"].sum() == 12 and rows[rows["near_copy"]]["key"].str.contains("copies_").all()
+    assert (tmp_path / "out" / "leakage_pairs.png").exists()

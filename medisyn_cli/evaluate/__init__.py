@@ -5,7 +5,7 @@
                                        synthetic=("derm-synth",), seeds=3))
 
 Modules: utility.py (classifiers trained on real / synthetic / both, AUROC on real test images), privacy.py
-(nearest training image of synthetic vs held-out images), fidelity.py + metrics.py (FID, KID, PRDC, diversity
+(nearest training image of synthetic vs held-out images), leakage.py (test images that copy training images), fidelity.py + metrics.py (FID, KID, PRDC, diversity
 on features from cnn / inception:FILE / pixel / clip: / hf:), classifier.py (small CNN, ResNets, AUROC),
 inception.py (FID Inception from a local file), html.py (`medisyn report`), common.py (reading sets, atomic
 writes). Every run writes <name>.json (last) and <name>.csv, and figures, under --out.
@@ -16,6 +16,7 @@ from __future__ import annotations
 _API = {
     "UtilityConfig": ("utility", "UtilityConfig"), "run_utility": ("utility", "run_utility"),
     "PrivacyConfig": ("privacy", "PrivacyConfig"), "run_privacy": ("privacy", "run_privacy"),
+    "LeakageConfig": ("leakage", "LeakageConfig"), "run_leakage": ("leakage", "run_leakage"),
     "FidelityConfig": ("fidelity", "FidelityConfig"), "run_fidelity": ("fidelity", "run_fidelity"),
     "write_report": ("html", "write_report"),
     "fid": ("metrics", "fid"), "kid": ("metrics", "kid"), "prdc": ("metrics", "prdc"),

@@ -1,0 +1,71 @@
+"""Leakage audit: test images that are near-copies of training images, per class.
+
+A classifier scored on test images that also sit (flipped, shifted, re-encoded) in its training set is scored
+partly on memory, so utility numbers on a leaky split overstate generalisation; a held-out set that leaks makes
+the privacy reference blind (see privacy.py). Each test image is screened against an exact in-memory index of
+the training images with the `Screener` of `generate --index` (embedder default `pixel`, with views); near-copy
+= similarity at or above the threshold. Writes leakage.json (last), leakage.csv (one row per test image) and
+leakage_pairs.png (the closest test / training pairs).
+
+    from medisyn_cli.evaluate.leakage import LeakageConfig, run_leakage
+    result = run_leakage(LeakageConfig(train=("data/train",), test=("data/test",)))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .common import open_sources, write_csv, write_json
+from .privacy import closest_pairs_figure, near_copies, nearest, training_index
+
+
+@dataclass(frozen=True)
+class LeakageConfig:
+    """Options of `medisyn evaluate leakage`."""
+
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    embedder: str = "pixel"
+    threshold: float | None = None   # None: the embedder's calibrated default
+    views: bool = True
+    pairs: int = 16
+    examples: int = 20
+    batch_size: int = 64
+    out: str = "evaluate"
+
+
+def run_leakage(config: LeakageConfig) -> dict:
+    """Screen every test image against the training images; counts and shares per class, examples, files."""
+    from ..embed import get_embedder
+    from ..screen import Screener
+
+    # 1. inputs, embedder, threshold
+    train_sources, test_sources = open_sources(config.train, "--train"), open_sources(config.test, "--test")
+    embedder = get_embedder(config.embedder)
+    threshold = embedder.valid_threshold(embedder.default_threshold if config.threshold is None else config.threshold)
+    started = time.time()
+    # 2. index of the training images, nearest training image of each test image
+    train = training_index(train_sources, embedder, "--train", config.batch_size)
+    found = nearest(test_sources, Screener(train.index, threshold, views=config.views), train, "--test",
+                    config.batch_size)
+    # 3. summary and files
+    leaks = near_copies(found, train, threshold, config.examples)
+    result = {"evaluation": "leakage", "embedder": embedder.name, "views": config.views,
+              "images": {"train": len(train.image_set), "test": len(found.image_set)}, **leaks,
+              "skipped": {s.name: s.skipped for s in (train.image_set, found.image_set) if s.skipped},
+              "seconds": round(time.time() - started, 1), "config": asdict(config)}
+    out = Path(config.out)
+    rows = [{"key": key, "label": label, "nn_key": train.image_set.keys[i], "nn_label": train.image_set.labels[i],
+             "nn_similarity": sim, "pixel_distance": dist, "view": view, "near_copy": sim >= threshold}
+            for key, label, sim, i, view, dist in zip(found.image_set.keys, found.image_set.labels, found.similarity,
+                                                      found.nn_id, found.view, found.pixel_distance)]
+    files = {"json": out / "leakage.json", "csv": out / "leakage.csv"}
+    write_csv(files["csv"], rows)
+    pairs = closest_pairs_figure(found, test_sources, train.image_set, train_sources, config.pairs,
+                                 out / "leakage_pairs.png")
+    if pairs is not None:
+        files["pairs"] = pairs
+    write_json(files["json"], result | {"files": {k: p.name for k, p in files.items()}})
+    return result
