@@ -117,9 +117,7 @@ def claim_out(out: Path, config: GenerateConfig, shard: Shard) -> Claim:
     Shards of one run share --out and coordinate per batch; they only check that no single process holds it.
     """
     if shard.count > 1:
-        holder = read_holder(out / LOCK)
-        if holder is not None and not RunLock(out / LOCK).is_stale(holder):
-            raise RunBusy(busy_message(out / LOCK, f"--out {out}", holder))
+        refuse_if_busy(out)
         return Claim(out_state(out, config, shard))
     existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +136,13 @@ def claim_out(out: Path, config: GenerateConfig, shard: Shard) -> Claim:
         if not existed and out.exists() and not any(out.iterdir()):
             out.rmdir()
         raise
+
+
+def refuse_if_busy(out: Path) -> None:
+    """RunBusy, naming the process, if a live single process holds --out."""
+    holder = read_holder(out / LOCK)
+    if holder is not None and not RunLock(out / LOCK).is_stale(holder):
+        raise RunBusy(busy_message(out / LOCK, f"--out {out}", holder))
 
 
 def start_out(out: Path, claim: Claim, record: dict) -> None:
@@ -203,10 +208,11 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
         return RunSummary(out, manifest, counts, dry_run=True, preview=preview, warnings=warnings)
     device = resolve_device(config.device, shard.local_rank)
     dtype = resolve_dtype(config.dtype, device)
+    refuse_if_busy(out)
     state = out_state(out, config, shard)
     config = use_threads(recorded_threads(config, out, state))
     if state == "complete":
-        return completed_summary(out, requested_key(config, manifest, screener))
+        return completed_summary(out, run_key(config, manifest, screener))
 
     # 2. model, then the output folder (a model that fails to load leaves nothing behind)
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
@@ -216,7 +222,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     claim = claim_out(out, config, shard)
     try:
         if claim.state == "complete":  # another process finished the run while this one loaded the model
-            return completed_summary(out, requested_key(config, manifest, screener))
+            return completed_summary(out, run_key(config, manifest, screener))
         record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
         record.update(speed=speed, warnings=warnings, replaces=claim.replaced and str(claim.replaced))
         start_out(out, claim, record)

@@ -153,7 +153,7 @@ def test_a_lock_left_by_a_dead_process_or_a_silent_node_is_taken_over(tmp_path):
 def test_resume_or_shard_on_a_complete_run_refuses_other_options(tiny_model, tmp_path):
     out = tmp_path / "o"
     assert run(tmp_path, tiny_model, out, "--threads", "1", n=6)[0] == 0
-    cases = [(["--resume", "--seed", "7", "--steps", "7"], n, ["seed: 0 there, 7 now", "steps: 20 there, 7 now"])
+    cases = [(["--resume", "--seed", "7", "--steps", "7"], n, ["seed: 0 there, 7 now", "steps: 25 there, 7 now"])
              for n in (6,)]
     cases += [(["--shard", "1/4"], 5000, ["n: 6 there, 5000 now"]), (["--resume", "--threads", "2"], 6,
                                                                      ["threads: 1 there, 2 now"])]
