@@ -40,7 +40,10 @@ def errors_as_exit_codes():
         raise typer.Exit(2)
     except Interrupted as exc:
         console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(Interrupted.exit_code)
+        raise typer.Exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted: Ctrl-C", highlight=False)
+        raise typer.Exit(130)
     except Exception as exc:
         if state["debug"]:
             raise
@@ -69,6 +72,8 @@ def generate(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per model call (default: 16 on CPU "
                                                                      "up to 128 px, fewer for larger images; the most "
                                                                      "that fit in free memory on CUDA)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model (default: torch's; "
+                                          "a resumed run or another shard uses the run's own: pixels depend on it)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (slow first batch; faster on GPUs)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory layout (GPUs)."),
     vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode one image at a time (less memory)."),
@@ -111,7 +116,7 @@ def generate(
     with errors_as_exit_codes():
         cfg = GenerateConfig(manifest=str(manifest), n=n, out=str(out) if out else None, model=model, seed=seed,
                              formats=parse_formats(format), device=device, dtype=dtype, scheduler=scheduler,
-                             steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
+                             steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size, threads=threads,
                              index=str(index) if index else None, threshold=threshold,
                              max_attempts=max_attempts, shard=shard, resume=resume, overwrite=overwrite,
                              dry_run=dry_run, cache_prompts=prompt_cache, overlap=overlap,
@@ -271,7 +276,10 @@ def screen(
         console.print(f"{summary.errors} unreadable images (rows with an error in screen.csv)", highlight=False)
     console.print(f"report: {summary.report_dir / 'report.html'}"
                   + (f"; copy without near-copies: {summary.kept_out}" if summary.kept_out else ""), highlight=False)
-    if fail_on_copies and summary.near_copies:
+    if fail_on_copies and (summary.near_copies or summary.errors):
+        if summary.errors:
+            console.print(f"--fail-on-copies: {summary.errors} unreadable images count as failures (they could "
+                          f"not be shown not to be copies)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -315,6 +323,9 @@ def index_build(
                                                              "last shard builds the index (default: from "
                                                              "SLURM_ARRAY_TASK_ID, RANK...)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    target_fpr: float = typer.Option(0.005, "--target-fpr", help="False-positive rate the near-copy threshold is "
+                                                                 "calibrated for on the index's own images "
+                                                                 "(0 = the embedder's default threshold)."),
 ) -> None:
     """Embed training images and build the FAISS index that `generate --index` and `screen` search.
 
@@ -327,7 +338,8 @@ def index_build(
 
     with errors_as_exit_codes():
         place = resolve_shard(shard, os.environ)
-        meta = build_index(sources, out, embedder, index_type, max_memory, batch_size, progress, overwrite, place)
+        meta = build_index(sources, out, embedder, index_type, max_memory, batch_size, progress, overwrite, place,
+                           target_fpr or None)
     _print_index(out, meta)
 
 
@@ -339,6 +351,24 @@ def index_merge(out: Path = typer.Argument(..., help="Folder of a sharded `index
     with errors_as_exit_codes():
         meta = merge_shards(out)
     _print_index(out, meta)
+
+
+def _print_calibration(calibration: dict) -> None:
+    """The threshold calibration of `index build`: the measured curve around the chosen threshold."""
+    if "curve" not in calibration:
+        if calibration.get("skipped"):
+            console.print(f"threshold not calibrated: {calibration['skipped']}", highlight=False)
+        return
+    table = Table(title=f"threshold calibrated for {calibration['target_fpr']:.2%} false positives: "
+                        f"{calibration['threshold']:g} ({calibration['negatives']} own images and changed copies "
+                        f"against the other training images; {calibration['seconds']:.0f} s)")
+    rows = [row for row in calibration["curve"] if abs(row["threshold"] - calibration["threshold"]) <= 0.0251]
+    table.add_column("threshold")
+    for row in rows:
+        table.add_column(f"{row['threshold']:g}")
+    table.add_row("false positives", *(f"{row['fpr']:.1%}" for row in rows))
+    table.add_row("copies caught", *(f"{row['tpr']:.1%}" for row in rows))
+    results.print(table)
 
 
 def _print_index(out: Path, meta: dict) -> None:
@@ -367,6 +397,7 @@ def _print_index(out: Path, meta: dict) -> None:
         spread.add_column(">= threshold")
         spread.add_row(*(f"{v:.3f}" for v in shown.values()), f"{nearest['at_or_above_threshold']:.1%}")
         results.print(spread)
+    _print_calibration(meta.get("screening", {}).get("calibration", {}))
     for item in skipped["files"][:20]:
         console.print(f"skipped {item['key']}: {item['reason']}", highlight=False, soft_wrap=True)
     if skipped["count"] > 20:
