@@ -43,6 +43,27 @@ def split_folder(rows: list, folder: Path) -> Path:
     return folder
 
 
+def leakage_set(dataset: str, args, model_dir: Path) -> dict:
+    """`medisyn evaluate leakage` of the model's hold-out (the utility test set) against its training images."""
+    from medisyn_cli.evaluate.leakage import LeakageConfig, run_leakage
+
+    work = args.work / dataset
+    train_rows, test_rows = real_split(dataset, model_dir)
+    train, heldout = split_folder(train_rows, work / "real_train"), split_folder(test_rows, work / "real_heldout")
+    result = run_leakage(LeakageConfig((str(train),), (str(heldout),), examples=5,
+                                       out=str(args.results / "leakage" / dataset)))
+    return {"dataset": dataset, "train": result["images"]["train"], "test": result["images"]["test"],
+            "near_copies": result["count"], "share": result["share"], "threshold": result["threshold"],
+            "per_class": result["per_class"], "examples": result["examples"]}
+
+
+def leakage_line(row: dict) -> str:
+    """One printed line per data set: near-copies of training images among its test images, per class."""
+    classes = ", ".join(f"{label} {r['near_copies']}/{r['images']}" for label, r in row["per_class"].items())
+    return (f"{row['dataset']:24s} {row['near_copies']:4d} of {row['test']:4d} test images ({row['share']:.1%}) are "
+            f"near-copies of the {row['train']} training images (>= {row['threshold']:g}): {classes}")
+
+
 def evaluate_set(dataset: str, args, model_dir: Path) -> dict:
     """Generate, split and run the three evaluations for one data set; returns its summary row."""
     from medisyn_cli.evaluate import (FidelityConfig, PrivacyConfig, UtilityConfig, run_fidelity, run_privacy,
@@ -120,6 +141,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "evaluate_mini",
                         help="synthetic images and evaluate outputs")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "evaluate_mini")
+    parser.add_argument("--leakage-only", action="store_true",
+                        help="only `evaluate leakage` of each set's hold-out vs its training images (no generation)")
     args = parser.parse_args()
 
     import torch
@@ -130,6 +153,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.fractions = parse_fractions(args.fractions)
     model_dir = Path(args.model) if args.model else BUNDLED_MODEL
+    if args.leakage_only:
+        return leakage_main(args, model_dir)
     rows, lines = [], []
     for dataset in args.sets.split(","):
         started = time.time()
@@ -142,6 +167,15 @@ def main() -> None:
     (args.results / "results.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=2, default=str))
     (args.results / "output.txt").write_text("\n".join(lines) + "\n")
+
+
+def leakage_main(args, model_dir: Path) -> None:
+    """The leakage audit of every set: results/leakage/<set>/ and results/leakage.{json,txt}."""
+    rows = [leakage_set(dataset, args, model_dir) for dataset in args.sets.split(",")]
+    lines = [leakage_line(row) for row in rows]
+    print("\n".join(lines), flush=True)
+    (args.results / "leakage.json").write_text(json.dumps({"results": rows}, indent=2, default=str))
+    (args.results / "leakage.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -527,3 +527,36 @@ def test_leakage_finds_test_images_that_copy_training_images_per_class(privacy_s
     rows = pd.read_csv(tmp_path / "out" / "leakage.csv")
     assert rows["near_copy"].sum() == 12 and rows[rows["near_copy"]]["key"].str.contains("copies_").all()
     assert (tmp_path / "out" / "leakage_pairs.png").exists()
+
+
+def test_fidelity_inception_fid_matches_torch_fidelity_on_the_same_weights(tmp_path):
+    """Same random-weight FID Inception file, same images: features and FID equal torch-fidelity's (1e-4 relative)."""
+    import torch
+    from torchvision.models.inception import Inception3
+
+    from medisyn_cli.evaluate.inception import _use_fid_blocks, inception_features, load_inception
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception  # the test extra
+    torch.manual_seed(0)
+    reference = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
+    _use_fid_blocks(reference)
+    for module in reference.modules():  # non-trivial batch-norm statistics, so every layer matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    torch.save(reference.state_dict(), tmp_path / "pt_inception.pth")
+    theirs = fidelity_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                            feature_extractor_weights_path=str(tmp_path / "pt_inception.pth"))
+    ours, _ = load_inception(tmp_path / "pt_inception.pth", "cpu")
+    real = [Image.open(p).convert("RGB") for p in TRAIN_IMAGES[:6]]
+    fake = [Image.open(p).convert("RGB") for p in OTHER_IMAGES[:6]]
+
+    def torch_fidelity_features(images):
+        batch = torch.stack([torch.from_numpy(np.asarray(i, np.uint8).copy()).permute(2, 0, 1) for i in images])
+        with torch.no_grad():
+            return theirs.eval()(batch)[0].double().numpy()
+
+    a, b = inception_features(ours, real, "cpu"), inception_features(ours, fake, "cpu")
+    ta, tb = torch_fidelity_features(real), torch_fidelity_features(fake)
+    assert np.abs(a - ta).max() <= 1e-5 * np.abs(ta).max()
+    assert fid(a, b) == pytest.approx(fid(ta, tb), rel=1e-4) and fid(a, b) > 0

@@ -6,7 +6,11 @@ Two files are understood:
   network; the blocks below follow pytorch-fid (Apache-2.0, github.com/mseitzer/pytorch-fid).
 - torchvision's `inception_v3_google-0cc3c7bd.pth` (1000 classes): close to, but not exactly, the FID network
   (numbers differ slightly from published FIDs).
-Features are the 2048-d pool3 activations of RGB images resized to 299x299 (bilinear) and scaled to [-1, 1].
+Features are the 2048-d pool3 activations of 8-bit RGB images preprocessed as the TensorFlow FID code does (and
+torch-fidelity and torchmetrics after it): TensorFlow 1.x bilinear resize to 299x299 (align_corners=False, no
+half-pixel centres) of the uint8 values, then (x - 128) / 128. With the same weights file, features and FID
+match torch-fidelity's to float precision (tests/test_evaluate.py checks FID to 1e-4 relative). pytorch-fid's
+preprocessing (torch bilinear, x / 127.5 - 1) gives slightly different numbers.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from ..errors import MedisynError
 
 FID_CLASSES = 1008
+INPUT_SIDE = 299
 
 
 def load_inception(path: str | Path, device):
@@ -50,18 +55,33 @@ def load_inception(path: str | Path, device):
 
 
 def inception_features(model, images: list, device) -> np.ndarray:
-    """(N, 2048) float32 pool3 features of PIL images."""
+    """(N, 2048) float32 pool3 features of PIL images (TF-compatible resize and scaling)."""
     import torch
-    import torch.nn.functional as F
 
     from ..embed import to_8bit
 
-    batch = []
-    for image in images:
-        x = torch.from_numpy(np.asarray(to_8bit(image).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)[None]
-        batch.append(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)[0])
+    batch = [resize_like_tensorflow(torch.from_numpy(np.asarray(to_8bit(image).convert("RGB"), np.uint8).copy())
+                                    .permute(2, 0, 1)[None].float(), INPUT_SIDE)[0] for image in images]
     with torch.no_grad():
-        return model(torch.stack(batch).to(device) * 2 - 1).float().cpu().numpy()
+        return model((torch.stack(batch).to(device) - 128.0) / 128.0).float().cpu().numpy()
+
+
+def resize_like_tensorflow(x, side: int):
+    """Bilinear resize of float (N, C, H, W) to (side, side) as TensorFlow 1.x's resize_bilinear
+    (align_corners=False, half_pixel_centers=False): source = destination x in/out, corners not aligned."""
+    import torch
+
+    def axis(size_in: int):
+        position = torch.arange(side, dtype=torch.float32) * torch.tensor(size_in / side, dtype=torch.float32)
+        low = position.long()
+        return low, (low + 1).clamp_max(size_in - 1), position - low.float()
+
+    (y0, y1, dy), (x0, x1, dx) = axis(x.shape[2]), axis(x.shape[3])
+    top, bottom = x.index_select(2, y0), x.index_select(2, y1)
+    top = top.index_select(3, x0) + (top.index_select(3, x1) - top.index_select(3, x0)) * dx.view(1, 1, 1, side)
+    bottom = bottom.index_select(3, x0) + (bottom.index_select(3, x1) - bottom.index_select(3, x0)) * dx.view(
+        1, 1, 1, side)
+    return top + (bottom - top) * dy.view(1, 1, side, 1)
 
 
 def _use_fid_blocks(model) -> None:
