@@ -186,6 +186,7 @@ def fidelity(
     kid_subsets: int = typer.Option(100, "--kid-subsets"),
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size"),
     cnn_epochs: int = typer.Option(15, "--cnn-epochs", help="Training epochs of the cnn feature extractor."),
+    bootstrap: int = typer.Option(100, "--bootstrap", help="Rounds of the 95% bootstrap intervals (0: none)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("auto", "--device"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for fidelity.json/.csv."),
@@ -198,20 +199,24 @@ def fidelity(
 
     with _errors():
         config = FidelityConfig(_strs(real), _strs(synthetic), features, per_class, k, kid_subsets, kid_subset_size,
-                                cnn_epochs, batch_size, device, str(out) if out else None)
+                                cnn_epochs, batch_size, device, str(out) if out else None, bootstrap=bootstrap)
         result = run_fidelity(config)
     table = Table(title=f"fidelity, features: {result['features']}", caption=NOT_COMPARABLE)
-    columns = ("real", "synthetic", "FID", "KID", "precision", "recall", "density", "coverage", "diversity real",
-               "diversity synthetic")
+    columns = ("real", "synthetic", "FID [95% CI]", "KID", "precision", "recall", "density", "coverage",
+               "diversity real", "diversity synthetic")
     table.add_column("scope")
     for name in columns:
         table.add_column(name)
     for scope, row in [("all", result["overall"])] + list(result["per_class"].items()):
-        table.add_row(scope, str(row["real_images"]), str(row["synthetic_images"]), _fmt(row.get("fid"), 2),
+        low, high = row.get("ci95", {}).get("fid", (None, None))
+        fid_text = _fmt(row.get("fid"), 2) + (f" [{_fmt(low, 2)}, {_fmt(high, 2)}]" if low is not None else "")
+        table.add_row(scope, str(row["real_images"]), str(row["synthetic_images"]), fid_text,
                       _fmt(row.get("kid"), 4), _fmt(row.get("precision")), _fmt(row.get("recall")),
                       _fmt(row.get("density")), _fmt(row.get("coverage")), _fmt(row.get("real_diversity")),
                       _fmt(row.get("synthetic_diversity")))
     results.print(table)
+    if result["overall"].get("note"):
+        results.print(f"[yellow]note: {result['overall']['note']}[/yellow]", highlight=False)
     results.print(f"written: {_out_of(config, result)}/fidelity.json, fidelity.csv", highlight=False)
 
 

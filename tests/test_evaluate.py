@@ -106,6 +106,10 @@ def test_fid_is_zero_for_identical_features_grows_with_a_shift_and_matches_sqrtm
     assert trace_sqrt_product(c1, c2) == pytest.approx(np.trace(sqrtm(c1 @ c2)).real, rel=1e-8)
     few = rng.normal(size=(10, 64))  # fewer samples than dimensions: singular covariance
     assert fid(few, few) == pytest.approx(0.0, abs=1e-6)
+    other = rng.normal(size=(12, 64)) * 1.5 + 0.2  # the sample-space path equals the covariance-space formula
+    k1, k2 = np.cov(few, rowvar=False), np.cov(other, rowvar=False)
+    full = np.sum((few.mean(0) - other.mean(0)) ** 2) + np.trace(k1 + k2) - 2 * trace_sqrt_product(k1, k2)
+    assert fid(few, other) == pytest.approx(full, rel=1e-7)
     assert fid(a, a + 1.0) == pytest.approx(6.0, rel=1e-6)  # mean shift of 1 in 6 dimensions
     assert fid(a, b) > 1.0
 
@@ -560,3 +564,38 @@ def test_fidelity_inception_fid_matches_torch_fidelity_on_the_same_weights(tmp_p
     ta, tb = torch_fidelity_features(real), torch_fidelity_features(fake)
     assert np.abs(a - ta).max() <= 1e-5 * np.abs(ta).max()
     assert fid(a, b) == pytest.approx(fid(ta, tb), rel=1e-4) and fid(a, b) > 0
+
+
+def test_fidelity_bootstrap_intervals_hold_the_estimates_and_small_sets_are_warned(sets, tmp_path):
+    from medisyn_cli.evaluate import FidelityConfig, run_fidelity
+
+    data = run_fidelity(FidelityConfig((str(sets / "train"),), (str(sets / "test"),), "pixel", kid_subsets=5,
+                                       bootstrap=200, out=str(tmp_path)))
+    overall = data["overall"]
+    for name in ("fid", "precision", "recall", "density", "coverage"):
+        low, high = overall["ci95"][name]
+        assert low <= overall[name] <= high and (low < high or overall[name] in (0.0, 1.0)), name
+    assert overall["ci95"]["fid"][0] < overall["ci95"]["fid"][1]
+    assert "FID is biased upward at small n" in overall["note"]
+    rows = pd.read_csv(tmp_path / "fidelity.csv")
+    assert rows.loc[0, "fid_ci95_low"] == pytest.approx(overall["ci95"]["fid"][0])
+
+
+def test_fidelity_neural_features_are_raw_not_l2_normalised(sets, tmp_path, monkeypatch):
+    """clip:/hf: FD uses the encoder's raw features (torch-fidelity's CLIP / DINOv2 FD), not unit vectors."""
+    import torch
+
+    import medisyn_cli.embed as embed
+    from medisyn_cli.evaluate.fidelity import FidelityConfig, make_extractor
+
+    class Scaled(embed.TorchEmbedder):
+        name, dim = "hf:fake", 3
+
+        def _forward(self, images):
+            return torch.tensor([[10.0 * (i + 1), 0.0, 5.0] for i in range(len(images))])
+
+    monkeypatch.setattr(embed, "get_embedder", lambda spec: Scaled())
+    images = [Image.open(p) for p in TRAIN_IMAGES[:2]]
+    extractor = make_extractor("hf:fake", [], FidelityConfig((), ()), "cpu")
+    assert "raw features" in extractor.name
+    assert np.allclose(extractor.embed(images), [[10.0, 0.0, 5.0], [20.0, 0.0, 5.0]])

@@ -6,9 +6,15 @@ Every number depends on the feature extractor, and numbers from different extrac
     cnn            default, offline: penultimate layer (128-d) of the small CNN trained on the real set's labels
                    (seed 0, 64 px, 15 epochs); meaningful for telling classes apart, not a standard FID
     inception:FILE the standard FID network from a local file (pytorch-fid's pt_inception-2015-12-05 weights,
-                   or torchvision's inception_v3_google); the only choice whose FID compares with papers
-    pixel          medisyn's pixel embedder (band-passed grey 32x32 thumbnails); no weights
-    clip:<model>   open_clip image tower; hf:<model> a transformers vision encoder (see medisyn_cli.embed)
+                   or torchvision's inception_v3_google) with TF-compatible preprocessing; the only choice whose
+                   FID compares with papers (equal to torch-fidelity's on the same weights)
+    pixel          medisyn's pixel embedder (band-passed grey 32x32 thumbnails, L2-normalised); no weights
+    clip:<model>   open_clip image tower; hf:<model> a transformers vision encoder (see medisyn_cli.embed); raw,
+                   unnormalised features (as torch-fidelity's CLIP / DINOv2 FD), not screening's unit vectors
+
+Every FID and precision/recall/density/coverage comes with a 95% bootstrap interval (`bootstrap` rounds), and a
+warning where a side has fewer than SMALL_N images: FID is biased upward at small n, so compare FIDs only at
+equal n.
 
 Features are computed in batches; only the features are kept (the `cnn` extractor holds the real set at 64 px
 in memory to train on it).
@@ -26,9 +32,10 @@ import numpy as np
 from ..errors import MedisynError
 from .common import (ImageSet, default_out, iter_batches, load_arrays, open_sources, to_rgb_array, write_csv,
                      write_json)
-from .metrics import diversity, fid, kid, prdc
+from .metrics import bootstrap_intervals, diversity, fid, kid, prdc
 
 NOT_COMPARABLE = "numbers computed with different features are not comparable"
+SMALL_N = 500
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class FidelityConfig:
     batch_size: int = 64
     device: str = "auto"
     out: str | None = None
+    bootstrap: int = 100          # rounds of the 95% bootstrap intervals (0: none)
 
 
 @dataclass
@@ -74,9 +82,22 @@ def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device
         from ..embed import get_embedder
 
         embedder = get_embedder(spec)
-        return Extractor(f"{embedder.name} ({embedder.dim}-d, L2-normalised)", embedder.embed)
+        if spec == "pixel":
+            return Extractor(f"{embedder.name} ({embedder.dim}-d, L2-normalised)", embedder.embed)
+        return Extractor(f"{embedder.name} ({embedder.dim}-d, raw features, not normalised)",
+                         lambda images: raw_features(embedder, images))
     raise MedisynError(f"--features: unknown extractor '{spec}' (valid: cnn, inception:FILE, pixel, clip:<model>, "
                        f"hf:<model>)")
+
+
+def raw_features(embedder, images: list) -> np.ndarray:
+    """A neural embedder's features before screening's L2 normalisation (FD is defined on raw features)."""
+    import torch
+
+    from ..embed import to_8bit
+
+    with torch.inference_mode():
+        return embedder._forward([to_8bit(image).convert("RGB") for image in images]).float().cpu().numpy()
 
 
 def _cnn_extractor(real_sources: list, config: FidelityConfig, device) -> Extractor:
@@ -124,7 +145,11 @@ def compare(real: np.ndarray, fake: np.ndarray, config: FidelityConfig) -> dict:
     except MedisynError as exc:
         row.update(precision=None, recall=None, density=None, coverage=None)
         notes.append(str(exc))
+    row["ci95"] = bootstrap_intervals(real, fake, config.k, config.bootstrap)
     row["real_diversity"], row["synthetic_diversity"] = diversity(real), diversity(fake)
+    if min(len(real), len(fake)) < SMALL_N:
+        notes.append(f"{min(len(real), len(fake))} images on one side (< {SMALL_N}): FID is biased upward at "
+                     f"small n; compare FIDs only at equal n")
     if notes:
         row["note"] = "; ".join(notes)
     return row
@@ -178,10 +203,18 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def _flat(row: dict) -> dict:
+    """A metrics row with its ci95 dict as <metric>_ci95_low / _high columns."""
+    flat = {k: v for k, v in row.items() if k != "ci95"}
+    for name, (low, high) in row.get("ci95", {}).items():
+        flat[f"{name}_ci95_low"], flat[f"{name}_ci95_high"] = low, high
+    return flat
+
+
 def write_fidelity(result: dict, out: Path) -> dict[str, Path]:
     """fidelity.json and fidelity.csv (one row overall, one per class) under `out`."""
-    rows = [{"scope": "all", **{k: v for k, v in result["overall"].items()}}]
-    rows += [{"scope": label, **row} for label, row in result["per_class"].items()]
+    rows = [{"scope": "all", **_flat(result["overall"])}]
+    rows += [{"scope": label, **_flat(row)} for label, row in result["per_class"].items()]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     rows = [{c: row.get(c) for c in columns} | {"features": result["features"]} for row in rows]
     files = {"json": out / "fidelity.json", "csv": out / "fidelity.csv"}

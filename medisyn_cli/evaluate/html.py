@@ -259,12 +259,18 @@ def _evaluate_sections(page: Page, out: Path, run: dict | None, kept, per_class:
 
 
 def _utility_html(result: dict) -> str:
+    def number(value) -> str:
+        return "-" if value is None or value != value else f"{value:.3f}"
+
     rows = [{"condition": r["condition"], "real fraction": r["real_fraction"], "real images": r["real_images"],
-             "synthetic images": r["synthetic_images"], "AUROC": f"{r['auroc_mean']:.3f} ± {r['auroc_std']:.3f}"}
-            for r in result.get("rows", [])]
+             "synthetic images": r["synthetic_images"], "steps": r.get("steps"),
+             "AUROC": f"{number(r['auroc_mean'])} ± {number(r.get('auroc_std'))}",
+             "95% interval": "-" if not r.get("auroc_ci95") else
+             f"{number(r['auroc_ci95'][0])}-{number(r['auroc_ci95'][1])}"} for r in result.get("rows", [])]
     classifier = result.get("classifier", {})
+    budget = (result.get("budget") or {}).get("text", "")
     return (f"<p>{html.escape(result.get('metric', ''))}; {classifier.get('arch')} at {classifier.get('size')} px, "
-            f"{result.get('seeds')} seeds</p>" + _table(rows))
+            f"{result.get('seeds')} seeds; budget: {html.escape(budget)}</p>" + _table(rows))
 
 
 def _privacy_html(result: dict) -> str:
@@ -273,14 +279,19 @@ def _privacy_html(result: dict) -> str:
              "near-copy rate (synthetic / held-out)": "{synthetic} / {heldout}".format(
                  **result.get("near_copy_rate", {"synthetic": "?", "heldout": "?"})),
              "P(synthetic closer than held-out)": result.get("p_synthetic_closer"),
-             "Mann-Whitney p": result.get("mannwhitney_p"),
+             "p-values (each at p < alpha/3)": ", ".join(f"{k} {v:.3g}" for k, v in
+                                                          (result.get("p_values") or {}).items()),
+             "held-out near-copies of training (left out)": (result.get("heldout_near_copies") or {}).get("count"),
+             "warnings": "; ".join(result.get("warnings", [])) or None,
              "images": ", ".join(f"{k} {v}" for k, v in (result.get("images") or {}).items())}
     return _table([{"": k, "value": v} for k, v in facts.items()])
 
 
 def _fidelity_html(result: dict) -> str:
-    rows = [{"scope": "all", **result.get("overall", {})}]
-    rows += [{"scope": label, **row} for label, row in (result.get("per_class") or {}).items()]
+    from .fidelity import _flat
+
+    rows = [{"scope": "all", **_flat(result.get("overall", {}))}]
+    rows += [{"scope": label, **_flat(row)} for label, row in (result.get("per_class") or {}).items()]
     return (f"<p>features: <b>{html.escape(str(result.get('features')))}</b> "
             f"({html.escape(str(result.get('note', '')))})</p>" + _table(rows))
 
