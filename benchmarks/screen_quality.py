@@ -1,28 +1,39 @@
-"""Does near-copy screening catch planted copies of training images, and leave distinct images alone?
+"""Does near-copy screening catch copies of indexed images -- also under transforms it was not tuned on --
+and leave real images that are not in the index alone?
 
 On the real 64x64 images of ../shared/data (6 data sets, 6,754 images), through the real Screener (views,
-refinement, threshold) on in-memory flat indexes:
+refinement) on in-memory flat indexes, one per data set:
 
-- detection: copies of sampled images under each transform a memorising model might produce (resize down and
-  up, JPEG, noise, brightness/contrast, crop, shift, flips) are screened against all images of their data set;
-  a copy is detected when it is called a near-copy *and* its match is its source (or an image of the source's
+- index / non-indexed split: per data set, a random half of the images is indexed. Negatives are images of the
+  other half, minus those that share a near-duplicate group with an indexed image (same patient / source image
+  from the file name, the data README's near-duplicate test, and the same test after any of the 8 flips /
+  quarter turns, intensity inversion, or a brightness/contrast fit): those are copies, not negatives. The run
+  prints how many it dropped. Adjacent slices of one MedNIST CT/MRI series carry no patient id and are *not*
+  grouped, so they count as false positives.
+- planted copies: sampled indexed images under two families of transforms, the same copies for every
+  embedder. "tuned": the nine the default pixel embedder was tuned on (resize down/up, JPEG q70, noise,
+  brightness/contrast, crop 90-95%, shift <= 3 px, left-right and top-bottom flip). "unseen": rotations by
+  5, 10, 90 and 180 degrees, intensity inversion, crops keeping 70% / 80% of the side, 10% padding (zoom out),
+  Gaussian blur sigma 2, gamma 0.6 / 1.6, JPEG q30, a 70/30 blend with another image of the set, a text and
+  marker overlay, a 20% squeeze (aspect change) and colour -> grey (colour sets only). A copy counts as
+  detected when it is called a near-copy *and* its match is its source (or an image of the source's
   near-duplicate group).
-- false positives: sampled real images are screened against the images of their data set that share no
-  near-duplicate group with them (10 group-disjoint folds: each image against the 9 folds not holding it);
-  a false positive is a near-copy call. Groups (union-find): same patient / source image from the file name
-  (Kermany personN / IM-NNNN, BCCD source image), the data README's near-duplicate test (32x32 grey
-  thumbnails: RMS diff < 10 and mean |diff| < 6 of 255), the same test after a left-right / top-bottom flip
-  or both, and after a brightness/contrast fit (r > 0.97, residual RMS < 10). The brain MRI set holds ~250
-  flipped or re-windowed duplicates: copies by our own definition, not false positives. Adjacent slices of
-  one MedNIST CT/MRI series carry no patient id and are *not* grouped, so they count as false positives.
 
-    python benchmarks/screen_quality.py                         # pixel (baseline and default) and phash
-    python benchmarks/screen_quality.py --embedders pixel clip:/path/to/biomedclip --per-dataset 50
+Per embedder (condition): the detection rate (TPR) of every transform at its default threshold and at the
+thresholds that give 1% and 0.1% false positives on the pooled negatives, the false-positive rate at the
+default, and AUROC (copies matched to the wrong image count as missed). Conditions:
 
-Prints, per embedder, the detection rate per transform and the false-positive rate at the embedder's default
-threshold and at neighbouring thresholds, and the baseline (plain normalised correlation of 32x32 grey images,
-no band-pass, no views, at the threshold giving it 1% false positives) against the candidate (the default pixel
-embedder with views at its default threshold) with their ratio. About 3 minutes on one core.
+    pixel-tuned        the pixel embedder with the views it was tuned on (61), threshold 0.97: the baseline
+                       (indexes built before issue #16 are screened this way)
+    pixel-views        + the general views (turns, inversion, 80% crops, borders, small rotations), the
+                       threshold self-calibrated per index (no region tiles): an ablation
+    pixel              the default detector (`medisyn index build` + Screener): general views, region tiles
+                       (16 per training image), threshold self-calibrated per index at build time
+    phash              imagehash perceptual hash, 256 bits, flips
+    imagededup-phash   imagededup's PHash (64 bits, no views), threshold 1 - 10/64 (its default distance 10)
+
+    python benchmarks/screen_quality.py                               # all conditions, ~20 min on 2 cores
+    python benchmarks/screen_quality.py --conditions pixel-tuned pixel --sources 10 --negatives 100
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
+import os
 import re
 import sys
 import time
@@ -40,7 +53,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
-PHOTOMETRIC = ("resize_down", "resize_up", "jpeg", "noise", "brightness_contrast")
+RESULTS = REPO / "benchmarks" / "results" / "screen_quality"
+FAMILIES = {"rotation": ("rot5", "rot10", "rot90", "rot180"), "crop": ("crop70", "crop80"), "padding": ("pad10",),
+            "blend/overlay": ("blend", "overlay")}
 
 
 def load(data: Path) -> tuple[list, np.ndarray, np.ndarray, list[str]]:
@@ -92,7 +107,8 @@ def patient_id(name: str, dataset: str) -> str | None:
 
 
 def near_duplicate_groups(images: list, sets: np.ndarray, names: list[str]) -> np.ndarray:
-    """Group id per image: patient ids + README near-duplicate test, also under flips and brightness/contrast."""
+    """Group id per image: patient ids + README near-duplicate test, also under the 8 flips / quarter turns,
+    intensity inversion and brightness/contrast."""
     from PIL import Image
 
     groups = Groups(len(images))
@@ -106,10 +122,17 @@ def near_duplicate_groups(images: list, sets: np.ndarray, names: list[str]) -> n
     for dataset in np.unique(sets):
         idx = np.where(sets == dataset)[0]
         a = grey[idx].reshape(len(idx), -1)
-        for flipped in (grey[idx], grey[idx][:, :, ::-1], grey[idx][:, ::-1, :], grey[idx][:, ::-1, ::-1]):
-            for i, j in zip(*np.where(_duplicates(a, flipped.reshape(len(idx), -1)))):
-                groups.union(idx[i], idx[j])
+        for turned in dihedral(grey[idx]):
+            for other in (turned, 255.0 - turned):
+                for i, j in zip(*np.where(_duplicates(a, other.reshape(len(idx), -1)))):
+                    groups.union(idx[i], idx[j])
     return groups.labels()
+
+
+def dihedral(stack: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips / quarter turns of a (N, H, W) stack of square images."""
+    turns = [np.rot90(stack, k, axes=(1, 2)) for k in range(4)]
+    return turns + [t[:, :, ::-1] for t in turns]
 
 
 def _duplicates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -167,6 +190,136 @@ def transforms() -> dict:
     }
 
 
+def unseen_transforms() -> dict:
+    """name -> f(image, rng, partner) for transforms the default embedder was NOT tuned on (None: not applicable)."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+    def rotate(angle: float):
+        return lambda im, rng, other: im.rotate(angle * rng.choice([-1, 1]), Image.Resampling.BICUBIC)
+
+    def crop(keep: float):
+        def make(im, rng, other):
+            w, h = im.size
+            side = round(w * keep)
+            x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+            return im.crop((x, y, x + side, y + side)).resize((w, h), Image.Resampling.BICUBIC)
+        return make
+
+    def pad(im, rng, other):
+        w, h = im.size
+        border = round(0.1 * w)
+        return ImageOps.expand(im, border, fill=0).resize((w, h), Image.Resampling.LANCZOS)
+
+    def gamma(im, rng, other):
+        g = rng.choice([0.6, 1.6])
+        return im.point(lambda v: round(255 * (v / 255) ** g))
+
+    def jpeg30(im, rng, other):
+        buffer = io.BytesIO()
+        im.convert("RGB").save(buffer, "JPEG", quality=30)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert(im.mode)
+
+    def blend(im, rng, other):
+        return Image.blend(im, other.convert(im.mode), 0.3)
+
+    def overlay(im, rng, other):
+        out = im.copy()
+        draw = ImageDraw.Draw(out)
+        white = 255 if out.mode == "L" else (255, 255, 255)
+        w, h = out.size
+        x, y = int(rng.integers(2, w // 2)), int(rng.integers(2, h - 14))
+        draw.text((x, y), "L R 12", fill=white)
+        cx, cy = int(rng.integers(8, w - 8)), int(rng.integers(8, h - 8))
+        draw.line((cx - 6, cy, cx + 6, cy), fill=white, width=1)
+        draw.line((cx, cy - 6, cx, cy + 6), fill=white, width=1)
+        draw.rectangle((w - 14, 2, w - 3, 9), outline=white)
+        return out
+
+    def squeeze(im, rng, other):
+        w, h = im.size
+        return im.resize((round(0.8 * w), h), Image.Resampling.BICUBIC)
+
+    return {
+        "rot5": rotate(5), "rot10": rotate(10),
+        "rot90": lambda im, rng, other: im.transpose(Image.Transpose.ROTATE_90 if rng.random() < 0.5
+                                                     else Image.Transpose.ROTATE_270),
+        "rot180": lambda im, rng, other: im.transpose(Image.Transpose.ROTATE_180),
+        "invert": lambda im, rng, other: ImageOps.invert(im.convert("RGB")).convert(im.mode),
+        "crop70": crop(0.7), "crop80": crop(0.8), "pad10": pad,
+        "blur2": lambda im, rng, other: im.filter(ImageFilter.GaussianBlur(2)),
+        "gamma": gamma, "jpeg30": jpeg30, "blend": blend, "overlay": overlay, "squeeze": squeeze,
+        "grey": lambda im, rng, other: im.convert("L") if im.mode == "RGB" else None,
+    }
+
+
+def plant(images: list, sets: np.ndarray, groups: np.ndarray, sources: np.ndarray, seed: int) -> dict:
+    """{family: {transform: (source indices, copies)}}: the same copies for every condition."""
+    rng = np.random.default_rng(seed + 1)
+    out: dict = {"tuned": {}, "unseen": {}}
+    for name, make in transforms().items():
+        out["tuned"][name] = (sources, [make(images[i], rng) for i in sources])
+    for name, make in unseen_transforms().items():
+        kept, copies = [], []
+        for i in sources:
+            pool = np.where((sets == sets[i]) & (groups != groups[i]))[0]
+            copy = make(images[i], rng, images[int(rng.choice(pool))])
+            if copy is not None:
+                kept.append(i)
+                copies.append(copy)
+        out["unseen"][name] = (np.array(kept, np.int64), copies)
+    return out
+
+
+# --- conditions -----------------------------------------------------------------------------------------
+
+def make_condition(name: str):
+    """(embedder, screener options, threshold rule) of a condition; the rule maps an index to its threshold."""
+    from medisyn_cli.embed import get_embedder
+
+    if name == "imagededup-phash":
+        embedder = ImagededupPHash()
+        return embedder, {"views": False}, lambda index, images: embedder.default_threshold
+    if name == "pixel-tuned":
+        embedder = get_embedder("pixel")
+        return embedder, {"view_set": "tuned"}, lambda index, images: 0.97
+    if name in ("pixel", "pixel-views"):
+        return get_embedder("pixel"), {}, calibrated
+    embedder = get_embedder(name)
+    return embedder, {}, lambda index, images: embedder.default_threshold
+
+
+def calibrated(index, images: list) -> float:
+    """The threshold `medisyn index build` would calibrate for this index (same sample rule, same function)."""
+    from medisyn_cli.screen import CALIBRATION_SAMPLE, calibrate
+
+    count = len(images)
+    sample = np.sort(np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False))
+    return calibrate(index, [(int(i), images[i]) for i in sample])["threshold"]
+
+
+class ImagededupPHash:
+    """imagededup's PHash (64-bit DCT hash, its own preprocessing) as a binary embedder, for the peer comparison."""
+
+    name, dim, binary, code_size, default_threshold = "imagededup-phash", 64, True, 8, 1 - 10 / 64
+
+    def __init__(self):
+        from imagededup.methods import PHash
+
+        self.hasher = PHash(verbose=False)
+
+    def embed(self, images: list) -> np.ndarray:
+        from medisyn_cli.embed import to_8bit
+
+        codes = [self.hasher.encode_image(image_array=np.asarray(to_8bit(im).convert("RGB"))) for im in images]
+        return np.array([np.frombuffer(bytes.fromhex(code), np.uint8) for code in codes], np.uint8)
+
+    def __getattr__(self, attr):  # the rest of the Embedder interface (views, thresholds, settings)
+        from medisyn_cli.embed import Embedder
+
+        value = getattr(Embedder, attr)
+        return value.__get__(self) if callable(value) else value
+
+
 # --- scoring --------------------------------------------------------------------------------------------
 
 def embed_all(embedder, images: list, batch: int = 256) -> np.ndarray:
@@ -174,131 +327,164 @@ def embed_all(embedder, images: list, batch: int = 256) -> np.ndarray:
     return np.concatenate([embedder.embed(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def screen(embedder, base: np.ndarray, members: np.ndarray, queries: list,
-           views: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(similarity, nearest image index) of each query, screened by the real Screener against `members`."""
+def split(sets: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(indexed bool per image, candidate negatives, how many non-indexed images were dropped as copies)."""
+    rng = np.random.default_rng(seed)
+    indexed = rng.random(len(sets)) < 0.5
+    copies = np.isin(groups, groups[indexed]) & ~indexed
+    return indexed, np.where(~indexed & ~copies)[0], int(copies.sum())
+
+
+def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> dict:
+    """Similarity (and whether the match is the source) of every negative and planted copy, per data set index."""
     from medisyn_cli.index import TrainingIndex
     from medisyn_cli.screen import Screener
 
-    index = TrainingIndex.from_vectors(base[members], [str(i) for i in members], embedder)
-    results = Screener(index, views=views).check(queries)
-    return (np.array([r.nn_similarity for r in results], np.float32),
-            np.array([members[r.nn_id] for r in results], np.int64))
+    from medisyn_cli.embed import TILES
 
-
-def folds_of(groups: np.ndarray, folds: int) -> np.ndarray:
-    """Fold number per image; a near-duplicate group never spans two folds."""
-    _, dense = np.unique(groups, return_inverse=True)
-    return (dense * 2654435761 % 2 ** 32) % folds
-
-
-def evaluate(embedder, views: bool, images, sets, groups, fp_queries, sample, seed: int = 0, folds: int = 10) -> dict:
-    """Screen planted copies against their data set, and real images against the other folds of theirs."""
-    base = embed_all(embedder, images)
-    fold = folds_of(groups, folds)
-    out: dict = {"fp": np.zeros(len(fp_queries), np.float32), "fp_sets": sets[fp_queries], "copies": {}, "found": {}}
+    embedder, options, threshold_of = make_condition(name)
+    vectors = embed_all(embedder, images)
+    tiles = np.concatenate([embedder.embed_views(images[i:i + 256], TILES) for i in range(0, len(images), 256)]) \
+        if name == "pixel" else None
+    out = {"neg": np.zeros(len(negatives), np.float32), "thresholds": {}, "copies": {}}
+    for family in planted:
+        out["copies"][family] = {t: [np.zeros(len(s), np.float32), np.zeros(len(s), bool)]
+                                 for t, (s, _) in planted[family].items()}
     for dataset in np.unique(sets):
-        for f in range(folds):
-            members = np.where((sets == dataset) & (fold != f))[0]
-            chosen = np.where((sets[fp_queries] == dataset) & (fold[fp_queries] == f))[0]
-            if len(chosen):
-                out["fp"][chosen] = screen(embedder, base, members, [images[i] for i in fp_queries[chosen]], views)[0]
-    rng = np.random.default_rng(seed)
-    for name, make in transforms().items():
-        copies = [make(images[i], rng) for i in sample]
-        best, found = np.zeros(len(sample), np.float32), np.zeros(len(sample), bool)
-        for dataset in np.unique(sets):
-            chosen = np.where(sets[sample] == dataset)[0]
-            sims, nearest = screen(embedder, base, np.where(sets == dataset)[0], [copies[j] for j in chosen], views)
-            best[chosen], found[chosen] = sims, groups[nearest] == groups[sample[chosen]]
-        out["copies"][name], out["found"][name] = best, found
+        members = np.where((sets == dataset) & indexed)[0]
+        regions = None if tiles is None else tiles[members].reshape(-1, embedder.dim)
+        index = TrainingIndex.from_vectors(vectors[members], [str(i) for i in members], embedder, regions=regions)
+        out["thresholds"][dataset] = float(threshold_of(index, [images[i] for i in members]))
+        screener = Screener(index, threshold=out["thresholds"][dataset], **options)
+        chosen = np.where(sets[negatives] == dataset)[0]
+        out["neg"][chosen] = [r.nn_similarity for r in screener.check([images[i] for i in negatives[chosen]])]
+        for family, made in planted.items():
+            for transform, (sources, copies) in made.items():
+                pick = np.where(sets[sources] == dataset)[0]
+                results = screener.check([copies[j] for j in pick])
+                sims, found = out["copies"][family][transform]
+                sims[pick] = [r.nn_similarity for r in results]
+                found[pick] = [groups[members[r.nn_id]] == groups[sources[j]] for r, j in zip(results, pick)]
+    out["neg_sets"] = sets[negatives]
+    out["copy_sets"] = {f: {t: sets[s] for t, (s, _) in made.items()} for f, made in planted.items()}
     return out
 
 
-def rates(result: dict, threshold: float) -> dict:
-    """Detection rate per transform, overall, photometric minimum and false-positive rate at a threshold."""
-    det = {k: float(np.mean((v >= threshold) & result["found"][k])) for k, v in result["copies"].items()}
-    return {"det": det, "overall": float(np.mean(list(det.values()))),
-            "photometric_min": min(det[k] for k in PHOTOMETRIC), "fp": float(np.mean(result["fp"] >= threshold))}
+def threshold_at_fpr(negatives: np.ndarray, fpr: float) -> float:
+    """The lowest threshold (on the negatives' own scores) whose false-positive rate is at most `fpr`."""
+    ordered = np.sort(negatives)[::-1]
+    allowed = int(np.floor(fpr * len(ordered)))
+    return float(np.nextafter(ordered[allowed], np.float32(2))) if allowed < len(ordered) else float(ordered[-1])
 
 
-def print_embedder(title: str, result: dict, threshold: float, neighbours: list[float]) -> None:
-    names = list(result["copies"])
-    print(f"\n== {title}: threshold {threshold:g}")
-    print(f"{'threshold':>9} " + " ".join(f"{n[:11]:>11}" for n in names) + f" {'overall':>8} {'FP':>6}")
-    for t in sorted(set([threshold] + neighbours)):
-        r = rates(result, t)
-        mark = "*" if t == threshold else " "
-        print(f"{t:>8.3f}{mark} " + " ".join(f"{100 * r['det'][n]:>10.1f}%" for n in names)
-              + f" {100 * r['overall']:>7.1f}% {100 * r['fp']:>5.2f}%")
-    print("  copy similarity p1/p5/p50 per transform: " + "; ".join(
-        f"{n} {np.percentile(v, 1):.3f}/{np.percentile(v, 5):.3f}/{np.median(v):.3f}"
-        for n, v in result["copies"].items()))
-    fp_sets = result["fp_sets"]
-    print("  FP per data set at threshold: " + ", ".join(
-        f"{d} {100 * np.mean(result['fp'][fp_sets == d] >= threshold):.2f}%" for d in np.unique(fp_sets)))
-    print("  best other-group similarity p50/p90/p99/p99.9: "
-          + "/".join(f"{np.percentile(result['fp'], q):.3f}" for q in (50, 90, 99, 99.9)))
+def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Probability that a copy scores above a negative (ties count half)."""
+    both = np.concatenate([positives, negatives])
+    ranks = np.argsort(np.argsort(both, kind="stable"), kind="stable").astype(np.float64) + 1
+    for value in np.unique(both):  # average ranks of ties
+        tie = both == value
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    n, m = len(positives), len(negatives)
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
 
 
-def baseline_pixel():
-    """The plain normalised correlation of 32x32 grey images (no band-pass, whole frame), without views."""
-    from medisyn_cli.embed import PixelEmbedder
+def summarise(result: dict) -> dict:
+    """TPR per transform at the default (per data set) thresholds and at 1% / 0.1% pooled FPR; FP, AUROC."""
+    default_neg = np.array([result["thresholds"][d] for d in result["neg_sets"]], np.float32)
+    at = {"1%": threshold_at_fpr(result["neg"], 0.01), "0.1%": threshold_at_fpr(result["neg"], 0.001)}
+    summary: dict = {"thresholds": result["thresholds"], "fpr_thresholds": at,
+                     "fp_default": float(np.mean(result["neg"] >= default_neg)),
+                     "fp_default_per_set": {d: float(np.mean(result["neg"][result["neg_sets"] == d]
+                                                             >= result["thresholds"][d]))
+                                            for d in np.unique(result["neg_sets"])}, "tpr": {}, "auroc": {}}
+    for family, made in result["copies"].items():
+        scores = []
+        for transform, (sims, found) in made.items():
+            limit = np.array([result["thresholds"][d] for d in result["copy_sets"][family][transform]], np.float32)
+            summary["tpr"][transform] = {"family": family, "n": int(len(sims)),
+                                         "default": float(np.mean((sims >= limit) & found)),
+                                         **{k: float(np.mean((sims >= t) & found)) for k, t in at.items()}}
+            scores.append(np.where(found, sims, -np.inf))
+        summary["auroc"][family] = auroc(np.concatenate(scores), result["neg"])
+        for key in ("default", "1%", "0.1%"):
+            summary.setdefault("overall", {}).setdefault(family, {})[key] = float(np.mean(
+                [summary["tpr"][t][key] for t in made]))
+    for group, members in FAMILIES.items():
+        summary.setdefault("groups", {})[group] = {key: float(np.mean([summary["tpr"][t][key] for t in members]))
+                                                   for key in ("default", "1%", "0.1%")}
+    return summary
 
-    return PixelEmbedder(size=32, window=1.0, blur=0.0, background=0.0)
+
+# --- report ---------------------------------------------------------------------------------------------
+
+def table(summaries: dict) -> list[str]:
+    """Rows: transforms, family means, groups, FP, AUROC; columns: TPR at default / 1% / 0.1% FPR per condition."""
+    names = list(summaries)
+    lines = ["TPR at: default threshold (per data set) / pooled 1% FPR / pooled 0.1% FPR",
+             f"{'transform':<18}" + "".join(f"{n:>26}" for n in names)]
+    cell = lambda d: f"{100 * d['default']:6.1f} {100 * d['1%']:6.1f} {100 * d['0.1%']:6.1f}   "  # noqa: E731
+    first = summaries[names[0]]
+    for family in ("tuned", "unseen"):
+        for transform, row in first["tpr"].items():
+            if row["family"] == family:
+                lines.append(f"{transform:<18}" + "".join(f"{cell(s['tpr'][transform]):>26}" for s in summaries.values()))
+        lines.append(f"{'= ' + family + ' mean':<18}" + "".join(f"{cell(s['overall'][family]):>26}"
+                                                             for s in summaries.values()))
+    for group in FAMILIES:
+        lines.append(f"{'~ ' + group:<18}" + "".join(f"{cell(s['groups'][group]):>26}" for s in summaries.values()))
+    lines.append(f"{'FP at default':<18}" + "".join(f"{100 * s['fp_default']:>23.2f}%  " for s in summaries.values()))
+    for family in ("tuned", "unseen"):
+        lines.append(f"{'AUROC ' + family:<18}" + "".join(f"{s['auroc'][family]:>24.4f}  " for s in summaries.values()))
+    lines.append(f"{'thr @1% / @0.1%':<18}" + "".join(
+        f"{s['fpr_thresholds']['1%']:>15.4f} / {s['fpr_thresholds']['0.1%']:.4f}  " for s in summaries.values()))
+    for name, s in summaries.items():
+        lines.append(f"  {name}: default thresholds " + ", ".join(f"{d[:8]} {t:.4f}" for d, t in s["thresholds"].items())
+                     + "; FP per set " + ", ".join(f"{d[:8]} {100 * v:.2f}%" for d, v in s["fp_default_per_set"].items()))
+    return lines
 
 
 def main() -> None:
-    from medisyn_cli.embed import get_embedder
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--embedders", nargs="+", default=["pixel", "phash"])
-    parser.add_argument("--per-dataset", type=int, default=50, help="Source images per data set for planted copies.")
-    parser.add_argument("--fp-per-dataset", type=int, default=400, help="Real images per data set screened for FPs.")
+    parser.add_argument("--conditions", nargs="+", default=["pixel-tuned", "pixel-views", "pixel", "phash", "imagededup-phash"])
+    parser.add_argument("--sources", type=int, default=40, help="Indexed images per data set copied (per transform).")
+    parser.add_argument("--negatives", type=int, default=400, help="Non-indexed real images per data set screened.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     start = time.time()
     images, sets, labels, names = load(args.data)
     groups = near_duplicate_groups(images, sets, names)
+    indexed, candidates, dropped = split(sets, groups, args.seed)
     rng = np.random.default_rng(args.seed)
-    pick = lambda n: np.concatenate([  # noqa: E731
-        np.sort(rng.choice(np.where(sets == d)[0], min(n, np.sum(sets == d)), replace=False)) for d in np.unique(sets)])
-    sample, fp_queries = pick(args.per_dataset), pick(args.fp_per_dataset)
-    print(f"{len(images)} images in {len(np.unique(sets))} data sets, {len(np.unique(groups))} near-duplicate groups; "
-          f"{len(sample)} sources x {len(transforms())} transforms planted; {len(fp_queries)} real images screened "
-          f"against the other 9 of 10 group-disjoint folds of their data set ({time.time() - start:.0f} s)")
-
-    summary = {}
-    if "pixel" in args.embedders:
+    pick = lambda pool, n: np.concatenate([  # noqa: E731
+        np.sort(rng.choice(pool[sets[pool] == d], min(n, np.sum(sets[pool] == d)), replace=False))
+        for d in np.unique(sets)])
+    sources, negatives = pick(np.where(indexed)[0], args.sources), pick(candidates, args.negatives)
+    planted = plant(images, sets, groups, sources, args.seed)
+    copies = sum(len(s) for made in planted.values() for s, _ in made.values())
+    lines = [f"# python benchmarks/screen_quality.py --conditions {' '.join(args.conditions)} --sources {args.sources} "
+             f"--negatives {args.negatives} --seed {args.seed}   ({os.cpu_count()} CPUs)",
+             f"{len(images)} images in {len(np.unique(sets))} data sets, {len(np.unique(groups))} near-duplicate "
+             f"groups; {indexed.sum()} indexed (half of each set); {dropped} non-indexed images dropped as copies of "
+             f"indexed ones (same group); {len(negatives)} negatives, {len(sources)} sources -> {copies} planted "
+             f"copies ({time.time() - start:.0f} s)"]
+    print("\n".join(lines), flush=True)
+    summaries = {}
+    for name in args.conditions:
         clock = time.time()
-        result = evaluate(baseline_pixel(), False, images, sets, groups, fp_queries, sample, args.seed)
-        threshold = _threshold_at_fp(result, 0.01)
-        print_embedder(f"baseline: plain correlation of 32x32 grey images, no views, threshold chosen here for "
-                       f"FP <= 1% ({time.time() - clock:.0f} s)", result, threshold, [])
-        summary["baseline"] = rates(result, threshold)
-    for spec in args.embedders:
-        clock = time.time()
-        embedder = get_embedder(spec)
-        result = evaluate(embedder, True, images, sets, groups, fp_queries, sample, args.seed)
-        t = embedder.default_threshold
-        print_embedder(f"{spec}: {len(embedder.default_views())} views, settings {embedder.settings()} "
-                       f"({time.time() - clock:.0f} s)", result, t,
-                       [round(t + d, 4) for d in (-0.01, -0.005, 0.005, 0.01) if 0 < t + d <= 1])
-        summary[spec] = rates(result, t)
-    if "baseline" in summary and "pixel" in summary:
-        b, c = summary["baseline"], summary["pixel"]
-        print("\n== baseline (plain correlation, no views) vs candidate (pixel embedder, its default threshold, views)")
-        for key in ("overall", "photometric_min", "fp"):
-            ratio = c[key] / b[key] if b[key] else float("inf")
-            print(f"  {key:>15}: baseline {100 * b[key]:6.2f}%  candidate {100 * c[key]:6.2f}%  ratio {ratio:.2f}")
-    print(f"\ntotal {time.time() - start:.0f} s")
-
-
-def _threshold_at_fp(result: dict, fp: float) -> float:
-    """Smallest threshold (0.005 steps) whose false-positive rate is at most `fp`."""
-    return next(t for t in np.arange(0.5, 1.0001, 0.005) if np.mean(result["fp"] >= t) <= fp).round(3)
+        summaries[name] = summarise(evaluate(name, images, sets, groups, indexed, negatives, planted))
+        summaries[name]["seconds"] = time.time() - clock
+        lines.append(f"  {name}: {summaries[name]['seconds']:.0f} s")
+        print(lines[-1], flush=True)
+    lines += table(summaries) + [f"total {time.time() - start:.0f} s"]
+    print("\n".join(lines[-len(table(summaries)) - 1:]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "screen_quality.txt").write_text("\n".join(lines) + "\n")
+    (args.out / "screen_quality.json").write_text(json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "summaries": summaries}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

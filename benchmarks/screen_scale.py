@@ -272,7 +272,8 @@ def screen(index, plan_type: str, exact, embedder, images: list, rows: np.ndarra
     meta = {"format": FORMAT, "count": count, "threshold": embedder.default_threshold,
             "embedder": {"spec": embedder.name, "settings": embedder.settings(), "dim": embedder.dim,
                          "binary": embedder.binary},
-            "index": {"type": plan_type, "params": plan_index(plan_type, count, embedder, None).params}}
+            "index": {"type": plan_type, "params": plan_index(plan_type, count, embedder, None).params},
+            "screening": {"views": "general"}}  # the default view set of indexes built since issue #16
     training = TrainingIndex(Path("<memory>"), meta, embedder, index, [str(i) for i in range(count)],
                              [None] * count, exact)
     screener = Screener(training)

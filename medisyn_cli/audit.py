@@ -22,7 +22,8 @@ from .errors import MedisynError
 from .files import write_json
 
 SCREEN_COLUMNS = {"image": "string", "label": "string", "nn_id": "int64", "nn_key": "string", "nn_label": "string",
-                  "nn_similarity": "float32", "near_copy": "bool_", "view": "string", "error": "string"}
+                  "nn_similarity": "float32", "near_copy": "bool_", "view": "string", "region": "string",
+                  "error": "string"}
 BINS = np.linspace(-1.0, 1.0, 401)  # histogram of similarities, 0.005 wide
 THUMB = 96
 
@@ -36,6 +37,7 @@ class Pair:
     nn_key: str = field(compare=False)
     near_copy: bool = field(compare=False)
     thumbnail: bytes = field(compare=False)
+    region: str = field(default="", compare=False)  # the training image's matched tile, "region(l,t,r,b)"; "" = whole
 
 
 @dataclass
@@ -150,7 +152,8 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
     images, rows = [], []
     for record in batch:
         row = {"image": record.key, "label": record.label, "nn_id": None, "nn_key": None, "nn_label": None,
-               "nn_similarity": None, "near_copy": None, "view": None, "error": None}
+               "nn_similarity": None, "near_copy": None, "view": None, "region": None,
+               "error": None}
         try:
             images.append(record.open())
         except Exception as exc:  # PIL raises many types for corrupt or truncated data
@@ -162,7 +165,8 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
         if row["error"] is None:
             result, image = next(results), next(readable)
             row.update(nn_id=result.nn_id, nn_key=result.nn_key, nn_label=result.nn_label,
-                       nn_similarity=result.nn_similarity, near_copy=result.near_copy, view=result.view)
+                       nn_similarity=result.nn_similarity, near_copy=result.near_copy, view=result.view,
+                       region=result.region)
             _tally(summary, row, image, pairs)
     summary.histogram += np.histogram([r["nn_similarity"] for r in rows if r["error"] is None], BINS)[0]
     return rows
@@ -174,7 +178,8 @@ def _tally(summary: ScreenSummary, row: dict, image, pairs: int) -> None:
     counts = summary.per_label.setdefault(row["label"] or "-", [0, 0])
     counts[0], counts[1] = counts[0] + 1, counts[1] + int(row["near_copy"])
     if len(summary.pairs) < pairs or row["nn_similarity"] > summary.pairs[0].similarity:
-        pair = Pair(row["nn_similarity"], row["image"], row["nn_key"], row["near_copy"], thumbnail_png(image))
+        pair = Pair(row["nn_similarity"], row["image"], row["nn_key"], row["near_copy"], thumbnail_png(image),
+                    row["region"] or "")
         (heapq.heappush if len(summary.pairs) < pairs else heapq.heapreplace)(summary.pairs, pair)
 
 

@@ -354,20 +354,21 @@ def index_merge(out: Path = typer.Argument(..., help="Folder of a sharded `index
 
 
 def _print_calibration(calibration: dict) -> None:
-    """The threshold calibration of `index build`: the measured curve around the chosen threshold."""
+    """The threshold calibration of `index build`: the chosen threshold and the measured curve around it."""
     if "curve" not in calibration:
         if calibration.get("skipped"):
             console.print(f"threshold not calibrated: {calibration['skipped']}", highlight=False)
         return
-    table = Table(title=f"threshold calibrated for {calibration['target_fpr']:.2%} false positives: "
-                        f"{calibration['threshold']:g} ({calibration['negatives']} own images and changed copies "
-                        f"against the other training images; {calibration['seconds']:.0f} s)")
-    rows = [row for row in calibration["curve"] if abs(row["threshold"] - calibration["threshold"]) <= 0.0251]
-    table.add_column("threshold")
-    for row in rows:
-        table.add_column(f"{row['threshold']:g}")
-    table.add_row("false positives", *(f"{row['fpr']:.1%}" for row in rows))
-    table.add_row("copies caught", *(f"{row['tpr']:.1%}" for row in rows))
+    console.print(f"threshold {calibration['threshold']:g}: calibrated for {calibration['target_fpr']:.2%} false "
+                  f"positives ({calibration['negatives']} of its own images and changed copies against the other "
+                  f"training images, never below {calibration['floor']:g}; {calibration['seconds']:.0f} s)",
+                  highlight=False, soft_wrap=True)
+    table = Table(title="measured on the index's own images")
+    for name in ("threshold", "false positives", "copies caught"):
+        table.add_column(name)
+    for row in calibration["curve"]:
+        if abs(row["threshold"] - calibration["threshold"]) <= 0.0151:
+            table.add_row(f"{row['threshold']:g}", f"{row['fpr']:.1%}", f"{row['tpr']:.1%}")
     results.print(table)
 
 

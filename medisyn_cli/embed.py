@@ -13,15 +13,19 @@ reported on one scale everywhere: higher is more similar, 1.0 is identical (for 
                        hf:<model>#cls or #mean picks the pooling (default: pooled output, else CLS)
 
 Query-time views (`Embedder.default_views`, `View`): a copy made by a memorising model may be flipped,
-shifted or cropped. The screener embeds each query under several views (flips; for `pixel` also a grid of
-shifts up to 5% and crops to 90% / 95%, refined around the best one by `refine_views`) and keeps the best
-match, so a flipped, shifted or slightly cropped copy still matches its source. Shift and crop views carry
-a small penalty (GEOMETRIC_PENALTY) subtracted from their similarity: trying many alignments also raises
-the chance similarity of distinct images. Index vectors are always plain (identity view) embeddings.
+turned, shifted, cropped or inverted. The screener embeds each query under several views and keeps the best
+match, so such a copy still matches its source. Two view sets: "tuned" (flips; for `pixel` also a grid of
+shifts up to 5% and crops to 90% / 95%: the views of indexes built before issue #16, used for them as they
+are) and "general" (the default: for `pixel` also the 8 flips / quarter turns and their intensity inversions,
+80% crops, 5-15% borders and rotations by 5 and 10 degrees). The best view is refined by `refine_views`.
+Shift, crop, border and rotation views carry a small penalty (GEOMETRIC_PENALTY) subtracted from their
+similarity: trying many alignments also raises the chance similarity of distinct images. Index vectors are
+always plain (identity view) embeddings.
 
-Default thresholds (`default_threshold`, in index.json) were calibrated with benchmarks/screen_quality.py
-on the real 64x64 images of the shared sample data (6 data sets, 6,754 images); numbers in CALIBRATION and
-benchmarks/results/screen_quality.txt.
+Default thresholds (`default_threshold`) were calibrated with benchmarks/screen_quality.py on the real 64x64
+images of the shared sample data (6 data sets, 6,754 images); numbers in CALIBRATION and
+benchmarks/results/screen_quality/. `medisyn index build` then calibrates the threshold of each index on its
+own images (screen.calibrate), never below a calibrated default.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,6 +43,8 @@ from .errors import MedisynError
 
 PIXEL_THRESHOLD = 0.97
 GEOMETRIC_PENALTY = 0.015
+CROPS, ZOOM_OUT, ANGLES = (0.8,), (0.05, 0.1, 0.15), (-10.0, -5.0, 5.0, 10.0)  # the general view set's extras
+ZOOM_IN = 0.9  # region views: the part of the query a training image's tile fills
 OPERATORS = 72  # resampling operators kept: the coarse views' and every refinement's (about 1 MB each)
 PHASH_THRESHOLD = 0.88  # 1 - 30/256 = 0.883: at most 30 of 256 bits differ
 BLAS_THREADS: int | None = 1  # around the pixel embedder's small products (benchmarks/screen_blas.py: screen 1.8x faster)
@@ -69,27 +75,41 @@ How the defaults were chosen (benchmarks/screen_quality.py, seed 0):
 
 @dataclass(frozen=True)
 class View:
-    """A query-time view: an optional flip, then the box of the query that holds the source's full frame.
+    """A query-time view: a quarter turn and a small rotation, a flip, intensity inversion, then the box of the
+    query that holds the source's full frame.
 
     `box` is (left, top, right, bottom) as fractions of the query's width and height; (0, 0, 1, 1) is the
     query as it is. A copy shifted right by 5% is undone by box (0.05, 0, 1.05, 1); a 90% crop by a box
-    larger than the query, e.g. (-0.05, -0.05, 1.06, 1.06).
+    larger than the query, e.g. (-0.05, -0.05, 1.06, 1.06); a copy with a 10% border by a smaller one.
+    `turn` counts quarter turns counter-clockwise, `angle` degrees counter-clockwise (corners filled black).
     """
 
     flip: str = ""  # "", "h" (left-right) or "v" (top-bottom)
     box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     penalty: float = 0.0  # subtracted from this view's similarity (many alignments tried -> stronger evidence needed)
+    turn: int = 0
+    angle: float = 0.0
+    invert: bool = False
 
     @property
     def name(self) -> str:
-        """Short label for reports, e.g. 'hflip' or 'box(0.05,0.00,1.05,1.00)'."""
-        if self.box == (0.0, 0.0, 1.0, 1.0):
-            return {"": "identity", "h": "hflip", "v": "vflip"}[self.flip]
-        return (self.flip + "flip+" if self.flip else "") + "box(" + ",".join(f"{v:.2f}" for v in self.box) + ")"
+        """Short label for reports, e.g. 'hflip', 'rot90+hflip', 'invert' or 'box(0.05,0.00,1.05,1.00)'."""
+        parts = [f"rot{90 * self.turn}"] if self.turn else []
+        parts += [f"rot{self.angle:g}"] if self.angle else []
+        parts += [self.flip + "flip"] if self.flip else []
+        parts += ["invert"] if self.invert else []
+        if self.box != (0.0, 0.0, 1.0, 1.0):
+            parts.append("box(" + ",".join(f"{v:.2f}" for v in self.box) + ")")
+        return "+".join(parts) or "identity"
 
 
 IDENTITY = View()
 FLIPS = (IDENTITY, View("h"), View("v"))
+DIHEDRAL = FLIPS + (View(turn=1), View(turn=2), View(turn=3), View("h", turn=1), View("h", turn=3))  # 8 symmetries
+VIEW_SETS = ("general", "tuned")
+TILE_SIDE, TILE_OFFSETS = 0.72, tuple(round(0.28 * i / 3, 4) for i in range(4))  # 4x4 tiles, 52% of the area each
+TILES = tuple(View(box=(x, y, round(x + TILE_SIDE, 4), round(y + TILE_SIDE, 4))) for y in TILE_OFFSETS
+              for x in TILE_OFFSETS)  # regions of a training image, as views (index side: crops, partial copies)  # general: the default since issue #16; tuned: the views of indexes built before
 
 
 @lru_cache(maxsize=1)
@@ -148,8 +168,15 @@ def _rgb(image) -> np.ndarray:
 
 def apply_view(image, view: View):
     """The query under a view, as a PIL image (frame outside the query is filled by edge replication)."""
-    from PIL import ImageOps
+    from PIL import Image, ImageOps
 
+    if view.turn % 4:
+        image = image.transpose((None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                 Image.Transpose.ROTATE_270)[view.turn % 4])
+    if view.angle:
+        image = image.rotate(view.angle, Image.Resampling.BICUBIC)
+    if view.invert:
+        image = _inverted(image)
     if view.flip:
         image = ImageOps.mirror(image) if view.flip == "h" else ImageOps.flip(image)
     if view.box == (0.0, 0.0, 1.0, 1.0):
@@ -161,6 +188,17 @@ def apply_view(image, view: View):
         image = _pad_edge(image, pad)
     box = (left * width + pad, top * height + pad, right * width + pad, bottom * height + pad)
     return image.resize((width, height), box=box)
+
+
+def _inverted(image):
+    """The image with its intensities reversed (8-bit: 255 - v; 16-bit and float grey: max + min - v)."""
+    from PIL import Image, ImageOps
+
+    if image.mode in HIGH_DEPTH:
+        grey = to_grey(image)
+        return Image.fromarray(grey.max() + grey.min() - grey, mode="F")
+    return ImageOps.invert(image.convert("RGB") if image.mode != "L" else image).convert(image.mode) \
+        if image.mode in ("L", "RGB") else ImageOps.invert(to_8bit(image))
 
 
 def _pad_edge(image, pad: int):
@@ -180,6 +218,7 @@ class Embedder:
     dim: int = 0
     binary: bool = False
     default_threshold: float = 0.9
+    calibrated_default: bool = True  # default_threshold measured on patient-split real data (False: a guess)
 
     def settings(self) -> dict:
         """Everything that changes the vectors; stored in index.json and compared when an index is loaded."""
@@ -196,13 +235,17 @@ class Embedder:
         flat = self.embed([apply_view(image, view) for image in images for view in views])
         return flat.reshape(len(images), len(views), -1)
 
-    def default_views(self) -> tuple[View, ...]:
+    def default_views(self, view_set: str = "general") -> tuple[View, ...]:
         """Views the screener searches the whole index with: identity first, then flips (subclasses may add more)."""
         return FLIPS
 
     def refine_views(self, view: View) -> tuple[View, ...]:
         """Views near `view` (a query's best), compared with its best candidates only (none by default)."""
         return ()
+
+    def region_views(self) -> tuple[View, ...]:
+        """Views a query is compared with the training images' tiles under (TILES): identity and flips by default."""
+        return FLIPS
 
     @property
     def code_size(self) -> int:
@@ -286,17 +329,29 @@ class PixelEmbedder(Embedder):
 
     def _embed_views(self, images: list, views: tuple[View, ...] | list[View]) -> np.ndarray:
         out = np.empty((len(images), len(views), self.dim), dtype=np.float32)
+        groups: dict = {}  # (turn, angle) -> positions: each rotation of the image is resampled once
+        for position, view in enumerate(views):
+            groups.setdefault((view.turn % 4, view.angle), []).append(position)
         for n, image in enumerate(images):
             grey = self._working_grey(image)
-            rows, cols = self._operator(grey.shape, tuple(views))
-            band = (rows @ grey).reshape(2 * len(views), self.size, -1) @ cols  # (2V, size, size), float32
-            flat = (band[: len(views)] - band[len(views):]).reshape(len(views), self.dim)
-            flat -= flat.mean(axis=1, keepdims=True)
-            # a flat image has no pattern: zero vector (similar to nothing), not amplified rounding noise
-            tolerance = 1e-4 * float(grey.max() - grey.min()) + 1e-5 * float(np.abs(grey).max()) * math.sqrt(self.dim)
-            flat[np.linalg.norm(flat, axis=1) <= tolerance] = 0.0
-            out[n] = l2_normalise(flat)
+            for (turn, angle), positions in groups.items():
+                plain = tuple(View(views[p].flip, views[p].box) for p in positions)
+                out[n, positions] = self._band(_rotated(grey, turn, angle), plain)
+            for position, view in enumerate(views):
+                if view.invert:  # the band-passed, standardised thumbnail of the inverted image is the negation
+                    out[n, position] = -out[n, position]
         return out
+
+    def _band(self, grey: np.ndarray, views: tuple[View, ...]) -> np.ndarray:
+        """(V, dim) band-passed, standardised, L2-normalised thumbnails of one grey image under flip/box views."""
+        rows, cols = self._operator(grey.shape, views)
+        band = (rows @ grey).reshape(2 * len(views), self.size, -1) @ cols  # (2V, size, size), float32
+        flat = (band[: len(views)] - band[len(views):]).reshape(len(views), self.dim)
+        flat -= flat.mean(axis=1, keepdims=True)
+        # a flat image has no pattern: zero vector (similar to nothing), not amplified rounding noise
+        tolerance = 1e-4 * float(grey.max() - grey.min()) + 1e-5 * float(np.abs(grey).max()) * math.sqrt(self.dim)
+        flat[np.linalg.norm(flat, axis=1) <= tolerance] = 0.0
+        return l2_normalise(flat)
 
     def _working_grey(self, image) -> np.ndarray:
         """Luminance as float32, shrunk (antialiased) to at most `work` pixels a side (frame fractions unchanged)."""
@@ -333,12 +388,33 @@ class PixelEmbedder(Embedder):
         flipped = view.flip == ("v" if vertical else "h")
         return matrix[:, ::-1] if flipped else matrix
 
-    def default_views(self) -> tuple[View, ...]:
-        """Identity, flips, shifts up to 5% of the frame and 90% / 95% crops, on a one-thumbnail-pixel grid."""
-        return FLIPS + pixel_views(self.size, self.window, crops=(0.9, 0.95))
+    def default_views(self, view_set: str = "general") -> tuple[View, ...]:
+        """tuned: identity, flips, shifts up to 5% of the frame and 90% / 95% crops on a one-thumbnail-pixel grid
+        (the views of indexes built before issue #16). general: those, plus the 8 flips / quarter turns and their
+        intensity inversions, 80% crops, 5-15% borders (zoom-out) and rotations by 5 and 10 degrees."""
+        tuned = FLIPS + pixel_views(self.size, self.window, crops=(0.9, 0.95))
+        if view_set == "tuned":
+            return tuned
+        if view_set != "general":
+            raise MedisynError(f"view set '{view_set}': expected one of {', '.join(VIEW_SETS)}")
+        turns = DIHEDRAL + tuple(replace(view, invert=True) for view in DIHEDRAL)
+        zoom_out = tuple(View("", (b, b, 1 - b, 1 - b), GEOMETRIC_PENALTY) for b in (p / (1 + 2 * p) for p in ZOOM_OUT))
+        angles = tuple(View(angle=a, penalty=GEOMETRIC_PENALTY) for a in ANGLES)
+        crops = pixel_views(self.size, self.window, crops=CROPS)[len(pixel_views(self.size, self.window, crops=())):]
+        return turns + tuned[3:] + crops + zoom_out + angles
+
+    def region_views(self) -> tuple[View, ...]:
+        """Views a query is compared with the training images' tiles under: the tuned views and a grid of 90% zooms
+        into the query (a crop of a training image: the query holds one of its tiles), and the query's own tiles
+        (a partial copy: a region of the query holds a region of a training image)."""
+        side, steps = ZOOM_IN, np.linspace(0.0, 1.0 - ZOOM_IN, 5)
+        zoom = tuple(View("", (round(float(x), 6), round(float(y), 6), round(float(x) + side, 6),
+                               round(float(y) + side, 6)), GEOMETRIC_PENALTY) for y in steps for x in steps)
+        return self.default_views("tuned") + zoom + tuple(replace(t, penalty=GEOMETRIC_PENALTY) for t in TILES)
 
     def refine_views(self, view: View) -> tuple[View, ...]:
-        """The 26 views half a thumbnail pixel and 2.5% zoom around `view` (same flip), with the geometric penalty."""
+        """The 26 views half a thumbnail pixel and 2.5% zoom around `view` (same turn, flip, inversion), with the
+        geometric penalty; around a rotated view also 2.5 degrees either side."""
         left, top, right, bottom = view.box
         side = right - left
         half = self.window / self.size * side / 2
@@ -350,8 +426,21 @@ class PixelEmbedder(Embedder):
                         continue
                     cx, cy, new = (left + right) / 2 + dx, (top + bottom) / 2 + dy, side * zoom
                     box = (cx - new / 2, cy - new / 2, cx + new / 2, cy + new / 2)
-                    views.append(View(view.flip, tuple(round(v, 6) for v in box), GEOMETRIC_PENALTY))
+                    views.append(replace(view, box=tuple(round(v, 6) for v in box), penalty=GEOMETRIC_PENALTY))
+        if view.angle:
+            views += [replace(view, angle=view.angle + d, penalty=GEOMETRIC_PENALTY) for d in (-2.5, 2.5)]
         return tuple(views)
+
+
+def _rotated(grey: np.ndarray, turn: int, angle: float) -> np.ndarray:
+    """A grey image turned by quarter turns (exact) and rotated by `angle` degrees (bicubic, corners black)."""
+    from PIL import Image
+
+    if turn:
+        grey = np.ascontiguousarray(np.rot90(grey, turn))
+    if angle:
+        grey = np.asarray(Image.fromarray(grey, mode="F").rotate(angle, Image.Resampling.BICUBIC), dtype=np.float32)
+    return grey
 
 
 def resample_matrix(length: int, start: float, stop: float, size: int) -> np.ndarray:
@@ -410,6 +499,7 @@ class TorchEmbedder(Embedder):
     """Shared parts of the neural embedders: device choice, batching through `_forward`, normalisation."""
 
     default_threshold = MODEL_THRESHOLD
+    calibrated_default = False
 
     def _embed(self, images: list) -> np.ndarray:
         import torch

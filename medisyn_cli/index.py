@@ -32,10 +32,14 @@ from typing import Iterator
 import numpy as np
 
 from .data import Record, Source, count_images, find_sources, iter_source_records, source_files
-from .embed import Embedder, get_embedder
+from .embed import TILES, VIEW_SETS, Embedder, get_embedder
 from .errors import MedisynError
 
+TARGET_FPR = 0.005  # the default false-positive rate an index calibrates its threshold for (screen.calibrate)
+
 INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE = "index.faiss", "keys.parquet", "index.json", "vectors.npy"
+REGIONS_FILE = "regions.faiss"  # vectors of each training image's overlapping tiles (partial copies, crops)
+REGIONS_MAX = 20_000            # images up to which `index build` adds the tiles by default (16 vectors each)
 FORMAT = 1
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 FLAT_MAX = 100_000          # auto: exact search up to this many vectors (and while it fits the memory budget)
@@ -257,18 +261,24 @@ class Embedded:
     vectors: np.ndarray
     count: int
     skipped: list[dict]
+    regions: np.ndarray | None = None  # (count * len(TILES), dim) tile vectors, or None
 
 
 def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", index_type: str = "auto",
                 max_memory: str | None = None, batch_size: int = 256, show_progress: bool = True,
-                overwrite: bool = False, shard=None) -> dict:
+                overwrite: bool = False, shard=None, target_fpr: float | None = TARGET_FPR,
+                regions: bool | None = None) -> dict:
     """Embed every image of `sources`; write index.faiss, keys.parquet, index.json to `out`; return index.json's content.
 
-    With a `shard` (shards.Shard) of several, embed only this shard's batches; the shard that completes the
-    last batch builds the index (index_shards.py)."""
+    The threshold is calibrated on the index's own images for `target_fpr` false positives (None: the
+    embedder's default). With a `shard` (shards.Shard) of several, embed only this shard's batches; the shard
+    that completes the last batch builds the index (index_shards.py, at the default target, without regions).
+    `regions` (default: up to REGIONS_MAX images, float embedders) adds the vectors of 16 overlapping tiles of
+    every training image, so crops and partial copies match the region they copy."""
     # 1. check every option before any work, and refuse a non-empty `out`
     out = Path(out)
     budget = parse_memory(max_memory)
+    check_target_fpr(target_fpr)
     if index_type not in INDEX_TYPES:
         raise MedisynError(f"index type '{index_type}': expected one of {', '.join(INDEX_TYPES)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -283,18 +293,19 @@ def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", i
         return build_shard(found, out, model, index_type, budget, batch_size, show_progress, shard)
     _prepare_out(out, overwrite)
     total = sum(count_images(source) for source in found)
+    regions = (not model.binary and total <= REGIONS_MAX) if regions is None else bool(regions and not model.binary)
     # 2. embed in batches into a memmap, keys straight to parquet
     started = time.time()
     try:
-        embedded = _embed_sources(found, model, out, total, batch_size, show_progress)
-        return finish_index(out, embedded, model, found, index_type, budget, started, sources)
+        embedded = _embed_sources(found, model, out, total, batch_size, show_progress, regions)
+        return finish_index(out, embedded, model, found, index_type, budget, started, sources, target_fpr)
     finally:
         for tmp in out.glob("*.tmp"):
             tmp.unlink()
 
 
 def finish_index(out: Path, embedded: "Embedded", model: Embedder, found: list[Source], index_type: str,
-                 budget: int | None, started: float, sources: list) -> dict:
+                 budget: int | None, started: float, sources: list, target_fpr: float | None = TARGET_FPR) -> dict:
     """From embedded vectors (and keys.parquet.tmp) to the index folder: FAISS index, recall, index.json."""
     if embedded.count == 0:
         raise MedisynError(f"{', '.join(map(str, sources))}: none of the {embedded.count + len(embedded.skipped)} "
@@ -307,15 +318,68 @@ def finish_index(out: Path, embedded: "Embedded", model: Embedder, found: list[S
     exact = _exact_store(vectors, out / (VECTORS_FILE + ".tmp")) if plan.type == "ivfpq" else None
     search = lambda queries, k: search_index(index, queries, k, model, exact)  # noqa: E731
     recall = None if plan.type == "flat" else round(recall_at_1(search, vectors, model), 4)
-    meta = _metadata(model, plan, embedded, found, recall,
-                     neighbour_stats(search, vectors, model.default_threshold), time.time() - started)
+    tiles = _region_index(embedded, model)
+    calibration = _calibrate(out, model, plan, index, exact, embedded.count, target_fpr, tiles)
+    threshold = calibration.get("threshold", model.default_threshold)
+    meta = _metadata(model, plan, embedded, found, recall, neighbour_stats(search, vectors, threshold),
+                     time.time() - started)
+    meta.update(threshold=threshold, screening={"views": "general", "calibration": calibration},
+                regions=None if tiles is None else {"file": REGIONS_FILE, "tiles": [list(t.box) for t in TILES],
+                                                    "count": int(tiles.ntotal)})
     # 4. write under temporary names, then rename; index.json last
     _write_index(index, model, out / (INDEX_FILE + ".tmp"))
+    if tiles is not None:
+        _write_index(tiles, model, out / (REGIONS_FILE + ".tmp"))
     _write_json(meta, out / (META_FILE + ".tmp"))
     del vectors, embedded, exact
-    for name in (INDEX_FILE, KEYS_FILE) + ((VECTORS_FILE,) if plan.type == "ivfpq" else ()) + (META_FILE,):
+    for name in ((INDEX_FILE, KEYS_FILE) + ((VECTORS_FILE,) if plan.type == "ivfpq" else ())
+                 + ((REGIONS_FILE,) if tiles is not None else ()) + (META_FILE,)):
         os.replace(out / (name + ".tmp"), out / name)
     return meta
+
+
+def check_target_fpr(target_fpr: float | None) -> None:
+    """MedisynError unless `target_fpr` is None or a rate in (0, 0.5)."""
+    if target_fpr is not None and (isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float))
+                                   or not 0 < target_fpr < 0.5):
+        raise MedisynError(f"target false-positive rate must be a number in (0, 0.5), e.g. 0.005, got {target_fpr!r}")
+
+
+def _region_index(embedded: "Embedded", model: Embedder):
+    """A flat FAISS index of every training image's tile vectors (id = image id * len(TILES) + tile), or None."""
+    if embedded.regions is None:
+        return None
+    import faiss
+
+    tiles = faiss.IndexFlatIP(model.dim)
+    rows = embedded.count * len(TILES)
+    for start in range(0, rows, 65_536):
+        tiles.add(np.ascontiguousarray(embedded.regions[start:min(rows, start + 65_536)], dtype=np.float32))
+    return tiles
+
+
+def _calibrate(out: Path, model: Embedder, plan: IndexPlan, index, exact, count: int,
+               target_fpr: float | None, tiles=None) -> dict:
+    """Screen a sample of the index's own images against it (screen.calibrate); {} without a target or images."""
+    from .data import open_key
+    from .screen import CALIBRATION_MIN, CALIBRATION_SAMPLE, calibrate
+
+    if target_fpr is None:
+        return {"skipped": "no target false-positive rate: the embedder's default threshold"}
+    if count < CALIBRATION_MIN:
+        return {"skipped": f"{count} images, fewer than {CALIBRATION_MIN}: the embedder's default threshold"}
+    keys, labels = _read_keys(out / (KEYS_FILE + ".tmp"))
+    meta = {"count": count, "threshold": model.default_threshold, "index": {"type": plan.type},
+            "screening": {"views": "general"}}
+    training = TrainingIndex(out, meta, model, index, keys, labels, exact, tiles)
+    sample = np.sort(np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False))
+    images = []
+    for i in sample:
+        try:
+            images.append((int(i), open_key(keys[i])))
+        except Exception:  # a file that went away since it was embedded: calibrate on the others
+            continue
+    return calibrate(training, images, target_fpr)
 
 
 def _exact_store(vectors: np.ndarray, path: Path, chunk: int = 65_536) -> np.ndarray:
@@ -334,7 +398,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise MedisynError(f"{out}: folder exists and is not empty (use overwrite to replace the index)")
-        ours = {INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE}
+        ours = {INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE, REGIONS_FILE}
         if not all(p.name in ours or p.name.endswith(".tmp") for p in out.iterdir()):
             raise MedisynError(f"{out}: overwrite only replaces an index folder, and this folder holds other files")
         for p in out.iterdir():
@@ -343,28 +407,36 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _embed_sources(found: list[Source], model: Embedder, out: Path, total: int, batch_size: int,
-                   show_progress: bool) -> Embedded:
-    """Decode and embed every image in batches; vectors go to a memmap, keys to keys.parquet.tmp."""
+                   show_progress: bool, regions: bool = False) -> Embedded:
+    """Decode and embed every image in batches; vectors go to a memmap, keys to keys.parquet.tmp (and with
+    `regions`, each image's tile vectors to regions.npy.tmp)."""
     from .progress import make_progress, rate_text
 
     dtype = np.uint8 if model.binary else np.float32
     vectors = np.lib.format.open_memmap(out / "embedding.npy.tmp", mode="w+", dtype=dtype,
                                         shape=(max(total, 1), model.code_size))
+    tiles = np.lib.format.open_memmap(out / "regions.npy.tmp", mode="w+", dtype=np.float32,
+                                      shape=(max(total, 1) * len(TILES), model.dim)) if regions else None
     skipped: list[dict] = []
     count, started = 0, time.time()
     with _KeyWriter(out / (KEYS_FILE + ".tmp")) as keys, make_progress(disable=not show_progress) as progress:
         task = progress.add_task(f"embedding ({model.name})", total=total, rate="", info="")
         for batch in _batches(found, batch_size):
             images, records = _decode(batch, skipped)
-            codes, records = _embed_batch(model, images, records, skipped)
+            codes, records, kept = _embed_batch(model, images, records, skipped)
             vectors[count:count + len(codes)] = codes
+            if tiles is not None and len(kept):
+                tiles[count * len(TILES):(count + len(codes)) * len(TILES)] = \
+                    model.embed_views(kept, TILES).reshape(-1, model.dim)
             keys.write(records, count)
             count += len(codes)
             done = count + len(skipped)
             progress.update(task, completed=done, rate=rate_text(done, time.time() - started, "img"),
                             info=f"{len(skipped)} skipped" if skipped else "")
     vectors.flush()
-    return Embedded(vectors, count, skipped)
+    if tiles is not None:
+        tiles.flush()
+    return Embedded(vectors, count, skipped, tiles)
 
 
 def _batches(found: list[Source], size: int) -> Iterator[list[tuple[Source, Record]]]:
@@ -391,22 +463,23 @@ def _decode(batch: list, skipped: list[dict]) -> tuple[list, list]:
     return images, records
 
 
-def _embed_batch(model: Embedder, images: list, records: list, skipped: list[dict]) -> tuple[np.ndarray, list]:
-    """Embed a batch; if it fails, embed image by image and skip the ones that fail."""
+def _embed_batch(model: Embedder, images: list, records: list, skipped: list[dict]) -> tuple[np.ndarray, list, list]:
+    """Embed a batch; if it fails, embed image by image and skip the ones that fail. (codes, records, images kept)"""
     try:
-        return model.embed(images), records
+        return model.embed(images), records, images
     except MedisynError:
         raise
     except Exception:
-        codes, kept = [], []
+        codes, kept, kept_images = [], [], []
         for image, record in zip(images, records):
             try:
                 codes.append(model.embed([image])[0])
                 kept.append(record)
+                kept_images.append(image)
             except Exception as exc:
                 skipped.append({"key": record[1].key, "reason": f"embedding failed: {type(exc).__name__}: {exc}"[:300]})
         dtype = np.uint8 if model.binary else np.float32
-        return (np.stack(codes) if codes else np.zeros((0, model.code_size), dtype)), kept
+        return (np.stack(codes) if codes else np.zeros((0, model.code_size), dtype)), kept, kept_images
 
 
 class _KeyWriter:
@@ -497,30 +570,40 @@ class TrainingIndex:
     keys: list[str]
     labels: list[str | None]
     exact: np.ndarray | None = None  # IVF-PQ: the exact vectors (memory-mapped vectors.npy)
+    regions: object | None = None    # flat FAISS index of the training images' tiles (embed.TILES), or None
 
     def __len__(self) -> int:
         return int(self.meta["count"])
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, keys: list[str], embedder: Embedder, index_type: str = "flat",
-                     labels: list[str | None] | None = None) -> "TrainingIndex":
-        """An in-memory index over given vectors (no files): for tests, benchmarks and small ad-hoc checks."""
+                     labels: list[str | None] | None = None, regions: np.ndarray | None = None) -> "TrainingIndex":
+        """An in-memory index over given vectors (no files): for tests, benchmarks and small ad-hoc checks;
+        `regions`: (len(vectors) * len(TILES), dim) tile vectors, for region matching."""
         if len(vectors) != len(keys):
             raise MedisynError(f"{len(vectors)} vectors but {len(keys)} keys")
         plan = plan_index(index_type, len(vectors), embedder, None)
         meta = {"format": FORMAT, "count": len(vectors), "threshold": embedder.default_threshold,
                 "embedder": {"spec": embedder.name, "settings": _jsonable(embedder.settings()), "dim": embedder.dim,
                              "binary": embedder.binary},
-                "index": {"type": plan.type, "params": plan.params}}
+                "index": {"type": plan.type, "params": plan.params}, "screening": {"views": "general"}}
         vectors = np.ascontiguousarray(vectors)
         index = fill_index(vectors, plan, embedder)
+        tiles = None
+        if regions is not None:
+            tiles = _region_index(Embedded(vectors, len(vectors), [], np.ascontiguousarray(regions)), embedder)
         return cls(Path("<memory>"), meta, embedder, index, list(keys), list(labels or [None] * len(keys)),
-                   vectors if plan.type == "ivfpq" else None)
+                   vectors if plan.type == "ivfpq" else None, tiles)
 
     @property
     def threshold(self) -> float:
         """The default near-copy threshold stored at build time."""
         return float(self.meta["threshold"])
+
+    @property
+    def view_set(self) -> str:
+        """The query views its threshold was set for: 'general', or 'tuned' for indexes built before issue #16."""
+        return self.meta.get("screening", {}).get("views", "tuned")
 
     def search(self, vectors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(similarities float32 (N, k), ids int64 (N, k)); higher is more similar; missing hits: -inf, -1."""
@@ -572,7 +655,11 @@ def load_index(path: str | Path) -> TrainingIndex:
                            f"and keys.parquet {len(keys)}; rebuild the index")
     set_search_params(faiss_index, meta["index"]["type"], meta["index"].get("params", {}))
     exact = _read_vectors(path / meta["index"]["vectors"], meta, embedder) if meta["index"].get("vectors") else None
-    return TrainingIndex(path, meta, embedder, faiss_index, keys, labels, exact)
+    regions = _read_faiss(path / meta["regions"]["file"], embedder) if meta.get("regions") else None
+    if regions is not None and regions.ntotal != meta["count"] * len(TILES):
+        raise MedisynError(f"{path}: {REGIONS_FILE} holds {regions.ntotal} tiles, expected {meta['count']} x "
+                           f"{len(TILES)}; rebuild the index")
+    return TrainingIndex(path, meta, embedder, faiss_index, keys, labels, exact, regions)
 
 
 def _read_vectors(path: Path, meta: dict, embedder: Embedder) -> np.ndarray:
@@ -600,6 +687,14 @@ def read_meta(path: Path) -> dict:
         raise MedisynError(f"{meta_path}: corrupt index metadata ({type(exc).__name__}: {exc})") from exc
     if meta.get("format") != FORMAT:
         raise MedisynError(f"{meta_path}: index format {meta.get('format')} is not {FORMAT}; rebuild the index")
+    threshold = meta["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise MedisynError(f"{meta_path}: threshold {threshold!r} is not a similarity in (0, 1]; fix index.json or "
+                           f"rebuild the index (medisyn index build ... --overwrite)")
+    views = meta.get("screening", {}).get("views", "tuned")
+    if views not in VIEW_SETS:
+        raise MedisynError(f"{meta_path}: unknown view set {views!r} (this medisyn knows {', '.join(VIEW_SETS)}); "
+                           f"rebuild the index with this medisyn")
     return meta
 
 

@@ -6,6 +6,7 @@ started again redoes only the batch in flight:
 
     OUT/_shards/config.json             sources fingerprint, embedder, batch size, shard count, index options
     OUT/_shards/vectors/b-0000012.npy   the batch's codes
+    OUT/_shards/vectors/b-0000012.tiles.npy   its images' region tiles (up to REGIONS_MAX images, float codes)
     OUT/_shards/keys/b-0000012.parquet  its keys (key, label, source)
     OUT/_shards/done/b-0000012.json     written last: its row count and skipped files
 
@@ -24,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from .data import Source, count_images
-from .embed import Embedder, get_embedder
+from .embed import TILES, Embedder, get_embedder
 from .errors import MedisynError
-from .index import (KEYS_FILE, META_FILE, Embedded, _batches, _decode, _embed_batch, _KeyWriter, finish_index,
-                    parse_memory, source_fingerprint)
+from .index import (KEYS_FILE, META_FILE, REGIONS_MAX, Embedded, _batches, _decode, _embed_batch, _KeyWriter,
+                    finish_index, parse_memory, source_fingerprint)
 from .shards import Shard, batch_count, shard_batches
 from .work import IncompleteRun, WorkDir, batch_name, missing_report
 
@@ -39,12 +40,15 @@ class ShardDir(WorkDir):
 
     NAME, FOLDERS, LOCK = SHARDS, ("vectors", "keys", "done"), "merge.lock"
 
-    def write_batch(self, batch: int, codes: np.ndarray, records: list, skipped: list[dict]) -> None:
-        """The batch's codes and keys under temp names, renamed; the done marker last."""
+    def write_batch(self, batch: int, codes: np.ndarray, records: list, skipped: list[dict],
+                    tiles: np.ndarray | None = None) -> None:
+        """The batch's codes (and region tiles) and keys under temp names, renamed; the done marker last."""
         name = batch_name(batch)
-        with open(self.root / "vectors" / f".{name}.npy.tmp", "wb") as handle:
-            np.save(handle, codes)
-        os.replace(self.root / "vectors" / f".{name}.npy.tmp", self.root / "vectors" / f"{name}.npy")
+        for suffix, array in ((".npy", codes), (".tiles.npy", tiles)):
+            if array is not None:
+                with open(self.root / "vectors" / f".{name}{suffix}.tmp", "wb") as handle:
+                    np.save(handle, array)
+                os.replace(self.root / "vectors" / f".{name}{suffix}.tmp", self.root / "vectors" / f"{name}{suffix}")
         with _KeyWriter(self.root / "keys" / f".{name}.parquet.tmp") as keys:
             keys.write(records, 0)
         os.replace(self.root / "keys" / f".{name}.parquet.tmp", self.root / "keys" / f"{name}.parquet")
@@ -68,10 +72,16 @@ def build_shard(found: list[Source], out: Path, model: Embedder, index_type: str
            "batch_size": batch_size, "shards": shard.count, "index_type": index_type, "max_memory": budget}
     work.create_or_join({"key": key, "batches": batches, "started": time.time()})
     mine = set(shard_batches(batches, shard)) - work.done()
-    _embed_mine(found, model, work, mine, batch_size, show_progress, f"embedding {shard.name} ({model.name})")
+    _embed_mine(found, model, work, mine, batch_size, show_progress, f"embedding {shard.name} ({model.name})",
+                _regions(model, total))
     if len(work.done()) == batches and work.lock():
         return merge_shards(out)
     return {"partial": True, "shard": shard.name, "made": len(mine), "done": len(work.done()), "batches": batches}
+
+
+def _regions(model: Embedder, total: int) -> bool:
+    """Whether the build adds region tiles: as one process does (float codes, up to REGIONS_MAX images)."""
+    return not model.binary and total <= REGIONS_MAX
 
 
 def _already_built(out: Path) -> dict:
@@ -79,7 +89,7 @@ def _already_built(out: Path) -> dict:
 
 
 def _embed_mine(found: list[Source], model: Embedder, work: ShardDir, mine: set[int], batch_size: int,
-                show_progress: bool, title: str) -> None:
+                show_progress: bool, title: str, regions: bool) -> None:
     from .progress import make_progress, rate_text
 
     images, started = 0, time.time()
@@ -90,8 +100,9 @@ def _embed_mine(found: list[Source], model: Embedder, work: ShardDir, mine: set[
                 continue
             skipped: list[dict] = []
             decoded, records = _decode(batch, skipped)
-            codes, records = _embed_batch(model, decoded, records, skipped)
-            work.write_batch(number, codes, records, skipped)
+            codes, records, kept = _embed_batch(model, decoded, records, skipped)
+            tiles = model.embed_views(kept, TILES).reshape(-1, model.dim) if regions and kept else None
+            work.write_batch(number, codes, records, skipped, tiles)
             images += len(batch)
             progress.update(task, advance=1, rate=rate_text(images, time.time() - started, "img"),
                             info=f"batch {number}")
@@ -119,7 +130,7 @@ def merge_shards(out: str | Path) -> dict:
     model = get_embedder(key["embedder"])
     found = find_sources(key["sources"])
     try:
-        embedded = _concatenate(work, model)
+        embedded = _concatenate(work, model, _regions(model, key["total"]))
         meta = finish_index(out, embedded, model, found, key["index_type"], parse_memory(key["max_memory"]),
                             config["started"], key["sources"])
     finally:
@@ -129,16 +140,22 @@ def merge_shards(out: str | Path) -> dict:
     return meta
 
 
-def _concatenate(work: ShardDir, model: Embedder) -> Embedded:
-    """The batches' codes into one memmap and their keys into keys.parquet.tmp, in batch order, ids renumbered."""
+def _concatenate(work: ShardDir, model: Embedder, regions: bool) -> Embedded:
+    """The batches' codes (and region tiles) into memmaps and their keys into keys.parquet.tmp, in batch order, ids
+    renumbered. Batches embedded by a medisyn without region tiles: the index is built without them."""
     import pyarrow.parquet as pq
 
     from .data import Record
 
     done = list(work.done_records())  # in batch order: rows and skipped files of each batch
     dtype = np.uint8 if model.binary else np.float32
+    rows = sum(d["rows"] for d in done)
     vectors = np.lib.format.open_memmap(work.out / "embedding.npy.tmp", mode="w+", dtype=dtype,
-                                        shape=(max(sum(d["rows"] for d in done), 1), model.code_size))
+                                        shape=(max(rows, 1), model.code_size))
+    regions = regions and all((work.root / "vectors" / f"{batch_name(b)}.tiles.npy").exists()
+                              for b, d in enumerate(done) if d["rows"])
+    tiles = np.lib.format.open_memmap(work.out / "regions.npy.tmp", mode="w+", dtype=np.float32,
+                                      shape=(max(rows, 1) * len(TILES), model.dim)) if regions else None
     skipped: list[dict] = []
     count = 0
     with _KeyWriter(work.out / (KEYS_FILE + ".tmp")) as keys:
@@ -146,6 +163,9 @@ def _concatenate(work: ShardDir, model: Embedder) -> Embedded:
             name = batch_name(batch)
             codes = np.load(work.root / "vectors" / f"{name}.npy")
             vectors[count:count + len(codes)] = codes
+            if tiles is not None and len(codes):
+                tiles[count * len(TILES):(count + len(codes)) * len(TILES)] = \
+                    np.load(work.root / "vectors" / f"{name}.tiles.npy")
             table = pq.read_table(work.root / "keys" / f"{name}.parquet").to_pydict()
             records = [(Source(Path(source), "batch"), Record(k, label, None))
                        for k, label, source in zip(table["key"], table["label"], table["source"])]
@@ -153,4 +173,4 @@ def _concatenate(work: ShardDir, model: Embedder) -> Embedded:
             count += len(codes)
             skipped += record["skipped"]
     vectors.flush()
-    return Embedded(vectors, count, skipped)
+    return Embedded(vectors, count, skipped, tiles)

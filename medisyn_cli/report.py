@@ -74,6 +74,7 @@ td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; font-size:
 .pair.copy {{ border-color: #c44e52; background: #fdeeee; }}
 .pair img {{ width: 96px; height: 96px; image-rendering: pixelated; }}
 .key {{ overflow-wrap: anywhere; color: #555; }}
+.region {{ color: #c44e52; }}
 </style></head>
 <body>
 {body}
@@ -87,6 +88,23 @@ window.addEventListener("load", function () {{
 </script>
 </body></html>
 """
+
+
+def region_png(image, region: str, size: int = 96) -> bytes:
+    """A thumbnail of a training image with the matched region ("region(l,t,r,b)", fractions) outlined in red."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from .embed import to_8bit
+
+    box = [float(v) * size for v in region[region.index("(") + 1:region.rindex(")")].split(",")]
+    image = to_8bit(image).convert("RGB")
+    image = image.resize((size, size), Image.NEAREST if image.width < size else Image.BILINEAR)
+    ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(220, 40, 40), width=2)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_screen_report(summary, path: Path, index) -> Path:
@@ -111,7 +129,8 @@ def write_screen_report(summary, path: Path, index) -> Path:
              '<div class="pairs">']
     for pair in summary.pairs:
         try:
-            training = data_uri(thumbnail_png(open_key(pair.nn_key)))
+            training = data_uri(region_png(open_key(pair.nn_key), pair.region) if pair.region
+                                else thumbnail_png(open_key(pair.nn_key)))
         except Exception as exc:  # a training file moved since the index was built: say so in the page
             training = ""
             pair.nn_key += f" (cannot open: {type(exc).__name__})"
@@ -119,6 +138,8 @@ def write_screen_report(summary, path: Path, index) -> Path:
                     f'<img alt="screened" src="{data_uri(pair.thumbnail)}"> '
                     f'<img alt="training" src="{training}"><br>'
                     f'similarity <b>{pair.similarity:.3f}</b>{" &mdash; near-copy" if pair.near_copy else ""}<br>'
+                    + (f'<span class="region">matched region of the training image: {e(pair.region[6:])}</span><br>'
+                       if pair.region else "") +
                     f'<span class="key">{e(pair.image)}<br>&harr; {e(pair.nn_key)}</span></div>')
     body.append("</div>")
     tmp = path.with_name(f".{path.name}.tmp")

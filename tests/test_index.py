@@ -44,7 +44,8 @@ def fixture_index(tmp_path_factory) -> Path:
 
 def test_build_writes_index_keys_and_metadata(fixture_index):
     meta = json.loads((fixture_index / "index.json").read_text())
-    assert sorted(p.name for p in fixture_index.iterdir()) == ["index.faiss", "index.json", "keys.parquet"]
+    assert sorted(p.name for p in fixture_index.iterdir()) == ["index.faiss", "index.json", "keys.parquet",
+                                                               "regions.faiss"]
     assert meta["count"] == 12 and meta["embedder"]["spec"] == "pixel" and meta["embedder"]["dim"] == 1024
     assert meta["metric"] == "inner_product" and meta["index"]["type"] == "flat"
     assert meta["threshold"] == get_embedder("pixel").default_threshold
@@ -252,3 +253,82 @@ def test_image_bytes_round_trip_through_parquet_keys(tmp_path):
     pq.write_table(pa.table({"image": [buffer.getvalue()]}), tmp_path / "one.parquet")
     meta = build_index([tmp_path / "one.parquet"], tmp_path / "idx", show_progress=False)
     assert meta["count"] == 1 and load_index(tmp_path / "idx").key([0])[0].endswith("one.parquet:0")
+
+
+def test_build_calibrates_the_threshold_on_its_own_images(tmp_path, monkeypatch):
+    from medisyn_cli import screen
+
+    monkeypatch.setattr(screen, "CALIBRATION_MIN", 10)
+    meta = build_index([FIXTURE], tmp_path / "idx", show_progress=False, target_fpr=0.05)
+    calibration = meta["screening"]["calibration"]
+    assert meta["screening"]["views"] == "general" and meta["threshold"] == calibration["threshold"]
+    assert calibration["sample"] == 12 and calibration["negatives"] == 24 and calibration["target_fpr"] == 0.05
+    assert calibration["fpr_at_threshold"] <= 0.05
+    curve = {row["threshold"]: row for row in calibration["curve"]}
+    assert all(0 <= row["fpr"] <= 1 and 0 <= row["tpr"] <= 1 for row in curve.values())
+    fprs = [row["fpr"] for row in calibration["curve"]]
+    assert fprs == sorted(fprs, reverse=True)  # fewer false positives as the threshold rises
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["screening"]["calibration"] == calibration
+
+
+def test_small_index_keeps_the_default_threshold_and_says_why(fixture_index):
+    meta = json.loads((fixture_index / "index.json").read_text())
+    assert "fewer than" in meta["screening"]["calibration"]["skipped"]
+    assert meta["threshold"] == get_embedder("pixel").default_threshold
+
+
+@pytest.mark.parametrize("target", [0, -0.1, 0.5, "0.01", True])
+def test_bad_target_fpr_is_refused_before_any_work(tmp_path, target):
+    with pytest.raises(MedisynError, match="target false-positive rate"):
+        build_index([FIXTURE], tmp_path / "idx", show_progress=False, target_fpr=target)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_index_built_before_calibration_is_used_with_its_own_views_and_threshold(fixture_index, tmp_path):
+    from medisyn_cli.screen import Screener
+
+    old = tmp_path / "old"
+    shutil.copytree(fixture_index, old)
+    meta = json.loads((old / "index.json").read_text())
+    del meta["screening"]
+    (old / "index.json").write_text(json.dumps(meta))
+    screener = Screener(load_index(old))
+    assert screener.view_set == "tuned" and len(screener.views) == 61 and screener.threshold == 0.97
+    assert Screener(load_index(fixture_index)).view_set == "general"
+
+
+@pytest.mark.parametrize("threshold", ["high", None, float("nan"), 1.5, True])
+def test_non_numeric_threshold_in_index_json_is_a_one_line_error(fixture_index, tmp_path, threshold):
+    from typer.testing import CliRunner
+
+    from medisyn_cli.cli import app
+
+    broken = tmp_path / "broken"
+    shutil.copytree(fixture_index, broken)
+    meta = json.loads((broken / "index.json").read_text())
+    meta["threshold"] = threshold
+    (broken / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(MedisynError, match="threshold .* is not a similarity"):
+        load_index(broken)
+    result = CliRunner().invoke(app, ["screen", str(FIXTURE), "--index", str(broken)])
+    assert result.exit_code == 2 and "index.json: threshold" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medisyn_cli import screen
+    from medisyn_cli.cli import app
+
+    monkeypatch.setattr(screen, "CALIBRATION_MIN", 10)
+    result = CliRunner().invoke(app, ["index", "build", str(FIXTURE), "--out", str(tmp_path / "idx"),
+                                      "--target-fpr", "0.05", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert "calibrated for 5.00% false positives" in result.output and "copies caught" in result.output
+    assert f"{meta['threshold']:g}" in result.output
+    plain = CliRunner().invoke(app, ["index", "build", str(FIXTURE), "--out", str(tmp_path / "plain"),
+                                     "--target-fpr", "0", "--no-progress"])
+    assert plain.exit_code == 0 and "threshold not calibrated" in plain.output
+    assert json.loads((tmp_path / "plain" / "index.json").read_text())["threshold"] == 0.97

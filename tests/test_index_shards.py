@@ -44,6 +44,9 @@ def same_index(a: Path, b: Path) -> None:
     first, second = load_index(a), load_index(b)
     ids = np.arange(len(first))
     assert np.array_equal(first.reconstruct(ids), second.reconstruct(ids))
+    assert first.regions.ntotal == second.regions.ntotal == 16 * len(first)  # region tiles as one process makes
+    assert np.array_equal(first.regions.reconstruct_n(0, first.regions.ntotal),
+                          second.regions.reconstruct_n(0, second.regions.ntotal))
 
 
 @pytest.mark.parametrize("shards", [2, 3])
@@ -54,7 +57,7 @@ def test_shards_build_the_same_index_as_one_process(train, tmp_path, shards):
     results = [build_index([train], sharded, batch_size=2, show_progress=False, shard=parse_shard(f"{k}/{shards}"))
                for k in range(shards)]
     assert all(r.get("partial") for r in results[:-1]) and results[-1]["count"] == 12
-    assert sorted(p.name for p in sharded.iterdir()) == ["index.faiss", "index.json", "keys.parquet"]
+    assert sorted(p.name for p in sharded.iterdir()) == ["index.faiss", "index.json", "keys.parquet", "regions.faiss"]
     same_index(one, sharded)
     assert results[-1]["skipped"]["count"] == 1 and "corrupt.png" in results[-1]["skipped"]["files"][0]["key"]
 
