@@ -8,12 +8,11 @@ the new run is complete, and then only the files medisyn writes: anything else f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-
-from .files import atomic_write_text
 
 MARKER = ".medisyn"
 LOCK = ".medisyn.lock"
@@ -51,11 +50,23 @@ def is_ours(out: Path) -> bool:
     return read_marker(out) is not None
 
 
-def write_marker(out: Path, run_id: str) -> None:
-    """Mark `out` as the output folder of run `run_id`."""
+def claim_marker(out: Path, run_id: str) -> str:
+    """Mark `out` as the output folder of run `run_id`, unless a marker is there; returns the folder's run id.
+
+    The marker appears complete or not at all, and of several processes (shards) starting at once, one writes it.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_text(Path(out) / MARKER, json.dumps({"tool": "medisyn", "command": "generate", "run_id": run_id,
-                                                      "created": created}) + "\n")
+    tmp = out / f".{MARKER}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps({"tool": "medisyn", "command": "generate", "run_id": run_id, "created": created}) + "\n")
+    try:
+        os.link(tmp, out / MARKER)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return (read_marker(out) or {}).get("run_id", run_id)
 
 
 def aside_path(out: Path) -> Path:

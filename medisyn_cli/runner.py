@@ -17,7 +17,7 @@ from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, command_lin
 from .errors import Cancelled, Interrupted, MedisynError
 from .files import write_json
 from .manifest import Manifest, load_manifest
-from .outdir import LOCK, MARKER, discard_previous, is_ours, move_aside, new_run_id, write_marker
+from .outdir import LOCK, MARKER, discard_previous, is_ours, move_aside, new_run_id, claim_marker
 from .plan import Job, batched, iter_jobs, quotas
 from .progress import console
 from .runkey import NUMERIC_OPTIONS, differences, key_of_record, run_key
@@ -145,10 +145,9 @@ def refuse_if_busy(out: Path) -> None:
         raise RunBusy(busy_message(out / LOCK, f"--out {out}", holder))
 
 
-def start_out(out: Path, claim: Claim, record: dict) -> None:
-    """Mark a new output folder as this run's; a joined run keeps its marker."""
-    if claim.state == "new" or not is_ours(out):
-        write_marker(out, record["run_id"])
+def start_out(out: Path, record: dict) -> None:
+    """Mark a new output folder as this run's (a joined run keeps its marker and run id)."""
+    record["run_id"] = claim_marker(out, record["run_id"])
 
 
 def model_settings(config: GenerateConfig, pipe) -> dict:
@@ -225,7 +224,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
             return completed_summary(out, run_key(config, manifest, screener))
         record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
         record.update(speed=speed, warnings=warnings, replaces=claim.replaced and str(claim.replaced))
-        start_out(out, claim, record)
+        start_out(out, record)
         work = WorkDir(out)
         work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
         with explained_failures(out, work, claim.replaced):

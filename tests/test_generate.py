@@ -138,7 +138,7 @@ def test_black_or_nan_images_are_regenerated_with_a_new_recorded_seed(manifest):
 
 def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fails(tiny_model, tmp_path, monkeypatch):
     first = run(tmp_path, tiny_model, "out", n=3)
-    with pytest.raises(MedisynError, match="not empty .*--overwrite"):
+    with pytest.raises(MedisynError, match="holds a complete medisyn run; .*--overwrite"):
         run(tmp_path, tiny_model, "out", n=3)
     second = run(tmp_path, tiny_model, "out", n=6, overwrite=True)
     assert first.out == second.out
@@ -151,12 +151,14 @@ def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fai
     monkeypatch.setattr(generate_module, "generate_batch", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         run(tmp_path, tiny_model, "out", n=3, overwrite=True)
-    assert len(list((second.out / "imagefolder").rglob("*.png"))) == 6 and (second.out / "run.json").exists()
+    kept = next(tmp_path.glob("out.previous-*"))  # the finished run waits intact beside the unfinished new one
+    assert len(list((kept / "imagefolder").rglob("*.png"))) == 6 and (kept / "run.json").exists()
+    assert (second.out / "_work").exists() and not (second.out / "run.json").exists()
     monkeypatch.undo()
     stranger = tmp_path / "mine"
     stranger.mkdir()
     (stranger / "thesis.tex").write_text("precious")
-    with pytest.raises(MedisynError, match="only replaces a medisyn output"):
+    with pytest.raises(MedisynError, match="was not made by medisyn generate"):
         run(tmp_path, tiny_model, "mine", n=3, overwrite=True)
     assert (stranger / "thesis.tex").exists()
 

@@ -220,3 +220,34 @@ def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkey
     monkeypatch.setattr(runner, "provenance_row", real)
     assert CliRunner().invoke(app, args + ["--resume"]).exit_code == 0
     assert len(pd.read_parquet(tmp_path / "o" / "parquet")) == 10
+
+
+# --- medisyn screen ------------------------------------------------------------------------------------------
+
+def test_screen_keep_out_copy_tells_its_own_counts_and_unreadable_input_fails(tiny_model, tmp_path):
+    from medisyn_cli.index import build_index
+
+    code, output = run(tmp_path, tiny_model, tmp_path / "synth", n=6)
+    assert code == 0, output
+    out = tmp_path / "synth"
+    build_index([out / "imagefolder" / "melanoma"], tmp_path / "idx", show_progress=False)
+    result = CliRunner().invoke(app, ["screen", str(out), "--index", str(tmp_path / "idx"), "--keep-out",
+                                      str(tmp_path / "kept"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    kept = json.loads((tmp_path / "kept" / "run.json").read_text())
+    assert kept["classes"]["melanoma"]["written"] == 0 and kept["classes"]["nevus"]["written"] == 2
+    assert kept["filtered"]["near_copies_removed"] == 2 and kept["filtered"]["threshold"] > 0
+    card = (tmp_path / "kept" / "README.md").read_text()
+    assert "| melanoma | 0 |" in card and "filtered afterwards by `medisyn screen --keep-out`: 2" in card
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("a.png", "b.png"):
+        (broken / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = CliRunner().invoke(app, ["screen", str(broken), "--index", str(tmp_path / "idx"), "--report",
+                                      str(tmp_path / "rep"), "--no-progress"])
+    assert result.exit_code == 2 and "none of its 2 images could be read" in result.output
+    assert not (tmp_path / "rep").exists()
+    shutil.copy(out / "imagefolder" / "nevus" / "nevus-000000.png", broken / "c.png")
+    result = CliRunner().invoke(app, ["screen", str(broken), "--index", str(tmp_path / "idx"), "--report",
+                                      str(tmp_path / "rep"), "--fail-on-copies", "--no-progress"])
+    assert result.exit_code == 1 and "2 unreadable images count as failures" in " ".join(result.output.split())
