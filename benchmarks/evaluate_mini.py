@@ -4,15 +4,22 @@ For each data set: generate --per-class images per class with the bundled model 
 mini_<x>.csv manifest), split the real images into the model's training images and its hold-out (holdout.csv,
 images it never saw; see utility_mini.py real_split), then
 - utility: the classifier trained on real (at each --fractions), synthetic, and real + synthetic images, macro
-  AUROC on the hold-out. Baseline: real at fraction 1; candidates: synthetic only and real + synthetic.
+  AUROC on the hold-out, every condition for the same number of optimiser steps (--classifier-steps, default
+  --epochs over the largest condition). Baseline: real at each fraction; candidates: synthetic only and
+  real + synthetic. Mean, sample std and 95% interval over --seeds.
 - privacy: similarity of each synthetic and each hold-out image to its nearest training image (pixel embedder
-  with views). Baseline: hold-out; candidate: synthetic; share above the hold-out 95th percentile (5% expected).
-- fidelity: FID / precision / recall / density / coverage with --features (default cnn). Baseline: hold-out real
-  images vs the training images (the floor a perfect generator reaches); candidate: synthetic vs training images.
+  with views); hold-out near-copies of training images screened out of the reference; the three-test verdict.
+- fidelity (unless --skip-fidelity): FID / precision / recall / density / coverage with --features (default
+  cnn), with bootstrap intervals. Baseline: hold-out real images vs the training images (the floor a perfect
+  generator reaches); candidate: synthetic vs training images.
 Writes every evaluate output under WORK/<data set>/synthetic/evaluate/ (then `medisyn report` of that folder) and
 the summary to --results (results.json, output.txt).
 
     python benchmarks/evaluate_mini.py --per-class 100 --seeds 3 --work runs/evaluate_mini
+    nice -n 10 python benchmarks/evaluate_mini.py --sets busi_breast_ultrasound,kermany_pediatric_cxr,\
+        isic2017_dermoscopy,brain_tumor_mri --seeds 2 --fractions 0.1,1 --classifier-steps 100 --skip-fidelity \
+        --threads 1                                  # the reduced run of the README (a shared 2-core machine)
+    python benchmarks/evaluate_mini.py --leakage-only  # hold-out images that copy training images, per class
     python benchmarks/evaluate_mini.py --sets bccd_blood_smear --per-class 4 --seeds 1 --fractions 1 --epochs 2 \
         --steps 8 --work /tmp/evaluate_tiny --results /tmp/evaluate_tiny/results        # a smoke test
 """
@@ -77,52 +84,93 @@ def evaluate_set(dataset: str, args, model_dir: Path) -> dict:
               args.guidance)
     out = synth_dir / "evaluate"
     utility = run_utility(UtilityConfig((str(train),), (str(heldout),), (str(synth_dir),), args.fractions,
-                                        seeds=args.seeds, epochs=args.epochs, size=args.size, out=str(out)))
+                                        seeds=args.seeds, epochs=args.epochs, size=args.size, out=str(out),
+                                        budget=args.budget, steps=args.classifier_steps))
     privacy = run_privacy(PrivacyConfig((str(train),), (str(heldout),), (str(synth_dir),), out=str(out)))
-    fidelity = run_fidelity(FidelityConfig((str(train),), (str(synth_dir),), args.features, per_class=True,
-                                           cnn_epochs=args.epochs, out=str(out)))
-    floor = run_fidelity(FidelityConfig((str(train),), (str(heldout),), args.features, per_class=True,
-                                        cnn_epochs=args.epochs, out=str(out / "baseline_heldout")))
+    fidelity = floor = None
+    if not args.skip_fidelity:
+        fidelity = run_fidelity(FidelityConfig((str(train),), (str(synth_dir),), args.features, per_class=True,
+                                               cnn_epochs=args.epochs, out=str(out)))
+        floor = run_fidelity(FidelityConfig((str(train),), (str(heldout),), args.features, per_class=True,
+                                            cnn_epochs=args.epochs, out=str(out / "baseline_heldout")))
     write_report(synth_dir)
+    copy_outputs(out, args.results / dataset)
     return summary_row(dataset, utility, privacy, fidelity, floor)
 
 
-def summary_row(dataset: str, utility: dict, privacy: dict, fidelity: dict, floor: dict) -> dict:
+def copy_outputs(out: Path, results: Path) -> None:
+    """The small evaluate outputs of a set (JSON, CSV, figures; not the per-image privacy.csv) into the results."""
+    import shutil
+
+    results.mkdir(parents=True, exist_ok=True)
+    for name in ("utility.json", "utility.csv", "utility.png", "privacy.json", "privacy_histogram.png",
+                 "closest_pairs.png", "fidelity.json", "fidelity.csv"):
+        if (out / name).exists():
+            shutil.copy2(out / name, results / name)
+
+
+def summary_row(dataset: str, utility: dict, privacy: dict, fidelity: dict | None, floor: dict | None) -> dict:
     """Baseline, candidate and ratio of each evaluation."""
     rows = {(r["condition"], r["real_fraction"]): r for r in utility["rows"]}
-    real = rows[("real", max(f for c, f in rows if c == "real"))]
-    combined = rows[("real+synthetic", real["real_fraction"])]
-    syn, held = fidelity["overall"], floor["overall"]
-    return {
+    full, low = max(f for c, f in rows if c == "real"), min(f for c, f in rows if c == "real")
+
+    def cell(row: dict) -> dict:
+        return {"auroc": row["auroc_mean"], "std": row["auroc_std"], "ci95": row["auroc_ci95"], "steps": row["steps"],
+                "images": row["real_images"] + row["synthetic_images"]}
+
+    conditions = {"real": cell(rows[("real", full)]), "synthetic": cell(rows[("synthetic", None)]),
+                  "real+synthetic": cell(rows[("real+synthetic", full)]),
+                  f"real {low:g}": cell(rows[("real", low)]), f"real {low:g}+synthetic": cell(rows[("real+synthetic", low)])}
+    result = {
         "dataset": dataset, "classes": len(utility["classes"]), "images": utility["images"],
-        "utility": {"real_auroc": real["auroc_mean"], "real_std": real["auroc_std"],
-                    "synthetic_auroc": rows[("synthetic", None)]["auroc_mean"],
-                    "synthetic_std": rows[("synthetic", None)]["auroc_std"],
-                    "real_plus_synthetic_auroc": combined["auroc_mean"],
-                    "synthetic_ratio": rows[("synthetic", None)]["auroc_mean"] / real["auroc_mean"]},
+        "utility": {"budget": utility["budget"]["text"], "seeds": utility["seeds"], "conditions": conditions,
+                    "synthetic_ratio": conditions["synthetic"]["auroc"] / conditions["real"]["auroc"],
+                    "low_fraction": low,
+                    "gain_at_low_fraction": conditions[f"real {low:g}+synthetic"]["auroc"]
+                    - conditions[f"real {low:g}"]["auroc"]},
         "privacy": {"heldout_median_similarity": privacy["percentiles"]["heldout"]["p50"],
                     "synthetic_median_similarity": privacy["percentiles"]["synthetic"]["p50"],
+                    "reference_median_similarity": privacy["percentiles"]["reference"]["p50"],
+                    "heldout_near_copies": {k: privacy["heldout_near_copies"][k] for k in ("count", "share")},
                     "share_above_heldout_p95": privacy["share_above_heldout_p95"],
                     "share_ratio": privacy["share_ratio"], "near_copy_rate": privacy["near_copy_rate"],
-                    "memorises": privacy["memorises"]},
-        "fidelity": {"features": fidelity["features"], "heldout_fid": held["fid"], "synthetic_fid": syn["fid"],
-                     "fid_ratio": syn["fid"] / held["fid"] if held["fid"] else None,
-                     "heldout_precision": held["precision"], "synthetic_precision": syn["precision"],
-                     "heldout_recall": held["recall"], "synthetic_recall": syn["recall"],
-                     "heldout_coverage": held["coverage"], "synthetic_coverage": syn["coverage"]},
+                    "p_values": privacy["p_values"], "flagged_by": privacy["flagged_by"],
+                    "memorises": privacy["memorises"],
+                    "classes_flagged": [c for c, r in privacy["per_class"].items() if r.get("memorises")],
+                    "pixel_distance_median": {k: v["p50"] for k, v in privacy["pixel_distance_percentiles"].items()}},
     }
+    if fidelity is not None and floor is not None:
+        syn, held = fidelity["overall"], floor["overall"]
+        result["fidelity"] = {"features": fidelity["features"], "heldout_fid": held["fid"], "synthetic_fid": syn["fid"],
+                              "synthetic_fid_ci95": syn.get("ci95", {}).get("fid"),
+                              "fid_ratio": syn["fid"] / held["fid"] if held["fid"] else None,
+                              "heldout_precision": held["precision"], "synthetic_precision": syn["precision"],
+                              "heldout_recall": held["recall"], "synthetic_recall": syn["recall"],
+                              "heldout_coverage": held["coverage"], "synthetic_coverage": syn["coverage"]}
+    return result
 
 
 def line(row: dict) -> str:
     """One printed line per data set: baseline, candidate, ratio for each evaluation."""
-    u, p, f = row["utility"], row["privacy"], row["fidelity"]
-    ratio = "-" if f["fid_ratio"] is None else f"{f['fid_ratio']:.2f}"
-    return (f"{row['dataset']:24s} AUROC real {u['real_auroc']:.3f} synth {u['synthetic_auroc']:.3f} "
-            f"(x{u['synthetic_ratio']:.3f}) real+synth {u['real_plus_synthetic_auroc']:.3f} | "
-            f"NN-sim median held-out {p['heldout_median_similarity']:.3f} synth {p['synthetic_median_similarity']:.3f}"
-            f", >p95 {p['share_above_heldout_p95']:.1%} (x{p['share_ratio']:.1f})"
-            f"{' MEMORISES' if p['memorises'] else ''}"
-            f" | FID held-out {f['heldout_fid']:.3g} synth {f['synthetic_fid']:.3g} (x{ratio})")
+    u, p = row["utility"], row["privacy"]
+    c, low = u["conditions"], u["low_fraction"]
+
+    def text(name: str) -> str:
+        ci = c[name]["ci95"]
+        return f"{c[name]['auroc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    out = (f"{row['dataset']:24s} AUROC ({c['real']['steps']} steps each) real {text('real')} synth "
+           f"{text('synthetic')} (x{u['synthetic_ratio']:.3f}) real+synth {text('real+synthetic')} real {low:g} "
+           f"{text(f'real {low:g}')} + synth {text(f'real {low:g}+synthetic')} ({u['gain_at_low_fraction']:+.3f}) | "
+           f"held-out near-copies {p['heldout_near_copies']['count']} ({p['heldout_near_copies']['share']:.1%}), "
+           f"NN-sim median reference {p['reference_median_similarity']:.3f} synth {p['synthetic_median_similarity']:.3f}"
+           f", >p95 {p['share_above_heldout_p95']:.1%} (p {p['p_values']['tail_p95']:.2g}), near-copies "
+           f"{p['near_copy_rate']['synthetic']:.1%} (p {p['p_values']['near_copies']:.2g}), distribution p "
+           f"{p['p_values']['distribution']:.2g}{' MEMORISES (' + ', '.join(p['flagged_by']) + ')' if p['memorises'] else ''}")
+    if "fidelity" in row:
+        f = row["fidelity"]
+        out += f" | FID held-out {f['heldout_fid']:.3g} synth {f['synthetic_fid']:.3g}"
+    return out
 
 
 def main() -> None:
@@ -133,9 +181,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fractions", default="0.1,0.25,0.5,1")
     parser.add_argument("--epochs", type=int, default=25, help="classifier (and cnn feature) training epochs")
+    parser.add_argument("--budget", default="steps", help="steps (equal for every condition) or epochs")
+    parser.add_argument("--classifier-steps", type=int, default=None,
+                        help="optimiser steps of every condition (default: --epochs over the largest condition)")
     parser.add_argument("--size", type=int, default=32, help="classifier input size (px), as utility_mini.py")
     parser.add_argument("--features", default="cnn", help="fidelity features (cnn, pixel, inception:FILE, ...)")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--skip-fidelity", action="store_true", help="utility and privacy only")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps of the synthetic images")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "evaluate_mini",
@@ -153,6 +205,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.fractions = parse_fractions(args.fractions)
     model_dir = Path(args.model) if args.model else BUNDLED_MODEL
+    args.results.mkdir(parents=True, exist_ok=True)
     if args.leakage_only:
         return leakage_main(args, model_dir)
     rows, lines = [], []
@@ -163,10 +216,9 @@ def main() -> None:
         rows.append(row)
         lines.append(line(row))
         print(lines[-1], flush=True)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "results.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=2, default=str))
-    (args.results / "output.txt").write_text("\n".join(lines) + "\n")
+        (args.results / "results.json").write_text(json.dumps(  # after every set: a stopped run keeps its sets
+            {"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=2, default=str))
+        (args.results / "output.txt").write_text("\n".join(lines) + "\n")
 
 
 def leakage_main(args, model_dir: Path) -> None:

@@ -133,7 +133,7 @@ def privacy(
     flagged = [label for label, row in result["per_class"].items() if row.get("memorises")]
     if flagged:
         results.print(f"[bold red]classes flagged on their own: {', '.join(flagged)}[/bold red]", highlight=False)
-    style = "bold red" if result["memorises"] else "green"
+    style = "bold red" if result["memorises"] else "green" if result["memorises"] is False else "yellow"
     results.print(f"[{style}]{result['verdict']}[/{style}]", highlight=False)
     results.print(f"written: {_out_of(config, result)}/privacy.json, privacy.csv, privacy_histogram.png, "
                   f"closest_pairs.png", highlight=False)

@@ -88,9 +88,17 @@ def test_evaluate_mini_writes_every_evaluation(bench, monkeypatch, tmp_path):
         "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")])
     row = json.loads((tmp_path / "results" / "results.json").read_text())["results"][0]
     assert row["dataset"] == "bccd_blood_smear" and row["classes"] == 3
-    assert 0 <= row["utility"]["synthetic_auroc"] <= 1
-    assert 0 <= row["privacy"]["share_above_heldout_p95"] <= 1
+    conditions = row["utility"]["conditions"]
+    assert 0 <= conditions["synthetic"]["auroc"] <= 1
+    assert len({c["steps"] for c in conditions.values()}) == 1  # the same optimiser steps for every condition
+    assert row["privacy"]["heldout_near_copies"]["count"] >= 0 and "p_values" in row["privacy"]
     assert row["fidelity"]["synthetic_fid"] >= 0
+    assert (tmp_path / "results" / "bccd_blood_smear" / "utility.json").exists()
+    run_main(evaluate_mini, monkeypatch, ["--model", str(model), "--sets", "bccd_blood_smear", "--leakage-only",
+                                          "--threads", "1", "--work", str(tmp_path / "work"),
+                                          "--results", str(tmp_path / "results")])
+    leak = json.loads((tmp_path / "results" / "leakage.json").read_text())["results"][0]
+    assert leak["test"] == 6 and leak["train"] == 18 and sum(r["images"] for r in leak["per_class"].values()) == 6
 
 
 def test_utility_mini_trains_the_products_small_cnn(monkeypatch):

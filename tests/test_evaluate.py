@@ -599,3 +599,11 @@ def test_fidelity_neural_features_are_raw_not_l2_normalised(sets, tmp_path, monk
     extractor = make_extractor("hf:fake", [], FidelityConfig((), ()), "cpu")
     assert "raw features" in extractor.name
     assert np.allclose(extractor.embed(images), [[10.0, 0.0, 5.0], [20.0, 0.0, 5.0]])
+
+
+def test_privacy_without_a_clean_held_out_reference_gives_no_verdict():
+    from medisyn_cli.evaluate.privacy import memorisation_tests
+
+    result = memorisation_tests(np.array([0.5, 0.99]), np.array([0.98, 0.99, 0.6]), 0.97)
+    assert result["memorises"] is None and result["verdict"].startswith("cannot test: 1 of 3 held-out images")
+    assert result["near_copy_rate"]["synthetic"] == 0.5 and np.isnan(result["p_values"]["tail_p95"])

@@ -210,9 +210,10 @@ def memorisation_tests(synthetic: np.ndarray, heldout: np.ndarray, threshold: fl
 
     synthetic, heldout = np.asarray(synthetic, np.float64), np.asarray(heldout, np.float64)
     reference = heldout[heldout < threshold]
-    if len(reference) < 2 or len(synthetic) < 1:
-        raise MedisynError(f"privacy: {len(reference)} held-out images below the near-copy threshold and "
-                           f"{len(synthetic)} synthetic images; the tests need at least 2 and 1")
+    if len(synthetic) < 1:
+        raise MedisynError("privacy: no synthetic images to test")
+    if len(reference) < 2:
+        return _untestable(synthetic, heldout, reference, threshold)
     cut = float(np.percentile(reference, 100 * (1 - EXPECTED_SHARE)))
     above, above_ref = int((synthetic > cut).sum()), int((reference > cut).sum())
     near = int((synthetic >= threshold).sum())
@@ -238,6 +239,24 @@ def memorisation_tests(synthetic: np.ndarray, heldout: np.ndarray, threshold: fl
         "memorises": bool(flagged),
         "verdict": _verdict(flagged, share, near, len(synthetic), p_values, level),
     }
+
+
+def _untestable(synthetic: np.ndarray, heldout: np.ndarray, reference: np.ndarray, threshold: float) -> dict:
+    """The result when fewer than two held-out images are left once near-copies are screened out: no verdict."""
+    nan = float("nan")
+    near = int((synthetic >= threshold).sum())
+    return {"percentiles": {name: _percentiles(values) for name, values in
+                            (("synthetic", synthetic), ("heldout", heldout), ("reference", reference))},
+            "reference_images": int(len(reference)), "heldout_p95_similarity": nan, "share_above_heldout_p95": nan,
+            "expected_share": EXPECTED_SHARE, "share_ratio": nan,
+            "near_copy_rate": {"synthetic": near / len(synthetic), "heldout": float(np.mean(heldout >= threshold)),
+                               "reference": 0.0},
+            "p_synthetic_closer": nan, "p_values": {"tail_p95": nan, "near_copies": nan, "distribution": nan},
+            "test_level": ALPHA / TESTS, "flagged_by": [], "mannwhitney_p": nan, "ks_statistic": nan, "ks_p": nan,
+            "memorises": None,
+            "verdict": f"cannot test: {len(reference)} of {len(heldout)} held-out images are not near-copies of "
+                       f"training images (at least 2 are needed as the reference); {near} of {len(synthetic)} "
+                       f"synthetic images are near-copies"}
 
 
 def _verdict(flagged: list[str], share: float, near: int, count: int, p_values: dict, level: float) -> str:
@@ -310,13 +329,14 @@ def similarity_histogram(synthetic: Nearest, heldout: Nearest, result: dict, pat
     bins = np.linspace(float(min(sim_s.min(), sim_h.min())), 1.0, 40)
     left.hist(sim_h, bins=bins, alpha=0.55, density=True, label=f"held-out real ({len(sim_h)})")
     left.hist(sim_s, bins=bins, alpha=0.55, density=True, label=f"synthetic ({len(sim_s)})")
-    left.axvline(result["heldout_p95_similarity"], color="black", linestyle=":",
-                 label="95th percentile of held-out (near-copies left out)")
+    if result["heldout_p95_similarity"] == result["heldout_p95_similarity"]:
+        left.axvline(result["heldout_p95_similarity"], color="black", linestyle=":",
+                     label="95th percentile of held-out (near-copies left out)")
     left.axvline(result["threshold"], color="red", linestyle="--", label=f"near-copy threshold {result['threshold']:g}")
     left.set_xlabel(f"similarity to the nearest training image ({result['embedder']})")
     left.set_ylabel("density")
     left.set_title("memorisation: " + ("FLAGGED by " + ", ".join(result["flagged_by"]) if result["memorises"]
-                                       else "not flagged"))
+                                       else "not flagged" if result["memorises"] is False else "cannot test"))
     left.legend(fontsize=7)
     dist_s, dist_h = np.array(synthetic.pixel_distance), np.array(heldout.pixel_distance)
     bins = np.linspace(0.0, float(max(dist_s.max(), dist_h.max(), 1e-6)), 40)
