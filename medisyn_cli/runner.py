@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import time
 from contextlib import contextmanager
 from itertools import islice
@@ -20,7 +19,7 @@ from .manifest import Manifest, load_manifest
 from .outdir import LOCK, MARKER, discard_previous, is_ours, move_aside, new_run_id, claim_marker
 from .plan import Job, batched, iter_jobs, quotas
 from .progress import console
-from .runkey import NUMERIC_OPTIONS, differences, key_of_record, run_key
+from .runkey import differences, key_of_record, run_key
 from .runlock import RunBusy, RunLock, busy_message, read_holder
 from .screen import RejectedLog
 from .shards import Shard, batch_count, resolve_shard, shard_batches
