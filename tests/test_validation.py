@@ -124,3 +124,10 @@ def test_screen_runs_in_a_batch_job_with_output_redirected(tmp_path):
                                "--report", str(tmp_path / "rep")], stdout=log, stderr=log)
     assert screened.returncode == 0, (tmp_path / "log").read_text()
     assert (tmp_path / "rep" / "screen.json").exists() and "screen:" in (tmp_path / "log").read_text()
+
+
+def test_an_out_on_a_read_only_file_system_is_refused_before_the_model_loads(tmp_path):
+    (tmp_path / "m.csv").write_text(GOOD)
+    code, output = invoke("generate", "--manifest", tmp_path / "m.csv", "--n", "4", "--out",
+                          "/proc/medisyn-test/out")
+    assert code == 2 and "--out /proc/medisyn-test/out: cannot write into /proc" in output, output
