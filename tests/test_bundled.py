@@ -23,8 +23,12 @@ def test_bundled_model_loads_offline_with_plain_diffusers(monkeypatch):
     from diffusers import DiffusionPipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pipe = DiffusionPipeline.from_pretrained(BUNDLED_MODEL, torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(BUNDLED_MODEL)  # as the README says: no dtype argument needed
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 64
+    assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.float32}
+    image = pipe("dermoscopy image of melanoma", num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
 
 
 def test_bundled_model_generates_distinct_non_black_images_of_the_right_size():
