@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 medisyn generate --manifest prompts/mini_chest_xray.csv --n 30 --dry-run
-medisyn generate --manifest prompts/mini_chest_xray.csv --n 30 --out /tmp/cxr-synth --overwrite --dtype bf16
+medisyn generate --manifest prompts/mini_chest_xray.csv --n 30 --out /tmp/cxr-synth --overwrite
 python examples/load_dataset.py /tmp/cxr-synth
