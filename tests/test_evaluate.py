@@ -125,7 +125,7 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
 def test_prdc_of_identical_sets_is_perfect_and_of_far_sets_is_zero():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(60, 5))
-    assert prdc(x, x.copy(), k=5) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    assert prdc(x, x.copy(), k=5) == pytest.approx({"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0})
     far = prdc(x, x + 100.0, k=5)
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
     half = prdc(x, np.concatenate([x[:30], x[:30] + 100.0]), k=5)  # half the fakes are real-like
