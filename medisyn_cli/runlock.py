@@ -3,7 +3,9 @@
 The lock is a file created with O_EXCL (atomic on every POSIX file system, NFSv3 included) that holds who took it
 (host, pid, command, since when). While it is held, a thread touches it every `HEARTBEAT` seconds. A lock is stale,
 and is taken over, when its process is gone: on the same host, its pid is dead (a `kill -9` frees it at once); on
-another host, its heartbeat is older than `stale_after` seconds (a node that died). Two processes that find the
+another host, its heartbeat stops: the lock file's modification time does not change for 2.5 heartbeats (compared
+with itself, so clocks that disagree between nodes do not matter), or is older than `stale_after` seconds. A job
+requeued onto another node after its node died thus waits about 40 s, then resumes. Two processes that find the
 same stale lock race on one rename: only one of them takes it over.
 """
 
@@ -70,14 +72,24 @@ class RunLock:
         self.release()
 
     def is_stale(self, holder: dict) -> bool:
-        """True if the holder's process is gone."""
+        """True if the holder's process is gone; a holder on another host is watched for a heartbeat."""
         if holder.get("host") == socket.gethostname():
-            return not pid_alive(int(holder.get("pid", -1)))
+            return not pid_alive(int(holder.get("pid", -1) or -1))
         try:
-            age = time.time() - self.path.stat().st_mtime
+            first = self.path.stat().st_mtime
         except FileNotFoundError:
             return True
-        return age > self.stale_after
+        if time.time() - first > self.stale_after:
+            return True
+        deadline = time.monotonic() + 2.5 * self.heartbeat
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, self.heartbeat / 4))
+            try:
+                if self.path.stat().st_mtime != first:
+                    return False
+            except FileNotFoundError:
+                return True
+        return True
 
     def _create(self) -> bool:
         self._token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
@@ -144,5 +156,5 @@ def busy_message(path: Path, what: str, holder: dict) -> str:
         beat = ""
     who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}{beat}"
     return (f"{what} is in use by {who} ({holder.get('command', '')!s}); wait for it to finish, or stop it and "
-            f"run again with --resume. If that process is gone, the lock expires {STALE_AFTER:.0f} s after its last "
-            f"heartbeat (or delete {path})")
+            f"run again with --resume. A lock whose process died is taken over by the next run (at once on the same "
+            f"host, after about {2.5 * HEARTBEAT:.0f} s without heartbeat from another host)")

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -140,11 +141,28 @@ def test_a_lock_left_by_a_dead_process_or_a_silent_node_is_taken_over(tmp_path):
             RunLock(path, "run").acquire()
     assert not path.exists()
     path.write_text(json.dumps({"host": "other-node", "pid": 1, "since": "then"}))
-    with pytest.raises(RunBusy, match="other-node"):
-        RunLock(path, "run", stale_after=60).acquire()
-    old = time.time() - 120
+    beating = threading.Event()
+
+    def heartbeat():  # a live holder on another node touches its lock
+        while not beating.wait(0.05):
+            os.utime(path)
+
+    thread = threading.Thread(target=heartbeat)
+    thread.start()
+    try:
+        with pytest.raises(RunBusy, match="other-node"):
+            RunLock(path, "run", stale_after=60, heartbeat=0.4).acquire()
+    finally:
+        beating.set()
+        thread.join()
+    clock = time.monotonic()  # the node died: its heartbeat stops, and the lock is taken over after 2.5 beats
+    with RunLock(path, "run", stale_after=60, heartbeat=0.4):
+        assert json.loads(path.read_text())["host"] == os.uname().nodename
+    assert time.monotonic() - clock >= 1.0
+    path.write_text(json.dumps({"host": "other-node", "pid": 1, "since": "then"}))
+    old = time.time() - 120  # a heartbeat older than stale_after: taken over at once
     os.utime(path, (old, old))
-    with RunLock(path, "run", stale_after=60):
+    with RunLock(path, "run", stale_after=60, heartbeat=100):
         assert json.loads(path.read_text())["host"] == os.uname().nodename
 
 
