@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from .errors import MedisynError
+from .files import to_json
 from .runkey import check_same_run
 from .runlock import RunBusy, RunLock
 
@@ -60,7 +61,7 @@ class WorkDir:
         for name in self.FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
+        tmp.write_text(to_json(record))
         try:
             os.link(tmp, self.config_path)  # atomic: fails if another process got there first
             return True
@@ -108,7 +109,7 @@ class WorkDir:
     def mark_done(self, batch: int, record: dict) -> None:
         path = self.root / "done" / f"{batch_name(batch)}.json"
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record))
+        tmp.write_text(to_json(record, indent=None))
         tmp.replace(path)
 
     def done_records(self):
