@@ -298,8 +298,10 @@ def merge(out: Path = typer.Argument(..., help="Output folder of a sharded or in
 
 from .cli_evaluate import evaluate_app, report_command  # noqa: E402  (after errors_as_exit_codes, which it uses)
 from .cli_study import study_app  # noqa: E402
+from .cli_judge import judge_app  # noqa: E402  (also adds `evaluate alignment`)
 
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(judge_app, name="judge")
 app.add_typer(study_app, name="study")
 app.command("report")(report_command)
 

@@ -1,0 +1,188 @@
+"""`medisyn judge build`: train a label classifier on real labelled images, measure it on held-out images, save it.
+
+The images are split per class by a hash of their key (deterministic, independent of order): `holdout` of each
+class (at least one image when the class has two or more) is held out. The saved judge is the one trained on the
+rest, so the accuracy and calibration in judge.json are those of the judge `generate --judge` uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..data import Record, iter_images, read_records
+from ..errors import MedisynError
+from ..files import write_json
+from .features import get_features
+from .metrics import calibration, confusion, pass_rates
+from .model import CLASSIFIERS, JUDGE_FILE, VERSION, cnn_arrays, embed_images, file_sha256, fit_linear, knn_scores
+from .model import linear_scores, model_file
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Options of `medisyn judge build` (defaults shared by the CLI and the API)."""
+
+    real: tuple[str, ...]
+    out: str
+    classifier: str = "knn"
+    embedder: str = "thumb"      # features of knn / linear (features.py: thumb, pixel, clip:, hf:); cnn: its own
+    holdout: float = 0.2
+    k: int = 10                  # knn neighbours (at most the smallest class's training images)
+    steps: int = 600             # cnn optimiser steps (batch 64, 32 px)
+    seed: int = 0
+    max_per_class: int | None = None
+    overwrite: bool = False
+
+
+def check_config(config: JudgeConfig) -> None:
+    """One-line errors for bad options, before any image is read."""
+    if config.classifier not in CLASSIFIERS:
+        raise MedisynError(f"--classifier: unknown classifier '{config.classifier}' (valid: {', '.join(CLASSIFIERS)})")
+    if not 0.0 < config.holdout < 1.0:
+        raise MedisynError(f"--holdout: must be between 0 and 1 (a share of each class), got {config.holdout}")
+    for name in ("k", "steps"):
+        if getattr(config, name) < 1:
+            raise MedisynError(f"--{name}: must be at least 1, got {getattr(config, name)}")
+    if config.max_per_class is not None and config.max_per_class < 2:
+        raise MedisynError(f"--max-per-class: must be at least 2, got {config.max_per_class}")
+    out = Path(config.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not config.overwrite or not (out / JUDGE_FILE).is_file():
+            what = "a judge folder: add --overwrite" if (out / JUDGE_FILE).is_file() else \
+                "not a judge folder, so it is never replaced"
+            raise MedisynError(f"--out {out}: exists and is not empty ({what})")
+    if config.classifier != "cnn":
+        if get_features(config.embedder).binary:
+            raise MedisynError(f"--embedder {config.embedder}: a hash has no vector space for a classifier; use "
+                               f"pixel, clip:<model> or hf:<model>")
+
+
+def split(records: list[Record], holdout: float, max_per_class: int | None = None) -> tuple[list[int], list[int]]:
+    """(train, held-out) positions: per class in key-hash order, `holdout` of it held out (at least 1 of 2+)."""
+    by_class: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_class.setdefault(record.label, []).append(i)
+    train, held = [], []
+    for label, members in sorted(by_class.items()):
+        members.sort(key=lambda i: hashlib.sha1(records[i].key.encode()).hexdigest())
+        members = members[:max_per_class] if max_per_class else members
+        n_held = min(len(members) - 1, max(1, round(holdout * len(members)))) if len(members) > 1 else 0
+        held += members[:n_held]
+        train += members[n_held:]
+    return sorted(train), sorted(held)
+
+
+def read_labelled(paths: tuple[str, ...]) -> tuple[list[Record], list, list[dict]]:
+    """Labelled, readable records and their images; unreadable files listed, unlabelled ones refused."""
+    records, images, skipped = [], [], []
+    for record, image, error in iter_images(read_records(list(paths))):
+        if record.label is None:
+            raise MedisynError(f"{record.key}: no label (the judge learns from labelled images: label folders, "
+                               f"metadata.csv with a label column or Parquet with a label column)")
+        if error:
+            skipped.append({"key": record.key, "reason": error[:300]})
+            continue
+        records.append(record)
+        images.append(image)
+    labels = sorted({r.label for r in records})
+    if len(labels) < 2:
+        raise MedisynError(f"{', '.join(paths)}: {len(records)} readable images of {len(labels)} class(es); the judge "
+                           f"needs at least two classes")
+    return records, images, skipped
+
+
+def build_judge(config: JudgeConfig) -> dict:
+    """Train, measure and save a judge (see module docstring); returns judge.json's content."""
+    clock = time.time()
+    # 1. check options, read the images and split them
+    check_config(config)
+    records, images, skipped = read_labelled(config.real)
+    classes = sorted({r.label for r in records})
+    y = np.array([classes.index(r.label) for r in records], np.int64)
+    train, held = split(records, config.holdout, config.max_per_class)
+    config = replace(config, k=min(config.k, int(np.bincount(y[train], minlength=len(classes)).min()) or 1))
+    if not held:
+        raise MedisynError(f"{', '.join(config.real)}: no class has two images, so nothing can be held out to "
+                           f"measure the judge")
+    # 2. train on the training part, score the held-out part
+    out = Path(config.out)
+    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    staging.mkdir(parents=True)
+    try:
+        features, probs = _fit(config, [images[i] for i in train], y[train], [images[i] for i in held], len(classes),
+                               staging / model_file(config.classifier))
+        # 3. measure and record: accuracy, per-class, calibration, pass rates of the label score
+        meta = _record(config, classes, records, y, train, held, probs, features, skipped,
+                       file_sha256(staging / model_file(config.classifier)), time.time() - clock)
+        write_json(staging / JUDGE_FILE, meta)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return meta
+
+
+def _fit(config: JudgeConfig, train_images: list, train_y: np.ndarray, held_images: list, classes: int,
+         weights: Path) -> tuple[dict, np.ndarray]:
+    """Fit the classifier, save its weights to `weights`; returns (features record, held-out probabilities)."""
+    if config.classifier == "cnn":
+        import torch
+
+        from ..evaluate.classifier import TrainSettings, predict, train_classifier
+
+        device = torch.device("cpu")
+        settings = TrainSettings(arch="small-cnn", steps=config.steps, batch_size=64, lr=2e-3)
+        network = train_classifier(cnn_arrays(train_images), train_y, classes, settings, config.seed, device)
+        torch.save(network.state_dict(), weights)
+        features = {"network": "small-cnn (medisyn_cli.evaluate.classifier)", "size": 32, "steps": config.steps}
+        return features, predict(network, cnn_arrays(held_images), device, False)
+    embedder = get_features(config.embedder)
+    x, x_held = embed_images(embedder, train_images), embed_images(embedder, held_images)
+    features = {"embedder": config.embedder, "embedder_settings": embedder.settings(), "dim": int(x.shape[1])}
+    if config.classifier == "knn":
+        np.savez(weights, vectors=x, labels=train_y)
+        return features, knn_scores(x, train_y, x_held, classes, config.k)
+    arrays = fit_linear(x, train_y, classes)
+    np.savez(weights, **arrays)
+    return features, linear_scores(arrays, x_held)
+
+
+def _record(config: JudgeConfig, classes: list[str], records: list[Record], y: np.ndarray, train: list[int],
+            held: list[int], probs: np.ndarray, features: dict, skipped: list[dict], fingerprint: str,
+            seconds: float) -> dict:
+    truth = y[held]
+    predicted = probs.argmax(1)
+    own = probs[np.arange(len(held)), truth]
+    per_class = {name: {"train": int(np.sum(y[train] == c)), "heldout": int(np.sum(truth == c)),
+                        "accuracy": float(np.mean(predicted[truth == c] == c)) if np.any(truth == c) else None}
+                 for c, name in enumerate(classes)}
+    return {"kind": "medisyn-judge", "version": VERSION, "classifier": config.classifier, "classes": classes,
+            "features": features, "settings": {"k": config.k, "steps": config.steps, "seed": config.seed,
+                                               "holdout": config.holdout, "max_per_class": config.max_per_class},
+            "sources": [str(Path(p).resolve()) for p in config.real], "images": len(records),
+            "train": len(train), "heldout": len(held), "skipped": skipped,
+            "heldout_accuracy": float(np.mean(predicted == truth)),
+            "heldout_balanced_accuracy": float(np.mean([v["accuracy"] for v in per_class.values()
+                                                        if v["accuracy"] is not None])),
+            "per_class": per_class, "confusion": confusion(truth, predicted, len(classes)),
+            "calibration": calibration(probs, truth), "label_score_pass_rate": pass_rates(own),
+            "fingerprint": fingerprint, "model_file": model_file(config.classifier),
+            "config": asdict(config), "seconds": round(seconds, 1)}
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished judge into place; an old judge folder (--overwrite) is replaced only now."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(out)
