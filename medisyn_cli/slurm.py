@@ -109,6 +109,7 @@ def submit(script: Path, env: dict | None = None) -> str:
 def submit_generate(config: GenerateConfig, options: SlurmOptions, env: dict | None = None) -> tuple[str, str | None,
                                                                                                        Path]:
     """Check the run like `generate` would, write the script and submit it: (script, job id or None, out)."""
+    from .outdir import claim_marker, new_run_id
     from .runner import check_options, default_out, open_index, out_state, plan_run
     from .shards import Shard
 
@@ -121,5 +122,6 @@ def submit_generate(config: GenerateConfig, options: SlurmOptions, env: dict | N
         return sbatch_script(config, out, options), None, out
     if out_state(out, replace(config, resume=True), Shard()) == "complete":
         raise MedisynError(f"--out {out}: this run is already complete")
+    claim_marker(out, new_run_id())  # OUT/slurm/ makes the folder non-empty: mark it as this run's first
     script = write_script(config, out, options)
     return script.read_text(), submit(script, env), out
