@@ -607,3 +607,20 @@ def test_privacy_without_a_clean_held_out_reference_gives_no_verdict():
     result = memorisation_tests(np.array([0.5, 0.99]), np.array([0.98, 0.99, 0.6]), 0.97)
     assert result["memorises"] is None and result["verdict"].startswith("cannot test: 1 of 3 held-out images")
     assert result["near_copy_rate"]["synthetic"] == 0.5 and np.isnan(result["p_values"]["tail_p95"])
+
+
+def test_utility_trains_a_random_init_torchvision_resnet18_with_classifier_resnet18(sets, tmp_path):
+    import torchvision
+
+    from medisyn_cli.evaluate.classifier import build_network
+
+    network = build_network("resnet18", 2)
+    assert isinstance(network[0], torchvision.models.ResNet)
+    result = invoke("evaluate", "utility", "--real-train", sets / "train", "--real-test", sets / "test",
+                    "--synthetic", sets / "synthetic", "--classifier", "resnet18", "--size", "32", "--steps", "3",
+                    "--fractions", "1", "--seeds", "1", "--batch-size", "8", "--bootstrap", "10",
+                    "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "utility.json").read_text())
+    assert data["classifier"]["arch"] == "resnet18" and data["classifier"]["weights"] is None
+    assert [row["steps"] for row in data["rows"]] == [3, 3, 3]
