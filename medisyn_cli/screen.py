@@ -78,12 +78,17 @@ class Screener:
         if not images:
             return []
         index, refine = self.index, self.refine
-        matches = self._best(images, exclude, self.views, index.search, index.reconstruct if refine else None)
+        union = tuple(dict.fromkeys(self.views + self.region_views))  # views both stores use are embedded once
+        vectors = self.embedder.embed_views(images, union)
+        column = {view: i for i, view in enumerate(union)}
+        pick = lambda views: vectors[:, [column[v] for v in views]]  # noqa: E731
+        matches = self._best(images, exclude, self.views, pick(self.views), index.search,
+                             index.reconstruct if refine else None)
         regions = [None] * len(images)
         if self.region_views:
             tiles = len(TILES)
             banned = [{t * tiles + r for t in b for r in range(tiles)} for b in exclude]
-            found = self._best(images, banned, self.region_views, self._search_regions,
+            found = self._best(images, banned, self.region_views, pick(self.region_views), self._search_regions,
                                self._reconstruct_regions if refine else None)
             for j, (sim, tile, view, _) in enumerate(found):
                 if tile >= 0 and sim - REGION_PENALTY > matches[j][0]:
@@ -101,19 +106,20 @@ class Screener:
     def _reconstruct_regions(self, ids) -> np.ndarray:
         return np.stack([self.index.regions.reconstruct(int(i)) for i in ids])
 
-    def _best(self, images: list, exclude: list, views: tuple, search, reconstruct) -> list[tuple]:
+    def _best(self, images: list, exclude: list, views: tuple, vectors: np.ndarray, search,
+              reconstruct) -> list[tuple]:
         """Per image: (similarity, id, view, candidates) of its best match in one store (whole images or tiles):
-        every view searched in the whole store, then views around the best one against its candidates."""
-        matches = self._coarse(images, exclude, views, search)
+        every view (`vectors`: the images under them) searched in the whole store, then views around the best
+        one against its candidates."""
+        matches = self._coarse(exclude, views, vectors, search)
         if reconstruct is None:
             return matches
         return [self._refine(image, *match, reconstruct) for image, match in zip(images, matches)]
 
-    def _coarse(self, images: list, exclude: list, views: tuple, search) -> list[tuple]:
+    def _coarse(self, exclude: list, views: tuple, vectors: np.ndarray, search) -> list[tuple]:
         """Per image: (similarity, id, view, candidate ids) of the best match over the views in the whole store."""
-        n, v = len(images), len(views)
+        n, v = len(vectors), len(views)
         k = self.candidates + max(map(len, exclude), default=0)
-        vectors = self.embedder.embed_views(images, views)
         sims, ids = search(vectors.reshape(n * v, -1), min(k, max(1, len(self.index))))
         k = sims.shape[1]
         penalty = np.repeat([view.penalty for view in views], k).astype(np.float32)
