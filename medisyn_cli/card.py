@@ -55,6 +55,7 @@ def card_text(out: Path, summary) -> str:
     sampling = run["sampling"]
     lines += ["", "## How it was made", "",
               f"- model: `{run['model']['name']}` ({run['model']['source']})",
+              *_adapter_lines(run.get("adapters")),
               f"- sampling: {sampling['scheduler']}, {sampling['steps']} steps, guidance {sampling['guidance']}, "
               f"{sampling['width']}x{sampling['height']} px, {run['dtype']} on {run['device']}",
               f"- manifest: `{run['manifest']['path']}` (sha256 `{run['manifest']['sha256'][:16]}...`)",
@@ -71,6 +72,12 @@ def card_text(out: Path, summary) -> str:
               "The images inherit the terms of the model that generated them and of its training data; "
               "see the model card.", ""]
     return "\n".join(lines)
+
+
+def _adapter_lines(adapters: list[dict] | None) -> list[str]:
+    """One line per LoRA adapter the model ran with: path, sha256, scale."""
+    return [f"- LoRA adapter: `{a['path']}` (sha256 `{a['sha256'][:16]}...`), scale {a['scale']:g}"
+            for a in adapters or []]
 
 
 def _screening_lines(screening: dict | None) -> list[str]:

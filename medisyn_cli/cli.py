@@ -78,6 +78,11 @@ def generate(
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory layout (GPUs)."),
     vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode one image at a time (less memory)."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in tiles (large images, less memory)."),
+    lora: list[str] = typer.Option([], "--lora", help="LoRA adapter (folder or .safetensors) to apply, PATH[:SCALE] "
+                                   "(scale default 1); repeat for several (medisyn train --lora)."),
+    fuse_lora: bool = typer.Option(False, "--fuse-lora", help="Fuse the adapters into the weights once (faster)."),
+    force_lora: bool = typer.Option(False, "--force-lora", help="Load an adapter whose adapter.json names another "
+                                    "base model than --model."),
     prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache",
                                       help="Encode each distinct prompt once per run."),
     overlap: Optional[bool] = typer.Option(None, "--overlap/--no-overlap", help="Screen and write a batch while "
@@ -121,7 +126,7 @@ def generate(
                              max_attempts=max_attempts, shard=shard, resume=resume, overwrite=overwrite,
                              dry_run=dry_run, cache_prompts=prompt_cache, overlap=overlap,
                              channels_last=channels_last, compile=compile, vae_slicing=vae_slicing,
-                             vae_tiling=vae_tiling)
+                             vae_tiling=vae_tiling, loras=tuple(lora), fuse_lora=fuse_lora, force_lora=force_lora)
         if slurm_array is not None:
             from .slurm import SlurmOptions
 
@@ -210,6 +215,11 @@ def train(
     holdout: float = typer.Option(0.0, "--holdout", help="Fraction of images held out (by file-name hash)."),
     save_dtype: str = typer.Option("fp32", "--save-dtype", help="fp32 or fp16 weights."),
     seed: int = typer.Option(0, "--seed"),
+    lora: Optional[int] = typer.Option(None, "--lora", help="Train a LoRA adapter of this rank on --base instead "
+                                       "of the whole UNet; --out gets pytorch_lora_weights.safetensors."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank)."),
+    lora_targets: str = typer.Option("unet", "--lora-targets", help="unet or unet+text."),
+    lora_dropout: float = typer.Option(0.0, "--lora-dropout"),
 ) -> None:
     """Train or fine-tune a text-to-image model and save a diffusers pipeline folder.
 
@@ -226,9 +236,10 @@ def train(
                           caption_template=caption_template,
                           validation_prompts=str(validation_prompts) if validation_prompts else None,
                           validate_every=validate_every, train_text_encoder=train_text_encoder,
-                          holdout=holdout, save_dtype=save_dtype, seed=seed)
+                          holdout=holdout, save_dtype=save_dtype, seed=seed, lora=lora, lora_alpha=lora_alpha,
+                          lora_targets=lora_targets, lora_dropout=lora_dropout)
         result = run_train(cfg)
-    table = Table(title=f"trained model in {result.model_dir}")
+    table = Table(title=f"trained {'adapter' if lora else 'model'} in {result.model_dir}")
     for name in ("steps", "images", "final_loss", "vae_psnr", "seconds"):
         table.add_column(name)
     psnr = "-" if result.vae_psnr is None else f"{result.vae_psnr:.1f} dB"

@@ -41,6 +41,9 @@ class GenerateConfig:
     compile: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False
+    loras: tuple[str, ...] = ()   # LoRA adapters, PATH[:SCALE] each (lora.py)
+    fuse_lora: bool = False       # fuse the adapters into the weights once (faster; rounding may differ)
+    force_lora: bool = False      # load an adapter even when adapter.json names another base model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +60,8 @@ FLAGS = {"manifest": "--manifest", "n": "--n", "out": "--out", "model": "--model
 
 
 SWITCHES = {"cache_prompts": "--prompt-cache", "overlap": "--overlap", "channels_last": "--channels-last",
-            "compile": "--compile", "vae_slicing": "--vae-slicing", "vae_tiling": "--vae-tiling"}
+            "compile": "--compile", "vae_slicing": "--vae-slicing", "vae_tiling": "--vae-tiling",
+            "fuse_lora": "--fuse-lora", "force_lora": "--force-lora"}
 
 
 def command_line(config: GenerateConfig, program: str = "medisyn") -> str:
@@ -73,6 +77,8 @@ def command_line(config: GenerateConfig, program: str = "medisyn") -> str:
     for name, flag in SWITCHES.items():
         if getattr(config, name) != getattr(default, name):
             words.append(flag if getattr(config, name) else f"--no-{flag[2:]}")
+    for spec in config.loras:
+        words += ["--lora", spec]
     if tuple(config.formats) != FORMATS:
         words += ["--format", ",".join(config.formats)]
     words += ["--resume"] if config.resume else []

@@ -19,6 +19,7 @@ RESOLVED = ("steps", "guidance", "height", "width", "batch_size", "threads")  # 
 
 def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict | None = None) -> dict:
     """The key of this run; `sampling` None gives the requested key (model-resolved values as given, or None)."""
+    from .lora import adapter_key
     from .models import model_source, weight_hashes
 
     sampling = sampling or {"scheduler": config.scheduler, "steps": config.steps, "guidance": config.guidance,
@@ -32,7 +33,7 @@ def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict
             "index_fingerprint": screener.index.meta.get("fingerprint") if screened else None,
             "threshold": screener.threshold if screened else None,
             "max_attempts": config.max_attempts if screened else None,
-            **{name: getattr(config, name) for name in NUMERIC_OPTIONS}}
+            **{name: getattr(config, name) for name in NUMERIC_OPTIONS}, **adapter_key(config)}
 
 
 def key_of_record(run: dict) -> dict:

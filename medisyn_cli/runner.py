@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, command_line
 from .errors import Cancelled, Interrupted, MedisynError
 from .files import write_json
+from .lora import apply_adapters, check_adapters, row_model
 from .manifest import Manifest, load_manifest
 from .outdir import LOCK, MARKER, discard_previous, is_ours, move_aside, new_run_id, claim_marker
 from .plan import Job, batched, iter_jobs, quotas
@@ -198,6 +199,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     check_writable(out)
     shard = resolve_shard(config.shard, os.environ if env is None else env)
     screener = open_index(config)
+    adapters = check_adapters(config.loras, config.model, config.force_lora)
     warnings = prompt_warnings(manifest, config.model)
     for warning in warnings:
         console.print(f"[yellow]warning:[/yellow] {config.manifest}: {warning}", highlight=False, soft_wrap=True)
@@ -214,6 +216,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
 
     # 2. model, then the output folder (a model that fails to load leaves nothing behind)
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
+    apply_adapters(pipe, adapters, config.fuse_lora)
     speed = apply_speed_options(pipe, config.channels_last, config.compile, config.vae_slicing, config.vae_tiling)
     settings = Settings(**model_settings(config, pipe), autocast_bf16=_autocast(dtype, device))
     config, speed["batch_size_from"] = resolve_batch_size(config, pipe, settings, device, out)
@@ -222,7 +225,8 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
         if claim.state == "complete":  # another process finished the run while this one loaded the model
             return completed_summary(out, run_key(config, manifest, screener))
         record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
-        record.update(speed=speed, warnings=warnings, replaces=claim.replaced and str(claim.replaced))
+        record.update(speed=speed, warnings=warnings, replaces=claim.replaced and str(claim.replaced),
+                      adapters=[adapter.record() for adapter in adapters])
         start_out(out, record)
         work = WorkDir(out)
         work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
@@ -315,7 +319,8 @@ def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: Generate
     done = work.done()
     ended = {label: reason for rec in work.done_records() for label, reason in rec["ended"].items()}
     mine = set(shard_batches(work.read_config()["batches"], shard)) - done
-    constant = {"model": _model_name(config.model), "scheduler": config.scheduler, "steps": settings.steps,
+    constant = {"model": row_model(_model_name(config.model), work.read_config().get("adapters")),
+                "scheduler": config.scheduler, "steps": settings.steps,
                 "guidance": settings.guidance, "height": settings.height, "width": settings.width}
     render = Locked(Renderer(pipe, settings, cache_prompts=config.cache_prompts))
     clock, tally = time.time(), {"made": 0, "images": 0}

@@ -15,6 +15,7 @@ from pathlib import Path
 from .data import Record, iter_images, read_records
 from .errors import MedisynError
 from .files import write_json
+from .lora import add_lora, check_train_options, data_fingerprint, save_adapter
 from .progress import console, make_progress, rate_text
 
 MINI = {
@@ -73,6 +74,10 @@ class TrainConfig:
     save_dtype: str = "fp32"
     seed: int = 0
     min_images: int = 4
+    lora: int | None = None          # LoRA rank: train an adapter on --base instead of the whole UNet
+    lora_alpha: float | None = None  # None: the rank (scale 1)
+    lora_targets: str = "unet"       # unet or unet+text
+    lora_dropout: float = 0.0
 
 
 @dataclass
@@ -300,6 +305,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     if not 0.0 <= config.balance <= 1.0:
         raise MedisynError(f"--balance: {config.balance} is not between 0 (uniform) and 1 (every caption equally often)")
     _check_numbers(config)
+    check_train_options(config)
     _reset_accelerate()
     pixels, captions, skipped, held = load_training_images(config)
     _save_options(work, config)
@@ -311,10 +317,19 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
         latents = encode_latents(parts["vae"], pixels, accelerator.device)
         scale = parts["vae"].config.scaling_factor
         losses = _diffusion_stage(parts, latents, captions, scale, config, accelerator, progress, work)
-    model_dir = save_pipeline(parts, out, config)
+    model_dir = _save(parts, out, config, losses, pixels, captions, len(held))
     _write_reports(out, losses, config, held, skipped, psnr, time.time() - started, len(pixels))
     shutil.rmtree(work / "tokenizer", ignore_errors=True)
     return TrainResult(out, len(losses), _tail_mean(losses), len(pixels), skipped, time.time() - started, psnr)
+
+
+def _save(parts, out: Path, config: TrainConfig, losses, pixels, captions, held: int) -> Path:
+    """The trained pipeline, or with --lora only the adapter (diffusers' LoRA format, adapter.json, card)."""
+    if not config.lora:
+        return save_pipeline(parts, out, config)
+    info = {"steps": len(losses), "final_loss": _tail_mean(losses), "train_images": len(pixels),
+            "held_out_images": held, "data_fingerprint": data_fingerprint(pixels, captions)}
+    return save_adapter(parts, out, config, info)
 
 
 def _reset_accelerate() -> None:
@@ -389,8 +404,7 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
     from diffusers.training_utils import EMAModel
 
     unet, text_encoder = parts["unet"], parts["text_encoder"]
-    text_encoder.requires_grad_(parts["train_text_encoder"])
-    trainable = list(unet.parameters()) + (list(text_encoder.parameters()) if parts["train_text_encoder"] else [])
+    trainable = _trainable(parts, config)
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-2)
     lr_lambda = lambda step: min(1.0, (step + 1) / 100)  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
@@ -439,6 +453,15 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
         ema.copy_to(trainable)
     parts.update(unet=accelerator.unwrap_model(unet), text_encoder=accelerator.unwrap_model(text_encoder))
     return losses
+
+
+def _trainable(parts, config: TrainConfig) -> list:
+    """The parameters the optimiser updates: the whole UNet (and text encoder when trained), or only LoRA layers."""
+    if config.lora:
+        return add_lora(parts, config)
+    parts["text_encoder"].requires_grad_(parts["train_text_encoder"])
+    return list(parts["unet"].parameters()) + (
+        list(parts["text_encoder"].parameters()) if parts["train_text_encoder"] else [])
 
 
 def caption_weights(caption_index, power: float):
