@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .files import atomic_write_text
+from .judge.card import card_lines as judge_lines
 
 HEADER = """---
 license: other
@@ -52,6 +53,7 @@ def card_text(out: Path, summary) -> str:
         lines += ["", "## Warnings", "", "Found when the run started (the prompts' words and labels against the "
                   "model's training captions):", "", *[f"- {warning}" for warning in warnings]]
     lines += ["", "## Privacy screening", "", *_screening_lines(run.get("screening")), *_filter_lines(run)]
+    lines += judge_lines(run)
     sampling = run["sampling"]
     lines += ["", "## How it was made", "",
               f"- model: `{run['model']['name']}` ({run['model']['source']})",

@@ -94,6 +94,10 @@ def generate(
                                                                       "the index's calibrated one)."),
     max_attempts: int = typer.Option(10, "--max-attempts", help="Near-copies in a row for one image that end its "
                                                                "class (the model memorises it)."),
+    judge: Optional[Path] = typer.Option(None, "--judge", help="Label check: a judge folder (medisyn judge build); "
+                                         "images it does not recognise as their class are replaced."),
+    min_label_score: Optional[float] = typer.Option(None, "--min-label-score", help="Reject images whose "
+                                                    "own-label probability under --judge is below (default 0.5)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: make shard K (from 0) of N of the run into the "
                                                              "same --out (default: from SLURM_ARRAY_TASK_ID, RANK...)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (same options)."),
@@ -124,6 +128,7 @@ def generate(
                              steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size, threads=threads,
                              index=str(index) if index else None, threshold=threshold,
                              max_attempts=max_attempts, shard=shard, resume=resume, overwrite=overwrite,
+                             judge=str(judge) if judge else None, min_label_score=min_label_score,
                              dry_run=dry_run, cache_prompts=prompt_cache, overlap=overlap,
                              channels_last=channels_last, compile=compile, vae_slicing=vae_slicing,
                              vae_tiling=vae_tiling, loras=tuple(lora), fuse_lora=fuse_lora, force_lora=force_lora)
@@ -184,6 +189,10 @@ def _print_summary(summary) -> None:
         cells = [label, str(count.planned), str(count.written), str(count.regenerated), str(count.rejected)]
         table.add_row(*cells[:len(columns)], style="red" if count.ended else None)
     results.print(table)
+    judged = (summary.run or {}).get("judge") or {}
+    if judged.get("kept") is not None:
+        console.print(f"label check: {judged['label_rejected']} images not recognised as their class were replaced; "
+                      f"yield {judged['yield']:.2f} (kept / generated)", highlight=False)
 
 
 @app.command()

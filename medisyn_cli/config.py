@@ -31,6 +31,8 @@ class GenerateConfig:
     index: str | None = None
     threshold: float | None = None
     max_attempts: int = 10
+    judge: str | None = None      # label check: a judge folder (medisyn judge build); judge/screening.py
+    min_label_score: float | None = None  # reject images whose own-label score is below (None: 0.5 with --judge)
     shard: str | None = None
     resume: bool = False
     overwrite: bool = False
@@ -56,7 +58,8 @@ DEFAULT_GUIDANCE = 7.5
 FLAGS = {"manifest": "--manifest", "n": "--n", "out": "--out", "model": "--model", "seed": "--seed",
          "device": "--device", "dtype": "--dtype", "scheduler": "--scheduler", "steps": "--steps",
          "guidance": "--guidance", "height": "--height", "width": "--width", "batch_size": "--batch-size", "threads": "--threads",
-         "index": "--index", "threshold": "--threshold", "max_attempts": "--max-attempts", "shard": "--shard"}
+         "index": "--index", "threshold": "--threshold", "max_attempts": "--max-attempts", "shard": "--shard",
+         "judge": "--judge", "min_label_score": "--min-label-score"}
 
 
 SWITCHES = {"cache_prompts": "--prompt-cache", "overlap": "--overlap", "channels_last": "--channels-last",

@@ -183,7 +183,7 @@ def generate_screened(render: Callable, jobs: list[Job], run_seed: int, screener
     while pending:
         if items is None:
             items = generate_batch(render, pending, run_seed, max_regenerate, attempts)
-        checks = screener.check([item.image for item in items]) if screener is not None else [None] * len(items)
+        checks = _checks(screener, items)
         retry = []
         for item, check in zip(items, checks):
             item.screen = check
@@ -202,6 +202,17 @@ def generate_screened(render: Callable, jobs: list[Job], run_seed: int, screener
     return result
 
 
+def _checks(screener, items: list[Generated]) -> list:
+    """Per item: its screening result (a judge's LabelCheck also reads each item's label), or None unscreened."""
+    if screener is None:
+        return [None] * len(items)
+    if getattr(screener, "judges_labels", False):
+        return screener.check_items(items)
+    return screener.check([item.image for item in items])
+
+
 def _ended_reason(item: Generated, max_attempts: int) -> str:
+    if hasattr(item.screen, "ended_reason"):  # a judged run: the last rejection's reason (near-copy or label)
+        return item.screen.ended_reason(item.job.id, item.job.label, max_attempts)
     return (f"{max_attempts} images in a row for {item.job.id} were near-copies of training images (last: "
             f"{item.screen.nn_key}, similarity {item.screen.nn_similarity:.3f}); the model memorises this class")

@@ -9,6 +9,7 @@ model, batch size, threads) are compared only when given.
 from __future__ import annotations
 
 from .config import GenerateConfig
+from .judge.screening import judge_key
 from .errors import MedisynError
 from .manifest import Manifest
 
@@ -32,7 +33,7 @@ def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict
             "max_regenerate": config.max_regenerate,
             "index_fingerprint": screener.index.meta.get("fingerprint") if screened else None,
             "threshold": screener.threshold if screened else None,
-            "max_attempts": config.max_attempts if screened else None,
+            "max_attempts": config.max_attempts if screened or config.judge else None, **judge_key(config),
             **{name: getattr(config, name) for name in NUMERIC_OPTIONS}, **adapter_key(config)}
 
 

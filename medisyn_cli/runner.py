@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, command_line
 from .errors import Cancelled, Interrupted, MedisynError
 from .files import write_json
+from .judge.screening import consolidate_rejected, judge_record, judge_totals, open_judge, rejected_log, with_judge
 from .lora import apply_adapters, check_adapters, row_model
 from .manifest import Manifest, load_manifest
 from .outdir import LOCK, MARKER, discard_previous, is_ours, move_aside, new_run_id, claim_marker
@@ -39,6 +40,7 @@ class ClassCount:
     written: int = 0
     regenerated: int = 0
     rejected: int = 0
+    label_rejected: int = 0     # rejected by the label check (generate --judge)
     ended: str | None = None  # why the class stopped short of its quota (it kept producing near-copies)
 
 
@@ -199,6 +201,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     check_writable(out)
     shard = resolve_shard(config.shard, os.environ if env is None else env)
     screener = open_index(config)
+    judge = open_judge(config, manifest)
     adapters = check_adapters(config.loras, config.model, config.force_lora)
     warnings = prompt_warnings(manifest, config.model)
     for warning in warnings:
@@ -227,12 +230,14 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
         record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
         record.update(speed=speed, warnings=warnings, replaces=claim.replaced and str(claim.replaced),
                       adapters=[adapter.record() for adapter in adapters])
+        record["judge"] = judge_record(judge, config)
         start_out(out, record)
         work = WorkDir(out)
         work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
         with explained_failures(out, work, claim.replaced):
             # 3. this shard's batches that are not done yet: generate, screen, write, mark done
-            made = _make_batches(pipe, manifest, class_quotas, config, settings, screener, work, shard,
+            made = _make_batches(pipe, manifest, class_quotas, config, settings, with_judge(screener, judge, config),
+                                 work, shard,
                                  show_progress)
             # 4. the process that completes the run consolidates it: dataset files, the card, run.json last
             summary = finish_run(out, manifest) if _all_done(work) and work.lock() else None
@@ -433,7 +438,7 @@ def _make_batch(render, number: int, jobs: list[Job], config: GenerateConfig, sc
                                first=first, ended=ended) if jobs else None
     name = batch_name(number)
     writers = make_writers(config.formats, work.out, _labels(work), config.rows_per_part, batch=name)
-    rejected = RejectedLog(work.root / "rejected" / f"{name}.parquet") if screener else None
+    rejected = rejected_log(work.root / "rejected" / f"{name}.parquet", screener) if screener else None
     counts: dict[str, dict] = {}
     for item in result.kept if result else []:
         png, row = item.png(), provenance_row(item, constant)
@@ -443,7 +448,9 @@ def _make_batch(render, number: int, jobs: list[Job], config: GenerateConfig, sc
         tally["written"] += 1
         tally["regenerated"] += int(item.attempt > 0)
     for item in result.rejected if result else []:
-        counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})["rejected"] += 1
+        kind = "label_rejected" if getattr(item.screen, "reason", None) == "label" else "rejected"
+        tally = counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})
+        tally[kind] = tally.get(kind, 0) + 1
     if rejected is not None:
         rejected.write(result.rejected if result else [])
         rejected.close()
@@ -475,7 +482,9 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
             counts[label].ended = counts[label].ended or reason
     work.clean_partial()  # every batch is done: any temp file left is from a killed process
     outputs = consolidate(work, tuple(options["formats"]), record["manifest"]["classes"], options["rows_per_part"],
-                          record["screening"] is not None)
+                          record["screening"] is not None and not record.get("judge"))
+    if record.get("judge"):  # rejected.parquet with a reason column (near-copy or label)
+        outputs.append(consolidate_rejected(work.root / "rejected", out / REJECTED_FILE))
     started = datetime.fromisoformat(record["started"])
     finished = datetime.now(timezone.utc)
     summary = RunSummary(out, manifest, counts, seconds=(finished - started).total_seconds(),
@@ -487,6 +496,8 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
     if summary.run["screening"] is not None:
         summary.run["screening"].update(rejected=sum(c.rejected for c in counts.values()),
                                         ended_classes=summary.ended)
+    if summary.run.get("judge"):
+        judge_totals(summary.run["judge"], counts)
     summary.warnings = list(record.get("warnings") or [])
     write_card(out, summary)
     write_json(out / RUN_FILE, summary.run)  # last: a folder with run.json holds a complete dataset
@@ -593,7 +604,8 @@ def provenance_row(item, constant: dict) -> dict:
     return {"id": job.id, "label": job.label, "label_id": job.label_id, "prompt": job.prompt,
             "negative_prompt": job.negative_prompt, "seed": item.seed, "attempt": item.attempt, "mode": job.mode,
             **constant, "nn_id": screen.nn_id if screen else None,
-            "nn_similarity": screen.nn_similarity if screen else None}
+            "nn_similarity": screen.nn_similarity if screen else None,
+            "label_score": getattr(screen, "label_score", None), "judged_label": getattr(screen, "judged_label", None)}
 
 
 def start_record(config: GenerateConfig, manifest: Manifest, class_quotas: dict[str, int], out: Path, shard: Shard,

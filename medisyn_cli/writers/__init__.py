@@ -14,6 +14,7 @@ COLUMNS = {
     "seed": "int64", "attempt": "int32", "mode": "string", "model": "string", "scheduler": "string",
     "steps": "int32", "guidance": "float32", "height": "int32", "width": "int32",
     "nn_id": "int64", "nn_similarity": "float32",  # nearest training image (screening index); empty unscreened
+    "label_score": "float32", "judged_label": "string",  # label check (generate --judge); empty unjudged
 }
 
 
