@@ -40,6 +40,7 @@ TARGET_FPR = 0.005  # the default false-positive rate an index calibrates its th
 INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE = "index.faiss", "keys.parquet", "index.json", "vectors.npy"
 REGIONS_FILE = "regions.faiss"  # vectors of each training image's overlapping tiles (partial copies, crops)
 REGIONS_MAX = 20_000            # images up to which `index build` adds the tiles by default (16 vectors each)
+REGIONS_FLAT_MAX = 16_384       # tiles searched exactly up to this many (1,024 images), with HNSW beyond
 FORMAT = 1
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 FLAT_MAX = 100_000          # auto: exact search up to this many vectors (and while it fits the memory budget)
@@ -346,16 +347,14 @@ def check_target_fpr(target_fpr: float | None) -> None:
 
 
 def _region_index(embedded: "Embedded", model: Embedder):
-    """A flat FAISS index of every training image's tile vectors (id = image id * len(TILES) + tile), or None."""
+    """A FAISS index of every training image's tile vectors (id = image id * len(TILES) + tile), or None: exact up
+    to REGIONS_FLAT_MAX tiles, HNSW beyond (1.5x faster at 15k tiles, growing with the count)."""
     if embedded.regions is None:
         return None
-    import faiss
-
-    tiles = faiss.IndexFlatIP(model.dim)
     rows = embedded.count * len(TILES)
-    for start in range(0, rows, 65_536):
-        tiles.add(np.ascontiguousarray(embedded.regions[start:min(rows, start + 65_536)], dtype=np.float32))
-    return tiles
+    plan = IndexPlan("flat") if rows <= REGIONS_FLAT_MAX else \
+        IndexPlan("hnsw", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH})
+    return fill_index(embedded.regions[:rows], plan, model)
 
 
 def _calibrate(out: Path, model: Embedder, plan: IndexPlan, index, exact, count: int,
@@ -570,7 +569,7 @@ class TrainingIndex:
     keys: list[str]
     labels: list[str | None]
     exact: np.ndarray | None = None  # IVF-PQ: the exact vectors (memory-mapped vectors.npy)
-    regions: object | None = None    # flat FAISS index of the training images' tiles (embed.TILES), or None
+    regions: object | None = None    # FAISS index of the training images' tiles (embed.TILES), or None
 
     def __len__(self) -> int:
         return int(self.meta["count"])

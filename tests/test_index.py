@@ -332,3 +332,15 @@ def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
                                      "--target-fpr", "0", "--no-progress"])
     assert plain.exit_code == 0 and "threshold not calibrated" in plain.output
     assert json.loads((tmp_path / "plain" / "index.json").read_text())["threshold"] == 0.97
+
+
+def test_region_tiles_can_be_left_out_and_large_tile_sets_use_hnsw(tmp_path, monkeypatch):
+    from medisyn_cli import index as index_module
+
+    meta = build_index([FIXTURE], tmp_path / "plain", show_progress=False, regions=False)
+    assert meta["regions"] is None and not (tmp_path / "plain" / "regions.faiss").exists()
+    assert load_index(tmp_path / "plain").regions is None
+    monkeypatch.setattr(index_module, "REGIONS_FLAT_MAX", 100)
+    meta = build_index([FIXTURE], tmp_path / "hnsw", show_progress=False)
+    tiles = load_index(tmp_path / "hnsw").regions
+    assert meta["regions"]["count"] == tiles.ntotal == 12 * 16 and "HNSW" in type(tiles).__name__
