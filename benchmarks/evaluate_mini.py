@@ -193,6 +193,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "evaluate_mini",
                         help="synthetic images and evaluate outputs")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "evaluate_mini")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other data sets' rows already in --results/results.json (same arguments)")
     parser.add_argument("--leakage-only", action="store_true",
                         help="only `evaluate leakage` of each set's hold-out vs its training images (no generation)")
     args = parser.parse_args()
@@ -208,17 +210,33 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     if args.leakage_only:
         return leakage_main(args, model_dir)
-    rows, lines = [], []
+    rows = kept_rows(args) if args.merge else []
+    lines = [line(row) for row in rows]
     for dataset in args.sets.split(","):
         started = time.time()
         row = evaluate_set(dataset, args, model_dir)
         row["seconds"] = round(time.time() - started, 1)
+        row["args"] = {k: str(v) for k, v in vars(args).items()}
         rows.append(row)
         lines.append(line(row))
         print(lines[-1], flush=True)
         (args.results / "results.json").write_text(json.dumps(  # after every set: a stopped run keeps its sets
             {"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=2, default=str))
         (args.results / "output.txt").write_text("\n".join(lines) + "\n")
+
+
+def kept_rows(args) -> list[dict]:
+    """With --merge: rows of other data sets from an earlier run into the same --results, if its arguments other
+    than --sets, --merge and --threads were the same (else an error: the rows would not be comparable)."""
+    path = args.results / "results.json"
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    ignore = {"sets", "merge", "threads"}
+    now = {k: str(v) for k, v in vars(args).items() if k not in ignore}
+    if {k: v for k, v in earlier["args"].items() if k not in ignore} != now:
+        raise SystemExit(f"--merge: {path} was made with other arguments; run without --merge or with the same")
+    return [row for row in earlier["results"] if row["dataset"] not in args.sets.split(",")]
 
 
 def leakage_main(args, model_dir: Path) -> None:
