@@ -53,3 +53,34 @@ def build(
         console.print(f"  {label}: held-out accuracy {accuracy} ({values['heldout']} images)", highlight=False)
     rates = ", ".join(f"{t}: {v:.2f}" for t, v in meta["label_score_pass_rate"].items())
     console.print(f"  real held-out images kept at --min-label-score {rates}", highlight=False)
+
+
+@evaluate_app.command("alignment")
+def alignment(
+    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic labelled images (a medisyn output, "
+                                                                  "ImageFolder, Parquet or label folders)."),
+    judge: Optional[Path] = typer.Option(None, "--judge", help="Judge folder (medisyn judge build)."),
+    real_train: list[Path] = typer.Option([], "--real-train", help="Instead of --judge: real labelled images to "
+                                                                    "build a default judge from (into OUT/judge)."),
+    min_label_score: float = typer.Option(0.5, "--min-label-score", help="Score counted as 'recognised' "
+                                                                         "(what generate --judge keeps)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for alignment.json/.csv (default "
+                                                                 "SYNTHETIC/evaluate)."),
+) -> None:
+    """GAN-test accuracy: the share of synthetic images a classifier trained on real images recognises, per class."""
+    from .judge.alignment import AlignmentConfig, run_alignment
+
+    with errors_as_exit_codes():
+        result = run_alignment(AlignmentConfig(synthetic=tuple(map(str, synthetic)),
+                                               judge=str(judge) if judge else None,
+                                               real_train=tuple(map(str, real_train)),
+                                               out=str(out) if out else None, min_label_score=min_label_score))
+    ceiling = result["ceiling_real_heldout_accuracy"]
+    console.print(f"GAN-test accuracy {result['gan_test_accuracy']:.3f} on {result['images']} images (the judge's "
+                  f"accuracy on real held-out images, the ceiling: {ceiling:.3f}); recognised at "
+                  f"{result['min_label_score']:g}: {result['recognised_share']:.3f}", highlight=False)
+    for row in result["per_class"]:
+        real = "-" if row["real_heldout_accuracy"] is None else f"{row['real_heldout_accuracy']:.3f}"
+        console.print(f"  {row['label']}: {row['gan_test_accuracy']:.3f} of {row['images']} (real {real}), "
+                      f"mean score {row['mean_label_score']:.3f}", highlight=False)
+    console.print(f"-> {result['out']}/alignment.json", highlight=False)

@@ -169,6 +169,43 @@ def test_a_class_the_judge_never_recognises_ends_with_a_clear_message(tiny_model
     assert set(pd.read_parquet(tmp_path / "o" / "rejected.parquet")["reason"]) == {"label"}
 
 
+def test_judge_with_an_index_and_overlap_tells_privacy_from_label_rejections(tiny_model, bright_judge, tmp_path):
+    from medisyn_cli.index import build_index
+
+    first = bright_judge.parent / "first"           # seed 99: a rerun's first attempts copy these images
+    build_index([first / "imagefolder"], tmp_path / "index", show_progress=False)
+    summary = run_generate(_config(tmp_path, tiny_model, "both", seed=99, judge=str(bright_judge),
+                                   index=str(tmp_path / "index"), overlap=True, max_attempts=40), show_progress=False)
+    kept = pd.read_parquet(summary.out / "parquet")
+    rejected = pd.read_parquet(summary.out / "rejected.parquet")
+    run = json.loads((summary.out / "run.json").read_text())
+    assert kept.groupby("label").size().to_dict() == {"cell": 4, "xray": 4}
+    copies = rejected[rejected["reason"] == "near_copy"]
+    assert sorted(copies[copies["attempt"] == 0]["id"]) == sorted(kept["id"])   # every first attempt was a copy
+    assert (copies["nn_similarity"] >= 0.97).all() and run["screening"]["rejected"] == len(copies)
+    assert run["judge"]["label_rejected"] == int((rejected["reason"] == "label").sum())
+    assert (kept["nn_similarity"] < 0.97).all() and (kept["label_score"] >= 0.5).all()
+
+
+def test_evaluate_alignment_gives_gan_test_accuracy_per_class_and_the_confusion_matrix(real, judge_dir, tmp_path):
+    mixed = tmp_path / "mixed" / "cell"                 # the X-rays filed as cells: half the 'cells' are off-class
+    mixed.mkdir(parents=True)
+    for png in list((real / "cell").glob("*.png")) + list((real / "xray").glob("*.png")):
+        shutil.copy(png, mixed / png.name)
+    result = CliRunner().invoke(app, ["evaluate", "alignment", "--synthetic", str(tmp_path / "mixed"), "--judge",
+                                      str(judge_dir), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "ev" / "alignment.json").read_text())
+    assert data["gan_test_accuracy"] == 0.5 and data["confusion"] == [[6, 6], [0, 0]]
+    assert data["per_class"][0]["label"] == "cell" and data["ceiling_real_heldout_accuracy"] == 1.0
+    assert len(pd.read_csv(tmp_path / "ev" / "alignment_images.csv")) == 12
+    same = CliRunner().invoke(app, ["evaluate", "alignment", "--synthetic", str(real), "--real-train", str(real),
+                                    "--out", str(tmp_path / "ev2")])
+    assert same.exit_code == 0 and json.loads((tmp_path / "ev2" / "alignment.json").read_text())["gan_test_accuracy"] == 1.0
+    both = CliRunner().invoke(app, ["evaluate", "alignment", "--synthetic", str(real)])
+    assert both.exit_code == 2 and "exactly one of --judge" in both.output
+
+
 def _broken(judge_dir: Path, tmp_path: Path, how: str) -> Path:
     bad = tmp_path / "bad"
     if how == "missing":

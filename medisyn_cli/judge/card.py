@@ -4,8 +4,27 @@ from __future__ import annotations
 
 
 def card_lines(run: dict) -> list[str]:
-    """'## Label check' lines for a run made with --judge (per class: recognised share and yield); none without."""
-    judge = run.get("judge")
+    """'## Label check' lines: for a run made with --judge (per class: recognised share and yield) and for a run
+    measured by `medisyn evaluate alignment` (per class: GAN-test accuracy against the real ceiling)."""
+    return _judged_lines(run.get("judge")) + _alignment_lines(run.get("alignment"))
+
+
+def _alignment_lines(result: dict | None) -> list[str]:
+    if not result:
+        return []
+    lines = ["", "## Label alignment", "",
+             f"`medisyn evaluate alignment` with the judge `{result['judge']}` ({result['classifier']}): "
+             f"{_fmt(result['gan_test_accuracy'])} of the {result['images']} images are classified as their own "
+             f"class by a classifier trained on real images, whose accuracy on real held-out images is "
+             f"{_fmt(result.get('ceiling_real_heldout_accuracy'))}.", "",
+             "| label | share of images the judge recognised as this class | judge's accuracy on real held-out images |",
+             "|---|---:|---:|"]
+    lines += [f"| {row['label']} | {_fmt(row['gan_test_accuracy'], 2)} | {_fmt(row['real_heldout_accuracy'])} |"
+              for row in result["per_class"]]
+    return lines
+
+
+def _judged_lines(judge: dict | None) -> list[str]:
     if not judge or "per_class" not in judge:
         return []
     lines = ["", "## Label check", "",
