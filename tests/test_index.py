@@ -329,8 +329,9 @@ def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
     assert "calibrated for 5.00% false positives" in result.output and "copies caught" in result.output
     assert f"{meta['threshold']:g}" in result.output
     plain = CliRunner().invoke(app, ["index", "build", str(FIXTURE), "--out", str(tmp_path / "plain"),
-                                     "--target-fpr", "0", "--no-progress"])
+                                     "--target-fpr", "0", "--no-regions", "--no-progress"])
     assert plain.exit_code == 0 and "threshold not calibrated" in plain.output
+    assert not (tmp_path / "plain" / "regions.faiss").exists() and (tmp_path / "idx" / "regions.faiss").exists()
     assert json.loads((tmp_path / "plain" / "index.json").read_text())["threshold"] == 0.97
 
 

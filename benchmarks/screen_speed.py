@@ -1,0 +1,62 @@
+"""What each part of the default near-copy detector costs: images/s of `Screener.check` for the three detectors.
+
+One index of the real dermoscopy images of ../shared/data (962, as `overhead.py` screens against), 128 blood
+smear images screened (none are copies: the common case while generating), one process, after a warm-up:
+
+    tuned            the views of indexes built before issue #16 (flips, shifts, 90/95% crops; 61 views)
+    general          + turns, inversions, 80% crops, borders, small rotations (162 views)
+    general+regions  + the 16 region tiles of every training image (the default up to 20,000 images)
+
+    python benchmarks/screen_speed.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results" / "screen_speed"
+
+
+def main() -> None:
+    from PIL import Image
+
+    from medisyn_cli.embed import TILES, get_embedder
+    from medisyn_cli.index import TrainingIndex
+    from medisyn_cli.screen import Screener
+
+    training = [Image.open(p) for p in sorted((DATA / "isic2017_dermoscopy" / "images").glob("*.png"))]
+    queries = [Image.open(p) for p in sorted((DATA / "bccd_blood_smear" / "images").glob("*.png"))[:128]]
+    for image in training + queries:
+        image.load()
+    embedder = get_embedder("pixel")
+    vectors = embedder.embed(training)
+    tiles = embedder.embed_views(training, TILES).reshape(-1, embedder.dim)
+    keys = [str(i) for i in range(len(training))]
+    conditions = {"tuned": (None, "tuned"), "general": (None, None), "general+regions": (tiles, None)}
+    lines = [f"# python benchmarks/screen_speed.py   ({os.cpu_count()} CPUs, nice {os.nice(0)})",
+             f"{len(training)} dermoscopy images indexed, {len(queries)} blood smear images screened"]
+    rates = {}
+    for name, (regions, view_set) in conditions.items():
+        index = TrainingIndex.from_vectors(vectors, keys, embedder, regions=regions)
+        screener = Screener(index, view_set=view_set)
+        screener.check(queries[:8])
+        clock = time.perf_counter()
+        screener.check(queries)
+        rates[name] = len(queries) / (time.perf_counter() - clock)
+        lines.append(f"  {name:<16} {len(screener.views) + len(screener.region_views):>4} views  "
+                     f"{rates[name]:7.1f} images/s  ratio to tuned {rates[name] / rates['tuned']:.2f}")
+    print("\n".join(lines))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "screen_speed.txt").write_text("\n".join(lines) + "\n")
+    (RESULTS / "screen_speed.json").write_text(json.dumps({"images_per_s": rates}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
