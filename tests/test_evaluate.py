@@ -61,13 +61,16 @@ def invoke(*args: str):
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Train on one thread: on a shared 2-core machine OpenMP's spinning threads make tiny models ~20x slower."""
+def one_thread():
+    """Torch and BLAS on one thread: on a shared 2-core machine spinning threads make tiny models and small
+    matrix products 20-40x slower."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(1):
+        yield
     torch.set_num_threads(threads)
 
 
