@@ -198,18 +198,19 @@ def test_utility_gives_every_condition_the_same_optimiser_steps(sets, tmp_path, 
 
     from medisyn_cli.evaluate import UtilityConfig, run_utility
 
-    counted: list[int] = []
+    counted: list = []  # the optimiser of every step, kept alive so that no two runs share an id
     real_step = torch.optim.AdamW.step
 
     def counting_step(self, *args, **kwargs):
-        counted.append(id(self))
+        counted.append(self)
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
     config = dict(fractions=(0.25, 1.0), seeds=1, epochs=2, batch_size=16, size=16, bootstrap=50)
     data = run_utility(UtilityConfig((str(sets / "train"),), (str(sets / "test"),), (str(sets / "synthetic"),),
                                      **config, out=str(tmp_path / "steps")))
-    per_run = [counted.count(i) for i in dict.fromkeys(counted)]  # optimiser steps of each training run
+    runs = list({id(o): o for o in counted}.values())
+    per_run = [sum(1 for o in counted if o is run) for run in runs]  # optimiser steps of each training run
     largest = 48 + 48  # all real training images + all synthetic ones
     assert per_run == [2 * -(-largest // 16)] * 5 == [row["steps"] for row in data["rows"]]
     assert data["budget"]["steps"] == 12 and "12 optimiser steps" in data["budget"]["text"]
