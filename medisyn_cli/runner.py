@@ -23,9 +23,8 @@ from .plan import Job, batched, iter_jobs, quotas
 from .progress import console
 from .runkey import differences, key_of_record, run_key
 from .runlock import RunBusy, RunLock, busy_message, read_holder
-from .screen import RejectedLog
 from .shards import Shard, batch_count, resolve_shard, shard_batches
-from .validate import check_options, check_writable, prompt_warnings, recorded_threads, use_threads
+from .validate import check_options, check_writable, prompt_warnings, recorded_threads, resolved_threads, torch_threads
 from .work import WORK, IncompleteRun, WorkDir, batch_name, consolidate, missing_report
 from .work import remove as remove_work
 
@@ -187,61 +186,78 @@ def open_index(config: GenerateConfig):
     return Screener(load_index(config.index), config.threshold)
 
 
+@dataclass
+class Inputs:
+    """What `run_generate` checked before loading the model: plan, output folder, shard and the run's checkers."""
+
+    manifest: Manifest
+    quotas: dict[str, int]
+    out: Path
+    shard: Shard
+    screener: object = None
+    judge: object = None
+    adapters: list = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
 def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict | None = None) -> RunSummary:
     """Generate a balanced, provenance-tracked dataset (see GenerateConfig), or this process's shard of it."""
+    # 1. plan: everything that can fail on input fails here, before the model loads
+    manifest, class_quotas = plan_run(config)
+    out = Path(config.out) if config.out else default_out(config.manifest)
+    check_options(config)
+    check_writable(out)
+    inputs = Inputs(manifest, class_quotas, out, resolve_shard(config.shard, os.environ if env is None else env),
+                    open_index(config), open_judge(config, manifest),
+                    check_adapters(config.loras, config.model, config.force_lora),
+                    prompt_warnings(manifest, config.model))
+    for warning in inputs.warnings:
+        console.print(f"[yellow]warning:[/yellow] {config.manifest}: {warning}", highlight=False, soft_wrap=True)
+    if config.dry_run:
+        counts = {label: ClassCount(planned) for label, planned in class_quotas.items()}
+        preview = list(islice(iter_jobs(manifest, class_quotas, config.seed), 20))
+        return RunSummary(out, manifest, counts, dry_run=True, preview=preview, warnings=inputs.warnings)
+    refuse_if_busy(out)
+    state = out_state(out, config, inputs.shard)
+    config = resolved_threads(recorded_threads(config, out, state))
+    if state == "complete":
+        return completed_summary(out, run_key(config, manifest, inputs.screener))
+    with torch_threads(config.threads):
+        return _generate(config, inputs, show_progress)
+
+
+def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> RunSummary:
+    """Load the model, claim --out, make this shard's batches and consolidate the run if it is the last."""
     from .generate import Settings
     from .models import load_pipeline, resolve_device, resolve_dtype
     from .speed import apply_speed_options
 
-    # 1. plan: everything that can fail on input fails here, before the model loads
-    manifest, class_quotas = plan_run(config)
-    counts = {label: ClassCount(planned) for label, planned in class_quotas.items()}
-    out = Path(config.out) if config.out else default_out(config.manifest)
-    check_options(config)
-    check_writable(out)
-    shard = resolve_shard(config.shard, os.environ if env is None else env)
-    screener = open_index(config)
-    judge = open_judge(config, manifest)
-    adapters = check_adapters(config.loras, config.model, config.force_lora)
-    warnings = prompt_warnings(manifest, config.model)
-    for warning in warnings:
-        console.print(f"[yellow]warning:[/yellow] {config.manifest}: {warning}", highlight=False, soft_wrap=True)
-    if config.dry_run:
-        preview = list(islice(iter_jobs(manifest, class_quotas, config.seed), 20))
-        return RunSummary(out, manifest, counts, dry_run=True, preview=preview, warnings=warnings)
-    device = resolve_device(config.device, shard.local_rank)
-    dtype = resolve_dtype(config.dtype, device)
-    refuse_if_busy(out)
-    state = out_state(out, config, shard)
-    config = use_threads(recorded_threads(config, out, state))
-    if state == "complete":
-        return completed_summary(out, run_key(config, manifest, screener))
-
     # 2. model, then the output folder (a model that fails to load leaves nothing behind)
+    out, manifest, screener, judge = inputs.out, inputs.manifest, inputs.screener, inputs.judge
+    device = resolve_device(config.device, inputs.shard.local_rank)
+    dtype = resolve_dtype(config.dtype, device)
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
-    apply_adapters(pipe, adapters, config.fuse_lora)
+    apply_adapters(pipe, inputs.adapters, config.fuse_lora)
     speed = apply_speed_options(pipe, config.channels_last, config.compile, config.vae_slicing, config.vae_tiling)
     settings = Settings(**model_settings(config, pipe), autocast_bf16=_autocast(dtype, device))
     config, speed["batch_size_from"] = resolve_batch_size(config, pipe, settings, device, out)
-    claim = claim_out(out, config, shard)
+    claim = claim_out(out, config, inputs.shard)
     try:
         if claim.state == "complete":  # another process finished the run while this one loaded the model
             return completed_summary(out, run_key(config, manifest, screener))
-        record = start_record(config, manifest, class_quotas, out, shard, device, dtype, settings, screener)
-        record.update(speed=speed, warnings=warnings, replaces=claim.replaced and str(claim.replaced),
-                      adapters=[adapter.record() for adapter in adapters])
-        record["judge"] = judge_record(judge, config)
+        record = start_record(config, manifest, inputs.quotas, out, inputs.shard, device, dtype, settings, screener)
+        record.update(speed=speed, warnings=inputs.warnings, replaces=claim.replaced and str(claim.replaced),
+                      adapters=[adapter.record() for adapter in inputs.adapters], judge=judge_record(judge, config))
         start_out(out, record)
         work = WorkDir(out)
         work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
         with explained_failures(out, work, claim.replaced):
             # 3. this shard's batches that are not done yet: generate, screen, write, mark done
-            made = _make_batches(pipe, manifest, class_quotas, config, settings, with_judge(screener, judge, config),
-                                 work, shard,
-                                 show_progress)
+            made = _make_batches(pipe, manifest, inputs.quotas, config, settings,
+                                 with_judge(screener, judge, config), work, inputs.shard, show_progress)
             # 4. the process that completes the run consolidates it: dataset files, the card, run.json last
             summary = finish_run(out, manifest) if _all_done(work) and work.lock() else None
-        return summary or partial_summary(out, manifest, work, shard, made)
+        return summary or partial_summary(out, manifest, work, inputs.shard, made)
     finally:
         claim.release()
 

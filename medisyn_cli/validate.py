@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,15 +71,26 @@ def recorded_threads(config: GenerateConfig, out: Path, state: str) -> GenerateC
     return replace(config, threads=recorded) if recorded else config
 
 
-def use_threads(config: GenerateConfig) -> GenerateConfig:
-    """Set torch's CPU threads to --threads, or record the count in use (pixels depend on it on CPU)."""
+def resolved_threads(config: GenerateConfig) -> GenerateConfig:
+    """Without --threads (and no recorded count), the run uses and records torch's current thread count."""
     import torch
 
-    if config.threads is None:
-        return replace(config, threads=torch.get_num_threads())
-    if torch.get_num_threads() != config.threads:
-        torch.set_num_threads(config.threads)
-    return config
+    return config if config.threads is not None else replace(config, threads=torch.get_num_threads())
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """torch's CPU threads set to `threads` for the block, then put back (pixels on CPU depend on the count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def prompt_warnings(manifest: Manifest, model: str | None) -> list[str]:
