@@ -5,9 +5,12 @@ An index folder holds:
     index.faiss     the FAISS index (float: inner product = cosine; binary: Hamming)
     keys.parquet    vector id -> key (file path, or parquet file:row id), label where known, source
     vectors.npy     IVF-PQ only: the exact vectors, memory-mapped, to re-score the compressed index's candidates
+    regions.faiss   16 overlapping tiles of every training image (embed.TILES), so crops and partial copies
+                    match the region they copy (default up to REGIONS_MAX images; float embedders)
     index.json      embedder spec and settings, dim, metric, count, index type and parameters (and recall@1
                     for approximate types), default threshold, source fingerprint, skipped files with reasons,
                     the similarity of each training image to its nearest other training image (percentiles),
+                    the screening views and the threshold's calibration on the index's own images (curve),
                     created time, medisyn version. Written last: a folder without it is not an index.
 
     meta = build_index(["data/train"], Path("train-index"))             # pixel embedder, auto index type

@@ -196,3 +196,19 @@ def test_screen_report_shows_the_matched_region(index, tmp_path):
     assert not rows["other.png"]["near_copy"]
     page = (tmp_path / "report" / "report.html").read_text()
     assert f"matched region of the training image: {rows['crop.png']['region'][6:]}" in page
+
+
+def test_projected_tile_search_ranks_by_exact_similarity(index):
+    from medisyn_cli.index import search_index
+    from medisyn_cli.screen import ProjectedSearch
+
+    rng = np.random.default_rng(0)
+    tiles = index.regions.reconstruct_n(0, index.regions.ntotal)
+    queries = tiles[rng.choice(len(tiles), 40, replace=False)] + rng.normal(0, 0.01, (40, tiles.shape[1]))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    projected = ProjectedSearch(index.regions, dims=32, candidates=8)
+    sims, ids = projected.search(queries, 3)
+    exact_sims, exact_ids = search_index(index.regions, queries, 3, index.embedder)
+    assert np.array_equal(ids[:, 0], exact_ids[:, 0])
+    assert np.allclose(sims, np.einsum("nd,nkd->nk", queries, tiles[ids]), atol=1e-5)
+    assert np.all(np.diff(sims, axis=1) <= 0)
