@@ -352,7 +352,7 @@ def index_build(
                                                                                 "every image too, so crops and "
                                                                                 "partial copies match (default: up "
                                                                                 "to 20,000 images; screening is "
-                                                                                "4.5x slower with them: "
+                                                                                "2.4x slower with them: "
                                                                                 "benchmarks/screen_speed.py)."),
 ) -> None:
     """Embed training images and build the FAISS index that `generate --index` and `screen` search.
