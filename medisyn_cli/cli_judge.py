@@ -26,8 +26,8 @@ def build(
     real: list[Path] = typer.Argument(..., help="Real labelled images: label folders, ImageFolders with "
                                                 "metadata.csv, Parquet (the inputs of `index build`)."),
     out: Path = typer.Option(..., "--out", help="Judge folder to write (judge.json + weights)."),
-    classifier: str = typer.Option(DEFAULTS.classifier, "--classifier", help="knn | linear | cnn (small CNN at 32 px; "
-                                   "most accurate, slowest to train on CPU)."),
+    classifier: str = typer.Option(DEFAULTS.classifier, "--classifier", help="knn | linear | cnn (the evaluations' small "
+                                   "CNN at 32 px, trained for --steps: the slowest to build on CPU)."),
     embedder: str = typer.Option(DEFAULTS.embedder, "--embedder", help="Features of knn / linear: pixel, "
                                  "clip:<model>, hf:<model>."),
     holdout: float = typer.Option(DEFAULTS.holdout, "--holdout", help="Share of each class held out to measure "

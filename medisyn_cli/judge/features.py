@@ -1,10 +1,9 @@
 """Features of the knn / linear judges: `thumb` (default: a small colour thumbnail, no weights) or any embedder of
 embed.py (`pixel`, `clip:<model>`, `hf:<model>`).
 
-The `pixel` embedder is built to find copies (band-passed grey structure); class identity also lives in colour and
-brightness, which `thumb` keeps: on the shared data sets a knn judge on `thumb` is 2-6 points more accurate than on
-`pixel` (held-out accuracy 0.52 / 0.78 / 0.67 / 0.75 against 0.47 / 0.76 / 0.62 / 0.69 for dermoscopy, brain MRI,
-breast ultrasound and chest X-ray).
+The `pixel` embedder is built to find copies (band-passed grey structure: colour and overall brightness removed);
+class identity also lives in colour and brightness, which `thumb` keeps. `judge.json` records the held-out
+accuracy of whichever features a judge was built with, so the choice can be checked on the user's own data.
 """
 
 from __future__ import annotations
