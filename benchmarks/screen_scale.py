@@ -423,14 +423,14 @@ def main() -> None:
                 + f"  {100 * p['share_ge_0.97']:.1f}%  (sample {p['sample']:,})")
         # 3. each index type: build, size, search, then screen real images through it; one index alive at a time
         picked, rows, transforms_used = screening_images(images[: args.n], args.screen_images, args.seed)
-        results, screening, truth = {}, {}, None
+        results, screening, truth, flat_screened = {}, {}, None, None
         for index_type in args.types:
             clock = time.time()
             results[index_type], index, exact, truth = measure(index_type, vectors, queries, source, embedder,
                                                                work, truth)
             count = min(len(picked), args.screen_flat_images) if index_type == "flat" else len(picked)
             screening[index_type], screened = screen(index, index_type, exact, embedder, picked[:count], rows[:count])
-            flat_screened = screened if index_type == "flat" else flat_screened
+            flat_screened = screened if index_type == "flat" or flat_screened is None else flat_screened
             same = min(len(flat_screened), len(screened))  # the images also screened against flat
             screening[index_type]["agrees_with_flat"] = float(np.mean(screened[:same] >= flat_screened[:same] - 1e-5))
             screening[index_type]["agreement_images"] = same

@@ -335,7 +335,8 @@ def finish_index(out: Path, embedded: "Embedded", model: Embedder, found: list[S
     if tiles is not None:
         _write_index(tiles, model, out / (REGIONS_FILE + ".tmp"))
     _write_json(meta, out / (META_FILE + ".tmp"))
-    del vectors, embedded, exact
+    del vectors, embedded
+    exact = None  # frees the IVF-PQ exact store before the index is saved
     for name in ((INDEX_FILE, KEYS_FILE) + ((VECTORS_FILE,) if plan.type == "ivfpq" else ())
                  + ((REGIONS_FILE,) if tiles is not None else ()) + (META_FILE,)):
         os.replace(out / (name + ".tmp"), out / name)
