@@ -258,8 +258,9 @@ def check_architecture(adapter: Adapter, model: str | None) -> None:
         base = _base_shapes(str(weights)).get(f"{inner}.weight")
         size_ok = base is not None and (shape[1] == base[1] if kind == "A" else shape[0] == base[0])
         if not size_ok:
-            raise MedisynError(f"--lora {adapter.path}: layer {component}.{inner} {'is not in' if base is None else 'has other sizes in'} "
-                               f"{model_source(model)} (an adapter for another architecture)")
+            problem = "is not in" if base is None else "has other sizes in"
+            raise MedisynError(f"--lora {adapter.path}: layer {component}.{inner} {problem} {model_source(model)} "
+                               f"(an adapter for another architecture)")
 
 
 _SHAPES: dict[str, dict] = {}

@@ -46,7 +46,8 @@ def test_lora_training_saves_only_the_adapter_and_leaves_the_base_bit_identical(
 
     record = json.loads((adapter / "adapter.json").read_text())
     assert (record["rank"], record["alpha"], record["targets"], record["steps"]) == (4, 8.0, "unet", 30)
-    assert record["base"]["source"] == str(tiny_model) and record["base"]["weights_sha256"] == weight_hashes(str(tiny_model))
+    assert record["base"]["source"] == str(tiny_model)
+    assert record["base"]["weights_sha256"] == weight_hashes(str(tiny_model))
     assert record["held_out_images"] > 0 and len(record["data_fingerprint"]) == 64
     # the base weights after training (in memory, EMA copied in) hash the same as the base model on disk
     assert record["base"]["state_sha256"] == base_state_sha256(base_parts(tiny_model))
@@ -118,7 +119,8 @@ def test_generate_with_lora_differs_from_the_base_and_equals_plain_diffusers(ada
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     manifest = write_manifest(tmp_path)
-    for name, extra in (("plain", ()), ("lora", ("--lora", f"{adapter}:0.8")), ("fused", ("--lora", f"{adapter}:0.8", "--fuse-lora"))):
+    option = ("--lora", f"{adapter}:0.8")
+    for name, extra in (("plain", ()), ("lora", option), ("fused", (*option, "--fuse-lora"))):
         result = CliRunner().invoke(app, generate_args(manifest, tiny_model, tmp_path / name, *extra))
         assert result.exit_code == 0, result.output
     plain, lora, fused = (images(tmp_path / n) for n in ("plain", "lora", "fused"))
@@ -171,7 +173,8 @@ def test_bad_adapters_are_one_line_errors_before_anything_is_written(adapter, ti
     layer = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     sdxl = save_tensors(tmp_path / "sdxl.safetensors", {
         "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 1280)})
-    wide = save_tensors(tmp_path / "wide.safetensors", {f"{layer}.lora_A.weight": (4, 64), f"{layer}.lora_B.weight": (64, 4)})
+    wide = save_tensors(tmp_path / "wide.safetensors", {f"{layer}.lora_A.weight": (4, 64),
+                                                        f"{layer}.lora_B.weight": (64, 4)})
     empty = save_tensors(tmp_path / "empty.safetensors", {"unet.conv_in.weight": (4, 4)})
     other = tmp_path / "other"
     shutil.copytree(adapter, other, ignore=shutil.ignore_patterns("_work", "samples"))
