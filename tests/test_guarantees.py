@@ -122,9 +122,13 @@ def test_a_second_process_into_a_running_out_is_refused_and_harms_nothing(slow, 
     out = tmp_path / "o"
     first = start(tmp_path, slow, out)
     wait_for(lambda: (out / ".medisyn.lock").exists() and batches_done(out) >= 1, first)
-    for extra in ([], ["--resume"], ["--overwrite"]):
-        code, output = run(tmp_path, slow, out, *extra)
-        assert code == 2 and f"pid {first.pid} on" in output and "is in use by" in output, (extra, output)
+    first.send_signal(signal.SIGSTOP)  # hold it mid-run (alive, lock held) however fast this machine is
+    try:
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            code, output = run(tmp_path, slow, out, *extra)
+            assert code == 2 and f"pid {first.pid} on" in output and "is in use by" in output, (extra, output)
+    finally:
+        first.send_signal(signal.SIGCONT)
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
     assert len(pd.read_parquet(out / "parquet")) == 10 and not (out / ".medisyn.lock").exists()
