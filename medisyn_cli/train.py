@@ -586,6 +586,7 @@ def save_pipeline(parts, out: Path, config: TrainConfig) -> Path:
     tmp = out / "_work" / "pipeline"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    _load_in_fp32(tmp / "text_encoder" / "config.json")
     _follow_umask(tmp)
     for item in tmp.iterdir():
         target = out / item.name
@@ -593,6 +594,15 @@ def save_pipeline(parts, out: Path, config: TrainConfig) -> Path:
             shutil.rmtree(target)
         item.rename(target)
     return out
+
+
+def _load_in_fp32(config_file: Path) -> None:
+    """fp16-saved weights still load as fp32 in plain diffusers: transformers loads the text encoder in its config's
+    dtype, diffusers the UNet and VAE in fp32, and a mix fails ('Half and Float')."""
+    if config_file.exists():
+        config = json.loads(config_file.read_text())
+        if config.get("dtype") not in (None, "float32"):
+            write_json(config_file, {**config, "dtype": "float32"})
 
 
 def _follow_umask(folder: Path) -> None:

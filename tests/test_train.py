@@ -170,6 +170,18 @@ def test_fine_tuning_a_base_pipeline_keeps_vae_and_text_encoder_frozen(tiny_mode
     assert DiffusionPipeline.from_pretrained(tmp_path / "ft").unet.config.sample_size == 8
 
 
+def test_fp16_saved_model_loads_and_samples_with_plain_diffusers(tiny_model, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    train(tiny(tmp_path / "half", base=str(tiny_model), resolution=16, steps=2, validate_every=0, save_dtype="fp16"),
+          show_progress=False)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "half")  # no dtype argument, as a user would
+    assert {pipe.text_encoder.dtype, pipe.unet.dtype} == {torch.float32}
+    image = pipe("frontal chest x-ray", num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (16, 16, 3)
+
+
 def test_cli_train_runs_and_reports_bad_data_with_exit_2(tmp_path):
     from typer.testing import CliRunner
 
