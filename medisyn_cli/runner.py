@@ -627,15 +627,15 @@ def provenance_row(item, constant: dict) -> dict:
 def start_record(config: GenerateConfig, manifest: Manifest, class_quotas: dict[str, int], out: Path, shard: Shard,
                  device, dtype, settings, screener) -> dict:
     """Everything needed to reproduce the run, written to OUT/_work/config.json before the first batch."""
-    from .models import model_source, weight_hashes
+    from .models import model_source
 
-    hashes = weight_hashes(config.model)
     screening = screening_record(screener)
     if screening:
         screening["max_attempts"] = config.max_attempts
     sampling = {"scheduler": config.scheduler, "steps": settings.steps, "guidance": settings.guidance,
                 "height": settings.height, "width": settings.width}
     key = run_key(config, manifest, screener, sampling)
+    hashes = key["weights_sha256"]  # hashing a model's weights reads every byte: once per run
     total = sum(class_quotas.values())
     return {
         "key": key,
