@@ -15,13 +15,14 @@ from pathlib import Path
 from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, command_line
 from .errors import Cancelled, Interrupted, MedisynError
 from .files import write_json
-from .judge.screening import consolidate_rejected, judge_record, judge_totals, open_judge, rejected_log, with_judge
+from .judge.screening import JudgedRejectedLog, judge_record, judge_totals, open_judge, rejected_log, with_judge
 from .lora import apply_adapters, check_adapters, row_model
 from .manifest import Manifest, load_manifest
 from .outdir import LOCK, MARKER, discard_previous, is_ours, move_aside, new_run_id, claim_marker
 from .plan import Job, batched, iter_jobs, quotas
 from .progress import console
 from .runkey import differences, key_of_record, run_key
+from .screen import RejectedLog
 from .runlock import RunBusy, RunLock, busy_message, read_holder
 from .shards import Shard, batch_count, resolve_shard, shard_batches
 from .validate import check_options, check_writable, prompt_warnings, recorded_threads, resolved_threads, torch_threads
@@ -497,10 +498,10 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
         for label, reason in done["ended"].items():
             counts[label].ended = counts[label].ended or reason
     work.clean_partial()  # every batch is done: any temp file left is from a killed process
+    screened = record["screening"] is not None or bool(record.get("judge"))
+    log = (JudgedRejectedLog if record.get("judge") else RejectedLog) if screened else None  # judged: with reasons
     outputs = consolidate(work, tuple(options["formats"]), record["manifest"]["classes"], options["rows_per_part"],
-                          record["screening"] is not None and not record.get("judge"))
-    if record.get("judge"):  # rejected.parquet with a reason column (near-copy or label)
-        outputs.append(consolidate_rejected(work.root / "rejected", out / REJECTED_FILE))
+                          log)
     started = datetime.fromisoformat(record["started"])
     finished = datetime.now(timezone.utc)
     summary = RunSummary(out, manifest, counts, seconds=(finished - started).total_seconds(),

@@ -132,8 +132,10 @@ def missing_report(batches: int, done: set[int], shard_count: int, batch_sizes) 
 # --- consolidation ----------------------------------------------------------------------------------------
 
 def consolidate(work: WorkDir, formats: tuple[str, ...], labels: list[str], rows_per_part: int,
-                screened: bool) -> list[dict]:
+                rejected_log=None) -> list[dict]:
     """Write the final dataset files from the batches, in plan order; returns the outputs for run.json.
+
+    `rejected_log`: the log class the run's rejections were written with (None: an unscreened run).
 
     Each format is built under OUT/_work and published by one rename; a consolidation killed after a rename
     finds that format published and describes it instead of building it again.
@@ -146,8 +148,8 @@ def consolidate(work: WorkDir, formats: tuple[str, ...], labels: list[str], rows
         _adopt_published_pngs(work)
         outputs.append(_publish(work.root / "images", work.out / "imagefolder", _describe_metadata,
                                 lambda staged: _consolidate_metadata(work, staged)))
-    if screened:
-        outputs.append(_consolidate_rejected(work.root / "rejected", work.out / "rejected.parquet"))
+    if rejected_log is not None:
+        outputs.append(_consolidate_rejected(work.root / "rejected", rejected_log(work.out / "rejected.parquet")))
     return outputs
 
 
@@ -241,12 +243,9 @@ def _consolidate_metadata(work: WorkDir, target: Path) -> dict:
     return {"format": "imagefolder", "rows": rows, "files": ["metadata.csv"]}
 
 
-def _consolidate_rejected(source: Path, target: Path) -> dict:
+def _consolidate_rejected(source: Path, log) -> dict:
     import pyarrow.parquet as pq
 
-    from .screen import RejectedLog
-
-    log = RejectedLog(target)
     for batch_file in sorted(source.glob("b-*.parquet")):
         table = pq.read_table(batch_file, schema=log.schema)
         log.handle.write_table(table)

@@ -158,15 +158,3 @@ class JudgedRejectedLog(RejectedLog):
 def rejected_log(path: Path, screener) -> RejectedLog:
     """The batch's rejected log: with reasons when the run has a judge."""
     return JudgedRejectedLog(path) if isinstance(screener, LabelCheck) else RejectedLog(path)
-
-
-def consolidate_rejected(source: Path, target: Path) -> dict:
-    """The batches' rejected files -> rejected.parquet (with reasons), in plan order."""
-    import pyarrow.parquet as pq
-
-    log = JudgedRejectedLog(target)
-    for batch_file in sorted(source.glob("b-*.parquet")):
-        table = pq.read_table(batch_file, schema=log.schema)
-        log.handle.write_table(table)
-        log.rows += table.num_rows
-    return {"format": "rejected", **log.close()}
