@@ -12,7 +12,6 @@ the embedders of `embed.py`: pixel, clip:, hf:). `Judge.scores(images)` gives (N
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedisynError
+from ..models import file_sha256
 
 CLASSIFIERS = ("knn", "linear", "cnn")
 JUDGE_FILE, VERSION = "judge.json", 1
@@ -30,17 +30,6 @@ def model_file(classifier: str) -> str:
     """The weights file name of a classifier kind."""
     return "model.pt" if classifier == "cnn" else "model.npz"
 
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --- classifiers on vectors --------------------------------------------------------------------------
 
 def knn_scores(train: np.ndarray, train_y: np.ndarray, query: np.ndarray, classes: int, k: int) -> np.ndarray:
     """Smoothed vote shares of the k most cosine-similar training vectors: (votes + 0.5) / (k + 0.5 C)."""
