@@ -288,7 +288,6 @@ def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
     import json
 
     from .card import write_run_card
-    from .files import write_json
 
     run = json.loads((copy / "run.json").read_text())
     removed = {label: counts[1] for label, counts in summary.per_label.items() if counts[1]}
