@@ -23,9 +23,9 @@ MANIFEST = REPO / "prompts" / "mini_dermoscopy.csv"
 
 
 def setup(device_name: str, dtype_name: str):
-    from medisyn_cli.manifest import load_manifest
-    from medisyn_cli.models import BUNDLED_MODEL, load_pipeline, resolve_device, resolve_dtype
-    from medisyn_cli.plan import iter_jobs, quotas
+    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.pipeline.load import BUNDLED_MODEL, load_pipeline, resolve_device, resolve_dtype
+    from medisyn_cli.generate.plan import iter_jobs, quotas
 
     device = resolve_device(device_name)
     dtype = resolve_dtype(dtype_name, device)
@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--schedulers", default="dpm++,unipc,euler,ddim")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "batch_scaling.json")
     args = parser.parse_args()
-    from medisyn_cli.generate import Renderer, Settings
-    from medisyn_cli.models import make_scheduler
+    from medisyn_cli.generate.sampler import Renderer, Settings
+    from medisyn_cli.pipeline.load import make_scheduler
 
     pipe, device, dtype, recommended, manifest, plan = setup(args.device, args.dtype)
     jobs = plan(args.images)

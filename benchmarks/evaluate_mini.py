@@ -202,7 +202,7 @@ def main() -> None:
     import torch
 
     from medisyn_cli.evaluate.utility import parse_fractions
-    from medisyn_cli.models import BUNDLED_MODEL
+    from medisyn_cli.pipeline.load import BUNDLED_MODEL
 
     torch.set_num_threads(args.threads)
     args.fractions = parse_fractions(args.fractions)

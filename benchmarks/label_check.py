@@ -46,8 +46,8 @@ MODEL = REPO / "medisyn_cli" / "bundled" / "mini"
 def generate(manifest: Path, out: Path, n: int, steps: int | None, guidance: float | None, judge: Path | None = None,
              threshold: float | None = None, batch_size: int = 16, threads: int | None = None) -> dict:
     """One `medisyn generate` run (optionally judged), timed; returns seconds, kept, generated and its rows."""
-    from medisyn_cli.config import GenerateConfig
-    from medisyn_cli.runner import run_generate
+    from medisyn_cli.generate.config import GenerateConfig
+    from medisyn_cli.generate.run import run_generate
 
     clock = time.time()
     summary = run_generate(GenerateConfig(manifest=str(manifest), n=n, out=str(out), steps=steps, guidance=guidance,
@@ -75,7 +75,7 @@ def images(rows: list) -> list:
 
 def pool(dataset: str, args, work: Path) -> tuple[list, dict]:
     """The unjudged pool of a data set (evaluate_mini's if present, else made here) and how it was made."""
-    from medisyn_cli.manifest import load_manifest
+    from medisyn_cli.generate.manifest import load_manifest
 
     out = args.pool_root / dataset / "synthetic"
     if not (out / "run.json").exists():
@@ -178,7 +178,7 @@ def line(dataset: str, row: dict, base: dict) -> str:
 
 def product(dataset: str, args, work: Path) -> dict:
     """Real generate runs, unjudged and with --judge at each threshold: seconds, time ratio and yield."""
-    from medisyn_cli.manifest import load_manifest
+    from medisyn_cli.generate.manifest import load_manifest
 
     manifest = REPO / "prompts" / f"{SETS[dataset]}.csv"
     n = args.product_per_class * len(load_manifest(manifest).labels)

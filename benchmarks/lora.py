@@ -53,7 +53,7 @@ def train_child(spec: dict) -> None:
     """In a fresh process: train one condition, time every step, write the metrics JSON."""
     import torch
 
-    import medisyn_cli.train as training
+    import medisyn_cli.train.loop as training
 
     torch.set_num_threads(spec["threads"])
     stamps, loss = [], training.diffusion_loss
@@ -130,8 +130,8 @@ def unet_parameters(model: Path) -> int:
 
 def synthetic(dataset: str, name: str, trained: dict | None, args) -> list:
     """per_class images per class from the condition's model (the bundled one with --lora for adapters)."""
-    from medisyn_cli.config import GenerateConfig
-    from medisyn_cli.runner import run_generate
+    from medisyn_cli.generate.config import GenerateConfig
+    from medisyn_cli.generate.run import run_generate
 
     out = args.scratch / "synthetic" / f"{dataset}-{name}"
     model, loras = str(args.model), ()
@@ -162,8 +162,8 @@ def equivalence(adapter: Path, args) -> float:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
     from PIL import Image
 
-    from medisyn_cli.config import GenerateConfig
-    from medisyn_cli.runner import run_generate
+    from medisyn_cli.generate.config import GenerateConfig
+    from medisyn_cli.generate.run import run_generate
 
     out = args.scratch / "equivalence"
     manifest = REPO / "prompts" / "mini_brain_mri.csv"
@@ -259,7 +259,7 @@ def main() -> None:
         return train_child(json.loads(args.train_child))
     import torch
 
-    from medisyn_cli.models import BUNDLED_MODEL
+    from medisyn_cli.pipeline.load import BUNDLED_MODEL
 
     torch.set_num_threads(args.threads)
     args.model = args.model or BUNDLED_MODEL

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory.json")
     args = parser.parse_args()
-    from medisyn_cli.index import build_index
+    from medisyn_cli.screening.index import build_index
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,9 +36,9 @@ def bare_loop(n: int, batch_size: int) -> dict:
     import torch
     from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
-    from medisyn_cli.manifest import load_manifest
-    from medisyn_cli.models import BUNDLED_MODEL
-    from medisyn_cli.plan import batched, iter_jobs, quotas
+    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.pipeline.load import BUNDLED_MODEL
+    from medisyn_cli.generate.plan import batched, iter_jobs, quotas
 
     settings = json.loads((BUNDLED_MODEL / "medisyn.json").read_text())["recommended"]
     pipe = DiffusionPipeline.from_pretrained(BUNDLED_MODEL, torch_dtype=torch.float32)
@@ -57,8 +57,8 @@ def bare_loop(n: int, batch_size: int) -> dict:
 
 def medisyn_run(n: int, batch_size: int, index: str, out: str, overlap: bool | None, cache_prompts: bool) -> dict:
     start = time.perf_counter()
-    from medisyn_cli.config import GenerateConfig
-    from medisyn_cli.runner import run_generate
+    from medisyn_cli.generate.config import GenerateConfig
+    from medisyn_cli.generate.run import run_generate
 
     config = GenerateConfig(manifest=str(MANIFEST), n=n, out=out, batch_size=batch_size, index=index,
                             overlap=overlap, cache_prompts=cache_prompts)
@@ -96,7 +96,7 @@ def run_child(args, variant: str, index: Path, out: Path) -> dict:
 
 
 def build_index(folder: Path) -> Path:
-    from medisyn_cli.index import build_index as build
+    from medisyn_cli.screening.index import build_index as build
 
     build([str(DATA / "images")], folder, embedder="pixel", index_type="flat", show_progress=False)
     return folder

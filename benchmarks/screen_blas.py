@@ -2,7 +2,7 @@
 
 The pixel embedder applies each query view as two small matrix products (a 61-view operator on a 64x64
 image). On numpy's multi-threaded OpenBLAS such small products spend more time waking and synchronising
-threads than computing. `medisyn_cli.embed.BLAS_THREADS = 1` (the default) wraps them in
+threads than computing. `medisyn_cli.screening.embed.BLAS_THREADS = 1` (the default) wraps them in
 `threadpoolctl`'s limit; `None` leaves BLAS as the library starts it (the old behaviour, the baseline).
 
 Same work for both: one index built once (`build_index` over --index-data), then `screen_dataset` (the API
@@ -34,8 +34,8 @@ RESULTS = REPO / "benchmarks" / "results" / "screen_blas"
 
 def run_screen(dataset: list[Path], index: Path, out: Path, blas: int | None) -> tuple[float, int, list[bytes]]:
     """(seconds, images screened, screen.csv bytes) of one screen_dataset run per folder with BLAS_THREADS=blas."""
-    from medisyn_cli import embed
-    from medisyn_cli.audit import screen_dataset
+    from medisyn_cli.screening import embed
+    from medisyn_cli.screening.audit import screen_dataset
 
     embed.BLAS_THREADS = blas
     seconds, count, tables = 0.0, 0, []
@@ -64,7 +64,7 @@ def compare(first: bytes, second: bytes) -> tuple[bool, float]:
 def main() -> None:
     from threadpoolctl import threadpool_info
 
-    from medisyn_cli.index import build_index
+    from medisyn_cli.screening.index import build_index
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--index-data", nargs="+", default=["brain_tumor_mri", "kermany_pediatric_cxr"])

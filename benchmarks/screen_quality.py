@@ -274,7 +274,7 @@ def plant(images: list, sets: np.ndarray, groups: np.ndarray, sources: np.ndarra
 
 def make_condition(name: str):
     """(embedder, screener options, threshold rule) of a condition; the rule maps an index to its threshold."""
-    from medisyn_cli.embed import get_embedder
+    from medisyn_cli.screening.embed import get_embedder
 
     if name == "imagededup-phash":
         embedder = ImagededupPHash()
@@ -290,7 +290,7 @@ def make_condition(name: str):
 
 def calibrated(index, images: list) -> float:
     """The threshold `medisyn index build` would calibrate for this index (same sample rule, same function)."""
-    from medisyn_cli.screen import CALIBRATION_SAMPLE, calibrate
+    from medisyn_cli.screening.screener import CALIBRATION_SAMPLE, calibrate
 
     count = len(images)
     sample = np.sort(np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False))
@@ -308,13 +308,13 @@ class ImagededupPHash:
         self.hasher = PHash(verbose=False)
 
     def embed(self, images: list) -> np.ndarray:
-        from medisyn_cli.embed import to_8bit
+        from medisyn_cli.screening.embed import to_8bit
 
         codes = [self.hasher.encode_image(image_array=np.asarray(to_8bit(im).convert("RGB"))) for im in images]
         return np.array([np.frombuffer(bytes.fromhex(code), np.uint8) for code in codes], np.uint8)
 
     def __getattr__(self, attr):  # the rest of the Embedder interface (views, thresholds, settings)
-        from medisyn_cli.embed import Embedder
+        from medisyn_cli.screening.embed import Embedder
 
         value = getattr(Embedder, attr)
         return value.__get__(self) if callable(value) else value
@@ -337,10 +337,10 @@ def split(sets: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, 
 
 def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> dict:
     """Similarity (and whether the match is the source) of every negative and planted copy, per data set index."""
-    from medisyn_cli.index import TrainingIndex
-    from medisyn_cli.screen import Screener
+    from medisyn_cli.screening.index import TrainingIndex
+    from medisyn_cli.screening.screener import Screener
 
-    from medisyn_cli.embed import TILES
+    from medisyn_cli.screening.embed import TILES
 
     embedder, options, threshold_of = make_condition(name)
     vectors = embed_all(embedder, images)

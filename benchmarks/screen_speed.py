@@ -27,9 +27,9 @@ RESULTS = REPO / "benchmarks" / "results" / "screen_speed"
 def main() -> None:
     from PIL import Image
 
-    from medisyn_cli.embed import TILES, get_embedder
-    from medisyn_cli.index import TrainingIndex
-    from medisyn_cli.screen import Screener
+    from medisyn_cli.screening.embed import TILES, get_embedder
+    from medisyn_cli.screening.index import TrainingIndex
+    from medisyn_cli.screening.screener import Screener
 
     training = [Image.open(p) for p in sorted((DATA / "isic2017_dermoscopy" / "images").glob("*.png"))]
     queries = [Image.open(p) for p in sorted((DATA / "bccd_blood_smear" / "images").glob("*.png"))[:128]]

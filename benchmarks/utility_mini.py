@@ -89,9 +89,9 @@ def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, step
               guidance: float | None, seed: int = 0) -> list:
     """Generate per_class images per class with medisyn (or reuse those in OUT made with the same options);
     returns (path, label)."""
-    from medisyn_cli.config import GenerateConfig
-    from medisyn_cli.manifest import load_manifest
-    from medisyn_cli.runner import run_generate
+    from medisyn_cli.generate.config import GenerateConfig
+    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.generate.run import run_generate
 
     wanted = {"n": per_class * len(load_manifest(manifest).labels), "model": model, "steps": steps,
               "guidance": guidance, "seed": seed}
@@ -117,7 +117,7 @@ def comparison_grid(rows: list, path: Path) -> None:
     """One row per class: four real training images, then four synthetic ones."""
     from PIL import Image
 
-    from medisyn_cli.report import image_grid
+    from medisyn_cli.screening.report import image_grid
 
     images, labels = [], []
     for label, real, synth in rows:
@@ -143,7 +143,7 @@ def main() -> None:
 
     import torch
 
-    from medisyn_cli.models import BUNDLED_MODEL
+    from medisyn_cli.pipeline.load import BUNDLED_MODEL
 
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else BUNDLED_MODEL

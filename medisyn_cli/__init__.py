@@ -4,29 +4,24 @@ The Python API mirrors the CLI:
 
     from medisyn_cli import GenerateConfig, run_generate
     summary = run_generate(GenerateConfig(manifest="prompts/mini_dermoscopy.csv", n=60, out="derm-synth"))
+
+Stages, one folder each (ARCHITECTURE.md walks through them): core/ (plumbing), pipeline/ (loading a diffusion
+model, speed options, LoRA adapters), generate/, screening/, train/, evaluate/, judge/, study/, and cli/ on top.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = {
-    "GenerateConfig": ("config", "GenerateConfig"),
-    "run_generate": ("runner", "run_generate"),
-    "TrainConfig": ("train", "TrainConfig"),
-    "run_train": ("train", "train"),
-    "load_manifest": ("manifest", "load_manifest"),
-    "load_pipeline": ("models", "load_pipeline"),
-    "MedisynError": ("errors", "MedisynError"),
-}
-__all__ = sorted(_API)
+from medisyn_cli.core.errors import MedisynError  # noqa: E402
+from medisyn_cli.generate.config import GenerateConfig  # noqa: E402
+from medisyn_cli.generate.manifest import load_manifest  # noqa: E402
+from medisyn_cli.generate.run import run_generate  # noqa: E402
+from medisyn_cli.pipeline.load import load_pipeline  # noqa: E402
+from medisyn_cli.screening.audit import screen_dataset  # noqa: E402
+from medisyn_cli.screening.index import build_index  # noqa: E402
+from medisyn_cli.train.loop import TrainConfig  # noqa: E402
+from medisyn_cli.train.loop import train as run_train  # noqa: E402
 
-
-def __getattr__(name: str):
-    """Import the API lazily, so `medisyn --help` does not load torch."""
-    if name not in _API:
-        raise AttributeError(f"module 'medisyn_cli' has no attribute '{name}'")
-    from importlib import import_module
-
-    module, attr = _API[name]
-    return getattr(import_module(f".{module}", __name__), attr)
+__all__ = ["GenerateConfig", "MedisynError", "TrainConfig", "build_index", "load_manifest", "load_pipeline",
+           "run_generate", "run_train", "screen_dataset"]

@@ -20,7 +20,7 @@ def build_tiny_pipeline(folder: Path, captions: list[str]) -> Path:
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from medisyn_cli.tokenizer import build_corpus_tokenizer
+    from medisyn_cli.pipeline.tokenizer import build_corpus_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_corpus_tokenizer(captions + [""], folder.parent / f"{folder.name}-tokenizer")

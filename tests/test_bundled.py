@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medisyn_cli.models import BUNDLED_MODEL, load_pipeline
+from medisyn_cli.pipeline.load import BUNDLED_MODEL, load_pipeline
 
 REPO_PROMPTS = BUNDLED_MODEL.parents[2] / "prompts"
 
@@ -32,9 +32,9 @@ def test_bundled_model_loads_offline_with_plain_diffusers(monkeypatch):
 
 
 def test_bundled_model_generates_distinct_non_black_images_of_the_right_size():
-    from medisyn_cli.generate import Renderer, Settings, generate_batch
-    from medisyn_cli.manifest import load_manifest
-    from medisyn_cli.plan import iter_jobs, quotas
+    from medisyn_cli.generate.sampler import Renderer, Settings, generate_batch
+    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.generate.plan import iter_jobs, quotas
 
     pipe = load_pipeline(None, torch.device("cpu"), torch.float32)
     recommended = json.loads((BUNDLED_MODEL / "medisyn.json").read_text())["recommended"]
@@ -52,7 +52,7 @@ def test_bundled_model_generates_distinct_non_black_images_of_the_right_size():
 def test_mini_manifests_use_words_the_bundled_tokenizer_knows(manifest):
     from transformers import CLIPTokenizer
 
-    from medisyn_cli.manifest import load_manifest
+    from medisyn_cli.generate.manifest import load_manifest
 
     tokenizer = CLIPTokenizer.from_pretrained(BUNDLED_MODEL / "tokenizer")
     for row in load_manifest(manifest).rows:

@@ -20,8 +20,8 @@ import typer
 from PIL import Image, ImageEnhance, ImageOps
 from typer.testing import CliRunner
 
-from medisyn_cli.cli_evaluate import evaluate_app, report_command
-from medisyn_cli.errors import MedisynError
+from medisyn_cli.cli.evaluate import evaluate_app, report_command
+from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.evaluate.classifier import auroc, macro_auroc
 from medisyn_cli.evaluate.metrics import diversity, fid, kid, prdc, trace_sqrt_product
 
@@ -462,7 +462,7 @@ def test_fidelity_inception_loads_the_pytorch_fid_layout_from_a_local_file(tmp_p
 @pytest.fixture
 def generated(tmp_path) -> Path:
     """A screened generate output folder: parquet/, rejected.parquet, run.json with its index, evaluate/ JSON."""
-    from medisyn_cli.index import build_index
+    from medisyn_cli.screening.index import build_index
 
     out = tmp_path / "synth"
     (out / "parquet").mkdir(parents=True)
@@ -589,7 +589,7 @@ def test_fidelity_neural_features_are_raw_not_l2_normalised(sets, tmp_path, monk
     """clip:/hf: FD uses the encoder's raw features (torch-fidelity's CLIP / DINOv2 FD), not unit vectors."""
     import torch
 
-    import medisyn_cli.embed as embed
+    import medisyn_cli.screening.embed as embed
     from medisyn_cli.evaluate.fidelity import FidelityConfig, make_extractor
 
     class Scaled(embed.TorchEmbedder):

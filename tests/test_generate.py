@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from medisyn_cli.cli import app
-from medisyn_cli.config import GenerateConfig
-from medisyn_cli.errors import MedisynError
-from medisyn_cli.generate import PromptCache, Renderer, Settings, generate_batch
-from medisyn_cli.manifest import load_manifest
-from medisyn_cli.plan import iter_jobs, quotas
-from medisyn_cli.runner import run_generate
+from medisyn_cli.cli.main import app
+from medisyn_cli.generate.config import GenerateConfig
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.generate.sampler import PromptCache, Renderer, Settings, generate_batch
+from medisyn_cli.generate.manifest import load_manifest
+from medisyn_cli.generate.plan import iter_jobs, quotas
+from medisyn_cli.generate.run import run_generate
 
 MANIFEST = ("label,finding,prompt,negative_prompt,weight,mode\n"
             "melanoma,atypical network,dermoscopy image of {label} with {finding},blurry,1,RGB\n"
@@ -98,7 +98,7 @@ def test_run_json_records_what_reproduces_the_run(dataset):
 
 
 def test_same_image_whatever_the_batch_size_or_order(tiny_model, tmp_path):
-    from medisyn_cli.models import load_pipeline
+    from medisyn_cli.pipeline.load import load_pipeline
 
     import torch
 
@@ -143,7 +143,7 @@ def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fai
     second = run(tmp_path, tiny_model, "out", n=6, overwrite=True)
     assert first.out == second.out
     assert len(list((second.out / "imagefolder").rglob("*.png"))) == 6
-    import medisyn_cli.generate as generate_module
+    import medisyn_cli.generate.sampler as generate_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
@@ -164,7 +164,7 @@ def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fai
 
 
 def test_cli_dry_run_prints_the_plan_and_loads_no_model(manifest, tmp_path, monkeypatch):
-    import medisyn_cli.models as models
+    import medisyn_cli.pipeline.load as models
 
     monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("model loaded in --dry-run"))
     result = CliRunner().invoke(app, ["generate", "--manifest", str(manifest), "--n", "7", "--dry-run",

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from medisyn_cli.cli import app
-from medisyn_cli.runlock import RunBusy, RunLock
+from medisyn_cli.cli.main import app
+from medisyn_cli.core.runlock import RunBusy, RunLock
 
 MANIFEST = ("label,prompt,mode\n"
             "melanoma,dermoscopy image of melanoma,RGB\n"
@@ -220,7 +220,7 @@ def test_after_kill_9_no_partial_dataset_is_loadable_and_ctrl_c_says_how_to_resu
 def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkeypatch):
     import errno
 
-    from medisyn_cli import runner
+    from medisyn_cli.generate import run as runner
 
     (tmp_path / "m.csv").write_text(MANIFEST)
     real = runner.provenance_row
@@ -247,7 +247,7 @@ def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkey
 # --- medisyn screen ------------------------------------------------------------------------------------------
 
 def test_screen_keep_out_copy_tells_its_own_counts_and_unreadable_input_fails(tiny_model, tmp_path):
-    from medisyn_cli.index import build_index
+    from medisyn_cli.screening.index import build_index
 
     code, output = run(tmp_path, tiny_model, tmp_path / "synth", n=6)
     assert code == 0, output

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from medisyn_cli.data import find_sources, iter_source_records
-from medisyn_cli.embed import Embedder, get_embedder
-from medisyn_cli.errors import MedisynError
-from medisyn_cli.index import (TrainingIndex, build_index, exact_search, fill_index, load_index, parse_memory,
+from medisyn_cli.core.datasets import find_sources, iter_source_records
+from medisyn_cli.screening.embed import Embedder, get_embedder
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.index import (TrainingIndex, build_index, exact_search, fill_index, load_index, parse_memory,
                                plan_index, recall_at_1)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "images"
@@ -256,7 +256,7 @@ def test_image_bytes_round_trip_through_parquet_keys(tmp_path):
 
 
 def test_build_calibrates_the_threshold_on_its_own_images(tmp_path, monkeypatch):
-    from medisyn_cli import screen
+    from medisyn_cli.screening import screener as screen
 
     monkeypatch.setattr(screen, "CALIBRATION_MIN", 10)
     meta = build_index([FIXTURE], tmp_path / "idx", show_progress=False, target_fpr=0.05)
@@ -285,7 +285,7 @@ def test_bad_target_fpr_is_refused_before_any_work(tmp_path, target):
 
 
 def test_index_built_before_calibration_is_used_with_its_own_views_and_threshold(fixture_index, tmp_path):
-    from medisyn_cli.screen import Screener
+    from medisyn_cli.screening.screener import Screener
 
     old = tmp_path / "old"
     shutil.copytree(fixture_index, old)
@@ -301,7 +301,7 @@ def test_index_built_before_calibration_is_used_with_its_own_views_and_threshold
 def test_non_numeric_threshold_in_index_json_is_a_one_line_error(fixture_index, tmp_path, threshold):
     from typer.testing import CliRunner
 
-    from medisyn_cli.cli import app
+    from medisyn_cli.cli.main import app
 
     broken = tmp_path / "broken"
     shutil.copytree(fixture_index, broken)
@@ -318,8 +318,8 @@ def test_non_numeric_threshold_in_index_json_is_a_one_line_error(fixture_index, 
 def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from medisyn_cli import screen
-    from medisyn_cli.cli import app
+    from medisyn_cli.screening import screener as screen
+    from medisyn_cli.cli.main import app
 
     monkeypatch.setattr(screen, "CALIBRATION_MIN", 10)
     result = CliRunner().invoke(app, ["index", "build", str(FIXTURE), "--out", str(tmp_path / "idx"),
@@ -336,7 +336,7 @@ def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
 
 
 def test_region_tiles_can_be_left_out_and_large_tile_sets_use_hnsw(tmp_path, monkeypatch):
-    from medisyn_cli import index as index_module
+    from medisyn_cli.screening import index as index_module
 
     meta = build_index([FIXTURE], tmp_path / "plain", show_progress=False, regions=False)
     assert meta["regions"] is None and not (tmp_path / "plain" / "regions.faiss").exists()

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import medisyn_cli.index_shards as index_shards
-from medisyn_cli.cli import app
-from medisyn_cli.errors import MedisynError
-from medisyn_cli.index import build_index, load_index
-from medisyn_cli.shards import parse_shard
-from medisyn_cli.work import IncompleteRun
+import medisyn_cli.screening.index_shards as index_shards
+from medisyn_cli.cli.main import app
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.index import build_index, load_index
+from medisyn_cli.core.shards import parse_shard
+from medisyn_cli.core.store import IncompleteRun
 
 FIXTURE = Path(__file__).parent / "fixtures" / "images"
 VOLATILE = ("created", "seconds")

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from medisyn_cli.cli import app
-from medisyn_cli.errors import MedisynError
-from medisyn_cli.train import TrainConfig, train
+from medisyn_cli.cli.main import app
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.train.loop import TrainConfig, train
 
 DATA = Path(__file__).parent / "fixtures" / "images"
 
@@ -41,8 +41,8 @@ def base_parts(model: Path) -> dict:
 def test_lora_training_saves_only_the_adapter_and_leaves_the_base_bit_identical(adapter, tiny_model):
     from safetensors import safe_open
 
-    from medisyn_cli.lora import base_state_sha256
-    from medisyn_cli.models import weight_hashes
+    from medisyn_cli.pipeline.lora import base_state_sha256
+    from medisyn_cli.pipeline.load import weight_hashes
 
     record = json.loads((adapter / "adapter.json").read_text())
     assert (record["rank"], record["alpha"], record["targets"], record["steps"]) == (4, 8.0, "unet", 30)
@@ -60,7 +60,7 @@ def test_lora_training_saves_only_the_adapter_and_leaves_the_base_bit_identical(
 
 
 def test_only_adapter_parameters_train(tiny_model):
-    from medisyn_cli.lora import add_lora
+    from medisyn_cli.pipeline.lora import add_lora
 
     parts = base_parts(tiny_model)
     trainable = add_lora(parts, lora_config(Path("unused"), tiny_model, lora_targets="unet+text"))
@@ -72,7 +72,7 @@ def test_only_adapter_parameters_train(tiny_model):
 def test_plain_diffusers_loads_the_adapter_and_it_lowers_the_training_loss(adapter, tiny_model):
     from diffusers import DDPMScheduler
 
-    from medisyn_cli.train import diffusion_loss, encode_latents, load_training_images, tokenize
+    from medisyn_cli.train.loop import diffusion_loss, encode_latents, load_training_images, tokenize
 
     config = lora_config(adapter, tiny_model)
     parts = base_parts(tiny_model)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from medisyn_cli.errors import MedisynError
-from medisyn_cli.manifest import load_manifest
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.generate.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

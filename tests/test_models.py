@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from medisyn_cli.errors import MedisynError
-from medisyn_cli.models import (check_model_source, load_pipeline, make_scheduler, resolve_device, resolve_dtype,
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.pipeline.load import (check_model_source, load_pipeline, make_scheduler, resolve_device, resolve_dtype,
                                 weight_hashes)
 
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from medisyn_cli.cli import app
-from medisyn_cli.config import GenerateConfig
-from medisyn_cli.runner import run_generate
+from medisyn_cli.cli.main import app
+from medisyn_cli.generate.config import GenerateConfig
+from medisyn_cli.generate.run import run_generate
 
 MANIFEST = ("label,prompt,mode\n"
             "melanoma,dermoscopy image of melanoma,RGB\n"

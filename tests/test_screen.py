@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from medisyn_cli.errors import MedisynError
-from medisyn_cli.index import build_index, load_index
-from medisyn_cli.screen import ScreenResult, Screener, require_embedder
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.index import build_index, load_index
+from medisyn_cli.screening.screener import ScreenResult, Screener, require_embedder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SOURCES = ["platelet_00004_12.png", "white_blood_cell_00001_00.png", "te_im_0015_0001.png", "te_person15_virus_46.png"]
@@ -183,7 +183,7 @@ def test_index_without_region_tiles_screens_whole_images_only(index):
 def test_screen_report_shows_the_matched_region(index, tmp_path):
     import pyarrow.parquet as pq
 
-    from medisyn_cli.audit import screen_dataset
+    from medisyn_cli.screening.audit import screen_dataset
 
     source = Image.open(FIXTURES / "images" / "images" / "te_im_0015_0001.png")
     folder = tmp_path / "synthetic"
@@ -199,8 +199,8 @@ def test_screen_report_shows_the_matched_region(index, tmp_path):
 
 
 def test_projected_tile_search_ranks_by_exact_similarity(index):
-    from medisyn_cli.index import search_index
-    from medisyn_cli.screen import ProjectedSearch
+    from medisyn_cli.screening.index import search_index
+    from medisyn_cli.screening.screener import ProjectedSearch
 
     rng = np.random.default_rng(0)
     tiles = index.regions.reconstruct_n(0, index.regions.ntotal)

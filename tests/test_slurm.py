@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-from medisyn_cli.cli import app
-from medisyn_cli.config import GenerateConfig
-from medisyn_cli.slurm import SlurmOptions, sbatch_script
+from medisyn_cli.cli.main import app
+from medisyn_cli.generate.config import GenerateConfig
+from medisyn_cli.generate.slurm import SlurmOptions, sbatch_script
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
 MANIFEST = "label,prompt\nmelanoma,dermoscopy image of melanoma\nnevus,dermoscopy image of benign melanocytic nevus\n"
@@ -46,7 +46,7 @@ def test_a_4_task_array_on_a_real_slurm_equals_a_single_process_run(slurm_cluste
     import shutil
     import sys
 
-    from medisyn_cli.runner import run_generate
+    from medisyn_cli.generate.run import run_generate
 
     (tmp_path / "m.csv").write_text(MANIFEST)
     single = run_generate(GenerateConfig(manifest=str(tmp_path / "m.csv"), n=8, out=str(tmp_path / "one"),

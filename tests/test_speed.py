@@ -12,15 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import medisyn_cli.runner as runner_module
-from medisyn_cli.cli import app
-from medisyn_cli.config import GenerateConfig, command_line
-from medisyn_cli.generate import PromptCache, Renderer, Settings, generate_batch
-from medisyn_cli.manifest import load_manifest
-from medisyn_cli.models import load_pipeline
-from medisyn_cli.plan import batched, iter_jobs, quotas
-from medisyn_cli.runner import Lane, run_generate
-from medisyn_cli.speed import CPU_BATCH, choose_batch_size, cpu_batch, fit_batch
+import medisyn_cli.generate.run as runner_module
+from medisyn_cli.cli.main import app
+from medisyn_cli.generate.config import GenerateConfig, command_line
+from medisyn_cli.generate.sampler import PromptCache, Renderer, Settings, generate_batch
+from medisyn_cli.generate.manifest import load_manifest
+from medisyn_cli.pipeline.load import load_pipeline
+from medisyn_cli.generate.plan import batched, iter_jobs, quotas
+from medisyn_cli.generate.run import Lane, run_generate
+from medisyn_cli.pipeline.speed import CPU_BATCH, choose_batch_size, cpu_batch, fit_batch
 
 SETTINGS = Settings(steps=2, guidance=7.5, height=16, width=16)
 

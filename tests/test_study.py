@@ -19,8 +19,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
-from medisyn_cli.cli import app
-from medisyn_cli.errors import MedisynError
+from medisyn_cli.cli.main import app
+from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.study import StudyConfig, build_study, make_server, score_study
 from medisyn_cli.study.design import PAIR_KINDS, draw_design, split_counts
 from medisyn_cli.study.stats import binomial_greater, bootstrap_pooled, cohen_kappa, fleiss_kappa, wilson

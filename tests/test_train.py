@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from medisyn_cli.errors import MedisynError
-from medisyn_cli.train import TrainConfig, train
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.train.loop import TrainConfig, train
 
 DATA = Path(__file__).parent / "fixtures" / "images"
 
@@ -56,8 +56,8 @@ def test_saved_pipeline_loads_with_diffusers_and_generates(trained, tmp_path):
                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     assert image.shape == (32, 32, 3) and np.isfinite(image).all()
 
-    from medisyn_cli.config import GenerateConfig
-    from medisyn_cli.runner import run_generate
+    from medisyn_cli.generate.config import GenerateConfig
+    from medisyn_cli.generate.run import run_generate
 
     manifest = tmp_path / "m.csv"
     manifest.write_text("label,prompt\nplatelet,light microscopy of a stained peripheral blood smear centred on a "
@@ -86,7 +86,7 @@ def test_resume_with_other_options_is_refused(tmp_path):
 
 
 def test_balance_draws_every_caption_equally_often():
-    from medisyn_cli.train import caption_weights, draw_batch
+    from medisyn_cli.train.loop import caption_weights, draw_batch
 
     caption_index = torch.tensor([0] * 90 + [1] * 10)
     assert draw_batch(None, 100, 5, torch.Generator().manual_seed(0)).tolist() == \
@@ -145,7 +145,7 @@ def test_bad_data_is_a_clear_error(tmp_path):
 
 
 def test_label_folders_get_captions_from_the_template(tmp_path):
-    from medisyn_cli.data import read_records
+    from medisyn_cli.core.datasets import read_records
 
     for label in ("normal", "pneumonia"):
         (tmp_path / label).mkdir()
@@ -185,7 +185,7 @@ def test_fp16_saved_model_loads_and_samples_with_plain_diffusers(tiny_model, tmp
 def test_cli_train_runs_and_reports_bad_data_with_exit_2(tmp_path):
     from typer.testing import CliRunner
 
-    from medisyn_cli.cli import app
+    from medisyn_cli.cli.main import app
 
     args = ["train", str(DATA), "--out", str(tmp_path / "m"), "--config", "tiny", "--resolution", "32", "--steps", "2",
             "--vae-steps", "2", "--batch-size", "4", "--validate-every", "0", "--mixed-precision", "no"]

@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image
 
-from medisyn_cli.writers import COLUMNS, make_writers, parse_formats
-from medisyn_cli.errors import MedisynError
+from medisyn_cli.generate.writers import COLUMNS, make_writers, parse_formats
+from medisyn_cli.core.errors import MedisynError
 
 LABELS = ["melanoma", "x ray/normal"]
 

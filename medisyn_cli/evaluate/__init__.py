@@ -7,7 +7,7 @@
 Modules: utility.py (classifiers trained on real / synthetic / both, AUROC on real test images), privacy.py
 (nearest training image of synthetic vs held-out images), leakage.py (test images that copy training images), fidelity.py + metrics.py (FID, KID, PRDC, diversity
 on features from cnn / inception:FILE / pixel / clip: / hf:), classifier.py (small CNN, ResNets, AUROC),
-inception.py (FID Inception from a local file), html.py (`medisyn report`), common.py (reading sets, atomic
+inception.py (FID Inception from a local file), report.py (`medisyn report`), common.py (reading sets, atomic
 writes). Every run writes <name>.json (last) and <name>.csv, and figures, under --out.
 """
 
@@ -18,7 +18,7 @@ _API = {
     "PrivacyConfig": ("privacy", "PrivacyConfig"), "run_privacy": ("privacy", "run_privacy"),
     "LeakageConfig": ("leakage", "LeakageConfig"), "run_leakage": ("leakage", "run_leakage"),
     "FidelityConfig": ("fidelity", "FidelityConfig"), "run_fidelity": ("fidelity", "run_fidelity"),
-    "write_report": ("html", "write_report"),
+    "write_report": ("report", "write_report"),
     "fid": ("metrics", "fid"), "kid": ("metrics", "kid"), "prdc": ("metrics", "prdc"),
 }
 __all__ = sorted(_API)

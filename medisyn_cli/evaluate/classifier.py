@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedisynError
+from medisyn_cli.core.errors import MedisynError
 
 ARCHS = ("small-cnn", "resnet18", "resnet50")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -12,8 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..data import Record, Source, find_sources, iter_source_records
-from ..errors import MedisynError
+from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records
+from medisyn_cli.core.errors import MedisynError
 
 LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
 
@@ -81,7 +81,7 @@ def to_rgb_array(image, size: int) -> np.ndarray:
     """uint8 (3, size, size) of any PIL image (grey and 16-bit images become 8-bit RGB)."""
     from PIL import Image
 
-    from ..embed import to_8bit
+    from medisyn_cli.screening.embed import to_8bit
 
     rgb = to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)

@@ -9,7 +9,7 @@ Every number depends on the feature extractor, and numbers from different extrac
                    or torchvision's inception_v3_google) with TF-compatible preprocessing; the only choice whose
                    FID compares with papers (equal to torch-fidelity's on the same weights)
     pixel          medisyn's pixel embedder (band-passed grey 32x32 thumbnails, L2-normalised); no weights
-    clip:<model>   open_clip image tower; hf:<model> a transformers vision encoder (see medisyn_cli.embed); raw,
+    clip:<model>   open_clip image tower; hf:<model> a transformers vision encoder (see medisyn_cli.screening.embed); raw,
                    unnormalised features (as torch-fidelity's CLIP / DINOv2 FD), not screening's unit vectors
 
 Every FID and precision/recall/density/coverage comes with a 95% bootstrap interval (`bootstrap` rounds), and a
@@ -29,10 +29,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import MedisynError
-from .common import (ImageSet, default_out, iter_batches, load_arrays, open_sources, to_rgb_array, write_csv,
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.evaluate.common import (ImageSet, default_out, iter_batches, load_arrays, open_sources, to_rgb_array, write_csv,
                      write_json)
-from .metrics import bootstrap_intervals, diversity, fid, kid, prdc
+from medisyn_cli.evaluate.metrics import bootstrap_intervals, diversity, fid, kid, prdc
 
 NOT_COMPARABLE = "numbers computed with different features are not comparable"
 SMALL_N = 500
@@ -70,7 +70,7 @@ def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device
     if spec == "cnn":
         return _cnn_extractor(real_sources, config, device)
     if spec.startswith("inception:"):
-        from .inception import inception_features, load_inception
+        from medisyn_cli.evaluate.inception import inception_features, load_inception
 
         model, variant = load_inception(spec[len("inception:"):], device)
         return Extractor(f"{spec} ({variant} Inception v3 pool3, 2048-d)",
@@ -79,7 +79,7 @@ def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device
         raise MedisynError("--features phash: binary hashes have no mean or covariance; use cnn, pixel, "
                            "inception:FILE, clip:<model> or hf:<model>")
     if spec == "pixel" or spec.startswith(("clip:", "hf:")):
-        from ..embed import get_embedder
+        from medisyn_cli.screening.embed import get_embedder
 
         embedder = get_embedder(spec)
         if spec == "pixel":
@@ -94,7 +94,7 @@ def raw_features(embedder, images: list) -> np.ndarray:
     """A neural embedder's features before screening's L2 normalisation (FD is defined on raw features)."""
     import torch
 
-    from ..embed import to_8bit
+    from medisyn_cli.screening.embed import to_8bit
 
     with torch.inference_mode():
         return embedder._forward([to_8bit(image).convert("RGB") for image in images]).float().cpu().numpy()
@@ -102,8 +102,8 @@ def raw_features(embedder, images: list) -> np.ndarray:
 
 def _cnn_extractor(real_sources: list, config: FidelityConfig, device) -> Extractor:
     """Penultimate features of the small CNN trained on the real set's labels."""
-    from .classifier import TrainSettings, features, train_classifier
-    from .common import label_vocabulary, require_labels, targets
+    from medisyn_cli.evaluate.classifier import TrainSettings, features, train_classifier
+    from medisyn_cli.evaluate.common import label_vocabulary, require_labels, targets
 
     size = 64
     x, real = load_arrays(real_sources, size, "--real")
@@ -157,7 +157,7 @@ def compare(real: np.ndarray, fake: np.ndarray, config: FidelityConfig) -> dict:
 
 def run_fidelity(config: FidelityConfig) -> dict:
     """Extract features of both sets and compare them overall and per class; write fidelity.json / .csv."""
-    from ..models import resolve_device
+    from medisyn_cli.pipeline.load import resolve_device
 
     # 1. inputs and extractor
     device = resolve_device(config.device)

@@ -17,8 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .common import open_sources, write_csv, write_json
-from .privacy import closest_pairs_figure, near_copies, nearest, training_index
+from medisyn_cli.evaluate.common import open_sources, write_csv, write_json
+from medisyn_cli.evaluate.privacy import closest_pairs_figure, near_copies, nearest, training_index
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class LeakageConfig:
 
 def run_leakage(config: LeakageConfig) -> dict:
     """Screen every test image against the training images; counts and shares per class, examples, files."""
-    from ..embed import get_embedder
-    from ..screen import Screener
+    from medisyn_cli.screening.embed import get_embedder
+    from medisyn_cli.screening.screener import Screener
 
     # 1. inputs, embedder, threshold
     train_sources, test_sources = open_sources(config.train, "--train"), open_sources(config.test, "--test")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MedisynError
+from medisyn_cli.core.errors import MedisynError
 
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:

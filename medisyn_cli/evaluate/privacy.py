@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedisynError
-from .common import (ImageSet, default_out, fetch_images, iter_batches, open_sources, save_figure,
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.evaluate.common import (ImageSet, default_out, fetch_images, iter_batches, open_sources, save_figure,
                      to_rgb_array, write_csv, write_json)
 
 EXPECTED_SHARE, ALPHA, TESTS = 0.05, 0.05, 3
@@ -81,8 +81,8 @@ class Training:
 
 def run_privacy(config: PrivacyConfig) -> dict:
     """Nearest training image of every synthetic and held-out image; statistics, figures, privacy.json / .csv."""
-    from ..embed import get_embedder
-    from ..screen import Screener
+    from medisyn_cli.screening.embed import get_embedder
+    from medisyn_cli.screening.screener import Screener
 
     # 1. inputs, embedder, threshold
     sources = {name: open_sources(paths, option) for name, paths, option in
@@ -124,7 +124,7 @@ def run_privacy(config: PrivacyConfig) -> dict:
 
 def training_index(sources: list, embedder, name: str, batch_size: int) -> Training:
     """Plain (identity-view) embeddings and 64 px thumbnails of every readable image, as an exact index."""
-    from ..index import TrainingIndex
+    from medisyn_cli.screening.index import TrainingIndex
 
     image_set, chunks, thumbs = ImageSet(name), [], []
     for _, images in iter_batches(sources, batch_size, image_set):
@@ -138,7 +138,7 @@ def training_index(sources: list, embedder, name: str, batch_size: int) -> Train
 
 def nearest(sources: list, screener, train: Training, name: str, batch_size: int) -> Nearest:
     """Screen every readable image of a set against the training index; pixel distance to the match."""
-    from ..embed import apply_view
+    from medisyn_cli.screening.embed import apply_view
 
     found = Nearest(ImageSet(name))
     for _, images in iter_batches(sources, batch_size, found.image_set):
@@ -156,7 +156,7 @@ def nearest(sources: list, screener, train: Training, name: str, batch_size: int
 
 def view_from_name(name: str):
     """The View a ScreenResult names ('identity', 'hflip', 'rot90+vflip', 'invert', 'box(l,t,r,b)', joined by +)."""
-    from ..embed import View
+    from medisyn_cli.screening.embed import View
 
     fields: dict = {}
     for part in name.split("+"):
@@ -380,6 +380,6 @@ def closest_pairs_figure(synthetic: Nearest, synthetic_sources: list, train: Ima
 def _thumbnail(image, side: int):
     from PIL import Image
 
-    from ..embed import to_8bit
+    from medisyn_cli.screening.embed import to_8bit
 
     return to_8bit(image).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)

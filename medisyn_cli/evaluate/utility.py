@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedisynError
-from .classifier import (TrainSettings, bootstrap_auroc, check_arch, default_size, macro_auroc, predict,
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.evaluate.classifier import (TrainSettings, bootstrap_auroc, check_arch, default_size, macro_auroc, predict,
                          seed_interval, train_classifier)
-from .common import (ImageSet, check_same_labels, default_out, label_vocabulary, load_arrays, open_sources,
+from medisyn_cli.evaluate.common import (ImageSet, check_same_labels, default_out, label_vocabulary, load_arrays, open_sources,
                      require_labels, save_figure, new_figure, targets, write_csv, write_json)
 
 REAL, SYNTHETIC, COMBINED = "real", "synthetic", "real+synthetic"
@@ -83,7 +83,7 @@ def parse_fractions(text: str) -> tuple[float, ...]:
 
 def run_utility(config: UtilityConfig) -> dict:
     """Train and score every condition; write utility.json, utility.csv and utility.png; return the results."""
-    from ..models import resolve_device
+    from medisyn_cli.pipeline.load import resolve_device
 
     # 1. options and inputs, checked before any image is decoded
     check_arch(config.arch, config.weights)
@@ -193,7 +193,7 @@ def fraction_rows(image_set: ImageSet, fraction: float, seed: int, multi_label: 
 def _multi_label_rows(image_set: ImageSet, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Rows holding about `fraction` of each finding's images (at least one each) and of the no-finding images:
     findings are filled rarest first, counting images already drawn for another finding."""
-    from .common import split_labels
+    from medisyn_cli.evaluate.common import split_labels
 
     groups: dict[str, list[int]] = {}
     for row, label in enumerate(image_set.labels):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MedisynError
-from .metrics import confusion
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.judge.metrics import confusion
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class AlignmentConfig:
 
 def _judge_of(config: AlignmentConfig, out: Path):
     """The judge given, or a default knn judge built from --real-train into OUT/judge."""
-    from .build import JudgeConfig, build_judge
-    from .model import load_judge
+    from medisyn_cli.judge.build import JudgeConfig, build_judge
+    from medisyn_cli.judge.model import load_judge
 
     if (config.judge is None) == (not config.real_train):
         raise MedisynError("give exactly one of --judge (a judge folder) or --real-train (real labelled images)")
@@ -47,7 +47,7 @@ def _judge_of(config: AlignmentConfig, out: Path):
 
 def _score(config: AlignmentConfig, judge) -> tuple[list[str], list[str | None], np.ndarray, list[dict]]:
     """Keys, labels and judge probabilities of every readable synthetic image; unreadable ones listed."""
-    from ..evaluate.common import ImageSet, iter_batches, open_sources
+    from medisyn_cli.evaluate.common import ImageSet, iter_batches, open_sources
 
     image_set, chunks = ImageSet("synthetic"), []
     for _, images in iter_batches(open_sources(config.synthetic, "--synthetic"), config.batch_size, image_set):
@@ -63,7 +63,7 @@ def _score(config: AlignmentConfig, judge) -> tuple[list[str], list[str | None],
 
 def run_alignment(config: AlignmentConfig) -> dict:
     """GAN-test accuracy per class and the confusion matrix of synthetic images; results written under OUT."""
-    from ..evaluate.common import default_out, write_csv, write_json
+    from medisyn_cli.evaluate.common import default_out, write_csv, write_json
 
     clock = time.time()
     if not 0.0 <= config.min_label_score <= 1.0:
@@ -110,7 +110,7 @@ def _update_card(synthetic: tuple[str, ...], result: dict) -> str | None:
     """For one medisyn output folder: its dataset card rewritten with a 'Label alignment' section (run.json as is)."""
     import json
 
-    from ..card import write_run_card
+    from medisyn_cli.generate.card import write_run_card
 
     folder = Path(synthetic[0]) if len(synthetic) == 1 else None
     if folder is None or not (folder / "run.json").is_file():

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Record, iter_images, read_records
-from ..errors import MedisynError
-from ..files import write_json
-from .features import get_features
-from .metrics import calibration, confusion, pass_rates
-from .model import CLASSIFIERS, JUDGE_FILE, VERSION, cnn_arrays, embed_images, file_sha256, fit_linear, knn_scores
-from .model import linear_scores, model_file
+from medisyn_cli.core.datasets import Record, iter_images, read_records
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.files import write_json
+from medisyn_cli.judge.features import get_features
+from medisyn_cli.judge.metrics import calibration, confusion, pass_rates
+from medisyn_cli.judge.model import CLASSIFIERS, JUDGE_FILE, VERSION, cnn_arrays, embed_images, file_sha256, fit_linear, knn_scores
+from medisyn_cli.judge.model import linear_scores, model_file
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _fit(config: JudgeConfig, train_images: list, train_y: np.ndarray, held_imag
     if config.classifier == "cnn":
         import torch
 
-        from ..evaluate.classifier import TrainSettings, predict, train_classifier
+        from medisyn_cli.evaluate.classifier import TrainSettings, predict, train_classifier
 
         device = torch.device("cpu")
         settings = TrainSettings(arch="small-cnn", steps=config.steps, batch_size=64, lr=2e-3)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MedisynError
+from medisyn_cli.core.errors import MedisynError
 
 THUMB_SIDE = 16
 
@@ -31,7 +31,7 @@ class ThumbFeatures:
         """(N, 3 side^2) float32 unit vectors."""
         from PIL import Image
 
-        from ..embed import l2_normalise, to_8bit
+        from medisyn_cli.screening.embed import l2_normalise, to_8bit
 
         if not images:
             return np.zeros((0, self.dim), np.float32)
@@ -48,7 +48,7 @@ def get_features(spec: str):
         if not side.isdigit() or not 4 <= int(side) <= 128:
             raise MedisynError(f"--embedder {spec}: thumb:<side> takes a side from 4 to 128 pixels")
         return ThumbFeatures(int(side))
-    from ..embed import get_embedder
+    from medisyn_cli.screening.embed import get_embedder
 
     try:
         return get_embedder(spec)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MedisynError
-from ..screen import RejectedLog
-from .model import Judge, load_judge, read_meta
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.screener import RejectedLog
+from medisyn_cli.judge.model import Judge, load_judge, read_meta
 
 DEFAULT_MIN_SCORE = 0.5
 NEAR_COPY, LABEL = "near_copy", "label"

@@ -5,8 +5,8 @@ server.py serves site/ and stores submissions in STUDY/answers/; answers.py chec
 score.py scores them with stats.py; report.py writes the CSV/JSON files and score.html.
 """
 
-from .build import StudyConfig, build_study
-from .score import score_study
-from .server import make_server
+from medisyn_cli.study.build import StudyConfig, build_study
+from medisyn_cli.study.score import score_study
+from medisyn_cli.study.server import make_server
 
 __all__ = ["StudyConfig", "build_study", "score_study", "make_server"]

@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MedisynError
-from .design import CANNOT_TELL, PAIR_ANSWERS
-from .site import ANSWERS_FORMAT, KEY_FORMAT
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.study.design import CANNOT_TELL, PAIR_ANSWERS
+from medisyn_cli.study.site import ANSWERS_FORMAT, KEY_FORMAT
 
 MAX_ANSWER_BYTES = 2 * 1024 * 1024  # far above a 1,000-item study's file (about 100 KB)
 

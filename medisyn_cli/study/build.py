@@ -16,10 +16,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import find_sources, iter_source_records
-from ..errors import MedisynError
-from .design import DEFAULT_MIX, REAL, SYNTHETIC, Pick, draw_design
-from .site import KEY_FORMAT, normalise, png_of, public_study, write_site
+from medisyn_cli.core.datasets import find_sources, iter_source_records
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.study.design import DEFAULT_MIX, REAL, SYNTHETIC, Pick, draw_design
+from medisyn_cli.study.site import KEY_FORMAT, normalise, png_of, public_study, write_site
 
 DEFAULT_CLASSIFY = 60
 MAX_AUTO_SIZE = 512
@@ -149,7 +149,7 @@ def _geometry(images, size: int | None) -> tuple[int, str]:
     """The study's image side (given, or the smallest side of the chosen images) and mode (RGB if any has colour)."""
     import numpy as np
 
-    from ..embed import to_8bit
+    from medisyn_cli.screening.embed import to_8bit
 
     images = list(images)
     side = size or min(MAX_AUTO_SIZE, min(min(im.size) for im in images))

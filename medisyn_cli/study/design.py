@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from ..errors import MedisynError
+from medisyn_cli.core.errors import MedisynError
 
 REAL, SYNTHETIC = "real", "synthetic"
 PAIR_KINDS = ("real+synthetic", "real+real", "synthetic+synthetic")

@@ -8,10 +8,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MedisynError
-from .answers import Reader, load_key, read_answers
-from .design import CANNOT_TELL, SYNTHETIC
-from .stats import binomial_greater, bootstrap_pooled, cohen_kappa, fleiss_kappa, proportion
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.study.answers import Reader, load_key, read_answers
+from medisyn_cli.study.design import CANNOT_TELL, SYNTHETIC
+from medisyn_cli.study.stats import binomial_greater, bootstrap_pooled, cohen_kappa, fleiss_kappa, proportion
 
 METRICS = ("detection_accuracy", "detection_sensitivity", "detection_specificity", "pair_accuracy",
            "pair_sensitivity", "pair_specificity", "classify_real", "classify_synthetic")
@@ -175,7 +175,7 @@ def _group_order(name: str) -> tuple:
 def score_study(study: str | Path, answers: list[str | Path], out: str | Path | None = None,
                 bins: tuple[int, ...] = (5, 10), seed: int = 0) -> tuple[dict, dict]:
     """Read the key and every answer file, score them and write the results; (result, written files)."""
-    from .report import write_score
+    from medisyn_cli.study.report import write_score
 
     key = load_key(study)
     readers, problems = read_answers(answers, key)

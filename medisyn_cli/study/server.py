@@ -16,8 +16,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..errors import MedisynError
-from .answers import MAX_ANSWER_BYTES, check_answers, load_key
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.study.answers import MAX_ANSWER_BYTES, check_answers, load_key
 
 MAX_POST_BYTES = MAX_ANSWER_BYTES
 

@@ -9,7 +9,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from .design import CANNOT_TELL, PAIR_ANSWERS
+from medisyn_cli.study.design import CANNOT_TELL, PAIR_ANSWERS
 
 KEY_FORMAT = "medisyn-study-key"
 STUDY_FORMAT = "medisyn-study"
@@ -22,7 +22,7 @@ def normalise(image, size: int, mode: str):
     """The image as `mode` ('L' or 'RGB'), centre-cropped square, resized to size x size, with no metadata."""
     from PIL import Image
 
-    from ..embed import to_8bit
+    from medisyn_cli.screening.embed import to_8bit
 
     image = to_8bit(image).convert(mode)
     side = min(image.size)

@@ -1,0 +1,243 @@
+"""`medisyn evaluate utility|privacy|leakage|fidelity` and `medisyn report`: parse options, call the API, print a summary.
+
+Registered in cli.py with `app.add_typer(evaluate_app, name="evaluate")` and `app.command("report")(report_command)`.
+Results go to --out (default: SYNTHETIC/evaluate for a medisyn output folder, else ./evaluate) as JSON, CSV and
+PNG; `medisyn report` shows every evaluate JSON it finds under OUT/evaluate/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from medisyn_cli.core.progress import results
+
+evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate a synthetic dataset: downstream utility, "
+                                                      "privacy (memorisation) and fidelity / diversity.")
+SETS_HELP = "image folder (labels from folder names), ImageFolder with metadata.csv, Parquet, or medisyn output"
+
+
+def _errors():
+    from medisyn_cli.cli.main import errors_as_exit_codes  # imported here: cli.py imports this module
+
+    return errors_as_exit_codes()
+
+
+def _strs(paths: list[Path]) -> tuple[str, ...]:
+    return tuple(str(p) for p in paths)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+@evaluate_app.command("utility")
+def utility(
+    real_train: list[Path] = typer.Option(..., "--real-train", help=f"Real training images: {SETS_HELP}."),
+    real_test: list[Path] = typer.Option(..., "--real-test", help="Real test images (never used for training)."),
+    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic training images."),
+    fractions: str = typer.Option("0.1,0.25,0.5,1", "--fractions", help="Fractions of the real training set."),
+    arch: str = typer.Option("small-cnn", "--classifier", "--arch", help="small-cnn (CPU default), resnet18 or "
+                                                                         "resnet50 (torchvision, random init)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local torchvision ResNet state dict to start "
+                                                                   "from (never downloaded)."),
+    seeds: int = typer.Option(5, "--seeds", help="Training runs per condition (mean ± std)."),
+    epochs: int = typer.Option(25, "--epochs", help="With --budget steps: passes over the largest condition."),
+    budget: str = typer.Option("steps", "--budget", help="steps: the same optimiser steps for every condition; "
+                                                         "epochs: epochs of each condition's own set (unequal)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps per condition (default: --epochs "
+                                                              "over the largest condition)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap rounds of the per-seed AUROC interval."),
+    size: Optional[int] = typer.Option(None, "--size", help="Input side in px (default 64 small-cnn, 224 ResNets)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    multi_label: bool = typer.Option(False, "--multi-label", help="Labels are '|'-joined findings (chest X-ray "
+                                                                  "style); AUROC averaged over findings."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for utility.json/.csv/.png."),
+) -> None:
+    """Train a classifier on real, synthetic and real + synthetic images; macro AUROC on real test images.
+
+    Example: medisyn evaluate utility --real-train real/train --real-test real/test --synthetic derm-synth --seeds 3
+    """
+    from medisyn_cli.evaluate.utility import UtilityConfig, parse_fractions, run_utility
+
+    with _errors():
+        config = UtilityConfig(_strs(real_train), _strs(real_test), _strs(synthetic), parse_fractions(fractions),
+                               arch, seeds, multi_label, epochs, batch_size, size,
+                               str(weights) if weights else None, device, str(out) if out else None,
+                               budget=budget, steps=steps, bootstrap=bootstrap)
+        result = run_utility(config)
+    table = Table(title=f"utility: macro AUROC on {result['images']['test']} real test images "
+                        f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)",
+                  caption=f"budget: {result['budget']['text']}")
+    for name in ("condition", "frac", "real", "synth", "steps", "AUROC ± std", "95% CI"):
+        table.add_column(name, no_wrap=True)
+    for row in result["rows"]:
+        low, high = row["auroc_ci95"]
+        table.add_row(row["condition"], "-" if row["real_fraction"] is None else f"{row['real_fraction']:g}",
+                      str(row["real_images"]), str(row["synthetic_images"]), str(row["steps"]),
+                      f"{_fmt(row['auroc_mean'])} ± {_fmt(row['auroc_std'])}", f"{_fmt(low)}-{_fmt(high)}")
+    results.print(table)
+    results.print(f"written: {_out_of(config, result)}/utility.json, utility.csv, utility.png", highlight=False)
+
+
+@evaluate_app.command("privacy")
+def privacy(
+    train: list[Path] = typer.Option(..., "--train", help=f"The model's training images: {SETS_HELP}."),
+    heldout: list[Path] = typer.Option(..., "--heldout", help="Real images of the same kind the model never saw."),
+    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic images."),
+    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, clip:<model>, "
+                                                             "hf:<model>."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
+                                                                       "the embedder's calibrated one)."),
+    views: bool = typer.Option(True, "--views/--no-views", help="Search flips, shifts and crops, as screening does."),
+    pairs: int = typer.Option(16, "--pairs", help="Closest synthetic / training pairs in closest_pairs.png."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for privacy.json/.csv and figures."),
+) -> None:
+    """Are synthetic images closer to training images than unseen real images are? (distance to closest record)
+
+    Example: medisyn evaluate privacy --train data/train --heldout data/heldout --synthetic derm-synth
+    """
+    from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
+
+    with _errors():
+        config = PrivacyConfig(_strs(train), _strs(heldout), _strs(synthetic), embedder, threshold, views, pairs,
+                               batch_size, str(out) if out else None)
+        result = run_privacy(config)
+    table = Table(title=f"privacy: similarity to the nearest training image ({result['embedder']}, "
+                        f"{result['images']['train']} training images)")
+    for name in ("set", "images", "p5", "median", "p95", "p99", f"near-copies (>= {result['threshold']:g})"):
+        table.add_column(name)
+    for name in ("heldout", "synthetic"):
+        p = result["percentiles"][name]
+        table.add_row(name, str(result["images"][name]), _fmt(p["p5"]), _fmt(p["p50"]), _fmt(p["p95"]),
+                      _fmt(p["p99"]), f"{result['near_copy_rate'][name]:.1%}")
+    results.print(table)
+    leaks = result["heldout_near_copies"]
+    results.print(f"held-out near-copies of training images: {leaks['count']} ({leaks['share']:.1%}), left out of "
+                  f"the reference ({result['reference_images']} images)", highlight=False)
+    for warning in result.get("warnings", []):
+        results.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+    p = result["p_values"]
+    results.print(f"synthetic above the reference 95th percentile: {result['share_above_heldout_p95']:.1%} "
+                  f"(expected 5%, p {p['tail_p95']:.3g}); near-copies p {p['near_copies']:.3g}; distribution "
+                  f"(Mann-Whitney) p {p['distribution']:.3g}; each test at p < {result['test_level']:.3g}",
+                  highlight=False)
+    pixel = result["pixel_distance_percentiles"]
+    results.print(f"pixel distance to the nearest training image (Figure 4b), median: synthetic "
+                  f"{pixel['synthetic']['p50']:.3f}, held-out {pixel['heldout']['p50']:.3f}", highlight=False)
+    flagged = [label for label, row in result["per_class"].items() if row.get("memorises")]
+    if flagged:
+        results.print(f"[bold red]classes flagged on their own: {', '.join(flagged)}[/bold red]", highlight=False)
+    style = "bold red" if result["memorises"] else "green" if result["memorises"] is False else "yellow"
+    results.print(f"[{style}]{result['verdict']}[/{style}]", highlight=False)
+    results.print(f"written: {_out_of(config, result)}/privacy.json, privacy.csv, privacy_histogram.png, "
+                  f"closest_pairs.png", highlight=False)
+
+
+@evaluate_app.command("leakage")
+def leakage(
+    train: list[Path] = typer.Option(..., "--train", help=f"Training images: {SETS_HELP}."),
+    test: list[Path] = typer.Option(..., "--test", help="Test (or held-out) images to audit."),
+    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, clip:<model>, "
+                                                             "hf:<model>."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
+                                                                       "the embedder's calibrated one)."),
+    views: bool = typer.Option(True, "--views/--no-views", help="Search flips, shifts and crops, as screening does."),
+    pairs: int = typer.Option(16, "--pairs", help="Closest test / training pairs in leakage_pairs.png."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    out: Path = typer.Option(Path("evaluate"), "--out", "-o", help="Folder for leakage.json/.csv/_pairs.png."),
+) -> None:
+    """Test images that are near-copies of training images, per class (a leaky split inflates utility numbers).
+
+    Example: medisyn evaluate leakage --train data/train --test data/test
+    """
+    from medisyn_cli.evaluate.leakage import LeakageConfig, run_leakage
+
+    with _errors():
+        result = run_leakage(LeakageConfig(_strs(train), _strs(test), embedder, threshold, views, pairs,
+                                           batch_size=batch_size, out=str(out)))
+    table = Table(title=f"leakage: test images near-copies of training images ({result['embedder']}, similarity "
+                        f">= {result['threshold']:g})")
+    for name in ("class", "test images", "near-copies", "share"):
+        table.add_column(name)
+    for label, row in list(result["per_class"].items()) + [("all", {"images": result["images"]["test"],
+                                                                    "near_copies": result["count"],
+                                                                    "share": result["share"]})]:
+        table.add_row(label or "(none)", str(row["images"]), str(row["near_copies"]), f"{row['share']:.1%}")
+    results.print(table)
+    if result["warning"]:
+        results.print(f"[yellow]warning: {result['warning']}[/yellow]", highlight=False)
+    results.print(f"written: {out}/leakage.json, leakage.csv, leakage_pairs.png", highlight=False)
+
+
+@evaluate_app.command("fidelity")
+def fidelity(
+    real: list[Path] = typer.Option(..., "--real", help=f"Real images: {SETS_HELP}."),
+    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic images."),
+    features: str = typer.Option("cnn", "--features", help="cnn (default: small CNN trained on the real labels), "
+                                                           "inception:FILE, pixel, clip:<model>, hf:<model>."),
+    per_class: bool = typer.Option(False, "--per-class", help="Also FID/KID/PRDC per class."),
+    k: int = typer.Option(5, "--k", help="Nearest neighbours for precision/recall/density/coverage."),
+    kid_subsets: int = typer.Option(100, "--kid-subsets"),
+    kid_subset_size: int = typer.Option(1000, "--kid-subset-size"),
+    cnn_epochs: int = typer.Option(15, "--cnn-epochs", help="Training epochs of the cnn feature extractor."),
+    bootstrap: int = typer.Option(100, "--bootstrap", help="Rounds of the 95% bootstrap intervals (0: none)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("auto", "--device"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for fidelity.json/.csv."),
+) -> None:
+    """FID, KID, precision/recall, density/coverage and within-class diversity of synthetic vs real images.
+
+    Example: medisyn evaluate fidelity --real data/train --synthetic derm-synth --per-class
+    """
+    from medisyn_cli.evaluate.fidelity import NOT_COMPARABLE, FidelityConfig, run_fidelity
+
+    with _errors():
+        config = FidelityConfig(_strs(real), _strs(synthetic), features, per_class, k, kid_subsets, kid_subset_size,
+                                cnn_epochs, batch_size, device, str(out) if out else None, bootstrap=bootstrap)
+        result = run_fidelity(config)
+    table = Table(title=f"fidelity, features: {result['features']}", caption=NOT_COMPARABLE)
+    columns = ("real", "synthetic", "FID [95% CI]", "KID", "precision", "recall", "density", "coverage",
+               "diversity real", "diversity synthetic")
+    table.add_column("scope")
+    for name in columns:
+        table.add_column(name)
+    for scope, row in [("all", result["overall"])] + list(result["per_class"].items()):
+        low, high = row.get("ci95", {}).get("fid", (None, None))
+        fid_text = _fmt(row.get("fid"), 2) + (f" [{_fmt(low, 2)}, {_fmt(high, 2)}]" if low is not None else "")
+        table.add_row(scope, str(row["real_images"]), str(row["synthetic_images"]), fid_text,
+                      _fmt(row.get("kid"), 4), _fmt(row.get("precision")), _fmt(row.get("recall")),
+                      _fmt(row.get("density")), _fmt(row.get("coverage")), _fmt(row.get("real_diversity")),
+                      _fmt(row.get("synthetic_diversity")))
+    results.print(table)
+    if result["overall"].get("note"):
+        results.print(f"[yellow]note: {result['overall']['note']}[/yellow]", highlight=False)
+    results.print(f"written: {_out_of(config, result)}/fidelity.json, fidelity.csv", highlight=False)
+
+
+def report_command(
+    out: Path = typer.Argument(..., help="A medisyn generate output folder (run.json, parquet/, imagefolder/)."),
+    per_class: int = typer.Option(8, "--per-class", help="Sample images shown per class."),
+) -> None:
+    """Write OUT/report.html: samples per class, counts, rejections, similarities and evaluate metrics (offline).
+
+    Example: medisyn report derm-synth
+    """
+    from medisyn_cli.evaluate.report import write_report
+
+    with _errors():
+        path, notes = write_report(out, per_class)
+    for note in notes:
+        results.print(f"[dim]omitted: {note}[/dim]", highlight=False)
+    results.print(f"written: {path}", highlight=False)
+
+
+def _out_of(config, result: dict) -> Path:
+    from medisyn_cli.evaluate.common import default_out
+
+    return Path(config.out) if config.out else default_out(config.synthetic[0])

@@ -1,0 +1,86 @@
+"""`medisyn judge build` and `medisyn evaluate alignment`: Typer only (parse -> config -> medisyn_cli.judge -> print).
+
+Registered in cli.py with `app.add_typer(judge_app, name="judge")`; importing this module also adds the
+`alignment` command to the evaluate app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medisyn_cli.cli.main import errors_as_exit_codes
+from medisyn_cli.cli.evaluate import evaluate_app
+from medisyn_cli.judge.build import JudgeConfig
+from medisyn_cli.core.progress import console
+
+DEFAULTS = JudgeConfig(real=(), out="")
+judge_app = typer.Typer(no_args_is_help=True, help="Label check: a classifier trained on real images that judges "
+                                                   "whether synthetic images show their class.")
+
+
+@judge_app.command("build")
+def build(
+    real: list[Path] = typer.Argument(..., help="Real labelled images: label folders, ImageFolders with "
+                                                "metadata.csv, Parquet (the inputs of `index build`)."),
+    out: Path = typer.Option(..., "--out", help="Judge folder to write (judge.json + weights)."),
+    classifier: str = typer.Option(DEFAULTS.classifier, "--classifier", help="knn | linear | cnn (the evaluations' small "
+                                   "CNN at 32 px, trained for --steps: the slowest to build on CPU)."),
+    embedder: str = typer.Option(DEFAULTS.embedder, "--embedder", help="Features of knn / linear: pixel, "
+                                 "clip:<model>, hf:<model>."),
+    holdout: float = typer.Option(DEFAULTS.holdout, "--holdout", help="Share of each class held out to measure "
+                                  "accuracy and calibration."),
+    k: int = typer.Option(DEFAULTS.k, "--k", help="Neighbours of the knn judge."),
+    steps: int = typer.Option(DEFAULTS.steps, "--steps", help="Optimiser steps of the cnn judge (batch 64)."),
+    max_per_class: Optional[int] = typer.Option(None, "--max-per-class", help="Use at most this many images a class."),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed", help="Seed of the cnn's training."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing judge folder."),
+) -> None:
+    """Train a label classifier on real labelled images; held-out accuracy and calibration go to judge.json."""
+    from medisyn_cli.judge.build import build_judge
+
+    with errors_as_exit_codes():
+        meta = build_judge(JudgeConfig(real=tuple(map(str, real)), out=str(out), classifier=classifier,
+                                       embedder=embedder, holdout=holdout, k=k, steps=steps, seed=seed,
+                                       max_per_class=max_per_class, overwrite=overwrite))
+    console.print(f"judge: {meta['classifier']} on {meta['train']} images of {len(meta['classes'])} classes; "
+                  f"held-out accuracy {meta['heldout_accuracy']:.3f} (balanced {meta['heldout_balanced_accuracy']:.3f}, "
+                  f"{meta['heldout']} images), ECE {meta['calibration']['ece']:.3f} -> {out}", highlight=False)
+    for label, values in meta["per_class"].items():
+        accuracy = "-" if values["accuracy"] is None else f"{values['accuracy']:.3f}"
+        console.print(f"  {label}: held-out accuracy {accuracy} ({values['heldout']} images)", highlight=False)
+    rates = ", ".join(f"{t}: {v:.2f}" for t, v in meta["label_score_pass_rate"].items())
+    console.print(f"  real held-out images kept at --min-label-score {rates}", highlight=False)
+
+
+@evaluate_app.command("alignment")
+def alignment(
+    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic labelled images (a medisyn output, "
+                                                                  "ImageFolder, Parquet or label folders)."),
+    judge: Optional[Path] = typer.Option(None, "--judge", help="Judge folder (medisyn judge build)."),
+    real_train: list[Path] = typer.Option([], "--real-train", help="Instead of --judge: real labelled images to "
+                                                                    "build a default judge from (into OUT/judge)."),
+    min_label_score: float = typer.Option(0.5, "--min-label-score", help="Score counted as 'recognised' "
+                                                                         "(what generate --judge keeps)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for alignment.json/.csv (default "
+                                                                 "SYNTHETIC/evaluate)."),
+) -> None:
+    """GAN-test accuracy: the share of synthetic images a classifier trained on real images recognises, per class."""
+    from medisyn_cli.judge.alignment import AlignmentConfig, run_alignment
+
+    with errors_as_exit_codes():
+        result = run_alignment(AlignmentConfig(synthetic=tuple(map(str, synthetic)),
+                                               judge=str(judge) if judge else None,
+                                               real_train=tuple(map(str, real_train)),
+                                               out=str(out) if out else None, min_label_score=min_label_score))
+    ceiling = result["ceiling_real_heldout_accuracy"]
+    console.print(f"GAN-test accuracy {result['gan_test_accuracy']:.3f} on {result['images']} images (the judge's "
+                  f"accuracy on real held-out images, the ceiling: {ceiling:.3f}); recognised at "
+                  f"{result['min_label_score']:g}: {result['recognised_share']:.3f}", highlight=False)
+    for row in result["per_class"]:
+        real = "-" if row["real_heldout_accuracy"] is None else f"{row['real_heldout_accuracy']:.3f}"
+        console.print(f"  {row['label']}: {row['gan_test_accuracy']:.3f} of {row['images']} (real {real}), "
+                      f"mean score {row['mean_label_score']:.3f}", highlight=False)
+    console.print(f"-> {result['out']}/alignment.json", highlight=False)

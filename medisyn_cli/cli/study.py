@@ -1,0 +1,136 @@
+"""`medisyn study build|serve|score`: blinded reader studies of real vs synthetic images.
+
+Registered in cli.py with `app.add_typer(study_app, name="study")`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from medisyn_cli.core.progress import results
+
+study_app = typer.Typer(no_args_is_help=True, help="Blinded reader studies: can readers tell real from synthetic "
+                                                   "images, and classify both?")
+SETS_HELP = "medisyn output, Parquet, ImageFolder with metadata.csv, or image folder (labels from folder names)"
+
+
+def _errors():
+    from medisyn_cli.cli.main import errors_as_exit_codes  # imported here: cli.py imports this module
+
+    return errors_as_exit_codes()
+
+
+@study_app.command("build")
+def build(
+    real: list[Path] = typer.Option(..., "--real", help=f"Real images: {SETS_HELP}."),
+    synthetic: list[Path] = typer.Option(..., "--synthetic", help=f"Synthetic images: {SETS_HELP}."),
+    out: Path = typer.Option(..., "--out", "-o", help="Study folder to write (site/, key.json, answers/)."),
+    pairs: int = typer.Option(40, "--pairs", help="Pair items: real+synthetic, real+real and synthetic+synthetic."),
+    classify: Optional[int] = typer.Option(None, "--classify", help="Single-image classification items, real and "
+                                                                   "synthetic of every class (default 60 when both "
+                                                                   "sets share two or more classes, else 0)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Classes to use, comma-separated; real=synthetic "
+                                                               "maps differently named classes (default: every "
+                                                               "class in both sets)."),
+    pair_mix: str = typer.Option("0.5,0.25,0.25", "--pair-mix", help="Shares of real+synthetic, real+real and "
+                                                                     "synthetic+synthetic pairs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the design (which images, order, left/right, file names)."),
+    title: str = typer.Option("Real or synthetic?", "--title", help="Title shown to readers."),
+    size: Optional[int] = typer.Option(None, "--size", help="Side in px every image is resized to (default: the "
+                                                           "smallest side of the chosen images, at most 512)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing study (not one with answers)."),
+) -> None:
+    """Draw a blinded, seeded study design and write its static reader page and answer key.
+
+    Example: medisyn study build --real ../shared/data/isic2017_dermoscopy --synthetic derm-synth --out derm-study
+    """
+    from medisyn_cli.study import StudyConfig, build_study
+    from medisyn_cli.study.design import parse_mix
+
+    with _errors():
+        config = StudyConfig(tuple(map(str, real)), tuple(map(str, synthetic)), str(out), pairs, classify,
+                             tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (), seed,
+                             title, size, parse_mix(pair_mix), overwrite)
+        key = build_study(config)
+    design = key["design"]
+    results.print(f"study {key['study_id']}: {design['pairs']} pairs, {design['classify']} classification items, "
+                  f"classes {', '.join(key['classes']) or '(unlabelled)'}; images {design['image_size']} px "
+                  f"{design['image_mode']}", highlight=False)
+    results.print(f"open {out / 'site' / 'index.html'} (or `medisyn study serve {out}`); answer key: "
+                  f"{out / 'key.json'} (keep it away from readers)", highlight=False)
+
+
+@study_app.command("serve")
+def serve(
+    study: Path = typer.Argument(..., help="Study folder written by `medisyn study build`."),
+    port: int = typer.Option(8000, "--port", help="Port (0: any free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 to reach it from a tablet "
+                                                         "on the same network)."),
+) -> None:
+    """Serve the reader page on this machine and save submitted answers under STUDY/answers/.
+
+    Example: medisyn study serve derm-study --port 8000
+    """
+    from medisyn_cli.study import make_server
+
+    with _errors():
+        server = make_server(study, host, port)
+    address, bound = server.server_address[:2]
+    results.print(f"serving {study / 'site'} at http://{address}:{bound}/ ; answers go to {study / 'answers'} "
+                  "(Ctrl-C stops)", highlight=False, soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@study_app.command("score")
+def score(
+    study: Path = typer.Argument(..., help="Study folder written by `medisyn study build`."),
+    answers: list[Path] = typer.Option(..., "--answers", help="Answer files (.json) or folders holding them."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the results (default STUDY/score)."),
+    years_bins: str = typer.Option("5,10", "--years-bins", help="Experience groups' edges in years."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap over readers."),
+) -> None:
+    """Score readers: detection accuracy, sensitivity, specificity, classification, agreement, experience groups.
+
+    Example: medisyn study score derm-study --answers derm-study/answers
+    """
+    from medisyn_cli.core.errors import MedisynError
+    from medisyn_cli.study import score_study
+
+    with _errors():
+        try:
+            bins = tuple(int(x) for x in years_bins.split(",") if x.strip())
+        except ValueError as exc:
+            raise MedisynError(f"--years-bins {years_bins!r}: expected whole years such as 5,10") from exc
+        result, written = score_study(study, list(answers), out, bins, seed)
+    _print_score(result)
+    for problem in result["problems"]:
+        results.print(f"[yellow]left out:[/yellow] {problem}", highlight=False, soft_wrap=True)
+    folder = written["score.html"].parent
+    results.print(f"written: {folder}/score.html, score.json, readers.csv, classes.csv, groups.csv", highlight=False)
+
+
+def _print_score(result: dict) -> None:
+    table = Table(title=f"study {result['study_id']}: spotting synthetic images (chance {result['chance']:.2f})")
+    for name in ("reader", "answered", "accuracy", "sensitivity", "specificity", "pairs exact", "p > chance",
+                 "classify real", "classify synthetic"):
+        table.add_column(name)
+    for row in result["readers"] + [result["pooled"]]:
+        m = row["metrics"]
+        p_value = row["beats_chance"]["p_value"]
+        table.add_row(row["reader"], f"{row['answered']}/{row['items']}", *(_cell(m[n]) for n in (
+            "detection_accuracy", "detection_sensitivity", "detection_specificity", "pair_accuracy")),
+            "-" if p_value != p_value else f"{p_value:.2g}", _cell(m["classify_real"]), _cell(m["classify_synthetic"]))
+    results.print(table)
+
+
+def _cell(value: dict) -> str:
+    return "-" if not value["n"] else f"{value['value']:.2f} [{value['low']:.2f}-{value['high']:.2f}]"

@@ -1,0 +1,358 @@
+"""`medisyn report OUT`: one self-contained HTML page about a generate output folder (images as data URIs).
+
+Sections, each omitted with a one-line note when its inputs are missing: run (model, sampling), per-class
+counts (run.json "classes"), a sample grid per class, rejected near-copies (rejected.parquet), the similarity
+histogram and closest kept-image / training-image pairs (nn_similarity of the kept rows or screen/screen.parquet;
+pairs need the index named in run.json), and the metrics of every evaluate JSON under OUT/evaluate/.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.evaluate.common import new_figure, png_bytes
+
+THUMB = 96
+
+
+@dataclass
+class Page:
+    """HTML sections being assembled, and the notes on what was left out."""
+
+    sections: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, title: str, body: str) -> None:
+        self.sections.append(f"<h2>{html.escape(title)}</h2>\n{body}")
+
+    def skip(self, note: str) -> None:
+        self.notes.append(note)
+        self.sections.append(f'<p class="note">{html.escape(note)}</p>')
+
+
+def write_report(out: str | Path, per_class: int = 8) -> tuple[Path, list[str]]:
+    """Write OUT/report.html; returns its path and the notes on omitted parts."""
+    out = Path(out)
+    if not out.is_dir():
+        raise MedisynError(f"{out}: no such folder (expected a medisyn generate output folder)")
+    run = _read_json(out / "run.json")
+    page = Page()
+    try:
+        kept = _kept_rows(out)
+    except Exception as exc:  # unreadable Parquet or CSV: report the rest
+        kept = None
+        page.skip(f"kept rows unreadable ({type(exc).__name__}: {exc})"[:300])
+    for step in (_run_section, _counts_section, _samples_section, _rejections_section, _similarity_section,
+                 _pairs_section, _evaluate_sections):
+        try:
+            step(page, out, run, kept, per_class)
+        except Exception as exc:  # a damaged part must not stop the rest of the report
+            page.skip(f"{step.__name__.strip('_').replace('_', ' ')} omitted: {type(exc).__name__}: {exc}"[:300])
+    path = out / "report.html"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(_page(out, page), encoding="utf-8")
+    tmp.replace(path)
+    return path, page.notes
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _kept_rows(out: Path):
+    """The kept images' metadata (no image bytes) as a DataFrame, from Parquet or metadata.csv; None if neither."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    parts = sorted((out / "parquet").glob("*.parquet"))
+    if parts:
+        frames = []
+        for part in parts:
+            names = [n for n in pq.ParquetFile(part).schema_arrow.names if n != "image"]
+            frames.append(pq.read_table(part, columns=names).to_pandas())
+        return pd.concat(frames, ignore_index=True)
+    if (out / "imagefolder" / "metadata.csv").exists():
+        return pd.read_csv(out / "imagefolder" / "metadata.csv")
+    return None
+
+
+def _records_by_label(out: Path, per_class: int) -> dict[str, list]:
+    """Up to per_class (record) of each label, in stream order."""
+    from medisyn_cli.core.datasets import find_sources, iter_source_records
+
+    sources = find_sources([out / "parquet"] if (out / "parquet").is_dir() else [out / "imagefolder"])
+    found: dict[str, list] = {}
+    for source in sources:
+        for record in iter_source_records(source):
+            bucket = found.setdefault(str(record.label), [])
+            if len(bucket) < per_class:
+                bucket.append(record)
+    return found
+
+
+# --- sections -------------------------------------------------------------------------------------------
+
+def _run_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    if run is None:
+        page.skip("run: no readable run.json in this folder")
+        return
+    model, sampling = run.get("model", {}), run.get("sampling", {})
+    facts = {"model": model.get("name"), "manifest": (run.get("manifest") or {}).get("path"),
+             "sampling": ", ".join(f"{k} {v}" for k, v in sampling.items()), "device": run.get("device"),
+             "dtype": run.get("dtype"), "seconds": run.get("seconds"), "medisyn": run.get("medisyn"),
+             "screening": _screening_text(run.get("screening"))}
+    page.add("run", _table([{"": k, "value": v} for k, v in facts.items() if v not in (None, "")]))
+
+
+def _screening_text(screening: dict | None) -> str:
+    if not screening:
+        return "none (images not screened for near-copies)"
+    return (f"{screening.get('embedder', {}).get('spec')} threshold {screening.get('threshold')}, "
+            f"{screening.get('rejected')} near-copies rejected, index {screening.get('index')}")
+
+
+def _counts_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    classes = (run or {}).get("classes")
+    if isinstance(classes, dict) and classes:
+        rows = [{"label": label, **(counts if isinstance(counts, dict) else {"count": counts})}
+                for label, counts in classes.items()]
+        page.add("per-class counts", _table(rows))
+    elif kept is not None and "label" in kept:
+        page.add("per-class counts", _table([{"label": k, "images": int(v)}
+                                             for k, v in kept.groupby("label").size().items()]))
+    else:
+        page.skip("per-class counts: no 'classes' in run.json and no kept rows")
+
+
+def _samples_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    if not (out / "parquet").is_dir() and not (out / "imagefolder").is_dir():
+        page.skip("samples: no parquet/ or imagefolder/ in this folder")
+        return
+    rows = []
+    for label, records in sorted(_records_by_label(out, per_class).items()):
+        images = [r.open() for r in records]
+        rows.append(f"<h3>{html.escape(label)}</h3>{_img(strip(images))}")
+    page.add(f"samples (up to {per_class} per class)", "\n".join(rows))
+
+
+def _rejections_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    import pandas as pd
+
+    path = out / "rejected.parquet"
+    if not path.exists():
+        page.skip("rejections: no rejected.parquet (the run was not screened, or nothing was rejected)")
+        return
+    rejected = pd.read_parquet(path)
+    if rejected.empty:
+        page.add("rejected near-copies", "<p>none</p>")
+        return
+    summary = rejected.groupby("label")["nn_similarity"].agg(["count", "mean", "max"]).reset_index()
+    top = rejected.sort_values("nn_similarity", ascending=False).head(20)
+    columns = [c for c in ("id", "label", "attempt", "nn_key", "nn_similarity", "view") if c in top]
+    page.add("rejected near-copies", _table(summary.to_dict("records")) + "<h3>most similar</h3>"
+             + _table(top[columns].to_dict("records")))
+
+
+def _similarities(out: Path, kept) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, rejected) nn_similarity values, from screen/screen.parquet or the kept rows, and rejected.parquet."""
+    import pandas as pd
+
+    screen = out / "screen" / "screen.parquet"
+    source = pd.read_parquet(screen) if screen.exists() else kept
+    values = np.array([], np.float64)
+    if source is not None and "nn_similarity" in source:
+        values = source["nn_similarity"].dropna().to_numpy(np.float64)
+    rejected = np.array([], np.float64)
+    if (out / "rejected.parquet").exists():
+        rejected = pd.read_parquet(out / "rejected.parquet")["nn_similarity"].dropna().to_numpy(np.float64)
+    return values, rejected
+
+
+def _similarity_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    values, rejected = _similarities(out, kept)
+    if not len(values) and not len(rejected):
+        page.skip("similarity histogram: no nn_similarity values (images were not screened)")
+        return
+    figure, axes = new_figure(6.4, 3.4)
+    low = float(min(np.concatenate([values, rejected]).min(), 0.9))
+    bins = np.linspace(low, 1.0, 40)
+    if len(values):
+        axes.hist(values, bins=bins, alpha=0.6, label=f"kept ({len(values)})")
+    if len(rejected):
+        axes.hist(rejected, bins=bins, alpha=0.6, label=f"rejected ({len(rejected)})")
+    threshold = ((run or {}).get("screening") or {}).get("threshold")
+    if threshold is not None:
+        axes.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:g}")
+    axes.set_xlabel("similarity to the nearest training image")
+    axes.legend(fontsize=8)
+    page.add("similarity to training", _img_figure(figure))
+
+
+def _pairs_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    index = ((run or {}).get("screening") or {}).get("index")
+    if kept is None or "nn_similarity" not in kept or kept["nn_similarity"].isna().all():
+        page.skip("nearest pairs: the kept rows have no nn_similarity (not screened)")
+        return
+    if not index or not (Path(index) / "keys.parquet").exists():
+        page.skip(f"nearest pairs: the index of run.json ({index}) is not readable here")
+        return
+    import pyarrow.parquet as pq
+
+    keys = pq.read_table(Path(index) / "keys.parquet", columns=["key"]).column("key").to_pylist()
+    top = kept.dropna(subset=["nn_similarity"]).sort_values("nn_similarity", ascending=False).head(8)
+    wanted = {str(row["id"]): row for _, row in top.iterrows()}
+    images = _kept_images(out, set(wanted))
+    cells = []
+    for image_id, row in wanted.items():
+        key = keys[int(row["nn_id"])] if 0 <= int(row["nn_id"]) < len(keys) else ""
+        if image_id in images and Path(key).is_file():
+            from PIL import Image
+
+            pair = strip([images[image_id], Image.open(key)])
+            cells.append(f"<figure>{_img(pair)}<figcaption>{html.escape(image_id)} | {html.escape(Path(key).name)}"
+                         f" {float(row['nn_similarity']):.3f}</figcaption></figure>")
+    if not cells:
+        page.skip("nearest pairs: the training images of the closest pairs are not files here")
+        return
+    page.add("closest kept images and their nearest training image", '<div class="pairs">' + "".join(cells) + "</div>")
+
+
+def _kept_images(out: Path, ids: set[str]) -> dict[str, object]:
+    from medisyn_cli.core.datasets import find_sources, iter_source_records
+
+    found = {}
+    for source in find_sources([out / "parquet"] if (out / "parquet").is_dir() else [out / "imagefolder"]):
+        for record in iter_source_records(source):
+            image_id = record.key.rsplit(":", 1)[-1] if source.kind == "parquet" else Path(record.key).stem
+            if image_id in ids:
+                found[image_id] = record.open()
+    return found
+
+
+def _evaluate_sections(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    files = sorted((out / "evaluate").rglob("*.json")) if (out / "evaluate").is_dir() else []
+    if not files:
+        page.skip("evaluation: no evaluate JSON under evaluate/ (run medisyn evaluate ... --out OUT/evaluate)")
+        return
+    for path in files:
+        result = _read_json(path)
+        if not isinstance(result, dict):
+            page.skip(f"evaluation {path.name}: not readable JSON")
+            continue
+        render = {"utility": _utility_html, "privacy": _privacy_html, "fidelity": _fidelity_html}.get(
+            result.get("evaluation"), _other_html)
+        figures = "".join(_img_file(path.parent / name) for key, name in (result.get("files") or {}).items()
+                          if str(name).endswith(".png") and (path.parent / name).exists())
+        page.add(f"evaluation: {path.relative_to(out)}", render(result) + figures)
+
+
+def _utility_html(result: dict) -> str:
+    def number(value) -> str:
+        return "-" if value is None or value != value else f"{value:.3f}"
+
+    rows = [{"condition": r["condition"], "real fraction": r["real_fraction"], "real images": r["real_images"],
+             "synthetic images": r["synthetic_images"], "steps": r.get("steps"),
+             "AUROC": f"{number(r['auroc_mean'])} ± {number(r.get('auroc_std'))}",
+             "95% interval": "-" if not r.get("auroc_ci95") else
+             f"{number(r['auroc_ci95'][0])}-{number(r['auroc_ci95'][1])}"} for r in result.get("rows", [])]
+    classifier = result.get("classifier", {})
+    budget = (result.get("budget") or {}).get("text", "")
+    return (f"<p>{html.escape(result.get('metric', ''))}; {classifier.get('arch')} at {classifier.get('size')} px, "
+            f"{result.get('seeds')} seeds; budget: {html.escape(budget)}</p>" + _table(rows))
+
+
+def _privacy_html(result: dict) -> str:
+    facts = {"embedder": result.get("embedder"), "verdict": result.get("verdict"),
+             "share above held-out p95": result.get("share_above_heldout_p95"),
+             "near-copy rate (synthetic / held-out)": "{synthetic} / {heldout}".format(
+                 **result.get("near_copy_rate", {"synthetic": "?", "heldout": "?"})),
+             "P(synthetic closer than held-out)": result.get("p_synthetic_closer"),
+             "p-values (each at p < alpha/3)": ", ".join(f"{k} {v:.3g}" for k, v in
+                                                          (result.get("p_values") or {}).items()),
+             "held-out near-copies of training (left out)": (result.get("heldout_near_copies") or {}).get("count"),
+             "warnings": "; ".join(result.get("warnings", [])) or None,
+             "images": ", ".join(f"{k} {v}" for k, v in (result.get("images") or {}).items())}
+    return _table([{"": k, "value": v} for k, v in facts.items()])
+
+
+def _fidelity_html(result: dict) -> str:
+    from medisyn_cli.evaluate.fidelity import _flat
+
+    rows = [{"scope": "all", **_flat(result.get("overall", {}))}]
+    rows += [{"scope": label, **_flat(row)} for label, row in (result.get("per_class") or {}).items()]
+    return (f"<p>features: <b>{html.escape(str(result.get('features')))}</b> "
+            f"({html.escape(str(result.get('note', '')))})</p>" + _table(rows))
+
+
+def _other_html(result: dict) -> str:
+    return f"<pre>{html.escape(json.dumps(result, indent=1, default=str)[:4000])}</pre>"
+
+
+# --- html helpers ---------------------------------------------------------------------------------------
+
+def strip(images: list, side: int = THUMB):
+    """PIL images side by side at side x side."""
+    from PIL import Image
+
+    from medisyn_cli.screening.embed import to_8bit
+
+    canvas = Image.new("RGB", (max(1, len(images)) * (side + 4), side), "white")
+    for n, image in enumerate(images):
+        canvas.paste(to_8bit(image).convert("RGB").resize((side, side), Image.Resampling.BILINEAR), (n * (side + 4), 0))
+    return canvas
+
+
+def _img(image) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(png_bytes(image)).decode("ascii")}">'
+
+
+def _img_file(path: Path) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+
+
+def _img_figure(figure) -> str:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode("ascii")}">'
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.4g}"
+    return html.escape(str(value)) if value is not None else ""
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>(empty)</p>"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(out: Path, page: Page) -> str:
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}.note{color:#777}"
+             ".pairs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}figcaption{font-size:12px}")
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>medisyn report: {html.escape(out.name)}"
+            f"</title><style>{style}</style></head><body>\n<h1>medisyn report: {html.escape(str(out))}</h1>\n"
+            "<p><b>Synthetic images are not for clinical use.</b></p>\n" + "\n".join(page.sections)
+            + "\n</body></html>\n")

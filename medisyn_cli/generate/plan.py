@@ -1,0 +1,89 @@
+"""Manifest + n + seed -> deterministic jobs (id, label, prompt, seed); quotas, batches, shards."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.generate.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Job:
+    """One planned image: stable id, class, prompt variant and its own seed."""
+
+    id: str
+    label: str
+    label_id: int
+    index: int
+    prompt: str
+    negative_prompt: str
+    mode: str
+    seed: int
+
+
+def quotas(weights: dict[str, float], n: int) -> dict[str, int]:
+    """Split n over classes by weight (largest remainder; ties to the earlier class); every class gets >= 1."""
+    if n <= 0:
+        raise MedisynError(f"--n: must be a positive number of images, got {n}")
+    if n < len(weights):
+        raise MedisynError(f"--n: {n} is smaller than the number of classes ({len(weights)}); "
+                           f"every class needs at least one image")
+    total = sum(weights.values())
+    exact = {label: n * w / total for label, w in weights.items()}
+    counts = {label: int(v) for label, v in exact.items()}
+    order = sorted(weights, key=lambda label: (-(exact[label] - counts[label]), list(weights).index(label)))
+    for label in order[: n - sum(counts.values())]:
+        counts[label] += 1
+    for label in [k for k, v in counts.items() if v == 0]:
+        donor = max(counts, key=lambda k: counts[k])
+        counts[donor] -= 1
+        counts[label] = 1
+    return counts
+
+
+def image_seed(run_seed: int, label: str, index: int, attempt: int = 0) -> int:
+    """A 63-bit seed from (run seed, label, index within class, attempt): independent of batching."""
+    key = f"{run_seed}\x1f{label}\x1f{index}" + (f"\x1f{attempt}" if attempt else "")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
+def safe_name(label: str) -> str:
+    """A label made safe as a file or folder name (the exact label stays in the metadata)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
+    return name if name == label else f"{name}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"
+
+
+def image_id(label: str, index: int) -> str:
+    """Stable id of the index-th image of a class."""
+    return f"{safe_name(label)}-{index:06d}"
+
+
+def iter_jobs(manifest: Manifest, counts: dict[str, int], seed: int) -> Iterator[Job]:
+    """Jobs interleaved across classes (so any prefix stays balanced); variants used in turn."""
+    labels = manifest.labels
+    variants = {label: manifest.variants(label) for label in labels}
+    for index in range(max(counts.values())):
+        for label_id, label in enumerate(labels):
+            if index >= counts[label]:
+                continue
+            row = variants[label][index % len(variants[label])]
+            yield Job(id=image_id(label, index), label=label, label_id=label_id, index=index, prompt=row.prompt,
+                      negative_prompt=row.negative_prompt, mode=row.mode, seed=image_seed(seed, label, index))
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of at most size items."""
+    if size < 1:
+        raise MedisynError(f"--batch-size: must be at least 1, got {size}")
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

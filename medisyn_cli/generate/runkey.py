@@ -1,0 +1,68 @@
+"""The run key: every option a `generate` run's pixels and files depend on.
+
+It is written to OUT/_work/config.json when a run starts and to run.json when it completes. Every shard, resume
+and `--resume` of a complete run compares its own key with the recorded one and refuses a mismatch, naming each
+option that differs. Options left to a default that the run resolved itself (steps, guidance and size from the
+model, batch size, threads) are compared only when given.
+"""
+
+from __future__ import annotations
+
+from medisyn_cli.generate.config import GenerateConfig
+from medisyn_cli.judge.screening import judge_key
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.generate.manifest import Manifest
+
+# speed options that may change pixel values by rounding: every shard and resume of a run must use the same
+NUMERIC_OPTIONS = ("cache_prompts", "channels_last", "compile", "vae_slicing", "vae_tiling")
+RESOLVED = ("steps", "guidance", "height", "width", "batch_size", "threads")  # None: not given, use the run's
+
+
+def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict | None = None) -> dict:
+    """The key of this run; `sampling` None gives the requested key (model-resolved values as given, or None)."""
+    from medisyn_cli.pipeline.lora import adapter_key
+    from medisyn_cli.pipeline.load import model_source, weight_hashes
+
+    sampling = sampling or {"scheduler": config.scheduler, "steps": config.steps, "guidance": config.guidance,
+                            "height": config.height, "width": config.width}
+    screened = screener is not None
+    return {"manifest_sha256": manifest.sha256, "n": config.n, "seed": config.seed,
+            "model": model_source(config.model), "weights_sha256": weight_hashes(config.model), **sampling,
+            "dtype": config.dtype, "batch_size": config.batch_size, "threads": config.threads,
+            "formats": list(config.formats), "rows_per_part": config.rows_per_part,
+            "max_regenerate": config.max_regenerate,
+            "index_fingerprint": screener.index.meta.get("fingerprint") if screened else None,
+            "threshold": screener.threshold if screened else None,
+            "max_attempts": config.max_attempts if screened or config.judge else None, **judge_key(config),
+            **{name: getattr(config, name) for name in NUMERIC_OPTIONS}, **adapter_key(config)}
+
+
+def key_of_record(run: dict) -> dict:
+    """The key a run.json records; for a run.json of medisyn 0.1 (no key), rebuilt from its sections."""
+    if "key" in run:
+        return run["key"]
+    options, screening = run.get("options", {}), run.get("screening") or {}
+    return {"manifest_sha256": run.get("manifest", {}).get("sha256"), "n": options.get("n"),
+            "seed": options.get("seed"), "model": run.get("model", {}).get("source"),
+            "weights_sha256": run.get("model", {}).get("weights_sha256"), **run.get("sampling", {}),
+            "dtype": options.get("dtype"), "batch_size": options.get("batch_size"), "threads": None,
+            "formats": options.get("formats"), "rows_per_part": options.get("rows_per_part"),
+            "max_regenerate": options.get("max_regenerate"), "index_fingerprint": screening.get("fingerprint"),
+            "threshold": screening.get("threshold"), "max_attempts": screening.get("max_attempts"),
+            **{name: options.get(name) for name in NUMERIC_OPTIONS}}
+
+
+def differences(recorded: dict, current: dict) -> list[str]:
+    """'option: recorded there, current now' for every option that differs (unset resolved options skipped)."""
+    names = sorted(set(recorded) | set(current))
+    return [f"{name}: {recorded.get(name)!r} there, {current.get(name)!r} now" for name in names
+            if recorded.get(name) != current.get(name)
+            and not (name in RESOLVED and (current.get(name) is None or recorded.get(name) is None))]
+
+
+def check_same_run(recorded: dict, current: dict, out) -> None:
+    """A clear error naming every option that differs from the run already in OUT."""
+    differ = differences(recorded, current)
+    if differ:
+        raise MedisynError(f"--out {out}: holds a run with other settings ({'; '.join(differ)}); use the same "
+                           f"options, another --out, or --overwrite to start again")

@@ -1,0 +1,336 @@
+"""`medisyn screen`: audit an existing dataset against a training index; table, report and a filtered copy.
+
+    summary = screen_dataset("derm-synth", "train-index")           # -> derm-synth/screen/screen.parquet ...
+
+Rows stream through in batches: memory holds one batch, a fixed-bin histogram and the closest pairs only.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.files import write_json
+
+SCREEN_COLUMNS = {"image": "string", "label": "string", "nn_id": "int64", "nn_key": "string", "nn_label": "string",
+                  "nn_similarity": "float32", "near_copy": "bool_", "view": "string", "region": "string",
+                  "error": "string"}
+BINS = np.linspace(-1.0, 1.0, 401)  # histogram of similarities, 0.005 wide
+THUMB = 96
+
+
+@dataclass(order=True)
+class Pair:
+    """A screened image and its nearest training image, for the report (thumbnail PNG bytes); ordered by similarity."""
+
+    similarity: float
+    image: str = field(compare=False)
+    nn_key: str = field(compare=False)
+    near_copy: bool = field(compare=False)
+    thumbnail: bytes = field(compare=False)
+    region: str = field(default="", compare=False)  # the training image's matched tile, "region(l,t,r,b)"; "" = whole
+
+
+@dataclass
+class ScreenSummary:
+    """What `screen_dataset` found and wrote."""
+
+    dataset: Path
+    report_dir: Path
+    index: str
+    embedder: str
+    threshold: float
+    screened: int = 0
+    near_copies: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(len(BINS) - 1, np.int64))
+    pairs: list[Pair] = field(default_factory=list)
+    per_label: dict[str, list[int]] = field(default_factory=dict)  # label -> [screened, near copies]
+    kept_out: Path | None = None
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The machine-readable summary (screen.json)."""
+        return {"dataset": str(self.dataset), "index": self.index, "embedder": self.embedder,
+                "threshold": self.threshold, "screened": self.screened, "near_copies": self.near_copies,
+                "errors": self.errors, "seconds": round(self.seconds, 2),
+                "per_label": {k: {"screened": v[0], "near_copies": v[1]} for k, v in self.per_label.items()},
+                "kept_out": str(self.kept_out) if self.kept_out else None, "files": self.files}
+
+
+def default_report_dir(dataset: Path) -> Path:
+    """A medisyn output folder keeps its audit inside (DATASET/screen); anything else gets ./<name>-screen."""
+    return dataset / "screen" if (dataset / "run.json").exists() else Path.cwd() / f"{dataset.name}-screen"
+
+
+def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | None = None,
+                   report_dir: str | Path | None = None, keep_out: str | Path | None = None,
+                   embedder: str | None = None, batch_size: int = 64, pairs: int = 24,
+                   show_progress: bool = True) -> ScreenSummary:
+    """Screen every image of `dataset`; write screen.parquet, screen.csv, screen.json and report.html."""
+    from medisyn_cli.screening.index import load_index
+    from medisyn_cli.core.progress import make_progress, rate_text
+    from medisyn_cli.screening.report import write_screen_report
+    from medisyn_cli.screening.screener import Screener, require_embedder
+
+    # 1. inputs: everything that can fail on input fails before any output is written
+    dataset = Path(dataset)
+    if batch_size < 1:
+        raise MedisynError(f"--batch-size: must be at least 1, got {batch_size}")
+    training = load_index(index)
+    if embedder is not None:
+        require_embedder(training, embedder)
+    screener = Screener(training, threshold)
+    sources = find_sources([dataset])
+    report_dir = Path(report_dir) if report_dir else default_report_dir(dataset)
+    keep_out = Path(keep_out) if keep_out else None
+    _check_new_folder(keep_out, "--keep-out")
+    if keep_out is not None and keep_out.resolve() == dataset.resolve():
+        raise MedisynError(f"--keep-out {keep_out}: must differ from the dataset being screened")
+    summary = ScreenSummary(dataset, report_dir, str(index), training.meta["embedder"]["spec"], screener.threshold)
+
+    # 2. screen batch by batch into the tables
+    made_report_dir = not report_dir.exists()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    clock, copies = time.time(), set()
+    with _Tables(report_dir) as tables, make_progress(disable=not show_progress) as progress:
+        task = progress.add_task("screen", total=None, rate="", info="")
+        for batch in _batches(sources, batch_size):
+            rows = _screen_batch(screener, batch, summary, pairs)
+            tables.write(rows)
+            copies.update(row["image"] for row in rows if row["near_copy"])
+            progress.update(task, completed=summary.screened, rate=rate_text(summary.screened, time.time() - clock,
+                                                                             "img"),
+                            info=f"{summary.near_copies} near-copies")
+        if summary.screened == 0:
+            if made_report_dir:
+                shutil.rmtree(report_dir, ignore_errors=True)
+            raise MedisynError(f"{dataset}: none of its {summary.errors} images could be read (corrupt or not an "
+                               f"image), so nothing was screened")
+    summary.seconds = time.time() - clock
+    summary.pairs.sort(key=lambda pair: -pair.similarity)
+
+    # 3. the report, the filtered copy, and screen.json last
+    summary.files = ["screen.parquet", "screen.csv", "report.html", "screen.json"]
+    write_screen_report(summary, report_dir / "report.html", training)
+    if keep_out is not None:
+        write_kept_copy(dataset, sources, copies, keep_out, summary)
+        summary.kept_out = keep_out
+    write_json(report_dir / "screen.json", summary.to_dict())
+    return summary
+
+
+def _check_new_folder(folder: Path | None, option: str) -> None:
+    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise MedisynError(f"{option} {folder}: exists and is not an empty folder")
+
+
+def _batches(sources: list[Source], size: int):
+    batch = []
+    for source in sources:
+        for record in iter_source_records(source):
+            batch.append(record)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: int) -> list[dict]:
+    """Rows of one batch (unreadable images become rows with an error), tallied into the summary."""
+    images, rows = [], []
+    for record in batch:
+        row = {"image": record.key, "label": record.label, "nn_id": None, "nn_key": None, "nn_label": None,
+               "nn_similarity": None, "near_copy": None, "view": None, "region": None,
+               "error": None}
+        try:
+            images.append(record.open())
+        except Exception as exc:  # PIL raises many types for corrupt or truncated data
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            summary.errors += 1
+        rows.append(row)
+    results, readable = iter(screener.check(images)), iter(images)
+    for row in rows:
+        if row["error"] is None:
+            result, image = next(results), next(readable)
+            row.update(nn_id=result.nn_id, nn_key=result.nn_key, nn_label=result.nn_label,
+                       nn_similarity=result.nn_similarity, near_copy=result.near_copy, view=result.view,
+                       region=result.region)
+            _tally(summary, row, image, pairs)
+    summary.histogram += np.histogram([r["nn_similarity"] for r in rows if r["error"] is None], BINS)[0]
+    return rows
+
+
+def _tally(summary: ScreenSummary, row: dict, image, pairs: int) -> None:
+    summary.screened += 1
+    summary.near_copies += int(row["near_copy"])
+    counts = summary.per_label.setdefault(row["label"] or "-", [0, 0])
+    counts[0], counts[1] = counts[0] + 1, counts[1] + int(row["near_copy"])
+    if len(summary.pairs) < pairs or row["nn_similarity"] > summary.pairs[0].similarity:
+        pair = Pair(row["nn_similarity"], row["image"], row["nn_key"], row["near_copy"], thumbnail_png(image),
+                    row["region"] or "")
+        (heapq.heappush if len(summary.pairs) < pairs else heapq.heapreplace)(summary.pairs, pair)
+
+
+def thumbnail_png(image, size: int = THUMB) -> bytes:
+    """A small PNG of an image (16-bit grey rescaled), nearest-neighbour enlarged so pixels stay visible."""
+    from PIL import Image
+
+    from medisyn_cli.screening.embed import to_8bit
+
+    image = to_8bit(image).convert("RGB")
+    image = image.resize((size, size), Image.NEAREST if image.width < size else Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class _Tables:
+    """screen.parquet and screen.csv, streamed under temporary names and renamed when complete."""
+
+    def __init__(self, folder: Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.paths = [folder / "screen.parquet", folder / "screen.csv"]
+        self.tmps = [p.with_name(f".{p.name}.tmp") for p in self.paths]
+        self.schema = pa.schema([pa.field(k, getattr(pa, v)()) for k, v in SCREEN_COLUMNS.items()])
+        self.parquet = pq.ParquetWriter(self.tmps[0], self.schema)
+        self.handle = open(self.tmps[1], "w", newline="", encoding="utf-8")
+        self.csv = csv.DictWriter(self.handle, fieldnames=list(SCREEN_COLUMNS))
+        self.csv.writeheader()
+
+    def __enter__(self) -> "_Tables":
+        return self
+
+    def write(self, rows: list[dict]) -> None:
+        import pyarrow as pa
+
+        self.parquet.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        self.csv.writerows(rows)
+
+    def __exit__(self, kind, *exc) -> None:
+        self.parquet.close()
+        self.handle.close()
+        for tmp, path in zip(self.tmps, self.paths):
+            tmp.replace(path) if kind is None else tmp.unlink(missing_ok=True)
+
+
+# --- --keep-out: a copy of the dataset without the near-copies ------------------------------------------
+
+def write_kept_copy(dataset: Path, sources: list[Source], copies: set[str], out: Path,
+                    summary: ScreenSummary | None = None) -> None:
+    """Copy `dataset` to `out` without the records whose key is in `copies` (built under a temp name)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if (dataset / "run.json").exists():
+            _copy_medisyn_output(dataset, copies, tmp)
+            if summary is not None:
+                _record_filtering(tmp, summary)
+        else:
+            for source in sources:
+                _copy_source(source, copies, tmp / _relative(source.path, dataset))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+
+
+def _relative(path: Path, root: Path) -> Path:
+    return Path(".") if path == root or root.is_file() else path.relative_to(root)
+
+
+def _copy_source(source: Source, copies: set[str], target: Path) -> None:
+    if source.kind == "parquet":
+        files = [source.path] if source.path.is_file() else sorted(source.path.rglob("*.parquet"))
+        for file in files:
+            name = file.name if source.path.is_file() else file.relative_to(source.path)
+            _filter_parquet(file, lambda ids, f=file: [f"{f}:{i}" not in copies for i in ids], target / name)
+    elif source.kind == "imagefolder":
+        _filter_imagefolder(source.path, lambda row: str(source.path / row["file_name"]) not in copies, target)
+    else:
+        root = source.path if source.path.is_dir() else source.path.parent
+        for record in iter_source_records(source):
+            if record.key not in copies and record.path.is_file():
+                (target / record.path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(record.path, target / record.path.relative_to(root))
+
+
+def _copy_medisyn_output(dataset: Path, copies: set[str], target: Path) -> None:
+    """Both formats of a medisyn output, filtered by image id; run.json, the card and logs copied as they are."""
+    ids = {key.rsplit(":", 1)[1] for key in copies}
+    for file in sorted((dataset / "parquet").glob("*.parquet")):
+        _filter_parquet(file, lambda values: [v not in ids for v in values], target / "parquet" / file.name)
+    if (dataset / "imagefolder" / "metadata.csv").exists():
+        _filter_imagefolder(dataset / "imagefolder", lambda row: row["id"] not in ids, target / "imagefolder")
+    for name in ("run.json", "README.md", "rejected.parquet"):
+        if (dataset / name).exists():
+            shutil.copy2(dataset / name, target / name)
+
+
+def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
+    """The copy's run.json and dataset card give its own counts and the screening that made it."""
+    import json
+
+    from medisyn_cli.generate.card import write_run_card
+
+    run = json.loads((copy / "run.json").read_text())
+    removed = {label: counts[1] for label, counts in summary.per_label.items() if counts[1]}
+    for label, count in removed.items():
+        if label in run.get("classes", {}):
+            run["classes"][label]["written"] -= count
+    for output in run.get("outputs", []):
+        if output.get("format") in ("parquet", "imagefolder"):
+            output["rows"] = max(0, output.get("rows", 0) - sum(removed.values()))
+    run["filtered"] = {"by": "medisyn screen --keep-out", "source": str(summary.dataset), "index": summary.index,
+                       "embedder": summary.embedder, "threshold": summary.threshold,
+                       "near_copies_removed": sum(removed.values()), "per_label": removed,
+                       "unreadable": summary.errors}
+    write_json(copy / "run.json", run)
+    write_run_card(copy, run)
+
+
+def _filter_parquet(file: Path, keep, target: Path) -> None:
+    """Rewrite one Parquet file batch by batch, keeping rows for which keep(ids) is true (schema metadata kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = pq.ParquetFile(file)
+    row = 0
+    with pq.ParquetWriter(target, source.schema_arrow) as writer:
+        for batch in source.iter_batches(batch_size=256):
+            names = batch.schema.names
+            ids = batch.column(names.index("id")).to_pylist() if "id" in names else list(range(row, row + len(batch)))
+            row += len(batch)
+            writer.write_table(pa.Table.from_batches([batch]).filter(pa.array(keep(ids))))
+
+
+def _filter_imagefolder(folder: Path, keep, target: Path) -> None:
+    """Copy the kept images of an ImageFolder and the matching rows of its metadata.csv."""
+    target.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as src, \
+            open(target / "metadata.csv", "w", newline="", encoding="utf-8") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        for row in reader:
+            if keep(row) and (folder / row["file_name"]).is_file():  # unreadable rows were reported, not copied
+                (target / row["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(folder / row["file_name"], target / row["file_name"])
+                writer.writerow(row)

@@ -1,0 +1,351 @@
+"""Near-copy screening: the nearest training image of each generated image, and whether it is too close.
+
+    index = load_index("train-index")
+    screener = Screener(index)                      # the index's calibrated default threshold, with views
+    for result in screener.check(images):
+        if result.near_copy:
+            print(f"near-copy of {result.nn_key} (similarity {result.nn_similarity:.3f})")
+
+Each query is embedded under the embedder's views (identity, flips and, for `pixel`, a grid of shifts and
+crops); the best match over the views is the query's nearest neighbour. Two stages keep this cheap: the views
+are searched in the whole index, then the `candidates` best training images found are compared with the
+query under views half a grid step around its best view (`Embedder.refine_views`), which recovers the exact
+alignment of a shifted or cropped copy. Shift and crop views carry a small penalty subtracted from their
+similarity (trying many alignments raises the chance similarity of distinct images too), so
+`nn_similarity` is the view-adjusted similarity. A result is a near-copy when it is at or above the threshold.
+
+Indexes built since issue #16 also hold 16 overlapping tiles of every training image (`regions.faiss`): the
+query, under the region views (shifts, crops, 90% zooms and its own tiles), is matched with them too, through
+a PCA-projected search whose candidates are ranked by exact similarity (ProjectedSearch), so a crop of a
+training image or a copied region is caught; `region` names the training image's tile that matched. Their
+threshold is calibrated at build time on the index's own images (`calibrate`); older indexes are screened
+with the views they were calibrated for ("tuned") and without tiles.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medisyn_cli.screening.embed import TILES, blas_threads
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.index import TrainingIndex, search_index
+
+REGION_PENALTY = 0.0  # subtracted from a tile match (16 tiles x the region views: more chances than whole images)
+
+
+@dataclass(frozen=True)
+class ScreenResult:
+    """The nearest training image of one query and the keep / reject decision."""
+
+    nn_id: int                  # vector id in the index (-1: empty index)
+    nn_key: str                 # the training image: file path, or parquet file:row id
+    nn_similarity: float        # view-adjusted similarity, 1.0 = identical (cosine, or 1 - hamming/bits)
+    near_copy: bool             # nn_similarity >= the screener's threshold
+    nn_label: str | None = None  # the training image's label, where its source had one
+    view: str = "identity"      # the query view that matched best (identity, hflip, vflip, box(...))
+    region: str = ""            # the training image's tile that matched ("region(l,t,r,b)"), "" for the whole image
+
+
+def require_embedder(index: TrainingIndex, spec: str) -> None:
+    """MedisynError unless `index` was built with the embedder `spec` (e.g. 'pixel', 'clip:...')."""
+    built = index.meta["embedder"]["spec"]
+    if built != spec.strip():
+        raise MedisynError(f"{index.path}: index was built with embedder '{built}', not '{spec}'; "
+                           f"use --embedder {built} or rebuild the index with {spec}")
+
+
+class Screener:
+    """Screens images against a training index at a similarity threshold (default: the index's calibrated one)."""
+
+    def __init__(self, index: TrainingIndex, threshold: float | None = None, views: bool = True,
+                 candidates: int = 5, view_set: str | None = None):
+        self.index, self.embedder = index, index.embedder
+        self.threshold = self.embedder.valid_threshold(index.threshold if threshold is None else threshold)
+        self.view_set = view_set or index.view_set
+        all_views = self.embedder.default_views(self.view_set)
+        self.views = all_views if views else all_views[:1]
+        self.refine = views and index.can_reconstruct
+        self.candidates = max(1, int(candidates))
+        regional = views and self.view_set == "general" and index.regions is not None
+        self.region_views = self.embedder.region_views() if regional else ()
+        self.region_search = None  # built on first use: the tiles' projected search
+
+    def check(self, images: list, chunk: int = 64, exclude: list | None = None) -> list[ScreenResult]:
+        """One ScreenResult per image, in order (screened `chunk` images at a time); `exclude`: per image, the
+        training ids it may not match (e.g. itself, when an index screens its own images to calibrate)."""
+        exclude = exclude or [()] * len(images)
+        return [result for start in range(0, len(images), chunk)
+                for result in self._check(images[start:start + chunk], exclude[start:start + chunk])]
+
+    def _check(self, images: list, exclude: list) -> list[ScreenResult]:
+        if not images:
+            return []
+        index, refine = self.index, self.refine
+        union = tuple(dict.fromkeys(self.views + self.region_views))  # views both stores use are embedded once
+        vectors = self.embedder.embed_views(images, union)
+        column = {view: i for i, view in enumerate(union)}
+        pick = lambda views: vectors[:, [column[v] for v in views]]  # noqa: E731
+        matches = self._best(images, exclude, self.views, pick(self.views), index.search,
+                             index.reconstruct if refine else None)
+        regions = [None] * len(images)
+        if self.region_views:
+            tiles = len(TILES)
+            banned = [{t * tiles + r for t in b for r in range(tiles)} for b in exclude]
+            found = self._best(images, banned, self.region_views, pick(self.region_views), self._search_regions,
+                               self._reconstruct_regions if refine else None)
+            for j, (sim, tile, view, _) in enumerate(found):
+                if tile >= 0 and sim - REGION_PENALTY > matches[j][0]:
+                    matches[j] = (sim - REGION_PENALTY, tile // tiles, view, None)
+                    regions[j] = TILES[tile % tiles].box
+        ids = np.array([m[1] for m in matches], dtype=np.int64)
+        keys, labels = self.index.key(ids), self.index.label(ids)
+        return [ScreenResult(int(i), key, float(sim), bool(sim >= self.threshold), label, view.name,
+                             "" if region is None else "region(" + ",".join(f"{v:.2f}" for v in region) + ")")
+                for (sim, i, view, _), key, label, region in zip(matches, keys, labels, regions)]
+
+    def _search_regions(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.region_search is None:
+            self.region_search = ProjectedSearch(self.index.regions)
+        return self.region_search.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def _reconstruct_regions(self, ids) -> np.ndarray:
+        return np.stack([self.index.regions.reconstruct(int(i)) for i in ids])
+
+    def _best(self, images: list, exclude: list, views: tuple, vectors: np.ndarray, search,
+              reconstruct) -> list[tuple]:
+        """Per image: (similarity, id, view, candidates) of its best match in one store (whole images or tiles):
+        every view (`vectors`: the images under them) searched in the whole store, then views around the best
+        one against its candidates."""
+        matches = self._coarse(exclude, views, vectors, search)
+        if reconstruct is None:
+            return matches
+        return [self._refine(image, *match, reconstruct) for image, match in zip(images, matches)]
+
+    def _coarse(self, exclude: list, views: tuple, vectors: np.ndarray, search) -> list[tuple]:
+        """Per image: (similarity, id, view, candidate ids) of the best match over the views in the whole store."""
+        n, v = len(vectors), len(views)
+        k = self.candidates + max(map(len, exclude), default=0)
+        sims, ids = search(vectors.reshape(n * v, -1), min(k, max(1, len(self.index))))
+        k = sims.shape[1]
+        penalty = np.repeat([view.penalty for view in views], k).astype(np.float32)
+        sims, ids = sims.reshape(n, v * k) - penalty, ids.reshape(n, v * k)
+        for j, banned in enumerate(exclude):
+            if len(banned):
+                gone = np.isin(ids[j], list(banned))
+                sims[j, gone], ids[j, gone] = -np.inf, -1
+        top = np.argmax(sims, axis=1)
+        return [(float(sims[j, t]), int(ids[j, t]), views[t // k],
+                 _unique_top(sims[j], ids[j], self.candidates)) for j, t in enumerate(top)]
+
+    def _refine(self, image, sim: float, nn: int, view, candidates: np.ndarray, reconstruct) -> tuple:
+        """Compare the image under views around its best one with its candidates; keep any better."""
+        fine = self.embedder.refine_views(view)
+        if not fine or len(candidates) == 0:
+            return sim, nn, view, candidates
+        vectors = self.embedder.embed_views([image], fine)[0]
+        penalties = np.array([f.penalty for f in fine], dtype=np.float32)[:, None]
+        with blas_threads():
+            sims = np.minimum(vectors @ reconstruct(candidates).T, 1.0) - penalties
+        row, col = np.unravel_index(np.argmax(sims), sims.shape)
+        if sims[row, col] > sim:
+            return float(sims[row, col]), int(candidates[col]), fine[row], candidates
+        return sim, nn, view, candidates
+
+
+class ProjectedSearch:
+    """Top-k inner-product search of a flat / HNSW-flat FAISS index through a PCA projection (PROJECTED dims):
+    the projected index proposes CANDIDATES per query, their exact similarity ranks them. 8x less work for the
+    region tiles (16 per training image), which every query view is compared with."""
+
+    def __init__(self, index, dims: int = 128, candidates: int = 16, sample: int = 8192):
+        import faiss
+
+        flat = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
+        self.vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+        rows = np.random.default_rng(0).choice(flat.ntotal, size=min(sample, flat.ntotal), replace=False)
+        part = self.vectors[np.sort(rows)].astype(np.float64)
+        with blas_threads():
+            values, basis = np.linalg.eigh(part.T @ part)
+        self.basis = np.ascontiguousarray(basis[:, ::-1][:, :min(dims, flat.d)], dtype=np.float32)
+        self.projected = faiss.IndexFlatIP(self.basis.shape[1])
+        self.projected.add(np.ascontiguousarray(self.vectors @ self.basis))
+        self.candidates = candidates
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarity, id) of the top k by exact inner product among the projected search's candidates."""
+        _, ids = search_index(self.projected, np.ascontiguousarray(queries @ self.basis),
+                              max(k, self.candidates), _INNER_PRODUCT)
+        exact, rows = np.empty(ids.shape, np.float32), np.empty(queries.shape, np.float32)
+        for j in range(ids.shape[1]):  # one candidate column at a time: no (queries x candidates x dim) copy
+            np.take(self.vectors, np.maximum(ids[:, j], 0), axis=0, out=rows)
+            exact[:, j] = np.einsum("nd,nd->n", queries, rows)
+        exact[ids < 0] = -np.inf
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, 1).astype(np.float32), np.take_along_axis(ids, order, 1)
+
+
+class _InnerProduct:
+    binary, dim = False, 0
+
+    @staticmethod
+    def similarity_from_distance(distances: np.ndarray) -> np.ndarray:
+        return np.asarray(distances, dtype=np.float32)
+
+
+_INNER_PRODUCT = _InnerProduct()
+
+
+def _unique_top(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """The k distinct ids with the highest similarity (missing hits, id -1, dropped)."""
+    order = np.argsort(-sims, kind="stable")
+    seen: list[int] = []
+    for i in ids[order]:
+        if i >= 0 and i not in seen:
+            seen.append(int(i))
+            if len(seen) == k:
+                break
+    return np.array(seen, dtype=np.int64)
+
+
+class RejectedLog:
+    """rejected.parquet: one row per near-copy kept out of a dataset (no image: it resembles a patient's)."""
+
+    SCHEMA = {"id": "string", "label": "string", "prompt": "string", "seed": "int64", "attempt": "int32",
+              "nn_id": "int64", "nn_key": "string", "nn_label": "string", "nn_similarity": "float32",
+              "view": "string", "region": "string"}
+
+    def __init__(self, path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.schema = pa.schema([pa.field(k, getattr(pa, v)()) for k, v in self.SCHEMA.items()])
+        self.handle = pq.ParquetWriter(self.tmp, self.schema)
+        self.rows = 0
+
+    def write(self, items: list) -> None:
+        """Log rejected `Generated` items (each with its ScreenResult in `.screen`)."""
+        import pyarrow as pa
+
+        if not items:
+            return
+        rows = [{"id": i.job.id, "label": i.job.label, "prompt": i.job.prompt, "seed": i.seed, "attempt": i.attempt,
+                 "nn_id": i.screen.nn_id, "nn_key": i.screen.nn_key, "nn_label": i.screen.nn_label,
+                 "nn_similarity": i.screen.nn_similarity, "view": i.screen.view,
+                 "region": i.screen.region} for i in items]
+        self.handle.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        self.rows += len(rows)
+
+    def close(self) -> dict:
+        self.handle.close()
+        self.tmp.replace(self.path)
+        return {"file": self.path.name, "rows": self.rows}
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# --- self-calibrated threshold ---------------------------------------------------------------------------
+
+TARGET_FPR, CALIBRATION_SAMPLE, CALIBRATION_MIN = 0.005, 200, 50
+THRESHOLD_RANGE = (0.90, 0.995)
+CURVE = tuple(round(0.9 + 0.005 * i, 3) for i in range(20))
+
+
+def copy_augment(image, rng: np.random.Generator):
+    """A random copy-style change of an image (crop 85-95%, rotation 2-8 degrees, JPEG, blur, contrast, flip)."""
+    import io
+
+    from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+    image = image.convert("RGB") if image.mode not in ("L", "RGB") else image
+    kind = rng.integers(6)
+    w, h = image.size
+    if kind == 0:
+        side = rng.uniform(0.85, 0.95)
+        x, y = rng.uniform(0, 1 - side, 2)
+        return image.crop((x * w, y * h, (x + side) * w, (y + side) * h)).resize((w, h), Image.Resampling.BICUBIC)
+    if kind == 1:
+        return image.rotate(float(rng.uniform(2, 8) * rng.choice([-1, 1])), Image.Resampling.BICUBIC)
+    if kind == 2:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, "JPEG", quality=int(rng.integers(40, 80)))
+        return Image.open(io.BytesIO(buffer.getvalue())).convert(image.mode)
+    if kind == 3:
+        return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
+    if kind == 4:
+        return ImageEnhance.Contrast(image).enhance(float(rng.uniform(0.7, 1.3)))
+    return ImageOps.mirror(image) if rng.random() < 0.5 else ImageOps.flip(image)
+
+
+def calibrate(index: TrainingIndex, sample: list[tuple[int, object]], target_fpr: float = TARGET_FPR,
+              seed: int = 0) -> dict:
+    """Pick the threshold giving `target_fpr` on the index's own images: each sampled (id, image) and a copy-style
+    change of it are screened against the *other* training images (negatives: its own duplicates excluded), and
+    the changed copy against all (positives, for the curve). Returns the threshold, the measured curve and counts.
+
+    The training set's own near-duplicates are told apart by the embedder's default threshold, so below it the
+    negatives cannot separate a chance match from a duplicate: the calibrated threshold never goes below a
+    default that was itself calibrated on data split by patient (pixel, phash; benchmarks/screen_quality.py),
+    and rises above it where this data or the views make chance matches more similar."""
+    clock = time.time()
+    rng = np.random.default_rng(seed)
+    screener = Screener(index, threshold=1.0)
+    ids = [i for i, _ in sample]
+    changed = [copy_augment(image, rng) for _, image in sample]
+    banned = _duplicates_of(screener, [image for _, image in sample], ids)
+    negatives = np.array([r.nn_similarity for r in screener.check([im for _, im in sample] + changed,
+                                                                  exclude=banned + banned)], np.float64)
+    copies = screener.check(changed)
+    positives = np.array([r.nn_similarity if r.nn_id in banned[j] else -np.inf for j, r in enumerate(copies)])
+    floor = index.embedder.default_threshold if index.embedder.calibrated_default else THRESHOLD_RANGE[0]
+    threshold = max(floor, _threshold_for(negatives[np.isfinite(negatives)], target_fpr))
+    return {"threshold": threshold, "target_fpr": target_fpr, "view_set": screener.view_set, "floor": floor,
+            "sample": len(sample), "negatives": int(np.isfinite(negatives).sum()),
+            "duplicates_excluded": int(sum(len(b) - 1 for b in banned)),
+            "fpr_at_threshold": round(float(np.mean(negatives >= threshold)), 4),
+            "tpr_at_threshold": round(float(np.mean(positives >= threshold)), 4),
+            "negative_percentiles": {f"p{q}": round(float(np.percentile(negatives[np.isfinite(negatives)], q)), 4)
+                                     for q in (50, 90, 99, 99.5, 100)},
+            "curve": [{"threshold": t, "fpr": round(float(np.mean(negatives >= t)), 4),
+                       "tpr": round(float(np.mean(positives >= t)), 4)} for t in CURVE],
+            "seconds": round(time.time() - clock, 1)}
+
+
+def _duplicates_of(screener: Screener, images: list, ids: list[int]) -> list[set]:
+    """Per image: its own id and the training ids it duplicates: at or above the embedder's default threshold
+    (calibrated on data split by patient) under a turn, flip, inversion or the tuned shifts and crops -- the
+    training set's own near-duplicates (same patient, re-windowed, shifted or flipped), copies, not negatives."""
+    embedder = screener.embedder
+    general, tuned = embedder.default_views("general"), embedder.default_views("tuned")
+    views = tuple(dict.fromkeys(general[:16] + tuned)) if screener.view_set == "general" else tuned
+    vectors = embedder.embed_views(images, views)
+    k = min(20, len(screener.index))
+    sims, found = screener.index.search(vectors.reshape(len(images) * len(views), -1), k=k)
+    penalty = np.repeat([view.penalty for view in views], k).astype(np.float32)
+    sims, found = sims.reshape(len(images), -1) - penalty, found.reshape(len(images), -1)
+    limit = embedder.default_threshold
+    banned = [{own} | {int(i) for i in row[s >= limit] if i >= 0} for own, s, row in zip(ids, sims, found)]
+    tuned_screener = Screener(screener.index, threshold=limit, view_set="tuned")
+    for _ in range(3):  # the refined tuned match too: shifted frames of one scan match only after refinement
+        results = tuned_screener.check(images, exclude=banned)
+        if not any(r.near_copy for r in results):
+            break
+        banned = [b | {r.nn_id} if r.near_copy else b for b, r in zip(banned, results)]
+    return banned
+
+
+def _threshold_for(negatives: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold (3 decimals, within THRESHOLD_RANGE) at which at most `target_fpr` of negatives pass."""
+    ordered = np.sort(negatives)[::-1]
+    allowed = int(np.floor(target_fpr * len(ordered)))
+    above = ordered[allowed] if allowed < len(ordered) else -1.0
+    threshold = math.floor(above * 1000) / 1000 + 0.001  # strictly above the first negative that must not pass
+    return round(float(min(max(threshold, THRESHOLD_RANGE[0]), THRESHOLD_RANGE[1])), 3)

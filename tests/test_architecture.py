@@ -1,0 +1,96 @@
+"""The package's shape: imports between medisyn's modules are at module level and have no cycle; functions are
+short; `medisyn --help` does not import the heavy libraries."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "medisyn_cli"
+HEAVY = ("torch", "diffusers", "transformers", "faiss", "open_clip", "torchvision", "accelerate", "peft")
+MAX_LINES = 50
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {_module_name(path): ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+
+
+def _own_imports(tree: ast.Module, modules: set[str]):
+    """(node, target module) for every `from medisyn_cli... import` / `import medisyn_cli...` in the tree."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medisyn_cli"):
+            assert node.level == 0
+            for alias in node.names:  # `from medisyn_cli.x import y` where y is a module imports that module
+                sub = f"{node.module}.{alias.name}"
+                yield node, sub if sub in modules else node.module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("medisyn_cli"):
+                    yield node, alias.name
+
+
+def _graph() -> dict[str, set[str]]:
+    trees = _modules()
+    return {name: {target for _, target in _own_imports(tree, set(trees)) if target != name}
+            for name, tree in trees.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_medisyn_modules():
+    assert _cycle(_graph()) is None, " -> ".join(_cycle(_graph()) or [])
+
+
+def test_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_medisyn_modules_are_imported_at_module_level():
+    trees = _modules()
+    lazy = [f"{name}:{node.lineno}" for name, tree in trees.items() for node, _ in _own_imports(tree, set(trees))
+            if node not in tree.body]
+    assert not lazy, f"imports of medisyn modules inside functions: {lazy}"
+
+
+def test_no_function_over_fifty_lines():
+    long = [f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for name, tree in _modules().items() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_LINES]
+    assert not long, long
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys; from typer.testing import CliRunner; from medisyn_cli.cli.main import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -1,0 +1,111 @@
+"""The learned copy descriptor (`--embedder learned`, issue #16): SSCD-style training on the index's own images,
+saved in the index folder, loaded for screening; clear errors when its weights are missing or corrupt."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter, ImageOps
+
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.learned import (CONFIG_FILE, WEIGHTS_FILE, Augmenter, LearnedConfig, LearnedEmbedder,
+                                           load_embedder, sscd_loss, train, train_embedder)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL = LearnedConfig(batch=16, widths=(8, 16, 32, 32), dim=32, min_steps=1)
+
+
+def fixture_images() -> list:
+    """The 18 real 64 px fixture images (12 indexed in other tests, 6 distinct ones)."""
+    paths = sorted((FIXTURES / "images" / "images").glob("*.png")) + sorted((FIXTURES / "screen" / "distinct").glob("*.png"))
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB") if image.mode not in ("L", "RGB") else image.copy())
+    return images
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny descriptor trained for 40 steps on the fixture images, and its training stats."""
+    images = fixture_images()
+    network, stats = train(images, SMALL, steps=40)
+    return LearnedEmbedder(network, SMALL, stats), images
+
+
+def test_training_reduces_the_loss_and_is_deterministic(trained):
+    embedder, images = trained
+    assert embedder.training["steps"] == 40 and embedder.training["images"] == len(images)
+    assert embedder.training["loss_last"] < embedder.training["loss_first"] - 0.3, embedder.training
+    again, _ = train(images, SMALL, steps=3)
+    once_more, _ = train(images, SMALL, steps=3)
+    for (name, a), (_, b) in zip(again.state_dict().items(), once_more.state_dict().items()):
+        assert np.array_equal(a.numpy(), b.numpy()), name
+
+
+def test_an_augmented_copy_scores_higher_than_a_different_image(trained):
+    embedder, images = trained
+    base = embedder.embed(images)
+    assert base.shape == (len(images), SMALL.dim) and np.allclose(np.linalg.norm(base, axis=1), 1, atol=1e-5)
+    for i in (0, 5, 13):
+        w, h = images[i].size
+        copy = ImageOps.mirror(images[i].crop((3, 2, w - 2, h - 4)).resize((w, h)).filter(ImageFilter.GaussianBlur(1)))
+        views = embedder.embed_views([copy], embedder.default_views())[0]  # (16, dim)
+        sims = embedder.similarity_from_distance((views @ base.T).max(axis=0))
+        assert int(np.argmax(sims)) == i
+        assert sims[i] > np.delete(sims, i).max() + 0.01
+
+
+def test_views_are_exact_turns_flips_and_inversions(trained):
+    embedder, images = trained
+    turned = images[2].transpose(Image.Transpose.ROTATE_90)
+    inverted = ImageOps.invert(images[2].convert("RGB"))
+    views = embedder.default_views()
+    assert len(views) == 16 and embedder.region_views() == ()
+    base = embedder.embed([images[2]])[0]
+    for query in (turned, inverted):
+        sims = embedder.embed_views([query], views)[0] @ base
+        assert sims.max() > 0.999
+
+
+def test_the_loss_pulls_views_together_and_koleo_spreads_them():
+    import torch
+
+    z = torch.nn.functional.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    paired = torch.cat([z, z])
+    shuffled = torch.cat([z, z.roll(1, dims=0)])
+    assert sscd_loss(paired, 0.1, 0.0)[0] < sscd_loss(shuffled, 0.1, 0.0)[0]
+    collapsed = torch.nn.functional.normalize(torch.ones(16, 16) + 0.01 * torch.randn(16, 16), dim=1)
+    assert sscd_loss(collapsed, 0.1, 1.0)[2] > sscd_loss(paired, 0.1, 1.0)[2]
+
+
+def test_augmentations_are_seeded_and_finite():
+    import torch
+
+    batch = torch.rand(6, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    first = Augmenter(SMALL, torch.Generator().manual_seed(3))(batch)
+    second = Augmenter(SMALL, torch.Generator().manual_seed(3))(batch)
+    assert first.shape == (6, 1, SMALL.size, SMALL.size) and torch.isfinite(first).all()
+    assert torch.equal(first, second)
+
+
+def test_saved_embedder_round_trips_and_bad_files_are_one_line_errors(tmp_path):
+    images = fixture_images()
+    saved = train_embedder(images, tmp_path, SMALL, steps=2)
+    assert (tmp_path / WEIGHTS_FILE).is_file() and json.loads((tmp_path / CONFIG_FILE).read_text())["training"]
+    loaded = load_embedder(tmp_path)
+    assert loaded.settings() == saved.settings()
+    assert np.allclose(loaded.embed(images[:3]), saved.embed(images[:3]), atol=1e-6)
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path, broken, ignore=shutil.ignore_patterns("broken"))
+    (broken / WEIGHTS_FILE).write_bytes((broken / WEIGHTS_FILE).read_bytes()[:100])
+    with pytest.raises(MedisynError, match="cannot load the learned embedder") as error:
+        load_embedder(broken)
+    assert "\n" not in str(error.value)
+    (broken / WEIGHTS_FILE).unlink()
+    with pytest.raises(MedisynError, match="learned.safetensors: missing"):
+        load_embedder(broken)
