@@ -12,8 +12,17 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.learned import (CONFIG_FILE, WEIGHTS_FILE, Augmenter, LearnedConfig, LearnedEmbedder,
-                                           load_embedder, sscd_loss, train, train_embedder)
+from medisyn_cli.screening.learned import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Augmenter,
+    LearnedConfig,
+    LearnedEmbedder,
+    load_embedder,
+    sscd_loss,
+    train,
+    train_embedder,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = LearnedConfig(batch=16, widths=(8, 16, 32, 32), dim=32, min_steps=1)

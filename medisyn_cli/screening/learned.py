@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medisyn_cli.screening.embed import DIHEDRAL, Embedder, View, apply_view, to_grey
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.embed import DIHEDRAL, Embedder, View, to_grey
 
 WEIGHTS_FILE, CONFIG_FILE = "learned.safetensors", "learned.json"
 FORMAT = 1
@@ -50,9 +50,9 @@ class LearnedConfig:
     temperature: float = 0.05
     koleo: float = 1.0        # weight of the KoLeo term
     batch: int = 64           # images per step (2 views each)
-    epochs: float = 30.0      # passes over the images ...
-    min_steps: int = 300      # ... but at least this many steps (small sets) ...
-    max_steps: int = 2000     # ... and at most this many (large sets: the time budget)
+    epochs: float = 40.0      # passes over the images ...
+    min_steps: int = 400      # ... but at least this many steps (small sets) ...
+    max_steps: int = 1500     # ... and at most this many (large sets: the time budget)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -200,7 +200,7 @@ class Augmenter:
 
         n = len(batch)
         x = batch
-        blend = self._p(n, 0.2)
+        blend = self._p(n, 0.3)
         if blend.any():  # a blend with another image of the set (the dominant one stays the positive)
             weight = torch.where(blend, self._u(n, 0.1, 0.4), torch.zeros(n))[:, None, None, None]
             other = batch[torch.roll(torch.arange(n), 1 + int(torch.randint(n - 1, (1,), generator=self.g)))] \
@@ -296,8 +296,9 @@ def sscd_loss(z, temperature: float, koleo: float):
     return infonce + koleo * entropy, infonce, entropy
 
 
-def train(images: list, config: LearnedConfig | None = None, steps: int | None = None, log=None) -> tuple:
-    """(network in eval mode, stats) trained on `images` (PIL) with the SSCD recipe; deterministic given the seed."""
+def train(images, config: LearnedConfig | None = None, steps: int | None = None, log=None) -> tuple:
+    """(network in eval mode, stats) trained with the SSCD recipe on `images` (PIL images, or an array from
+    `prepare`); deterministic given the config's seed."""
     import torch
 
     config = config or LearnedConfig()
@@ -306,7 +307,8 @@ def train(images: list, config: LearnedConfig | None = None, steps: int | None =
     clock = time.time()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    base = torch.from_numpy(prepare(images, config.work))[:, None]
+    prepared = images if isinstance(images, np.ndarray) else prepare(images, config.work)
+    base = torch.from_numpy(np.ascontiguousarray(prepared, dtype=np.float32))[:, None]
     network = build_network(config)
     steps = config.steps(len(images)) if steps is None else int(steps)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -396,6 +398,11 @@ class LearnedEmbedder(Embedder):
         """Inner product (cosine) -> (1 + cosine) / 2."""
         return (1.0 + np.asarray(distances, dtype=np.float32)) / 2.0
 
+    def index_record(self) -> dict:
+        """What index.json records about the descriptor: its files and how it was trained."""
+        return {"learned": {"weights": WEIGHTS_FILE, "config": CONFIG_FILE, "weights_sha256": self.digest,
+                            "training": self.training}}
+
     def save(self, folder: Path) -> None:
         """learned.safetensors and learned.json in `folder` (temporary names, then renamed)."""
         from safetensors.torch import save_file
@@ -448,9 +455,37 @@ def train_embedder(images: list, folder: Path | None = None, config: LearnedConf
     return embedder
 
 
+TRAIN_MAX = 20_000  # images an index's descriptor is trained on at most (a seeded sample of larger sets)
+
+
+def untrained() -> LearnedEmbedder:
+    """The embedder before training: what `index build --embedder learned` checks its options against."""
+    return LearnedEmbedder(None, LearnedConfig())
+
+
+def fit_for_index(records: list, folder: Path, log=None, config: LearnedConfig | None = None) -> LearnedEmbedder:
+    """Train on the images of an index being built (`records`: objects with .open() and .key; a seeded sample of
+    TRAIN_MAX of them at most) and save the descriptor in `folder`; unreadable images are left out."""
+    config = config or LearnedConfig()
+    chosen = np.arange(len(records)) if len(records) <= TRAIN_MAX else \
+        np.sort(np.random.default_rng(config.seed).choice(len(records), TRAIN_MAX, replace=False))
+    prepared, clock = np.zeros((len(chosen), config.work, config.work), np.float32), time.time()
+    kept = 0
+    for i in chosen:
+        try:
+            prepared[kept] = prepare([records[int(i)].open()], config.work)[0]
+        except Exception:  # PIL raises many types for corrupt files; the embedding pass reports them as skipped
+            continue
+        kept += 1
+    network, stats = train(prepared[:kept], config, log=log)
+    stats["read_seconds"] = round(time.time() - clock - stats["seconds"], 1)
+    embedder = LearnedEmbedder(network, config, stats)
+    embedder.save(Path(folder))
+    return embedder
+
+
 def load_embedder(folder: str | Path) -> LearnedEmbedder:
     """The learned embedder saved in an index folder; MedisynError (one line) when missing or corrupt."""
-    import torch
     from safetensors.torch import load_file
 
     folder = Path(folder)
