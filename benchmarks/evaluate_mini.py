@@ -73,8 +73,10 @@ def leakage_line(row: dict) -> str:
 
 def evaluate_set(dataset: str, args, model_dir: Path) -> dict:
     """Generate, split and run the three evaluations for one data set; returns its summary row."""
-    from medisyn_cli.evaluate import (FidelityConfig, PrivacyConfig, UtilityConfig, run_fidelity, run_privacy,
-                                      run_utility, write_report)
+    from medisyn_cli.evaluate.fidelity import FidelityConfig, run_fidelity
+    from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
+    from medisyn_cli.evaluate.report import write_report
+    from medisyn_cli.evaluate.utility import UtilityConfig, run_utility
 
     work = args.work / dataset
     train_rows, test_rows = real_split(dataset, model_dir)

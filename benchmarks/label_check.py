@@ -121,9 +121,9 @@ def select(rows: list, scores: np.ndarray, per_class: int, threshold: float | No
 
 def run_set(dataset: str, args, work: Path) -> dict:
     from medisyn_cli.evaluate.metrics import prdc
-    from medisyn_cli.judge import JudgeConfig, build_judge, load_judge
+    from medisyn_cli.judge.build import JudgeConfig, build_judge
     from medisyn_cli.judge.features import ThumbFeatures
-    from medisyn_cli.judge.model import cnn_arrays
+    from medisyn_cli.judge.model import cnn_arrays, load_judge
 
     # 1. judge on the real training split; the real hold-out as test set
     train, test = real_split(dataset, MODEL)

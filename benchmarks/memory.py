@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory.json")
     args = parser.parse_args()
-    from medisyn_cli.screening.index import build_index
+    from medisyn_cli.screening.build import build_index
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

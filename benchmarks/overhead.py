@@ -37,8 +37,8 @@ def bare_loop(n: int, batch_size: int) -> dict:
     from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
     from medisyn_cli.generate.manifest import load_manifest
-    from medisyn_cli.pipeline.load import BUNDLED_MODEL
     from medisyn_cli.generate.plan import batched, iter_jobs, quotas
+    from medisyn_cli.pipeline.load import BUNDLED_MODEL
 
     settings = json.loads((BUNDLED_MODEL / "medisyn.json").read_text())["recommended"]
     pipe = DiffusionPipeline.from_pretrained(BUNDLED_MODEL, torch_dtype=torch.float32)
@@ -96,7 +96,7 @@ def run_child(args, variant: str, index: Path, out: Path) -> dict:
 
 
 def build_index(folder: Path) -> Path:
-    from medisyn_cli.screening.index import build_index as build
+    from medisyn_cli.screening.build import build_index as build
 
     build([str(DATA / "images")], folder, embedder="pixel", index_type="flat", show_progress=False)
     return folder

@@ -64,7 +64,7 @@ def compare(first: bytes, second: bytes) -> tuple[bool, float]:
 def main() -> None:
     from threadpoolctl import threadpool_info
 
-    from medisyn_cli.screening.index import build_index
+    from medisyn_cli.screening.build import build_index
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--index-data", nargs="+", default=["brain_tumor_mri", "kermany_pediatric_cxr"])

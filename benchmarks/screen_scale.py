@@ -198,7 +198,7 @@ class Exact:
 
 def timed_search(index, queries: np.ndarray, k: int, embedder, exact) -> tuple[np.ndarray, np.ndarray, float]:
     """search_index over all queries at once; (sims, ids, queries per second)."""
-    from medisyn_cli.screening.index import search_index
+    from medisyn_cli.screening.faiss_index import search_index
 
     started = time.perf_counter()
     sims, ids = search_index(index, queries, k, embedder, exact)
@@ -220,7 +220,7 @@ def measure(index_type: str, vectors: np.ndarray, queries: np.ndarray, source: n
     """Build, size and search one index type; returns (results, faiss index, exact vectors or None, exact top-k)."""
     import faiss
 
-    from medisyn_cli.screening.index import fill_index, plan_index
+    from medisyn_cli.screening.faiss_index import fill_index, plan_index
 
     with PeakRSS() as build_memory:
         started, cpu = time.perf_counter(), time.process_time()
@@ -265,7 +265,8 @@ def screening_images(images: list, count: int, seed: int) -> tuple[list, np.ndar
 def screen(index, plan_type: str, exact, embedder, images: list, rows: np.ndarray) -> tuple[dict, np.ndarray]:
     """images/s of embedding (identity, all views), of the view search, and of Screener.check end to end;
     also each image's screened similarity."""
-    from medisyn_cli.screening.index import FORMAT, TrainingIndex, plan_index
+    from medisyn_cli.screening.faiss_index import plan_index
+    from medisyn_cli.screening.index import FORMAT, TrainingIndex
     from medisyn_cli.screening.screener import Screener
 
     count = index.ntotal
@@ -387,9 +388,9 @@ def command(args: argparse.Namespace) -> str:
 
 def main() -> None:
     import faiss
+    from screen_quality import embed_all, load
 
     from medisyn_cli.screening.embed import get_embedder
-    from screen_quality import embed_all, load
 
     args = parse_args()
     say, started = Report(), time.time()

@@ -117,7 +117,7 @@ def comparison_grid(rows: list, path: Path) -> None:
     """One row per class: four real training images, then four synthetic ones."""
     from PIL import Image
 
-    from medisyn_cli.screening.report import image_grid
+    from medisyn_cli.core.images import image_grid
 
     images, labels = [], []
     for label, real, synth in rows:

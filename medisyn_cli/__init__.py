@@ -11,15 +11,14 @@ model, speed options, LoRA adapters), generate/, screening/, train/, evaluate/, 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from medisyn_cli.core.errors import MedisynError  # noqa: E402
+from medisyn_cli.core.version import __version__  # noqa: E402,F401
 from medisyn_cli.generate.config import GenerateConfig  # noqa: E402
 from medisyn_cli.generate.manifest import load_manifest  # noqa: E402
 from medisyn_cli.generate.run import run_generate  # noqa: E402
 from medisyn_cli.pipeline.load import load_pipeline  # noqa: E402
 from medisyn_cli.screening.audit import screen_dataset  # noqa: E402
-from medisyn_cli.screening.index import build_index  # noqa: E402
+from medisyn_cli.screening.build import build_index
 from medisyn_cli.train.loop import TrainConfig  # noqa: E402
 from medisyn_cli.train.loop import train as run_train  # noqa: E402
 

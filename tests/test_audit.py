@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from medisyn_cli.cli.main import app
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.screening.index import build_index
 from medisyn_cli.generate.run import run_generate
+from medisyn_cli.screening.build import build_index
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -161,7 +161,7 @@ def test_an_empty_dataset_is_a_clear_error(index, tmp_path):
 
 
 def test_image_grid_wraps_long_row_labels_inside_the_label_column(tmp_path):
-    from medisyn_cli.screening.report import image_grid
+    from medisyn_cli.core.images import image_grid
 
     label = "light microscopy of a stained peripheral blood smear centred on a white blood cell"
     tiles = [Image.new("RGB", (64, 64), (0, 200, 0))] * 4

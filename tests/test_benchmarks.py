@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import FIXTURES
+from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -107,6 +106,7 @@ def test_utility_mini_trains_the_products_small_cnn(monkeypatch):
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import utility_mini
+
     from medisyn_cli.evaluate.classifier import build_network
 
     torch.manual_seed(0)

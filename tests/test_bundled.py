@@ -32,9 +32,9 @@ def test_bundled_model_loads_offline_with_plain_diffusers(monkeypatch):
 
 
 def test_bundled_model_generates_distinct_non_black_images_of_the_right_size():
-    from medisyn_cli.generate.sampler import Renderer, Settings, generate_batch
     from medisyn_cli.generate.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs, quotas
+    from medisyn_cli.generate.sampler import Renderer, Settings, generate_batch
 
     pipe = load_pipeline(None, torch.device("cpu"), torch.float32)
     recommended = json.loads((BUNDLED_MODEL / "medisyn.json").read_text())["recommended"]

@@ -196,7 +196,7 @@ def test_utility_gives_every_condition_the_same_optimiser_steps(sets, tmp_path, 
     """The default budget: epochs x ceil(N / batch) of the largest condition (real 100% + synthetic) for all."""
     import torch
 
-    from medisyn_cli.evaluate import UtilityConfig, run_utility
+    from medisyn_cli.evaluate.utility import UtilityConfig, run_utility
 
     counted: list = []  # the optimiser of every step, kept alive so that no two runs share an id
     real_step = torch.optim.AdamW.step
@@ -317,7 +317,7 @@ def test_privacy_flags_copies_of_training_images_as_memorised(privacy_sets, tmp_
 
 
 def test_privacy_does_not_flag_images_as_far_from_training_as_held_out_ones(privacy_sets, tmp_path):
-    from medisyn_cli.evaluate import PrivacyConfig, run_privacy
+    from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
 
     data = run_privacy(PrivacyConfig((str(FIXTURES / "images"),), (str(privacy_sets / "heldout"),),
                                      (str(privacy_sets / "heldout_like"),), pairs=0, out=str(tmp_path)))
@@ -376,7 +376,7 @@ def test_privacy_verdict_flags_5_percent_noisy_copies_and_rarely_flags_none(held
 def test_privacy_screens_held_out_near_copies_out_of_the_reference_and_warns(privacy_sets, tmp_path):
     """A leaky split: half the held-out images are copies of training images. The old verdict (share above the
     unscreened held-out p95) saw nothing; the screened reference sees the copied synthetic set."""
-    from medisyn_cli.evaluate import PrivacyConfig, run_privacy
+    from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
 
     leaky = tmp_path / "leaky"
     for source in (privacy_sets / "heldout", privacy_sets / "copies"):
@@ -419,7 +419,7 @@ def test_fidelity_identical_sets_give_fid_near_zero_and_name_the_features(sets, 
 
 
 def test_fidelity_default_cnn_features_are_trained_on_the_real_labels(sets, tmp_path):
-    from medisyn_cli.evaluate import FidelityConfig, run_fidelity
+    from medisyn_cli.evaluate.fidelity import FidelityConfig, run_fidelity
 
     config = dict(kid_subsets=5, cnn_epochs=2, batch_size=16, out=str(tmp_path))
     same = run_fidelity(FidelityConfig((str(sets / "train"),), (str(sets / "train"),), **config))
@@ -462,7 +462,7 @@ def test_fidelity_inception_loads_the_pytorch_fid_layout_from_a_local_file(tmp_p
 @pytest.fixture
 def generated(tmp_path) -> Path:
     """A screened generate output folder: parquet/, rejected.parquet, run.json with its index, evaluate/ JSON."""
-    from medisyn_cli.screening.index import build_index
+    from medisyn_cli.screening.build import build_index
 
     out = tmp_path / "synth"
     (out / "parquet").mkdir(parents=True)
@@ -540,11 +540,10 @@ def test_leakage_finds_test_images_that_copy_training_images_per_class(privacy_s
 def test_fidelity_inception_fid_matches_torch_fidelity_on_the_same_weights(tmp_path):
     """Same random-weight FID Inception file, same images: features and FID equal torch-fidelity's (1e-4 relative)."""
     import torch
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception  # the test extra
     from torchvision.models.inception import Inception3
 
     from medisyn_cli.evaluate.inception import _use_fid_blocks, inception_features, load_inception
-
-    from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception  # the test extra
     torch.manual_seed(0)
     reference = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
     _use_fid_blocks(reference)
@@ -571,7 +570,7 @@ def test_fidelity_inception_fid_matches_torch_fidelity_on_the_same_weights(tmp_p
 
 
 def test_fidelity_bootstrap_intervals_hold_the_estimates_and_small_sets_are_warned(sets, tmp_path):
-    from medisyn_cli.evaluate import FidelityConfig, run_fidelity
+    from medisyn_cli.evaluate.fidelity import FidelityConfig, run_fidelity
 
     data = run_fidelity(FidelityConfig((str(sets / "train"),), (str(sets / "test"),), "pixel", kid_subsets=5,
                                        bootstrap=200, out=str(tmp_path)))
@@ -589,16 +588,17 @@ def test_fidelity_neural_features_are_raw_not_l2_normalised(sets, tmp_path, monk
     """clip:/hf: FD uses the encoder's raw features (torch-fidelity's CLIP / DINOv2 FD), not unit vectors."""
     import torch
 
-    import medisyn_cli.screening.embed as embed
+    import medisyn_cli.evaluate.fidelity as fidelity
     from medisyn_cli.evaluate.fidelity import FidelityConfig, make_extractor
+    from medisyn_cli.screening.embed import TorchEmbedder
 
-    class Scaled(embed.TorchEmbedder):
+    class Scaled(TorchEmbedder):
         name, dim = "hf:fake", 3
 
         def _forward(self, images):
             return torch.tensor([[10.0 * (i + 1), 0.0, 5.0] for i in range(len(images))])
 
-    monkeypatch.setattr(embed, "get_embedder", lambda spec: Scaled())
+    monkeypatch.setattr(fidelity, "get_embedder", lambda spec: Scaled())
     images = [Image.open(p) for p in TRAIN_IMAGES[:2]]
     extractor = make_extractor("hf:fake", [], FidelityConfig((), ()), "cpu")
     assert "raw features" in extractor.name

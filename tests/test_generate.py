@@ -12,12 +12,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medisyn_cli.cli.main import app
-from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.sampler import PromptCache, Renderer, Settings, generate_batch
+from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.manifest import load_manifest
 from medisyn_cli.generate.plan import iter_jobs, quotas
 from medisyn_cli.generate.run import run_generate
+from medisyn_cli.generate.sampler import Renderer, Settings, generate_batch
 
 MANIFEST = ("label,finding,prompt,negative_prompt,weight,mode\n"
             "melanoma,atypical network,dermoscopy image of {label} with {finding},blurry,1,RGB\n"
@@ -98,9 +98,9 @@ def test_run_json_records_what_reproduces_the_run(dataset):
 
 
 def test_same_image_whatever_the_batch_size_or_order(tiny_model, tmp_path):
-    from medisyn_cli.pipeline.load import load_pipeline
-
     import torch
+
+    from medisyn_cli.pipeline.load import load_pipeline
 
     pipe = load_pipeline(str(tiny_model), torch.device("cpu"), torch.float32)
     manifest = tmp_path / "m.csv"
@@ -143,12 +143,14 @@ def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fai
     second = run(tmp_path, tiny_model, "out", n=6, overwrite=True)
     assert first.out == second.out
     assert len(list((second.out / "imagefolder").rglob("*.png"))) == 6
+    import medisyn_cli.generate.run as run_module
     import medisyn_cli.generate.sampler as generate_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(generate_module, "generate_batch", broken)
+    monkeypatch.setattr(run_module, "generate_batch", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         run(tmp_path, tiny_model, "out", n=3, overwrite=True)
     kept = next(tmp_path.glob("out.previous-*"))  # the finished run waits intact beside the unfinished new one
@@ -164,7 +166,7 @@ def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fai
 
 
 def test_cli_dry_run_prints_the_plan_and_loads_no_model(manifest, tmp_path, monkeypatch):
-    import medisyn_cli.pipeline.load as models
+    import medisyn_cli.generate.run as models
 
     monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("model loaded in --dry-run"))
     result = CliRunner().invoke(app, ["generate", "--manifest", str(manifest), "--n", "7", "--dry-run",

@@ -247,7 +247,7 @@ def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkey
 # --- medisyn screen ------------------------------------------------------------------------------------------
 
 def test_screen_keep_out_copy_tells_its_own_counts_and_unreadable_input_fails(tiny_model, tmp_path):
-    from medisyn_cli.screening.index import build_index
+    from medisyn_cli.screening.build import build_index
 
     code, output = run(tmp_path, tiny_model, tmp_path / "synth", n=6)
     assert code == 0, output

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 
 from medisyn_cli.core.datasets import find_sources, iter_source_records
-from medisyn_cli.screening.embed import Embedder, get_embedder
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.index import (TrainingIndex, build_index, exact_search, fill_index, load_index, parse_memory,
-                               plan_index, recall_at_1)
+from medisyn_cli.screening.build import build_index
+from medisyn_cli.screening.embed import Embedder, get_embedder
+from medisyn_cli.screening.faiss_index import exact_search, fill_index, parse_memory, plan_index, recall_at_1
+from medisyn_cli.screening.index import TrainingIndex, load_index
 
 FIXTURE = Path(__file__).parent / "fixtures" / "images"
 
@@ -256,9 +257,9 @@ def test_image_bytes_round_trip_through_parquet_keys(tmp_path):
 
 
 def test_build_calibrates_the_threshold_on_its_own_images(tmp_path, monkeypatch):
-    from medisyn_cli.screening import screener as screen
+    from medisyn_cli.screening import index_write
 
-    monkeypatch.setattr(screen, "CALIBRATION_MIN", 10)
+    monkeypatch.setattr(index_write, "CALIBRATION_MIN", 10)
     meta = build_index([FIXTURE], tmp_path / "idx", show_progress=False, target_fpr=0.05)
     calibration = meta["screening"]["calibration"]
     assert meta["screening"]["views"] == "general" and meta["threshold"] == calibration["threshold"]
@@ -318,10 +319,10 @@ def test_non_numeric_threshold_in_index_json_is_a_one_line_error(fixture_index, 
 def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from medisyn_cli.screening import screener as screen
     from medisyn_cli.cli.main import app
+    from medisyn_cli.screening import index_write
 
-    monkeypatch.setattr(screen, "CALIBRATION_MIN", 10)
+    monkeypatch.setattr(index_write, "CALIBRATION_MIN", 10)
     result = CliRunner().invoke(app, ["index", "build", str(FIXTURE), "--out", str(tmp_path / "idx"),
                                       "--target-fpr", "0.05", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -336,7 +337,7 @@ def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
 
 
 def test_region_tiles_can_be_left_out_and_large_tile_sets_use_hnsw(tmp_path, monkeypatch):
-    from medisyn_cli.screening import index as index_module
+    from medisyn_cli.screening import faiss_index as index_module
 
     meta = build_index([FIXTURE], tmp_path / "plain", show_progress=False, regions=False)
     assert meta["regions"] is None and not (tmp_path / "plain" / "regions.faiss").exists()

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 import medisyn_cli.screening.index_shards as index_shards
 from medisyn_cli.cli.main import app
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.index import build_index, load_index
 from medisyn_cli.core.shards import parse_shard
 from medisyn_cli.core.store import IncompleteRun
+from medisyn_cli.screening.build import build_index
+from medisyn_cli.screening.index import load_index
 
 FIXTURE = Path(__file__).parent / "fixtures" / "images"
 VOLATILE = ("created", "seconds")

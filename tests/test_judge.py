@@ -10,10 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from medisyn_cli.cli.main import app
-from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.judge import JudgeConfig, build_judge, load_judge
+from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.run import run_generate
+from medisyn_cli.judge.build import JudgeConfig, build_judge
+from medisyn_cli.judge.model import load_judge
 
 FIXTURES = Path(__file__).parent / "fixtures" / "images"
 MANIFEST = "label,prompt,mode\ncell,dermoscopy image of melanoma,RGB\nxray,frontal chest x-ray,L\n"
@@ -74,10 +75,10 @@ def _stub_render(real: Path):
 
 
 def test_an_image_of_the_wrong_class_is_rejected_and_replaced_with_the_reason(real, judge_dir, tmp_path):
-    from medisyn_cli.generate.sampler import generate_screened
-    from medisyn_cli.judge.screening import JudgedRejectedLog, LabelCheck
     from medisyn_cli.generate.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs
+    from medisyn_cli.generate.sampler import generate_screened
+    from medisyn_cli.judge.screening import JudgedRejectedLog, LabelCheck
 
     (tmp_path / "m.csv").write_text(MANIFEST)
     jobs = list(iter_jobs(load_manifest(tmp_path / "m.csv"), {"cell": 5, "xray": 5}, 0))
@@ -170,7 +171,7 @@ def test_a_class_the_judge_never_recognises_ends_with_a_clear_message(tiny_model
 
 
 def test_judge_with_an_index_and_overlap_tells_privacy_from_label_rejections(tiny_model, bright_judge, tmp_path):
-    from medisyn_cli.screening.index import build_index
+    from medisyn_cli.screening.build import build_index
 
     first = bright_judge.parent / "first"           # seed 99: a rerun's first attempts copy these images
     build_index([first / "imagefolder"], tmp_path / "index", show_progress=False)
@@ -231,7 +232,7 @@ def _broken(judge_dir: Path, tmp_path: Path, how: str) -> Path:
 ])
 def test_bad_judge_folders_are_one_line_errors_before_the_model_loads(judge_dir, tmp_path, monkeypatch, how,
                                                                       message):
-    import medisyn_cli.pipeline.load as models
+    import medisyn_cli.generate.run as models
 
     monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     (tmp_path / "m.csv").write_text(MANIFEST)

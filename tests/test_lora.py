@@ -41,8 +41,8 @@ def base_parts(model: Path) -> dict:
 def test_lora_training_saves_only_the_adapter_and_leaves_the_base_bit_identical(adapter, tiny_model):
     from safetensors import safe_open
 
-    from medisyn_cli.pipeline.lora import base_state_sha256
     from medisyn_cli.pipeline.load import weight_hashes
+    from medisyn_cli.pipeline.lora import base_state_sha256
 
     record = json.loads((adapter / "adapter.json").read_text())
     assert (record["rank"], record["alpha"], record["targets"], record["steps"]) == (4, 8.0, "unet", 30)

@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.pipeline.load import (check_model_source, load_pipeline, make_scheduler, resolve_device, resolve_dtype,
-                                weight_hashes)
+from medisyn_cli.pipeline.load import (
+    check_model_source,
+    load_pipeline,
+    make_scheduler,
+    resolve_device,
+    resolve_dtype,
+    weight_hashes,
+)
 
 
 def test_device_and_dtype_defaults_on_cpu():

@@ -3,8 +3,8 @@
 import pytest
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.manifest import load_manifest
-from medisyn_cli.generate.plan import batched, image_id, image_seed, iter_jobs, quotas, safe_name
+from medisyn_cli.generate.manifest import load_manifest, safe_name
+from medisyn_cli.generate.plan import batched, image_id, image_seed, iter_jobs, quotas
 
 
 def test_quotas_are_balanced_and_sum_to_n():

@@ -1,7 +1,6 @@
 """Shards into one --out, resume after kill -9 or SIGTERM, merge: always the dataset of one uninterrupted run."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

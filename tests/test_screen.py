@@ -10,8 +10,9 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.index import build_index, load_index
-from medisyn_cli.screening.screener import ScreenResult, Screener, require_embedder
+from medisyn_cli.screening.build import build_index
+from medisyn_cli.screening.index import load_index
+from medisyn_cli.screening.screener import Screener, ScreenResult, require_embedder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SOURCES = ["platelet_00004_12.png", "white_blood_cell_00001_00.png", "te_im_0015_0001.png", "te_person15_virus_46.png"]
@@ -199,7 +200,7 @@ def test_screen_report_shows_the_matched_region(index, tmp_path):
 
 
 def test_projected_tile_search_ranks_by_exact_similarity(index):
-    from medisyn_cli.screening.index import search_index
+    from medisyn_cli.screening.faiss_index import search_index
     from medisyn_cli.screening.screener import ProjectedSearch
 
     rng = np.random.default_rng(0)

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from medisyn_cli.cli.main import app
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.screening.index import build_index
 from medisyn_cli.generate.run import run_generate
+from medisyn_cli.screening.build import build_index
 
 MANIFEST = ("label,prompt,mode\n"
             "melanoma,dermoscopy image of melanoma,RGB\n"
@@ -89,7 +89,7 @@ def test_a_class_that_keeps_making_copies_ends_with_its_name_and_exit_3_keeping_
     (["--index", "{index}", "--max-attempts", "0"], "--max-attempts: must be at least 1"),
 ])
 def test_bad_screening_options_exit_2_before_the_model_loads(memorised, tmp_path, monkeypatch, args, message):
-    import medisyn_cli.pipeline.load as models
+    import medisyn_cli.generate.run as models
 
     monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     args = [a.replace("{index}", str(memorised / "index")) for a in args]

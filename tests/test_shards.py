@@ -3,7 +3,15 @@
 import pytest
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.shards import Shard, batch_count, owner, parse_shard, resolve_shard, shard_batches, shard_from_env
+from medisyn_cli.core.shards import (
+    Shard,
+    batch_count,
+    owner,
+    parse_shard,
+    resolve_shard,
+    shard_batches,
+    shard_from_env,
+)
 
 
 @pytest.mark.parametrize("batches, count", [(1, 1), (7, 3), (10, 16), (100, 4)])

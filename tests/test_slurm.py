@@ -5,12 +5,12 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 from typer.testing import CliRunner
 
 from medisyn_cli.cli.main import app
 from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.slurm import SlurmOptions, sbatch_script
-from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
 MANIFEST = "label,prompt\nmelanoma,dermoscopy image of melanoma\nnevus,dermoscopy image of benign melanocytic nevus\n"
 

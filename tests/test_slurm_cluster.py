@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import MARKER, SlurmCluster, slurm_available, slurm_cluster  # noqa: F401
 
 

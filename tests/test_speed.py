@@ -1,9 +1,9 @@
 """Speed work (#7): prompts encoded once per run, writing overlapped with generation, speed options, batch size."""
 
 import json
-from dataclasses import replace
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 import medisyn_cli.generate.run as runner_module
 from medisyn_cli.cli.main import app
 from medisyn_cli.generate.config import GenerateConfig, command_line
-from medisyn_cli.generate.sampler import PromptCache, Renderer, Settings, generate_batch
 from medisyn_cli.generate.manifest import load_manifest
-from medisyn_cli.pipeline.load import load_pipeline
 from medisyn_cli.generate.plan import batched, iter_jobs, quotas
 from medisyn_cli.generate.run import Lane, run_generate
+from medisyn_cli.generate.sampler import PromptCache, Renderer, Settings, generate_batch
+from medisyn_cli.pipeline.load import load_pipeline
 from medisyn_cli.pipeline.speed import CPU_BATCH, choose_batch_size, cpu_batch, fit_batch
 
 SETTINGS = Settings(steps=2, guidance=7.5, height=16, width=16)

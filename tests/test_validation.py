@@ -2,8 +2,8 @@
 
 import json
 import math
-import subprocess
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from medisyn_cli.cli.main import app
-from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.core.files import to_json, write_json
 from medisyn_cli.core.progress import make_progress
+from medisyn_cli.generate.config import GenerateConfig
+from medisyn_cli.generate.manifest import load_manifest
 from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.validate import prompt_warnings
-from medisyn_cli.generate.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = "label,prompt\nmelanoma,dermoscopy image of melanoma\nnevus,dermoscopy image of benign melanocytic nevus\n"

@@ -5,8 +5,9 @@ import io
 import pytest
 from PIL import Image
 
-from medisyn_cli.generate.writers import COLUMNS, make_writers, parse_formats
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.generate.writers import make_writers, parse_formats
+from medisyn_cli.generate.writers.base import COLUMNS
 
 LABELS = ["melanoma", "x ray/normal"]
 

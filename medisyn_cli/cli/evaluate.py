@@ -13,7 +13,14 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from medisyn_cli.cli.common import errors_as_exit_codes
 from medisyn_cli.core.progress import results
+from medisyn_cli.evaluate.common import default_out
+from medisyn_cli.evaluate.fidelity import NOT_COMPARABLE, FidelityConfig, run_fidelity
+from medisyn_cli.evaluate.leakage import LeakageConfig, run_leakage
+from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
+from medisyn_cli.evaluate.report import write_report
+from medisyn_cli.evaluate.utility import UtilityConfig, parse_fractions, run_utility
 
 evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate a synthetic dataset: downstream utility, "
                                                       "privacy (memorisation) and fidelity / diversity.")
@@ -21,7 +28,6 @@ SETS_HELP = "image folder (labels from folder names), ImageFolder with metadata.
 
 
 def _errors():
-    from medisyn_cli.cli.main import errors_as_exit_codes  # imported here: cli.py imports this module
 
     return errors_as_exit_codes()
 
@@ -62,8 +68,6 @@ def utility(
 
     Example: medisyn evaluate utility --real-train real/train --real-test real/test --synthetic derm-synth --seeds 3
     """
-    from medisyn_cli.evaluate.utility import UtilityConfig, parse_fractions, run_utility
-
     with _errors():
         config = UtilityConfig(_strs(real_train), _strs(real_test), _strs(synthetic), parse_fractions(fractions),
                                arch, seeds, multi_label, epochs, batch_size, size,
@@ -102,8 +106,6 @@ def privacy(
 
     Example: medisyn evaluate privacy --train data/train --heldout data/heldout --synthetic derm-synth
     """
-    from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
-
     with _errors():
         config = PrivacyConfig(_strs(train), _strs(heldout), _strs(synthetic), embedder, threshold, views, pairs,
                                batch_size, str(out) if out else None)
@@ -156,8 +158,6 @@ def leakage(
 
     Example: medisyn evaluate leakage --train data/train --test data/test
     """
-    from medisyn_cli.evaluate.leakage import LeakageConfig, run_leakage
-
     with _errors():
         result = run_leakage(LeakageConfig(_strs(train), _strs(test), embedder, threshold, views, pairs,
                                            batch_size=batch_size, out=str(out)))
@@ -195,8 +195,6 @@ def fidelity(
 
     Example: medisyn evaluate fidelity --real data/train --synthetic derm-synth --per-class
     """
-    from medisyn_cli.evaluate.fidelity import NOT_COMPARABLE, FidelityConfig, run_fidelity
-
     with _errors():
         config = FidelityConfig(_strs(real), _strs(synthetic), features, per_class, k, kid_subsets, kid_subset_size,
                                 cnn_epochs, batch_size, device, str(out) if out else None, bootstrap=bootstrap)
@@ -228,8 +226,6 @@ def report_command(
 
     Example: medisyn report derm-synth
     """
-    from medisyn_cli.evaluate.report import write_report
-
     with _errors():
         path, notes = write_report(out, per_class)
     for note in notes:
@@ -238,6 +234,5 @@ def report_command(
 
 
 def _out_of(config, result: dict) -> Path:
-    from medisyn_cli.evaluate.common import default_out
 
     return Path(config.out) if config.out else default_out(config.synthetic[0])

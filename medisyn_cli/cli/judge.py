@@ -11,10 +11,11 @@ from typing import Optional
 
 import typer
 
-from medisyn_cli.cli.main import errors_as_exit_codes
+from medisyn_cli.cli.common import errors_as_exit_codes
 from medisyn_cli.cli.evaluate import evaluate_app
-from medisyn_cli.judge.build import JudgeConfig
 from medisyn_cli.core.progress import console
+from medisyn_cli.judge.alignment import AlignmentConfig, run_alignment
+from medisyn_cli.judge.build import JudgeConfig, build_judge
 
 DEFAULTS = JudgeConfig(real=(), out="")
 judge_app = typer.Typer(no_args_is_help=True, help="Label check: a classifier trained on real images that judges "
@@ -39,8 +40,6 @@ def build(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing judge folder."),
 ) -> None:
     """Train a label classifier on real labelled images; held-out accuracy and calibration go to judge.json."""
-    from medisyn_cli.judge.build import build_judge
-
     with errors_as_exit_codes():
         meta = build_judge(JudgeConfig(real=tuple(map(str, real)), out=str(out), classifier=classifier,
                                        embedder=embedder, holdout=holdout, k=k, steps=steps, seed=seed,
@@ -68,8 +67,6 @@ def alignment(
                                                                  "SYNTHETIC/evaluate)."),
 ) -> None:
     """GAN-test accuracy: the share of synthetic images a classifier trained on real images recognises, per class."""
-    from medisyn_cli.judge.alignment import AlignmentConfig, run_alignment
-
     with errors_as_exit_codes():
         result = run_alignment(AlignmentConfig(synthetic=tuple(map(str, synthetic)),
                                                judge=str(judge) if judge else None,

@@ -11,7 +11,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from medisyn_cli.cli.common import errors_as_exit_codes
+from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.progress import results
+from medisyn_cli.study import StudyConfig, build_study, make_server, score_study
+from medisyn_cli.study.design import parse_mix
 
 study_app = typer.Typer(no_args_is_help=True, help="Blinded reader studies: can readers tell real from synthetic "
                                                    "images, and classify both?")
@@ -19,7 +23,6 @@ SETS_HELP = "medisyn output, Parquet, ImageFolder with metadata.csv, or image fo
 
 
 def _errors():
-    from medisyn_cli.cli.main import errors_as_exit_codes  # imported here: cli.py imports this module
 
     return errors_as_exit_codes()
 
@@ -48,9 +51,6 @@ def build(
 
     Example: medisyn study build --real ../shared/data/isic2017_dermoscopy --synthetic derm-synth --out derm-study
     """
-    from medisyn_cli.study import StudyConfig, build_study
-    from medisyn_cli.study.design import parse_mix
-
     with _errors():
         config = StudyConfig(tuple(map(str, real)), tuple(map(str, synthetic)), str(out), pairs, classify,
                              tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (), seed,
@@ -75,8 +75,6 @@ def serve(
 
     Example: medisyn study serve derm-study --port 8000
     """
-    from medisyn_cli.study import make_server
-
     with _errors():
         server = make_server(study, host, port)
     address, bound = server.server_address[:2]
@@ -102,9 +100,6 @@ def score(
 
     Example: medisyn study score derm-study --answers derm-study/answers
     """
-    from medisyn_cli.core.errors import MedisynError
-    from medisyn_cli.study import score_study
-
     with _errors():
         try:
             bins = tuple(int(x) for x in years_bins.split(",") if x.strip())

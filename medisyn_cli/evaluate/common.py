@@ -14,6 +14,7 @@ import numpy as np
 
 from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.embed import to_8bit
 
 LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
 
@@ -21,7 +22,6 @@ LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label col
 @dataclass
 class ImageSet:
     """A labelled image set read once: per image its key, label(s) and stream position; skipped files."""
-
     name: str
     keys: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
@@ -81,7 +81,6 @@ def to_rgb_array(image, size: int) -> np.ndarray:
     """uint8 (3, size, size) of any PIL image (grey and 16-bit images become 8-bit RGB)."""
     from PIL import Image
 
-    from medisyn_cli.screening.embed import to_8bit
 
     rgb = to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)

@@ -30,9 +30,24 @@ from typing import Callable
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.common import (ImageSet, default_out, iter_batches, load_arrays, open_sources, to_rgb_array, write_csv,
-                     write_json)
+from medisyn_cli.evaluate.classifier import TrainSettings, features, train_classifier
+from medisyn_cli.evaluate.common import (
+    ImageSet,
+    default_out,
+    iter_batches,
+    label_vocabulary,
+    load_arrays,
+    open_sources,
+    require_labels,
+    targets,
+    to_rgb_array,
+    write_csv,
+    write_json,
+)
+from medisyn_cli.evaluate.inception import inception_features, load_inception
 from medisyn_cli.evaluate.metrics import bootstrap_intervals, diversity, fid, kid, prdc
+from medisyn_cli.pipeline.load import resolve_device
+from medisyn_cli.screening.embed import get_embedder, to_8bit
 
 NOT_COMPARABLE = "numbers computed with different features are not comparable"
 SMALL_N = 500
@@ -41,7 +56,6 @@ SMALL_N = 500
 @dataclass(frozen=True)
 class FidelityConfig:
     """Options of `medisyn evaluate fidelity`."""
-
     real: tuple[str, ...]
     synthetic: tuple[str, ...]
     features: str = "cnn"
@@ -59,7 +73,6 @@ class FidelityConfig:
 @dataclass
 class Extractor:
     """A feature extractor: its description (for tables and JSON) and PIL images -> (N, d) float32."""
-
     name: str
     embed: Callable[[list], np.ndarray]
 
@@ -70,7 +83,6 @@ def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device
     if spec == "cnn":
         return _cnn_extractor(real_sources, config, device)
     if spec.startswith("inception:"):
-        from medisyn_cli.evaluate.inception import inception_features, load_inception
 
         model, variant = load_inception(spec[len("inception:"):], device)
         return Extractor(f"{spec} ({variant} Inception v3 pool3, 2048-d)",
@@ -79,7 +91,6 @@ def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device
         raise MedisynError("--features phash: binary hashes have no mean or covariance; use cnn, pixel, "
                            "inception:FILE, clip:<model> or hf:<model>")
     if spec == "pixel" or spec.startswith(("clip:", "hf:")):
-        from medisyn_cli.screening.embed import get_embedder
 
         embedder = get_embedder(spec)
         if spec == "pixel":
@@ -94,7 +105,6 @@ def raw_features(embedder, images: list) -> np.ndarray:
     """A neural embedder's features before screening's L2 normalisation (FD is defined on raw features)."""
     import torch
 
-    from medisyn_cli.screening.embed import to_8bit
 
     with torch.inference_mode():
         return embedder._forward([to_8bit(image).convert("RGB") for image in images]).float().cpu().numpy()
@@ -102,9 +112,6 @@ def raw_features(embedder, images: list) -> np.ndarray:
 
 def _cnn_extractor(real_sources: list, config: FidelityConfig, device) -> Extractor:
     """Penultimate features of the small CNN trained on the real set's labels."""
-    from medisyn_cli.evaluate.classifier import TrainSettings, features, train_classifier
-    from medisyn_cli.evaluate.common import label_vocabulary, require_labels, targets
-
     size = 64
     x, real = load_arrays(real_sources, size, "--real")
     require_labels(real, False)
@@ -157,8 +164,6 @@ def compare(real: np.ndarray, fake: np.ndarray, config: FidelityConfig) -> dict:
 
 def run_fidelity(config: FidelityConfig) -> dict:
     """Extract features of both sets and compare them overall and per class; write fidelity.json / .csv."""
-    from medisyn_cli.pipeline.load import resolve_device
-
     # 1. inputs and extractor
     device = resolve_device(config.device)
     if config.k < 1:

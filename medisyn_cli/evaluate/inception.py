@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.embed import to_8bit
 
 FID_CLASSES = 1008
 INPUT_SIDE = 299
@@ -58,7 +59,6 @@ def inception_features(model, images: list, device) -> np.ndarray:
     """(N, 2048) float32 pool3 features of PIL images (TF-compatible resize and scaling)."""
     import torch
 
-    from medisyn_cli.screening.embed import to_8bit
 
     batch = [resize_like_tensorflow(torch.from_numpy(np.asarray(to_8bit(image).convert("RGB"), np.uint8).copy())
                                     .permute(2, 0, 1)[None].float(), INPUT_SIDE)[0] for image in images]

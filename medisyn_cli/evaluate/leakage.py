@@ -19,12 +19,13 @@ from pathlib import Path
 
 from medisyn_cli.evaluate.common import open_sources, write_csv, write_json
 from medisyn_cli.evaluate.privacy import closest_pairs_figure, near_copies, nearest, training_index
+from medisyn_cli.screening.embed import get_embedder
+from medisyn_cli.screening.screener import Screener
 
 
 @dataclass(frozen=True)
 class LeakageConfig:
     """Options of `medisyn evaluate leakage`."""
-
     train: tuple[str, ...]
     test: tuple[str, ...]
     embedder: str = "pixel"
@@ -38,9 +39,6 @@ class LeakageConfig:
 
 def run_leakage(config: LeakageConfig) -> dict:
     """Screen every test image against the training images; counts and shares per class, examples, files."""
-    from medisyn_cli.screening.embed import get_embedder
-    from medisyn_cli.screening.screener import Screener
-
     # 1. inputs, embedder, threshold
     train_sources, test_sources = open_sources(config.train, "--train"), open_sources(config.test, "--test")
     embedder = get_embedder(config.embedder)

@@ -35,8 +35,20 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.common import (ImageSet, default_out, fetch_images, iter_batches, open_sources, save_figure,
-                     to_rgb_array, write_csv, write_json)
+from medisyn_cli.evaluate.common import (
+    ImageSet,
+    default_out,
+    fetch_images,
+    iter_batches,
+    open_sources,
+    save_figure,
+    to_rgb_array,
+    write_csv,
+    write_json,
+)
+from medisyn_cli.screening.embed import View, apply_view, get_embedder, to_8bit
+from medisyn_cli.screening.index import TrainingIndex
+from medisyn_cli.screening.screener import Screener
 
 EXPECTED_SHARE, ALPHA, TESTS = 0.05, 0.05, 3
 LEAK_WARNING = 0.05   # warn when a larger share of held-out images are near-copies of training images
@@ -47,7 +59,6 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Options of `medisyn evaluate privacy`."""
-
     train: tuple[str, ...]
     heldout: tuple[str, ...]
     synthetic: tuple[str, ...]
@@ -62,7 +73,6 @@ class PrivacyConfig:
 @dataclass
 class Nearest:
     """The nearest training image of every image of one set."""
-
     image_set: ImageSet
     similarity: list[float] = field(default_factory=list)
     nn_id: list[int] = field(default_factory=list)
@@ -73,7 +83,6 @@ class Nearest:
 @dataclass
 class Training:
     """The training set as an exact in-memory index, with 64 px thumbnails for pixel distances."""
-
     image_set: ImageSet
     index: object
     thumbnails: np.ndarray
@@ -81,9 +90,6 @@ class Training:
 
 def run_privacy(config: PrivacyConfig) -> dict:
     """Nearest training image of every synthetic and held-out image; statistics, figures, privacy.json / .csv."""
-    from medisyn_cli.screening.embed import get_embedder
-    from medisyn_cli.screening.screener import Screener
-
     # 1. inputs, embedder, threshold
     sources = {name: open_sources(paths, option) for name, paths, option in
                (("train", config.train, "--train"), ("heldout", config.heldout, "--heldout"),
@@ -124,8 +130,6 @@ def run_privacy(config: PrivacyConfig) -> dict:
 
 def training_index(sources: list, embedder, name: str, batch_size: int) -> Training:
     """Plain (identity-view) embeddings and 64 px thumbnails of every readable image, as an exact index."""
-    from medisyn_cli.screening.index import TrainingIndex
-
     image_set, chunks, thumbs = ImageSet(name), [], []
     for _, images in iter_batches(sources, batch_size, image_set):
         chunks.append(embedder.embed(images))
@@ -138,8 +142,6 @@ def training_index(sources: list, embedder, name: str, batch_size: int) -> Train
 
 def nearest(sources: list, screener, train: Training, name: str, batch_size: int) -> Nearest:
     """Screen every readable image of a set against the training index; pixel distance to the match."""
-    from medisyn_cli.screening.embed import apply_view
-
     found = Nearest(ImageSet(name))
     for _, images in iter_batches(sources, batch_size, found.image_set):
         for image, result in zip(images, screener.check(images)):
@@ -156,8 +158,6 @@ def nearest(sources: list, screener, train: Training, name: str, batch_size: int
 
 def view_from_name(name: str):
     """The View a ScreenResult names ('identity', 'hflip', 'rot90+vflip', 'invert', 'box(l,t,r,b)', joined by +)."""
-    from medisyn_cli.screening.embed import View
-
     fields: dict = {}
     for part in name.split("+"):
         if part.endswith("flip"):
@@ -380,6 +380,5 @@ def closest_pairs_figure(synthetic: Nearest, synthetic_sources: list, train: Ima
 def _thumbnail(image, side: int):
     from PIL import Image
 
-    from medisyn_cli.screening.embed import to_8bit
 
     return to_8bit(image).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medisyn_cli.core.datasets import find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.evaluate.common import new_figure, png_bytes
+from medisyn_cli.evaluate.fidelity import _flat
+from medisyn_cli.screening.embed import to_8bit
 
 THUMB = 96
 
@@ -25,7 +28,6 @@ THUMB = 96
 @dataclass
 class Page:
     """HTML sections being assembled, and the notes on what was left out."""
-
     sections: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -90,8 +92,6 @@ def _kept_rows(out: Path):
 
 def _records_by_label(out: Path, per_class: int) -> dict[str, list]:
     """Up to per_class (record) of each label, in stream order."""
-    from medisyn_cli.core.datasets import find_sources, iter_source_records
-
     sources = find_sources([out / "parquet"] if (out / "parquet").is_dir() else [out / "imagefolder"])
     found: dict[str, list] = {}
     for source in sources:
@@ -230,7 +230,6 @@ def _pairs_section(page: Page, out: Path, run: dict | None, kept, per_class: int
 
 
 def _kept_images(out: Path, ids: set[str]) -> dict[str, object]:
-    from medisyn_cli.core.datasets import find_sources, iter_source_records
 
     found = {}
     for source in find_sources([out / "parquet"] if (out / "parquet").is_dir() else [out / "imagefolder"]):
@@ -288,7 +287,6 @@ def _privacy_html(result: dict) -> str:
 
 
 def _fidelity_html(result: dict) -> str:
-    from medisyn_cli.evaluate.fidelity import _flat
 
     rows = [{"scope": "all", **_flat(result.get("overall", {}))}]
     rows += [{"scope": label, **_flat(row)} for label, row in (result.get("per_class") or {}).items()]
@@ -306,7 +304,6 @@ def strip(images: list, side: int = THUMB):
     """PIL images side by side at side x side."""
     from PIL import Image
 
-    from medisyn_cli.screening.embed import to_8bit
 
     canvas = Image.new("RGB", (max(1, len(images)) * (side + 4), side), "white")
     for n, image in enumerate(images):

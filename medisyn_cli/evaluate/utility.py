@@ -25,10 +25,32 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.classifier import (TrainSettings, bootstrap_auroc, check_arch, default_size, macro_auroc, predict,
-                         seed_interval, train_classifier)
-from medisyn_cli.evaluate.common import (ImageSet, check_same_labels, default_out, label_vocabulary, load_arrays, open_sources,
-                     require_labels, save_figure, new_figure, targets, write_csv, write_json)
+from medisyn_cli.evaluate.classifier import (
+    TrainSettings,
+    bootstrap_auroc,
+    check_arch,
+    default_size,
+    macro_auroc,
+    predict,
+    seed_interval,
+    train_classifier,
+)
+from medisyn_cli.evaluate.common import (
+    ImageSet,
+    check_same_labels,
+    default_out,
+    label_vocabulary,
+    load_arrays,
+    new_figure,
+    open_sources,
+    require_labels,
+    save_figure,
+    split_labels,
+    targets,
+    write_csv,
+    write_json,
+)
+from medisyn_cli.pipeline.load import resolve_device
 
 REAL, SYNTHETIC, COMBINED = "real", "synthetic", "real+synthetic"
 BUDGETS = ("steps", "epochs")
@@ -37,7 +59,6 @@ BUDGETS = ("steps", "epochs")
 @dataclass(frozen=True)
 class UtilityConfig:
     """Options of `medisyn evaluate utility` (paths: any dataset medisyn reads)."""
-
     real_train: tuple[str, ...]
     real_test: tuple[str, ...]
     synthetic: tuple[str, ...]
@@ -59,7 +80,6 @@ class UtilityConfig:
 @dataclass
 class Condition:
     """One training set of the comparison: which data, at which fraction of the real training set."""
-
     name: str
     fraction: float | None
     scores: list[float] = field(default_factory=list)
@@ -83,8 +103,6 @@ def parse_fractions(text: str) -> tuple[float, ...]:
 
 def run_utility(config: UtilityConfig) -> dict:
     """Train and score every condition; write utility.json, utility.csv and utility.png; return the results."""
-    from medisyn_cli.pipeline.load import resolve_device
-
     # 1. options and inputs, checked before any image is decoded
     check_arch(config.arch, config.weights)
     if config.seeds < 1 or config.epochs < 1:
@@ -193,8 +211,6 @@ def fraction_rows(image_set: ImageSet, fraction: float, seed: int, multi_label: 
 def _multi_label_rows(image_set: ImageSet, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Rows holding about `fraction` of each finding's images (at least one each) and of the no-finding images:
     findings are filled rarest first, counting images already drawn for another finding."""
-    from medisyn_cli.evaluate.common import split_labels
-
     groups: dict[str, list[int]] = {}
     for row, label in enumerate(image_set.labels):
         for part in split_labels(label, True) or ("",):  # "": no finding

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import string
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +24,6 @@ MAX_LABEL = 200  # bytes of the file-safe label: <label>-<index>.png and its tem
 @dataclass(frozen=True)
 class PromptRow:
     """One prompt variant of a class, with its placeholders filled in."""
-
     line: int
     label: str
     prompt: str
@@ -35,7 +35,6 @@ class PromptRow:
 @dataclass(frozen=True)
 class Manifest:
     """A validated manifest: its rows, classes in first-seen order, class weights and hash."""
-
     path: Path
     sha256: str
     rows: tuple[PromptRow, ...]
@@ -173,8 +172,6 @@ def _weight(path: Path, line: int, value: str) -> float | None:
 
 def _label(path: Path, line: int, label: str) -> None:
     """A label names files and folders: its file-safe form must fit in a file name with room for the id."""
-    from medisyn_cli.generate.plan import safe_name
-
     if len(safe_name(label).encode()) > MAX_LABEL:
         raise MedisynError(f"{path}:{line}: column 'label': '{label[:40]}...' is {len(label)} characters; labels "
                            f"name files and folders and must be at most {MAX_LABEL} characters")
@@ -197,3 +194,9 @@ def _class_weights(path: Path, rows: tuple[PromptRow, ...]) -> tuple[PromptRow, 
             raise MedisynError(f"{path}:{row.line}: column 'weight': class '{row.label}' has weight {row.weight:g} "
                                f"here but {seen.weight:g} on line {seen.line}; give one weight per class")
     return tuple(replace(row, weight=stated[row.label].weight if row.label in stated else 1.0) for row in rows)
+
+
+def safe_name(label: str) -> str:
+    """A label made safe as a file or folder name (the exact label stays in the metadata)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
+    return name if name == label else f"{name}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"

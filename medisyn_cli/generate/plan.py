@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.manifest import Manifest
+from medisyn_cli.generate.manifest import Manifest, safe_name
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,6 @@ def image_seed(run_seed: int, label: str, index: int, attempt: int = 0) -> int:
     """A 63-bit seed from (run seed, label, index within class, attempt): independent of batching."""
     key = f"{run_seed}\x1f{label}\x1f{index}" + (f"\x1f{attempt}" if attempt else "")
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") & (2**63 - 1)
-
-
-def safe_name(label: str) -> str:
-    """A label made safe as a file or folder name (the exact label stays in the metadata)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
-    return name if name == label else f"{name}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"
 
 
 def image_id(label: str, index: int) -> str:

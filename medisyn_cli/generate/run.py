@@ -7,27 +7,56 @@ import os
 import platform
 import time
 from contextlib import contextmanager
-from itertools import islice
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 
-from medisyn_cli.generate.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, command_line
 from medisyn_cli.core.errors import Cancelled, Interrupted, MedisynError
 from medisyn_cli.core.files import write_json
-from medisyn_cli.judge.screening import JudgedRejectedLog, judge_record, judge_totals, open_judge, rejected_log, with_judge
-from medisyn_cli.pipeline.lora import apply_adapters, check_adapters, row_model
-from medisyn_cli.generate.manifest import Manifest, load_manifest
-from medisyn_cli.core.outdir import LOCK, MARKER, discard_previous, is_ours, move_aside, new_run_id, claim_marker
-from medisyn_cli.generate.plan import Job, batched, iter_jobs, quotas
-from medisyn_cli.core.progress import console
-from medisyn_cli.generate.runkey import differences, key_of_record, run_key
-from medisyn_cli.screening.screener import RejectedLog
+from medisyn_cli.core.outdir import (
+    LOCK,
+    MARKER,
+    claim_marker,
+    discard_previous,
+    is_ours,
+    move_aside,
+    new_run_id,
+)
+from medisyn_cli.core.progress import console, make_progress, rate_text
 from medisyn_cli.core.runlock import RunBusy, RunLock, busy_message, read_holder
 from medisyn_cli.core.shards import Shard, batch_count, resolve_shard, shard_batches
-from medisyn_cli.generate.validate import check_options, check_writable, prompt_warnings, recorded_threads, resolved_threads, torch_threads
-from medisyn_cli.core.store import WORK, IncompleteRun, WorkDir, batch_name, consolidate, missing_report
-from medisyn_cli.core.store import remove as remove_work
+from medisyn_cli.core.store import WORK, IncompleteRun, WorkDir, batch_name, differences, missing_report
+from medisyn_cli.generate.card import write_card
+from medisyn_cli.generate.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, command_line
+from medisyn_cli.generate.consolidate import consolidate
+from medisyn_cli.generate.consolidate import remove as remove_work
+from medisyn_cli.generate.manifest import Manifest, load_manifest
+from medisyn_cli.generate.plan import Job, batched, iter_jobs, quotas
+from medisyn_cli.generate.runkey import RESOLVED, key_of_record, run_key
+from medisyn_cli.generate.sampler import Renderer, Settings, generate_batch, generate_screened
+from medisyn_cli.generate.validate import (
+    check_options,
+    check_writable,
+    prompt_warnings,
+    recorded_threads,
+    resolved_threads,
+    torch_threads,
+)
+from medisyn_cli.generate.writers import make_writers
+from medisyn_cli.judge.screening import (
+    JudgedRejectedLog,
+    judge_record,
+    judge_totals,
+    open_judge,
+    rejected_log,
+    with_judge,
+)
+from medisyn_cli.pipeline.load import load_pipeline, model_source, resolve_device, resolve_dtype
+from medisyn_cli.pipeline.lora import apply_adapters, check_adapters, row_model
+from medisyn_cli.pipeline.speed import apply_speed_options, choose_batch_size
+from medisyn_cli.screening.index import load_index
+from medisyn_cli.screening.screener import RejectedLog, Screener
 
 RUN_FILE, REJECTED_FILE = "run.json", "rejected.parquet"
 
@@ -35,7 +64,6 @@ RUN_FILE, REJECTED_FILE = "run.json", "rejected.parquet"
 @dataclass
 class ClassCount:
     """Per-class tally for the closing table and run.json."""
-
     planned: int
     written: int = 0
     regenerated: int = 0
@@ -47,7 +75,6 @@ class ClassCount:
 @dataclass
 class RunSummary:
     """What a run did (or, for --dry-run, would do)."""
-
     out: Path
     manifest: Manifest | None
     counts: dict[str, ClassCount]
@@ -103,7 +130,6 @@ def out_state(out: Path, config: GenerateConfig, shard: Shard) -> str:
 @dataclass
 class Claim:
     """This process's hold on --out: its state under the lock, and the run moved aside by --overwrite."""
-
     state: str
     replaced: Path | None = None
     lock: RunLock | None = None
@@ -181,8 +207,6 @@ def open_index(config: GenerateConfig):
         if config.threshold is not None:
             raise MedisynError("--threshold needs --index (the training index to screen against)")
         return None
-    from medisyn_cli.screening.index import load_index
-    from medisyn_cli.screening.screener import Screener
 
     return Screener(load_index(config.index), config.threshold)
 
@@ -190,7 +214,6 @@ def open_index(config: GenerateConfig):
 @dataclass
 class Inputs:
     """What `run_generate` checked before loading the model: plan, output folder, shard and the run's checkers."""
-
     manifest: Manifest
     quotas: dict[str, int]
     out: Path
@@ -229,10 +252,6 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
 
 def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> RunSummary:
     """Load the model, claim --out, make this shard's batches and consolidate the run if it is the last."""
-    from medisyn_cli.generate.sampler import Settings
-    from medisyn_cli.pipeline.load import load_pipeline, resolve_device, resolve_dtype
-    from medisyn_cli.pipeline.speed import apply_speed_options
-
     # 2. model, then the output folder (a model that fails to load leaves nothing behind)
     out, manifest, screener, judge = inputs.out, inputs.manifest, inputs.screener, inputs.judge
     device = resolve_device(config.device, inputs.shard.local_rank)
@@ -251,7 +270,7 @@ def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> Ru
                       adapters=[adapter.record() for adapter in inputs.adapters], judge=judge_record(judge, config))
         start_out(out, record)
         work = WorkDir(out)
-        work.create_or_join(record)  # temp files a killed process left are overwritten when its batch is redone
+        work.create_or_join(record, RESOLVED)  # temp files a killed process left are overwritten when its batch is redone
         with explained_failures(out, work, claim.replaced):
             # 3. this shard's batches that are not done yet: generate, screen, write, mark done
             made = _make_batches(pipe, manifest, inputs.quotas, config, settings,
@@ -286,8 +305,6 @@ def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path
     (every shard and resume must agree), or chosen for the device."""
     from dataclasses import replace
 
-    from medisyn_cli.generate.sampler import Renderer
-    from medisyn_cli.pipeline.speed import choose_batch_size
 
     if config.batch_size is not None:
         return config, "given"
@@ -335,9 +352,6 @@ def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: Generate
     The model makes batch k+1 while a background thread screens and writes batch k (`Lane`); a batch that
     has near-copies gets its replacements from the model between two batches (one lock guards the model).
     """
-    from medisyn_cli.generate.sampler import Renderer, generate_batch
-    from medisyn_cli.core.progress import make_progress, rate_text
-
     done = work.done()
     ended = {label: reason for rec in work.done_records() for label, reason in rec["ended"].items()}
     mine = set(shard_batches(work.read_config()["batches"], shard)) - done
@@ -390,7 +404,6 @@ def _overlap(config: GenerateConfig, pipe) -> bool:
 
 class Locked:
     """A renderer shared by the main thread and the lane: one call at a time."""
-
     def __init__(self, render):
         import threading
 
@@ -407,7 +420,6 @@ class Lane:
     At most one batch waits in the lane, so memory holds two batches. `enabled=False` runs the work in place.
     An error in the lane is raised by the next submit, drain or exit.
     """
-
     def __init__(self, enabled: bool = True):
         from concurrent.futures import ThreadPoolExecutor
 
@@ -447,9 +459,6 @@ def _batches(manifest: Manifest, class_quotas: dict, config: GenerateConfig):
 def _make_batch(render, number: int, jobs: list[Job], config: GenerateConfig, screener, constant: dict,
                 work: WorkDir, first: list, ended: dict) -> dict:
     """Screen one generated batch (replacing near-copies), write it under OUT/_work, then mark it done (last)."""
-    from medisyn_cli.generate.sampler import generate_screened
-    from medisyn_cli.generate.writers import make_writers
-
     clock = time.time()
     result = generate_screened(render, jobs, config.seed, screener, config.max_attempts, config.max_regenerate,
                                first=first, ended=ended) if jobs else None
@@ -485,8 +494,6 @@ def _labels(work: WorkDir) -> list[str]:
 
 def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
     """Consolidate a run whose batches are all done: dataset files, rejected.parquet, run.json, the card."""
-    from medisyn_cli.generate.card import write_card
-
     work = WorkDir(out)
     record = work.read_config()
     options = record["options"]
@@ -541,7 +548,7 @@ def completed_summary(out: Path, requested: dict | None = None) -> RunSummary:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MedisynError(f"{out / RUN_FILE}: cannot read the finished run's record ({exc})") from exc
     if requested is not None:
-        differ = differences(key_of_record(run), requested)
+        differ = differences(key_of_record(run), requested, RESOLVED)
         if differ:
             raise MedisynError(f"--out {out}: holds a complete run with other settings ({'; '.join(differ)}); use "
                                f"the same options, another --out, or --overwrite to replace it")
@@ -628,8 +635,6 @@ def provenance_row(item, constant: dict) -> dict:
 def start_record(config: GenerateConfig, manifest: Manifest, class_quotas: dict[str, int], out: Path, shard: Shard,
                  device, dtype, settings, screener) -> dict:
     """Everything needed to reproduce the run, written to OUT/_work/config.json before the first batch."""
-    from medisyn_cli.pipeline.load import model_source
-
     screening = screening_record(screener)
     if screening:
         screening["max_attempts"] = config.max_attempts

@@ -9,9 +9,10 @@ model, batch size, threads) are compared only when given.
 from __future__ import annotations
 
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.judge.screening import judge_key
-from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.generate.manifest import Manifest
+from medisyn_cli.judge.screening import judge_key
+from medisyn_cli.pipeline.load import model_source, weight_hashes
+from medisyn_cli.pipeline.lora import adapter_key
 
 # speed options that may change pixel values by rounding: every shard and resume of a run must use the same
 NUMERIC_OPTIONS = ("cache_prompts", "channels_last", "compile", "vae_slicing", "vae_tiling")
@@ -20,9 +21,6 @@ RESOLVED = ("steps", "guidance", "height", "width", "batch_size", "threads")  # 
 
 def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict | None = None) -> dict:
     """The key of this run; `sampling` None gives the requested key (model-resolved values as given, or None)."""
-    from medisyn_cli.pipeline.lora import adapter_key
-    from medisyn_cli.pipeline.load import model_source, weight_hashes
-
     sampling = sampling or {"scheduler": config.scheduler, "steps": config.steps, "guidance": config.guidance,
                             "height": config.height, "width": config.width}
     screened = screener is not None
@@ -50,19 +48,3 @@ def key_of_record(run: dict) -> dict:
             "max_regenerate": options.get("max_regenerate"), "index_fingerprint": screening.get("fingerprint"),
             "threshold": screening.get("threshold"), "max_attempts": screening.get("max_attempts"),
             **{name: options.get(name) for name in NUMERIC_OPTIONS}}
-
-
-def differences(recorded: dict, current: dict) -> list[str]:
-    """'option: recorded there, current now' for every option that differs (unset resolved options skipped)."""
-    names = sorted(set(recorded) | set(current))
-    return [f"{name}: {recorded.get(name)!r} there, {current.get(name)!r} now" for name in names
-            if recorded.get(name) != current.get(name)
-            and not (name in RESOLVED and (current.get(name) is None or recorded.get(name) is None))]
-
-
-def check_same_run(recorded: dict, current: dict, out) -> None:
-    """A clear error naming every option that differs from the run already in OUT."""
-    differ = differences(recorded, current)
-    if differ:
-        raise MedisynError(f"--out {out}: holds a run with other settings ({'; '.join(differ)}); use the same "
-                           f"options, another --out, or --overwrite to start again")

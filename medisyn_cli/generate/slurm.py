@@ -13,14 +13,17 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from medisyn_cli.generate.config import GenerateConfig, command_line
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.outdir import claim_marker, new_run_id
+from medisyn_cli.core.shards import Shard
+from medisyn_cli.generate.config import GenerateConfig, command_line
+from medisyn_cli.generate.run import default_out, open_index, out_state, plan_run
+from medisyn_cli.generate.validate import check_options
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
     """How to submit: array size and the resources of each array task."""
-
     array: int
     partition: str | None = None
     gpus_per_task: int = 0        # GPUs per array task, one medisyn process per GPU
@@ -109,10 +112,6 @@ def submit(script: Path, env: dict | None = None) -> str:
 def submit_generate(config: GenerateConfig, options: SlurmOptions, env: dict | None = None) -> tuple[str, str | None,
                                                                                                        Path]:
     """Check the run like `generate` would, write the script and submit it: (script, job id or None, out)."""
-    from medisyn_cli.core.outdir import claim_marker, new_run_id
-    from medisyn_cli.generate.run import check_options, default_out, open_index, out_state, plan_run
-    from medisyn_cli.core.shards import Shard
-
     check_slurm_options(options)
     plan_run(config)
     check_options(config)

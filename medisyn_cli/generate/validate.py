@@ -10,17 +10,16 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.manifest import Manifest
 from medisyn_cli.core.store import WorkDir
+from medisyn_cli.generate.config import GenerateConfig
+from medisyn_cli.generate.manifest import Manifest
+from medisyn_cli.generate.writers import parse_formats
+from medisyn_cli.pipeline.load import SCHEDULERS, check_model_source, model_source
 
 
 def check_options(config: GenerateConfig) -> None:
     """Fail on bad options before anything is written or loaded."""
-    from medisyn_cli.pipeline.load import SCHEDULERS, check_model_source
-    from medisyn_cli.generate.writers import parse_formats
-
     parse_formats(",".join(config.formats))
     if config.scheduler not in SCHEDULERS:
         raise MedisynError(f"--scheduler: unknown scheduler '{config.scheduler}' (choose from {', '.join(SCHEDULERS)})")
@@ -96,8 +95,6 @@ def torch_threads(threads: int):
 def prompt_warnings(manifest: Manifest, model: str | None) -> list[str]:
     """Warnings for classes whose prompts or labels a model never saw (from the captions and labels its
     medisyn.json lists): such a class is drawn as whatever the model knows, under this class's label."""
-    from medisyn_cli.pipeline.load import model_source
-
     folder = Path(model_source(model))
     try:
         known = json.loads((folder / "medisyn.json").read_text())

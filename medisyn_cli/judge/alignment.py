@@ -17,13 +17,23 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.evaluate.common import (
+    ImageSet,
+    default_out,
+    iter_batches,
+    open_sources,
+    write_csv,
+    write_json,
+)
+from medisyn_cli.generate.card import write_run_card
+from medisyn_cli.judge.build import JudgeConfig, build_judge
 from medisyn_cli.judge.metrics import confusion
+from medisyn_cli.judge.model import load_judge
 
 
 @dataclass(frozen=True)
 class AlignmentConfig:
     """Options of `medisyn evaluate alignment`."""
-
     synthetic: tuple[str, ...]
     judge: str | None = None
     real_train: tuple[str, ...] = ()
@@ -34,9 +44,6 @@ class AlignmentConfig:
 
 def _judge_of(config: AlignmentConfig, out: Path):
     """The judge given, or a default knn judge built from --real-train into OUT/judge."""
-    from medisyn_cli.judge.build import JudgeConfig, build_judge
-    from medisyn_cli.judge.model import load_judge
-
     if (config.judge is None) == (not config.real_train):
         raise MedisynError("give exactly one of --judge (a judge folder) or --real-train (real labelled images)")
     if config.judge is not None:
@@ -47,8 +54,6 @@ def _judge_of(config: AlignmentConfig, out: Path):
 
 def _score(config: AlignmentConfig, judge) -> tuple[list[str], list[str | None], np.ndarray, list[dict]]:
     """Keys, labels and judge probabilities of every readable synthetic image; unreadable ones listed."""
-    from medisyn_cli.evaluate.common import ImageSet, iter_batches, open_sources
-
     image_set, chunks = ImageSet("synthetic"), []
     for _, images in iter_batches(open_sources(config.synthetic, "--synthetic"), config.batch_size, image_set):
         chunks.append(judge.scores(images))
@@ -63,8 +68,6 @@ def _score(config: AlignmentConfig, judge) -> tuple[list[str], list[str | None],
 
 def run_alignment(config: AlignmentConfig) -> dict:
     """GAN-test accuracy per class and the confusion matrix of synthetic images; results written under OUT."""
-    from medisyn_cli.evaluate.common import default_out, write_csv, write_json
-
     clock = time.time()
     if not 0.0 <= config.min_label_score <= 1.0:
         raise MedisynError(f"--min-label-score: {config.min_label_score} is outside [0, 1]")
@@ -110,7 +113,6 @@ def _update_card(synthetic: tuple[str, ...], result: dict) -> str | None:
     """For one medisyn output folder: its dataset card rewritten with a 'Label alignment' section (run.json as is)."""
     import json
 
-    from medisyn_cli.generate.card import write_run_card
 
     folder = Path(synthetic[0]) if len(synthetic) == 1 else None
     if folder is None or not (folder / "run.json").is_file():

@@ -19,16 +19,26 @@ import numpy as np
 from medisyn_cli.core.datasets import Record, iter_images, read_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
+from medisyn_cli.evaluate.classifier import TrainSettings, predict, train_classifier
 from medisyn_cli.judge.features import get_features
 from medisyn_cli.judge.metrics import calibration, confusion, pass_rates
-from medisyn_cli.judge.model import CLASSIFIERS, JUDGE_FILE, VERSION, cnn_arrays, embed_images, file_sha256, fit_linear, knn_scores
-from medisyn_cli.judge.model import linear_scores, model_file
+from medisyn_cli.judge.model import (
+    CLASSIFIERS,
+    JUDGE_FILE,
+    VERSION,
+    cnn_arrays,
+    embed_images,
+    fit_linear,
+    knn_scores,
+    linear_scores,
+    model_file,
+)
+from medisyn_cli.pipeline.load import file_sha256
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
     """Options of `medisyn judge build` (defaults shared by the CLI and the API)."""
-
     real: tuple[str, ...]
     out: str
     classifier: str = "knn"
@@ -134,7 +144,6 @@ def _fit(config: JudgeConfig, train_images: list, train_y: np.ndarray, held_imag
     if config.classifier == "cnn":
         import torch
 
-        from medisyn_cli.evaluate.classifier import TrainSettings, predict, train_classifier
 
         device = torch.device("cpu")
         settings = TrainSettings(arch="small-cnn", steps=config.steps, batch_size=64, lr=2e-3)

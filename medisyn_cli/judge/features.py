@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.embed import get_embedder, l2_normalise, to_8bit
 
 THUMB_SIDE = 16
 
 
 class ThumbFeatures:
     """An image as its side x side RGB thumbnail (bilinear), values in [0, 1], L2-normalised."""
-
     binary = False
 
     def __init__(self, side: int = THUMB_SIDE):
@@ -31,7 +31,6 @@ class ThumbFeatures:
         """(N, 3 side^2) float32 unit vectors."""
         from PIL import Image
 
-        from medisyn_cli.screening.embed import l2_normalise, to_8bit
 
         if not images:
             return np.zeros((0, self.dim), np.float32)
@@ -48,7 +47,6 @@ def get_features(spec: str):
         if not side.isdigit() or not 4 <= int(side) <= 128:
             raise MedisynError(f"--embedder {spec}: thumb:<side> takes a side from 4 to 128 pixels")
         return ThumbFeatures(int(side))
-    from medisyn_cli.screening.embed import get_embedder
 
     try:
         return get_embedder(spec)

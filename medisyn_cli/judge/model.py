@@ -19,7 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.evaluate.classifier import build_network, predict
+from medisyn_cli.evaluate.common import to_rgb_array
+from medisyn_cli.judge.features import get_features
 from medisyn_cli.pipeline.load import file_sha256
+from medisyn_cli.screening.embed import blas_threads
 
 CLASSIFIERS = ("knn", "linear", "cnn")
 JUDGE_FILE, VERSION = "judge.json", 1
@@ -33,8 +37,6 @@ def model_file(classifier: str) -> str:
 
 def knn_scores(train: np.ndarray, train_y: np.ndarray, query: np.ndarray, classes: int, k: int) -> np.ndarray:
     """Smoothed vote shares of the k most cosine-similar training vectors: (votes + 0.5) / (k + 0.5 C)."""
-    from medisyn_cli.screening.embed import blas_threads
-
     k = max(1, min(k, len(train)))
     with blas_threads():
         sims = query @ train.T
@@ -49,7 +51,6 @@ def fit_linear(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-2) -> 
     """Multinomial logistic regression (L-BFGS on standardised features); returns the arrays to save."""
     from scipy.optimize import minimize
 
-    from medisyn_cli.screening.embed import blas_threads
 
     mean, scale = x.mean(0), x.std(0) + 1e-6
     z = ((x - mean) / scale).astype(np.float64)
@@ -96,8 +97,6 @@ def embed_images(embedder, images: list, batch: int = 64) -> np.ndarray:
 
 def cnn_arrays(images: list) -> np.ndarray:
     """uint8 (N, 3, 32, 32) inputs of the cnn judge."""
-    from medisyn_cli.evaluate.common import to_rgb_array
-
     return np.stack([to_rgb_array(image, CNN_SIZE) for image in images]) if images else \
         np.zeros((0, 3, CNN_SIZE, CNN_SIZE), np.uint8)
 
@@ -107,7 +106,6 @@ def cnn_arrays(images: list) -> np.ndarray:
 @dataclass
 class Judge:
     """A label classifier loaded from a judge folder; `scores(images)` -> (N, len(classes)) probabilities."""
-
     path: Path
     meta: dict
     classes: list[str]
@@ -128,7 +126,6 @@ class Judge:
         if self.classifier == "cnn":
             import torch
 
-            from medisyn_cli.evaluate.classifier import predict
 
             return predict(self.network, cnn_arrays(images), torch.device("cpu"), False).astype(np.float32)
         vectors = embed_images(self.embedder, images)
@@ -164,7 +161,6 @@ def load_judge(path: str | Path) -> Judge:
         if classifier == "cnn":
             judge.network = _load_network(weights, len(judge.classes))
         else:
-            from medisyn_cli.judge.features import get_features
 
             with np.load(weights) as data:
                 judge.arrays = {name: data[name] for name in data.files}
@@ -202,7 +198,6 @@ def read_meta(folder: Path) -> dict:
 def _load_network(weights: Path, classes: int):
     import torch
 
-    from medisyn_cli.evaluate.classifier import build_network
 
     network = build_network("small-cnn", classes)
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

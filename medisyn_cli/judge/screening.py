@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.screener import RejectedLog
 from medisyn_cli.judge.model import Judge, load_judge, read_meta
+from medisyn_cli.screening.screener import RejectedLog
 
 DEFAULT_MIN_SCORE = 0.5
 NEAR_COPY, LABEL = "near_copy", "label"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import atomic_write_text, write_json
+from medisyn_cli.pipeline.load import file_sha256, model_source, weight_hashes
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_JSON = "adapter.json"
@@ -96,7 +97,6 @@ def save_adapter(parts: dict, out: Path, config, info: dict) -> Path:
     """Write pytorch_lora_weights.safetensors, adapter.json and README.md into out (weights via a temp folder)."""
     from diffusers import StableDiffusionPipeline
 
-    from medisyn_cli.pipeline.load import file_sha256, weight_hashes
 
     if base_state_sha256(parts) != parts["base_sha256"]:
         raise MedisynError("LoRA training changed base weights (internal error); the adapter was not saved")
@@ -159,7 +159,6 @@ def adapter_card(out: Path, record: dict) -> str:
 @dataclass(frozen=True)
 class Adapter:
     """One --lora: its weights file, their sha256, the scale, and what adapter.json says of its base."""
-
     path: str
     file: str
     sha256: str
@@ -197,8 +196,6 @@ def check_adapters(specs, model: str | None, force: bool = False) -> list[Adapte
 
 def read_adapter(spec: str) -> Adapter:
     """Find and read an adapter's weights file: a missing, corrupt or non-LoRA file is a one-line error."""
-    from medisyn_cli.pipeline.load import file_sha256
-
     path, scale = parse_spec(spec)
     folder = Path(path).expanduser()
     file = folder / WEIGHTS if folder.is_dir() else folder
@@ -240,8 +237,6 @@ def _factor(key: str) -> tuple[str, str] | None:
 
 def check_architecture(adapter: Adapter, model: str | None) -> None:
     """Each adapted layer must exist in the model with the adapter's input and output sizes (local folders)."""
-    from medisyn_cli.pipeline.load import model_source
-
     folder = Path(model_source(model)).expanduser()
     for key, shape in adapter_shapes(Path(adapter.file)).items():
         found = _factor(key)
@@ -274,8 +269,6 @@ def _base_shapes(file: str) -> dict[str, tuple]:
 
 def check_base(adapter: Adapter, model: str | None) -> None:
     """An adapter whose adapter.json names other base weights than --model's is refused (--force-lora overrides)."""
-    from medisyn_cli.pipeline.load import model_source, weight_hashes
-
     recorded = (adapter.base or {}).get("weights_sha256")
     if not recorded:
         return

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import heapq
-import io
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,18 +19,22 @@ import numpy as np
 from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
+from medisyn_cli.core.images import thumbnail_png
+from medisyn_cli.core.progress import make_progress, rate_text
+from medisyn_cli.generate.card import write_run_card
+from medisyn_cli.screening.index import load_index
+from medisyn_cli.screening.report import BINS, write_screen_report
+from medisyn_cli.screening.screener import Screener, require_embedder
 
 SCREEN_COLUMNS = {"image": "string", "label": "string", "nn_id": "int64", "nn_key": "string", "nn_label": "string",
                   "nn_similarity": "float32", "near_copy": "bool_", "view": "string", "region": "string",
                   "error": "string"}
-BINS = np.linspace(-1.0, 1.0, 401)  # histogram of similarities, 0.005 wide
 THUMB = 96
 
 
 @dataclass(order=True)
 class Pair:
     """A screened image and its nearest training image, for the report (thumbnail PNG bytes); ordered by similarity."""
-
     similarity: float
     image: str = field(compare=False)
     nn_key: str = field(compare=False)
@@ -43,7 +46,6 @@ class Pair:
 @dataclass
 class ScreenSummary:
     """What `screen_dataset` found and wrote."""
-
     dataset: Path
     report_dir: Path
     index: str
@@ -78,11 +80,6 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
                    embedder: str | None = None, batch_size: int = 64, pairs: int = 24,
                    show_progress: bool = True) -> ScreenSummary:
     """Screen every image of `dataset`; write screen.parquet, screen.csv, screen.json and report.html."""
-    from medisyn_cli.screening.index import load_index
-    from medisyn_cli.core.progress import make_progress, rate_text
-    from medisyn_cli.screening.report import write_screen_report
-    from medisyn_cli.screening.screener import Screener, require_embedder
-
     # 1. inputs: everything that can fail on input fails before any output is written
     dataset = Path(dataset)
     if batch_size < 1:
@@ -183,22 +180,8 @@ def _tally(summary: ScreenSummary, row: dict, image, pairs: int) -> None:
         (heapq.heappush if len(summary.pairs) < pairs else heapq.heapreplace)(summary.pairs, pair)
 
 
-def thumbnail_png(image, size: int = THUMB) -> bytes:
-    """A small PNG of an image (16-bit grey rescaled), nearest-neighbour enlarged so pixels stay visible."""
-    from PIL import Image
-
-    from medisyn_cli.screening.embed import to_8bit
-
-    image = to_8bit(image).convert("RGB")
-    image = image.resize((size, size), Image.NEAREST if image.width < size else Image.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 class _Tables:
     """screen.parquet and screen.csv, streamed under temporary names and renamed when complete."""
-
     def __init__(self, folder: Path):
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -287,7 +270,6 @@ def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
     """The copy's run.json and dataset card give its own counts and the screening that made it."""
     import json
 
-    from medisyn_cli.generate.card import write_run_card
 
     run = json.loads((copy / "run.json").read_text())
     removed = {label: counts[1] for label, counts in summary.per_label.items() if counts[1]}

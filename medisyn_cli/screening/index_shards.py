@@ -24,20 +24,29 @@ from pathlib import Path
 
 import numpy as np
 
-from medisyn_cli.core.datasets import Source, count_images
-from medisyn_cli.screening.embed import TILES, Embedder, get_embedder
+from medisyn_cli.core.datasets import Record, Source, count_images, find_sources
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.index import (KEYS_FILE, META_FILE, REGIONS_MAX, Embedded, _batches, _decode, _embed_batch, _KeyWriter,
-                    finish_index, parse_memory, source_fingerprint)
+from medisyn_cli.core.progress import make_progress, rate_text
 from medisyn_cli.core.shards import Shard, batch_count, shard_batches
 from medisyn_cli.core.store import IncompleteRun, WorkDir, batch_name, missing_report
+from medisyn_cli.screening.embed import TILES, Embedder, get_embedder
+from medisyn_cli.screening.embedding import (
+    Embedded,
+    KeyWriter,
+    decode_batch,
+    embed_batch,
+    source_batches,
+    source_fingerprint,
+)
+from medisyn_cli.screening.faiss_index import parse_memory
+from medisyn_cli.screening.index import KEYS_FILE, META_FILE, REGIONS_MAX
+from medisyn_cli.screening.index_write import finish_index
 
 SHARDS = "_shards"
 
 
 class ShardDir(WorkDir):
     """OUT/_shards of one sharded index build (config.json, done markers and lock as a generate run's _work)."""
-
     NAME, FOLDERS, LOCK = SHARDS, ("vectors", "keys", "done"), "merge.lock"
 
     def write_batch(self, batch: int, codes: np.ndarray, records: list, skipped: list[dict],
@@ -49,7 +58,7 @@ class ShardDir(WorkDir):
                 with open(self.root / "vectors" / f".{name}{suffix}.tmp", "wb") as handle:
                     np.save(handle, array)
                 os.replace(self.root / "vectors" / f".{name}{suffix}.tmp", self.root / "vectors" / f"{name}{suffix}")
-        with _KeyWriter(self.root / "keys" / f".{name}.parquet.tmp") as keys:
+        with KeyWriter(self.root / "keys" / f".{name}.parquet.tmp") as keys:
             keys.write(records, 0)
         os.replace(self.root / "keys" / f".{name}.parquet.tmp", self.root / "keys" / f"{name}.parquet")
         self.mark_done(batch, {"rows": len(codes), "skipped": skipped})
@@ -90,17 +99,16 @@ def _already_built(out: Path) -> dict:
 
 def _embed_mine(found: list[Source], model: Embedder, work: ShardDir, mine: set[int], batch_size: int,
                 show_progress: bool, title: str, regions: bool) -> None:
-    from medisyn_cli.core.progress import make_progress, rate_text
 
     images, started = 0, time.time()
     with make_progress(disable=not show_progress) as progress:
         task = progress.add_task(title, total=len(mine), rate="", info="")
-        for number, batch in enumerate(_batches(found, batch_size)):
+        for number, batch in enumerate(source_batches(found, batch_size)):
             if number not in mine:
                 continue
             skipped: list[dict] = []
-            decoded, records = _decode(batch, skipped)
-            codes, records, kept = _embed_batch(model, decoded, records, skipped)
+            decoded, records = decode_batch(batch, skipped)
+            codes, records, kept = embed_batch(model, decoded, records, skipped)
             tiles = model.embed_views(kept, TILES).reshape(-1, model.dim) if regions and kept else None
             work.write_batch(number, codes, records, skipped, tiles)
             images += len(batch)
@@ -110,8 +118,6 @@ def _embed_mine(found: list[Source], model: Embedder, work: ShardDir, mine: set[
 
 def merge_shards(out: str | Path) -> dict:
     """Concatenate every shard's batches in order and build the index; IncompleteRun names what is missing."""
-    from medisyn_cli.core.datasets import find_sources
-
     out = Path(out)
     work = ShardDir(out)
     if not work.config_path.exists():
@@ -145,7 +151,6 @@ def _concatenate(work: ShardDir, model: Embedder, regions: bool) -> Embedded:
     renumbered. Batches embedded by a medisyn without region tiles: the index is built without them."""
     import pyarrow.parquet as pq
 
-    from medisyn_cli.core.datasets import Record
 
     done = list(work.done_records())  # in batch order: rows and skipped files of each batch
     dtype = np.uint8 if model.binary else np.float32
@@ -158,7 +163,7 @@ def _concatenate(work: ShardDir, model: Embedder, regions: bool) -> Embedded:
                                       shape=(max(rows, 1) * len(TILES), model.dim)) if regions else None
     skipped: list[dict] = []
     count = 0
-    with _KeyWriter(work.out / (KEYS_FILE + ".tmp")) as keys:
+    with KeyWriter(work.out / (KEYS_FILE + ".tmp")) as keys:
         for batch, record in enumerate(done):
             name = batch_name(batch)
             codes = np.load(work.root / "vectors" / f"{name}.npy")

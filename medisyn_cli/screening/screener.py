@@ -24,16 +24,15 @@ with the views they were calibrated for ("tuned") and without tiles.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medisyn_cli.screening.embed import TILES, blas_threads
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.index import TrainingIndex, search_index
+from medisyn_cli.screening.embed import TILES, blas_threads
+from medisyn_cli.screening.faiss_index import search_index
+from medisyn_cli.screening.index import TrainingIndex
 
 REGION_PENALTY = 0.0  # subtracted from a tile match (16 tiles x the region views: more chances than whole images)
 
@@ -254,98 +253,5 @@ class RejectedLog:
 
 # --- self-calibrated threshold ---------------------------------------------------------------------------
 
-TARGET_FPR, CALIBRATION_SAMPLE, CALIBRATION_MIN = 0.005, 200, 50
-THRESHOLD_RANGE = (0.90, 0.995)
-CURVE = tuple(round(0.9 + 0.005 * i, 3) for i in range(20))
 
 
-def copy_augment(image, rng: np.random.Generator):
-    """A random copy-style change of an image (crop 85-95%, rotation 2-8 degrees, JPEG, blur, contrast, flip)."""
-    import io
-
-    from PIL import Image, ImageEnhance, ImageFilter, ImageOps
-
-    image = image.convert("RGB") if image.mode not in ("L", "RGB") else image
-    kind = rng.integers(6)
-    w, h = image.size
-    if kind == 0:
-        side = rng.uniform(0.85, 0.95)
-        x, y = rng.uniform(0, 1 - side, 2)
-        return image.crop((x * w, y * h, (x + side) * w, (y + side) * h)).resize((w, h), Image.Resampling.BICUBIC)
-    if kind == 1:
-        return image.rotate(float(rng.uniform(2, 8) * rng.choice([-1, 1])), Image.Resampling.BICUBIC)
-    if kind == 2:
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, "JPEG", quality=int(rng.integers(40, 80)))
-        return Image.open(io.BytesIO(buffer.getvalue())).convert(image.mode)
-    if kind == 3:
-        return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
-    if kind == 4:
-        return ImageEnhance.Contrast(image).enhance(float(rng.uniform(0.7, 1.3)))
-    return ImageOps.mirror(image) if rng.random() < 0.5 else ImageOps.flip(image)
-
-
-def calibrate(index: TrainingIndex, sample: list[tuple[int, object]], target_fpr: float = TARGET_FPR,
-              seed: int = 0) -> dict:
-    """Pick the threshold giving `target_fpr` on the index's own images: each sampled (id, image) and a copy-style
-    change of it are screened against the *other* training images (negatives: its own duplicates excluded), and
-    the changed copy against all (positives, for the curve). Returns the threshold, the measured curve and counts.
-
-    The training set's own near-duplicates are told apart by the embedder's default threshold, so below it the
-    negatives cannot separate a chance match from a duplicate: the calibrated threshold never goes below a
-    default that was itself calibrated on data split by patient (pixel, phash; benchmarks/screen_quality.py),
-    and rises above it where this data or the views make chance matches more similar."""
-    clock = time.time()
-    rng = np.random.default_rng(seed)
-    screener = Screener(index, threshold=1.0)
-    ids = [i for i, _ in sample]
-    changed = [copy_augment(image, rng) for _, image in sample]
-    banned = _duplicates_of(screener, [image for _, image in sample], ids)
-    negatives = np.array([r.nn_similarity for r in screener.check([im for _, im in sample] + changed,
-                                                                  exclude=banned + banned)], np.float64)
-    copies = screener.check(changed)
-    positives = np.array([r.nn_similarity if r.nn_id in banned[j] else -np.inf for j, r in enumerate(copies)])
-    floor = index.embedder.default_threshold if index.embedder.calibrated_default else THRESHOLD_RANGE[0]
-    threshold = max(floor, _threshold_for(negatives[np.isfinite(negatives)], target_fpr))
-    return {"threshold": threshold, "target_fpr": target_fpr, "view_set": screener.view_set, "floor": floor,
-            "sample": len(sample), "negatives": int(np.isfinite(negatives).sum()),
-            "duplicates_excluded": int(sum(len(b) - 1 for b in banned)),
-            "fpr_at_threshold": round(float(np.mean(negatives >= threshold)), 4),
-            "tpr_at_threshold": round(float(np.mean(positives >= threshold)), 4),
-            "negative_percentiles": {f"p{q}": round(float(np.percentile(negatives[np.isfinite(negatives)], q)), 4)
-                                     for q in (50, 90, 99, 99.5, 100)},
-            "curve": [{"threshold": t, "fpr": round(float(np.mean(negatives >= t)), 4),
-                       "tpr": round(float(np.mean(positives >= t)), 4)} for t in CURVE],
-            "seconds": round(time.time() - clock, 1)}
-
-
-def _duplicates_of(screener: Screener, images: list, ids: list[int]) -> list[set]:
-    """Per image: its own id and the training ids it duplicates: at or above the embedder's default threshold
-    (calibrated on data split by patient) under a turn, flip, inversion or the tuned shifts and crops -- the
-    training set's own near-duplicates (same patient, re-windowed, shifted or flipped), copies, not negatives."""
-    embedder = screener.embedder
-    general, tuned = embedder.default_views("general"), embedder.default_views("tuned")
-    views = tuple(dict.fromkeys(general[:16] + tuned)) if screener.view_set == "general" else tuned
-    vectors = embedder.embed_views(images, views)
-    k = min(20, len(screener.index))
-    sims, found = screener.index.search(vectors.reshape(len(images) * len(views), -1), k=k)
-    penalty = np.repeat([view.penalty for view in views], k).astype(np.float32)
-    sims, found = sims.reshape(len(images), -1) - penalty, found.reshape(len(images), -1)
-    limit = embedder.default_threshold
-    banned = [{own} | {int(i) for i in row[s >= limit] if i >= 0} for own, s, row in zip(ids, sims, found)]
-    tuned_screener = Screener(screener.index, threshold=limit, view_set="tuned")
-    for _ in range(3):  # the refined tuned match too: shifted frames of one scan match only after refinement
-        results = tuned_screener.check(images, exclude=banned)
-        if not any(r.near_copy for r in results):
-            break
-        banned = [b | {r.nn_id} if r.near_copy else b for b, r in zip(banned, results)]
-    return banned
-
-
-def _threshold_for(negatives: np.ndarray, target_fpr: float) -> float:
-    """The lowest threshold (3 decimals, within THRESHOLD_RANGE) at which at most `target_fpr` of negatives pass."""
-    ordered = np.sort(negatives)[::-1]
-    allowed = int(np.floor(target_fpr * len(ordered)))
-    above = ordered[allowed] if allowed < len(ordered) else -1.0
-    threshold = math.floor(above * 1000) / 1000 + 0.001  # strictly above the first negative that must not pass
-    return round(float(min(max(threshold, THRESHOLD_RANGE[0]), THRESHOLD_RANGE[1])), 3)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from medisyn_cli.core.datasets import find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.embed import to_8bit
 from medisyn_cli.study.design import DEFAULT_MIX, REAL, SYNTHETIC, Pick, draw_design
 from medisyn_cli.study.site import KEY_FORMAT, normalise, png_of, public_study, write_site
 
@@ -28,7 +29,6 @@ MAX_AUTO_SIZE = 512
 @dataclass(frozen=True)
 class StudyConfig:
     """Options of `medisyn study build` (one source of defaults for the CLI and the API)."""
-
     real: tuple[str, ...]
     synthetic: tuple[str, ...]
     out: str
@@ -149,7 +149,6 @@ def _geometry(images, size: int | None) -> tuple[int, str]:
     """The study's image side (given, or the smallest side of the chosen images) and mode (RGB if any has colour)."""
     import numpy as np
 
-    from medisyn_cli.screening.embed import to_8bit
 
     images = list(images)
     side = size or min(MAX_AUTO_SIZE, min(min(im.size) for im in images))

@@ -7,8 +7,8 @@ import io
 import math
 from pathlib import Path
 
+from medisyn_cli.core.html import data_uri
 from medisyn_cli.evaluate.common import new_figure, write_csv, write_json
-from medisyn_cli.screening.report import data_uri
 
 METRIC_NAMES = {
     "detection_accuracy": "detection accuracy (per image)", "detection_sensitivity": "sensitivity (synthetic flagged)",

@@ -11,6 +11,7 @@ from pathlib import Path
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.study.answers import Reader, load_key, read_answers
 from medisyn_cli.study.design import CANNOT_TELL, SYNTHETIC
+from medisyn_cli.study.report import write_score
 from medisyn_cli.study.stats import binomial_greater, bootstrap_pooled, cohen_kappa, fleiss_kappa, proportion
 
 METRICS = ("detection_accuracy", "detection_sensitivity", "detection_specificity", "pair_accuracy",
@@ -20,7 +21,6 @@ METRICS = ("detection_accuracy", "detection_sensitivity", "detection_specificity
 @dataclass
 class Judgements:
     """A reader's (or a group's) answers as scored events."""
-
     images: list  # (is synthetic, flagged as synthetic) per image of a pair item
     pairs: list   # (kind, right answer, answer)
     classify: list  # (source, label, answer)
@@ -175,8 +175,6 @@ def _group_order(name: str) -> tuple:
 def score_study(study: str | Path, answers: list[str | Path], out: str | Path | None = None,
                 bins: tuple[int, ...] = (5, 10), seed: int = 0) -> tuple[dict, dict]:
     """Read the key and every answer file, score them and write the results; (result, written files)."""
-    from medisyn_cli.study.report import write_score
-
     key = load_key(study)
     readers, problems = read_answers(answers, key)
     if not readers:

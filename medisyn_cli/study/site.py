@@ -9,6 +9,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from medisyn_cli.screening.embed import to_8bit
 from medisyn_cli.study.design import CANNOT_TELL, PAIR_ANSWERS
 
 KEY_FORMAT = "medisyn-study-key"
@@ -22,7 +23,6 @@ def normalise(image, size: int, mode: str):
     """The image as `mode` ('L' or 'RGB'), centre-cropped square, resized to size x size, with no metadata."""
     from PIL import Image
 
-    from medisyn_cli.screening.embed import to_8bit
 
     image = to_8bit(image).convert(mode)
     side = min(image.size)

@@ -15,8 +15,12 @@ from pathlib import Path
 from medisyn_cli.core.datasets import Record, iter_images, read_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
-from medisyn_cli.pipeline.lora import add_lora, check_train_options, data_fingerprint, save_adapter
+from medisyn_cli.core.images import image_grid
 from medisyn_cli.core.progress import console, make_progress, rate_text
+from medisyn_cli.generate.manifest import load_manifest
+from medisyn_cli.pipeline.load import load_pipeline, make_scheduler, quiet_libraries
+from medisyn_cli.pipeline.lora import add_lora, check_train_options, data_fingerprint, save_adapter
+from medisyn_cli.pipeline.tokenizer import build_corpus_tokenizer
 
 MINI = {
     "vae": dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
@@ -46,7 +50,6 @@ CONFIGS = {"mini": MINI, "tiny": TINY}
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; saved as training.json beside the model."""
-
     data: tuple[str, ...]
     out: str
     base: str | None = None
@@ -83,7 +86,6 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """What a run produced: where the model is and how training went."""
-
     model_dir: Path
     steps: int
     final_loss: float
@@ -157,7 +159,6 @@ def build_components(config: TrainConfig, captions: list[str], work: Path) -> di
     if config.config not in CONFIGS:
         raise MedisynError(f"--config: unknown config '{config.config}' (choose from {', '.join(CONFIGS)})")
     spec = CONFIGS[config.config]
-    from medisyn_cli.pipeline.tokenizer import build_corpus_tokenizer
 
     tokenizer = build_corpus_tokenizer(sorted(set(captions)) + [""], work / "tokenizer")
     text = CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
@@ -178,7 +179,6 @@ def _base_components(config: TrainConfig) -> dict:
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from medisyn_cli.pipeline.load import load_pipeline
 
     pipe = load_pipeline(config.base, torch.device("cpu"), torch.float32, scheduler=None)
     if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel) or getattr(pipe, "text_encoder_2", None):
@@ -292,7 +292,6 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     import torch
     from accelerate import Accelerator
 
-    from medisyn_cli.pipeline.load import quiet_libraries
 
     quiet_libraries()
     torch.set_flush_denormal(True)  # denormal floats slow CPU training by 5-10x once weights get small
@@ -482,7 +481,6 @@ def draw_batch(weights, n: int, size: int, generator):
 
 class _ema_weights:
     """Swap the EMA weights in for sampling, then put the training weights back."""
-
     def __init__(self, ema, params):
         self.ema, self.params = ema, params
 
@@ -532,7 +530,6 @@ def _validation_prompts(config: TrainConfig, captions: list[str]) -> list[str]:
         if not path.exists():
             raise MedisynError(f"--validation-prompts: {path} does not exist")
         if path.suffix == ".csv":
-            from medisyn_cli.generate.manifest import load_manifest
 
             return [row.prompt for row in load_manifest(path).rows][:16]
         return [line.strip() for line in path.read_text().splitlines() if line.strip()][:16]
@@ -543,7 +540,6 @@ def build_pipeline(parts, scheduler_name: str = "dpm++"):
     """A StableDiffusionPipeline from trained parts, without safety checker."""
     from diffusers import StableDiffusionPipeline
 
-    from medisyn_cli.pipeline.load import make_scheduler
 
     return StableDiffusionPipeline(
         vae=parts["vae"], text_encoder=_unwrap(parts["text_encoder"]), tokenizer=parts["tokenizer"],
@@ -569,7 +565,6 @@ def sample_grid(parts, prompts: list[str], path: Path, device, per_prompt: int =
         images = pipe([p for p in prompts for _ in range(per_prompt)], num_inference_steps=steps,
                       guidance_scale=3.0, generator=generators, output_type="pil").images
     unet.train(was_training[0]), text_encoder.train(was_training[1])
-    from medisyn_cli.screening.report import image_grid
 
     return image_grid(images, rows=len(prompts), path=path, labels=prompts)
 

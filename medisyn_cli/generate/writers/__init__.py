@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
-from medisyn_cli.generate.config import FORMATS
 from medisyn_cli.core.errors import MedisynError
-
-# Provenance columns every writer stores beside the image, with their Arrow types.
-COLUMNS = {
-    "id": "string", "label": "string", "label_id": "int64", "prompt": "string", "negative_prompt": "string",
-    "seed": "int64", "attempt": "int32", "mode": "string", "model": "string", "scheduler": "string",
-    "steps": "int32", "guidance": "float32", "height": "int32", "width": "int32",
-    "nn_id": "int64", "nn_similarity": "float32",  # nearest training image (screening index); empty unscreened
-    "label_score": "float32", "judged_label": "string",  # label check (generate --judge); empty unjudged
-}
-
-
-class Writer(Protocol):
-    """A dataset format. Nothing it writes looks complete before close()."""
-
-    name: str
-
-    def write(self, row: dict, png: bytes) -> None: ...
-
-    def close(self) -> dict: ...
-
-    def abort(self) -> None: ...
+from medisyn_cli.generate.config import FORMATS
+from medisyn_cli.generate.writers.base import Writer
+from medisyn_cli.generate.writers.imagefolder import ImageFolderWriter
+from medisyn_cli.generate.writers.parquet import ParquetWriter
 
 
 def make_writers(formats: tuple[str, ...], out: Path, labels: list[str], rows_per_part: int = 5000,
                  batch: str | None = None) -> list[Writer]:
     """One writer per requested format, under out/<format>/; for one `batch` of a run, under out/_work/."""
-    from medisyn_cli.generate.writers.imagefolder import ImageFolderWriter
-    from medisyn_cli.generate.writers.parquet import ParquetWriter
-
     if batch is None:
         makers = {"parquet": lambda: ParquetWriter(out / "parquet", labels, rows_per_part),
                   "imagefolder": lambda: ImageFolderWriter(out / "imagefolder")}

@@ -6,8 +6,8 @@ import csv
 import os
 from pathlib import Path
 
-from medisyn_cli.generate.plan import safe_name
-from medisyn_cli.generate.writers import COLUMNS
+from medisyn_cli.generate.manifest import safe_name
+from medisyn_cli.generate.writers.base import COLUMNS
 
 
 class ImageFolderWriter:

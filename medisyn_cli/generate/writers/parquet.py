@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medisyn_cli.generate.writers import COLUMNS
+from medisyn_cli.generate.writers.base import COLUMNS
 
 
 def hf_features(labels: list[str]) -> dict:

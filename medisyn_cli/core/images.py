@@ -1,0 +1,46 @@
+"""Image helpers shared by reports and training: PNG thumbnails and labelled sample grids."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from medisyn_cli.screening.embed import to_8bit
+
+THUMB = 96  # side of the thumbnails in HTML reports
+
+
+def thumbnail_png(image, size: int = THUMB) -> bytes:
+    """A small PNG of an image (16-bit grey rescaled), nearest-neighbour enlarged so pixels stay visible."""
+    from PIL import Image
+
+
+    image = to_8bit(image).convert("RGB")
+    image = image.resize((size, size), Image.NEAREST if image.width < size else Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = None, label_width: int = 220) -> Path:
+    """Paste equally sized PIL images into a grid (row-major), with an optional text label per row."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    cols = max(1, len(images) // max(rows, 1))
+    w, h = images[0].size
+    offset = label_width if labels else 0
+    grid = Image.new("RGB", (offset + cols * w, rows * h), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid.paste(image.convert("RGB"), (offset + c * w, r * h))
+    for r, label in enumerate(labels or []):
+        lines = textwrap.wrap(label, max(8, label_width // 6 - 1))[: max(1, h // 12)]
+        draw.multiline_text((4, r * h + max(0, h - 12 * len(lines)) // 2), "\n".join(lines), fill="black", spacing=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    grid.save(tmp)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,84 @@
+"""`medisyn index build` as a Python API: check options, embed the sources (or one shard of them), write the index."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from medisyn_cli.core.datasets import count_images, find_sources
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.embed import get_embedder
+from medisyn_cli.screening.embedding import embed_sources
+from medisyn_cli.screening.faiss_index import INDEX_TYPES, parse_memory
+from medisyn_cli.screening.index import (
+    INDEX_FILE,
+    KEYS_FILE,
+    META_FILE,
+    REGIONS_FILE,
+    REGIONS_MAX,
+    TARGET_FPR,
+    VECTORS_FILE,
+)
+from medisyn_cli.screening.index_shards import build_shard
+from medisyn_cli.screening.index_write import finish_index
+
+
+def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", index_type: str = "auto",
+                max_memory: str | None = None, batch_size: int = 256, show_progress: bool = True,
+                overwrite: bool = False, shard=None, target_fpr: float | None = TARGET_FPR,
+                regions: bool | None = None) -> dict:
+    """Embed every image of `sources`; write index.faiss, keys.parquet, index.json to `out`; return index.json's content.
+
+    The threshold is calibrated on the index's own images for `target_fpr` false positives (None: the
+    embedder's default). With a `shard` (shards.Shard) of several, embed only this shard's batches; the shard
+    that completes the last batch builds the index (index_shards.py, at the default target, without regions).
+    `regions` (default: up to REGIONS_MAX images, float embedders) adds the vectors of 16 overlapping tiles of
+    every training image, so crops and partial copies match the region they copy."""
+    # 1. check every option before any work, and refuse a non-empty `out`
+    out = Path(out)
+    budget = parse_memory(max_memory)
+    check_target_fpr(target_fpr)
+    if index_type not in INDEX_TYPES:
+        raise MedisynError(f"index type '{index_type}': expected one of {', '.join(INDEX_TYPES)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MedisynError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    found = find_sources(list(sources))
+    model = get_embedder(embedder)
+    if model.binary and index_type == "ivfpq":
+        raise MedisynError(f"index type 'ivfpq' is for float vectors; {model.name} codes use flat or hnsw")
+    if shard is not None and shard.count > 1:
+
+        return build_shard(found, out, model, index_type, budget, batch_size, show_progress, shard)
+    _prepare_out(out, overwrite)
+    total = sum(count_images(source) for source in found)
+    regions = (not model.binary and total <= REGIONS_MAX) if regions is None else bool(regions and not model.binary)
+    # 2. embed in batches into a memmap, keys straight to parquet
+    started = time.time()
+    try:
+        embedded = embed_sources(found, model, out, total, batch_size, show_progress, regions)
+        return finish_index(out, embedded, model, found, index_type, budget, started, sources, target_fpr)
+    finally:
+        for tmp in out.glob("*.tmp"):
+            tmp.unlink()
+
+
+def check_target_fpr(target_fpr: float | None) -> None:
+    """MedisynError unless `target_fpr` is None or a rate in (0, 0.5)."""
+    if target_fpr is not None and (isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float))
+                                   or not 0 < target_fpr < 0.5):
+        raise MedisynError(f"target false-positive rate must be a number in (0, 0.5), e.g. 0.005, got {target_fpr!r}")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty folder unless overwrite, and then only an index folder (index.json or leftovers)."""
+    if out.exists() and not out.is_dir():
+        raise MedisynError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise MedisynError(f"{out}: folder exists and is not empty (use overwrite to replace the index)")
+        ours = {INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE, REGIONS_FILE}
+        if not all(p.name in ours or p.name.endswith(".tmp") for p in out.iterdir()):
+            raise MedisynError(f"{out}: overwrite only replaces an index folder, and this folder holds other files")
+        for p in out.iterdir():
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
