@@ -1,4 +1,4 @@
-"""HTML plumbing for the self-contained reports: data URIs, the similarity histogram figure, the page shell."""
+"""HTML plumbing for the self-contained reports: data URIs, figures, similarity histogram, the page shell."""
 
 from __future__ import annotations
 
@@ -37,28 +37,43 @@ def histogram_png(counts, edges, threshold: float, title: str) -> bytes:
     return buffer.getvalue()
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
-table {{ border-collapse: collapse; margin: 12px 0; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; font-size: 13px; }}
-.pairs {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-.pair {{ border: 2px solid #ccc; padding: 6px; font-size: 12px; width: 212px; }}
-.pair.copy {{ border-color: #c44e52; background: #fdeeee; }}
-.pair img {{ width: 96px; height: 96px; image-rendering: pixelated; }}
-.key {{ overflow-wrap: anywhere; color: #555; }}
-.region {{ color: #c44e52; }}
-</style></head>
-<body>
-{body}
-<script>
-window.addEventListener("load", function () {{
+LOAD_PROBE = """<script>
+window.addEventListener("load", function () {
   var images = document.querySelectorAll("img");
-  var loaded = Array.prototype.filter.call(images, function (i) {{ return i.complete && i.naturalWidth > 0; }});
+  var loaded = Array.prototype.filter.call(images, function (i) { return i.complete && i.naturalWidth > 0; });
   document.body.setAttribute("data-images", images.length);
   document.body.setAttribute("data-loaded", loaded.length);
-}});
+});
 </script>
-</body></html>
-"""
+"""  # counts the images that rendered (data-images, data-loaded on <body>): headless-browser tests read them
+
+
+def page(title: str, body: str, style: str, script: str = "", lang: str = "en") -> str:
+    """The shell of a self-contained report page: title, inline style, body, a script (e.g. LOAD_PROBE)."""
+    return (f'<!doctype html>\n<html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title>\n'
+            f"<style>{style}</style></head>\n<body>\n{body}\n{script}</body></html>\n")
+
+
+def figure_png(figure, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes (tight bounding box); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def figure_uri(figure, dpi: int = 100) -> str:
+    """A matplotlib figure as an inline PNG `data:` URI (closed afterwards)."""
+    return data_uri(figure_png(figure, dpi))
+
+
+def img_tag(png: bytes, alt: str | None = None) -> str:
+    """An inline `<img>` element of PNG bytes."""
+    import html
+
+    alt_attribute = "" if alt is None else f' alt="{html.escape(alt)}"'
+    return f'<img{alt_attribute} src="{data_uri(png)}">'

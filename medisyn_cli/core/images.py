@@ -10,19 +10,28 @@ from medisyn_cli.screening.embed import to_8bit
 THUMB = 96  # side of the thumbnails in HTML reports
 
 
-def thumbnail_png(image, size: int = THUMB) -> bytes:
-    """A small PNG of an image (16-bit grey rescaled), nearest-neighbour enlarged so pixels stay visible."""
+def thumbnail(image, size: int = THUMB, pixelated: bool = True):
+    """An RGB size x size copy (16-bit grey rescaled); pixelated: enlarge nearest-neighbour, else bilinear."""
     from PIL import Image
 
-
     image = to_8bit(image).convert("RGB")
-    image = image.resize((size, size), Image.NEAREST if image.width < size else Image.BILINEAR)
+    return image.resize((size, size), Image.NEAREST if pixelated and image.width < size else Image.BILINEAR)
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image encoded as PNG."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = None, label_width: int = 220) -> Path:
+def thumbnail_png(image, size: int = THUMB) -> bytes:
+    """A small PNG of an image (16-bit grey rescaled), nearest-neighbour enlarged so pixels stay visible."""
+    return png_bytes(thumbnail(image, size))
+
+
+def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = None,
+               label_width: int = 220) -> Path:
     """Paste equally sized PIL images into a grid (row-major), with an optional text label per row."""
     import textwrap
 
@@ -38,7 +47,8 @@ def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = N
         grid.paste(image.convert("RGB"), (offset + c * w, r * h))
     for r, label in enumerate(labels or []):
         lines = textwrap.wrap(label, max(8, label_width // 6 - 1))[: max(1, h // 12)]
-        draw.multiline_text((4, r * h + max(0, h - 12 * len(lines)) // 2), "\n".join(lines), fill="black", spacing=1)
+        top = r * h + max(0, h - 12 * len(lines)) // 2
+        draw.multiline_text((4, top), "\n".join(lines), fill="black", spacing=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     grid.save(tmp)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import numpy as np
 
 from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.images import png_bytes  # noqa: F401  (evaluate/report imports it from here)
 from medisyn_cli.screening.embed import to_8bit
 
 LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
@@ -193,13 +193,6 @@ def new_figure(width: float = 6.4, height: float = 4.0):
     import matplotlib.pyplot as plt
 
     return plt.subplots(figsize=(width, height))
-
-
-def png_bytes(image) -> bytes:
-    """A PIL image encoded as PNG."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _finite(value):

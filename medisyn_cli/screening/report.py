@@ -8,29 +8,23 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.datasets import open_key
-from medisyn_cli.core.html import PAGE, data_uri, histogram_png
-from medisyn_cli.core.images import thumbnail_png
-from medisyn_cli.screening.embed import to_8bit
+from medisyn_cli.core.files import atomic_write_text
+from medisyn_cli.core.html import LOAD_PROBE, data_uri, histogram_png, page
+from medisyn_cli.core.images import THUMB, png_bytes, thumbnail, thumbnail_png
 
 
-def region_png(image, region: str, size: int = 96) -> bytes:
-    """A thumbnail of a training image with the matched region ("region(l,t,r,b)", fractions) outlined in red."""
-    import io
-
-    from PIL import Image, ImageDraw
-
+def region_png(image, region: str, size: int = THUMB) -> bytes:
+    """A thumbnail of a training image with the matched region ("region(l,t,r,b)", fractions) outlined."""
+    from PIL import ImageDraw
 
     box = [float(v) * size for v in region[region.index("(") + 1:region.rindex(")")].split(",")]
-    image = to_8bit(image).convert("RGB")
-    image = image.resize((size, size), Image.NEAREST if image.width < size else Image.BILINEAR)
+    image = thumbnail(image, size)
     ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(220, 40, 40), width=2)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(image)
 
 
 def write_screen_report(summary, path: Path, index) -> Path:
-    """report.html of `medisyn screen`: totals, per-label counts, the similarity histogram, the closest pairs."""
+    """report.html of `medisyn screen`: totals, per-label counts, similarity histogram, the closest pairs."""
     import html
 
 
@@ -42,9 +36,11 @@ def write_screen_report(summary, path: Path, index) -> Path:
             f"{summary.threshold:g}): <b>{summary.near_copies} near-copies ({rate:.2%})</b>, "
             f"{summary.errors} unreadable.</p>",
             "<table><tr><th>label</th><th>screened</th><th>near-copies</th></tr>"]
-    body += [f"<tr><td>{e(label)}</td><td>{n}</td><td>{c}</td></tr>" for label, (n, c) in summary.per_label.items()]
+    body += [f"<tr><td>{e(label)}</td><td>{n}</td><td>{c}</td></tr>"
+             for label, (n, c) in summary.per_label.items()]
+    histogram = histogram_png(summary.histogram, BINS, summary.threshold, "all screened images")
     body += ["</table>", "<h2>Similarity to the nearest training image</h2>",
-             f'<img class="histogram" alt="histogram" src="{data_uri(histogram_png(summary.histogram, BINS, summary.threshold, "all screened images"))}">',
+             f'<img class="histogram" alt="histogram" src="{data_uri(histogram)}">',
              f"<h2>The {len(summary.pairs)} closest pairs (screened image, nearest training image)</h2>",
              '<div class="pairs">']
     for pair in summary.pairs:
@@ -57,15 +53,24 @@ def write_screen_report(summary, path: Path, index) -> Path:
         body.append(f'<div class="pair{" copy" if pair.near_copy else ""}">'
                     f'<img alt="screened" src="{data_uri(pair.thumbnail)}"> '
                     f'<img alt="training" src="{training}"><br>'
-                    f'similarity <b>{pair.similarity:.3f}</b>{" &mdash; near-copy" if pair.near_copy else ""}<br>'
-                    + (f'<span class="region">matched region of the training image: {e(pair.region[6:])}</span><br>'
-                       if pair.region else "") +
+                    f'similarity <b>{pair.similarity:.3f}</b>{" &mdash; near-copy" if pair.near_copy else ""}'
+                    '<br>' + (f'<span class="region">matched region of the training image: '
+                              f'{e(pair.region[6:])}</span><br>' if pair.region else "") +
                     f'<span class="key">{e(pair.image)}<br>&harr; {e(pair.nn_key)}</span></div>')
     body.append("</div>")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(PAGE.format(title=f"screening: {e(summary.dataset.name)}", body="\n".join(body)), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, page(f"screening: {e(summary.dataset.name)}", "\n".join(body), STYLE, LOAD_PROBE))
     return path
 
 
 BINS = np.linspace(-1.0, 1.0, 401)  # histogram of similarities, 0.005 wide
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 12px 0; }
+td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: left; font-size: 13px; }
+.pairs { display: flex; flex-wrap: wrap; gap: 12px; }
+.pair { border: 2px solid #ccc; padding: 6px; font-size: 12px; width: 212px; }
+.pair.copy { border-color: #c44e52; background: #fdeeee; }
+.pair img { width: 96px; height: 96px; image-rendering: pixelated; }
+.key { overflow-wrap: anywhere; color: #555; }
+.region { color: #c44e52; }
+"""
