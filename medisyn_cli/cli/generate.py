@@ -3,79 +3,72 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import EXIT_MEMORISES, errors_as_exit_codes
+from medisyn_cli.cli.options import option
 from medisyn_cli.core.progress import console, results
-from medisyn_cli.generate.config import GenerateConfig
+from medisyn_cli.generate.config import FORMATS, GenerateConfig
 from medisyn_cli.generate.run import merge_run, run_generate
 from medisyn_cli.generate.slurm import SlurmOptions, submit_generate
 from medisyn_cli.generate.writers import parse_formats
 
 
+def format_option(formats: tuple[str, ...]) -> str:
+    """GenerateConfig.formats as --format says it: both, parquet or imagefolder."""
+    return "both" if tuple(formats) == FORMATS else ",".join(formats)
+
+
 def generate(
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="Prompt manifest (.csv or .jsonl): label, prompt, "
-                                                              "optional negative_prompt, weight, mode."),
-    n: int = typer.Option(..., "--n", help="Total number of images, shared by the classes by weight."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: ./<manifest name>)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Diffusers folder, .safetensors/.ckpt file or hub id "
-                                                             "(default: the bundled medisyn-mini model)."),
-    seed: int = typer.Option(0, "--seed", help="Run seed; each image's seed derives from it, its class and index."),
-    format: str = typer.Option("both", "--format", help="parquet, imagefolder or both."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16/bf16 on GPU, fp32 on CPU), fp32, fp16, bf16."),
-    scheduler: str = typer.Option("dpm++", "--scheduler", help="dpm++, ddim, euler, euler-a, unipc, pndm, ddpm."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's, else 25)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
-    height: Optional[int] = typer.Option(None, "--height"),
-    width: Optional[int] = typer.Option(None, "--width"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per model call (default: 16 on CPU "
-                                                                     "up to 128 px, fewer for larger images; the most "
-                                                                     "that fit in free memory on CUDA)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model (default: torch's; "
-                                          "a resumed run or another shard uses the run's own: pixels depend on it)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (slow first batch; faster on GPUs)."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory layout (GPUs)."),
-    vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode one image at a time (less memory)."),
-    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in tiles (large images, less memory)."),
-    lora: list[str] = typer.Option([], "--lora", help="LoRA adapter (folder or .safetensors) to apply, PATH[:SCALE] "
-                                   "(scale default 1); repeat for several (medisyn train --lora)."),
-    fuse_lora: bool = typer.Option(False, "--fuse-lora", help="Fuse the adapters into the weights once (faster)."),
-    force_lora: bool = typer.Option(False, "--force-lora", help="Load an adapter whose adapter.json names another "
-                                    "base model than --model."),
-    prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache",
-                                      help="Encode each distinct prompt once per run."),
-    overlap: Optional[bool] = typer.Option(None, "--overlap/--no-overlap", help="Screen and write a batch while "
-                                           "the model makes the next (default: on GPUs, not on CPU, whose cores the "
-                                           "model already uses)."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Training-image index (medisyn index build): reject "
-                                                             "near-copies of training images and replace them."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
-                                                                      "the index's calibrated one)."),
-    max_attempts: int = typer.Option(10, "--max-attempts", help="Near-copies in a row for one image that end its "
-                                                               "class (the model memorises it)."),
-    judge: Optional[Path] = typer.Option(None, "--judge", help="Label check: a judge folder (medisyn judge build); "
-                                         "images it does not recognise as their class are replaced."),
-    min_label_score: Optional[float] = typer.Option(None, "--min-label-score", help="Reject images whose "
-                                                    "own-label probability under --judge is below (default 0.5)."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: make shard K (from 0) of N of the run into the "
-                                                             "same --out (default: from SLURM_ARRAY_TASK_ID, RANK...)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (same options)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing medisyn output folder."),
-    slurm_array: Optional[int] = typer.Option(None, "--slurm-array", help="Submit as a SLURM array of N tasks "
+    manifest: Path = option(GenerateConfig, "manifest", "--manifest", "-m"),
+    n: int = option(GenerateConfig, "n", "--n"),
+    out: Path | None = option(GenerateConfig, "out", "--out", "-o"),
+    model: str | None = option(GenerateConfig, "model", "--model"),
+    seed: int = option(GenerateConfig, "seed", "--seed"),
+    format: str = option(GenerateConfig, "formats", "--format", to_cli=format_option),
+    device: str = option(GenerateConfig, "device", "--device"),
+    dtype: str = option(GenerateConfig, "dtype", "--dtype"),
+    scheduler: str = option(GenerateConfig, "scheduler", "--scheduler"),
+    steps: int | None = option(GenerateConfig, "steps", "--steps"),
+    guidance: float | None = option(GenerateConfig, "guidance", "--guidance"),
+    height: int | None = option(GenerateConfig, "height", "--height"),
+    width: int | None = option(GenerateConfig, "width", "--width"),
+    batch_size: int | None = option(GenerateConfig, "batch_size", "--batch-size"),
+    threads: int | None = option(GenerateConfig, "threads", "--threads"),
+    compile: bool = option(GenerateConfig, "compile", "--compile"),
+    channels_last: bool = option(GenerateConfig, "channels_last", "--channels-last"),
+    vae_slicing: bool = option(GenerateConfig, "vae_slicing", "--vae-slicing"),
+    vae_tiling: bool = option(GenerateConfig, "vae_tiling", "--vae-tiling"),
+    lora: list[str] = option(GenerateConfig, "loras", "--lora", to_cli=list),
+    fuse_lora: bool = option(GenerateConfig, "fuse_lora", "--fuse-lora"),
+    force_lora: bool = option(GenerateConfig, "force_lora", "--force-lora"),
+    prompt_cache: bool = option(GenerateConfig, "cache_prompts", "--prompt-cache/--no-prompt-cache"),
+    overlap: bool | None = option(GenerateConfig, "overlap", "--overlap/--no-overlap"),
+    index: Path | None = option(GenerateConfig, "index", "--index"),
+    threshold: float | None = option(GenerateConfig, "threshold", "--threshold"),
+    max_attempts: int = option(GenerateConfig, "max_attempts", "--max-attempts"),
+    judge: Path | None = option(GenerateConfig, "judge", "--judge"),
+    min_label_score: float | None = option(GenerateConfig, "min_label_score", "--min-label-score"),
+    shard: str | None = option(GenerateConfig, "shard", "--shard"),
+    resume: bool = option(GenerateConfig, "resume", "--resume"),
+    overwrite: bool = option(GenerateConfig, "overwrite", "--overwrite"),
+    slurm_array: int | None = typer.Option(None, "--slurm-array", help="Submit as a SLURM array of N tasks "
                                                                         "(one shard each) instead of running here."),
-    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
-    gpus_per_task: int = typer.Option(0, "--gpus-per-task", help="GPUs per array task; one process per GPU."),
-    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task"),
-    time_limit: Optional[str] = typer.Option(None, "--time", help="SLURM walltime per task, e.g. 04:00:00."),
-    mem: Optional[str] = typer.Option(None, "--mem", help="SLURM memory per task, e.g. 32G."),
-    sbatch: list[str] = typer.Option([], "--sbatch", help="Extra sbatch option, e.g. --sbatch=--account=abc."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (classes, prompts, seeds) or, with "
-                                                          "--slurm-array, the sbatch script; load no model."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    partition: str | None = option(SlurmOptions, "partition", "--partition", help="SLURM partition."),
+    gpus_per_task: int = option(SlurmOptions, "gpus_per_task", "--gpus-per-task",
+                                help="GPUs per array task; one process per GPU."),
+    cpus_per_task: int | None = option(SlurmOptions, "cpus_per_task", "--cpus-per-task",
+                                          help="CPU cores per array task (default: the partition's)."),
+    time_limit: str | None = option(SlurmOptions, "time", "--time",
+                                       help="SLURM walltime per task, e.g. 04:00:00."),
+    mem: str | None = option(SlurmOptions, "mem", "--mem", help="SLURM memory per task, e.g. 32G."),
+    sbatch: list[str] = option(SlurmOptions, "extra", "--sbatch", to_cli=list,
+                               help="Extra sbatch option, e.g. --sbatch=--account=abc."),
+    dry_run: bool = option(GenerateConfig, "dry_run", "--dry-run"),
+    progress: bool = option(run_generate, "show_progress", "--progress/--no-progress",
+                            help="Show a progress bar (else log lines)."),
 ) -> None:
     """Generate a balanced, labelled synthetic dataset from a prompt manifest.
 

@@ -3,50 +3,45 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
-import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
+from medisyn_cli.cli.options import argument, option
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.train.loop import TrainConfig
 from medisyn_cli.train.loop import train as run_train
 
 
 def train(
-    data: list[Path] = typer.Argument(..., help="ImageFolder(s) with metadata.csv captions, Parquet, label folders, "
-                                                "or a folder holding several such datasets."),
-    out: Path = typer.Option(..., "--out", help="Folder for the trained diffusers pipeline."),
-    base: Optional[str] = typer.Option(None, "--base", help="Pipeline to fine-tune: folder, file or hub id."),
-    config: str = typer.Option("mini", "--config", help="Named architecture when training from scratch."),
-    resolution: int = typer.Option(64, "--resolution"),
-    steps: int = typer.Option(2000, "--steps", help="Diffusion (UNet) optimisation steps."),
-    vae_steps: int = typer.Option(600, "--vae-steps", help="Autoencoder steps (from scratch only)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    lr: float = typer.Option(5e-4, "--lr"),
-    mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto, no, fp16 or bf16."),
-    grad_accum: int = typer.Option(1, "--grad-accum"),
-    ema: bool = typer.Option(True, "--ema/--no-ema"),
-    checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
-    caption_dropout: float = typer.Option(0.1, "--caption-dropout"),
-    balance: float = typer.Option(0.0, "--balance", help="Sampling by caption: 0 uniform over images, 1 every "
-                                  "caption (class) equally often; between: 1/count**balance."),
-    caption_template: str = typer.Option("{label}", "--caption-template",
-                                         help="Caption for data without captions, e.g. 'chest x-ray, {label}'."),
-    validation_prompts: Optional[Path] = typer.Option(None, "--validation-prompts", help="Text file or manifest."),
-    validate_every: int = typer.Option(500, "--validate-every"),
-    train_text_encoder: Optional[bool] = typer.Option(None, "--train-text-encoder/--freeze-text-encoder",
-                                                      help="Default: trained from scratch, frozen when fine-tuning."),
-    holdout: float = typer.Option(0.0, "--holdout", help="Fraction of images held out (by file-name hash)."),
-    save_dtype: str = typer.Option("fp32", "--save-dtype", help="fp32 or fp16 weights."),
-    seed: int = typer.Option(0, "--seed"),
-    lora: Optional[int] = typer.Option(None, "--lora", help="Train a LoRA adapter of this rank on --base instead "
-                                       "of the whole UNet; --out gets pytorch_lora_weights.safetensors."),
-    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank)."),
-    lora_targets: str = typer.Option("unet", "--lora-targets", help="unet or unet+text."),
-    lora_dropout: float = typer.Option(0.0, "--lora-dropout"),
+    data: list[Path] = argument(TrainConfig, "data"),
+    out: Path = option(TrainConfig, "out", "--out"),
+    base: str | None = option(TrainConfig, "base", "--base"),
+    config: str = option(TrainConfig, "config", "--config"),
+    resolution: int = option(TrainConfig, "resolution", "--resolution"),
+    steps: int = option(TrainConfig, "steps", "--steps"),
+    vae_steps: int = option(TrainConfig, "vae_steps", "--vae-steps"),
+    batch_size: int = option(TrainConfig, "batch_size", "--batch-size"),
+    lr: float = option(TrainConfig, "lr", "--lr"),
+    mixed_precision: str = option(TrainConfig, "mixed_precision", "--mixed-precision"),
+    grad_accum: int = option(TrainConfig, "grad_accum", "--grad-accum"),
+    ema: bool = option(TrainConfig, "ema", "--ema/--no-ema"),
+    checkpoint_every: int = option(TrainConfig, "checkpoint_every", "--checkpoint-every"),
+    resume: bool = option(TrainConfig, "resume", "--resume"),
+    caption_dropout: float = option(TrainConfig, "caption_dropout", "--caption-dropout"),
+    balance: float = option(TrainConfig, "balance", "--balance"),
+    caption_template: str = option(TrainConfig, "caption_template", "--caption-template"),
+    validation_prompts: Path | None = option(TrainConfig, "validation_prompts", "--validation-prompts"),
+    validate_every: int = option(TrainConfig, "validate_every", "--validate-every"),
+    train_text_encoder: bool | None = option(TrainConfig, "train_text_encoder",
+                                             "--train-text-encoder/--freeze-text-encoder"),
+    holdout: float = option(TrainConfig, "holdout", "--holdout"),
+    save_dtype: str = option(TrainConfig, "save_dtype", "--save-dtype"),
+    seed: int = option(TrainConfig, "seed", "--seed"),
+    lora: int | None = option(TrainConfig, "lora", "--lora"),
+    lora_alpha: float | None = option(TrainConfig, "lora_alpha", "--lora-alpha"),
+    lora_targets: str = option(TrainConfig, "lora_targets", "--lora-targets"),
+    lora_dropout: float = option(TrainConfig, "lora_dropout", "--lora-dropout"),
 ) -> None:
     """Train or fine-tune a text-to-image model and save a diffusers pipeline folder.
 
