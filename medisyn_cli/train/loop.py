@@ -50,37 +50,52 @@ CONFIGS = {"mini": MINI, "tiny": TINY}
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; saved as training.json beside the model."""
-    data: tuple[str, ...]
-    out: str
-    base: str | None = None
-    config: str = "mini"
-    resolution: int = 64
-    steps: int = 2000
-    vae_steps: int = 600
-    batch_size: int = 64
-    lr: float = 5e-4
+    data: tuple[str, ...] = field(metadata={
+        "help": "ImageFolder(s) with metadata.csv captions, Parquet, label folders, or a folder holding "
+                "several such datasets."})
+    out: str = field(metadata={"help": "Folder for the trained diffusers pipeline."})
+    base: str | None = field(default=None, metadata={
+        "help": "Pipeline to fine-tune: folder, file or hub id."})
+    config: str = field(default="mini", metadata={"help": "Named architecture when training from scratch."})
+    resolution: int = field(default=64, metadata={
+        "help": "Side in px the images are trained at (centre square, resized)."})
+    steps: int = field(default=2000, metadata={"help": "Diffusion (UNet) optimisation steps."})
+    vae_steps: int = field(default=600, metadata={"help": "Autoencoder steps (from scratch only)."})
+    batch_size: int = field(default=64, metadata={"help": "Images per training batch."})
+    lr: float = field(default=5e-4, metadata={"help": "Learning rate (AdamW, 100 warm-up steps)."})
     vae_lr: float = 1e-3
-    mixed_precision: str = "auto"
-    grad_accum: int = 1
-    ema: bool = True
+    mixed_precision: str = field(default="auto", metadata={"help": "auto, no, fp16 or bf16."})
+    grad_accum: int = field(default=1, metadata={"help": "Batches accumulated per optimiser step."})
+    ema: bool = field(default=True, metadata={
+        "help": "Save an exponential moving average of the trained weights."})
     ema_decay: float = 0.999
-    checkpoint_every: int = 250
-    resume: bool = False
-    caption_dropout: float = 0.1
-    balance: float = 0.0
-    caption_template: str = "{label}"
-    validation_prompts: str | None = None
-    validate_every: int = 500
-    train_text_encoder: bool | None = None
-    holdout: float = 0.0
+    checkpoint_every: int = field(default=250, metadata={
+        "help": "Steps between checkpoints (what --resume continues from)."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in --out."})
+    caption_dropout: float = field(default=0.1, metadata={
+        "help": "Share of captions left empty in training (for classifier-free guidance)."})
+    balance: float = field(default=0.0, metadata={
+        "help": "Sampling by caption: 0 uniform over images, 1 every caption (class) equally often; "
+                "between: 1/count**balance."})
+    caption_template: str = field(default="{label}", metadata={
+        "help": "Caption for data without captions, e.g. 'chest x-ray, {label}'."})
+    validation_prompts: str | None = field(default=None, metadata={"help": "Text file or manifest."})
+    validate_every: int = field(default=500, metadata={
+        "help": "Steps between sample grids of the validation prompts (0: none)."})
+    train_text_encoder: bool | None = field(default=None, metadata={
+        "help": "Default: trained from scratch, frozen when fine-tuning."})
+    holdout: float = field(default=0.0, metadata={"help": "Fraction of images held out (by file-name hash)."})
     min_snr_gamma: float = 5.0
-    save_dtype: str = "fp32"
-    seed: int = 0
+    save_dtype: str = field(default="fp32", metadata={"help": "fp32 or fp16 weights."})
+    seed: int = field(default=0, metadata={"help": "Seed of the batch order, caption dropout and noise."})
     min_images: int = 4
-    lora: int | None = None          # LoRA rank: train an adapter on --base instead of the whole UNet
-    lora_alpha: float | None = None  # None: the rank (scale 1)
-    lora_targets: str = "unet"       # unet or unet+text
-    lora_dropout: float = 0.0
+    lora: int | None = field(default=None, metadata={
+        "help": "Train a LoRA adapter of this rank on --base instead of the whole UNet; --out gets "
+                "pytorch_lora_weights.safetensors."})
+    lora_alpha: float | None = field(default=None, metadata={  # the rank: scale 1
+        "help": "LoRA alpha (default: the rank)."})
+    lora_targets: str = field(default="unet", metadata={"help": "unet or unet+text."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout of the LoRA layers in training."})
 
 
 @dataclass
