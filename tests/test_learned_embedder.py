@@ -118,3 +118,76 @@ def test_saved_embedder_round_trips_and_bad_files_are_one_line_errors(tmp_path):
     (broken / WEIGHTS_FILE).unlink()
     with pytest.raises(MedisynError, match="learned.safetensors: missing"):
         load_embedder(broken)
+
+
+@pytest.fixture
+def learned_index(tmp_path, monkeypatch):
+    """`medisyn index build --embedder learned` of the 12 fixture images (the tiny config, ~20 steps)."""
+    from typer.testing import CliRunner
+
+    from medisyn_cli.cli.main import app
+    from medisyn_cli.screening import learned
+
+    monkeypatch.setattr(learned, "TRAINING", SMALL)
+    out = tmp_path / "idx"
+    result = CliRunner().invoke(app, ["index", "build", str(FIXTURES / "images"), "--out", str(out),
+                                      "--embedder", "learned", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_index_build_trains_saves_and_screen_loads_the_descriptor(learned_index, tmp_path):
+    from typer.testing import CliRunner
+
+    from medisyn_cli.cli.main import app
+    from medisyn_cli.screening.index import load_index
+
+    meta = json.loads((learned_index / "index.json").read_text())
+    assert meta["embedder"]["spec"] == "learned" and meta["regions"] is None
+    assert meta["learned"]["weights"] == WEIGHTS_FILE and meta["learned"]["training"]["steps"] >= 1
+    assert meta["embedder"]["settings"]["weights_sha256"] == meta["learned"]["weights_sha256"]
+    index = load_index(learned_index)
+    assert index.embedder.name == "learned" and index.embedder.network is not None
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    source = sorted((FIXTURES / "images" / "images").glob("*.png"))[4]
+    with Image.open(source) as image:
+        ImageOps.mirror(image.convert("RGB")).save(queries / "copy.png")
+    for path in sorted((FIXTURES / "screen" / "distinct").glob("*.png"))[:2]:
+        shutil.copy(path, queries / path.name)
+    result = CliRunner().invoke(app, ["screen", str(queries), "--index", str(learned_index), "--no-progress",
+                                      "--report", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    rows = pd.read_parquet(tmp_path / "report" / "screen.parquet").set_index("image")
+    copy = rows.loc[[k for k in rows.index if k.endswith("copy.png")][0]]
+    assert bool(copy["near_copy"]) and str(copy["nn_key"]).endswith(source.name)
+    assert copy["nn_similarity"] > rows["nn_similarity"].drop(copy.name).max()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_index_with_missing_or_corrupt_weights_is_a_one_line_error(learned_index, tmp_path, damage):
+    from typer.testing import CliRunner
+
+    from medisyn_cli.cli.main import app
+
+    weights = learned_index / WEIGHTS_FILE
+    if damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:64])
+    result = CliRunner().invoke(app, ["screen", str(FIXTURES / "screen" / "distinct"), "--index", str(learned_index),
+                                      "--no-progress", "--report", str(tmp_path / "report")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "learned" in result.output and "rebuild the index" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+
+
+def test_learned_needs_an_index(tmp_path):
+    from medisyn_cli.screening.embed import get_embedder
+
+    with pytest.raises(MedisynError, match="index build --embedder learned"):
+        get_embedder("learned")
+    with pytest.raises(MedisynError, match="learned.json: missing"):
+        get_embedder(f"learned:{tmp_path}")

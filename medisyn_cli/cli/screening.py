@@ -66,8 +66,9 @@ def index_build(
     sources: list[Path] = typer.Argument(..., help="Training images: image folders (recursive), ImageFolders with "
                                                    "metadata.csv, Parquet datasets with an image column."),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to write."),
-    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, clip:<model> "
-                                                             "or hf:<model>."),
+    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, learned (a "
+                                                             "copy descriptor trained here on these images, "
+                                                             "saved in the index), clip:<model> or hf:<model>."),
     index_type: str = typer.Option("auto", "--index-type", help="auto, flat (exact), hnsw or ivfpq."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for the index, e.g. 4GB "
                                                                        "(auto picks a type that fits)."),

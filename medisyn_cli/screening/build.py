@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from medisyn_cli.core.datasets import count_images, find_sources
+from medisyn_cli.core.datasets import count_images, find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.embed import get_embedder
 from medisyn_cli.screening.embedding import embed_sources
@@ -21,6 +21,7 @@ from medisyn_cli.screening.index import (
 )
 from medisyn_cli.screening.index_shards import build_shard
 from medisyn_cli.screening.index_write import finish_index
+from medisyn_cli.screening.learned import CONFIG_FILE, WEIGHTS_FILE, fit_for_index, untrained
 
 
 def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", index_type: str = "auto",
@@ -43,15 +44,21 @@ def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", i
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise MedisynError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     found = find_sources(list(sources))
-    model = get_embedder(embedder)
+    model = untrained() if embedder.strip() == "learned" else get_embedder(embedder)
     if model.binary and index_type == "ivfpq":
         raise MedisynError(f"index type 'ivfpq' is for float vectors; {model.name} codes use flat or hnsw")
+    if shard is not None and shard.count > 1 and model.name == "learned":
+        raise MedisynError("--embedder learned: no sharded builds (the descriptor is trained on all images at once)")
     if shard is not None and shard.count > 1:
 
         return build_shard(found, out, model, index_type, budget, batch_size, show_progress, shard)
     _prepare_out(out, overwrite)
     total = sum(count_images(source) for source in found)
-    regions = (not model.binary and total <= REGIONS_MAX) if regions is None else bool(regions and not model.binary)
+    if model.name == "learned":  # trained on the images it indexes, saved in `out` (learned.safetensors/.json)
+        model = fit_for_index([record for source in found for record in iter_source_records(source)], out,
+                              show_progress)
+    tiled = not model.binary and bool(model.region_views())
+    regions = (tiled and total <= REGIONS_MAX) if regions is None else bool(regions and tiled)
     # 2. embed in batches into a memmap, keys straight to parquet
     started = time.time()
     try:
@@ -76,7 +83,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise MedisynError(f"{out}: folder exists and is not empty (use overwrite to replace the index)")
-        ours = {INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE, REGIONS_FILE}
+        ours = {INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE, REGIONS_FILE, WEIGHTS_FILE, CONFIG_FILE}
         if not all(p.name in ours or p.name.endswith(".tmp") for p in out.iterdir()):
             raise MedisynError(f"{out}: overwrite only replaces an index folder, and this folder holds other files")
         for p in out.iterdir():

@@ -247,6 +247,10 @@ class Embedder:
         """Views a query is compared with the training images' tiles under (TILES): identity and flips by default."""
         return FLIPS
 
+    def index_record(self) -> dict:
+        """Entries this embedder adds to index.json (the learned embedder: its weights and training)."""
+        return {}
+
     @property
     def code_size(self) -> int:
         """Width of one vector as stored: dim floats, or dim / 8 bytes for binary codes."""
@@ -625,9 +629,14 @@ def _probe_image():
 
 # --- registry -------------------------------------------------------------------------------------------
 
-EMBEDDERS = {"pixel": PixelEmbedder, "phash": PHashEmbedder}
-FAMILIES = {"clip:": ClipEmbedder, "hf:": HFEmbedder}
-SPECS = ("pixel", "phash", "clip:<model>", "hf:<model>")
+def _learned_needs_an_index() -> Embedder:
+    raise MedisynError("the learned embedder is trained on an index's own images: build one with `medisyn index "
+                       "build --embedder learned`, then pass that index (or learned:<index folder>)")
+
+
+EMBEDDERS = {"pixel": PixelEmbedder, "phash": PHashEmbedder, "learned": _learned_needs_an_index}
+FAMILIES = {"clip:": ClipEmbedder, "hf:": HFEmbedder}  # screening/learned.py adds "learned:" (<index folder>)
+SPECS = ("pixel", "phash", "learned", "learned:<index folder>", "clip:<model>", "hf:<model>")
 
 
 def get_embedder(spec: str) -> Embedder:

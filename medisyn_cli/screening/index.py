@@ -28,6 +28,7 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.embed import TILES, VIEW_SETS, Embedder, get_embedder
+from medisyn_cli.screening.learned import load_embedder
 from medisyn_cli.screening.faiss_index import (
     _read_faiss,
     _read_vectors,
@@ -145,7 +146,8 @@ def load_index(path: str | Path) -> TrainingIndex:
     """Load an index folder written by build_index; MedisynError when it is missing, partial or corrupt."""
     path = Path(path)
     meta = read_meta(path)
-    embedder = get_embedder(meta["embedder"]["spec"])
+    spec = meta["embedder"]["spec"]
+    embedder = load_embedder(path) if spec == "learned" else get_embedder(spec)  # learned: weights in the folder
     if _jsonable(embedder.settings()) != meta["embedder"].get("settings"):
         raise MedisynError(f"{path}: built with {embedder.name} settings {meta['embedder'].get('settings')}, but "
                            f"this medisyn computes {_jsonable(embedder.settings())}; rebuild the index")

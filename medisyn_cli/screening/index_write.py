@@ -63,7 +63,7 @@ def finish_index(out: Path, embedded: "Embedded", model: Embedder, found: list[S
                      time.time() - started)
     meta.update(threshold=threshold, screening={"views": "general", "calibration": calibration},
                 regions=None if tiles is None else {"file": REGIONS_FILE, "tiles": [list(t.box) for t in TILES],
-                                                    "count": int(tiles.ntotal)})
+                                                    "count": int(tiles.ntotal)}, **model.index_record())
     # 4. write under temporary names, then rename; index.json last
     _write_index(index, model, out / (INDEX_FILE + ".tmp"))
     if tiles is not None:

@@ -8,16 +8,18 @@ negative), plus the KoLeo entropy regulariser (-mean log distance to the nearest
 spreads the descriptors so that distinct images stay far apart.
 
 Augmentations (batched in torch, on 64 px grey images scaled to 0..1): one affine map per view -- crop keeping
-50-100% of the side, padding (zoom out to 75%), rotation by up to 15 degrees plus quarter turns, flips, aspect
-squeeze -- then Gaussian blur, gamma, brightness/contrast, noise, JPEG, intensity inversion, text and marker
-overlays (a bank of masks drawn once with PIL), and blends with other images of the set (weight up to 0.4).
+50-100% of the side, padding (zoom out to 75%), rotation by up to 15 degrees, aspect squeeze -- then Gaussian
+blur, gamma, brightness/contrast, noise, JPEG, text and marker overlays (a bank of masks drawn once with PIL),
+and blends with other images of the set (weight 0.1-0.4). Quarter turns, flips and intensity inversion are
+left to the query views (exact), so the small network spends nothing on them (`turns` > 0 trains them too).
 
 The network sees a 32x32 grey thumbnail, standardised per image (brightness and contrast do not count): four
-conv stages (16-32-64-128 channels), GeM pooling, a linear head to DIM dimensions, L2-normalised. Queries are
-compared under the 8 flips / quarter turns and their inversions (exact tensor ops, 16 forward passes); no
-region tiles and no refinement: crops are learned. Similarity = (1 + cosine) / 2 (SIMILARITY), so thresholds
-sit in (0, 1] like the other embedders' and the calibration range of `medisyn index build` reaches chance
-cosines of 0.8.
+conv stages (16-32-64-128 channels), a linear head from the 4x4 feature map (layout kept; `head="gem"`: GeM
+pooling) to DIM dimensions, L2-normalised. Queries are compared under the 8 flips / quarter turns and their
+inversions (exact array ops, 16 forward passes); no region tiles and no refinement: crops are learned.
+Similarity = (1 + cosine) / 2, so thresholds sit in (0, 1] like the other embedders' and the calibration range
+of `medisyn index build` (0.90-0.995) reaches chance cosines of 0.8. Training time: `train` stats
+(seconds_per_1k_images); benchmarks/screen_quality.py measures detection.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.embed import DIHEDRAL, Embedder, View, to_grey
+from medisyn_cli.screening.embed import DIHEDRAL, FAMILIES, Embedder, View, to_grey
 
 WEIGHTS_FILE, CONFIG_FILE = "learned.safetensors", "learned.json"
 FORMAT = 1
@@ -50,14 +52,19 @@ class LearnedConfig:
     temperature: float = 0.05
     koleo: float = 1.0        # weight of the KoLeo term
     batch: int = 64           # images per step (2 views each)
-    epochs: float = 40.0      # passes over the images ...
-    min_steps: int = 400      # ... but at least this many steps (small sets) ...
-    max_steps: int = 1500     # ... and at most this many (large sets: the time budget)
+    epochs: float = 20.0      # passes over the images ...
+    min_steps: int = 300      # ... but at least this many steps (small sets) ...
+    max_steps: int = 1000     # ... and at most this many (large sets: the time budget)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
     head: str = "flat"        # "flat": linear map of the last feature map (keeps layout); "gem": GeM pooling
     turns: float = 0.0        # probability of a quarter turn / flip / inversion in training (query views cover them)
+    crop: float = 0.85        # crops keep at least this much of the side (pixel's region tiles catch deeper crops)
+    zoom: float = 1.15        # zoom out (padding) up to this factor
+    angle: float = 10.0       # rotations up to this many degrees
+    blend: float = 0.4        # probability of a blend with another image of the set
+    overlay: float = 0.4      # probability of a text / marker overlay
 
     def steps(self, count: int) -> int:
         """Training steps for `count` images."""
@@ -178,10 +185,11 @@ class Augmenter:
         """(n, 2, 3) affine maps (output -> input coordinates): crop / zoom out, squeeze, rotation, turns, flips."""
         import torch
 
-        scale = torch.where(self._p(n, 0.7), self._u(n, 0.5, 1.0), self._u(n, 1.0, 1.33))  # crop .. zoom out
-        scale = torch.where(self._p(n, 0.15), torch.ones(n), scale)
-        aspect = torch.where(self._p(n, 0.2), self._u(n, 0.8, 1.25), torch.ones(n))
-        angle = torch.where(self._p(n, 0.5), self._u(n, -15.0, 15.0), torch.zeros(n)) * math.pi / 180
+        c = self.config
+        scale = torch.where(self._p(n, 0.7), self._u(n, c.crop, 1.0), self._u(n, 1.0, c.zoom))  # crop .. zoom out
+        scale = torch.where(self._p(n, 0.3), torch.ones(n), scale)
+        aspect = torch.where(self._p(n, 0.2), self._u(n, 0.85, 1.18), torch.ones(n))
+        angle = torch.where(self._p(n, 0.4), self._u(n, -c.angle, c.angle), torch.zeros(n)) * math.pi / 180
         angle = angle + (math.pi / 2) * torch.where(self._p(n, self.config.turns), torch.randint(1, 4, (n,), generator=self.g),
                                                      torch.zeros(n, dtype=torch.long)).float()
         flip = torch.where(self._p(n, self.config.turns), -torch.ones(n), torch.ones(n))
@@ -200,7 +208,7 @@ class Augmenter:
 
         n = len(batch)
         x = batch
-        blend = self._p(n, 0.3)
+        blend = self._p(n, self.config.blend)
         if blend.any():  # a blend with another image of the set (the dominant one stays the positive)
             weight = torch.where(blend, self._u(n, 0.1, 0.4), torch.zeros(n))[:, None, None, None]
             other = batch[torch.roll(torch.arange(n), 1 + int(torch.randint(n - 1, (1,), generator=self.g)))] \
@@ -232,7 +240,7 @@ class Augmenter:
 
         n = len(x)
         chosen = self.masks[torch.randint(len(self.masks), (n,), generator=self.g)]
-        on = self._p(n, 0.35)[:, None, None, None] * chosen
+        on = self._p(n, self.config.overlay)[:, None, None, None] * chosen
         value = torch.where(self._p(n, 0.7), x.amax(dim=(1, 2, 3)), x.amin(dim=(1, 2, 3)))[:, None, None, None]
         return x * (1 - on) + value * on
 
@@ -456,6 +464,7 @@ def train_embedder(images: list, folder: Path | None = None, config: LearnedConf
 
 
 TRAIN_MAX = 20_000  # images an index's descriptor is trained on at most (a seeded sample of larger sets)
+TRAINING = LearnedConfig()  # what `index build --embedder learned` trains
 
 
 def untrained() -> LearnedEmbedder:
@@ -463,10 +472,28 @@ def untrained() -> LearnedEmbedder:
     return LearnedEmbedder(None, LearnedConfig())
 
 
-def fit_for_index(records: list, folder: Path, log=None, config: LearnedConfig | None = None) -> LearnedEmbedder:
-    """Train on the images of an index being built (`records`: objects with .open() and .key; a seeded sample of
-    TRAIN_MAX of them at most) and save the descriptor in `folder`; unreadable images are left out."""
-    config = config or LearnedConfig()
+def held_out(count: int, sample: int = 200, minimum: int = 50) -> np.ndarray:
+    """Positions the threshold calibration of `index build` screens (index_write._calibrate's seeded rule, with
+    calibrate.CALIBRATION_SAMPLE / CALIBRATION_MIN): kept out of training, so the calibration sees images the
+    descriptor never learned to tell apart -- like a generated image. A descriptor calibrated on its own training
+    images is over-confident (benchmarks/results/screen_quality/learned: 16% false positives on new images)."""
+    if count < minimum:
+        return np.zeros(0, np.int64)
+    return np.sort(np.random.default_rng(2).choice(count, size=min(sample, count), replace=False))
+
+
+def fit_for_index(records: list, folder: Path, show_progress: bool = False,
+                  config: LearnedConfig | None = None) -> LearnedEmbedder:
+    """Train on the images of an index being built (`records`: objects with .open(); above 400 images the
+    calibration sample (`held_out`) left out; a seeded sample of TRAIN_MAX at most) and save the descriptor in
+    `folder`; unreadable images are left out (the embedding pass reports them)."""
+    import sys
+
+    config = config or TRAINING
+    records = [r for i, r in enumerate(records) if i not in set(held_out(len(records)).tolist())] \
+        if len(records) > 2 * 200 else records
+    log = (lambda step, steps, loss: print(f"training the learned descriptor: step {step + 1}/{steps}, loss "
+                                           f"{loss[0]:.3f}", file=sys.stderr, flush=True)) if show_progress else None
     chosen = np.arange(len(records)) if len(records) <= TRAIN_MAX else \
         np.sort(np.random.default_rng(config.seed).choice(len(records), TRAIN_MAX, replace=False))
     prepared, clock = np.zeros((len(chosen), config.work, config.work), np.float32), time.time()
@@ -510,3 +537,6 @@ def load_embedder(folder: str | Path) -> LearnedEmbedder:
         raise MedisynError(f"{weights}: sha256 {digest[:12]}... differs from {CONFIG_FILE} "
                            f"({meta['weights_sha256'][:12]}...); {how}")
     return LearnedEmbedder(network.eval(), config, meta.get("training"), digest)
+
+
+FAMILIES["learned:"] = load_embedder  # get_embedder("learned:<index folder>"), e.g. for `evaluate privacy`
