@@ -8,12 +8,12 @@ PNG; `medisyn report` shows every evaluate JSON it finds under OUT/evaluate/.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
+from medisyn_cli.cli.options import comma_list, option
 from medisyn_cli.core.progress import results
 from medisyn_cli.evaluate.common import default_out
 from medisyn_cli.evaluate.fidelity import NOT_COMPARABLE, FidelityConfig, run_fidelity
@@ -42,27 +42,22 @@ def _fmt(value, digits: int = 3) -> str:
 
 @evaluate_app.command("utility")
 def utility(
-    real_train: list[Path] = typer.Option(..., "--real-train", help=f"Real training images: {SETS_HELP}."),
-    real_test: list[Path] = typer.Option(..., "--real-test", help="Real test images (never used for training)."),
-    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic training images."),
-    fractions: str = typer.Option("0.1,0.25,0.5,1", "--fractions", help="Fractions of the real training set."),
-    arch: str = typer.Option("small-cnn", "--classifier", "--arch", help="small-cnn (CPU default), resnet18 or "
-                                                                         "resnet50 (torchvision, random init)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local torchvision ResNet state dict to start "
-                                                                   "from (never downloaded)."),
-    seeds: int = typer.Option(5, "--seeds", help="Training runs per condition (mean ± std)."),
-    epochs: int = typer.Option(25, "--epochs", help="With --budget steps: passes over the largest condition."),
-    budget: str = typer.Option("steps", "--budget", help="steps: the same optimiser steps for every condition; "
-                                                         "epochs: epochs of each condition's own set (unequal)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps per condition (default: --epochs "
-                                                              "over the largest condition)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap rounds of the per-seed AUROC interval."),
-    size: Optional[int] = typer.Option(None, "--size", help="Input side in px (default 64 small-cnn, 224 ResNets)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    multi_label: bool = typer.Option(False, "--multi-label", help="Labels are '|'-joined findings (chest X-ray "
-                                                                  "style); AUROC averaged over findings."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, mps."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for utility.json/.csv/.png."),
+    real_train: list[Path] = option(UtilityConfig, "real_train", "--real-train"),
+    real_test: list[Path] = option(UtilityConfig, "real_test", "--real-test"),
+    synthetic: list[Path] = option(UtilityConfig, "synthetic", "--synthetic"),
+    fractions: str = option(UtilityConfig, "fractions", "--fractions", to_cli=comma_list),
+    arch: str = option(UtilityConfig, "arch", "--classifier", "--arch"),
+    weights: Path | None = option(UtilityConfig, "weights", "--weights"),
+    seeds: int = option(UtilityConfig, "seeds", "--seeds"),
+    epochs: int = option(UtilityConfig, "epochs", "--epochs"),
+    budget: str = option(UtilityConfig, "budget", "--budget"),
+    steps: int | None = option(UtilityConfig, "steps", "--steps"),
+    bootstrap: int = option(UtilityConfig, "bootstrap", "--bootstrap"),
+    size: int | None = option(UtilityConfig, "size", "--size"),
+    batch_size: int = option(UtilityConfig, "batch_size", "--batch-size"),
+    multi_label: bool = option(UtilityConfig, "multi_label", "--multi-label"),
+    device: str = option(UtilityConfig, "device", "--device"),
+    out: Path | None = option(UtilityConfig, "out", "--out", "-o"),
 ) -> None:
     """Train a classifier on real, synthetic and real + synthetic images; macro AUROC on real test images.
 
@@ -90,17 +85,15 @@ def utility(
 
 @evaluate_app.command("privacy")
 def privacy(
-    train: list[Path] = typer.Option(..., "--train", help=f"The model's training images: {SETS_HELP}."),
-    heldout: list[Path] = typer.Option(..., "--heldout", help="Real images of the same kind the model never saw."),
-    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic images."),
-    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, clip:<model>, "
-                                                             "hf:<model>."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
-                                                                       "the embedder's calibrated one)."),
-    views: bool = typer.Option(True, "--views/--no-views", help="Search flips, shifts and crops, as screening does."),
-    pairs: int = typer.Option(16, "--pairs", help="Closest synthetic / training pairs in closest_pairs.png."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for privacy.json/.csv and figures."),
+    train: list[Path] = option(PrivacyConfig, "train", "--train"),
+    heldout: list[Path] = option(PrivacyConfig, "heldout", "--heldout"),
+    synthetic: list[Path] = option(PrivacyConfig, "synthetic", "--synthetic"),
+    embedder: str = option(PrivacyConfig, "embedder", "--embedder"),
+    threshold: float | None = option(PrivacyConfig, "threshold", "--threshold"),
+    views: bool = option(PrivacyConfig, "views", "--views/--no-views"),
+    pairs: int = option(PrivacyConfig, "pairs", "--pairs"),
+    batch_size: int = option(PrivacyConfig, "batch_size", "--batch-size"),
+    out: Path | None = option(PrivacyConfig, "out", "--out", "-o"),
 ) -> None:
     """Are synthetic images closer to training images than unseen real images are? (distance to closest record)
 
@@ -143,16 +136,14 @@ def privacy(
 
 @evaluate_app.command("leakage")
 def leakage(
-    train: list[Path] = typer.Option(..., "--train", help=f"Training images: {SETS_HELP}."),
-    test: list[Path] = typer.Option(..., "--test", help="Test (or held-out) images to audit."),
-    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, clip:<model>, "
-                                                             "hf:<model>."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy similarity threshold (default: "
-                                                                       "the embedder's calibrated one)."),
-    views: bool = typer.Option(True, "--views/--no-views", help="Search flips, shifts and crops, as screening does."),
-    pairs: int = typer.Option(16, "--pairs", help="Closest test / training pairs in leakage_pairs.png."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    out: Path = typer.Option(Path("evaluate"), "--out", "-o", help="Folder for leakage.json/.csv/_pairs.png."),
+    train: list[Path] = option(LeakageConfig, "train", "--train"),
+    test: list[Path] = option(LeakageConfig, "test", "--test"),
+    embedder: str = option(LeakageConfig, "embedder", "--embedder"),
+    threshold: float | None = option(LeakageConfig, "threshold", "--threshold"),
+    views: bool = option(LeakageConfig, "views", "--views/--no-views"),
+    pairs: int = option(LeakageConfig, "pairs", "--pairs"),
+    batch_size: int = option(LeakageConfig, "batch_size", "--batch-size"),
+    out: Path = option(LeakageConfig, "out", "--out", "-o", to_cli=Path),
 ) -> None:
     """Test images that are near-copies of training images, per class (a leaky split inflates utility numbers).
 
@@ -177,19 +168,18 @@ def leakage(
 
 @evaluate_app.command("fidelity")
 def fidelity(
-    real: list[Path] = typer.Option(..., "--real", help=f"Real images: {SETS_HELP}."),
-    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic images."),
-    features: str = typer.Option("cnn", "--features", help="cnn (default: small CNN trained on the real labels), "
-                                                           "inception:FILE, pixel, clip:<model>, hf:<model>."),
-    per_class: bool = typer.Option(False, "--per-class", help="Also FID/KID/PRDC per class."),
-    k: int = typer.Option(5, "--k", help="Nearest neighbours for precision/recall/density/coverage."),
-    kid_subsets: int = typer.Option(100, "--kid-subsets"),
-    kid_subset_size: int = typer.Option(1000, "--kid-subset-size"),
-    cnn_epochs: int = typer.Option(15, "--cnn-epochs", help="Training epochs of the cnn feature extractor."),
-    bootstrap: int = typer.Option(100, "--bootstrap", help="Rounds of the 95% bootstrap intervals (0: none)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    device: str = typer.Option("auto", "--device"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for fidelity.json/.csv."),
+    real: list[Path] = option(FidelityConfig, "real", "--real"),
+    synthetic: list[Path] = option(FidelityConfig, "synthetic", "--synthetic"),
+    features: str = option(FidelityConfig, "features", "--features"),
+    per_class: bool = option(FidelityConfig, "per_class", "--per-class"),
+    k: int = option(FidelityConfig, "k", "--k"),
+    kid_subsets: int = option(FidelityConfig, "kid_subsets", "--kid-subsets"),
+    kid_subset_size: int = option(FidelityConfig, "kid_subset_size", "--kid-subset-size"),
+    cnn_epochs: int = option(FidelityConfig, "cnn_epochs", "--cnn-epochs"),
+    bootstrap: int = option(FidelityConfig, "bootstrap", "--bootstrap"),
+    batch_size: int = option(FidelityConfig, "batch_size", "--batch-size"),
+    device: str = option(FidelityConfig, "device", "--device"),
+    out: Path | None = option(FidelityConfig, "out", "--out", "-o"),
 ) -> None:
     """FID, KID, precision/recall, density/coverage and within-class diversity of synthetic vs real images.
 

@@ -23,7 +23,7 @@ in memory to train on it).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -56,18 +56,24 @@ SMALL_N = 500
 @dataclass(frozen=True)
 class FidelityConfig:
     """Options of `medisyn evaluate fidelity`."""
-    real: tuple[str, ...]
-    synthetic: tuple[str, ...]
-    features: str = "cnn"
-    per_class: bool = False
-    k: int = 5
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    cnn_epochs: int = 15
-    batch_size: int = 64
-    device: str = "auto"
-    out: str | None = None
-    bootstrap: int = 100          # rounds of the 95% bootstrap intervals (0: none)
+    real: tuple[str, ...] = field(metadata={
+        "help": "Real images: image folder (labels from folder names), ImageFolder with metadata.csv, "
+                "Parquet, or medisyn output."})
+    synthetic: tuple[str, ...] = field(metadata={"help": "Synthetic images."})
+    features: str = field(default="cnn", metadata={
+        "help": "cnn (default: small CNN trained on the real labels), inception:FILE, pixel, clip:<model>, "
+                "hf:<model>."})
+    per_class: bool = field(default=False, metadata={"help": "Also FID/KID/PRDC per class."})
+    k: int = field(default=5, metadata={"help": "Nearest neighbours for precision/recall/density/coverage."})
+    kid_subsets: int = field(default=100, metadata={"help": "Random subsets the KID is averaged over."})
+    kid_subset_size: int = field(default=1000, metadata={
+        "help": "Images per KID subset (at most the smaller set)."})
+    cnn_epochs: int = field(default=15, metadata={"help": "Training epochs of the cnn feature extractor."})
+    batch_size: int = field(default=64, metadata={
+        "help": "Images per batch (feature extraction and the cnn's training)."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, mps."})
+    out: str | None = field(default=None, metadata={"help": "Folder for fidelity.json/.csv."})
+    bootstrap: int = field(default=100, metadata={"help": "Rounds of the 95% bootstrap intervals (0: none)."})
 
 
 @dataclass

@@ -14,7 +14,7 @@ leakage_pairs.png (the closest test / training pairs).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medisyn_cli.evaluate.common import open_sources, write_csv, write_json
@@ -26,15 +26,19 @@ from medisyn_cli.screening.screener import Screener
 @dataclass(frozen=True)
 class LeakageConfig:
     """Options of `medisyn evaluate leakage`."""
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    embedder: str = "pixel"
-    threshold: float | None = None   # None: the embedder's calibrated default
-    views: bool = True
-    pairs: int = 16
+    train: tuple[str, ...] = field(metadata={
+        "help": "Training images: image folder (labels from folder names), ImageFolder with metadata.csv, "
+                "Parquet, or medisyn output."})
+    test: tuple[str, ...] = field(metadata={"help": "Test (or held-out) images to audit."})
+    embedder: str = field(default="pixel", metadata={
+        "help": "pixel (default, no weights), phash, clip:<model>, hf:<model>."})
+    threshold: float | None = field(default=None, metadata={
+        "help": "Near-copy similarity threshold (default: the embedder's calibrated one)."})
+    views: bool = field(default=True, metadata={"help": "Search flips, shifts and crops, as screening does."})
+    pairs: int = field(default=16, metadata={"help": "Closest test / training pairs in leakage_pairs.png."})
     examples: int = 20
-    batch_size: int = 64
-    out: str = "evaluate"
+    batch_size: int = field(default=64, metadata={"help": "Images embedded at a time."})
+    out: str = field(default="evaluate", metadata={"help": "Folder for leakage.json/.csv/_pairs.png."})
 
 
 def run_leakage(config: LeakageConfig) -> dict:

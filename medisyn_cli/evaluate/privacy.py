@@ -59,15 +59,20 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Options of `medisyn evaluate privacy`."""
-    train: tuple[str, ...]
-    heldout: tuple[str, ...]
-    synthetic: tuple[str, ...]
-    embedder: str = "pixel"
-    threshold: float | None = None   # near-copy threshold; None: the embedder's calibrated default
-    views: bool = True               # search flips / shifts / crops, as screening does
-    pairs: int = 16                  # closest synthetic-training pairs in the figure
-    batch_size: int = 64
-    out: str | None = None
+    train: tuple[str, ...] = field(metadata={
+        "help": "The model's training images: image folder (labels from folder names), ImageFolder with "
+                "metadata.csv, Parquet, or medisyn output."})
+    heldout: tuple[str, ...] = field(metadata={"help": "Real images of the same kind the model never saw."})
+    synthetic: tuple[str, ...] = field(metadata={"help": "Synthetic images."})
+    embedder: str = field(default="pixel", metadata={
+        "help": "pixel (default, no weights), phash, clip:<model>, hf:<model>."})
+    threshold: float | None = field(default=None, metadata={
+        "help": "Near-copy similarity threshold (default: the embedder's calibrated one)."})
+    views: bool = field(default=True, metadata={"help": "Search flips, shifts and crops, as screening does."})
+    pairs: int = field(default=16, metadata={
+        "help": "Closest synthetic / training pairs in closest_pairs.png."})
+    batch_size: int = field(default=64, metadata={"help": "Images embedded at a time."})
+    out: str | None = field(default=None, metadata={"help": "Folder for privacy.json/.csv and figures."})
 
 
 @dataclass

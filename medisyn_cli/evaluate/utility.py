@@ -59,22 +59,35 @@ BUDGETS = ("steps", "epochs")
 @dataclass(frozen=True)
 class UtilityConfig:
     """Options of `medisyn evaluate utility` (paths: any dataset medisyn reads)."""
-    real_train: tuple[str, ...]
-    real_test: tuple[str, ...]
-    synthetic: tuple[str, ...]
-    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
-    arch: str = "small-cnn"
-    seeds: int = 5
-    multi_label: bool = False
-    epochs: int = 25
-    batch_size: int = 64
-    size: int | None = None       # classifier input side; None: 64 for small-cnn, 224 for ResNets
-    weights: str | None = None    # local state dict for ResNets
-    device: str = "auto"
-    out: str | None = None        # None: SYNTHETIC/evaluate for a medisyn output folder, else ./evaluate
-    budget: str = "steps"         # "steps": the same optimiser steps for every condition; "epochs": per-set epochs
-    steps: int | None = None      # with budget "steps"; None: epochs x ceil(N / batch_size) of the largest condition
-    bootstrap: int = 1000         # bootstrap rounds of the per-seed AUROC interval (0: none)
+    real_train: tuple[str, ...] = field(metadata={
+        "help": "Real training images: image folder (labels from folder names), ImageFolder with "
+                "metadata.csv, Parquet, or medisyn output."})
+    real_test: tuple[str, ...] = field(metadata={"help": "Real test images (never used for training)."})
+    synthetic: tuple[str, ...] = field(metadata={"help": "Synthetic training images."})
+    fractions: tuple[float, ...] = field(default=(0.1, 0.25, 0.5, 1.0), metadata={
+        "help": "Fractions of the real training set."})
+    arch: str = field(default="small-cnn", metadata={
+        "help": "small-cnn (CPU default), resnet18 or resnet50 (torchvision, random init)."})
+    seeds: int = field(default=5, metadata={"help": "Training runs per condition (mean ± std)."})
+    multi_label: bool = field(default=False, metadata={
+        "help": "Labels are '|'-joined findings (chest X-ray style); AUROC averaged over findings."})
+    epochs: int = field(default=25, metadata={
+        "help": "With --budget steps: passes over the largest condition."})
+    batch_size: int = field(default=64, metadata={"help": "Images per training batch."})
+    size: int | None = field(default=None, metadata={
+        "help": "Input side in px (default 64 small-cnn, 224 ResNets)."})
+    weights: str | None = field(default=None, metadata={
+        "help": "Local torchvision ResNet state dict to start from (never downloaded)."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, mps."})
+    out: str | None = field(default=None, metadata={  # None: SYNTHETIC/evaluate or ./evaluate
+        "help": "Folder for utility.json/.csv/.png."})
+    budget: str = field(default="steps", metadata={
+        "help": "steps: the same optimiser steps for every condition; epochs: epochs of each condition's "
+                "own set (unequal)."})
+    steps: int | None = field(default=None, metadata={  # None: epochs x ceil(N / batch_size)
+        "help": "Optimiser steps per condition (default: --epochs over the largest condition)."})
+    bootstrap: int = field(default=1000, metadata={  # 0: none
+        "help": "Bootstrap rounds of the per-seed AUROC interval."})
 
 
 @dataclass
