@@ -7,37 +7,32 @@ Registered in cli.py with `app.add_typer(judge_app, name="judge")`; importing th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from medisyn_cli.cli.common import errors_as_exit_codes
 from medisyn_cli.cli.evaluate import evaluate_app
+from medisyn_cli.cli.options import argument, option
 from medisyn_cli.core.progress import console
 from medisyn_cli.judge.alignment import AlignmentConfig, run_alignment
 from medisyn_cli.judge.build import JudgeConfig, build_judge
 
-DEFAULTS = JudgeConfig(real=(), out="")
 judge_app = typer.Typer(no_args_is_help=True, help="Label check: a classifier trained on real images that judges "
                                                    "whether synthetic images show their class.")
 
 
 @judge_app.command("build")
 def build(
-    real: list[Path] = typer.Argument(..., help="Real labelled images: label folders, ImageFolders with "
-                                                "metadata.csv, Parquet (the inputs of `index build`)."),
-    out: Path = typer.Option(..., "--out", help="Judge folder to write (judge.json + weights)."),
-    classifier: str = typer.Option(DEFAULTS.classifier, "--classifier", help="knn | linear | cnn (the evaluations' small "
-                                   "CNN at 32 px, trained for --steps: the slowest to build on CPU)."),
-    embedder: str = typer.Option(DEFAULTS.embedder, "--embedder", help="Features of knn / linear: pixel, "
-                                 "clip:<model>, hf:<model>."),
-    holdout: float = typer.Option(DEFAULTS.holdout, "--holdout", help="Share of each class held out to measure "
-                                  "accuracy and calibration."),
-    k: int = typer.Option(DEFAULTS.k, "--k", help="Neighbours of the knn judge."),
-    steps: int = typer.Option(DEFAULTS.steps, "--steps", help="Optimiser steps of the cnn judge (batch 64)."),
-    max_per_class: Optional[int] = typer.Option(None, "--max-per-class", help="Use at most this many images a class."),
-    seed: int = typer.Option(DEFAULTS.seed, "--seed", help="Seed of the cnn's training."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing judge folder."),
+    real: list[Path] = argument(JudgeConfig, "real"),
+    out: Path = option(JudgeConfig, "out", "--out"),
+    classifier: str = option(JudgeConfig, "classifier", "--classifier"),
+    embedder: str = option(JudgeConfig, "embedder", "--embedder"),
+    holdout: float = option(JudgeConfig, "holdout", "--holdout"),
+    k: int = option(JudgeConfig, "k", "--k"),
+    steps: int = option(JudgeConfig, "steps", "--steps"),
+    max_per_class: int | None = option(JudgeConfig, "max_per_class", "--max-per-class"),
+    seed: int = option(JudgeConfig, "seed", "--seed"),
+    overwrite: bool = option(JudgeConfig, "overwrite", "--overwrite"),
 ) -> None:
     """Train a label classifier on real labelled images; held-out accuracy and calibration go to judge.json."""
     with errors_as_exit_codes():
@@ -56,15 +51,11 @@ def build(
 
 @evaluate_app.command("alignment")
 def alignment(
-    synthetic: list[Path] = typer.Option(..., "--synthetic", help="Synthetic labelled images (a medisyn output, "
-                                                                  "ImageFolder, Parquet or label folders)."),
-    judge: Optional[Path] = typer.Option(None, "--judge", help="Judge folder (medisyn judge build)."),
-    real_train: list[Path] = typer.Option([], "--real-train", help="Instead of --judge: real labelled images to "
-                                                                    "build a default judge from (into OUT/judge)."),
-    min_label_score: float = typer.Option(0.5, "--min-label-score", help="Score counted as 'recognised' "
-                                                                         "(what generate --judge keeps)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for alignment.json/.csv (default "
-                                                                 "SYNTHETIC/evaluate)."),
+    synthetic: list[Path] = option(AlignmentConfig, "synthetic", "--synthetic"),
+    judge: Path | None = option(AlignmentConfig, "judge", "--judge"),
+    real_train: list[Path] = option(AlignmentConfig, "real_train", "--real-train", to_cli=list),
+    min_label_score: float = option(AlignmentConfig, "min_label_score", "--min-label-score"),
+    out: Path | None = option(AlignmentConfig, "out", "--out", "-o"),
 ) -> None:
     """GAN-test accuracy: the share of synthetic images a classifier trained on real images recognises, per class."""
     with errors_as_exit_codes():

@@ -11,7 +11,7 @@ reliably than real ones. Written to OUT (default SYNTHETIC/evaluate): alignment.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,15 @@ from medisyn_cli.judge.model import load_judge
 @dataclass(frozen=True)
 class AlignmentConfig:
     """Options of `medisyn evaluate alignment`."""
-    synthetic: tuple[str, ...]
-    judge: str | None = None
-    real_train: tuple[str, ...] = ()
-    out: str | None = None
-    min_label_score: float = 0.5
+    synthetic: tuple[str, ...] = field(metadata={
+        "help": "Synthetic labelled images (a medisyn output, ImageFolder, Parquet or label folders)."})
+    judge: str | None = field(default=None, metadata={"help": "Judge folder (medisyn judge build)."})
+    real_train: tuple[str, ...] = field(default=(), metadata={
+        "help": "Instead of --judge: real labelled images to build a default judge from (into OUT/judge)."})
+    out: str | None = field(default=None, metadata={
+        "help": "Folder for alignment.json/.csv (default SYNTHETIC/evaluate)."})
+    min_label_score: float = field(default=0.5, metadata={
+        "help": "Score counted as 'recognised' (what generate --judge keeps)."})
     batch_size: int = 128
 
 

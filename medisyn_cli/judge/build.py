@@ -11,7 +11,7 @@ import hashlib
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +39,25 @@ from medisyn_cli.pipeline.load import file_sha256
 @dataclass(frozen=True)
 class JudgeConfig:
     """Options of `medisyn judge build` (defaults shared by the CLI and the API)."""
-    real: tuple[str, ...]
-    out: str
-    classifier: str = "knn"
-    embedder: str = "thumb"      # features of knn / linear (features.py: thumb, pixel, clip:, hf:); cnn: its own
-    holdout: float = 0.2
-    k: int = 10                  # knn neighbours (at most the smallest class's training images)
-    steps: int = 600             # cnn optimiser steps (batch 64, 32 px)
-    seed: int = 0
-    max_per_class: int | None = None
-    overwrite: bool = False
+    real: tuple[str, ...] = field(metadata={
+        "help": "Real labelled images: label folders, ImageFolders with metadata.csv, Parquet (the inputs "
+                "of `index build`)."})
+    out: str = field(metadata={"help": "Judge folder to write (judge.json + weights)."})
+    classifier: str = field(default="knn", metadata={
+        "help": "knn | linear | cnn (the evaluations' small CNN at 32 px, trained for --steps: the slowest "
+                "to build on CPU)."})
+    embedder: str = field(default="thumb", metadata={  # features.py; cnn: its own
+        "help": "Features of knn / linear: thumb, pixel, clip:<model>, hf:<model>."})
+    holdout: float = field(default=0.2, metadata={
+        "help": "Share of each class held out to measure accuracy and calibration."})
+    k: int = field(default=10, metadata={  # at most the smallest class's training images
+        "help": "Neighbours of the knn judge."})
+    steps: int = field(default=600, metadata={  # 32 px
+        "help": "Optimiser steps of the cnn judge (batch 64)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the cnn's training."})
+    max_per_class: int | None = field(default=None, metadata={
+        "help": "Use at most this many images a class."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing judge folder."})
 
 
 def check_config(config: JudgeConfig) -> None:
