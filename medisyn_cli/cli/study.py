@@ -6,12 +6,12 @@ Registered in cli.py with `app.add_typer(study_app, name="study")`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
+from medisyn_cli.cli.options import argument, comma_list, option
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.progress import results
 from medisyn_cli.study import StudyConfig, build_study, make_server, score_study
@@ -19,7 +19,11 @@ from medisyn_cli.study.design import parse_mix
 
 study_app = typer.Typer(no_args_is_help=True, help="Blinded reader studies: can readers tell real from synthetic "
                                                    "images, and classify both?")
-SETS_HELP = "medisyn output, Parquet, ImageFolder with metadata.csv, or image folder (labels from folder names)"
+
+
+def labels_option(labels: tuple[str, ...]) -> str | None:
+    """StudyConfig.labels as --labels says it: comma-separated, None for every class."""
+    return ",".join(labels) or None
 
 
 def _errors():
@@ -29,23 +33,17 @@ def _errors():
 
 @study_app.command("build")
 def build(
-    real: list[Path] = typer.Option(..., "--real", help=f"Real images: {SETS_HELP}."),
-    synthetic: list[Path] = typer.Option(..., "--synthetic", help=f"Synthetic images: {SETS_HELP}."),
-    out: Path = typer.Option(..., "--out", "-o", help="Study folder to write (site/, key.json, answers/)."),
-    pairs: int = typer.Option(40, "--pairs", help="Pair items: real+synthetic, real+real and synthetic+synthetic."),
-    classify: Optional[int] = typer.Option(None, "--classify", help="Single-image classification items, real and "
-                                                                   "synthetic of every class (default 60 when both "
-                                                                   "sets share two or more classes, else 0)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Classes to use, comma-separated; real=synthetic "
-                                                               "maps differently named classes (default: every "
-                                                               "class in both sets)."),
-    pair_mix: str = typer.Option("0.5,0.25,0.25", "--pair-mix", help="Shares of real+synthetic, real+real and "
-                                                                     "synthetic+synthetic pairs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the design (which images, order, left/right, file names)."),
-    title: str = typer.Option("Real or synthetic?", "--title", help="Title shown to readers."),
-    size: Optional[int] = typer.Option(None, "--size", help="Side in px every image is resized to (default: the "
-                                                           "smallest side of the chosen images, at most 512)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing study (not one with answers)."),
+    real: list[Path] = option(StudyConfig, "real", "--real"),
+    synthetic: list[Path] = option(StudyConfig, "synthetic", "--synthetic"),
+    out: Path = option(StudyConfig, "out", "--out", "-o"),
+    pairs: int = option(StudyConfig, "pairs", "--pairs"),
+    classify: int | None = option(StudyConfig, "classify", "--classify"),
+    labels: str | None = option(StudyConfig, "labels", "--labels", to_cli=labels_option),
+    pair_mix: str = option(StudyConfig, "mix", "--pair-mix", to_cli=comma_list),
+    seed: int = option(StudyConfig, "seed", "--seed"),
+    title: str = option(StudyConfig, "title", "--title"),
+    size: int | None = option(StudyConfig, "size", "--size"),
+    overwrite: bool = option(StudyConfig, "overwrite", "--overwrite"),
 ) -> None:
     """Draw a blinded, seeded study design and write its static reader page and answer key.
 
@@ -66,10 +64,10 @@ def build(
 
 @study_app.command("serve")
 def serve(
-    study: Path = typer.Argument(..., help="Study folder written by `medisyn study build`."),
-    port: int = typer.Option(8000, "--port", help="Port (0: any free one)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 to reach it from a tablet "
-                                                         "on the same network)."),
+    study: Path = argument(make_server, "study", help="Study folder written by `medisyn study build`."),
+    port: int = option(make_server, "port", "--port", help="Port (0: any free one)."),
+    host: str = option(make_server, "host", "--host", help="Address to listen on (0.0.0.0 to reach it from a "
+                                                           "tablet on the same network)."),
 ) -> None:
     """Serve the reader page on this machine and save submitted answers under STUDY/answers/.
 
@@ -90,11 +88,14 @@ def serve(
 
 @study_app.command("score")
 def score(
-    study: Path = typer.Argument(..., help="Study folder written by `medisyn study build`."),
-    answers: list[Path] = typer.Option(..., "--answers", help="Answer files (.json) or folders holding them."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the results (default STUDY/score)."),
-    years_bins: str = typer.Option("5,10", "--years-bins", help="Experience groups' edges in years."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap over readers."),
+    study: Path = argument(score_study, "study", help="Study folder written by `medisyn study build`."),
+    answers: list[Path] = option(score_study, "answers", "--answers",
+                                 help="Answer files (.json) or folders holding them."),
+    out: Path | None = option(score_study, "out", "--out", "-o",
+                              help="Folder for the results (default STUDY/score)."),
+    years_bins: str = option(score_study, "bins", "--years-bins", to_cli=comma_list,
+                             help="Experience groups' edges in years."),
+    seed: int = option(score_study, "seed", "--seed", help="Seed of the bootstrap over readers."),
 ) -> None:
     """Score readers: detection accuracy, sensitivity, specificity, classification, agreement, experience groups.
 

@@ -29,17 +29,31 @@ MAX_AUTO_SIZE = 512
 @dataclass(frozen=True)
 class StudyConfig:
     """Options of `medisyn study build` (one source of defaults for the CLI and the API)."""
-    real: tuple[str, ...]
-    synthetic: tuple[str, ...]
-    out: str
-    pairs: int = 40
-    classify: int | None = None  # None: 60 when both sets share two or more classes, else 0
-    labels: tuple[str, ...] = ()  # classes to use; 'real=synthetic' maps differently named classes
-    seed: int = 0
-    title: str = "Real or synthetic?"
-    size: int | None = None  # None: the smallest side of the chosen images (at most 512)
-    mix: tuple[float, float, float] = DEFAULT_MIX
-    overwrite: bool = False
+    real: tuple[str, ...] = field(metadata={
+        "help": "Real images: medisyn output, Parquet, ImageFolder with metadata.csv, or image folder "
+                "(labels from folder names)."})
+    synthetic: tuple[str, ...] = field(metadata={
+        "help": "Synthetic images: medisyn output, Parquet, ImageFolder with metadata.csv, or image folder "
+                "(labels from folder names)."})
+    out: str = field(metadata={"help": "Study folder to write (site/, key.json, answers/)."})
+    pairs: int = field(default=40, metadata={
+        "help": "Pair items: real+synthetic, real+real and synthetic+synthetic."})
+    classify: int | None = field(default=None, metadata={
+        "help": "Single-image classification items, real and synthetic of every class (default 60 when "
+                "both sets share two or more classes, else 0)."})
+    labels: tuple[str, ...] = field(default=(), metadata={
+        "help": "Classes to use, comma-separated; real=synthetic maps differently named classes (default: "
+                "every class in both sets)."})
+    seed: int = field(default=0, metadata={
+        "help": "Seed of the design (which images, order, left/right, file names)."})
+    title: str = field(default="Real or synthetic?", metadata={"help": "Title shown to readers."})
+    size: int | None = field(default=None, metadata={
+        "help": "Side in px every image is resized to (default: the smallest side of the chosen images, at "
+                "most 512)."})
+    mix: tuple[float, float, float] = field(default=DEFAULT_MIX, metadata={
+        "help": "Shares of real+synthetic, real+real and synthetic+synthetic pairs."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace an existing study (not one with answers)."})
     notes: list[str] = field(default_factory=list, compare=False)
 
 
