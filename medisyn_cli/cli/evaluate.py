@@ -211,13 +211,16 @@ def fidelity(
 def report_command(
     out: Path = typer.Argument(..., help="A medisyn generate output folder (run.json, parquet/, imagefolder/)."),
     per_class: int = typer.Option(8, "--per-class", help="Sample images shown per class."),
+    real: list[Path] = typer.Option([], "--real", help=f"Real reference images for the diversity guard's "
+                                                       f"coverage and recall: {SETS_HELP}."),
 ) -> None:
-    """Write OUT/report.html: samples per class, counts, rejections, similarities and evaluate metrics (offline).
+    """Write OUT/report.html and report.json: samples, counts, rejections, label check, diversity guard,
+    similarities and evaluate metrics (offline).
 
-    Example: medisyn report derm-synth
+    Example: medisyn report derm-synth --real ../shared/data/isic2017_dermoscopy
     """
     with _errors():
-        path, notes = write_report(out, per_class)
+        path, notes = write_report(out, per_class, _strs(real))
     for note in notes:
         results.print(f"[dim]omitted: {note}[/dim]", highlight=False)
     results.print(f"written: {path}", highlight=False)

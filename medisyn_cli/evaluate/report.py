@@ -1,14 +1,17 @@
-"""`medisyn report OUT`: one self-contained HTML page about a generate output folder (images as data URIs).
+"""`medisyn report OUT`: one self-contained HTML page about a generate output folder (images as data URIs),
+and OUT/report.json with its numbers (label check, diversity guard, notes).
 
 Sections, each omitted with a one-line note when its inputs are missing: run (model, sampling), per-class
-counts (run.json "classes"), a sample grid per class, rejected near-copies (rejected.parquet), the similarity
-histogram and closest kept-image / training-image pairs (nn_similarity of the kept rows or screen/screen.parquet;
-pairs need the index named in run.json), and the metrics of every evaluate JSON under OUT/evaluate/.
+counts (run.json "classes"), a sample grid per class, rejected near-copies (rejected.parquet), the label check
+(a `generate --judge` run and/or an `evaluate alignment` result: per class recognised share, mean label score,
+yield, rejections for label and for privacy), the diversity guard (coverage / recall against `--real` and
+within-class diversity before and after the label filter; evaluate/filtering.py), the similarity histogram and
+closest kept-image / training-image pairs (nn_similarity of the kept rows or screen/screen.parquet; pairs need
+the index named in run.json), and the metrics of every other evaluate JSON under OUT/evaluate/.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from dataclasses import dataclass, field
@@ -18,18 +21,23 @@ import numpy as np
 
 from medisyn_cli.core.datasets import find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.common import new_figure, png_bytes
+from medisyn_cli.core.files import write_json
+from medisyn_cli.core.html import LOAD_PROBE, figure_uri, img_tag, page
+from medisyn_cli.core.images import png_bytes, thumbnail
+from medisyn_cli.evaluate.common import new_figure, open_sources
 from medisyn_cli.evaluate.fidelity import _flat
-from medisyn_cli.screening.embed import to_8bit
+from medisyn_cli.evaluate.filtering import diversity_guard, find_alignment, label_check, read_rejected
 
 THUMB = 96
 
 
 @dataclass
 class Page:
-    """HTML sections being assembled, and the notes on what was left out."""
+    """HTML sections being assembled, the notes on what was left out, and the numbers for report.json."""
     sections: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+    real: tuple[str, ...] = ()
 
     def add(self, title: str, body: str) -> None:
         self.sections.append(f"<h2>{html.escape(title)}</h2>\n{body}")
@@ -39,29 +47,36 @@ class Page:
         self.sections.append(f'<p class="note">{html.escape(note)}</p>')
 
 
-def write_report(out: str | Path, per_class: int = 8) -> tuple[Path, list[str]]:
-    """Write OUT/report.html; returns its path and the notes on omitted parts."""
+def write_report(out: str | Path, per_class: int = 8,
+                 real: tuple[str, ...] | list[str] = ()) -> tuple[Path, list[str]]:
+    """Write OUT/report.html and OUT/report.json; returns the page's path and the notes on omitted parts.
+    `real`: real reference images for the diversity guard's coverage and recall."""
     out = Path(out)
     if not out.is_dir():
         raise MedisynError(f"{out}: no such folder (expected a medisyn generate output folder)")
+    if real:
+        open_sources(list(real), "--real")  # a bad reference set is an error, not an omitted section
     run = _read_json(out / "run.json")
-    page = Page()
+    report = Page(real=tuple(str(r) for r in real))
     try:
         kept = _kept_rows(out)
     except Exception as exc:  # unreadable Parquet or CSV: report the rest
         kept = None
-        page.skip(f"kept rows unreadable ({type(exc).__name__}: {exc})"[:300])
-    for step in (_run_section, _counts_section, _samples_section, _rejections_section, _similarity_section,
-                 _pairs_section, _evaluate_sections):
+        report.skip(f"kept rows unreadable ({type(exc).__name__}: {exc})"[:300])
+    for step in (_run_section, _counts_section, _samples_section, _rejections_section, _label_check_section,
+                 _diversity_section, _similarity_section, _pairs_section, _evaluate_sections):
         try:
-            step(page, out, run, kept, per_class)
+            step(report, out, run, kept, per_class)
         except Exception as exc:  # a damaged part must not stop the rest of the report
-            page.skip(f"{step.__name__.strip('_').replace('_', ' ')} omitted: {type(exc).__name__}: {exc}"[:300])
+            name = step.__name__.strip("_").replace("_", " ")
+            report.skip(f"{name} omitted: {type(exc).__name__}: {exc}"[:300])
+    write_json(out / "report.json", {"folder": str(out), "real": list(report.real) or None, **report.data,
+                                     "notes": report.notes})
     path = out / "report.html"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(_page(out, page), encoding="utf-8")
+    tmp.write_text(_page(out, report), encoding="utf-8")
     tmp.replace(path)
-    return path, page.notes
+    return path, report.notes
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -74,7 +89,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _kept_rows(out: Path):
-    """The kept images' metadata (no image bytes) as a DataFrame, from Parquet or metadata.csv; None if neither."""
+    """The kept images' metadata (no image bytes) as a DataFrame, from Parquet or metadata.csv (or None)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -148,25 +163,110 @@ def _samples_section(page: Page, out: Path, run: dict | None, kept, per_class: i
 
 
 def _rejections_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
-    import pandas as pd
-
-    path = out / "rejected.parquet"
-    if not path.exists():
+    rejected = read_rejected(out)
+    if rejected is None:
         page.skip("rejections: no rejected.parquet (the run was not screened, or nothing was rejected)")
         return
-    rejected = pd.read_parquet(path)
-    if rejected.empty:
-        page.add("rejected near-copies", "<p>none</p>")
+    copies = rejected[rejected["reason"] == "near_copy"]
+    others = len(rejected) - len(copies)
+    elsewhere = f"<p>{others} rejected for their label: see the label check</p>" if others else ""
+    if copies.empty:
+        page.add("rejected near-copies", "<p>none</p>" + elsewhere)
         return
-    summary = rejected.groupby("label")["nn_similarity"].agg(["count", "mean", "max"]).reset_index()
-    top = rejected.sort_values("nn_similarity", ascending=False).head(20)
+    summary = copies.groupby("label")["nn_similarity"].agg(["count", "mean", "max"]).reset_index()
+    top = copies.sort_values("nn_similarity", ascending=False).head(20)
     columns = [c for c in ("id", "label", "attempt", "nn_key", "nn_similarity", "view") if c in top]
-    page.add("rejected near-copies", _table(summary.to_dict("records")) + "<h3>most similar</h3>"
+    page.add("rejected near-copies", _table(summary.to_dict("records")) + elsewhere + "<h3>most similar</h3>"
              + _table(top[columns].to_dict("records")))
 
 
+def _label_check_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    result = label_check(run, kept, read_rejected(out), find_alignment(out))
+    if result is None:
+        page.skip("label check: the run was not made with --judge and has no evaluate alignment result "
+                  "(medisyn evaluate alignment --judge JUDGE --synthetic OUT)")
+        return
+    page.data["label_check"] = result
+    page.add("label check: does each image show its class?", _label_check_html(result))
+
+
+def _label_check_html(result: dict) -> str:
+    """Intro sentences and one table, a row per class (judged-run columns, then alignment columns)."""
+    parts, align = [], result.get("alignment")
+    if result["judged"]:
+        total = result["total"]
+        parts.append(f"<p>Made with <code>--judge {html.escape(str(result.get('judge')))}</code> (held-out "
+                     f"accuracy on real images {_cell(result.get('heldout_accuracy'))}): an image is kept "
+                     f"when the judge's probability of its own class is at least "
+                     f"{_cell(result.get('min_label_score'))}. Yield: {total['kept']} kept of "
+                     f"{total['generated']} generated ({_cell(total['yield'])}); {total['label_rejected']} "
+                     f"rejected for their label, {total['near_copy_rejected']} as near-copies. Recognised "
+                     f"share: kept / (kept + rejected for label); yield: kept / generated (every "
+                     f"attempt).</p>")
+    if align:
+        parts.append(f"<p><code>medisyn evaluate alignment</code> ({html.escape(str(align.get('folder')))}): "
+                     f"{_cell(align.get('gan_test_accuracy'))} of {align.get('images')} images are "
+                     f"classified as their own class by a classifier trained on real images, whose accuracy "
+                     f"on real held-out images is {_cell(align.get('ceiling_real_heldout_accuracy'))}.</p>")
+    labels = list(dict.fromkeys([*result["per_class"], *((align or {}).get("per_class") or {})]))
+    rows = []
+    for label in labels:
+        judged = _judged_columns(result["per_class"].get(label) or {}) if result["judged"] else {}
+        rows.append({"label": label, **judged, **(_alignment_columns(align, label) if align else {})})
+    return "".join(parts) + _table(rows)
+
+
+def _judged_columns(counts: dict) -> dict:
+    """A class's columns of the label-check table for a judged run."""
+    judged_as = ", ".join(f"{k} {v}" for k, v in (counts.get("label_rejected_judged_as") or {}).items())
+    return {"generated": counts.get("generated"), "kept": counts.get("kept"), "yield": counts.get("yield"),
+            "rejected: label": counts.get("label_rejected"),
+            "rejected: near-copy": counts.get("near_copy_rejected"),
+            "recognised share": counts.get("recognised_share"),
+            "mean label score": counts.get("mean_label_score"), "label-rejected judged as": judged_as}
+
+
+def _alignment_columns(align: dict, label: str) -> dict:
+    """A class's columns of the label-check table from an `evaluate alignment` result."""
+    row = align["per_class"].get(label) or {}
+    return {"alignment: GAN-test accuracy": row.get("gan_test_accuracy"),
+            f"alignment: share >= {align.get('min_label_score')}": row.get("recognised_share"),
+            "alignment: mean label score": row.get("mean_label_score"),
+            "judge on real held-out": row.get("real_heldout_accuracy")}
+
+
+def _diversity_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
+    result = diversity_guard(out, run, read_rejected(out), find_alignment(out), page.real)
+    if result is None:
+        page.skip("diversity guard: no label filter (the run was not made with --judge) and no evaluate "
+                  "alignment result to simulate one")
+        return
+    page.data["diversity_guard"] = result
+    page.add("diversity guard: before and after the label filter", _diversity_html(result))
+
+
+def _diversity_html(result: dict) -> str:
+    """What before / after are, the features, and a table: all images, then each class."""
+    before, after = result.get("before") or {}, result["after"]
+    metrics = ("images", "coverage", "recall", "diversity") if result.get("real") else ("images", "diversity")
+    scopes = [("all", before, after)] + [(label, (before.get("per_class") or {}).get(label) or {}, row)
+                                         for label, row in after["per_class"].items()]
+    rows = []
+    for scope, b, a in scopes:
+        row = {"scope": scope}
+        for name in metrics:
+            key = "diversity_within_class" if name == "diversity" and scope == "all" else name
+            row[f"{name} before"], row[f"{name} after"] = b.get(key), a.get(key)
+        rows.append(row)
+    reference = ("against the real reference " + html.escape(", ".join(result["real"])) if result.get("real")
+                 else "no real reference given (medisyn report OUT --real REAL adds coverage and recall)")
+    return (f"<p>{html.escape(result['basis'])}. Features: {html.escape(result['features'])}; {reference}; "
+            f"k = {result['k']}. A filter that keeps only easy, typical images lowers coverage, recall and "
+            f"diversity.</p>" + _table(rows))
+
+
 def _similarities(out: Path, kept) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, rejected) nn_similarity values, from screen/screen.parquet or the kept rows, and rejected.parquet."""
+    """(kept, rejected) nn_similarity values: screen/screen.parquet or the kept rows; rejected.parquet."""
     import pandas as pd
 
     screen = out / "screen" / "screen.parquet"
@@ -221,12 +321,14 @@ def _pairs_section(page: Page, out: Path, run: dict | None, kept, per_class: int
             from PIL import Image
 
             pair = strip([images[image_id], Image.open(key)])
-            cells.append(f"<figure>{_img(pair)}<figcaption>{html.escape(image_id)} | {html.escape(Path(key).name)}"
-                         f" {float(row['nn_similarity']):.3f}</figcaption></figure>")
+            similarity = float(row["nn_similarity"])
+            caption = f"{html.escape(image_id)} | {html.escape(Path(key).name)} {similarity:.3f}"
+            cells.append(f"<figure>{_img(pair)}<figcaption>{caption}</figcaption></figure>")
     if not cells:
         page.skip("nearest pairs: the training images of the closest pairs are not files here")
         return
-    page.add("closest kept images and their nearest training image", '<div class="pairs">' + "".join(cells) + "</div>")
+    page.add("closest kept images and their nearest training image",
+             '<div class="pairs">' + "".join(cells) + "</div>")
 
 
 def _kept_images(out: Path, ids: set[str]) -> dict[str, object]:
@@ -243,13 +345,15 @@ def _kept_images(out: Path, ids: set[str]) -> dict[str, object]:
 def _evaluate_sections(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
     files = sorted((out / "evaluate").rglob("*.json")) if (out / "evaluate").is_dir() else []
     if not files:
-        page.skip("evaluation: no evaluate JSON under evaluate/ (run medisyn evaluate ... --out OUT/evaluate)")
+        page.skip("evaluation: no evaluate JSON under evaluate/ (medisyn evaluate ... --out OUT/evaluate)")
         return
     for path in files:
         result = _read_json(path)
         if not isinstance(result, dict):
             page.skip(f"evaluation {path.name}: not readable JSON")
             continue
+        if result.get("evaluation") == "alignment" or path.name == "alignment.json":
+            continue  # shown in the label check
         render = {"utility": _utility_html, "privacy": _privacy_html, "fidelity": _fidelity_html}.get(
             result.get("evaluation"), _other_html)
         figures = "".join(_img_file(path.parent / name) for key, name in (result.get("files") or {}).items()
@@ -261,14 +365,16 @@ def _utility_html(result: dict) -> str:
     def number(value) -> str:
         return "-" if value is None or value != value else f"{value:.3f}"
 
-    rows = [{"condition": r["condition"], "real fraction": r["real_fraction"], "real images": r["real_images"],
+    rows = [{"condition": r["condition"], "real fraction": r["real_fraction"],
+             "real images": r["real_images"],
              "synthetic images": r["synthetic_images"], "steps": r.get("steps"),
              "AUROC": f"{number(r['auroc_mean'])} ± {number(r.get('auroc_std'))}",
              "95% interval": "-" if not r.get("auroc_ci95") else
              f"{number(r['auroc_ci95'][0])}-{number(r['auroc_ci95'][1])}"} for r in result.get("rows", [])]
     classifier = result.get("classifier", {})
     budget = (result.get("budget") or {}).get("text", "")
-    return (f"<p>{html.escape(result.get('metric', ''))}; {classifier.get('arch')} at {classifier.get('size')} px, "
+    return (f"<p>{html.escape(result.get('metric', ''))}; {classifier.get('arch')} at "
+            f"{classifier.get('size')} px, "
             f"{result.get('seeds')} seeds; budget: {html.escape(budget)}</p>" + _table(rows))
 
 
@@ -280,7 +386,8 @@ def _privacy_html(result: dict) -> str:
              "P(synthetic closer than held-out)": result.get("p_synthetic_closer"),
              "p-values (each at p < alpha/3)": ", ".join(f"{k} {v:.3g}" for k, v in
                                                           (result.get("p_values") or {}).items()),
-             "held-out near-copies of training (left out)": (result.get("heldout_near_copies") or {}).get("count"),
+             "held-out near-copies of training (left out)":
+                 (result.get("heldout_near_copies") or {}).get("count"),
              "warnings": "; ".join(result.get("warnings", [])) or None,
              "images": ", ".join(f"{k} {v}" for k, v in (result.get("images") or {}).items())}
     return _table([{"": k, "value": v} for k, v in facts.items()])
@@ -304,30 +411,22 @@ def strip(images: list, side: int = THUMB):
     """PIL images side by side at side x side."""
     from PIL import Image
 
-
     canvas = Image.new("RGB", (max(1, len(images)) * (side + 4), side), "white")
     for n, image in enumerate(images):
-        canvas.paste(to_8bit(image).convert("RGB").resize((side, side), Image.Resampling.BILINEAR), (n * (side + 4), 0))
+        canvas.paste(thumbnail(image, side, pixelated=False), (n * (side + 4), 0))
     return canvas
 
 
 def _img(image) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(png_bytes(image)).decode("ascii")}">'
+    return img_tag(png_bytes(image))
 
 
 def _img_file(path: Path) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+    return img_tag(path.read_bytes())
 
 
 def _img_figure(figure) -> str:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode("ascii")}">'
+    return f'<img src="{figure_uri(figure)}">'
 
 
 def _cell(value) -> str:
@@ -341,15 +440,16 @@ def _table(rows: list[dict]) -> str:
         return "<p>(empty)</p>"
     columns = list(dict.fromkeys(k for row in rows for k in row))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>"
+                   for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _page(out: Path, page: Page) -> str:
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}"
+def _page(out: Path, report: Page) -> str:
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
+             "table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}.note{color:#777}"
              ".pairs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}figcaption{font-size:12px}")
-    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>medisyn report: {html.escape(out.name)}"
-            f"</title><style>{style}</style></head><body>\n<h1>medisyn report: {html.escape(str(out))}</h1>\n"
-            "<p><b>Synthetic images are not for clinical use.</b></p>\n" + "\n".join(page.sections)
-            + "\n</body></html>\n")
+    body = (f"<h1>medisyn report: {html.escape(str(out))}</h1>\n"
+            "<p><b>Synthetic images are not for clinical use.</b></p>\n" + "\n".join(report.sections))
+    return page(f"medisyn report: {html.escape(out.name)}", body, style, LOAD_PROBE)

@@ -1,11 +1,13 @@
-"""`medisyn evaluate alignment`: do synthetic images show their class? GAN-test accuracy (Shmelkov et al. 2018).
+"""`medisyn evaluate alignment`: do synthetic images show their class? GAN-test accuracy (Shmelkov et al.
+2018).
 
-A judge trained on real images (`--judge`, or built here from `--real-train`) classifies every synthetic image.
-Per class: the share classified as its own class (GAN-test accuracy), the share whose own-label score reaches
---min-label-score (what `generate --judge` would keep), the mean score and the row of the confusion matrix.
-The judge's accuracy on real held-out images is the ceiling: synthetic images cannot be recognised more
-reliably than real ones. Written to OUT (default SYNTHETIC/evaluate): alignment.json (last), alignment.csv
-(per class), confusion.csv and alignment_images.csv (per image: key, label, judged label, score).
+A judge trained on real images (`--judge`, or built here from `--real-train`) classifies every synthetic
+image. Per class: the share classified as its own class (GAN-test accuracy), the share whose own-label score
+reaches --min-label-score (what `generate --judge` would keep), the mean score and the row of the confusion
+matrix. The judge's accuracy on real held-out images is the ceiling: synthetic images cannot be recognised
+more reliably than real ones. Written to OUT (default SYNTHETIC/evaluate): alignment.json (last),
+alignment.csv (per class), confusion.csv and alignment_images.csv (per image: key, label, judged label,
+score).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class AlignmentConfig:
 def _judge_of(config: AlignmentConfig, out: Path):
     """The judge given, or a default knn judge built from --real-train into OUT/judge."""
     if (config.judge is None) == (not config.real_train):
-        raise MedisynError("give exactly one of --judge (a judge folder) or --real-train (real labelled images)")
+        raise MedisynError("give exactly one of --judge (a judge folder) or --real-train (real labelled "
+                           "images)")
     if config.judge is not None:
         return load_judge(config.judge)
     build_judge(JudgeConfig(real=tuple(config.real_train), out=str(out / "judge"), overwrite=True))
@@ -59,7 +62,8 @@ def _judge_of(config: AlignmentConfig, out: Path):
 def _score(config: AlignmentConfig, judge) -> tuple[list[str], list[str | None], np.ndarray, list[dict]]:
     """Keys, labels and judge probabilities of every readable synthetic image; unreadable ones listed."""
     image_set, chunks = ImageSet("synthetic"), []
-    for _, images in iter_batches(open_sources(config.synthetic, "--synthetic"), config.batch_size, image_set):
+    sources = open_sources(config.synthetic, "--synthetic")
+    for _, images in iter_batches(sources, config.batch_size, image_set):
         chunks.append(judge.scores(images))
     if not chunks:
         raise MedisynError(f"--synthetic {', '.join(config.synthetic)}: no readable images")
@@ -91,22 +95,26 @@ def run_alignment(config: AlignmentConfig) -> dict:
                           "recognised_share": round(float(np.mean(own[mine] >= config.min_label_score)), 4),
                           "mean_label_score": round(float(own[mine].mean()), 4),
                           "real_heldout_accuracy": (ceiling.get(name) or {}).get("accuracy")})
-    result = {"synthetic": list(config.synthetic), "judge": str(judge.path), "judge_fingerprint": judge.fingerprint,
+    result = {"evaluation": "alignment", "synthetic": list(config.synthetic), "judge": str(judge.path),
+              "judge_fingerprint": judge.fingerprint,
               "classifier": judge.classifier, "images": len(keys), "skipped": skipped,
               "min_label_score": config.min_label_score,
               "gan_test_accuracy": round(float(np.mean(predicted == truth)), 4),
-              "gan_test_balanced_accuracy": round(float(np.mean([r["gan_test_accuracy"] for r in per_class])), 4),
+              "gan_test_balanced_accuracy": round(float(np.mean([r["gan_test_accuracy"]
+                                                                 for r in per_class])), 4),
               "recognised_share": round(float(np.mean(own >= config.min_label_score)), 4),
               "ceiling_real_heldout_accuracy": judge.meta.get("heldout_accuracy"),
               "per_class": per_class, "classes": judge.classes,
-              "confusion": confusion(truth, predicted, len(judge.classes)), "seconds": round(time.time() - clock, 1)}
+              "confusion": confusion(truth, predicted, len(judge.classes)),
+              "seconds": round(time.time() - clock, 1)}
     write_csv(out / "alignment.csv", per_class)
     write_csv(out / "confusion.csv", [{"label": name, **{f"judged {other}": n for other, n in
-                                                          zip(judge.classes, row)}}
-                                      for name, row in zip(judge.classes, result["confusion"])])
-    write_csv(out / "alignment_images.csv", [{"key": k, "label": l, "judged_label": judge.classes[p],
-                                              "label_score": round(float(s), 4)}
-                                             for k, l, p, s in zip(keys, labels, predicted, own)])
+                                                          zip(judge.classes, row, strict=True)}}
+                                      for name, row in zip(judge.classes, result["confusion"], strict=True)])
+    write_csv(out / "alignment_images.csv", [{"key": key, "label": label, "judged_label": judge.classes[p],
+                                              "label_score": round(float(score), 4)}
+                                             for key, label, p, score in zip(keys, labels, predicted, own,
+                                                                             strict=True)])
     write_json(out / "alignment.json", result)
     result["out"] = str(out)
     result["card"] = _update_card(config.synthetic, result)
@@ -114,7 +122,8 @@ def run_alignment(config: AlignmentConfig) -> dict:
 
 
 def _update_card(synthetic: tuple[str, ...], result: dict) -> str | None:
-    """For one medisyn output folder: its dataset card rewritten with a 'Label alignment' section (run.json as is)."""
+    """For one medisyn output folder: its dataset card rewritten with a 'Label alignment' section (run.json
+    as is)."""
     import json
 
 
@@ -122,5 +131,6 @@ def _update_card(synthetic: tuple[str, ...], result: dict) -> str | None:
     if folder is None or not (folder / "run.json").is_file():
         return None
     run = json.loads((folder / "run.json").read_text())
-    keep = ("judge", "classifier", "images", "gan_test_accuracy", "ceiling_real_heldout_accuracy", "per_class")
+    keep = ("judge", "classifier", "images", "min_label_score", "gan_test_accuracy",
+            "ceiling_real_heldout_accuracy", "per_class")
     return str(write_run_card(folder, {**run, "alignment": {k: result[k] for k in keep}}))
