@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import comma_list, option
+from medisyn_cli.cli.options import argument, comma_list, option
 from medisyn_cli.core.progress import results
 from medisyn_cli.evaluate.common import default_out
 from medisyn_cli.evaluate.fidelity import NOT_COMPARABLE, FidelityConfig, run_fidelity
@@ -209,10 +209,12 @@ def fidelity(
 
 
 def report_command(
-    out: Path = typer.Argument(..., help="A medisyn generate output folder (run.json, parquet/, imagefolder/)."),
-    per_class: int = typer.Option(8, "--per-class", help="Sample images shown per class."),
-    real: list[Path] = typer.Option([], "--real", help=f"Real reference images for the diversity guard's "
-                                                       f"coverage and recall: {SETS_HELP}."),
+    out: Path = argument(write_report, "out", help="A medisyn generate output folder (run.json, parquet/, "
+                                                   "imagefolder/)."),
+    per_class: int = option(write_report, "per_class", "--per-class", help="Sample images shown per class."),
+    real: list[Path] = option(write_report, "real", "--real", to_cli=list,
+                              help=f"Real reference images for the diversity guard's coverage and recall: "
+                                   f"{SETS_HELP}."),
 ) -> None:
     """Write OUT/report.html and report.json: samples, counts, rejections, label check, diversity guard,
     similarities and evaluate metrics (offline).

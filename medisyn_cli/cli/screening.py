@@ -3,35 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
+from medisyn_cli.cli.options import argument, option
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.core.shards import resolve_shard
-from medisyn_cli.screening.audit import screen_dataset
-from medisyn_cli.screening.build import build_index
+from medisyn_cli.screening.audit import ScreenConfig, screen_dataset
+from medisyn_cli.screening.build import IndexConfig, build_index
 from medisyn_cli.screening.index_shards import merge_shards
 
 
 def screen(
-    dataset: Path = typer.Argument(..., help="A medisyn output folder, a Parquet dataset, an ImageFolder or any "
-                                             "folder of images."),
-    index: Path = typer.Option(..., "--index", help="Training-image index (medisyn index build)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-copy threshold (default: the "
-                                                                      "index's calibrated one)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Folder for screen.parquet/.csv/.json and "
-                                                               "report.html (default: DATASET/screen for a medisyn "
-                                                               "output, else ./<name>-screen)."),
-    keep_out: Optional[Path] = typer.Option(None, "--keep-out", help="Write a copy of the dataset without the "
-                                                                    "near-copies here."),
+    dataset: Path = argument(ScreenConfig, "dataset"),
+    index: Path = option(ScreenConfig, "index", "--index"),
+    threshold: float | None = option(ScreenConfig, "threshold", "--threshold"),
+    report: Path | None = option(ScreenConfig, "report_dir", "--report"),
+    keep_out: Path | None = option(ScreenConfig, "keep_out", "--keep-out"),
     fail_on_copies: bool = typer.Option(False, "--fail-on-copies", help="Exit 1 if any near-copy is found."),
-    embedder: Optional[str] = typer.Option(None, "--embedder", help="Check that the index was built with this "
-                                                                   "embedder."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    embedder: str | None = option(ScreenConfig, "embedder", "--embedder"),
+    batch_size: int = option(ScreenConfig, "batch_size", "--batch-size"),
+    progress: bool = option(ScreenConfig, "show_progress", "--progress/--no-progress"),
 ) -> None:
     """Audit a dataset: the nearest training image of every image, near-copies flagged, an HTML report.
 
@@ -63,30 +57,17 @@ index_app = typer.Typer(no_args_is_help=True, help="Indexes of training images, 
 
 @index_app.command("build")
 def index_build(
-    sources: list[Path] = typer.Argument(..., help="Training images: image folders (recursive), ImageFolders with "
-                                                   "metadata.csv, Parquet datasets with an image column."),
-    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write."),
-    embedder: str = typer.Option("pixel", "--embedder", help="pixel (default, no weights), phash, learned (a "
-                                                             "copy descriptor trained here on these images, "
-                                                             "saved in the index), clip:<model> or hf:<model>."),
-    index_type: str = typer.Option("auto", "--index-type", help="auto, flat (exact), hnsw or ivfpq."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for the index, e.g. 4GB "
-                                                                       "(auto picks a type that fits)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images decoded and embedded at a time."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: embed shard K (from 0) of N into --out; the "
-                                                             "last shard builds the index (default: from "
-                                                             "SLURM_ARRAY_TASK_ID, RANK...)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-    target_fpr: float = typer.Option(0.005, "--target-fpr", help="False-positive rate the near-copy threshold is "
-                                                                 "calibrated for on the index's own images "
-                                                                 "(0 = the embedder's default threshold)."),
-    regions: Optional[bool] = typer.Option(None, "--regions/--no-regions", help="Index 16 overlapping tiles of "
-                                                                                "every image too, so crops and "
-                                                                                "partial copies match (default: up "
-                                                                                "to 20,000 images; screening is "
-                                                                                "2.4x slower with them: "
-                                                                                "benchmarks/screen_speed.py)."),
+    sources: list[Path] = argument(IndexConfig, "sources"),
+    out: Path = option(IndexConfig, "out", "--out", "-o"),
+    embedder: str = option(IndexConfig, "embedder", "--embedder"),
+    index_type: str = option(IndexConfig, "index_type", "--index-type"),
+    max_memory: str | None = option(IndexConfig, "max_memory", "--max-memory"),
+    batch_size: int = option(IndexConfig, "batch_size", "--batch-size"),
+    overwrite: bool = option(IndexConfig, "overwrite", "--overwrite"),
+    shard: str | None = option(IndexConfig, "shard", "--shard"),
+    progress: bool = option(IndexConfig, "show_progress", "--progress/--no-progress"),
+    target_fpr: float = option(IndexConfig, "target_fpr", "--target-fpr"),
+    regions: bool | None = option(IndexConfig, "regions", "--regions/--no-regions"),
 ) -> None:
     """Embed training images and build the FAISS index that `generate --index` and `screen` search.
 

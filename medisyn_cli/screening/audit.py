@@ -75,6 +75,26 @@ def default_report_dir(dataset: Path) -> Path:
     return dataset / "screen" if (dataset / "run.json").exists() else Path.cwd() / f"{dataset.name}-screen"
 
 
+@dataclass(frozen=True)
+class ScreenConfig:
+    """Options of `medisyn screen`: the defaults table of the CLI and of screen_dataset's keywords."""
+    dataset: str = field(metadata={
+        "help": "A medisyn output folder, a Parquet dataset, an ImageFolder or any folder of images."})
+    index: str = field(metadata={"help": "Training-image index (medisyn index build)."})
+    threshold: float | None = field(default=None, metadata={
+        "help": "Near-copy threshold (default: the index's calibrated one)."})
+    report_dir: str | None = field(default=None, metadata={
+        "help": "Folder for screen.parquet/.csv/.json and report.html (default: DATASET/screen for a "
+                "medisyn output, else ./<name>-screen)."})
+    keep_out: str | None = field(default=None, metadata={
+        "help": "Write a copy of the dataset without the near-copies here."})
+    embedder: str | None = field(default=None, metadata={
+        "help": "Check that the index was built with this embedder."})
+    batch_size: int = field(default=64, metadata={"help": "Images decoded and screened at a time."})
+    pairs: int = field(default=24, metadata={"help": "Closest pairs shown in report.html."})
+    show_progress: bool = field(default=True, metadata={"help": "Show a progress bar (else log lines)."})
+
+
 def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | None = None,
                    report_dir: str | Path | None = None, keep_out: str | Path | None = None,
                    embedder: str | None = None, batch_size: int = 64, pairs: int = 24,

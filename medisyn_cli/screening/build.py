@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medisyn_cli.core.datasets import count_images, find_sources, iter_source_records
@@ -22,6 +23,34 @@ from medisyn_cli.screening.index import (
 from medisyn_cli.screening.index_shards import build_shard
 from medisyn_cli.screening.index_write import finish_index
 from medisyn_cli.screening.learned import CONFIG_FILE, WEIGHTS_FILE, fit_for_index, untrained
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Options of `medisyn index build`: the defaults table of the CLI and of build_index's keywords."""
+    sources: tuple[str, ...] = field(metadata={
+        "help": "Training images: image folders (recursive), ImageFolders with metadata.csv, Parquet "
+                "datasets with an image column."})
+    out: str = field(metadata={"help": "Index folder to write."})
+    embedder: str = field(default="pixel", metadata={
+        "help": "pixel (default, no weights), phash, learned (a copy descriptor trained here on these "
+                "images, saved in the index), clip:<model> or hf:<model>."})
+    index_type: str = field(default="auto", metadata={"help": "auto, flat (exact), hnsw or ivfpq."})
+    max_memory: str | None = field(default=None, metadata={
+        "help": "Memory budget for the index, e.g. 4GB (auto picks a type that fits)."})
+    batch_size: int = field(default=256, metadata={"help": "Images decoded and embedded at a time."})
+    show_progress: bool = field(default=True, metadata={"help": "Show a progress bar (else log lines)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing index folder."})
+    shard: str | None = field(default=None, metadata={  # build_index takes a core.shards.Shard
+        "help": "K/N: embed shard K (from 0) of N into --out; the last shard builds the index (default: "
+                "from SLURM_ARRAY_TASK_ID, RANK...)."})
+    target_fpr: float | None = field(default=TARGET_FPR, metadata={  # build_index: None also means that
+        "help": "False-positive rate the near-copy threshold is calibrated for on the index's own images "
+                "(0 = the embedder's default threshold)."})
+    regions: bool | None = field(default=None, metadata={
+        "help": "Index 16 overlapping tiles of every image too, so crops and partial copies match "
+                "(default: up to 20,000 images; screening is 2.4x slower with them: "
+                "benchmarks/screen_speed.py)."})
 
 
 def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", index_type: str = "auto",
