@@ -24,16 +24,16 @@ def errors_as_exit_codes():
         if state["debug"]:
             raise
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except Interrupted as exc:
         console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code)
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print("interrupted: Ctrl-C", highlight=False)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except Exception as exc:
         if state["debug"]:
             raise
         console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                       highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
