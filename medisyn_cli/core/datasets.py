@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from medisyn_cli.core.errors import MedisynError
 
@@ -34,27 +34,26 @@ class Record:
 
 
 def read_records(paths: list[str | Path], caption_template: str = "{label}") -> list[Record]:
-    """All records of one or more datasets; folders holding several datasets are searched."""
+    """All records of one or more datasets, with captions; found by the same rule as find_sources."""
     records: list[Record] = []
     for path in map(Path, paths):
         if not path.exists():
             raise MedisynError(f"{path}: no such file or folder")
-        found = _records_of(path, caption_template)
+        found = [record for source in _sources_of(path) for record in _captioned(source, caption_template)]
         if not found:
-            raise MedisynError(f"{path}: no images found (expected metadata.csv, Parquet files or label folders)")
+            raise MedisynError(f"{path}: no images found "
+                               "(expected metadata.csv, Parquet files or label folders)")
         records.extend(found)
     return records
 
 
-def _records_of(path: Path, template: str) -> list[Record]:
-    if path.is_file() and path.suffix == ".parquet" or (path.is_dir() and _parquet_files(path) and not (path / "metadata.csv").exists()):
-        return _parquet_records(path, template)
-    if (path / "metadata.csv").exists():
-        return _metadata_records(path, template)
-    nested = sorted(p.parent for p in path.glob("*/metadata.csv"))
-    if nested:
-        return [r for folder in nested for r in _metadata_records(folder, template)]
-    return _label_folder_records(path, template)
+def _captioned(source: Source, template: str) -> list[Record]:
+    """The records of one source with captions (from a caption/text column, else the template)."""
+    if source.kind == "parquet":
+        return _parquet_records(source.path, template)
+    if source.kind == "imagefolder":
+        return _metadata_records(source.path, template)
+    return _label_folder_records(source.path, template)
 
 
 def _caption(template: str, label: str | None, row: dict) -> str | None:
@@ -63,7 +62,8 @@ def _caption(template: str, label: str | None, row: dict) -> str | None:
     try:
         return template.format(**{**row, "label": label.replace("_", " ")})
     except KeyError as exc:
-        raise MedisynError(f"--caption-template: unknown placeholder {exc} (columns: {', '.join(row)})") from exc
+        raise MedisynError(f"--caption-template: unknown placeholder {exc} "
+                           f"(columns: {', '.join(row)})") from exc
 
 
 def _metadata_records(folder: Path, template: str) -> list[Record]:
@@ -105,41 +105,57 @@ def _parquet_records(path: Path, template: str) -> list[Record]:
             image = row.pop("image")
             data = image["bytes"] if isinstance(image, dict) else image
             label = row.get("label")
-            caption = row.get("caption") or row.get("text") or row.get("prompt") or _caption(template, label, row)
+            caption = (row.get("caption") or row.get("text") or row.get("prompt")
+                       or _caption(template, label, row))
             records.append(Record(f"{file.name}:{row.get('id', i)}", label, caption, data=data))
     return records
+
+
+def decode(record: Record) -> tuple[object | None, str | None]:
+    """(PIL image, None), or (None, why it does not decode): never raises on a corrupt file."""
+    try:
+        return record.open(), None
+    except Exception as exc:  # PIL raises many types for corrupt or truncated data
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def open_or_skip(record: Record, skipped: list[dict]):
+    """The record's PIL image, or None with {"key", "reason"} added to `skipped`."""
+    image, error = decode(record)
+    if error is not None:
+        skipped.append({"key": record.key, "reason": error[:300]})
+    return image
 
 
 def iter_images(records: list[Record]) -> Iterator[tuple[Record, object | None, str | None]]:
     """Yield (record, PIL image or None, error message or None), never raising on corrupt files."""
     for record in records:
-        try:
-            yield record, record.open(), None
-        except Exception as exc:  # PIL raises many types for corrupt data
-            yield record, None, f"{type(exc).__name__}: {exc}"
+        yield record, *decode(record)
 
 
 # --- streaming access, for jobs that must not hold a whole dataset in memory (index build) ---------------
 
 @dataclass(frozen=True)
 class Source:
-    """One dataset on disk: 'parquet' (file or folder), 'imagefolder' (metadata.csv) or 'images' (any depth)."""
+    """One dataset on disk: 'parquet' (file or folder), 'imagefolder' (metadata.csv), 'images' (any depth)."""
 
     path: Path
     kind: str
 
 
 def find_sources(paths: list[str | Path]) -> list[Source]:
-    """The datasets under each path (a folder of ImageFolders is searched); MedisynError for missing or empty paths."""
+    """The datasets under each path (folders of ImageFolders searched); MedisynError if missing or empty."""
     if not paths:
-        raise MedisynError("no source given (expected image folders, ImageFolders with metadata.csv or Parquet)")
+        raise MedisynError("no source given "
+                           "(expected image folders, ImageFolders with metadata.csv or Parquet)")
     found: list[Source] = []
     for path in map(Path, paths):
         if not path.exists():
             raise MedisynError(f"{path}: no such file or folder")
         sources = _sources_of(path)
         if not sources or sum(count_images(s) for s in sources) == 0:
-            raise MedisynError(f"{path}: no images found (expected image files, metadata.csv or Parquet files)")
+            raise MedisynError(f"{path}: no images found "
+                               "(expected image files, metadata.csv or Parquet files)")
         found.extend(sources)
     return found
 
@@ -186,12 +202,13 @@ def count_images(source: Source) -> int:
 
 
 def source_files(source: Source) -> Iterator[Path]:
-    """The files a source is read from (for fingerprints): Parquet files, metadata.csv and its images, or images."""
+    """The files a source is read from (for fingerprints): Parquet, metadata.csv and its images, images."""
     if source.kind == "parquet":
         yield from _parquet_files(source.path)
     elif source.kind == "imagefolder":
         yield source.path / "metadata.csv"
-        yield from (p for p in (source.path / row["file_name"] for row in _metadata_rows(source.path)) if p.exists())
+        files = (source.path / row["file_name"] for row in _metadata_rows(source.path))
+        yield from (p for p in files if p.exists())
     else:
         yield from _image_files(source.path)
 
@@ -231,7 +248,7 @@ def _iter_parquet(path: Path, batch_rows: int) -> Iterator[Record]:
 
 
 def open_key(key: str):
-    """The image a source key names: a file path, or '<parquet file>:<id or row>' as iter_source_records makes."""
+    """The image a key names: a file path, or '<parquet file>:<id or row>' as iter_source_records makes."""
     path = Path(key)
     if path.is_file() and path.suffix != ".parquet":
         return Record(key, None, None, path=path).open()

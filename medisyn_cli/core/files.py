@@ -5,29 +5,49 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temp name beside `path`, then rename it in: readers see the old file or the new one."""
+@contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temp name beside `path` to write to (ending in `suffix`, e.g. ".png" for format detection); renamed
+    to `path` when the block ends, removed if it raises: readers see the old file or the new one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temp name beside `path`, then rename it in: readers see the old file or the new one."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to a temp name beside `path`, then rename it in."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def finite(value):
-    """`value` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    """`value` with numpy scalars as Python numbers and every NaN or infinity as None (JSON has no NaN)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {key: finite(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [finite(item) for item in value]
+    numpy = sys.modules.get("numpy")  # a numpy scalar exists only once numpy is imported
+    if numpy is not None and isinstance(value, numpy.generic):
+        return finite(value.item())
     return value
 
 

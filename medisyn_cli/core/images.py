@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from medisyn_cli.core.files import atomic_path
 from medisyn_cli.screening.embed import to_8bit
 
 THUMB = 96  # side of the thumbnails in HTML reports
@@ -49,8 +50,12 @@ def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = N
         lines = textwrap.wrap(label, max(8, label_width // 6 - 1))[: max(1, h // 12)]
         top = r * h + max(0, h - 12 * len(lines)) // 2
         draw.multiline_text((4, top), "\n".join(lines), fill="black", spacing=1)
+    return save_png(grid, path)
+
+
+def save_png(image, path: Path) -> Path:
+    """A PIL image saved as PNG atomically (temp name, then rename; parent folders made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    grid.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path, ".png") as tmp:
+        image.save(tmp)
     return path

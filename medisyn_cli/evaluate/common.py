@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records
+from medisyn_cli.core.batching import batched
+from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records, open_or_skip
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.images import png_bytes  # noqa: F401  (evaluate/report imports it from here)
+from medisyn_cli.core.files import atomic_path, atomic_write_text, finite
 from medisyn_cli.screening.embed import to_8bit
 
 LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
@@ -41,27 +41,22 @@ def open_sources(paths: list[str | Path] | str | Path, option: str) -> list[Sour
         raise MedisynError(f"{option}: {exc}") from exc
 
 
-def iter_batches(sources: list[Source], batch_size: int, image_set: ImageSet) -> Iterator[tuple[list[Record], list]]:
+def iter_batches(sources: list[Source], batch_size: int,
+                 image_set: ImageSet) -> Iterator[tuple[list[Record], list]]:
     """(records, PIL images) batches of every readable image; unreadable ones go to image_set.skipped."""
-    records, images, position = [], [], 0
-    for source in sources:
-        for record in iter_source_records(source):
-            try:
-                images.append(record.open())
-            except Exception as exc:  # PIL raises many types for corrupt or truncated data
-                image_set.skipped.append({"key": record.key, "reason": f"{type(exc).__name__}: {exc}"[:300]})
-                position += 1
-                continue
-            records.append(record)
+    for batch in batched(_readable(sources, image_set), batch_size):
+        yield [record for record, _ in batch], [image for _, image in batch]
+
+
+def _readable(sources: list[Source], image_set: ImageSet) -> Iterator[tuple[Record, object]]:
+    """(record, image) of every image that decodes, noted in image_set with its stream position."""
+    for position, record in enumerate(r for source in sources for r in iter_source_records(source)):
+        image = open_or_skip(record, image_set.skipped)
+        if image is not None:
             image_set.keys.append(record.key)
             image_set.labels.append(record.label)
             image_set.positions.append(position)
-            position += 1
-            if len(images) == batch_size:
-                yield records, images
-                records, images = [], []
-    if images:
-        yield records, images
+            yield record, image
 
 
 def fetch_images(sources: list[Source], positions: list[int]) -> dict[int, object]:
@@ -87,7 +82,7 @@ def to_rgb_array(image, size: int) -> np.ndarray:
 
 
 def load_arrays(sources: list[Source], size: int, name: str) -> tuple[np.ndarray, ImageSet]:
-    """All images of a set as uint8 (N, 3, size, size) in memory (12 KB an image at 64 px), with their labels."""
+    """All images of a set as uint8 (N, 3, size, size) in memory (12 KB an image at 64 px), and labels."""
     image_set, chunks = ImageSet(name), []
     for _, images in iter_batches(sources, 256, image_set):
         chunks.append(np.stack([to_rgb_array(image, size) for image in images]))
@@ -106,8 +101,8 @@ def split_labels(label: str | None, multi_label: bool) -> tuple[str, ...]:
 
 
 def require_labels(image_set: ImageSet, multi_label: bool) -> None:
-    """MedisynError when images of a multi-class set have no label (multi-label: an empty label is 'no finding')."""
-    missing = [key for key, label in zip(image_set.keys, image_set.labels) if label is None]
+    """MedisynError when images of a multi-class set have no label (multi-label: empty is 'no finding')."""
+    missing = [key for key, label in zip(image_set.keys, image_set.labels, strict=True) if label is None]
     if missing and not multi_label:
         raise MedisynError(f"{image_set.name}: {len(missing)} of {len(image_set)} images have no label "
                            f"(e.g. {missing[0]}); give label folders, a label column or metadata.csv labels")
@@ -155,21 +150,17 @@ def default_out(synthetic: str | Path | None) -> Path:
 def write_json(path: Path, data: dict) -> Path:
     """JSON written to a temp name, then renamed (NaN written as null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(finite(data), indent=2, default=str) + "\n")
     return path
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
     """CSV of dict rows (columns of the first row), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
     return path
 
 
@@ -178,10 +169,9 @@ def save_figure(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path, ".png") as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(figure)
-    tmp.replace(path)
     return path
 
 
@@ -193,16 +183,3 @@ def new_figure(width: float = 6.4, height: float = 4.0):
     import matplotlib.pyplot as plt
 
     return plt.subplots(figsize=(width, height))
-
-
-def _finite(value):
-    """NaN and infinities -> None, recursively (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value

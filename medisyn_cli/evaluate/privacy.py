@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.images import save_png, thumbnail
 from medisyn_cli.evaluate.common import (
     ImageSet,
     default_out,
@@ -46,7 +47,7 @@ from medisyn_cli.evaluate.common import (
     write_csv,
     write_json,
 )
-from medisyn_cli.screening.embed import View, apply_view, get_embedder, to_8bit
+from medisyn_cli.screening.embed import View, apply_view, get_embedder
 from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.screener import Screener
 
@@ -372,18 +373,7 @@ def closest_pairs_figure(synthetic: Nearest, synthetic_sources: list, train: Ima
         for offset, image in ((0, query.get(synthetic.image_set.positions[i])),
                               (side + 4, sources.get(train.positions[synthetic.nn_id[i]]))):
             if image is not None:
-                grid.paste(_thumbnail(image, side), (x + offset, y))
+                grid.paste(thumbnail(image, side, pixelated=False), (x + offset, y))
         draw.text((x + 2, y + side + 2), f"sim {synthetic.similarity[i]:.3f} d {synthetic.pixel_distance[i]:.3f} "
                                          f"{synthetic.view[i]}"[:34], fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    grid.save(tmp)
-    tmp.replace(path)
-    return path
-
-
-def _thumbnail(image, side: int):
-    from PIL import Image
-
-
-    return to_8bit(image).convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
+    return save_png(grid, path)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
+from medisyn_cli.core.batching import batched  # noqa: F401  (the plan's batches; generate.run imports it here)
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.generate.manifest import Manifest, safe_name
 
@@ -25,7 +26,7 @@ class Job:
 
 
 def quotas(weights: dict[str, float], n: int) -> dict[str, int]:
-    """Split n over classes by weight (largest remainder; ties to the earlier class); every class gets >= 1."""
+    """Split n over classes by weight (largest remainder, ties to the earlier class); each class gets >= 1."""
     if n <= 0:
         raise MedisynError(f"--n: must be a positive number of images, got {n}")
     if n < len(weights):
@@ -64,19 +65,6 @@ def iter_jobs(manifest: Manifest, counts: dict[str, int], seed: int) -> Iterator
             if index >= counts[label]:
                 continue
             row = variants[label][index % len(variants[label])]
-            yield Job(id=image_id(label, index), label=label, label_id=label_id, index=index, prompt=row.prompt,
-                      negative_prompt=row.negative_prompt, mode=row.mode, seed=image_seed(seed, label, index))
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of at most size items."""
-    if size < 1:
-        raise MedisynError(f"--batch-size: must be at least 1, got {size}")
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+            yield Job(id=image_id(label, index), label=label, label_id=label_id, index=index,
+                      prompt=row.prompt, negative_prompt=row.negative_prompt, mode=row.mode,
+                      seed=image_seed(seed, label, index))

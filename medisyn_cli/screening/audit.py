@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records
+from medisyn_cli.core.batching import batched
+from medisyn_cli.core.datasets import Record, Source, decode, find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
 from medisyn_cli.core.images import thumbnail_png
@@ -122,7 +123,7 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
     clock, copies = time.time(), set()
     with _Tables(report_dir) as tables, make_progress(disable=not show_progress) as progress:
         task = progress.add_task("screen", total=None, rate="", info="")
-        for batch in _batches(sources, batch_size):
+        for batch in batched((r for source in sources for r in iter_source_records(source)), batch_size):
             rows = _screen_batch(screener, batch, summary, pairs)
             tables.write(rows)
             copies.update(row["image"] for row in rows if row["near_copy"])
@@ -152,18 +153,6 @@ def _check_new_folder(folder: Path | None, option: str) -> None:
         raise MedisynError(f"{option} {folder}: exists and is not an empty folder")
 
 
-def _batches(sources: list[Source], size: int):
-    batch = []
-    for source in sources:
-        for record in iter_source_records(source):
-            batch.append(record)
-            if len(batch) == size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
 def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: int) -> list[dict]:
     """Rows of one batch (unreadable images become rows with an error), tallied into the summary."""
     images, rows = [], []
@@ -171,10 +160,11 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
         row = {"image": record.key, "label": record.label, "nn_id": None, "nn_key": None, "nn_label": None,
                "nn_similarity": None, "near_copy": None, "view": None, "region": None,
                "error": None}
-        try:
-            images.append(record.open())
-        except Exception as exc:  # PIL raises many types for corrupt or truncated data
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        image, error = decode(record)
+        if error is None:
+            images.append(image)
+        else:
+            row["error"] = error[:300]
             summary.errors += 1
         rows.append(row)
     results, readable = iter(screener.check(images)), iter(images)

@@ -11,7 +11,8 @@ from typing import Iterator
 
 import numpy as np
 
-from medisyn_cli.core.datasets import Record, Source, iter_source_records, source_files
+from medisyn_cli.core.batching import batched
+from medisyn_cli.core.datasets import Record, Source, iter_source_records, open_or_skip, source_files
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.progress import make_progress, rate_text
 from medisyn_cli.screening.embed import TILES, Embedder
@@ -59,26 +60,18 @@ def embed_sources(found: list[Source], model: Embedder, out: Path, total: int, b
 
 
 def source_batches(found: list[Source], size: int) -> Iterator[list[tuple[Source, Record]]]:
-    batch = []
-    for source in found:
-        for record in iter_source_records(source):
-            batch.append((source, record))
-            if len(batch) == size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+    """(source, record) pairs of every source, in lists of at most `size`."""
+    return batched(((source, record) for source in found for record in iter_source_records(source)), size)
 
 
 def decode_batch(batch: list, skipped: list[dict]) -> tuple[list, list]:
     """PIL images of a batch; unreadable records are added to `skipped` with the reason."""
     images, records = [], []
     for source, record in batch:
-        try:
-            images.append(record.open())
+        image = open_or_skip(record, skipped)
+        if image is not None:
+            images.append(image)
             records.append((source, record))
-        except Exception as exc:  # PIL raises many types for corrupt or truncated data
-            skipped.append({"key": record.key, "reason": f"{type(exc).__name__}: {exc}"[:300]})
     return images, records
 
 

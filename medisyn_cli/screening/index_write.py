@@ -13,6 +13,7 @@ import numpy as np
 
 from medisyn_cli.core.datasets import Source, open_key
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.files import atomic_write_text
 from medisyn_cli.core.version import __version__
 from medisyn_cli.screening.calibrate import CALIBRATION_MIN, CALIBRATION_SAMPLE, calibrate
 from medisyn_cli.screening.embed import TILES, Embedder
@@ -122,4 +123,5 @@ def _metadata(model: Embedder, plan: IndexPlan, embedded: Embedded, found: list[
 
 
 def _write_json(meta: dict, path: Path) -> None:
-    path.write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
+    """index.json's format (indent 1, NaN kept as written before), written atomically."""
+    atomic_write_text(path, json.dumps(meta, indent=1, default=str) + "\n")
