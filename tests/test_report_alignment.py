@@ -138,16 +138,23 @@ def test_the_guard_compares_kept_with_kept_plus_label_rejected_images(tmp_path):
     assert before["per_class"]["xray"]["diversity"] == pytest.approx(
         _pixel_diversity(XRAYS[:4] + CELLS[4:6]), rel=1e-5)
     assert after["per_class"]["xray"]["diversity"] == pytest.approx(_pixel_diversity(XRAYS[:4]), rel=1e-5)
+    equal = guard["before_equal_n"]   # before subsampled to after's class counts: 4 cells (all), 4 of 6 X-rays
+    assert equal["images"] == 8 and equal["per_class"]["xray"]["images"] == 4 and equal["draws"] == 10
+    assert equal["per_class"]["cell"]["diversity"] == pytest.approx(after["per_class"]["cell"]["diversity"])
+    subsets = [_pixel_diversity([p for j, p in enumerate(XRAYS[:4] + CELLS[4:6]) if j not in (a, b)])
+               for a in range(6) for b in range(a + 1, 6)]
+    assert min(subsets) <= equal["per_class"]["xray"]["diversity"] <= max(subsets)
     assert guard["change"]["diversity_within_class"] == pytest.approx(
-        after["diversity_within_class"] - before["diversity_within_class"], abs=1e-4)
+        after["diversity_within_class"] - equal["diversity_within_class"], abs=1e-4)
     assert "coverage" not in after   # no real reference: diversity only
+    assert "before, equal n" in (out / "report.html").read_text()
 
 
 def test_a_run_without_label_rejections_has_before_equal_to_after(tmp_path):
     out = _judged_out(tmp_path, None, with_pixels=False)
     write_report(out)
     guard = json.loads((out / "report.json").read_text())["diversity_guard"]
-    assert guard["before"] == guard["after"] and guard["before"]["images"] == 8
+    assert guard["before"] == guard["after"] == guard["before_equal_n"] and guard["before"]["images"] == 8
     assert guard["change"]["diversity_within_class"] == 0.0 and "no image was rejected" in guard["basis"]
 
 
@@ -161,7 +168,7 @@ def test_coverage_and_recall_against_a_real_reference_through_the_cli(tmp_path, 
     assert 0.0 <= guard["after"]["coverage"] <= 1.0 and 0.0 <= guard["after"]["recall"] <= 1.0
     assert guard["change"] == {"coverage": 0.0, "recall": 0.0, "diversity_within_class": 0.0}
     page = (out / "report.html").read_text()
-    assert "diversity guard" in page and "coverage before" in page and str(real) in page
+    assert "diversity guard" in page and "<th>coverage</th>" in page and str(real) in page
 
 
 def test_a_bad_real_reference_is_a_one_line_error(tmp_path):

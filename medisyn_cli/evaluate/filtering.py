@@ -9,7 +9,9 @@ OUT/evaluate/alignment.json, its GAN-test accuracy per class against the judge's
 `diversity_guard`: coverage and recall (PRDC, k = 5; Naeem et al. 2020) against a real reference set
 (--real), on `evaluate fidelity`'s default features (the small CNN trained on the real set), and
 within-class diversity (mean pairwise distance; `pixel` features without a real set), before and after
-the label filter, so a filter that keeps only easy, typical images shows as a drop.
+the label filter, so a filter that keeps only easy, typical images shows as a drop. Fewer images alone lower
+coverage and raise recall (k-NN balls of a sparser set are larger), so "after" is compared with "before"
+subsampled to the same class counts (DRAWS seeded draws, averaged): `change` = after - before_equal_n.
 After = the kept images. Before = kept + label-rejected images. The rejected.parquet of `generate --judge`
 holds no pixels (seed, prompt, score and judged label only), so before is measured only where it has an
 `image` column; otherwise a judged run with label rejections says so. For an unjudged run with an
@@ -31,6 +33,7 @@ from medisyn_cli.evaluate.metrics import diversity, prdc
 from medisyn_cli.pipeline.load import resolve_device
 
 LABEL, NEAR_COPY = "label", "near_copy"
+DRAWS = 10  # random equal-size subsets of "before" averaged for the comparison with "after"
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -142,11 +145,40 @@ def diversity_guard(out: Path, run: dict | None, rejected, alignment: dict | Non
     before, after, basis = _sets(out, kept, kept_set.keys, rejected, judged, alignment, extractor, batch_size)
     result = {"basis": basis, "features": extractor.name, "real": list(real) or None, "k": k,
               "before": None if before is None else set_metrics(*before, reference, k),
-              "after": set_metrics(*after, reference, k)}
-    if result["before"] is not None:
-        result["change"] = {name: _difference(result["after"].get(name), result["before"].get(name))
+              "before_equal_n": None, "after": set_metrics(*after, reference, k)}
+    if before is not None:
+        result["before_equal_n"] = equal_n_metrics(before, after[1], reference, k)
+        result["change"] = {name: _difference(result["after"].get(name), result["before_equal_n"].get(name))
                             for name in ("coverage", "recall", "diversity_within_class")}
     return result
+
+
+def equal_n_metrics(before: tuple, after_labels: np.ndarray, reference, k: int, draws: int = DRAWS) -> dict:
+    """set_metrics of `before` subsampled to the class counts of `after` (seeded draws, averaged): the
+    comparison at equal n (coverage falls and recall rises with fewer images, whatever is filtered)."""
+    feats, labels = before
+    wanted = {label: int(np.sum(after_labels == label)) for label in set(after_labels)}
+    if all(np.sum(labels == label) == n for label, n in wanted.items()) and len(after_labels) == len(labels):
+        return set_metrics(feats, labels, reference, k)
+    rng, rows = np.random.default_rng(0), []
+    for _ in range(draws):
+        chosen = np.concatenate([rng.choice(np.flatnonzero(labels == label), n, replace=False)
+                                 for label, n in sorted(wanted.items())])
+        rows.append(set_metrics(feats[chosen], labels[chosen], reference, k))
+    return _mean_rows(rows) | {"draws": draws}
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+    """Key by key mean of metric dicts (nested per_class too); None where any draw has None; notes dropped."""
+    mean: dict = {}
+    for key, first in rows[0].items():
+        if isinstance(first, dict):
+            mean[key] = _mean_rows([row[key] for row in rows])
+        elif isinstance(first, (int, float)) and not isinstance(first, bool):
+            values = [row.get(key) for row in rows]
+            missing = None in values or any(v != v for v in values)
+            mean[key] = None if missing else float(np.mean(values))
+    return mean
 
 
 def _sets(out: Path, kept: tuple, keys: list[str], rejected, judged: bool, alignment: dict | None, extractor,

@@ -246,23 +246,26 @@ def _diversity_section(page: Page, out: Path, run: dict | None, kept, per_class:
 
 
 def _diversity_html(result: dict) -> str:
-    """What before / after are, the features, and a table: all images, then each class."""
-    before, after = result.get("before") or {}, result["after"]
+    """What before / after are, the features, and a table: a row per scope (all, each class) and set."""
+    sets = [("before", result.get("before")), ("before, equal n", result.get("before_equal_n")),
+            ("after", result["after"])]
     metrics = ("images", "coverage", "recall", "diversity") if result.get("real") else ("images", "diversity")
-    scopes = [("all", before, after)] + [(label, (before.get("per_class") or {}).get(label) or {}, row)
-                                         for label, row in after["per_class"].items()]
     rows = []
-    for scope, b, a in scopes:
-        row = {"scope": scope}
-        for name in metrics:
-            key = "diversity_within_class" if name == "diversity" and scope == "all" else name
-            row[f"{name} before"], row[f"{name} after"] = b.get(key), a.get(key)
-        rows.append(row)
+    for scope in ["all", *result["after"]["per_class"]]:
+        for name, values in sets:
+            if not values:
+                continue
+            row = values if scope == "all" else (values.get("per_class") or {}).get(scope) or {}
+            key = {"diversity": "diversity_within_class" if scope == "all" else "diversity"}
+            rows.append({"scope": scope, "set": name, **{m: row.get(key.get(m, m)) for m in metrics}})
     reference = ("against the real reference " + html.escape(", ".join(result["real"])) if result.get("real")
                  else "no real reference given (medisyn report OUT --real REAL adds coverage and recall)")
+    change = ", ".join(f"{name} {_cell(value)}" for name, value in (result.get("change") or {}).items())
     return (f"<p>{html.escape(result['basis'])}. Features: {html.escape(result['features'])}; {reference}; "
             f"k = {result['k']}. A filter that keeps only easy, typical images lowers coverage, recall and "
-            f"diversity.</p>" + _table(rows))
+            f"diversity; fewer images alone lower coverage and raise recall, so compare after with "
+            f"'before, equal n' (before subsampled to after's class counts, averaged over draws).</p>"
+            + (f"<p><b>change (after - before at equal n)</b>: {change}</p>" if change else "") + _table(rows))
 
 
 def _similarities(out: Path, kept) -> tuple[np.ndarray, np.ndarray]:
