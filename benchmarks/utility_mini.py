@@ -1,6 +1,7 @@
 """Are the bundled model's images recognisably of their class?
 
-For each data set of ../shared/data, train the same small classifier on (a) synthetic images made by
+For each data set of ../shared/data, train the product's classifier (`medisyn evaluate utility`'s small CNN
+and training loop, imported from medisyn_cli.evaluate.classifier) on (a) synthetic images made by
 `medisyn generate` with the bundled model and (b) as many real training images, then report macro AUROC on
 real images the model never saw (its hold-out split, listed in the model's holdout.csv).
 
@@ -35,54 +36,29 @@ def real_split(dataset: str, model: Path) -> tuple[list, list]:
 
 
 def load(paths: list[Path], size: int) -> np.ndarray:
-    """Images as float32 (N, 3, size, size) in [0, 1]."""
+    """Images as uint8 (N, 3, size, size), as `medisyn evaluate utility` holds them."""
     from PIL import Image
 
-    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR), np.float32) / 255
-                     for p in paths]).transpose(0, 3, 1, 2)
+    from medisyn_cli.evaluate.common import to_rgb_array
 
-
-def small_cnn(classes: int):
-    """The product's small CNN (`medisyn evaluate utility --classifier small-cnn`), freshly initialised."""
-    from medisyn_cli.evaluate.classifier import build_network
-
-    return build_network("small-cnn", classes)
+    return np.stack([to_rgb_array(Image.open(p), size) for p in paths])
 
 
 def train_and_score(x_train, y_train, x_test, y_test, classes: int, seed: int, epochs: int) -> float:
-    """Train the small CNN (flip/shift augmentation) and return macro one-vs-rest AUROC on the test set."""
+    """Train the product's classifier (`medisyn evaluate utility --arch small-cnn`: network and training loop)
+    and return macro one-vs-rest AUROC on the test set."""
     import torch
     from sklearn.metrics import roc_auc_score
 
-    torch.manual_seed(seed)
-    model = small_cnn(classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
-    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    steps = epochs * max(1, len(x) // 64)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=generator)
-        batch = _augment(x[idx], generator)
-        loss = torch.nn.functional.cross_entropy(model(batch), y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
-    with torch.no_grad():
-        probs = torch.softmax(model(torch.from_numpy(x_test)), 1).numpy()
+    from medisyn_cli.evaluate.classifier import TrainSettings, predict, train_classifier
+
+    device = torch.device("cpu")
+    settings = TrainSettings(arch="small-cnn", epochs=epochs, batch_size=64, lr=2e-3)
+    model = train_classifier(x_train, y_train, classes, settings, seed, device)
+    probs = predict(model, x_test, device, multi_label=False)
     if classes == 2:
         return float(roc_auc_score(y_test, probs[:, 1]))
     return float(roc_auc_score(y_test, probs, multi_class="ovr", average="macro"))
-
-
-def _augment(batch, generator):
-    import torch
-
-    shift = torch.randint(-4, 5, (2,), generator=generator).tolist()
-    return torch.roll(batch, shifts=shift, dims=(2, 3))
 
 
 def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, steps: int,

@@ -22,6 +22,17 @@ ENTRIES = (MARKER, LOCK, "run.json", "README.md", "parquet", "imagefolder", "rej
            "slurm")
 
 
+def holds_files(folder: Path, ignore=None) -> bool:
+    """True if `folder` exists and is not an empty folder (a file there counts); `ignore(path)` names entries
+    that do not count (e.g. a lock or leftover temp files)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        return True
+    return any(ignore is None or not ignore(entry) for entry in folder.iterdir())
+
+
 def new_run_id() -> str:
     """A random id naming one run."""
     return uuid.uuid4().hex[:12]

@@ -13,6 +13,8 @@ writes). Every run writes <name>.json (last) and <name>.csv, and figures, under 
 
 from __future__ import annotations
 
+from medisyn_cli.core.lazy import lazy_getattr
+
 _API = {
     "UtilityConfig": ("utility", "UtilityConfig"), "run_utility": ("utility", "run_utility"),
     "PrivacyConfig": ("privacy", "PrivacyConfig"), "run_privacy": ("privacy", "run_privacy"),
@@ -23,12 +25,4 @@ _API = {
 }
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str):
-    """Import lazily, so `medisyn --help` does not load numpy-heavy modules."""
-    if name not in _API:
-        raise AttributeError(f"module 'medisyn_cli.evaluate' has no attribute '{name}'")
-    from importlib import import_module
-
-    module, attr = _API[name]
-    return getattr(import_module(f".{module}", __name__), attr)
+__getattr__ = lazy_getattr(__name__, _API)  # imported on first use: `medisyn --help` loads no numpy

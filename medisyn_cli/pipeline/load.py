@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.files import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -220,12 +220,3 @@ def weight_hashes(model: str | None) -> dict[str, str]:
     weights = [f for f in files if f.is_file() and f.name.endswith(SINGLE_FILE_SUFFIXES)]
     root = path.parent if path.is_file() else path
     return {str(f.relative_to(root)): file_sha256(f) for f in weights}
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -21,6 +21,7 @@ from medisyn_cli.core.datasets import Record, Source, decode, find_sources, iter
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
 from medisyn_cli.core.images import thumbnail_png
+from medisyn_cli.core.outdir import holds_files
 from medisyn_cli.core.progress import make_progress, rate_text
 from medisyn_cli.generate.card import write_run_card
 from medisyn_cli.screening.index import load_index
@@ -149,7 +150,7 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
 
 
 def _check_new_folder(folder: Path | None, option: str) -> None:
-    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    if folder is not None and holds_files(folder):
         raise MedisynError(f"{option} {folder}: exists and is not an empty folder")
 
 

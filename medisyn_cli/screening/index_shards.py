@@ -26,6 +26,7 @@ import numpy as np
 
 from medisyn_cli.core.datasets import Record, Source, count_images, find_sources
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.outdir import holds_files
 from medisyn_cli.core.progress import make_progress, rate_text
 from medisyn_cli.core.shards import Shard, batch_count, shard_batches
 from medisyn_cli.core.store import IncompleteRun, WorkDir, batch_name, missing_report
@@ -71,7 +72,7 @@ def build_shard(found: list[Source], out: Path, model: Embedder, index_type: str
     out = Path(out)
     if (out / META_FILE).exists():
         return _already_built(out)
-    if out.exists() and any(p.name != SHARDS and not p.name.endswith(".tmp") for p in out.iterdir()):
+    if holds_files(out, ignore=lambda p: p.name == SHARDS or p.name.endswith(".tmp")):
         raise MedisynError(f"{out}: folder exists and holds other files than a sharded index build ({SHARDS}/)")
     total = sum(count_images(source) for source in found)
     batches = batch_count(total, batch_size)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import html
-import io
 import math
 from pathlib import Path
 
-from medisyn_cli.core.html import data_uri
+from medisyn_cli.core.files import atomic_write_text
+from medisyn_cli.core.html import figure_uri, page
 from medisyn_cli.evaluate.common import new_figure, write_csv, write_json
 
 METRIC_NAMES = {
@@ -15,6 +15,11 @@ METRIC_NAMES = {
     "detection_specificity": "specificity (real not flagged)", "pair_accuracy": "pair accuracy (exact answer)",
     "pair_sensitivity": "pair sensitivity", "pair_specificity": "pair specificity",
     "classify_real": "classification accuracy, real", "classify_synthetic": "classification accuracy, synthetic"}
+
+STYLE = ("body{font:15px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;padding:0 16px;color:#1d232b}\n"
+         "table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}td,th{border:1px solid #d5dbe1;"
+         "padding:4px 8px;\ntext-align:left;vertical-align:top}th{background:#f1f4f7}"
+         "img{max-width:100%;margin:8px 16px 8px 0}\n.note{color:#5d6773}")
 
 
 def flat_row(row: dict, name_key: str = "reader") -> dict:
@@ -37,21 +42,9 @@ def write_score(result: dict, out: Path) -> dict[str, Path]:
                "readers.csv": write_csv(out / "readers.csv", [flat_row(r) for r in rows]),
                "classes.csv": write_csv(out / "classes.csv", classes),
                "groups.csv": write_csv(out / "groups.csv", [flat_row(g, "group") for g in result["groups"]])}
-    page = out / "score.html"
-    tmp = page.with_name(".score.html.tmp")
-    tmp.write_text(score_html(result), encoding="utf-8")
-    tmp.replace(page)
-    written["score.html"] = page
+    atomic_write_text(out / "score.html", score_html(result))
+    written["score.html"] = out / "score.html"
     return written
-
-
-def _png(figure) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return data_uri(buffer.getvalue())
 
 
 def _errors(values: list[dict]) -> tuple[list, list]:
@@ -80,7 +73,7 @@ def detection_plot(result: dict) -> str:
     axis.set_ylabel("proportion (95% Wilson)")
     axis.set_title("Spotting synthetic images in pairs")
     axis.legend(fontsize=8, loc="lower right")
-    return _png(figure)
+    return figure_uri(figure)
 
 
 def classification_plot(result: dict) -> str:
@@ -98,7 +91,7 @@ def classification_plot(result: dict) -> str:
     axis.set_ylabel("accuracy (95% Wilson)")
     axis.set_title("Classifying real and synthetic images (all readers)")
     axis.legend(fontsize=8)
-    return _png(figure)
+    return figure_uri(figure)
 
 
 def _nan(value) -> float:
@@ -144,13 +137,8 @@ def score_html(result: dict) -> str:
     plots = f'<img alt="detection per reader" src="{detection_plot(result)}">'
     if result["classes"] and result["pooled"]["metrics"]["classify_real"]["n"]:
         plots += f'<img alt="classification real vs synthetic" src="{classification_plot(result)}">'
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Reader study score: {html.escape(result['title'])}</title>
-<style>body{{font:15px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;padding:0 16px;color:#1d232b}}
-table{{border-collapse:collapse;margin:8px 0 20px;font-size:13px}}td,th{{border:1px solid #d5dbe1;padding:4px 8px;
-text-align:left;vertical-align:top}}th{{background:#f1f4f7}}img{{max-width:100%;margin:8px 16px 8px 0}}
-.note{{color:#5d6773}}</style></head><body>
-<h1>Reader study score: {html.escape(result['title'])}</h1>
+    title = f"Reader study score: {html.escape(result['title'])}"
+    return page(title, f"""<h1>{title}</h1>
 <p class="note">Study {html.escape(result['study_id'])}; {len(result['readers'])} readers. Values are proportions
 with 95% Wilson intervals; pooled rows also give a bootstrap interval over readers. Chance level for spotting
 synthetic images: {result['chance']:.2f} (one-sided exact binomial test).</p>
@@ -158,9 +146,7 @@ synthetic images: {result['chance']:.2f} (one-sided exact binomial test).</p>
 <h2>Readers</h2>{_table(result['readers'] + [result['pooled']], 'reader', names)}
 <h2>By experience and role</h2>{_table(result['groups'], 'group', names)}
 <h2>Agreement between readers</h2><ul>{kappas or '<li>one reader: no agreement to measure</li>'}</ul>
-{f'<h2>Answer files left out</h2><ul>{problems}</ul>' if problems else ''}
-</body></html>
-"""
+{f'<h2>Answer files left out</h2><ul>{problems}</ul>' if problems else ''}""", STYLE)
 
 
 def _k(value) -> str:
