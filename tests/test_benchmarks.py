@@ -100,18 +100,25 @@ def test_evaluate_mini_writes_every_evaluation(bench, monkeypatch, tmp_path):
     assert leak["test"] == 6 and leak["train"] == 18 and sum(r["images"] for r in leak["per_class"].values()) == 6
 
 
-def test_utility_mini_trains_the_products_small_cnn(monkeypatch):
-    """utility_mini.py's classifier is `medisyn evaluate utility`'s small CNN: same layers, same seeded weights."""
+def test_utility_mini_trains_the_products_classifier(monkeypatch):
+    """utility_mini.py trains `medisyn evaluate utility`'s classifier: the product's network and training loop."""
+    import numpy as np
     import torch
+    from sklearn.metrics import roc_auc_score
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import utility_mini
 
-    from medisyn_cli.evaluate.classifier import build_network
+    from medisyn_cli.evaluate import classifier
 
-    torch.manual_seed(0)
-    ours = utility_mini.small_cnn(4)
-    torch.manual_seed(0)
-    product = build_network("small-cnn", 4)
-    assert [type(m) for m in ours.modules()] == [type(m) for m in product.modules()]
-    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), product.state_dict().values()))
+    calls = []
+    product = classifier.train_classifier
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: calls.append(a[3]) or product(*a, **k))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (16, 3, 16, 16), dtype=np.uint8), np.array([0, 1] * 8)
+    score = utility_mini.train_and_score(x, y, x, y, 2, seed=0, epochs=1)
+    assert [c.arch for c in calls] == ["small-cnn"]
+    settings = classifier.TrainSettings(arch="small-cnn", epochs=1, batch_size=64, lr=2e-3)
+    model = product(x, y, 2, settings, 0, torch.device("cpu"))
+    expected = roc_auc_score(y, classifier.predict(model, x, torch.device("cpu"), False)[:, 1])
+    assert score == expected

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from medisyn_cli.core.datasets import count_images, find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.outdir import holds_files
 from medisyn_cli.screening.embed import get_embedder
 from medisyn_cli.screening.embedding import embed_sources
 from medisyn_cli.screening.faiss_index import INDEX_TYPES, parse_memory
@@ -109,7 +110,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty folder unless overwrite, and then only an index folder (index.json or leftovers)."""
     if out.exists() and not out.is_dir():
         raise MedisynError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
+    if holds_files(out):
         if not overwrite:
             raise MedisynError(f"{out}: folder exists and is not empty (use overwrite to replace the index)")
         ours = {INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE, REGIONS_FILE, WEIGHTS_FILE, CONFIG_FILE}
