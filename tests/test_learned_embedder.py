@@ -191,3 +191,12 @@ def test_learned_needs_an_index(tmp_path):
         get_embedder("learned")
     with pytest.raises(MedisynError, match="learned.json: missing"):
         get_embedder(f"learned:{tmp_path}")
+
+
+def test_training_holds_out_the_images_the_threshold_is_calibrated_on():
+    from medisyn_cli.screening.calibrate import CALIBRATION_MIN, CALIBRATION_SAMPLE
+    from medisyn_cli.screening.learned import held_out
+
+    rule = np.sort(np.random.default_rng(2).choice(1000, size=CALIBRATION_SAMPLE, replace=False))  # index_write's
+    assert np.array_equal(held_out(1000, CALIBRATION_SAMPLE, CALIBRATION_MIN), rule)
+    assert np.array_equal(held_out(1000), rule) and held_out(CALIBRATION_MIN - 1).size == 0

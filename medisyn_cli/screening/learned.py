@@ -490,8 +490,8 @@ def fit_for_index(records: list, folder: Path, show_progress: bool = False,
     import sys
 
     config = config or TRAINING
-    records = [r for i, r in enumerate(records) if i not in set(held_out(len(records)).tolist())] \
-        if len(records) > 2 * 200 else records
+    calibration = set(held_out(len(records)).tolist()) if len(records) > 400 else set()  # small sets: train on all
+    records = [record for i, record in enumerate(records) if i not in calibration]
     log = (lambda step, steps, loss: print(f"training the learned descriptor: step {step + 1}/{steps}, loss "
                                            f"{loss[0]:.3f}", file=sys.stderr, flush=True)) if show_progress else None
     chosen = np.arange(len(records)) if len(records) <= TRAIN_MAX else \
@@ -505,7 +505,7 @@ def fit_for_index(records: list, folder: Path, show_progress: bool = False,
             continue
         kept += 1
     network, stats = train(prepared[:kept], config, log=log)
-    stats["read_seconds"] = round(time.time() - clock - stats["seconds"], 1)
+    stats.update(read_seconds=round(time.time() - clock - stats["seconds"], 1), held_out=len(calibration))
     embedder = LearnedEmbedder(network, config, stats)
     embedder.save(Path(folder))
     return embedder
