@@ -177,7 +177,8 @@ def _mean_rows(rows: list[dict]) -> dict:
         elif isinstance(first, (int, float)) and not isinstance(first, bool):
             values = [row.get(key) for row in rows]
             missing = None in values or any(v != v for v in values)
-            mean[key] = None if missing else float(np.mean(values))
+            same_count = all(isinstance(v, int) for v in values) and len(set(values)) == 1
+            mean[key] = None if missing else values[0] if same_count else float(np.mean(values))
     return mean
 
 
