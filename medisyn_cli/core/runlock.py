@@ -42,7 +42,7 @@ class RunLock:
         self._thread: threading.Thread | None = None
         self.held = False
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock, taking over a stale one; RunBusy if a live process holds it."""
         for _ in range(3):
             if self._create():
@@ -65,7 +65,7 @@ class RunLock:
             self.path.unlink(missing_ok=True)
         self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
