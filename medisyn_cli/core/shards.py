@@ -13,8 +13,8 @@ An array of A tasks with P processes each gives A * P shards: shard = task * P +
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 from medisyn_cli.core.errors import MedisynError
 
