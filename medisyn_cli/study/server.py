@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.files import atomic_write_text
 from medisyn_cli.study.answers import MAX_ANSWER_BYTES, check_answers, load_key
 
 MAX_POST_BYTES = MAX_ANSWER_BYTES
@@ -97,9 +98,7 @@ def save_answers(folder: Path, reader_id: str, data: dict) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", reader_id)[:64].strip("._") or "reader"
     started = re.sub(r"\D", "", str(data.get("started") or ""))[:14] or time.strftime("%Y%m%d%H%M%S")
     name = f"{stem}-{started}.json"
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(folder / name)
+    atomic_write_text(folder / name, json.dumps(data, indent=1) + "\n")
     return name
 
 
