@@ -31,9 +31,21 @@ default, and AUROC (copies matched to the wrong image count as missed). Conditio
                        (16 per training image), threshold self-calibrated per index at build time
     phash              imagehash perceptual hash, 256 bits, flips
     imagededup-phash   imagededup's PHash (64 bits, no views), threshold 1 - 10/64 (its default distance 10)
+    learned            the learned copy descriptor (`--embedder learned`, screening/learned.py): ONE descriptor
+                       trained on the indexed images (the six indexed halves, as `index build --embedder
+                       learned` over the six folders would; never on a negative or a copy) except each index's
+                       calibration sample (held out as `index build` does), 16 query views (turns, flips,
+                       inversions), no tiles, threshold self-calibrated per index on the held-out sample
+    pixel+learned      both detectors: per image the larger margin over each one's own calibrated threshold
+                       (a copy is caught when either catches it); needs pixel and learned in the same run or
+                       in --raw from earlier runs
+
+`--raw DIR` keeps each condition's raw scores (pickle) and reuses those already there, so conditions can run in
+separate processes (each under ~25 min) and be combined; `--learned-cache DIR` keeps the trained descriptor.
 
     python benchmarks/screen_quality.py                               # all conditions, ~20 min on 2 cores
     python benchmarks/screen_quality.py --conditions pixel-tuned pixel --sources 10 --negatives 100
+    python benchmarks/screen_quality.py --conditions pixel learned pixel+learned --raw DIR --out DIR
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import re
 import sys
 import time
@@ -272,6 +285,64 @@ def plant(images: list, sets: np.ndarray, groups: np.ndarray, sources: np.ndarra
 
 # --- conditions -----------------------------------------------------------------------------------------
 
+LEARNED: dict = {}  # the trained descriptor of this run (train_learned), shared by the six indexes
+DONE: dict = {}  # raw scores of the conditions evaluated or loaded in this run
+
+
+def train_learned(images: list, sets: np.ndarray, indexed: np.ndarray, cache: Path | None):
+    """One learned descriptor trained on every indexed image but each index's calibration sample (as `index build`
+    holds it out: learned.held_out), or loaded from `cache` where an earlier run saved it (training is
+    deterministic given the data and seed)."""
+    from medisyn_cli.screening.learned import TRAINING, WEIGHTS_FILE, held_out, load_embedder, train_embedder
+
+    if cache is not None and (cache / WEIGHTS_FILE).is_file():
+        return load_embedder(cache)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    members = np.where(indexed)[0]
+    for dataset in np.unique(sets):
+        own = np.where((sets == dataset) & indexed)[0]
+        members = np.setdiff1d(members, own[held_out(len(own))])
+    return train_embedder([images[i] for i in members], cache, TRAINING)
+
+
+def combine(a: dict, b: dict) -> dict:
+    """Either detector: per image the larger margin over each one's own (per data set) threshold; threshold 0. The
+    match counted is the one of the detector with the larger margin."""
+    margin = lambda r, sims, where: sims - np.array([r["thresholds"][d] for d in where], np.float32)  # noqa: E731
+    out = {"thresholds": {d: 0.0 for d in a["thresholds"]}, "neg_sets": a["neg_sets"], "copy_sets": a["copy_sets"],
+           "copies": {}, "screened": 0, "screen_seconds": 0.0,
+           "neg": np.maximum(margin(a, a["neg"], a["neg_sets"]), margin(b, b["neg"], b["neg_sets"]))}
+    for family, made in a["copies"].items():
+        out["copies"][family] = {}
+        for transform, (sims_a, found_a) in made.items():
+            sims_b, found_b = b["copies"][family][transform]
+            where = a["copy_sets"][family][transform]
+            ma, mb = margin(a, sims_a, where), margin(b, sims_b, where)
+            out["copies"][family][transform] = [np.maximum(ma, mb), np.where(ma >= mb, found_a, found_b)]
+    return out
+
+
+def either_sweep(pixel: dict, learned: dict, limits=(0.97, 0.975, 0.98, 0.985, 0.99)) -> list[str]:
+    """Pixel at its calibrated thresholds OR learned at a fixed stricter threshold: FP and TPR per learned threshold
+    (picked here on the test negatives themselves: an upper bound of what the pair can do, not a calibrated rule)."""
+    limit = lambda r, where: np.array([r["thresholds"][d] for d in where], np.float32)  # noqa: E731
+    lines = ["pixel (calibrated) OR learned >= t, t chosen on these negatives (upper bound):"]
+    for t in limits:
+        caught = {}
+        for family, made in pixel["copies"].items():
+            for transform, (sims, found) in made.items():
+                other, other_found = learned["copies"][family][transform]
+                where = pixel["copy_sets"][family][transform]
+                caught[transform] = (family, float(np.mean(((sims >= limit(pixel, where)) & found)
+                                                           | ((other >= t) & other_found))))
+        fp = np.mean((pixel["neg"] >= limit(pixel, pixel["neg_sets"])) | (learned["neg"] >= t))
+        mean = lambda fam: 100 * np.mean([v for f, v in caught.values() if f == fam])  # noqa: E731
+        lines.append(f"  t {t:.3f}: FP {100 * fp:.2f}%  tuned {mean('tuned'):.1f}  unseen {mean('unseen'):.1f}  " +
+                     "  ".join(f"{n} {100 * caught[n][1]:.1f}" for n in ("blend", "overlay", "blur2", "gamma")))
+    return lines
+
+
 def make_condition(name: str):
     """(embedder, screener options, threshold rule) of a condition; the rule maps an index to its threshold."""
     from medisyn_cli.screening.embed import get_embedder
@@ -284,13 +355,15 @@ def make_condition(name: str):
         return embedder, {"view_set": "tuned"}, lambda index, images: 0.97
     if name in ("pixel", "pixel-views"):
         return get_embedder("pixel"), {}, calibrated
+    if name == "learned":
+        return LEARNED["embedder"], {}, calibrated
     embedder = get_embedder(name)
     return embedder, {}, lambda index, images: embedder.default_threshold
 
 
 def calibrated(index, images: list) -> float:
     """The threshold `medisyn index build` would calibrate for this index (same sample rule, same function)."""
-    from medisyn_cli.screening.screener import CALIBRATION_SAMPLE, calibrate
+    from medisyn_cli.screening.calibrate import CALIBRATION_SAMPLE, calibrate
 
     count = len(images)
     sample = np.sort(np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False))
@@ -337,16 +410,16 @@ def split(sets: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, 
 
 def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> dict:
     """Similarity (and whether the match is the source) of every negative and planted copy, per data set index."""
+    from medisyn_cli.screening.embed import TILES
     from medisyn_cli.screening.index import TrainingIndex
     from medisyn_cli.screening.screener import Screener
-
-    from medisyn_cli.screening.embed import TILES
 
     embedder, options, threshold_of = make_condition(name)
     vectors = embed_all(embedder, images)
     tiles = np.concatenate([embedder.embed_views(images[i:i + 256], TILES) for i in range(0, len(images), 256)]) \
         if name == "pixel" else None
-    out = {"neg": np.zeros(len(negatives), np.float32), "thresholds": {}, "copies": {}}
+    out = {"neg": np.zeros(len(negatives), np.float32), "thresholds": {}, "copies": {}, "screened": 0,
+           "screen_seconds": 0.0}
     for family in planted:
         out["copies"][family] = {t: [np.zeros(len(s), np.float32), np.zeros(len(s), bool)]
                                  for t, (s, _) in planted[family].items()}
@@ -357,7 +430,10 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
         out["thresholds"][dataset] = float(threshold_of(index, [images[i] for i in members]))
         screener = Screener(index, threshold=out["thresholds"][dataset], **options)
         chosen = np.where(sets[negatives] == dataset)[0]
+        clock = time.perf_counter()  # screening speed: real non-copies, the common case while generating
         out["neg"][chosen] = [r.nn_similarity for r in screener.check([images[i] for i in negatives[chosen]])]
+        out["screen_seconds"] += time.perf_counter() - clock
+        out["screened"] += len(chosen)
         for family, made in planted.items():
             for transform, (sources, copies) in made.items():
                 pick = np.where(sets[sources] == dataset)[0]
@@ -436,12 +512,38 @@ def table(summaries: dict) -> list[str]:
     lines.append(f"{'FP at default':<18}" + "".join(f"{100 * s['fp_default']:>23.2f}%  " for s in summaries.values()))
     for family in ("tuned", "unseen"):
         lines.append(f"{'AUROC ' + family:<18}" + "".join(f"{s['auroc'][family]:>24.4f}  " for s in summaries.values()))
+    lines.append(f"{'screen images/s':<18}" + "".join(f"{s.get('screen_images_per_s') or 0:>24.1f}  "
+                                                     for s in summaries.values()))
     lines.append(f"{'thr @1% / @0.1%':<18}" + "".join(
         f"{s['fpr_thresholds']['1%']:>15.4f} / {s['fpr_thresholds']['0.1%']:.4f}  " for s in summaries.values()))
     for name, s in summaries.items():
         lines.append(f"  {name}: default thresholds " + ", ".join(f"{d[:8]} {t:.4f}" for d, t in s["thresholds"].items())
                      + "; FP per set " + ", ".join(f"{d[:8]} {100 * v:.2f}%" for d, v in s["fp_default_per_set"].items()))
     return lines
+
+
+def condition_result(name: str, args, images, sets, groups, indexed, negatives, planted) -> dict:
+    """Raw scores of a condition: from --raw when an earlier run left them there, else evaluated (and kept)."""
+    raw = None if args.raw is None else args.raw / f"raw_{name.replace('+', '_')}.pkl"
+    if name in DONE:
+        return DONE[name]
+    if raw is not None and raw.is_file():
+        return DONE.setdefault(name, pickle.loads(raw.read_bytes()))
+    clock = time.time()
+    if name == "pixel+learned":
+        result = combine(*(condition_result(n, args, images, sets, groups, indexed, negatives, planted)
+                           for n in ("pixel", "learned")))
+    else:
+        if name == "learned":
+            LEARNED["embedder"] = train_learned(images, sets, indexed, args.learned_cache)
+        result = evaluate(name, images, sets, groups, indexed, negatives, planted)
+        if name == "learned":
+            result["training"] = LEARNED["embedder"].training
+    result["seconds"] = time.time() - clock
+    if raw is not None:
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_bytes(pickle.dumps(result))
+    return DONE.setdefault(name, result)
 
 
 def main() -> None:
@@ -452,6 +554,8 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=400, help="Non-indexed real images per data set screened.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--raw", type=Path, default=None, help="Keep / reuse each condition's raw scores here.")
+    parser.add_argument("--learned-cache", type=Path, default=None, help="Keep / reuse the trained descriptor here.")
     args = parser.parse_args()
 
     start = time.time()
@@ -472,15 +576,19 @@ def main() -> None:
              f"indexed ones (same group); {len(negatives)} negatives, {len(sources)} sources -> {copies} planted "
              f"copies ({time.time() - start:.0f} s)"]
     print("\n".join(lines), flush=True)
-    summaries = {}
+    summaries: dict = {}
     for name in args.conditions:
-        clock = time.time()
-        summaries[name] = summarise(evaluate(name, images, sets, groups, indexed, negatives, planted))
-        summaries[name]["seconds"] = time.time() - clock
-        lines.append(f"  {name}: {summaries[name]['seconds']:.0f} s")
+        result = condition_result(name, args, images, sets, groups, indexed, negatives, planted)
+        summaries[name] = summarise(result)
+        summaries[name].update(seconds=result["seconds"], training=result.get("training"),
+                               screen_images_per_s=result["screened"] / result["screen_seconds"]
+                               if result["screen_seconds"] else None)
+        lines.append(f"  {name}: {summaries[name]['seconds']:.0f} s" + (
+            f" (training: {json.dumps(result['training'])})" if result.get("training") else ""))
         print(lines[-1], flush=True)
-    lines += table(summaries) + [f"total {time.time() - start:.0f} s"]
-    print("\n".join(lines[-len(table(summaries)) - 1:]))
+    extra = either_sweep(DONE["pixel"], DONE["learned"]) if {"pixel", "learned"} <= set(DONE) else []
+    lines += table(summaries) + extra + [f"total {time.time() - start:.0f} s"]
+    print("\n".join(lines[-len(table(summaries)) - len(extra) - 1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "screen_quality.txt").write_text("\n".join(lines) + "\n")
     (args.out / "screen_quality.json").write_text(json.dumps(

@@ -6,8 +6,10 @@ smear images screened (none are copies: the common case while generating), one p
     tuned            the views of indexes built before issue #16 (flips, shifts, 90/95% crops; 61 views)
     general          + turns, inversions, 80% crops, borders, small rotations (162 views)
     general+regions  + the 16 region tiles of every training image (the default up to 20,000 images)
+    learned          with --learned DIR: the learned descriptor saved in DIR (an index folder built with
+                     --embedder learned; speed does not depend on what it was trained on): 16 views, no tiles
 
-    python benchmarks/screen_speed.py
+    python benchmarks/screen_speed.py [--learned DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
 
     from medisyn_cli.screening.embed import TILES, get_embedder
     from medisyn_cli.screening.index import TrainingIndex
+    from medisyn_cli.screening.learned import load_embedder
     from medisyn_cli.screening.screener import Screener
 
     training = [Image.open(p) for p in sorted((DATA / "isic2017_dermoscopy" / "images").glob("*.png"))]
@@ -40,11 +43,16 @@ def main() -> None:
     tiles = embedder.embed_views(training, TILES).reshape(-1, embedder.dim)
     keys = [str(i) for i in range(len(training))]
     conditions = {"tuned": (None, "tuned"), "general": (None, None), "general+regions": (tiles, None)}
-    lines = [f"# python benchmarks/screen_speed.py   ({os.cpu_count()} CPUs, nice {os.nice(0)})",
+    learned = load_embedder(Path(sys.argv[sys.argv.index("--learned") + 1])) if "--learned" in sys.argv else None
+    conditions.update({"learned": (None, None)} if learned else {})
+    lines = [f"# python benchmarks/screen_speed.py{' --learned DIR' if learned else ''}   ({os.cpu_count()} CPUs, "
+             f"nice {os.nice(0)})",
              f"{len(training)} dermoscopy images indexed, {len(queries)} blood smear images screened"]
     rates = {}
     for name, (regions, view_set) in conditions.items():
-        index = TrainingIndex.from_vectors(vectors, keys, embedder, regions=regions)
+        model = learned if name == "learned" else embedder
+        index = TrainingIndex.from_vectors(model.embed(training) if name == "learned" else vectors, keys, model,
+                                           regions=regions)
         screener = Screener(index, view_set=view_set)
         screener.check(queries[:8])
         clock = time.perf_counter()
@@ -53,9 +61,10 @@ def main() -> None:
         lines.append(f"  {name:<16} {len(screener.views) + len(screener.region_views):>4} views  "
                      f"{rates[name]:7.1f} images/s  ratio to tuned {rates[name] / rates['tuned']:.2f}")
     print("\n".join(lines))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "screen_speed.txt").write_text("\n".join(lines) + "\n")
-    (RESULTS / "screen_speed.json").write_text(json.dumps({"images_per_s": rates}, indent=1) + "\n")
+    out = RESULTS / "with_learned" if learned else RESULTS  # the learned rows are measured apart
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "screen_speed.txt").write_text("\n".join(lines) + "\n")
+    (out / "screen_speed.json").write_text(json.dumps({"images_per_s": rates}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
