@@ -37,7 +37,8 @@ def bare_loop(n: int, batch_size: int) -> dict:
     from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
     from medisyn_cli.generate.manifest import load_manifest
-    from medisyn_cli.generate.plan import batched, iter_jobs, quotas
+    from medisyn_cli.core.batching import batched
+    from medisyn_cli.generate.plan import iter_jobs, quotas
     from medisyn_cli.pipeline.load import BUNDLED_MODEL
 
     settings = json.loads((BUNDLED_MODEL / "medisyn.json").read_text())["recommended"]

@@ -97,6 +97,7 @@ def render(exe: str, page: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
     return dom, np.asarray(Image.open(shot).convert("RGB"))
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium_with_every_image_loaded(index, dataset, tmp_path):
     exe = chromium()
     screen(dataset, "--index", index, "--report", tmp_path / "rep")

@@ -58,6 +58,7 @@ def run_main(module, monkeypatch, args: list[str]) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_utility_mini_scores_real_and_synthetic(bench, monkeypatch, tmp_path, capsys):
     utility_mini, model = bench
     common = ["--model", str(model), "--sets", "bccd_blood_smear", "--per-class", "3", "--seeds", "1",
@@ -77,6 +78,7 @@ def test_utility_mini_scores_real_and_synthetic(bench, monkeypatch, tmp_path, ca
     assert first_image() != seed0  # another seed in the same --out: generated again, not reused
 
 
+@pytest.mark.slow
 def test_evaluate_mini_writes_every_evaluation(bench, monkeypatch, tmp_path):
     _, model = bench
     import evaluate_mini

@@ -143,7 +143,7 @@ def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fai
     second = run(tmp_path, tiny_model, "out", n=6, overwrite=True)
     assert first.out == second.out
     assert len(list((second.out / "imagefolder").rglob("*.png"))) == 6
-    import medisyn_cli.generate.run as run_module
+    import medisyn_cli.generate.worker as run_module
     import medisyn_cli.generate.sampler as generate_module
 
     def broken(*args, **kwargs):
@@ -200,6 +200,7 @@ def test_cli_bad_manifest_names_file_and_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_installed_medisyn_command_generates_a_dataset(tiny_model, tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text(MANIFEST)

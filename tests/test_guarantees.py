@@ -220,7 +220,7 @@ def test_after_kill_9_no_partial_dataset_is_loadable_and_ctrl_c_says_how_to_resu
 def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkeypatch):
     import errno
 
-    from medisyn_cli.generate import run as runner
+    from medisyn_cli.generate import worker as runner  # the batch worker writes each row
 
     (tmp_path / "m.csv").write_text(MANIFEST)
     real = runner.provenance_row

@@ -76,6 +76,7 @@ def test_merge_names_missing_shards_then_builds(train, tmp_path):
                                           shard=parse_shard("1/3"))["note"]
 
 
+@pytest.mark.slow
 def test_a_killed_shard_redoes_only_the_batch_in_flight(train, tmp_path, monkeypatch):
     out = tmp_path / "idx"
     written, real = [], index_shards.ShardDir.write_batch
@@ -108,6 +109,7 @@ def test_a_shard_with_other_options_is_refused(train, tmp_path):
         build_index([train], out, "phash", batch_size=2, show_progress=False, shard=parse_shard("1/2"))
 
 
+@pytest.mark.slow
 def test_cli_shards_from_the_slurm_environment_and_merge(train, tmp_path):
     runner, out = CliRunner(), tmp_path / "idx"
     first = runner.invoke(app, ["index", "build", str(train), "--out", str(out), "--batch-size", "4",

@@ -4,7 +4,8 @@ import pytest
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.generate.manifest import load_manifest, safe_name
-from medisyn_cli.generate.plan import batched, image_id, image_seed, iter_jobs, quotas
+from medisyn_cli.core.batching import batched
+from medisyn_cli.generate.plan import image_id, image_seed, iter_jobs, quotas
 
 
 def test_quotas_are_balanced_and_sum_to_n():

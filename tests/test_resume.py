@@ -117,6 +117,7 @@ def slow_model(tiny_model: Path, tmp: Path) -> Path:
     return model
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_dataset(tiny_model, tmp_path):
     model = slow_model(tiny_model, tmp_path)
     (tmp_path / "m.csv").write_text(MANIFEST)

@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from medisyn_cli.generate.slurm import SlurmOptions, sbatch_script
 MANIFEST = "label,prompt\nmelanoma,dermoscopy image of melanoma\nnevus,dermoscopy image of benign melanocytic nevus\n"
 
 
+@pytest.mark.slow
 def test_sbatch_script_runs_one_resumable_shard_per_task_and_requeues_on_75(tmp_path):
     (tmp_path / "m.csv").write_text(MANIFEST)
     config = GenerateConfig(manifest=str(tmp_path / "m.csv"), n=40, out=str(tmp_path / "o"), seed=3)
@@ -42,6 +44,7 @@ def test_dry_run_prints_the_script_and_submits_nothing(tmp_path):
     assert bad.exit_code == 2 and "--slurm-array: must be at least 1" in bad.output
 
 
+@pytest.mark.slow
 def test_a_4_task_array_on_a_real_slurm_equals_a_single_process_run(slurm_cluster, tiny_model, tmp_path):
     import shutil
     import sys

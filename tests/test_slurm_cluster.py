@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from slurm_cluster import MARKER, SlurmCluster, slurm_available, slurm_cluster  # noqa: F401
 
+pytestmark = pytest.mark.slow
+
 
 def write_script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/bash\n" + body.lstrip("\n"))

@@ -12,12 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import medisyn_cli.generate.run as runner_module
+import medisyn_cli.generate.worker as runner_module
 from medisyn_cli.cli.main import app
 from medisyn_cli.generate.config import GenerateConfig, command_line
 from medisyn_cli.generate.manifest import load_manifest
-from medisyn_cli.generate.plan import batched, iter_jobs, quotas
-from medisyn_cli.generate.run import Lane, run_generate
+from medisyn_cli.core.batching import batched
+from medisyn_cli.generate.plan import iter_jobs, quotas
+from medisyn_cli.generate.worker import Lane
+from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.sampler import PromptCache, Renderer, Settings, generate_batch
 from medisyn_cli.pipeline.load import load_pipeline
 from medisyn_cli.pipeline.speed import CPU_BATCH, choose_batch_size, cpu_batch, fit_batch

@@ -308,6 +308,7 @@ def download(page, folder: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_scripted_readers_in_headless_chromium_pause_resume_export_and_score(study, tmp_path):
     exe = chromium()
     from playwright.sync_api import sync_playwright
@@ -362,6 +363,7 @@ def test_scripted_readers_in_headless_chromium_pause_resume_export_and_score(stu
     assert written["score.html"].exists()
 
 
+@pytest.mark.slow
 def test_served_page_goes_back_without_feedback_and_submits_to_the_server(sets, tmp_path):
     exe = chromium()
     from playwright.sync_api import sync_playwright
@@ -394,6 +396,7 @@ def test_served_page_goes_back_without_feedback_and_submits_to_the_server(sets, 
     assert len(saved) == 1 and {a["item"]: a["answer"] for a in saved[0]["answers"]} == right
 
 
+@pytest.mark.slow
 def test_study_serve_runs_without_a_terminal_and_stops_on_ctrl_c(study, tmp_path):
     import signal
     import subprocess

@@ -49,16 +49,6 @@ def test_writer_streams_rows_and_renames_on_close(tmp_path, fmt):
         assert all((tmp_path / "imagefolder" / f).exists() for f in meta.file_name)
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "imagefolder"])
-def test_aborted_writer_leaves_nothing_that_looks_complete(tmp_path, fmt):
-    (writer,) = make_writers((fmt,), tmp_path, LABELS, rows_per_part=100)
-    for i in range(3):
-        writer.write(*row(i))
-    writer.abort()
-    names = complete_files(tmp_path)
-    assert "metadata.csv" not in names and not any(n.endswith(".parquet") for n in names)
-
-
 def test_format_option_parsing():
     assert parse_formats("both") == ("parquet", "imagefolder")
     assert parse_formats("imagefolder") == ("imagefolder",)

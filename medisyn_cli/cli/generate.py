@@ -11,7 +11,8 @@ from medisyn_cli.cli.common import EXIT_MEMORISES, errors_as_exit_codes
 from medisyn_cli.cli.options import option
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.generate.config import FORMATS, GenerateConfig
-from medisyn_cli.generate.run import merge_run, run_generate
+from medisyn_cli.generate.finish import merge_run
+from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.slurm import SlurmOptions, submit_generate
 from medisyn_cli.generate.writers import parse_formats
 

@@ -36,7 +36,7 @@ class LoggingProgress(Progress):
         self.console.print(f"{task.description}: {count} {fields}", highlight=False)
 
 
-def make_progress(unit: str = "img", disable: bool = False) -> Progress:
+def make_progress(disable: bool = False) -> Progress:
     """A progress bar with count, rate (unit/s), elapsed time and ETA."""
     return LoggingProgress(
         TextColumn("[bold]{task.description}"),

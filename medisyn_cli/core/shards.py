@@ -112,8 +112,3 @@ def batch_count(total: int, batch_size: int) -> int:
 def shard_batches(batches: int, shard: Shard) -> Iterator[int]:
     """The batch numbers of one shard (round robin, so every shard gets an even share of every class)."""
     return iter(range(shard.index, batches, shard.count))
-
-
-def owner(batch: int, shard_count: int) -> int:
-    """Which of shard_count shards makes a batch."""
-    return batch % shard_count

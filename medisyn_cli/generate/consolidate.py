@@ -12,7 +12,7 @@ from medisyn_cli.core.store import WorkDir
 from medisyn_cli.generate.writers.base import COLUMNS
 
 
-def consolidate(work: WorkDir, formats: tuple[str, ...], labels: list[str], rows_per_part: int,
+def consolidate(work: WorkDir, formats: tuple[str, ...], rows_per_part: int,
                 rejected_log=None) -> list[dict]:
     """Write the final dataset files from the batches, in plan order; returns the outputs for run.json.
 

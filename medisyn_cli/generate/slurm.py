@@ -17,7 +17,8 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.outdir import claim_marker, new_run_id
 from medisyn_cli.core.shards import Shard
 from medisyn_cli.generate.config import GenerateConfig, command_line
-from medisyn_cli.generate.run import default_out, open_index, out_state, plan_run
+from medisyn_cli.generate.run import default_out, open_index, plan_run
+from medisyn_cli.generate.claim import out_state
 from medisyn_cli.generate.validate import check_options
 
 

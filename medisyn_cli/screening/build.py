@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from medisyn_cli.core.datasets import count_images, find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.outdir import holds_files
+from medisyn_cli.core.shards import shard_from_env
 from medisyn_cli.screening.embed import get_embedder
 from medisyn_cli.screening.embedding import embed_sources
 from medisyn_cli.screening.faiss_index import INDEX_TYPES, parse_memory
@@ -61,12 +63,14 @@ def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", i
     """Embed every image of `sources`; write index.faiss, keys.parquet, index.json to `out`; return index.json's content.
 
     The threshold is calibrated on the index's own images for `target_fpr` false positives (None: the
-    embedder's default). With a `shard` (shards.Shard) of several, embed only this shard's batches; the shard
+    embedder's default). With a `shard` (shards.Shard; None: from the SLURM
+    environment, as the CLI resolves it) of several, embed only this shard's batches; the shard
     that completes the last batch builds the index (index_shards.py, at the default target, without regions).
     `regions` (default: up to REGIONS_MAX images, float embedders) adds the vectors of 16 overlapping tiles of
     every training image, so crops and partial copies match the region they copy."""
     # 1. check every option before any work, and refuse a non-empty `out`
     out = Path(out)
+    shard = shard_from_env(os.environ) if shard is None else shard  # a SLURM array task: as the CLI does
     budget = parse_memory(max_memory)
     check_target_fpr(target_fpr)
     if index_type not in INDEX_TYPES:
@@ -80,7 +84,6 @@ def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", i
     if shard is not None and shard.count > 1 and model.name == "learned":
         raise MedisynError("--embedder learned: no sharded builds (the descriptor is trained on all images at once)")
     if shard is not None and shard.count > 1:
-
         return build_shard(found, out, model, index_type, budget, batch_size, show_progress, shard)
     _prepare_out(out, overwrite)
     total = sum(count_images(source) for source in found)

@@ -28,7 +28,6 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.embed import TILES, VIEW_SETS, Embedder, get_embedder
-from medisyn_cli.screening.learned import load_embedder
 from medisyn_cli.screening.faiss_index import (
     _read_faiss,
     _read_vectors,
@@ -38,6 +37,7 @@ from medisyn_cli.screening.faiss_index import (
     search_index,
     set_search_params,
 )
+from medisyn_cli.screening.learned import load_embedder
 
 TARGET_FPR = 0.005  # the default false-positive rate an index calibrates its threshold for (screen.calibrate)
 

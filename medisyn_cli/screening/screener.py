@@ -246,10 +246,6 @@ class RejectedLog:
         self.tmp.replace(self.path)
         return {"file": self.path.name, "rows": self.rows}
 
-    def abort(self) -> None:
-        self.handle.close()
-        self.tmp.unlink(missing_ok=True)
-
 
 # --- self-calibrated threshold ---------------------------------------------------------------------------
 

@@ -331,7 +331,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
         latents = encode_latents(parts["vae"], pixels, accelerator.device)
         scale = parts["vae"].config.scaling_factor
         losses = _diffusion_stage(parts, latents, captions, scale, config, accelerator, progress, work)
-    model_dir = _save(parts, out, config, losses, pixels, captions, len(held))
+    _save(parts, out, config, losses, pixels, captions, len(held))
     _write_reports(out, losses, config, held, skipped, psnr, time.time() - started, len(pixels))
     shutil.rmtree(work / "tokenizer", ignore_errors=True)
     return TrainResult(out, len(losses), _tail_mean(losses), len(pixels), skipped, time.time() - started, psnr)
@@ -413,20 +413,30 @@ def _autoencoder_stage(parts, pixels, config, accelerator, progress, work: Path)
     return psnr
 
 
-def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progress, work):
+def _optimiser(parts, config: TrainConfig, accelerator):
+    """(trainable parameters, optimiser, warm-up schedule, EMA or None), prepared by accelerate; `parts` get the
+    prepared UNet and text encoder."""
     import torch
     from diffusers.training_utils import EMAModel
 
-    unet, text_encoder = parts["unet"], parts["text_encoder"]
     trainable = _trainable(parts, config)
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-2)
     lr_lambda = lambda step: min(1.0, (step + 1) / 100)  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(unet, text_encoder, optimizer, lr_schedule)
+    unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(parts["unet"], parts["text_encoder"], optimizer,
+                                                                     lr_schedule)
     parts.update(unet=unet, text_encoder=text_encoder)
     ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3) if config.ema else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
+    return trainable, optimizer, lr_schedule, ema
+
+
+def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progress, work):
+    import torch
+
+    trainable, optimizer, lr_schedule, ema = _optimiser(parts, config, accelerator)
+    unet, text_encoder = parts["unet"], parts["text_encoder"]
     unique = sorted(set(captions))
     ids_of = tokenize(parts["tokenizer"], unique + [""])
     caption_index = torch.tensor([unique.index(c) for c in captions])
@@ -457,16 +467,22 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
             losses.append(float(loss.item()))
             progress.update(task, completed=step, rate=rate_text(done, time.time() - start, "img"),
                             info=f"loss {_tail_mean(losses):.4f}")
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                _checkpoint(accelerator, work, step, losses)
-            if config.validate_every and (step % config.validate_every == 0 or step == config.steps):
-                with _ema_weights(ema, trainable):
-                    sample_grid(parts, _validation_prompts(config, unique), work.parent / "samples" / f"step-{step:06d}.png",
-                                accelerator.device)
+            _after_step(parts, config, accelerator, work, step, losses, ema, trainable, unique)
     if ema is not None:
         ema.copy_to(trainable)
     parts.update(unet=accelerator.unwrap_model(unet), text_encoder=accelerator.unwrap_model(text_encoder))
     return losses
+
+
+def _after_step(parts, config: TrainConfig, accelerator, work: Path, step: int, losses: list, ema, trainable,
+                unique: list[str]) -> None:
+    """Checkpoint and draw the validation grid when their step comes."""
+    if step % config.checkpoint_every == 0 or step == config.steps:
+        _checkpoint(accelerator, work, step, losses)
+    if config.validate_every and (step % config.validate_every == 0 or step == config.steps):
+        with _ema_weights(ema, trainable):
+            sample_grid(parts, _validation_prompts(config, unique), work.parent / "samples" / f"step-{step:06d}.png",
+                        accelerator.device)
 
 
 def _trainable(parts, config: TrainConfig) -> list:

@@ -1,4 +1,4 @@
-"""Dataset writers behind one interface: write(row, png) for each image, then close() or abort()."""
+"""Dataset writers behind one interface: write(row, png) for each image, then close()."""
 
 from __future__ import annotations
 

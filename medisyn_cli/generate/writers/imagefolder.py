@@ -40,6 +40,3 @@ class ImageFolderWriter:
         self.handle.close()
         os.replace(self.partial, self.metadata)
         return {"format": self.name, "rows": self.rows, "files": [self.metadata.name]}
-
-    def abort(self) -> None:
-        self.handle.close()

@@ -77,8 +77,3 @@ class ParquetWriter:
         if self.handle is not None:
             self._finish_part()
         return {"format": self.name, "rows": self.rows, "files": self.files}
-
-    def abort(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
