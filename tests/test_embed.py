@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.embed import PixelEmbedder, View, apply_view, get_embedder, to_8bit, to_grey
+from medisyn_cli.core.images import to_8bit, to_grey
+from medisyn_cli.screening.embed import PixelEmbedder, View, apply_view, get_embedder
 
 IMAGES = sorted((Path(__file__).parent / "fixtures" / "images" / "images").glob("*.png"))
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
+
 from medisyn_cli.core.files import atomic_path
-from medisyn_cli.screening.embed import to_8bit
 
 THUMB = 96  # side of the thumbnails in HTML reports
 
@@ -59,3 +60,37 @@ def save_png(image, path: Path) -> Path:
     with atomic_path(path, ".png") as tmp:
         image.save(tmp)
     return path
+
+
+HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_grey(image) -> np.ndarray:
+    """Luminance of any PIL image as float32 (H, W); 16-bit and float values kept exact (never clipped to 8 bits)."""
+    if image.mode in HIGH_DEPTH + ("L",):
+        return np.asarray(image, dtype=np.float32)
+    return rgb_float(image) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def to_8bit(image):
+    """An 'L' or 'RGB' PIL image for models and hashes; 16-bit and float grey is rescaled (min..max -> 0..255)."""
+    from PIL import Image
+
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in HIGH_DEPTH:
+        grey = to_grey(image)
+        low, high = float(grey.min()), float(grey.max())
+        scaled = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    if image.mode in ("1", "LA"):
+        return Image.fromarray(np.round(to_grey(image)).astype(np.uint8), mode="L")
+    return Image.fromarray(np.round(rgb_float(image)).astype(np.uint8), mode="RGB")
+
+
+def rgb_float(image) -> np.ndarray:
+    """float32 (H, W, 3) RGB of an 8-bit image of any mode; transparency is composited over black."""
+    if image.mode in ("RGBA", "LA", "PA") or image.mode == "P" and "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+        return rgba[..., :3] * (rgba[..., 3:] / 255.0)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.float32)

@@ -14,7 +14,7 @@ from medisyn_cli.core.batching import batched
 from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records, open_or_skip
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import atomic_path, atomic_write_text, finite
-from medisyn_cli.screening.embed import to_8bit
+from medisyn_cli.core.images import to_8bit
 
 LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
 

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.images import to_8bit
 from medisyn_cli.evaluate.classifier import TrainSettings, features, train_classifier
 from medisyn_cli.evaluate.common import (
     ImageSet,
@@ -47,7 +48,7 @@ from medisyn_cli.evaluate.common import (
 from medisyn_cli.evaluate.inception import inception_features, load_inception
 from medisyn_cli.evaluate.metrics import bootstrap_intervals, diversity, fid, kid, prdc
 from medisyn_cli.pipeline.load import resolve_device
-from medisyn_cli.screening.embed import get_embedder, to_8bit
+from medisyn_cli.screening.embed import get_embedder
 
 NOT_COMPARABLE = "numbers computed with different features are not comparable"
 SMALL_N = 500

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.embed import to_8bit
+from medisyn_cli.core.images import to_8bit
 
 FID_CLASSES = 1008
 INPUT_SIDE = 299

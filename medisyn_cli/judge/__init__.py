@@ -13,6 +13,8 @@ alignment`: GAN-test accuracy per class and confusion matrix of a synthetic set)
 
 from __future__ import annotations
 
+from medisyn_cli.core.lazy import lazy_getattr
+
 _API = {
     "JudgeConfig": ("build", "JudgeConfig"), "build_judge": ("build", "build_judge"),
     "Judge": ("model", "Judge"), "load_judge": ("model", "load_judge"),
@@ -21,11 +23,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    """Import lazily, so `medisyn --help` stays fast."""
-    if name not in _API:
-        raise AttributeError(f"module 'medisyn_cli.judge' has no attribute '{name}'")
-    from importlib import import_module
-
-    module, attr = _API[name]
-    return getattr(import_module(f".{module}", __name__), attr)
+__getattr__ = lazy_getattr(__name__, _API)  # imported on first use: `medisyn --help` stays fast

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.embed import get_embedder, l2_normalise, to_8bit
+from medisyn_cli.core.images import to_8bit
+from medisyn_cli.screening.embed import get_embedder, l2_normalise
 
 THUMB_SIDE = 16
 
