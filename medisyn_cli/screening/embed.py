@@ -601,7 +601,7 @@ def _learned_needs_an_index() -> Embedder:
 
 EMBEDDERS = {"pixel": PixelEmbedder, "phash": PHashEmbedder, "learned": _learned_needs_an_index}
 FAMILIES = {"clip:": ClipEmbedder, "hf:": HFEmbedder}  # screening/learned.py adds "learned:" (<index folder>)
-SPECS = ("pixel", "phash", "learned", "learned:<index folder>", "clip:<model>", "hf:<model>")
+SPECS = ("pixel", "phash", "clip:<model>", "hf:<model>", "learned", "learned:<index folder>")
 
 
 def get_embedder(spec: str) -> Embedder:
