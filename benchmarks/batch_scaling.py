@@ -32,25 +32,38 @@ def setup(device_name: str, dtype_name: str):
     pipe = load_pipeline(None, device, dtype)
     recommended = json.loads((BUNDLED_MODEL / "medisyn.json").read_text())["recommended"]
     manifest = load_manifest(MANIFEST)
-    return pipe, device, dtype, recommended, manifest, lambda n: list(iter_jobs(manifest, quotas(manifest.weights(), n), 0))
+    return (
+        pipe,
+        device,
+        dtype,
+        recommended,
+        manifest,
+        lambda n: list(iter_jobs(manifest, quotas(manifest.weights(), n), 0)),
+    )
 
 
 def images_per_second(render, jobs: list, size: int, device) -> float:
     import torch
 
-    render([j.prompt for j in jobs[:size]], [j.negative_prompt for j in jobs[:size]], [j.seed for j in jobs[:size]])
+    render(
+        [j.prompt for j in jobs[:size]],
+        [j.negative_prompt for j in jobs[:size]],
+        [j.seed for j in jobs[:size]],
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     for i in range(0, len(jobs), size):
-        part = jobs[i:i + size]
+        part = jobs[i : i + size]
         render([j.prompt for j in part], [j.negative_prompt for j in part], [j.seed for j in part])
     sync()
     return len(jobs) / (time.perf_counter() - start)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--sizes", default="1,2,4,8,16,32")
     parser.add_argument("--device", default="auto")
@@ -67,37 +80,62 @@ def main() -> None:
     base = Settings(recommended["steps"], recommended["guidance"], 64, 64)
     render = Renderer(pipe, base)
     rates = {}
-    print(f"== batch size: {args.images} images, {device} {str(dtype).replace('torch.', '')}, "
-          f"{base.steps} steps dpm++, guidance {base.guidance}")
+    print(
+        f"== batch size: {args.images} images, {device} {str(dtype).replace('torch.', '')}, "
+        f"{base.steps} steps dpm++, guidance {base.guidance}"
+    )
     for size in [int(s) for s in args.sizes.split(",")]:
         rates[size] = images_per_second(render, jobs, size, device)
-        print(f"  batch {size:>3}: {rates[size]:6.2f} img/s  ratio vs batch 1: {rates[size] / rates[1]:.2f}",
-              flush=True)
+        print(
+            f"  batch {size:>3}: {rates[size]:6.2f} img/s  ratio vs batch 1: {rates[size] / rates[1]:.2f}",
+            flush=True,
+        )
     best = max(rates, key=rates.get)
 
     def images(scheduler: str, steps: int) -> tuple[np.ndarray, float]:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
         run = Renderer(pipe, Settings(steps, base.guidance, 64, 64))
         start = time.perf_counter()
-        out = [run([j.prompt for j in jobs[i:i + best]], [j.negative_prompt for j in jobs[i:i + best]],
-                   [j.seed for j in jobs[i:i + best]]) for i in range(0, len(jobs), best)]
+        out = [
+            run(
+                [j.prompt for j in jobs[i : i + best]],
+                [j.negative_prompt for j in jobs[i : i + best]],
+                [j.seed for j in jobs[i : i + best]],
+            )
+            for i in range(0, len(jobs), best)
+        ]
         return np.concatenate(out) * 255, len(jobs) / (time.perf_counter() - start)
 
     reference, _ = images("dpm++", 50)
     quality = {}
-    print(f"\n== schedulers and steps (batch {best}): distance to dpm++ at 50 steps (mean |difference|, 0-255)")
+    print(
+        f"\n== schedulers and steps (batch {best}): distance to dpm++ at 50 steps (mean |difference|, 0-255)"
+    )
     for scheduler in args.schedulers.split(","):
         for steps in [int(s) for s in args.steps.split(",")]:
             made, rate = images(scheduler, steps)
             distance = float(np.abs(made - reference).mean())
             quality[f"{scheduler}@{steps}"] = {"img_s": round(rate, 2), "distance": round(distance, 2)}
-            print(f"  {scheduler:<6} {steps:>3} steps: {rate:6.2f} img/s  distance {distance:5.2f}", flush=True)
+            print(
+                f"  {scheduler:<6} {steps:>3} steps: {rate:6.2f} img/s  distance {distance:5.2f}", flush=True
+            )
     command = "python benchmarks/batch_scaling.py " + " ".join(sys.argv[1:])
     print(f"reproduce: {command}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": str(device), "dtype": str(dtype), "images": args.images,
-                                    "img_s_by_batch": {str(k): round(v, 3) for k, v in rates.items()},
-                                    "schedulers": quality, "command": command}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "device": str(device),
+                "dtype": str(dtype),
+                "images": args.images,
+                "img_s_by_batch": {str(k): round(v, 3) for k, v in rates.items()},
+                "schedulers": quality,
+                "command": command,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

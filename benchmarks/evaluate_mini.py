@@ -56,19 +56,32 @@ def leakage_set(dataset: str, args, model_dir: Path) -> dict:
 
     work = args.work / dataset
     train_rows, test_rows = real_split(dataset, model_dir)
-    train, heldout = split_folder(train_rows, work / "real_train"), split_folder(test_rows, work / "real_heldout")
-    result = run_leakage(LeakageConfig((str(train),), (str(heldout),), examples=5,
-                                       out=str(args.results / "leakage" / dataset)))
-    return {"dataset": dataset, "train": result["images"]["train"], "test": result["images"]["test"],
-            "near_copies": result["count"], "share": result["share"], "threshold": result["threshold"],
-            "per_class": result["per_class"], "examples": result["examples"]}
+    train, heldout = (
+        split_folder(train_rows, work / "real_train"),
+        split_folder(test_rows, work / "real_heldout"),
+    )
+    result = run_leakage(
+        LeakageConfig((str(train),), (str(heldout),), examples=5, out=str(args.results / "leakage" / dataset))
+    )
+    return {
+        "dataset": dataset,
+        "train": result["images"]["train"],
+        "test": result["images"]["test"],
+        "near_copies": result["count"],
+        "share": result["share"],
+        "threshold": result["threshold"],
+        "per_class": result["per_class"],
+        "examples": result["examples"],
+    }
 
 
 def leakage_line(row: dict) -> str:
     """One printed line per data set: near-copies of training images among its test images, per class."""
     classes = ", ".join(f"{label} {r['near_copies']}/{r['images']}" for label, r in row["per_class"].items())
-    return (f"{row['dataset']:24s} {row['near_copies']:4d} of {row['test']:4d} test images ({row['share']:.1%}) are "
-            f"near-copies of the {row['train']} training images (>= {row['threshold']:g}): {classes}")
+    return (
+        f"{row['dataset']:24s} {row['near_copies']:4d} of {row['test']:4d} test images ({row['share']:.1%}) are "
+        f"near-copies of the {row['train']} training images (>= {row['threshold']:g}): {classes}"
+    )
 
 
 def evaluate_set(dataset: str, args, model_dir: Path) -> dict:
@@ -80,21 +93,57 @@ def evaluate_set(dataset: str, args, model_dir: Path) -> dict:
 
     work = args.work / dataset
     train_rows, test_rows = real_split(dataset, model_dir)
-    train, heldout = split_folder(train_rows, work / "real_train"), split_folder(test_rows, work / "real_heldout")
+    train, heldout = (
+        split_folder(train_rows, work / "real_train"),
+        split_folder(test_rows, work / "real_heldout"),
+    )
     synth_dir = work / "synthetic"
-    synthetic(REPO / "prompts" / f"{SETS[dataset]}.csv", args.per_class, synth_dir, args.model, args.steps,
-              args.guidance)
+    synthetic(
+        REPO / "prompts" / f"{SETS[dataset]}.csv",
+        args.per_class,
+        synth_dir,
+        args.model,
+        args.steps,
+        args.guidance,
+    )
     out = synth_dir / "evaluate"
-    utility = run_utility(UtilityConfig((str(train),), (str(heldout),), (str(synth_dir),), args.fractions,
-                                        seeds=args.seeds, epochs=args.epochs, size=args.size, out=str(out),
-                                        budget=args.budget, steps=args.classifier_steps))
+    utility = run_utility(
+        UtilityConfig(
+            (str(train),),
+            (str(heldout),),
+            (str(synth_dir),),
+            args.fractions,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            size=args.size,
+            out=str(out),
+            budget=args.budget,
+            steps=args.classifier_steps,
+        )
+    )
     privacy = run_privacy(PrivacyConfig((str(train),), (str(heldout),), (str(synth_dir),), out=str(out)))
     fidelity = floor = None
     if not args.skip_fidelity:
-        fidelity = run_fidelity(FidelityConfig((str(train),), (str(synth_dir),), args.features, per_class=True,
-                                               cnn_epochs=args.epochs, out=str(out)))
-        floor = run_fidelity(FidelityConfig((str(train),), (str(heldout),), args.features, per_class=True,
-                                            cnn_epochs=args.epochs, out=str(out / "baseline_heldout")))
+        fidelity = run_fidelity(
+            FidelityConfig(
+                (str(train),),
+                (str(synth_dir),),
+                args.features,
+                per_class=True,
+                cnn_epochs=args.epochs,
+                out=str(out),
+            )
+        )
+        floor = run_fidelity(
+            FidelityConfig(
+                (str(train),),
+                (str(heldout),),
+                args.features,
+                per_class=True,
+                cnn_epochs=args.epochs,
+                out=str(out / "baseline_heldout"),
+            )
+        )
     write_report(synth_dir)
     copy_outputs(out, args.results / dataset)
     return summary_row(dataset, utility, privacy, fidelity, floor)
@@ -105,50 +154,86 @@ def copy_outputs(out: Path, results: Path) -> None:
     import shutil
 
     results.mkdir(parents=True, exist_ok=True)
-    for name in ("utility.json", "utility.csv", "utility.png", "privacy.json", "privacy_histogram.png",
-                 "closest_pairs.png", "fidelity.json", "fidelity.csv"):
+    for name in (
+        "utility.json",
+        "utility.csv",
+        "utility.png",
+        "privacy.json",
+        "privacy_histogram.png",
+        "closest_pairs.png",
+        "fidelity.json",
+        "fidelity.csv",
+    ):
         if (out / name).exists():
             shutil.copy2(out / name, results / name)
 
 
-def summary_row(dataset: str, utility: dict, privacy: dict, fidelity: dict | None, floor: dict | None) -> dict:
+def summary_row(
+    dataset: str, utility: dict, privacy: dict, fidelity: dict | None, floor: dict | None
+) -> dict:
     """Baseline, candidate and ratio of each evaluation."""
     rows = {(r["condition"], r["real_fraction"]): r for r in utility["rows"]}
     full, low = max(f for c, f in rows if c == "real"), min(f for c, f in rows if c == "real")
 
     def cell(row: dict) -> dict:
-        return {"auroc": row["auroc_mean"], "std": row["auroc_std"], "ci95": row["auroc_ci95"], "steps": row["steps"],
-                "images": row["real_images"] + row["synthetic_images"]}
+        return {
+            "auroc": row["auroc_mean"],
+            "std": row["auroc_std"],
+            "ci95": row["auroc_ci95"],
+            "steps": row["steps"],
+            "images": row["real_images"] + row["synthetic_images"],
+        }
 
-    conditions = {"real": cell(rows[("real", full)]), "synthetic": cell(rows[("synthetic", None)]),
-                  "real+synthetic": cell(rows[("real+synthetic", full)]),
-                  f"real {low:g}": cell(rows[("real", low)]), f"real {low:g}+synthetic": cell(rows[("real+synthetic", low)])}
+    conditions = {
+        "real": cell(rows[("real", full)]),
+        "synthetic": cell(rows[("synthetic", None)]),
+        "real+synthetic": cell(rows[("real+synthetic", full)]),
+        f"real {low:g}": cell(rows[("real", low)]),
+        f"real {low:g}+synthetic": cell(rows[("real+synthetic", low)]),
+    }
     result = {
-        "dataset": dataset, "classes": len(utility["classes"]), "images": utility["images"],
-        "utility": {"budget": utility["budget"]["text"], "seeds": utility["seeds"], "conditions": conditions,
-                    "synthetic_ratio": conditions["synthetic"]["auroc"] / conditions["real"]["auroc"],
-                    "low_fraction": low,
-                    "gain_at_low_fraction": conditions[f"real {low:g}+synthetic"]["auroc"]
-                    - conditions[f"real {low:g}"]["auroc"]},
-        "privacy": {"heldout_median_similarity": privacy["percentiles"]["heldout"]["p50"],
-                    "synthetic_median_similarity": privacy["percentiles"]["synthetic"]["p50"],
-                    "reference_median_similarity": privacy["percentiles"]["reference"]["p50"],
-                    "heldout_near_copies": {k: privacy["heldout_near_copies"][k] for k in ("count", "share")},
-                    "share_above_heldout_p95": privacy["share_above_heldout_p95"],
-                    "share_ratio": privacy["share_ratio"], "near_copy_rate": privacy["near_copy_rate"],
-                    "p_values": privacy["p_values"], "flagged_by": privacy["flagged_by"],
-                    "memorises": privacy["memorises"],
-                    "classes_flagged": [c for c, r in privacy["per_class"].items() if r.get("memorises")],
-                    "pixel_distance_median": {k: v["p50"] for k, v in privacy["pixel_distance_percentiles"].items()}},
+        "dataset": dataset,
+        "classes": len(utility["classes"]),
+        "images": utility["images"],
+        "utility": {
+            "budget": utility["budget"]["text"],
+            "seeds": utility["seeds"],
+            "conditions": conditions,
+            "synthetic_ratio": conditions["synthetic"]["auroc"] / conditions["real"]["auroc"],
+            "low_fraction": low,
+            "gain_at_low_fraction": conditions[f"real {low:g}+synthetic"]["auroc"]
+            - conditions[f"real {low:g}"]["auroc"],
+        },
+        "privacy": {
+            "heldout_median_similarity": privacy["percentiles"]["heldout"]["p50"],
+            "synthetic_median_similarity": privacy["percentiles"]["synthetic"]["p50"],
+            "reference_median_similarity": privacy["percentiles"]["reference"]["p50"],
+            "heldout_near_copies": {k: privacy["heldout_near_copies"][k] for k in ("count", "share")},
+            "share_above_heldout_p95": privacy["share_above_heldout_p95"],
+            "share_ratio": privacy["share_ratio"],
+            "near_copy_rate": privacy["near_copy_rate"],
+            "p_values": privacy["p_values"],
+            "flagged_by": privacy["flagged_by"],
+            "memorises": privacy["memorises"],
+            "classes_flagged": [c for c, r in privacy["per_class"].items() if r.get("memorises")],
+            "pixel_distance_median": {k: v["p50"] for k, v in privacy["pixel_distance_percentiles"].items()},
+        },
     }
     if fidelity is not None and floor is not None:
         syn, held = fidelity["overall"], floor["overall"]
-        result["fidelity"] = {"features": fidelity["features"], "heldout_fid": held["fid"], "synthetic_fid": syn["fid"],
-                              "synthetic_fid_ci95": syn.get("ci95", {}).get("fid"),
-                              "fid_ratio": syn["fid"] / held["fid"] if held["fid"] else None,
-                              "heldout_precision": held["precision"], "synthetic_precision": syn["precision"],
-                              "heldout_recall": held["recall"], "synthetic_recall": syn["recall"],
-                              "heldout_coverage": held["coverage"], "synthetic_coverage": syn["coverage"]}
+        result["fidelity"] = {
+            "features": fidelity["features"],
+            "heldout_fid": held["fid"],
+            "synthetic_fid": syn["fid"],
+            "synthetic_fid_ci95": syn.get("ci95", {}).get("fid"),
+            "fid_ratio": syn["fid"] / held["fid"] if held["fid"] else None,
+            "heldout_precision": held["precision"],
+            "synthetic_precision": syn["precision"],
+            "heldout_recall": held["recall"],
+            "synthetic_recall": syn["recall"],
+            "heldout_coverage": held["coverage"],
+            "synthetic_coverage": syn["coverage"],
+        }
     return result
 
 
@@ -161,14 +246,16 @@ def line(row: dict) -> str:
         ci = c[name]["ci95"]
         return f"{c[name]['auroc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
-    out = (f"{row['dataset']:24s} AUROC ({c['real']['steps']} steps each) real {text('real')} synth "
-           f"{text('synthetic')} (x{u['synthetic_ratio']:.3f}) real+synth {text('real+synthetic')} real {low:g} "
-           f"{text(f'real {low:g}')} + synth {text(f'real {low:g}+synthetic')} ({u['gain_at_low_fraction']:+.3f}) | "
-           f"held-out near-copies {p['heldout_near_copies']['count']} ({p['heldout_near_copies']['share']:.1%}), "
-           f"NN-sim median reference {p['reference_median_similarity']:.3f} synth {p['synthetic_median_similarity']:.3f}"
-           f", >p95 {p['share_above_heldout_p95']:.1%} (p {p['p_values']['tail_p95']:.2g}), near-copies "
-           f"{p['near_copy_rate']['synthetic']:.1%} (p {p['p_values']['near_copies']:.2g}), distribution p "
-           f"{p['p_values']['distribution']:.2g}{' MEMORISES (' + ', '.join(p['flagged_by']) + ')' if p['memorises'] else ''}")
+    out = (
+        f"{row['dataset']:24s} AUROC ({c['real']['steps']} steps each) real {text('real')} synth "
+        f"{text('synthetic')} (x{u['synthetic_ratio']:.3f}) real+synth {text('real+synthetic')} real {low:g} "
+        f"{text(f'real {low:g}')} + synth {text(f'real {low:g}+synthetic')} ({u['gain_at_low_fraction']:+.3f}) | "
+        f"held-out near-copies {p['heldout_near_copies']['count']} ({p['heldout_near_copies']['share']:.1%}), "
+        f"NN-sim median reference {p['reference_median_similarity']:.3f} synth {p['synthetic_median_similarity']:.3f}"
+        f", >p95 {p['share_above_heldout_p95']:.1%} (p {p['p_values']['tail_p95']:.2g}), near-copies "
+        f"{p['near_copy_rate']['synthetic']:.1%} (p {p['p_values']['near_copies']:.2g}), distribution p "
+        f"{p['p_values']['distribution']:.2g}{' MEMORISES (' + ', '.join(p['flagged_by']) + ')' if p['memorises'] else ''}"
+    )
     if "fidelity" in row:
         f = row["fidelity"]
         out += f" | FID held-out {f['heldout_fid']:.3g} synth {f['synthetic_fid']:.3g}"
@@ -176,7 +263,9 @@ def line(row: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     parser.add_argument("--sets", default=",".join(SETS), help="comma list of data sets")
     parser.add_argument("--per-class", type=int, default=100, help="synthetic images per class")
@@ -184,21 +273,37 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.1,0.25,0.5,1")
     parser.add_argument("--epochs", type=int, default=25, help="classifier (and cnn feature) training epochs")
     parser.add_argument("--budget", default="steps", help="steps (equal for every condition) or epochs")
-    parser.add_argument("--classifier-steps", type=int, default=None,
-                        help="optimiser steps of every condition (default: --epochs over the largest condition)")
+    parser.add_argument(
+        "--classifier-steps",
+        type=int,
+        default=None,
+        help="optimiser steps of every condition (default: --epochs over the largest condition)",
+    )
     parser.add_argument("--size", type=int, default=32, help="classifier input size (px), as utility_mini.py")
-    parser.add_argument("--features", default="cnn", help="fidelity features (cnn, pixel, inception:FILE, ...)")
+    parser.add_argument(
+        "--features", default="cnn", help="fidelity features (cnn, pixel, inception:FILE, ...)"
+    )
     parser.add_argument("--skip-fidelity", action="store_true", help="utility and privacy only")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps of the synthetic images")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "evaluate_mini",
-                        help="synthetic images and evaluate outputs")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "runs" / "evaluate_mini",
+        help="synthetic images and evaluate outputs",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "evaluate_mini")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the other data sets' rows already in --results/results.json (same arguments)")
-    parser.add_argument("--leakage-only", action="store_true",
-                        help="only `evaluate leakage` of each set's hold-out vs its training images (no generation)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other data sets' rows already in --results/results.json (same arguments)",
+    )
+    parser.add_argument(
+        "--leakage-only",
+        action="store_true",
+        help="only `evaluate leakage` of each set's hold-out vs its training images (no generation)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -222,8 +327,11 @@ def main() -> None:
         rows.append(row)
         lines.append(line(row))
         print(lines[-1], flush=True)
-        (args.results / "results.json").write_text(json.dumps(  # after every set: a stopped run keeps its sets
-            {"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=2, default=str))
+        (args.results / "results.json").write_text(
+            json.dumps(  # after every set: a stopped run keeps its sets
+                {"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=2, default=str
+            )
+        )
         (args.results / "output.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -237,7 +345,9 @@ def kept_rows(args) -> list[dict]:
     ignore = {"sets", "merge", "threads"}
     now = {k: str(v) for k, v in vars(args).items() if k not in ignore}
     if {k: v for k, v in earlier["args"].items() if k not in ignore} != now:
-        raise SystemExit(f"--merge: {path} was made with other arguments; run without --merge or with the same")
+        raise SystemExit(
+            f"--merge: {path} was made with other arguments; run without --merge or with the same"
+        )
     return [row for row in earlier["results"] if row["dataset"] not in args.sets.split(",")]
 
 

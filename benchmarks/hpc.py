@@ -28,8 +28,19 @@ MEDISYN = [sys.executable, "-m", "medisyn_cli"]
 
 
 def command(args, out: Path, *extra: str) -> list[str]:
-    return MEDISYN + ["generate", "--manifest", str(REPO / "prompts" / args.manifest), "--n", str(args.n),
-                      "--batch-size", str(args.batch_size), "--out", str(out), "--no-progress", *extra]
+    return MEDISYN + [
+        "generate",
+        "--manifest",
+        str(REPO / "prompts" / args.manifest),
+        "--n",
+        str(args.n),
+        "--batch-size",
+        str(args.batch_size),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def env(threads: int) -> dict:
@@ -38,8 +49,10 @@ def env(threads: int) -> dict:
 
 def timed(*procs_args) -> float:
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for cmd, e in procs_args]
+    procs = [
+        subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for cmd, e in procs_args
+    ]
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
@@ -61,16 +74,24 @@ def compare(a: Path, b: Path) -> dict:
 
     first, second = content(a), content(b)
     same_plan = [(i, s) for i, s, _ in first] == [(i, s) for i, s, _ in second]
-    pixels = [np.abs(np.asarray(Image.open(io.BytesIO(x)), int) - np.asarray(Image.open(io.BytesIO(y)), int)).max()
-              for (_, _, x), (_, _, y) in zip(first, second)]
-    return {"identical": first == second, "same_ids_and_seeds": same_plan, "max_pixel_difference": int(max(pixels))}
+    pixels = [
+        np.abs(np.asarray(Image.open(io.BytesIO(x)), int) - np.asarray(Image.open(io.BytesIO(y)), int)).max()
+        for (_, _, x), (_, _, y) in zip(first, second)
+    ]
+    return {
+        "identical": first == second,
+        "same_ids_and_seeds": same_plan,
+        "max_pixel_difference": int(max(pixels)),
+    }
 
 
 def kill_half_way(args, out: Path, cores: int) -> float:
     """Start a run, SIGKILL it when half its batches are done; returns its wall time."""
     batches = -(-args.n // args.batch_size)
     start = time.perf_counter()
-    proc = subprocess.Popen(command(args, out), env=env(cores), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(args, out), env=env(cores), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     done = out / "_work" / "done"
     while not done.exists() or len(list(done.glob("b-*.json"))) < batches // 2:
         if proc.poll() is not None:
@@ -82,7 +103,9 @@ def kill_half_way(args, out: Path, cores: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--manifest", default="mini_dermoscopy.csv")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -91,8 +114,22 @@ def main() -> None:
     cores = os.cpu_count() or 2
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        startup = timed((MEDISYN + ["generate", "--manifest", str(REPO / "prompts" / args.manifest), "--n", "3",
-                                    "--out", str(tmp / "startup"), "--no-progress"], env(cores)))
+        startup = timed(
+            (
+                MEDISYN
+                + [
+                    "generate",
+                    "--manifest",
+                    str(REPO / "prompts" / args.manifest),
+                    "--n",
+                    "3",
+                    "--out",
+                    str(tmp / "startup"),
+                    "--no-progress",
+                ],
+                env(cores),
+            )
+        )
         single = timed((command(args, tmp / "one"), env(cores)))
         single_1 = timed((command(args, tmp / "one-thread"), env(1)))
         half = max(1, cores // 2)
@@ -104,23 +141,40 @@ def main() -> None:
         same_resume = compare(tmp / "one", tmp / "resumed")
         shutil.rmtree(tmp, ignore_errors=True)
     overhead = killed + resumed - single
-    result = {"n": args.n, "batch_size": args.batch_size, "manifest": args.manifest, "cores": cores,
-              "startup_s": round(startup, 1), "single_process_s": round(single, 1),
-              "single_process_1_thread_s": round(single_1, 1), "two_shards_s": round(sharded, 1),
-              "shard_ratio": round(sharded / single, 3), "shards_vs_one_thread": same_shards,
-              "shards_vs_two_threads": across_threads, "killed_after_s": round(killed, 1),
-              "resume_s": round(resumed, 1), "resume_overhead_s": round(overhead, 1),
-              "resume_ratio": round((killed + resumed) / single, 3), "resume_vs_uninterrupted": same_resume,
-              "command": "python benchmarks/hpc.py " + " ".join(sys.argv[1:])}
+    result = {
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "manifest": args.manifest,
+        "cores": cores,
+        "startup_s": round(startup, 1),
+        "single_process_s": round(single, 1),
+        "single_process_1_thread_s": round(single_1, 1),
+        "two_shards_s": round(sharded, 1),
+        "shard_ratio": round(sharded / single, 3),
+        "shards_vs_one_thread": same_shards,
+        "shards_vs_two_threads": across_threads,
+        "killed_after_s": round(killed, 1),
+        "resume_s": round(resumed, 1),
+        "resume_overhead_s": round(overhead, 1),
+        "resume_ratio": round((killed + resumed) / single, 3),
+        "resume_vs_uninterrupted": same_resume,
+        "command": "python benchmarks/hpc.py " + " ".join(sys.argv[1:]),
+    }
     print(f"startup (a 3-image run): {startup:.1f} s")
-    print(f"one process: {single:.1f} s   two shards ({half} core(s) each): {sharded:.1f} s   "
-          f"ratio {sharded / single:.3f}")
+    print(
+        f"one process: {single:.1f} s   two shards ({half} core(s) each): {sharded:.1f} s   "
+        f"ratio {sharded / single:.3f}"
+    )
     print(f"  shards vs one 1-thread process: {same_shards}")
-    print(f"  shards vs one 2-thread process: {across_threads} (CPU kernels round differently with other thread "
-          f"counts)")
-    print(f"uninterrupted: {single:.1f} s   killed half-way + resumed: {killed:.1f} + {resumed:.1f} s   "
-          f"ratio {(killed + resumed) / single:.3f} (target <= 1.05); resume costs {overhead:.1f} s, "
-          f"a startup plus the batch in flight   {same_resume}")
+    print(
+        f"  shards vs one 2-thread process: {across_threads} (CPU kernels round differently with other thread "
+        f"counts)"
+    )
+    print(
+        f"uninterrupted: {single:.1f} s   killed half-way + resumed: {killed:.1f} + {resumed:.1f} s   "
+        f"ratio {(killed + resumed) / single:.3f} (target <= 1.05); resume costs {overhead:.1f} s, "
+        f"a startup plus the batch in flight   {same_resume}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}\nreproduce: {result['command']}")

@@ -32,9 +32,35 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "identity"
-VOLATILE = {"created", "started", "finished", "seconds", "elapsed_s", "run_id", "command", "host", "pid", "time",
-            "wall_s", "images_per_second", "rate", "out", "path", "index", "dataset", "manifest", "source", "root",
-            "model_dir", "medisyn_version", "python", "platform", "started_at", "finished_at", "updated"}
+VOLATILE = {
+    "created",
+    "started",
+    "finished",
+    "seconds",
+    "elapsed_s",
+    "run_id",
+    "command",
+    "host",
+    "pid",
+    "time",
+    "wall_s",
+    "images_per_second",
+    "rate",
+    "out",
+    "path",
+    "index",
+    "dataset",
+    "manifest",
+    "source",
+    "root",
+    "model_dir",
+    "medisyn_version",
+    "python",
+    "platform",
+    "started_at",
+    "finished_at",
+    "updated",
+}
 
 
 def export(revision: str, target: Path) -> Path:
@@ -51,15 +77,38 @@ def run_version(tree: Path, work: Path, inputs: Path, n: int) -> None:
     """index build -> generate --index -> screen, with the medisyn of `tree`, in `work` (the same path for every
     version, so paths recorded in the outputs agree)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    commands = [["index", "build", str(inputs / "images"), "--out", str(work / "index")],
-                ["generate", "--manifest", str(inputs / "manifest.csv"), "--n", str(n),
-                 "--index", str(work / "index"), "--out", str(work / "synth"), "--threads", "1",
-                 "--model", str(inputs / "model")],
-                ["screen", str(work / "synth"), "--index", str(work / "index"), "--report", str(work / "audit"),
-                 "--keep-out", str(work / "clean")]]
+    commands = [
+        ["index", "build", str(inputs / "images"), "--out", str(work / "index")],
+        [
+            "generate",
+            "--manifest",
+            str(inputs / "manifest.csv"),
+            "--n",
+            str(n),
+            "--index",
+            str(work / "index"),
+            "--out",
+            str(work / "synth"),
+            "--threads",
+            "1",
+            "--model",
+            str(inputs / "model"),
+        ],
+        [
+            "screen",
+            str(work / "synth"),
+            "--index",
+            str(work / "index"),
+            "--report",
+            str(work / "audit"),
+            "--keep-out",
+            str(work / "clean"),
+        ],
+    ]
     for command in commands:
-        done = subprocess.run([sys.executable, "-m", "medisyn_cli", *command], env=env, cwd=work,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "medisyn_cli", *command], env=env, cwd=work, capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise SystemExit(f"{tree}: medisyn {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
 
@@ -71,7 +120,9 @@ def help_seconds(trees: dict[str, Path], repeats: int) -> dict[str, float]:
         for name, tree in trees.items():
             env = {**os.environ, "PYTHONPATH": str(tree)}
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "medisyn_cli", "--help"], env=env, capture_output=True, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "medisyn_cli", "--help"], env=env, capture_output=True, check=True
+            )
             times[name].append(time.perf_counter() - started)
     return {name: round(statistics.median(values), 3) for name, values in times.items()}
 
@@ -116,14 +167,18 @@ def _json_like(name: str) -> bool:
 
 def digest(folder: Path) -> str:
     sha = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in {".png", ".parquet", ".csv"}):
+    for path in sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in {".png", ".parquet", ".csv"}
+    ):
         sha.update(str(path.relative_to(folder)).encode() + path.read_bytes())
     return sha.hexdigest()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default="87af3b6", help="revision to compare with (default: before the re-layout)")
+    parser.add_argument(
+        "--base", default="87af3b6", help="revision to compare with (default: before the re-layout)"
+    )
     parser.add_argument("--n", type=int, default=24, help="images to generate")
     parser.add_argument("--keep", type=Path, help="copy both versions' outputs here, to inspect differences")
     parser.add_argument("--help-repeats", type=int, default=7, help="`medisyn --help` timings per version")
@@ -147,22 +202,40 @@ def main() -> None:
         data_digest = {name: digest(tmp / name) for name in trees}
         if args.keep:
             shutil.copytree(tmp, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("base-src"))
-    counts = {verdict: sum(v == verdict for v in verdicts.values()) for verdict in sorted(set(verdicts.values()))}
-    revision = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-    result = {"base": args.base, "new": f"{revision} (working tree)", "n": args.n, "files": len(verdicts),
-              "verdicts": counts, "data_sha256": data_digest, "seconds": seconds,
-              "help_seconds": help_time, "help_ratio": round(help_time["new"] / help_time["base"], 3),
-              "per_file": verdicts}
+    counts = {
+        verdict: sum(v == verdict for v in verdicts.values()) for verdict in sorted(set(verdicts.values()))
+    }
+    revision = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    result = {
+        "base": args.base,
+        "new": f"{revision} (working tree)",
+        "n": args.n,
+        "files": len(verdicts),
+        "verdicts": counts,
+        "data_sha256": data_digest,
+        "seconds": seconds,
+        "help_seconds": help_time,
+        "help_ratio": round(help_time["new"] / help_time["base"], 3),
+        "per_file": verdicts,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "identity.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"base {args.base} vs {result['new']}: {len(verdicts)} files; " +
-          ", ".join(f"{count} {verdict}" for verdict, count in counts.items()))
-    print(f"medisyn --help: base {help_time['base']:.3f} s, new {help_time['new']:.3f} s "
-          f"(ratio {result['help_ratio']:.2f}, median of {args.help_repeats})")
+    print(
+        f"base {args.base} vs {result['new']}: {len(verdicts)} files; "
+        + ", ".join(f"{count} {verdict}" for verdict, count in counts.items())
+    )
+    print(
+        f"medisyn --help: base {help_time['base']:.3f} s, new {help_time['new']:.3f} s "
+        f"(ratio {result['help_ratio']:.2f}, median of {args.help_repeats})"
+    )
     print(f"images + parquet + csv sha256: base {data_digest['base'][:16]}, new {data_digest['new'][:16]}")
-    different = [name for name, verdict in verdicts.items() if verdict not in
-                 ("identical", "same after removing volatile fields")]
+    different = [
+        name
+        for name, verdict in verdicts.items()
+        if verdict not in ("identical", "same after removing volatile fields")
+    ]
     for name in different:
         print(f"  {verdicts[name]}: {name}")
     sys.exit(1 if different else 0)

@@ -43,28 +43,58 @@ from utility_mini import SETS, real_split  # noqa: E402
 MODEL = REPO / "medisyn_cli" / "bundled" / "mini"
 
 
-def generate(manifest: Path, out: Path, n: int, steps: int | None, guidance: float | None, judge: Path | None = None,
-             threshold: float | None = None, batch_size: int = 16, threads: int | None = None) -> dict:
+def generate(
+    manifest: Path,
+    out: Path,
+    n: int,
+    steps: int | None,
+    guidance: float | None,
+    judge: Path | None = None,
+    threshold: float | None = None,
+    batch_size: int = 16,
+    threads: int | None = None,
+) -> dict:
     """One `medisyn generate` run (optionally judged), timed; returns seconds, kept, generated and its rows."""
     from medisyn_cli.generate.config import GenerateConfig
     from medisyn_cli.generate.run import run_generate
 
     clock = time.time()
-    summary = run_generate(GenerateConfig(manifest=str(manifest), n=n, out=str(out), steps=steps, guidance=guidance,
-                                          batch_size=batch_size, threads=threads, formats=("imagefolder",),
-                                          overwrite=True, max_attempts=50, judge=str(judge) if judge else None,
-                                          min_label_score=threshold), show_progress=False)
+    summary = run_generate(
+        GenerateConfig(
+            manifest=str(manifest),
+            n=n,
+            out=str(out),
+            steps=steps,
+            guidance=guidance,
+            batch_size=batch_size,
+            threads=threads,
+            formats=("imagefolder",),
+            overwrite=True,
+            max_attempts=50,
+            judge=str(judge) if judge else None,
+            min_label_score=threshold,
+        ),
+        show_progress=False,
+    )
     seconds = time.time() - clock
     kept = sum(c.written for c in summary.counts.values())
     generated = kept + sum(c.label_rejected + c.rejected for c in summary.counts.values())
-    return {"seconds": round(seconds, 1), "kept": kept, "generated": generated, "yield": round(kept / generated, 4),
-            "ended": summary.ended, "rows": folder_rows(out)}
+    return {
+        "seconds": round(seconds, 1),
+        "kept": kept,
+        "generated": generated,
+        "yield": round(kept / generated, 4),
+        "ended": summary.ended,
+        "rows": folder_rows(out),
+    }
 
 
 def folder_rows(out: Path) -> list:
     """(path, label) of a medisyn output's ImageFolder, in plan order."""
-    return [(out / "imagefolder" / r["file_name"], r["label"])
-            for r in csv.DictReader(open(out / "imagefolder" / "metadata.csv"))]
+    return [
+        (out / "imagefolder" / r["file_name"], r["label"])
+        for r in csv.DictReader(open(out / "imagefolder" / "metadata.csv"))
+    ]
 
 
 def images(rows: list) -> list:
@@ -81,9 +111,13 @@ def pool(dataset: str, args, work: Path) -> tuple[list, dict]:
     if not (out / "run.json").exists():
         manifest = REPO / "prompts" / f"{SETS[dataset]}.csv"
         out = work / dataset / "pool"
-        generate(manifest, out, args.pool_per_class * len(load_manifest(manifest).labels), 20, 3.0, batch_size=64)
+        generate(
+            manifest, out, args.pool_per_class * len(load_manifest(manifest).labels), 20, 3.0, batch_size=64
+        )
     options = json.loads((out / "run.json").read_text())["options"]
-    return folder_rows(out), {k: options[k] for k in ("n", "steps", "guidance", "seed")} | {"folder": str(out)}
+    return folder_rows(out), {k: options[k] for k in ("n", "steps", "guidance", "seed")} | {
+        "folder": str(out)
+    }
 
 
 def utility(train_rows: list, test_x: np.ndarray, test_y: np.ndarray, classes: list[str], args) -> dict:
@@ -97,8 +131,14 @@ def utility(train_rows: list, test_x: np.ndarray, test_y: np.ndarray, classes: l
     y = np.array([classes.index(label) for _, label in train_rows])
     scores = []
     for seed in range(args.seeds):
-        model = train_classifier(x, y, len(classes), TrainSettings(steps=args.classifier_steps, batch_size=32),
-                                 seed, torch.device("cpu"))
+        model = train_classifier(
+            x,
+            y,
+            len(classes),
+            TrainSettings(steps=args.classifier_steps, batch_size=32),
+            seed,
+            torch.device("cpu"),
+        )
         value, _ = macro_auroc(test_y, predict(model, test_x, torch.device("cpu"), False), classes, False)
         scores.append(value)
     return {"auroc": round(float(np.mean(scores)), 4), "auroc_seeds": [round(float(v), 4) for v in scores]}
@@ -128,8 +168,14 @@ def run_set(dataset: str, args, work: Path) -> dict:
     # 1. judge on the real training split; the real hold-out as test set
     train, test = real_split(dataset, MODEL)
     classes = sorted({label for _, label in train})
-    meta = build_judge(JudgeConfig(real=(str(split_folder(train, work / dataset / "real-train")),),
-                                   out=str(work / dataset / "judge"), classifier=args.classifier, overwrite=True))
+    meta = build_judge(
+        JudgeConfig(
+            real=(str(split_folder(train, work / dataset / "real-train")),),
+            out=str(work / dataset / "judge"),
+            classifier=args.classifier,
+            overwrite=True,
+        )
+    )
     judge = load_judge(work / dataset / "judge")
     test_images = images(test)
     test_x, test_y = cnn_arrays(test_images), np.array([classes.index(label) for _, label in test])
@@ -141,25 +187,47 @@ def run_set(dataset: str, args, work: Path) -> dict:
     scores, judged = judge.label_scores(images(rows), labels)
     judge_seconds = time.time() - clock
     hits = np.array([a == b for a, b in zip(judged, labels)])
-    result = {"dataset": dataset, "classes": classes, "test_images": len(test), "pool": made,
-              "judge": {"heldout_accuracy": round(meta["heldout_accuracy"], 4), "ece": meta["calibration"]["ece"],
-                        "per_class": {c: v["accuracy"] for c, v in meta["per_class"].items()},
-                        "pass_rate": meta["label_score_pass_rate"],
-                        "seconds_per_image": round(judge_seconds / len(rows), 5)},
-              "gan_test": {"accuracy": round(float(hits.mean()), 4),
-                           "per_class": {c: round(float(hits[[l == c for l in labels]].mean()), 4) for c in classes}},
-              "conditions": []}
-    print(f"{dataset:24s} GAN-test {result['gan_test']['accuracy']:.3f} of {len(rows)} (judge on real held-out "
-          f"{result['judge']['heldout_accuracy']:.3f})", flush=True)
+    result = {
+        "dataset": dataset,
+        "classes": classes,
+        "test_images": len(test),
+        "pool": made,
+        "judge": {
+            "heldout_accuracy": round(meta["heldout_accuracy"], 4),
+            "ece": meta["calibration"]["ece"],
+            "per_class": {c: v["accuracy"] for c, v in meta["per_class"].items()},
+            "pass_rate": meta["label_score_pass_rate"],
+            "seconds_per_image": round(judge_seconds / len(rows), 5),
+        },
+        "gan_test": {
+            "accuracy": round(float(hits.mean()), 4),
+            "per_class": {c: round(float(hits[[l == c for l in labels]].mean()), 4) for c in classes},
+        },
+        "conditions": [],
+    }
+    print(
+        f"{dataset:24s} GAN-test {result['gan_test']['accuracy']:.3f} of {len(rows)} (judge on real held-out "
+        f"{result['judge']['heldout_accuracy']:.3f})",
+        flush=True,
+    )
     # 3. the same budget per class for every condition: utility, coverage, yield
     for threshold in [None] + args.thresholds:
         chosen, examined = select(rows, scores, args.per_class, threshold)
-        row = {"condition": "no judge" if threshold is None else f"judge >= {threshold:g}", "threshold": threshold,
-               "kept": len(chosen), "examined": examined, "yield": round(len(chosen) / examined, 4)}
+        row = {
+            "condition": "no judge" if threshold is None else f"judge >= {threshold:g}",
+            "threshold": threshold,
+            "kept": len(chosen),
+            "examined": examined,
+            "yield": round(len(chosen) / examined, 4),
+        }
         if len(chosen) < args.per_class * len(classes):
-            row["short"] = f"the pool holds only {len(chosen)} images passing (budget {args.per_class} a class)"
+            row["short"] = (
+                f"the pool holds only {len(chosen)} images passing (budget {args.per_class} a class)"
+            )
         else:
-            row["coverage"] = round(prdc(real_features, ThumbFeatures().embed(images(chosen)), k=5)["coverage"], 4)
+            row["coverage"] = round(
+                prdc(real_features, ThumbFeatures().embed(images(chosen)), k=5)["coverage"], 4
+            )
             if dataset in args.utility_sets.split(","):
                 row.update(utility(chosen, test_x, test_y, classes, args))
         result["conditions"].append(row)
@@ -170,10 +238,16 @@ def run_set(dataset: str, args, work: Path) -> dict:
 def line(dataset: str, row: dict, base: dict) -> str:
     if "coverage" not in row:
         return f"{dataset:24s} {row['condition']:12s} yield {row['yield']:.2f}  {row.get('short', '')}"
-    auroc = f"AUROC {row['auroc']:.3f} ({row['auroc'] - base['auroc']:+.3f})" if "auroc" in row else "AUROC not measured"
-    return (f"{dataset:24s} {row['condition']:12s} {auroc}  "
-            f"coverage {row['coverage']:.3f} ({row['coverage'] - base['coverage']:+.3f})  yield {row['yield']:.2f} "
-            f"({1 / row['yield']:.2f} images made per image kept)")
+    auroc = (
+        f"AUROC {row['auroc']:.3f} ({row['auroc'] - base['auroc']:+.3f})"
+        if "auroc" in row
+        else "AUROC not measured"
+    )
+    return (
+        f"{dataset:24s} {row['condition']:12s} {auroc}  "
+        f"coverage {row['coverage']:.3f} ({row['coverage'] - base['coverage']:+.3f})  yield {row['yield']:.2f} "
+        f"({1 / row['yield']:.2f} images made per image kept)"
+    )
 
 
 def product(dataset: str, args, work: Path) -> dict:
@@ -182,26 +256,54 @@ def product(dataset: str, args, work: Path) -> dict:
 
     manifest = REPO / "prompts" / f"{SETS[dataset]}.csv"
     n = args.product_per_class * len(load_manifest(manifest).labels)
-    generate(manifest, work / dataset / "warm-up", len(load_manifest(manifest).labels), args.product_steps, 3.0,
-             threads=2)  # page in the model once
+    generate(
+        manifest,
+        work / dataset / "warm-up",
+        len(load_manifest(manifest).labels),
+        args.product_steps,
+        3.0,
+        threads=2,
+    )  # page in the model once
     runs = []
     for threshold in [None] + args.product_thresholds:
-        made = generate(manifest, work / dataset / f"product-{threshold}", n, args.product_steps, 3.0,
-                        None if threshold is None else work / dataset / "judge", threshold, threads=2)
+        made = generate(
+            manifest,
+            work / dataset / f"product-{threshold}",
+            n,
+            args.product_steps,
+            3.0,
+            None if threshold is None else work / dataset / "judge",
+            threshold,
+            threads=2,
+        )
         made.pop("rows")
-        runs.append({"condition": "no judge" if threshold is None else f"judge >= {threshold:g}", **made,
-                     "time_ratio": round(made["seconds"] / (runs[0]["seconds"] if runs else made["seconds"]), 3)})
-        print(f"{dataset:24s} product {runs[-1]['condition']:12s} {made['seconds']:.0f} s "
-              f"({runs[-1]['time_ratio']:.2f}x), yield {made['yield']:.2f}", flush=True)
+        runs.append(
+            {
+                "condition": "no judge" if threshold is None else f"judge >= {threshold:g}",
+                **made,
+                "time_ratio": round(made["seconds"] / (runs[0]["seconds"] if runs else made["seconds"]), 3),
+            }
+        )
+        print(
+            f"{dataset:24s} product {runs[-1]['condition']:12s} {made['seconds']:.0f} s "
+            f"({runs[-1]['time_ratio']:.2f}x), yield {made['yield']:.2f}",
+            flush=True,
+        )
     return {"dataset": dataset, "n": n, "steps": args.product_steps, "runs": runs}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--per-class", type=int, default=30, help="images a class in every condition")
-    parser.add_argument("--utility-sets", default=",".join(SETS), help="sets whose conditions get the utility "
-                        "measurement (the small CNN; the rest get GAN-test, yield and coverage only)")
+    parser.add_argument(
+        "--utility-sets",
+        default=",".join(SETS),
+        help="sets whose conditions get the utility "
+        "measurement (the small CNN; the rest get GAN-test, yield and coverage only)",
+    )
     parser.add_argument("--thresholds", default="0.3,0.5,0.7")
     parser.add_argument("--classifier", default="knn", help="the judge's classifier (knn, linear, cnn)")
     parser.add_argument("--seeds", type=int, default=2)
@@ -218,7 +320,10 @@ def main() -> None:
     args.thresholds = [float(t) for t in args.thresholds.split(",") if t]
     args.product_thresholds = [float(t) for t in args.product_thresholds.split(",") if t]
     args.results.mkdir(parents=True, exist_ok=True)
-    results = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "sets": []}
+    results = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "sets": [],
+    }
     clock = time.time()
     for dataset in [d for d in args.sets.split(",") if d]:
         results["sets"].append(run_set(dataset, args, args.out))
@@ -233,12 +338,18 @@ def save(results: dict, args, clock: float) -> None:
     """results.json and results.txt, rewritten after every data set."""
     results["seconds"] = round(time.time() - clock, 1)
     (args.results / "results.json").write_text(json.dumps(results, indent=2))
-    text = [f"{s['dataset']:24s} GAN-test {s['gan_test']['accuracy']:.3f} of {s['pool']['n']} (judge on real "
-            f"held-out {s['judge']['heldout_accuracy']:.3f})" for s in results["sets"]]
+    text = [
+        f"{s['dataset']:24s} GAN-test {s['gan_test']['accuracy']:.3f} of {s['pool']['n']} (judge on real "
+        f"held-out {s['judge']['heldout_accuracy']:.3f})"
+        for s in results["sets"]
+    ]
     text += [line(s["dataset"], r, s["conditions"][0]) for s in results["sets"] for r in s["conditions"]]
     if "product" in results:
-        text += [f"{results['product']['dataset']:24s} product {r['condition']:12s} {r['seconds']:.0f} s "
-                 f"({r['time_ratio']:.2f}x), yield {r['yield']:.2f}" for r in results["product"]["runs"]]
+        text += [
+            f"{results['product']['dataset']:24s} product {r['condition']:12s} {r['seconds']:.0f} s "
+            f"({r['time_ratio']:.2f}x), yield {r['yield']:.2f}"
+            for r in results["product"]["runs"]
+        ]
     (args.results / "results.txt").write_text("\n".join(text) + "\n")
 
 

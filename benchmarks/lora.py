@@ -65,9 +65,13 @@ def train_child(spec: dict) -> None:
     config = training.TrainConfig(**spec["config"])
     started = time.time()
     result = training.train(config, show_progress=False)
-    metrics = {"steps": result.steps, "final_loss": result.final_loss, "seconds": round(time.time() - started, 1),
-               "s_per_step": (stamps[-1] - stamps[0]) / (len(stamps) - 1),
-               "peak_rss_mb": peak_rss_mb()}
+    metrics = {
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "seconds": round(time.time() - started, 1),
+        "s_per_step": (stamps[-1] - stamps[0]) / (len(stamps) - 1),
+        "peak_rss_mb": peak_rss_mb(),
+    }
     Path(spec["metrics"]).write_text(json.dumps(metrics))
 
 
@@ -84,13 +88,24 @@ def resources(args) -> None:
     """--resources: only the trained conditions of the first data set, back to back, for memory and speed."""
     dataset = args.sets.split(",")[0]
     data = train_folder(dataset, args.model, args.scratch, args.train_per_class)
-    rows = {name: train_condition(dataset, name, data, args) for name in CONDITIONS if CONDITIONS[name] is not None}
+    rows = {
+        name: train_condition(dataset, name, data, args)
+        for name in CONDITIONS
+        if CONDITIONS[name] is not None
+    }
     for name, row in rows.items():
-        print(f"{dataset:24s} {name:8s} {row['s_per_step']:.3f} s/step (ratio to full "
-              f"{row['s_per_step'] / rows['full']['s_per_step']:.2f})  peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"{dataset:24s} {name:8s} {row['s_per_step']:.3f} s/step (ratio to full "
+            f"{row['s_per_step'] / rows['full']['s_per_step']:.2f})  peak RSS {row['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "resources.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                         "dataset": dataset, "conditions": rows}, indent=2))
+    (args.out / "resources.json").write_text(
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "dataset": dataset, "conditions": rows},
+            indent=2,
+        )
+    )
 
 
 def train_condition(dataset: str, name: str, data: Path, args) -> dict:
@@ -102,10 +117,21 @@ def train_condition(dataset: str, name: str, data: Path, args) -> dict:
 
         shutil.rmtree(out, ignore_errors=True)
         options = CONDITIONS[name]
-        config = {"data": [str(data)], "out": str(out), "base": str(args.model), "steps": args.steps,
-                  "batch_size": args.batch_size, "lr": args.lora_lr if options else args.full_lr, "ema": False,
-                  "mixed_precision": "no", "validate_every": 0, "checkpoint_every": 10 ** 6, "seed": 0,
-                  "save_dtype": "fp32", **options}
+        config = {
+            "data": [str(data)],
+            "out": str(out),
+            "base": str(args.model),
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "lr": args.lora_lr if options else args.full_lr,
+            "ema": False,
+            "mixed_precision": "no",
+            "validate_every": 0,
+            "checkpoint_every": 10**6,
+            "seed": 0,
+            "save_dtype": "fp32",
+            **options,
+        }
         spec = {"config": config, "metrics": str(metrics_file), "threads": args.threads}
         subprocess.run([sys.executable, __file__, "--train-child", json.dumps(spec)], check=True)
     metrics = json.loads(metrics_file.read_text())
@@ -141,9 +167,21 @@ def synthetic(dataset: str, name: str, trained: dict | None, args) -> list:
     manifest = REPO / "prompts" / f"{SETS[dataset]}.csv"
     classes = len(open(manifest).read().strip().splitlines()) - 1
     if not (out / "run.json").exists():
-        run_generate(GenerateConfig(manifest=str(manifest), n=args.per_class * classes, out=str(out), model=model,
-                                    steps=args.sample_steps, batch_size=64, threads=args.threads, loras=loras,
-                                    formats=("imagefolder",), overwrite=True), show_progress=False)
+        run_generate(
+            GenerateConfig(
+                manifest=str(manifest),
+                n=args.per_class * classes,
+                out=str(out),
+                model=model,
+                steps=args.sample_steps,
+                batch_size=64,
+                threads=args.threads,
+                loras=loras,
+                formats=("imagefolder",),
+                overwrite=True,
+            ),
+            show_progress=False,
+        )
     rows = csv.DictReader(open(out / "imagefolder" / "metadata.csv"))
     return [(out / "imagefolder" / r["file_name"], r["label"]) for r in rows]
 
@@ -152,7 +190,9 @@ def utility(dataset: str, rows: list, test, index: dict, args) -> list[float]:
     """Macro AUROC on the hold-out of the small CNN trained on rows, one per classifier seed."""
     x_test, y_test = test
     x, y = load([p for p, _ in rows], args.size), np.array([index[label] for _, label in rows])
-    return [train_and_score(x, y, x_test, y_test, len(index), seed, args.epochs) for seed in range(args.seeds)]
+    return [
+        train_and_score(x, y, x_test, y_test, len(index), seed, args.epochs) for seed in range(args.seeds)
+    ]
 
 
 def equivalence(adapter: Path, args) -> float:
@@ -166,23 +206,44 @@ def equivalence(adapter: Path, args) -> float:
 
     out = args.scratch / "equivalence"
     manifest = REPO / "prompts" / "mini_brain_mri.csv"
-    summary = run_generate(GenerateConfig(manifest=str(manifest), n=8, out=str(out), model=str(args.model),
-                                          steps=args.sample_steps, batch_size=8, threads=args.threads,
-                                          loras=(f"{adapter}:0.8",), formats=("imagefolder",), overwrite=True),
-                           show_progress=False)
+    summary = run_generate(
+        GenerateConfig(
+            manifest=str(manifest),
+            n=8,
+            out=str(out),
+            model=str(args.model),
+            steps=args.sample_steps,
+            batch_size=8,
+            threads=args.threads,
+            loras=(f"{adapter}:0.8",),
+            formats=("imagefolder",),
+            overwrite=True,
+        ),
+        show_progress=False,
+    )
     pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, algorithm_type="dpmsolver++"
+    )
     pipe.load_lora_weights(adapter, adapter_name="adapter")
     pipe.set_adapters(["adapter"], adapter_weights=[0.8])
     pipe.set_progress_bar_config(disable=True)
     worst = 0
     for row in csv.DictReader(open(out / "imagefolder" / "metadata.csv")):
-        image = pipe(row["prompt"], num_inference_steps=summary.run["sampling"]["steps"],
-                     guidance_scale=summary.run["sampling"]["guidance"], output_type="np",
-                     generator=torch.Generator().manual_seed(int(row["seed"]))).images[0]
+        image = pipe(
+            row["prompt"],
+            num_inference_steps=summary.run["sampling"]["steps"],
+            guidance_scale=summary.run["sampling"]["guidance"],
+            output_type="np",
+            generator=torch.Generator().manual_seed(int(row["seed"])),
+        ).images[0]
         mine = np.asarray(Image.open(out / "imagefolder" / row["file_name"]).convert("RGB"), dtype=int)
-        plain = np.asarray(Image.fromarray(np.round(image * 255).astype(np.uint8)).convert(Image.open(
-            out / "imagefolder" / row["file_name"]).mode).convert("RGB"), dtype=int)
+        plain = np.asarray(
+            Image.fromarray(np.round(image * 255).astype(np.uint8))
+            .convert(Image.open(out / "imagefolder" / row["file_name"]).mode)
+            .convert("RGB"),
+            dtype=int,
+        )
         worst = max(worst, int(np.abs(mine - plain).max()))
     return worst
 
@@ -204,53 +265,91 @@ def run_dataset(dataset: str, args) -> dict:
         started = time.time()
         trained = train_condition(dataset, name, data, args) if CONDITIONS[name] is not None else None
         scores = utility(dataset, synthetic(dataset, name, trained, args), test, index, args)
-        rows[name] = {**(trained or {}), "auroc": float(np.mean(scores)), "auroc_sd": float(np.std(scores, ddof=1)),
-                      "auroc_diff_to_real": float(np.mean(scores) - np.mean(real))}
+        rows[name] = {
+            **(trained or {}),
+            "auroc": float(np.mean(scores)),
+            "auroc_sd": float(np.std(scores, ddof=1)),
+            "auroc_diff_to_real": float(np.mean(scores) - np.mean(real)),
+        }
         print(f"{dataset:24s} {name:8s} {_row_text(rows[name])}  ({time.time() - started:.0f} s)", flush=True)
-    return {"real_auroc": float(np.mean(real)), "real_sd": float(np.std(real, ddof=1)), "test_images": len(test_rows),
-            "train_images": len(train_real), "conditions": rows}
+    return {
+        "real_auroc": float(np.mean(real)),
+        "real_sd": float(np.std(real, ddof=1)),
+        "test_images": len(test_rows),
+        "train_images": len(train_real),
+        "conditions": rows,
+    }
 
 
 def _row_text(row: dict) -> str:
-    train = (f"trainable {row['trainable']:>9,}  file {row['file_bytes'] / 1e6:6.2f} MB  {row['s_per_step']:.3f} s/step  "
-             f"peak RSS {row['peak_rss_mb']:.0f} MB  loss {row['final_loss']:.4f}  " if "trainable" in row else " " * 86)
+    train = (
+        f"trainable {row['trainable']:>9,}  file {row['file_bytes'] / 1e6:6.2f} MB  {row['s_per_step']:.3f} s/step  "
+        f"peak RSS {row['peak_rss_mb']:.0f} MB  loss {row['final_loss']:.4f}  "
+        if "trainable" in row
+        else " " * 86
+    )
     return f"{train}AUROC {row['auroc']:.3f}±{row['auroc_sd']:.3f} (diff to real {row['auroc_diff_to_real']:+.3f})"
 
 
 def table(results: dict, unet_bytes: int) -> str:
     """The README table (markdown)."""
-    lines = ["| data set | condition | trainable params | file (MB) | % of UNet | s/step | ratio to full | peak RSS (MB) "
-             "| AUROC synthetic | diff to real |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| data set | condition | trainable params | file (MB) | % of UNet | s/step | ratio to full | peak RSS (MB) "
+        "| AUROC synthetic | diff to real |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for dataset, result in results["datasets"].items():
         full = result["conditions"]["full"]
         for name, row in result["conditions"].items():
             trained = "trainable" in row
-            cells = [f"{row['trainable']:,}", f"{row['file_bytes'] / 1e6:.2f}",
-                     f"{100 * row['file_bytes'] / unet_bytes:.1f}", f"{row['s_per_step']:.3f}",
-                     f"{row['s_per_step'] / full['s_per_step']:.2f}", f"{row['peak_rss_mb']:.0f}"] if trained else ["-"] * 6
-            lines.append(f"| {dataset} | {name} | " + " | ".join(cells) +
-                         f" | {row['auroc']:.3f} ± {row['auroc_sd']:.3f} | {row['auroc_diff_to_real']:+.3f} |")
-        lines.append(f"| {dataset} | real images | | | | | | | {result['real_auroc']:.3f} ± {result['real_sd']:.3f} | |")
+            cells = (
+                [
+                    f"{row['trainable']:,}",
+                    f"{row['file_bytes'] / 1e6:.2f}",
+                    f"{100 * row['file_bytes'] / unet_bytes:.1f}",
+                    f"{row['s_per_step']:.3f}",
+                    f"{row['s_per_step'] / full['s_per_step']:.2f}",
+                    f"{row['peak_rss_mb']:.0f}",
+                ]
+                if trained
+                else ["-"] * 6
+            )
+            lines.append(
+                f"| {dataset} | {name} | "
+                + " | ".join(cells)
+                + f" | {row['auroc']:.3f} ± {row['auroc_sd']:.3f} | {row['auroc_diff_to_real']:+.3f} |"
+            )
+        lines.append(
+            f"| {dataset} | real images | | | | | | | {result['real_auroc']:.3f} ± {result['real_sd']:.3f} | |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train-child", help=argparse.SUPPRESS)
     parser.add_argument("--sets", default="brain_tumor_mri,busi_breast_ultrasound")
     parser.add_argument("--steps", type=int, default=24, help="optimiser steps of every trained condition")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--train-per-class", type=int, default=50, help="training images per class (same for all)")
+    parser.add_argument(
+        "--train-per-class", type=int, default=50, help="training images per class (same for all)"
+    )
     parser.add_argument("--full-lr", type=float, default=1e-4, help="learning rate of full fine-tuning")
     parser.add_argument("--lora-lr", type=float, default=1e-3, help="learning rate of the LoRA conditions")
-    parser.add_argument("--per-class", type=int, default=12, help="synthetic (and real) training images per class")
+    parser.add_argument(
+        "--per-class", type=int, default=12, help="synthetic (and real) training images per class"
+    )
     parser.add_argument("--sample-steps", type=int, default=8, help="denoising steps of the synthetic images")
     parser.add_argument("--seeds", type=int, default=2, help="classifier seeds")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--resources", action="store_true", help="only time and measure the trainings (first set)")
+    parser.add_argument(
+        "--resources", action="store_true", help="only time and measure the trainings (first set)"
+    )
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/medisyn-lora-bench"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lora")
     args = parser.parse_args()
@@ -266,9 +365,12 @@ def main() -> None:
         return resources(args)
     started = time.time()
     results = {"args": {k: str(v) for k, v in vars(args).items() if k != "train_child"}, "datasets": {}}
-    print(f"budget: {args.steps} steps x batch {args.batch_size} for every trained condition (fp32, no EMA, "
-          f"{args.threads} threads, {args.train_per_class} training images per class); utility on {args.per_class} "
-          f"images per class ({args.sample_steps} denoising steps), {args.seeds} classifier seeds", flush=True)
+    print(
+        f"budget: {args.steps} steps x batch {args.batch_size} for every trained condition (fp32, no EMA, "
+        f"{args.threads} threads, {args.train_per_class} training images per class); utility on {args.per_class} "
+        f"images per class ({args.sample_steps} denoising steps), {args.seeds} classifier seeds",
+        flush=True,
+    )
     for dataset in args.sets.split(","):
         results["datasets"][dataset] = run_dataset(dataset, args)
     first = args.sets.split(",")[0]
@@ -282,8 +384,10 @@ def main() -> None:
     text = table(results, unet_fp32)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
-    print(f"medisyn generate --lora vs plain diffusers + load_lora_weights: max pixel difference "
-          f"{results['equivalence_max_pixel_difference']} (0-255 levels); {results['seconds']:.0f} s in all")
+    print(
+        f"medisyn generate --lora vs plain diffusers + load_lora_weights: max pixel difference "
+        f"{results['equivalence_max_pixel_difference']} (0-255 levels); {results['seconds']:.0f} s in all"
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def peak_rss(command: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=2)
@@ -55,22 +57,56 @@ def main() -> None:
         index = Path(tmp) / "index"
         build_index([str(DATA / "images")], index, embedder="pixel", index_type="flat", show_progress=False)
         for n in (args.small, args.large):
-            command = [sys.executable, "-m", "medisyn_cli", "generate", "--manifest", str(MANIFEST), "--n", str(n),
-                       "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--index", str(index),
-                       "--out", str(Path(tmp) / f"out-{n}"), "--no-progress"]
+            command = [
+                sys.executable,
+                "-m",
+                "medisyn_cli",
+                "generate",
+                "--manifest",
+                str(MANIFEST),
+                "--n",
+                str(n),
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--index",
+                str(index),
+                "--out",
+                str(Path(tmp) / f"out-{n}"),
+                "--no-progress",
+            ]
             mib, seconds = peak_rss(command)
             parquet = sum(p.stat().st_size for p in (Path(tmp) / f"out-{n}" / "parquet").glob("*.parquet"))
-            rows[n] = {"peak_rss_mib": round(mib, 1), "seconds": round(seconds, 1),
-                       "parquet_mib": round(parquet / 2**20, 1)}
-            print(f"  n={n}: peak RSS {mib:,.0f} MiB in {seconds:.0f} s (dataset {parquet / 2**20:.1f} MiB)",
-                  flush=True)
+            rows[n] = {
+                "peak_rss_mib": round(mib, 1),
+                "seconds": round(seconds, 1),
+                "parquet_mib": round(parquet / 2**20, 1),
+            }
+            print(
+                f"  n={n}: peak RSS {mib:,.0f} MiB in {seconds:.0f} s (dataset {parquet / 2**20:.1f} MiB)",
+                flush=True,
+            )
     ratio = rows[args.large]["peak_rss_mib"] / rows[args.small]["peak_rss_mib"]
     command = "python benchmarks/memory.py " + " ".join(sys.argv[1:])
-    print(f"\npeak RSS: n={args.small} (baseline) {rows[args.small]['peak_rss_mib']:,.0f} MiB, n={args.large} "
-          f"{rows[args.large]['peak_rss_mib']:,.0f} MiB, ratio {ratio:.3f} (target <= 1.10)\nreproduce: {command}")
+    print(
+        f"\npeak RSS: n={args.small} (baseline) {rows[args.small]['peak_rss_mib']:,.0f} MiB, n={args.large} "
+        f"{rows[args.large]['peak_rss_mib']:,.0f} MiB, ratio {ratio:.3f} (target <= 1.10)\nreproduce: {command}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runs": rows, "ratio": round(ratio, 3), "steps": args.steps,
-                                    "batch_size": args.batch_size, "command": command}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "runs": rows,
+                "ratio": round(ratio, 3),
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "command": command,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -36,36 +36,54 @@ def bare_loop(n: int, batch_size: int) -> dict:
     import torch
     from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
-    from medisyn_cli.generate.manifest import load_manifest
     from medisyn_cli.core.batching import batched
+    from medisyn_cli.generate.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs, quotas
     from medisyn_cli.pipeline.load import BUNDLED_MODEL
 
     settings = json.loads((BUNDLED_MODEL / "medisyn.json").read_text())["recommended"]
     pipe = DiffusionPipeline.from_pretrained(BUNDLED_MODEL, torch_dtype=torch.float32)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, algorithm_type="dpmsolver++"
+    )
     pipe.set_progress_bar_config(disable=True)
     manifest = load_manifest(MANIFEST)
     images = []
     for jobs in batched(iter_jobs(manifest, quotas(manifest.weights(), n), 0), batch_size):
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
         negatives = [job.negative_prompt for job in jobs]
-        images += pipe(prompt=[job.prompt for job in jobs], negative_prompt=negatives if any(negatives) else None,
-                       num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
-                       generator=generators).images
+        images += pipe(
+            prompt=[job.prompt for job in jobs],
+            negative_prompt=negatives if any(negatives) else None,
+            num_inference_steps=settings["steps"],
+            guidance_scale=settings["guidance"],
+            generator=generators,
+        ).images
     return {"seconds": time.perf_counter() - start, "images": len(images)}
 
 
-def medisyn_run(n: int, batch_size: int, index: str, out: str, overlap: bool | None, cache_prompts: bool) -> dict:
+def medisyn_run(
+    n: int, batch_size: int, index: str, out: str, overlap: bool | None, cache_prompts: bool
+) -> dict:
     start = time.perf_counter()
     from medisyn_cli.generate.config import GenerateConfig
     from medisyn_cli.generate.run import run_generate
 
-    config = GenerateConfig(manifest=str(MANIFEST), n=n, out=out, batch_size=batch_size, index=index,
-                            overlap=overlap, cache_prompts=cache_prompts)
+    config = GenerateConfig(
+        manifest=str(MANIFEST),
+        n=n,
+        out=out,
+        batch_size=batch_size,
+        index=index,
+        overlap=overlap,
+        cache_prompts=cache_prompts,
+    )
     summary = run_generate(config, show_progress=False)
-    return {"seconds": time.perf_counter() - start, "images": sum(c.written for c in summary.counts.values()),
-            "rejected": sum(c.rejected for c in summary.counts.values())}
+    return {
+        "seconds": time.perf_counter() - start,
+        "images": sum(c.written for c in summary.counts.values()),
+        "rejected": sum(c.rejected for c in summary.counts.values()),
+    }
 
 
 VARIANTS = {
@@ -82,14 +100,28 @@ def child(args) -> None:
     if spec["kind"] == "bare":
         result = bare_loop(args.n, args.batch_size)
     else:
-        result = medisyn_run(args.n, args.batch_size, args.index, args.child_out, spec["overlap"],
-                             spec["cache_prompts"])
+        result = medisyn_run(
+            args.n, args.batch_size, args.index, args.child_out, spec["overlap"], spec["cache_prompts"]
+        )
     print(json.dumps(result))
 
 
 def run_child(args, variant: str, index: Path, out: Path) -> dict:
-    command = [sys.executable, __file__, "--child", "--variant", variant, "--n", str(args.n), "--batch-size",
-               str(args.batch_size), "--index", str(index), "--child-out", str(out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--variant",
+        variant,
+        "--n",
+        str(args.n),
+        "--batch-size",
+        str(args.batch_size),
+        "--index",
+        str(index),
+        "--child-out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
@@ -104,13 +136,18 @@ def build_index(folder: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overhead.json")
-    parser.add_argument("--variants", default=",".join(v.strip() for v in VARIANTS),
-                        help="Comma-separated variants to run (the bare loop always runs).")
+    parser.add_argument(
+        "--variants",
+        default=",".join(v.strip() for v in VARIANTS),
+        help="Comma-separated variants to run (the bare loop always runs).",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
@@ -128,25 +165,48 @@ def main() -> None:
                 result = run_child(args, variant, index, Path(tmp) / f"out-{repeat}-{number}")
                 times[variant].append(result["seconds"])
                 extra[variant] = result
-                print(f"  repeat {repeat + 1}/{args.repeats} {variant.strip():<28} {result['seconds']:6.1f} s",
-                      flush=True)
+                print(
+                    f"  repeat {repeat + 1}/{args.repeats} {variant.strip():<28} {result['seconds']:6.1f} s",
+                    flush=True,
+                )
     base = statistics.median(times["bare diffusers loop"])
-    rows = {name: {"median_s": round(statistics.median(t), 2), "runs_s": [round(x, 2) for x in t],
-                   "ratio": round(statistics.median(t) / base, 3), **{k: v for k, v in extra[name].items()
-                                                                      if k != "seconds"}}
-            for name, t in times.items()}
+    rows = {
+        name: {
+            "median_s": round(statistics.median(t), 2),
+            "runs_s": [round(x, 2) for x in t],
+            "ratio": round(statistics.median(t) / base, 3),
+            **{k: v for k, v in extra[name].items() if k != "seconds"},
+        }
+        for name, t in times.items()
+    }
     command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:])
-    print(f"\n{args.n} images, bundled model, batch {args.batch_size}, {os.cpu_count()} CPUs, median of "
-          f"{args.repeats} fresh processes (model load included)")
+    print(
+        f"\n{args.n} images, bundled model, batch {args.batch_size}, {os.cpu_count()} CPUs, median of "
+        f"{args.repeats} fresh processes (model load included)"
+    )
     print(f"{'variant':<30} {'seconds':>8} {'img/s':>7} {'ratio':>6}")
     for name, row in rows.items():
         print(f"{name:<30} {row['median_s']:>8.1f} {args.n / row['median_s']:>7.2f} {row['ratio']:>6.3f}")
-    print(f"target: medisyn generate / bare loop <= 1.05 (#3), <= 1.10 with the general screening views (#16)\n"
-          f"reproduce: {command}")
+    print(
+        f"target: medisyn generate / bare loop <= 1.05 (#3), <= 1.10 with the general screening views (#16)\n"
+        f"reproduce: {command}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"n": args.n, "batch_size": args.batch_size, "repeats": args.repeats,
-                                    "cpus": os.cpu_count(), "machine": platform.machine(), "variants": rows,
-                                    "command": command}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "n": args.n,
+                "batch_size": args.batch_size,
+                "repeats": args.repeats,
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+                "variants": rows,
+                "command": command,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

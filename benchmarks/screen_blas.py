@@ -32,7 +32,9 @@ DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results" / "screen_blas"
 
 
-def run_screen(dataset: list[Path], index: Path, out: Path, blas: int | None) -> tuple[float, int, list[bytes]]:
+def run_screen(
+    dataset: list[Path], index: Path, out: Path, blas: int | None
+) -> tuple[float, int, list[bytes]]:
     """(seconds, images screened, screen.csv bytes) of one screen_dataset run per folder with BLAS_THREADS=blas."""
     from medisyn_cli.screening import embed
     from medisyn_cli.screening.audit import screen_dataset
@@ -57,7 +59,10 @@ def compare(first: bytes, second: bytes) -> tuple[bool, float]:
     a, b = (list(csv.DictReader(io.StringIO(t.decode()))) for t in (first, second))
     keys = [k for k in a[0] if k != "nn_similarity"] if a else []
     same = len(a) == len(b) and all(all(x[k] == y[k] for k in keys) for x, y in zip(a, b))
-    delta = max((abs(float(x["nn_similarity"] or 0) - float(y["nn_similarity"] or 0)) for x, y in zip(a, b)), default=0)
+    delta = max(
+        (abs(float(x["nn_similarity"] or 0) - float(y["nn_similarity"] or 0)) for x, y in zip(a, b)),
+        default=0,
+    )
     return same, delta
 
 
@@ -74,8 +79,10 @@ def main() -> None:
     args = parser.parse_args()
 
     blas = [f"{i['prefix']} {i['num_threads']} threads" for i in threadpool_info() if i["user_api"] == "blas"]
-    lines = [f"# python benchmarks/screen_blas.py --repeats {args.repeats}",
-             f"# {platform.machine()}, {__import__('os').cpu_count()} CPUs, BLAS: {', '.join(blas)}"]
+    lines = [
+        f"# python benchmarks/screen_blas.py --repeats {args.repeats}",
+        f"# {platform.machine()}, {__import__('os').cpu_count()} CPUs, BLAS: {', '.join(blas)}",
+    ]
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         clock = time.perf_counter()
@@ -85,25 +92,41 @@ def main() -> None:
         best, tables = {}, {}
         for _ in range(args.repeats):
             for name, blas_threads in runs.items():
-                seconds, count, table = run_screen([DATA / d for d in args.screen_data], work / "index", work, blas_threads)
+                seconds, count, table = run_screen(
+                    [DATA / d for d in args.screen_data], work / "index", work, blas_threads
+                )
                 best[name] = min(best.get(name, float("inf")), seconds)
                 tables[name] = table
     checks = [compare(a, b) for a, b in zip(*tables.values())]
     same, delta = all(c[0] for c in checks), max(c[1] for c in checks)
-    lines.append(f"screened: {', '.join(args.screen_data)} ({count} images), best of {args.repeats} runs each")
+    lines.append(
+        f"screened: {', '.join(args.screen_data)} ({count} images), best of {args.repeats} runs each"
+    )
     rates = {name: count / seconds for name, seconds in best.items()}
     for name, rate in rates.items():
         lines.append(f"  {name:<28} {best[name]:7.1f} s  {rate:7.1f} images/s")
     base, cand = rates.values()
-    lines.append(f"  ratio candidate / baseline: {cand / base:.2f}x; decisions identical: {same}; "
-                 f"max |similarity difference| {delta:.1e}")
+    lines.append(
+        f"  ratio candidate / baseline: {cand / base:.2f}x; decisions identical: {same}; "
+        f"max |similarity difference| {delta:.1e}"
+    )
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "screen_blas.txt").write_text("\n".join(lines) + "\n")
-    (args.out / "screen_blas.json").write_text(json.dumps(
-        {"images": count, "seconds": best, "images_per_s": rates, "ratio": cand / base, "decisions_identical": same,
-         "max_similarity_difference": delta},
-        indent=1) + "\n")
+    (args.out / "screen_blas.json").write_text(
+        json.dumps(
+            {
+                "images": count,
+                "seconds": best,
+                "images_per_s": rates,
+                "ratio": cand / base,
+                "decisions_identical": same,
+                "max_similarity_difference": delta,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     if not same or delta > 1e-5:
         sys.exit("screen.csv decisions differ between the two BLAS settings")
 

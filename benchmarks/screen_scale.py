@@ -70,6 +70,7 @@ PERCENTILES = (5, 25, 50, 75, 95)
 
 # --- realistic vectors ----------------------------------------------------------------------------------
 
+
 class Generator:
     """Synthetic pixel-embedder vectors made from the real ones (see the module docstring for the recipe)."""
 
@@ -88,13 +89,17 @@ class Generator:
         anchor = rng.integers(0, len(self.real), n)
         partners = self.neighbours[anchor[:, None], rng.integers(0, NEIGHBOURS, (n, 2))]
         sets = self.set_of[anchor]
-        randoms = self.by_set[self.set_start[sets][:, None]
-                              + (rng.random((n, 2)) * self.set_count[sets][:, None]).astype(np.int64)]
+        randoms = self.by_set[
+            self.set_start[sets][:, None]
+            + (rng.random((n, 2)) * self.set_count[sets][:, None]).astype(np.int64)
+        ]
         close = rng.random(n) < NEAR_DUPLICATES
         beta = (BETA_MAX * rng.random(n) * np.where(close, 0.1, 1.0)).astype(np.float32)[:, None]
         gamma = (GAMMA_MAX * rng.random(n) * np.where(close, 0.1, 1.0)).astype(np.float32)[:, None]
         u = rng.dirichlet((1.0, 1.0), n).astype(np.float32)
-        v = self.real[anchor] + beta * (u[:, :1] * self.real[partners[:, 0]] + u[:, 1:] * self.real[partners[:, 1]])
+        v = self.real[anchor] + beta * (
+            u[:, :1] * self.real[partners[:, 0]] + u[:, 1:] * self.real[partners[:, 1]]
+        )
         v += gamma * (self.real[randoms[:, 0]] + self.real[randoms[:, 1]]) / 2
         v += rng.standard_normal(v.shape, dtype=np.float32) * np.float32(SIGMA / math.sqrt(v.shape[1]))
         return _normalise(v)
@@ -119,7 +124,9 @@ def synthesise(generator: Generator, n: int, path: Path, seed: int, chunk: int =
     return vectors
 
 
-def make_queries(generator: Generator, vectors: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_queries(
+    generator: Generator, vectors: np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(queries, source id per query): first half near-copies of indexed rows, second half fresh rows (source -1)."""
     rng = np.random.default_rng(seed + 1)
     copies = n // 2
@@ -131,10 +138,12 @@ def make_queries(generator: Generator, vectors: np.ndarray, n: int, seed: int) -
     direction -= np.sum(direction * base, axis=1, keepdims=True) * base  # orthogonal to the source
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     cosine = rng.uniform(*COPY_COSINE, size=(copies, 1)).astype(np.float32)
-    near = _normalise(cosine * base + np.sqrt(1 - cosine ** 2) * direction)
+    near = _normalise(cosine * base + np.sqrt(1 - cosine**2) * direction)
     fresh = generator.sample(n - copies, rng)
-    return (np.ascontiguousarray(np.concatenate([near, fresh]), dtype=np.float32),
-            np.concatenate([source, np.full(n - copies, -1)]).astype(np.int64))
+    return (
+        np.ascontiguousarray(np.concatenate([near, fresh]), dtype=np.float32),
+        np.concatenate([source, np.full(n - copies, -1)]).astype(np.int64),
+    )
 
 
 def nearest_other(vectors: np.ndarray, sample: np.ndarray, chunk: int = 65_536) -> np.ndarray:
@@ -142,7 +151,7 @@ def nearest_other(vectors: np.ndarray, sample: np.ndarray, chunk: int = 65_536) 
     queries = np.asarray(vectors[sample], dtype=np.float32)
     best = np.full(len(sample), -np.inf, dtype=np.float32)
     for start in range(0, len(vectors), chunk):
-        sims = queries @ np.asarray(vectors[start:start + chunk]).T
+        sims = queries @ np.asarray(vectors[start : start + chunk]).T
         own = (sample >= start) & (sample < start + sims.shape[1])
         sims[np.where(own)[0], sample[own] - start] = -np.inf
         best = np.maximum(best, sims.max(axis=1))
@@ -151,11 +160,15 @@ def nearest_other(vectors: np.ndarray, sample: np.ndarray, chunk: int = 65_536) 
 
 def profile(similarities: np.ndarray) -> dict:
     """Percentiles of nearest-other similarity and the share at or above the pixel threshold."""
-    return {**{f"p{q}": round(float(np.percentile(similarities, q)), 3) for q in PERCENTILES},
-            "share_ge_0.97": round(float(np.mean(similarities >= 0.97)), 4), "sample": int(len(similarities))}
+    return {
+        **{f"p{q}": round(float(np.percentile(similarities, q)), 3) for q in PERCENTILES},
+        "share_ge_0.97": round(float(np.mean(similarities >= 0.97)), 4),
+        "sample": int(len(similarities)),
+    }
 
 
 # --- memory ---------------------------------------------------------------------------------------------
+
 
 def _status() -> dict:
     """VmRSS, VmHWM, RssAnon, RssFile of this process in bytes (Linux); {} elsewhere."""
@@ -164,13 +177,15 @@ def _status() -> dict:
     except OSError:
         return {}
     fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile") if k in fields}
+    return {
+        k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile") if k in fields
+    }
 
 
 class PeakRSS:
     """Peak resident-set growth over a block: resets the kernel's high-water mark (clear_refs 5) on entry."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         try:
             Path("/proc/self/clear_refs").write_text("5")
             self.reset = True
@@ -186,6 +201,7 @@ class PeakRSS:
 
 
 # --- one index type -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Exact:
@@ -210,13 +226,24 @@ def quality(sims: np.ndarray, ids: np.ndarray, truth: Exact, source: np.ndarray,
     hit = sims[:, 0] >= truth.sims[:, 0] - 1e-5
     copy = source >= 0
     found = (ids[copy, 0] == source[copy]) | (sims[copy, 0] >= truth.source_sims - 1e-5)
-    return {"recall_at_1": float(np.mean(hit)), "recall_at_1_copies": float(np.mean(hit[copy])),
-            "recall_at_1_fresh": float(np.mean(hit[~copy])),
-            "copy_detection": float(np.mean(sims[copy, 0] >= threshold)), "source_found": float(np.mean(found))}
+    return {
+        "recall_at_1": float(np.mean(hit)),
+        "recall_at_1_copies": float(np.mean(hit[copy])),
+        "recall_at_1_fresh": float(np.mean(hit[~copy])),
+        "copy_detection": float(np.mean(sims[copy, 0] >= threshold)),
+        "source_found": float(np.mean(found)),
+    }
 
 
-def measure(index_type: str, vectors: np.ndarray, queries: np.ndarray, source: np.ndarray, embedder,
-            work: Path, truth: Exact | None) -> tuple[dict, object, np.ndarray | None, Exact]:
+def measure(
+    index_type: str,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    source: np.ndarray,
+    embedder,
+    work: Path,
+    truth: Exact | None,
+) -> tuple[dict, object, np.ndarray | None, Exact]:
     """Build, size and search one index type; returns (results, faiss index, exact vectors or None, exact top-k)."""
     import faiss
 
@@ -238,17 +265,26 @@ def measure(index_type: str, vectors: np.ndarray, queries: np.ndarray, source: n
     if truth is None:  # the flat baseline is the exact answer
         copy = source >= 0
         truth = Exact(sims5, ids5, np.einsum("nd,nd->n", queries[copy], np.asarray(vectors[source[copy]])))
-    result = {"type": plan.type, "params": plan.params, "build_s": build, "build_cpu_s": build_cpu,
-              "index_bytes": size, "exact_vectors_bytes": int(vectors.nbytes) if exact is not None else 0,
-              "build_peak_rss_delta_bytes": build_memory.peak, "build_anon_rss_delta_bytes": build_memory.anon,
-              "search_peak_rss_delta_bytes": search_memory.peak,
-              "qps_k1": qps1, "qps_k5": qps5,
-              "k1": quality(sims1, ids1, truth, source, embedder.default_threshold),
-              "k5": quality(sims5, ids5, truth, source, embedder.default_threshold)}
+    result = {
+        "type": plan.type,
+        "params": plan.params,
+        "build_s": build,
+        "build_cpu_s": build_cpu,
+        "index_bytes": size,
+        "exact_vectors_bytes": int(vectors.nbytes) if exact is not None else 0,
+        "build_peak_rss_delta_bytes": build_memory.peak,
+        "build_anon_rss_delta_bytes": build_memory.anon,
+        "search_peak_rss_delta_bytes": search_memory.peak,
+        "qps_k1": qps1,
+        "qps_k5": qps5,
+        "k1": quality(sims1, ids1, truth, source, embedder.default_threshold),
+        "k5": quality(sims5, ids5, truth, source, embedder.default_threshold),
+    }
     return result, index, exact, truth
 
 
 # --- screening end to end -------------------------------------------------------------------------------
+
 
 def screening_images(images: list, count: int, seed: int) -> tuple[list, np.ndarray, list[str]]:
     """`count` real images, each altered by one of screen_quality's copy transforms; (images, source row, transform)."""
@@ -270,13 +306,22 @@ def screen(index, plan_type: str, exact, embedder, images: list, rows: np.ndarra
     from medisyn_cli.screening.screener import Screener
 
     count = index.ntotal
-    meta = {"format": FORMAT, "count": count, "threshold": embedder.default_threshold,
-            "embedder": {"spec": embedder.name, "settings": embedder.settings(), "dim": embedder.dim,
-                         "binary": embedder.binary},
-            "index": {"type": plan_type, "params": plan_index(plan_type, count, embedder, None).params},
-            "screening": {"views": "general"}}  # the default view set of indexes built since issue #16
-    training = TrainingIndex(Path("<memory>"), meta, embedder, index, [str(i) for i in range(count)],
-                             [None] * count, exact)
+    meta = {
+        "format": FORMAT,
+        "count": count,
+        "threshold": embedder.default_threshold,
+        "embedder": {
+            "spec": embedder.name,
+            "settings": embedder.settings(),
+            "dim": embedder.dim,
+            "binary": embedder.binary,
+        },
+        "index": {"type": plan_type, "params": plan_index(plan_type, count, embedder, None).params},
+        "screening": {"views": "general"},
+    }  # the default view set of indexes built since issue #16
+    training = TrainingIndex(
+        Path("<memory>"), meta, embedder, index, [str(i) for i in range(count)], [None] * count, exact
+    )
     screener = Screener(training)
     n, views = len(images), screener.views
     clock = time.perf_counter()
@@ -291,14 +336,24 @@ def screen(index, plan_type: str, exact, embedder, images: list, rows: np.ndarra
     clock = time.perf_counter()
     results = screener.check(images)
     check = time.perf_counter() - clock
-    return ({"images": n, "views": len(views), "embed_identity_ips": n / identity, "embed_views_ips": n / embed_views,
-             "view_search_ips": n / search, "check_ips": n / check, "check_s": check,
-             "near_copy": float(np.mean([r.near_copy for r in results])),
-             "source_match": float(np.mean([r.nn_id == row for r, row in zip(results, rows)]))},
-            np.array([r.nn_similarity for r in results], dtype=np.float32))
+    return (
+        {
+            "images": n,
+            "views": len(views),
+            "embed_identity_ips": n / identity,
+            "embed_views_ips": n / embed_views,
+            "view_search_ips": n / search,
+            "check_ips": n / check,
+            "check_s": check,
+            "near_copy": float(np.mean([r.near_copy for r in results])),
+            "source_match": float(np.mean([r.nn_id == row for r, row in zip(results, rows)])),
+        },
+        np.array([r.nn_similarity for r in results], dtype=np.float32),
+    )
 
 
 # --- report ---------------------------------------------------------------------------------------------
+
 
 class Report:
     """Lines printed as they come and kept for the results .txt."""
@@ -317,73 +372,111 @@ def mb(value: float | None) -> str:
 
 def print_tables(say: Report, results: dict, n: int, queries: int) -> None:
     base = results["flat"]
-    say(f"\n== indexes over {n:,} vectors, {queries:,} queries (half near-copies, half fresh); baseline: flat (exact)")
-    say(f"{'type':<6} {'build s':>8} {'(CPU s)':>8} {'index MB':>9} {'+vectors MB':>11} {'build RSS+ MB':>13} "
-        f"{'search RSS+ MB':>14} {'q/s k=1':>9} {'q/s k=5':>9} {'q/s ratio k=1/k=5':>17} {'mem ratio':>9}  params")
+    say(
+        f"\n== indexes over {n:,} vectors, {queries:,} queries (half near-copies, half fresh); baseline: flat (exact)"
+    )
+    say(
+        f"{'type':<6} {'build s':>8} {'(CPU s)':>8} {'index MB':>9} {'+vectors MB':>11} {'build RSS+ MB':>13} "
+        f"{'search RSS+ MB':>14} {'q/s k=1':>9} {'q/s k=5':>9} {'q/s ratio k=1/k=5':>17} {'mem ratio':>9}  params"
+    )
     for name, r in results.items():
-        say(f"{name:<6} {r['build_s']:>8.1f} {r['build_cpu_s']:>8.1f} {mb(r['index_bytes']):>9} "
+        say(
+            f"{name:<6} {r['build_s']:>8.1f} {r['build_cpu_s']:>8.1f} {mb(r['index_bytes']):>9} "
             f"{mb(r['exact_vectors_bytes'] or None):>11} {mb(r['build_peak_rss_delta_bytes']):>13} "
             f"{mb(r['search_peak_rss_delta_bytes']):>14} {r['qps_k1']:>9,.0f} {r['qps_k5']:>9,.0f} "
             f"{r['qps_k1'] / base['qps_k1']:>8.2f}/{r['qps_k5'] / base['qps_k5']:<8.2f} "
-            f"{r['index_bytes'] / base['index_bytes']:>9.3f}  {r['params'] or ''}")
-    say("  index MB: faiss.write_index size; +vectors: IVF-PQ's exact vectors (vectors.npy, memory-mapped) used to "
+            f"{r['index_bytes'] / base['index_bytes']:>9.3f}  {r['params'] or ''}"
+        )
+    say(
+        "  index MB: faiss.write_index size; +vectors: IVF-PQ's exact vectors (vectors.npy, memory-mapped) used to "
         "re-score its candidates; RSS+: peak resident growth of the process (the memory-mapped vectors are in the "
-        "baseline); mem ratio: index MB / flat's")
-    say(f"\n{'type':<6} {'k':>2} {'recall@1':>9} {'copies':>8} {'fresh':>8} {'copy det @0.97':>15} {'source found':>13}")
+        "baseline); mem ratio: index MB / flat's"
+    )
+    say(
+        f"\n{'type':<6} {'k':>2} {'recall@1':>9} {'copies':>8} {'fresh':>8} {'copy det @0.97':>15} {'source found':>13}"
+    )
     for name, r in results.items():
         for k in ("k1", "k5"):
             q = r[k]
-            say(f"{name:<6} {k[1:]:>2} {100 * q['recall_at_1']:>8.2f}% {100 * q['recall_at_1_copies']:>7.2f}% "
+            say(
+                f"{name:<6} {k[1:]:>2} {100 * q['recall_at_1']:>8.2f}% {100 * q['recall_at_1_copies']:>7.2f}% "
                 f"{100 * q['recall_at_1_fresh']:>7.2f}% {100 * q['copy_detection']:>14.2f}% "
-                f"{100 * q['source_found']:>12.2f}%")
+                f"{100 * q['source_found']:>12.2f}%"
+            )
 
 
 def print_screening(say: Report, screening: dict) -> None:
-    say("\n== screening end to end: Screener(index).check(images), views on, real 64x64 images altered by "
-        "screen_quality's copy transforms (all are copies of indexed images)")
-    say(f"{'index':<6} {'images':>6} {'views':>5} {'embed img/s':>11} {'embed views img/s':>17} "
-        f"{'view search img/s':>17} {'check img/s':>11} {'near-copy':>9} {'source':>7} {'= flat':>7}")
+    say(
+        "\n== screening end to end: Screener(index).check(images), views on, real 64x64 images altered by "
+        "screen_quality's copy transforms (all are copies of indexed images)"
+    )
+    say(
+        f"{'index':<6} {'images':>6} {'views':>5} {'embed img/s':>11} {'embed views img/s':>17} "
+        f"{'view search img/s':>17} {'check img/s':>11} {'near-copy':>9} {'source':>7} {'= flat':>7}"
+    )
     for name, s in screening.items():
-        say(f"{name:<6} {s['images']:>6} {s['views']:>5} {s['embed_identity_ips']:>11,.0f} {s['embed_views_ips']:>17,.1f} "
+        say(
+            f"{name:<6} {s['images']:>6} {s['views']:>5} {s['embed_identity_ips']:>11,.0f} {s['embed_views_ips']:>17,.1f} "
             f"{s['view_search_ips']:>17,.1f} {s['check_ips']:>11,.1f} {100 * s['near_copy']:>8.1f}% "
-            f"{100 * s['source_match']:>6.1f}% {100 * s['agrees_with_flat']:>6.1f}%")
+            f"{100 * s['source_match']:>6.1f}% {100 * s['agrees_with_flat']:>6.1f}%"
+        )
     if "flat" in screening and len(screening) > 1:
-        say("  source: the match is the image's own row (a synthetic near-duplicate of it may score higher); "
-            "= flat: share of the images screened against flat too whose similarity equals flat's (within 1e-5)")
+        say(
+            "  source: the match is the image's own row (a synthetic near-duplicate of it may score higher); "
+            "= flat: share of the images screened against flat too whose similarity equals flat's (within 1e-5)"
+        )
         base = screening["flat"]["check_ips"]
-        say("  check img/s ratio vs flat: " + ", ".join(f"{k} {v['check_ips'] / base:.2f}"
-                                                       for k, v in screening.items() if k != "flat"))
+        say(
+            "  check img/s ratio vs flat: "
+            + ", ".join(f"{k} {v['check_ips'] / base:.2f}" for k, v in screening.items() if k != "flat")
+        )
 
 
 # --- main -----------------------------------------------------------------------------------------------
 
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="Indexed vectors (the first 6,754 are real).")
+    parser.add_argument(
+        "--n", type=int, default=1_000_000, help="Indexed vectors (the first 6,754 are real)."
+    )
     parser.add_argument("--queries", type=int, default=10_000, help="Queries: half near-copies, half fresh.")
-    parser.add_argument("--types", default=",".join(TYPES), help="Index types; flat (the baseline) always runs.")
+    parser.add_argument(
+        "--types", default=",".join(TYPES), help="Index types; flat (the baseline) always runs."
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "screen_scale.json")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--screen-images", type=int, default=512, help="Real images screened end to end.")
-    parser.add_argument("--screen-flat-images", type=int, default=128,
-                        help="Of those, how many against the flat index (exact search of 61 views each is slow).")
-    parser.add_argument("--work", type=Path, default=None, help="Folder for the memory-mapped vectors (default: a temp dir).")
+    parser.add_argument(
+        "--screen-flat-images",
+        type=int,
+        default=128,
+        help="Of those, how many against the flat index (exact search of 61 views each is slow).",
+    )
+    parser.add_argument(
+        "--work", type=Path, default=None, help="Folder for the memory-mapped vectors (default: a temp dir)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     unknown = [t for t in types if t not in TYPES]
     if unknown or args.n < 2 or args.queries < 2:
-        parser.error(f"--types from {', '.join(TYPES)} (got {', '.join(unknown)}); --n and --queries >= 2"
-                     if unknown else "--n and --queries must be >= 2")
+        parser.error(
+            f"--types from {', '.join(TYPES)} (got {', '.join(unknown)}); --n and --queries >= 2"
+            if unknown
+            else "--n and --queries must be >= 2"
+        )
     args.types = ["flat"] + [t for t in types if t != "flat"]
     return args
 
 
 def command(args: argparse.Namespace) -> str:
     threads = os.environ.get("OMP_NUM_THREADS")
-    return (("" if threads is None else f"OMP_NUM_THREADS={threads} ") + "python benchmarks/screen_scale.py"
-            f" --n {args.n} --queries {args.queries} --types {','.join(args.types)} --seed {args.seed}"
-            f" --screen-images {args.screen_images} --screen-flat-images {args.screen_flat_images}")
+    return (
+        ("" if threads is None else f"OMP_NUM_THREADS={threads} ") + "python benchmarks/screen_scale.py"
+        f" --n {args.n} --queries {args.queries} --types {','.join(args.types)} --seed {args.seed}"
+        f" --screen-images {args.screen_images} --screen-flat-images {args.screen_flat_images}"
+    )
 
 
 def main() -> None:
@@ -395,8 +488,10 @@ def main() -> None:
     args = parse_args()
     say, started = Report(), time.time()
     say(f"# {command(args)}")
-    say(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, faiss {faiss.__version__} "
-        f"with {faiss.omp_get_max_threads()} threads, numpy {np.__version__}, nice {os.nice(0)}")
+    say(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, faiss {faiss.__version__} "
+        f"with {faiss.omp_get_max_threads()} threads, numpy {np.__version__}, nice {os.nice(0)}"
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="screen_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -405,9 +500,12 @@ def main() -> None:
         images, sets, _, _ = load(args.data)
         real = embed_all(embedder, images)
         generator = Generator(real, sets)
-        realism = {"real": profile(nearest_other(real, np.arange(len(real)))),
-                   "generator_sample": profile(nearest_other(generator.sample(len(real), np.random.default_rng(99)),
-                                                             np.arange(len(real))))}
+        realism = {
+            "real": profile(nearest_other(real, np.arange(len(real)))),
+            "generator_sample": profile(
+                nearest_other(generator.sample(len(real), np.random.default_rng(99)), np.arange(len(real)))
+            ),
+        }
         # 2. the indexed vectors (memory-mapped; its pages stay mapped, so they are in every RSS baseline) and queries
         clock = time.time()
         vectors = synthesise(generator, args.n, work / "vectors.npy", args.seed)
@@ -415,29 +513,41 @@ def main() -> None:
         queries, source = make_queries(generator, vectors, args.queries, args.seed)
         sample = np.sort(np.random.default_rng(3).choice(args.n, size=min(1000, args.n), replace=False))
         realism["indexed"] = profile(nearest_other(vectors, sample))
-        say(f"{len(real):,} real images embedded ({embedder.name}, dim {embedder.dim}); {args.n:,} vectors "
+        say(
+            f"{len(real):,} real images embedded ({embedder.name}, dim {embedder.dim}); {args.n:,} vectors "
             f"({min(args.n, len(real)):,} real + {max(0, args.n - len(real)):,} synthetic, {vectors.nbytes / 1e9:.2f} GB, "
-            f"made in {synth_s:.0f} s); {args.queries:,} queries")
+            f"made in {synth_s:.0f} s); {args.queries:,} queries"
+        )
         say("nearest-other-vector similarity " + "/".join(f"p{q}" for q in PERCENTILES) + ", share >= 0.97:")
         for name, p in realism.items():
-            say(f"  {name:<17} " + "/".join(f"{p[f'p{q}']:.3f}" for q in PERCENTILES)
-                + f"  {100 * p['share_ge_0.97']:.1f}%  (sample {p['sample']:,})")
+            say(
+                f"  {name:<17} "
+                + "/".join(f"{p[f'p{q}']:.3f}" for q in PERCENTILES)
+                + f"  {100 * p['share_ge_0.97']:.1f}%  (sample {p['sample']:,})"
+            )
         # 3. each index type: build, size, search, then screen real images through it; one index alive at a time
         picked, rows, transforms_used = screening_images(images[: args.n], args.screen_images, args.seed)
         results, screening, truth, flat_screened = {}, {}, None, None
         for index_type in args.types:
             clock = time.time()
-            results[index_type], index, exact, truth = measure(index_type, vectors, queries, source, embedder,
-                                                               work, truth)
+            results[index_type], index, exact, truth = measure(
+                index_type, vectors, queries, source, embedder, work, truth
+            )
             count = min(len(picked), args.screen_flat_images) if index_type == "flat" else len(picked)
-            screening[index_type], screened = screen(index, index_type, exact, embedder, picked[:count], rows[:count])
+            screening[index_type], screened = screen(
+                index, index_type, exact, embedder, picked[:count], rows[:count]
+            )
             flat_screened = screened if index_type == "flat" or flat_screened is None else flat_screened
             same = min(len(flat_screened), len(screened))  # the images also screened against flat
-            screening[index_type]["agrees_with_flat"] = float(np.mean(screened[:same] >= flat_screened[:same] - 1e-5))
+            screening[index_type]["agrees_with_flat"] = float(
+                np.mean(screened[:same] >= flat_screened[:same] - 1e-5)
+            )
             screening[index_type]["agreement_images"] = same
             del index, exact
-            say(f"  {index_type}: built in {results[index_type]['build_s']:.0f} s, measured and screened in "
-                f"{time.time() - clock:.0f} s")
+            say(
+                f"  {index_type}: built in {results[index_type]['build_s']:.0f} s, measured and screened in "
+                f"{time.time() - clock:.0f} s"
+            )
         print_tables(say, results, args.n, args.queries)
         print_screening(say, screening)
         say(f"\ntotal {time.time() - started:.0f} s")
@@ -446,14 +556,40 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     # 4. results
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "command": command(args), "n": args.n, "queries": args.queries, "seed": args.seed,
-        "embedder": {"spec": embedder.name, "dim": embedder.dim, "threshold": embedder.default_threshold},
-        "generator": {"neighbours": NEIGHBOURS, "beta_max": BETA_MAX, "gamma_max": GAMMA_MAX, "sigma": SIGMA,
-                      "near_duplicates": NEAR_DUPLICATES, "copy_cosine": COPY_COSINE},
-        "realism": realism, "indexes": results, "screening": screening,
-        "screening_transforms": transforms_used, "cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
-        "faiss": faiss.__version__, "total_s": time.time() - started}, indent=1, default=str) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": command(args),
+                "n": args.n,
+                "queries": args.queries,
+                "seed": args.seed,
+                "embedder": {
+                    "spec": embedder.name,
+                    "dim": embedder.dim,
+                    "threshold": embedder.default_threshold,
+                },
+                "generator": {
+                    "neighbours": NEIGHBOURS,
+                    "beta_max": BETA_MAX,
+                    "gamma_max": GAMMA_MAX,
+                    "sigma": SIGMA,
+                    "near_duplicates": NEAR_DUPLICATES,
+                    "copy_cosine": COPY_COSINE,
+                },
+                "realism": realism,
+                "indexes": results,
+                "screening": screening,
+                "screening_transforms": transforms_used,
+                "cpus": os.cpu_count(),
+                "faiss_threads": faiss.omp_get_max_threads(),
+                "faiss": faiss.__version__,
+                "total_s": time.time() - started,
+            },
+            indent=1,
+            default=str,
+        )
+        + "\n"
+    )
     args.out.with_suffix(".txt").write_text("\n".join(say.lines) + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.txt')}\nreproduce: {command(args)}")
 

@@ -22,9 +22,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-SETS = {"isic2017_dermoscopy": "mini_dermoscopy", "kermany_pediatric_cxr": "mini_chest_xray",
-        "brain_tumor_mri": "mini_brain_mri", "busi_breast_ultrasound": "mini_breast_ultrasound",
-        "mednist_radiology": "mini_radiology", "bccd_blood_smear": "mini_blood_smear"}
+SETS = {
+    "isic2017_dermoscopy": "mini_dermoscopy",
+    "kermany_pediatric_cxr": "mini_chest_xray",
+    "brain_tumor_mri": "mini_brain_mri",
+    "busi_breast_ultrasound": "mini_breast_ultrasound",
+    "mednist_radiology": "mini_radiology",
+    "bccd_blood_smear": "mini_blood_smear",
+}
 
 
 def real_split(dataset: str, model: Path) -> tuple[list, list]:
@@ -61,20 +66,42 @@ def train_and_score(x_train, y_train, x_test, y_test, classes: int, seed: int, e
     return float(roc_auc_score(y_test, probs, multi_class="ovr", average="macro"))
 
 
-def synthetic(manifest: Path, per_class: int, out: Path, model: str | None, steps: int,
-              guidance: float | None, seed: int = 0) -> list:
+def synthetic(
+    manifest: Path,
+    per_class: int,
+    out: Path,
+    model: str | None,
+    steps: int,
+    guidance: float | None,
+    seed: int = 0,
+) -> list:
     """Generate per_class images per class with medisyn (or reuse those in OUT made with the same options);
     returns (path, label)."""
     from medisyn_cli.generate.config import GenerateConfig
     from medisyn_cli.generate.manifest import load_manifest
     from medisyn_cli.generate.run import run_generate
 
-    wanted = {"n": per_class * len(load_manifest(manifest).labels), "model": model, "steps": steps,
-              "guidance": guidance, "seed": seed}
+    wanted = {
+        "n": per_class * len(load_manifest(manifest).labels),
+        "model": model,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+    }
     run = out / "run.json"
-    if not (run.exists() and all(json.loads(run.read_text())["options"].get(k) == v for k, v in wanted.items())):
-        run_generate(GenerateConfig(manifest=str(manifest), out=str(out), **wanted, batch_size=64,
-                                    formats=("imagefolder",), overwrite=True))
+    if not (
+        run.exists() and all(json.loads(run.read_text())["options"].get(k) == v for k, v in wanted.items())
+    ):
+        run_generate(
+            GenerateConfig(
+                manifest=str(manifest),
+                out=str(out),
+                **wanted,
+                batch_size=64,
+                formats=("imagefolder",),
+                overwrite=True,
+            )
+        )
     rows = csv.DictReader(open(out / "imagefolder" / "metadata.csv"))
     return [(out / "imagefolder" / r["file_name"], r["label"]) for r in rows]
 
@@ -99,11 +126,15 @@ def comparison_grid(rows: list, path: Path) -> None:
     for label, real, synth in rows:
         images += [Image.open(p).convert("RGB") for p in (real + synth)]
         labels.append(label)
-    image_grid(images, rows=len(rows), path=path, labels=[f"{l}: real | synthetic" for l in labels], label_width=260)
+    image_grid(
+        images, rows=len(rows), path=path, labels=[f"{l}: real | synthetic" for l in labels], label_width=260
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
@@ -127,34 +158,62 @@ def main() -> None:
     for dataset, manifest in ((d, SETS[d]) for d in args.sets.split(",")):
         started = time.time()
         train_real, test = real_split(dataset, model_dir)
-        synth = synthetic(REPO / "prompts" / f"{manifest}.csv", args.per_class, args.out / dataset,
-                          args.model, args.steps, args.guidance, args.generate_seed)
+        synth = synthetic(
+            REPO / "prompts" / f"{manifest}.csv",
+            args.per_class,
+            args.out / dataset,
+            args.model,
+            args.steps,
+            args.guidance,
+            args.generate_seed,
+        )
         labels = sorted({label for _, label in test})
         index = {label: i for i, label in enumerate(labels)}
         x_test, y_test = load([p for p, _ in test], args.size), np.array([index[l] for _, l in test])
         scores = {"real": [], "synthetic": []}
         for seed in range(args.seeds):
-            for name, rows in (("real", balanced_sample(train_real, args.per_class, seed)), ("synthetic", synth)):
+            for name, rows in (
+                ("real", balanced_sample(train_real, args.per_class, seed)),
+                ("synthetic", synth),
+            ):
                 x = load([p for p, _ in rows], args.size)
                 y = np.array([index[l] for _, l in rows])
                 scores[name].append(train_and_score(x, y, x_test, y_test, len(labels), seed, args.epochs))
-        row = {"dataset": dataset, "classes": len(labels), "test_images": len(test),
-               "real_train_per_class": min(args.per_class, min(sum(1 for _, l in train_real if l == c) for c in labels)),
-               "synthetic_per_class": args.per_class,
-               "real_auroc": float(np.mean(scores["real"])), "real_std": float(np.std(scores["real"])),
-               "synthetic_auroc": float(np.mean(scores["synthetic"])), "synthetic_std": float(np.std(scores["synthetic"])),
-               "seconds": round(time.time() - started, 1)}
+        row = {
+            "dataset": dataset,
+            "classes": len(labels),
+            "test_images": len(test),
+            "real_train_per_class": min(
+                args.per_class, min(sum(1 for _, l in train_real if l == c) for c in labels)
+            ),
+            "synthetic_per_class": args.per_class,
+            "real_auroc": float(np.mean(scores["real"])),
+            "real_std": float(np.std(scores["real"])),
+            "synthetic_auroc": float(np.mean(scores["synthetic"])),
+            "synthetic_std": float(np.std(scores["synthetic"])),
+            "seconds": round(time.time() - started, 1),
+        }
         row["difference"] = row["synthetic_auroc"] - row["real_auroc"]
         row["ratio"] = row["synthetic_auroc"] / row["real_auroc"]
         results.append(row)
-        grid_rows += [(label, [p for p, l in balanced_sample(train_real, 4, 0) if l == label],
-                       [p for p, l in synth if l == label][:4]) for label in labels]
-        print(f"{dataset:24s} real {row['real_auroc']:.3f}±{row['real_std']:.3f}  synthetic "
-              f"{row['synthetic_auroc']:.3f}±{row['synthetic_std']:.3f}  diff {row['difference']:+.3f}  "
-              f"ratio {row['ratio']:.3f}  ({row['test_images']} test images)", flush=True)
+        grid_rows += [
+            (
+                label,
+                [p for p, l in balanced_sample(train_real, 4, 0) if l == label],
+                [p for p, l in synth if l == label][:4],
+            )
+            for label in labels
+        ]
+        print(
+            f"{dataset:24s} real {row['real_auroc']:.3f}±{row['real_std']:.3f}  synthetic "
+            f"{row['synthetic_auroc']:.3f}±{row['synthetic_std']:.3f}  diff {row['difference']:+.3f}  "
+            f"ratio {row['ratio']:.3f}  ({row['test_images']} test images)",
+            flush=True,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                       "results": results}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+    )
     comparison_grid(grid_rows, args.out / "real_vs_synthetic.png")
     mean_real = np.mean([r["real_auroc"] for r in results])
     mean_syn = np.mean([r["synthetic_auroc"] for r in results])

@@ -1,6 +1,6 @@
 """Load a medisyn output folder with pandas, Hugging Face datasets and torchvision.
 
-    python examples/load_dataset.py OUT
+python examples/load_dataset.py OUT
 """
 
 import sys

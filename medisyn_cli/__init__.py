@@ -22,5 +22,14 @@ from medisyn_cli.screening.build import build_index
 from medisyn_cli.train.loop import TrainConfig  # noqa: E402
 from medisyn_cli.train.loop import train as run_train  # noqa: E402
 
-__all__ = ["GenerateConfig", "MedisynError", "TrainConfig", "build_index", "load_manifest", "load_pipeline",
-           "run_generate", "run_train", "screen_dataset"]
+__all__ = [
+    "GenerateConfig",
+    "MedisynError",
+    "TrainConfig",
+    "build_index",
+    "load_manifest",
+    "load_pipeline",
+    "run_generate",
+    "run_train",
+    "screen_dataset",
+]

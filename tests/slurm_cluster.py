@@ -38,13 +38,27 @@ import pytest
 
 __all__ = ["SlurmCluster", "SlurmError", "slurm_available", "slurm_cluster", "TERMINAL_STATES"]
 
-MARKER = "MEDISYN_SLURM_CLUSTER"  # env var carrying the cluster's temp dir; used to find its leftover processes
+MARKER = (
+    "MEDISYN_SLURM_CLUSTER"  # env var carrying the cluster's temp dir; used to find its leftover processes
+)
 SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "scancel", "srun")
-TERMINAL_STATES = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
-    "DEADLINE", "SPECIAL_EXIT", "REVOKED"})
+TERMINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "SPECIAL_EXIT",
+        "REVOKED",
+    }
+)
 _FIELD = re.compile(r"([A-Za-z][A-Za-z0-9_/:]*)=(.*?)(?= [A-Za-z][A-Za-z0-9_/:]*=|$)")
 
 
@@ -125,8 +139,14 @@ class SlurmCluster:
     ``env`` is the environment for anything that must talk to this cluster (it has ``SLURM_CONF``).
     """
 
-    def __init__(self, *, cpus: int | None = None, start_timeout: float = 60.0, keep: bool | None = None,
-                 cred_expire: int = 10):
+    def __init__(
+        self,
+        *,
+        cpus: int | None = None,
+        start_timeout: float = 60.0,
+        keep: bool | None = None,
+        cred_expire: int = 10,
+    ):
         self.real_cpus = os.cpu_count() or 1
         self.cpus = cpus or self.real_cpus
         self.start_timeout = start_timeout
@@ -161,7 +181,9 @@ class SlurmCluster:
             logs = self.log_tail()
             self.stop()
             if isinstance(sys.exc_info()[1], Exception):
-                raise SlurmError(f"could not start the test SLURM cluster: {sys.exc_info()[1]}\n{logs}") from None
+                raise SlurmError(
+                    f"could not start the test SLURM cluster: {sys.exc_info()[1]}\n{logs}"
+                ) from None
             raise
         return self
 
@@ -170,9 +192,15 @@ class SlurmCluster:
         for sub in ("state", "spool", f"spool/slurmd-{self.node}", "log", "munge"):
             (self.tmp / sub).mkdir(mode=0o700)
         path = os.environ.get("PATH", "/usr/bin:/bin")
-        self.env = {**os.environ, "SLURM_CONF": str(self.tmp / "slurm.conf"), MARKER: str(self.tmp),
-                    "PATH": path + ":" + SBIN_PATH}
-        for var in [v for v in self.env if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SQUEUE_"))]:
+        self.env = {
+            **os.environ,
+            "SLURM_CONF": str(self.tmp / "slurm.conf"),
+            MARKER: str(self.tmp),
+            "PATH": path + ":" + SBIN_PATH,
+        }
+        for var in [
+            v for v in self.env if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SQUEUE_"))
+        ]:
             if var != "SLURM_CONF":  # no outer job's settings leak into ours
                 del self.env[var]
         self.env.pop("MUNGE_SOCKET", None)
@@ -184,14 +212,27 @@ class SlurmCluster:
         self.conf = self.tmp / "slurm.conf"
         self.conf.write_text(self._slurm_conf(munge_socket))
 
-        self._spawn("munged", [_which("munged"), "--foreground", "--force", f"--socket={munge_socket}",
-                               f"--key-file={key}", f"--pid-file={self.tmp / 'munge' / 'munged.pid'}",
-                               f"--seed-file={self.tmp / 'munge' / 'munged.seed'}",
-                               f"--log-file={self.tmp / 'log' / 'munged.log'}", "--num-threads=2"])
+        self._spawn(
+            "munged",
+            [
+                _which("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={self.tmp / 'munge' / 'munged.pid'}",
+                f"--seed-file={self.tmp / 'munge' / 'munged.seed'}",
+                f"--log-file={self.tmp / 'log' / 'munged.log'}",
+                "--num-threads=2",
+            ],
+        )
         self._wait_for(lambda: munge_socket.exists(), 15, "munged socket")
         self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
-        self._wait_for(lambda: self.cmd("scontrol", "ping", check=False).returncode == 0, self.start_timeout,
-                       "slurmctld to answer")
+        self._wait_for(
+            lambda: self.cmd("scontrol", "ping", check=False).returncode == 0,
+            self.start_timeout,
+            "slurmctld to answer",
+        )
         self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.node])
         self._wait_for(self._node_idle, self.start_timeout, f"node {self.node} to be idle")
 
@@ -250,8 +291,15 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
         log = open(self.tmp / "log" / f"{name}.stdout", "ab")  # noqa: SIM115 - kept open by the child
         try:
             self._procs[name] = subprocess.Popen(
-                argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.tmp, start_new_session=True, preexec_fn=_die_with_parent)
+                argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         finally:
             log.close()
 
@@ -287,8 +335,10 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
                 if ids:
                     self.cmd("scancel", *sorted(set(ids)), check=False, timeout=10)
                     deadline = time.monotonic() + 10  # KillWait=2: SIGTERM, 2 s, SIGKILL, then completing
-                    while time.monotonic() < deadline and \
-                            self.cmd("squeue", "-h", "-o", "%A", check=False, timeout=10).stdout.strip():
+                    while (
+                        time.monotonic() < deadline
+                        and self.cmd("squeue", "-h", "-o", "%A", check=False, timeout=10).stdout.strip()
+                    ):
                         time.sleep(0.2)
             except Exception:  # noqa: BLE001 - stopping must go on
                 pass
@@ -343,7 +393,9 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
         return {name: proc.pid for name, proc in self._procs.items()}
 
     # ------------------------------------------------------------------ using it
-    def cmd(self, *argv: str, check: bool = True, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    def cmd(
+        self, *argv: str, check: bool = True, timeout: float = 30, **kwargs
+    ) -> subprocess.CompletedProcess:
         """Run a SLURM client command (``sbatch``, ``squeue``, ...) against this cluster; text output captured."""
         kwargs.setdefault("env", self.env)
         proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kwargs)
@@ -351,16 +403,23 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
             raise SlurmError(f"{' '.join(argv)} exited with {proc.returncode}: {proc.stderr.strip()}")
         return proc
 
-    def sbatch(self, script: str | os.PathLike, *args: str, script_args: tuple[str, ...] = (),
-               env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None) -> int:
+    def sbatch(
+        self,
+        script: str | os.PathLike,
+        *args: str,
+        script_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+    ) -> int:
         """Submit ``script`` with sbatch options ``args``; returns the job id (the array job id for arrays).
 
         ``env``: extra variables for the job, exported through sbatch's own environment. (Prefer this to
         ``--export=ALL,VAR=...``: any explicit ``--export`` list makes slurmd load root's login environment with
         ``su - root -c env`` first, which costs ~5 s per job here.)
         """
-        out = self.cmd("sbatch", "--parsable", *args, str(script), *script_args, cwd=cwd,
-                       env={**self.env, **(env or {})}).stdout.strip()
+        out = self.cmd(
+            "sbatch", "--parsable", *args, str(script), *script_args, cwd=cwd, env={**self.env, **(env or {})}
+        ).stdout.strip()
         return int(out.split(";")[0])
 
     def records(self, job_id: int) -> list[dict[str, str]]:
@@ -390,11 +449,16 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
         deadline = time.monotonic() + timeout
         while True:
             states = self.states(job_id)
-            if states and all(isinstance(t, int) or t is None for t in states) and \
-                    all(s in TERMINAL_STATES for s in states.values()):
+            if (
+                states
+                and all(isinstance(t, int) or t is None for t in states)
+                and all(s in TERMINAL_STATES for s in states.values())
+            ):
                 return dict(sorted(states.items(), key=lambda kv: -1 if kv[0] is None else kv[0]))
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} not finished after {timeout} s: {states}\n{self.log_tail()}")
+                raise TimeoutError(
+                    f"job {job_id} not finished after {timeout} s: {states}\n{self.log_tail()}"
+                )
             time.sleep(poll)
 
     def history(self, job_id: int | None = None) -> list[dict[str, str]]:

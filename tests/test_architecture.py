@@ -38,8 +38,10 @@ def _own_imports(tree: ast.Module, modules: set[str]):
 
 def _graph() -> dict[str, set[str]]:
     trees = _modules()
-    return {name: {target for _, target in _own_imports(tree, set(trees)) if target != name}
-            for name, tree in trees.items()}
+    return {
+        name: {target for _, target in _own_imports(tree, set(trees)) if target != name}
+        for name, tree in trees.items()
+    }
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -51,7 +53,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state and (found := visit(target)):
                 return found
         stack.pop()
@@ -75,28 +77,40 @@ def test_cycle_check_finds_a_cycle():
 
 def test_medisyn_modules_are_imported_at_module_level():
     trees = _modules()
-    lazy = [f"{name}:{node.lineno}" for name, tree in trees.items() for node, _ in _own_imports(tree, set(trees))
-            if node not in tree.body]
+    lazy = [
+        f"{name}:{node.lineno}"
+        for name, tree in trees.items()
+        for node, _ in _own_imports(tree, set(trees))
+        if node not in tree.body
+    ]
     assert not lazy, f"imports of medisyn modules inside functions: {lazy}"
 
 
 def _body_lines(node: ast.FunctionDef) -> int:
-    """Lines of a function's body after its signature and docstring (a Typer command's signature is its table of
-    options, read like data)."""
+    """Logical lines of a function's body after its signature and docstring: the lines on which a statement
+    starts, so a call `ruff format` spreads over several lines counts once (a Typer command's signature is its
+    table of options, read like data)."""
     body = node.body[1:] if ast.get_docstring(node) and len(node.body) > 1 else node.body
-    return node.end_lineno - body[0].lineno + 1
+    return len(
+        {child.lineno for statement in body for child in ast.walk(statement) if isinstance(child, ast.stmt)}
+    )
 
 
 def test_no_function_body_over_fifty_lines():
-    long = [f"{name}.{node.name} ({_body_lines(node)} lines)"
-            for name, tree in _modules().items() for node in ast.walk(tree)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_LINES]
+    long = [
+        f"{name}.{node.name} ({_body_lines(node)} lines)"
+        for name, tree in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_LINES
+    ]
     assert not long, long
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys; from typer.testing import CliRunner; from medisyn_cli.cli.main import app; "
-            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys; from typer.testing import CliRunner; from medisyn_cli.cli.main import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

@@ -38,8 +38,12 @@ def dataset(tmp_path) -> Path:
     ImageOps.mirror(Image.open(source)).save(folder / "distinct" / "flipped.png")
     (folder / "distinct" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with open(folder / "metadata.csv", "a", newline="") as handle:
-        csv.writer(handle).writerows([["distinct/flipped.png", "platelet", "copy", "", ""],
-                                      ["distinct/corrupt.png", "platelet", "corrupt", "", ""]])
+        csv.writer(handle).writerows(
+            [
+                ["distinct/flipped.png", "platelet", "copy", "", ""],
+                ["distinct/corrupt.png", "platelet", "corrupt", "", ""],
+            ]
+        )
     return folder
 
 
@@ -89,9 +93,19 @@ def chromium() -> str:
 
 
 def render(exe: str, page: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
-    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path}/c",
-             "--virtual-time-budget=5000", "--window-size=1000,1400"]
-    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    flags = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path}/c",
+        "--virtual-time-budget=5000",
+        "--window-size=1000,1400",
+    ]
+    dom = subprocess.run(
+        flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     shot = tmp_path / f"{page.stem}.png"
     subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     return dom, np.asarray(Image.open(shot).convert("RGB"))
@@ -110,15 +124,16 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(index, data
     broken_dom, broken_shot = render(exe, broken, tmp_path)
     assert 'data-loaded="0"' in broken_dom
     ink = lambda image: float(np.mean(image.min(axis=2) < 200))  # noqa: E731  share of non-white pixels
-    assert ink(shot) > 2 * ink(broken_shot)                     # the pictures, not just the text, were drawn
+    assert ink(shot) > 2 * ink(broken_shot)  # the pictures, not just the text, were drawn
 
 
 def test_keep_out_writes_the_dataset_without_near_copies(index, dataset, tmp_path):
     result = screen(dataset, "--index", index, "--report", tmp_path / "rep", "--keep-out", tmp_path / "kept")
     assert result.exit_code == 0, result.output
     kept = pd.read_csv(tmp_path / "kept" / "metadata.csv")
-    assert sorted(kept["file_name"]) == sorted(f"distinct/{p.name}" for p in (dataset / "distinct").glob("*.png")
-                                               if p.name != "flipped.png")  # corrupt files stay: not copies
+    assert sorted(kept["file_name"]) == sorted(
+        f"distinct/{p.name}" for p in (dataset / "distinct").glob("*.png") if p.name != "flipped.png"
+    )  # corrupt files stay: not copies
     assert all((tmp_path / "kept" / name).is_file() for name in kept["file_name"])
     assert not (tmp_path / "kept" / "resized").exists()
 
@@ -126,10 +141,16 @@ def test_keep_out_writes_the_dataset_without_near_copies(index, dataset, tmp_pat
 def test_screen_a_medisyn_output_fail_on_copies_and_keep_out_both_formats(tiny_model, tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("label,prompt\nmelanoma,dermoscopy image of melanoma\nnevus,frontal chest x-ray\n")
-    out = run_generate(GenerateConfig(manifest=str(manifest), n=6, out=str(tmp_path / "synth"), model=str(tiny_model),
-                                      steps=2), show_progress=False).out
+    out = run_generate(
+        GenerateConfig(
+            manifest=str(manifest), n=6, out=str(tmp_path / "synth"), model=str(tiny_model), steps=2
+        ),
+        show_progress=False,
+    ).out
     build_index([out / "imagefolder" / "melanoma"], tmp_path / "melanoma-index", show_progress=False)
-    result = screen(out, "--index", tmp_path / "melanoma-index", "--keep-out", tmp_path / "kept", "--fail-on-copies")
+    result = screen(
+        out, "--index", tmp_path / "melanoma-index", "--keep-out", tmp_path / "kept", "--fail-on-copies"
+    )
     assert result.exit_code == 1, result.output
     rows = pd.read_parquet(out / "screen" / "screen.parquet")
     assert rows.groupby("label")["near_copy"].sum().to_dict() == {"melanoma": 3, "nevus": 0}
@@ -142,12 +163,15 @@ def test_screen_a_medisyn_output_fail_on_copies_and_keep_out_both_formats(tiny_m
     assert len(list((tmp_path / "kept" / "imagefolder").rglob("*.png"))) == 3
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--index", "{tmp}/none"], "no such index folder"),
-    (["--index", "{index}", "--embedder", "phash"], "built with embedder 'pixel', not 'phash'"),
-    (["--index", "{index}", "--threshold", "1.5"], "outside (0, 1]"),
-    (["--index", "{index}", "--keep-out", "{dataset}"], "--keep-out"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--index", "{tmp}/none"], "no such index folder"),
+        (["--index", "{index}", "--embedder", "phash"], "built with embedder 'pixel', not 'phash'"),
+        (["--index", "{index}", "--threshold", "1.5"], "outside (0, 1]"),
+        (["--index", "{index}", "--keep-out", "{dataset}"], "--keep-out"),
+    ],
+)
 def test_bad_inputs_exit_2_with_one_line_and_write_no_report(index, dataset, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, index=index, dataset=dataset) for a in args]
     result = screen(dataset, *args, "--report", tmp_path / "rep")

@@ -23,7 +23,9 @@ def bench(monkeypatch, tmp_path, tiny_model):
     data = tmp_path / "data"
     folder = data / "bccd_blood_smear"
     (folder / "images").mkdir(parents=True)
-    rows = [r for r in csv.DictReader(open(FIXTURES / "images" / "metadata.csv")) if "blood smear" in r["caption"]]
+    rows = [
+        r for r in csv.DictReader(open(FIXTURES / "images" / "metadata.csv")) if "blood smear" in r["caption"]
+    ]
     out, held = [], []
     for row in rows:
         image = Image.open(FIXTURES / "images" / row["file_name"])
@@ -61,10 +63,27 @@ def run_main(module, monkeypatch, args: list[str]) -> None:
 @pytest.mark.slow
 def test_utility_mini_scores_real_and_synthetic(bench, monkeypatch, tmp_path, capsys):
     utility_mini, model = bench
-    common = ["--model", str(model), "--sets", "bccd_blood_smear", "--per-class", "3", "--seeds", "1",
-              "--epochs", "1", "--steps", "2", "--threads", "1"]
+    common = [
+        "--model",
+        str(model),
+        "--sets",
+        "bccd_blood_smear",
+        "--per-class",
+        "3",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+    ]
     out = tmp_path / "u"
-    first_image = lambda: Image.open(sorted((out / "bccd_blood_smear" / "imagefolder").rglob("*.png"))[0]).tobytes()
+
+    def first_image() -> bytes:
+        return Image.open(sorted((out / "bccd_blood_smear" / "imagefolder").rglob("*.png"))[0]).tobytes()
+
     run_main(utility_mini, monkeypatch, common + ["--out", str(out)])
     result = json.loads((out / "results.json").read_text())["results"][0]
     assert (result["classes"], result["test_images"], result["synthetic_per_class"]) == (3, 6, 3)
@@ -83,10 +102,34 @@ def test_evaluate_mini_writes_every_evaluation(bench, monkeypatch, tmp_path):
     _, model = bench
     import evaluate_mini
 
-    run_main(evaluate_mini, monkeypatch, [
-        "--model", str(model), "--sets", "bccd_blood_smear", "--per-class", "4", "--seeds", "1", "--fractions", "1",
-        "--epochs", "1", "--steps", "2", "--threads", "1", "--features", "pixel",
-        "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")])
+    run_main(
+        evaluate_mini,
+        monkeypatch,
+        [
+            "--model",
+            str(model),
+            "--sets",
+            "bccd_blood_smear",
+            "--per-class",
+            "4",
+            "--seeds",
+            "1",
+            "--fractions",
+            "1",
+            "--epochs",
+            "1",
+            "--steps",
+            "2",
+            "--threads",
+            "1",
+            "--features",
+            "pixel",
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(tmp_path / "results"),
+        ],
+    )
     row = json.loads((tmp_path / "results" / "results.json").read_text())["results"][0]
     assert row["dataset"] == "bccd_blood_smear" and row["classes"] == 3
     conditions = row["utility"]["conditions"]
@@ -95,11 +138,29 @@ def test_evaluate_mini_writes_every_evaluation(bench, monkeypatch, tmp_path):
     assert row["privacy"]["heldout_near_copies"]["count"] >= 0 and "p_values" in row["privacy"]
     assert row["fidelity"]["synthetic_fid"] >= 0
     assert (tmp_path / "results" / "bccd_blood_smear" / "utility.json").exists()
-    run_main(evaluate_mini, monkeypatch, ["--model", str(model), "--sets", "bccd_blood_smear", "--leakage-only",
-                                          "--threads", "1", "--work", str(tmp_path / "work"),
-                                          "--results", str(tmp_path / "results")])
+    run_main(
+        evaluate_mini,
+        monkeypatch,
+        [
+            "--model",
+            str(model),
+            "--sets",
+            "bccd_blood_smear",
+            "--leakage-only",
+            "--threads",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(tmp_path / "results"),
+        ],
+    )
     leak = json.loads((tmp_path / "results" / "leakage.json").read_text())["results"][0]
-    assert leak["test"] == 6 and leak["train"] == 18 and sum(r["images"] for r in leak["per_class"].values()) == 6
+    assert (
+        leak["test"] == 6
+        and leak["train"] == 18
+        and sum(r["images"] for r in leak["per_class"].values()) == 6
+    )
 
 
 def test_utility_mini_trains_the_products_classifier(monkeypatch):
@@ -115,7 +176,9 @@ def test_utility_mini_trains_the_products_classifier(monkeypatch):
 
     calls = []
     product = classifier.train_classifier
-    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: calls.append(a[3]) or product(*a, **k))
+    monkeypatch.setattr(
+        classifier, "train_classifier", lambda *a, **k: calls.append(a[3]) or product(*a, **k)
+    )
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (16, 3, 16, 16), dtype=np.uint8), np.array([0, 1] * 8)
     score = utility_mini.train_and_score(x, y, x, y, 2, seed=0, epochs=1)

@@ -14,8 +14,16 @@ REPO_PROMPTS = BUNDLED_MODEL.parents[2] / "prompts"
 def test_bundled_model_is_small_and_complete():
     files = [p for p in BUNDLED_MODEL.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 30 * 2**20
-    for part in ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
-                 "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json", "README.md", "medisyn.json"):
+    for part in (
+        "model_index.json",
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "tokenizer/tokenizer_config.json",
+        "scheduler/scheduler_config.json",
+        "README.md",
+        "medisyn.json",
+    ):
         assert (BUNDLED_MODEL / part).exists(), part
 
 
@@ -26,8 +34,12 @@ def test_bundled_model_loads_offline_with_plain_diffusers(monkeypatch):
     pipe = DiffusionPipeline.from_pretrained(BUNDLED_MODEL)  # as the README says: no dtype argument needed
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 64
     assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.float32}
-    image = pipe("dermoscopy image of melanoma", num_inference_steps=2, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images[0]
+    image = pipe(
+        "dermoscopy image of melanoma",
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
 
 

@@ -65,9 +65,22 @@ def _api_default(owner, name: str):
 
 
 def test_every_command_is_found():
-    assert {"generate", "train", "screen", "index build", "evaluate utility", "evaluate privacy",
-            "evaluate leakage", "evaluate fidelity", "evaluate alignment", "judge build", "study build",
-            "study serve", "study score", "report"} <= set(IDS)
+    assert {
+        "generate",
+        "train",
+        "screen",
+        "index build",
+        "evaluate utility",
+        "evaluate privacy",
+        "evaluate leakage",
+        "evaluate fidelity",
+        "evaluate alignment",
+        "judge build",
+        "study build",
+        "study serve",
+        "study score",
+        "report",
+    } <= set(IDS)
 
 
 @pytest.mark.parametrize("path, command", COMMANDS, ids=IDS)

@@ -31,7 +31,9 @@ def test_write_json_is_strict_and_bytes_are_hashed(tmp_path):
     assert json.loads((tmp_path / "x.json").read_text())["nan"] is None
     assert finite({"a": [np.float32(np.inf), np.int64(2)]}) == {"a": [None, 2]}
     atomic_write_bytes(tmp_path / "b.bin", b"abc")
-    assert file_sha256(tmp_path / "b.bin") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert (
+        file_sha256(tmp_path / "b.bin") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
 
 
 def test_holds_files(tmp_path):

@@ -26,8 +26,17 @@ def _parquet(path: Path, ids: list[str], label: str) -> None:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"id": ids, "image": [{"bytes": _png(i), "path": None} for i in range(len(ids))],
-                             "label": [label] * len(ids), "caption": [f"a {label}"] * len(ids)}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ids,
+                "image": [{"bytes": _png(i), "path": None} for i in range(len(ids))],
+                "label": [label] * len(ids),
+                "caption": [f"a {label}"] * len(ids),
+            }
+        ),
+        path,
+    )
 
 
 def _medisyn_output(root: Path) -> Path:
@@ -36,7 +45,9 @@ def _medisyn_output(root: Path) -> Path:
     _parquet(root / "rejected.parquet", ["nevus-9"], "nevus")
     (root / "imagefolder" / "nevus").mkdir(parents=True)
     (root / "imagefolder" / "nevus" / "nevus-0.png").write_bytes(_png(3))
-    (root / "imagefolder" / "metadata.csv").write_text("file_name,label,caption\nnevus/nevus-0.png,nevus,a nevus\n")
+    (root / "imagefolder" / "metadata.csv").write_text(
+        "file_name,label,caption\nnevus/nevus-0.png,nevus,a nevus\n"
+    )
     (root / "run.json").write_text(json.dumps({"counts": {"kept": 2}}))
     return root
 
@@ -65,8 +76,10 @@ def test_read_records_label_folders_and_captions(tmp_path):
         (tmp_path / label).mkdir()
         (tmp_path / label / "a.png").write_bytes(_png(1))
     records = read_records([tmp_path], caption_template="ultrasound, {label}")
-    assert [(r.label, r.caption) for r in records] == [("benign", "ultrasound, benign"),
-                                                       ("malignant", "ultrasound, malignant")]
+    assert [(r.label, r.caption) for r in records] == [
+        ("benign", "ultrasound, benign"),
+        ("malignant", "ultrasound, malignant"),
+    ]
     with pytest.raises(MedisynError, match="no such file"):
         read_records([tmp_path / "missing"])
 
@@ -75,7 +88,9 @@ def test_open_or_skip_records_the_reason(tmp_path):
     skipped: list[dict] = []
     assert open_or_skip(Record("good", None, None, data=_png(5)), skipped).size == (8, 8)
     assert open_or_skip(Record("bad", None, None, data=b"not a png"), skipped) is None
-    assert [s["key"] for s in skipped] == ["bad"] and skipped[0]["reason"].startswith("UnidentifiedImageError")
+    assert [s["key"] for s in skipped] == ["bad"] and skipped[0]["reason"].startswith(
+        "UnidentifiedImageError"
+    )
 
 
 def test_batched():

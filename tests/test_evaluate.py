@@ -28,9 +28,16 @@ from medisyn_cli.evaluate.metrics import diversity, fid, kid, prdc, trace_sqrt_p
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN_IMAGES = sorted((FIXTURES / "images" / "images").glob("*.png"))
 OTHER_IMAGES = sorted((FIXTURES / "screen" / "distinct").glob("*.png"))
-VIEWS = {"id": lambda i: i, "h": ImageOps.mirror, "v": ImageOps.flip, "r90": lambda i: i.rotate(90),
-         "r180": lambda i: i.rotate(180), "r270": lambda i: i.rotate(270),
-         "t": lambda i: ImageOps.mirror(i.rotate(90)), "crop": lambda i: i.crop((4, 4, 60, 60)).resize((64, 64))}
+VIEWS = {
+    "id": lambda i: i,
+    "h": ImageOps.mirror,
+    "v": ImageOps.flip,
+    "r90": lambda i: i.rotate(90),
+    "r180": lambda i: i.rotate(180),
+    "r270": lambda i: i.rotate(270),
+    "t": lambda i: ImageOps.mirror(i.rotate(90)),
+    "crop": lambda i: i.crop((4, 4, 60, 60)).resize((64, 64)),
+}
 TINY = ["--size", "16", "--batch-size", "16", "--epochs", "6", "--bootstrap", "100"]
 
 
@@ -86,6 +93,7 @@ def sets(tmp_path_factory) -> Path:
 
 # --- metrics --------------------------------------------------------------------------------------------
 
+
 def test_auroc_matches_sklearn_including_ties():
     from sklearn.metrics import roc_auc_score
 
@@ -128,7 +136,9 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
 def test_prdc_of_identical_sets_is_perfect_and_of_far_sets_is_zero():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(60, 5))
-    assert prdc(x, x.copy(), k=5) == pytest.approx({"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0})
+    assert prdc(x, x.copy(), k=5) == pytest.approx(
+        {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    )
     far = prdc(x, x + 100.0, k=5)
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
     half = prdc(x, np.concatenate([x[:30], x[:30] + 100.0]), k=5)  # half the fakes are real-like
@@ -145,20 +155,43 @@ def test_diversity_is_the_mean_distance_between_distinct_samples():
 
 # --- utility --------------------------------------------------------------------------------------------
 
+
 def test_utility_real_trained_classifier_beats_chance_and_every_condition_is_written(sets, tmp_path):
     out = tmp_path / "utility"
-    result = invoke("evaluate", "utility", "--real-train", sets / "train", "--real-test", sets / "test",
-                    "--synthetic", sets / "synthetic", "--fractions", "0.5,1", "--seeds", "2", *TINY, "--out", out)
+    result = invoke(
+        "evaluate",
+        "utility",
+        "--real-train",
+        sets / "train",
+        "--real-test",
+        sets / "test",
+        "--synthetic",
+        sets / "synthetic",
+        "--fractions",
+        "0.5,1",
+        "--seeds",
+        "2",
+        *TINY,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "real+synthetic" in result.output and "AUROC ± std" in result.output
     assert "95% CI" in result.output
     assert "budget: equal: 36 optimiser steps" in result.output
     data = json.loads((out / "utility.json").read_text())
     rows = {(r["condition"], r["real_fraction"]): r for r in data["rows"]}
-    assert set(rows) == {("real", 0.5), ("real", 1.0), ("synthetic", None), ("real+synthetic", 0.5),
-                         ("real+synthetic", 1.0)}
+    assert set(rows) == {
+        ("real", 0.5),
+        ("real", 1.0),
+        ("synthetic", None),
+        ("real+synthetic", 0.5),
+        ("real+synthetic", 1.0),
+    }
     assert rows[("real", 1.0)]["auroc_mean"] > 0.8 and rows[("synthetic", None)]["auroc_mean"] > 0.8
-    assert rows[("real", 0.5)]["real_images"] == 24 and rows[("real+synthetic", 1.0)]["synthetic_images"] == 48
+    assert (
+        rows[("real", 0.5)]["real_images"] == 24 and rows[("real+synthetic", 1.0)]["synthetic_images"] == 48
+    )
     assert len(rows[("real", 1.0)]["auroc_seeds"]) == 2 and data["classes"] == ["cell", "xray"]
     seeds = rows[("real", 1.0)]["auroc_seeds"]
     assert rows[("real", 1.0)]["auroc_std"] == pytest.approx(np.std(seeds, ddof=1))
@@ -182,9 +215,28 @@ def test_utility_multi_label_scores_each_finding(tmp_path):
         pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
         return folder
 
-    train, test = write(tmp_path / "train", TRAIN_IMAGES, ["id", "h"]), write(tmp_path / "test", OTHER_IMAGES, ["id"])
-    result = invoke("evaluate", "utility", "--real-train", train, "--real-test", test, "--synthetic", train,
-                    "--fractions", "1", "--seeds", "1", "--multi-label", *TINY, "--out", tmp_path / "out")
+    train, test = (
+        write(tmp_path / "train", TRAIN_IMAGES, ["id", "h"]),
+        write(tmp_path / "test", OTHER_IMAGES, ["id"]),
+    )
+    result = invoke(
+        "evaluate",
+        "utility",
+        "--real-train",
+        train,
+        "--real-test",
+        test,
+        "--synthetic",
+        train,
+        "--fractions",
+        "1",
+        "--seeds",
+        "1",
+        "--multi-label",
+        *TINY,
+        "--out",
+        tmp_path / "out",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "out" / "utility.json").read_text())
     assert data["classes"] == ["cell", "grey", "xray"] and data["multi_label"]
@@ -207,8 +259,15 @@ def test_utility_gives_every_condition_the_same_optimiser_steps(sets, tmp_path, 
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
     config = dict(fractions=(0.25, 1.0), seeds=1, epochs=2, batch_size=16, size=16, bootstrap=50)
-    data = run_utility(UtilityConfig((str(sets / "train"),), (str(sets / "test"),), (str(sets / "synthetic"),),
-                                     **config, out=str(tmp_path / "steps")))
+    data = run_utility(
+        UtilityConfig(
+            (str(sets / "train"),),
+            (str(sets / "test"),),
+            (str(sets / "synthetic"),),
+            **config,
+            out=str(tmp_path / "steps"),
+        )
+    )
     runs = list({id(o): o for o in counted}.values())
     per_run = [sum(1 for o in counted if o is run) for run in runs]  # optimiser steps of each training run
     largest = 48 + 48  # all real training images + all synthetic ones
@@ -216,8 +275,16 @@ def test_utility_gives_every_condition_the_same_optimiser_steps(sets, tmp_path, 
     assert data["budget"]["steps"] == 12 and "12 optimiser steps" in data["budget"]["text"]
     assert {row["epochs_seen"] for row in data["rows"]} == {round(12 * 16 / n, 2) for n in (12, 48, 60, 96)}
     counted.clear()
-    epochs = run_utility(UtilityConfig((str(sets / "train"),), (str(sets / "test"),), (str(sets / "synthetic"),),
-                                       **config, budget="epochs", out=str(tmp_path / "epochs")))
+    epochs = run_utility(
+        UtilityConfig(
+            (str(sets / "train"),),
+            (str(sets / "test"),),
+            (str(sets / "synthetic"),),
+            **config,
+            budget="epochs",
+            out=str(tmp_path / "epochs"),
+        )
+    )
     assert [row["steps"] for row in epochs["rows"]] == [2, 6, 6, 8, 12]  # 12, 48, 48, 60, 96 images
     assert epochs["budget"]["steps"] is None and epochs["budget"]["text"].startswith("unequal")
     one_seed = epochs["rows"][0]
@@ -253,12 +320,15 @@ def test_bootstrap_auroc_interval_holds_the_estimate_and_narrows_with_more_test_
     assert widths[1] < widths[0] / 2
 
 
-@pytest.mark.parametrize("case, message", [
-    ("extra synthetic label", "--synthetic: labels not in --real-test: tumour"),
-    ("missing synthetic label", "--synthetic: no images of --real-test labels xray"),
-    ("single test class", "only one class (cell) in the test set; AUROC is undefined"),
-    ("empty synthetic set", "--synthetic: "),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("extra synthetic label", "--synthetic: labels not in --real-test: tumour"),
+        ("missing synthetic label", "--synthetic: no images of --real-test labels xray"),
+        ("single test class", "only one class (cell) in the test set; AUROC is undefined"),
+        ("empty synthetic set", "--synthetic: "),
+    ],
+)
 def test_utility_bad_inputs_give_one_clear_line_and_exit_2(sets, tmp_path, case, message):
     synthetic, test = sets / "synthetic", sets / "test"
     if case == "extra synthetic label":
@@ -271,8 +341,21 @@ def test_utility_bad_inputs_give_one_clear_line_and_exit_2(sets, tmp_path, case,
     else:
         synthetic = tmp_path / "empty"
         (synthetic / "cell").mkdir(parents=True)
-    result = invoke("evaluate", "utility", "--real-train", sets / "train", "--real-test", test,
-                    "--synthetic", synthetic, "--seeds", "1", *TINY, "--out", tmp_path / "out")
+    result = invoke(
+        "evaluate",
+        "utility",
+        "--real-train",
+        sets / "train",
+        "--real-test",
+        test,
+        "--synthetic",
+        synthetic,
+        "--seeds",
+        "1",
+        *TINY,
+        "--out",
+        tmp_path / "out",
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
@@ -281,15 +364,21 @@ def test_utility_bad_inputs_give_one_clear_line_and_exit_2(sets, tmp_path, case,
 
 # --- privacy --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def privacy_sets(tmp_path_factory) -> Path:
     """heldout: unseen patients (two views each); copies: flipped JPEGs of the training images;
     heldout_like: the held-out images re-encoded and brightened (same distance to training as held-out)."""
     root = tmp_path_factory.mktemp("privacy")
     label_folders(root / "heldout", OTHER_IMAGES, ["id", "r90"])
-    for name, images, change in (("copies", TRAIN_IMAGES, lambda i: jpeg(ImageOps.mirror(i))),
-                                 ("heldout_like", sorted((root / "heldout").rglob("*.png")),
-                                  lambda i: jpeg(ImageEnhance.Brightness(i).enhance(1.1)))):
+    for name, images, change in (
+        ("copies", TRAIN_IMAGES, lambda i: jpeg(ImageOps.mirror(i))),
+        (
+            "heldout_like",
+            sorted((root / "heldout").rglob("*.png")),
+            lambda i: jpeg(ImageEnhance.Brightness(i).enhance(1.1)),
+        ),
+    ):
         for path in images:
             (root / name / path.parent.name).mkdir(parents=True, exist_ok=True)
             change(Image.open(path)).save(root / name / path.parent.name / path.name)
@@ -298,8 +387,20 @@ def privacy_sets(tmp_path_factory) -> Path:
 
 def test_privacy_flags_copies_of_training_images_as_memorised(privacy_sets, tmp_path):
     out = tmp_path / "privacy"
-    result = invoke("evaluate", "privacy", "--train", FIXTURES / "images", "--heldout", privacy_sets / "heldout",
-                    "--synthetic", privacy_sets / "copies", "--pairs", "4", "--out", out)
+    result = invoke(
+        "evaluate",
+        "privacy",
+        "--train",
+        FIXTURES / "images",
+        "--heldout",
+        privacy_sets / "heldout",
+        "--synthetic",
+        privacy_sets / "copies",
+        "--pairs",
+        "4",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "memorises" in result.output
     data = json.loads((out / "privacy.json").read_text())
@@ -307,7 +408,10 @@ def test_privacy_flags_copies_of_training_images_as_memorised(privacy_sets, tmp_
     assert data["near_copy_rate"] == {"synthetic": 1.0, "heldout": 0.0, "reference": 0.0}
     assert data["mannwhitney_p"] < 0.001 and data["p_synthetic_closer"] == 1.0
     assert set(data["flagged_by"]) == {"tail_p95", "near_copies", "distribution"}
-    assert data["pixel_distance_percentiles"]["synthetic"]["p50"] < data["pixel_distance_percentiles"]["heldout"]["p5"]
+    assert (
+        data["pixel_distance_percentiles"]["synthetic"]["p50"]
+        < data["pixel_distance_percentiles"]["heldout"]["p5"]
+    )
     rows = pd.read_csv(out / "privacy.csv")
     copies = rows[rows["set"] == "synthetic"]
     assert len(copies) == 12 and (copies["view"] == "hflip").all()  # each found as the flip of its source
@@ -319,19 +423,29 @@ def test_privacy_flags_copies_of_training_images_as_memorised(privacy_sets, tmp_
 def test_privacy_does_not_flag_images_as_far_from_training_as_held_out_ones(privacy_sets, tmp_path):
     from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
 
-    data = run_privacy(PrivacyConfig((str(FIXTURES / "images"),), (str(privacy_sets / "heldout"),),
-                                     (str(privacy_sets / "heldout_like"),), pairs=0, out=str(tmp_path)))
+    data = run_privacy(
+        PrivacyConfig(
+            (str(FIXTURES / "images"),),
+            (str(privacy_sets / "heldout"),),
+            (str(privacy_sets / "heldout_like"),),
+            pairs=0,
+            out=str(tmp_path),
+        )
+    )
     assert not data["memorises"] and data["verdict"].startswith("no sign of memorisation")
     assert data["heldout_near_copies"]["count"] == 0 and data["heldout_near_copies"]["warning"] is None
-    assert set(data["per_class"]) == {"cell", "xray"} and not any(r["memorises"] for r in data["per_class"].values())
+    assert set(data["per_class"]) == {"cell", "xray"} and not any(
+        r["memorises"] for r in data["per_class"].values()
+    )
     assert sum(r["synthetic"] for r in data["per_class"].values()) == data["images"]["synthetic"]
     assert data["share_above_heldout_p95"] <= 0.1 and data["mannwhitney_p"] > 0.2
     assert data["near_copy_rate"]["synthetic"] == 0.0
     assert not (tmp_path / "closest_pairs.png").exists()
 
 
-def simulated_similarities(rng, copies: float, heldout_duplicates: float, synthetic_far: bool,
-                           threshold: float = 0.97) -> tuple[np.ndarray, np.ndarray]:
+def simulated_similarities(
+    rng, copies: float, heldout_duplicates: float, synthetic_far: bool, threshold: float = 0.97
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-training cosine similarity of 200 synthetic and 300 held-out vectors (16-d, 400 training vectors
     around 40 centres). `copies`: share of synthetic vectors that are noisy copies of training vectors (similarity
     0.97-0.995); `heldout_duplicates`: the same for held-out ones (a leaky split); `synthetic_far`: the novel
@@ -359,7 +473,9 @@ def simulated_similarities(rng, copies: float, heldout_duplicates: float, synthe
 
 
 @pytest.mark.parametrize("heldout_duplicates, synthetic_far", [(0.0, False), (0.2, False), (0.0, True)])
-def test_privacy_verdict_flags_5_percent_noisy_copies_and_rarely_flags_none(heldout_duplicates, synthetic_far):
+def test_privacy_verdict_flags_5_percent_noisy_copies_and_rarely_flags_none(
+    heldout_duplicates, synthetic_far
+):
     """Planted copies, 200 simulated runs each: >= 95% flagged with 5% noisy copies, <= 5% with none; also when
     20% of the held-out set are near-duplicates of training images, and when synthetic images are further away."""
     from medisyn_cli.evaluate.privacy import memorisation_tests
@@ -367,8 +483,10 @@ def test_privacy_verdict_flags_5_percent_noisy_copies_and_rarely_flags_none(held
     rng = np.random.default_rng(7)
     flagged = {}
     for copies in (0.0, 0.05):
-        runs = [memorisation_tests(*simulated_similarities(rng, copies, heldout_duplicates, synthetic_far), 0.97)
-                for _ in range(200)]
+        runs = [
+            memorisation_tests(*simulated_similarities(rng, copies, heldout_duplicates, synthetic_far), 0.97)
+            for _ in range(200)
+        ]
         flagged[copies] = np.mean([run["memorises"] for run in runs])
     assert flagged[0.05] >= 0.95 and flagged[0.0] <= 0.05, flagged
 
@@ -383,36 +501,86 @@ def test_privacy_screens_held_out_near_copies_out_of_the_reference_and_warns(pri
         for path in source.rglob("*.png"):
             (leaky / path.parent.name).mkdir(parents=True, exist_ok=True)
             Image.open(path).save(leaky / path.parent.name / f"{source.name}_{path.name}")
-    data = run_privacy(PrivacyConfig((str(FIXTURES / "images"),), (str(leaky),), (str(privacy_sets / "copies"),),
-                                     pairs=0, out=str(tmp_path / "out")))
+    data = run_privacy(
+        PrivacyConfig(
+            (str(FIXTURES / "images"),),
+            (str(leaky),),
+            (str(privacy_sets / "copies"),),
+            pairs=0,
+            out=str(tmp_path / "out"),
+        )
+    )
     leaks = data["heldout_near_copies"]
     assert leaks["count"] == 12 and leaks["share"] == 0.5 and len(leaks["examples"]) == 10
     assert "near-copies of training images" in leaks["warning"] and data["warnings"] == [leaks["warning"]]
-    assert {label: row["near_copies"] for label, row in leaks["per_class"].items()} == {"cell": 0, "xray": 0,
-                                                                                          "images": 12}
+    assert {label: row["near_copies"] for label, row in leaks["per_class"].items()} == {
+        "cell": 0,
+        "xray": 0,
+        "images": 12,
+    }
     assert data["reference_images"] == 12 and data["memorises"] and "near_copies" in data["flagged_by"]
     assert data["heldout_p95_similarity"] < 0.97 <= data["percentiles"]["heldout"]["p95"]
 
 
 def test_privacy_rejects_a_threshold_outside_0_1_with_exit_2(privacy_sets, tmp_path):
-    result = invoke("evaluate", "privacy", "--train", FIXTURES / "images", "--heldout", privacy_sets / "heldout",
-                    "--synthetic", privacy_sets / "copies", "--threshold", "1.5", "--out", tmp_path)
+    result = invoke(
+        "evaluate",
+        "privacy",
+        "--train",
+        FIXTURES / "images",
+        "--heldout",
+        privacy_sets / "heldout",
+        "--synthetic",
+        privacy_sets / "copies",
+        "--threshold",
+        "1.5",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 2 and "threshold 1.5 is outside (0, 1]" in result.output
 
 
 # --- fidelity -------------------------------------------------------------------------------------------
 
+
 def test_fidelity_identical_sets_give_fid_near_zero_and_name_the_features(sets, tmp_path):
-    result = invoke("evaluate", "fidelity", "--real", sets / "train", "--synthetic", sets / "train",
-                    "--features", "pixel", "--per-class", "--kid-subsets", "5", "--out", tmp_path / "same")
+    result = invoke(
+        "evaluate",
+        "fidelity",
+        "--real",
+        sets / "train",
+        "--synthetic",
+        sets / "train",
+        "--features",
+        "pixel",
+        "--per-class",
+        "--kid-subsets",
+        "5",
+        "--out",
+        tmp_path / "same",
+    )
     assert result.exit_code == 0, result.output
     assert "features: pixel" in result.output
     same = json.loads((tmp_path / "same" / "fidelity.json").read_text())
     assert same["features"].startswith("pixel") and "not comparable" in same["note"]
-    assert same["overall"]["fid"] < 1e-6 and same["overall"]["precision"] == same["overall"]["coverage"] == 1.0
+    assert (
+        same["overall"]["fid"] < 1e-6 and same["overall"]["precision"] == same["overall"]["coverage"] == 1.0
+    )
     assert set(same["per_class"]) == {"cell", "xray"} and same["per_class"]["cell"]["fid"] < 1e-6
-    invoke("evaluate", "fidelity", "--real", sets / "train", "--synthetic", sets / "test", "--features", "pixel",
-           "--kid-subsets", "5", "--out", tmp_path / "other")
+    invoke(
+        "evaluate",
+        "fidelity",
+        "--real",
+        sets / "train",
+        "--synthetic",
+        sets / "test",
+        "--features",
+        "pixel",
+        "--kid-subsets",
+        "5",
+        "--out",
+        tmp_path / "other",
+    )
     other = json.loads((tmp_path / "other" / "fidelity.json").read_text())
     assert other["overall"]["fid"] > 0.1 and other["overall"]["coverage"] < 1.0
     assert len(pd.read_csv(tmp_path / "same" / "fidelity.csv")) == 3
@@ -431,8 +599,16 @@ def test_fidelity_default_cnn_features_are_trained_on_the_real_labels(sets, tmp_
 
 
 def test_fidelity_inception_from_a_missing_file_is_one_clear_error(sets, tmp_path):
-    result = invoke("evaluate", "fidelity", "--real", sets / "train", "--synthetic", sets / "train",
-                    "--features", f"inception:{tmp_path / 'pt_inception.pth'}")
+    result = invoke(
+        "evaluate",
+        "fidelity",
+        "--real",
+        sets / "train",
+        "--synthetic",
+        sets / "train",
+        "--features",
+        f"inception:{tmp_path / 'pt_inception.pth'}",
+    )
     assert result.exit_code == 2
     assert "pt_inception.pth: no such file" in result.output and "nothing is downloaded" in result.output
 
@@ -449,7 +625,9 @@ def test_fidelity_inception_loads_the_pytorch_fid_layout_from_a_local_file(tmp_p
     torch.save(reference.state_dict(), tmp_path / "pt_inception.pth")
     model, variant = load_inception(tmp_path / "pt_inception.pth", "cpu")
     assert variant.startswith("pytorch-fid")
-    assert type(model.Mixed_7c).__name__ == "FIDInceptionE2" and type(model.Mixed_5b).__name__ == "FIDInceptionA"
+    assert (
+        type(model.Mixed_7c).__name__ == "FIDInceptionE2" and type(model.Mixed_5b).__name__ == "FIDInceptionA"
+    )
     features = inception_features(model, [Image.open(p) for p in TRAIN_IMAGES[:2]], "cpu")
     assert features.shape == (2, 2048) and np.isfinite(features).all()
     torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
@@ -459,6 +637,7 @@ def test_fidelity_inception_loads_the_pytorch_fid_layout_from_a_local_file(tmp_p
 
 # --- report ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def generated(tmp_path) -> Path:
     """A screened generate output folder: parquet/, rejected.parquet, run.json with its index, evaluate/ JSON."""
@@ -467,22 +646,60 @@ def generated(tmp_path) -> Path:
     out = tmp_path / "synth"
     (out / "parquet").mkdir(parents=True)
     build_index([FIXTURES / "images"], tmp_path / "index", show_progress=False)
-    rows = [{"image": {"bytes": path.read_bytes(), "path": f"{kind(path)}-{i}.png"}, "id": f"{kind(path)}-{i}",
-             "label": kind(path), "nn_id": i, "nn_similarity": 0.5 + i / 30} for i, path in enumerate(TRAIN_IMAGES)]
+    rows = [
+        {
+            "image": {"bytes": path.read_bytes(), "path": f"{kind(path)}-{i}.png"},
+            "id": f"{kind(path)}-{i}",
+            "label": kind(path),
+            "nn_id": i,
+            "nn_similarity": 0.5 + i / 30,
+        }
+        for i, path in enumerate(TRAIN_IMAGES)
+    ]
     pq.write_table(pa.Table.from_pylist(rows), out / "parquet" / "part-00000.parquet")
-    pq.write_table(pa.Table.from_pylist([{"id": "cell-99", "label": "cell", "attempt": 0, "nn_id": 0,
-                                          "nn_key": str(TRAIN_IMAGES[0]), "nn_similarity": 0.99, "view": "hflip"}]),
-                   out / "rejected.parquet")
-    run = {"model": {"name": "medisyn-mini (bundled)"}, "sampling": {"steps": 20},
-           "classes": {"cell": {"planned": 6, "written": 6, "regenerated": 0, "rejected": 1, "ended": None},
-                       "xray": {"planned": 6, "written": 6, "regenerated": 0, "rejected": 0, "ended": None}},
-           "screening": {"index": str(tmp_path / "index"), "embedder": {"spec": "pixel"}, "threshold": 0.97,
-                         "rejected": 1}}
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "id": "cell-99",
+                    "label": "cell",
+                    "attempt": 0,
+                    "nn_id": 0,
+                    "nn_key": str(TRAIN_IMAGES[0]),
+                    "nn_similarity": 0.99,
+                    "view": "hflip",
+                }
+            ]
+        ),
+        out / "rejected.parquet",
+    )
+    run = {
+        "model": {"name": "medisyn-mini (bundled)"},
+        "sampling": {"steps": 20},
+        "classes": {
+            "cell": {"planned": 6, "written": 6, "regenerated": 0, "rejected": 1, "ended": None},
+            "xray": {"planned": 6, "written": 6, "regenerated": 0, "rejected": 0, "ended": None},
+        },
+        "screening": {
+            "index": str(tmp_path / "index"),
+            "embedder": {"spec": "pixel"},
+            "threshold": 0.97,
+            "rejected": 1,
+        },
+    }
     (out / "run.json").write_text(json.dumps(run))
     (out / "evaluate").mkdir()
-    (out / "evaluate" / "fidelity.json").write_text(json.dumps(
-        {"evaluation": "fidelity", "features": "pixel (1024-d)", "note": "not comparable",
-         "overall": {"real_images": 5, "synthetic_images": 5, "fid": 1.25}, "per_class": {}}))
+    (out / "evaluate" / "fidelity.json").write_text(
+        json.dumps(
+            {
+                "evaluation": "fidelity",
+                "features": "pixel (1024-d)",
+                "note": "not comparable",
+                "overall": {"real_images": 5, "synthetic_images": 5, "fid": 1.25},
+                "per_class": {},
+            }
+        )
+    )
     return out
 
 
@@ -508,8 +725,17 @@ def test_report_omits_missing_parts_with_a_note_instead_of_failing(tmp_path):
     assert missing.exit_code == 2 and "no such folder" in missing.output
 
 
-@pytest.mark.parametrize("name", ["identity", "hflip", "rot90+vflip", "rot270+hflip+invert", "box(0.05,0.00,1.05,1.00)",
-                                  "rot3+box(-0.05,-0.05,1.06,1.06)"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "identity",
+        "hflip",
+        "rot90+vflip",
+        "rot270+hflip+invert",
+        "box(0.05,0.00,1.05,1.00)",
+        "rot3+box(-0.05,-0.05,1.06,1.06)",
+    ],
+)
 def test_privacy_reads_back_the_view_a_screen_result_names(name):
     from medisyn_cli.evaluate.privacy import view_from_name
 
@@ -523,13 +749,25 @@ def test_leakage_finds_test_images_that_copy_training_images_per_class(privacy_s
             label = "cell" if "blood" in path.name or "platelet" in path.name else "xray"
             (leaky / label).mkdir(parents=True, exist_ok=True)
             Image.open(path).save(leaky / label / f"{source.name}_{path.name}")
-    result = invoke("evaluate", "leakage", "--train", FIXTURES / "images", "--test", leaky, "--pairs", "4",
-                    "--out", tmp_path / "out")
+    result = invoke(
+        "evaluate",
+        "leakage",
+        "--train",
+        FIXTURES / "images",
+        "--test",
+        leaky,
+        "--pairs",
+        "4",
+        "--out",
+        tmp_path / "out",
+    )
     assert result.exit_code == 0, result.output
     assert "warning:" in result.output and "12 of 24 images (50.0%)" in " ".join(result.output.split())
     data = json.loads((tmp_path / "out" / "leakage.json").read_text())
-    copies = {label: sum(1 for p in (privacy_sets / "copies").rglob("*.png") if kind(p) == label)
-              for label in ("cell", "xray")}
+    copies = {
+        label: sum(1 for p in (privacy_sets / "copies").rglob("*.png") if kind(p) == label)
+        for label in ("cell", "xray")
+    }
     assert {label: row["near_copies"] for label, row in data["per_class"].items()} == copies
     assert all(e["key"].split("/")[-1].startswith("copies_") for e in data["examples"])
     rows = pd.read_csv(tmp_path / "out" / "leakage.csv")
@@ -544,6 +782,7 @@ def test_fidelity_inception_fid_matches_torch_fidelity_on_the_same_weights(tmp_p
     from torchvision.models.inception import Inception3
 
     from medisyn_cli.evaluate.inception import _use_fid_blocks, inception_features, load_inception
+
     torch.manual_seed(0)
     reference = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
     _use_fid_blocks(reference)
@@ -552,14 +791,17 @@ def test_fidelity_inception_fid_matches_torch_fidelity_on_the_same_weights(tmp_p
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     torch.save(reference.state_dict(), tmp_path / "pt_inception.pth")
-    theirs = fidelity_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                            feature_extractor_weights_path=str(tmp_path / "pt_inception.pth"))
+    theirs = fidelity_inception.FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(tmp_path / "pt_inception.pth")
+    )
     ours, _ = load_inception(tmp_path / "pt_inception.pth", "cpu")
     real = [Image.open(p).convert("RGB") for p in TRAIN_IMAGES[:6]]
     fake = [Image.open(p).convert("RGB") for p in OTHER_IMAGES[:6]]
 
     def torch_fidelity_features(images):
-        batch = torch.stack([torch.from_numpy(np.asarray(i, np.uint8).copy()).permute(2, 0, 1) for i in images])
+        batch = torch.stack(
+            [torch.from_numpy(np.asarray(i, np.uint8).copy()).permute(2, 0, 1) for i in images]
+        )
         with torch.no_grad():
             return theirs.eval()(batch)[0].double().numpy()
 
@@ -572,8 +814,16 @@ def test_fidelity_inception_fid_matches_torch_fidelity_on_the_same_weights(tmp_p
 def test_fidelity_bootstrap_intervals_hold_the_estimates_and_small_sets_are_warned(sets, tmp_path):
     from medisyn_cli.evaluate.fidelity import FidelityConfig, run_fidelity
 
-    data = run_fidelity(FidelityConfig((str(sets / "train"),), (str(sets / "test"),), "pixel", kid_subsets=5,
-                                       bootstrap=200, out=str(tmp_path)))
+    data = run_fidelity(
+        FidelityConfig(
+            (str(sets / "train"),),
+            (str(sets / "test"),),
+            "pixel",
+            kid_subsets=5,
+            bootstrap=200,
+            out=str(tmp_path),
+        )
+    )
     overall = data["overall"]
     for name in ("fid", "precision", "recall", "density", "coverage"):
         low, high = overall["ci95"][name]
@@ -620,10 +870,32 @@ def test_utility_trains_a_random_init_torchvision_resnet18_with_classifier_resne
 
     network = build_network("resnet18", 2)
     assert isinstance(network[0], torchvision.models.ResNet)
-    result = invoke("evaluate", "utility", "--real-train", sets / "train", "--real-test", sets / "test",
-                    "--synthetic", sets / "synthetic", "--classifier", "resnet18", "--size", "32", "--steps", "3",
-                    "--fractions", "1", "--seeds", "1", "--batch-size", "8", "--bootstrap", "10",
-                    "--out", tmp_path)
+    result = invoke(
+        "evaluate",
+        "utility",
+        "--real-train",
+        sets / "train",
+        "--real-test",
+        sets / "test",
+        "--synthetic",
+        sets / "synthetic",
+        "--classifier",
+        "resnet18",
+        "--size",
+        "32",
+        "--steps",
+        "3",
+        "--fractions",
+        "1",
+        "--seeds",
+        "1",
+        "--batch-size",
+        "8",
+        "--bootstrap",
+        "10",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "utility.json").read_text())
     assert data["classifier"]["arch"] == "resnet18" and data["classifier"]["weights"] is None

@@ -19,18 +19,26 @@ from medisyn_cli.generate.plan import iter_jobs, quotas
 from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.sampler import Renderer, Settings, generate_batch
 
-MANIFEST = ("label,finding,prompt,negative_prompt,weight,mode\n"
-            "melanoma,atypical network,dermoscopy image of {label} with {finding},blurry,1,RGB\n"
-            "melanoma,blue-white veil,dermoscopy of {label_text} showing {finding},,1,RGB\n"
-            "nevus,regular network,dermoscopy image of benign melanocytic nevus,,1,RGB\n"
-            "x ray/normal,,frontal chest x-ray,,1,L\n")
+MANIFEST = (
+    "label,finding,prompt,negative_prompt,weight,mode\n"
+    "melanoma,atypical network,dermoscopy image of {label} with {finding},blurry,1,RGB\n"
+    "melanoma,blue-white veil,dermoscopy of {label_text} showing {finding},,1,RGB\n"
+    "nevus,regular network,dermoscopy image of benign melanocytic nevus,,1,RGB\n"
+    "x ray/normal,,frontal chest x-ray,,1,L\n"
+)
 
 
 def run(tmp: Path, model: Path, name: str, **options):
     manifest = tmp / "derm.csv"
     manifest.write_text(MANIFEST)
-    config = GenerateConfig(manifest=str(manifest), n=options.pop("n", 9), out=str(tmp / name), model=str(model),
-                            steps=2, **options)
+    config = GenerateConfig(
+        manifest=str(manifest),
+        n=options.pop("n", 9),
+        out=str(tmp / name),
+        model=str(model),
+        steps=2,
+        **options,
+    )
     return run_generate(config, show_progress=False)
 
 
@@ -43,7 +51,11 @@ def dataset(tiny_model, tmp_path_factory):
 
 def test_every_class_reaches_its_quota(dataset):
     run_info = json.loads((dataset / "run.json").read_text())
-    assert {k: v["written"] for k, v in run_info["classes"].items()} == {"melanoma": 3, "nevus": 3, "x ray/normal": 3}
+    assert {k: v["written"] for k, v in run_info["classes"].items()} == {
+        "melanoma": 3,
+        "nevus": 3,
+        "x ray/normal": 3,
+    }
     leftovers = [p for p in dataset.rglob("*") if p.name.endswith((".tmp", ".partial"))]
     assert leftovers == []
 
@@ -54,11 +66,24 @@ def test_parquet_loads_with_pandas_and_pyarrow(dataset):
 
     frame = pd.read_parquet(dataset / "parquet")
     assert len(frame) == 9 and ds.dataset(dataset / "parquet").count_rows() == 9
-    assert {"image", "id", "label", "label_id", "prompt", "negative_prompt", "seed", "model", "scheduler", "steps",
-            "guidance"} <= set(frame.columns)
+    assert {
+        "image",
+        "id",
+        "label",
+        "label_id",
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "model",
+        "scheduler",
+        "steps",
+        "guidance",
+    } <= set(frame.columns)
     assert frame.id.is_unique and set(frame.label) == {"melanoma", "nevus", "x ray/normal"}
     row = frame[frame.id == "melanoma-000000"].iloc[0]
-    assert row.prompt == "dermoscopy image of melanoma with atypical network" and row.negative_prompt == "blurry"
+    assert (
+        row.prompt == "dermoscopy image of melanoma with atypical network" and row.negative_prompt == "blurry"
+    )
     assert row.steps == 2 and row.scheduler == "dpm++"
     image = Image.open(__import__("io").BytesIO(row.image["bytes"]))
     assert image.size == (16, 16) and image.mode == "RGB"
@@ -110,7 +135,9 @@ def test_same_image_whatever_the_batch_size_or_order(tiny_model, tmp_path):
     settings = Settings(steps=2, guidance=7.5, height=16, width=16)
     render = Renderer(pipe, settings)
     together = {g.job.id: np.asarray(g.image) for g in generate_batch(render, jobs, 3)}
-    alone = {g.job.id: np.asarray(g.image) for job in reversed(jobs) for g in generate_batch(render, [job], 3)}
+    alone = {
+        g.job.id: np.asarray(g.image) for job in reversed(jobs) for g in generate_batch(render, [job], 3)
+    }
     for key in together:
         assert np.abs(together[key].astype(int) - alone[key].astype(int)).max() <= 1
     assert not np.array_equal(together[jobs[0].id], together[jobs[3].id])
@@ -136,15 +163,17 @@ def test_black_or_nan_images_are_regenerated_with_a_new_recorded_seed(manifest):
         generate_batch(black, jobs, run_seed=0, max_regenerate=2)
 
 
-def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fails(tiny_model, tmp_path, monkeypatch):
+def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fails(
+    tiny_model, tmp_path, monkeypatch
+):
     first = run(tmp_path, tiny_model, "out", n=3)
     with pytest.raises(MedisynError, match="holds a complete medisyn run; .*--overwrite"):
         run(tmp_path, tiny_model, "out", n=3)
     second = run(tmp_path, tiny_model, "out", n=6, overwrite=True)
     assert first.out == second.out
     assert len(list((second.out / "imagefolder").rglob("*.png"))) == 6
-    import medisyn_cli.generate.worker as run_module
     import medisyn_cli.generate.sampler as generate_module
+    import medisyn_cli.generate.worker as run_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
@@ -153,7 +182,9 @@ def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fai
     monkeypatch.setattr(run_module, "generate_batch", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         run(tmp_path, tiny_model, "out", n=3, overwrite=True)
-    kept = next(tmp_path.glob("out.previous-*"))  # the finished run waits intact beside the unfinished new one
+    kept = next(
+        tmp_path.glob("out.previous-*")
+    )  # the finished run waits intact beside the unfinished new one
     assert len(list((kept / "imagefolder").rglob("*.png"))) == 6 and (kept / "run.json").exists()
     assert (second.out / "_work").exists() and not (second.out / "run.json").exists()
     monkeypatch.undo()
@@ -169,20 +200,24 @@ def test_cli_dry_run_prints_the_plan_and_loads_no_model(manifest, tmp_path, monk
     import medisyn_cli.generate.run as models
 
     monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: pytest.fail("model loaded in --dry-run"))
-    result = CliRunner().invoke(app, ["generate", "--manifest", str(manifest), "--n", "7", "--dry-run",
-                                      "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["generate", "--manifest", str(manifest), "--n", "7", "--dry-run", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     assert "melanoma" in result.output and "melanoma-000000" in result.output and "7 images" in result.output
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--n", "0"], "--n: must be a positive number"),
-    (["--n", "2"], "smaller than the number of classes"),
-    (["--n", "5", "--format", "tiff"], "--format: 'tiff'"),
-    (["--n", "5", "--scheduler", "magic"], "unknown scheduler 'magic'"),
-    (["--n", "5", "--model", "./no/such/model"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n", "0"], "--n: must be a positive number"),
+        (["--n", "2"], "smaller than the number of classes"),
+        (["--n", "5", "--format", "tiff"], "--format: 'tiff'"),
+        (["--n", "5", "--scheduler", "magic"], "unknown scheduler 'magic'"),
+        (["--n", "5", "--model", "./no/such/model"], "does not exist"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(manifest, tmp_path, args, message):
     out = tmp_path / "o"
     result = CliRunner().invoke(app, ["generate", "--manifest", str(manifest), "--out", str(out), *args])
@@ -194,7 +229,9 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(manifest, tmp_pa
 def test_cli_bad_manifest_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("label,prompt\nmelanoma,{site} image\n")
-    result = CliRunner().invoke(app, ["generate", "--manifest", str(bad), "--n", "4", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["generate", "--manifest", str(bad), "--n", "4", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2
     assert f"{bad}:2: column 'prompt': unknown placeholder {{site}}" in result.output.replace("\n", "")
     assert not (tmp_path / "o").exists()
@@ -205,11 +242,35 @@ def test_installed_medisyn_command_generates_a_dataset(tiny_model, tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text(MANIFEST)
     exe = shutil.which("medisyn") or str(Path(sys.executable).with_name("medisyn"))
-    proc = subprocess.run([exe, "generate", "--manifest", str(manifest), "--n", "3", "--model", str(tiny_model),
-                           "--steps", "2", "--out", str(tmp_path / "o"), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            exe,
+            "generate",
+            "--manifest",
+            str(manifest),
+            "--n",
+            "3",
+            "--model",
+            str(tiny_model),
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "written" in proc.stdout and (tmp_path / "o" / "run.json").exists()
-    proc = subprocess.run([exe, "generate", "--manifest", str(tmp_path / "missing.csv"), "--n", "3"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "manifest not found" in proc.stderr
+    proc = subprocess.run(
+        [exe, "generate", "--manifest", str(tmp_path / "missing.csv"), "--n", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert (
+        proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "manifest not found" in proc.stderr
+    )

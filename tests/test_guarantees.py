@@ -18,10 +18,12 @@ from typer.testing import CliRunner
 from medisyn_cli.cli.main import app
 from medisyn_cli.core.runlock import RunBusy, RunLock
 
-MANIFEST = ("label,prompt,mode\n"
-            "melanoma,dermoscopy image of melanoma,RGB\n"
-            "nevus,dermoscopy image of benign melanocytic nevus,RGB\n"
-            "normal,frontal chest x-ray,L\n")
+MANIFEST = (
+    "label,prompt,mode\n"
+    "melanoma,dermoscopy image of melanoma,RGB\n"
+    "nevus,dermoscopy image of benign melanocytic nevus,RGB\n"
+    "normal,frontal chest x-ray,L\n"
+)
 pytestmark = pytest.mark.slow
 
 
@@ -33,9 +35,27 @@ def start(tmp: Path, model: Path, out: Path, *extra: str, n: int = 10) -> subpro
     """`medisyn generate` as a real process, its output redirected (as in a batch job)."""
     if not (tmp / "m.csv").exists():
         (tmp / "m.csv").write_text(MANIFEST)
-    return subprocess.Popen([exe(), "generate", "--manifest", str(tmp / "m.csv"), "--n", str(n), "--out", str(out),
-                             "--model", str(model), "--batch-size", "2", "--no-progress", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            exe(),
+            "generate",
+            "--manifest",
+            str(tmp / "m.csv"),
+            "--n",
+            str(n),
+            "--out",
+            str(out),
+            "--model",
+            str(model),
+            "--batch-size",
+            "2",
+            "--no-progress",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run(tmp: Path, model: Path, out: Path, *extra: str, n: int = 10, timeout: float = 300):
@@ -71,6 +91,7 @@ def seeds(out: Path) -> set[int]:
 
 # --- --overwrite ---------------------------------------------------------------------------------------------
 
+
 def test_overwrite_never_deletes_a_folder_medisyn_did_not_make(tiny_model, tmp_path):
     project = tmp_path / "project"
     (project / "src").mkdir(parents=True)
@@ -82,10 +103,18 @@ def test_overwrite_never_deletes_a_folder_medisyn_did_not_make(tiny_model, tmp_p
     code, output = run(tmp_path, tiny_model, project, "--overwrite", n=3)
     assert code == 2 and "was not made by medisyn generate" in output
     assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*")) == [
-        "run.json", "slurm", "slurm/job-1.out", "src", "src/train.py", "thesis.txt"]
+        "run.json",
+        "slurm",
+        "slurm/job-1.out",
+        "src",
+        "src/train.py",
+        "thesis.txt",
+    ]
 
 
-def test_overwrite_replaces_the_run_only_when_the_new_one_completes_and_keeps_foreign_files(tiny_model, tmp_path):
+def test_overwrite_replaces_the_run_only_when_the_new_one_completes_and_keeps_foreign_files(
+    tiny_model, tmp_path
+):
     out = tmp_path / "o"
     assert run(tmp_path, tiny_model, out, n=3)[0] == 0
     (out / "my-notes.txt").write_text("keep me")
@@ -118,6 +147,7 @@ def test_sigterm_during_overwrite_keeps_the_old_dataset_and_a_resumable_new_run(
 
 # --- one process per --out -----------------------------------------------------------------------------------
 
+
 def test_a_second_process_into_a_running_out_is_refused_and_harms_nothing(slow, tmp_path):
     out = tmp_path / "o"
     first = start(tmp_path, slow, out)
@@ -137,7 +167,9 @@ def test_a_second_process_into_a_running_out_is_refused_and_harms_nothing(slow, 
 
 def test_a_lock_left_by_a_dead_process_or_a_silent_node_is_taken_over(tmp_path):
     path = tmp_path / "lock"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     path.write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "since": "then"}))
     with RunLock(path, "run") as lock:
         assert lock.held and json.loads(path.read_text())["pid"] == os.getpid()
@@ -172,13 +204,18 @@ def test_a_lock_left_by_a_dead_process_or_a_silent_node_is_taken_over(tmp_path):
 
 # --- --resume and --shard check the run they find --------------------------------------------------------------
 
+
 def test_resume_or_shard_on_a_complete_run_refuses_other_options(tiny_model, tmp_path):
     out = tmp_path / "o"
     assert run(tmp_path, tiny_model, out, "--threads", "1", n=6)[0] == 0
-    cases = [(["--resume", "--seed", "7", "--steps", "7"], n, ["seed: 0 there, 7 now", "steps: 25 there, 7 now"])
-             for n in (6,)]
-    cases += [(["--shard", "1/4"], 5000, ["n: 6 there, 5000 now"]), (["--resume", "--threads", "2"], 6,
-                                                                     ["threads: 1 there, 2 now"])]
+    cases = [
+        (["--resume", "--seed", "7", "--steps", "7"], n, ["seed: 0 there, 7 now", "steps: 25 there, 7 now"])
+        for n in (6,)
+    ]
+    cases += [
+        (["--shard", "1/4"], 5000, ["n: 6 there, 5000 now"]),
+        (["--resume", "--threads", "2"], 6, ["threads: 1 there, 2 now"]),
+    ]
     for extra, n, messages in cases:
         code, output = run(tmp_path, tiny_model, out, *extra, n=n)
         assert code == 2 and all(m in output for m in messages), output
@@ -197,6 +234,7 @@ def test_resume_or_shard_on_a_complete_run_refuses_other_options(tiny_model, tmp
 
 # --- kills, signals and what a loader sees -------------------------------------------------------------------
 
+
 def test_after_kill_9_no_partial_dataset_is_loadable_and_ctrl_c_says_how_to_resume(slow, tmp_path):
     out = tmp_path / "o"
     proc = start(tmp_path, slow, out)
@@ -209,7 +247,9 @@ def test_after_kill_9_no_partial_dataset_is_loadable_and_ctrl_c_says_how_to_resu
     wait_for(lambda: batches_done(out) >= 3, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Ctrl-C" in stderr and "resume with --resume" in " ".join(stderr.split())
+    assert (
+        proc.returncode == 130 and "Ctrl-C" in stderr and "resume with --resume" in " ".join(stderr.split())
+    )
     code, output = run(tmp_path, slow, out, "--resume")
     assert code == 0, output
     from torchvision.datasets import ImageFolder
@@ -233,8 +273,22 @@ def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkey
         return real(item, constant)
 
     monkeypatch.setattr(runner, "provenance_row", full)
-    args = ["generate", "--manifest", str(tmp_path / "m.csv"), "--n", "10", "--out", str(tmp_path / "o"),
-            "--model", str(tiny_model), "--batch-size", "2", "--steps", "2", "--no-progress"]
+    args = [
+        "generate",
+        "--manifest",
+        str(tmp_path / "m.csv"),
+        "--n",
+        "10",
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        str(tiny_model),
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(app, args)
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "No space left on device" in text and "x.png" in text
@@ -246,6 +300,7 @@ def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkey
 
 # --- medisyn screen ------------------------------------------------------------------------------------------
 
+
 def test_screen_keep_out_copy_tells_its_own_counts_and_unreadable_input_fails(tiny_model, tmp_path):
     from medisyn_cli.screening.build import build_index
 
@@ -253,8 +308,18 @@ def test_screen_keep_out_copy_tells_its_own_counts_and_unreadable_input_fails(ti
     assert code == 0, output
     out = tmp_path / "synth"
     build_index([out / "imagefolder" / "melanoma"], tmp_path / "idx", show_progress=False)
-    result = CliRunner().invoke(app, ["screen", str(out), "--index", str(tmp_path / "idx"), "--keep-out",
-                                      str(tmp_path / "kept"), "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "screen",
+            str(out),
+            "--index",
+            str(tmp_path / "idx"),
+            "--keep-out",
+            str(tmp_path / "kept"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     kept = json.loads((tmp_path / "kept" / "run.json").read_text())
     assert kept["classes"]["melanoma"]["written"] == 0 and kept["classes"]["nevus"]["written"] == 2
@@ -265,11 +330,34 @@ def test_screen_keep_out_copy_tells_its_own_counts_and_unreadable_input_fails(ti
     broken.mkdir()
     for name in ("a.png", "b.png"):
         (broken / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    result = CliRunner().invoke(app, ["screen", str(broken), "--index", str(tmp_path / "idx"), "--report",
-                                      str(tmp_path / "rep"), "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "screen",
+            str(broken),
+            "--index",
+            str(tmp_path / "idx"),
+            "--report",
+            str(tmp_path / "rep"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 2 and "none of its 2 images could be read" in result.output
     assert not (tmp_path / "rep").exists()
     shutil.copy(out / "imagefolder" / "nevus" / "nevus-000000.png", broken / "c.png")
-    result = CliRunner().invoke(app, ["screen", str(broken), "--index", str(tmp_path / "idx"), "--report",
-                                      str(tmp_path / "rep"), "--fail-on-copies", "--no-progress"])
-    assert result.exit_code == 1 and "2 unreadable images count as failures" in " ".join(result.output.split())
+    result = CliRunner().invoke(
+        app,
+        [
+            "screen",
+            str(broken),
+            "--index",
+            str(tmp_path / "idx"),
+            "--report",
+            str(tmp_path / "rep"),
+            "--fail-on-copies",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 1 and "2 unreadable images count as failures" in " ".join(
+        result.output.split()
+    )

@@ -45,8 +45,12 @@ def fixture_index(tmp_path_factory) -> Path:
 
 def test_build_writes_index_keys_and_metadata(fixture_index):
     meta = json.loads((fixture_index / "index.json").read_text())
-    assert sorted(p.name for p in fixture_index.iterdir()) == ["index.faiss", "index.json", "keys.parquet",
-                                                               "regions.faiss"]
+    assert sorted(p.name for p in fixture_index.iterdir()) == [
+        "index.faiss",
+        "index.json",
+        "keys.parquet",
+        "regions.faiss",
+    ]
     assert meta["count"] == 12 and meta["embedder"]["spec"] == "pixel" and meta["embedder"]["dim"] == 1024
     assert meta["metric"] == "inner_product" and meta["index"]["type"] == "flat"
     assert meta["threshold"] == get_embedder("pixel").default_threshold
@@ -91,7 +95,9 @@ def test_parquet_source_is_streamed_by_row_group(tmp_path):
     source = find_sources([folder])[0]
     assert source.kind == "parquet"
     assert pq.ParquetFile(folder / "part-00000.parquet").num_row_groups == 4
-    assert next(iter_source_records(source)).key.endswith("part-00000.parquet:img-0")  # lazy: one row at a time
+    assert next(iter_source_records(source)).key.endswith(
+        "part-00000.parquet:img-0"
+    )  # lazy: one row at a time
     meta = build_index([folder], tmp_path / "idx", show_progress=False, batch_size=5)
     assert meta["count"] == 12 and meta["skipped"]["files"][0]["key"].endswith(":img-broken")
     index = load_index(tmp_path / "idx")
@@ -105,8 +111,12 @@ def test_hashes_use_a_binary_index_on_the_same_similarity_scale(tmp_path):
     image = Image.open(index.key([2])[0])
     sims, ids = index.search(index.embedder.embed([image]), k=3)
     assert ids[0, 0] == 2 and sims.dtype == np.float32 and sims[0, 0] == 1.0 and 0 < sims[0, 2] < 1.0
-    assert build_index([FIXTURE], tmp_path / "hnsw", embedder="phash", index_type="hnsw",
-                       show_progress=False)["index"]["recall_at_1"] is not None
+    assert (
+        build_index([FIXTURE], tmp_path / "hnsw", embedder="phash", index_type="hnsw", show_progress=False)[
+            "index"
+        ]["recall_at_1"]
+        is not None
+    )
 
 
 @pytest.mark.parametrize("index_type", ["hnsw", "ivfpq"])
@@ -115,7 +125,9 @@ def test_approximate_indexes_report_recall_and_find_copies(index_type, tmp_path)
     assert meta["index"]["type"] == index_type and 0.0 <= meta["index"]["recall_at_1"] <= 1.0
     index = load_index(tmp_path / "idx")
     sims, ids = index.search(index.embedder.embed([Image.open(index.key([5])[0])]), k=1)
-    assert ids[0, 0] == 5 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)  # IVF-PQ candidates re-scored exactly
+    assert ids[0, 0] == 5 and sims[0, 0] == pytest.approx(
+        1.0, abs=1e-5
+    )  # IVF-PQ candidates re-scored exactly
     assert (index.exact is not None) == (index_type == "ivfpq") and index.can_reconstruct
     assert (tmp_path / "idx" / "vectors.npy").exists() == (index_type == "ivfpq")
 
@@ -162,8 +174,17 @@ def test_auto_index_type_follows_count_and_memory_budget():
     assert plan_index("auto", 10, get_embedder("phash"), None).type == "flat"
 
 
-@pytest.mark.parametrize("text, expected", [("4GB", 4_000_000_000), ("512MB", 512_000_000), ("1.5GiB", 1.5 * 2 ** 30),
-                                            (" 200 mb ", 200_000_000), (None, None), (1024, 1024)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("4GB", 4_000_000_000),
+        ("512MB", 512_000_000),
+        ("1.5GiB", 1.5 * 2**30),
+        (" 200 mb ", 200_000_000),
+        (None, None),
+        (1024, 1024),
+    ],
+)
 def test_memory_budgets_are_parsed_once(text, expected):
     assert parse_memory(text) == expected
 
@@ -181,10 +202,15 @@ def test_bad_sources_and_options_are_refused_before_any_work(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
-    cases = [([empty], {}, "no images found"), ([tmp_path / "missing"], {}, "no such file"), ([], {}, "no source"),
-             ([FIXTURE], {"index_type": "ivf"}, "index type"), ([FIXTURE], {"embedder": "sift"}, "unknown embedder"),
-             ([FIXTURE], {"embedder": "phash", "index_type": "ivfpq"}, "binary|float"),
-             ([FIXTURE], {"batch_size": 0}, "batch_size")]
+    cases = [
+        ([empty], {}, "no images found"),
+        ([tmp_path / "missing"], {}, "no such file"),
+        ([], {}, "no source"),
+        ([FIXTURE], {"index_type": "ivf"}, "index type"),
+        ([FIXTURE], {"embedder": "sift"}, "unknown embedder"),
+        ([FIXTURE], {"embedder": "phash", "index_type": "ivfpq"}, "binary|float"),
+        ([FIXTURE], {"batch_size": 0}, "batch_size"),
+    ]
     for sources, options, message in cases:
         with pytest.raises(MedisynError, match=message):
             build_index(sources, tmp_path / "idx", show_progress=False, **options)
@@ -263,13 +289,17 @@ def test_build_calibrates_the_threshold_on_its_own_images(tmp_path, monkeypatch)
     meta = build_index([FIXTURE], tmp_path / "idx", show_progress=False, target_fpr=0.05)
     calibration = meta["screening"]["calibration"]
     assert meta["screening"]["views"] == "general" and meta["threshold"] == calibration["threshold"]
-    assert calibration["sample"] == 12 and calibration["negatives"] == 24 and calibration["target_fpr"] == 0.05
+    assert (
+        calibration["sample"] == 12 and calibration["negatives"] == 24 and calibration["target_fpr"] == 0.05
+    )
     assert calibration["fpr_at_threshold"] <= 0.05
     curve = {row["threshold"]: row for row in calibration["curve"]}
     assert all(0 <= row["fpr"] <= 1 and 0 <= row["tpr"] <= 1 for row in curve.values())
     fprs = [row["fpr"] for row in calibration["curve"]]
     assert fprs == sorted(fprs, reverse=True)  # fewer false positives as the threshold rises
-    assert json.loads((tmp_path / "idx" / "index.json").read_text())["screening"]["calibration"] == calibration
+    assert (
+        json.loads((tmp_path / "idx" / "index.json").read_text())["screening"]["calibration"] == calibration
+    )
 
 
 def test_small_index_keeps_the_default_threshold_and_says_why(fixture_index):
@@ -323,16 +353,41 @@ def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
     from medisyn_cli.screening import index_write
 
     monkeypatch.setattr(index_write, "CALIBRATION_MIN", 10)
-    result = CliRunner().invoke(app, ["index", "build", str(FIXTURE), "--out", str(tmp_path / "idx"),
-                                      "--target-fpr", "0.05", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "index",
+            "build",
+            str(FIXTURE),
+            "--out",
+            str(tmp_path / "idx"),
+            "--target-fpr",
+            "0.05",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert "calibrated for 5.00% false positives" in result.output and "copies caught" in result.output
     assert f"{meta['threshold']:g}" in result.output
-    plain = CliRunner().invoke(app, ["index", "build", str(FIXTURE), "--out", str(tmp_path / "plain"),
-                                     "--target-fpr", "0", "--no-regions", "--no-progress"])
+    plain = CliRunner().invoke(
+        app,
+        [
+            "index",
+            "build",
+            str(FIXTURE),
+            "--out",
+            str(tmp_path / "plain"),
+            "--target-fpr",
+            "0",
+            "--no-regions",
+            "--no-progress",
+        ],
+    )
     assert plain.exit_code == 0 and "threshold not calibrated" in plain.output
-    assert not (tmp_path / "plain" / "regions.faiss").exists() and (tmp_path / "idx" / "regions.faiss").exists()
+    assert (
+        not (tmp_path / "plain" / "regions.faiss").exists() and (tmp_path / "idx" / "regions.faiss").exists()
+    )
     assert json.loads((tmp_path / "plain" / "index.json").read_text())["threshold"] == 0.97
 
 

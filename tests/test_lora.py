@@ -18,9 +18,22 @@ DATA = Path(__file__).parent / "fixtures" / "images"
 
 
 def lora_config(out: Path, base: Path, **options) -> TrainConfig:
-    defaults = dict(data=(str(DATA),), out=str(out), base=str(base), resolution=16, steps=30, batch_size=8, lr=0.1,
-                    checkpoint_every=15, validate_every=30, mixed_precision="no", lora=4, lora_alpha=8.0,
-                    holdout=0.2, balance=0.5)
+    defaults = dict(
+        data=(str(DATA),),
+        out=str(out),
+        base=str(base),
+        resolution=16,
+        steps=30,
+        batch_size=8,
+        lr=0.1,
+        checkpoint_every=15,
+        validate_every=30,
+        mixed_precision="no",
+        lora=4,
+        lora_alpha=8.0,
+        holdout=0.2,
+        balance=0.5,
+    )
     return TrainConfig(**{**defaults, **options})
 
 
@@ -56,7 +69,9 @@ def test_lora_training_saves_only_the_adapter_and_leaves_the_base_bit_identical(
         assert sum(handle.get_tensor(k).numel() for k in keys) == record["parameters"]
     assert keys and all(k.startswith("unet.") and ".lora" in k for k in keys)
     assert not (adapter / "model_index.json").exists() and not (adapter / "unet").exists()
-    assert (adapter / "samples" / "step-000030.png").exists() and "rank-4" in (adapter / "README.md").read_text()
+    assert (adapter / "samples" / "step-000030.png").exists() and "rank-4" in (
+        adapter / "README.md"
+    ).read_text()
 
 
 def test_only_adapter_parameters_train(tiny_model):
@@ -84,8 +99,14 @@ def test_plain_diffusers_loads_the_adapter_and_it_lowers_the_training_loss(adapt
 
     def loss() -> float:
         with torch.no_grad():
-            return float(np.mean([diffusion_loss(parts, z, ids, torch.Generator().manual_seed(s), config).item()
-                                  for s in range(8)]))
+            return float(
+                np.mean(
+                    [
+                        diffusion_loss(parts, z, ids, torch.Generator().manual_seed(s), config).item()
+                        for s in range(8)
+                    ]
+                )
+            )
 
     before = loss()
     pipe.load_lora_weights(adapter)  # plain diffusers, the folder only
@@ -101,9 +122,31 @@ def write_manifest(folder: Path) -> Path:
 
 
 def generate_args(manifest: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return ["generate", "--manifest", str(manifest), "--n", "4", "--model", str(model), "--out", str(out),
-            "--steps", "4", "--batch-size", "2", "--device", "cpu", "--dtype", "fp32", "--threads", "1",
-            "--format", "imagefolder", "--no-progress", *extra]
+    return [
+        "generate",
+        "--manifest",
+        str(manifest),
+        "--n",
+        "4",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--threads",
+        "1",
+        "--format",
+        "imagefolder",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def images(out: Path) -> dict[str, np.ndarray]:
@@ -111,8 +154,13 @@ def images(out: Path) -> dict[str, np.ndarray]:
 
     with open(out / "imagefolder" / "metadata.csv") as handle:
         rows = list(csv.DictReader(handle))
-    return {r["file_name"]: (np.asarray(Image.open(out / "imagefolder" / r["file_name"]).convert("RGB")).astype(int), r)
-            for r in rows}
+    return {
+        r["file_name"]: (
+            np.asarray(Image.open(out / "imagefolder" / r["file_name"]).convert("RGB")).astype(int),
+            r,
+        )
+        for r in rows
+    }
 
 
 def test_generate_with_lora_differs_from_the_base_and_equals_plain_diffusers(adapter, tiny_model, tmp_path):
@@ -127,13 +175,20 @@ def test_generate_with_lora_differs_from_the_base_and_equals_plain_diffusers(ada
     assert max(np.abs(plain[k][0] - lora[k][0]).max() for k in lora) > 8
     assert max(np.abs(fused[k][0] - lora[k][0]).max() for k in lora) <= 2
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, algorithm_type="dpmsolver++"
+    )
     pipe.load_lora_weights(adapter, adapter_name="mine")
     pipe.set_adapters(["mine"], adapter_weights=[0.8])
     run = json.loads((tmp_path / "lora" / "run.json").read_text())
     for pixels, row in lora.values():
-        reference = pipe(row["prompt"], num_inference_steps=4, guidance_scale=run["sampling"]["guidance"],
-                         generator=torch.Generator().manual_seed(int(row["seed"])), output_type="np").images[0]
+        reference = pipe(
+            row["prompt"],
+            num_inference_steps=4,
+            guidance_scale=run["sampling"]["guidance"],
+            generator=torch.Generator().manual_seed(int(row["seed"])),
+            output_type="np",
+        ).images[0]
         assert np.abs(np.round(reference * 255).astype(int) - pixels).max() <= 1
     sha = run["adapters"][0]["sha256"]
     assert run["adapters"] == [{"path": str(adapter.resolve()), "sha256": sha, "scale": 0.8}]
@@ -171,33 +226,54 @@ def test_bad_adapters_are_one_line_errors_before_anything_is_written(adapter, ti
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"\x00garbage" * 10)
     layer = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
-    sdxl = save_tensors(tmp_path / "sdxl.safetensors", {
-        "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 1280)})
-    wide = save_tensors(tmp_path / "wide.safetensors", {f"{layer}.lora_A.weight": (4, 64),
-                                                        f"{layer}.lora_B.weight": (64, 4)})
+    sdxl = save_tensors(
+        tmp_path / "sdxl.safetensors",
+        {"text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 1280)},
+    )
+    wide = save_tensors(
+        tmp_path / "wide.safetensors", {f"{layer}.lora_A.weight": (4, 64), f"{layer}.lora_B.weight": (64, 4)}
+    )
     empty = save_tensors(tmp_path / "empty.safetensors", {"unet.conv_in.weight": (4, 4)})
     other = tmp_path / "other"
     shutil.copytree(adapter, other, ignore=shutil.ignore_patterns("_work", "samples"))
     record = json.loads((other / "adapter.json").read_text())
     record["base"]["weights_sha256"] = {"unet/diffusion_pytorch_model.safetensors": "0" * 64}
     (other / "adapter.json").write_text(json.dumps(record))
-    cases = [(tmp_path / "missing", "does not exist"), (corrupt.parent, "not a readable .safetensors"),
-             (sdxl, "another architecture"), (wide, "has other sizes"), (empty, "holds no LoRA weights"),
-             (tmp_path, "has no pytorch_lora_weights.safetensors"), (other, "--force-lora")]
+    cases = [
+        (tmp_path / "missing", "does not exist"),
+        (corrupt.parent, "not a readable .safetensors"),
+        (sdxl, "another architecture"),
+        (wide, "has other sizes"),
+        (empty, "holds no LoRA weights"),
+        (tmp_path, "has no pytorch_lora_weights.safetensors"),
+        (other, "--force-lora"),
+    ]
     for path, message in cases:
         out = tmp_path / f"out-{path.name}"
         result = CliRunner().invoke(app, generate_args(manifest, tiny_model, out, "--lora", str(path)))
         assert result.exit_code == 2 and message in result.output, (path, result.output)
         assert len(result.output.strip().splitlines()) == 1 and not out.exists()
-    forced = CliRunner().invoke(app, generate_args(manifest, tiny_model, tmp_path / "forced", "--lora", str(other),
-                                                   "--force-lora", "--dry-run"))
+    forced = CliRunner().invoke(
+        app,
+        generate_args(
+            manifest, tiny_model, tmp_path / "forced", "--lora", str(other), "--force-lora", "--dry-run"
+        ),
+    )
     assert forced.exit_code == 0, forced.output
 
 
-@pytest.mark.parametrize("option, message", [
-    (dict(lora=0), "rank must be at least 1"), (dict(base=None), "--lora needs --base"),
-    (dict(lora_targets="vae"), "not one of unet, unet+text"), (dict(lora_dropout=1.5), "not in [0, 1)")])
-def test_bad_lora_training_options_are_refused_before_anything_is_written(tiny_model, tmp_path, option, message):
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (dict(lora=0), "rank must be at least 1"),
+        (dict(base=None), "--lora needs --base"),
+        (dict(lora_targets="vae"), "not one of unet, unet+text"),
+        (dict(lora_dropout=1.5), "not in [0, 1)"),
+    ],
+)
+def test_bad_lora_training_options_are_refused_before_anything_is_written(
+    tiny_model, tmp_path, option, message
+):
     out = tmp_path / "adapter"
     with pytest.raises(MedisynError) as error:
         train(replace(lora_config(out, tiny_model), **option), show_progress=False)
@@ -205,16 +281,23 @@ def test_bad_lora_training_options_are_refused_before_anything_is_written(tiny_m
 
 
 def test_cli_lora_rank_zero_exits_2(tiny_model, tmp_path):
-    result = CliRunner().invoke(app, ["train", str(DATA), "--out", str(tmp_path / "a"), "--base", str(tiny_model),
-                                      "--lora", "0"])
-    assert result.exit_code == 2 and "rank must be at least 1" in result.output and not (tmp_path / "a").exists()
+    result = CliRunner().invoke(
+        app, ["train", str(DATA), "--out", str(tmp_path / "a"), "--base", str(tiny_model), "--lora", "0"]
+    )
+    assert (
+        result.exit_code == 2 and "rank must be at least 1" in result.output and not (tmp_path / "a").exists()
+    )
 
 
 def test_lora_run_resumes_and_refuses_another_rank(tiny_model, tmp_path):
     out = tmp_path / "adapter"
     train(lora_config(out, tiny_model, steps=4, checkpoint_every=2, validate_every=0), show_progress=False)
     with pytest.raises(MedisynError, match="options differ .*lora"):
-        train(lora_config(out, tiny_model, lora=8, steps=6, validate_every=0, resume=True), show_progress=False)
-    result = train(lora_config(out, tiny_model, steps=6, checkpoint_every=2, validate_every=0, resume=True),
-                   show_progress=False)
+        train(
+            lora_config(out, tiny_model, lora=8, steps=6, validate_every=0, resume=True), show_progress=False
+        )
+    result = train(
+        lora_config(out, tiny_model, steps=6, checkpoint_every=2, validate_every=0, resume=True),
+        show_progress=False,
+    )
     assert result.steps == 6 and json.loads((out / "adapter.json").read_text())["steps"] == 6

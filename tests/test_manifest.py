@@ -20,7 +20,9 @@ def test_placeholders_variants_and_defaults_are_parsed(manifest):
     m = load_manifest(manifest)
     assert m.labels == ["melanoma", "nevus", "x ray/normal"]
     assert [r.prompt for r in m.variants("melanoma")] == [
-        "dermoscopy image of melanoma with atypical network", "dermoscopy of melanoma showing blue-white veil"]
+        "dermoscopy image of melanoma with atypical network",
+        "dermoscopy of melanoma showing blue-white veil",
+    ]
     assert m.rows[0].negative_prompt == "blurry" and m.rows[1].negative_prompt == ""
     assert m.weights() == {"melanoma": 1.0, "nevus": 1.0, "x ray/normal": 1.0}
     assert m.rows[-1].mode == "L" and len(m.sha256) == 64
@@ -33,8 +35,11 @@ def test_weight_given_once_applies_to_all_variants_of_a_class(tmp_path):
 
 
 def test_jsonl_manifest(tmp_path):
-    path = write(tmp_path, '{"label": "a", "prompt": "x-ray of {label}"}\n\n{"label": "b", "prompt": "q", "weight": 2}\n',
-                 name="m.jsonl")
+    path = write(
+        tmp_path,
+        '{"label": "a", "prompt": "x-ray of {label}"}\n\n{"label": "b", "prompt": "q", "weight": 2}\n',
+        name="m.jsonl",
+    )
     m = load_manifest(path)
     assert [r.prompt for r in m.rows] == ["x-ray of a", "q"] and m.weights()["b"] == 2.0
 
@@ -44,24 +49,35 @@ def test_literal_braces_are_kept(tmp_path):
     assert m.rows[0].prompt == "{not a placeholder} a"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("", "manifest is empty"),
-    ("label,prompt\n", "header but no rows"),
-    ("label,text\na,b\n", ":1: missing required column 'prompt' (found: label, text)"),
-    ("label,prompt\na,ok\n,missing label\n", ":3: column 'label' is empty"),
-    ("label,prompt\na,\n", ":2: column 'prompt' is empty"),
-    ("label,prompt,site\na,image of {organ},x\n", ":2: column 'prompt': unknown placeholder {organ} "
-                                                  "(available: {label}, {label_text}, {site})"),
-    ("label,prompt,negative_prompt\na,p,{nope}\n", ":2: column 'negative_prompt': unknown placeholder {nope}"),
-    ("label,prompt\na,image of {label\n", ":2: column 'prompt': bad template"),
-    ("label,prompt,weight\na,p,abc\n", ":2: column 'weight': 'abc' is not a positive number"),
-    ("label,prompt,weight\na,p,0\n", ":2: column 'weight': '0' is not a positive number"),
-    ("label,prompt,weight\na,p,-2\n", ":2: column 'weight': '-2' is not a positive number"),
-    ("label,prompt,weight\na,p,inf\n", ":2: column 'weight': 'inf' is not a positive number"),
-    ("label,prompt,weight\na,p,1\na,q,2\n", ":3: column 'weight': class 'a' has weight 2 here but 1 on line 2"),
-    ("label,prompt,mode\na,p,CMYK\n", ":2: column 'mode': 'CMYK' is not one of RGB, L"),
-    ("label,prompt\na,p,extra\n", ":2: more values than the 2 columns"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "manifest is empty"),
+        ("label,prompt\n", "header but no rows"),
+        ("label,text\na,b\n", ":1: missing required column 'prompt' (found: label, text)"),
+        ("label,prompt\na,ok\n,missing label\n", ":3: column 'label' is empty"),
+        ("label,prompt\na,\n", ":2: column 'prompt' is empty"),
+        (
+            "label,prompt,site\na,image of {organ},x\n",
+            ":2: column 'prompt': unknown placeholder {organ} (available: {label}, {label_text}, {site})",
+        ),
+        (
+            "label,prompt,negative_prompt\na,p,{nope}\n",
+            ":2: column 'negative_prompt': unknown placeholder {nope}",
+        ),
+        ("label,prompt\na,image of {label\n", ":2: column 'prompt': bad template"),
+        ("label,prompt,weight\na,p,abc\n", ":2: column 'weight': 'abc' is not a positive number"),
+        ("label,prompt,weight\na,p,0\n", ":2: column 'weight': '0' is not a positive number"),
+        ("label,prompt,weight\na,p,-2\n", ":2: column 'weight': '-2' is not a positive number"),
+        ("label,prompt,weight\na,p,inf\n", ":2: column 'weight': 'inf' is not a positive number"),
+        (
+            "label,prompt,weight\na,p,1\na,q,2\n",
+            ":3: column 'weight': class 'a' has weight 2 here but 1 on line 2",
+        ),
+        ("label,prompt,mode\na,p,CMYK\n", ":2: column 'mode': 'CMYK' is not one of RGB, L"),
+        ("label,prompt\na,p,extra\n", ":2: more values than the 2 columns"),
+    ],
+)
 def test_bad_manifest_names_file_line_and_column(tmp_path, text, expected):
     path = write(tmp_path, text)
     with pytest.raises(MedisynError) as err:

@@ -37,8 +37,11 @@ def test_loads_a_saved_folder_with_the_chosen_scheduler_and_no_safety_checker(ti
     assert getattr(pipe, "safety_checker", None) is None
     assert pipe.unet.dtype == torch.float32
     hashes = weight_hashes(str(tiny_model))
-    assert set(hashes) == {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                           "text_encoder/model.safetensors"}
+    assert set(hashes) == {
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    }
     assert all(len(h) == 64 for h in hashes.values())
 
 

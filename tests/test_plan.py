@@ -2,9 +2,9 @@
 
 import pytest
 
+from medisyn_cli.core.batching import batched
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.generate.manifest import load_manifest, safe_name
-from medisyn_cli.core.batching import batched
 from medisyn_cli.generate.plan import image_id, image_seed, iter_jobs, quotas
 
 
@@ -25,7 +25,9 @@ def test_every_class_gets_an_image_even_with_tiny_weight():
     assert counts == {"a": 1, "b": 1}
 
 
-@pytest.mark.parametrize("n, message", [(0, "positive"), (-5, "positive"), (2, "smaller than the number of classes (3)")])
+@pytest.mark.parametrize(
+    "n, message", [(0, "positive"), (-5, "positive"), (2, "smaller than the number of classes (3)")]
+)
 def test_bad_n_is_a_clear_error(n, message):
     with pytest.raises(MedisynError, match=message.replace("(", r"\(").replace(")", r"\)")):
         quotas({"a": 1, "b": 1, "c": 1}, n)
@@ -34,8 +36,12 @@ def test_bad_n_is_a_clear_error(n, message):
 def test_seed_depends_on_run_seed_label_index_and_attempt_only():
     base = image_seed(0, "melanoma", 3)
     assert base == image_seed(0, "melanoma", 3)
-    others = {image_seed(1, "melanoma", 3), image_seed(0, "nevus", 3), image_seed(0, "melanoma", 4),
-              image_seed(0, "melanoma", 3, attempt=1)}
+    others = {
+        image_seed(1, "melanoma", 3),
+        image_seed(0, "nevus", 3),
+        image_seed(0, "melanoma", 4),
+        image_seed(0, "melanoma", 3, attempt=1),
+    }
     assert base not in others and len(others) == 4
     assert 0 <= base < 2**63
 

@@ -39,53 +39,112 @@ def real(tmp_path_factory) -> Path:
 
 
 def _row(path: Path, image_id: str, label: str, **extra) -> dict:
-    return {"image": {"bytes": path.read_bytes(), "path": f"{image_id}.png"}, "id": image_id, "label": label,
-            **extra}
+    return {
+        "image": {"bytes": path.read_bytes(), "path": f"{image_id}.png"},
+        "id": image_id,
+        "label": label,
+        **extra,
+    }
 
 
 def _run_record(classes: dict, judge: dict | None) -> dict:
     """A run.json complete enough for the dataset card."""
-    return {"model": {"name": "tiny", "source": "test"}, "dtype": "float32", "device": "cpu",
-            "sampling": {"scheduler": "ddim", "steps": 2, "guidance": 7.5, "width": 64, "height": 64},
-            "manifest": {"path": "m.csv", "sha256": "0" * 64}, "options": {"seed": 0}, "medisyn": "test",
-            "started": "s", "finished": "f", "screening": None, "judge": judge,
-            "classes": {label: {"planned": n, "written": n, "regenerated": 0, "rejected": 0,
-                                "label_rejected": 0, "ended": None} for label, n in classes.items()}}
+    return {
+        "model": {"name": "tiny", "source": "test"},
+        "dtype": "float32",
+        "device": "cpu",
+        "sampling": {"scheduler": "ddim", "steps": 2, "guidance": 7.5, "width": 64, "height": 64},
+        "manifest": {"path": "m.csv", "sha256": "0" * 64},
+        "options": {"seed": 0},
+        "medisyn": "test",
+        "started": "s",
+        "finished": "f",
+        "screening": None,
+        "judge": judge,
+        "classes": {
+            label: {
+                "planned": n,
+                "written": n,
+                "regenerated": 0,
+                "rejected": 0,
+                "label_rejected": 0,
+                "ended": None,
+            }
+            for label, n in classes.items()
+        },
+    }
 
 
 def _judged_out(tmp: Path, rejected: list[dict] | None, with_pixels: bool) -> Path:
     """A judged output folder: 4 kept cells and 4 kept X-rays (scores recorded), rejected.parquet as given."""
     out = tmp / "judged"
     (out / "parquet").mkdir(parents=True)
-    rows = [_row(p, f"cell-{i}", "cell", label_score=0.9 - i / 100, judged_label="cell") for i, p in
-            enumerate(CELLS[:4])]
-    rows += [_row(p, f"xray-{i}", "xray", label_score=0.8 - i / 100, judged_label="xray") for i, p in
-             enumerate(XRAYS[:4])]
+    rows = [
+        _row(p, f"cell-{i}", "cell", label_score=0.9 - i / 100, judged_label="cell")
+        for i, p in enumerate(CELLS[:4])
+    ]
+    rows += [
+        _row(p, f"xray-{i}", "xray", label_score=0.8 - i / 100, judged_label="xray")
+        for i, p in enumerate(XRAYS[:4])
+    ]
     pq.write_table(pa.Table.from_pylist(rows), out / "parquet" / "part-00000.parquet")
     if rejected is not None:
         if not with_pixels:
             rejected = [{k: v for k, v in r.items() if k != "image"} for r in rejected]
         pq.write_table(pa.Table.from_pylist(rejected), out / "rejected.parquet")
-    judge = {"judge": "j", "classifier": "knn", "features": "thumb", "heldout_accuracy": 1.0,
-             "min_label_score": 0.5, "classes": ["cell", "xray"]}
+    judge = {
+        "judge": "j",
+        "classifier": "knn",
+        "features": "thumb",
+        "heldout_accuracy": 1.0,
+        "min_label_score": 0.5,
+        "classes": ["cell", "xray"],
+    }
     (out / "run.json").write_text(json.dumps(_run_record({"cell": 4, "xray": 4}, judge)))
     return out
 
 
 def _rejections() -> list[dict]:
     """Two cell images drawn for 'xray' (rejected for label) and one near-copy (no pixels)."""
-    label = [{**_row(p, "xray-9", "xray"), "seed": n, "attempt": n, "reason": "label", "label_score": 0.1,
-              "judged_label": "cell", "nn_similarity": None} for n, p in enumerate(CELLS[4:6])]
-    copy = {"image": None, "id": "cell-1", "label": "cell", "seed": 7, "attempt": 0, "reason": "near_copy",
-            "label_score": 0.95, "judged_label": "cell", "nn_similarity": 0.99}
+    label = [
+        {
+            **_row(p, "xray-9", "xray"),
+            "seed": n,
+            "attempt": n,
+            "reason": "label",
+            "label_score": 0.1,
+            "judged_label": "cell",
+            "nn_similarity": None,
+        }
+        for n, p in enumerate(CELLS[4:6])
+    ]
+    copy = {
+        "image": None,
+        "id": "cell-1",
+        "label": "cell",
+        "seed": 7,
+        "attempt": 0,
+        "reason": "near_copy",
+        "label_score": 0.95,
+        "judged_label": "cell",
+        "nn_similarity": 0.99,
+    }
     return label + [copy]
 
 
 def _config(tmp: Path, model, name: str, **options) -> GenerateConfig:
-    (tmp / "m.csv").write_text("label,prompt,mode\ncell,dermoscopy image of melanoma,RGB\n"
-                               "xray,frontal chest x-ray,RGB\n")
-    return GenerateConfig(manifest=str(tmp / "m.csv"), n=options.pop("n", 8), out=str(tmp / name),
-                          model=str(model), steps=2, batch_size=4, **options)
+    (tmp / "m.csv").write_text(
+        "label,prompt,mode\ncell,dermoscopy image of melanoma,RGB\nxray,frontal chest x-ray,RGB\n"
+    )
+    return GenerateConfig(
+        manifest=str(tmp / "m.csv"),
+        n=options.pop("n", 8),
+        out=str(tmp / name),
+        model=str(model),
+        steps=2,
+        batch_size=4,
+        **options,
+    )
 
 
 def _pixel_diversity(paths: list[Path]) -> float:
@@ -106,8 +165,9 @@ def test_the_label_check_per_class_matches_rejected_parquet(tmp_path):
         assert row["generated"] == 4 + len(mine)
         assert row["yield"] == pytest.approx(4 / (4 + len(mine)), abs=1e-4)
         assert row["recognised_share"] == pytest.approx(4 / (4 + by_label), abs=1e-4)
-        scores = list(kept[kept["label"] == label]["label_score"]) + list(mine[mine["reason"] == "label"]
-                                                                            ["label_score"])
+        scores = list(kept[kept["label"] == label]["label_score"]) + list(
+            mine[mine["reason"] == "label"]["label_score"]
+        )
         assert row["mean_label_score"] == pytest.approx(np.mean(scores), abs=1e-4)
     assert check["per_class"]["xray"]["label_rejected_judged_as"] == {"cell": 2}
     assert check["total"]["generated"] == 11 and check["total"]["yield"] == pytest.approx(8 / 11, abs=1e-4)
@@ -123,8 +183,9 @@ def test_without_rejected_pixels_the_guard_says_before_is_not_measurable(tmp_pat
     guard = json.loads((out / "report.json").read_text())["diversity_guard"]
     assert guard["before"] is None and "no pixels of its 2 label-rejected images" in guard["basis"]
     assert guard["after"]["images"] == 8
-    assert guard["after"]["per_class"]["cell"]["diversity"] == pytest.approx(_pixel_diversity(CELLS[:4]),
-                                                                            rel=1e-5)
+    assert guard["after"]["per_class"]["cell"]["diversity"] == pytest.approx(
+        _pixel_diversity(CELLS[:4]), rel=1e-5
+    )
     assert "before not measurable" in (out / "report.html").read_text()
 
 
@@ -133,20 +194,25 @@ def test_the_guard_compares_kept_with_kept_plus_label_rejected_images(tmp_path):
     write_report(out)
     guard = json.loads((out / "report.json").read_text())["diversity_guard"]
     before, after = guard["before"], guard["after"]
-    assert before["images"] == 10 and after["images"] == 8   # the near-copy (no pixels) is not in "before"
+    assert before["images"] == 10 and after["images"] == 8  # the near-copy (no pixels) is not in "before"
     assert before["per_class"]["xray"]["images"] == 6 and before["per_class"]["cell"]["images"] == 4
     assert before["per_class"]["xray"]["diversity"] == pytest.approx(
-        _pixel_diversity(XRAYS[:4] + CELLS[4:6]), rel=1e-5)
+        _pixel_diversity(XRAYS[:4] + CELLS[4:6]), rel=1e-5
+    )
     assert after["per_class"]["xray"]["diversity"] == pytest.approx(_pixel_diversity(XRAYS[:4]), rel=1e-5)
-    equal = guard["before_equal_n"]   # before subsampled to after's class counts: 4 cells (all), 4 of 6 X-rays
+    equal = guard["before_equal_n"]  # before subsampled to after's class counts: 4 cells (all), 4 of 6 X-rays
     assert equal["images"] == 8 and equal["per_class"]["xray"]["images"] == 4 and equal["draws"] == 10
     assert equal["per_class"]["cell"]["diversity"] == pytest.approx(after["per_class"]["cell"]["diversity"])
-    subsets = [_pixel_diversity([p for j, p in enumerate(XRAYS[:4] + CELLS[4:6]) if j not in (a, b)])
-               for a in range(6) for b in range(a + 1, 6)]
+    subsets = [
+        _pixel_diversity([p for j, p in enumerate(XRAYS[:4] + CELLS[4:6]) if j not in (a, b)])
+        for a in range(6)
+        for b in range(a + 1, 6)
+    ]
     assert min(subsets) <= equal["per_class"]["xray"]["diversity"] <= max(subsets)
     assert guard["change"]["diversity_within_class"] == pytest.approx(
-        after["diversity_within_class"] - equal["diversity_within_class"], abs=1e-4)
-    assert "coverage" not in after   # no real reference: diversity only
+        after["diversity_within_class"] - equal["diversity_within_class"], abs=1e-4
+    )
+    assert "coverage" not in after  # no real reference: diversity only
     assert "before, equal n" in (out / "report.html").read_text()
 
 
@@ -225,7 +291,10 @@ def test_report_of_a_real_judged_run_is_consistent_with_its_files(tiny_model, tm
         assert row["recognised_share"] == recorded["recognised_share"] and row["yield"] == recorded["yield"]
     guard = report["diversity_guard"]
     assert guard["after"]["images"] == 8 and guard["after"]["coverage"] is not None
-    assert guard["before"] is None if len(rejected) else guard["before"] == guard["after"]
+    # label-rejected images keep their pixels in rejected.parquet (they passed the privacy screen), so the
+    # guard measures before the filter: the kept images plus every label rejection
+    assert rejected["image"].notna().all() and (rejected["reason"] == "label").all()
+    assert guard["before"]["images"] == 8 + len(rejected)
     card = (out / "README.md").read_text()
     cell = run["judge"]["per_class"]["cell"]
     assert f"({cell['kept']} / {cell['kept'] + cell['label_rejected'] + cell['near_copies']})" in card

@@ -15,7 +15,12 @@ from medisyn_cli.screening.index import load_index
 from medisyn_cli.screening.screener import Screener, ScreenResult, require_embedder
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SOURCES = ["platelet_00004_12.png", "white_blood_cell_00001_00.png", "te_im_0015_0001.png", "te_person15_virus_46.png"]
+SOURCES = [
+    "platelet_00004_12.png",
+    "white_blood_cell_00001_00.png",
+    "te_im_0015_0001.png",
+    "te_person15_virus_46.png",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +46,7 @@ def noisy(image: Image.Image, sigma: float = 8.0) -> Image.Image:
 def shifted(image: Image.Image, dx: int = 3, dy: int = -2) -> Image.Image:
     array = np.asarray(image)
     pad = ((3, 3), (3, 3)) + ((0, 0),) * (array.ndim - 2)
-    return Image.fromarray(np.pad(array, pad, mode="edge")[3 - dy:3 - dy + 64, 3 - dx:3 - dx + 64])
+    return Image.fromarray(np.pad(array, pad, mode="edge")[3 - dy : 3 - dy + 64, 3 - dx : 3 - dx + 64])
 
 
 COPIES = {
@@ -49,7 +54,9 @@ COPIES = {
     "resize_up": lambda im: im.resize((256, 256), Image.Resampling.BICUBIC),
     "jpeg": jpeg,
     "noise": noisy,
-    "brightness_contrast": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.2)).enhance(0.8),
+    "brightness_contrast": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.2)).enhance(
+        0.8
+    ),
     "crop": lambda im: im.crop((4, 2, 62, 60)).resize((64, 64), Image.Resampling.BICUBIC),
     "shift": shifted,
     "hflip": ImageOps.mirror,
@@ -65,11 +72,15 @@ def test_planted_copies_are_found(index, transform):
         assert isinstance(result, ScreenResult)
         assert result.near_copy, (transform, path.name, result)
         assert Path(result.nn_key).name == path.name and result.nn_similarity >= index.threshold
-        assert index.key([result.nn_id]) == [result.nn_key] and result.nn_label == index.label([result.nn_id])[0]
+        assert (
+            index.key([result.nn_id]) == [result.nn_key] and result.nn_label == index.label([result.nn_id])[0]
+        )
 
 
 def test_independently_resized_copy_from_the_dataset_is_found(index):
-    result = Screener(index).check([Image.open(FIXTURES / "screen" / "resized" / "te_person11_virus_38.png")])[0]
+    result = Screener(index).check(
+        [Image.open(FIXTURES / "screen" / "resized" / "te_person11_virus_38.png")]
+    )[0]
     assert result.near_copy and Path(result.nn_key).name == "te_person11_virus_38.png"
 
 
@@ -159,7 +170,9 @@ def test_unknown_view_set_is_refused(index):
 
 def test_crops_and_partial_copies_match_a_region_of_their_source(index):
     source = Image.open(FIXTURES / "images" / "images" / "te_im_0015_0001.png")
-    background = Image.open(FIXTURES / "screen" / "distinct" / "tr_normal2_im_0775_0001.png").convert(source.mode)
+    background = Image.open(FIXTURES / "screen" / "distinct" / "tr_normal2_im_0775_0001.png").convert(
+        source.mode
+    )
     crop70 = source.crop((12, 6, 57, 51)).resize((64, 64), Image.Resampling.BICUBIC)
     pasted = background.copy()
     pasted.paste(source.crop((0, 0, 46, 46)), (0, 0))  # the source's top-left 72% on another patient's image
@@ -192,8 +205,14 @@ def test_screen_report_shows_the_matched_region(index, tmp_path):
     source.crop((12, 6, 57, 51)).resize((64, 64), Image.Resampling.BICUBIC).save(folder / "crop.png")
     Image.open(FIXTURES / "screen" / "distinct" / "tr_normal2_im_0775_0001.png").save(folder / "other.png")
     summary = screen_dataset(folder, index.path, report_dir=tmp_path / "report", show_progress=False)
-    rows = {Path(r["image"]).name: r for r in pq.read_table(tmp_path / "report" / "screen.parquet").to_pylist()}
-    assert summary.near_copies == 1 and rows["crop.png"]["near_copy"] and rows["crop.png"]["region"].startswith("region(")
+    rows = {
+        Path(r["image"]).name: r for r in pq.read_table(tmp_path / "report" / "screen.parquet").to_pylist()
+    }
+    assert (
+        summary.near_copies == 1
+        and rows["crop.png"]["near_copy"]
+        and rows["crop.png"]["region"].startswith("region(")
+    )
     assert not rows["other.png"]["near_copy"]
     page = (tmp_path / "report" / "report.html").read_text()
     assert f"matched region of the training image: {rows['crop.png']['region'][6:]}" in page

@@ -26,37 +26,78 @@ def test_batch_count_rounds_up():
 
 def test_parse_shard_counts_from_zero_and_names_bad_values():
     assert parse_shard("2/4") == Shard(2, 4, source="--shard") and parse_shard(" 0 / 1 ").count == 1
-    for bad, message in [("4/4", "between 0 and 3"), ("1-4", "expected K/N"), ("a/b", "expected K/N"),
-                         ("0/0", "between 0 and 0")]:
+    for bad, message in [
+        ("4/4", "between 0 and 3"),
+        ("1-4", "expected K/N"),
+        ("a/b", "expected K/N"),
+        ("0/0", "between 0 and 0"),
+    ]:
         with pytest.raises(MedisynError, match=message):
             parse_shard(bad)
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, None),
-    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}, (3, 4, None)),
-    ({"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_MAX": "13"}, (2, 4, None)),
-    ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, (1, 2, 1)),
-    ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}, (5, 8, 1)),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),                      # a plain sbatch job: one process
-    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_PROCID": "1", "SLURM_NTASKS": "4",
-      "SLURM_LOCALID": "1"}, (9, 12, 1)),                                    # task 2 of 3, GPU process 1 of 4
-    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "0", "WORLD_SIZE": "2",
-      "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "LOCAL_RANK": "0"}, (2, 4, 0)),  # torchrun inside an array task
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, None),
+        ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}, (3, 4, None)),
+        (
+            {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_MAX": "13"},
+            (2, 4, None),
+        ),
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, (1, 2, 1)),
+        ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}, (5, 8, 1)),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),  # a plain sbatch job: one process
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "SLURM_PROCID": "1",
+                "SLURM_NTASKS": "4",
+                "SLURM_LOCALID": "1",
+            },
+            (9, 12, 1),
+        ),  # task 2 of 3, GPU process 1 of 4
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "1",
+                "SLURM_ARRAY_TASK_COUNT": "2",
+                "RANK": "0",
+                "WORLD_SIZE": "2",
+                "SLURM_PROCID": "0",
+                "SLURM_NTASKS": "1",
+                "LOCAL_RANK": "0",
+            },
+            (2, 4, 0),
+        ),  # torchrun inside an array task
+    ],
+)
 def test_shard_from_environment(env, expected):
     shard = shard_from_env(env)
     assert (None if shard is None else (shard.index, shard.count, shard.local_rank)) == expected
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID='x' is not a whole number"),
-    ({"SLURM_ARRAY_TASK_ID": "1"}, "neither SLURM_ARRAY_TASK_COUNT"),
-    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "8",
-      "SLURM_ARRAY_TASK_COUNT": "3"}, "has a step or gaps"),
-    ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4"}, "outside the array"),
-    ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 is outside 0..1"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (
+            {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"},
+            "SLURM_ARRAY_TASK_ID='x' is not a whole number",
+        ),
+        ({"SLURM_ARRAY_TASK_ID": "1"}, "neither SLURM_ARRAY_TASK_COUNT"),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_ARRAY_TASK_MIN": "0",
+                "SLURM_ARRAY_TASK_MAX": "8",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+            },
+            "has a step or gaps",
+        ),
+        ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4"}, "outside the array"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 is outside 0..1"),
+    ],
+)
 def test_bad_environment_is_a_clear_error(env, message):
     with pytest.raises(MedisynError, match=message):
         shard_from_env(env)

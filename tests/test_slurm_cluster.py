@@ -29,7 +29,9 @@ def walltime_job(slurm_cluster, tmp_path_factory):
     is submitted first (autouse below) and runs while the other tests do; ``test_walltime_signal`` checks it last.
     """
     out = tmp_path_factory.mktemp("walltime")
-    script = write_script(out / "walltime.sh", """
+    script = write_script(
+        out / "walltime.sh",
+        """
 #SBATCH --time=1
 #SBATCH --signal=B:USR1@60
 trap 'echo "USR1 $(date +%s)" > "$OUT/warned"; kill $pid; exit 0' USR1
@@ -37,7 +39,8 @@ echo "started $(date +%s)" > "$OUT/started"
 sleep 120 & pid=$!
 wait $pid   # a trapped signal interrupts wait at once (a foreground sleep would delay the trap)
 echo "no signal" > "$OUT/unwarned"
-""")
+""",
+    )
     job = slurm_cluster.sbatch(script, f"--output={out}/%j.out", env={"OUT": str(out)})
     return job, out
 
@@ -48,11 +51,14 @@ def _submit_walltime_job_first(walltime_job):
 
 
 def test_array_job_runs_every_task(slurm_cluster, tmp_path):
-    script = write_script(tmp_path / "array.sh", """
+    script = write_script(
+        tmp_path / "array.sh",
+        """
 #SBATCH --array=0-3
 #SBATCH --ntasks=1
 echo "$SLURM_ARRAY_TASK_ID $SLURM_ARRAY_TASK_COUNT" > "$OUT/task-$SLURM_ARRAY_TASK_ID.txt"
-""")
+""",
+    )
     job = slurm_cluster.sbatch(script, f"--output={tmp_path}/%A_%a.out", env={"OUT": str(tmp_path)})
     states = slurm_cluster.wait(job, timeout=120)
     assert states == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED", 3: "COMPLETED"}
@@ -66,7 +72,9 @@ echo "$SLURM_ARRAY_TASK_ID $SLURM_ARRAY_TASK_COUNT" > "$OUT/task-$SLURM_ARRAY_TA
 
 
 def test_failed_task_and_requeued_task(slurm_cluster, tmp_path):
-    script = write_script(tmp_path / "mixed.sh", """
+    script = write_script(
+        tmp_path / "mixed.sh",
+        """
 #SBATCH --array=0-2
 echo "run restart=${SLURM_RESTART_COUNT:-0}" >> "$OUT/runs-$SLURM_ARRAY_TASK_ID.txt"
 case "$SLURM_ARRAY_TASK_ID" in
@@ -79,7 +87,8 @@ case "$SLURM_ARRAY_TASK_ID" in
      fi ;;
 esac
 exit 0
-""")
+""",
+    )
     job = slurm_cluster.sbatch(script, f"--output={tmp_path}/%A_%a.out", env={"OUT": str(tmp_path)})
     states = slurm_cluster.wait(job, timeout=120)
     assert states == {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED"}, slurm_cluster.tasks(job)
@@ -95,13 +104,16 @@ exit 0
 
 
 def test_scancel_signal_reaches_batch_script_trap(slurm_cluster, tmp_path):
-    script = write_script(tmp_path / "trap.sh", """
+    script = write_script(
+        tmp_path / "trap.sh",
+        """
 trap 'echo USR1 > "$OUT/trapped"; kill $pid; exit 7' USR1
 sleep 60 & pid=$!
 touch "$OUT/running"
 wait $pid
 exit 0
-""")
+""",
+    )
     job = slurm_cluster.sbatch(script, f"--output={tmp_path}/%j.out", env={"OUT": str(tmp_path)})
     deadline = time.monotonic() + 120
     while not (tmp_path / "running").exists():
@@ -115,11 +127,14 @@ exit 0
 
 def test_srun_inside_batch_script(slurm_cluster, tmp_path):
     # --overcommit: two tasks even on a one-CPU machine
-    script = write_script(tmp_path / "srun.sh", """
+    script = write_script(
+        tmp_path / "srun.sh",
+        """
 #SBATCH --ntasks=2
 #SBATCH --overcommit
 srun --ntasks=2 bash -c 'echo "rank $SLURM_PROCID of $SLURM_NTASKS"' > "$OUT/ranks.txt"
-""")
+""",
+    )
     job = slurm_cluster.sbatch(script, f"--output={tmp_path}/%j.out", env={"OUT": str(tmp_path)})
     assert slurm_cluster.wait(job, timeout=120) == {None: "COMPLETED"}, (tmp_path / f"{job}.out").read_text()
     assert sorted((tmp_path / "ranks.txt").read_text().splitlines()) == ["rank 0 of 2", "rank 1 of 2"]
@@ -139,11 +154,14 @@ def test_stop_leaves_no_process_behind(tmp_path):
     if reason:
         pytest.skip(reason)
     with SlurmCluster() as cluster:
-        script = write_script(tmp_path / "stray.sh", """
+        script = write_script(
+            tmp_path / "stray.sh",
+            """
 setsid sleep 300 < /dev/null > /dev/null 2>&1 &
 touch "$OUT/running"
 sleep 300
-""")
+""",
+        )
         cluster.sbatch(script, f"--output={tmp_path}/%j.out", env={"OUT": str(tmp_path)})
         deadline = time.monotonic() + 120
         while not (tmp_path / "running").exists():
@@ -153,7 +171,9 @@ sleep 300
         tmp = cluster.tmp
         assert set(daemons) == {"munged", "slurmctld", "slurmd"} and cluster._stray_pids()
     for name, pid in daemons.items():
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], name
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], (
+            name
+        )
     needle = f"{MARKER}={tmp}".encode()
     left = []
     for entry in Path("/proc").iterdir():

@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 import medisyn_cli.generate.worker as runner_module
 from medisyn_cli.cli.main import app
+from medisyn_cli.core.batching import batched
 from medisyn_cli.generate.config import GenerateConfig, command_line
 from medisyn_cli.generate.manifest import load_manifest
-from medisyn_cli.core.batching import batched
 from medisyn_cli.generate.plan import iter_jobs, quotas
-from medisyn_cli.generate.worker import Lane
 from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.sampler import PromptCache, Renderer, Settings, generate_batch
+from medisyn_cli.generate.worker import Lane
 from medisyn_cli.pipeline.load import load_pipeline
 from medisyn_cli.pipeline.speed import CPU_BATCH, choose_batch_size, cpu_batch, fit_batch
 
@@ -39,7 +39,9 @@ def jobs_of(manifest: Path, n: int):
 
 def count_text_encoder_calls(pipe) -> list:
     calls = []
-    handle = pipe.text_encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    handle = pipe.text_encoder.register_forward_hook(
+        lambda module, args, output: calls.append(args[0].shape[0])
+    )
     return calls, handle
 
 
@@ -58,8 +60,8 @@ def test_each_distinct_prompt_is_encoded_once_per_run(pipe, manifest):
     finally:
         handle.remove()
     assert 1 < len(distinct) < len(jobs)
-    assert encoded_with_cache == 2 * len(distinct)   # the prompt and its negative, once each
-    assert len(calls) == 2 * len(batches)             # without the cache: every batch, every time
+    assert encoded_with_cache == 2 * len(distinct)  # the prompt and its negative, once each
+    assert len(calls) == 2 * len(batches)  # without the cache: every batch, every time
     assert cached.prompts.encoded == len(distinct) and cached.prompts.hits == len(jobs) - len(distinct)
     for a, b in zip(with_cache, without):
         assert a.job.id == b.job.id and a.seed == b.seed
@@ -68,12 +70,21 @@ def test_each_distinct_prompt_is_encoded_once_per_run(pipe, manifest):
 
 def test_prompt_cache_forgets_the_least_recently_used_beyond_its_size(pipe):
     cache = PromptCache(pipe, guidance=7.5, size=2)
-    for prompt in ("frontal chest x-ray", "dermoscopy image of melanoma", "frontal chest x-ray",
-                   "dermoscopy image of benign melanocytic nevus"):
+    for prompt in (
+        "frontal chest x-ray",
+        "dermoscopy image of melanoma",
+        "frontal chest x-ray",
+        "dermoscopy image of benign melanocytic nevus",
+    ):
         cache.embeddings([prompt], [""])
-    assert list(cache.cache) == [("frontal chest x-ray", ""), ("dermoscopy image of benign melanocytic nevus", "")]
+    assert list(cache.cache) == [
+        ("frontal chest x-ray", ""),
+        ("dermoscopy image of benign melanocytic nevus", ""),
+    ]
     assert cache.encoded == 3 and cache.hits == 1
-    assert PromptCache(pipe, guidance=1.0).embeddings(["frontal chest x-ray"], [""]).keys() == {"prompt_embeds"}
+    assert PromptCache(pipe, guidance=1.0).embeddings(["frontal chest x-ray"], [""]).keys() == {
+        "prompt_embeds"
+    }
 
 
 def test_pipelines_without_prompt_embeddings_get_strings():
@@ -113,8 +124,15 @@ def overlapping(a: list, b: list) -> bool:
 
 
 def generate(tiny_model, manifest, out: Path, **options):
-    config = GenerateConfig(manifest=str(manifest), n=options.pop("n", 12), out=str(out), model=str(tiny_model),
-                            steps=2, batch_size=options.pop("batch_size", 3), **options)
+    config = GenerateConfig(
+        manifest=str(manifest),
+        n=options.pop("n", 12),
+        out=str(out),
+        model=str(tiny_model),
+        steps=2,
+        batch_size=options.pop("batch_size", 3),
+        **options,
+    )
     return run_generate(config, show_progress=False)
 
 
@@ -123,8 +141,9 @@ def content(out: Path) -> list:
     return [(r["id"], r["seed"], r["image"]["bytes"]) for _, r in frame.iterrows()]
 
 
-def test_batches_are_written_while_the_model_makes_the_next_and_the_data_is_the_same(tiny_model, manifest,
-                                                                                      tmp_path, monkeypatch):
+def test_batches_are_written_while_the_model_makes_the_next_and_the_data_is_the_same(
+    tiny_model, manifest, tmp_path, monkeypatch
+):
     seen = intervals(monkeypatch, pause=0.3)
     generate(tiny_model, manifest, tmp_path / "overlap", overlap=True)
     assert len(seen["write"]) == 4 and {name for _, _, name in seen["write"]} == {"medisyn-write_0"}
@@ -134,8 +153,9 @@ def test_batches_are_written_while_the_model_makes_the_next_and_the_data_is_the_
     assert {name for _, _, name in seen["write"]} == {"MainThread"}
     assert not overlapping(seen["render"], seen["write"])
     assert content(tmp_path / "overlap") == content(tmp_path / "serial")
-    assert (tmp_path / "overlap" / "imagefolder" / "metadata.csv").read_bytes() == \
-        (tmp_path / "serial" / "imagefolder" / "metadata.csv").read_bytes()
+    assert (tmp_path / "overlap" / "imagefolder" / "metadata.csv").read_bytes() == (
+        tmp_path / "serial" / "imagefolder" / "metadata.csv"
+    ).read_bytes()
 
 
 def test_a_failing_model_still_lets_the_batch_in_the_lane_finish(tiny_model, manifest, tmp_path, monkeypatch):
@@ -169,8 +189,9 @@ def test_an_error_in_the_lane_is_raised_in_the_caller():
 
 def test_speed_options_keep_the_images_and_are_recorded(tiny_model, manifest, tmp_path):
     plain = generate(tiny_model, manifest, tmp_path / "plain", n=6)
-    fast = generate(tiny_model, manifest, tmp_path / "fast", n=6, channels_last=True, vae_slicing=True,
-                    vae_tiling=True)
+    fast = generate(
+        tiny_model, manifest, tmp_path / "fast", n=6, channels_last=True, vae_slicing=True, vae_tiling=True
+    )
     for (id_a, seed_a, png_a), (id_b, seed_b, png_b) in zip(content(plain.out), content(fast.out)):
         from io import BytesIO
 
@@ -192,24 +213,35 @@ def test_compile_runs_the_unet_through_torch_compile(tiny_model, manifest, tmp_p
 
 def test_batch_size_fits_free_memory_as_a_power_of_two():
     gib = 2**30
-    assert fit_batch(10 * gib, gib) == 8          # 8 GiB usable -> 8 images
+    assert fit_batch(10 * gib, gib) == 8  # 8 GiB usable -> 8 images
     assert fit_batch(10 * gib, 3 * gib) == 2
-    assert fit_batch(gib, 2 * gib) == 1           # never below one
-    assert fit_batch(1000 * gib, gib) == 64       # capped
+    assert fit_batch(gib, 2 * gib) == 1  # never below one
+    assert fit_batch(1000 * gib, gib) == 64  # capped
     assert fit_batch(79 * gib, gib) == fit_batch(70 * gib, gib) == 32  # identical GPUs agree
 
 
-def test_batch_size_is_chosen_when_not_given_and_a_resume_keeps_the_recorded_one(tiny_model, manifest, tmp_path):
+def test_batch_size_is_chosen_when_not_given_and_a_resume_keeps_the_recorded_one(
+    tiny_model, manifest, tmp_path
+):
     assert choose_batch_size(None, torch.device("cpu"), 64 * 64)[0] == CPU_BATCH == cpu_batch(128 * 128) == 16
     assert [cpu_batch(side * side) for side in (256, 512, 1024)] == [4, 1, 1]
-    config = GenerateConfig(manifest=str(manifest), n=40, out=str(tmp_path / "out"), model=str(tiny_model), steps=2)
+    config = GenerateConfig(
+        manifest=str(manifest), n=40, out=str(tmp_path / "out"), model=str(tiny_model), steps=2
+    )
     summary = run_generate(config, show_progress=False)
     run = json.loads((summary.out / "run.json").read_text())
     assert run["options"]["batch_size"] == CPU_BATCH and run["batches"]["count"] == 3
     assert run["speed"]["batch_size_from"] == "chosen (cpu: by image size)"
     assert "--batch-size" not in command_line(config)
-    first = GenerateConfig(manifest=str(manifest), n=12, out=str(tmp_path / "sharded"), model=str(tiny_model),
-                           steps=2, batch_size=4, shard="0/2")
+    first = GenerateConfig(
+        manifest=str(manifest),
+        n=12,
+        out=str(tmp_path / "sharded"),
+        model=str(tiny_model),
+        steps=2,
+        batch_size=4,
+        shard="0/2",
+    )
     assert not run_generate(first, show_progress=False).complete
     second = run_generate(replace(first, batch_size=None, shard="1/2"), show_progress=False)
     assert second.complete and sum(c.written for c in second.counts.values()) == 12
@@ -217,9 +249,26 @@ def test_batch_size_is_chosen_when_not_given_and_a_resume_keeps_the_recorded_one
 
 
 def test_cli_passes_the_speed_switches(tiny_model, manifest, tmp_path):
-    result = CliRunner().invoke(app, ["generate", "--manifest", str(manifest), "--n", "3", "--model", str(tiny_model),
-                                      "--steps", "2", "--out", str(tmp_path / "out"), "--no-overlap",
-                                      "--no-prompt-cache", "--channels-last", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--manifest",
+            str(manifest),
+            "--n",
+            "3",
+            "--model",
+            str(tiny_model),
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-overlap",
+            "--no-prompt-cache",
+            "--channels-last",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["options"]["overlap"] is False and run["options"]["cache_prompts"] is False

@@ -54,9 +54,16 @@ def synthetic_set(folder: Path) -> Path:
             info = PngImagePlugin.PngInfo()
             info.add_text("parameters", f"synthetic {label} seed {i}")
             buffer = io.BytesIO()
-            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8), "L").save(buffer, "PNG", pnginfo=info)
-            rows.append({"image": {"bytes": buffer.getvalue(), "path": f"synthetic-{label}-{i}.png"},
-                         "id": f"{label}-{i:06d}", "label": label})
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8), "L").save(
+                buffer, "PNG", pnginfo=info
+            )
+            rows.append(
+                {
+                    "image": {"bytes": buffer.getvalue(), "path": f"synthetic-{label}-{i}.png"},
+                    "id": f"{label}-{i:06d}",
+                    "label": label,
+                }
+            )
     folder.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), folder / "part-00000.parquet")
     return folder
@@ -80,9 +87,15 @@ def key_of(study: Path) -> dict:
 
 
 def answer_file(key: dict, reader: str, answers: dict, years=3, role="resident / trainee") -> dict:
-    return {"format": "medisyn-study-answers", "version": 1, "study_id": key["study_id"],
-            "reader": {"id": reader, "years": years, "role": role}, "started": "2026-01-01T00:00:00Z",
-            "updated": "2026-01-01T01:00:00Z", "answers": [{"item": i, "answer": a} for i, a in answers.items()]}
+    return {
+        "format": "medisyn-study-answers",
+        "version": 1,
+        "study_id": key["study_id"],
+        "reader": {"id": reader, "years": years, "role": role},
+        "started": "2026-01-01T00:00:00Z",
+        "updated": "2026-01-01T01:00:00Z",
+        "answers": [{"item": i, "answer": a} for i, a in answers.items()],
+    }
 
 
 def perfect(key: dict) -> dict:
@@ -97,6 +110,7 @@ def random_answers(key: dict, seed: int) -> dict:
 
 # --- statistics ---------------------------------------------------------------------------------------------
 
+
 def test_wilson_interval_matches_known_values_and_brackets_the_proportion():
     low, high = wilson(8, 10)
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
@@ -109,8 +123,18 @@ def test_wilson_interval_matches_known_values_and_brackets_the_proportion():
 
 def test_fleiss_kappa_matches_the_textbook_example():
     # Fleiss (1971) as on Wikipedia: 10 items, 14 raters, 5 categories -> kappa 0.210
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
     ratings = [[c for c, count in enumerate(row) for _ in range(count)] for row in table]
     assert round(fleiss_kappa(ratings), 3) == 0.210
     assert fleiss_kappa([["a", "a"], ["b", "b"]]) == 1.0
@@ -125,14 +149,17 @@ def test_cohen_kappa_matches_scikit_learn():
     a = [rng.choice("xyz") for _ in range(60)]
     b = [x if rng.random() < 0.6 else rng.choice("xyz") for x in a]
     assert cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
-    yes_no = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15, ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    yes_no = (
+        ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15,
+        ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15,
+    )
     assert cohen_kappa(*yes_no) == pytest.approx(0.4)
 
 
 def test_binomial_test_and_reader_bootstrap():
     from math import comb
 
-    assert binomial_greater(8, 10, 0.5) == pytest.approx(sum(comb(10, k) for k in range(8, 11)) / 2 ** 10)
+    assert binomial_greater(8, 10, 0.5) == pytest.approx(sum(comb(10, k) for k in range(8, 11)) / 2**10)
     assert binomial_greater(5, 10, 0.5) > 0.5
     low, high = bootstrap_pooled([(9, 10), (5, 10), (7, 10)], seed=1)
     assert 0.5 <= low < 0.7 < high <= 0.9
@@ -141,22 +168,25 @@ def test_binomial_test_and_reader_bootstrap():
 
 # --- design ---------------------------------------------------------------------------------------------------
 
+
 def pools(n: int = 30) -> dict:
-    return {(s, c): [f"{s}-{c}-{i}" for i in range(n)] for s in ("real", "synthetic") for c in ("a", "b", "c")}
+    return {
+        (s, c): [f"{s}-{c}-{i}" for i in range(n)] for s in ("real", "synthetic") for c in ("a", "b", "c")
+    }
 
 
 def test_design_is_balanced_seeded_and_uses_every_image_once():
     items = draw_design(pools(), ["a", "b", "c"], 40, 30, (0.5, 0.25, 0.25), seed=7)
     pairs = [i for i in items if i["task"] == "pair"]
     assert Counter(i["kind"] for i in pairs) == dict(zip(PAIR_KINDS, split_counts(40, [2, 1, 1])))
-    assert all(len({p.label for p in i["images"]}) == 1 for i in pairs)            # same class within a pair
+    assert all(len({p.label for p in i["images"]}) == 1 for i in pairs)  # same class within a pair
     mixed = [i for i in pairs if i["kind"] == "real+synthetic"]
-    assert Counter(i["answer"] for i in mixed) == {"left": 10, "right": 10}      # left/right balanced
+    assert Counter(i["answer"] for i in mixed) == {"left": 10, "right": 10}  # left/right balanced
     assert Counter(i["answer"] for i in pairs if i["kind"] == "real+real") == {"none": 10}
     keys = [p.key for i in items for p in i["images"]]
     assert len(keys) == len(set(keys)) == 2 * 40 + 30
     classify = Counter((i["images"][0].source, i["label"]) for i in items if i["task"] == "classify")
-    assert set(classify.values()) == {5}                                          # every class, real and synthetic
+    assert set(classify.values()) == {5}  # every class, real and synthetic
     assert [i["id"] for i in items][:2] == ["p001", "p002"] and items[-1]["id"] == "c030"
     again = draw_design(pools(), ["a", "b", "c"], 40, 30, (0.5, 0.25, 0.25), seed=7)
     other = draw_design(pools(), ["a", "b", "c"], 40, 30, (0.5, 0.25, 0.25), seed=8)
@@ -172,33 +202,57 @@ def test_design_names_the_class_that_has_too_few_images():
 
 def test_build_writes_site_and_key_apart_and_is_reproducible(sets, study, tmp_path):
     key = key_of(study)
-    assert sorted(p.name for p in (study / "site").iterdir()) == ["app.js", "img", "index.html", "study.js",
-                                                                   "style.css"]
+    assert sorted(p.name for p in (study / "site").iterdir()) == [
+        "app.js",
+        "img",
+        "index.html",
+        "study.js",
+        "style.css",
+    ]
     assert len(list((study / "site" / "img").iterdir())) == 2 * 24 + 16
     assert key["classes"] == list(CLASSES) and key["design"]["image_size"] == 32
     again = tmp_path / "again"
     build_study(StudyConfig((str(sets[0]),), (str(sets[1]),), str(again), pairs=24, classify=16, seed=3))
     assert key_of(again)["study_id"] == key["study_id"]
-    assert all((again / "site" / i["file"]).read_bytes() == (study / "site" / i["file"]).read_bytes()
-               for item in key["items"] for i in item["images"])
+    assert all(
+        (again / "site" / i["file"]).read_bytes() == (study / "site" / i["file"]).read_bytes()
+        for item in key["items"]
+        for i in item["images"]
+    )
 
 
 def test_build_bad_inputs_exit_2_with_one_line(sets, study, tmp_path):
     runner = CliRunner()
     base = ["study", "build", "--real", str(sets[0]), "--synthetic", str(sets[1])]
-    cases = [(["--out", str(study)], "exists and is not empty"),
-             (["--out", str(tmp_path / "a"), "--labels", "benign,cyst"], "class 'cyst' is not in the real set"),
-             (["--out", str(tmp_path / "b"), "--pairs", "200"], "images needed for --pairs 200"),
-             (["--out", str(tmp_path / "c"), "--pair-mix", "1,2"], "--pair-mix '1,2'")]
+    cases = [
+        (["--out", str(study)], "exists and is not empty"),
+        (["--out", str(tmp_path / "a"), "--labels", "benign,cyst"], "class 'cyst' is not in the real set"),
+        (["--out", str(tmp_path / "b"), "--pairs", "200"], "images needed for --pairs 200"),
+        (["--out", str(tmp_path / "c"), "--pair-mix", "1,2"], "--pair-mix '1,2'"),
+    ]
     for extra, message in cases:
         result = CliRunner().invoke(app, base + extra)
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".*tmp*"))
-    same = runner.invoke(app, ["study", "build", "--real", str(sets[0]), "--synthetic", str(sets[0]), "--out",
-                               str(tmp_path / "d")])
+    same = runner.invoke(
+        app,
+        ["study", "build", "--real", str(sets[0]), "--synthetic", str(sets[0]), "--out", str(tmp_path / "d")],
+    )
     assert same.exit_code == 2 and "in both --real and --synthetic" in " ".join(same.output.split())
-    mapped = runner.invoke(app, base + ["--out", str(tmp_path / "m"), "--labels", "benign=malignant,malignant=benign",
-                                        "--pairs", "4", "--classify", "4"])
+    mapped = runner.invoke(
+        app,
+        base
+        + [
+            "--out",
+            str(tmp_path / "m"),
+            "--labels",
+            "benign=malignant,malignant=benign",
+            "--pairs",
+            "4",
+            "--classify",
+            "4",
+        ],
+    )
     assert mapped.exit_code == 0, mapped.output
     swapped = {"benign": "malignant", "malignant": "benign"}
     images = [(item["label"], x) for item in key_of(tmp_path / "m")["items"] for x in item["images"]]
@@ -208,11 +262,12 @@ def test_build_bad_inputs_exit_2_with_one_line(sets, study, tmp_path):
 
 # --- blinding -------------------------------------------------------------------------------------------------
 
+
 def png_chunks(data: bytes) -> list[str]:
     chunks, at = [], 8
     while at < len(data):
-        length = int.from_bytes(data[at:at + 4], "big")
-        chunks.append(data[at + 4:at + 8].decode("ascii"))
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append(data[at + 4 : at + 8].decode("ascii"))
         at += 12 + length
     return [c for c in chunks if c != "IDAT"] + ["IDAT"] * ("IDAT" in chunks)
 
@@ -232,7 +287,9 @@ def test_nothing_in_site_but_the_pixels_tells_which_image_is_synthetic(study, se
     key = key_of(study)
     site = study / "site"
     public = json.loads(re.sub(r"^window\.MEDISYN_STUDY = |;\s*$", "", (site / "study.js").read_text()))
-    truth = {image["file"]: image["source"] == "synthetic" for item in key["items"] for image in item["images"]}
+    truth = {
+        image["file"]: image["source"] == "synthetic" for item in key["items"] for image in item["images"]
+    }
     files = sorted(truth)
     # attributes that must be identical for every image: size, format, mode, metadata, chunks, time stamp, mode bits
     attributes = {}
@@ -240,14 +297,24 @@ def test_nothing_in_site_but_the_pixels_tells_which_image_is_synthetic(study, se
         path = site / name
         data = path.read_bytes()
         with Image.open(path) as image:
-            attributes[name] = (image.size, image.format, image.mode, tuple(sorted(image.info)),
-                                tuple(png_chunks(data)), path.stat().st_mtime, path.stat().st_mode)
+            attributes[name] = (
+                image.size,
+                image.format,
+                image.mode,
+                tuple(sorted(image.info)),
+                tuple(png_chunks(data)),
+                path.stat().st_mtime,
+                path.stat().st_mode,
+            )
     assert len(set(attributes.values())) == 1, Counter(attributes.values())
     assert all(re.fullmatch(r"img/[0-9a-f]{16}\.png", name) for name in files)
     # names, place in the page's item list and left/right slot predict no better than label-permuted chance
     place = {f: (n, slot) for n, item in enumerate(public["items"]) for slot, f in enumerate(item["images"])}
-    features = {"name": [int(f[4:20], 16) for f in files], "position": [place[f][0] for f in files],
-                "slot": [place[f][1] for f in files]}
+    features = {
+        "name": [int(f[4:20], 16) for f in files],
+        "position": [place[f][0] for f in files],
+        "slot": [place[f][1] for f in files],
+    }
     labels = [truth[f] for f in files]
     rng = np.random.default_rng(0)
     for feature, values in features.items():
@@ -256,8 +323,13 @@ def test_nothing_in_site_but_the_pixels_tells_which_image_is_synthetic(study, se
         assert observed <= np.quantile(null, 0.99), (feature, observed)
     # the page's files hold no provenance: no source path, id, label word of the sets, or answer
     text = "".join((site / n).read_text() for n in ("index.html", "app.js", "style.css", "study.js"))
-    leaks = [image["key"] for item in key["items"] for image in item["images"]] + ["real_patient", "RealScanner",
-                                                                                   "parquet", '"answer"', "kind"]
+    leaks = [image["key"] for item in key["items"] for image in item["images"]] + [
+        "real_patient",
+        "RealScanner",
+        "parquet",
+        '"answer"',
+        "kind",
+    ]
     assert not [x for x in leaks if x in text]
     assert not re.search(r"(https?:)?//[a-z0-9]", text.replace("http://www.w3.org", ""))  # no external URL
     assert not (site / "key.json").exists() and (study / "key.json").exists()
@@ -265,15 +337,23 @@ def test_nothing_in_site_but_the_pixels_tells_which_image_is_synthetic(study, se
 
 # --- the page in headless Chromium ----------------------------------------------------------------------------
 
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run"]
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install .[test])")
+    pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package is not installed (pip install .[test])"
+    )
     return exe
 
 
@@ -316,12 +396,22 @@ def test_scripted_readers_in_headless_chromium_pause_resume_export_and_score(stu
     key = key_of(study)
     right, guess = perfect(key), random_answers(key, seed=5)
     total = len(key["items"])
-    url, answers, profile = (study / "site" / "index.html").as_uri(), tmp_path / "answers", tmp_path / "profile"
+    url, answers, profile = (
+        (study / "site" / "index.html").as_uri(),
+        tmp_path / "answers",
+        tmp_path / "profile",
+    )
     answers.mkdir()
     requests = []
     with sync_playwright() as p:
-        launch = dict(user_data_dir=str(profile), executable_path=exe, args=BROWSER_ARGS, headless=True,
-                      accept_downloads=True, viewport={"width": 1024, "height": 768})
+        launch = dict(
+            user_data_dir=str(profile),
+            executable_path=exe,
+            args=BROWSER_ARGS,
+            headless=True,
+            accept_downloads=True,
+            viewport={"width": 1024, "height": 768},
+        )
         context = p.chromium.launch_persistent_context(**launch)
         page = context.new_page()
         page.on("request", lambda r: requests.append(r.url))
@@ -331,9 +421,9 @@ def test_scripted_readers_in_headless_chromium_pause_resume_export_and_score(stu
         assert loaded == [32, 32]
         assert answer_items(page, right.get, limit=10) == 10
         page.click("#pause")
-        context.close()                                               # the browser is closed mid-study
+        context.close()  # the browser is closed mid-study
 
-        context = p.chromium.launch_persistent_context(**launch)      # a second run of the page
+        context = p.chromium.launch_persistent_context(**launch)  # a second run of the page
         page = context.new_page()
         page.on("request", lambda r: requests.append(r.url))
         page.goto(url)
@@ -353,13 +443,29 @@ def test_scripted_readers_in_headless_chromium_pause_resume_export_and_score(stu
     result, written = score_study(study, [answers])
     rows = {r["reader"]: r for r in result["readers"]}
     assert result["problems"] == [] and set(rows) == {"perfect", "random"}
-    for name in ("detection_accuracy", "detection_sensitivity", "detection_specificity", "pair_accuracy",
-                 "classify_real", "classify_synthetic"):
+    for name in (
+        "detection_accuracy",
+        "detection_sensitivity",
+        "detection_specificity",
+        "pair_accuracy",
+        "classify_real",
+        "classify_synthetic",
+    ):
         assert rows["perfect"]["metrics"][name]["value"] == 1.0
     accuracy = rows["random"]["metrics"]["detection_accuracy"]
-    assert accuracy["n"] == 48 and abs(accuracy["value"] - 0.5) < 0.2 and accuracy["low"] < 0.5 < accuracy["high"]
-    assert rows["random"]["beats_chance"]["p_value"] > 0.01 and rows["perfect"]["beats_chance"]["p_value"] < 1e-9
-    assert rows["random"]["metrics"]["classify_real"]["n"] == rows["random"]["metrics"]["classify_synthetic"]["n"] == 8
+    assert (
+        accuracy["n"] == 48
+        and abs(accuracy["value"] - 0.5) < 0.2
+        and accuracy["low"] < 0.5 < accuracy["high"]
+    )
+    assert (
+        rows["random"]["beats_chance"]["p_value"] > 0.01 and rows["perfect"]["beats_chance"]["p_value"] < 1e-9
+    )
+    assert (
+        rows["random"]["metrics"]["classify_real"]["n"]
+        == rows["random"]["metrics"]["classify_synthetic"]["n"]
+        == 8
+    )
     assert written["score.html"].exists()
 
 
@@ -382,12 +488,15 @@ def test_served_page_goes_back_without_feedback_and_submits_to_the_server(sets, 
             page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/")
             start_reader(page, "served", 4, "fellow")
             answer_items(page, lambda item: wrong, limit=1)
-            page.keyboard.press("Backspace")                             # back to the first item
+            page.keyboard.press("Backspace")  # back to the first item
             assert page.locator(".item").get_attribute("data-item") == first["id"]
-            assert page.locator("button.chosen").get_attribute("data-answer") == wrong   # own answer, no verdict
+            assert (
+                page.locator("button.chosen").get_attribute("data-answer") == wrong
+            )  # own answer, no verdict
             answer_items(page, right.get)
-            page.wait_for_function("() => /Saved on the study server/.test(document.querySelector('#status')"
-                                   ".textContent)")
+            page.wait_for_function(
+                "() => /Saved on the study server/.test(document.querySelector('#status').textContent)"
+            )
             browser.close()
     finally:
         httpd.shutdown()
@@ -404,8 +513,12 @@ def test_study_serve_runs_without_a_terminal_and_stops_on_ctrl_c(study, tmp_path
 
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "medisyn_cli", "study", "serve", str(study), "--port", "0"],
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "medisyn_cli", "study", "serve", str(study), "--port", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             for _ in range(200):
                 found = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
@@ -425,17 +538,32 @@ def test_unlabelled_folders_make_pairs_only(tmp_path):
         (tmp_path / name).mkdir()
         rng = np.random.default_rng(seed)
         for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8), "L").save(tmp_path / name / f"{i}.png")
-    key = build_study(StudyConfig((str(tmp_path / "real"),), (str(tmp_path / "synthetic"),), str(tmp_path / "s"),
-                                  pairs=6))
+            Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8), "L").save(
+                tmp_path / name / f"{i}.png"
+            )
+    key = build_study(
+        StudyConfig((str(tmp_path / "real"),), (str(tmp_path / "synthetic"),), str(tmp_path / "s"), pairs=6)
+    )
     assert key["classes"] == [] and key["design"]["classify"] == 0 and key["design"]["image_mode"] == "L"
-    assert Counter(i["kind"] for i in key["items"]) == {"real+synthetic": 3, "real+real": 2, "synthetic+synthetic": 1}
+    assert Counter(i["kind"] for i in key["items"]) == {
+        "real+synthetic": 3,
+        "real+real": 2,
+        "synthetic+synthetic": 1,
+    }
     with pytest.raises(MedisynError, match="--classify needs two or more classes"):
-        build_study(StudyConfig((str(tmp_path / "real"),), (str(tmp_path / "synthetic"),), str(tmp_path / "t"),
-                                pairs=6, classify=4))
+        build_study(
+            StudyConfig(
+                (str(tmp_path / "real"),),
+                (str(tmp_path / "synthetic"),),
+                str(tmp_path / "t"),
+                pairs=6,
+                classify=4,
+            )
+        )
 
 
 # --- the server -----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def server(study, tmp_path):
@@ -468,9 +596,20 @@ def test_server_serves_site_only_and_refuses_traversal(server):
     assert request(port, "GET", "/")[0] == 200 and b"study.js" in request(port, "GET", "/")[1]
     image = key["items"][0]["images"][0]["file"]
     assert request(port, "GET", "/" + image)[1] == (folder / "site" / image).read_bytes()
-    for path in ("/key.json", "/../key.json", "/%2e%2e/key.json", "/img/../../key.json", "/..%2fkey.json",
-                 "/img/..%2f..%2fkey.json", "/%2e%2e%5ckey.json", "/leak.json", "/img/", "/answers/",
-                 "//etc/passwd", "/..%00/key.json"):
+    for path in (
+        "/key.json",
+        "/../key.json",
+        "/%2e%2e/key.json",
+        "/img/../../key.json",
+        "/..%2fkey.json",
+        "/img/..%2f..%2fkey.json",
+        "/%2e%2e%5ckey.json",
+        "/leak.json",
+        "/img/",
+        "/answers/",
+        "//etc/passwd",
+        "/..%00/key.json",
+    ):
         status, body = request(port, "GET", path)
         assert status == 404 and key["study_id"].encode() not in body, path
 
@@ -484,15 +623,21 @@ def test_server_saves_valid_answers_and_refuses_bad_or_oversized_posts(server):
     saved = list((folder / "answers").glob("*.json"))
     assert [p.name for p in saved] == ["dr_one-20260101000000.json"]
     other = dict(json.loads(good), study_id="000000000000")
-    cases = [(b"{not json", 400, "not JSON"), (json.dumps(other).encode(), 400, "this study is"),
-             (json.dumps({**json.loads(good), "answers": [{"item": "p999", "answer": "none"}]}).encode(), 400,
-              "unknown items: p999")]
+    cases = [
+        (b"{not json", 400, "not JSON"),
+        (json.dumps(other).encode(), 400, "this study is"),
+        (
+            json.dumps({**json.loads(good), "answers": [{"item": "p999", "answer": "none"}]}).encode(),
+            400,
+            "unknown items: p999",
+        ),
+    ]
     for body, expected, message in cases:
         status, reply = request(port, "POST", "/answers", body)
         assert status == expected and message in json.loads(reply)["error"]
     assert request(port, "POST", "/elsewhere", good)[0] == 404
     assert request(port, "POST", "/answers", None)[0] == 411
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:   # announces 50 MB: refused unread
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # announces 50 MB: refused unread
         raw.sendall(b"POST /answers HTTP/1.1\r\nHost: x\r\nContent-Length: 52428800\r\n\r\n")
         reply = b""
         while chunk := raw.recv(4096):
@@ -502,6 +647,7 @@ def test_server_saves_valid_answers_and_refuses_bad_or_oversized_posts(server):
 
 
 # --- scoring --------------------------------------------------------------------------------------------------
+
 
 def write_answers(folder: Path, name: str, data) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -513,7 +659,9 @@ def write_answers(folder: Path, name: str, data) -> Path:
 def test_score_reports_each_bad_file_precisely_and_keeps_the_good_ones(study, tmp_path):
     key = key_of(study)
     folder = tmp_path / "answers"
-    write_answers(folder, "a.json", answer_file(key, "alice", perfect(key), years=15, role="attending / consultant"))
+    write_answers(
+        folder, "a.json", answer_file(key, "alice", perfect(key), years=15, role="attending / consultant")
+    )
     write_answers(folder, "b.json", answer_file(key, "bob", random_answers(key, 1), years=1))
     write_answers(folder, "bad-json.json", '{"format": "medisyn-study-answers",\n "study_id": ')
     write_answers(folder, "other-study.json", {**answer_file(key, "carol", {}), "study_id": "abc"})
@@ -529,12 +677,14 @@ def test_score_reports_each_bad_file_precisely_and_keeps_the_good_ones(study, tm
     score = json.loads((study / "score" / "score.json").read_text())
     assert [r["reader"] for r in score["readers"]] == ["alice", "bob"]
     problems = "\n".join(score["problems"])
-    for expected in ("bad-json.json: not JSON: line 2 column 14",
-                     f"other-study.json: answers for study 'abc', this study is '{key['study_id']}'",
-                     "unknown.json: 1 unknown items: x42",
-                     "twice.json: items answered more than once: p001 (2 times)",
-                     "value.json: item p002: answer 'maybe' is not one of none, left, right, both",
-                     "z-bob-again.json: reader 'bob' again (1 answers); kept"):
+    for expected in (
+        "bad-json.json: not JSON: line 2 column 14",
+        f"other-study.json: answers for study 'abc', this study is '{key['study_id']}'",
+        "unknown.json: 1 unknown items: x42",
+        "twice.json: items answered more than once: p001 (2 times)",
+        "value.json: item p002: answer 'maybe' is not one of none, left, right, both",
+        "z-bob-again.json: reader 'bob' again (1 answers); kept",
+    ):
         assert expected in problems, problems
     assert len(score["problems"]) == 6 and "left out:" in result.output
     groups = {(g["by"], g["group"]): g["readers"] for g in score["groups"]}
@@ -543,7 +693,7 @@ def test_score_reports_each_bad_file_precisely_and_keeps_the_good_ones(study, tm
     assert "cohen_kappa" in score["agreement"]["pair_answers"]
     page = (study / "score" / "score.html").read_text()
     assert page.count('src="data:image/png;base64,') == 2
-    assert "http" not in re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)   # self-contained
+    assert "http" not in re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)  # self-contained
     for name in ("readers.csv", "classes.csv", "groups.csv"):
         assert (study / "score" / name).read_text().count("\n") > 2
 

@@ -31,20 +31,41 @@ def one_line(output: str) -> bool:
     return output.count("error:") == 1
 
 
-@pytest.mark.parametrize("manifest, extra, message", [
-    (GOOD, ["--height", "7"], "--height: 7 is not a multiple of 8"),
-    (GOOD, ["--guidance", "nan"], "--guidance: must be a number"),
-    (GOOD, ["--threshold", "inf", "--index", "idx"], "--threshold: inf is outside"),
-    (GOOD, ["--threads", "0"], "--threads: must be at least 1"),
-    ("label,prompt\n" + "x" * 300 + ",dermoscopy image\n", [], "must be at most 200 characters"),
-    ("label,prompt,weight\nmelanoma,melanoma,1e308\nnevus,nevus,1\n", [], "column 'weight': '1e308'"),
-    ("label,prompt\nmelanoma,{label:>99999999999}\n", [], "placeholder {label:>99999999999} has a format"),
-    ("label,prompt,label\nmelanoma,dermoscopy image,nevus\n", [], "column 'label' appears more than once"),
-])
+@pytest.mark.parametrize(
+    "manifest, extra, message",
+    [
+        (GOOD, ["--height", "7"], "--height: 7 is not a multiple of 8"),
+        (GOOD, ["--guidance", "nan"], "--guidance: must be a number"),
+        (GOOD, ["--threshold", "inf", "--index", "idx"], "--threshold: inf is outside"),
+        (GOOD, ["--threads", "0"], "--threads: must be at least 1"),
+        ("label,prompt\n" + "x" * 300 + ",dermoscopy image\n", [], "must be at most 200 characters"),
+        ("label,prompt,weight\nmelanoma,melanoma,1e308\nnevus,nevus,1\n", [], "column 'weight': '1e308'"),
+        (
+            "label,prompt\nmelanoma,{label:>99999999999}\n",
+            [],
+            "placeholder {label:>99999999999} has a format",
+        ),
+        (
+            "label,prompt,label\nmelanoma,dermoscopy image,nevus\n",
+            [],
+            "column 'label' appears more than once",
+        ),
+    ],
+)
 def test_bad_generate_input_exits_2_before_the_model_loads(tmp_path, manifest, extra, message):
     (tmp_path / "m.csv").write_text(manifest)
-    code, output = invoke("generate", "--manifest", tmp_path / "m.csv", "--n", "4", "--out", tmp_path / "o",
-                          "--model", REPO / "medisyn_cli" / "bundled" / "mini", *extra)
+    code, output = invoke(
+        "generate",
+        "--manifest",
+        tmp_path / "m.csv",
+        "--n",
+        "4",
+        "--out",
+        tmp_path / "o",
+        "--model",
+        REPO / "medisyn_cli" / "bundled" / "mini",
+        *extra,
+    )
     assert code == 2 and message in output and one_line(output), output
     assert not (tmp_path / "o").exists()
 
@@ -56,9 +77,21 @@ def test_broken_models_are_one_line_errors(tmp_path):
     only_index = tmp_path / "half"
     only_index.mkdir()
     shutil.copy(REPO / "medisyn_cli" / "bundled" / "mini" / "model_index.json", only_index)
-    for model, message in ((garbage, "not a readable .safetensors file"), (only_index, "has no scheduler/ folder")):
-        code, output = invoke("generate", "--manifest", tmp_path / "m.csv", "--n", "4", "--out", tmp_path / "o",
-                              "--model", model)
+    for model, message in (
+        (garbage, "not a readable .safetensors file"),
+        (only_index, "has no scheduler/ folder"),
+    ):
+        code, output = invoke(
+            "generate",
+            "--manifest",
+            tmp_path / "m.csv",
+            "--n",
+            "4",
+            "--out",
+            tmp_path / "o",
+            "--model",
+            model,
+        )
         assert code == 2 and message in output and one_line(output), output
         assert not (tmp_path / "o").exists()
 
@@ -66,22 +99,33 @@ def test_broken_models_are_one_line_errors(tmp_path):
 def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path):
     (tmp_path / "m.csv").write_text(GOOD)
     (tmp_path / "file").write_text("")
-    code, output = invoke("generate", "--manifest", tmp_path / "m.csv", "--n", "4", "--out", tmp_path / "file" / "o")
+    code, output = invoke(
+        "generate", "--manifest", tmp_path / "m.csv", "--n", "4", "--out", tmp_path / "file" / "o"
+    )
     assert code == 2 and "is a file, not a folder" in output
 
 
 def test_train_and_screen_refuse_zero_counts(tmp_path):
-    code, output = invoke("train", REPO / "tests" / "fixtures" / "images", "--out", tmp_path / "m", "--steps", "0")
-    assert code == 2 and "--steps: must be at least 1" in output and not (tmp_path / "m" / "training.json").exists()
-    code, output = invoke("screen", REPO / "tests" / "fixtures" / "images", "--index", tmp_path / "none",
-                          "--batch-size", "0")
+    code, output = invoke(
+        "train", REPO / "tests" / "fixtures" / "images", "--out", tmp_path / "m", "--steps", "0"
+    )
+    assert (
+        code == 2
+        and "--steps: must be at least 1" in output
+        and not (tmp_path / "m" / "training.json").exists()
+    )
+    code, output = invoke(
+        "screen", REPO / "tests" / "fixtures" / "images", "--index", tmp_path / "none", "--batch-size", "0"
+    )
     assert code == 2 and "batch-size" in output
 
 
 def test_a_billion_image_dry_run_streams_the_plan(tmp_path):
     (tmp_path / "m.csv").write_text(GOOD)
-    summary = run_generate(GenerateConfig(manifest=str(tmp_path / "m.csv"), n=10**9, out=str(tmp_path / "o"),
-                                          dry_run=True), show_progress=False)
+    summary = run_generate(
+        GenerateConfig(manifest=str(tmp_path / "m.csv"), n=10**9, out=str(tmp_path / "o"), dry_run=True),
+        show_progress=False,
+    )
     assert summary.counts["melanoma"].planned == 5 * 10**8 and len(summary.preview) == 20
     assert not (tmp_path / "o").exists()
 
@@ -117,17 +161,32 @@ def test_screen_runs_in_a_batch_job_with_output_redirected(tmp_path):
     fixtures = REPO / "tests" / "fixtures"
     exe = shutil.which("medisyn") or str(Path(sys.executable).with_name("medisyn"))
     log = open(tmp_path / "log", "w")
-    built = subprocess.run([exe, "index", "build", str(fixtures / "images"), "--out", str(tmp_path / "idx")],
-                           stdout=log, stderr=log)
+    built = subprocess.run(
+        [exe, "index", "build", str(fixtures / "images"), "--out", str(tmp_path / "idx")],
+        stdout=log,
+        stderr=log,
+    )
     assert built.returncode == 0, (tmp_path / "log").read_text()
-    screened = subprocess.run([exe, "screen", str(fixtures / "screen"), "--index", str(tmp_path / "idx"),
-                               "--report", str(tmp_path / "rep")], stdout=log, stderr=log)
+    screened = subprocess.run(
+        [
+            exe,
+            "screen",
+            str(fixtures / "screen"),
+            "--index",
+            str(tmp_path / "idx"),
+            "--report",
+            str(tmp_path / "rep"),
+        ],
+        stdout=log,
+        stderr=log,
+    )
     assert screened.returncode == 0, (tmp_path / "log").read_text()
     assert (tmp_path / "rep" / "screen.json").exists() and "screen:" in (tmp_path / "log").read_text()
 
 
 def test_an_out_on_a_read_only_file_system_is_refused_before_the_model_loads(tmp_path):
     (tmp_path / "m.csv").write_text(GOOD)
-    code, output = invoke("generate", "--manifest", tmp_path / "m.csv", "--n", "4", "--out",
-                          "/proc/medisyn-test/out")
+    code, output = invoke(
+        "generate", "--manifest", tmp_path / "m.csv", "--n", "4", "--out", "/proc/medisyn-test/out"
+    )
     assert code == 2 and "--out /proc/medisyn-test/out: cannot write into /proc" in output, output

@@ -14,9 +14,22 @@ LABELS = ["melanoma", "x ray/normal"]
 
 def row(i: int) -> tuple[dict, bytes]:
     label = LABELS[i % 2]
-    values = {"id": f"img-{i:06d}", "label": label, "label_id": i % 2, "prompt": "p", "negative_prompt": "",
-              "seed": 10 + i, "attempt": 0, "mode": "RGB", "model": "m", "scheduler": "dpm++", "steps": 2,
-              "guidance": 1.5, "height": 8, "width": 8}
+    values = {
+        "id": f"img-{i:06d}",
+        "label": label,
+        "label_id": i % 2,
+        "prompt": "p",
+        "negative_prompt": "",
+        "seed": 10 + i,
+        "attempt": 0,
+        "mode": "RGB",
+        "model": "m",
+        "scheduler": "dpm++",
+        "steps": 2,
+        "guidance": 1.5,
+        "height": 8,
+        "width": 8,
+    }
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (i, 0, 0)).save(buffer, format="PNG")
     return values, buffer.getvalue()

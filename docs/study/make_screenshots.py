@@ -20,10 +20,21 @@ from pathlib import Path
 from medisyn_cli.study import StudyConfig, build_study, score_study
 
 HERE = Path(__file__).resolve().parent
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--hide-scrollbars"]
-READERS = [("sim-A", 15, "attending / consultant", 0.9), ("sim-B", 8, "attending / consultant", 0.75),
-           ("sim-C", 3, "resident / trainee", 0.6), ("sim-D", 1, "medical student", 0.5)]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
+READERS = [
+    ("sim-A", 15, "attending / consultant", 0.9),
+    ("sim-B", 8, "attending / consultant", 0.75),
+    ("sim-C", 3, "resident / trainee", 0.6),
+    ("sim-D", 1, "medical student", 0.5),
+]
 
 
 def simulated(key: dict, p_right: float, seed: int) -> dict:
@@ -31,7 +42,9 @@ def simulated(key: dict, p_right: float, seed: int) -> dict:
     rng = random.Random(seed)
     answers = {}
     for item in key["items"]:
-        options = ["none", "left", "right", "both"] if item["task"] == "pair" else key["classes"] + ["cannot tell"]
+        options = (
+            ["none", "left", "right", "both"] if item["task"] == "pair" else key["classes"] + ["cannot tell"]
+        )
         answers[item["id"]] = item["answer"] if rng.random() < p_right else rng.choice(options)
     return answers
 
@@ -67,13 +80,23 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="medisyn-study-"))
     study = work / "derm-study"
-    key = build_study(StudyConfig((args.real,), (args.synthetic,), str(study), pairs=40, classify=30,
-                                  title="Dermoscopy: real or synthetic?", seed=0))
+    key = build_study(
+        StudyConfig(
+            (args.real,),
+            (args.synthetic,),
+            str(study),
+            pairs=40,
+            classify=30,
+            title="Dermoscopy: real or synthetic?",
+            seed=0,
+        )
+    )
     answers = study / "answers"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=ARGS)
-        page = browser.new_context(viewport={"width": 1100, "height": 860}, device_scale_factor=1,
-                                   accept_downloads=True).new_page()
+        page = browser.new_context(
+            viewport={"width": 1100, "height": 860}, device_scale_factor=1, accept_downloads=True
+        ).new_page()
         page.goto((study / "site" / "index.html").as_uri())
         shots = {"pair": HERE / "pair.png"}
         for n, reader in enumerate(READERS):

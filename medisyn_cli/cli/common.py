@@ -34,6 +34,9 @@ def errors_as_exit_codes():
     except Exception as exc:
         if state["debug"]:
             raise
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1) from None

@@ -22,9 +22,13 @@ from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
 from medisyn_cli.evaluate.report import write_report
 from medisyn_cli.evaluate.utility import UtilityConfig, parse_fractions, run_utility
 
-evaluate_app = typer.Typer(no_args_is_help=True, help="Evaluate a synthetic dataset: downstream utility, "
-                                                      "privacy (memorisation) and fidelity / diversity.")
-SETS_HELP = "image folder (labels from folder names), ImageFolder with metadata.csv, Parquet, or medisyn output"
+evaluate_app = typer.Typer(
+    no_args_is_help=True,
+    help="Evaluate a synthetic dataset: downstream utility, privacy (memorisation) and fidelity / diversity.",
+)
+SETS_HELP = (
+    "image folder (labels from folder names), ImageFolder with metadata.csv, Parquet, or medisyn output"
+)
 
 
 def _errors():
@@ -64,23 +68,47 @@ def utility(
     Example: medisyn evaluate utility --real-train real/train --real-test real/test --synthetic derm-synth --seeds 3
     """
     with _errors():
-        config = UtilityConfig(_strs(real_train), _strs(real_test), _strs(synthetic), parse_fractions(fractions),
-                               arch, seeds, multi_label, epochs, batch_size, size,
-                               str(weights) if weights else None, device, str(out) if out else None,
-                               budget=budget, steps=steps, bootstrap=bootstrap)
+        config = UtilityConfig(
+            _strs(real_train),
+            _strs(real_test),
+            _strs(synthetic),
+            parse_fractions(fractions),
+            arch,
+            seeds,
+            multi_label,
+            epochs,
+            batch_size,
+            size,
+            str(weights) if weights else None,
+            device,
+            str(out) if out else None,
+            budget=budget,
+            steps=steps,
+            bootstrap=bootstrap,
+        )
         result = run_utility(config)
-    table = Table(title=f"utility: macro AUROC on {result['images']['test']} real test images "
-                        f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)",
-                  caption=f"budget: {result['budget']['text']}")
+    table = Table(
+        title=f"utility: macro AUROC on {result['images']['test']} real test images "
+        f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)",
+        caption=f"budget: {result['budget']['text']}",
+    )
     for name in ("condition", "frac", "real", "synth", "steps", "AUROC ± std", "95% CI"):
         table.add_column(name, no_wrap=True)
     for row in result["rows"]:
         low, high = row["auroc_ci95"]
-        table.add_row(row["condition"], "-" if row["real_fraction"] is None else f"{row['real_fraction']:g}",
-                      str(row["real_images"]), str(row["synthetic_images"]), str(row["steps"]),
-                      f"{_fmt(row['auroc_mean'])} ± {_fmt(row['auroc_std'])}", f"{_fmt(low)}-{_fmt(high)}")
+        table.add_row(
+            row["condition"],
+            "-" if row["real_fraction"] is None else f"{row['real_fraction']:g}",
+            str(row["real_images"]),
+            str(row["synthetic_images"]),
+            str(row["steps"]),
+            f"{_fmt(row['auroc_mean'])} ± {_fmt(row['auroc_std'])}",
+            f"{_fmt(low)}-{_fmt(high)}",
+        )
     results.print(table)
-    results.print(f"written: {_out_of(config, result)}/utility.json, utility.csv, utility.png", highlight=False)
+    results.print(
+        f"written: {_out_of(config, result)}/utility.json, utility.csv, utility.png", highlight=False
+    )
 
 
 @evaluate_app.command("privacy")
@@ -100,38 +128,69 @@ def privacy(
     Example: medisyn evaluate privacy --train data/train --heldout data/heldout --synthetic derm-synth
     """
     with _errors():
-        config = PrivacyConfig(_strs(train), _strs(heldout), _strs(synthetic), embedder, threshold, views, pairs,
-                               batch_size, str(out) if out else None)
+        config = PrivacyConfig(
+            _strs(train),
+            _strs(heldout),
+            _strs(synthetic),
+            embedder,
+            threshold,
+            views,
+            pairs,
+            batch_size,
+            str(out) if out else None,
+        )
         result = run_privacy(config)
-    table = Table(title=f"privacy: similarity to the nearest training image ({result['embedder']}, "
-                        f"{result['images']['train']} training images)")
+    table = Table(
+        title=f"privacy: similarity to the nearest training image ({result['embedder']}, "
+        f"{result['images']['train']} training images)"
+    )
     for name in ("set", "images", "p5", "median", "p95", "p99", f"near-copies (>= {result['threshold']:g})"):
         table.add_column(name)
     for name in ("heldout", "synthetic"):
         p = result["percentiles"][name]
-        table.add_row(name, str(result["images"][name]), _fmt(p["p5"]), _fmt(p["p50"]), _fmt(p["p95"]),
-                      _fmt(p["p99"]), f"{result['near_copy_rate'][name]:.1%}")
+        table.add_row(
+            name,
+            str(result["images"][name]),
+            _fmt(p["p5"]),
+            _fmt(p["p50"]),
+            _fmt(p["p95"]),
+            _fmt(p["p99"]),
+            f"{result['near_copy_rate'][name]:.1%}",
+        )
     results.print(table)
     leaks = result["heldout_near_copies"]
-    results.print(f"held-out near-copies of training images: {leaks['count']} ({leaks['share']:.1%}), left out of "
-                  f"the reference ({result['reference_images']} images)", highlight=False)
+    results.print(
+        f"held-out near-copies of training images: {leaks['count']} ({leaks['share']:.1%}), left out of "
+        f"the reference ({result['reference_images']} images)",
+        highlight=False,
+    )
     for warning in result.get("warnings", []):
         results.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
     p = result["p_values"]
-    results.print(f"synthetic above the reference 95th percentile: {result['share_above_heldout_p95']:.1%} "
-                  f"(expected 5%, p {p['tail_p95']:.3g}); near-copies p {p['near_copies']:.3g}; distribution "
-                  f"(Mann-Whitney) p {p['distribution']:.3g}; each test at p < {result['test_level']:.3g}",
-                  highlight=False)
+    results.print(
+        f"synthetic above the reference 95th percentile: {result['share_above_heldout_p95']:.1%} "
+        f"(expected 5%, p {p['tail_p95']:.3g}); near-copies p {p['near_copies']:.3g}; distribution "
+        f"(Mann-Whitney) p {p['distribution']:.3g}; each test at p < {result['test_level']:.3g}",
+        highlight=False,
+    )
     pixel = result["pixel_distance_percentiles"]
-    results.print(f"pixel distance to the nearest training image (Figure 4b), median: synthetic "
-                  f"{pixel['synthetic']['p50']:.3f}, held-out {pixel['heldout']['p50']:.3f}", highlight=False)
+    results.print(
+        f"pixel distance to the nearest training image (Figure 4b), median: synthetic "
+        f"{pixel['synthetic']['p50']:.3f}, held-out {pixel['heldout']['p50']:.3f}",
+        highlight=False,
+    )
     flagged = [label for label, row in result["per_class"].items() if row.get("memorises")]
     if flagged:
-        results.print(f"[bold red]classes flagged on their own: {', '.join(flagged)}[/bold red]", highlight=False)
+        results.print(
+            f"[bold red]classes flagged on their own: {', '.join(flagged)}[/bold red]", highlight=False
+        )
     style = "bold red" if result["memorises"] else "green" if result["memorises"] is False else "yellow"
     results.print(f"[{style}]{result['verdict']}[/{style}]", highlight=False)
-    results.print(f"written: {_out_of(config, result)}/privacy.json, privacy.csv, privacy_histogram.png, "
-                  f"closest_pairs.png", highlight=False)
+    results.print(
+        f"written: {_out_of(config, result)}/privacy.json, privacy.csv, privacy_histogram.png, "
+        f"closest_pairs.png",
+        highlight=False,
+    )
 
 
 @evaluate_app.command("leakage")
@@ -150,15 +209,30 @@ def leakage(
     Example: medisyn evaluate leakage --train data/train --test data/test
     """
     with _errors():
-        result = run_leakage(LeakageConfig(_strs(train), _strs(test), embedder, threshold, views, pairs,
-                                           batch_size=batch_size, out=str(out)))
-    table = Table(title=f"leakage: test images near-copies of training images ({result['embedder']}, similarity "
-                        f">= {result['threshold']:g})")
+        result = run_leakage(
+            LeakageConfig(
+                _strs(train),
+                _strs(test),
+                embedder,
+                threshold,
+                views,
+                pairs,
+                batch_size=batch_size,
+                out=str(out),
+            )
+        )
+    table = Table(
+        title=f"leakage: test images near-copies of training images ({result['embedder']}, similarity "
+        f">= {result['threshold']:g})"
+    )
     for name in ("class", "test images", "near-copies", "share"):
         table.add_column(name)
-    for label, row in list(result["per_class"].items()) + [("all", {"images": result["images"]["test"],
-                                                                    "near_copies": result["count"],
-                                                                    "share": result["share"]})]:
+    for label, row in list(result["per_class"].items()) + [
+        (
+            "all",
+            {"images": result["images"]["test"], "near_copies": result["count"], "share": result["share"]},
+        )
+    ]:
         table.add_row(label or "(none)", str(row["images"]), str(row["near_copies"]), f"{row['share']:.1%}")
     results.print(table)
     if result["warning"]:
@@ -186,22 +260,55 @@ def fidelity(
     Example: medisyn evaluate fidelity --real data/train --synthetic derm-synth --per-class
     """
     with _errors():
-        config = FidelityConfig(_strs(real), _strs(synthetic), features, per_class, k, kid_subsets, kid_subset_size,
-                                cnn_epochs, batch_size, device, str(out) if out else None, bootstrap=bootstrap)
+        config = FidelityConfig(
+            _strs(real),
+            _strs(synthetic),
+            features,
+            per_class,
+            k,
+            kid_subsets,
+            kid_subset_size,
+            cnn_epochs,
+            batch_size,
+            device,
+            str(out) if out else None,
+            bootstrap=bootstrap,
+        )
         result = run_fidelity(config)
     table = Table(title=f"fidelity, features: {result['features']}", caption=NOT_COMPARABLE)
-    columns = ("real", "synthetic", "FID [95% CI]", "KID", "precision", "recall", "density", "coverage",
-               "diversity real", "diversity synthetic")
+    columns = (
+        "real",
+        "synthetic",
+        "FID [95% CI]",
+        "KID",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "diversity real",
+        "diversity synthetic",
+    )
     table.add_column("scope")
     for name in columns:
         table.add_column(name)
     for scope, row in [("all", result["overall"])] + list(result["per_class"].items()):
         low, high = row.get("ci95", {}).get("fid", (None, None))
-        fid_text = _fmt(row.get("fid"), 2) + (f" [{_fmt(low, 2)}, {_fmt(high, 2)}]" if low is not None else "")
-        table.add_row(scope, str(row["real_images"]), str(row["synthetic_images"]), fid_text,
-                      _fmt(row.get("kid"), 4), _fmt(row.get("precision")), _fmt(row.get("recall")),
-                      _fmt(row.get("density")), _fmt(row.get("coverage")), _fmt(row.get("real_diversity")),
-                      _fmt(row.get("synthetic_diversity")))
+        fid_text = _fmt(row.get("fid"), 2) + (
+            f" [{_fmt(low, 2)}, {_fmt(high, 2)}]" if low is not None else ""
+        )
+        table.add_row(
+            scope,
+            str(row["real_images"]),
+            str(row["synthetic_images"]),
+            fid_text,
+            _fmt(row.get("kid"), 4),
+            _fmt(row.get("precision")),
+            _fmt(row.get("recall")),
+            _fmt(row.get("density")),
+            _fmt(row.get("coverage")),
+            _fmt(row.get("real_diversity")),
+            _fmt(row.get("synthetic_diversity")),
+        )
     results.print(table)
     if result["overall"].get("note"):
         results.print(f"[yellow]note: {result['overall']['note']}[/yellow]", highlight=False)
@@ -209,12 +316,17 @@ def fidelity(
 
 
 def report_command(
-    out: Path = argument(write_report, "out", help="A medisyn generate output folder (run.json, parquet/, "
-                                                   "imagefolder/)."),
+    out: Path = argument(
+        write_report, "out", help="A medisyn generate output folder (run.json, parquet/, imagefolder/)."
+    ),
     per_class: int = option(write_report, "per_class", "--per-class", help="Sample images shown per class."),
-    real: list[Path] = option(write_report, "real", "--real", to_cli=list,
-                              help=f"Real reference images for the diversity guard's coverage and recall: "
-                                   f"{SETS_HELP}."),
+    real: list[Path] = option(
+        write_report,
+        "real",
+        "--real",
+        to_cli=list,
+        help=f"Real reference images for the diversity guard's coverage and recall: {SETS_HELP}.",
+    ),
 ) -> None:
     """Write OUT/report.html and report.json: samples, counts, rejections, label check, diversity guard,
     similarities and evaluate metrics (offline).

@@ -55,46 +55,93 @@ def generate(
     shard: str | None = option(GenerateConfig, "shard", "--shard"),
     resume: bool = option(GenerateConfig, "resume", "--resume"),
     overwrite: bool = option(GenerateConfig, "overwrite", "--overwrite"),
-    slurm_array: int | None = typer.Option(None, "--slurm-array", help="Submit as a SLURM array of N tasks "
-                                                                        "(one shard each) instead of running here."),
+    slurm_array: int | None = typer.Option(
+        None,
+        "--slurm-array",
+        help="Submit as a SLURM array of N tasks (one shard each) instead of running here.",
+    ),
     partition: str | None = option(SlurmOptions, "partition", "--partition", help="SLURM partition."),
-    gpus_per_task: int = option(SlurmOptions, "gpus_per_task", "--gpus-per-task",
-                                help="GPUs per array task; one process per GPU."),
-    cpus_per_task: int | None = option(SlurmOptions, "cpus_per_task", "--cpus-per-task",
-                                          help="CPU cores per array task (default: the partition's)."),
-    time_limit: str | None = option(SlurmOptions, "time", "--time",
-                                       help="SLURM walltime per task, e.g. 04:00:00."),
+    gpus_per_task: int = option(
+        SlurmOptions, "gpus_per_task", "--gpus-per-task", help="GPUs per array task; one process per GPU."
+    ),
+    cpus_per_task: int | None = option(
+        SlurmOptions,
+        "cpus_per_task",
+        "--cpus-per-task",
+        help="CPU cores per array task (default: the partition's).",
+    ),
+    time_limit: str | None = option(
+        SlurmOptions, "time", "--time", help="SLURM walltime per task, e.g. 04:00:00."
+    ),
     mem: str | None = option(SlurmOptions, "mem", "--mem", help="SLURM memory per task, e.g. 32G."),
-    sbatch: list[str] = option(SlurmOptions, "extra", "--sbatch", to_cli=list,
-                               help="Extra sbatch option, e.g. --sbatch=--account=abc."),
+    sbatch: list[str] = option(
+        SlurmOptions,
+        "extra",
+        "--sbatch",
+        to_cli=list,
+        help="Extra sbatch option, e.g. --sbatch=--account=abc.",
+    ),
     dry_run: bool = option(GenerateConfig, "dry_run", "--dry-run"),
-    progress: bool = option(run_generate, "show_progress", "--progress/--no-progress",
-                            help="Show a progress bar (else log lines)."),
+    progress: bool = option(
+        run_generate,
+        "show_progress",
+        "--progress/--no-progress",
+        help="Show a progress bar (else log lines).",
+    ),
 ) -> None:
     """Generate a balanced, labelled synthetic dataset from a prompt manifest.
 
     Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth
     """
     with errors_as_exit_codes():
-        cfg = GenerateConfig(manifest=str(manifest), n=n, out=str(out) if out else None, model=model, seed=seed,
-                             formats=parse_formats(format), device=device, dtype=dtype, scheduler=scheduler,
-                             steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size, threads=threads,
-                             index=str(index) if index else None, threshold=threshold,
-                             max_attempts=max_attempts, shard=shard, resume=resume, overwrite=overwrite,
-                             judge=str(judge) if judge else None, min_label_score=min_label_score,
-                             dry_run=dry_run, cache_prompts=prompt_cache, overlap=overlap,
-                             channels_last=channels_last, compile=compile, vae_slicing=vae_slicing,
-                             vae_tiling=vae_tiling, loras=tuple(lora), fuse_lora=fuse_lora, force_lora=force_lora)
+        cfg = GenerateConfig(
+            manifest=str(manifest),
+            n=n,
+            out=str(out) if out else None,
+            model=model,
+            seed=seed,
+            formats=parse_formats(format),
+            device=device,
+            dtype=dtype,
+            scheduler=scheduler,
+            steps=steps,
+            guidance=guidance,
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            threads=threads,
+            index=str(index) if index else None,
+            threshold=threshold,
+            max_attempts=max_attempts,
+            shard=shard,
+            resume=resume,
+            overwrite=overwrite,
+            judge=str(judge) if judge else None,
+            min_label_score=min_label_score,
+            dry_run=dry_run,
+            cache_prompts=prompt_cache,
+            overlap=overlap,
+            channels_last=channels_last,
+            compile=compile,
+            vae_slicing=vae_slicing,
+            vae_tiling=vae_tiling,
+            loras=tuple(lora),
+            fuse_lora=fuse_lora,
+            force_lora=force_lora,
+        )
         if slurm_array is not None:
-
-            slurm = SlurmOptions(slurm_array, partition, gpus_per_task, cpus_per_task, time_limit, mem,
-                                 extra=tuple(sbatch))
+            slurm = SlurmOptions(
+                slurm_array, partition, gpus_per_task, cpus_per_task, time_limit, mem, extra=tuple(sbatch)
+            )
             return _submit(cfg, slurm)
         summary = run_generate(cfg, show_progress=progress)
     _print_summary(summary)
     for label, reason in summary.ended.items():
-        console.print(f"[red]error:[/red] class '{label}' ended short of its quota: {reason}", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"[red]error:[/red] class '{label}' ended short of its quota: {reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if summary.ended:
         raise typer.Exit(EXIT_MEMORISES)
 
@@ -105,11 +152,14 @@ def _submit(cfg, slurm) -> None:
     if job is None:
         results.print(script, highlight=False, markup=False, soft_wrap=True)
         return
-    results.print(f"submitted job array {job} ({slurm.array} tasks) -> {out}\n"
-                  f"  script: {out / 'slurm' / 'generate.sbatch'}\n"
-                  f"  watch:  squeue -j {job}; tail -f {out / 'slurm'}/{job}_*.out\n"
-                  f"  check:  medisyn merge {out}   (the last task consolidates; merge reports what is missing)",
-                  highlight=False, markup=False)
+    results.print(
+        f"submitted job array {job} ({slurm.array} tasks) -> {out}\n"
+        f"  script: {out / 'slurm' / 'generate.sbatch'}\n"
+        f"  watch:  squeue -j {job}; tail -f {out / 'slurm'}/{job}_*.out\n"
+        f"  check:  medisyn merge {out}   (the last task consolidates; merge reports what is missing)",
+        highlight=False,
+        markup=False,
+    )
 
 
 def _print_summary(summary) -> None:
@@ -118,12 +168,18 @@ def _print_summary(summary) -> None:
     if not summary.complete:
         return
     if summary.dry_run:
-        table = Table(title=f"plan: {sum(c.planned for c in summary.counts.values())} images -> {summary.out}")
+        table = Table(
+            title=f"plan: {sum(c.planned for c in summary.counts.values())} images -> {summary.out}"
+        )
         for name in ("label", "images", "variants", "weight"):
             table.add_column(name)
         for label, count in summary.counts.items():
-            table.add_row(label, str(count.planned), str(len(summary.manifest.variants(label))),
-                          f"{summary.manifest.weights()[label]:g}")
+            table.add_row(
+                label,
+                str(count.planned),
+                str(len(summary.manifest.variants(label))),
+                f"{summary.manifest.weights()[label]:g}",
+            )
         results.print(table)
         jobs = Table(title="first planned images")
         for name in ("id", "seed", "prompt"):
@@ -133,20 +189,27 @@ def _print_summary(summary) -> None:
         results.print(jobs)
         return
     table = Table(title=f"{summary.out} ({summary.seconds:.0f} s)")
-    columns = ("label", "planned", "written", "regenerated") + (("near-copies replaced",) if summary.screened else ())
+    columns = ("label", "planned", "written", "regenerated") + (
+        ("near-copies replaced",) if summary.screened else ()
+    )
     for name in columns:
         table.add_column(name)
     for label, count in summary.counts.items():
         cells = [label, str(count.planned), str(count.written), str(count.regenerated), str(count.rejected)]
-        table.add_row(*cells[:len(columns)], style="red" if count.ended else None)
+        table.add_row(*cells[: len(columns)], style="red" if count.ended else None)
     results.print(table)
     judged = (summary.run or {}).get("judge") or {}
     if judged.get("kept") is not None:
-        console.print(f"label check: {judged['label_rejected']} images not recognised as their class were replaced; "
-                      f"yield {judged['yield']:.2f} (kept / generated)", highlight=False)
+        console.print(
+            f"label check: {judged['label_rejected']} images not recognised as their class were replaced; "
+            f"yield {judged['yield']:.2f} (kept / generated)",
+            highlight=False,
+        )
 
 
-def merge(out: Path = typer.Argument(..., help="Output folder of a sharded or interrupted generate run.")) -> None:
+def merge(
+    out: Path = typer.Argument(..., help="Output folder of a sharded or interrupted generate run."),
+) -> None:
     """Check that every planned image of a sharded run is there once, and consolidate the dataset.
 
     Example: medisyn merge derm-synth

@@ -17,8 +17,11 @@ from medisyn_cli.core.progress import console
 from medisyn_cli.judge.alignment import AlignmentConfig, run_alignment
 from medisyn_cli.judge.build import JudgeConfig, build_judge
 
-judge_app = typer.Typer(no_args_is_help=True, help="Label check: a classifier trained on real images that judges "
-                                                   "whether synthetic images show their class.")
+judge_app = typer.Typer(
+    no_args_is_help=True,
+    help="Label check: a classifier trained on real images that judges "
+    "whether synthetic images show their class.",
+)
 
 
 @judge_app.command("build")
@@ -36,15 +39,31 @@ def build(
 ) -> None:
     """Train a label classifier on real labelled images; held-out accuracy and calibration go to judge.json."""
     with errors_as_exit_codes():
-        meta = build_judge(JudgeConfig(real=tuple(map(str, real)), out=str(out), classifier=classifier,
-                                       embedder=embedder, holdout=holdout, k=k, steps=steps, seed=seed,
-                                       max_per_class=max_per_class, overwrite=overwrite))
-    console.print(f"judge: {meta['classifier']} on {meta['train']} images of {len(meta['classes'])} classes; "
-                  f"held-out accuracy {meta['heldout_accuracy']:.3f} (balanced {meta['heldout_balanced_accuracy']:.3f}, "
-                  f"{meta['heldout']} images), ECE {meta['calibration']['ece']:.3f} -> {out}", highlight=False)
+        meta = build_judge(
+            JudgeConfig(
+                real=tuple(map(str, real)),
+                out=str(out),
+                classifier=classifier,
+                embedder=embedder,
+                holdout=holdout,
+                k=k,
+                steps=steps,
+                seed=seed,
+                max_per_class=max_per_class,
+                overwrite=overwrite,
+            )
+        )
+    console.print(
+        f"judge: {meta['classifier']} on {meta['train']} images of {len(meta['classes'])} classes; "
+        f"held-out accuracy {meta['heldout_accuracy']:.3f} (balanced {meta['heldout_balanced_accuracy']:.3f}, "
+        f"{meta['heldout']} images), ECE {meta['calibration']['ece']:.3f} -> {out}",
+        highlight=False,
+    )
     for label, values in meta["per_class"].items():
         accuracy = "-" if values["accuracy"] is None else f"{values['accuracy']:.3f}"
-        console.print(f"  {label}: held-out accuracy {accuracy} ({values['heldout']} images)", highlight=False)
+        console.print(
+            f"  {label}: held-out accuracy {accuracy} ({values['heldout']} images)", highlight=False
+        )
     rates = ", ".join(f"{t}: {v:.2f}" for t, v in meta["label_score_pass_rate"].items())
     console.print(f"  real held-out images kept at --min-label-score {rates}", highlight=False)
 
@@ -59,16 +78,27 @@ def alignment(
 ) -> None:
     """GAN-test accuracy: the share of synthetic images a classifier trained on real images recognises, per class."""
     with errors_as_exit_codes():
-        result = run_alignment(AlignmentConfig(synthetic=tuple(map(str, synthetic)),
-                                               judge=str(judge) if judge else None,
-                                               real_train=tuple(map(str, real_train)),
-                                               out=str(out) if out else None, min_label_score=min_label_score))
+        result = run_alignment(
+            AlignmentConfig(
+                synthetic=tuple(map(str, synthetic)),
+                judge=str(judge) if judge else None,
+                real_train=tuple(map(str, real_train)),
+                out=str(out) if out else None,
+                min_label_score=min_label_score,
+            )
+        )
     ceiling = result["ceiling_real_heldout_accuracy"]
-    console.print(f"GAN-test accuracy {result['gan_test_accuracy']:.3f} on {result['images']} images (the judge's "
-                  f"accuracy on real held-out images, the ceiling: {ceiling:.3f}); recognised at "
-                  f"{result['min_label_score']:g}: {result['recognised_share']:.3f}", highlight=False)
+    console.print(
+        f"GAN-test accuracy {result['gan_test_accuracy']:.3f} on {result['images']} images (the judge's "
+        f"accuracy on real held-out images, the ceiling: {ceiling:.3f}); recognised at "
+        f"{result['min_label_score']:g}: {result['recognised_share']:.3f}",
+        highlight=False,
+    )
     for row in result["per_class"]:
         real = "-" if row["real_heldout_accuracy"] is None else f"{row['real_heldout_accuracy']:.3f}"
-        console.print(f"  {row['label']}: {row['gan_test_accuracy']:.3f} of {row['images']} (real {real}), "
-                      f"mean score {row['mean_label_score']:.3f}", highlight=False)
+        console.print(
+            f"  {row['label']}: {row['gan_test_accuracy']:.3f} of {row['images']} (real {real}), "
+            f"mean score {row['mean_label_score']:.3f}",
+            highlight=False,
+        )
     console.print(f"-> {result['out']}/alignment.json", highlight=False)

@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Make synthetic medical image datasets with text-guided latent diffusion.\n\n"
-         "Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth",
+    "Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth",
 )
 
 

@@ -58,8 +58,14 @@ def _help(source: Source, help: str | None) -> str:
     return table or help
 
 
-def option(owner: Any, name: str, *flags: str, help: str | None = None,
-           to_cli: Callable[[Any], Any] | None = None, **extra: Any) -> Any:
+def option(
+    owner: Any,
+    name: str,
+    *flags: str,
+    help: str | None = None,
+    to_cli: Callable[[Any], Any] | None = None,
+    **extra: Any,
+) -> Any:
     """typer.Option with the default and help of `owner`'s field (or parameter) `name`."""
     source = Source(owner, name, to_cli)
     info = typer.Option(source.cli_default(), *flags, help=_help(source, help), **extra)
@@ -67,8 +73,14 @@ def option(owner: Any, name: str, *flags: str, help: str | None = None,
     return info
 
 
-def argument(owner: Any, name: str, *, help: str | None = None, to_cli: Callable[[Any], Any] | None = None,
-             **extra: Any) -> Any:
+def argument(
+    owner: Any,
+    name: str,
+    *,
+    help: str | None = None,
+    to_cli: Callable[[Any], Any] | None = None,
+    **extra: Any,
+) -> Any:
     """typer.Argument with the default and help of `owner`'s field (or parameter) `name`."""
     source = Source(owner, name, to_cli)
     info = typer.Argument(source.cli_default(), help=_help(source, help), **extra)

@@ -32,9 +32,12 @@ def screen(
     Example: medisyn screen derm-synth --index train-index --fail-on-copies
     """
     with errors_as_exit_codes():
-        summary = screen_dataset(dataset, index, threshold, report, keep_out, embedder, batch_size,
-                                 show_progress=progress)
-    table = Table(title=f"screened {summary.dataset} against {summary.index} (threshold {summary.threshold:g})")
+        summary = screen_dataset(
+            dataset, index, threshold, report, keep_out, embedder, batch_size, show_progress=progress
+        )
+    table = Table(
+        title=f"screened {summary.dataset} against {summary.index} (threshold {summary.threshold:g})"
+    )
     for name in ("label", "screened", "near-copies"):
         table.add_column(name)
     for label, (n, copies) in summary.per_label.items():
@@ -42,13 +45,22 @@ def screen(
     table.add_row("all", str(summary.screened), str(summary.near_copies), style="bold")
     results.print(table)
     if summary.errors:
-        console.print(f"{summary.errors} unreadable images (rows with an error in screen.csv)", highlight=False)
-    console.print(f"report: {summary.report_dir / 'report.html'}"
-                  + (f"; copy without near-copies: {summary.kept_out}" if summary.kept_out else ""), highlight=False)
+        console.print(
+            f"{summary.errors} unreadable images (rows with an error in screen.csv)", highlight=False
+        )
+    console.print(
+        f"report: {summary.report_dir / 'report.html'}"
+        + (f"; copy without near-copies: {summary.kept_out}" if summary.kept_out else ""),
+        highlight=False,
+    )
     if fail_on_copies and (summary.near_copies or summary.errors):
         if summary.errors:
-            console.print(f"--fail-on-copies: {summary.errors} unreadable images count as failures (they could "
-                          f"not be shown not to be copies)", highlight=False, soft_wrap=True)
+            console.print(
+                f"--fail-on-copies: {summary.errors} unreadable images count as failures (they could "
+                f"not be shown not to be copies)",
+                highlight=False,
+                soft_wrap=True,
+            )
         raise typer.Exit(1)
 
 
@@ -75,11 +87,21 @@ def index_build(
     """
     import os
 
-
     with errors_as_exit_codes():
         place = resolve_shard(shard, os.environ)
-        meta = build_index(sources, out, embedder, index_type, max_memory, batch_size, progress, overwrite, place,
-                           target_fpr or None, regions)
+        meta = build_index(
+            sources,
+            out,
+            embedder,
+            index_type,
+            max_memory,
+            batch_size,
+            progress,
+            overwrite,
+            place,
+            target_fpr or None,
+            regions,
+        )
     _print_index(out, meta)
 
 
@@ -97,10 +119,13 @@ def _print_calibration(calibration: dict) -> None:
         if calibration.get("skipped"):
             console.print(f"threshold not calibrated: {calibration['skipped']}", highlight=False)
         return
-    console.print(f"threshold {calibration['threshold']:g}: calibrated for {calibration['target_fpr']:.2%} false "
-                  f"positives ({calibration['negatives']} of its own images and changed copies against the other "
-                  f"training images, never below {calibration['floor']:g}; {calibration['seconds']:.0f} s)",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"threshold {calibration['threshold']:g}: calibrated for {calibration['target_fpr']:.2%} false "
+        f"positives ({calibration['negatives']} of its own images and changed copies against the other "
+        f"training images, never below {calibration['floor']:g}; {calibration['seconds']:.0f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
     table = Table(title="measured on the index's own images")
     for name in ("threshold", "false positives", "copies caught"):
         table.add_column(name)
@@ -112,9 +137,13 @@ def _print_calibration(calibration: dict) -> None:
 
 def _print_index(out: Path, meta: dict) -> None:
     if meta.get("partial"):
-        console.print(f"shard {meta['shard']} embedded {meta['made']} batches; {meta['done']} of {meta['batches']} "
-                      f"batches are done. The last shard to finish builds the index (or run: medisyn index merge "
-                      f"{out})", highlight=False, soft_wrap=True)
+        console.print(
+            f"shard {meta['shard']} embedded {meta['made']} batches; {meta['done']} of {meta['batches']} "
+            f"batches are done. The last shard to finish builds the index (or run: medisyn index merge "
+            f"{out})",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     if meta.get("note"):
         console.print(meta["note"], highlight=False)
@@ -123,14 +152,24 @@ def _print_index(out: Path, meta: dict) -> None:
     for name in ("images", "skipped", "embedder", "index", "recall@1", "threshold"):
         table.add_column(name)
     recall = "exact" if index["recall_at_1"] is None else f"{index['recall_at_1']:.3f}"
-    table.add_row(str(meta["count"]), str(skipped["count"]), meta["embedder"]["spec"], index["type"], recall,
-                  f"{meta['threshold']:g}")
+    table.add_row(
+        str(meta["count"]),
+        str(skipped["count"]),
+        meta["embedder"]["spec"],
+        index["type"],
+        recall,
+        f"{meta['threshold']:g}",
+    )
     results.print(table)
     nearest = meta["nearest_neighbour_similarity"]
     if nearest["percentiles"]:
-        spread = Table(title=f"similarity of training images to their nearest other training image "
-                             f"({nearest['sample']} sampled)")
-        shown = {k: v for k, v in nearest["percentiles"].items() if k in ("p1", "p5", "p50", "p95", "p99", "p100")}
+        spread = Table(
+            title=f"similarity of training images to their nearest other training image "
+            f"({nearest['sample']} sampled)"
+        )
+        shown = {
+            k: v for k, v in nearest["percentiles"].items() if k in ("p1", "p5", "p50", "p95", "p99", "p100")
+        }
         for name in shown:
             spread.add_column(name.replace("p100", "max"))
         spread.add_column(">= threshold")
@@ -140,4 +179,6 @@ def _print_index(out: Path, meta: dict) -> None:
     for item in skipped["files"][:20]:
         console.print(f"skipped {item['key']}: {item['reason']}", highlight=False, soft_wrap=True)
     if skipped["count"] > 20:
-        console.print(f"... and {skipped['count'] - 20} more (all listed in {out / 'index.json'})", highlight=False)
+        console.print(
+            f"... and {skipped['count'] - 20} more (all listed in {out / 'index.json'})", highlight=False
+        )

@@ -17,8 +17,10 @@ from medisyn_cli.core.progress import results
 from medisyn_cli.study import StudyConfig, build_study, make_server, score_study
 from medisyn_cli.study.design import parse_mix
 
-study_app = typer.Typer(no_args_is_help=True, help="Blinded reader studies: can readers tell real from synthetic "
-                                                   "images, and classify both?")
+study_app = typer.Typer(
+    no_args_is_help=True,
+    help="Blinded reader studies: can readers tell real from synthetic images, and classify both?",
+)
 
 
 def labels_option(labels: tuple[str, ...]) -> str | None:
@@ -50,24 +52,44 @@ def build(
     Example: medisyn study build --real ../shared/data/isic2017_dermoscopy --synthetic derm-synth --out derm-study
     """
     with _errors():
-        config = StudyConfig(tuple(map(str, real)), tuple(map(str, synthetic)), str(out), pairs, classify,
-                             tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (), seed,
-                             title, size, parse_mix(pair_mix), overwrite)
+        config = StudyConfig(
+            tuple(map(str, real)),
+            tuple(map(str, synthetic)),
+            str(out),
+            pairs,
+            classify,
+            tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (),
+            seed,
+            title,
+            size,
+            parse_mix(pair_mix),
+            overwrite,
+        )
         key = build_study(config)
     design = key["design"]
-    results.print(f"study {key['study_id']}: {design['pairs']} pairs, {design['classify']} classification items, "
-                  f"classes {', '.join(key['classes']) or '(unlabelled)'}; images {design['image_size']} px "
-                  f"{design['image_mode']}", highlight=False)
-    results.print(f"open {out / 'site' / 'index.html'} (or `medisyn study serve {out}`); answer key: "
-                  f"{out / 'key.json'} (keep it away from readers)", highlight=False)
+    results.print(
+        f"study {key['study_id']}: {design['pairs']} pairs, {design['classify']} classification items, "
+        f"classes {', '.join(key['classes']) or '(unlabelled)'}; images {design['image_size']} px "
+        f"{design['image_mode']}",
+        highlight=False,
+    )
+    results.print(
+        f"open {out / 'site' / 'index.html'} (or `medisyn study serve {out}`); answer key: "
+        f"{out / 'key.json'} (keep it away from readers)",
+        highlight=False,
+    )
 
 
 @study_app.command("serve")
 def serve(
     study: Path = argument(make_server, "study", help="Study folder written by `medisyn study build`."),
     port: int = option(make_server, "port", "--port", help="Port (0: any free one)."),
-    host: str = option(make_server, "host", "--host", help="Address to listen on (0.0.0.0 to reach it from a "
-                                                           "tablet on the same network)."),
+    host: str = option(
+        make_server,
+        "host",
+        "--host",
+        help="Address to listen on (0.0.0.0 to reach it from a tablet on the same network).",
+    ),
 ) -> None:
     """Serve the reader page on this machine and save submitted answers under STUDY/answers/.
 
@@ -76,8 +98,12 @@ def serve(
     with _errors():
         server = make_server(study, host, port)
     address, bound = server.server_address[:2]
-    results.print(f"serving {study / 'site'} at http://{address}:{bound}/ ; answers go to {study / 'answers'} "
-                  "(Ctrl-C stops)", highlight=False, soft_wrap=True)
+    results.print(
+        f"serving {study / 'site'} at http://{address}:{bound}/ ; answers go to {study / 'answers'} "
+        "(Ctrl-C stops)",
+        highlight=False,
+        soft_wrap=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -89,12 +115,15 @@ def serve(
 @study_app.command("score")
 def score(
     study: Path = argument(score_study, "study", help="Study folder written by `medisyn study build`."),
-    answers: list[Path] = option(score_study, "answers", "--answers",
-                                 help="Answer files (.json) or folders holding them."),
-    out: Path | None = option(score_study, "out", "--out", "-o",
-                              help="Folder for the results (default STUDY/score)."),
-    years_bins: str = option(score_study, "bins", "--years-bins", to_cli=comma_list,
-                             help="Experience groups' edges in years."),
+    answers: list[Path] = option(
+        score_study, "answers", "--answers", help="Answer files (.json) or folders holding them."
+    ),
+    out: Path | None = option(
+        score_study, "out", "--out", "-o", help="Folder for the results (default STUDY/score)."
+    ),
+    years_bins: str = option(
+        score_study, "bins", "--years-bins", to_cli=comma_list, help="Experience groups' edges in years."
+    ),
     seed: int = option(score_study, "seed", "--seed", help="Seed of the bootstrap over readers."),
 ) -> None:
     """Score readers: detection accuracy, sensitivity, specificity, classification, agreement, experience groups.
@@ -111,20 +140,46 @@ def score(
     for problem in result["problems"]:
         results.print(f"[yellow]left out:[/yellow] {problem}", highlight=False, soft_wrap=True)
     folder = written["score.html"].parent
-    results.print(f"written: {folder}/score.html, score.json, readers.csv, classes.csv, groups.csv", highlight=False)
+    results.print(
+        f"written: {folder}/score.html, score.json, readers.csv, classes.csv, groups.csv", highlight=False
+    )
 
 
 def _print_score(result: dict) -> None:
-    table = Table(title=f"study {result['study_id']}: spotting synthetic images (chance {result['chance']:.2f})")
-    for name in ("reader", "answered", "accuracy", "sensitivity", "specificity", "pairs exact", "p > chance",
-                 "classify real", "classify synthetic"):
+    table = Table(
+        title=f"study {result['study_id']}: spotting synthetic images (chance {result['chance']:.2f})"
+    )
+    for name in (
+        "reader",
+        "answered",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "pairs exact",
+        "p > chance",
+        "classify real",
+        "classify synthetic",
+    ):
         table.add_column(name)
     for row in result["readers"] + [result["pooled"]]:
         m = row["metrics"]
         p_value = row["beats_chance"]["p_value"]
-        table.add_row(row["reader"], f"{row['answered']}/{row['items']}", *(_cell(m[n]) for n in (
-            "detection_accuracy", "detection_sensitivity", "detection_specificity", "pair_accuracy")),
-            "-" if p_value != p_value else f"{p_value:.2g}", _cell(m["classify_real"]), _cell(m["classify_synthetic"]))
+        table.add_row(
+            row["reader"],
+            f"{row['answered']}/{row['items']}",
+            *(
+                _cell(m[n])
+                for n in (
+                    "detection_accuracy",
+                    "detection_sensitivity",
+                    "detection_specificity",
+                    "pair_accuracy",
+                )
+            ),
+            "-" if p_value != p_value else f"{p_value:.2g}",
+            _cell(m["classify_real"]),
+            _cell(m["classify_synthetic"]),
+        )
     results.print(table)
 
 

@@ -33,8 +33,9 @@ def train(
     caption_template: str = option(TrainConfig, "caption_template", "--caption-template"),
     validation_prompts: Path | None = option(TrainConfig, "validation_prompts", "--validation-prompts"),
     validate_every: int = option(TrainConfig, "validate_every", "--validate-every"),
-    train_text_encoder: bool | None = option(TrainConfig, "train_text_encoder",
-                                             "--train-text-encoder/--freeze-text-encoder"),
+    train_text_encoder: bool | None = option(
+        TrainConfig, "train_text_encoder", "--train-text-encoder/--freeze-text-encoder"
+    ),
     holdout: float = option(TrainConfig, "holdout", "--holdout"),
     save_dtype: str = option(TrainConfig, "save_dtype", "--save-dtype"),
     seed: int = option(TrainConfig, "seed", "--seed"),
@@ -48,22 +49,43 @@ def train(
     Example: medisyn train ../shared/data --out my-model --steps 2000 --holdout 0.2
     """
     with errors_as_exit_codes():
-        cfg = TrainConfig(data=tuple(map(str, data)), out=str(out), base=base, config=config,
-                          resolution=resolution, steps=steps, vae_steps=vae_steps, batch_size=batch_size, lr=lr,
-                          mixed_precision=mixed_precision, grad_accum=grad_accum, ema=ema,
-                          checkpoint_every=checkpoint_every, resume=resume, caption_dropout=caption_dropout,
-                          balance=balance,
-                          caption_template=caption_template,
-                          validation_prompts=str(validation_prompts) if validation_prompts else None,
-                          validate_every=validate_every, train_text_encoder=train_text_encoder,
-                          holdout=holdout, save_dtype=save_dtype, seed=seed, lora=lora, lora_alpha=lora_alpha,
-                          lora_targets=lora_targets, lora_dropout=lora_dropout)
+        cfg = TrainConfig(
+            data=tuple(map(str, data)),
+            out=str(out),
+            base=base,
+            config=config,
+            resolution=resolution,
+            steps=steps,
+            vae_steps=vae_steps,
+            batch_size=batch_size,
+            lr=lr,
+            mixed_precision=mixed_precision,
+            grad_accum=grad_accum,
+            ema=ema,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            caption_dropout=caption_dropout,
+            balance=balance,
+            caption_template=caption_template,
+            validation_prompts=str(validation_prompts) if validation_prompts else None,
+            validate_every=validate_every,
+            train_text_encoder=train_text_encoder,
+            holdout=holdout,
+            save_dtype=save_dtype,
+            seed=seed,
+            lora=lora,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
+            lora_dropout=lora_dropout,
+        )
         result = run_train(cfg)
     table = Table(title=f"trained {'adapter' if lora else 'model'} in {result.model_dir}")
     for name in ("steps", "images", "final_loss", "vae_psnr", "seconds"):
         table.add_column(name)
     psnr = "-" if result.vae_psnr is None else f"{result.vae_psnr:.1f} dB"
-    table.add_row(str(result.steps), str(result.images), f"{result.final_loss:.4f}", psnr, f"{result.seconds:.0f}")
+    table.add_row(
+        str(result.steps), str(result.images), f"{result.final_loss:.4f}", psnr, f"{result.seconds:.0f}"
+    )
     results.print(table)
     for key, error in result.skipped:
         console.print(f"skipped {key}: {error}", highlight=False)

@@ -41,8 +41,9 @@ def read_records(paths: list[str | Path], caption_template: str = "{label}") -> 
             raise MedisynError(f"{path}: no such file or folder")
         found = [record for source in _sources_of(path) for record in _captioned(source, caption_template)]
         if not found:
-            raise MedisynError(f"{path}: no images found "
-                               "(expected metadata.csv, Parquet files or label folders)")
+            raise MedisynError(
+                f"{path}: no images found (expected metadata.csv, Parquet files or label folders)"
+            )
         records.extend(found)
     return records
 
@@ -62,8 +63,9 @@ def _caption(template: str, label: str | None, row: dict) -> str | None:
     try:
         return template.format(**{**row, "label": label.replace("_", " ")})
     except KeyError as exc:
-        raise MedisynError(f"--caption-template: unknown placeholder {exc} "
-                           f"(columns: {', '.join(row)})") from exc
+        raise MedisynError(
+            f"--caption-template: unknown placeholder {exc} (columns: {', '.join(row)})"
+        ) from exc
 
 
 def _metadata_records(folder: Path, template: str) -> list[Record]:
@@ -105,8 +107,9 @@ def _parquet_records(path: Path, template: str) -> list[Record]:
             image = row.pop("image")
             data = image["bytes"] if isinstance(image, dict) else image
             label = row.get("label")
-            caption = (row.get("caption") or row.get("text") or row.get("prompt")
-                       or _caption(template, label, row))
+            caption = (
+                row.get("caption") or row.get("text") or row.get("prompt") or _caption(template, label, row)
+            )
             records.append(Record(f"{file.name}:{row.get('id', i)}", label, caption, data=data))
     return records
 
@@ -135,6 +138,7 @@ def iter_images(records: list[Record]) -> Iterator[tuple[Record, object | None, 
 
 # --- streaming access, for jobs that must not hold a whole dataset in memory (index build) ---------------
 
+
 @dataclass(frozen=True)
 class Source:
     """One dataset on disk: 'parquet' (file or folder), 'imagefolder' (metadata.csv), 'images' (any depth)."""
@@ -146,16 +150,18 @@ class Source:
 def find_sources(paths: list[str | Path]) -> list[Source]:
     """The datasets under each path (folders of ImageFolders searched); MedisynError if missing or empty."""
     if not paths:
-        raise MedisynError("no source given "
-                           "(expected image folders, ImageFolders with metadata.csv or Parquet)")
+        raise MedisynError(
+            "no source given (expected image folders, ImageFolders with metadata.csv or Parquet)"
+        )
     found: list[Source] = []
     for path in map(Path, paths):
         if not path.exists():
             raise MedisynError(f"{path}: no such file or folder")
         sources = _sources_of(path)
         if not sources or sum(count_images(s) for s in sources) == 0:
-            raise MedisynError(f"{path}: no images found "
-                               "(expected image files, metadata.csv or Parquet files)")
+            raise MedisynError(
+                f"{path}: no images found (expected image files, metadata.csv or Parquet files)"
+            )
         found.extend(sources)
     return found
 
@@ -242,8 +248,12 @@ def _iter_parquet(path: Path, batch_rows: int) -> Iterator[Record]:
                 image = item["image"]
                 data = image.get("bytes") if isinstance(image, dict) else image
                 label = item.get("label")
-                yield Record(f"{file}:{item.get('id', row)}", None if label is None else str(label), None,
-                             data=data or b"")
+                yield Record(
+                    f"{file}:{item.get('id', row)}",
+                    None if label is None else str(label),
+                    None,
+                    data=data or b"",
+                )
                 row += 1
 
 

@@ -50,8 +50,10 @@ window.addEventListener("load", function () {
 
 def page(title: str, body: str, style: str, script: str = "", lang: str = "en") -> str:
     """The shell of a self-contained report page: title, inline style, body, a script (e.g. LOAD_PROBE)."""
-    return (f'<!doctype html>\n<html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title>\n'
-            f"<style>{style}</style></head>\n<body>\n{body}\n{script}</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title>\n'
+        f"<style>{style}</style></head>\n<body>\n{body}\n{script}</body></html>\n"
+    )
 
 
 def figure_png(figure, dpi: int = 100) -> bytes:

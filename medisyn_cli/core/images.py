@@ -32,8 +32,9 @@ def thumbnail_png(image, size: int = THUMB) -> bytes:
     return png_bytes(thumbnail(image, size))
 
 
-def image_grid(images: list, rows: int, path: Path, labels: list[str] | None = None,
-               label_width: int = 220) -> Path:
+def image_grid(
+    images: list, rows: int, path: Path, labels: list[str] | None = None, label_width: int = 220
+) -> Path:
     """Paste equally sized PIL images into a grid (row-major), with an optional text label per row."""
     import textwrap
 

@@ -8,6 +8,7 @@ from importlib import import_module
 
 def lazy_getattr(package: str, api: dict[str, tuple[str, str]]) -> Callable[[str], object]:
     """A module `__getattr__` for `package`: api maps a public name to (submodule, attribute)."""
+
     def __getattr__(name: str):
         if name not in api:
             raise AttributeError(f"module '{package}' has no attribute '{name}'")

@@ -18,8 +18,18 @@ MARKER = ".medisyn"
 LOCK = ".medisyn.lock"
 LEGACY_MARKER = "output folder of medisyn generate\n"  # written by medisyn 0.1, without a run id
 # everything generate, merge and screen write into an output folder
-ENTRIES = (MARKER, LOCK, "run.json", "README.md", "parquet", "imagefolder", "rejected.parquet", "_work", "screen",
-           "slurm")
+ENTRIES = (
+    MARKER,
+    LOCK,
+    "run.json",
+    "README.md",
+    "parquet",
+    "imagefolder",
+    "rejected.parquet",
+    "_work",
+    "screen",
+    "slurm",
+)
 
 
 def holds_files(folder: Path, ignore=None) -> bool:
@@ -70,7 +80,9 @@ def claim_marker(out: Path, run_id: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tmp = out / f".{MARKER}.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps({"tool": "medisyn", "command": "generate", "run_id": run_id, "created": created}) + "\n")
+    tmp.write_text(
+        json.dumps({"tool": "medisyn", "command": "generate", "run_id": run_id, "created": created}) + "\n"
+    )
     try:
         os.link(tmp, out / MARKER)
     except FileExistsError:

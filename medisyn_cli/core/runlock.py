@@ -34,8 +34,13 @@ class RunBusy(MedisynError):
 class RunLock:
     """`with RunLock(path, what):` holds the lock for the block; raises RunBusy naming the holder."""
 
-    def __init__(self, path: Path, what: str = "this run", stale_after: float = STALE_AFTER,
-                 heartbeat: float = HEARTBEAT):
+    def __init__(
+        self,
+        path: Path,
+        what: str = "this run",
+        stale_after: float = STALE_AFTER,
+        heartbeat: float = HEARTBEAT,
+    ):
         self.path, self.what = Path(path), what
         self.stale_after, self.heartbeat = stale_after, heartbeat
         self._stop = threading.Event()
@@ -93,9 +98,13 @@ class RunLock:
 
     def _create(self) -> bool:
         self._token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token,
-                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "command": " ".join(sys.argv)[:500]}
+        record = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "token": self._token,
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:500],
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -155,6 +164,8 @@ def busy_message(path: Path, what: str, holder: dict) -> str:
     except OSError:
         beat = ""
     who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}{beat}"
-    return (f"{what} is in use by {who} ({holder.get('command', '')!s}); wait for it to finish, or stop it and "
-            f"run again with --resume. A lock whose process died is taken over by the next run (at once on the same "
-            f"host, after about {2.5 * HEARTBEAT:.0f} s without heartbeat from another host)")
+    return (
+        f"{what} is in use by {who} ({holder.get('command', '')!s}); wait for it to finish, or stop it and "
+        f"run again with --resume. A lock whose process died is taken over by the next run (at once on the same "
+        f"host, after about {2.5 * HEARTBEAT:.0f} s without heartbeat from another host)"
+    )

@@ -40,7 +40,9 @@ def parse_shard(text: str) -> Shard:
         raise MedisynError(f"--shard: expected K/N with K from 0 to N-1 (e.g. 0/4), got '{text}'")
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1 or index >= count:
-        raise MedisynError(f"--shard {text}: K must be between 0 and {max(count - 1, 0)} (shards count from 0)")
+        raise MedisynError(
+            f"--shard {text}: K must be between 0 and {max(count - 1, 0)} (shards count from 0)"
+        )
     return Shard(index, count, source="--shard")
 
 
@@ -65,8 +67,10 @@ def _array_place(env: Mapping[str, str]) -> tuple[int, int] | None:
             raise MedisynError("SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor _MAX is")
         count = high - low + 1
     if high is not None and high - low + 1 != count:
-        raise MedisynError(f"SLURM array {low}-{high} has a step or gaps ({count} tasks); medisyn needs a "
-                           f"contiguous array such as --array=0-{count - 1}")
+        raise MedisynError(
+            f"SLURM array {low}-{high} has a step or gaps ({count} tasks); medisyn needs a "
+            f"contiguous array such as --array=0-{count - 1}"
+        )
     position = task - low
     if not 0 <= position < count:
         raise MedisynError(f"SLURM_ARRAY_TASK_ID={task} is outside the array {low}..{low + count - 1}")

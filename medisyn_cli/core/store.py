@@ -133,14 +133,19 @@ def missing_report(batches: int, done: set[int], shard_count: int, batch_sizes) 
 def differences(recorded: dict, current: dict, resolved: tuple[str, ...] = ()) -> list[str]:
     """'option: recorded there, current now' for every option that differs (unset `resolved` options skipped)."""
     names = sorted(set(recorded) | set(current))
-    return [f"{name}: {recorded.get(name)!r} there, {current.get(name)!r} now" for name in names
-            if recorded.get(name) != current.get(name)
-            and not (name in resolved and (current.get(name) is None or recorded.get(name) is None))]
+    return [
+        f"{name}: {recorded.get(name)!r} there, {current.get(name)!r} now"
+        for name in names
+        if recorded.get(name) != current.get(name)
+        and not (name in resolved and (current.get(name) is None or recorded.get(name) is None))
+    ]
 
 
 def check_same_run(recorded: dict, current: dict, out, resolved: tuple[str, ...] = ()) -> None:
     """A clear error naming every option that differs from the run already in OUT."""
     differ = differences(recorded, current, resolved)
     if differ:
-        raise MedisynError(f"--out {out}: holds a run with other settings ({'; '.join(differ)}); use the same "
-                           f"options, another --out, or --overwrite to start again")
+        raise MedisynError(
+            f"--out {out}: holds a run with other settings ({'; '.join(differ)}); use the same "
+            f"options, another --out, or --overwrite to start again"
+        )

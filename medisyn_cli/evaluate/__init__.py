@@ -16,12 +16,18 @@ from __future__ import annotations
 from medisyn_cli.core.lazy import lazy_getattr
 
 _API = {
-    "UtilityConfig": ("utility", "UtilityConfig"), "run_utility": ("utility", "run_utility"),
-    "PrivacyConfig": ("privacy", "PrivacyConfig"), "run_privacy": ("privacy", "run_privacy"),
-    "LeakageConfig": ("leakage", "LeakageConfig"), "run_leakage": ("leakage", "run_leakage"),
-    "FidelityConfig": ("fidelity", "FidelityConfig"), "run_fidelity": ("fidelity", "run_fidelity"),
+    "UtilityConfig": ("utility", "UtilityConfig"),
+    "run_utility": ("utility", "run_utility"),
+    "PrivacyConfig": ("privacy", "PrivacyConfig"),
+    "run_privacy": ("privacy", "run_privacy"),
+    "LeakageConfig": ("leakage", "LeakageConfig"),
+    "run_leakage": ("leakage", "run_leakage"),
+    "FidelityConfig": ("fidelity", "FidelityConfig"),
+    "run_fidelity": ("fidelity", "run_fidelity"),
     "write_report": ("report", "write_report"),
-    "fid": ("metrics", "fid"), "kid": ("metrics", "kid"), "prdc": ("metrics", "prdc"),
+    "fid": ("metrics", "fid"),
+    "kid": ("metrics", "kid"),
+    "prdc": ("metrics", "prdc"),
 }
 __all__ = sorted(_API)
 

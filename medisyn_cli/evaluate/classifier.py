@@ -30,7 +30,7 @@ class TrainSettings:
     lr: float = 2e-3
     multi_label: bool = False
     weights: str | None = None
-    steps: int | None = None      # optimiser steps; None: epochs x ceil(N / batch_size)
+    steps: int | None = None  # optimiser steps; None: epochs x ceil(N / batch_size)
 
     def steps_for(self, images: int) -> int:
         """Optimiser steps for a training set of `images` images."""
@@ -47,9 +47,13 @@ def check_arch(arch: str, weights: str | None) -> None:
     if arch not in ARCHS:
         raise MedisynError(f"--arch: unknown architecture '{arch}' (valid: {', '.join(ARCHS)})")
     if weights is not None and arch == "small-cnn":
-        raise MedisynError("--weights: the small CNN is always trained from scratch; use --arch resnet18|resnet50")
+        raise MedisynError(
+            "--weights: the small CNN is always trained from scratch; use --arch resnet18|resnet50"
+        )
     if weights is not None and not Path(weights).is_file():
-        raise MedisynError(f"--weights {weights}: no such file (a local torchvision state dict; nothing is downloaded)")
+        raise MedisynError(
+            f"--weights {weights}: no such file (a local torchvision state dict; nothing is downloaded)"
+        )
 
 
 def build_network(arch: str, classes: int, weights: str | None = None):
@@ -58,11 +62,18 @@ def build_network(arch: str, classes: int, weights: str | None = None):
 
     check_arch(arch, weights)
     if arch == "small-cnn":
+
         def block(i: int, o: int):
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
 
-        body = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        body = nn.Sequential(
+            block(3, 32),
+            block(32, 64),
+            block(64, 128),
+            block(128, 128),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         dim = 128
     else:
         body, dim = _resnet(arch, weights), (512 if arch == "resnet18" else 2048)
@@ -78,14 +89,17 @@ def _resnet(arch: str, weights: str | None):
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle, zip or format errors
-            raise MedisynError(f"--weights {weights}: not a readable PyTorch state dict "
-                               f"({type(exc).__name__})") from exc
+            raise MedisynError(
+                f"--weights {weights}: not a readable PyTorch state dict ({type(exc).__name__})"
+            ) from exc
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if [k for k in missing if not k.startswith("fc.")] or unexpected:
-            raise MedisynError(f"--weights {weights}: does not fit torchvision {arch} "
-                               f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+            raise MedisynError(
+                f"--weights {weights}: does not fit torchvision {arch} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
+            )
     model.fc = torch.nn.Identity()
     return model
 
@@ -111,8 +125,11 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, settings: Train
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps)
     generator = np.random.default_rng(seed)
     target = torch.from_numpy(y).to(device)
-    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if settings.multi_label \
+    loss_fn = (
+        torch.nn.functional.binary_cross_entropy_with_logits
+        if settings.multi_label
         else torch.nn.functional.cross_entropy
+    )
     model.train()
     done = 0
     for _ in range(steps):
@@ -143,7 +160,7 @@ def predict(model, x: np.ndarray, device, multi_label: bool, batch_size: int = 2
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            logits = model(to_input(x[start:start + batch_size], device)).float()
+            logits = model(to_input(x[start : start + batch_size], device)).float()
             out.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1)).cpu().numpy())
     return np.concatenate(out)
 
@@ -155,7 +172,7 @@ def features(model, x: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            out.append(model[0](to_input(x[start:start + batch_size], device)).float().cpu().numpy())
+            out.append(model[0](to_input(x[start : start + batch_size], device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model[2].in_features), np.float32)
 
 
@@ -178,7 +195,9 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def macro_auroc(y: np.ndarray, scores: np.ndarray, classes: list[str], multi_label: bool) -> tuple[float, dict]:
+def macro_auroc(
+    y: np.ndarray, scores: np.ndarray, classes: list[str], multi_label: bool
+) -> tuple[float, dict]:
     """(mean one-vs-rest AUROC over classes where it is defined, per-class AUROC with NaN where undefined)."""
     per_class = {}
     for c, label in enumerate(classes):
@@ -188,8 +207,14 @@ def macro_auroc(y: np.ndarray, scores: np.ndarray, classes: list[str], multi_lab
     return (float(np.mean(defined)) if defined else float("nan")), per_class
 
 
-def bootstrap_auroc(y: np.ndarray, scores: np.ndarray, classes: list[str], multi_label: bool, rounds: int = 1000,
-                    seed: int = 0) -> tuple[float, float]:
+def bootstrap_auroc(
+    y: np.ndarray,
+    scores: np.ndarray,
+    classes: list[str],
+    multi_label: bool,
+    rounds: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """95% percentile-bootstrap interval of macro AUROC over test images (resampled within each class)."""
     if rounds < 1:
         return float("nan"), float("nan")

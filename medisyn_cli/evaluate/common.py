@@ -22,6 +22,7 @@ LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label col
 @dataclass
 class ImageSet:
     """A labelled image set read once: per image its key, label(s) and stream position; skipped files."""
+
     name: str
     keys: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
@@ -41,8 +42,9 @@ def open_sources(paths: list[str | Path] | str | Path, option: str) -> list[Sour
         raise MedisynError(f"{option}: {exc}") from exc
 
 
-def iter_batches(sources: list[Source], batch_size: int,
-                 image_set: ImageSet) -> Iterator[tuple[list[Record], list]]:
+def iter_batches(
+    sources: list[Source], batch_size: int, image_set: ImageSet
+) -> Iterator[tuple[list[Record], list]]:
     """(records, PIL images) batches of every readable image; unreadable ones go to image_set.skipped."""
     for batch in batched(_readable(sources, image_set), batch_size):
         yield [record for record, _ in batch], [image for _, image in batch]
@@ -76,7 +78,6 @@ def to_rgb_array(image, size: int) -> np.ndarray:
     """uint8 (3, size, size) of any PIL image (grey and 16-bit images become 8-bit RGB)."""
     from PIL import Image
 
-
     rgb = to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
@@ -104,8 +105,10 @@ def require_labels(image_set: ImageSet, multi_label: bool) -> None:
     """MedisynError when images of a multi-class set have no label (multi-label: empty is 'no finding')."""
     missing = [key for key, label in zip(image_set.keys, image_set.labels, strict=True) if label is None]
     if missing and not multi_label:
-        raise MedisynError(f"{image_set.name}: {len(missing)} of {len(image_set)} images have no label "
-                           f"(e.g. {missing[0]}); give label folders, a label column or metadata.csv labels")
+        raise MedisynError(
+            f"{image_set.name}: {len(missing)} of {len(image_set)} images have no label "
+            f"(e.g. {missing[0]}); give label folders, a label column or metadata.csv labels"
+        )
 
 
 def label_vocabulary(image_set: ImageSet, multi_label: bool) -> list[str]:
@@ -120,11 +123,15 @@ def check_same_labels(reference: ImageSet, others: list[ImageSet], multi_label: 
         labels = set(label_vocabulary(other, multi_label))
         extra, missing = sorted(labels - set(expected)), sorted(set(expected) - labels)
         if extra:
-            raise MedisynError(f"{other.name}: labels not in {reference.name}: {', '.join(extra)} "
-                               f"({reference.name} has: {', '.join(expected)})")
+            raise MedisynError(
+                f"{other.name}: labels not in {reference.name}: {', '.join(extra)} "
+                f"({reference.name} has: {', '.join(expected)})"
+            )
         if missing:
-            raise MedisynError(f"{other.name}: no images of {reference.name} labels {', '.join(missing)} "
-                               f"(a classifier trained on it cannot score them)")
+            raise MedisynError(
+                f"{other.name}: no images of {reference.name} labels {', '.join(missing)} "
+                f"(a classifier trained on it cannot score them)"
+            )
     return expected
 
 

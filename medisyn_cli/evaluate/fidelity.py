@@ -23,9 +23,9 @@ in memory to train on it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -57,21 +57,31 @@ SMALL_N = 500
 @dataclass(frozen=True)
 class FidelityConfig:
     """Options of `medisyn evaluate fidelity`."""
-    real: tuple[str, ...] = field(metadata={
-        "help": "Real images: image folder (labels from folder names), ImageFolder with metadata.csv, "
-                "Parquet, or medisyn output."})
+
+    real: tuple[str, ...] = field(
+        metadata={
+            "help": "Real images: image folder (labels from folder names), ImageFolder with metadata.csv, "
+            "Parquet, or medisyn output."
+        }
+    )
     synthetic: tuple[str, ...] = field(metadata={"help": "Synthetic images."})
-    features: str = field(default="cnn", metadata={
-        "help": "cnn (default: small CNN trained on the real labels), inception:FILE, pixel, clip:<model>, "
-                "hf:<model>."})
+    features: str = field(
+        default="cnn",
+        metadata={
+            "help": "cnn (default: small CNN trained on the real labels), inception:FILE, pixel, clip:<model>, "
+            "hf:<model>."
+        },
+    )
     per_class: bool = field(default=False, metadata={"help": "Also FID/KID/PRDC per class."})
     k: int = field(default=5, metadata={"help": "Nearest neighbours for precision/recall/density/coverage."})
     kid_subsets: int = field(default=100, metadata={"help": "Random subsets the KID is averaged over."})
-    kid_subset_size: int = field(default=1000, metadata={
-        "help": "Images per KID subset (at most the smaller set)."})
+    kid_subset_size: int = field(
+        default=1000, metadata={"help": "Images per KID subset (at most the smaller set)."}
+    )
     cnn_epochs: int = field(default=15, metadata={"help": "Training epochs of the cnn feature extractor."})
-    batch_size: int = field(default=64, metadata={
-        "help": "Images per batch (feature extraction and the cnn's training)."})
+    batch_size: int = field(
+        default=64, metadata={"help": "Images per batch (feature extraction and the cnn's training)."}
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, mps."})
     out: str | None = field(default=None, metadata={"help": "Folder for fidelity.json/.csv."})
     bootstrap: int = field(default=100, metadata={"help": "Rounds of the 95% bootstrap intervals (0: none)."})
@@ -80,6 +90,7 @@ class FidelityConfig:
 @dataclass
 class Extractor:
     """A feature extractor: its description (for tables and JSON) and PIL images -> (N, d) float32."""
+
     name: str
     embed: Callable[[list], np.ndarray]
 
@@ -90,28 +101,33 @@ def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device
     if spec == "cnn":
         return _cnn_extractor(real_sources, config, device)
     if spec.startswith("inception:"):
-
-        model, variant = load_inception(spec[len("inception:"):], device)
-        return Extractor(f"{spec} ({variant} Inception v3 pool3, 2048-d)",
-                         lambda images: inception_features(model, images, device))
+        model, variant = load_inception(spec[len("inception:") :], device)
+        return Extractor(
+            f"{spec} ({variant} Inception v3 pool3, 2048-d)",
+            lambda images: inception_features(model, images, device),
+        )
     if spec == "phash":
-        raise MedisynError("--features phash: binary hashes have no mean or covariance; use cnn, pixel, "
-                           "inception:FILE, clip:<model> or hf:<model>")
+        raise MedisynError(
+            "--features phash: binary hashes have no mean or covariance; use cnn, pixel, "
+            "inception:FILE, clip:<model> or hf:<model>"
+        )
     if spec == "pixel" or spec.startswith(("clip:", "hf:")):
-
         embedder = get_embedder(spec)
         if spec == "pixel":
             return Extractor(f"{embedder.name} ({embedder.dim}-d, L2-normalised)", embedder.embed)
-        return Extractor(f"{embedder.name} ({embedder.dim}-d, raw features, not normalised)",
-                         lambda images: raw_features(embedder, images))
-    raise MedisynError(f"--features: unknown extractor '{spec}' (valid: cnn, inception:FILE, pixel, clip:<model>, "
-                       f"hf:<model>)")
+        return Extractor(
+            f"{embedder.name} ({embedder.dim}-d, raw features, not normalised)",
+            lambda images: raw_features(embedder, images),
+        )
+    raise MedisynError(
+        f"--features: unknown extractor '{spec}' (valid: cnn, inception:FILE, pixel, clip:<model>, "
+        f"hf:<model>)"
+    )
 
 
 def raw_features(embedder, images: list) -> np.ndarray:
     """A neural embedder's features before screening's L2 normalisation (FD is defined on raw features)."""
     import torch
-
 
     with torch.inference_mode():
         return embedder._forward([to_8bit(image).convert("RGB") for image in images]).float().cpu().numpy()
@@ -124,14 +140,20 @@ def _cnn_extractor(real_sources: list, config: FidelityConfig, device) -> Extrac
     require_labels(real, False)
     classes = label_vocabulary(real, False)
     if len(classes) < 2:
-        raise MedisynError(f"--features cnn: the real set has one class ({', '.join(classes)}); the CNN needs two "
-                           f"or more to learn features; use --features pixel or inception:FILE")
+        raise MedisynError(
+            f"--features cnn: the real set has one class ({', '.join(classes)}); the CNN needs two "
+            f"or more to learn features; use --features pixel or inception:FILE"
+        )
     settings = TrainSettings("small-cnn", config.cnn_epochs, config.batch_size)
     model = train_classifier(x, targets(real, classes, False), len(classes), settings, 0, device)
     del x
-    name = (f"cnn (small CNN penultimate layer, 128-d, trained on the real set: {len(real)} images, "
-            f"{len(classes)} classes, {config.cnn_epochs} epochs, {size} px, seed 0)")
-    return Extractor(name, lambda images: features(model, np.stack([to_rgb_array(i, size) for i in images]), device))
+    name = (
+        f"cnn (small CNN penultimate layer, 128-d, trained on the real set: {len(real)} images, "
+        f"{len(classes)} classes, {config.cnn_epochs} epochs, {size} px, seed 0)"
+    )
+    return Extractor(
+        name, lambda images: features(model, np.stack([to_rgb_array(i, size) for i in images]), device)
+    )
 
 
 def extract(sources: list, extractor: Extractor, name: str, batch_size: int) -> tuple[np.ndarray, ImageSet]:
@@ -162,8 +184,10 @@ def compare(real: np.ndarray, fake: np.ndarray, config: FidelityConfig) -> dict:
     row["ci95"] = bootstrap_intervals(real, fake, config.k, config.bootstrap)
     row["real_diversity"], row["synthetic_diversity"] = diversity(real), diversity(fake)
     if min(len(real), len(fake)) < SMALL_N:
-        notes.append(f"{min(len(real), len(fake))} images on one side (< {SMALL_N}): FID is biased upward at "
-                     f"small n; compare FIDs only at equal n")
+        notes.append(
+            f"{min(len(real), len(fake))} images on one side (< {SMALL_N}): FID is biased upward at "
+            f"small n; compare FIDs only at equal n"
+        )
     if notes:
         row["note"] = "; ".join(notes)
     return row
@@ -175,8 +199,10 @@ def run_fidelity(config: FidelityConfig) -> dict:
     device = resolve_device(config.device)
     if config.k < 1:
         raise MedisynError("--k must be at least 1")
-    real_sources, synthetic_sources = open_sources(config.real, "--real"), open_sources(config.synthetic,
-                                                                                      "--synthetic")
+    real_sources, synthetic_sources = (
+        open_sources(config.real, "--real"),
+        open_sources(config.synthetic, "--synthetic"),
+    )
     started = time.time()
     extractor = make_extractor(config.features, real_sources, config, device)
     # 2. features, batch by batch
@@ -184,30 +210,53 @@ def run_fidelity(config: FidelityConfig) -> dict:
     fake, fake_set = extract(synthetic_sources, extractor, "--synthetic", config.batch_size)
     # 3. metrics: overall, per class, within-class diversity
     overall = compare(real, fake, config)
-    classes = sorted({l for l in real_set.labels if l is not None} & {l for l in fake_set.labels if l is not None})
+    classes = sorted(
+        {l for l in real_set.labels if l is not None} & {l for l in fake_set.labels if l is not None}
+    )
     per_class = {label: _class_row(real, real_set, fake, fake_set, label, config) for label in classes}
     if classes:
         overall["real_diversity_within_class"] = _mean([r["real_diversity"] for r in per_class.values()])
-        overall["synthetic_diversity_within_class"] = _mean([r["synthetic_diversity"] for r in per_class.values()])
-    result = {"evaluation": "fidelity", "features": extractor.name, "features_spec": config.features,
-              "note": NOT_COMPARABLE, "k": config.k, "overall": overall, "per_class": per_class,
-              "unmatched_labels": sorted(({l for l in real_set.labels + fake_set.labels if l is not None})
-                                         - set(classes)),
-              "skipped": {s.name: s.skipped for s in (real_set, fake_set) if s.skipped},
-              "seconds": round(time.time() - started, 1), "config": asdict(config)}
+        overall["synthetic_diversity_within_class"] = _mean(
+            [r["synthetic_diversity"] for r in per_class.values()]
+        )
+    result = {
+        "evaluation": "fidelity",
+        "features": extractor.name,
+        "features_spec": config.features,
+        "note": NOT_COMPARABLE,
+        "k": config.k,
+        "overall": overall,
+        "per_class": per_class,
+        "unmatched_labels": sorted(
+            ({l for l in real_set.labels + fake_set.labels if l is not None}) - set(classes)
+        ),
+        "skipped": {s.name: s.skipped for s in (real_set, fake_set) if s.skipped},
+        "seconds": round(time.time() - started, 1),
+        "config": asdict(config),
+    }
     write_fidelity(result, Path(config.out) if config.out else default_out(config.synthetic[0]))
     return result
 
 
-def _class_row(real: np.ndarray, real_set: ImageSet, fake: np.ndarray, fake_set: ImageSet, label: str,
-               config: FidelityConfig) -> dict:
+def _class_row(
+    real: np.ndarray,
+    real_set: ImageSet,
+    fake: np.ndarray,
+    fake_set: ImageSet,
+    label: str,
+    config: FidelityConfig,
+) -> dict:
     """Metrics of one class: full comparison with --per-class, else its diversity only."""
     r = real[np.array([l == label for l in real_set.labels])]
     f = fake[np.array([l == label for l in fake_set.labels])]
     if config.per_class:
         return compare(r, f, config)
-    return {"real_images": len(r), "synthetic_images": len(f), "real_diversity": diversity(r),
-            "synthetic_diversity": diversity(f)}
+    return {
+        "real_images": len(r),
+        "synthetic_images": len(f),
+        "real_diversity": diversity(r),
+        "synthetic_diversity": diversity(f),
+    }
 
 
 def _mean(values: list[float]) -> float:

@@ -12,9 +12,9 @@ within-class diversity (mean pairwise distance; `pixel` features without a real 
 the label filter, so a filter that keeps only easy, typical images shows as a drop. Fewer images alone lower
 coverage and raise recall (k-NN balls of a sparser set are larger), so "after" is compared with "before"
 subsampled to the same class counts (DRAWS seeded draws, averaged): `change` = after - before_equal_n.
-After = the kept images. Before = kept + label-rejected images. The rejected.parquet of `generate --judge`
-holds no pixels (seed, prompt, score and judged label only), so before is measured only where it has an
-`image` column; otherwise a judged run with label rejections says so. For an unjudged run with an
+After = the kept images. Before = kept + label-rejected images, whose pixels the rejected.parquet of
+`generate --judge` holds in its `image` column (never a near-copy's); a judged run made before it did says
+that before is not measurable. For an unjudged run with an
 alignment result the filter is simulated: before = every image, after = those whose label score (from
 alignment_images.csv) reaches the alignment's --min-label-score.
 """
@@ -37,6 +37,7 @@ DRAWS = 10  # random equal-size subsets of "before" averaged for the comparison 
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
+
 
 def read_rejected(out: Path):
     """rejected.parquet without pixels, `reason` added (near_copy) for a run without a judge; None: absent."""
@@ -68,6 +69,7 @@ def find_alignment(out: Path) -> dict | None:
 
 # --- label check ----------------------------------------------------------------------------------------
 
+
 def label_check(run: dict | None, kept, rejected, alignment: dict | None) -> dict | None:
     """Per-class label-check numbers of a judged run and/or an alignment result; None with neither."""
     judge = (run or {}).get("judge")
@@ -77,15 +79,29 @@ def label_check(run: dict | None, kept, rejected, alignment: dict | None) -> dic
     if judge:
         if kept is None or "label_score" not in kept:
             raise MedisynError("the kept rows have no label_score column (run.json names a judge)")
-        result.update(judge=judge.get("judge"), min_label_score=judge.get("min_label_score"),
-                      heldout_accuracy=judge.get("heldout_accuracy"))
+        result.update(
+            judge=judge.get("judge"),
+            min_label_score=judge.get("min_label_score"),
+            heldout_accuracy=judge.get("heldout_accuracy"),
+        )
         result["per_class"], result["total"] = judged_counts(kept, rejected)
     if alignment is not None:
-        result["alignment"] = {key: alignment.get(key) for key in (
-            "judge", "classifier", "images", "min_label_score", "gan_test_accuracy", "recognised_share",
-            "ceiling_real_heldout_accuracy", "folder")}
-        result["alignment"]["per_class"] = {row["label"]: {k: v for k, v in row.items() if k != "label"}
-                                            for row in alignment["per_class"]}
+        result["alignment"] = {
+            key: alignment.get(key)
+            for key in (
+                "judge",
+                "classifier",
+                "images",
+                "min_label_score",
+                "gan_test_accuracy",
+                "recognised_share",
+                "ceiling_real_heldout_accuracy",
+                "folder",
+            )
+        }
+        result["alignment"]["per_class"] = {
+            row["label"]: {k: v for k, v in row.items() if k != "label"} for row in alignment["per_class"]
+        }
     return result
 
 
@@ -95,8 +111,12 @@ def judged_counts(kept, rejected) -> tuple[dict, dict]:
 
     rejected = rejected if rejected is not None else pd.DataFrame(columns=["label", "reason", "label_score"])
     labels = sorted({str(v) for v in kept["label"]} | {str(v) for v in rejected["label"]})
-    per_class = {label: _class_counts(kept[kept["label"].astype(str) == label],
-                                      rejected[rejected["label"].astype(str) == label]) for label in labels}
+    per_class = {
+        label: _class_counts(
+            kept[kept["label"].astype(str) == label], rejected[rejected["label"].astype(str) == label]
+        )
+        for label in labels
+    }
     return per_class, _class_counts(kept, rejected)
 
 
@@ -109,13 +129,19 @@ def _class_counts(kept, rejected) -> dict:
     generated, judged = len(kept) + len(rejected), len(kept) + len(by_label)
     scores = pd.concat([kept["label_score"], by_label["label_score"]]).dropna().astype(float)
     judged_as = by_label["judged_label"].value_counts() if "judged_label" in by_label else None
-    return {"generated": generated, "kept": len(kept), "yield": _ratio(len(kept), generated),
-            "label_rejected": len(by_label), "near_copy_rejected": near,
-            "recognised_share": _ratio(len(kept), judged),
-            "mean_label_score": round(float(scores.mean()), 4) if len(scores) else None,
-            "mean_label_score_kept": _mean_of(kept["label_score"]),
-            "label_rejected_judged_as": {} if judged_as is None else {str(k): int(v)
-                                                                      for k, v in judged_as.items()}}
+    return {
+        "generated": generated,
+        "kept": len(kept),
+        "yield": _ratio(len(kept), generated),
+        "label_rejected": len(by_label),
+        "near_copy_rejected": near,
+        "recognised_share": _ratio(len(kept), judged),
+        "mean_label_score": round(float(scores.mean()), 4) if len(scores) else None,
+        "mean_label_score_kept": _mean_of(kept["label_score"]),
+        "label_rejected_judged_as": {}
+        if judged_as is None
+        else {str(k): int(v) for k, v in judged_as.items()},
+    }
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -129,27 +155,48 @@ def _mean_of(values) -> float | None:
 
 # --- diversity guard ------------------------------------------------------------------------------------
 
-def diversity_guard(out: Path, run: dict | None, rejected, alignment: dict | None, real: tuple[str, ...] = (),
-                    k: int = 5, batch_size: int = 64) -> dict | None:
+
+def diversity_guard(
+    out: Path,
+    run: dict | None,
+    rejected,
+    alignment: dict | None,
+    real: tuple[str, ...] = (),
+    k: int = 5,
+    batch_size: int = 64,
+) -> dict | None:
     """Coverage / recall against `real` and within-class diversity, before and after the label filter."""
     judged = bool((run or {}).get("judge"))
     if not judged and alignment is None:
         return None
-    config = FidelityConfig(real=tuple(real), synthetic=(str(out),), features="cnn" if real else "pixel", k=k,
-                            batch_size=batch_size)
+    config = FidelityConfig(
+        real=tuple(real),
+        synthetic=(str(out),),
+        features="cnn" if real else "pixel",
+        k=k,
+        batch_size=batch_size,
+    )
     real_sources = open_sources(list(real), "--real") if real else []
     extractor = make_extractor(config.features, real_sources, config, resolve_device("auto"))
     reference = extract(real_sources, extractor, "--real", batch_size) if real else None
     feats, kept_set = extract(open_sources([out], "OUT"), extractor, "kept images", batch_size)
     kept = (feats, np.array([str(label) for label in kept_set.labels]))
     before, after, basis = _sets(out, kept, kept_set.keys, rejected, judged, alignment, extractor, batch_size)
-    result = {"basis": basis, "features": extractor.name, "real": list(real) or None, "k": k,
-              "before": None if before is None else set_metrics(*before, reference, k),
-              "before_equal_n": None, "after": set_metrics(*after, reference, k)}
+    result = {
+        "basis": basis,
+        "features": extractor.name,
+        "real": list(real) or None,
+        "k": k,
+        "before": None if before is None else set_metrics(*before, reference, k),
+        "before_equal_n": None,
+        "after": set_metrics(*after, reference, k),
+    }
     if before is not None:
         result["before_equal_n"] = equal_n_metrics(before, after[1], reference, k)
-        result["change"] = {name: _difference(result["after"].get(name), result["before_equal_n"].get(name))
-                            for name in ("coverage", "recall", "diversity_within_class")}
+        result["change"] = {
+            name: _difference(result["after"].get(name), result["before_equal_n"].get(name))
+            for name in ("coverage", "recall", "diversity_within_class")
+        }
     return result
 
 
@@ -162,8 +209,12 @@ def equal_n_metrics(before: tuple, after_labels: np.ndarray, reference, k: int, 
         return set_metrics(feats, labels, reference, k)
     rng, rows = np.random.default_rng(0), []
     for _ in range(draws):
-        chosen = np.concatenate([rng.choice(np.flatnonzero(labels == label), n, replace=False)
-                                 for label, n in sorted(wanted.items())])
+        chosen = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(labels == label), n, replace=False)
+                for label, n in sorted(wanted.items())
+            ]
+        )
         rows.append(set_metrics(feats[chosen], labels[chosen], reference, k))
     return _mean_rows(rows) | {"draws": draws}
 
@@ -182,26 +233,49 @@ def _mean_rows(rows: list[dict]) -> dict:
     return mean
 
 
-def _sets(out: Path, kept: tuple, keys: list[str], rejected, judged: bool, alignment: dict | None, extractor,
-          batch_size: int) -> tuple[tuple | None, tuple, str]:
+def _sets(
+    out: Path,
+    kept: tuple,
+    keys: list[str],
+    rejected,
+    judged: bool,
+    alignment: dict | None,
+    extractor,
+    batch_size: int,
+) -> tuple[tuple | None, tuple, str]:
     """(before, after, what before is) as (features, labels) pairs; before None where not measurable."""
     pixels = _rejected_pixels(out, extractor, batch_size)
     if pixels is not None:
         before = (np.concatenate([kept[0], pixels[0]]), np.concatenate([kept[1], pixels[1]]))
-        return before, kept, (f"before = kept + {len(pixels[1])} label-rejected images (pixels in "
-                              f"rejected.parquet)")
+        return (
+            before,
+            kept,
+            (f"before = kept + {len(pixels[1])} label-rejected images (pixels in rejected.parquet)"),
+        )
     label_rejected = 0 if rejected is None else int((rejected["reason"] == LABEL).sum())
     if judged and label_rejected:
-        return None, kept, (f"before not measurable: rejected.parquet holds no pixels of its "
-                            f"{label_rejected} label-rejected images (only seed, prompt, label score and "
-                            f"judged label)")
+        return (
+            None,
+            kept,
+            (
+                f"before not measurable: rejected.parquet holds no pixels of its "
+                f"{label_rejected} label-rejected images (only seed, prompt, label score and "
+                f"judged label)"
+            ),
+        )
     if judged:
         return kept, kept, "before = after: no image was rejected for its label"
     keep = _passing(alignment, keys)
     after = (kept[0][keep], kept[1][keep])
-    return kept, after, (f"simulated filter (run made without --judge): before = all {len(keep)} images, "
-                         f"after = the {int(keep.sum())} whose label score in the alignment result is >= "
-                         f"{alignment.get('min_label_score')}")
+    return (
+        kept,
+        after,
+        (
+            f"simulated filter (run made without --judge): before = all {len(keep)} images, "
+            f"after = the {int(keep.sum())} whose label score in the alignment result is >= "
+            f"{alignment.get('min_label_score')}"
+        ),
+    )
 
 
 def _rejected_pixels(out: Path, extractor, batch_size: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -221,8 +295,10 @@ def _rejected_pixels(out: Path, extractor, batch_size: int) -> tuple[np.ndarray,
     import io
 
     images = [Image.open(io.BytesIO(v.get("bytes") if isinstance(v, dict) else v)) for v in table["image"]]
-    chunks = [np.asarray(extractor.embed(images[i:i + batch_size]), np.float32)
-              for i in range(0, len(images), batch_size)]
+    chunks = [
+        np.asarray(extractor.embed(images[i : i + batch_size]), np.float32)
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(chunks), table["label"].astype(str).to_numpy()
 
 
@@ -237,8 +313,10 @@ def _passing(alignment: dict, keys: list[str]) -> np.ndarray:
     by_id = dict(zip(scores["key"].map(image_id), scores["label_score"].astype(float), strict=True))
     missing = [key for key in keys if image_id(key) not in by_id]
     if missing:
-        raise MedisynError(f"{path}: no label score for {len(missing)} kept image(s), e.g. {missing[0]} "
-                           f"(rerun medisyn evaluate alignment on this folder)")
+        raise MedisynError(
+            f"{path}: no label score for {len(missing)} kept image(s), e.g. {missing[0]} "
+            f"(rerun medisyn evaluate alignment on this folder)"
+        )
     threshold = float(alignment.get("min_label_score") or 0.5)
     return np.array([by_id[image_id(key)] >= threshold for key in keys], bool)
 

@@ -33,14 +33,17 @@ def load_inception(path: str | Path, device):
 
     path = Path(path)
     if not path.is_file():
-        raise MedisynError(f"inception:{path}: no such file (give pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
-                           f"or torchvision's inception_v3_google-0cc3c7bd.pth; nothing is downloaded)")
+        raise MedisynError(
+            f"inception:{path}: no such file (give pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+            f"or torchvision's inception_v3_google-0cc3c7bd.pth; nothing is downloaded)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         classes = int(state["fc.weight"].shape[0])
     except Exception as exc:  # not a state dict, or not an Inception one
-        raise MedisynError(f"inception:{path}: not an Inception v3 state dict ({type(exc).__name__}: {exc})"[:300]) \
-            from exc
+        raise MedisynError(
+            f"inception:{path}: not an Inception v3 state dict ({type(exc).__name__}: {exc})"[:300]
+        ) from exc
     fid_variant = classes == FID_CLASSES
     aux = not fid_variant and any(k.startswith("AuxLogits") for k in state)
     model = Inception3(num_classes=classes, aux_logits=aux, transform_input=False, init_weights=False)
@@ -49,7 +52,9 @@ def load_inception(path: str | Path, device):
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise MedisynError(f"inception:{path}: weights do not fit Inception v3 ({str(exc).splitlines()[0]})") from exc
+        raise MedisynError(
+            f"inception:{path}: weights do not fit Inception v3 ({str(exc).splitlines()[0]})"
+        ) from exc
     model.fc = torch.nn.Identity()
     model.aux_logits, model.AuxLogits = False, None
     return model.to(device).eval(), "pytorch-fid (TF FID graph)" if fid_variant else "torchvision"
@@ -59,9 +64,15 @@ def inception_features(model, images: list, device) -> np.ndarray:
     """(N, 2048) float32 pool3 features of PIL images (TF-compatible resize and scaling)."""
     import torch
 
-
-    batch = [resize_like_tensorflow(torch.from_numpy(np.asarray(to_8bit(image).convert("RGB"), np.uint8).copy())
-                                    .permute(2, 0, 1)[None].float(), INPUT_SIDE)[0] for image in images]
+    batch = [
+        resize_like_tensorflow(
+            torch.from_numpy(np.asarray(to_8bit(image).convert("RGB"), np.uint8).copy())
+            .permute(2, 0, 1)[None]
+            .float(),
+            INPUT_SIDE,
+        )[0]
+        for image in images
+    ]
     with torch.no_grad():
         return model((torch.stack(batch).to(device) - 128.0) / 128.0).float().cpu().numpy()
 
@@ -78,17 +89,23 @@ def resize_like_tensorflow(x, side: int):
 
     (y0, y1, dy), (x0, x1, dx) = axis(x.shape[2]), axis(x.shape[3])
     top, bottom = x.index_select(2, y0), x.index_select(2, y1)
-    top = top.index_select(3, x0) + (top.index_select(3, x1) - top.index_select(3, x0)) * dx.view(1, 1, 1, side)
+    top = top.index_select(3, x0) + (top.index_select(3, x1) - top.index_select(3, x0)) * dx.view(
+        1, 1, 1, side
+    )
     bottom = bottom.index_select(3, x0) + (bottom.index_select(3, x1) - bottom.index_select(3, x0)) * dx.view(
-        1, 1, 1, side)
+        1, 1, 1, side
+    )
     return top + (bottom - top) * dy.view(1, 1, side, 1)
 
 
 def _use_fid_blocks(model) -> None:
     """Swap torchvision's mixed blocks for the FID graph's (pooling without padding, max pool in the last)."""
     a, c, e1, e2 = _fid_block_classes()
-    model.Mixed_5b, model.Mixed_5c, model.Mixed_5d = a(192, pool_features=32), a(256, pool_features=64), \
-        a(288, pool_features=64)
+    model.Mixed_5b, model.Mixed_5c, model.Mixed_5d = (
+        a(192, pool_features=32),
+        a(256, pool_features=64),
+        a(288, pool_features=64),
+    )
     model.Mixed_6b, model.Mixed_6c = c(768, channels_7x7=128), c(768, channels_7x7=160)
     model.Mixed_6d, model.Mixed_6e = c(768, channels_7x7=160), c(768, channels_7x7=192)
     model.Mixed_7b, model.Mixed_7c = e1(1280), e2(2048)

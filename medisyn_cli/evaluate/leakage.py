@@ -26,14 +26,21 @@ from medisyn_cli.screening.screener import Screener
 @dataclass(frozen=True)
 class LeakageConfig:
     """Options of `medisyn evaluate leakage`."""
-    train: tuple[str, ...] = field(metadata={
-        "help": "Training images: image folder (labels from folder names), ImageFolder with metadata.csv, "
-                "Parquet, or medisyn output."})
+
+    train: tuple[str, ...] = field(
+        metadata={
+            "help": "Training images: image folder (labels from folder names), ImageFolder with metadata.csv, "
+            "Parquet, or medisyn output."
+        }
+    )
     test: tuple[str, ...] = field(metadata={"help": "Test (or held-out) images to audit."})
-    embedder: str = field(default="pixel", metadata={
-        "help": "pixel (default, no weights), phash, clip:<model>, hf:<model>."})
-    threshold: float | None = field(default=None, metadata={
-        "help": "Near-copy similarity threshold (default: the embedder's calibrated one)."})
+    embedder: str = field(
+        default="pixel", metadata={"help": "pixel (default, no weights), phash, clip:<model>, hf:<model>."}
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={"help": "Near-copy similarity threshold (default: the embedder's calibrated one)."},
+    )
     views: bool = field(default=True, metadata={"help": "Search flips, shifts and crops, as screening does."})
     pairs: int = field(default=16, metadata={"help": "Closest test / training pairs in leakage_pairs.png."})
     examples: int = 20
@@ -46,27 +53,53 @@ def run_leakage(config: LeakageConfig) -> dict:
     # 1. inputs, embedder, threshold
     train_sources, test_sources = open_sources(config.train, "--train"), open_sources(config.test, "--test")
     embedder = get_embedder(config.embedder)
-    threshold = embedder.valid_threshold(embedder.default_threshold if config.threshold is None else config.threshold)
+    threshold = embedder.valid_threshold(
+        embedder.default_threshold if config.threshold is None else config.threshold
+    )
     started = time.time()
     # 2. index of the training images, nearest training image of each test image
     train = training_index(train_sources, embedder, "--train", config.batch_size)
-    found = nearest(test_sources, Screener(train.index, threshold, views=config.views), train, "--test",
-                    config.batch_size)
+    found = nearest(
+        test_sources, Screener(train.index, threshold, views=config.views), train, "--test", config.batch_size
+    )
     # 3. summary and files
     leaks = near_copies(found, train, threshold, config.examples)
-    result = {"evaluation": "leakage", "embedder": embedder.name, "views": config.views,
-              "images": {"train": len(train.image_set), "test": len(found.image_set)}, **leaks,
-              "skipped": {s.name: s.skipped for s in (train.image_set, found.image_set) if s.skipped},
-              "seconds": round(time.time() - started, 1), "config": asdict(config)}
+    result = {
+        "evaluation": "leakage",
+        "embedder": embedder.name,
+        "views": config.views,
+        "images": {"train": len(train.image_set), "test": len(found.image_set)},
+        **leaks,
+        "skipped": {s.name: s.skipped for s in (train.image_set, found.image_set) if s.skipped},
+        "seconds": round(time.time() - started, 1),
+        "config": asdict(config),
+    }
     out = Path(config.out)
-    rows = [{"key": key, "label": label, "nn_key": train.image_set.keys[i], "nn_label": train.image_set.labels[i],
-             "nn_similarity": sim, "pixel_distance": dist, "view": view, "near_copy": sim >= threshold}
-            for key, label, sim, i, view, dist in zip(found.image_set.keys, found.image_set.labels, found.similarity,
-                                                      found.nn_id, found.view, found.pixel_distance)]
+    rows = [
+        {
+            "key": key,
+            "label": label,
+            "nn_key": train.image_set.keys[i],
+            "nn_label": train.image_set.labels[i],
+            "nn_similarity": sim,
+            "pixel_distance": dist,
+            "view": view,
+            "near_copy": sim >= threshold,
+        }
+        for key, label, sim, i, view, dist in zip(
+            found.image_set.keys,
+            found.image_set.labels,
+            found.similarity,
+            found.nn_id,
+            found.view,
+            found.pixel_distance,
+        )
+    ]
     files = {"json": out / "leakage.json", "csv": out / "leakage.csv"}
     write_csv(files["csv"], rows)
-    pairs = closest_pairs_figure(found, test_sources, train.image_set, train_sources, config.pairs,
-                                 out / "leakage_pairs.png")
+    pairs = closest_pairs_figure(
+        found, test_sources, train.image_set, train_sources, config.pairs, out / "leakage_pairs.png"
+    )
     if pairs is not None:
         files["pairs"] = pairs
     write_json(files["json"], result | {"files": {k: p.name for k, p in files.items()}})

@@ -34,7 +34,12 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
         value = np.sum((real.mean(0) - fake.mean(0)) ** 2) + (a * a).sum() + (b * b).sum() - 2 * root
         return max(float(value), 0.0)
     c1, c2 = np.atleast_2d(np.cov(real, rowvar=False)), np.atleast_2d(np.cov(fake, rowvar=False))
-    value = np.sum((real.mean(0) - fake.mean(0)) ** 2) + np.trace(c1) + np.trace(c2) - 2 * trace_sqrt_product(c1, c2)
+    value = (
+        np.sum((real.mean(0) - fake.mean(0)) ** 2)
+        + np.trace(c1)
+        + np.trace(c2)
+        - 2 * trace_sqrt_product(c1, c2)
+    )
     return max(float(value), 0.0)
 
 
@@ -47,8 +52,9 @@ def trace_sqrt_product(c1: np.ndarray, c2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum())
 
 
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """(mean, std) of the unbiased polynomial-kernel MMD^2 over random subsets (size capped by the smaller set)."""
     _need(real, fake, 2, "KID")
     rng = np.random.default_rng(seed)
@@ -72,8 +78,8 @@ def knn_radii(features: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
     """Distance of each sample to its k-th nearest other sample in the same set."""
     radii = np.empty(len(features), np.float64)
     for start in range(0, len(features), chunk):
-        dist = pairwise_distances(features[start:start + chunk], features)
-        radii[start:start + chunk] = np.partition(dist, k, axis=1)[:, k]  # column 0 is the sample itself
+        dist = pairwise_distances(features[start : start + chunk], features)
+        radii[start : start + chunk] = np.partition(dist, k, axis=1)[:, k]  # column 0 is the sample itself
     return radii
 
 
@@ -83,27 +89,34 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 1024) -> d
     return {name: float(values.mean()) for name, values in per.items()}
 
 
-def prdc_per_sample(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 1024) -> dict[str, np.ndarray]:
+def prdc_per_sample(
+    real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 1024
+) -> dict[str, np.ndarray]:
     """Per-sample terms whose means are PRDC: precision / density over synthetic samples (inside a real ball;
     real balls holding it / k), recall / coverage over real samples (inside a synthetic ball; its ball holds one)."""
     _need(real, fake, k + 1, f"precision/recall (k={k})")
     real_radii, fake_radii = knn_radii(real, k, chunk), knn_radii(fake, k, chunk)
     inside, covered = np.zeros(len(fake)), np.zeros(len(real), bool)
     for start in range(0, len(real), chunk):
-        dist = pairwise_distances(real[start:start + chunk], fake)  # (chunk, n_fake)
-        within = dist < real_radii[start:start + chunk, None]
+        dist = pairwise_distances(real[start : start + chunk], fake)  # (chunk, n_fake)
+        within = dist < real_radii[start : start + chunk, None]
         inside += within.sum(0)
-        covered[start:start + chunk] = dist.min(1) < real_radii[start:start + chunk]
+        covered[start : start + chunk] = dist.min(1) < real_radii[start : start + chunk]
     recalled = np.zeros(len(real), bool)
     for start in range(0, len(fake), chunk):
-        dist = pairwise_distances(fake[start:start + chunk], real)  # (chunk, n_real)
-        recalled |= (dist < fake_radii[start:start + chunk, None]).any(0)
-    return {"precision": (inside > 0).astype(np.float64), "recall": recalled.astype(np.float64),
-            "density": inside / k, "coverage": covered.astype(np.float64)}
+        dist = pairwise_distances(fake[start : start + chunk], real)  # (chunk, n_real)
+        recalled |= (dist < fake_radii[start : start + chunk, None]).any(0)
+    return {
+        "precision": (inside > 0).astype(np.float64),
+        "recall": recalled.astype(np.float64),
+        "density": inside / k,
+        "coverage": covered.astype(np.float64),
+    }
 
 
-def bootstrap_intervals(real: np.ndarray, fake: np.ndarray, k: int = 5, rounds: int = 100,
-                        seed: int = 0) -> dict[str, list[float]]:
+def bootstrap_intervals(
+    real: np.ndarray, fake: np.ndarray, k: int = 5, rounds: int = 100, seed: int = 0
+) -> dict[str, list[float]]:
     """95% bootstrap intervals. FID: both sets resampled with replacement; duplicates bias every resampled FID
     upward, so the percentiles are shifted by that bias (bootstrap mean - estimate), clipped at 0. PRDC: over the
     samples each is a mean of (synthetic for precision / density, real for recall / coverage), the k-NN balls
@@ -113,8 +126,12 @@ def bootstrap_intervals(real: np.ndarray, fake: np.ndarray, k: int = 5, rounds: 
     if rounds < 1:
         return out
     if len(real) >= 2 and len(fake) >= 2:
-        values = np.array([fid(real[rng.integers(0, len(real), len(real))],
-                               fake[rng.integers(0, len(fake), len(fake))]) for _ in range(rounds)])
+        values = np.array(
+            [
+                fid(real[rng.integers(0, len(real), len(real))], fake[rng.integers(0, len(fake), len(fake))])
+                for _ in range(rounds)
+            ]
+        )
         estimate = fid(real, fake)
         shifted = values - (values.mean() - estimate)
         out["fid"] = [max(0.0, float(v)) for v in np.percentile(shifted, [2.5, 97.5])]
@@ -144,5 +161,7 @@ def diversity(features: np.ndarray, limit: int = 2000, seed: int = 0) -> float:
 
 def _need(real: np.ndarray, fake: np.ndarray, count: int, metric: str) -> None:
     if len(real) < count or len(fake) < count:
-        raise MedisynError(f"{metric} needs at least {count} real and {count} synthetic images "
-                           f"(got {len(real)} and {len(fake)})")
+        raise MedisynError(
+            f"{metric} needs at least {count} real and {count} synthetic images "
+            f"(got {len(real)} and {len(fake)})"
+        )

@@ -52,26 +52,34 @@ from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.screener import Screener
 
 EXPECTED_SHARE, ALPHA, TESTS = 0.05, 0.05, 3
-LEAK_WARNING = 0.05   # warn when a larger share of held-out images are near-copies of training images
-PIXEL_SIDE = 64       # thumbnails for the pixel-space distance
+LEAK_WARNING = 0.05  # warn when a larger share of held-out images are near-copies of training images
+PIXEL_SIDE = 64  # thumbnails for the pixel-space distance
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
 
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Options of `medisyn evaluate privacy`."""
-    train: tuple[str, ...] = field(metadata={
-        "help": "The model's training images: image folder (labels from folder names), ImageFolder with "
-                "metadata.csv, Parquet, or medisyn output."})
+
+    train: tuple[str, ...] = field(
+        metadata={
+            "help": "The model's training images: image folder (labels from folder names), ImageFolder with "
+            "metadata.csv, Parquet, or medisyn output."
+        }
+    )
     heldout: tuple[str, ...] = field(metadata={"help": "Real images of the same kind the model never saw."})
     synthetic: tuple[str, ...] = field(metadata={"help": "Synthetic images."})
-    embedder: str = field(default="pixel", metadata={
-        "help": "pixel (default, no weights), phash, clip:<model>, hf:<model>."})
-    threshold: float | None = field(default=None, metadata={
-        "help": "Near-copy similarity threshold (default: the embedder's calibrated one)."})
+    embedder: str = field(
+        default="pixel", metadata={"help": "pixel (default, no weights), phash, clip:<model>, hf:<model>."}
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={"help": "Near-copy similarity threshold (default: the embedder's calibrated one)."},
+    )
     views: bool = field(default=True, metadata={"help": "Search flips, shifts and crops, as screening does."})
-    pairs: int = field(default=16, metadata={
-        "help": "Closest synthetic / training pairs in closest_pairs.png."})
+    pairs: int = field(
+        default=16, metadata={"help": "Closest synthetic / training pairs in closest_pairs.png."}
+    )
     batch_size: int = field(default=64, metadata={"help": "Images embedded at a time."})
     out: str | None = field(default=None, metadata={"help": "Folder for privacy.json/.csv and figures."})
 
@@ -79,6 +87,7 @@ class PrivacyConfig:
 @dataclass
 class Nearest:
     """The nearest training image of every image of one set."""
+
     image_set: ImageSet
     similarity: list[float] = field(default_factory=list)
     nn_id: list[int] = field(default_factory=list)
@@ -89,6 +98,7 @@ class Nearest:
 @dataclass
 class Training:
     """The training set as an exact in-memory index, with 64 px thumbnails for pixel distances."""
+
     image_set: ImageSet
     index: object
     thumbnails: np.ndarray
@@ -97,11 +107,18 @@ class Training:
 def run_privacy(config: PrivacyConfig) -> dict:
     """Nearest training image of every synthetic and held-out image; statistics, figures, privacy.json / .csv."""
     # 1. inputs, embedder, threshold
-    sources = {name: open_sources(paths, option) for name, paths, option in
-               (("train", config.train, "--train"), ("heldout", config.heldout, "--heldout"),
-                ("synthetic", config.synthetic, "--synthetic"))}
+    sources = {
+        name: open_sources(paths, option)
+        for name, paths, option in (
+            ("train", config.train, "--train"),
+            ("heldout", config.heldout, "--heldout"),
+            ("synthetic", config.synthetic, "--synthetic"),
+        )
+    }
     embedder = get_embedder(config.embedder)
-    threshold = embedder.valid_threshold(embedder.default_threshold if config.threshold is None else config.threshold)
+    threshold = embedder.valid_threshold(
+        embedder.default_threshold if config.threshold is None else config.threshold
+    )
     started = time.time()
     # 2. the training set as an in-memory exact index
     train = training_index(sources["train"], embedder, "--train", config.batch_size)
@@ -112,24 +129,43 @@ def run_privacy(config: PrivacyConfig) -> dict:
     leaks = near_copies(heldout, train, threshold)
     # 4. statistics, files
     stats = memorisation_tests(np.array(synthetic.similarity), np.array(heldout.similarity), threshold)
-    result = {"evaluation": "privacy", "embedder": embedder.name, "views": config.views, "threshold": threshold,
-              "similarity": "cosine (1 = identical); DCR = 1 - similarity",
-              "pixel_distance": f"RMS difference of {PIXEL_SIDE}x{PIXEL_SIDE} RGB in [0, 1] to the nearest "
-                                "training image (MediSyn Figure 4b; 0 = identical)",
-              "images": {"train": len(train.image_set), "heldout": len(heldout.image_set),
-                         "synthetic": len(synthetic.image_set)},
-              "heldout_near_copies": leaks, **stats,
-              "pixel_distance_percentiles": {name: _percentiles(np.array(found.pixel_distance)) for name, found in
-                                             (("synthetic", synthetic), ("heldout", heldout))},
-              "per_class": per_class_tests(synthetic, heldout, threshold),
-              "skipped": {s.name: s.skipped for s in (train.image_set, heldout.image_set, synthetic.image_set)
-                          if s.skipped},
-              "seconds": round(time.time() - started, 1), "config": asdict(config)}
+    result = {
+        "evaluation": "privacy",
+        "embedder": embedder.name,
+        "views": config.views,
+        "threshold": threshold,
+        "similarity": "cosine (1 = identical); DCR = 1 - similarity",
+        "pixel_distance": f"RMS difference of {PIXEL_SIDE}x{PIXEL_SIDE} RGB in [0, 1] to the nearest "
+        "training image (MediSyn Figure 4b; 0 = identical)",
+        "images": {
+            "train": len(train.image_set),
+            "heldout": len(heldout.image_set),
+            "synthetic": len(synthetic.image_set),
+        },
+        "heldout_near_copies": leaks,
+        **stats,
+        "pixel_distance_percentiles": {
+            name: _percentiles(np.array(found.pixel_distance))
+            for name, found in (("synthetic", synthetic), ("heldout", heldout))
+        },
+        "per_class": per_class_tests(synthetic, heldout, threshold),
+        "skipped": {
+            s.name: s.skipped for s in (train.image_set, heldout.image_set, synthetic.image_set) if s.skipped
+        },
+        "seconds": round(time.time() - started, 1),
+        "config": asdict(config),
+    }
     if leaks["warning"]:
         result["warnings"] = [leaks["warning"]]
     out = Path(config.out) if config.out else default_out(config.synthetic[0])
-    pairs = closest_pairs_figure(synthetic, sources["synthetic"], train.image_set, sources["train"], config.pairs,
-                                 out / "closest_pairs.png")
+    pairs = closest_pairs_figure(
+        synthetic,
+        sources["synthetic"],
+        train.image_set,
+        sources["train"],
+        config.pairs,
+        out / "closest_pairs.png",
+    )
     write_privacy(result, out, heldout, synthetic, train.image_set, train.index, pairs)
     return result
 
@@ -142,7 +178,9 @@ def training_index(sources: list, embedder, name: str, batch_size: int) -> Train
         thumbs.extend(to_rgb_array(image, PIXEL_SIDE) for image in images)
     if not chunks:
         raise MedisynError(f"{name}: no readable images ({len(image_set.skipped)} unreadable)")
-    index = TrainingIndex.from_vectors(np.concatenate(chunks), image_set.keys, embedder, "flat", image_set.labels)
+    index = TrainingIndex.from_vectors(
+        np.concatenate(chunks), image_set.keys, embedder, "flat", image_set.labels
+    )
     return Training(image_set, index, np.stack(thumbs))
 
 
@@ -155,8 +193,9 @@ def nearest(sources: list, screener, train: Training, name: str, batch_size: int
             found.nn_id.append(result.nn_id)
             found.view.append(result.view)
             aligned = apply_view(image, view_from_name(result.view))  # a flipped copy compared unflipped
-            found.pixel_distance.append(pixel_distance(to_rgb_array(aligned, PIXEL_SIDE),
-                                                       train.thumbnails[result.nn_id]))
+            found.pixel_distance.append(
+                pixel_distance(to_rgb_array(aligned, PIXEL_SIDE), train.thumbnails[result.nn_id])
+            )
     if not found.similarity:
         raise MedisynError(f"{name}: no readable images ({len(found.image_set.skipped)} unreadable)")
     return found
@@ -192,25 +231,47 @@ def near_copies(found: Nearest, train: Training, threshold: float, examples: int
     sim = np.array(found.similarity)
     hit = sim >= threshold
     labels = [label or "" for label in found.image_set.labels]
-    per_class = {label: {"images": int(sum(1 for l in labels if l == label)),
-                         "near_copies": int(sum(1 for l, h in zip(labels, hit) if l == label and h))}
-                 for label in sorted(set(labels))}
+    per_class = {
+        label: {
+            "images": int(sum(1 for l in labels if l == label)),
+            "near_copies": int(sum(1 for l, h in zip(labels, hit) if l == label and h)),
+        }
+        for label in sorted(set(labels))
+    }
     for row in per_class.values():
         row["share"] = row["near_copies"] / row["images"] if row["images"] else float("nan")
     order = [int(i) for i in np.argsort(-sim, kind="stable") if hit[i]][:examples]
     share = float(hit.mean()) if len(hit) else 0.0
-    warning = (f"{found.image_set.name}: {int(hit.sum())} of {len(hit)} images ({share:.1%}) are near-copies of "
-               f"training images (similarity >= {threshold:g}); the split leaks, and they are left out of the "
-               f"reference distribution" if share > LEAK_WARNING else None)
-    return {"count": int(hit.sum()), "share": share, "threshold": threshold, "per_class": per_class,
-            "examples": [{"key": found.image_set.keys[i], "label": found.image_set.labels[i],
-                          "nn_key": train.image_set.keys[found.nn_id[i]], "similarity": float(sim[i]),
-                          "pixel_distance": found.pixel_distance[i] if found.pixel_distance else None,
-                          "view": found.view[i]} for i in order],
-            "warning": warning}
+    warning = (
+        f"{found.image_set.name}: {int(hit.sum())} of {len(hit)} images ({share:.1%}) are near-copies of "
+        f"training images (similarity >= {threshold:g}); the split leaks, and they are left out of the "
+        f"reference distribution"
+        if share > LEAK_WARNING
+        else None
+    )
+    return {
+        "count": int(hit.sum()),
+        "share": share,
+        "threshold": threshold,
+        "per_class": per_class,
+        "examples": [
+            {
+                "key": found.image_set.keys[i],
+                "label": found.image_set.labels[i],
+                "nn_key": train.image_set.keys[found.nn_id[i]],
+                "similarity": float(sim[i]),
+                "pixel_distance": found.pixel_distance[i] if found.pixel_distance else None,
+                "view": found.view[i],
+            }
+            for i in order
+        ],
+        "warning": warning,
+    }
 
 
-def memorisation_tests(synthetic: np.ndarray, heldout: np.ndarray, threshold: float, alpha: float = ALPHA) -> dict:
+def memorisation_tests(
+    synthetic: np.ndarray, heldout: np.ndarray, threshold: float, alpha: float = ALPHA
+) -> dict:
     """The three tests against the screened held-out reference, percentiles, near-copy rates and the verdict."""
     from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu, nhypergeom
 
@@ -224,7 +285,9 @@ def memorisation_tests(synthetic: np.ndarray, heldout: np.ndarray, threshold: fl
     above, above_ref = int((synthetic > cut).sum()), int((reference > cut).sum())
     near = int((synthetic >= threshold).sum())
     p_tail = float(nhypergeom(len(synthetic) + len(reference), len(synthetic), above_ref + 1).sf(above - 1))
-    p_near = float(fisher_exact([[near, len(synthetic) - near], [0, len(reference)]], alternative="greater")[1])
+    p_near = float(
+        fisher_exact([[near, len(synthetic) - near], [0, len(reference)]], alternative="greater")[1]
+    )
     mw = mannwhitneyu(synthetic, reference, alternative="greater")
     ks = ks_2samp(synthetic, reference)
     p_values = {"tail_p95": p_tail, "near_copies": p_near, "distribution": float(mw.pvalue)}
@@ -232,16 +295,27 @@ def memorisation_tests(synthetic: np.ndarray, heldout: np.ndarray, threshold: fl
     flagged = [name for name, p in p_values.items() if p < level]
     share = above / len(synthetic)
     return {
-        "percentiles": {name: _percentiles(values) for name, values in
-                        (("synthetic", synthetic), ("heldout", heldout), ("reference", reference))},
+        "percentiles": {
+            name: _percentiles(values)
+            for name, values in (("synthetic", synthetic), ("heldout", heldout), ("reference", reference))
+        },
         "reference_images": int(len(reference)),
-        "heldout_p95_similarity": cut, "share_above_heldout_p95": share, "expected_share": EXPECTED_SHARE,
+        "heldout_p95_similarity": cut,
+        "share_above_heldout_p95": share,
+        "expected_share": EXPECTED_SHARE,
         "share_ratio": share / EXPECTED_SHARE,
-        "near_copy_rate": {"synthetic": near / len(synthetic), "heldout": float(np.mean(heldout >= threshold)),
-                           "reference": 0.0},
+        "near_copy_rate": {
+            "synthetic": near / len(synthetic),
+            "heldout": float(np.mean(heldout >= threshold)),
+            "reference": 0.0,
+        },
         "p_synthetic_closer": float(mw.statistic / (len(synthetic) * len(reference))),
-        "p_values": p_values, "test_level": level, "flagged_by": flagged,
-        "mannwhitney_p": float(mw.pvalue), "ks_statistic": float(ks.statistic), "ks_p": float(ks.pvalue),
+        "p_values": p_values,
+        "test_level": level,
+        "flagged_by": flagged,
+        "mannwhitney_p": float(mw.pvalue),
+        "ks_statistic": float(ks.statistic),
+        "ks_p": float(ks.pvalue),
         "memorises": bool(flagged),
         "verdict": _verdict(flagged, share, near, len(synthetic), p_values, level),
     }
@@ -251,24 +325,41 @@ def _untestable(synthetic: np.ndarray, heldout: np.ndarray, reference: np.ndarra
     """The result when fewer than two held-out images are left once near-copies are screened out: no verdict."""
     nan = float("nan")
     near = int((synthetic >= threshold).sum())
-    return {"percentiles": {name: _percentiles(values) for name, values in
-                            (("synthetic", synthetic), ("heldout", heldout), ("reference", reference))},
-            "reference_images": int(len(reference)), "heldout_p95_similarity": nan, "share_above_heldout_p95": nan,
-            "expected_share": EXPECTED_SHARE, "share_ratio": nan,
-            "near_copy_rate": {"synthetic": near / len(synthetic), "heldout": float(np.mean(heldout >= threshold)),
-                               "reference": 0.0},
-            "p_synthetic_closer": nan, "p_values": {"tail_p95": nan, "near_copies": nan, "distribution": nan},
-            "test_level": ALPHA / TESTS, "flagged_by": [], "mannwhitney_p": nan, "ks_statistic": nan, "ks_p": nan,
-            "memorises": None,
-            "verdict": f"cannot test: {len(reference)} of {len(heldout)} held-out images are not near-copies of "
-                       f"training images (at least 2 are needed as the reference); {near} of {len(synthetic)} "
-                       f"synthetic images are near-copies"}
+    return {
+        "percentiles": {
+            name: _percentiles(values)
+            for name, values in (("synthetic", synthetic), ("heldout", heldout), ("reference", reference))
+        },
+        "reference_images": int(len(reference)),
+        "heldout_p95_similarity": nan,
+        "share_above_heldout_p95": nan,
+        "expected_share": EXPECTED_SHARE,
+        "share_ratio": nan,
+        "near_copy_rate": {
+            "synthetic": near / len(synthetic),
+            "heldout": float(np.mean(heldout >= threshold)),
+            "reference": 0.0,
+        },
+        "p_synthetic_closer": nan,
+        "p_values": {"tail_p95": nan, "near_copies": nan, "distribution": nan},
+        "test_level": ALPHA / TESTS,
+        "flagged_by": [],
+        "mannwhitney_p": nan,
+        "ks_statistic": nan,
+        "ks_p": nan,
+        "memorises": None,
+        "verdict": f"cannot test: {len(reference)} of {len(heldout)} held-out images are not near-copies of "
+        f"training images (at least 2 are needed as the reference); {near} of {len(synthetic)} "
+        f"synthetic images are near-copies",
+    }
 
 
 def _verdict(flagged: list[str], share: float, near: int, count: int, p_values: dict, level: float) -> str:
-    facts = (f"{share:.1%} above the held-out 95th percentile (expected {EXPECTED_SHARE:.0%}, p = "
-             f"{p_values['tail_p95']:.2g}), {near} of {count} near-copies (p = {p_values['near_copies']:.2g}), "
-             f"distribution p = {p_values['distribution']:.2g}")
+    facts = (
+        f"{share:.1%} above the held-out 95th percentile (expected {EXPECTED_SHARE:.0%}, p = "
+        f"{p_values['tail_p95']:.2g}), {near} of {count} near-copies (p = {p_values['near_copies']:.2g}), "
+        f"distribution p = {p_values['distribution']:.2g}"
+    )
     if flagged:
         return f"memorises ({', '.join(flagged)} at p < {level:.3g}): {facts}"
     return f"no sign of memorisation (each test at p < {level:.3g}): {facts}"
@@ -277,7 +368,10 @@ def _verdict(flagged: list[str], share: float, near: int, count: int, p_values: 
 def per_class_tests(synthetic: Nearest, heldout: Nearest, threshold: float) -> dict:
     """memorisation_tests per label present in both sets (each class's synthetic vs its held-out images)."""
     rows = {}
-    s_labels, h_labels = np.array(synthetic.image_set.labels, object), np.array(heldout.image_set.labels, object)
+    s_labels, h_labels = (
+        np.array(synthetic.image_set.labels, object),
+        np.array(heldout.image_set.labels, object),
+    )
     for label in sorted({l for l in s_labels if l is not None} & {l for l in h_labels if l is not None}):
         s = np.array(synthetic.similarity)[s_labels == label]
         h = np.array(heldout.similarity)[h_labels == label]
@@ -286,11 +380,16 @@ def per_class_tests(synthetic: Nearest, heldout: Nearest, threshold: float) -> d
         except MedisynError as exc:
             rows[label] = {"synthetic": len(s), "heldout": len(h), "note": str(exc)}
             continue
-        rows[label] = {"synthetic": len(s), "heldout": len(h), "reference": tests["reference_images"],
-                       "share_above_heldout_p95": tests["share_above_heldout_p95"],
-                       "near_copy_rate": tests["near_copy_rate"], "p_values": tests["p_values"],
-                       "memorises": tests["memorises"], "median_similarity": {
-                           "synthetic": float(np.median(s)), "heldout": float(np.median(h))}}
+        rows[label] = {
+            "synthetic": len(s),
+            "heldout": len(h),
+            "reference": tests["reference_images"],
+            "share_above_heldout_p95": tests["share_above_heldout_p95"],
+            "near_copy_rate": tests["near_copy_rate"],
+            "p_values": tests["p_values"],
+            "memorises": tests["memorises"],
+            "median_similarity": {"synthetic": float(np.median(s)), "heldout": float(np.median(h))},
+        }
     return rows
 
 
@@ -305,16 +404,44 @@ def _percentiles(values: np.ndarray) -> dict:
     return {f"p{q}": float(np.percentile(values, q)) for q in PERCENTILES}
 
 
-def write_privacy(result: dict, out: Path, heldout: Nearest, synthetic: Nearest, train: ImageSet,
-                  index, pairs: Path | None = None) -> dict[str, Path]:
+def write_privacy(
+    result: dict,
+    out: Path,
+    heldout: Nearest,
+    synthetic: Nearest,
+    train: ImageSet,
+    index,
+    pairs: Path | None = None,
+) -> dict[str, Path]:
     """privacy.json (last), privacy.csv (one row per synthetic and held-out image) and privacy_histogram.png."""
-    rows = [{"set": name, "key": key, "label": label, "nn_key": index.key([i])[0], "nn_label": train.labels[i],
-             "nn_similarity": sim, "dcr": 1.0 - sim, "pixel_distance": dist, "view": view,
-             "near_copy": sim >= result["threshold"]}
-            for name, found in (("synthetic", synthetic), ("heldout", heldout))
-            for key, label, sim, i, view, dist in zip(found.image_set.keys, found.image_set.labels, found.similarity,
-                                                      found.nn_id, found.view, found.pixel_distance)]
-    files = {"json": out / "privacy.json", "csv": out / "privacy.csv", "histogram": out / "privacy_histogram.png"}
+    rows = [
+        {
+            "set": name,
+            "key": key,
+            "label": label,
+            "nn_key": index.key([i])[0],
+            "nn_label": train.labels[i],
+            "nn_similarity": sim,
+            "dcr": 1.0 - sim,
+            "pixel_distance": dist,
+            "view": view,
+            "near_copy": sim >= result["threshold"],
+        }
+        for name, found in (("synthetic", synthetic), ("heldout", heldout))
+        for key, label, sim, i, view, dist in zip(
+            found.image_set.keys,
+            found.image_set.labels,
+            found.similarity,
+            found.nn_id,
+            found.view,
+            found.pixel_distance,
+        )
+    ]
+    files = {
+        "json": out / "privacy.json",
+        "csv": out / "privacy.csv",
+        "histogram": out / "privacy_histogram.png",
+    }
     if pairs is not None:
         files["pairs"] = pairs
     write_csv(files["csv"], rows)
@@ -336,13 +463,27 @@ def similarity_histogram(synthetic: Nearest, heldout: Nearest, result: dict, pat
     left.hist(sim_h, bins=bins, alpha=0.55, density=True, label=f"held-out real ({len(sim_h)})")
     left.hist(sim_s, bins=bins, alpha=0.55, density=True, label=f"synthetic ({len(sim_s)})")
     if result["heldout_p95_similarity"] == result["heldout_p95_similarity"]:
-        left.axvline(result["heldout_p95_similarity"], color="black", linestyle=":",
-                     label="95th percentile of held-out (near-copies left out)")
-    left.axvline(result["threshold"], color="red", linestyle="--", label=f"near-copy threshold {result['threshold']:g}")
+        left.axvline(
+            result["heldout_p95_similarity"],
+            color="black",
+            linestyle=":",
+            label="95th percentile of held-out (near-copies left out)",
+        )
+    left.axvline(
+        result["threshold"], color="red", linestyle="--", label=f"near-copy threshold {result['threshold']:g}"
+    )
     left.set_xlabel(f"similarity to the nearest training image ({result['embedder']})")
     left.set_ylabel("density")
-    left.set_title("memorisation: " + ("FLAGGED by " + ", ".join(result["flagged_by"]) if result["memorises"]
-                                       else "not flagged" if result["memorises"] is False else "cannot test"))
+    left.set_title(
+        "memorisation: "
+        + (
+            "FLAGGED by " + ", ".join(result["flagged_by"])
+            if result["memorises"]
+            else "not flagged"
+            if result["memorises"] is False
+            else "cannot test"
+        )
+    )
     left.legend(fontsize=7)
     dist_s, dist_h = np.array(synthetic.pixel_distance), np.array(heldout.pixel_distance)
     bins = np.linspace(0.0, float(max(dist_s.max(), dist_h.max(), 1e-6)), 40)
@@ -354,8 +495,9 @@ def similarity_histogram(synthetic: Nearest, heldout: Nearest, result: dict, pat
     return save_figure(figure, path)
 
 
-def closest_pairs_figure(synthetic: Nearest, synthetic_sources: list, train: ImageSet, train_sources: list,
-                         count: int, path: Path) -> Path | None:
+def closest_pairs_figure(
+    synthetic: Nearest, synthetic_sources: list, train: ImageSet, train_sources: list, count: int, path: Path
+) -> Path | None:
     """The `count` synthetic images closest to training, each beside its nearest training image (PNG grid)."""
     from PIL import Image, ImageDraw
 
@@ -370,10 +512,15 @@ def closest_pairs_figure(synthetic: Nearest, synthetic_sources: list, train: Ima
     draw = ImageDraw.Draw(grid)
     for n, i in enumerate(order):
         x, y = (n % cols) * (2 * side + 16), (n // cols) * (side + 16)
-        for offset, image in ((0, query.get(synthetic.image_set.positions[i])),
-                              (side + 4, sources.get(train.positions[synthetic.nn_id[i]]))):
+        for offset, image in (
+            (0, query.get(synthetic.image_set.positions[i])),
+            (side + 4, sources.get(train.positions[synthetic.nn_id[i]])),
+        ):
             if image is not None:
                 grid.paste(thumbnail(image, side, pixelated=False), (x + offset, y))
-        draw.text((x + 2, y + side + 2), f"sim {synthetic.similarity[i]:.3f} d {synthetic.pixel_distance[i]:.3f} "
-                                         f"{synthetic.view[i]}"[:34], fill="black")
+        draw.text(
+            (x + 2, y + side + 2),
+            f"sim {synthetic.similarity[i]:.3f} d {synthetic.pixel_distance[i]:.3f} {synthetic.view[i]}"[:34],
+            fill="black",
+        )
     return save_png(grid, path)

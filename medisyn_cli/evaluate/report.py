@@ -34,6 +34,7 @@ THUMB = 96
 @dataclass
 class Page:
     """HTML sections being assembled, the notes on what was left out, and the numbers for report.json."""
+
     sections: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data: dict = field(default_factory=dict)
@@ -47,8 +48,9 @@ class Page:
         self.sections.append(f'<p class="note">{html.escape(note)}</p>')
 
 
-def write_report(out: str | Path, per_class: int = 8,
-                 real: tuple[str, ...] | list[str] = ()) -> tuple[Path, list[str]]:
+def write_report(
+    out: str | Path, per_class: int = 8, real: tuple[str, ...] | list[str] = ()
+) -> tuple[Path, list[str]]:
     """Write OUT/report.html and OUT/report.json; returns the page's path and the notes on omitted parts.
     `real`: real reference images for the diversity guard's coverage and recall."""
     out = Path(out)
@@ -63,15 +65,26 @@ def write_report(out: str | Path, per_class: int = 8,
     except Exception as exc:  # unreadable Parquet or CSV: report the rest
         kept = None
         report.skip(f"kept rows unreadable ({type(exc).__name__}: {exc})"[:300])
-    for step in (_run_section, _counts_section, _samples_section, _rejections_section, _label_check_section,
-                 _diversity_section, _similarity_section, _pairs_section, _evaluate_sections):
+    for step in (
+        _run_section,
+        _counts_section,
+        _samples_section,
+        _rejections_section,
+        _label_check_section,
+        _diversity_section,
+        _similarity_section,
+        _pairs_section,
+        _evaluate_sections,
+    ):
         try:
             step(report, out, run, kept, per_class)
         except Exception as exc:  # a damaged part must not stop the rest of the report
             name = step.__name__.strip("_").replace("_", " ")
             report.skip(f"{name} omitted: {type(exc).__name__}: {exc}"[:300])
-    write_json(out / "report.json", {"folder": str(out), "real": list(report.real) or None, **report.data,
-                                     "notes": report.notes})
+    write_json(
+        out / "report.json",
+        {"folder": str(out), "real": list(report.real) or None, **report.data, "notes": report.notes},
+    )
     path = out / "report.html"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(_page(out, report), encoding="utf-8")
@@ -80,6 +93,7 @@ def write_report(out: str | Path, per_class: int = 8,
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
+
 
 def _read_json(path: Path) -> dict | None:
     try:
@@ -119,34 +133,47 @@ def _records_by_label(out: Path, per_class: int) -> dict[str, list]:
 
 # --- sections -------------------------------------------------------------------------------------------
 
+
 def _run_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
     if run is None:
         page.skip("run: no readable run.json in this folder")
         return
     model, sampling = run.get("model", {}), run.get("sampling", {})
-    facts = {"model": model.get("name"), "manifest": (run.get("manifest") or {}).get("path"),
-             "sampling": ", ".join(f"{k} {v}" for k, v in sampling.items()), "device": run.get("device"),
-             "dtype": run.get("dtype"), "seconds": run.get("seconds"), "medisyn": run.get("medisyn"),
-             "screening": _screening_text(run.get("screening"))}
+    facts = {
+        "model": model.get("name"),
+        "manifest": (run.get("manifest") or {}).get("path"),
+        "sampling": ", ".join(f"{k} {v}" for k, v in sampling.items()),
+        "device": run.get("device"),
+        "dtype": run.get("dtype"),
+        "seconds": run.get("seconds"),
+        "medisyn": run.get("medisyn"),
+        "screening": _screening_text(run.get("screening")),
+    }
     page.add("run", _table([{"": k, "value": v} for k, v in facts.items() if v not in (None, "")]))
 
 
 def _screening_text(screening: dict | None) -> str:
     if not screening:
         return "none (images not screened for near-copies)"
-    return (f"{screening.get('embedder', {}).get('spec')} threshold {screening.get('threshold')}, "
-            f"{screening.get('rejected')} near-copies rejected, index {screening.get('index')}")
+    return (
+        f"{screening.get('embedder', {}).get('spec')} threshold {screening.get('threshold')}, "
+        f"{screening.get('rejected')} near-copies rejected, index {screening.get('index')}"
+    )
 
 
 def _counts_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
     classes = (run or {}).get("classes")
     if isinstance(classes, dict) and classes:
-        rows = [{"label": label, **(counts if isinstance(counts, dict) else {"count": counts})}
-                for label, counts in classes.items()]
+        rows = [
+            {"label": label, **(counts if isinstance(counts, dict) else {"count": counts})}
+            for label, counts in classes.items()
+        ]
         page.add("per-class counts", _table(rows))
     elif kept is not None and "label" in kept:
-        page.add("per-class counts", _table([{"label": k, "images": int(v)}
-                                             for k, v in kept.groupby("label").size().items()]))
+        page.add(
+            "per-class counts",
+            _table([{"label": k, "images": int(v)} for k, v in kept.groupby("label").size().items()]),
+        )
     else:
         page.skip("per-class counts: no 'classes' in run.json and no kept rows")
 
@@ -176,15 +203,22 @@ def _rejections_section(page: Page, out: Path, run: dict | None, kept, per_class
     summary = copies.groupby("label")["nn_similarity"].agg(["count", "mean", "max"]).reset_index()
     top = copies.sort_values("nn_similarity", ascending=False).head(20)
     columns = [c for c in ("id", "label", "attempt", "nn_key", "nn_similarity", "view") if c in top]
-    page.add("rejected near-copies", _table(summary.to_dict("records")) + elsewhere + "<h3>most similar</h3>"
-             + _table(top[columns].to_dict("records")))
+    page.add(
+        "rejected near-copies",
+        _table(summary.to_dict("records"))
+        + elsewhere
+        + "<h3>most similar</h3>"
+        + _table(top[columns].to_dict("records")),
+    )
 
 
 def _label_check_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
     result = label_check(run, kept, read_rejected(out), find_alignment(out))
     if result is None:
-        page.skip("label check: the run was not made with --judge and has no evaluate alignment result "
-                  "(medisyn evaluate alignment --judge JUDGE --synthetic OUT)")
+        page.skip(
+            "label check: the run was not made with --judge and has no evaluate alignment result "
+            "(medisyn evaluate alignment --judge JUDGE --synthetic OUT)"
+        )
         return
     page.data["label_check"] = result
     page.add("label check: does each image show its class?", _label_check_html(result))
@@ -195,19 +229,23 @@ def _label_check_html(result: dict) -> str:
     parts, align = [], result.get("alignment")
     if result["judged"]:
         total = result["total"]
-        parts.append(f"<p>Made with <code>--judge {html.escape(str(result.get('judge')))}</code> (held-out "
-                     f"accuracy on real images {_cell(result.get('heldout_accuracy'))}): an image is kept "
-                     f"when the judge's probability of its own class is at least "
-                     f"{_cell(result.get('min_label_score'))}. Yield: {total['kept']} kept of "
-                     f"{total['generated']} generated ({_cell(total['yield'])}); {total['label_rejected']} "
-                     f"rejected for their label, {total['near_copy_rejected']} as near-copies. Recognised "
-                     f"share: kept / (kept + rejected for label); yield: kept / generated (every "
-                     f"attempt).</p>")
+        parts.append(
+            f"<p>Made with <code>--judge {html.escape(str(result.get('judge')))}</code> (held-out "
+            f"accuracy on real images {_cell(result.get('heldout_accuracy'))}): an image is kept "
+            f"when the judge's probability of its own class is at least "
+            f"{_cell(result.get('min_label_score'))}. Yield: {total['kept']} kept of "
+            f"{total['generated']} generated ({_cell(total['yield'])}); {total['label_rejected']} "
+            f"rejected for their label, {total['near_copy_rejected']} as near-copies. Recognised "
+            f"share: kept / (kept + rejected for label); yield: kept / generated (every "
+            f"attempt).</p>"
+        )
     if align:
-        parts.append(f"<p><code>medisyn evaluate alignment</code> ({html.escape(str(align.get('folder')))}): "
-                     f"{_cell(align.get('gan_test_accuracy'))} of {align.get('images')} images are "
-                     f"classified as their own class by a classifier trained on real images, whose accuracy "
-                     f"on real held-out images is {_cell(align.get('ceiling_real_heldout_accuracy'))}.</p>")
+        parts.append(
+            f"<p><code>medisyn evaluate alignment</code> ({html.escape(str(align.get('folder')))}): "
+            f"{_cell(align.get('gan_test_accuracy'))} of {align.get('images')} images are "
+            f"classified as their own class by a classifier trained on real images, whose accuracy "
+            f"on real held-out images is {_cell(align.get('ceiling_real_heldout_accuracy'))}.</p>"
+        )
     labels = list(dict.fromkeys([*result["per_class"], *((align or {}).get("per_class") or {})]))
     rows = []
     for label in labels:
@@ -219,27 +257,36 @@ def _label_check_html(result: dict) -> str:
 def _judged_columns(counts: dict) -> dict:
     """A class's columns of the label-check table for a judged run."""
     judged_as = ", ".join(f"{k} {v}" for k, v in (counts.get("label_rejected_judged_as") or {}).items())
-    return {"generated": counts.get("generated"), "kept": counts.get("kept"), "yield": counts.get("yield"),
-            "rejected: label": counts.get("label_rejected"),
-            "rejected: near-copy": counts.get("near_copy_rejected"),
-            "recognised share": counts.get("recognised_share"),
-            "mean label score": counts.get("mean_label_score"), "label-rejected judged as": judged_as}
+    return {
+        "generated": counts.get("generated"),
+        "kept": counts.get("kept"),
+        "yield": counts.get("yield"),
+        "rejected: label": counts.get("label_rejected"),
+        "rejected: near-copy": counts.get("near_copy_rejected"),
+        "recognised share": counts.get("recognised_share"),
+        "mean label score": counts.get("mean_label_score"),
+        "label-rejected judged as": judged_as,
+    }
 
 
 def _alignment_columns(align: dict, label: str) -> dict:
     """A class's columns of the label-check table from an `evaluate alignment` result."""
     row = align["per_class"].get(label) or {}
-    return {"alignment: GAN-test accuracy": row.get("gan_test_accuracy"),
-            f"alignment: share >= {align.get('min_label_score')}": row.get("recognised_share"),
-            "alignment: mean label score": row.get("mean_label_score"),
-            "judge on real held-out": row.get("real_heldout_accuracy")}
+    return {
+        "alignment: GAN-test accuracy": row.get("gan_test_accuracy"),
+        f"alignment: share >= {align.get('min_label_score')}": row.get("recognised_share"),
+        "alignment: mean label score": row.get("mean_label_score"),
+        "judge on real held-out": row.get("real_heldout_accuracy"),
+    }
 
 
 def _diversity_section(page: Page, out: Path, run: dict | None, kept, per_class: int) -> None:
     result = diversity_guard(out, run, read_rejected(out), find_alignment(out), page.real)
     if result is None:
-        page.skip("diversity guard: no label filter (the run was not made with --judge) and no evaluate "
-                  "alignment result to simulate one")
+        page.skip(
+            "diversity guard: no label filter (the run was not made with --judge) and no evaluate "
+            "alignment result to simulate one"
+        )
         return
     page.data["diversity_guard"] = result
     page.add("diversity guard: before and after the label filter", _diversity_html(result))
@@ -247,8 +294,11 @@ def _diversity_section(page: Page, out: Path, run: dict | None, kept, per_class:
 
 def _diversity_html(result: dict) -> str:
     """What before / after are, the features, and a table: a row per scope (all, each class) and set."""
-    sets = [("before", result.get("before")), ("before, equal n", result.get("before_equal_n")),
-            ("after", result["after"])]
+    sets = [
+        ("before", result.get("before")),
+        ("before, equal n", result.get("before_equal_n")),
+        ("after", result["after"]),
+    ]
     metrics = ("images", "coverage", "recall", "diversity") if result.get("real") else ("images", "diversity")
     rows = []
     for scope in ["all", *result["after"]["per_class"]]:
@@ -258,14 +308,20 @@ def _diversity_html(result: dict) -> str:
             row = values if scope == "all" else (values.get("per_class") or {}).get(scope) or {}
             key = {"diversity": "diversity_within_class" if scope == "all" else "diversity"}
             rows.append({"scope": scope, "set": name, **{m: row.get(key.get(m, m)) for m in metrics}})
-    reference = ("against the real reference " + html.escape(", ".join(result["real"])) if result.get("real")
-                 else "no real reference given (medisyn report OUT --real REAL adds coverage and recall)")
+    reference = (
+        "against the real reference " + html.escape(", ".join(result["real"]))
+        if result.get("real")
+        else "no real reference given (medisyn report OUT --real REAL adds coverage and recall)"
+    )
     change = ", ".join(f"{name} {_cell(value)}" for name, value in (result.get("change") or {}).items())
-    return (f"<p>{html.escape(result['basis'])}. Features: {html.escape(result['features'])}; {reference}; "
-            f"k = {result['k']}. A filter that keeps only easy, typical images lowers coverage, recall and "
-            f"diversity; fewer images alone lower coverage and raise recall, so compare after with "
-            f"'before, equal n' (before subsampled to after's class counts, averaged over draws).</p>"
-            + (f"<p><b>change (after - before at equal n)</b>: {change}</p>" if change else "") + _table(rows))
+    return (
+        f"<p>{html.escape(result['basis'])}. Features: {html.escape(result['features'])}; {reference}; "
+        f"k = {result['k']}. A filter that keeps only easy, typical images lowers coverage, recall and "
+        f"diversity; fewer images alone lower coverage and raise recall, so compare after with "
+        f"'before, equal n' (before subsampled to after's class counts, averaged over draws).</p>"
+        + (f"<p><b>change (after - before at equal n)</b>: {change}</p>" if change else "")
+        + _table(rows)
+    )
 
 
 def _similarities(out: Path, kept) -> tuple[np.ndarray, np.ndarray]:
@@ -330,8 +386,10 @@ def _pairs_section(page: Page, out: Path, run: dict | None, kept, per_class: int
     if not cells:
         page.skip("nearest pairs: the training images of the closest pairs are not files here")
         return
-    page.add("closest kept images and their nearest training image",
-             '<div class="pairs">' + "".join(cells) + "</div>")
+    page.add(
+        "closest kept images and their nearest training image",
+        '<div class="pairs">' + "".join(cells) + "</div>",
+    )
 
 
 def _kept_images(out: Path, ids: set[str]) -> dict[str, object]:
@@ -358,9 +416,13 @@ def _evaluate_sections(page: Page, out: Path, run: dict | None, kept, per_class:
         if result.get("evaluation") == "alignment" or path.name == "alignment.json":
             continue  # shown in the label check
         render = {"utility": _utility_html, "privacy": _privacy_html, "fidelity": _fidelity_html}.get(
-            result.get("evaluation"), _other_html)
-        figures = "".join(_img_file(path.parent / name) for key, name in (result.get("files") or {}).items()
-                          if str(name).endswith(".png") and (path.parent / name).exists())
+            result.get("evaluation"), _other_html
+        )
+        figures = "".join(
+            _img_file(path.parent / name)
+            for key, name in (result.get("files") or {}).items()
+            if str(name).endswith(".png") and (path.parent / name).exists()
+        )
         page.add(f"evaluation: {path.relative_to(out)}", render(result) + figures)
 
 
@@ -368,31 +430,45 @@ def _utility_html(result: dict) -> str:
     def number(value) -> str:
         return "-" if value is None or value != value else f"{value:.3f}"
 
-    rows = [{"condition": r["condition"], "real fraction": r["real_fraction"],
-             "real images": r["real_images"],
-             "synthetic images": r["synthetic_images"], "steps": r.get("steps"),
-             "AUROC": f"{number(r['auroc_mean'])} ± {number(r.get('auroc_std'))}",
-             "95% interval": "-" if not r.get("auroc_ci95") else
-             f"{number(r['auroc_ci95'][0])}-{number(r['auroc_ci95'][1])}"} for r in result.get("rows", [])]
+    rows = [
+        {
+            "condition": r["condition"],
+            "real fraction": r["real_fraction"],
+            "real images": r["real_images"],
+            "synthetic images": r["synthetic_images"],
+            "steps": r.get("steps"),
+            "AUROC": f"{number(r['auroc_mean'])} ± {number(r.get('auroc_std'))}",
+            "95% interval": "-"
+            if not r.get("auroc_ci95")
+            else f"{number(r['auroc_ci95'][0])}-{number(r['auroc_ci95'][1])}",
+        }
+        for r in result.get("rows", [])
+    ]
     classifier = result.get("classifier", {})
     budget = (result.get("budget") or {}).get("text", "")
-    return (f"<p>{html.escape(result.get('metric', ''))}; {classifier.get('arch')} at "
-            f"{classifier.get('size')} px, "
-            f"{result.get('seeds')} seeds; budget: {html.escape(budget)}</p>" + _table(rows))
+    return (
+        f"<p>{html.escape(result.get('metric', ''))}; {classifier.get('arch')} at "
+        f"{classifier.get('size')} px, "
+        f"{result.get('seeds')} seeds; budget: {html.escape(budget)}</p>" + _table(rows)
+    )
 
 
 def _privacy_html(result: dict) -> str:
-    facts = {"embedder": result.get("embedder"), "verdict": result.get("verdict"),
-             "share above held-out p95": result.get("share_above_heldout_p95"),
-             "near-copy rate (synthetic / held-out)": "{synthetic} / {heldout}".format(
-                 **result.get("near_copy_rate", {"synthetic": "?", "heldout": "?"})),
-             "P(synthetic closer than held-out)": result.get("p_synthetic_closer"),
-             "p-values (each at p < alpha/3)": ", ".join(f"{k} {v:.3g}" for k, v in
-                                                          (result.get("p_values") or {}).items()),
-             "held-out near-copies of training (left out)":
-                 (result.get("heldout_near_copies") or {}).get("count"),
-             "warnings": "; ".join(result.get("warnings", [])) or None,
-             "images": ", ".join(f"{k} {v}" for k, v in (result.get("images") or {}).items())}
+    facts = {
+        "embedder": result.get("embedder"),
+        "verdict": result.get("verdict"),
+        "share above held-out p95": result.get("share_above_heldout_p95"),
+        "near-copy rate (synthetic / held-out)": "{synthetic} / {heldout}".format(
+            **result.get("near_copy_rate", {"synthetic": "?", "heldout": "?"})
+        ),
+        "P(synthetic closer than held-out)": result.get("p_synthetic_closer"),
+        "p-values (each at p < alpha/3)": ", ".join(
+            f"{k} {v:.3g}" for k, v in (result.get("p_values") or {}).items()
+        ),
+        "held-out near-copies of training (left out)": (result.get("heldout_near_copies") or {}).get("count"),
+        "warnings": "; ".join(result.get("warnings", [])) or None,
+        "images": ", ".join(f"{k} {v}" for k, v in (result.get("images") or {}).items()),
+    }
     return _table([{"": k, "value": v} for k, v in facts.items()])
 
 
@@ -400,8 +476,10 @@ def _fidelity_html(result: dict) -> str:
 
     rows = [{"scope": "all", **_flat(result.get("overall", {}))}]
     rows += [{"scope": label, **_flat(row)} for label, row in (result.get("per_class") or {}).items()]
-    return (f"<p>features: <b>{html.escape(str(result.get('features')))}</b> "
-            f"({html.escape(str(result.get('note', '')))})</p>" + _table(rows))
+    return (
+        f"<p>features: <b>{html.escape(str(result.get('features')))}</b> "
+        f"({html.escape(str(result.get('note', '')))})</p>" + _table(rows)
+    )
 
 
 def _other_html(result: dict) -> str:
@@ -409,6 +487,7 @@ def _other_html(result: dict) -> str:
 
 
 # --- html helpers ---------------------------------------------------------------------------------------
+
 
 def strip(images: list, side: int = THUMB):
     """PIL images side by side at side x side."""
@@ -443,16 +522,21 @@ def _table(rows: list[dict]) -> str:
         return "<p>(empty)</p>"
     columns = list(dict.fromkeys(k for row in rows for k in row))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _page(out: Path, report: Page) -> str:
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
-             "table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}.note{color:#777}"
-             ".pairs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}figcaption{font-size:12px}")
-    body = (f"<h1>medisyn report: {html.escape(str(out))}</h1>\n"
-            "<p><b>Synthetic images are not for clinical use.</b></p>\n" + "\n".join(report.sections))
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}.note{color:#777}"
+        ".pairs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}figcaption{font-size:12px}"
+    )
+    body = (
+        f"<h1>medisyn report: {html.escape(str(out))}</h1>\n"
+        "<p><b>Synthetic images are not for clinical use.</b></p>\n" + "\n".join(report.sections)
+    )
     return page(f"medisyn report: {html.escape(out.name)}", body, style, LOAD_PROBE)

@@ -59,46 +59,78 @@ BUDGETS = ("steps", "epochs")
 @dataclass(frozen=True)
 class UtilityConfig:
     """Options of `medisyn evaluate utility` (paths: any dataset medisyn reads)."""
-    real_train: tuple[str, ...] = field(metadata={
-        "help": "Real training images: image folder (labels from folder names), ImageFolder with "
-                "metadata.csv, Parquet, or medisyn output."})
+
+    real_train: tuple[str, ...] = field(
+        metadata={
+            "help": "Real training images: image folder (labels from folder names), ImageFolder with "
+            "metadata.csv, Parquet, or medisyn output."
+        }
+    )
     real_test: tuple[str, ...] = field(metadata={"help": "Real test images (never used for training)."})
     synthetic: tuple[str, ...] = field(metadata={"help": "Synthetic training images."})
-    fractions: tuple[float, ...] = field(default=(0.1, 0.25, 0.5, 1.0), metadata={
-        "help": "Fractions of the real training set."})
-    arch: str = field(default="small-cnn", metadata={
-        "help": "small-cnn (CPU default), resnet18 or resnet50 (torchvision, random init)."})
+    fractions: tuple[float, ...] = field(
+        default=(0.1, 0.25, 0.5, 1.0), metadata={"help": "Fractions of the real training set."}
+    )
+    arch: str = field(
+        default="small-cnn",
+        metadata={"help": "small-cnn (CPU default), resnet18 or resnet50 (torchvision, random init)."},
+    )
     seeds: int = field(default=5, metadata={"help": "Training runs per condition (mean ± std)."})
-    multi_label: bool = field(default=False, metadata={
-        "help": "Labels are '|'-joined findings (chest X-ray style); AUROC averaged over findings."})
-    epochs: int = field(default=25, metadata={
-        "help": "With --budget steps: passes over the largest condition."})
+    multi_label: bool = field(
+        default=False,
+        metadata={
+            "help": "Labels are '|'-joined findings (chest X-ray style); AUROC averaged over findings."
+        },
+    )
+    epochs: int = field(
+        default=25, metadata={"help": "With --budget steps: passes over the largest condition."}
+    )
     batch_size: int = field(default=64, metadata={"help": "Images per training batch."})
-    size: int | None = field(default=None, metadata={
-        "help": "Input side in px (default 64 small-cnn, 224 ResNets)."})
-    weights: str | None = field(default=None, metadata={
-        "help": "Local torchvision ResNet state dict to start from (never downloaded)."})
+    size: int | None = field(
+        default=None, metadata={"help": "Input side in px (default 64 small-cnn, 224 ResNets)."}
+    )
+    weights: str | None = field(
+        default=None,
+        metadata={"help": "Local torchvision ResNet state dict to start from (never downloaded)."},
+    )
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, mps."})
-    out: str | None = field(default=None, metadata={  # None: SYNTHETIC/evaluate or ./evaluate
-        "help": "Folder for utility.json/.csv/.png."})
-    budget: str = field(default="steps", metadata={
-        "help": "steps: the same optimiser steps for every condition; epochs: epochs of each condition's "
-                "own set (unequal)."})
-    steps: int | None = field(default=None, metadata={  # None: epochs x ceil(N / batch_size)
-        "help": "Optimiser steps per condition (default: --epochs over the largest condition)."})
-    bootstrap: int = field(default=1000, metadata={  # 0: none
-        "help": "Bootstrap rounds of the per-seed AUROC interval."})
+    out: str | None = field(
+        default=None,
+        metadata={  # None: SYNTHETIC/evaluate or ./evaluate
+            "help": "Folder for utility.json/.csv/.png."
+        },
+    )
+    budget: str = field(
+        default="steps",
+        metadata={
+            "help": "steps: the same optimiser steps for every condition; epochs: epochs of each condition's "
+            "own set (unequal)."
+        },
+    )
+    steps: int | None = field(
+        default=None,
+        metadata={  # None: epochs x ceil(N / batch_size)
+            "help": "Optimiser steps per condition (default: --epochs over the largest condition)."
+        },
+    )
+    bootstrap: int = field(
+        default=1000,
+        metadata={  # 0: none
+            "help": "Bootstrap rounds of the per-seed AUROC interval."
+        },
+    )
 
 
 @dataclass
 class Condition:
     """One training set of the comparison: which data, at which fraction of the real training set."""
+
     name: str
     fraction: float | None
     scores: list[float] = field(default_factory=list)
     per_class: list[dict] = field(default_factory=list)
     intervals: list[tuple[float, float]] = field(default_factory=list)  # per seed: bootstrap 95% interval
-    steps: list[int] = field(default_factory=list)                        # per seed: optimiser steps run
+    steps: list[int] = field(default_factory=list)  # per seed: optimiser steps run
     real_images: int = 0
     synthetic_images: int = 0
 
@@ -126,9 +158,14 @@ def run_utility(config: UtilityConfig) -> dict:
         raise MedisynError(f"--steps {config.steps}: must be at least 1, and only with --budget steps")
     fractions = parse_fractions(",".join(map(str, config.fractions)))
     device = resolve_device(config.device)
-    sources = {name: open_sources(paths, option) for name, paths, option in
-               (("test", config.real_test, "--real-test"), ("train", config.real_train, "--real-train"),
-                ("synthetic", config.synthetic, "--synthetic"))}
+    sources = {
+        name: open_sources(paths, option)
+        for name, paths, option in (
+            ("test", config.real_test, "--real-test"),
+            ("train", config.real_train, "--real-train"),
+            ("synthetic", config.synthetic, "--synthetic"),
+        )
+    }
     # 2. images (uint8, in memory) and labels
     size = config.size or default_size(config.arch)
     arrays, sets = {}, {}
@@ -138,9 +175,14 @@ def run_utility(config: UtilityConfig) -> dict:
     y = {name: targets(image_set, classes, config.multi_label) for name, image_set in sets.items()}
     # 3. train and score each condition, seed by seed, under one step budget
     conditions = _conditions(fractions)
-    settings = TrainSettings(config.arch, config.epochs, config.batch_size, multi_label=config.multi_label,
-                             weights=config.weights, steps=step_budget(config, len(arrays["train"]),
-                                                                       len(arrays["synthetic"])))
+    settings = TrainSettings(
+        config.arch,
+        config.epochs,
+        config.batch_size,
+        multi_label=config.multi_label,
+        weights=config.weights,
+        steps=step_budget(config, len(arrays["train"]), len(arrays["synthetic"])),
+    )
     started = time.time()
     for seed in range(config.seeds):
         for condition in conditions:
@@ -151,15 +193,18 @@ def run_utility(config: UtilityConfig) -> dict:
             condition.scores.append(value)
             condition.per_class.append(per_class)
             condition.steps.append(model.steps_trained)
-            condition.intervals.append(bootstrap_auroc(y["test"], scores, classes, config.multi_label,
-                                                       config.bootstrap, seed))
+            condition.intervals.append(
+                bootstrap_auroc(y["test"], scores, classes, config.multi_label, config.bootstrap, seed)
+            )
     # 4. summary and files
     result = _summary(config, settings, conditions, classes, sets, size, str(device), time.time() - started)
     write_utility(result, Path(config.out) if config.out else default_out(config.synthetic[0]))
     return result
 
 
-def check_utility_labels(test: ImageSet, train: ImageSet, synthetic: ImageSet, multi_label: bool) -> list[str]:
+def check_utility_labels(
+    test: ImageSet, train: ImageSet, synthetic: ImageSet, multi_label: bool
+) -> list[str]:
     """The test set's classes; MedisynError for unlabelled images, fewer than two classes or mismatched sets."""
     for image_set in (test, train, synthetic):
         require_labels(image_set, multi_label)
@@ -167,11 +212,15 @@ def check_utility_labels(test: ImageSet, train: ImageSet, synthetic: ImageSet, m
     if multi_label:
         hot = targets(test, classes, True)
         if not classes or not ((hot.sum(0) > 0) & (hot.sum(0) < len(hot))).any():
-            raise MedisynError(f"--real-test: no finding has both positive and negative test images "
-                               f"(labels: {', '.join(classes) or 'none'}); AUROC is undefined")
+            raise MedisynError(
+                f"--real-test: no finding has both positive and negative test images "
+                f"(labels: {', '.join(classes) or 'none'}); AUROC is undefined"
+            )
     elif len(classes) < 2:
-        raise MedisynError(f"--real-test: only one class ({', '.join(classes)}) in the test set; AUROC is undefined "
-                           f"(it needs at least two classes)")
+        raise MedisynError(
+            f"--real-test: only one class ({', '.join(classes)}) in the test set; AUROC is undefined "
+            f"(it needs at least two classes)"
+        )
     return check_same_labels(test, [train, synthetic], multi_label)
 
 
@@ -186,12 +235,16 @@ def step_budget(config: UtilityConfig, real_images: int, synthetic_images: int) 
 
 
 def _conditions(fractions: tuple[float, ...]) -> list[Condition]:
-    return ([Condition(REAL, f) for f in fractions] + [Condition(SYNTHETIC, None)]
-            + [Condition(COMBINED, f) for f in fractions])
+    return (
+        [Condition(REAL, f) for f in fractions]
+        + [Condition(SYNTHETIC, None)]
+        + [Condition(COMBINED, f) for f in fractions]
+    )
 
 
-def _training_set(condition: Condition, arrays: dict, y: dict, train: ImageSet, multi_label: bool,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _training_set(
+    condition: Condition, arrays: dict, y: dict, train: ImageSet, multi_label: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The images and targets of one condition for one seed (a stratified fraction of the real set)."""
     parts_x, parts_y = [], []
     if condition.name in (REAL, COMBINED):
@@ -217,7 +270,7 @@ def fraction_rows(image_set: ImageSet, fraction: float, seed: int, multi_label: 
     rows = []
     for label in sorted(set(image_set.labels)):
         members = np.flatnonzero(labels == label)
-        rows.append(rng.permutation(members)[:max(1, round(fraction * len(members)))])
+        rows.append(rng.permutation(members)[: max(1, round(fraction * len(members)))])
     return np.sort(np.concatenate(rows))
 
 
@@ -229,55 +282,97 @@ def _multi_label_rows(image_set: ImageSet, fraction: float, rng: np.random.Gener
         for part in split_labels(label, True) or ("",):  # "": no finding
             groups.setdefault(part, []).append(row)
     chosen: set[int] = set()
-    for part, members in sorted(groups.items(), key=lambda item: (len(item[1]), item[0])):
+    for _part, members in sorted(groups.items(), key=lambda item: (len(item[1]), item[0])):
         need = max(1, round(fraction * len(members))) - sum(1 for r in members if r in chosen)
         free = [r for r in members if r not in chosen]
-        chosen.update(rng.permutation(free)[:max(0, need)].tolist())
+        chosen.update(rng.permutation(free)[: max(0, need)].tolist())
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def _summary(config: UtilityConfig, settings: TrainSettings, conditions: list[Condition], classes: list[str],
-             sets: dict, size: int, device: str, seconds: float) -> dict:
+def _summary(
+    config: UtilityConfig,
+    settings: TrainSettings,
+    conditions: list[Condition],
+    classes: list[str],
+    sets: dict,
+    size: int,
+    device: str,
+    seconds: float,
+) -> dict:
     rows = [_row(c, classes, settings) for c in conditions]
-    budget = (f"equal: {settings.steps} optimiser steps of {settings.batch_size} images for every condition"
-              if settings.steps is not None else
-              f"unequal: {settings.epochs} epochs of each condition's own images (more steps for larger sets)")
-    return {"evaluation": "utility", "metric": "macro one-vs-rest AUROC on the real test set",
-            "interval": "95% t-interval over seeds (std: sample std, ddof=1); per seed a 95% stratified "
-                        f"bootstrap interval over test images ({config.bootstrap} rounds)",
-            "classes": classes, "multi_label": config.multi_label, "label_separator": "|",
-            "images": {name: len(s) for name, s in sets.items()},
-            "skipped": {name: s.skipped for name, s in sets.items() if s.skipped},
-            "budget": {"mode": config.budget, "steps": settings.steps, "text": budget},
-            "classifier": {"arch": config.arch, "size": size, "epochs": config.epochs,
-                           "batch_size": config.batch_size, "weights": config.weights, "device": device},
-            "seeds": config.seeds, "rows": rows, "seconds": round(seconds, 1), "config": asdict(config)}
+    budget = (
+        f"equal: {settings.steps} optimiser steps of {settings.batch_size} images for every condition"
+        if settings.steps is not None
+        else f"unequal: {settings.epochs} epochs of each condition's own images (more steps for larger sets)"
+    )
+    return {
+        "evaluation": "utility",
+        "metric": "macro one-vs-rest AUROC on the real test set",
+        "interval": "95% t-interval over seeds (std: sample std, ddof=1); per seed a 95% stratified "
+        f"bootstrap interval over test images ({config.bootstrap} rounds)",
+        "classes": classes,
+        "multi_label": config.multi_label,
+        "label_separator": "|",
+        "images": {name: len(s) for name, s in sets.items()},
+        "skipped": {name: s.skipped for name, s in sets.items() if s.skipped},
+        "budget": {"mode": config.budget, "steps": settings.steps, "text": budget},
+        "classifier": {
+            "arch": config.arch,
+            "size": size,
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "weights": config.weights,
+            "device": device,
+        },
+        "seeds": config.seeds,
+        "rows": rows,
+        "seconds": round(seconds, 1),
+        "config": asdict(config),
+    }
 
 
 def _row(c: Condition, classes: list[str], settings: TrainSettings) -> dict:
     """One condition's summary: mean, sample std, 95% intervals over seeds and per seed, steps, epochs seen."""
-    per_class = {label: float(np.nanmean([p[label] for p in c.per_class])) if any(
-        not np.isnan(p[label]) for p in c.per_class) else float("nan") for label in classes}
+    per_class = {
+        label: float(np.nanmean([p[label] for p in c.per_class]))
+        if any(not np.isnan(p[label]) for p in c.per_class)
+        else float("nan")
+        for label in classes
+    }
     std, low, high = seed_interval(c.scores)
     if len(c.scores) == 1:  # one seed: the bootstrap interval over test images is the only one
         low, high = c.intervals[0]
     images = c.real_images + c.synthetic_images
-    return {"condition": c.name, "real_fraction": c.fraction, "real_images": c.real_images,
-            "synthetic_images": c.synthetic_images, "steps": c.steps[0] if len(set(c.steps)) == 1 else c.steps,
-            "epochs_seen": round(c.steps[0] * settings.batch_size / max(1, images), 2),
-            "auroc_mean": float(np.mean(c.scores)), "auroc_std": std, "auroc_ci95": [low, high],
-            "auroc_ci95_method": "t over seeds" if len(c.scores) > 1 else "bootstrap over test images",
-            "auroc_seeds": c.scores, "auroc_seed_bootstrap_ci95": [list(i) for i in c.intervals],
-            "auroc_per_class": per_class}
+    return {
+        "condition": c.name,
+        "real_fraction": c.fraction,
+        "real_images": c.real_images,
+        "synthetic_images": c.synthetic_images,
+        "steps": c.steps[0] if len(set(c.steps)) == 1 else c.steps,
+        "epochs_seen": round(c.steps[0] * settings.batch_size / max(1, images), 2),
+        "auroc_mean": float(np.mean(c.scores)),
+        "auroc_std": std,
+        "auroc_ci95": [low, high],
+        "auroc_ci95_method": "t over seeds" if len(c.scores) > 1 else "bootstrap over test images",
+        "auroc_seeds": c.scores,
+        "auroc_seed_bootstrap_ci95": [list(i) for i in c.intervals],
+        "auroc_per_class": per_class,
+    }
 
 
 def write_utility(result: dict, out: Path) -> dict[str, Path]:
     """utility.json, utility.csv (one row per condition) and utility.png under `out`."""
     skip = ("auroc_seeds", "auroc_per_class", "auroc_ci95", "auroc_seed_bootstrap_ci95")
-    flat = [{k: v for k, v in row.items() if k not in skip}
-            | {"auroc_ci95_low": row["auroc_ci95"][0], "auroc_ci95_high": row["auroc_ci95"][1],
-               "auroc_seeds": " ".join(f"{s:.4f}" for s in row["auroc_seeds"])}
-            | {f"auroc_{label}": value for label, value in row["auroc_per_class"].items()} for row in result["rows"]]
+    flat = [
+        {k: v for k, v in row.items() if k not in skip}
+        | {
+            "auroc_ci95_low": row["auroc_ci95"][0],
+            "auroc_ci95_high": row["auroc_ci95"][1],
+            "auroc_seeds": " ".join(f"{s:.4f}" for s in row["auroc_seeds"]),
+        }
+        | {f"auroc_{label}": value for label, value in row["auroc_per_class"].items()}
+        for row in result["rows"]
+    ]
     files = {"json": out / "utility.json", "csv": out / "utility.csv", "png": out / "utility.png"}
     write_csv(files["csv"], flat)
     plot_utility(result, files["png"])
@@ -290,21 +385,35 @@ def plot_utility(result: dict, path: Path) -> Path:
     figure, axes = new_figure()
     for name, style in ((REAL, "o-"), (COMBINED, "s-")):
         rows = [r for r in result["rows"] if r["condition"] == name]
-        yerr = np.array([[r["auroc_mean"] - r["auroc_ci95"][0], r["auroc_ci95"][1] - r["auroc_mean"]]
-                         for r in rows], dtype=float).T
-        axes.errorbar([r["real_fraction"] for r in rows], [r["auroc_mean"] for r in rows],
-                      yerr=np.nan_to_num(yerr), fmt=style, capsize=3, label=name)
+        yerr = np.array(
+            [[r["auroc_mean"] - r["auroc_ci95"][0], r["auroc_ci95"][1] - r["auroc_mean"]] for r in rows],
+            dtype=float,
+        ).T
+        axes.errorbar(
+            [r["real_fraction"] for r in rows],
+            [r["auroc_mean"] for r in rows],
+            yerr=np.nan_to_num(yerr),
+            fmt=style,
+            capsize=3,
+            label=name,
+        )
     synthetic = next(r for r in result["rows"] if r["condition"] == SYNTHETIC)
-    axes.axhline(synthetic["auroc_mean"], color="tab:green", linestyle="--",
-                 label=f"synthetic only ({synthetic['synthetic_images']} images)")
+    axes.axhline(
+        synthetic["auroc_mean"],
+        color="tab:green",
+        linestyle="--",
+        label=f"synthetic only ({synthetic['synthetic_images']} images)",
+    )
     low, high = synthetic["auroc_ci95"]
     if low == low and high == high:
         axes.axhspan(low, high, color="tab:green", alpha=0.15)
     axes.set_xlabel("fraction of the real training set")
     axes.set_ylabel("macro AUROC on real test images")
     steps = result["budget"]["steps"]
-    axes.set_title(f"utility: {result['classifier']['arch']}, {result['seeds']} seeds, "
-                   f"{f'{steps} steps each' if steps else 'epochs-based budget'} (mean, 95% interval)")
+    axes.set_title(
+        f"utility: {result['classifier']['arch']}, {result['seeds']} seeds, "
+        f"{f'{steps} steps each' if steps else 'epochs-based budget'} (mean, 95% interval)"
+    )
     axes.legend(loc="lower right")
     axes.grid(alpha=0.3)
     return save_figure(figure, path)

@@ -23,31 +23,40 @@ def out_state(out: Path, config: GenerateConfig, shard: Shard) -> str:
     if not out.exists() or not any(p.name != LOCK for p in out.iterdir()):
         return "new"
     if not is_ours(out):
-        raise MedisynError(f"--out {out}: folder exists, is not empty and was not made by medisyn generate (it has "
-                           f"no {MARKER} marker), so medisyn will neither write into it nor delete it "
-                           f"(--overwrite included); choose another --out")
+        raise MedisynError(
+            f"--out {out}: folder exists, is not empty and was not made by medisyn generate (it has "
+            f"no {MARKER} marker), so medisyn will neither write into it nor delete it "
+            f"(--overwrite included); choose another --out"
+        )
     if config.overwrite:
         if shard.count > 1:
-            raise MedisynError("--overwrite with shards would let each shard delete the others' work; "
-                               f"delete {out} first, then start the shards")
+            raise MedisynError(
+                "--overwrite with shards would let each shard delete the others' work; "
+                f"delete {out} first, then start the shards"
+            )
         return "new"
     joining = config.resume or shard.count > 1
     if (out / RUN_FILE).exists():
         if joining:
             return "complete"
-        raise MedisynError(f"--out {out}: holds a complete medisyn run; use --resume to check it is this run, "
-                           f"--overwrite to replace it (the old one is kept until the new one completes), or "
-                           f"another --out")
+        raise MedisynError(
+            f"--out {out}: holds a complete medisyn run; use --resume to check it is this run, "
+            f"--overwrite to replace it (the old one is kept until the new one completes), or "
+            f"another --out"
+        )
     if joining:
         return "join"
     done = len(WorkDir(out).done()) if WorkDir(out).exists() else 0
-    raise MedisynError(f"--out {out}: holds an unfinished run ({done} batches done); add --resume to continue "
-                       f"it, or --overwrite to start again (the unfinished run is moved aside, not deleted)")
+    raise MedisynError(
+        f"--out {out}: holds an unfinished run ({done} batches done); add --resume to continue "
+        f"it, or --overwrite to start again (the unfinished run is moved aside, not deleted)"
+    )
 
 
 @dataclass
 class Claim:
     """This process's hold on --out: its state under the lock, and the run moved aside by --overwrite."""
+
     state: str
     replaced: Path | None = None
     lock: RunLock | None = None
@@ -101,7 +110,11 @@ def explained_failures(out: Path, work: WorkDir, replaced: Path | None):
     """A failed or stopped run says what it leaves: batches done, how to resume, where the previous run is."""
     import errno
 
-    kept = f"; the previous run in {out} is kept intact at {replaced} until this one completes" if replaced else ""
+    kept = (
+        f"; the previous run in {out} is kept intact at {replaced} until this one completes"
+        if replaced
+        else ""
+    )
     try:
         yield
     except Interrupted as exc:
@@ -110,5 +123,7 @@ def explained_failures(out: Path, work: WorkDir, replaced: Path | None):
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
             raise
         done = f"{len(work.done())} of {work.read_config()['batches']} batches are done and kept"
-        raise MedisynError(f"{exc.filename or out}: {exc.strerror} (errno {exc.errno}); {done}: fix it, then "
-                           f"resume with --resume (same options){kept}") from exc
+        raise MedisynError(
+            f"{exc.filename or out}: {exc.strerror} (errno {exc.errno}); {done}: fix it, then "
+            f"resume with --resume (same options){kept}"
+        ) from exc

@@ -11,71 +11,128 @@ FORMATS = ("parquet", "imagefolder")
 class GenerateConfig:
     """Options of one `generate` run. None for model settings means: the model's own recommendation."""
 
-    manifest: str = field(metadata={
-        "help": "Prompt manifest (.csv or .jsonl): label, prompt, optional negative_prompt, weight, mode."})
+    manifest: str = field(
+        metadata={
+            "help": "Prompt manifest (.csv or .jsonl): label, prompt, optional negative_prompt, weight, mode."
+        }
+    )
     n: int = field(metadata={"help": "Total number of images, shared by the classes by weight."})
     out: str | None = field(default=None, metadata={"help": "Output folder (default: ./<manifest name>)."})
-    model: str | None = field(default=None, metadata={
-        "help": "Diffusers folder, .safetensors/.ckpt file or hub id (default: the bundled medisyn-mini "
-                "model)."})
-    seed: int = field(default=0, metadata={
-        "help": "Run seed; each image's seed derives from it, its class and index."})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Diffusers folder, .safetensors/.ckpt file or hub id (default: the bundled medisyn-mini "
+            "model)."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Run seed; each image's seed derives from it, its class and index."}
+    )
     formats: tuple[str, ...] = field(default=FORMATS, metadata={"help": "parquet, imagefolder or both."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps."})
-    dtype: str = field(default="auto", metadata={
-        "help": "auto (fp16/bf16 on GPU, fp32 on CPU), fp32, fp16, bf16."})
-    scheduler: str = field(default="dpm++", metadata={
-        "help": "dpm++, ddim, euler, euler-a, unipc, pndm, ddpm."})
-    steps: int | None = field(default=None, metadata={
-        "help": "Denoising steps (default: the model's, else 25)."})
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (fp16/bf16 on GPU, fp32 on CPU), fp32, fp16, bf16."}
+    )
+    scheduler: str = field(
+        default="dpm++", metadata={"help": "dpm++, ddim, euler, euler-a, unipc, pndm, ddpm."}
+    )
+    steps: int | None = field(
+        default=None, metadata={"help": "Denoising steps (default: the model's, else 25)."}
+    )
     guidance: float | None = field(default=None, metadata={"help": "Classifier-free guidance scale."})
     height: int | None = field(default=None, metadata={"help": "Image height in px (default: the model's)."})
     width: int | None = field(default=None, metadata={"help": "Image width in px (default: the model's)."})
-    batch_size: int | None = field(default=None, metadata={  # speed.choose_batch_size
-        "help": "Images per model call (default: 16 on CPU up to 128 px, fewer for larger images; the most "
-                "that fit in free memory on CUDA)."})
-    threads: int | None = field(default=None, metadata={
-        "help": "CPU threads for the model (default: torch's; a resumed run or another shard uses the "
-                "run's own: pixels depend on it)."})
+    batch_size: int | None = field(
+        default=None,
+        metadata={  # speed.choose_batch_size
+            "help": "Images per model call (default: 16 on CPU up to 128 px, fewer for larger images; the most "
+            "that fit in free memory on CUDA)."
+        },
+    )
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for the model (default: torch's; a resumed run or another shard uses the "
+            "run's own: pixels depend on it)."
+        },
+    )
     rows_per_part: int = 5000
     max_regenerate: int = 5
-    index: str | None = field(default=None, metadata={
-        "help": "Training-image index (medisyn index build): reject near-copies of training images and "
-                "replace them."})
-    threshold: float | None = field(default=None, metadata={
-        "help": "Near-copy similarity threshold (default: the index's calibrated one)."})
-    max_attempts: int = field(default=10, metadata={
-        "help": "Near-copies in a row for one image that end its class (the model memorises it)."})
-    judge: str | None = field(default=None, metadata={  # judge/screening.py
-        "help": "Label check: a judge folder (medisyn judge build); images it does not recognise as their "
-                "class are replaced."})
-    min_label_score: float | None = field(default=None, metadata={
-        "help": "Reject images whose own-label probability under --judge is below (default 0.5)."})
-    shard: str | None = field(default=None, metadata={
-        "help": "K/N: make shard K (from 0) of N of the run into the same --out (default: from "
-                "SLURM_ARRAY_TASK_ID, RANK...)."})
-    resume: bool = field(default=False, metadata={
-        "help": "Continue an interrupted run in --out (same options)."})
+    index: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training-image index (medisyn index build): reject near-copies of training images and "
+            "replace them."
+        },
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={"help": "Near-copy similarity threshold (default: the index's calibrated one)."},
+    )
+    max_attempts: int = field(
+        default=10,
+        metadata={"help": "Near-copies in a row for one image that end its class (the model memorises it)."},
+    )
+    judge: str | None = field(
+        default=None,
+        metadata={  # judge/screening.py
+            "help": "Label check: a judge folder (medisyn judge build); images it does not recognise as their "
+            "class are replaced."
+        },
+    )
+    min_label_score: float | None = field(
+        default=None,
+        metadata={"help": "Reject images whose own-label probability under --judge is below (default 0.5)."},
+    )
+    shard: str | None = field(
+        default=None,
+        metadata={
+            "help": "K/N: make shard K (from 0) of N of the run into the same --out (default: from "
+            "SLURM_ARRAY_TASK_ID, RANK...)."
+        },
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue an interrupted run in --out (same options)."}
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing medisyn output folder."})
-    dry_run: bool = field(default=False, metadata={
-        "help": "Print the plan (classes, prompts, seeds) or, with --slurm-array, the sbatch script; load "
-                "no model."})
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Print the plan (classes, prompts, seeds) or, with --slurm-array, the sbatch script; load "
+            "no model."
+        },
+    )
     cache_prompts: bool = field(default=True, metadata={"help": "Encode each distinct prompt once per run."})
-    overlap: bool | None = field(default=None, metadata={
-        "help": "Screen and write a batch while the model makes the next (default: on GPUs, not on CPU, "
-                "whose cores the model already uses)."})
+    overlap: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Screen and write a batch while the model makes the next (default: on GPUs, not on CPU, "
+            "whose cores the model already uses)."
+        },
+    )
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory layout (GPUs)."})
-    compile: bool = field(default=False, metadata={
-        "help": "torch.compile the UNet (slow first batch; faster on GPUs)."})
+    compile: bool = field(
+        default=False, metadata={"help": "torch.compile the UNet (slow first batch; faster on GPUs)."}
+    )
     vae_slicing: bool = field(default=False, metadata={"help": "Decode one image at a time (less memory)."})
     vae_tiling: bool = field(default=False, metadata={"help": "Decode in tiles (large images, less memory)."})
-    loras: tuple[str, ...] = field(default=(), metadata={  # lora.py
-        "help": "LoRA adapter (folder or .safetensors) to apply, PATH[:SCALE] (scale default 1); repeat "
-                "for several (medisyn train --lora)."})
-    fuse_lora: bool = field(default=False, metadata={  # rounding may differ
-        "help": "Fuse the adapters into the weights once (faster)."})
-    force_lora: bool = field(default=False, metadata={
-        "help": "Load an adapter whose adapter.json names another base model than --model."})
+    loras: tuple[str, ...] = field(
+        default=(),
+        metadata={  # lora.py
+            "help": "LoRA adapter (folder or .safetensors) to apply, PATH[:SCALE] (scale default 1); repeat "
+            "for several (medisyn train --lora)."
+        },
+    )
+    fuse_lora: bool = field(
+        default=False,
+        metadata={  # rounding may differ
+            "help": "Fuse the adapters into the weights once (faster)."
+        },
+    )
+    force_lora: bool = field(
+        default=False,
+        metadata={"help": "Load an adapter whose adapter.json names another base model than --model."},
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,16 +142,40 @@ DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
 
 
-FLAGS = {"manifest": "--manifest", "n": "--n", "out": "--out", "model": "--model", "seed": "--seed",
-         "device": "--device", "dtype": "--dtype", "scheduler": "--scheduler", "steps": "--steps",
-         "guidance": "--guidance", "height": "--height", "width": "--width", "batch_size": "--batch-size", "threads": "--threads",
-         "index": "--index", "threshold": "--threshold", "max_attempts": "--max-attempts", "shard": "--shard",
-         "judge": "--judge", "min_label_score": "--min-label-score"}
+FLAGS = {
+    "manifest": "--manifest",
+    "n": "--n",
+    "out": "--out",
+    "model": "--model",
+    "seed": "--seed",
+    "device": "--device",
+    "dtype": "--dtype",
+    "scheduler": "--scheduler",
+    "steps": "--steps",
+    "guidance": "--guidance",
+    "height": "--height",
+    "width": "--width",
+    "batch_size": "--batch-size",
+    "threads": "--threads",
+    "index": "--index",
+    "threshold": "--threshold",
+    "max_attempts": "--max-attempts",
+    "shard": "--shard",
+    "judge": "--judge",
+    "min_label_score": "--min-label-score",
+}
 
 
-SWITCHES = {"cache_prompts": "--prompt-cache", "overlap": "--overlap", "channels_last": "--channels-last",
-            "compile": "--compile", "vae_slicing": "--vae-slicing", "vae_tiling": "--vae-tiling",
-            "fuse_lora": "--fuse-lora", "force_lora": "--force-lora"}
+SWITCHES = {
+    "cache_prompts": "--prompt-cache",
+    "overlap": "--overlap",
+    "channels_last": "--channels-last",
+    "compile": "--compile",
+    "vae_slicing": "--vae-slicing",
+    "vae_tiling": "--vae-tiling",
+    "fuse_lora": "--fuse-lora",
+    "force_lora": "--force-lora",
+}
 
 
 def command_line(config: GenerateConfig, program: str = "medisyn") -> str:

@@ -12,8 +12,7 @@ from medisyn_cli.core.store import WorkDir
 from medisyn_cli.generate.writers.base import COLUMNS
 
 
-def consolidate(work: WorkDir, formats: tuple[str, ...], rows_per_part: int,
-                rejected_log=None) -> list[dict]:
+def consolidate(work: WorkDir, formats: tuple[str, ...], rows_per_part: int, rejected_log=None) -> list[dict]:
     """Write the final dataset files from the batches, in plan order; returns the outputs for run.json.
 
     `rejected_log`: the log class the run's rejections were written with (None: an unscreened run).
@@ -23,14 +22,28 @@ def consolidate(work: WorkDir, formats: tuple[str, ...], rows_per_part: int,
     """
     outputs = []
     if "parquet" in formats:
-        outputs.append(_publish(work.root / "parquet-out", work.out / "parquet", _describe_parquet,
-                                lambda staged: _consolidate_parquet(work.root / "parquet", staged, rows_per_part)))
+        outputs.append(
+            _publish(
+                work.root / "parquet-out",
+                work.out / "parquet",
+                _describe_parquet,
+                lambda staged: _consolidate_parquet(work.root / "parquet", staged, rows_per_part),
+            )
+        )
     if "imagefolder" in formats:
         _adopt_published_pngs(work)
-        outputs.append(_publish(work.root / "images", work.out / "imagefolder", _describe_metadata,
-                                lambda staged: _consolidate_metadata(work, staged)))
+        outputs.append(
+            _publish(
+                work.root / "images",
+                work.out / "imagefolder",
+                _describe_metadata,
+                lambda staged: _consolidate_metadata(work, staged),
+            )
+        )
     if rejected_log is not None:
-        outputs.append(_consolidate_rejected(work.root / "rejected", rejected_log(work.out / "rejected.parquet")))
+        outputs.append(
+            _consolidate_rejected(work.root / "rejected", rejected_log(work.out / "rejected.parquet"))
+        )
     return outputs
 
 
@@ -39,7 +52,9 @@ def _publish(staged: Path, final: Path, describe, build) -> dict:
     if final.exists() and not staged.exists():
         return describe(final)
     output = build(staged)
-    shutil.rmtree(final, ignore_errors=True)  # a partial one from an older version's interrupted consolidation
+    shutil.rmtree(
+        final, ignore_errors=True
+    )  # a partial one from an older version's interrupted consolidation
     staged.rename(final)
     return output
 
@@ -60,8 +75,11 @@ def _describe_parquet(folder: Path) -> dict:
     import pyarrow.parquet as pq
 
     files = sorted(p.name for p in folder.glob("part-*.parquet"))
-    return {"format": "parquet", "rows": sum(pq.ParquetFile(folder / f).metadata.num_rows for f in files),
-            "files": files}
+    return {
+        "format": "parquet",
+        "rows": sum(pq.ParquetFile(folder / f).metadata.num_rows for f in files),
+        "files": files,
+    }
 
 
 def _describe_metadata(folder: Path) -> dict:

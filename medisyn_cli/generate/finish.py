@@ -29,17 +29,19 @@ RUN_FILE, REJECTED_FILE = "run.json", "rejected.parquet"
 @dataclass
 class ClassCount:
     """Per-class tally for the closing table and run.json."""
+
     planned: int
     written: int = 0
     regenerated: int = 0
     rejected: int = 0
-    label_rejected: int = 0     # rejected by the label check (generate --judge)
+    label_rejected: int = 0  # rejected by the label check (generate --judge)
     ended: str | None = None  # why the class stopped short of its quota (it kept producing near-copies)
 
 
 @dataclass
 class RunSummary:
     """What a run did (or, for --dry-run, would do)."""
+
     out: Path
     manifest: Manifest | None
     counts: dict[str, ClassCount]
@@ -48,7 +50,7 @@ class RunSummary:
     preview: list[Job] = field(default_factory=list)
     run: dict = field(default_factory=dict)
     screened: bool = False
-    complete: bool = True       # False: this shard is done, other shards are not
+    complete: bool = True  # False: this shard is done, other shards are not
     note: str = ""
     warnings: list[str] = field(default_factory=list)
 
@@ -72,19 +74,31 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
             counts[label].ended = counts[label].ended or reason
     work.clean_partial()  # every batch is done: any temp file left is from a killed process
     screened = record["screening"] is not None or bool(record.get("judge"))
-    log = (JudgedRejectedLog if record.get("judge") else RejectedLog) if screened else None  # judged: with reasons
+    log = (
+        (JudgedRejectedLog if record.get("judge") else RejectedLog) if screened else None
+    )  # judged: with reasons
     outputs = consolidate(work, tuple(options["formats"]), options["rows_per_part"], log)
     started = datetime.fromisoformat(record["started"])
     finished = datetime.now(timezone.utc)
-    summary = RunSummary(out, manifest, counts, seconds=(finished - started).total_seconds(),
-                         screened=record["screening"] is not None)
+    summary = RunSummary(
+        out,
+        manifest,
+        counts,
+        seconds=(finished - started).total_seconds(),
+        screened=record["screening"] is not None,
+    )
     summary.run = {k: v for k, v in record.items() if k not in ("quotas", "batches", "replaces")}
-    summary.run.update(finished=finished.isoformat(), seconds=round(summary.seconds, 2),
-                       classes={label: vars(c) for label, c in counts.items()}, outputs=outputs,
-                       batches={"count": record["batches"], "size": options["batch_size"]})
+    summary.run.update(
+        finished=finished.isoformat(),
+        seconds=round(summary.seconds, 2),
+        classes={label: vars(c) for label, c in counts.items()},
+        outputs=outputs,
+        batches={"count": record["batches"], "size": options["batch_size"]},
+    )
     if summary.run["screening"] is not None:
-        summary.run["screening"].update(rejected=sum(c.rejected for c in counts.values()),
-                                        ended_classes=summary.ended)
+        summary.run["screening"].update(
+            rejected=sum(c.rejected for c in counts.values()), ended_classes=summary.ended
+        )
     if summary.run.get("judge"):
         judge_totals(summary.run["judge"], counts)
     summary.warnings = list(record.get("warnings") or [])
@@ -101,8 +115,12 @@ def _discard_replaced(path: str | None) -> str:
     if not path:
         return ""
     left = discard_previous(Path(path))
-    return (f"the replaced run's files were deleted; {len(left)} other entries were left in {path}: "
-            f"{', '.join(left[:5])}" if left else "")
+    return (
+        f"the replaced run's files were deleted; {len(left)} other entries were left in {path}: "
+        f"{', '.join(left[:5])}"
+        if left
+        else ""
+    )
 
 
 def completed_summary(out: Path, requested: dict | None = None) -> RunSummary:
@@ -115,10 +133,20 @@ def completed_summary(out: Path, requested: dict | None = None) -> RunSummary:
     if requested is not None:
         differ = differences(key_of_record(run), requested, RESOLVED)
         if differ:
-            raise MedisynError(f"--out {out}: holds a complete run with other settings ({'; '.join(differ)}); use "
-                               f"the same options, another --out, or --overwrite to replace it")
-    return RunSummary(out, None, counts, seconds=0.0, run=run, screened=run.get("screening") is not None,
-                      complete=True, note="already complete: nothing to do")
+            raise MedisynError(
+                f"--out {out}: holds a complete run with other settings ({'; '.join(differ)}); use "
+                f"the same options, another --out, or --overwrite to replace it"
+            )
+    return RunSummary(
+        out,
+        None,
+        counts,
+        seconds=0.0,
+        run=run,
+        screened=run.get("screening") is not None,
+        complete=True,
+        note="already complete: nothing to do",
+    )
 
 
 def partial_summary(out: Path, manifest: Manifest, work: WorkDir, shard: Shard, made: int) -> RunSummary:
@@ -128,8 +156,10 @@ def partial_summary(out: Path, manifest: Manifest, work: WorkDir, shard: Shard, 
         for label, tally in done["counts"].items():
             counts[label].written += tally["written"]
     batches = work.read_config()["batches"]
-    note = (f"shard {shard.name} made {made} batches; {len(work.done())} of {batches} batches are done. The last "
-            f"shard to finish consolidates the dataset (or run: medisyn merge {out})")
+    note = (
+        f"shard {shard.name} made {made} batches; {len(work.done())} of {batches} batches are done. The last "
+        f"shard to finish consolidates the dataset (or run: medisyn merge {out})"
+    )
     return RunSummary(out, manifest, counts, complete=False, note=note)
 
 
@@ -146,7 +176,9 @@ def merge_run(out: str | Path) -> RunSummary:
     if len(done) < batches:
         raise IncompleteRun(missing_text(out, record, done))
     if not work.lock():
-        raise MedisynError(f"{out}: another process is consolidating this run (remove {work.lock_path} if none is)")
+        raise MedisynError(
+            f"{out}: another process is consolidating this run (remove {work.lock_path} if none is)"
+        )
     return finish_run(out)
 
 
@@ -155,7 +187,17 @@ def missing_text(out: Path, record: dict, done: set[int]) -> str:
     shards, size, total = record["shards"], record["options"]["batch_size"], record["total"]
     missing = missing_report(record["batches"], done, shards, lambda b: min(size, total - b * size))
     parts = [f"shard {k}/{shards}: {b} batches ({n} images)" for k, (b, n) in missing.items()]
-    command = command_line(GenerateConfig(**{**record["options"], "formats": tuple(record["options"]["formats"]),
-                                             "shard": f"K/{shards}", "resume": True}))
-    return (f"{out}: {record['batches'] - len(done)} of {record['batches']} batches are not done: "
-            f"{'; '.join(parts)}. Finish them with: {command} (K = each shard listed)")
+    command = command_line(
+        GenerateConfig(
+            **{
+                **record["options"],
+                "formats": tuple(record["options"]["formats"]),
+                "shard": f"K/{shards}",
+                "resume": True,
+            }
+        )
+    )
+    return (
+        f"{out}: {record['batches'] - len(done)} of {record['batches']} batches are not done: "
+        f"{'; '.join(parts)}. Finish them with: {command} (K = each shard listed)"
+    )

@@ -24,6 +24,7 @@ MAX_LABEL = 200  # bytes of the file-safe label: <label>-<index>.png and its tem
 @dataclass(frozen=True)
 class PromptRow:
     """One prompt variant of a class, with its placeholders filled in."""
+
     line: int
     label: str
     prompt: str
@@ -35,6 +36,7 @@ class PromptRow:
 @dataclass(frozen=True)
 class Manifest:
     """A validated manifest: its rows, classes in first-seen order, class weights and hash."""
+
     path: Path
     sha256: str
     rows: tuple[PromptRow, ...]
@@ -73,7 +75,9 @@ def _decode(path: Path, raw: bytes) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise MedisynError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from exc
+        raise MedisynError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from exc
 
 
 def _csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
@@ -111,12 +115,15 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
 def _check_columns(path: Path, columns: list[str], line: int = 1) -> None:
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
-        raise MedisynError(f"{path}:{line}: column {', '.join(repr(c) for c in repeated)} appears more than once in "
-                           f"the header; give each column once")
+        raise MedisynError(
+            f"{path}:{line}: column {', '.join(repr(c) for c in repeated)} appears more than once in "
+            f"the header; give each column once"
+        )
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
-        raise MedisynError(f"{path}:{line}: missing required column '{missing[0]}' "
-                           f"(found: {', '.join(columns) or 'none'})")
+        raise MedisynError(
+            f"{path}:{line}: missing required column '{missing[0]}' (found: {', '.join(columns) or 'none'})"
+        )
 
 
 def _parse_row(path: Path, line: int, record: dict) -> PromptRow:
@@ -128,7 +135,9 @@ def _parse_row(path: Path, line: int, record: dict) -> PromptRow:
         line=line,
         label=record["label"],
         prompt=render(path, line, "prompt", record),
-        negative_prompt=render(path, line, "negative_prompt", record) if record.get("negative_prompt") else "",
+        negative_prompt=render(path, line, "negative_prompt", record)
+        if record.get("negative_prompt")
+        else "",
         weight=_weight(path, line, record.get("weight", "")),
         mode=_mode(path, line, record.get("mode", "")),
     )
@@ -139,21 +148,33 @@ def render(path: Path, line: int, column: str, record: dict) -> str:
     template = record[column]
     values = {**record, "label_text": record["label"].replace("_", " ")}
     try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
-                  if name is not None]
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
         names = [name for name, _, _ in fields]
     except ValueError as exc:
-        raise MedisynError(f"{path}:{line}: column '{column}': bad template ({exc}); write literal braces as {{{{ }}}}") from exc
-    shaped = [f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
-              for name, spec, conversion in fields if spec or conversion]
+        raise MedisynError(
+            f"{path}:{line}: column '{column}': bad template ({exc}); write literal braces as {{{{ }}}}"
+        ) from exc
+    shaped = [
+        f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+        for name, spec, conversion in fields
+        if spec or conversion
+    ]
     if shaped:
-        raise MedisynError(f"{path}:{line}: column '{column}': placeholder {shaped[0][:60]} has a format; write "
-                           f"plain {{name}} placeholders")
+        raise MedisynError(
+            f"{path}:{line}: column '{column}': placeholder {shaped[0][:60]} has a format; write "
+            f"plain {{name}} placeholders"
+        )
     unknown = [n for n in names if n not in values or n in TEMPLATED]
     if unknown:
         usable = sorted(k for k in values if k not in TEMPLATED)
-        raise MedisynError(f"{path}:{line}: column '{column}': unknown placeholder {{{unknown[0]}}} "
-                           f"(available: {', '.join('{' + k + '}' for k in usable)})")
+        raise MedisynError(
+            f"{path}:{line}: column '{column}': unknown placeholder {{{unknown[0]}}} "
+            f"(available: {', '.join('{' + k + '}' for k in usable)})"
+        )
     return template.format(**values)
 
 
@@ -165,16 +186,20 @@ def _weight(path: Path, line: int, value: str) -> float | None:
     except ValueError:
         weight = math.nan
     if not math.isfinite(weight) or weight <= 0 or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
-        raise MedisynError(f"{path}:{line}: column 'weight': '{value}' is not a positive number from {MIN_WEIGHT:g} "
-                           f"to {MAX_WEIGHT:g}")
+        raise MedisynError(
+            f"{path}:{line}: column 'weight': '{value}' is not a positive number from {MIN_WEIGHT:g} "
+            f"to {MAX_WEIGHT:g}"
+        )
     return weight
 
 
 def _label(path: Path, line: int, label: str) -> None:
     """A label names files and folders: its file-safe form must fit in a file name with room for the id."""
     if len(safe_name(label).encode()) > MAX_LABEL:
-        raise MedisynError(f"{path}:{line}: column 'label': '{label[:40]}...' is {len(label)} characters; labels "
-                           f"name files and folders and must be at most {MAX_LABEL} characters")
+        raise MedisynError(
+            f"{path}:{line}: column 'label': '{label[:40]}...' is {len(label)} characters; labels "
+            f"name files and folders and must be at most {MAX_LABEL} characters"
+        )
 
 
 def _mode(path: Path, line: int, value: str) -> str:
@@ -191,9 +216,13 @@ def _class_weights(path: Path, rows: tuple[PromptRow, ...]) -> tuple[PromptRow, 
     for row in rows:
         seen = stated.setdefault(row.label, row) if row.weight is not None else row
         if seen.weight != row.weight:
-            raise MedisynError(f"{path}:{row.line}: column 'weight': class '{row.label}' has weight {row.weight:g} "
-                               f"here but {seen.weight:g} on line {seen.line}; give one weight per class")
-    return tuple(replace(row, weight=stated[row.label].weight if row.label in stated else 1.0) for row in rows)
+            raise MedisynError(
+                f"{path}:{row.line}: column 'weight': class '{row.label}' has weight {row.weight:g} "
+                f"here but {seen.weight:g} on line {seen.line}; give one weight per class"
+            )
+    return tuple(
+        replace(row, weight=stated[row.label].weight if row.label in stated else 1.0) for row in rows
+    )
 
 
 def safe_name(label: str) -> str:

@@ -30,8 +30,10 @@ def quotas(weights: dict[str, float], n: int) -> dict[str, int]:
     if n <= 0:
         raise MedisynError(f"--n: must be a positive number of images, got {n}")
     if n < len(weights):
-        raise MedisynError(f"--n: {n} is smaller than the number of classes ({len(weights)}); "
-                           f"every class needs at least one image")
+        raise MedisynError(
+            f"--n: {n} is smaller than the number of classes ({len(weights)}); "
+            f"every class needs at least one image"
+        )
     total = sum(weights.values())
     exact = {label: n * w / total for label, w in weights.items()}
     counts = {label: int(v) for label, v in exact.items()}
@@ -65,6 +67,13 @@ def iter_jobs(manifest: Manifest, counts: dict[str, int], seed: int) -> Iterator
             if index >= counts[label]:
                 continue
             row = variants[label][index % len(variants[label])]
-            yield Job(id=image_id(label, index), label=label, label_id=label_id, index=index,
-                      prompt=row.prompt, negative_prompt=row.negative_prompt, mode=row.mode,
-                      seed=image_seed(seed, label, index))
+            yield Job(
+                id=image_id(label, index),
+                label=label,
+                label_id=label_id,
+                index=index,
+                prompt=row.prompt,
+                negative_prompt=row.negative_prompt,
+                mode=row.mode,
+                seed=image_seed(seed, label, index),
+            )

@@ -26,7 +26,9 @@ def model_settings(config: GenerateConfig, pipe) -> dict:
     size = pipe.unet.config.sample_size * getattr(pipe, "vae_scale_factor", 8)
     return {
         "steps": config.steps or recommended.get("steps", DEFAULT_STEPS),
-        "guidance": config.guidance if config.guidance is not None else recommended.get("guidance", DEFAULT_GUIDANCE),
+        "guidance": config.guidance
+        if config.guidance is not None
+        else recommended.get("guidance", DEFAULT_GUIDANCE),
         "height": config.height or size,
         "width": config.width or size,
     }
@@ -37,23 +39,44 @@ def screening_record(screener) -> dict | None:
     if screener is None:
         return None
     meta = screener.index.meta
-    return {"index": str(Path(screener.index.path).resolve()), "fingerprint": meta.get("fingerprint"),
-            "embedder": meta["embedder"], "index_type": meta["index"]["type"], "index_count": meta["count"],
-            "threshold": screener.threshold, "max_attempts": None, "rejected_file": REJECTED_FILE}
+    return {
+        "index": str(Path(screener.index.path).resolve()),
+        "fingerprint": meta.get("fingerprint"),
+        "embedder": meta["embedder"],
+        "index_type": meta["index"]["type"],
+        "index_count": meta["count"],
+        "threshold": screener.threshold,
+        "max_attempts": None,
+        "rejected_file": REJECTED_FILE,
+    }
 
 
 def model_name(model: str | None) -> str:
     return "medisyn-mini (bundled)" if model is None else model
 
 
-def start_record(config: GenerateConfig, manifest: Manifest, class_quotas: dict[str, int], out: Path, shard: Shard,
-                 device, dtype, settings, screener) -> dict:
+def start_record(
+    config: GenerateConfig,
+    manifest: Manifest,
+    class_quotas: dict[str, int],
+    out: Path,
+    shard: Shard,
+    device,
+    dtype,
+    settings,
+    screener,
+) -> dict:
     """Everything needed to reproduce the run, written to OUT/_work/config.json before the first batch."""
     screening = screening_record(screener)
     if screening:
         screening["max_attempts"] = config.max_attempts
-    sampling = {"scheduler": config.scheduler, "steps": settings.steps, "guidance": settings.guidance,
-                "height": settings.height, "width": settings.width}
+    sampling = {
+        "scheduler": config.scheduler,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "height": settings.height,
+        "width": settings.width,
+    }
     key = run_key(config, manifest, screener, sampling)
     hashes = key["weights_sha256"]  # hashing a model's weights reads every byte: once per run
     total = sum(class_quotas.values())
@@ -64,13 +87,24 @@ def start_record(config: GenerateConfig, manifest: Manifest, class_quotas: dict[
         "command": "generate",
         "options": {**config.to_dict(), "out": str(out), "shard": None, "resume": False, "overwrite": False},
         "manifest": {"path": str(manifest.path), "sha256": manifest.sha256, "classes": manifest.labels},
-        "model": {"source": model_source(config.model), "name": model_name(config.model), "weights_sha256": hashes},
-        "sampling": sampling, "screening": screening,
-        "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "libraries": {name: _version(name) for name in ("torch", "diffusers", "transformers", "pyarrow", "pillow")},
-        "python": platform.python_version(), "platform": platform.platform(),
+        "model": {
+            "source": model_source(config.model),
+            "name": model_name(config.model),
+            "weights_sha256": hashes,
+        },
+        "sampling": sampling,
+        "screening": screening,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "libraries": {
+            name: _version(name) for name in ("torch", "diffusers", "transformers", "pyarrow", "pillow")
+        },
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "started": datetime.now(timezone.utc).isoformat(),
-        "quotas": class_quotas, "total": total, "batches": batch_count(total, config.batch_size),
+        "quotas": class_quotas,
+        "total": total,
+        "batches": batch_count(total, config.batch_size),
         "shards": shard.count,
     }
 

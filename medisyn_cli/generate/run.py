@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
+from medisyn_cli.core.batching import batched
 from medisyn_cli.core.errors import Cancelled, Interrupted, MedisynError
 from medisyn_cli.core.progress import console, make_progress, rate_text
 from medisyn_cli.core.shards import Shard, resolve_shard, shard_batches
@@ -16,7 +17,6 @@ from medisyn_cli.generate.claim import claim_out, explained_failures, out_state,
 from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.finish import ClassCount, RunSummary, completed_summary, finish_run, partial_summary
 from medisyn_cli.generate.manifest import Manifest, load_manifest
-from medisyn_cli.core.batching import batched
 from medisyn_cli.generate.plan import iter_jobs, quotas
 from medisyn_cli.generate.record import model_name, model_settings, start_record
 from medisyn_cli.generate.runkey import RESOLVED, run_key
@@ -68,6 +68,7 @@ def open_index(config: GenerateConfig):
 @dataclass
 class Inputs:
     """What `run_generate` checked before loading the model: plan, output folder, shard and the run's checkers."""
+
     manifest: Manifest
     quotas: dict[str, int]
     out: Path
@@ -85,12 +86,20 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
     out = Path(config.out) if config.out else default_out(config.manifest)
     check_options(config)
     check_writable(out)
-    inputs = Inputs(manifest, class_quotas, out, resolve_shard(config.shard, os.environ if env is None else env),
-                    open_index(config), open_judge(config, manifest),
-                    check_adapters(config.loras, config.model, config.force_lora),
-                    prompt_warnings(manifest, config.model))
+    inputs = Inputs(
+        manifest,
+        class_quotas,
+        out,
+        resolve_shard(config.shard, os.environ if env is None else env),
+        open_index(config),
+        open_judge(config, manifest),
+        check_adapters(config.loras, config.model, config.force_lora),
+        prompt_warnings(manifest, config.model),
+    )
     for warning in inputs.warnings:
-        console.print(f"[yellow]warning:[/yellow] {config.manifest}: {warning}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[yellow]warning:[/yellow] {config.manifest}: {warning}", highlight=False, soft_wrap=True
+        )
     if config.dry_run:
         counts = {label: ClassCount(planned) for label, planned in class_quotas.items()}
         preview = list(islice(iter_jobs(manifest, class_quotas, config.seed), 20))
@@ -112,23 +121,43 @@ def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> Ru
     dtype = resolve_dtype(config.dtype, device)
     pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
     apply_adapters(pipe, inputs.adapters, config.fuse_lora)
-    speed = apply_speed_options(pipe, config.channels_last, config.compile, config.vae_slicing, config.vae_tiling)
+    speed = apply_speed_options(
+        pipe, config.channels_last, config.compile, config.vae_slicing, config.vae_tiling
+    )
     settings = Settings(**model_settings(config, pipe), autocast_bf16=_autocast(dtype, device))
     config, speed["batch_size_from"] = resolve_batch_size(config, pipe, settings, device, out)
     claim = claim_out(out, config, inputs.shard)
     try:
         if claim.state == "complete":  # another process finished the run while this one loaded the model
             return completed_summary(out, run_key(config, manifest, screener))
-        record = start_record(config, manifest, inputs.quotas, out, inputs.shard, device, dtype, settings, screener)
-        record.update(speed=speed, warnings=inputs.warnings, replaces=claim.replaced and str(claim.replaced),
-                      adapters=[adapter.record() for adapter in inputs.adapters], judge=judge_record(judge, config))
+        record = start_record(
+            config, manifest, inputs.quotas, out, inputs.shard, device, dtype, settings, screener
+        )
+        record.update(
+            speed=speed,
+            warnings=inputs.warnings,
+            replaces=claim.replaced and str(claim.replaced),
+            adapters=[adapter.record() for adapter in inputs.adapters],
+            judge=judge_record(judge, config),
+        )
         start_out(out, record)
         work = WorkDir(out)
-        work.create_or_join(record, RESOLVED)  # temp files a killed process left are overwritten when its batch is redone
+        work.create_or_join(
+            record, RESOLVED
+        )  # temp files a killed process left are overwritten when its batch is redone
         with explained_failures(out, work, claim.replaced):
             # 3. this shard's batches that are not done yet: generate, screen, write, mark done
-            made = _make_batches(pipe, manifest, inputs.quotas, config, settings,
-                                 with_judge(screener, judge, config), work, inputs.shard, show_progress)
+            made = _make_batches(
+                pipe,
+                manifest,
+                inputs.quotas,
+                config,
+                settings,
+                with_judge(screener, judge, config),
+                work,
+                inputs.shard,
+                show_progress,
+            )
             # 4. the process that completes the run consolidates it: dataset files, the card, run.json last
             summary = finish_run(out, manifest) if _all_done(work) and work.lock() else None
         return summary or partial_summary(out, manifest, work, inputs.shard, made)
@@ -141,13 +170,15 @@ def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path
     (every shard and resume must agree), or chosen for the device."""
     from dataclasses import replace
 
-
     if config.batch_size is not None:
         return config, "given"
     if not config.overwrite and WorkDir(out).exists():  # also a shard that started since out_state looked
-        return replace(config, batch_size=WorkDir(out).read_config()["options"]["batch_size"]), "recorded by the run"
-    size, how = choose_batch_size(Renderer(pipe, settings, cache_prompts=False), device,
-                                  settings.height * settings.width)
+        return replace(
+            config, batch_size=WorkDir(out).read_config()["options"]["batch_size"]
+        ), "recorded by the run"
+    size, how = choose_batch_size(
+        Renderer(pipe, settings, cache_prompts=False), device, settings.height * settings.width
+    )
     return replace(config, batch_size=size), f"chosen ({how})"
 
 
@@ -155,8 +186,17 @@ def _all_done(work: WorkDir) -> bool:
     return len(work.done()) == work.read_config()["batches"]
 
 
-def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: GenerateConfig, settings, screener,
-                  work: WorkDir, shard: Shard, show_progress: bool) -> int:
+def _make_batches(
+    pipe,
+    manifest: Manifest,
+    class_quotas: dict,
+    config: GenerateConfig,
+    settings,
+    screener,
+    work: WorkDir,
+    shard: Shard,
+    show_progress: bool,
+) -> int:
     """Make this shard's pending batches; returns how many were made.
 
     The model makes batch k+1 while a background thread screens and writes batch k (`Lane`); a batch that
@@ -165,23 +205,38 @@ def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: Generate
     done = work.done()
     ended = {label: reason for rec in work.done_records() for label, reason in rec["ended"].items()}
     mine = set(shard_batches(work.read_config()["batches"], shard)) - done
-    constant = {"model": row_model(model_name(config.model), work.read_config().get("adapters")),
-                "scheduler": config.scheduler, "steps": settings.steps,
-                "guidance": settings.guidance, "height": settings.height, "width": settings.width}
+    constant = {
+        "model": row_model(model_name(config.model), work.read_config().get("adapters")),
+        "scheduler": config.scheduler,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "height": settings.height,
+        "width": settings.width,
+    }
     render = Locked(Renderer(pipe, settings, cache_prompts=config.cache_prompts))
     worker = BatchWorker(render, config, screener, constant, work)
     clock, tally = time.time(), {"made": 0, "images": 0}
-    with stop_on_signals() as stop, make_progress(disable=not show_progress) as progress, \
-            Lane(_overlap(config, pipe)) as lane:
-        task = progress.add_task(f"generate {shard.name}" if shard.count > 1 else "generate",
-                                 total=sum(len(jobs) for b, jobs in _batches(manifest, class_quotas, config) if b in mine),
-                                 rate="", info="")
+    with (
+        stop_on_signals() as stop,
+        make_progress(disable=not show_progress) as progress,
+        Lane(_overlap(config, pipe)) as lane,
+    ):
+        task = progress.add_task(
+            f"generate {shard.name}" if shard.count > 1 else "generate",
+            total=sum(len(jobs) for b, jobs in _batches(manifest, class_quotas, config) if b in mine),
+            rate="",
+            info="",
+        )
 
         def finished(number: int, size: int, record: dict) -> None:
             ended.update(record["ended"])
             tally["made"], tally["images"] = tally["made"] + 1, tally["images"] + size
-            progress.update(task, completed=tally["images"], info=f"batch {number}",
-                            rate=rate_text(tally["images"], time.time() - clock, "img"))
+            progress.update(
+                task,
+                completed=tally["images"],
+                info=f"batch {number}",
+                rate=rate_text(tally["images"], time.time() - clock, "img"),
+            )
 
         try:
             for number, jobs in _batches(manifest, class_quotas, config):
@@ -189,15 +244,22 @@ def _make_batches(pipe, manifest: Manifest, class_quotas: dict, config: Generate
                     continue
                 wanted = [j for j in jobs if j.label not in ended]
                 first = worker.first_attempt(wanted)
-                lane.submit(lambda n=number, w=wanted, f=first, size=len(jobs): finished(
-                    n, size, worker.finish(n, w, f, dict(ended))))
+                lane.submit(
+                    lambda n=number, w=wanted, f=first, size=len(jobs): finished(
+                        n, size, worker.finish(n, w, f, dict(ended))
+                    )
+                )
                 if stop["signal"]:
                     lane.drain()
-                    raise Interrupted(f"{stop['signal']}: stopped after batch {number}; {_done_text(work)}; resume "
-                                      f"with --resume (same options)")
+                    raise Interrupted(
+                        f"{stop['signal']}: stopped after batch {number}; {_done_text(work)}; resume "
+                        f"with --resume (same options)"
+                    )
         except KeyboardInterrupt:
-            raise Cancelled(f"Ctrl-C: {_done_text(work)} (the batches in flight are made again); resume with "
-                            f"--resume (same options)") from None
+            raise Cancelled(
+                f"Ctrl-C: {_done_text(work)} (the batches in flight are made again); resume with "
+                f"--resume (same options)"
+            ) from None
     return tally["made"]
 
 
@@ -227,5 +289,3 @@ def _autocast(dtype, device) -> bool:
     import torch
 
     return device.type == "cpu" and dtype == torch.bfloat16
-
-

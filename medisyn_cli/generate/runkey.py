@@ -21,18 +21,34 @@ RESOLVED = ("steps", "guidance", "height", "width", "batch_size", "threads")  # 
 
 def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict | None = None) -> dict:
     """The key of this run; `sampling` None gives the requested key (model-resolved values as given, or None)."""
-    sampling = sampling or {"scheduler": config.scheduler, "steps": config.steps, "guidance": config.guidance,
-                            "height": config.height, "width": config.width}
+    sampling = sampling or {
+        "scheduler": config.scheduler,
+        "steps": config.steps,
+        "guidance": config.guidance,
+        "height": config.height,
+        "width": config.width,
+    }
     screened = screener is not None
-    return {"manifest_sha256": manifest.sha256, "n": config.n, "seed": config.seed,
-            "model": model_source(config.model), "weights_sha256": weight_hashes(config.model), **sampling,
-            "dtype": config.dtype, "batch_size": config.batch_size, "threads": config.threads,
-            "formats": list(config.formats), "rows_per_part": config.rows_per_part,
-            "max_regenerate": config.max_regenerate,
-            "index_fingerprint": screener.index.meta.get("fingerprint") if screened else None,
-            "threshold": screener.threshold if screened else None,
-            "max_attempts": config.max_attempts if screened or config.judge else None, **judge_key(config),
-            **{name: getattr(config, name) for name in NUMERIC_OPTIONS}, **adapter_key(config)}
+    return {
+        "manifest_sha256": manifest.sha256,
+        "n": config.n,
+        "seed": config.seed,
+        "model": model_source(config.model),
+        "weights_sha256": weight_hashes(config.model),
+        **sampling,
+        "dtype": config.dtype,
+        "batch_size": config.batch_size,
+        "threads": config.threads,
+        "formats": list(config.formats),
+        "rows_per_part": config.rows_per_part,
+        "max_regenerate": config.max_regenerate,
+        "index_fingerprint": screener.index.meta.get("fingerprint") if screened else None,
+        "threshold": screener.threshold if screened else None,
+        "max_attempts": config.max_attempts if screened or config.judge else None,
+        **judge_key(config),
+        **{name: getattr(config, name) for name in NUMERIC_OPTIONS},
+        **adapter_key(config),
+    }
 
 
 def key_of_record(run: dict) -> dict:
@@ -40,11 +56,21 @@ def key_of_record(run: dict) -> dict:
     if "key" in run:
         return run["key"]
     options, screening = run.get("options", {}), run.get("screening") or {}
-    return {"manifest_sha256": run.get("manifest", {}).get("sha256"), "n": options.get("n"),
-            "seed": options.get("seed"), "model": run.get("model", {}).get("source"),
-            "weights_sha256": run.get("model", {}).get("weights_sha256"), **run.get("sampling", {}),
-            "dtype": options.get("dtype"), "batch_size": options.get("batch_size"), "threads": None,
-            "formats": options.get("formats"), "rows_per_part": options.get("rows_per_part"),
-            "max_regenerate": options.get("max_regenerate"), "index_fingerprint": screening.get("fingerprint"),
-            "threshold": screening.get("threshold"), "max_attempts": screening.get("max_attempts"),
-            **{name: options.get(name) for name in NUMERIC_OPTIONS}}
+    return {
+        "manifest_sha256": run.get("manifest", {}).get("sha256"),
+        "n": options.get("n"),
+        "seed": options.get("seed"),
+        "model": run.get("model", {}).get("source"),
+        "weights_sha256": run.get("model", {}).get("weights_sha256"),
+        **run.get("sampling", {}),
+        "dtype": options.get("dtype"),
+        "batch_size": options.get("batch_size"),
+        "threads": None,
+        "formats": options.get("formats"),
+        "rows_per_part": options.get("rows_per_part"),
+        "max_regenerate": options.get("max_regenerate"),
+        "index_fingerprint": screening.get("fingerprint"),
+        "threshold": screening.get("threshold"),
+        "max_attempts": screening.get("max_attempts"),
+        **{name: options.get(name) for name in NUMERIC_OPTIONS},
+    }

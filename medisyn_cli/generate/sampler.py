@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.generate.plan import Job, image_seed
@@ -49,7 +49,9 @@ class Renderer:
 
     def __init__(self, pipe, settings: Settings, cache_prompts: bool = True):
         self.pipe, self.settings = pipe, settings
-        self.prompts = PromptCache(pipe, settings.guidance) if cache_prompts and PromptCache.supports(pipe) else None
+        self.prompts = (
+            PromptCache(pipe, settings.guidance) if cache_prompts and PromptCache.supports(pipe) else None
+        )
 
     def __call__(self, prompts: list[str], negatives: list[str], seeds: list[int]):
         import torch
@@ -57,12 +59,24 @@ class Renderer:
         settings = self.settings
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         device = getattr(self.pipe, "device", torch.device("cpu"))
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                    enabled=settings.autocast_bf16):
-            text = self.prompts.embeddings(prompts, negatives) if self.prompts else \
-                {"prompt": prompts, "negative_prompt": negatives if any(negatives) else None}
-            result = self.pipe(**text, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                               height=settings.height, width=settings.width, generator=generators, output_type="np")
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.autocast_bf16),
+        ):
+            text = (
+                self.prompts.embeddings(prompts, negatives)
+                if self.prompts
+                else {"prompt": prompts, "negative_prompt": negatives if any(negatives) else None}
+            )
+            result = self.pipe(
+                **text,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                height=settings.height,
+                width=settings.width,
+                generator=generators,
+                output_type="np",
+            )
         return result.images
 
 
@@ -102,8 +116,9 @@ class PromptCache:
             self.hits += 1
             self.cache.move_to_end(key)
             return self.cache[key]
-        positive, negative_embeds = self.pipe.encode_prompt(prompt, self.pipe.device, 1, self.guidance,
-                                                            negative or None)
+        positive, negative_embeds = self.pipe.encode_prompt(
+            prompt, self.pipe.device, 1, self.guidance, negative or None
+        )
         self.cache[key] = (positive, negative_embeds)
         self.encoded += 1
         if len(self.cache) > self.size:
@@ -124,12 +139,19 @@ def to_image(array, mode: str):
     from PIL import Image
 
     pixels = (np.clip(array, 0, 1) * 255).round().astype("uint8")
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, "L" if pixels.shape[-1] == 1 else "RGB")
+    image = Image.fromarray(
+        pixels[..., 0] if pixels.shape[-1] == 1 else pixels, "L" if pixels.shape[-1] == 1 else "RGB"
+    )
     return image.convert(mode)
 
 
-def generate_batch(render: Callable, jobs: list[Job], run_seed: int, max_regenerate: int = 5,
-                   attempts: dict[str, int] | None = None) -> list[Generated]:
+def generate_batch(
+    render: Callable,
+    jobs: list[Job],
+    run_seed: int,
+    max_regenerate: int = 5,
+    attempts: dict[str, int] | None = None,
+) -> list[Generated]:
     """Generate a batch with `render` (a Renderer); NaN/black images are made again from a new recorded seed.
 
     `attempts` gives each job's first attempt number (0 by default) and is advanced past bad images.
@@ -149,8 +171,10 @@ def generate_batch(render: Callable, jobs: list[Job], run_seed: int, max_regener
             attempts[job.id] = attempts.get(job.id, 0) + 1
             bad[job.id] += 1
             if bad[job.id] > max_regenerate:
-                raise MedisynError(f"image {job.id} ('{job.label}') came out black or NaN {bad[job.id]} times; "
-                                   f"try --dtype fp32 or another --scheduler")
+                raise MedisynError(
+                    f"image {job.id} ('{job.label}') came out black or NaN {bad[job.id]} times; "
+                    f"try --dtype fp32 or another --scheduler"
+                )
             retry.append(job)
         pending = retry
     return [done[job.id] for job in jobs]
@@ -165,9 +189,16 @@ class Screened:
     ended: dict[str, str] = field(default_factory=dict)
 
 
-def generate_screened(render: Callable, jobs: list[Job], run_seed: int, screener=None, max_attempts: int = 10,
-                      max_regenerate: int = 5, first: list[Generated] | None = None,
-                      ended: dict[str, str] | None = None) -> Screened:
+def generate_screened(
+    render: Callable,
+    jobs: list[Job],
+    run_seed: int,
+    screener=None,
+    max_attempts: int = 10,
+    max_regenerate: int = 5,
+    first: list[Generated] | None = None,
+    ended: dict[str, str] | None = None,
+) -> Screened:
     """Generate a batch and replace near-copies of training images with new images from new recorded seeds.
 
     `first`: the batch's first images when they were already made (the model makes the next batch while this one
@@ -214,5 +245,7 @@ def _checks(screener, items: list[Generated]) -> list:
 def _ended_reason(item: Generated, max_attempts: int) -> str:
     if hasattr(item.screen, "ended_reason"):  # a judged run: the last rejection's reason (near-copy or label)
         return item.screen.ended_reason(item.job.id, item.job.label, max_attempts)
-    return (f"{max_attempts} images in a row for {item.job.id} were near-copies of training images (last: "
-            f"{item.screen.nn_key}, similarity {item.screen.nn_similarity:.3f}); the model memorises this class")
+    return (
+        f"{max_attempts} images in a row for {item.job.id} were near-copies of training images (last: "
+        f"{item.screen.nn_key}, similarity {item.screen.nn_similarity:.3f}); the model memorises this class"
+    )

@@ -22,7 +22,9 @@ def check_options(config: GenerateConfig) -> None:
     """Fail on bad options before anything is written or loaded."""
     parse_formats(",".join(config.formats))
     if config.scheduler not in SCHEDULERS:
-        raise MedisynError(f"--scheduler: unknown scheduler '{config.scheduler}' (choose from {', '.join(SCHEDULERS)})")
+        raise MedisynError(
+            f"--scheduler: unknown scheduler '{config.scheduler}' (choose from {', '.join(SCHEDULERS)})"
+        )
     check_model_source(config.model)
     for name in ("steps", "height", "width", "batch_size", "threads", "rows_per_part", "max_attempts"):
         value = getattr(config, name)
@@ -33,8 +35,10 @@ def check_options(config: GenerateConfig) -> None:
     for name in ("height", "width"):
         value = getattr(config, name)
         if value is not None and (value % 8 or value > 8192):
-            raise MedisynError(f"--{name}: {value} is not a multiple of 8 up to 8192 (the autoencoder works on "
-                               f"8x8 pixel blocks)")
+            raise MedisynError(
+                f"--{name}: {value} is not a multiple of 8 up to 8192 (the autoencoder works on "
+                f"8x8 pixel blocks)"
+            )
     if config.steps is not None and config.steps > 10_000:
         raise MedisynError(f"--steps: {config.steps} is more than 10000 denoising steps")
     if config.guidance is not None and not (math.isfinite(config.guidance) and 0 <= config.guidance <= 1000):
@@ -109,8 +113,10 @@ def prompt_warnings(manifest: Manifest, model: str | None) -> list[str]:
         if labels and label not in labels:
             warnings.append(f"class '{label}': the model was not trained on this label")
         elif unknown and len(unknown) * 2 >= len(words):
-            warnings.append(f"class '{label}': {len(unknown)} of {len(words)} prompt words are not in the model's "
-                            f"training captions ({', '.join(unknown[:6])}); its images may not show this class")
+            warnings.append(
+                f"class '{label}': {len(unknown)} of {len(words)} prompt words are not in the model's "
+                f"training captions ({', '.join(unknown[:6])}); its images may not show this class"
+            )
     return warnings
 
 

@@ -42,6 +42,7 @@ def stop_on_signals():
 
 class Locked:
     """A renderer shared by the main thread and the lane: one call at a time."""
+
     def __init__(self, render):
         import threading
 
@@ -58,6 +59,7 @@ class Lane:
     At most one batch waits in the lane, so memory holds two batches. `enabled=False` runs the work in place.
     An error in the lane is raised by the next submit, drain or exit.
     """
+
     def __init__(self, enabled: bool = True):
         from concurrent.futures import ThreadPoolExecutor
 
@@ -95,7 +97,13 @@ class BatchWorker:
     the rows written under OUT/_work by every format's writer, then the done marker (last)."""
 
     def __init__(self, render, config: GenerateConfig, screener, constant: dict, work: WorkDir):
-        self.render, self.config, self.screener, self.constant, self.work = render, config, screener, constant, work
+        self.render, self.config, self.screener, self.constant, self.work = (
+            render,
+            config,
+            screener,
+            constant,
+            work,
+        )
         self.labels = work.read_config()["manifest"]["classes"]
 
     def first_attempt(self, jobs: list[Job]) -> list:
@@ -104,15 +112,47 @@ class BatchWorker:
 
     def finish(self, number: int, jobs: list[Job], first: list, ended: dict) -> dict:
         """Screen the batch (replacing rejected images), write it under OUT/_work, then mark it done (last)."""
-        return _make_batch(self.render, number, jobs, self.config, self.screener, self.constant, self.work, first,
-                           ended, self.labels)
+        return _make_batch(
+            self.render,
+            number,
+            jobs,
+            self.config,
+            self.screener,
+            self.constant,
+            self.work,
+            first,
+            ended,
+            self.labels,
+        )
 
 
-def _make_batch(render, number: int, jobs: list[Job], config: GenerateConfig, screener, constant: dict,
-                work: WorkDir, first: list, ended: dict, labels: list[str]) -> dict:
+def _make_batch(
+    render,
+    number: int,
+    jobs: list[Job],
+    config: GenerateConfig,
+    screener,
+    constant: dict,
+    work: WorkDir,
+    first: list,
+    ended: dict,
+    labels: list[str],
+) -> dict:
     clock = time.time()
-    result = generate_screened(render, jobs, config.seed, screener, config.max_attempts, config.max_regenerate,
-                               first=first, ended=ended) if jobs else None
+    result = (
+        generate_screened(
+            render,
+            jobs,
+            config.seed,
+            screener,
+            config.max_attempts,
+            config.max_regenerate,
+            first=first,
+            ended=ended,
+        )
+        if jobs
+        else None
+    )
     name = batch_name(number)
     writers = make_writers(config.formats, work.out, labels, config.rows_per_part, batch=name)
     rejected = rejected_log(work.root / "rejected" / f"{name}.parquet", screener) if screener else None
@@ -133,8 +173,13 @@ def _make_batch(render, number: int, jobs: list[Job], config: GenerateConfig, sc
         rejected.close()
     for writer in writers:
         writer.close()
-    record = {"batch": number, "ids": [item.job.id for item in result.kept] if result else [], "counts": counts,
-              "ended": result.ended if result else {}, "seconds": round(time.time() - clock, 3)}
+    record = {
+        "batch": number,
+        "ids": [item.job.id for item in result.kept] if result else [],
+        "counts": counts,
+        "ended": result.ended if result else {},
+        "seconds": round(time.time() - clock, 3),
+    }
     work.mark_done(number, record)
     return record
 
@@ -142,8 +187,18 @@ def _make_batch(render, number: int, jobs: list[Job], config: GenerateConfig, sc
 def provenance_row(item, constant: dict) -> dict:
     """The metadata stored with each image."""
     job, screen = item.job, item.screen
-    return {"id": job.id, "label": job.label, "label_id": job.label_id, "prompt": job.prompt,
-            "negative_prompt": job.negative_prompt, "seed": item.seed, "attempt": item.attempt, "mode": job.mode,
-            **constant, "nn_id": screen.nn_id if screen else None,
-            "nn_similarity": screen.nn_similarity if screen else None,
-            "label_score": getattr(screen, "label_score", None), "judged_label": getattr(screen, "judged_label", None)}
+    return {
+        "id": job.id,
+        "label": job.label,
+        "label_id": job.label_id,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": item.seed,
+        "attempt": item.attempt,
+        "mode": job.mode,
+        **constant,
+        "nn_id": screen.nn_id if screen else None,
+        "nn_similarity": screen.nn_similarity if screen else None,
+        "label_score": getattr(screen, "label_score", None),
+        "judged_label": getattr(screen, "judged_label", None),
+    }

@@ -16,9 +16,12 @@ from __future__ import annotations
 from medisyn_cli.core.lazy import lazy_getattr
 
 _API = {
-    "JudgeConfig": ("build", "JudgeConfig"), "build_judge": ("build", "build_judge"),
-    "Judge": ("model", "Judge"), "load_judge": ("model", "load_judge"),
-    "AlignmentConfig": ("alignment", "AlignmentConfig"), "run_alignment": ("alignment", "run_alignment"),
+    "JudgeConfig": ("build", "JudgeConfig"),
+    "build_judge": ("build", "build_judge"),
+    "Judge": ("model", "Judge"),
+    "load_judge": ("model", "load_judge"),
+    "AlignmentConfig": ("alignment", "AlignmentConfig"),
+    "run_alignment": ("alignment", "run_alignment"),
 }
 __all__ = sorted(_API)
 

@@ -36,23 +36,34 @@ from medisyn_cli.judge.model import load_judge
 @dataclass(frozen=True)
 class AlignmentConfig:
     """Options of `medisyn evaluate alignment`."""
-    synthetic: tuple[str, ...] = field(metadata={
-        "help": "Synthetic labelled images (a medisyn output, ImageFolder, Parquet or label folders)."})
+
+    synthetic: tuple[str, ...] = field(
+        metadata={
+            "help": "Synthetic labelled images (a medisyn output, ImageFolder, Parquet or label folders)."
+        }
+    )
     judge: str | None = field(default=None, metadata={"help": "Judge folder (medisyn judge build)."})
-    real_train: tuple[str, ...] = field(default=(), metadata={
-        "help": "Instead of --judge: real labelled images to build a default judge from (into OUT/judge)."})
-    out: str | None = field(default=None, metadata={
-        "help": "Folder for alignment.json/.csv (default SYNTHETIC/evaluate)."})
-    min_label_score: float = field(default=0.5, metadata={
-        "help": "Score counted as 'recognised' (what generate --judge keeps)."})
+    real_train: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Instead of --judge: real labelled images to build a default judge from (into OUT/judge)."
+        },
+    )
+    out: str | None = field(
+        default=None, metadata={"help": "Folder for alignment.json/.csv (default SYNTHETIC/evaluate)."}
+    )
+    min_label_score: float = field(
+        default=0.5, metadata={"help": "Score counted as 'recognised' (what generate --judge keeps)."}
+    )
     batch_size: int = 128
 
 
 def _judge_of(config: AlignmentConfig, out: Path):
     """The judge given, or a default knn judge built from --real-train into OUT/judge."""
     if (config.judge is None) == (not config.real_train):
-        raise MedisynError("give exactly one of --judge (a judge folder) or --real-train (real labelled "
-                           "images)")
+        raise MedisynError(
+            "give exactly one of --judge (a judge folder) or --real-train (real labelled images)"
+        )
     if config.judge is not None:
         return load_judge(config.judge)
     build_judge(JudgeConfig(real=tuple(config.real_train), out=str(out / "judge"), overwrite=True))
@@ -69,8 +80,10 @@ def _score(config: AlignmentConfig, judge) -> tuple[list[str], list[str | None],
         raise MedisynError(f"--synthetic {', '.join(config.synthetic)}: no readable images")
     unknown = sorted({str(label) for label in image_set.labels if label not in judge.classes})
     if unknown:
-        raise MedisynError(f"--synthetic: label(s) {', '.join(unknown[:6])} are not classes of the judge "
-                           f"({', '.join(judge.classes)})")
+        raise MedisynError(
+            f"--synthetic: label(s) {', '.join(unknown[:6])} are not classes of the judge "
+            f"({', '.join(judge.classes)})"
+        )
     return image_set.keys, image_set.labels, np.concatenate(chunks), image_set.skipped
 
 
@@ -90,31 +103,54 @@ def run_alignment(config: AlignmentConfig) -> dict:
         mine = truth == c
         if not mine.any():
             continue
-        per_class.append({"label": name, "images": int(mine.sum()),
-                          "gan_test_accuracy": round(float(np.mean(predicted[mine] == c)), 4),
-                          "recognised_share": round(float(np.mean(own[mine] >= config.min_label_score)), 4),
-                          "mean_label_score": round(float(own[mine].mean()), 4),
-                          "real_heldout_accuracy": (ceiling.get(name) or {}).get("accuracy")})
-    result = {"evaluation": "alignment", "synthetic": list(config.synthetic), "judge": str(judge.path),
-              "judge_fingerprint": judge.fingerprint,
-              "classifier": judge.classifier, "images": len(keys), "skipped": skipped,
-              "min_label_score": config.min_label_score,
-              "gan_test_accuracy": round(float(np.mean(predicted == truth)), 4),
-              "gan_test_balanced_accuracy": round(float(np.mean([r["gan_test_accuracy"]
-                                                                 for r in per_class])), 4),
-              "recognised_share": round(float(np.mean(own >= config.min_label_score)), 4),
-              "ceiling_real_heldout_accuracy": judge.meta.get("heldout_accuracy"),
-              "per_class": per_class, "classes": judge.classes,
-              "confusion": confusion(truth, predicted, len(judge.classes)),
-              "seconds": round(time.time() - clock, 1)}
+        per_class.append(
+            {
+                "label": name,
+                "images": int(mine.sum()),
+                "gan_test_accuracy": round(float(np.mean(predicted[mine] == c)), 4),
+                "recognised_share": round(float(np.mean(own[mine] >= config.min_label_score)), 4),
+                "mean_label_score": round(float(own[mine].mean()), 4),
+                "real_heldout_accuracy": (ceiling.get(name) or {}).get("accuracy"),
+            }
+        )
+    result = {
+        "evaluation": "alignment",
+        "synthetic": list(config.synthetic),
+        "judge": str(judge.path),
+        "judge_fingerprint": judge.fingerprint,
+        "classifier": judge.classifier,
+        "images": len(keys),
+        "skipped": skipped,
+        "min_label_score": config.min_label_score,
+        "gan_test_accuracy": round(float(np.mean(predicted == truth)), 4),
+        "gan_test_balanced_accuracy": round(float(np.mean([r["gan_test_accuracy"] for r in per_class])), 4),
+        "recognised_share": round(float(np.mean(own >= config.min_label_score)), 4),
+        "ceiling_real_heldout_accuracy": judge.meta.get("heldout_accuracy"),
+        "per_class": per_class,
+        "classes": judge.classes,
+        "confusion": confusion(truth, predicted, len(judge.classes)),
+        "seconds": round(time.time() - clock, 1),
+    }
     write_csv(out / "alignment.csv", per_class)
-    write_csv(out / "confusion.csv", [{"label": name, **{f"judged {other}": n for other, n in
-                                                          zip(judge.classes, row, strict=True)}}
-                                      for name, row in zip(judge.classes, result["confusion"], strict=True)])
-    write_csv(out / "alignment_images.csv", [{"key": key, "label": label, "judged_label": judge.classes[p],
-                                              "label_score": round(float(score), 4)}
-                                             for key, label, p, score in zip(keys, labels, predicted, own,
-                                                                             strict=True)])
+    write_csv(
+        out / "confusion.csv",
+        [
+            {"label": name, **{f"judged {other}": n for other, n in zip(judge.classes, row, strict=True)}}
+            for name, row in zip(judge.classes, result["confusion"], strict=True)
+        ],
+    )
+    write_csv(
+        out / "alignment_images.csv",
+        [
+            {
+                "key": key,
+                "label": label,
+                "judged_label": judge.classes[p],
+                "label_score": round(float(score), 4),
+            }
+            for key, label, p, score in zip(keys, labels, predicted, own, strict=True)
+        ],
+    )
     write_json(out / "alignment.json", result)
     result["out"] = str(out)
     result["card"] = _update_card(config.synthetic, result)
@@ -126,11 +162,17 @@ def _update_card(synthetic: tuple[str, ...], result: dict) -> str | None:
     as is)."""
     import json
 
-
     folder = Path(synthetic[0]) if len(synthetic) == 1 else None
     if folder is None or not (folder / "run.json").is_file():
         return None
     run = json.loads((folder / "run.json").read_text())
-    keep = ("judge", "classifier", "images", "min_label_score", "gan_test_accuracy",
-            "ceiling_real_heldout_accuracy", "per_class")
+    keep = (
+        "judge",
+        "classifier",
+        "images",
+        "min_label_score",
+        "gan_test_accuracy",
+        "ceiling_real_heldout_accuracy",
+        "per_class",
+    )
     return str(write_run_card(folder, {**run, "alignment": {k: result[k] for k in keep}}))

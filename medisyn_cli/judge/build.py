@@ -39,33 +39,59 @@ from medisyn_cli.pipeline.load import file_sha256
 @dataclass(frozen=True)
 class JudgeConfig:
     """Options of `medisyn judge build` (defaults shared by the CLI and the API)."""
-    real: tuple[str, ...] = field(metadata={
-        "help": "Real labelled images: label folders, ImageFolders with metadata.csv, Parquet (the inputs "
-                "of `index build`)."})
+
+    real: tuple[str, ...] = field(
+        metadata={
+            "help": "Real labelled images: label folders, ImageFolders with metadata.csv, Parquet (the inputs "
+            "of `index build`)."
+        }
+    )
     out: str = field(metadata={"help": "Judge folder to write (judge.json + weights)."})
-    classifier: str = field(default="knn", metadata={
-        "help": "knn | linear | cnn (the evaluations' small CNN at 32 px, trained for --steps: the slowest "
-                "to build on CPU)."})
-    embedder: str = field(default="thumb", metadata={  # features.py; cnn: its own
-        "help": "Features of knn / linear: thumb, pixel, clip:<model>, hf:<model>."})
-    holdout: float = field(default=0.2, metadata={
-        "help": "Share of each class held out to measure accuracy and calibration."})
-    k: int = field(default=10, metadata={  # at most the smallest class's training images
-        "help": "Neighbours of the knn judge."})
-    steps: int = field(default=600, metadata={  # 32 px
-        "help": "Optimiser steps of the cnn judge (batch 64)."})
+    classifier: str = field(
+        default="knn",
+        metadata={
+            "help": "knn | linear | cnn (the evaluations' small CNN at 32 px, trained for --steps: the slowest "
+            "to build on CPU)."
+        },
+    )
+    embedder: str = field(
+        default="thumb",
+        metadata={  # features.py; cnn: its own
+            "help": "Features of knn / linear: thumb, pixel, clip:<model>, hf:<model>."
+        },
+    )
+    holdout: float = field(
+        default=0.2, metadata={"help": "Share of each class held out to measure accuracy and calibration."}
+    )
+    k: int = field(
+        default=10,
+        metadata={  # at most the smallest class's training images
+            "help": "Neighbours of the knn judge."
+        },
+    )
+    steps: int = field(
+        default=600,
+        metadata={  # 32 px
+            "help": "Optimiser steps of the cnn judge (batch 64)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the cnn's training."})
-    max_per_class: int | None = field(default=None, metadata={
-        "help": "Use at most this many images a class."})
+    max_per_class: int | None = field(
+        default=None, metadata={"help": "Use at most this many images a class."}
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing judge folder."})
 
 
 def check_config(config: JudgeConfig) -> None:
     """One-line errors for bad options, before any image is read."""
     if config.classifier not in CLASSIFIERS:
-        raise MedisynError(f"--classifier: unknown classifier '{config.classifier}' (valid: {', '.join(CLASSIFIERS)})")
+        raise MedisynError(
+            f"--classifier: unknown classifier '{config.classifier}' (valid: {', '.join(CLASSIFIERS)})"
+        )
     if not 0.0 < config.holdout < 1.0:
-        raise MedisynError(f"--holdout: must be between 0 and 1 (a share of each class), got {config.holdout}")
+        raise MedisynError(
+            f"--holdout: must be between 0 and 1 (a share of each class), got {config.holdout}"
+        )
     for name in ("k", "steps"):
         if getattr(config, name) < 1:
             raise MedisynError(f"--{name}: must be at least 1, got {getattr(config, name)}")
@@ -74,22 +100,29 @@ def check_config(config: JudgeConfig) -> None:
     out = Path(config.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not config.overwrite or not (out / JUDGE_FILE).is_file():
-            what = "a judge folder: add --overwrite" if (out / JUDGE_FILE).is_file() else \
-                "not a judge folder, so it is never replaced"
+            what = (
+                "a judge folder: add --overwrite"
+                if (out / JUDGE_FILE).is_file()
+                else "not a judge folder, so it is never replaced"
+            )
             raise MedisynError(f"--out {out}: exists and is not empty ({what})")
     if config.classifier != "cnn":
         if get_features(config.embedder).binary:
-            raise MedisynError(f"--embedder {config.embedder}: a hash has no vector space for a classifier; use "
-                               f"pixel, clip:<model> or hf:<model>")
+            raise MedisynError(
+                f"--embedder {config.embedder}: a hash has no vector space for a classifier; use "
+                f"pixel, clip:<model> or hf:<model>"
+            )
 
 
-def split(records: list[Record], holdout: float, max_per_class: int | None = None) -> tuple[list[int], list[int]]:
+def split(
+    records: list[Record], holdout: float, max_per_class: int | None = None
+) -> tuple[list[int], list[int]]:
     """(train, held-out) positions: per class in key-hash order, `holdout` of it held out (at least 1 of 2+)."""
     by_class: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         by_class.setdefault(record.label, []).append(i)
     train, held = [], []
-    for label, members in sorted(by_class.items()):
+    for _label, members in sorted(by_class.items()):
         members.sort(key=lambda i: hashlib.sha1(records[i].key.encode()).hexdigest())
         members = members[:max_per_class] if max_per_class else members
         n_held = min(len(members) - 1, max(1, round(holdout * len(members)))) if len(members) > 1 else 0
@@ -103,8 +136,10 @@ def read_labelled(paths: tuple[str, ...]) -> tuple[list[Record], list, list[dict
     records, images, skipped = [], [], []
     for record, image, error in iter_images(read_records(list(paths))):
         if record.label is None:
-            raise MedisynError(f"{record.key}: no label (the judge learns from labelled images: label folders, "
-                               f"metadata.csv with a label column or Parquet with a label column)")
+            raise MedisynError(
+                f"{record.key}: no label (the judge learns from labelled images: label folders, "
+                f"metadata.csv with a label column or Parquet with a label column)"
+            )
         if error:
             skipped.append({"key": record.key, "reason": error[:300]})
             continue
@@ -112,8 +147,10 @@ def read_labelled(paths: tuple[str, ...]) -> tuple[list[Record], list, list[dict
         images.append(image)
     labels = sorted({r.label for r in records})
     if len(labels) < 2:
-        raise MedisynError(f"{', '.join(paths)}: {len(records)} readable images of {len(labels)} class(es); the judge "
-                           f"needs at least two classes")
+        raise MedisynError(
+            f"{', '.join(paths)}: {len(records)} readable images of {len(labels)} class(es); the judge "
+            f"needs at least two classes"
+        )
     return records, images, skipped
 
 
@@ -128,18 +165,37 @@ def build_judge(config: JudgeConfig) -> dict:
     train, held = split(records, config.holdout, config.max_per_class)
     config = replace(config, k=min(config.k, int(np.bincount(y[train], minlength=len(classes)).min()) or 1))
     if not held:
-        raise MedisynError(f"{', '.join(config.real)}: no class has two images, so nothing can be held out to "
-                           f"measure the judge")
+        raise MedisynError(
+            f"{', '.join(config.real)}: no class has two images, so nothing can be held out to "
+            f"measure the judge"
+        )
     # 2. train on the training part, score the held-out part
     out = Path(config.out)
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     staging.mkdir(parents=True)
     try:
-        features, probs = _fit(config, [images[i] for i in train], y[train], [images[i] for i in held], len(classes),
-                               staging / model_file(config.classifier))
+        features, probs = _fit(
+            config,
+            [images[i] for i in train],
+            y[train],
+            [images[i] for i in held],
+            len(classes),
+            staging / model_file(config.classifier),
+        )
         # 3. measure and record: accuracy, per-class, calibration, pass rates of the label score
-        meta = _record(config, classes, records, y, train, held, probs, features, skipped,
-                       file_sha256(staging / model_file(config.classifier)), time.time() - clock)
+        meta = _record(
+            config,
+            classes,
+            records,
+            y,
+            train,
+            held,
+            probs,
+            features,
+            skipped,
+            file_sha256(staging / model_file(config.classifier)),
+            time.time() - clock,
+        )
         write_json(staging / JUDGE_FILE, meta)
         _publish(staging, out)
     finally:
@@ -147,18 +203,27 @@ def build_judge(config: JudgeConfig) -> dict:
     return meta
 
 
-def _fit(config: JudgeConfig, train_images: list, train_y: np.ndarray, held_images: list, classes: int,
-         weights: Path) -> tuple[dict, np.ndarray]:
+def _fit(
+    config: JudgeConfig,
+    train_images: list,
+    train_y: np.ndarray,
+    held_images: list,
+    classes: int,
+    weights: Path,
+) -> tuple[dict, np.ndarray]:
     """Fit the classifier, save its weights to `weights`; returns (features record, held-out probabilities)."""
     if config.classifier == "cnn":
         import torch
-
 
         device = torch.device("cpu")
         settings = TrainSettings(arch="small-cnn", steps=config.steps, batch_size=64, lr=2e-3)
         network = train_classifier(cnn_arrays(train_images), train_y, classes, settings, config.seed, device)
         torch.save(network.state_dict(), weights)
-        features = {"network": "small-cnn (medisyn_cli.evaluate.classifier)", "size": 32, "steps": config.steps}
+        features = {
+            "network": "small-cnn (medisyn_cli.evaluate.classifier)",
+            "size": 32,
+            "steps": config.steps,
+        }
         return features, predict(network, cnn_arrays(held_images), device, False)
     embedder = get_features(config.embedder)
     x, x_held = embed_images(embedder, train_images), embed_images(embedder, held_images)
@@ -171,27 +236,61 @@ def _fit(config: JudgeConfig, train_images: list, train_y: np.ndarray, held_imag
     return features, linear_scores(arrays, x_held)
 
 
-def _record(config: JudgeConfig, classes: list[str], records: list[Record], y: np.ndarray, train: list[int],
-            held: list[int], probs: np.ndarray, features: dict, skipped: list[dict], fingerprint: str,
-            seconds: float) -> dict:
+def _record(
+    config: JudgeConfig,
+    classes: list[str],
+    records: list[Record],
+    y: np.ndarray,
+    train: list[int],
+    held: list[int],
+    probs: np.ndarray,
+    features: dict,
+    skipped: list[dict],
+    fingerprint: str,
+    seconds: float,
+) -> dict:
     truth = y[held]
     predicted = probs.argmax(1)
     own = probs[np.arange(len(held)), truth]
-    per_class = {name: {"train": int(np.sum(y[train] == c)), "heldout": int(np.sum(truth == c)),
-                        "accuracy": float(np.mean(predicted[truth == c] == c)) if np.any(truth == c) else None}
-                 for c, name in enumerate(classes)}
-    return {"kind": "medisyn-judge", "version": VERSION, "classifier": config.classifier, "classes": classes,
-            "features": features, "settings": {"k": config.k, "steps": config.steps, "seed": config.seed,
-                                               "holdout": config.holdout, "max_per_class": config.max_per_class},
-            "sources": [str(Path(p).resolve()) for p in config.real], "images": len(records),
-            "train": len(train), "heldout": len(held), "skipped": skipped,
-            "heldout_accuracy": float(np.mean(predicted == truth)),
-            "heldout_balanced_accuracy": float(np.mean([v["accuracy"] for v in per_class.values()
-                                                        if v["accuracy"] is not None])),
-            "per_class": per_class, "confusion": confusion(truth, predicted, len(classes)),
-            "calibration": calibration(probs, truth), "label_score_pass_rate": pass_rates(own),
-            "fingerprint": fingerprint, "model_file": model_file(config.classifier),
-            "config": asdict(config), "seconds": round(seconds, 1)}
+    per_class = {
+        name: {
+            "train": int(np.sum(y[train] == c)),
+            "heldout": int(np.sum(truth == c)),
+            "accuracy": float(np.mean(predicted[truth == c] == c)) if np.any(truth == c) else None,
+        }
+        for c, name in enumerate(classes)
+    }
+    return {
+        "kind": "medisyn-judge",
+        "version": VERSION,
+        "classifier": config.classifier,
+        "classes": classes,
+        "features": features,
+        "settings": {
+            "k": config.k,
+            "steps": config.steps,
+            "seed": config.seed,
+            "holdout": config.holdout,
+            "max_per_class": config.max_per_class,
+        },
+        "sources": [str(Path(p).resolve()) for p in config.real],
+        "images": len(records),
+        "train": len(train),
+        "heldout": len(held),
+        "skipped": skipped,
+        "heldout_accuracy": float(np.mean(predicted == truth)),
+        "heldout_balanced_accuracy": float(
+            np.mean([v["accuracy"] for v in per_class.values() if v["accuracy"] is not None])
+        ),
+        "per_class": per_class,
+        "confusion": confusion(truth, predicted, len(classes)),
+        "calibration": calibration(probs, truth),
+        "label_score_pass_rate": pass_rates(own),
+        "fingerprint": fingerprint,
+        "model_file": model_file(config.classifier),
+        "config": asdict(config),
+        "seconds": round(seconds, 1),
+    }
 
 
 def _publish(staging: Path, out: Path) -> None:

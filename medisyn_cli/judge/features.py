@@ -19,24 +19,39 @@ THUMB_SIDE = 16
 
 class ThumbFeatures:
     """An image as its side x side RGB thumbnail (bilinear), values in [0, 1], L2-normalised."""
+
     binary = False
 
     def __init__(self, side: int = THUMB_SIDE):
-        self.side, self.name, self.dim = side, f"thumb:{side}" if side != THUMB_SIDE else "thumb", 3 * side * side
+        self.side, self.name, self.dim = (
+            side,
+            f"thumb:{side}" if side != THUMB_SIDE else "thumb",
+            3 * side * side,
+        )
 
     def settings(self) -> dict:
         """What changes the vectors (recorded in judge.json)."""
-        return {"side": self.side, "colour": "RGB (grey images repeated)", "resample": "bilinear", "norm": "l2"}
+        return {
+            "side": self.side,
+            "colour": "RGB (grey images repeated)",
+            "resample": "bilinear",
+            "norm": "l2",
+        }
 
     def embed(self, images: list) -> np.ndarray:
         """(N, 3 side^2) float32 unit vectors."""
         from PIL import Image
 
-
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        rows = [np.asarray(to_8bit(image).convert("RGB").resize((self.side, self.side), Image.Resampling.BILINEAR),
-                           np.float32).ravel() / 255.0 for image in images]
+        rows = [
+            np.asarray(
+                to_8bit(image).convert("RGB").resize((self.side, self.side), Image.Resampling.BILINEAR),
+                np.float32,
+            ).ravel()
+            / 255.0
+            for image in images
+        ]
         return l2_normalise(np.stack(rows))
 
 

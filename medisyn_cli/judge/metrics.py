@@ -26,15 +26,25 @@ def calibration(probs: np.ndarray, truth: np.ndarray, bins: int = 10) -> dict:
             continue
         gap = abs(float(correct[inside].mean()) - float(confidence[inside].mean()))
         ece += inside.mean() * gap
-        table.append({"bin": [round(float(low), 2), round(float(high), 2)], "count": int(inside.sum()),
-                      "confidence": round(float(confidence[inside].mean()), 4),
-                      "accuracy": round(float(correct[inside].mean()), 4)})
+        table.append(
+            {
+                "bin": [round(float(low), 2), round(float(high), 2)],
+                "count": int(inside.sum()),
+                "confidence": round(float(confidence[inside].mean()), 4),
+                "accuracy": round(float(correct[inside].mean()), 4),
+            }
+        )
     onehot = np.eye(probs.shape[1])[truth]
-    return {"ece": round(float(ece), 4), "brier": round(float(np.mean(np.sum((probs - onehot) ** 2, 1))), 4),
-            "bins": table}
+    return {
+        "ece": round(float(ece), 4),
+        "brier": round(float(np.mean(np.sum((probs - onehot) ** 2, 1))), 4),
+        "bins": table,
+    }
 
 
 def pass_rates(own_scores: np.ndarray, thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
     """Share of real held-out images whose own-label score is at least each threshold (what a filter keeps of
     genuine images of the class)."""
-    return {f"{t:g}": round(float(np.mean(own_scores >= t)), 4) for t in thresholds} if len(own_scores) else {}
+    return (
+        {f"{t:g}": round(float(np.mean(own_scores >= t)), 4) for t in thresholds} if len(own_scores) else {}
+    )

@@ -24,8 +24,8 @@ NEAR_COPY, LABEL = "near_copy", "label"
 class Check:
     """One image's verdict: rejected (`near_copy`, the name generate_screened reads) for a reason, or kept."""
 
-    near_copy: bool              # rejected, for either reason
-    reason: str | None           # NEAR_COPY, LABEL or None (kept)
+    near_copy: bool  # rejected, for either reason
+    reason: str | None  # NEAR_COPY, LABEL or None (kept)
     label_score: float
     judged_label: str
     privacy: object | None = None  # the ScreenResult when the run also screens against an index
@@ -39,11 +39,15 @@ class Check:
     def ended_reason(self, image_id: str, label: str, max_attempts: int) -> str:
         """Why a class ended after `max_attempts` rejections in a row of one image."""
         if self.reason == NEAR_COPY:
-            return (f"{max_attempts} images in a row for {image_id} were rejected, the last a near-copy of a training "
-                    f"image ({self.nn_key}, similarity {self.nn_similarity:.3f}); the model memorises this class")
-        return (f"{max_attempts} images in a row for {image_id} were rejected, the last because the judge did not "
-                f"recognise '{label}' (score {self.label_score:.2f}, judged '{self.judged_label}'); the model does "
-                f"not draw this class recognisably: check its prompts, or lower --min-label-score")
+            return (
+                f"{max_attempts} images in a row for {image_id} were rejected, the last a near-copy of a training "
+                f"image ({self.nn_key}, similarity {self.nn_similarity:.3f}); the model memorises this class"
+            )
+        return (
+            f"{max_attempts} images in a row for {image_id} were rejected, the last because the judge did not "
+            f"recognise '{label}' (score {self.label_score:.2f}, judged '{self.judged_label}'); the model does "
+            f"not draw this class recognisably: check its prompts, or lower --min-label-score"
+        )
 
 
 class LabelCheck:
@@ -61,8 +65,13 @@ class LabelCheck:
         scores, judged = self.judge.label_scores(images, [item.job.label for item in items])
         checks = []
         for result, score, label in zip(privacy, scores, judged):
-            reason = NEAR_COPY if result is not None and result.near_copy else \
-                LABEL if score < self.min_score else None
+            reason = (
+                NEAR_COPY
+                if result is not None and result.near_copy
+                else LABEL
+                if score < self.min_score
+                else None
+            )
             checks.append(Check(reason is not None, reason, round(float(score), 6), label, result))
         return checks
 
@@ -85,14 +94,17 @@ def open_judge(config, manifest) -> Judge | None:
             raise MedisynError("--min-label-score needs --judge (a judge folder from medisyn judge build)")
         return None
     if score is not None and not (isinstance(score, (int, float)) and 0.0 <= score <= 1.0):
-        raise MedisynError(f"--min-label-score: {score} is outside [0, 1] (the judge's probability of the image's "
-                           f"own label)")
+        raise MedisynError(
+            f"--min-label-score: {score} is outside [0, 1] (the judge's probability of the image's own label)"
+        )
     judge = load_judge(config.judge)
     unknown = [label for label in manifest.labels if label not in judge.classes]
     if unknown:
-        raise MedisynError(f"--judge {config.judge}: the judge does not know class(es) {', '.join(unknown)} of "
-                           f"{config.manifest} (it knows {', '.join(judge.classes)}); build it on real images "
-                           f"of these classes")
+        raise MedisynError(
+            f"--judge {config.judge}: the judge does not know class(es) {', '.join(unknown)} of "
+            f"{config.manifest} (it knows {', '.join(judge.classes)}); build it on real images "
+            f"of these classes"
+        )
     return judge
 
 
@@ -100,7 +112,10 @@ def judge_key(config) -> dict:
     """The run-key entries of the label check (None, None without a judge)."""
     if config.judge is None:
         return {"judge_fingerprint": None, "min_label_score": None}
-    return {"judge_fingerprint": read_meta(Path(config.judge))["fingerprint"], "min_label_score": min_score(config)}
+    return {
+        "judge_fingerprint": read_meta(Path(config.judge))["fingerprint"],
+        "min_label_score": min_score(config),
+    }
 
 
 def judge_record(judge: Judge | None, config) -> dict | None:
@@ -108,11 +123,17 @@ def judge_record(judge: Judge | None, config) -> dict | None:
     if judge is None:
         return None
     meta = judge.meta
-    return {"judge": str(Path(judge.path).resolve()), "fingerprint": judge.fingerprint,
-            "classifier": meta["classifier"], "features": meta.get("features", {}).get("embedder", "small-cnn"),
-            "classes": judge.classes, "heldout_accuracy": meta.get("heldout_accuracy"),
-            "heldout_per_class": {c: v.get("accuracy") for c, v in meta.get("per_class", {}).items()},
-            "min_label_score": min_score(config), "rejected_file": "rejected.parquet"}
+    return {
+        "judge": str(Path(judge.path).resolve()),
+        "fingerprint": judge.fingerprint,
+        "classifier": meta["classifier"],
+        "features": meta.get("features", {}).get("embedder", "small-cnn"),
+        "classes": judge.classes,
+        "heldout_accuracy": meta.get("heldout_accuracy"),
+        "heldout_per_class": {c: v.get("accuracy") for c, v in meta.get("per_class", {}).items()},
+        "min_label_score": min_score(config),
+        "rejected_file": "rejected.parquet",
+    }
 
 
 def judge_totals(section: dict, counts: dict) -> dict:
@@ -121,23 +142,43 @@ def judge_totals(section: dict, counts: dict) -> dict:
     for label, c in counts.items():
         checked = c.written + c.label_rejected
         attempts = checked + c.rejected
-        per_class[label] = {"kept": c.written, "label_rejected": c.label_rejected, "near_copies": c.rejected,
-                            "recognised_share": round(c.written / checked, 4) if checked else None,
-                            "yield": round(c.written / attempts, 4) if attempts else None}
+        per_class[label] = {
+            "kept": c.written,
+            "label_rejected": c.label_rejected,
+            "near_copies": c.rejected,
+            "recognised_share": round(c.written / checked, 4) if checked else None,
+            "yield": round(c.written / attempts, 4) if attempts else None,
+        }
     kept = sum(c.written for c in counts.values())
     attempts = kept + sum(c.rejected + c.label_rejected for c in counts.values())
-    section.update({"label_rejected": sum(c.label_rejected for c in counts.values()), "per_class": per_class,
-                    "generated": attempts, "kept": kept, "yield": round(kept / attempts, 4) if attempts else None})
+    section.update(
+        {
+            "label_rejected": sum(c.label_rejected for c in counts.values()),
+            "per_class": per_class,
+            "generated": attempts,
+            "kept": kept,
+            "yield": round(kept / attempts, 4) if attempts else None,
+        }
+    )
     return section
 
 
 # --- rejected.parquet with reasons ---------------------------------------------------------------------
 
+
 class JudgedRejectedLog(RejectedLog):
     """rejected.parquet of a judged run: the near-copy columns (empty for label rejections without an index) plus
-    `reason` (near_copy | label), `label_score` and `judged_label`."""
+    `reason` (near_copy | label), `label_score`, `judged_label` and, for label rejections only, the `image` (PNG
+    bytes: they passed the privacy screen; `medisyn report` measures diversity before the label filter with
+    them). A near-copy's pixels are never stored."""
 
-    SCHEMA = {**RejectedLog.SCHEMA, "reason": "string", "label_score": "float32", "judged_label": "string"}
+    SCHEMA = {
+        **RejectedLog.SCHEMA,
+        "reason": "string",
+        "label_score": "float32",
+        "judged_label": "string",
+        "image": "binary",
+    }
 
     def write(self, items: list) -> None:
         """Log rejected `Generated` items (each with its Check in `.screen`)."""
@@ -145,13 +186,27 @@ class JudgedRejectedLog(RejectedLog):
 
         if not items:
             return
-        rows = [{"id": i.job.id, "label": i.job.label, "prompt": i.job.prompt, "seed": i.seed, "attempt": i.attempt,
-                 **{name: getattr(i.screen, name) for name in ("nn_id", "nn_key", "nn_label", "nn_similarity", "view",
-                                                               "region")},
-                 "reason": i.screen.reason, "label_score": i.screen.label_score,
-                 "judged_label": i.screen.judged_label} for i in items]
-        self.handle.write_table(pa.Table.from_pylist([{k: r.get(k) for k in self.SCHEMA} for r in rows],
-                                                     schema=self.schema))
+        rows = [
+            {
+                "id": i.job.id,
+                "label": i.job.label,
+                "prompt": i.job.prompt,
+                "seed": i.seed,
+                "attempt": i.attempt,
+                **{
+                    name: getattr(i.screen, name)
+                    for name in ("nn_id", "nn_key", "nn_label", "nn_similarity", "view", "region")
+                },
+                "reason": i.screen.reason,
+                "label_score": i.screen.label_score,
+                "judged_label": i.screen.judged_label,
+                "image": i.png() if i.screen.reason == LABEL else None,
+            }
+            for i in items
+        ]
+        self.handle.write_table(
+            pa.Table.from_pylist([{k: r.get(k) for k in self.SCHEMA} for r in rows], schema=self.schema)
+        )
         self.rows += len(rows)
 
 

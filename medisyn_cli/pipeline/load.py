@@ -27,14 +27,17 @@ SCHEDULERS = {
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 
 
-def resolve_device(name: str = "auto", local_rank: int | None = None) -> "torch.device":
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """Pick cuda (this process's GPU when several run on a node), then mps, then cpu for 'auto'."""
     import torch
 
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count()) if local_rank is not None \
+            return (
+                torch.device("cuda", local_rank % torch.cuda.device_count())
+                if local_rank is not None
                 else torch.device("cuda")
+            )
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -49,7 +52,7 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> "torch.
     return device
 
 
-def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """'auto' is fp16 on GPUs (bf16 where supported), fp32 on CPU."""
     import torch
 
@@ -70,8 +73,9 @@ def model_source(model: str | None) -> str:
     return str(BUNDLED_MODEL) if model is None else model
 
 
-def load_pipeline(model: str | None, device: "torch.device", dtype: "torch.dtype",
-                  scheduler: str | None = "dpm++") -> "DiffusionPipeline":
+def load_pipeline(
+    model: str | None, device: torch.device, dtype: torch.dtype, scheduler: str | None = "dpm++"
+) -> DiffusionPipeline:
     """Load any text-to-image DiffusionPipeline, without safety checker, on a device."""
     quiet_libraries()
     source = check_model_source(model)
@@ -105,8 +109,10 @@ def check_model_source(model: str | None) -> str:
     if path.is_dir():
         _check_folder(path)
     if not path.exists() and _looks_local(source):
-        raise MedisynError(f"--model: '{source}' does not exist (give a diffusers folder, a .safetensors/.ckpt file "
-                           f"or a hub id such as hiesingerlab/MediSyn)")
+        raise MedisynError(
+            f"--model: '{source}' does not exist (give a diffusers folder, a .safetensors/.ckpt file "
+            f"or a hub id such as hiesingerlab/MediSyn)"
+        )
     return source
 
 
@@ -117,15 +123,19 @@ def _check_folder(path: Path) -> None:
     try:
         index = json.loads((path / "model_index.json").read_text())
     except FileNotFoundError:
-        raise MedisynError(f"--model: {path} is not a diffusers pipeline folder (no model_index.json)") from None
+        raise MedisynError(
+            f"--model: {path} is not a diffusers pipeline folder (no model_index.json)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise MedisynError(f"--model: {path / 'model_index.json'}: not valid JSON ({exc})") from exc
     for name, spec in index.items():
         if name.startswith("_") or not isinstance(spec, list) or None in spec:
             continue
         if not (path / name).is_dir():
-            raise MedisynError(f"--model: {path} lists component '{name}' in model_index.json but has no {name}/ "
-                               f"folder (an incomplete download or copy?)")
+            raise MedisynError(
+                f"--model: {path} lists component '{name}' in model_index.json but has no {name}/ "
+                f"folder (an incomplete download or copy?)"
+            )
         for weights in (path / name).glob("*.safetensors"):
             _check_safetensors(weights)
 
@@ -166,7 +176,9 @@ def make_scheduler(name: str, config: dict):
 
 
 def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.endswith(SINGLE_FILE_SUFFIXES) or source.count("/") > 1
+    return (
+        source.startswith((".", "/", "~")) or source.endswith(SINGLE_FILE_SUFFIXES) or source.count("/") > 1
+    )
 
 
 def _load_folder(path: Path, dtype):
@@ -180,8 +192,9 @@ def _load_hub(repo_id: str, dtype):
 
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
-        return DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype, safety_checker=None,
-                                                 local_files_only=offline)
+        return DiffusionPipeline.from_pretrained(
+            repo_id, torch_dtype=dtype, safety_checker=None, local_files_only=offline
+        )
     except Exception as exc:  # hub errors come in many classes (OSError, HTTP, connection)
         raise MedisynError(
             f"--model: could not load '{repo_id}' from the Hugging Face hub or its cache ({type(exc).__name__}). "

@@ -17,13 +17,14 @@ from medisyn_cli.pipeline.load import file_sha256, model_source, weight_hashes
 WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_JSON = "adapter.json"
 TARGETS = ("unet", "unet+text")
-UNET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]         # attention projections, as diffusers' LoRA script
+UNET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections, as diffusers' LoRA script
 TEXT_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 COMPONENT_FILES = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
-LOW, HIGH = ("lora_A", "lora.down"), ("lora_B", "lora.up")   # peft and diffusers names of the two factors
+LOW, HIGH = ("lora_A", "lora.down"), ("lora_B", "lora.up")  # peft and diffusers names of the two factors
 
 
 # 1. training ---------------------------------------------------------------------------------------
+
 
 def check_train_options(config) -> None:
     """--lora RANK and its options: one-line errors before any image or model is read."""
@@ -40,7 +41,9 @@ def check_train_options(config) -> None:
     if not 0.0 <= config.lora_dropout < 1.0:
         raise MedisynError(f"--lora-dropout: {config.lora_dropout} is not in [0, 1)")
     if config.train_text_encoder:
-        raise MedisynError("--train-text-encoder with --lora: use --lora-targets unet+text to adapt the text encoder")
+        raise MedisynError(
+            "--train-text-encoder with --lora: use --lora-targets unet+text to adapt the text encoder"
+        )
 
 
 def add_lora(parts: dict, config) -> list:
@@ -51,14 +54,29 @@ def add_lora(parts: dict, config) -> list:
     parts["unet"].requires_grad_(False)
     parts["text_encoder"].requires_grad_(False)
     parts["base_sha256"] = base_state_sha256(parts)
-    targets = {"unet": UNET_MODULES, "text_encoder": TEXT_MODULES if config.lora_targets == "unet+text" else None}
-    parts["lora_configs"] = {name: LoraConfig(r=config.lora, lora_alpha=alpha, target_modules=modules,
-                                              lora_dropout=config.lora_dropout, init_lora_weights="gaussian")
-                             for name, modules in targets.items() if modules}
+    targets = {
+        "unet": UNET_MODULES,
+        "text_encoder": TEXT_MODULES if config.lora_targets == "unet+text" else None,
+    }
+    parts["lora_configs"] = {
+        name: LoraConfig(
+            r=config.lora,
+            lora_alpha=alpha,
+            target_modules=modules,
+            lora_dropout=config.lora_dropout,
+            init_lora_weights="gaussian",
+        )
+        for name, modules in targets.items()
+        if modules
+    }
     for name, lora_config in parts["lora_configs"].items():
         inject_adapter_in_model(lora_config, parts[name], adapter_name="default")
-    trainable = [(f"{name}.{key}", p) for name in ("unet", "text_encoder")
-                 for key, p in parts[name].named_parameters() if p.requires_grad]
+    trainable = [
+        (f"{name}.{key}", p)
+        for name in ("unet", "text_encoder")
+        for key, p in parts[name].named_parameters()
+        if p.requires_grad
+    ]
     frozen_lora = [key for key, p in trainable if "lora_" not in key]
     assert trainable and not frozen_lora, f"LoRA: non-adapter parameters would train: {frozen_lora[:3]}"
     parts["train_text_encoder"] = config.lora_targets == "unet+text"
@@ -87,8 +105,11 @@ def adapter_state(parts: dict) -> dict:
     layers = {}
     for name in parts["lora_configs"]:
         model = getattr(parts[name], "module", parts[name])
-        state = {key.replace(".default.", "."): tensor.detach().cpu().contiguous()
-                 for key, tensor in model.state_dict().items() if "lora_" in key}
+        state = {
+            key.replace(".default.", "."): tensor.detach().cpu().contiguous()
+            for key, tensor in model.state_dict().items()
+            if "lora_" in key
+        }
         layers[name] = convert_state_dict_to_diffusers(state)
     return layers
 
@@ -97,25 +118,41 @@ def save_adapter(parts: dict, out: Path, config, info: dict) -> Path:
     """Write pytorch_lora_weights.safetensors, adapter.json and README.md into out (weights via a temp folder)."""
     from diffusers import StableDiffusionPipeline
 
-
     if base_state_sha256(parts) != parts["base_sha256"]:
         raise MedisynError("LoRA training changed base weights (internal error); the adapter was not saved")
     layers = adapter_state(parts)
     meta = {f"{name}_lora_adapter_metadata": _peft_metadata(parts["lora_configs"][name]) for name in layers}
     tmp = out / "_work" / "adapter"
     shutil.rmtree(tmp, ignore_errors=True)
-    StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers.get("unet"),
-                                              text_encoder_lora_layers=layers.get("text_encoder"),
-                                              weight_name=WEIGHTS, **meta)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp,
+        unet_lora_layers=layers.get("unet"),
+        text_encoder_lora_layers=layers.get("text_encoder"),
+        weight_name=WEIGHTS,
+        **meta,
+    )
     (tmp / WEIGHTS).chmod(0o644)
     (tmp / WEIGHTS).rename(out / WEIGHTS)
-    record = {"format": "diffusers-lora", "weights": WEIGHTS, "sha256": file_sha256(out / WEIGHTS),
-              "base": {"source": config.base, "weights_sha256": weight_hashes(config.base),
-                       "state_sha256": parts["base_sha256"]},
-              "rank": config.lora, "alpha": config.lora_alpha if config.lora_alpha is not None else config.lora,
-              "dropout": config.lora_dropout, "targets": config.lora_targets,
-              "modules": {"unet": UNET_MODULES, "text_encoder": TEXT_MODULES if "text" in config.lora_targets else []},
-              "parameters": sum(t.numel() for tensors in layers.values() for t in tensors.values()), **info}
+    record = {
+        "format": "diffusers-lora",
+        "weights": WEIGHTS,
+        "sha256": file_sha256(out / WEIGHTS),
+        "base": {
+            "source": config.base,
+            "weights_sha256": weight_hashes(config.base),
+            "state_sha256": parts["base_sha256"],
+        },
+        "rank": config.lora,
+        "alpha": config.lora_alpha if config.lora_alpha is not None else config.lora,
+        "dropout": config.lora_dropout,
+        "targets": config.lora_targets,
+        "modules": {
+            "unet": UNET_MODULES,
+            "text_encoder": TEXT_MODULES if "text" in config.lora_targets else [],
+        },
+        "parameters": sum(t.numel() for tensors in layers.values() for t in tensors.values()),
+        **info,
+    }
     write_json(out / ADAPTER_JSON, record)
     atomic_write_text(out / "README.md", adapter_card(out, record))
     return out
@@ -136,29 +173,55 @@ def data_fingerprint(pixels, captions: list[str]) -> str:
 def adapter_card(out: Path, record: dict) -> str:
     """The adapter's model card: what it adapts, how it was trained, how to use it."""
     base = record["base"]["source"]
-    return "\n".join([
-        "---", "library_name: diffusers", "tags:", "- lora", "- medisyn", "- text-to-image", "license: other", "---",
-        f"# {out.name}: LoRA adapter (medisyn)", "",
-        f"A rank-{record['rank']} LoRA adapter (alpha {record['alpha']}, {record['parameters']:,} parameters, "
-        f"targets: {record['targets']}) for the base model `{base}`. It holds no base weights and no training "
-        f"images; use it with the same base model (its weight hashes are in `adapter.json`).", "",
-        "## Training", "",
-        f"- {record['steps']} steps on {record['train_images']} images ({record['held_out_images']} held out), "
-        f"final loss {record['final_loss']:.4f}",
-        f"- data fingerprint `{record['data_fingerprint'][:16]}...` (images as decoded, and captions)",
-        f"- base weights unchanged: state sha256 `{record['base']['state_sha256'][:16]}...` before and after", "",
-        "## Use", "", "```bash", f"medisyn generate --model {base} --lora {out}:1.0 --manifest prompts.csv --n 100",
-        "```", "", "```python", "from diffusers import StableDiffusionPipeline",
-        f"pipe = StableDiffusionPipeline.from_pretrained('{base}')", f"pipe.load_lora_weights('{out}')", "```", "",
-        "**Synthetic images, not for clinical use.** The adapter inherits the terms of the base model and of the "
-        "images it was trained on.", ""])
+    return "\n".join(
+        [
+            "---",
+            "library_name: diffusers",
+            "tags:",
+            "- lora",
+            "- medisyn",
+            "- text-to-image",
+            "license: other",
+            "---",
+            f"# {out.name}: LoRA adapter (medisyn)",
+            "",
+            f"A rank-{record['rank']} LoRA adapter (alpha {record['alpha']}, {record['parameters']:,} parameters, "
+            f"targets: {record['targets']}) for the base model `{base}`. It holds no base weights and no training "
+            f"images; use it with the same base model (its weight hashes are in `adapter.json`).",
+            "",
+            "## Training",
+            "",
+            f"- {record['steps']} steps on {record['train_images']} images ({record['held_out_images']} held out), "
+            f"final loss {record['final_loss']:.4f}",
+            f"- data fingerprint `{record['data_fingerprint'][:16]}...` (images as decoded, and captions)",
+            f"- base weights unchanged: state sha256 `{record['base']['state_sha256'][:16]}...` before and after",
+            "",
+            "## Use",
+            "",
+            "```bash",
+            f"medisyn generate --model {base} --lora {out}:1.0 --manifest prompts.csv --n 100",
+            "```",
+            "",
+            "```python",
+            "from diffusers import StableDiffusionPipeline",
+            f"pipe = StableDiffusionPipeline.from_pretrained('{base}')",
+            f"pipe.load_lora_weights('{out}')",
+            "```",
+            "",
+            "**Synthetic images, not for clinical use.** The adapter inherits the terms of the base model and of the "
+            "images it was trained on.",
+            "",
+        ]
+    )
 
 
 # 2. generating -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Adapter:
     """One --lora: its weights file, their sha256, the scale, and what adapter.json says of its base."""
+
     path: str
     file: str
     sha256: str
@@ -200,11 +263,14 @@ def read_adapter(spec: str) -> Adapter:
     folder = Path(path).expanduser()
     file = folder / WEIGHTS if folder.is_dir() else folder
     if not file.is_file():
-        raise MedisynError(f"--lora: {path} does not exist" if not folder.exists() else
-                           f"--lora: {folder} has no {WEIGHTS}")
+        raise MedisynError(
+            f"--lora: {path} does not exist" if not folder.exists() else f"--lora: {folder} has no {WEIGHTS}"
+        )
     keys = adapter_shapes(file)
     if not any(_factor(key) for key in keys):
-        raise MedisynError(f"--lora: {file} holds no LoRA weights (no lora_A/lora_B or lora.down/lora.up tensors)")
+        raise MedisynError(
+            f"--lora: {file} holds no LoRA weights (no lora_A/lora_B or lora.down/lora.up tensors)"
+        )
     base = None
     card = (folder if folder.is_dir() else folder.parent) / ADAPTER_JSON
     if card.exists():
@@ -223,7 +289,9 @@ def adapter_shapes(file: Path) -> dict[str, tuple]:
         with safe_open(str(file), framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except Exception as exc:  # safetensors raises its own error class for a truncated or garbage file
-        raise MedisynError(f"--lora: {file}: not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
+        raise MedisynError(
+            f"--lora: {file}: not a readable .safetensors file ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def _factor(key: str) -> tuple[str, str] | None:
@@ -245,8 +313,10 @@ def check_architecture(adapter: Adapter, model: str | None) -> None:
         module, kind = found
         component, _, inner = module.partition(".")
         if component not in COMPONENT_FILES:
-            raise MedisynError(f"--lora {adapter.path}: adapts '{component}', which a Stable-Diffusion-style model "
-                               f"does not have (an adapter for another architecture, e.g. SDXL?)")
+            raise MedisynError(
+                f"--lora {adapter.path}: adapts '{component}', which a Stable-Diffusion-style model "
+                f"does not have (an adapter for another architecture, e.g. SDXL?)"
+            )
         weights = folder / component / COMPONENT_FILES[component]
         if not weights.is_file():
             continue  # a single-file or hub model: the load reports a mismatch
@@ -254,8 +324,10 @@ def check_architecture(adapter: Adapter, model: str | None) -> None:
         size_ok = base is not None and (shape[1] == base[1] if kind == "A" else shape[0] == base[0])
         if not size_ok:
             problem = "is not in" if base is None else "has other sizes in"
-            raise MedisynError(f"--lora {adapter.path}: layer {component}.{inner} {problem} {model_source(model)} "
-                               f"(an adapter for another architecture)")
+            raise MedisynError(
+                f"--lora {adapter.path}: layer {component}.{inner} {problem} {model_source(model)} "
+                f"(an adapter for another architecture)"
+            )
 
 
 _SHAPES: dict[str, dict] = {}
@@ -274,8 +346,10 @@ def check_base(adapter: Adapter, model: str | None) -> None:
         return
     current = weight_hashes(model)
     if current and current != recorded:
-        raise MedisynError(f"--lora {adapter.path}: trained on {adapter.base.get('source')}, whose weights differ from "
-                           f"--model {model_source(model)}'s; use its base model, or --force-lora to load it anyway")
+        raise MedisynError(
+            f"--lora {adapter.path}: trained on {adapter.base.get('source')}, whose weights differ from "
+            f"--model {model_source(model)}'s; use its base model, or --force-lora to load it anyway"
+        )
 
 
 def apply_adapters(pipe, adapters: list[Adapter], fuse: bool = False) -> None:
@@ -285,11 +359,14 @@ def apply_adapters(pipe, adapters: list[Adapter], fuse: bool = False) -> None:
     names = [f"lora{i}" for i in range(len(adapters))]
     for name, adapter in zip(names, adapters):
         try:
-            pipe.load_lora_weights(str(Path(adapter.file).parent), weight_name=Path(adapter.file).name,
-                                   adapter_name=name)
+            pipe.load_lora_weights(
+                str(Path(adapter.file).parent), weight_name=Path(adapter.file).name, adapter_name=name
+            )
         except Exception as exc:  # diffusers/peft raise ValueError, RuntimeError or KeyError for mismatches
-            raise MedisynError(f"--lora {adapter.path}: cannot be loaded into this model "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise MedisynError(
+                f"--lora {adapter.path}: cannot be loaded into this model "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
     pipe.set_adapters(names, adapter_weights=[a.scale for a in adapters])
     if fuse:
         pipe.fuse_lora(adapter_names=names)
@@ -306,7 +383,10 @@ def adapter_key(config) -> dict:
     if not config.loras:
         return {}
     adapters = [read_adapter(spec) for spec in config.loras]
-    return {"adapters": [{"sha256": a.sha256, "scale": a.scale} for a in adapters], "fuse_lora": config.fuse_lora}
+    return {
+        "adapters": [{"sha256": a.sha256, "scale": a.scale} for a in adapters],
+        "fuse_lora": config.fuse_lora,
+    }
 
 
 def row_model(name: str, adapters: list[dict] | None) -> str:

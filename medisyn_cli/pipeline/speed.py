@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from medisyn_cli.core.errors import MedisynError
 
-CPU_BATCH = 16      # at 64 px on CPU, 2.7x batch 1's images/s; 32 adds 4% (benchmarks/batch_scaling.py)
+CPU_BATCH = 16  # at 64 px on CPU, 2.7x batch 1's images/s; 32 adds 4% (benchmarks/batch_scaling.py)
 CPU_PIXELS = 128 * 128  # up to this image size CPU_BATCH; larger images get proportionally smaller batches
 MAX_BATCH = 64
-HEADROOM = 0.8      # share of the free device memory a batch may use
+HEADROOM = 0.8  # share of the free device memory a batch may use
 
 
-def apply_speed_options(pipe, channels_last: bool = False, compile: bool = False, vae_slicing: bool = False,
-                        vae_tiling: bool = False) -> dict:
+def apply_speed_options(
+    pipe,
+    channels_last: bool = False,
+    compile: bool = False,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+) -> dict:
     """Set the speed options on a loaded pipeline; returns what was applied (recorded in run.json)."""
     import torch
 
@@ -27,8 +32,13 @@ def apply_speed_options(pipe, channels_last: bool = False, compile: bool = False
             pipe.unet = torch.compile(pipe.unet, fullgraph=False)
         except RuntimeError as exc:  # e.g. a Python or platform torch.compile does not support
             raise MedisynError(f"--compile: torch.compile is not available here ({exc})") from exc
-    return {"attention": attention_name(pipe), "channels_last": channels_last, "compile": compile,
-            "vae_slicing": vae_slicing, "vae_tiling": vae_tiling}
+    return {
+        "attention": attention_name(pipe),
+        "channels_last": channels_last,
+        "compile": compile,
+        "vae_slicing": vae_slicing,
+        "vae_tiling": vae_tiling,
+    }
 
 
 def attention_name(pipe) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
@@ -25,7 +25,7 @@ def clip_bpe_merges() -> list[tuple[str, str]]:
     return [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
 
 
-def write_tokenizer(folder: Path, merges: list[tuple[str, str]]) -> "object":
+def write_tokenizer(folder: Path, merges: list[tuple[str, str]]) -> object:
     """Write vocab.json + merges.txt for these merges and return the loaded CLIPTokenizer."""
     from transformers import CLIPTokenizer
 
@@ -34,12 +34,17 @@ def write_tokenizer(folder: Path, merges: list[tuple[str, str]]) -> "object":
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tokenizer = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77)
+    tokenizer = CLIPTokenizer(
+        vocab=str(folder / "vocab.json"),
+        merges=str(folder / "merges.txt"),
+        pad_token="<|endoftext|>",
+        model_max_length=77,
+    )
     tokenizer.save_pretrained(folder)
     return CLIPTokenizer.from_pretrained(folder)
 
 
-def build_corpus_tokenizer(texts: Iterable[str], folder: Path) -> "object":
+def build_corpus_tokenizer(texts: Iterable[str], folder: Path) -> object:
     """A CLIP tokenizer holding only the merges the corpus needs.
 
     Every kept token keeps the merges that built it, so the corpus tokenizes exactly as with

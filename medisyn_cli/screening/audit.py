@@ -28,26 +28,39 @@ from medisyn_cli.screening.index import load_index
 from medisyn_cli.screening.report import BINS, write_screen_report
 from medisyn_cli.screening.screener import Screener, require_embedder
 
-SCREEN_COLUMNS = {"image": "string", "label": "string", "nn_id": "int64", "nn_key": "string", "nn_label": "string",
-                  "nn_similarity": "float32", "near_copy": "bool_", "view": "string", "region": "string",
-                  "error": "string"}
+SCREEN_COLUMNS = {
+    "image": "string",
+    "label": "string",
+    "nn_id": "int64",
+    "nn_key": "string",
+    "nn_label": "string",
+    "nn_similarity": "float32",
+    "near_copy": "bool_",
+    "view": "string",
+    "region": "string",
+    "error": "string",
+}
 THUMB = 96
 
 
 @dataclass(order=True)
 class Pair:
     """A screened image and its nearest training image, for the report (thumbnail PNG bytes); ordered by similarity."""
+
     similarity: float
     image: str = field(compare=False)
     nn_key: str = field(compare=False)
     near_copy: bool = field(compare=False)
     thumbnail: bytes = field(compare=False)
-    region: str = field(default="", compare=False)  # the training image's matched tile, "region(l,t,r,b)"; "" = whole
+    region: str = field(
+        default="", compare=False
+    )  # the training image's matched tile, "region(l,t,r,b)"; "" = whole
 
 
 @dataclass
 class ScreenSummary:
     """What `screen_dataset` found and wrote."""
+
     dataset: Path
     report_dir: Path
     index: str
@@ -65,11 +78,19 @@ class ScreenSummary:
 
     def to_dict(self) -> dict:
         """The machine-readable summary (screen.json)."""
-        return {"dataset": str(self.dataset), "index": self.index, "embedder": self.embedder,
-                "threshold": self.threshold, "screened": self.screened, "near_copies": self.near_copies,
-                "errors": self.errors, "seconds": round(self.seconds, 2),
-                "per_label": {k: {"screened": v[0], "near_copies": v[1]} for k, v in self.per_label.items()},
-                "kept_out": str(self.kept_out) if self.kept_out else None, "files": self.files}
+        return {
+            "dataset": str(self.dataset),
+            "index": self.index,
+            "embedder": self.embedder,
+            "threshold": self.threshold,
+            "screened": self.screened,
+            "near_copies": self.near_copies,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 2),
+            "per_label": {k: {"screened": v[0], "near_copies": v[1]} for k, v in self.per_label.items()},
+            "kept_out": str(self.kept_out) if self.kept_out else None,
+            "files": self.files,
+        }
 
 
 def default_report_dir(dataset: Path) -> Path:
@@ -80,27 +101,45 @@ def default_report_dir(dataset: Path) -> Path:
 @dataclass(frozen=True)
 class ScreenConfig:
     """Options of `medisyn screen`: the defaults table of the CLI and of screen_dataset's keywords."""
-    dataset: str = field(metadata={
-        "help": "A medisyn output folder, a Parquet dataset, an ImageFolder or any folder of images."})
+
+    dataset: str = field(
+        metadata={
+            "help": "A medisyn output folder, a Parquet dataset, an ImageFolder or any folder of images."
+        }
+    )
     index: str = field(metadata={"help": "Training-image index (medisyn index build)."})
-    threshold: float | None = field(default=None, metadata={
-        "help": "Near-copy threshold (default: the index's calibrated one)."})
-    report_dir: str | None = field(default=None, metadata={
-        "help": "Folder for screen.parquet/.csv/.json and report.html (default: DATASET/screen for a "
-                "medisyn output, else ./<name>-screen)."})
-    keep_out: str | None = field(default=None, metadata={
-        "help": "Write a copy of the dataset without the near-copies here."})
-    embedder: str | None = field(default=None, metadata={
-        "help": "Check that the index was built with this embedder."})
+    threshold: float | None = field(
+        default=None, metadata={"help": "Near-copy threshold (default: the index's calibrated one)."}
+    )
+    report_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for screen.parquet/.csv/.json and report.html (default: DATASET/screen for a "
+            "medisyn output, else ./<name>-screen)."
+        },
+    )
+    keep_out: str | None = field(
+        default=None, metadata={"help": "Write a copy of the dataset without the near-copies here."}
+    )
+    embedder: str | None = field(
+        default=None, metadata={"help": "Check that the index was built with this embedder."}
+    )
     batch_size: int = field(default=64, metadata={"help": "Images decoded and screened at a time."})
     pairs: int = field(default=24, metadata={"help": "Closest pairs shown in report.html."})
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar (else log lines)."})
 
 
-def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | None = None,
-                   report_dir: str | Path | None = None, keep_out: str | Path | None = None,
-                   embedder: str | None = None, batch_size: int = 64, pairs: int = 24,
-                   show_progress: bool = True) -> ScreenSummary:
+def screen_dataset(
+    dataset: str | Path,
+    index: str | Path,
+    threshold: float | None = None,
+    report_dir: str | Path | None = None,
+    keep_out: str | Path | None = None,
+    embedder: str | None = None,
+    batch_size: int = 64,
+    pairs: int = 24,
+    show_progress: bool = True,
+) -> ScreenSummary:
     """Screen every image of `dataset`; write screen.parquet, screen.csv, screen.json and report.html."""
     # 1. inputs: everything that can fail on input fails before any output is written
     dataset = Path(dataset)
@@ -116,7 +155,9 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
     _check_new_folder(keep_out, "--keep-out")
     if keep_out is not None and keep_out.resolve() == dataset.resolve():
         raise MedisynError(f"--keep-out {keep_out}: must differ from the dataset being screened")
-    summary = ScreenSummary(dataset, report_dir, str(index), training.meta["embedder"]["spec"], screener.threshold)
+    summary = ScreenSummary(
+        dataset, report_dir, str(index), training.meta["embedder"]["spec"], screener.threshold
+    )
 
     # 2. screen batch by batch into the tables
     made_report_dir = not report_dir.exists()
@@ -128,14 +169,19 @@ def screen_dataset(dataset: str | Path, index: str | Path, threshold: float | No
             rows = _screen_batch(screener, batch, summary, pairs)
             tables.write(rows)
             copies.update(row["image"] for row in rows if row["near_copy"])
-            progress.update(task, completed=summary.screened, rate=rate_text(summary.screened, time.time() - clock,
-                                                                             "img"),
-                            info=f"{summary.near_copies} near-copies")
+            progress.update(
+                task,
+                completed=summary.screened,
+                rate=rate_text(summary.screened, time.time() - clock, "img"),
+                info=f"{summary.near_copies} near-copies",
+            )
         if summary.screened == 0:
             if made_report_dir:
                 shutil.rmtree(report_dir, ignore_errors=True)
-            raise MedisynError(f"{dataset}: none of its {summary.errors} images could be read (corrupt or not an "
-                               f"image), so nothing was screened")
+            raise MedisynError(
+                f"{dataset}: none of its {summary.errors} images could be read (corrupt or not an "
+                f"image), so nothing was screened"
+            )
     summary.seconds = time.time() - clock
     summary.pairs.sort(key=lambda pair: -pair.similarity)
 
@@ -158,9 +204,18 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
     """Rows of one batch (unreadable images become rows with an error), tallied into the summary."""
     images, rows = [], []
     for record in batch:
-        row = {"image": record.key, "label": record.label, "nn_id": None, "nn_key": None, "nn_label": None,
-               "nn_similarity": None, "near_copy": None, "view": None, "region": None,
-               "error": None}
+        row = {
+            "image": record.key,
+            "label": record.label,
+            "nn_id": None,
+            "nn_key": None,
+            "nn_label": None,
+            "nn_similarity": None,
+            "near_copy": None,
+            "view": None,
+            "region": None,
+            "error": None,
+        }
         image, error = decode(record)
         if error is None:
             images.append(image)
@@ -172,9 +227,15 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
     for row in rows:
         if row["error"] is None:
             result, image = next(results), next(readable)
-            row.update(nn_id=result.nn_id, nn_key=result.nn_key, nn_label=result.nn_label,
-                       nn_similarity=result.nn_similarity, near_copy=result.near_copy, view=result.view,
-                       region=result.region)
+            row.update(
+                nn_id=result.nn_id,
+                nn_key=result.nn_key,
+                nn_label=result.nn_label,
+                nn_similarity=result.nn_similarity,
+                near_copy=result.near_copy,
+                view=result.view,
+                region=result.region,
+            )
             _tally(summary, row, image, pairs)
     summary.histogram += np.histogram([r["nn_similarity"] for r in rows if r["error"] is None], BINS)[0]
     return rows
@@ -186,13 +247,20 @@ def _tally(summary: ScreenSummary, row: dict, image, pairs: int) -> None:
     counts = summary.per_label.setdefault(row["label"] or "-", [0, 0])
     counts[0], counts[1] = counts[0] + 1, counts[1] + int(row["near_copy"])
     if len(summary.pairs) < pairs or row["nn_similarity"] > summary.pairs[0].similarity:
-        pair = Pair(row["nn_similarity"], row["image"], row["nn_key"], row["near_copy"], thumbnail_png(image),
-                    row["region"] or "")
+        pair = Pair(
+            row["nn_similarity"],
+            row["image"],
+            row["nn_key"],
+            row["near_copy"],
+            thumbnail_png(image),
+            row["region"] or "",
+        )
         (heapq.heappush if len(summary.pairs) < pairs else heapq.heapreplace)(summary.pairs, pair)
 
 
 class _Tables:
     """screen.parquet and screen.csv, streamed under temporary names and renamed when complete."""
+
     def __init__(self, folder: Path):
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -205,7 +273,7 @@ class _Tables:
         self.csv = csv.DictWriter(self.handle, fieldnames=list(SCREEN_COLUMNS))
         self.csv.writeheader()
 
-    def __enter__(self) -> "_Tables":
+    def __enter__(self) -> _Tables:
         return self
 
     def write(self, rows: list[dict]) -> None:
@@ -223,8 +291,10 @@ class _Tables:
 
 # --- --keep-out: a copy of the dataset without the near-copies ------------------------------------------
 
-def write_kept_copy(dataset: Path, sources: list[Source], copies: set[str], out: Path,
-                    summary: ScreenSummary | None = None) -> None:
+
+def write_kept_copy(
+    dataset: Path, sources: list[Source], copies: set[str], out: Path, summary: ScreenSummary | None = None
+) -> None:
     """Copy `dataset` to `out` without the records whose key is in `copies` (built under a temp name)."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -256,7 +326,9 @@ def _copy_source(source: Source, copies: set[str], target: Path) -> None:
             name = file.name if source.path.is_file() else file.relative_to(source.path)
             _filter_parquet(file, lambda ids, f=file: [f"{f}:{i}" not in copies for i in ids], target / name)
     elif source.kind == "imagefolder":
-        _filter_imagefolder(source.path, lambda row: str(source.path / row["file_name"]) not in copies, target)
+        _filter_imagefolder(
+            source.path, lambda row: str(source.path / row["file_name"]) not in copies, target
+        )
     else:
         root = source.path if source.path.is_dir() else source.path.parent
         for record in iter_source_records(source):
@@ -281,7 +353,6 @@ def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
     """The copy's run.json and dataset card give its own counts and the screening that made it."""
     import json
 
-
     run = json.loads((copy / "run.json").read_text())
     removed = {label: counts[1] for label, counts in summary.per_label.items() if counts[1]}
     for label, count in removed.items():
@@ -290,10 +361,16 @@ def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
     for output in run.get("outputs", []):
         if output.get("format") in ("parquet", "imagefolder"):
             output["rows"] = max(0, output.get("rows", 0) - sum(removed.values()))
-    run["filtered"] = {"by": "medisyn screen --keep-out", "source": str(summary.dataset), "index": summary.index,
-                       "embedder": summary.embedder, "threshold": summary.threshold,
-                       "near_copies_removed": sum(removed.values()), "per_label": removed,
-                       "unreadable": summary.errors}
+    run["filtered"] = {
+        "by": "medisyn screen --keep-out",
+        "source": str(summary.dataset),
+        "index": summary.index,
+        "embedder": summary.embedder,
+        "threshold": summary.threshold,
+        "near_copies_removed": sum(removed.values()),
+        "per_label": removed,
+        "unreadable": summary.errors,
+    }
     write_json(copy / "run.json", run)
     write_run_card(copy, run)
 
@@ -309,7 +386,11 @@ def _filter_parquet(file: Path, keep, target: Path) -> None:
     with pq.ParquetWriter(target, source.schema_arrow) as writer:
         for batch in source.iter_batches(batch_size=256):
             names = batch.schema.names
-            ids = batch.column(names.index("id")).to_pylist() if "id" in names else list(range(row, row + len(batch)))
+            ids = (
+                batch.column(names.index("id")).to_pylist()
+                if "id" in names
+                else list(range(row, row + len(batch)))
+            )
             row += len(batch)
             writer.write_table(pa.Table.from_batches([batch]).filter(pa.array(keep(ids))))
 
@@ -317,13 +398,17 @@ def _filter_parquet(file: Path, keep, target: Path) -> None:
 def _filter_imagefolder(folder: Path, keep, target: Path) -> None:
     """Copy the kept images of an ImageFolder and the matching rows of its metadata.csv."""
     target.mkdir(parents=True, exist_ok=True)
-    with open(folder / "metadata.csv", newline="", encoding="utf-8") as src, \
-            open(target / "metadata.csv", "w", newline="", encoding="utf-8") as dst:
+    with (
+        open(folder / "metadata.csv", newline="", encoding="utf-8") as src,
+        open(target / "metadata.csv", "w", newline="", encoding="utf-8") as dst,
+    ):
         reader = csv.DictReader(src)
         writer = csv.DictWriter(dst, fieldnames=reader.fieldnames)
         writer.writeheader()
         for row in reader:
-            if keep(row) and (folder / row["file_name"]).is_file():  # unreadable rows were reported, not copied
+            if (
+                keep(row) and (folder / row["file_name"]).is_file()
+            ):  # unreadable rows were reported, not copied
                 (target / row["file_name"]).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(folder / row["file_name"], target / row["file_name"])
                 writer.writerow(row)

@@ -30,7 +30,9 @@ def copy_augment(image, rng: np.random.Generator):
     if kind == 0:
         side = rng.uniform(0.85, 0.95)
         x, y = rng.uniform(0, 1 - side, 2)
-        return image.crop((x * w, y * h, (x + side) * w, (y + side) * h)).resize((w, h), Image.Resampling.BICUBIC)
+        return image.crop((x * w, y * h, (x + side) * w, (y + side) * h)).resize(
+            (w, h), Image.Resampling.BICUBIC
+        )
     if kind == 1:
         return image.rotate(float(rng.uniform(2, 8) * rng.choice([-1, 1])), Image.Resampling.BICUBIC)
     if kind == 2:
@@ -44,8 +46,9 @@ def copy_augment(image, rng: np.random.Generator):
     return ImageOps.mirror(image) if rng.random() < 0.5 else ImageOps.flip(image)
 
 
-def calibrate(index: TrainingIndex, sample: list[tuple[int, object]], target_fpr: float = TARGET_FPR,
-              seed: int = 0) -> dict:
+def calibrate(
+    index: TrainingIndex, sample: list[tuple[int, object]], target_fpr: float = TARGET_FPR, seed: int = 0
+) -> dict:
     """Pick the threshold giving `target_fpr` on the index's own images: each sampled (id, image) and a copy-style
     change of it are screened against the *other* training images (negatives: its own duplicates excluded), and
     the changed copy against all (positives, for the curve). Returns the threshold, the measured curve and counts.
@@ -60,22 +63,41 @@ def calibrate(index: TrainingIndex, sample: list[tuple[int, object]], target_fpr
     ids = [i for i, _ in sample]
     changed = [copy_augment(image, rng) for _, image in sample]
     banned = _duplicates_of(screener, [image for _, image in sample], ids)
-    negatives = np.array([r.nn_similarity for r in screener.check([im for _, im in sample] + changed,
-                                                                  exclude=banned + banned)], np.float64)
+    negatives = np.array(
+        [
+            r.nn_similarity
+            for r in screener.check([im for _, im in sample] + changed, exclude=banned + banned)
+        ],
+        np.float64,
+    )
     copies = screener.check(changed)
     positives = np.array([r.nn_similarity if r.nn_id in banned[j] else -np.inf for j, r in enumerate(copies)])
     floor = index.embedder.default_threshold if index.embedder.calibrated_default else THRESHOLD_RANGE[0]
     threshold = max(floor, _threshold_for(negatives[np.isfinite(negatives)], target_fpr))
-    return {"threshold": threshold, "target_fpr": target_fpr, "view_set": screener.view_set, "floor": floor,
-            "sample": len(sample), "negatives": int(np.isfinite(negatives).sum()),
-            "duplicates_excluded": int(sum(len(b) - 1 for b in banned)),
-            "fpr_at_threshold": round(float(np.mean(negatives >= threshold)), 4),
-            "tpr_at_threshold": round(float(np.mean(positives >= threshold)), 4),
-            "negative_percentiles": {f"p{q}": round(float(np.percentile(negatives[np.isfinite(negatives)], q)), 4)
-                                     for q in (50, 90, 99, 99.5, 100)},
-            "curve": [{"threshold": t, "fpr": round(float(np.mean(negatives >= t)), 4),
-                       "tpr": round(float(np.mean(positives >= t)), 4)} for t in CURVE],
-            "seconds": round(time.time() - clock, 1)}
+    return {
+        "threshold": threshold,
+        "target_fpr": target_fpr,
+        "view_set": screener.view_set,
+        "floor": floor,
+        "sample": len(sample),
+        "negatives": int(np.isfinite(negatives).sum()),
+        "duplicates_excluded": int(sum(len(b) - 1 for b in banned)),
+        "fpr_at_threshold": round(float(np.mean(negatives >= threshold)), 4),
+        "tpr_at_threshold": round(float(np.mean(positives >= threshold)), 4),
+        "negative_percentiles": {
+            f"p{q}": round(float(np.percentile(negatives[np.isfinite(negatives)], q)), 4)
+            for q in (50, 90, 99, 99.5, 100)
+        },
+        "curve": [
+            {
+                "threshold": t,
+                "fpr": round(float(np.mean(negatives >= t)), 4),
+                "tpr": round(float(np.mean(positives >= t)), 4),
+            }
+            for t in CURVE
+        ],
+        "seconds": round(time.time() - clock, 1),
+    }
 
 
 def _duplicates_of(screener: Screener, images: list, ids: list[int]) -> list[set]:
@@ -106,5 +128,7 @@ def _threshold_for(negatives: np.ndarray, target_fpr: float) -> float:
     ordered = np.sort(negatives)[::-1]
     allowed = int(np.floor(target_fpr * len(ordered)))
     above = ordered[allowed] if allowed < len(ordered) else -1.0
-    threshold = math.floor(above * 1000) / 1000 + 0.001  # strictly above the first negative that must not pass
+    threshold = (
+        math.floor(above * 1000) / 1000 + 0.001
+    )  # strictly above the first negative that must not pass
     return round(float(min(max(threshold, THRESHOLD_RANGE[0]), THRESHOLD_RANGE[1])), 3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -22,21 +22,38 @@ from medisyn_cli.screening.index import KEYS_FILE
 @dataclass
 class Embedded:
     """What the embedding pass produced: vectors on disk, how many, and the records it had to skip."""
+
     vectors: np.ndarray
     count: int
     skipped: list[dict]
     regions: np.ndarray | None = None  # (count * len(TILES), dim) tile vectors, or None
 
 
-def embed_sources(found: list[Source], model: Embedder, out: Path, total: int, batch_size: int,
-                   show_progress: bool, regions: bool = False) -> Embedded:
+def embed_sources(
+    found: list[Source],
+    model: Embedder,
+    out: Path,
+    total: int,
+    batch_size: int,
+    show_progress: bool,
+    regions: bool = False,
+) -> Embedded:
     """Decode and embed every image in batches; vectors go to a memmap, keys to keys.parquet.tmp (and with
     `regions`, each image's tile vectors to regions.npy.tmp)."""
     dtype = np.uint8 if model.binary else np.float32
-    vectors = np.lib.format.open_memmap(out / "embedding.npy.tmp", mode="w+", dtype=dtype,
-                                        shape=(max(total, 1), model.code_size))
-    tiles = np.lib.format.open_memmap(out / "regions.npy.tmp", mode="w+", dtype=np.float32,
-                                      shape=(max(total, 1) * len(TILES), model.dim)) if regions else None
+    vectors = np.lib.format.open_memmap(
+        out / "embedding.npy.tmp", mode="w+", dtype=dtype, shape=(max(total, 1), model.code_size)
+    )
+    tiles = (
+        np.lib.format.open_memmap(
+            out / "regions.npy.tmp",
+            mode="w+",
+            dtype=np.float32,
+            shape=(max(total, 1) * len(TILES), model.dim),
+        )
+        if regions
+        else None
+    )
     skipped: list[dict] = []
     count, started = 0, time.time()
     with KeyWriter(out / (KEYS_FILE + ".tmp")) as keys, make_progress(disable=not show_progress) as progress:
@@ -44,15 +61,20 @@ def embed_sources(found: list[Source], model: Embedder, out: Path, total: int, b
         for batch in source_batches(found, batch_size):
             images, records = decode_batch(batch, skipped)
             codes, records, kept = embed_batch(model, images, records, skipped)
-            vectors[count:count + len(codes)] = codes
+            vectors[count : count + len(codes)] = codes
             if tiles is not None and len(kept):
-                tiles[count * len(TILES):(count + len(codes)) * len(TILES)] = \
-                    model.embed_views(kept, TILES).reshape(-1, model.dim)
+                tiles[count * len(TILES) : (count + len(codes)) * len(TILES)] = model.embed_views(
+                    kept, TILES
+                ).reshape(-1, model.dim)
             keys.write(records, count)
             count += len(codes)
             done = count + len(skipped)
-            progress.update(task, completed=done, rate=rate_text(done, time.time() - started, "img"),
-                            info=f"{len(skipped)} skipped" if skipped else "")
+            progress.update(
+                task,
+                completed=done,
+                rate=rate_text(done, time.time() - started, "img"),
+                info=f"{len(skipped)} skipped" if skipped else "",
+            )
     vectors.flush()
     if tiles is not None:
         tiles.flush()
@@ -75,7 +97,9 @@ def decode_batch(batch: list, skipped: list[dict]) -> tuple[list, list]:
     return images, records
 
 
-def embed_batch(model: Embedder, images: list, records: list, skipped: list[dict]) -> tuple[np.ndarray, list, list]:
+def embed_batch(
+    model: Embedder, images: list, records: list, skipped: list[dict]
+) -> tuple[np.ndarray, list, list]:
     """Embed a batch; if it fails, embed image by image and skip the ones that fail. (codes, records, images kept)"""
     try:
         return model.embed(images), records, images
@@ -89,28 +113,36 @@ def embed_batch(model: Embedder, images: list, records: list, skipped: list[dict
                 kept.append(record)
                 kept_images.append(image)
             except Exception as exc:
-                skipped.append({"key": record[1].key, "reason": f"embedding failed: {type(exc).__name__}: {exc}"[:300]})
+                skipped.append(
+                    {"key": record[1].key, "reason": f"embedding failed: {type(exc).__name__}: {exc}"[:300]}
+                )
         dtype = np.uint8 if model.binary else np.float32
         return (np.stack(codes) if codes else np.zeros((0, model.code_size), dtype)), kept, kept_images
 
 
 class KeyWriter:
     """keys.parquet written batch by batch (id, key, label, source), so memory does not grow with the count."""
+
     def __init__(self, path: Path):
         self.path, self.writer = path, None
 
-    def __enter__(self) -> "KeyWriter":
+    def __enter__(self) -> KeyWriter:
         return self
 
     def write(self, records: list, first_id: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table({
-            "id": pa.array(range(first_id, first_id + len(records)), pa.int64()),
-            "key": pa.array([r.key for _, r in records], pa.string()),
-            "label": pa.array([None if r.label is None else str(r.label) for _, r in records], pa.string()),
-            "source": pa.array([str(s.path) for s, _ in records], pa.string())})
+        table = pa.table(
+            {
+                "id": pa.array(range(first_id, first_id + len(records)), pa.int64()),
+                "key": pa.array([r.key for _, r in records], pa.string()),
+                "label": pa.array(
+                    [None if r.label is None else str(r.label) for _, r in records], pa.string()
+                ),
+                "source": pa.array([str(s.path) for s, _ in records], pa.string()),
+            }
+        )
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
         self.writer.write_table(table)

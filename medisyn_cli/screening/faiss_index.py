@@ -14,10 +14,10 @@ import numpy as np
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.embed import TILES, Embedder
 
-FLAT_MAX = 100_000          # auto: exact search up to this many vectors (and while it fits the memory budget)
+FLAT_MAX = 100_000  # auto: exact search up to this many vectors (and while it fits the memory budget)
 
 
-HNSW_MAX = 5_000_000        # auto without a budget: HNSW up to this many, IVF-PQ beyond
+HNSW_MAX = 5_000_000  # auto without a budget: HNSW up to this many, IVF-PQ beyond
 
 
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
@@ -29,8 +29,22 @@ RECALL_QUERIES, NN_SAMPLE = 500, 10_000
 PERCENTILES = (0, 1, 5, 25, 50, 75, 95, 99, 100)
 
 
-UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
-         "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
+UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1e3,
+    "KB": 1e3,
+    "M": 1e6,
+    "MB": 1e6,
+    "G": 1e9,
+    "GB": 1e9,
+    "T": 1e12,
+    "TB": 1e12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_memory(text: str | int | None) -> int | None:
@@ -61,12 +75,19 @@ def plan_index(index_type: str, count: int, embedder: Embedder, budget: int | No
     flat_bytes, hnsw_bytes = count * embedder.dim * 4, count * (embedder.dim * 4 + HNSW_M * 2 * 4 * 1.5)
     if index_type == "auto":
         fits = lambda size: budget is None or size <= budget  # noqa: E731
-        index_type = ("flat" if count <= FLAT_MAX and fits(flat_bytes)
-                      else "hnsw" if fits(hnsw_bytes) and (budget is not None or count <= HNSW_MAX) else "ivfpq")
+        index_type = (
+            "flat"
+            if count <= FLAT_MAX and fits(flat_bytes)
+            else "hnsw"
+            if fits(hnsw_bytes) and (budget is not None or count <= HNSW_MAX)
+            else "ivfpq"
+        )
     if index_type == "flat":
         return IndexPlan("flat")
     if index_type == "hnsw":
-        return IndexPlan("hnsw", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH})
+        return IndexPlan(
+            "hnsw", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+        )
     return IndexPlan("ivfpq", _ivfpq_params(count, embedder.dim, budget))
 
 
@@ -74,22 +95,33 @@ def _plan_binary(index_type: str, count: int) -> IndexPlan:
     if index_type == "ivfpq":
         raise MedisynError("index type 'ivfpq' is for float vectors; binary hashes use flat or hnsw")
     if index_type == "hnsw" or index_type == "auto" and count > 1_000_000:
-        return IndexPlan("hnsw", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH})
+        return IndexPlan(
+            "hnsw", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+        )
     return IndexPlan("flat")
 
 
 def _ivfpq_params(count: int, dim: int, budget: int | None) -> dict:
     """nlist ~ 4 sqrt(N); PQ code bytes m: a divisor of dim, as large as the budget allows (at most 64)."""
     nlist = int(max(1, min(4 * math.sqrt(count), count // 39)))
-    nbits = int(min(8, max(1, math.floor(math.log2(max(2.0, count / 39))))))  # 2**nbits codes, ~39 samples each
+    nbits = int(
+        min(8, max(1, math.floor(math.log2(max(2.0, count / 39)))))
+    )  # 2**nbits codes, ~39 samples each
     divisors = [m for m in range(1, min(dim, 64) + 1) if dim % m == 0]
     if budget is not None:
         divisors = [m for m in divisors if count * (m + 8) * 1.2 <= budget]
         if not divisors:
-            raise MedisynError(f"max_memory {budget / 1e9:.2f} GB is too small for {count} vectors: "
-                               f"IVF-PQ needs at least {count * 9.6 / 1e9:.2f} GB")
-    return {"nlist": nlist, "m": divisors[-1], "nbits": nbits, "nprobe": min(nlist, 32),
-            "train_size": int(min(count, max(256 * 39, nlist * 39, 2 ** nbits * 39)))}
+            raise MedisynError(
+                f"max_memory {budget / 1e9:.2f} GB is too small for {count} vectors: "
+                f"IVF-PQ needs at least {count * 9.6 / 1e9:.2f} GB"
+            )
+    return {
+        "nlist": nlist,
+        "m": divisors[-1],
+        "nbits": nbits,
+        "nprobe": min(nlist, 32),
+        "train_size": int(min(count, max(256 * 39, nlist * 39, 2**nbits * 39))),
+    }
 
 
 def new_faiss_index(plan: IndexPlan, embedder: Embedder):
@@ -108,7 +140,9 @@ def new_faiss_index(plan: IndexPlan, embedder: Embedder):
         return index
     p = plan.params
     quantizer = faiss.IndexFlatIP(embedder.dim)
-    return faiss.IndexIVFPQ(quantizer, embedder.dim, p["nlist"], p["m"], p["nbits"], faiss.METRIC_INNER_PRODUCT)
+    return faiss.IndexIVFPQ(
+        quantizer, embedder.dim, p["nlist"], p["m"], p["nbits"], faiss.METRIC_INNER_PRODUCT
+    )
 
 
 def set_search_params(index, plan_type: str, params: dict) -> None:
@@ -128,20 +162,23 @@ def fill_index(vectors: np.ndarray, plan: IndexPlan, embedder: Embedder, chunk: 
         step = max(1, len(vectors) // plan.params["train_size"])
         index.train(np.ascontiguousarray(vectors[::step][: plan.params["train_size"]], dtype=np.float32))
     for start in range(0, len(vectors), chunk):
-        index.add(np.ascontiguousarray(vectors[start:start + chunk]))
+        index.add(np.ascontiguousarray(vectors[start : start + chunk]))
     set_search_params(index, plan.type, plan.params)
     return index
 
 
-def exact_search(vectors: np.ndarray, queries: np.ndarray, embedder: Embedder, k: int = 1,
-                 chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    vectors: np.ndarray, queries: np.ndarray, embedder: Embedder, k: int = 1, chunk: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (similarity, id) of queries over all vectors, in chunks (works on a memmap)."""
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
     for start in range(0, len(vectors), chunk):
-        sims = _similarity_matrix(queries, np.asarray(vectors[start:start + chunk]), embedder)
+        sims = _similarity_matrix(queries, np.asarray(vectors[start : start + chunk]), embedder)
         all_s = np.concatenate([best_s, sims], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + sims.shape[1]), sims.shape)], axis=1)
+        all_i = np.concatenate(
+            [best_i, np.broadcast_to(np.arange(start, start + sims.shape[1]), sims.shape)], axis=1
+        )
         order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
         best_s, best_i = np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
     return best_s, best_i
@@ -167,8 +204,9 @@ def perturbed_queries(vectors: np.ndarray, embedder: Embedder, n: int, seed: int
     return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
-def search_index(index, queries: np.ndarray, k: int, embedder: Embedder,
-                 exact: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search_index(
+    index, queries: np.ndarray, k: int, embedder: Embedder, exact: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """FAISS top-k as (similarity, id), higher = more similar; with `exact` vectors (IVF-PQ), the compressed
     index only proposes 4k candidates and their similarity is computed from the exact vectors."""
     with _threads_for(len(queries) * index.ntotal * queries.shape[1]):
@@ -207,8 +245,12 @@ def recall_at_1(search, vectors: np.ndarray, embedder: Embedder, n: int = RECALL
     exact_s, _ = exact_search(vectors, queries, embedder)
     _, approx_i = search(queries, 1)
     found = approx_i[:, 0]
-    sims = np.array([_similarity_matrix(q[None], np.asarray(vectors[i])[None], embedder)[0, 0] if i >= 0 else -np.inf
-                     for q, i in zip(queries, found)])
+    sims = np.array(
+        [
+            _similarity_matrix(q[None], np.asarray(vectors[i])[None], embedder)[0, 0] if i >= 0 else -np.inf
+            for q, i in zip(queries, found)
+        ]
+    )
     return float(np.mean(sims >= exact_s[:, 0] - 1e-5))
 
 
@@ -221,16 +263,18 @@ def neighbour_stats(search, vectors: np.ndarray, threshold: float, n: int = NN_S
     other = ids != sample[:, None]
     nearest = np.array([s[o][0] if o.any() else np.nan for s, o in zip(sims, other)], dtype=np.float64)
     nearest = nearest[~np.isnan(nearest)]
-    return {"sample": int(len(sample)),
-            "percentiles": {f"p{q}": round(float(np.percentile(nearest, q)), 4) for q in PERCENTILES},
-            "at_or_above_threshold": round(float(np.mean(nearest >= threshold)), 4)}
+    return {
+        "sample": int(len(sample)),
+        "percentiles": {f"p{q}": round(float(np.percentile(nearest, q)), 4) for q in PERCENTILES},
+        "at_or_above_threshold": round(float(np.mean(nearest >= threshold)), 4),
+    }
 
 
 def _exact_store(vectors: np.ndarray, path: Path, chunk: int = 65_536) -> np.ndarray:
     """Copy the vectors to their own .npy (memory-mapped), for re-scoring IVF-PQ candidates exactly."""
     store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=vectors.shape)
     for start in range(0, len(vectors), chunk):
-        store[start:start + chunk] = vectors[start:start + chunk]
+        store[start : start + chunk] = vectors[start : start + chunk]
     store.flush()
     return store
 
@@ -245,10 +289,13 @@ def _read_vectors(path: Path, meta: dict, embedder: Embedder) -> np.ndarray:
     try:
         vectors = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:
-        raise MedisynError(f"{path}: cannot read the exact vectors ({type(exc).__name__}); rebuild the index") from exc
+        raise MedisynError(
+            f"{path}: cannot read the exact vectors ({type(exc).__name__}); rebuild the index"
+        ) from exc
     if vectors.shape != (meta["count"], embedder.dim):
-        raise MedisynError(f"{path}: shape {vectors.shape}, expected ({meta['count']}, {embedder.dim}); "
-                           f"rebuild the index")
+        raise MedisynError(
+            f"{path}: shape {vectors.shape}, expected ({meta['count']}, {embedder.dim}); rebuild the index"
+        )
     return vectors
 
 
@@ -273,12 +320,17 @@ def region_index(regions: np.ndarray | None, count: int, model: Embedder):
     if regions is None:
         return None
     rows = count * len(TILES)
-    plan = IndexPlan("flat") if rows <= REGIONS_FLAT_MAX else \
-        IndexPlan("hnsw", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH})
+    plan = (
+        IndexPlan("flat")
+        if rows <= REGIONS_FLAT_MAX
+        else IndexPlan(
+            "hnsw", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+        )
+    )
     return fill_index(regions[:rows], plan, model)
 
 
-REGIONS_FLAT_MAX = 16_384       # tiles searched exactly up to this many (1,024 images), with HNSW beyond
+REGIONS_FLAT_MAX = 16_384  # tiles searched exactly up to this many (1,024 images), with HNSW beyond
 
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")

@@ -43,13 +43,24 @@ from medisyn_cli.screening.index import (
 )
 
 
-def finish_index(out: Path, embedded: "Embedded", model: Embedder, found: list[Source], index_type: str,
-                 budget: int | None, started: float, sources: list, target_fpr: float | None = TARGET_FPR) -> dict:
+def finish_index(
+    out: Path,
+    embedded: Embedded,
+    model: Embedder,
+    found: list[Source],
+    index_type: str,
+    budget: int | None,
+    started: float,
+    sources: list,
+    target_fpr: float | None = TARGET_FPR,
+) -> dict:
     """From embedded vectors (and keys.parquet.tmp) to the index folder: FAISS index, recall, index.json."""
     if embedded.count == 0:
-        raise MedisynError(f"{', '.join(map(str, sources))}: none of the {embedded.count + len(embedded.skipped)} "
-                           f"images could be read (first error: "
-                           f"{embedded.skipped[0]['reason'] if embedded.skipped else '-'})")
+        raise MedisynError(
+            f"{', '.join(map(str, sources))}: none of the {embedded.count + len(embedded.skipped)} "
+            f"images could be read (first error: "
+            f"{embedded.skipped[0]['reason'] if embedded.skipped else '-'})"
+        )
     vectors = embedded.vectors[: embedded.count]
     # 3. the FAISS index, its recall when approximate, and the training set's own neighbour similarities
     plan = plan_index(index_type, embedded.count, model, budget)
@@ -60,11 +71,23 @@ def finish_index(out: Path, embedded: "Embedded", model: Embedder, found: list[S
     tiles = region_index(embedded.regions, embedded.count, model)
     calibration = _calibrate(out, model, plan, index, exact, embedded.count, target_fpr, tiles)
     threshold = calibration.get("threshold", model.default_threshold)
-    meta = _metadata(model, plan, embedded, found, recall, neighbour_stats(search, vectors, threshold),
-                     time.time() - started)
-    meta.update(threshold=threshold, screening={"views": "general", "calibration": calibration},
-                regions=None if tiles is None else {"file": REGIONS_FILE, "tiles": [list(t.box) for t in TILES],
-                                                    "count": int(tiles.ntotal)}, **model.index_record())
+    meta = _metadata(
+        model,
+        plan,
+        embedded,
+        found,
+        recall,
+        neighbour_stats(search, vectors, threshold),
+        time.time() - started,
+    )
+    meta.update(
+        threshold=threshold,
+        screening={"views": "general", "calibration": calibration},
+        regions=None
+        if tiles is None
+        else {"file": REGIONS_FILE, "tiles": [list(t.box) for t in TILES], "count": int(tiles.ntotal)},
+        **model.index_record(),
+    )
     # 4. write under temporary names, then rename; index.json last
     _write_index(index, model, out / (INDEX_FILE + ".tmp"))
     if tiles is not None:
@@ -72,24 +95,42 @@ def finish_index(out: Path, embedded: "Embedded", model: Embedder, found: list[S
     _write_json(meta, out / (META_FILE + ".tmp"))
     del vectors, embedded
     exact = None  # frees the IVF-PQ exact store before the index is saved
-    for name in ((INDEX_FILE, KEYS_FILE) + ((VECTORS_FILE,) if plan.type == "ivfpq" else ())
-                 + ((REGIONS_FILE,) if tiles is not None else ()) + (META_FILE,)):
+    for name in (
+        (INDEX_FILE, KEYS_FILE)
+        + ((VECTORS_FILE,) if plan.type == "ivfpq" else ())
+        + ((REGIONS_FILE,) if tiles is not None else ())
+        + (META_FILE,)
+    ):
         os.replace(out / (name + ".tmp"), out / name)
     return meta
 
 
-def _calibrate(out: Path, model: Embedder, plan: IndexPlan, index, exact, count: int,
-               target_fpr: float | None, tiles=None) -> dict:
+def _calibrate(
+    out: Path,
+    model: Embedder,
+    plan: IndexPlan,
+    index,
+    exact,
+    count: int,
+    target_fpr: float | None,
+    tiles=None,
+) -> dict:
     """Screen a sample of the index's own images against it (screen.calibrate); {} without a target or images."""
     if target_fpr is None:
         return {"skipped": "no target false-positive rate: the embedder's default threshold"}
     if count < CALIBRATION_MIN:
         return {"skipped": f"{count} images, fewer than {CALIBRATION_MIN}: the embedder's default threshold"}
     keys, labels = _read_keys(out / (KEYS_FILE + ".tmp"))
-    meta = {"count": count, "threshold": model.default_threshold, "index": {"type": plan.type},
-            "screening": {"views": "general"}}
+    meta = {
+        "count": count,
+        "threshold": model.default_threshold,
+        "index": {"type": plan.type},
+        "screening": {"views": "general"},
+    }
     training = TrainingIndex(out, meta, model, index, keys, labels, exact, tiles)
-    sample = np.sort(np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False))
+    sample = np.sort(
+        np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False)
+    )
     images = []
     for i in sample:
         try:
@@ -99,19 +140,35 @@ def _calibrate(out: Path, model: Embedder, plan: IndexPlan, index, exact, count:
     return calibrate(training, images, target_fpr)
 
 
-def _metadata(model: Embedder, plan: IndexPlan, embedded: Embedded, found: list[Source], recall: float | None,
-              neighbours: dict, seconds: float) -> dict:
+def _metadata(
+    model: Embedder,
+    plan: IndexPlan,
+    embedded: Embedded,
+    found: list[Source],
+    recall: float | None,
+    neighbours: dict,
+    seconds: float,
+) -> dict:
 
     return {
         "format": FORMAT,
-        "embedder": {"spec": model.name, "settings": model.settings(), "dim": model.dim, "binary": model.binary},
+        "embedder": {
+            "spec": model.name,
+            "settings": model.settings(),
+            "dim": model.dim,
+            "binary": model.binary,
+        },
         "metric": "hamming" if model.binary else "inner_product",
         "similarity": "1 - hamming / bits" if model.binary else "cosine",
         "count": embedded.count,
         "threshold": model.default_threshold,
-        "index": {"type": plan.type, "params": plan.params, "recall_at_1": recall,
-                  "recall_queries": None if recall is None else RECALL_QUERIES,
-                  "vectors": VECTORS_FILE if plan.type == "ivfpq" else None},
+        "index": {
+            "type": plan.type,
+            "params": plan.params,
+            "recall_at_1": recall,
+            "recall_queries": None if recall is None else RECALL_QUERIES,
+            "vectors": VECTORS_FILE if plan.type == "ivfpq" else None,
+        },
         "sources": [str(s.path) for s in found],
         "fingerprint": source_fingerprint(found),
         "skipped": {"count": len(embedded.skipped), "files": embedded.skipped},

@@ -34,35 +34,45 @@ from medisyn_cli.screening.embed import TILES, blas_threads
 from medisyn_cli.screening.faiss_index import search_index
 from medisyn_cli.screening.index import TrainingIndex
 
-REGION_PENALTY = 0.0  # subtracted from a tile match (16 tiles x the region views: more chances than whole images)
+REGION_PENALTY = (
+    0.0  # subtracted from a tile match (16 tiles x the region views: more chances than whole images)
+)
 
 
 @dataclass(frozen=True)
 class ScreenResult:
     """The nearest training image of one query and the keep / reject decision."""
 
-    nn_id: int                  # vector id in the index (-1: empty index)
-    nn_key: str                 # the training image: file path, or parquet file:row id
-    nn_similarity: float        # view-adjusted similarity, 1.0 = identical (cosine, or 1 - hamming/bits)
-    near_copy: bool             # nn_similarity >= the screener's threshold
+    nn_id: int  # vector id in the index (-1: empty index)
+    nn_key: str  # the training image: file path, or parquet file:row id
+    nn_similarity: float  # view-adjusted similarity, 1.0 = identical (cosine, or 1 - hamming/bits)
+    near_copy: bool  # nn_similarity >= the screener's threshold
     nn_label: str | None = None  # the training image's label, where its source had one
-    view: str = "identity"      # the query view that matched best (identity, hflip, vflip, box(...))
-    region: str = ""            # the training image's tile that matched ("region(l,t,r,b)"), "" for the whole image
+    view: str = "identity"  # the query view that matched best (identity, hflip, vflip, box(...))
+    region: str = ""  # the training image's tile that matched ("region(l,t,r,b)"), "" for the whole image
 
 
 def require_embedder(index: TrainingIndex, spec: str) -> None:
     """MedisynError unless `index` was built with the embedder `spec` (e.g. 'pixel', 'clip:...')."""
     built = index.meta["embedder"]["spec"]
     if built != spec.strip():
-        raise MedisynError(f"{index.path}: index was built with embedder '{built}', not '{spec}'; "
-                           f"use --embedder {built} or rebuild the index with {spec}")
+        raise MedisynError(
+            f"{index.path}: index was built with embedder '{built}', not '{spec}'; "
+            f"use --embedder {built} or rebuild the index with {spec}"
+        )
 
 
 class Screener:
     """Screens images against a training index at a similarity threshold (default: the index's calibrated one)."""
 
-    def __init__(self, index: TrainingIndex, threshold: float | None = None, views: bool = True,
-                 candidates: int = 5, view_set: str | None = None):
+    def __init__(
+        self,
+        index: TrainingIndex,
+        threshold: float | None = None,
+        views: bool = True,
+        candidates: int = 5,
+        view_set: str | None = None,
+    ):
         self.index, self.embedder = index, index.embedder
         self.threshold = self.embedder.valid_threshold(index.threshold if threshold is None else threshold)
         self.view_set = view_set or index.view_set
@@ -78,34 +88,55 @@ class Screener:
         """One ScreenResult per image, in order (screened `chunk` images at a time); `exclude`: per image, the
         training ids it may not match (e.g. itself, when an index screens its own images to calibrate)."""
         exclude = exclude or [()] * len(images)
-        return [result for start in range(0, len(images), chunk)
-                for result in self._check(images[start:start + chunk], exclude[start:start + chunk])]
+        return [
+            result
+            for start in range(0, len(images), chunk)
+            for result in self._check(images[start : start + chunk], exclude[start : start + chunk])
+        ]
 
     def _check(self, images: list, exclude: list) -> list[ScreenResult]:
         if not images:
             return []
         index, refine = self.index, self.refine
-        union = tuple(dict.fromkeys(self.views + self.region_views))  # views both stores use are embedded once
+        union = tuple(
+            dict.fromkeys(self.views + self.region_views)
+        )  # views both stores use are embedded once
         vectors = self.embedder.embed_views(images, union)
         column = {view: i for i, view in enumerate(union)}
         pick = lambda views: vectors[:, [column[v] for v in views]]  # noqa: E731
-        matches = self._best(images, exclude, self.views, pick(self.views), index.search,
-                             index.reconstruct if refine else None)
+        matches = self._best(
+            images, exclude, self.views, pick(self.views), index.search, index.reconstruct if refine else None
+        )
         regions = [None] * len(images)
         if self.region_views:
             tiles = len(TILES)
             banned = [{t * tiles + r for t in b for r in range(tiles)} for b in exclude]
-            found = self._best(images, banned, self.region_views, pick(self.region_views), self._search_regions,
-                               self._reconstruct_regions if refine else None)
+            found = self._best(
+                images,
+                banned,
+                self.region_views,
+                pick(self.region_views),
+                self._search_regions,
+                self._reconstruct_regions if refine else None,
+            )
             for j, (sim, tile, view, _) in enumerate(found):
                 if tile >= 0 and sim - REGION_PENALTY > matches[j][0]:
                     matches[j] = (sim - REGION_PENALTY, tile // tiles, view, None)
                     regions[j] = TILES[tile % tiles].box
         ids = np.array([m[1] for m in matches], dtype=np.int64)
         keys, labels = self.index.key(ids), self.index.label(ids)
-        return [ScreenResult(int(i), key, float(sim), bool(sim >= self.threshold), label, view.name,
-                             "" if region is None else "region(" + ",".join(f"{v:.2f}" for v in region) + ")")
-                for (sim, i, view, _), key, label, region in zip(matches, keys, labels, regions)]
+        return [
+            ScreenResult(
+                int(i),
+                key,
+                float(sim),
+                bool(sim >= self.threshold),
+                label,
+                view.name,
+                "" if region is None else "region(" + ",".join(f"{v:.2f}" for v in region) + ")",
+            )
+            for (sim, i, view, _), key, label, region in zip(matches, keys, labels, regions)
+        ]
 
     def _search_regions(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.region_search is None:
@@ -115,8 +146,9 @@ class Screener:
     def _reconstruct_regions(self, ids) -> np.ndarray:
         return np.stack([self.index.regions.reconstruct(int(i)) for i in ids])
 
-    def _best(self, images: list, exclude: list, views: tuple, vectors: np.ndarray, search,
-              reconstruct) -> list[tuple]:
+    def _best(
+        self, images: list, exclude: list, views: tuple, vectors: np.ndarray, search, reconstruct
+    ) -> list[tuple]:
         """Per image: (similarity, id, view, candidates) of its best match in one store (whole images or tiles):
         every view (`vectors`: the images under them) searched in the whole store, then views around the best
         one against its candidates."""
@@ -138,8 +170,10 @@ class Screener:
                 gone = np.isin(ids[j], list(banned))
                 sims[j, gone], ids[j, gone] = -np.inf, -1
         top = np.argmax(sims, axis=1)
-        return [(float(sims[j, t]), int(ids[j, t]), views[t // k],
-                 _unique_top(sims[j], ids[j], self.candidates)) for j, t in enumerate(top)]
+        return [
+            (float(sims[j, t]), int(ids[j, t]), views[t // k], _unique_top(sims[j], ids[j], self.candidates))
+            for j, t in enumerate(top)
+        ]
 
     def _refine(self, image, sim: float, nn: int, view, candidates: np.ndarray, reconstruct) -> tuple:
         """Compare the image under views around its best one with its candidates; keep any better."""
@@ -170,15 +204,19 @@ class ProjectedSearch:
         part = self.vectors[np.sort(rows)].astype(np.float64)
         with blas_threads():
             values, basis = np.linalg.eigh(part.T @ part)
-        self.basis = np.ascontiguousarray(basis[:, ::-1][:, :min(dims, flat.d)], dtype=np.float32)
+        self.basis = np.ascontiguousarray(basis[:, ::-1][:, : min(dims, flat.d)], dtype=np.float32)
         self.projected = faiss.IndexFlatIP(self.basis.shape[1])
         self.projected.add(np.ascontiguousarray(self.vectors @ self.basis))
         self.candidates = candidates
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarity, id) of the top k by exact inner product among the projected search's candidates."""
-        _, ids = search_index(self.projected, np.ascontiguousarray(queries @ self.basis),
-                              max(k, self.candidates), _INNER_PRODUCT)
+        _, ids = search_index(
+            self.projected,
+            np.ascontiguousarray(queries @ self.basis),
+            max(k, self.candidates),
+            _INNER_PRODUCT,
+        )
         exact, rows = np.empty(ids.shape, np.float32), np.empty(queries.shape, np.float32)
         for j in range(ids.shape[1]):  # one candidate column at a time: no (queries x candidates x dim) copy
             np.take(self.vectors, np.maximum(ids[:, j], 0), axis=0, out=rows)
@@ -214,9 +252,19 @@ def _unique_top(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
 class RejectedLog:
     """rejected.parquet: one row per near-copy kept out of a dataset (no image: it resembles a patient's)."""
 
-    SCHEMA = {"id": "string", "label": "string", "prompt": "string", "seed": "int64", "attempt": "int32",
-              "nn_id": "int64", "nn_key": "string", "nn_label": "string", "nn_similarity": "float32",
-              "view": "string", "region": "string"}
+    SCHEMA = {
+        "id": "string",
+        "label": "string",
+        "prompt": "string",
+        "seed": "int64",
+        "attempt": "int32",
+        "nn_id": "int64",
+        "nn_key": "string",
+        "nn_label": "string",
+        "nn_similarity": "float32",
+        "view": "string",
+        "region": "string",
+    }
 
     def __init__(self, path):
         import pyarrow as pa
@@ -234,10 +282,22 @@ class RejectedLog:
 
         if not items:
             return
-        rows = [{"id": i.job.id, "label": i.job.label, "prompt": i.job.prompt, "seed": i.seed, "attempt": i.attempt,
-                 "nn_id": i.screen.nn_id, "nn_key": i.screen.nn_key, "nn_label": i.screen.nn_label,
-                 "nn_similarity": i.screen.nn_similarity, "view": i.screen.view,
-                 "region": i.screen.region} for i in items]
+        rows = [
+            {
+                "id": i.job.id,
+                "label": i.job.label,
+                "prompt": i.job.prompt,
+                "seed": i.seed,
+                "attempt": i.attempt,
+                "nn_id": i.screen.nn_id,
+                "nn_key": i.screen.nn_key,
+                "nn_label": i.screen.nn_label,
+                "nn_similarity": i.screen.nn_similarity,
+                "view": i.screen.view,
+                "region": i.screen.region,
+            }
+            for i in items
+        ]
         self.handle.write_table(pa.Table.from_pylist(rows, schema=self.schema))
         self.rows += len(rows)
 
@@ -248,6 +308,3 @@ class RejectedLog:
 
 
 # --- self-calibrated threshold ---------------------------------------------------------------------------
-
-
-

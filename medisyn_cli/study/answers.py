@@ -43,39 +43,56 @@ def load_key(study: str | Path) -> dict:
 def check_answers(data, key: dict, source: str = "") -> Reader:
     """A Reader from a parsed answer file, or MedisynError naming what does not match the study."""
     if not isinstance(data, dict) or data.get("format") != ANSWERS_FORMAT:
-        raise MedisynError(f"not a medisyn study answer file (no \"format\": \"{ANSWERS_FORMAT}\")")
+        raise MedisynError(f'not a medisyn study answer file (no "format": "{ANSWERS_FORMAT}")')
     if data.get("study_id") != key["study_id"]:
         raise MedisynError(f"answers for study {data.get('study_id')!r}, this study is {key['study_id']!r}")
     reader = data.get("reader")
     if not isinstance(reader, dict) or not isinstance(reader.get("id"), str) or not reader["id"].strip():
-        raise MedisynError("no reader id (\"reader\": {\"id\": ...})")
+        raise MedisynError('no reader id ("reader": {"id": ...})')
     years = reader.get("years")
-    if years is not None and (not isinstance(years, (int, float)) or isinstance(years, bool) or not 0 <= years <= 100):
-        raise MedisynError(f"reader {reader['id']!r}: years of experience {years!r} is not a number in 0..100")
+    if years is not None and (
+        not isinstance(years, (int, float)) or isinstance(years, bool) or not 0 <= years <= 100
+    ):
+        raise MedisynError(
+            f"reader {reader['id']!r}: years of experience {years!r} is not a number in 0..100"
+        )
     entries = data.get("answers")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("item"), str)
-                                                and "answer" in e for e in entries):
-        raise MedisynError("\"answers\" is not a list of {\"item\": ..., \"answer\": ...}")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("item"), str) and "answer" in e for e in entries
+    ):
+        raise MedisynError('"answers" is not a list of {"item": ..., "answer": ...}')
     answers = _answers(entries, key)
-    return Reader(reader["id"].strip(), years, str(reader.get("role") or ""), answers, source,
-                  str(data.get("updated") or ""))
+    return Reader(
+        reader["id"].strip(),
+        years,
+        str(reader.get("role") or ""),
+        answers,
+        source,
+        str(data.get("updated") or ""),
+    )
 
 
 def _answers(entries: list[dict], key: dict) -> dict:
     items = {item["id"]: item for item in key["items"]}
     unknown = [str(e["item"]) for e in entries if e["item"] not in items]
     if unknown:
-        raise MedisynError(f"{len(unknown)} unknown items: {', '.join(unknown[:5])}"
-                           f"{' ...' if len(unknown) > 5 else ''} (this study has {_id_ranges(key)})")
-    repeated = [f"{item} ({count} times)" for item, count in Counter(e["item"] for e in entries).items() if count > 1]
+        raise MedisynError(
+            f"{len(unknown)} unknown items: {', '.join(unknown[:5])}"
+            f"{' ...' if len(unknown) > 5 else ''} (this study has {_id_ranges(key)})"
+        )
+    repeated = [
+        f"{item} ({count} times)" for item, count in Counter(e["item"] for e in entries).items() if count > 1
+    ]
     if repeated:
         raise MedisynError(f"items answered more than once: {', '.join(repeated[:5])}")
     classes = list(key["classes"]) + [CANNOT_TELL]
     for entry in entries:
         allowed = PAIR_ANSWERS if items[entry["item"]]["task"] == "pair" else classes
         if entry["answer"] not in allowed:
-            raise MedisynError(f"item {entry['item']}: answer {entry['answer']!r} is not one of "
-                               f"{', '.join(map(str, allowed))}")
+            raise MedisynError(
+                f"item {entry['item']}: answer {entry['answer']!r} is not one of "
+                f"{', '.join(map(str, allowed))}"
+            )
     return {e["item"]: e["answer"] for e in entries}
 
 
@@ -134,6 +151,8 @@ def _one_per_reader(readers: list[Reader], problems: list[str]) -> tuple[list[Re
     for reader in readers:
         kept = best[reader.id]
         if reader is not kept:
-            problems.append(f"{reader.source}: reader {reader.id!r} again ({len(reader.answers)} answers); "
-                            f"kept {kept.source} ({len(kept.answers)} answers)")
+            problems.append(
+                f"{reader.source}: reader {reader.id!r} again ({len(reader.answers)} answers); "
+                f"kept {kept.source} ({len(kept.answers)} answers)"
+            )
     return sorted(best.values(), key=lambda r: r.id), problems

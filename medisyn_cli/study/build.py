@@ -29,31 +29,55 @@ MAX_AUTO_SIZE = 512
 @dataclass(frozen=True)
 class StudyConfig:
     """Options of `medisyn study build` (one source of defaults for the CLI and the API)."""
-    real: tuple[str, ...] = field(metadata={
-        "help": "Real images: medisyn output, Parquet, ImageFolder with metadata.csv, or image folder "
-                "(labels from folder names)."})
-    synthetic: tuple[str, ...] = field(metadata={
-        "help": "Synthetic images: medisyn output, Parquet, ImageFolder with metadata.csv, or image folder "
-                "(labels from folder names)."})
+
+    real: tuple[str, ...] = field(
+        metadata={
+            "help": "Real images: medisyn output, Parquet, ImageFolder with metadata.csv, or image folder "
+            "(labels from folder names)."
+        }
+    )
+    synthetic: tuple[str, ...] = field(
+        metadata={
+            "help": "Synthetic images: medisyn output, Parquet, ImageFolder with metadata.csv, or image folder "
+            "(labels from folder names)."
+        }
+    )
     out: str = field(metadata={"help": "Study folder to write (site/, key.json, answers/)."})
-    pairs: int = field(default=40, metadata={
-        "help": "Pair items: real+synthetic, real+real and synthetic+synthetic."})
-    classify: int | None = field(default=None, metadata={
-        "help": "Single-image classification items, real and synthetic of every class (default 60 when "
-                "both sets share two or more classes, else 0)."})
-    labels: tuple[str, ...] = field(default=(), metadata={
-        "help": "Classes to use, comma-separated; real=synthetic maps differently named classes (default: "
-                "every class in both sets)."})
-    seed: int = field(default=0, metadata={
-        "help": "Seed of the design (which images, order, left/right, file names)."})
+    pairs: int = field(
+        default=40, metadata={"help": "Pair items: real+synthetic, real+real and synthetic+synthetic."}
+    )
+    classify: int | None = field(
+        default=None,
+        metadata={
+            "help": "Single-image classification items, real and synthetic of every class (default 60 when "
+            "both sets share two or more classes, else 0)."
+        },
+    )
+    labels: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Classes to use, comma-separated; real=synthetic maps differently named classes (default: "
+            "every class in both sets)."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the design (which images, order, left/right, file names)."}
+    )
     title: str = field(default="Real or synthetic?", metadata={"help": "Title shown to readers."})
-    size: int | None = field(default=None, metadata={
-        "help": "Side in px every image is resized to (default: the smallest side of the chosen images, at "
-                "most 512)."})
-    mix: tuple[float, float, float] = field(default=DEFAULT_MIX, metadata={
-        "help": "Shares of real+synthetic, real+real and synthetic+synthetic pairs."})
-    overwrite: bool = field(default=False, metadata={
-        "help": "Replace an existing study (not one with answers)."})
+    size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Side in px every image is resized to (default: the smallest side of the chosen images, at "
+            "most 512)."
+        },
+    )
+    mix: tuple[float, float, float] = field(
+        default=DEFAULT_MIX,
+        metadata={"help": "Shares of real+synthetic, real+real and synthetic+synthetic pairs."},
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an existing study (not one with answers)."}
+    )
     notes: list[str] = field(default_factory=list, compare=False)
 
 
@@ -91,8 +115,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
             raise MedisynError(f"{out}: --overwrite only replaces a study folder (no key.json there)")
         answers = list((out / "answers").glob("*.json"))
         if answers:
-            raise MedisynError(f"{out / 'answers'}: holds {len(answers)} readers' answer files; move them out "
-                               "before replacing the study")
+            raise MedisynError(
+                f"{out / 'answers'}: holds {len(answers)} readers' answer files; move them out "
+                "before replacing the study"
+            )
 
 
 def list_images(paths: tuple[str, ...], option: str) -> dict:
@@ -117,16 +143,19 @@ def match_classes(real: dict, synthetic: dict, labels: tuple[str, ...]) -> list[
         for pools, side, index in ((real, REAL, 0), (synthetic, SYNTHETIC, 1)):
             for wanted in (pair[index] for pair in pairs):
                 if wanted not in pools:
-                    raise MedisynError(f"--labels: class {wanted!r} is not in the {side} set "
-                                       f"(classes: {_names(pools)})")
+                    raise MedisynError(
+                        f"--labels: class {wanted!r} is not in the {side} set (classes: {_names(pools)})"
+                    )
         return pairs
     shared = sorted(set(real) & set(synthetic) - {None})
     if shared:
         return [(c, c) for c in shared]
     if set(real) == {None} or set(synthetic) == {None}:
         return [(None, None)]
-    raise MedisynError(f"no class is in both sets (real: {_names(real)}; synthetic: {_names(synthetic)}); "
-                       "name them with --labels real=synthetic,...")
+    raise MedisynError(
+        f"no class is in both sets (real: {_names(real)}; synthetic: {_names(synthetic)}); "
+        "name them with --labels real=synthetic,..."
+    )
 
 
 def _names(pools: dict) -> str:
@@ -154,15 +183,16 @@ def load_picks(picks: list[Pick], config: StudyConfig) -> dict:
                     try:
                         found[pick] = record.open()
                     except Exception as exc:  # PIL raises many types for corrupt data
-                        raise MedisynError(f"{record.key}: cannot decode ({type(exc).__name__}: {exc}); "
-                                           "remove it or pick another --seed") from exc
+                        raise MedisynError(
+                            f"{record.key}: cannot decode ({type(exc).__name__}: {exc}); "
+                            "remove it or pick another --seed"
+                        ) from exc
     return {p: found[p] for p in picks}
 
 
 def _geometry(images, size: int | None) -> tuple[int, str]:
     """The study's image side (given, or the smallest side of the chosen images) and mode (RGB if any has colour)."""
     import numpy as np
-
 
     images = list(images)
     side = size or min(MAX_AUTO_SIZE, min(min(im.size) for im in images))
@@ -171,7 +201,9 @@ def _geometry(images, size: int | None) -> tuple[int, str]:
     colour = False
     for image in images:
         array = np.asarray(to_8bit(image).convert("RGB"), dtype=np.int16)
-        colour = colour or bool(np.any(array[..., 0] != array[..., 1]) or np.any(array[..., 1] != array[..., 2]))
+        colour = colour or bool(
+            np.any(array[..., 0] != array[..., 1]) or np.any(array[..., 1] != array[..., 2])
+        )
     return side, "RGB" if colour else "L"
 
 
@@ -189,27 +221,58 @@ def _file_names(images: dict, seed: int) -> dict:
     return names
 
 
-def _key(config: StudyConfig, classes: list[tuple], items: list[dict], files: dict, size: int, mode: str) -> dict:
+def _key(
+    config: StudyConfig, classes: list[tuple], items: list[dict], files: dict, size: int, mode: str
+) -> dict:
     """The answer key: design, every item's answer and its images' provenance, and the study id derived from them."""
     key_items, synthetic_label = [], dict(classes)
     for item in items:
-        images = [{"file": files[p], "source": p.source, "key": p.key,
-                   "label": p.label if p.source == REAL else synthetic_label[p.label]} for p in item["images"]]
-        entry = {"id": item["id"], "task": item["task"], "label": item["label"], "answer": item["answer"],
-                 "images": images}
+        images = [
+            {
+                "file": files[p],
+                "source": p.source,
+                "key": p.key,
+                "label": p.label if p.source == REAL else synthetic_label[p.label],
+            }
+            for p in item["images"]
+        ]
+        entry = {
+            "id": item["id"],
+            "task": item["task"],
+            "label": item["label"],
+            "answer": item["answer"],
+            "images": images,
+        }
         if item["task"] == "pair":
             entry["kind"] = item["kind"]
         key_items.append(entry)
-    design = {"pairs": sum(i["task"] == "pair" for i in items), "classify": sum(i["task"] == "classify" for i in items),
-              "pair_mix": dict(zip(("real+synthetic", "real+real", "synthetic+synthetic"), config.mix)),
-              "seed": config.seed, "image_size": size, "image_mode": mode}
-    body = {"title": config.title, "classes": [r for r, _ in classes if r is not None],
-            "class_map": {str(r): s for r, s in classes}, "design": design, "items": key_items,
-            "inputs": {"real": [str(Path(p).resolve()) for p in config.real],
-                       "synthetic": [str(Path(p).resolve()) for p in config.synthetic]}}
+    design = {
+        "pairs": sum(i["task"] == "pair" for i in items),
+        "classify": sum(i["task"] == "classify" for i in items),
+        "pair_mix": dict(zip(("real+synthetic", "real+real", "synthetic+synthetic"), config.mix)),
+        "seed": config.seed,
+        "image_size": size,
+        "image_mode": mode,
+    }
+    body = {
+        "title": config.title,
+        "classes": [r for r, _ in classes if r is not None],
+        "class_map": {str(r): s for r, s in classes},
+        "design": design,
+        "items": key_items,
+        "inputs": {
+            "real": [str(Path(p).resolve()) for p in config.real],
+            "synthetic": [str(Path(p).resolve()) for p in config.synthetic],
+        },
+    }
     study_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
-    return {"format": KEY_FORMAT, "version": 1, "study_id": study_id, **body,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "format": KEY_FORMAT,
+        "version": 1,
+        "study_id": study_id,
+        **body,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _write(out: Path, key: dict, pngs: dict[str, bytes], overwrite: bool) -> None:

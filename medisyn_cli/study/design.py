@@ -12,7 +12,11 @@ REAL, SYNTHETIC = "real", "synthetic"
 PAIR_KINDS = ("real+synthetic", "real+real", "synthetic+synthetic")
 PAIR_ANSWERS = ("none", "left", "right", "both")  # which image(s) of a pair the reader thinks are synthetic
 CANNOT_TELL = "cannot tell"
-DEFAULT_MIX = (0.5, 0.25, 0.25)  # half of the pair images are synthetic: "always none" and guessing both score 0.5
+DEFAULT_MIX = (
+    0.5,
+    0.25,
+    0.25,
+)  # half of the pair images are synthetic: "always none" and guessing both score 0.5
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,9 @@ def parse_mix(text: str) -> tuple[float, float, float]:
     except ValueError:
         mix = ()
     if len(mix) != 3 or any(x < 0 for x in mix) or sum(mix) <= 0:
-        raise MedisynError(f"--pair-mix {text!r}: expected three non-negative shares RS,RR,SS such as 0.5,0.25,0.25")
+        raise MedisynError(
+            f"--pair-mix {text!r}: expected three non-negative shares RS,RR,SS such as 0.5,0.25,0.25"
+        )
     return mix  # type: ignore[return-value]
 
 
@@ -65,8 +71,11 @@ def _cycle(classes: list, count: int) -> list:
 
 
 def _kind_sources(kind: str) -> tuple[str, str]:
-    return {"real+synthetic": (REAL, SYNTHETIC), "real+real": (REAL, REAL),
-            "synthetic+synthetic": (SYNTHETIC, SYNTHETIC)}[kind]
+    return {
+        "real+synthetic": (REAL, SYNTHETIC),
+        "real+real": (REAL, REAL),
+        "synthetic+synthetic": (SYNTHETIC, SYNTHETIC),
+    }[kind]
 
 
 def _classify_cells(classes: list, classify: int) -> dict:
@@ -74,18 +83,23 @@ def _classify_cells(classes: list, classify: int) -> dict:
     return dict(zip(cells, split_counts(classify, [1.0] * len(cells)))) if classify else {}
 
 
-def check_pools(pools: dict, classes: list, pairs: int, classify: int, mix: tuple[float, float, float]) -> None:
+def check_pools(
+    pools: dict, classes: list, pairs: int, classify: int, mix: tuple[float, float, float]
+) -> None:
     """MedisynError naming the first (source, class) with fewer images than the design needs."""
     for (source, label), count in sorted(needed(classes, pairs, classify, mix).items(), key=str):
         have = len(pools.get((source, label), []))
         if have < count:
             name = f"class {label!r}" if label is not None else "images"
-            raise MedisynError(f"{source} {name}: {count} images needed for --pairs {pairs} and --classify "
-                               f"{classify}, {have} available (lower --pairs/--classify)")
+            raise MedisynError(
+                f"{source} {name}: {count} images needed for --pairs {pairs} and --classify "
+                f"{classify}, {have} available (lower --pairs/--classify)"
+            )
 
 
-def draw_design(pools: dict, classes: list, pairs: int, classify: int, mix: tuple[float, float, float],
-                seed: int) -> list[dict]:
+def draw_design(
+    pools: dict, classes: list, pairs: int, classify: int, mix: tuple[float, float, float], seed: int
+) -> list[dict]:
     """Pair items then classification items, each block shuffled; every image used once; ids in page order."""
     check_pools(pools, classes, pairs, classify, mix)
     rng = random.Random(seed)
@@ -97,10 +111,20 @@ def draw_design(pools: dict, classes: list, pairs: int, classify: int, mix: tupl
         for i, label in enumerate(_cycle(_shuffled(classes, rng), count)):
             first, second = (take(s, label) for s in _kind_sources(kind))
             left, right = (second, first) if flips[i] else (first, second)
-            pair_items.append({"task": "pair", "kind": kind, "label": label, "images": [left, right],
-                               "answer": pair_answer(left, right)})
-    classify_items = [{"task": "classify", "label": label, "images": [take(source, label)], "answer": label}
-                      for (source, label), count in _classify_cells(classes, classify).items() for _ in range(count)]
+            pair_items.append(
+                {
+                    "task": "pair",
+                    "kind": kind,
+                    "label": label,
+                    "images": [left, right],
+                    "answer": pair_answer(left, right),
+                }
+            )
+    classify_items = [
+        {"task": "classify", "label": label, "images": [take(source, label)], "answer": label}
+        for (source, label), count in _classify_cells(classes, classify).items()
+        for _ in range(count)
+    ]
     rng.shuffle(pair_items)
     rng.shuffle(classify_items)
     for prefix, block in (("p", pair_items), ("c", classify_items)):

@@ -14,15 +14,24 @@ from medisyn_cli.study.design import CANNOT_TELL, SYNTHETIC
 from medisyn_cli.study.report import write_score
 from medisyn_cli.study.stats import binomial_greater, bootstrap_pooled, cohen_kappa, fleiss_kappa, proportion
 
-METRICS = ("detection_accuracy", "detection_sensitivity", "detection_specificity", "pair_accuracy",
-           "pair_sensitivity", "pair_specificity", "classify_real", "classify_synthetic")
+METRICS = (
+    "detection_accuracy",
+    "detection_sensitivity",
+    "detection_specificity",
+    "pair_accuracy",
+    "pair_sensitivity",
+    "pair_specificity",
+    "classify_real",
+    "classify_synthetic",
+)
 
 
 @dataclass
 class Judgements:
     """A reader's (or a group's) answers as scored events."""
+
     images: list  # (is synthetic, flagged as synthetic) per image of a pair item
-    pairs: list   # (kind, right answer, answer)
+    pairs: list  # (kind, right answer, answer)
     classify: list  # (source, label, answer)
 
 
@@ -35,7 +44,9 @@ def judgements(reader: Reader, key: dict) -> Judgements:
             continue
         if item["task"] == "pair":
             flags = (answer in ("left", "both"), answer in ("right", "both"))
-            result.images.extend((image["source"] == SYNTHETIC, flag) for image, flag in zip(item["images"], flags))
+            result.images.extend(
+                (image["source"] == SYNTHETIC, flag) for image, flag in zip(item["images"], flags)
+            )
             result.pairs.append((item["kind"], item["answer"], answer))
         else:
             result.classify.append((item["images"][0]["source"], item["answer"], answer))
@@ -44,8 +55,11 @@ def judgements(reader: Reader, key: dict) -> Judgements:
 
 def merge(parts: list[Judgements]) -> Judgements:
     """Several readers' events together (pooled or one experience group)."""
-    return Judgements([x for p in parts for x in p.images], [x for p in parts for x in p.pairs],
-                      [x for p in parts for x in p.classify])
+    return Judgements(
+        [x for p in parts for x in p.images],
+        [x for p in parts for x in p.pairs],
+        [x for p in parts for x in p.classify],
+    )
 
 
 def chance_level(key: dict) -> float:
@@ -67,7 +81,9 @@ def metrics(events: Judgements) -> dict:
         "pair_sensitivity": hits([answer != "none" for kind, _, answer in pairs if kind != "real+real"]),
         "pair_specificity": hits([answer == "none" for kind, _, answer in pairs if kind == "real+real"]),
         "classify_real": hits([label == answer for source, label, answer in classify if source != SYNTHETIC]),
-        "classify_synthetic": hits([label == answer for source, label, answer in classify if source == SYNTHETIC]),
+        "classify_synthetic": hits(
+            [label == answer for source, label, answer in classify if source == SYNTHETIC]
+        ),
     }
 
 
@@ -78,16 +94,26 @@ def per_class(events: Judgements, classes: list[str]) -> list[dict]:
         for source in ("real", SYNTHETIC):
             answers = [a for s, truth, a in events.classify if s == source and truth == label]
             if answers:
-                rows.append({"label": label, "source": source, **proportion(sum(a == label for a in answers),
-                             len(answers)), "cannot_tell": sum(a == CANNOT_TELL for a in answers) / len(answers)})
+                rows.append(
+                    {
+                        "label": label,
+                        "source": source,
+                        **proportion(sum(a == label for a in answers), len(answers)),
+                        "cannot_tell": sum(a == CANNOT_TELL for a in answers) / len(answers),
+                    }
+                )
     return rows
 
 
 def chance_test(events: Judgements, chance: float) -> dict:
     """One-sided exact binomial test of per-image detection accuracy against the chance level."""
     correct = sum(truth == flag for truth, flag in events.images)
-    return {"chance": chance, "correct": correct, "n": len(events.images),
-            "p_value": binomial_greater(correct, len(events.images), chance)}
+    return {
+        "chance": chance,
+        "correct": correct,
+        "n": len(events.images),
+        "p_value": binomial_greater(correct, len(events.images), chance),
+    }
 
 
 def agreement(readers: list[Reader], key: dict) -> dict:
@@ -96,12 +122,17 @@ def agreement(readers: list[Reader], key: dict) -> dict:
     if len(readers) < 2:
         return result
     for task, name in (("pair", "pair_answers"), ("classify", "classify_answers")):
-        items = [i["id"] for i in key["items"] if i["task"] == task and all(i["id"] in r.answers for r in readers)]
+        items = [
+            i["id"] for i in key["items"] if i["task"] == task and all(i["id"] in r.answers for r in readers)
+        ]
         ratings = [[r.answers[i] for r in readers] for i in items]
         result[name] = _kappas(ratings)
         if task == "pair":
-            flags = [[flag for r in readers for flag in _flags(r.answers[i])[side:side + 1]]
-                     for i in items for side in (0, 1)]
+            flags = [
+                [flag for r in readers for flag in _flags(r.answers[i])[side : side + 1]]
+                for i in items
+                for side in (0, 1)
+            ]
             result["image_flags"] = _kappas(flags)
     return result
 
@@ -134,24 +165,46 @@ def score(readers: list[Reader], key: dict, bins: tuple[int, ...] = (5, 10), see
     events = {r.id: judgements(r, key) for r in readers}
     rows = [_reader_row(r, events[r.id], key, chance) for r in readers]
     pooled = merge(list(events.values()))
-    pooled_row = {"reader": "pooled", "role": "", "years": None, "answered": sum(len(r.answers) for r in readers),
-                  "items": len(key["items"]) * len(readers), "complete": all(r["complete"] for r in rows),
-                  "metrics": metrics(pooled), "beats_chance": chance_test(pooled, chance),
-                  "per_class": per_class(pooled, key["classes"])}
+    pooled_row = {
+        "reader": "pooled",
+        "role": "",
+        "years": None,
+        "answered": sum(len(r.answers) for r in readers),
+        "items": len(key["items"]) * len(readers),
+        "complete": all(r["complete"] for r in rows),
+        "metrics": metrics(pooled),
+        "beats_chance": chance_test(pooled, chance),
+        "per_class": per_class(pooled, key["classes"]),
+    }
     for name in METRICS:  # intervals that respect readers as the unit: resample readers
         parts = [(row["metrics"][name]["k"], row["metrics"][name]["n"]) for row in rows]
         low, high = bootstrap_pooled(parts, seed=seed)
         pooled_row["metrics"][name].update({"boot_low": low, "boot_high": high})
-    return {"study_id": key["study_id"], "title": key["title"], "chance": chance, "readers": rows,
-            "pooled": pooled_row, "groups": _groups(readers, events, bins, chance),
-            "agreement": agreement(readers, key), "classes": key["classes"]}
+    return {
+        "study_id": key["study_id"],
+        "title": key["title"],
+        "chance": chance,
+        "readers": rows,
+        "pooled": pooled_row,
+        "groups": _groups(readers, events, bins, chance),
+        "agreement": agreement(readers, key),
+        "classes": key["classes"],
+    }
 
 
 def _reader_row(reader: Reader, events: Judgements, key: dict, chance: float) -> dict:
-    return {"reader": reader.id, "role": reader.role, "years": reader.years, "answered": len(reader.answers),
-            "items": len(key["items"]), "complete": len(reader.answers) == len(key["items"]),
-            "source": reader.source, "metrics": metrics(events), "beats_chance": chance_test(events, chance),
-            "per_class": per_class(events, key["classes"])}
+    return {
+        "reader": reader.id,
+        "role": reader.role,
+        "years": reader.years,
+        "answered": len(reader.answers),
+        "items": len(key["items"]),
+        "complete": len(reader.answers) == len(key["items"]),
+        "source": reader.source,
+        "metrics": metrics(events),
+        "beats_chance": chance_test(events, chance),
+        "per_class": per_class(events, key["classes"]),
+    }
 
 
 def _groups(readers: list[Reader], events: dict, bins: tuple[int, ...], chance: float) -> list[dict]:
@@ -162,8 +215,15 @@ def _groups(readers: list[Reader], events: dict, bins: tuple[int, ...], chance: 
     rows = []
     for (by, name), ids in sorted(grouped.items(), key=lambda kv: (kv[0][0], _group_order(kv[0][1]))):
         merged = merge([events[i] for i in ids])
-        rows.append({"by": by, "group": name, "readers": len(ids), "metrics": metrics(merged),
-                     "beats_chance": chance_test(merged, chance)})
+        rows.append(
+            {
+                "by": by,
+                "group": name,
+                "readers": len(ids),
+                "metrics": metrics(merged),
+                "beats_chance": chance_test(merged, chance),
+            }
+        )
     return rows
 
 
@@ -172,8 +232,13 @@ def _group_order(name: str) -> tuple:
     return (0, int(head), name) if head.isdigit() else (1, 0, name)
 
 
-def score_study(study: str | Path, answers: list[str | Path], out: str | Path | None = None,
-                bins: tuple[int, ...] = (5, 10), seed: int = 0) -> tuple[dict, dict]:
+def score_study(
+    study: str | Path,
+    answers: list[str | Path],
+    out: str | Path | None = None,
+    bins: tuple[int, ...] = (5, 10),
+    seed: int = 0,
+) -> tuple[dict, dict]:
     """Read the key and every answer file, score them and write the results; (result, written files)."""
     key = load_key(study)
     readers, problems = read_answers(answers, key)

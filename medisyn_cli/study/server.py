@@ -64,8 +64,10 @@ class StudyHandler(SimpleHTTPRequestHandler):
             return self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
         if int(length) > MAX_POST_BYTES:
             self.close_connection = True
-            return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                              {"error": f"answers larger than {MAX_POST_BYTES // 1024} KB"})
+            return self._json(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                {"error": f"answers larger than {MAX_POST_BYTES // 1024} KB"},
+            )
         try:
             data = json.loads(self.rfile.read(int(length)).decode("utf-8"))
             reader = check_answers(data, self.key)

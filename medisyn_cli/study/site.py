@@ -23,7 +23,6 @@ def normalise(image, size: int, mode: str):
     """The image as `mode` ('L' or 'RGB'), centre-cropped square, resized to size x size, with no metadata."""
     from PIL import Image
 
-
     image = to_8bit(image).convert(mode)
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
@@ -42,12 +41,22 @@ def png_of(image) -> bytes:
 
 def public_study(key: dict) -> dict:
     """What the page may know: item ids, tasks, image files and the class list; no source, label or answer."""
-    items = [{"id": item["id"], "task": item["task"], "images": [image["file"] for image in item["images"]]}
-             for item in key["items"]]
+    items = [
+        {"id": item["id"], "task": item["task"], "images": [image["file"] for image in item["images"]]}
+        for item in key["items"]
+    ]
     classes = [{"value": c, "text": c.replace("_", " ")} for c in key["classes"]]
-    return {"format": STUDY_FORMAT, "version": 1, "study_id": key["study_id"], "title": key["title"],
-            "classes": classes, "pair_answers": list(PAIR_ANSWERS), "cannot_tell": CANNOT_TELL,
-            "answers_format": ANSWERS_FORMAT, "items": items}
+    return {
+        "format": STUDY_FORMAT,
+        "version": 1,
+        "study_id": key["study_id"],
+        "title": key["title"],
+        "classes": classes,
+        "pair_answers": list(PAIR_ANSWERS),
+        "cannot_tell": CANNOT_TELL,
+        "answers_format": ANSWERS_FORMAT,
+        "items": items,
+    }
 
 
 def write_site(folder: Path, study: dict, pngs: dict[str, bytes]) -> None:

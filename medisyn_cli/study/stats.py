@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 Z95 = 1.959963984540054  # the 97.5th percentile of the standard normal
 
@@ -58,7 +58,9 @@ def fleiss_kappa(ratings: Sequence[Sequence[Hashable]]) -> float:
 def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float:
     """Cohen's kappa of two raters' labels for the same items (nan when chance agreement is 1)."""
     if len(first) != len(second):
-        raise ValueError(f"Cohen's kappa needs two equally long rating lists, got {len(first)} and {len(second)}")
+        raise ValueError(
+            f"Cohen's kappa needs two equally long rating lists, got {len(first)} and {len(second)}"
+        )
     if not first:
         return math.nan
     n = len(first)
@@ -68,7 +70,9 @@ def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float:
     return math.nan if expected >= 1.0 else (observed - expected) / (1 - expected)
 
 
-def bootstrap_pooled(groups: Sequence[tuple[int, int]], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_pooled(
+    groups: Sequence[tuple[int, int]], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile interval of a pooled proportion sum(k)/sum(n), resampling whole groups (readers)."""
     groups = [g for g in groups if g[1] > 0]
     if len(groups) < 2:

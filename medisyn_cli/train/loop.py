@@ -23,24 +23,61 @@ from medisyn_cli.pipeline.lora import add_lora, check_train_options, data_finger
 from medisyn_cli.pipeline.tokenizer import build_corpus_tokenizer
 
 MINI = {
-    "vae": dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 96),
-                layers_per_block=1, latent_channels=4, norm_num_groups=16),
-    "unet": dict(in_channels=4, out_channels=4, block_out_channels=(64, 128, 192), layers_per_block=1,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                 cross_attention_dim=256, attention_head_dim=8, norm_num_groups=32),
-    "text": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=77),
-    "noise": dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                  beta_end=0.012, prediction_type="epsilon", clip_sample=False, steps_offset=1),
+    "vae": dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 96),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+    ),
+    "unet": dict(
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(64, 128, 192),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=256,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ),
+    "text": dict(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+    ),
+    "noise": dict(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="epsilon",
+        clip_sample=False,
+        steps_offset=1,
+    ),
 }
 TINY = {
-    "vae": dict(MINI["vae"], block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8),
-    "unet": dict(MINI["unet"], block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
-                 norm_num_groups=8),
+    "vae": dict(
+        MINI["vae"],
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+    ),
+    "unet": dict(
+        MINI["unet"],
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ),
     "text": dict(MINI["text"], hidden_size=32, intermediate_size=64),
     "noise": MINI["noise"],
 }
@@ -50,15 +87,21 @@ CONFIGS = {"mini": MINI, "tiny": TINY}
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; saved as training.json beside the model."""
-    data: tuple[str, ...] = field(metadata={
-        "help": "ImageFolder(s) with metadata.csv captions, Parquet, label folders, or a folder holding "
-                "several such datasets."})
+
+    data: tuple[str, ...] = field(
+        metadata={
+            "help": "ImageFolder(s) with metadata.csv captions, Parquet, label folders, or a folder holding "
+            "several such datasets."
+        }
+    )
     out: str = field(metadata={"help": "Folder for the trained diffusers pipeline."})
-    base: str | None = field(default=None, metadata={
-        "help": "Pipeline to fine-tune: folder, file or hub id."})
+    base: str | None = field(
+        default=None, metadata={"help": "Pipeline to fine-tune: folder, file or hub id."}
+    )
     config: str = field(default="mini", metadata={"help": "Named architecture when training from scratch."})
-    resolution: int = field(default=64, metadata={
-        "help": "Side in px the images are trained at (centre square, resized)."})
+    resolution: int = field(
+        default=64, metadata={"help": "Side in px the images are trained at (centre square, resized)."}
+    )
     steps: int = field(default=2000, metadata={"help": "Diffusion (UNet) optimisation steps."})
     vae_steps: int = field(default=600, metadata={"help": "Autoencoder steps (from scratch only)."})
     batch_size: int = field(default=64, metadata={"help": "Images per training batch."})
@@ -66,34 +109,54 @@ class TrainConfig:
     vae_lr: float = 1e-3
     mixed_precision: str = field(default="auto", metadata={"help": "auto, no, fp16 or bf16."})
     grad_accum: int = field(default=1, metadata={"help": "Batches accumulated per optimiser step."})
-    ema: bool = field(default=True, metadata={
-        "help": "Save an exponential moving average of the trained weights."})
+    ema: bool = field(
+        default=True, metadata={"help": "Save an exponential moving average of the trained weights."}
+    )
     ema_decay: float = 0.999
-    checkpoint_every: int = field(default=250, metadata={
-        "help": "Steps between checkpoints (what --resume continues from)."})
+    checkpoint_every: int = field(
+        default=250, metadata={"help": "Steps between checkpoints (what --resume continues from)."}
+    )
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in --out."})
-    caption_dropout: float = field(default=0.1, metadata={
-        "help": "Share of captions left empty in training (for classifier-free guidance)."})
-    balance: float = field(default=0.0, metadata={
-        "help": "Sampling by caption: 0 uniform over images, 1 every caption (class) equally often; "
-                "between: 1/count**balance."})
-    caption_template: str = field(default="{label}", metadata={
-        "help": "Caption for data without captions, e.g. 'chest x-ray, {label}'."})
+    caption_dropout: float = field(
+        default=0.1,
+        metadata={"help": "Share of captions left empty in training (for classifier-free guidance)."},
+    )
+    balance: float = field(
+        default=0.0,
+        metadata={
+            "help": "Sampling by caption: 0 uniform over images, 1 every caption (class) equally often; "
+            "between: 1/count**balance."
+        },
+    )
+    caption_template: str = field(
+        default="{label}",
+        metadata={"help": "Caption for data without captions, e.g. 'chest x-ray, {label}'."},
+    )
     validation_prompts: str | None = field(default=None, metadata={"help": "Text file or manifest."})
-    validate_every: int = field(default=500, metadata={
-        "help": "Steps between sample grids of the validation prompts (0: none)."})
-    train_text_encoder: bool | None = field(default=None, metadata={
-        "help": "Default: trained from scratch, frozen when fine-tuning."})
+    validate_every: int = field(
+        default=500, metadata={"help": "Steps between sample grids of the validation prompts (0: none)."}
+    )
+    train_text_encoder: bool | None = field(
+        default=None, metadata={"help": "Default: trained from scratch, frozen when fine-tuning."}
+    )
     holdout: float = field(default=0.0, metadata={"help": "Fraction of images held out (by file-name hash)."})
     min_snr_gamma: float = 5.0
     save_dtype: str = field(default="fp32", metadata={"help": "fp32 or fp16 weights."})
     seed: int = field(default=0, metadata={"help": "Seed of the batch order, caption dropout and noise."})
     min_images: int = 4
-    lora: int | None = field(default=None, metadata={
-        "help": "Train a LoRA adapter of this rank on --base instead of the whole UNet; --out gets "
-                "pytorch_lora_weights.safetensors."})
-    lora_alpha: float | None = field(default=None, metadata={  # the rank: scale 1
-        "help": "LoRA alpha (default: the rank)."})
+    lora: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train a LoRA adapter of this rank on --base instead of the whole UNet; --out gets "
+            "pytorch_lora_weights.safetensors."
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None,
+        metadata={  # the rank: scale 1
+            "help": "LoRA alpha (default: the rank)."
+        },
+    )
     lora_targets: str = field(default="unet", metadata={"help": "unet or unet+text."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout of the LoRA layers in training."})
 
@@ -101,6 +164,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """What a run produced: where the model is and how training went."""
+
     model_dir: Path
     steps: int
     final_loss: float
@@ -111,6 +175,7 @@ class TrainResult:
 
 
 # 1. data -----------------------------------------------------------------------------------
+
 
 def split_key(record: Record) -> str:
     """A stable name for the hold-out split: the file name, or the Parquet key."""
@@ -131,8 +196,10 @@ def load_training_images(config: TrainConfig):
     records = read_records(list(config.data), config.caption_template)
     uncaptioned = [r for r in records if not r.caption]
     if uncaptioned:
-        raise MedisynError(f"{uncaptioned[0].key}: no caption (add a 'caption' column to metadata.csv, "
-                           f"or label folders with --caption-template)")
+        raise MedisynError(
+            f"{uncaptioned[0].key}: no caption (add a 'caption' column to metadata.csv, "
+            f"or label folders with --caption-template)"
+        )
     train = [r for r in records if not is_held_out(r, config.holdout)]
     pixels, captions, skipped = [], [], []
     for record, image, error in iter_images(train):
@@ -142,7 +209,9 @@ def load_training_images(config: TrainConfig):
         pixels.append(np.asarray(_square(image.convert("RGB"), config.resolution)))
         captions.append(record.caption)
     if len(pixels) < config.min_images:
-        raise MedisynError(f"{', '.join(config.data)}: only {len(pixels)} readable images; need at least {config.min_images}")
+        raise MedisynError(
+            f"{', '.join(config.data)}: only {len(pixels)} readable images; need at least {config.min_images}"
+        )
     tensor = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
     held = [r for r in records if is_held_out(r, config.holdout)]
     return tensor, captions, skipped, held
@@ -164,6 +233,7 @@ def to_unit(batch_uint8):
 
 # 2. components -----------------------------------------------------------------------------
 
+
 def build_components(config: TrainConfig, captions: list[str], work: Path) -> dict:
     """Load a base pipeline's parts, or build fresh ones from a named small config."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -176,8 +246,13 @@ def build_components(config: TrainConfig, captions: list[str], work: Path) -> di
     spec = CONFIGS[config.config]
 
     tokenizer = build_corpus_tokenizer(sorted(set(captions)) + [""], work / "tokenizer")
-    text = CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **spec["text"])
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **spec["text"],
+    )
     factor = 2 ** (len(spec["vae"]["block_out_channels"]) - 1)
     return {
         "vae": AutoencoderKL(sample_size=config.resolution, **spec["vae"]),
@@ -194,19 +269,27 @@ def _base_components(config: TrainConfig) -> dict:
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-
     pipe = load_pipeline(config.base, torch.device("cpu"), torch.float32, scheduler=None)
-    if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel) or getattr(pipe, "text_encoder_2", None):
-        raise MedisynError(f"--base {config.base}: only Stable-Diffusion-style pipelines (one CLIP text encoder "
-                           f"and a UNet2DConditionModel) can be fine-tuned")
+    if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel) or getattr(
+        pipe, "text_encoder_2", None
+    ):
+        raise MedisynError(
+            f"--base {config.base}: only Stable-Diffusion-style pipelines (one CLIP text encoder "
+            f"and a UNet2DConditionModel) can be fine-tuned"
+        )
     return {
-        "vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+        "vae": pipe.vae,
+        "unet": pipe.unet,
+        "text_encoder": pipe.text_encoder,
+        "tokenizer": pipe.tokenizer,
         "noise_scheduler": DDPMScheduler.from_config(pipe.scheduler.config),
-        "train_vae": False, "train_text_encoder": bool(config.train_text_encoder),
+        "train_vae": False,
+        "train_text_encoder": bool(config.train_text_encoder),
     }
 
 
 # 3. autoencoder ----------------------------------------------------------------------------
+
 
 def train_vae(vae, pixels, config: TrainConfig, accelerator, progress) -> float:
     """Train the autoencoder on reconstruction (L1 + edges) with a light KL; returns PSNR (dB)."""
@@ -227,8 +310,12 @@ def train_vae(vae, pixels, config: TrainConfig, accelerator, progress) -> float:
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
-        progress.update(task, advance=1, rate=rate_text((step + 1) * len(idx), time.time() - start, "img"),
-                        info=f"loss {loss.item():.4f}")
+        progress.update(
+            task,
+            advance=1,
+            rate=rate_text((step + 1) * len(idx), time.time() - start, "img"),
+            info=f"loss {loss.item():.4f}",
+        )
     vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
     return vae_psnr(vae, pixels[: min(256, len(pixels))], accelerator.device)
 
@@ -259,12 +346,13 @@ def encode_latents(vae, pixels, device, batch: int = 64):
     chunks = []
     with torch.no_grad():
         for start in range(0, len(pixels), batch):
-            dist = vae.encode(to_unit(pixels[start:start + batch]).to(device)).latent_dist
+            dist = vae.encode(to_unit(pixels[start : start + batch]).to(device)).latent_dist
             chunks.append(torch.cat([dist.mean, dist.std], 1).half().cpu())
     return torch.cat(chunks)
 
 
 # 4. diffusion ------------------------------------------------------------------------------
+
 
 def min_snr_weights(scheduler, timesteps, gamma: float):
     """Min-SNR-gamma loss weights (Hang et al. 2023) for epsilon or v prediction."""
@@ -285,28 +373,37 @@ def diffusion_loss(parts, latents, ids, generator, config: TrainConfig):
 
     scheduler = parts["noise_scheduler"]
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(
+        latents.device
+    )
     noisy = scheduler.add_noise(latents, noise, t)
     hidden = parts["text_encoder"](ids)[0]
     pred = parts["unet"](noisy, t, hidden).sample.float()
-    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
+    target = (
+        noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
+    )
     per_sample = F.mse_loss(pred, target.float(), reduction="none").flatten(1).mean(1)
     return (per_sample * min_snr_weights(scheduler, t, config.min_snr_gamma)).mean()
 
 
 def tokenize(tokenizer, texts: list[str]):
     """Pad/truncate to the tokenizer's max length."""
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        texts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
 
 
 # 5. the run --------------------------------------------------------------------------------
+
 
 def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     """Train (VAE first when there is none), then the UNet; save a diffusers pipeline folder."""
     import torch
     from accelerate import Accelerator
-
 
     quiet_libraries()
     torch.set_flush_denormal(True)  # denormal floats slow CPU training by 5-10x once weights get small
@@ -317,14 +414,19 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     if not config.base and config.config not in CONFIGS:
         raise MedisynError(f"--config: unknown config '{config.config}' (choose from {', '.join(CONFIGS)})")
     if not 0.0 <= config.balance <= 1.0:
-        raise MedisynError(f"--balance: {config.balance} is not between 0 (uniform) and 1 (every caption equally often)")
+        raise MedisynError(
+            f"--balance: {config.balance} is not between 0 (uniform) and 1 (every caption equally often)"
+        )
     _check_numbers(config)
     check_train_options(config)
     _reset_accelerate()
     pixels, captions, skipped, held = load_training_images(config)
     _save_options(work, config)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
-                              gradient_accumulation_steps=config.grad_accum, project_dir=str(work))
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(config.mixed_precision),
+        gradient_accumulation_steps=config.grad_accum,
+        project_dir=str(work),
+    )
     parts = build_components(config, captions, work)
     with make_progress(disable=not show_progress) as progress:
         psnr = _autoencoder_stage(parts, pixels, config, accelerator, progress, work)
@@ -334,15 +436,22 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     _save(parts, out, config, losses, pixels, captions, len(held))
     _write_reports(out, losses, config, held, skipped, psnr, time.time() - started, len(pixels))
     shutil.rmtree(work / "tokenizer", ignore_errors=True)
-    return TrainResult(out, len(losses), _tail_mean(losses), len(pixels), skipped, time.time() - started, psnr)
+    return TrainResult(
+        out, len(losses), _tail_mean(losses), len(pixels), skipped, time.time() - started, psnr
+    )
 
 
 def _save(parts, out: Path, config: TrainConfig, losses, pixels, captions, held: int) -> Path:
     """The trained pipeline, or with --lora only the adapter (diffusers' LoRA format, adapter.json, card)."""
     if not config.lora:
         return save_pipeline(parts, out, config)
-    info = {"steps": len(losses), "final_loss": _tail_mean(losses), "train_images": len(pixels),
-            "held_out_images": held, "data_fingerprint": data_fingerprint(pixels, captions)}
+    info = {
+        "steps": len(losses),
+        "final_loss": _tail_mean(losses),
+        "train_images": len(pixels),
+        "held_out_images": held,
+        "data_fingerprint": data_fingerprint(pixels, captions),
+    }
     return save_adapter(parts, out, config, info)
 
 
@@ -356,8 +465,11 @@ def _reset_accelerate() -> None:
 
 def _run_options(config: TrainConfig) -> dict:
     """The options a resumed run must share with the original (steps may grow)."""
-    options = {k: v for k, v in asdict(config).items() if k not in (
-        "out", "resume", "steps", "checkpoint_every", "validate_every", "validation_prompts")}
+    options = {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("out", "resume", "steps", "checkpoint_every", "validate_every", "validation_prompts")
+    }
     return json.loads(json.dumps(options))
 
 
@@ -423,10 +535,13 @@ def _optimiser(parts, config: TrainConfig, accelerator):
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-2)
     lr_lambda = lambda step: min(1.0, (step + 1) / 100)  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(parts["unet"], parts["text_encoder"], optimizer,
-                                                                     lr_schedule)
+    unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(
+        parts["unet"], parts["text_encoder"], optimizer, lr_schedule
+    )
     parts.update(unet=unet, text_encoder=text_encoder)
-    ema = EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3) if config.ema else None
+    ema = (
+        EMAModel(trainable, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3) if config.ema else None
+    )
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     return trainable, optimizer, lr_schedule, ema
@@ -454,7 +569,9 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
         drop = torch.rand(len(idx), generator=generator) < config.caption_dropout
         ids = ids_of[torch.where(drop, len(unique), caption_index[idx])]
         with accelerator.accumulate(unet), accelerator.autocast():
-            loss = diffusion_loss(parts, z.to(accelerator.device), ids.to(accelerator.device), generator, config)
+            loss = diffusion_loss(
+                parts, z.to(accelerator.device), ids.to(accelerator.device), generator, config
+            )
             accelerator.backward(loss)
             optimizer.step()
             lr_schedule.step()
@@ -465,8 +582,12 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
             if ema is not None:
                 ema.step(trainable)
             losses.append(float(loss.item()))
-            progress.update(task, completed=step, rate=rate_text(done, time.time() - start, "img"),
-                            info=f"loss {_tail_mean(losses):.4f}")
+            progress.update(
+                task,
+                completed=step,
+                rate=rate_text(done, time.time() - start, "img"),
+                info=f"loss {_tail_mean(losses):.4f}",
+            )
             _after_step(parts, config, accelerator, work, step, losses, ema, trainable, unique)
     if ema is not None:
         ema.copy_to(trainable)
@@ -474,15 +595,28 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
     return losses
 
 
-def _after_step(parts, config: TrainConfig, accelerator, work: Path, step: int, losses: list, ema, trainable,
-                unique: list[str]) -> None:
+def _after_step(
+    parts,
+    config: TrainConfig,
+    accelerator,
+    work: Path,
+    step: int,
+    losses: list,
+    ema,
+    trainable,
+    unique: list[str],
+) -> None:
     """Checkpoint and draw the validation grid when their step comes."""
     if step % config.checkpoint_every == 0 or step == config.steps:
         _checkpoint(accelerator, work, step, losses)
     if config.validate_every and (step % config.validate_every == 0 or step == config.steps):
         with _ema_weights(ema, trainable):
-            sample_grid(parts, _validation_prompts(config, unique), work.parent / "samples" / f"step-{step:06d}.png",
-                        accelerator.device)
+            sample_grid(
+                parts,
+                _validation_prompts(config, unique),
+                work.parent / "samples" / f"step-{step:06d}.png",
+                accelerator.device,
+            )
 
 
 def _trainable(parts, config: TrainConfig) -> list:
@@ -491,7 +625,8 @@ def _trainable(parts, config: TrainConfig) -> list:
         return add_lora(parts, config)
     parts["text_encoder"].requires_grad_(parts["train_text_encoder"])
     return list(parts["unet"].parameters()) + (
-        list(parts["text_encoder"].parameters()) if parts["train_text_encoder"] else [])
+        list(parts["text_encoder"].parameters()) if parts["train_text_encoder"] else []
+    )
 
 
 def caption_weights(caption_index, power: float):
@@ -512,6 +647,7 @@ def draw_batch(weights, n: int, size: int, generator):
 
 class _ema_weights:
     """Swap the EMA weights in for sampling, then put the training weights back."""
+
     def __init__(self, ema, params):
         self.ema, self.params = ema, params
 
@@ -561,7 +697,6 @@ def _validation_prompts(config: TrainConfig, captions: list[str]) -> list[str]:
         if not path.exists():
             raise MedisynError(f"--validation-prompts: {path} does not exist")
         if path.suffix == ".csv":
-
             return [row.prompt for row in load_manifest(path).rows][:16]
         return [line.strip() for line in path.read_text().splitlines() if line.strip()][:16]
     return captions[:16]
@@ -571,11 +706,16 @@ def build_pipeline(parts, scheduler_name: str = "dpm++"):
     """A StableDiffusionPipeline from trained parts, without safety checker."""
     from diffusers import StableDiffusionPipeline
 
-
     return StableDiffusionPipeline(
-        vae=parts["vae"], text_encoder=_unwrap(parts["text_encoder"]), tokenizer=parts["tokenizer"],
-        unet=_unwrap(parts["unet"]), scheduler=make_scheduler(scheduler_name, parts["noise_scheduler"].config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        vae=parts["vae"],
+        text_encoder=_unwrap(parts["text_encoder"]),
+        tokenizer=parts["tokenizer"],
+        unet=_unwrap(parts["unet"]),
+        scheduler=make_scheduler(scheduler_name, parts["noise_scheduler"].config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def _unwrap(model):
@@ -593,14 +733,20 @@ def sample_grid(parts, prompts: list[str], path: Path, device, per_prompt: int =
     unet.eval(), text_encoder.eval()
     generators = [torch.Generator().manual_seed(i) for _ in prompts for i in range(per_prompt)]
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cpu"):
-        images = pipe([p for p in prompts for _ in range(per_prompt)], num_inference_steps=steps,
-                      guidance_scale=3.0, generator=generators, output_type="pil").images
+        images = pipe(
+            [p for p in prompts for _ in range(per_prompt)],
+            num_inference_steps=steps,
+            guidance_scale=3.0,
+            generator=generators,
+            output_type="pil",
+        ).images
     unet.train(was_training[0]), text_encoder.train(was_training[1])
 
     return image_grid(images, rows=len(prompts), path=path, labels=prompts)
 
 
 # 6. outputs --------------------------------------------------------------------------------
+
 
 def save_pipeline(parts, out: Path, config: TrainConfig) -> Path:
     """Save a standard diffusers folder (fp16 weights when asked), written atomically."""
@@ -640,7 +786,9 @@ def _follow_umask(folder: Path) -> None:
             path.chmod(0o666 & ~mask)
 
 
-def _write_reports(out: Path, losses, config: TrainConfig, held: list[Record], skipped, psnr, seconds, n_images):
+def _write_reports(
+    out: Path, losses, config: TrainConfig, held: list[Record], skipped, psnr, seconds, n_images
+):
     with open(out / "loss.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", "loss"])
@@ -651,9 +799,16 @@ def _write_reports(out: Path, losses, config: TrainConfig, held: list[Record], s
             writer = csv.writer(handle)
             writer.writerow(["key", "label"])
             writer.writerows((r.key, r.label) for r in held)
-    summary = {"config": asdict(config), "steps": len(losses), "final_loss": _tail_mean(losses),
-               "train_images": n_images, "held_out_images": len(held), "vae_psnr_db": psnr,
-               "seconds": round(seconds, 1), "skipped": skipped}
+    summary = {
+        "config": asdict(config),
+        "steps": len(losses),
+        "final_loss": _tail_mean(losses),
+        "train_images": n_images,
+        "held_out_images": len(held),
+        "vae_psnr_db": psnr,
+        "seconds": round(seconds, 1),
+        "skipped": skipped,
+    }
     write_json(out / "training.json", summary)
 
 

@@ -11,16 +11,26 @@ from medisyn_cli.generate.writers.imagefolder import ImageFolderWriter
 from medisyn_cli.generate.writers.parquet import ParquetWriter
 
 
-def make_writers(formats: tuple[str, ...], out: Path, labels: list[str], rows_per_part: int = 5000,
-                 batch: str | None = None) -> list[Writer]:
+def make_writers(
+    formats: tuple[str, ...],
+    out: Path,
+    labels: list[str],
+    rows_per_part: int = 5000,
+    batch: str | None = None,
+) -> list[Writer]:
     """One writer per requested format, under out/<format>/; for one `batch` of a run, under out/_work/."""
     if batch is None:
-        makers = {"parquet": lambda: ParquetWriter(out / "parquet", labels, rows_per_part),
-                  "imagefolder": lambda: ImageFolderWriter(out / "imagefolder")}
+        makers = {
+            "parquet": lambda: ParquetWriter(out / "parquet", labels, rows_per_part),
+            "imagefolder": lambda: ImageFolderWriter(out / "imagefolder"),
+        }
     else:
-        makers = {"parquet": lambda: ParquetWriter(out / "_work" / "parquet", labels, 10 ** 9, prefix=batch),
-                  "imagefolder": lambda: ImageFolderWriter(out / "_work" / "images",
-                                                           out / "_work" / "imagefolder" / f"{batch}.csv")}
+        makers = {
+            "parquet": lambda: ParquetWriter(out / "_work" / "parquet", labels, 10**9, prefix=batch),
+            "imagefolder": lambda: ImageFolderWriter(
+                out / "_work" / "images", out / "_work" / "imagefolder" / f"{batch}.csv"
+            ),
+        }
     return [makers[f]() for f in formats]
 
 

@@ -32,9 +32,20 @@ class ParquetWriter:
 
     name = "parquet"
 
-    def __init__(self, folder: Path, labels: list[str], rows_per_part: int = 5000, row_group: int = 64,
-                 prefix: str = "part"):
-        self.folder, self.rows_per_part, self.row_group, self.prefix = folder, rows_per_part, row_group, prefix
+    def __init__(
+        self,
+        folder: Path,
+        labels: list[str],
+        rows_per_part: int = 5000,
+        row_group: int = 64,
+        prefix: str = "part",
+    ):
+        self.folder, self.rows_per_part, self.row_group, self.prefix = (
+            folder,
+            rows_per_part,
+            row_group,
+            prefix,
+        )
         self.schema = arrow_schema(labels)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.buffer: list[dict] = []
