@@ -180,34 +180,16 @@ class JudgedRejectedLog(RejectedLog):
         "image": "binary",
     }
 
-    def write(self, items: list) -> None:
-        """Log rejected `Generated` items (each with its Check in `.screen`)."""
-        import pyarrow as pa
-
-        if not items:
-            return
-        rows = [
-            {
-                "id": i.job.id,
-                "label": i.job.label,
-                "prompt": i.job.prompt,
-                "seed": i.seed,
-                "attempt": i.attempt,
-                **{
-                    name: getattr(i.screen, name)
-                    for name in ("nn_id", "nn_key", "nn_label", "nn_similarity", "view", "region")
-                },
-                "reason": i.screen.reason,
-                "label_score": i.screen.label_score,
-                "judged_label": i.screen.judged_label,
-                "image": i.png() if i.screen.reason == LABEL else None,
-            }
-            for i in items
-        ]
-        self.handle.write_table(
-            pa.Table.from_pylist([{k: r.get(k) for k in self.SCHEMA} for r in rows], schema=self.schema)
-        )
-        self.rows += len(rows)
+    def row(self, item) -> dict:
+        """One rejected `Generated` item (its Check in `.screen`): the near-copy columns, reason and score."""
+        check = item.screen
+        return {
+            **super().row(item),
+            "reason": check.reason,
+            "label_score": check.label_score,
+            "judged_label": check.judged_label,
+            "image": item.png() if check.reason == LABEL else None,
+        }
 
 
 def rejected_log(path: Path, screener) -> RejectedLog:

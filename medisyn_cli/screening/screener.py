@@ -276,29 +276,31 @@ class RejectedLog:
         self.handle = pq.ParquetWriter(self.tmp, self.schema)
         self.rows = 0
 
+    def row(self, item) -> dict:
+        """One rejected `Generated` item (its ScreenResult in `.screen`) as a row of SCHEMA."""
+        screen = item.screen
+        return {
+            "id": item.job.id,
+            "label": item.job.label,
+            "prompt": item.job.prompt,
+            "seed": item.seed,
+            "attempt": item.attempt,
+            **{
+                name: getattr(screen, name)
+                for name in ("nn_id", "nn_key", "nn_label", "nn_similarity", "view", "region")
+            },
+        }
+
     def write(self, items: list) -> None:
-        """Log rejected `Generated` items (each with its ScreenResult in `.screen`)."""
+        """Log rejected `Generated` items."""
         import pyarrow as pa
 
         if not items:
             return
-        rows = [
-            {
-                "id": i.job.id,
-                "label": i.job.label,
-                "prompt": i.job.prompt,
-                "seed": i.seed,
-                "attempt": i.attempt,
-                "nn_id": i.screen.nn_id,
-                "nn_key": i.screen.nn_key,
-                "nn_label": i.screen.nn_label,
-                "nn_similarity": i.screen.nn_similarity,
-                "view": i.screen.view,
-                "region": i.screen.region,
-            }
-            for i in items
-        ]
-        self.handle.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        rows = [self.row(item) for item in items]
+        self.handle.write_table(
+            pa.Table.from_pylist([{k: r.get(k) for k in self.SCHEMA} for r in rows], schema=self.schema)
+        )
         self.rows += len(rows)
 
     def close(self) -> dict:
