@@ -59,6 +59,7 @@ import pickle
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results" / "screen_quality"
-FAMILIES = {"rotation": ("rot5", "rot10", "rot90", "rot180"), "crop": ("crop70", "crop80"), "padding": ("pad10",),
-            "blend/overlay": ("blend", "overlay")}
+FAMILIES = {
+    "rotation": ("rot5", "rot10", "rot90", "rot180"),
+    "crop": ("crop70", "crop80"),
+    "padding": ("pad10",),
+    "blend/overlay": ("blend", "overlay"),
+}
+
+
+def _family_mean(caught: dict, family: str) -> float:
+    """Mean detection rate (%) of one family's transforms."""
+    return 100 * np.mean([v for f, v in caught.values() if f == family])
 
 
 def load(data: Path) -> tuple[list, np.ndarray, np.ndarray, list[str]]:
@@ -88,6 +98,7 @@ def load(data: Path) -> tuple[list, np.ndarray, np.ndarray, list[str]]:
 
 
 # --- near-duplicate groups ------------------------------------------------------------------------------
+
 
 class Groups:
     """Union-find over image indices."""
@@ -130,8 +141,9 @@ def near_duplicate_groups(images: list, sets: np.ndarray, names: list[str]) -> n
         pid = patient_id(name, dataset)
         if pid is not None:
             groups.union(i, first.setdefault(pid, i))
-    grey = np.stack([np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float64)
-                     for im in images])
+    grey = np.stack(
+        [np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float64) for im in images]
+    )
     for dataset in np.unique(sets):
         idx = np.where(sets == dataset)[0]
         a = grey[idx].reshape(len(idx), -1)
@@ -150,17 +162,18 @@ def dihedral(stack: np.ndarray) -> list[np.ndarray]:
 
 def _duplicates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) bool: README test (RMS < 10 and mean |diff| < 6) or a brightness/contrast fit."""
-    mean_square = (a ** 2).mean(1)[:, None] + (b ** 2).mean(1)[None, :] - 2 * (a @ b.T) / a.shape[1]
+    mean_square = (a**2).mean(1)[:, None] + (b**2).mean(1)[None, :] - 2 * (a @ b.T) / a.shape[1]
     close = np.sqrt(np.clip(mean_square, 0, None)) < 10
     for i, j in zip(*np.where(close)):
         close[i, j] = np.abs(a[i] - b[j]).mean() < 6
     za, zb = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
     r = (za @ zb.T) / (np.linalg.norm(za, axis=1)[:, None] * np.linalg.norm(zb, axis=1)[None, :] + 1e-9)
-    residual = zb.std(1)[None, :] * np.sqrt(np.clip(1 - r ** 2, 0, None))
+    residual = zb.std(1)[None, :] * np.sqrt(np.clip(1 - r**2, 0, None))
     return close | ((r > 0.97) & (residual < 10))
 
 
 # --- planted copies -------------------------------------------------------------------------------------
+
 
 def transforms() -> dict:
     """name -> f(image, rng) making a copy the way a memorising model (or a careless pipeline) might."""
@@ -191,15 +204,19 @@ def transforms() -> dict:
             dx, dy = rng.integers(-3, 4, size=2)
         a = np.asarray(im)
         pad = ((3, 3), (3, 3)) + ((0, 0),) * (a.ndim - 2)
-        a = np.pad(a, pad, mode="edge")[3 - dy:3 - dy + im.size[1], 3 - dx:3 - dx + im.size[0]]
+        a = np.pad(a, pad, mode="edge")[3 - dy : 3 - dy + im.size[1], 3 - dx : 3 - dx + im.size[0]]
         return Image.fromarray(a)
 
     return {
         "resize_down": lambda im, rng: im.resize((38, 38), Image.Resampling.LANCZOS),
         "resize_up": lambda im, rng: im.resize((128, 128), Image.Resampling.BICUBIC),
-        "jpeg": jpeg, "noise": noise, "brightness_contrast": brightness_contrast,
-        "crop": crop, "shift": shift,
-        "hflip": lambda im, rng: ImageOps.mirror(im), "vflip": lambda im, rng: ImageOps.flip(im),
+        "jpeg": jpeg,
+        "noise": noise,
+        "brightness_contrast": brightness_contrast,
+        "crop": crop,
+        "shift": shift,
+        "hflip": lambda im, rng: ImageOps.mirror(im),
+        "vflip": lambda im, rng: ImageOps.flip(im),
     }
 
 
@@ -216,6 +233,7 @@ def unseen_transforms() -> dict:
             side = round(w * keep)
             x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
             return im.crop((x, y, x + side, y + side)).resize((w, h), Image.Resampling.BICUBIC)
+
         return make
 
     def pad(im, rng, other):
@@ -253,14 +271,22 @@ def unseen_transforms() -> dict:
         return im.resize((round(0.8 * w), h), Image.Resampling.BICUBIC)
 
     return {
-        "rot5": rotate(5), "rot10": rotate(10),
-        "rot90": lambda im, rng, other: im.transpose(Image.Transpose.ROTATE_90 if rng.random() < 0.5
-                                                     else Image.Transpose.ROTATE_270),
+        "rot5": rotate(5),
+        "rot10": rotate(10),
+        "rot90": lambda im, rng, other: im.transpose(
+            Image.Transpose.ROTATE_90 if rng.random() < 0.5 else Image.Transpose.ROTATE_270
+        ),
         "rot180": lambda im, rng, other: im.transpose(Image.Transpose.ROTATE_180),
         "invert": lambda im, rng, other: ImageOps.invert(im.convert("RGB")).convert(im.mode),
-        "crop70": crop(0.7), "crop80": crop(0.8), "pad10": pad,
+        "crop70": crop(0.7),
+        "crop80": crop(0.8),
+        "pad10": pad,
         "blur2": lambda im, rng, other: im.filter(ImageFilter.GaussianBlur(2)),
-        "gamma": gamma, "jpeg30": jpeg30, "blend": blend, "overlay": overlay, "squeeze": squeeze,
+        "gamma": gamma,
+        "jpeg30": jpeg30,
+        "blend": blend,
+        "overlay": overlay,
+        "squeeze": squeeze,
         "grey": lambda im, rng, other: im.convert("L") if im.mode == "RGB" else None,
     }
 
@@ -310,9 +336,15 @@ def combine(a: dict, b: dict) -> dict:
     """Either detector: per image the larger margin over each one's own (per data set) threshold; threshold 0. The
     match counted is the one of the detector with the larger margin."""
     margin = lambda r, sims, where: sims - np.array([r["thresholds"][d] for d in where], np.float32)  # noqa: E731
-    out = {"thresholds": {d: 0.0 for d in a["thresholds"]}, "neg_sets": a["neg_sets"], "copy_sets": a["copy_sets"],
-           "copies": {}, "screened": 0, "screen_seconds": 0.0,
-           "neg": np.maximum(margin(a, a["neg"], a["neg_sets"]), margin(b, b["neg"], b["neg_sets"]))}
+    out = {
+        "thresholds": {d: 0.0 for d in a["thresholds"]},
+        "neg_sets": a["neg_sets"],
+        "copy_sets": a["copy_sets"],
+        "copies": {},
+        "screened": 0,
+        "screen_seconds": 0.0,
+        "neg": np.maximum(margin(a, a["neg"], a["neg_sets"]), margin(b, b["neg"], b["neg_sets"])),
+    }
     for family, made in a["copies"].items():
         out["copies"][family] = {}
         for transform, (sims_a, found_a) in made.items():
@@ -334,12 +366,16 @@ def either_sweep(pixel: dict, learned: dict, limits=(0.97, 0.975, 0.98, 0.985, 0
             for transform, (sims, found) in made.items():
                 other, other_found = learned["copies"][family][transform]
                 where = pixel["copy_sets"][family][transform]
-                caught[transform] = (family, float(np.mean(((sims >= limit(pixel, where)) & found)
-                                                           | ((other >= t) & other_found))))
+                caught[transform] = (
+                    family,
+                    float(np.mean(((sims >= limit(pixel, where)) & found) | ((other >= t) & other_found))),
+                )
         fp = np.mean((pixel["neg"] >= limit(pixel, pixel["neg_sets"])) | (learned["neg"] >= t))
-        mean = lambda fam: 100 * np.mean([v for f, v in caught.values() if f == fam])  # noqa: E731
-        lines.append(f"  t {t:.3f}: FP {100 * fp:.2f}%  tuned {mean('tuned'):.1f}  unseen {mean('unseen'):.1f}  " +
-                     "  ".join(f"{n} {100 * caught[n][1]:.1f}" for n in ("blend", "overlay", "blur2", "gamma")))
+        mean = partial(_family_mean, caught)
+        lines.append(
+            f"  t {t:.3f}: FP {100 * fp:.2f}%  tuned {mean('tuned'):.1f}  unseen {mean('unseen'):.1f}  "
+            + "  ".join(f"{n} {100 * caught[n][1]:.1f}" for n in ("blend", "overlay", "blur2", "gamma"))
+        )
     return lines
 
 
@@ -366,7 +402,9 @@ def calibrated(index, images: list) -> float:
     from medisyn_cli.screening.calibrate import CALIBRATION_SAMPLE, calibrate
 
     count = len(images)
-    sample = np.sort(np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False))
+    sample = np.sort(
+        np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False)
+    )
     return calibrate(index, [(int(i), images[i]) for i in sample])["threshold"]
 
 
@@ -381,9 +419,11 @@ class ImagededupPHash:
         self.hasher = PHash(verbose=False)
 
     def embed(self, images: list) -> np.ndarray:
-        from medisyn_cli.screening.embed import to_8bit
+        from medisyn_cli.core.images import to_8bit
 
-        codes = [self.hasher.encode_image(image_array=np.asarray(to_8bit(im).convert("RGB"))) for im in images]
+        codes = [
+            self.hasher.encode_image(image_array=np.asarray(to_8bit(im).convert("RGB"))) for im in images
+        ]
         return np.array([np.frombuffer(bytes.fromhex(code), np.uint8) for code in codes], np.uint8)
 
     def __getattr__(self, attr):  # the rest of the Embedder interface (views, thresholds, settings)
@@ -395,9 +435,10 @@ class ImagededupPHash:
 
 # --- scoring --------------------------------------------------------------------------------------------
 
+
 def embed_all(embedder, images: list, batch: int = 256) -> np.ndarray:
     """Index vectors of every image."""
-    return np.concatenate([embedder.embed(images[i:i + batch]) for i in range(0, len(images), batch)])
+    return np.concatenate([embedder.embed(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def split(sets: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -416,17 +457,28 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
 
     embedder, options, threshold_of = make_condition(name)
     vectors = embed_all(embedder, images)
-    tiles = np.concatenate([embedder.embed_views(images[i:i + 256], TILES) for i in range(0, len(images), 256)]) \
-        if name == "pixel" else None
-    out = {"neg": np.zeros(len(negatives), np.float32), "thresholds": {}, "copies": {}, "screened": 0,
-           "screen_seconds": 0.0}
+    tiles = (
+        np.concatenate([embedder.embed_views(images[i : i + 256], TILES) for i in range(0, len(images), 256)])
+        if name == "pixel"
+        else None
+    )
+    out = {
+        "neg": np.zeros(len(negatives), np.float32),
+        "thresholds": {},
+        "copies": {},
+        "screened": 0,
+        "screen_seconds": 0.0,
+    }
     for family in planted:
-        out["copies"][family] = {t: [np.zeros(len(s), np.float32), np.zeros(len(s), bool)]
-                                 for t, (s, _) in planted[family].items()}
+        out["copies"][family] = {
+            t: [np.zeros(len(s), np.float32), np.zeros(len(s), bool)] for t, (s, _) in planted[family].items()
+        }
     for dataset in np.unique(sets):
         members = np.where((sets == dataset) & indexed)[0]
         regions = None if tiles is None else tiles[members].reshape(-1, embedder.dim)
-        index = TrainingIndex.from_vectors(vectors[members], [str(i) for i in members], embedder, regions=regions)
+        index = TrainingIndex.from_vectors(
+            vectors[members], [str(i) for i in members], embedder, regions=regions
+        )
         out["thresholds"][dataset] = float(threshold_of(index, [images[i] for i in members]))
         screener = Screener(index, threshold=out["thresholds"][dataset], **options)
         chosen = np.where(sets[negatives] == dataset)[0]
@@ -450,7 +502,9 @@ def threshold_at_fpr(negatives: np.ndarray, fpr: float) -> float:
     """The lowest threshold (on the negatives' own scores) whose false-positive rate is at most `fpr`."""
     ordered = np.sort(negatives)[::-1]
     allowed = int(np.floor(fpr * len(ordered)))
-    return float(np.nextafter(ordered[allowed], np.float32(2))) if allowed < len(ordered) else float(ordered[-1])
+    return (
+        float(np.nextafter(ordered[allowed], np.float32(2))) if allowed < len(ordered) else float(ordered[-1])
+    )
 
 
 def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -469,56 +523,95 @@ def summarise(result: dict) -> dict:
     """TPR per transform at the default (per data set) thresholds and at 1% / 0.1% pooled FPR; FP, AUROC."""
     default_neg = np.array([result["thresholds"][d] for d in result["neg_sets"]], np.float32)
     at = {"1%": threshold_at_fpr(result["neg"], 0.01), "0.1%": threshold_at_fpr(result["neg"], 0.001)}
-    summary: dict = {"thresholds": result["thresholds"], "fpr_thresholds": at,
-                     "fp_default": float(np.mean(result["neg"] >= default_neg)),
-                     "fp_default_per_set": {d: float(np.mean(result["neg"][result["neg_sets"] == d]
-                                                             >= result["thresholds"][d]))
-                                            for d in np.unique(result["neg_sets"])}, "tpr": {}, "auroc": {}}
+    summary: dict = {
+        "thresholds": result["thresholds"],
+        "fpr_thresholds": at,
+        "fp_default": float(np.mean(result["neg"] >= default_neg)),
+        "fp_default_per_set": {
+            d: float(np.mean(result["neg"][result["neg_sets"] == d] >= result["thresholds"][d]))
+            for d in np.unique(result["neg_sets"])
+        },
+        "tpr": {},
+        "auroc": {},
+    }
     for family, made in result["copies"].items():
         scores = []
         for transform, (sims, found) in made.items():
-            limit = np.array([result["thresholds"][d] for d in result["copy_sets"][family][transform]], np.float32)
-            summary["tpr"][transform] = {"family": family, "n": int(len(sims)),
-                                         "default": float(np.mean((sims >= limit) & found)),
-                                         **{k: float(np.mean((sims >= t) & found)) for k, t in at.items()}}
+            limit = np.array(
+                [result["thresholds"][d] for d in result["copy_sets"][family][transform]], np.float32
+            )
+            summary["tpr"][transform] = {
+                "family": family,
+                "n": int(len(sims)),
+                "default": float(np.mean((sims >= limit) & found)),
+                **{k: float(np.mean((sims >= t) & found)) for k, t in at.items()},
+            }
             scores.append(np.where(found, sims, -np.inf))
         summary["auroc"][family] = auroc(np.concatenate(scores), result["neg"])
         for key in ("default", "1%", "0.1%"):
-            summary.setdefault("overall", {}).setdefault(family, {})[key] = float(np.mean(
-                [summary["tpr"][t][key] for t in made]))
+            summary.setdefault("overall", {}).setdefault(family, {})[key] = float(
+                np.mean([summary["tpr"][t][key] for t in made])
+            )
     for group, members in FAMILIES.items():
-        summary.setdefault("groups", {})[group] = {key: float(np.mean([summary["tpr"][t][key] for t in members]))
-                                                   for key in ("default", "1%", "0.1%")}
+        summary.setdefault("groups", {})[group] = {
+            key: float(np.mean([summary["tpr"][t][key] for t in members]))
+            for key in ("default", "1%", "0.1%")
+        }
     return summary
 
 
 # --- report ---------------------------------------------------------------------------------------------
 
+
 def table(summaries: dict) -> list[str]:
     """Rows: transforms, family means, groups, FP, AUROC; columns: TPR at default / 1% / 0.1% FPR per condition."""
     names = list(summaries)
-    lines = ["TPR at: default threshold (per data set) / pooled 1% FPR / pooled 0.1% FPR",
-             f"{'transform':<18}" + "".join(f"{n:>26}" for n in names)]
+    lines = [
+        "TPR at: default threshold (per data set) / pooled 1% FPR / pooled 0.1% FPR",
+        f"{'transform':<18}" + "".join(f"{n:>26}" for n in names),
+    ]
     cell = lambda d: f"{100 * d['default']:6.1f} {100 * d['1%']:6.1f} {100 * d['0.1%']:6.1f}   "  # noqa: E731
     first = summaries[names[0]]
     for family in ("tuned", "unseen"):
         for transform, row in first["tpr"].items():
             if row["family"] == family:
-                lines.append(f"{transform:<18}" + "".join(f"{cell(s['tpr'][transform]):>26}" for s in summaries.values()))
-        lines.append(f"{'= ' + family + ' mean':<18}" + "".join(f"{cell(s['overall'][family]):>26}"
-                                                             for s in summaries.values()))
+                lines.append(
+                    f"{transform:<18}"
+                    + "".join(f"{cell(s['tpr'][transform]):>26}" for s in summaries.values())
+                )
+        lines.append(
+            f"{'= ' + family + ' mean':<18}"
+            + "".join(f"{cell(s['overall'][family]):>26}" for s in summaries.values())
+        )
     for group in FAMILIES:
-        lines.append(f"{'~ ' + group:<18}" + "".join(f"{cell(s['groups'][group]):>26}" for s in summaries.values()))
-    lines.append(f"{'FP at default':<18}" + "".join(f"{100 * s['fp_default']:>23.2f}%  " for s in summaries.values()))
+        lines.append(
+            f"{'~ ' + group:<18}" + "".join(f"{cell(s['groups'][group]):>26}" for s in summaries.values())
+        )
+    lines.append(
+        f"{'FP at default':<18}" + "".join(f"{100 * s['fp_default']:>23.2f}%  " for s in summaries.values())
+    )
     for family in ("tuned", "unseen"):
-        lines.append(f"{'AUROC ' + family:<18}" + "".join(f"{s['auroc'][family]:>24.4f}  " for s in summaries.values()))
-    lines.append(f"{'screen images/s':<18}" + "".join(f"{s.get('screen_images_per_s') or 0:>24.1f}  "
-                                                     for s in summaries.values()))
-    lines.append(f"{'thr @1% / @0.1%':<18}" + "".join(
-        f"{s['fpr_thresholds']['1%']:>15.4f} / {s['fpr_thresholds']['0.1%']:.4f}  " for s in summaries.values()))
+        lines.append(
+            f"{'AUROC ' + family:<18}" + "".join(f"{s['auroc'][family]:>24.4f}  " for s in summaries.values())
+        )
+    lines.append(
+        f"{'screen images/s':<18}"
+        + "".join(f"{s.get('screen_images_per_s') or 0:>24.1f}  " for s in summaries.values())
+    )
+    lines.append(
+        f"{'thr @1% / @0.1%':<18}"
+        + "".join(
+            f"{s['fpr_thresholds']['1%']:>15.4f} / {s['fpr_thresholds']['0.1%']:.4f}  "
+            for s in summaries.values()
+        )
+    )
     for name, s in summaries.items():
-        lines.append(f"  {name}: default thresholds " + ", ".join(f"{d[:8]} {t:.4f}" for d, t in s["thresholds"].items())
-                     + "; FP per set " + ", ".join(f"{d[:8]} {100 * v:.2f}%" for d, v in s["fp_default_per_set"].items()))
+        lines.append(
+            f"  {name}: default thresholds "
+            + ", ".join(f"{d[:8]} {t:.4f}" for d, t in s["thresholds"].items())
+            + "; FP per set "
+            + ", ".join(f"{d[:8]} {100 * v:.2f}%" for d, v in s["fp_default_per_set"].items())
+        )
     return lines
 
 
@@ -531,8 +624,12 @@ def condition_result(name: str, args, images, sets, groups, indexed, negatives, 
         return DONE.setdefault(name, pickle.loads(raw.read_bytes()))
     clock = time.time()
     if name == "pixel+learned":
-        result = combine(*(condition_result(n, args, images, sets, groups, indexed, negatives, planted)
-                           for n in ("pixel", "learned")))
+        result = combine(
+            *(
+                condition_result(n, args, images, sets, groups, indexed, negatives, planted)
+                for n in ("pixel", "learned")
+            )
+        )
     else:
         if name == "learned":
             LEARNED["embedder"] = train_learned(images, sets, indexed, args.learned_cache)
@@ -549,13 +646,25 @@ def condition_result(name: str, args, images, sets, groups, indexed, negatives, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--conditions", nargs="+", default=["pixel-tuned", "pixel-views", "pixel", "phash", "imagededup-phash"])
-    parser.add_argument("--sources", type=int, default=40, help="Indexed images per data set copied (per transform).")
-    parser.add_argument("--negatives", type=int, default=400, help="Non-indexed real images per data set screened.")
+    parser.add_argument(
+        "--conditions",
+        nargs="+",
+        default=["pixel-tuned", "pixel-views", "pixel", "phash", "imagededup-phash"],
+    )
+    parser.add_argument(
+        "--sources", type=int, default=40, help="Indexed images per data set copied (per transform)."
+    )
+    parser.add_argument(
+        "--negatives", type=int, default=400, help="Non-indexed real images per data set screened."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--raw", type=Path, default=None, help="Keep / reuse each condition's raw scores here.")
-    parser.add_argument("--learned-cache", type=Path, default=None, help="Keep / reuse the trained descriptor here.")
+    parser.add_argument(
+        "--raw", type=Path, default=None, help="Keep / reuse each condition's raw scores here."
+    )
+    parser.add_argument(
+        "--learned-cache", type=Path, default=None, help="Keep / reuse the trained descriptor here."
+    )
     args = parser.parse_args()
 
     start = time.time()
@@ -563,36 +672,52 @@ def main() -> None:
     groups = near_duplicate_groups(images, sets, names)
     indexed, candidates, dropped = split(sets, groups, args.seed)
     rng = np.random.default_rng(args.seed)
-    pick = lambda pool, n: np.concatenate([  # noqa: E731
-        np.sort(rng.choice(pool[sets[pool] == d], min(n, np.sum(sets[pool] == d)), replace=False))
-        for d in np.unique(sets)])
+
+    def pick(pool, n):
+        return np.concatenate(
+            [
+                np.sort(rng.choice(pool[sets[pool] == d], min(n, np.sum(sets[pool] == d)), replace=False))
+                for d in np.unique(sets)
+            ]
+        )
+
     sources, negatives = pick(np.where(indexed)[0], args.sources), pick(candidates, args.negatives)
     planted = plant(images, sets, groups, sources, args.seed)
     copies = sum(len(s) for made in planted.values() for s, _ in made.values())
-    lines = [f"# python benchmarks/screen_quality.py --conditions {' '.join(args.conditions)} --sources {args.sources} "
-             f"--negatives {args.negatives} --seed {args.seed}   ({os.cpu_count()} CPUs)",
-             f"{len(images)} images in {len(np.unique(sets))} data sets, {len(np.unique(groups))} near-duplicate "
-             f"groups; {indexed.sum()} indexed (half of each set); {dropped} non-indexed images dropped as copies of "
-             f"indexed ones (same group); {len(negatives)} negatives, {len(sources)} sources -> {copies} planted "
-             f"copies ({time.time() - start:.0f} s)"]
+    lines = [
+        f"# python benchmarks/screen_quality.py --conditions {' '.join(args.conditions)} --sources {args.sources} "
+        f"--negatives {args.negatives} --seed {args.seed}   ({os.cpu_count()} CPUs)",
+        f"{len(images)} images in {len(np.unique(sets))} data sets, {len(np.unique(groups))} near-duplicate "
+        f"groups; {indexed.sum()} indexed (half of each set); {dropped} non-indexed images dropped as copies of "
+        f"indexed ones (same group); {len(negatives)} negatives, {len(sources)} sources -> {copies} planted "
+        f"copies ({time.time() - start:.0f} s)",
+    ]
     print("\n".join(lines), flush=True)
     summaries: dict = {}
     for name in args.conditions:
         result = condition_result(name, args, images, sets, groups, indexed, negatives, planted)
         summaries[name] = summarise(result)
-        summaries[name].update(seconds=result["seconds"], training=result.get("training"),
-                               screen_images_per_s=result["screened"] / result["screen_seconds"]
-                               if result["screen_seconds"] else None)
-        lines.append(f"  {name}: {summaries[name]['seconds']:.0f} s" + (
-            f" (training: {json.dumps(result['training'])})" if result.get("training") else ""))
+        summaries[name].update(
+            seconds=result["seconds"],
+            training=result.get("training"),
+            screen_images_per_s=result["screened"] / result["screen_seconds"]
+            if result["screen_seconds"]
+            else None,
+        )
+        lines.append(
+            f"  {name}: {summaries[name]['seconds']:.0f} s"
+            + (f" (training: {json.dumps(result['training'])})" if result.get("training") else "")
+        )
         print(lines[-1], flush=True)
     extra = either_sweep(DONE["pixel"], DONE["learned"]) if {"pixel", "learned"} <= set(DONE) else []
     lines += table(summaries) + extra + [f"total {time.time() - start:.0f} s"]
-    print("\n".join(lines[-len(table(summaries)) - len(extra) - 1:]))
+    print("\n".join(lines[-len(table(summaries)) - len(extra) - 1 :]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "screen_quality.txt").write_text("\n".join(lines) + "\n")
-    (args.out / "screen_quality.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "summaries": summaries}, indent=1) + "\n")
+    (args.out / "screen_quality.json").write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summaries": summaries}, indent=1)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

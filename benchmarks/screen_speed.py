@@ -43,23 +43,30 @@ def main() -> None:
     tiles = embedder.embed_views(training, TILES).reshape(-1, embedder.dim)
     keys = [str(i) for i in range(len(training))]
     conditions = {"tuned": (None, "tuned"), "general": (None, None), "general+regions": (tiles, None)}
-    learned = load_embedder(Path(sys.argv[sys.argv.index("--learned") + 1])) if "--learned" in sys.argv else None
+    learned = (
+        load_embedder(Path(sys.argv[sys.argv.index("--learned") + 1])) if "--learned" in sys.argv else None
+    )
     conditions.update({"learned": (None, None)} if learned else {})
-    lines = [f"# python benchmarks/screen_speed.py{' --learned DIR' if learned else ''}   ({os.cpu_count()} CPUs, "
-             f"nice {os.nice(0)})",
-             f"{len(training)} dermoscopy images indexed, {len(queries)} blood smear images screened"]
+    lines = [
+        f"# python benchmarks/screen_speed.py{' --learned DIR' if learned else ''}   ({os.cpu_count()} CPUs, "
+        f"nice {os.nice(0)})",
+        f"{len(training)} dermoscopy images indexed, {len(queries)} blood smear images screened",
+    ]
     rates = {}
     for name, (regions, view_set) in conditions.items():
         model = learned if name == "learned" else embedder
-        index = TrainingIndex.from_vectors(model.embed(training) if name == "learned" else vectors, keys, model,
-                                           regions=regions)
+        index = TrainingIndex.from_vectors(
+            model.embed(training) if name == "learned" else vectors, keys, model, regions=regions
+        )
         screener = Screener(index, view_set=view_set)
         screener.check(queries[:8])
         clock = time.perf_counter()
         screener.check(queries)
         rates[name] = len(queries) / (time.perf_counter() - clock)
-        lines.append(f"  {name:<16} {len(screener.views) + len(screener.region_views):>4} views  "
-                     f"{rates[name]:7.1f} images/s  ratio to tuned {rates[name] / rates['tuned']:.2f}")
+        lines.append(
+            f"  {name:<16} {len(screener.views) + len(screener.region_views):>4} views  "
+            f"{rates[name]:7.1f} images/s  ratio to tuned {rates[name] / rates['tuned']:.2f}"
+        )
     print("\n".join(lines))
     out = RESULTS / "with_learned" if learned else RESULTS  # the learned rows are measured apart
     out.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,9 @@ def test_phash_codes_are_packed_bits_and_deterministic(real_images):
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
 def test_high_bit_depth_grey_is_scaled_not_clipped(real_images, mode):
     eight = real_images[6].convert("L")  # a chest x-ray
-    values = np.asarray(eight, dtype=np.float64) * 200 + 1000  # 1000 .. 52000: clipping to 255 would flatten it
+    values = (
+        np.asarray(eight, dtype=np.float64) * 200 + 1000
+    )  # 1000 .. 52000: clipping to 255 would flatten it
     if mode == "I;16B":
         deep = Image.frombytes("I;16B", eight.size, values.astype(">u2").tobytes())
     elif mode == "I;16":
@@ -124,12 +126,15 @@ def build_tiny_open_clip(folder: Path) -> Path:
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    cfg = {"embed_dim": 16,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-           "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    }
     folder.mkdir(parents=True)
-    (folder / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    )
     save_file(open_clip.CLIP(**cfg).state_dict(), folder / "open_clip_model.safetensors")
     return folder
 
@@ -140,8 +145,14 @@ def build_tiny_dinov2(folder: Path) -> Path:
     from transformers import Dinov2Config, Dinov2Model, ViTImageProcessor
 
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                          image_size=32, patch_size=8)
+    config = Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+    )
     Dinov2Model(config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
@@ -160,22 +171,29 @@ def test_clip_embedder_loads_a_local_open_clip_folder(tmp_path, real_images):
 def test_hf_embedder_loads_a_local_transformers_folder(tmp_path, real_images):
     folder = build_tiny_dinov2(tmp_path / "tiny-dinov2")
     embedder = get_embedder(f"hf:{folder}")
-    deep = Image.fromarray(np.asarray(real_images[6], dtype=np.uint16) * 200)  # 16-bit grey, rescaled for the model
+    deep = Image.fromarray(
+        np.asarray(real_images[6], dtype=np.uint16) * 200
+    )  # 16-bit grey, rescaled for the model
     vectors = embedder.embed(real_images[:3] + [deep])
     assert embedder.dim == 16 and embedder.settings()["architecture"] == "Dinov2Model"
     assert vectors.shape == (4, 16) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert np.allclose(vectors, get_embedder(f"hf:{folder}").embed(real_images[:3] + [to_8bit(deep)]), atol=1e-5)
+    assert np.allclose(
+        vectors, get_embedder(f"hf:{folder}").embed(real_images[:3] + [to_8bit(deep)]), atol=1e-5
+    )
     mean = get_embedder(f"hf:{folder}#mean")
     assert mean.settings()["pool"] == "mean" and not np.allclose(mean.embed(real_images[:1]), vectors[:1])
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("clip:hf-hub:medisyn-test/not-a-model", "huggingface-cli download medisyn-test/not-a-model"),
-    ("clip:ViT-B-32", "give weights"),
-    ("clip:NotAnArch/some-tag", "unknown open_clip architecture"),
-    ("hf:medisyn-test/not-a-model", "huggingface-cli download medisyn-test/not-a-model"),
-    ("hf:medisyn-test/not-a-model#max", "unknown pooling"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("clip:hf-hub:medisyn-test/not-a-model", "huggingface-cli download medisyn-test/not-a-model"),
+        ("clip:ViT-B-32", "give weights"),
+        ("clip:NotAnArch/some-tag", "unknown open_clip architecture"),
+        ("hf:medisyn-test/not-a-model", "huggingface-cli download medisyn-test/not-a-model"),
+        ("hf:medisyn-test/not-a-model#max", "unknown pooling"),
+    ],
+)
 def test_unreachable_or_bad_models_give_one_clear_error(spec, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MedisynError, match=message) as info:
@@ -194,7 +212,7 @@ def test_pixel_vectors_do_not_depend_on_the_blas_thread_count(real_images):
 
     embedder = get_embedder("pixel")
     views = embedder.default_views()
-    with threadpool_limits(4, user_api="blas"):   # multi-threaded OpenBLAS rounds differently from one thread
+    with threadpool_limits(4, user_api="blas"):  # multi-threaded OpenBLAS rounds differently from one thread
         many = embedder.embed_views(real_images[:4], views)
     with threadpool_limits(1, user_api="blas"):
         one = embedder.embed_views(real_images[:4], views)

@@ -30,7 +30,9 @@ SMALL = LearnedConfig(batch=16, widths=(8, 16, 32, 32), dim=32, min_steps=1)
 
 def fixture_images() -> list:
     """The 18 real 64 px fixture images (12 indexed in other tests, 6 distinct ones)."""
-    paths = sorted((FIXTURES / "images" / "images").glob("*.png")) + sorted((FIXTURES / "screen" / "distinct").glob("*.png"))
+    paths = sorted((FIXTURES / "images" / "images").glob("*.png")) + sorted(
+        (FIXTURES / "screen" / "distinct").glob("*.png")
+    )
     images = []
     for path in paths:
         with Image.open(path) as image:
@@ -62,7 +64,9 @@ def test_an_augmented_copy_scores_higher_than_a_different_image(trained):
     assert base.shape == (len(images), SMALL.dim) and np.allclose(np.linalg.norm(base, axis=1), 1, atol=1e-5)
     for i in (0, 5, 13):
         w, h = images[i].size
-        copy = ImageOps.mirror(images[i].crop((3, 2, w - 2, h - 4)).resize((w, h)).filter(ImageFilter.GaussianBlur(1)))
+        copy = ImageOps.mirror(
+            images[i].crop((3, 2, w - 2, h - 4)).resize((w, h)).filter(ImageFilter.GaussianBlur(1))
+        )
         views = embedder.embed_views([copy], embedder.default_views())[0]  # (16, dim)
         sims = embedder.similarity_from_distance((views @ base.T).max(axis=0))
         assert int(np.argmax(sims)) == i
@@ -105,7 +109,9 @@ def test_augmentations_are_seeded_and_finite():
 def test_saved_embedder_round_trips_and_bad_files_are_one_line_errors(tmp_path):
     images = fixture_images()
     saved = train_embedder(images, tmp_path, SMALL, steps=2)
-    assert (tmp_path / WEIGHTS_FILE).is_file() and json.loads((tmp_path / CONFIG_FILE).read_text())["training"]
+    assert (tmp_path / WEIGHTS_FILE).is_file() and json.loads((tmp_path / CONFIG_FILE).read_text())[
+        "training"
+    ]
     loaded = load_embedder(tmp_path)
     assert loaded.settings() == saved.settings()
     assert np.allclose(loaded.embed(images[:3]), saved.embed(images[:3]), atol=1e-6)
@@ -130,8 +136,19 @@ def learned_index(tmp_path, monkeypatch):
 
     monkeypatch.setattr(learned, "TRAINING", SMALL)
     out = tmp_path / "idx"
-    result = CliRunner().invoke(app, ["index", "build", str(FIXTURES / "images"), "--out", str(out),
-                                      "--embedder", "learned", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "index",
+            "build",
+            str(FIXTURES / "images"),
+            "--out",
+            str(out),
+            "--embedder",
+            "learned",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -155,8 +172,18 @@ def test_index_build_trains_saves_and_screen_loads_the_descriptor(learned_index,
         ImageOps.mirror(image.convert("RGB")).save(queries / "copy.png")
     for path in sorted((FIXTURES / "screen" / "distinct").glob("*.png"))[:2]:
         shutil.copy(path, queries / path.name)
-    result = CliRunner().invoke(app, ["screen", str(queries), "--index", str(learned_index), "--no-progress",
-                                      "--report", str(tmp_path / "report")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "screen",
+            str(queries),
+            "--index",
+            str(learned_index),
+            "--no-progress",
+            "--report",
+            str(tmp_path / "report"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     import pandas as pd
 
@@ -177,8 +204,18 @@ def test_index_with_missing_or_corrupt_weights_is_a_one_line_error(learned_index
         weights.unlink()
     else:
         weights.write_bytes(weights.read_bytes()[:64])
-    result = CliRunner().invoke(app, ["screen", str(FIXTURES / "screen" / "distinct"), "--index", str(learned_index),
-                                      "--no-progress", "--report", str(tmp_path / "report")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "screen",
+            str(FIXTURES / "screen" / "distinct"),
+            "--index",
+            str(learned_index),
+            "--no-progress",
+            "--report",
+            str(tmp_path / "report"),
+        ],
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "learned" in result.output and "rebuild the index" in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
@@ -197,6 +234,8 @@ def test_training_holds_out_the_images_the_threshold_is_calibrated_on():
     from medisyn_cli.screening.calibrate import CALIBRATION_MIN, CALIBRATION_SAMPLE
     from medisyn_cli.screening.learned import held_out
 
-    rule = np.sort(np.random.default_rng(2).choice(1000, size=CALIBRATION_SAMPLE, replace=False))  # index_write's
+    rule = np.sort(
+        np.random.default_rng(2).choice(1000, size=CALIBRATION_SAMPLE, replace=False)
+    )  # index_write's
     assert np.array_equal(held_out(1000, CALIBRATION_SAMPLE, CALIBRATION_MIN), rule)
     assert np.array_equal(held_out(1000), rule) and held_out(CALIBRATION_MIN - 1).size == 0

@@ -31,35 +31,66 @@ from medisyn_cli.screening.learned import CONFIG_FILE, WEIGHTS_FILE, fit_for_ind
 @dataclass(frozen=True)
 class IndexConfig:
     """Options of `medisyn index build`: the defaults table of the CLI and of build_index's keywords."""
-    sources: tuple[str, ...] = field(metadata={
-        "help": "Training images: image folders (recursive), ImageFolders with metadata.csv, Parquet "
-                "datasets with an image column."})
+
+    sources: tuple[str, ...] = field(
+        metadata={
+            "help": "Training images: image folders (recursive), ImageFolders with metadata.csv, Parquet "
+            "datasets with an image column."
+        }
+    )
     out: str = field(metadata={"help": "Index folder to write."})
-    embedder: str = field(default="pixel", metadata={
-        "help": "pixel (default, no weights), phash, learned (a copy descriptor trained here on these "
-                "images, saved in the index), clip:<model> or hf:<model>."})
+    embedder: str = field(
+        default="pixel",
+        metadata={
+            "help": "pixel (default, no weights), phash, learned (a copy descriptor trained here on these "
+            "images, saved in the index), clip:<model> or hf:<model>."
+        },
+    )
     index_type: str = field(default="auto", metadata={"help": "auto, flat (exact), hnsw or ivfpq."})
-    max_memory: str | None = field(default=None, metadata={
-        "help": "Memory budget for the index, e.g. 4GB (auto picks a type that fits)."})
+    max_memory: str | None = field(
+        default=None,
+        metadata={"help": "Memory budget for the index, e.g. 4GB (auto picks a type that fits)."},
+    )
     batch_size: int = field(default=256, metadata={"help": "Images decoded and embedded at a time."})
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar (else log lines)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing index folder."})
-    shard: str | None = field(default=None, metadata={  # build_index takes a core.shards.Shard
-        "help": "K/N: embed shard K (from 0) of N into --out; the last shard builds the index (default: "
-                "from SLURM_ARRAY_TASK_ID, RANK...)."})
-    target_fpr: float | None = field(default=TARGET_FPR, metadata={  # build_index: None also means that
-        "help": "False-positive rate the near-copy threshold is calibrated for on the index's own images "
-                "(0 = the embedder's default threshold)."})
-    regions: bool | None = field(default=None, metadata={
-        "help": "Index 16 overlapping tiles of every image too, so crops and partial copies match "
-                "(default: up to 20,000 images; screening is 2.4x slower with them: "
-                "benchmarks/screen_speed.py)."})
+    shard: str | None = field(
+        default=None,
+        metadata={  # build_index takes a core.shards.Shard
+            "help": "K/N: embed shard K (from 0) of N into --out; the last shard builds the index (default: "
+            "from SLURM_ARRAY_TASK_ID, RANK...)."
+        },
+    )
+    target_fpr: float | None = field(
+        default=TARGET_FPR,
+        metadata={  # build_index: None also means that
+            "help": "False-positive rate the near-copy threshold is calibrated for on the index's own images "
+            "(0 = the embedder's default threshold)."
+        },
+    )
+    regions: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Index 16 overlapping tiles of every image too, so crops and partial copies match "
+            "(default: up to 20,000 images; screening is 2.4x slower with them: "
+            "benchmarks/screen_speed.py)."
+        },
+    )
 
 
-def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", index_type: str = "auto",
-                max_memory: str | None = None, batch_size: int = 256, show_progress: bool = True,
-                overwrite: bool = False, shard=None, target_fpr: float | None = TARGET_FPR,
-                regions: bool | None = None) -> dict:
+def build_index(
+    sources: list[str | Path],
+    out: Path,
+    embedder: str = "pixel",
+    index_type: str = "auto",
+    max_memory: str | None = None,
+    batch_size: int = 256,
+    show_progress: bool = True,
+    overwrite: bool = False,
+    shard=None,
+    target_fpr: float | None = TARGET_FPR,
+    regions: bool | None = None,
+) -> dict:
     """Embed every image of `sources`; write index.faiss, keys.parquet, index.json to `out`; return index.json's content.
 
     The threshold is calibrated on the index's own images for `target_fpr` false positives (None: the
@@ -82,14 +113,19 @@ def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", i
     if model.binary and index_type == "ivfpq":
         raise MedisynError(f"index type 'ivfpq' is for float vectors; {model.name} codes use flat or hnsw")
     if shard is not None and shard.count > 1 and model.name == "learned":
-        raise MedisynError("--embedder learned: no sharded builds (the descriptor is trained on all images at once)")
+        raise MedisynError(
+            "--embedder learned: no sharded builds (the descriptor is trained on all images at once)"
+        )
     if shard is not None and shard.count > 1:
         return build_shard(found, out, model, index_type, budget, batch_size, show_progress, shard)
     _prepare_out(out, overwrite)
     total = sum(count_images(source) for source in found)
-    if model.name == "learned":  # trained on the images it indexes, saved in `out` (learned.safetensors/.json)
-        model = fit_for_index([record for source in found for record in iter_source_records(source)], out,
-                              show_progress)
+    if (
+        model.name == "learned"
+    ):  # trained on the images it indexes, saved in `out` (learned.safetensors/.json)
+        model = fit_for_index(
+            [record for source in found for record in iter_source_records(source)], out, show_progress
+        )
     tiled = not model.binary and bool(model.region_views())
     regions = (tiled and total <= REGIONS_MAX) if regions is None else bool(regions and tiled)
     # 2. embed in batches into a memmap, keys straight to parquet
@@ -104,9 +140,12 @@ def build_index(sources: list[str | Path], out: Path, embedder: str = "pixel", i
 
 def check_target_fpr(target_fpr: float | None) -> None:
     """MedisynError unless `target_fpr` is None or a rate in (0, 0.5)."""
-    if target_fpr is not None and (isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float))
-                                   or not 0 < target_fpr < 0.5):
-        raise MedisynError(f"target false-positive rate must be a number in (0, 0.5), e.g. 0.005, got {target_fpr!r}")
+    if target_fpr is not None and (
+        isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) or not 0 < target_fpr < 0.5
+    ):
+        raise MedisynError(
+            f"target false-positive rate must be a number in (0, 0.5), e.g. 0.005, got {target_fpr!r}"
+        )
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -118,7 +157,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             raise MedisynError(f"{out}: folder exists and is not empty (use overwrite to replace the index)")
         ours = {INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE, REGIONS_FILE, WEIGHTS_FILE, CONFIG_FILE}
         if not all(p.name in ours or p.name.endswith(".tmp") for p in out.iterdir()):
-            raise MedisynError(f"{out}: overwrite only replaces an index folder, and this folder holds other files")
+            raise MedisynError(
+                f"{out}: overwrite only replaces an index folder, and this folder holds other files"
+            )
         for p in out.iterdir():
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)

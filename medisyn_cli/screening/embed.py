@@ -48,8 +48,12 @@ CROPS, ZOOM_OUT, ANGLES = (0.8,), (0.05, 0.1, 0.15), (-10.0, -5.0, 5.0, 10.0)  #
 ZOOM_IN = 0.9  # region views: the part of the query a training image's tile fills
 OPERATORS = 72  # resampling operators kept: the coarse views' and every refinement's (about 1 MB each)
 PHASH_THRESHOLD = 0.88  # 1 - 30/256 = 0.883: at most 30 of 256 bits differ
-BLAS_THREADS: int | None = 1  # around the pixel embedder's small products (benchmarks/screen_blas.py: screen 1.8x faster)
-MODEL_THRESHOLD = 0.95  # clip: / hf: -- NOT calibrated here (no weights offline); calibrate before relying on it
+BLAS_THREADS: int | None = (
+    1  # around the pixel embedder's small products (benchmarks/screen_blas.py: screen 1.8x faster)
+)
+MODEL_THRESHOLD = (
+    0.95  # clip: / hf: -- NOT calibrated here (no weights offline); calibrate before relying on it
+)
 CALIBRATION = """\
 How the defaults were chosen (benchmarks/screen_quality.py, seed 0):
 - planted copies: 50 images per data set (300) x 9 transforms -- resize to 38 px and to 128 px, JPEG q70,
@@ -87,7 +91,9 @@ class View:
 
     flip: str = ""  # "", "h" (left-right) or "v" (top-bottom)
     box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-    penalty: float = 0.0  # subtracted from this view's similarity (many alignments tried -> stronger evidence needed)
+    penalty: float = (
+        0.0  # subtracted from this view's similarity (many alignments tried -> stronger evidence needed)
+    )
     turn: int = 0
     angle: float = 0.0
     invert: bool = False
@@ -106,11 +112,23 @@ class View:
 
 IDENTITY = View()
 FLIPS = (IDENTITY, View("h"), View("v"))
-DIHEDRAL = FLIPS + (View(turn=1), View(turn=2), View(turn=3), View("h", turn=1), View("h", turn=3))  # 8 symmetries
+DIHEDRAL = FLIPS + (
+    View(turn=1),
+    View(turn=2),
+    View(turn=3),
+    View("h", turn=1),
+    View("h", turn=3),
+)  # 8 symmetries
 VIEW_SETS = ("general", "tuned")
-TILE_SIDE, TILE_OFFSETS = 0.72, tuple(round(0.28 * i / 3, 4) for i in range(4))  # 4x4 tiles, 52% of the area each
-TILES = tuple(View(box=(x, y, round(x + TILE_SIDE, 4), round(y + TILE_SIDE, 4))) for y in TILE_OFFSETS
-              for x in TILE_OFFSETS)  # regions of a training image, as views (index side: crops, partial copies)  # general: the default since issue #16; tuned: the views of indexes built before
+TILE_SIDE, TILE_OFFSETS = (
+    0.72,
+    tuple(round(0.28 * i / 3, 4) for i in range(4)),
+)  # 4x4 tiles, 52% of the area each
+TILES = tuple(
+    View(box=(x, y, round(x + TILE_SIDE, 4), round(y + TILE_SIDE, 4)))
+    for y in TILE_OFFSETS
+    for x in TILE_OFFSETS
+)  # regions of a training image, as views (index side: crops, partial copies)  # general: the default since issue #16; tuned: the views of indexes built before
 
 
 @lru_cache(maxsize=1)
@@ -136,8 +154,11 @@ def apply_view(image, view: View):
     from PIL import Image, ImageOps
 
     if view.turn % 4:
-        image = image.transpose((None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                                 Image.Transpose.ROTATE_270)[view.turn % 4])
+        image = image.transpose(
+            (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[
+                view.turn % 4
+            ]
+        )
     if view.angle:
         image = image.rotate(view.angle, Image.Resampling.BICUBIC)
     if view.invert:
@@ -162,8 +183,11 @@ def _inverted(image):
     if image.mode in HIGH_DEPTH:
         grey = to_grey(image)
         return Image.fromarray(grey.max() + grey.min() - grey, mode="F")
-    return ImageOps.invert(image.convert("RGB") if image.mode != "L" else image).convert(image.mode) \
-        if image.mode in ("L", "RGB") else ImageOps.invert(to_8bit(image))
+    return (
+        ImageOps.invert(image.convert("RGB") if image.mode != "L" else image).convert(image.mode)
+        if image.mode in ("L", "RGB")
+        else ImageOps.invert(to_8bit(image))
+    )
 
 
 def _pad_edge(image, pad: int):
@@ -175,6 +199,7 @@ def _pad_edge(image, pad: int):
 
 
 # --- the interface --------------------------------------------------------------------------------------
+
 
 class Embedder:
     """Images -> vectors. Subclasses set name, dim, binary, default_threshold and implement `_embed`."""
@@ -231,9 +256,11 @@ class Embedder:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
             raise MedisynError(f"threshold must be a number in (0, 1], got {threshold!r}")
         if not 0.0 < threshold <= 1.0:
-            raise MedisynError(f"threshold {threshold} is outside (0, 1]: similarities of '{self.name}' are "
-                               f"{'1 - hamming/bits' if self.binary else 'cosine'}, 1.0 meaning identical "
-                               f"(default {self.default_threshold})")
+            raise MedisynError(
+                f"threshold {threshold} is outside (0, 1]: similarities of '{self.name}' are "
+                f"{'1 - hamming/bits' if self.binary else 'cosine'}, 1.0 meaning identical "
+                f"(default {self.default_threshold})"
+            )
         return float(threshold)
 
     def _embed(self, images: list) -> np.ndarray:
@@ -251,6 +278,7 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 # --- pixel ----------------------------------------------------------------------------------------------
+
 
 def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     """(n, n) row-normalised Gaussian blur with reflected borders; identity for sigma 0."""
@@ -278,16 +306,29 @@ class PixelEmbedder(Embedder):
     """
 
     def __init__(self, size: int = 32, window: float = 0.8, blur: float = 1.2, background: float = 4.0):
-        self.name, self.size, self.window, self.blur, self.background = "pixel", size, window, blur, background
+        self.name, self.size, self.window, self.blur, self.background = (
+            "pixel",
+            size,
+            window,
+            blur,
+            background,
+        )
         self.dim = size * size
         self.default_threshold = PIXEL_THRESHOLD
         self.work = math.ceil(2 * size / window)  # larger images are first shrunk to this (2x the thumbnail)
         self._operators: OrderedDict = OrderedDict()  # least recently used dropped beyond OPERATORS
 
     def settings(self) -> dict:
-        return {"size": self.size, "window": self.window, "blur": self.blur, "background": self.background,
-                "grey": "luminance 0.299/0.587/0.114, alpha over black", "resample": "triangle",
-                "work": self.work, "geometric_view_penalty": GEOMETRIC_PENALTY}
+        return {
+            "size": self.size,
+            "window": self.window,
+            "blur": self.blur,
+            "background": self.background,
+            "grey": "luminance 0.299/0.587/0.114, alpha over black",
+            "resample": "triangle",
+            "work": self.work,
+            "geometric_view_penalty": GEOMETRIC_PENALTY,
+        }
 
     def _embed(self, images: list) -> np.ndarray:
         return self.embed_views(images, (IDENTITY,))[:, 0]
@@ -307,7 +348,9 @@ class PixelEmbedder(Embedder):
                 plain = tuple(View(views[p].flip, views[p].box) for p in positions)
                 out[n, positions] = self._band(_rotated(grey, turn, angle), plain)
             for position, view in enumerate(views):
-                if view.invert:  # the band-passed, standardised thumbnail of the inverted image is the negation
+                if (
+                    view.invert
+                ):  # the band-passed, standardised thumbnail of the inverted image is the negation
                     out[n, position] = -out[n, position]
         return out
 
@@ -315,10 +358,12 @@ class PixelEmbedder(Embedder):
         """(V, dim) band-passed, standardised, L2-normalised thumbnails of one grey image under flip/box views."""
         rows, cols = self._operator(grey.shape, views)
         band = (rows @ grey).reshape(2 * len(views), self.size, -1) @ cols  # (2V, size, size), float32
-        flat = (band[: len(views)] - band[len(views):]).reshape(len(views), self.dim)
+        flat = (band[: len(views)] - band[len(views) :]).reshape(len(views), self.dim)
         flat -= flat.mean(axis=1, keepdims=True)
         # a flat image has no pattern: zero vector (similar to nothing), not amplified rounding noise
-        tolerance = 1e-4 * float(grey.max() - grey.min()) + 1e-5 * float(np.abs(grey).max()) * math.sqrt(self.dim)
+        tolerance = 1e-4 * float(grey.max() - grey.min()) + 1e-5 * float(np.abs(grey).max()) * math.sqrt(
+            self.dim
+        )
         flat[np.linalg.norm(flat, axis=1) <= tolerance] = 0.0
         return l2_normalise(flat)
 
@@ -330,7 +375,9 @@ class PixelEmbedder(Embedder):
         height, width = grey.shape
         if max(height, width) > self.work:
             shape = (min(width, self.work), min(height, self.work))
-            grey = np.asarray(Image.fromarray(grey, mode="F").resize(shape, Image.Resampling.BOX), dtype=np.float32)
+            grey = np.asarray(
+                Image.fromarray(grey, mode="F").resize(shape, Image.Resampling.BOX), dtype=np.float32
+            )
         return grey.astype(np.float32)
 
     def _operator(self, shape: tuple[int, int], views: tuple[View, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -339,13 +386,19 @@ class PixelEmbedder(Embedder):
         if key in self._operators:
             self._operators.move_to_end(key)
         else:
-            if len(self._operators) >= OPERATORS:  # the 61 coarse views' operator stays: it is used for every image
+            if (
+                len(self._operators) >= OPERATORS
+            ):  # the 61 coarse views' operator stays: it is used for every image
                 self._operators.popitem(last=False)
             low, high = _gaussian_matrix(self.size, self.blur), _gaussian_matrix(self.size, self.background)
             ry = np.stack([self._resample(view, shape[0], vertical=True) for view in views])
             rx = np.stack([self._resample(view, shape[1], vertical=False) for view in views])
-            rows = np.concatenate([low @ ry, (high @ ry) if self.background > 0 else 0 * ry]).reshape(-1, shape[0])
-            cols = np.concatenate([low @ rx, (high @ rx) if self.background > 0 else 0 * rx]).transpose(0, 2, 1)
+            rows = np.concatenate([low @ ry, (high @ ry) if self.background > 0 else 0 * ry]).reshape(
+                -1, shape[0]
+            )
+            cols = np.concatenate([low @ rx, (high @ rx) if self.background > 0 else 0 * rx]).transpose(
+                0, 2, 1
+            )
             self._operators[key] = (rows.astype(np.float32), np.ascontiguousarray(cols, dtype=np.float32))
         return self._operators[key]
 
@@ -367,9 +420,13 @@ class PixelEmbedder(Embedder):
         if view_set != "general":
             raise MedisynError(f"view set '{view_set}': expected one of {', '.join(VIEW_SETS)}")
         turns = DIHEDRAL + tuple(replace(view, invert=True) for view in DIHEDRAL)
-        zoom_out = tuple(View("", (b, b, 1 - b, 1 - b), GEOMETRIC_PENALTY) for b in (p / (1 + 2 * p) for p in ZOOM_OUT))
+        zoom_out = tuple(
+            View("", (b, b, 1 - b, 1 - b), GEOMETRIC_PENALTY) for b in (p / (1 + 2 * p) for p in ZOOM_OUT)
+        )
         angles = tuple(View(angle=a, penalty=GEOMETRIC_PENALTY) for a in ANGLES)
-        crops = pixel_views(self.size, self.window, crops=CROPS)[len(pixel_views(self.size, self.window, crops=())):]
+        crops = pixel_views(self.size, self.window, crops=CROPS)[
+            len(pixel_views(self.size, self.window, crops=())) :
+        ]
         return turns + tuned[3:] + crops + zoom_out + angles
 
     def region_views(self) -> tuple[View, ...]:
@@ -377,9 +434,23 @@ class PixelEmbedder(Embedder):
         into the query (a crop of a training image: the query holds one of its tiles), and the query's own tiles
         (a partial copy: a region of the query holds a region of a training image)."""
         side, steps = ZOOM_IN, np.linspace(0.0, 1.0 - ZOOM_IN, 5)
-        zoom = tuple(View("", (round(float(x), 6), round(float(y), 6), round(float(x) + side, 6),
-                               round(float(y) + side, 6)), GEOMETRIC_PENALTY) for y in steps for x in steps)
-        return self.default_views("tuned") + zoom + tuple(replace(t, penalty=GEOMETRIC_PENALTY) for t in TILES)
+        zoom = tuple(
+            View(
+                "",
+                (
+                    round(float(x), 6),
+                    round(float(y), 6),
+                    round(float(x) + side, 6),
+                    round(float(y) + side, 6),
+                ),
+                GEOMETRIC_PENALTY,
+            )
+            for y in steps
+            for x in steps
+        )
+        return (
+            self.default_views("tuned") + zoom + tuple(replace(t, penalty=GEOMETRIC_PENALTY) for t in TILES)
+        )
 
     def refine_views(self, view: View) -> tuple[View, ...]:
         """The 26 views half a thumbnail pixel and 2.5% zoom around `view` (same turn, flip, inversion), with the
@@ -395,7 +466,9 @@ class PixelEmbedder(Embedder):
                         continue
                     cx, cy, new = (left + right) / 2 + dx, (top + bottom) / 2 + dy, side * zoom
                     box = (cx - new / 2, cy - new / 2, cx + new / 2, cy + new / 2)
-                    views.append(replace(view, box=tuple(round(v, 6) for v in box), penalty=GEOMETRIC_PENALTY))
+                    views.append(
+                        replace(view, box=tuple(round(v, 6) for v in box), penalty=GEOMETRIC_PENALTY)
+                    )
         if view.angle:
             views += [replace(view, angle=view.angle + d, penalty=GEOMETRIC_PENALTY) for d in (-2.5, 2.5)]
         return tuple(views)
@@ -408,7 +481,9 @@ def _rotated(grey: np.ndarray, turn: int, angle: float) -> np.ndarray:
     if turn:
         grey = np.ascontiguousarray(np.rot90(grey, turn))
     if angle:
-        grey = np.asarray(Image.fromarray(grey, mode="F").rotate(angle, Image.Resampling.BICUBIC), dtype=np.float32)
+        grey = np.asarray(
+            Image.fromarray(grey, mode="F").rotate(angle, Image.Resampling.BICUBIC), dtype=np.float32
+        )
     return grey
 
 
@@ -426,13 +501,17 @@ def resample_matrix(length: int, start: float, stop: float, size: int) -> np.nda
     return matrix
 
 
-def pixel_views(size: int, window: float, shift: float = 0.05, crops: tuple[float, ...] = (0.9,)) -> tuple[View, ...]:
+def pixel_views(
+    size: int, window: float, shift: float = 0.05, crops: tuple[float, ...] = (0.9,)
+) -> tuple[View, ...]:
     """Shift views (source frame moved by up to `shift`) and crop views (query = a `crop` fraction of the source,
     any offset), on a grid of one thumbnail pixel."""
     views = []
     for crop in (1.0,) + tuple(crops):
         side = 1.0 / crop  # the source frame's side in query units
-        low, high = (-shift, shift) if crop == 1.0 else (1.0 - side, 0.0)  # where the frame's left/top edge may be
+        low, high = (
+            (-shift, shift) if crop == 1.0 else (1.0 - side, 0.0)
+        )  # where the frame's left/top edge may be
         count = int(round((high - low) / (window / size * side))) + 1
         for top in np.linspace(low, high, count):
             for left in np.linspace(low, high, count):
@@ -444,6 +523,7 @@ def pixel_views(size: int, window: float, shift: float = 0.05, crops: tuple[floa
 
 
 # --- phash ----------------------------------------------------------------------------------------------
+
 
 class PHashEmbedder(Embedder):
     """Perceptual hash (DCT of a grey thumbnail, imagehash.phash): hash_size**2 bits packed into bytes."""
@@ -463,6 +543,7 @@ class PHashEmbedder(Embedder):
 
 
 # --- learned encoders -----------------------------------------------------------------------------------
+
 
 class TorchEmbedder(Embedder):
     """Shared parts of the neural embedders: device choice, batching through `_forward`, normalisation."""
@@ -489,8 +570,11 @@ def _device() -> str:
 
 def _weights_error(spec: str, exc: Exception, how: str) -> MedisynError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return MedisynError(f"{spec}: cannot load the model ({first[:160].rstrip()}...); {how}"
-                        if len(first) > 160 else f"{spec}: cannot load the model ({first}); {how}")
+    return MedisynError(
+        f"{spec}: cannot load the model ({first[:160].rstrip()}...); {how}"
+        if len(first) > 160
+        else f"{spec}: cannot load the model ({first}); {how}"
+    )
 
 
 class ClipEmbedder(TorchEmbedder):
@@ -504,15 +588,21 @@ class ClipEmbedder(TorchEmbedder):
 
     def settings(self) -> dict:
         cfg = getattr(self.model.visual, "preprocess_cfg", {}) or {}
-        return {"model": self.model_id, "library": "open_clip", "dim": self.dim,
-                "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
+        return {
+            "model": self.model_id,
+            "library": "open_clip",
+            "dim": self.dim,
+            "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        }
 
     def _load(self, model: str):
         import open_clip
 
-        repo = model[len("hf-hub:"):] if model.startswith("hf-hub:") else "<org/repo>"
-        how = (f"where the hub is unreachable, fetch the weights on a machine with internet "
-               f"(`huggingface-cli download {repo} --local-dir DIR`) and pass the folder: clip:DIR")
+        repo = model[len("hf-hub:") :] if model.startswith("hf-hub:") else "<org/repo>"
+        how = (
+            f"where the hub is unreachable, fetch the weights on a machine with internet "
+            f"(`huggingface-cli download {repo} --local-dir DIR`) and pass the folder: clip:DIR"
+        )
         if Path(model).is_dir():
             name, pretrained = f"local-dir:{Path(model)}", None
         elif model.startswith("hf-hub:"):
@@ -520,13 +610,19 @@ class ClipEmbedder(TorchEmbedder):
         elif "/" in model:
             name, pretrained = model.split("/", 1)
             if name not in open_clip.list_models():
-                raise MedisynError(f"clip:{model}: unknown open_clip architecture '{name}' "
-                                   f"(e.g. ViT-B-32, ViT-B-16, ViT-L-14; see open_clip.list_models())")
+                raise MedisynError(
+                    f"clip:{model}: unknown open_clip architecture '{name}' "
+                    f"(e.g. ViT-B-32, ViT-B-16, ViT-L-14; see open_clip.list_models())"
+                )
         else:
-            raise MedisynError(f"clip:{model}: give weights: clip:<folder>, clip:hf-hub:<org/repo>, or "
-                               f"clip:<arch>/<pretrained tag or checkpoint file>, e.g. clip:ViT-B-32/laion2b_s34b_b79k")
+            raise MedisynError(
+                f"clip:{model}: give weights: clip:<folder>, clip:hf-hub:<org/repo>, or "
+                f"clip:<arch>/<pretrained tag or checkpoint file>, e.g. clip:ViT-B-32/laion2b_s34b_b79k"
+            )
         try:
-            loaded, preprocess = open_clip.create_model_from_pretrained(name, pretrained=pretrained, device=_device())
+            loaded, preprocess = open_clip.create_model_from_pretrained(
+                name, pretrained=pretrained, device=_device()
+            )
         except MedisynError:
             raise
         except Exception as exc:  # open_clip raises RuntimeError, ValueError, OSError, ...
@@ -549,20 +645,29 @@ class HFEmbedder(TorchEmbedder):
         self.model_id, _, pool = model.partition("#")
         self.pool, self.name = pool or "auto", f"hf:{model}"
         if self.pool not in self.POOLING:
-            raise MedisynError(f"hf:{model}: unknown pooling '#{self.pool}' (valid: {', '.join(self.POOLING)})")
+            raise MedisynError(
+                f"hf:{model}: unknown pooling '#{self.pool}' (valid: {', '.join(self.POOLING)})"
+            )
         self.model, self.processor = self._load(self.model_id)
         self.device = next(self.model.parameters()).device
         self.dim = int(self._forward([_probe_image()]).shape[-1])
 
     def settings(self) -> dict:
-        return {"model": self.model_id, "library": "transformers", "pool": self.pool, "dim": self.dim,
-                "architecture": type(self.model).__name__}
+        return {
+            "model": self.model_id,
+            "library": "transformers",
+            "pool": self.pool,
+            "dim": self.dim,
+            "architecture": type(self.model).__name__,
+        }
 
     def _load(self, model: str):
         from transformers import AutoImageProcessor, AutoModel
 
-        how = (f"where the hub is unreachable, fetch it on a machine with internet "
-               f"(`huggingface-cli download {model} --local-dir DIR`) and pass the folder: hf:DIR")
+        how = (
+            f"where the hub is unreachable, fetch it on a machine with internet "
+            f"(`huggingface-cli download {model} --local-dir DIR`) and pass the folder: hf:DIR"
+        )
         try:
             processor = AutoImageProcessor.from_pretrained(model)
             loaded = AutoModel.from_pretrained(model)
@@ -594,9 +699,12 @@ def _probe_image():
 
 # --- registry -------------------------------------------------------------------------------------------
 
+
 def _learned_needs_an_index() -> Embedder:
-    raise MedisynError("the learned embedder is trained on an index's own images: build one with `medisyn index "
-                       "build --embedder learned`, then pass that index (or learned:<index folder>)")
+    raise MedisynError(
+        "the learned embedder is trained on an index's own images: build one with `medisyn index "
+        "build --embedder learned`, then pass that index (or learned:<index folder>)"
+    )
 
 
 EMBEDDERS = {"pixel": PixelEmbedder, "phash": PHashEmbedder, "learned": _learned_needs_an_index}
@@ -611,5 +719,5 @@ def get_embedder(spec: str) -> Embedder:
         return EMBEDDERS[spec]()
     for prefix, family in FAMILIES.items():
         if spec.startswith(prefix) and len(spec) > len(prefix):
-            return family(spec[len(prefix):])
+            return family(spec[len(prefix) :])
     raise MedisynError(f"unknown embedder '{spec}' (valid: {', '.join(SPECS)})")

@@ -43,7 +43,7 @@ TARGET_FPR = 0.005  # the default false-positive rate an index calibrates its th
 
 INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE = "index.faiss", "keys.parquet", "index.json", "vectors.npy"
 REGIONS_FILE = "regions.faiss"  # vectors of each training image's overlapping tiles (partial copies, crops)
-REGIONS_MAX = 20_000            # images up to which `index build` adds the tiles by default (16 vectors each)
+REGIONS_MAX = 20_000  # images up to which `index build` adds the tiles by default (16 vectors each)
 FORMAT = 1
 
 
@@ -53,13 +53,14 @@ FORMAT = 1
 # --- exact search, recall and the training set's own neighbour distances --------------------------------
 
 
-                               # FAISS thread is faster beside a busy model (benchmarks/overhead.py)
+# FAISS thread is faster beside a busy model (benchmarks/overhead.py)
 
 
 # --- build ----------------------------------------------------------------------------------------------
 
 
 # --- load -----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainingIndex:
@@ -72,30 +73,54 @@ class TrainingIndex:
     keys: list[str]
     labels: list[str | None]
     exact: np.ndarray | None = None  # IVF-PQ: the exact vectors (memory-mapped vectors.npy)
-    regions: object | None = None    # FAISS index of the training images' tiles (embed.TILES), or None
+    regions: object | None = None  # FAISS index of the training images' tiles (embed.TILES), or None
 
     def __len__(self) -> int:
         return int(self.meta["count"])
 
     @classmethod
-    def from_vectors(cls, vectors: np.ndarray, keys: list[str], embedder: Embedder, index_type: str = "flat",
-                     labels: list[str | None] | None = None, regions: np.ndarray | None = None) -> "TrainingIndex":
+    def from_vectors(
+        cls,
+        vectors: np.ndarray,
+        keys: list[str],
+        embedder: Embedder,
+        index_type: str = "flat",
+        labels: list[str | None] | None = None,
+        regions: np.ndarray | None = None,
+    ) -> TrainingIndex:
         """An in-memory index over given vectors (no files): for tests, benchmarks and small ad-hoc checks;
         `regions`: (len(vectors) * len(TILES), dim) tile vectors, for region matching."""
         if len(vectors) != len(keys):
             raise MedisynError(f"{len(vectors)} vectors but {len(keys)} keys")
         plan = plan_index(index_type, len(vectors), embedder, None)
-        meta = {"format": FORMAT, "count": len(vectors), "threshold": embedder.default_threshold,
-                "embedder": {"spec": embedder.name, "settings": _jsonable(embedder.settings()), "dim": embedder.dim,
-                             "binary": embedder.binary},
-                "index": {"type": plan.type, "params": plan.params}, "screening": {"views": "general"}}
+        meta = {
+            "format": FORMAT,
+            "count": len(vectors),
+            "threshold": embedder.default_threshold,
+            "embedder": {
+                "spec": embedder.name,
+                "settings": _jsonable(embedder.settings()),
+                "dim": embedder.dim,
+                "binary": embedder.binary,
+            },
+            "index": {"type": plan.type, "params": plan.params},
+            "screening": {"views": "general"},
+        }
         vectors = np.ascontiguousarray(vectors)
         index = fill_index(vectors, plan, embedder)
         tiles = None
         if regions is not None:
             tiles = region_index(np.ascontiguousarray(regions), len(vectors), embedder)
-        return cls(Path("<memory>"), meta, embedder, index, list(keys), list(labels or [None] * len(keys)),
-                   vectors if plan.type == "ivfpq" else None, tiles)
+        return cls(
+            Path("<memory>"),
+            meta,
+            embedder,
+            index,
+            list(keys),
+            list(labels or [None] * len(keys)),
+            vectors if plan.type == "ivfpq" else None,
+            tiles,
+        )
 
     @property
     def threshold(self) -> float:
@@ -112,8 +137,10 @@ class TrainingIndex:
         dtype = np.uint8 if self.embedder.binary else np.float32
         vectors = np.ascontiguousarray(vectors, dtype=dtype)
         if vectors.ndim != 2 or vectors.shape[1] != self.embedder.code_size:
-            raise MedisynError(f"{self.path}: queries must be (N, {self.embedder.code_size}) vectors from "
-                               f"{self.embedder.name}, got shape {vectors.shape}")
+            raise MedisynError(
+                f"{self.path}: queries must be (N, {self.embedder.code_size}) vectors from "
+                f"{self.embedder.name}, got shape {vectors.shape}"
+            )
         if len(vectors) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         return search_index(self.faiss_index, vectors, k, self.embedder, self.exact)
@@ -121,17 +148,24 @@ class TrainingIndex:
     @property
     def can_reconstruct(self) -> bool:
         """Whether exact vectors are kept (flat, hnsw, and IVF-PQ's vectors.npy) for `reconstruct`."""
-        return not self.embedder.binary and (self.meta["index"]["type"] in ("flat", "hnsw") or self.exact is not None)
+        return not self.embedder.binary and (
+            self.meta["index"]["type"] in ("flat", "hnsw") or self.exact is not None
+        )
 
     def reconstruct(self, ids) -> np.ndarray:
         """The exact stored vectors of `ids` (float indexes)."""
         if not self.can_reconstruct:
-            raise MedisynError(f"{self.path}: a {self.meta['index']['type']} index does not keep exact vectors")
+            raise MedisynError(
+                f"{self.path}: a {self.meta['index']['type']} index does not keep exact vectors"
+            )
         ids = np.asarray(ids, dtype=np.int64).ravel()
         if self.exact is not None:
             return np.asarray(self.exact[ids], dtype=np.float32)
-        return np.stack([self.faiss_index.reconstruct(int(i)) for i in ids]) if len(ids) else \
-            np.zeros((0, self.embedder.dim), np.float32)
+        return (
+            np.stack([self.faiss_index.reconstruct(int(i)) for i in ids])
+            if len(ids)
+            else np.zeros((0, self.embedder.dim), np.float32)
+        )
 
     def key(self, ids) -> list[str]:
         """Source keys (file paths, or parquet file:row) of vector ids; '' for -1."""
@@ -147,21 +181,33 @@ def load_index(path: str | Path) -> TrainingIndex:
     path = Path(path)
     meta = read_meta(path)
     spec = meta["embedder"]["spec"]
-    embedder = load_embedder(path) if spec == "learned" else get_embedder(spec)  # learned: weights in the folder
+    embedder = (
+        load_embedder(path) if spec == "learned" else get_embedder(spec)
+    )  # learned: weights in the folder
     if _jsonable(embedder.settings()) != meta["embedder"].get("settings"):
-        raise MedisynError(f"{path}: built with {embedder.name} settings {meta['embedder'].get('settings')}, but "
-                           f"this medisyn computes {_jsonable(embedder.settings())}; rebuild the index")
+        raise MedisynError(
+            f"{path}: built with {embedder.name} settings {meta['embedder'].get('settings')}, but "
+            f"this medisyn computes {_jsonable(embedder.settings())}; rebuild the index"
+        )
     faiss_index = _read_faiss(path / INDEX_FILE, embedder)
     keys, labels = _read_keys(path / KEYS_FILE)
     if faiss_index.ntotal != meta["count"] or len(keys) != meta["count"]:
-        raise MedisynError(f"{path}: index.json says {meta['count']} vectors, index.faiss has {faiss_index.ntotal} "
-                           f"and keys.parquet {len(keys)}; rebuild the index")
+        raise MedisynError(
+            f"{path}: index.json says {meta['count']} vectors, index.faiss has {faiss_index.ntotal} "
+            f"and keys.parquet {len(keys)}; rebuild the index"
+        )
     set_search_params(faiss_index, meta["index"]["type"], meta["index"].get("params", {}))
-    exact = _read_vectors(path / meta["index"]["vectors"], meta, embedder) if meta["index"].get("vectors") else None
+    exact = (
+        _read_vectors(path / meta["index"]["vectors"], meta, embedder)
+        if meta["index"].get("vectors")
+        else None
+    )
     regions = _read_faiss(path / meta["regions"]["file"], embedder) if meta.get("regions") else None
     if regions is not None and regions.ntotal != meta["count"] * len(TILES):
-        raise MedisynError(f"{path}: {REGIONS_FILE} holds {regions.ntotal} tiles, expected {meta['count']} x "
-                           f"{len(TILES)}; rebuild the index")
+        raise MedisynError(
+            f"{path}: {REGIONS_FILE} holds {regions.ntotal} tiles, expected {meta['count']} x "
+            f"{len(TILES)}; rebuild the index"
+        )
     return TrainingIndex(path, meta, embedder, faiss_index, keys, labels, exact, regions)
 
 
@@ -178,15 +224,21 @@ def read_meta(path: Path) -> dict:
     except (ValueError, KeyError, TypeError) as exc:
         raise MedisynError(f"{meta_path}: corrupt index metadata ({type(exc).__name__}: {exc})") from exc
     if meta.get("format") != FORMAT:
-        raise MedisynError(f"{meta_path}: index format {meta.get('format')} is not {FORMAT}; rebuild the index")
+        raise MedisynError(
+            f"{meta_path}: index format {meta.get('format')} is not {FORMAT}; rebuild the index"
+        )
     threshold = meta["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise MedisynError(f"{meta_path}: threshold {threshold!r} is not a similarity in (0, 1]; fix index.json or "
-                           f"rebuild the index (medisyn index build ... --overwrite)")
+        raise MedisynError(
+            f"{meta_path}: threshold {threshold!r} is not a similarity in (0, 1]; fix index.json or "
+            f"rebuild the index (medisyn index build ... --overwrite)"
+        )
     views = meta.get("screening", {}).get("views", "tuned")
     if views not in VIEW_SETS:
-        raise MedisynError(f"{meta_path}: unknown view set {views!r} (this medisyn knows {', '.join(VIEW_SETS)}); "
-                           f"rebuild the index with this medisyn")
+        raise MedisynError(
+            f"{meta_path}: unknown view set {views!r} (this medisyn knows {', '.join(VIEW_SETS)}); "
+            f"rebuild the index with this medisyn"
+        )
     return meta
 
 

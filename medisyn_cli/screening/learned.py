@@ -45,26 +45,28 @@ VIEW_SET = "dihedral+invert"
 class LearnedConfig:
     """Everything that defines the network and its training (stored in learned.json)."""
 
-    work: int = 64            # images are resampled to work x work (augmentations run at this size)
-    size: int = 32            # network input side
+    work: int = 64  # images are resampled to work x work (augmentations run at this size)
+    size: int = 32  # network input side
     widths: tuple = (16, 32, 64, 128)
     dim: int = 128
     temperature: float = 0.05
-    koleo: float = 1.0        # weight of the KoLeo term
-    batch: int = 64           # images per step (2 views each)
-    epochs: float = 60.0      # passes over the images ...
-    min_steps: int = 600      # ... but at least this many steps (small sets) ...
-    max_steps: int = 3000     # ... and at most this many (large sets: the time budget)
+    koleo: float = 1.0  # weight of the KoLeo term
+    batch: int = 64  # images per step (2 views each)
+    epochs: float = 60.0  # passes over the images ...
+    min_steps: int = 600  # ... but at least this many steps (small sets) ...
+    max_steps: int = 3000  # ... and at most this many (large sets: the time budget)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    head: str = "flat"        # "flat": linear map of the last feature map (keeps layout); "gem": GeM pooling
-    turns: float = 0.0        # probability of a quarter turn / flip / inversion in training (query views cover them)
-    crop: float = 0.85        # crops keep at least this much of the side (pixel's region tiles catch deeper crops)
-    zoom: float = 1.15        # zoom out (padding) up to this factor
-    angle: float = 10.0       # rotations up to this many degrees
-    blend: float = 0.4        # probability of a blend with another image of the set
-    overlay: float = 0.4      # probability of a text / marker overlay
+    head: str = "flat"  # "flat": linear map of the last feature map (keeps layout); "gem": GeM pooling
+    turns: float = (
+        0.0  # probability of a quarter turn / flip / inversion in training (query views cover them)
+    )
+    crop: float = 0.85  # crops keep at least this much of the side (pixel's region tiles catch deeper crops)
+    zoom: float = 1.15  # zoom out (padding) up to this factor
+    angle: float = 10.0  # rotations up to this many degrees
+    blend: float = 0.4  # probability of a blend with another image of the set
+    overlay: float = 0.4  # probability of a text / marker overlay
 
     def steps(self, count: int) -> int:
         """Training steps for `count` images."""
@@ -72,6 +74,7 @@ class LearnedConfig:
 
 
 # --- network --------------------------------------------------------------------------------------------
+
 
 def build_network(config: LearnedConfig):
     """The CNN: conv stages (stride-2 conv + conv, BN, ReLU), GeM pooling, linear head."""
@@ -100,6 +103,7 @@ def build_network(config: LearnedConfig):
 
 
 # --- images -> tensors ----------------------------------------------------------------------------------
+
 
 def prepare(images: list, work: int) -> np.ndarray:
     """(N, work, work) float32 grey images scaled to 0..1 (min..max per image; flat images are 0)."""
@@ -136,6 +140,7 @@ def standardise(batch):
 
 # --- augmentations --------------------------------------------------------------------------------------
 
+
 def overlay_bank(work: int, count: int, seed: int) -> np.ndarray:
     """(count, work, work) masks of text, crosses, rectangles and lines drawn with PIL (values 0 / 1)."""
     from PIL import Image, ImageDraw
@@ -155,7 +160,9 @@ def overlay_bank(work: int, count: int, seed: int) -> np.ndarray:
                 draw.line((x - r, y, x + r, y), fill=255)
                 draw.line((x, y - r, x, y + r), fill=255)
             elif kind == 2:
-                draw.rectangle((x, y, x + int(rng.integers(4, 16)), y + int(rng.integers(3, 10))), outline=255)
+                draw.rectangle(
+                    (x, y, x + int(rng.integers(4, 16)), y + int(rng.integers(3, 10))), outline=255
+                )
             else:
                 draw.line((x, y, int(rng.integers(0, work)), int(rng.integers(0, work))), fill=255)
         masks[n] = np.asarray(canvas, np.float32) / 255.0
@@ -186,12 +193,21 @@ class Augmenter:
         import torch
 
         c = self.config
-        scale = torch.where(self._p(n, 0.7), self._u(n, c.crop, 1.0), self._u(n, 1.0, c.zoom))  # crop .. zoom out
+        scale = torch.where(
+            self._p(n, 0.7), self._u(n, c.crop, 1.0), self._u(n, 1.0, c.zoom)
+        )  # crop .. zoom out
         scale = torch.where(self._p(n, 0.3), torch.ones(n), scale)
         aspect = torch.where(self._p(n, 0.2), self._u(n, 0.85, 1.18), torch.ones(n))
         angle = torch.where(self._p(n, 0.4), self._u(n, -c.angle, c.angle), torch.zeros(n)) * math.pi / 180
-        angle = angle + (math.pi / 2) * torch.where(self._p(n, self.config.turns), torch.randint(1, 4, (n,), generator=self.g),
-                                                     torch.zeros(n, dtype=torch.long)).float()
+        angle = (
+            angle
+            + (math.pi / 2)
+            * torch.where(
+                self._p(n, self.config.turns),
+                torch.randint(1, 4, (n,), generator=self.g),
+                torch.zeros(n, dtype=torch.long),
+            ).float()
+        )
         flip = torch.where(self._p(n, self.config.turns), -torch.ones(n), torch.ones(n))
         sx, sy = scale * aspect.sqrt(), scale / aspect.sqrt()
         room_x, room_y = (1 - sx).clamp(min=0), (1 - sy).clamp(min=0)
@@ -211,15 +227,19 @@ class Augmenter:
         blend = self._p(n, self.config.blend)
         if blend.any():  # a blend with another image of the set (the dominant one stays the positive)
             weight = torch.where(blend, self._u(n, 0.1, 0.4), torch.zeros(n))[:, None, None, None]
-            other = batch[torch.roll(torch.arange(n), 1 + int(torch.randint(n - 1, (1,), generator=self.g)))] \
-                if n > 1 else batch
+            other = (
+                batch[torch.roll(torch.arange(n), 1 + int(torch.randint(n - 1, (1,), generator=self.g)))]
+                if n > 1
+                else batch
+            )
             x = (1 - weight) * x + weight * other
         x = self._photometric(x)
         x = self._overlay(x)
         x = _thumbnail(x, self.config.size, self.geometry(n))
         x = self._blur(x)
-        x = x + torch.where(self._p(n, 0.2), self._u(n, 0.0, 0.05), torch.zeros(n))[:, None, None, None] \
-            * torch.randn(x.shape, generator=self.g)
+        x = x + torch.where(self._p(n, 0.2), self._u(n, 0.0, 0.05), torch.zeros(n))[
+            :, None, None, None
+        ] * torch.randn(x.shape, generator=self.g)
         x = self._jpeg(x)
         return standardise(x)
 
@@ -228,7 +248,9 @@ class Augmenter:
         import torch
 
         n = len(x)
-        gamma = torch.where(self._p(n, 0.4), torch.exp(self._u(n, -0.7, 0.7)), torch.ones(n))[:, None, None, None]
+        gamma = torch.where(self._p(n, 0.4), torch.exp(self._u(n, -0.7, 0.7)), torch.ones(n))[
+            :, None, None, None
+        ]
         x = x.clamp(0, 1) ** gamma
         x = x * self._u(n, 0.7, 1.3)[:, None, None, None] + self._u(n, -0.2, 0.2)[:, None, None, None]
         invert = self._p(n, self.config.turns / 2)[:, None, None, None]
@@ -241,7 +263,9 @@ class Augmenter:
         n = len(x)
         chosen = self.masks[torch.randint(len(self.masks), (n,), generator=self.g)]
         on = self._p(n, self.config.overlay)[:, None, None, None] * chosen
-        value = torch.where(self._p(n, 0.7), x.amax(dim=(1, 2, 3)), x.amin(dim=(1, 2, 3)))[:, None, None, None]
+        value = torch.where(self._p(n, 0.7), x.amax(dim=(1, 2, 3)), x.amin(dim=(1, 2, 3)))[
+            :, None, None, None
+        ]
         return x * (1 - on) + value * on
 
     def _blur(self, x):
@@ -252,7 +276,7 @@ class Augmenter:
         n = len(x)
         sigma = torch.where(self._p(n, 0.3), self._u(n, 0.3, 1.5), torch.full((n,), 0.01))
         taps = torch.arange(-3, 4, dtype=torch.float32)
-        kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None] ** 2))
+        kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None] ** 2))
         kernel = kernel / kernel.sum(dim=1, keepdim=True)
         padded = F.pad(x.transpose(0, 1), (3, 3, 3, 3), mode="replicate")  # (1, B, H, W): one group per image
         rows = F.conv2d(padded, kernel[:, None, None, :], groups=n)
@@ -282,6 +306,7 @@ class Augmenter:
 
 
 # --- training -------------------------------------------------------------------------------------------
+
 
 def sscd_loss(z, temperature: float, koleo: float):
     """(total, infonce, koleo) for (2B, D) L2-normalised embeddings: rows i and i + B are two views of one image."""
@@ -320,15 +345,16 @@ def train(images, config: LearnedConfig | None = None, steps: int | None = None,
     network = build_network(config)
     steps = config.steps(len(images)) if steps is None else int(steps)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=max(steps, 1),
-                                                   pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=max(steps, 1), pct_start=0.1
+    )
     augment, batch, losses = Augmenter(config, generator), min(config.batch, len(images)), []
     network.train()
     order, position = torch.randperm(len(images), generator=generator), 0
     for step in range(steps):
         if position + batch > len(order):
             order, position = torch.randperm(len(images), generator=generator), 0
-        chosen = base[order[position:position + batch]]
+        chosen = base[order[position : position + batch]]
         position += batch
         views = torch.cat([augment(chosen), augment(chosen)])
         z = torch.nn.functional.normalize(network(views), dim=1)
@@ -343,14 +369,21 @@ def train(images, config: LearnedConfig | None = None, steps: int | None = None,
     network.eval()
     seconds = time.time() - clock
     head = np.mean([l[0] for l in losses[: max(1, min(20, len(losses) // 5))]]) if losses else float("nan")
-    tail = np.mean([l[0] for l in losses[-max(1, min(20, len(losses) // 5)):]]) if losses else float("nan")
-    return network, {"images": len(images), "steps": steps, "batch": batch, "seconds": round(seconds, 1),
-                     "seconds_per_1k_images": round(1000 * seconds / len(images), 1),
-                     "loss_first": round(float(head), 4), "loss_last": round(float(tail), 4),
-                     "infonce_last": round(float(losses[-1][1]), 4) if losses else None}
+    tail = np.mean([l[0] for l in losses[-max(1, min(20, len(losses) // 5)) :]]) if losses else float("nan")
+    return network, {
+        "images": len(images),
+        "steps": steps,
+        "batch": batch,
+        "seconds": round(seconds, 1),
+        "seconds_per_1k_images": round(1000 * seconds / len(images), 1),
+        "loss_first": round(float(head), 4),
+        "loss_last": round(float(tail), 4),
+        "infonce_last": round(float(losses[-1][1]), 4) if losses else None,
+    }
 
 
 # --- the embedder ---------------------------------------------------------------------------------------
+
 
 class LearnedEmbedder(Embedder):
     """The trained CNN as an Embedder: 'learned', loaded from (and saved to) an index folder."""
@@ -364,8 +397,13 @@ class LearnedEmbedder(Embedder):
         self.default_threshold = DEFAULT_THRESHOLD
 
     def settings(self) -> dict:
-        return {"format": FORMAT, "config": _config_json(self.config), "weights_sha256": self.digest,
-                "views": VIEW_SET, "similarity": "(1 + cosine) / 2"}
+        return {
+            "format": FORMAT,
+            "config": _config_json(self.config),
+            "weights_sha256": self.digest,
+            "views": VIEW_SET,
+            "similarity": "(1 + cosine) / 2",
+        }
 
     def _embed(self, images: list) -> np.ndarray:
         return self._forward(prepare(images, self.config.work))
@@ -377,7 +415,7 @@ class LearnedEmbedder(Embedder):
         out = []
         with torch.inference_mode():
             for start in range(0, len(base), chunk):
-                batch = torch.from_numpy(np.ascontiguousarray(base[start:start + chunk]))[:, None]
+                batch = torch.from_numpy(np.ascontiguousarray(base[start : start + chunk]))[:, None]
                 x = standardise(_thumbnail(batch, self.config.size))
                 out.append(torch.nn.functional.normalize(self.network(x), dim=1).numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
@@ -408,8 +446,14 @@ class LearnedEmbedder(Embedder):
 
     def index_record(self) -> dict:
         """What index.json records about the descriptor: its files and how it was trained."""
-        return {"learned": {"weights": WEIGHTS_FILE, "config": CONFIG_FILE, "weights_sha256": self.digest,
-                            "training": self.training}}
+        return {
+            "learned": {
+                "weights": WEIGHTS_FILE,
+                "config": CONFIG_FILE,
+                "weights_sha256": self.digest,
+                "training": self.training,
+            }
+        }
 
     def save(self, folder: Path) -> None:
         """learned.safetensors and learned.json in `folder` (temporary names, then renamed)."""
@@ -419,8 +463,12 @@ class LearnedEmbedder(Embedder):
         tmp = folder / (WEIGHTS_FILE + ".tmp")
         save_file({k: v.detach().contiguous() for k, v in self.network.state_dict().items()}, str(tmp))
         self.digest = _sha256(tmp)
-        meta = {"format": FORMAT, "config": _config_json(self.config), "weights_sha256": self.digest,
-                "training": self.training}
+        meta = {
+            "format": FORMAT,
+            "config": _config_json(self.config),
+            "weights_sha256": self.digest,
+            "training": self.training,
+        }
         (folder / (CONFIG_FILE + ".tmp")).write_text(json.dumps(meta, indent=1) + "\n")
         tmp.replace(folder / WEIGHTS_FILE)
         (folder / (CONFIG_FILE + ".tmp")).replace(folder / CONFIG_FILE)
@@ -453,8 +501,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def train_embedder(images: list, folder: Path | None = None, config: LearnedConfig | None = None,
-                   steps: int | None = None, log=None) -> LearnedEmbedder:
+def train_embedder(
+    images: list,
+    folder: Path | None = None,
+    config: LearnedConfig | None = None,
+    steps: int | None = None,
+    log=None,
+) -> LearnedEmbedder:
     """Train on `images` and, with a `folder`, save the weights and config there."""
     network, stats = train(images, config, steps, log)
     embedder = LearnedEmbedder(network, config or LearnedConfig(), stats)
@@ -482,26 +535,43 @@ def held_out(count: int, sample: int = 200, minimum: int = 50) -> np.ndarray:
     return np.sort(np.random.default_rng(2).choice(count, size=min(sample, count), replace=False))
 
 
-def fit_for_index(records: list, folder: Path, show_progress: bool = False,
-                  config: LearnedConfig | None = None) -> LearnedEmbedder:
+def fit_for_index(
+    records: list, folder: Path, show_progress: bool = False, config: LearnedConfig | None = None
+) -> LearnedEmbedder:
     """Train on the images of an index being built (`records`: objects with .open(); above 400 images the
     calibration sample (`held_out`) left out; a seeded sample of TRAIN_MAX at most) and save the descriptor in
     `folder`; unreadable images are left out (the embedding pass reports them)."""
     import sys
 
     config = config or TRAINING
-    calibration = set(held_out(len(records)).tolist()) if len(records) > 400 else set()  # small sets: train on all
+    calibration = (
+        set(held_out(len(records)).tolist()) if len(records) > 400 else set()
+    )  # small sets: train on all
     records = [record for i, record in enumerate(records) if i not in calibration]
-    log = (lambda step, steps, loss: print(f"training the learned descriptor: step {step + 1}/{steps}, loss "
-                                           f"{loss[0]:.3f}", file=sys.stderr, flush=True)) if show_progress else None
-    chosen = np.arange(len(records)) if len(records) <= TRAIN_MAX else \
-        np.sort(np.random.default_rng(config.seed).choice(len(records), TRAIN_MAX, replace=False))
+    log = (
+        (
+            lambda step, steps, loss: print(
+                f"training the learned descriptor: step {step + 1}/{steps}, loss {loss[0]:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+        )
+        if show_progress
+        else None
+    )
+    chosen = (
+        np.arange(len(records))
+        if len(records) <= TRAIN_MAX
+        else np.sort(np.random.default_rng(config.seed).choice(len(records), TRAIN_MAX, replace=False))
+    )
     prepared, clock = np.zeros((len(chosen), config.work, config.work), np.float32), time.time()
     kept = 0
     for i in chosen:
         try:
             prepared[kept] = prepare([records[int(i)].open()], config.work)[0]
-        except Exception:  # PIL raises many types for corrupt files; the embedding pass reports them as skipped
+        except (
+            Exception
+        ):  # PIL raises many types for corrupt files; the embedding pass reports them as skipped
             continue
         kept += 1
     network, stats = train(prepared[:kept], config, log=log)
@@ -520,8 +590,10 @@ def load_embedder(folder: str | Path) -> LearnedEmbedder:
     how = "rebuild the index with `medisyn index build --embedder learned`"
     for path in (config_path, weights):
         if not path.is_file():
-            raise MedisynError(f"{path}: missing (the learned embedder's {'weights' if path == weights else 'config'}); "
-                               f"{how}")
+            raise MedisynError(
+                f"{path}: missing (the learned embedder's {'weights' if path == weights else 'config'}); "
+                f"{how}"
+            )
     try:
         meta = json.loads(config_path.read_text())
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
@@ -530,12 +602,15 @@ def load_embedder(folder: str | Path) -> LearnedEmbedder:
         network.load_state_dict(load_file(str(weights)), strict=True)
     except Exception as exc:  # JSON, missing keys, wrong shapes, a truncated safetensors file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise MedisynError(f"{folder}: cannot load the learned embedder ({type(exc).__name__}: {first}); {how}") \
-            from exc
+        raise MedisynError(
+            f"{folder}: cannot load the learned embedder ({type(exc).__name__}: {first}); {how}"
+        ) from exc
     digest = _sha256(weights)
     if meta.get("weights_sha256") and meta["weights_sha256"] != digest:
-        raise MedisynError(f"{weights}: sha256 {digest[:12]}... differs from {CONFIG_FILE} "
-                           f"({meta['weights_sha256'][:12]}...); {how}")
+        raise MedisynError(
+            f"{weights}: sha256 {digest[:12]}... differs from {CONFIG_FILE} "
+            f"({meta['weights_sha256'][:12]}...); {how}"
+        )
     return LearnedEmbedder(network.eval(), config, meta.get("training"), digest)
 
 
