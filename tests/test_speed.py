@@ -99,7 +99,7 @@ def test_pipelines_without_prompt_embeddings_get_strings():
 def intervals(monkeypatch, pause: float) -> dict:
     """Record when the model renders and when a batch is screened and written (which is made slow)."""
     seen = {"render": [], "write": []}
-    render_call, make_batch = Renderer.__call__, runner_module._make_batch
+    render_call, make_batch = Renderer.__call__, runner_module.BatchWorker.finish
 
     def render(self, *args):
         start = time.perf_counter()
@@ -115,7 +115,7 @@ def intervals(monkeypatch, pause: float) -> dict:
         return record
 
     monkeypatch.setattr(Renderer, "__call__", render)
-    monkeypatch.setattr(runner_module, "_make_batch", write)
+    monkeypatch.setattr(runner_module.BatchWorker, "finish", write)
     return seen
 
 

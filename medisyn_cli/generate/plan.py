@@ -6,7 +6,6 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from medisyn_cli.core.batching import batched  # noqa: F401  (the plan's batches; generate.run imports it here)
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.generate.manifest import Manifest, safe_name
 

@@ -112,76 +112,56 @@ class BatchWorker:
 
     def finish(self, number: int, jobs: list[Job], first: list, ended: dict) -> dict:
         """Screen the batch (replacing rejected images), write it under OUT/_work, then mark it done (last)."""
-        return _make_batch(
-            self.render,
-            number,
-            jobs,
-            self.config,
-            self.screener,
-            self.constant,
-            self.work,
-            first,
-            ended,
-            self.labels,
+        clock = time.time()
+        result = (
+            generate_screened(
+                self.render,
+                jobs,
+                self.config.seed,
+                self.screener,
+                self.config.max_attempts,
+                self.config.max_regenerate,
+                first=first,
+                ended=ended,
+            )
+            if jobs
+            else None
         )
-
-
-def _make_batch(
-    render,
-    number: int,
-    jobs: list[Job],
-    config: GenerateConfig,
-    screener,
-    constant: dict,
-    work: WorkDir,
-    first: list,
-    ended: dict,
-    labels: list[str],
-) -> dict:
-    clock = time.time()
-    result = (
-        generate_screened(
-            render,
-            jobs,
-            config.seed,
-            screener,
-            config.max_attempts,
-            config.max_regenerate,
-            first=first,
-            ended=ended,
+        name = batch_name(number)
+        writers = make_writers(
+            self.config.formats, self.work.out, self.labels, self.config.rows_per_part, batch=name
         )
-        if jobs
-        else None
-    )
-    name = batch_name(number)
-    writers = make_writers(config.formats, work.out, labels, config.rows_per_part, batch=name)
-    rejected = rejected_log(work.root / "rejected" / f"{name}.parquet", screener) if screener else None
-    counts: dict[str, dict] = {}
-    for item in result.kept if result else []:
-        png, row = item.png(), provenance_row(item, constant)
+        rejected = (
+            rejected_log(self.work.root / "rejected" / f"{name}.parquet", self.screener)
+            if self.screener
+            else None
+        )
+        counts: dict[str, dict] = {}
+        for item in result.kept if result else []:
+            png, row = item.png(), provenance_row(item, self.constant)
+            for writer in writers:
+                writer.write(row, png)
+            tally = counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})
+            tally["written"] += 1
+            tally["regenerated"] += int(item.attempt > 0)
+        for item in result.rejected if result else []:
+            kind = "label_rejected" if getattr(item.screen, "reason", None) == "label" else "rejected"
+            tally = counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})
+            tally[kind] = tally.get(kind, 0) + 1
+        if rejected is not None:
+            rejected.write(result.rejected if result else [])
+            rejected.close()
         for writer in writers:
-            writer.write(row, png)
-        tally = counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})
-        tally["written"] += 1
-        tally["regenerated"] += int(item.attempt > 0)
-    for item in result.rejected if result else []:
-        kind = "label_rejected" if getattr(item.screen, "reason", None) == "label" else "rejected"
-        tally = counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})
-        tally[kind] = tally.get(kind, 0) + 1
-    if rejected is not None:
-        rejected.write(result.rejected if result else [])
-        rejected.close()
-    for writer in writers:
-        writer.close()
-    record = {
-        "batch": number,
-        "ids": [item.job.id for item in result.kept] if result else [],
-        "counts": counts,
-        "ended": result.ended if result else {},
-        "seconds": round(time.time() - clock, 3),
-    }
-    work.mark_done(number, record)
-    return record
+            writer.close()
+        record = {
+            "batch": number,
+            "ids": [item.job.id for item in result.kept] if result else [],
+            "counts": counts,
+            "ended": result.ended if result else {},
+            "seconds": round(time.time() - clock, 3),
+        }
+        self.work.mark_done(number, record)
+        return record
 
 
 def provenance_row(item, constant: dict) -> dict:
