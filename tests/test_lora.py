@@ -74,6 +74,57 @@ def test_lora_training_saves_only_the_adapter_and_leaves_the_base_bit_identical(
     ).read_text()
 
 
+def test_lora_checkpoints_hold_only_the_adapter(adapter, tiny_model):
+    from safetensors import safe_open
+
+    checkpoints = sorted((adapter / "_work" / "checkpoints").glob("step-*"))
+    assert [c.name for c in checkpoints] == ["step-000015", "step-000030"]
+    for checkpoint in checkpoints:
+        names = {f.name for f in checkpoint.iterdir()}
+        assert "adapter_state.safetensors" in names
+        assert not names & {"model.safetensors", "model_1.safetensors", "pytorch_model.bin"}, names
+        with safe_open(str(checkpoint / "adapter_state.safetensors"), "pt") as handle:
+            keys = list(handle.keys())
+        assert keys and all("lora_" in k for k in keys)
+    unet_bytes = (tiny_model / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert (checkpoints[-1] / "adapter_state.safetensors").stat().st_size < unet_bytes / 5
+
+
+def test_lora_resume_restores_the_adapter_from_its_checkpoint(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "cut"
+    train(
+        lora_config(out, tiny_model, steps=3, checkpoint_every=3, validate_every=0, ema=False),
+        show_progress=False,
+    )
+    trained = load_file(out / "pytorch_lora_weights.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in trained.items() if ".lora.up." in k)  # B starts at zero
+    (out / "pytorch_lora_weights.safetensors").unlink()
+    result = train(
+        lora_config(out, tiny_model, steps=3, checkpoint_every=3, validate_every=0, ema=False, resume=True),
+        show_progress=False,
+    )
+    resumed = load_file(out / "pytorch_lora_weights.safetensors")
+    assert result.steps == 3 and resumed.keys() == trained.keys()
+    assert all(torch.equal(resumed[k], trained[k]) for k in trained)
+
+
+def test_fp16_save_dtype_halves_the_adapter_and_plain_diffusers_loads_it(adapter, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "half"
+    train(lora_config(out, tiny_model, steps=2, validate_every=0, save_dtype="fp16"), show_progress=False)
+    tensors = load_file(out / "pytorch_lora_weights.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    assert json.loads((out / "adapter.json").read_text())["dtype"] == "fp16"
+    full = load_file(adapter / "pytorch_lora_weights.safetensors")
+    assert {t.dtype for t in full.values()} == {torch.float32}
+    pipe = base_parts(tiny_model)["pipe"]
+    pipe.load_lora_weights(out)
+    assert pipe.unet.dtype == torch.float32
+
+
 def test_only_adapter_parameters_train(tiny_model):
     from medisyn_cli.pipeline.lora import add_lora
 
@@ -99,10 +150,11 @@ def test_plain_diffusers_loads_the_adapter_and_it_lowers_the_training_loss(adapt
 
     def loss() -> float:
         with torch.no_grad():
+            hidden = pipe.text_encoder(ids)[0]
             return float(
                 np.mean(
                     [
-                        diffusion_loss(parts, z, ids, torch.Generator().manual_seed(s), config).item()
+                        diffusion_loss(parts, z, hidden, torch.Generator().manual_seed(s), config).item()
                         for s in range(8)
                     ]
                 )

@@ -16,6 +16,7 @@ from medisyn_cli.pipeline.load import file_sha256, model_source, weight_hashes
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_JSON = "adapter.json"
+CHECKPOINT = "adapter_state.safetensors"  # a LoRA run's training checkpoint (adapter tensors only)
 TARGETS = ("unet", "unet+text")
 UNET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]  # attention projections, as diffusers' LoRA script
 TEXT_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -83,6 +84,39 @@ def add_lora(parts: dict, config) -> list:
     return [p for _, p in trainable]
 
 
+def checkpoint_adapters_only(accelerator) -> None:
+    """Make accelerate's checkpoints of a LoRA run hold only the adapter tensors of its models (not the frozen
+    base, which the run reloads from --base): a few MB instead of the whole UNet per checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    def save(models, weights, folder):
+        if accelerator.is_main_process:
+            state = {
+                f"{i}/{key}": tensor for i, model in enumerate(models) for key, tensor in _lora_state(model)
+            }
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, Path(folder) / CHECKPOINT)
+        weights.clear()
+
+    def load(models, folder):
+        state = load_file(Path(folder) / CHECKPOINT)
+        for i, model in enumerate(models):
+            own = {key.split("/", 1)[1]: v for key, v in state.items() if key.startswith(f"{i}/")}
+            expected = {key for key, _ in _lora_state(model)}
+            if set(own) != expected:
+                raise MedisynError(
+                    f"{folder}: the checkpoint's adapter does not match this run's LoRA layers"
+                )
+            accelerator.unwrap_model(model).load_state_dict(own, strict=False)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def _lora_state(model) -> list:
+    return [(k, v) for k, v in getattr(model, "module", model).state_dict().items() if "lora_" in k]
+
+
 def base_state_sha256(parts: dict) -> str:
     """sha256 of the base (non-adapter) weights of the UNet and text encoder, in a fixed order."""
     import numpy as np
@@ -98,17 +132,18 @@ def base_state_sha256(parts: dict) -> str:
     return digest.hexdigest()
 
 
-def adapter_state(parts: dict) -> dict:
-    """The adapter's tensors per component, in diffusers' key format (what save_lora_weights takes)."""
+def adapter_state(parts: dict, dtype: str = "fp32") -> dict:
+    """The adapter's tensors per component, in diffusers' key format (what save_lora_weights takes), as fp32 or
+    fp16 (--save-dtype)."""
+    import torch
     from diffusers.utils import convert_state_dict_to_diffusers
 
+    cast = torch.float16 if dtype == "fp16" else torch.float32
     layers = {}
     for name in parts["lora_configs"]:
-        model = getattr(parts[name], "module", parts[name])
         state = {
-            key.replace(".default.", "."): tensor.detach().cpu().contiguous()
-            for key, tensor in model.state_dict().items()
-            if "lora_" in key
+            key.replace(".default.", "."): tensor.detach().cpu().to(cast).contiguous()
+            for key, tensor in _lora_state(parts[name])
         }
         layers[name] = convert_state_dict_to_diffusers(state)
     return layers
@@ -120,7 +155,7 @@ def save_adapter(parts: dict, out: Path, config, info: dict) -> Path:
 
     if base_state_sha256(parts) != parts["base_sha256"]:
         raise MedisynError("LoRA training changed base weights (internal error); the adapter was not saved")
-    layers = adapter_state(parts)
+    layers = adapter_state(parts, config.save_dtype)
     meta = {f"{name}_lora_adapter_metadata": _peft_metadata(parts["lora_configs"][name]) for name in layers}
     tmp = out / "_work" / "adapter"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -151,6 +186,7 @@ def save_adapter(parts: dict, out: Path, config, info: dict) -> Path:
             "text_encoder": TEXT_MODULES if "text" in config.lora_targets else [],
         },
         "parameters": sum(t.numel() for tensors in layers.values() for t in tensors.values()),
+        "dtype": config.save_dtype,
         **info,
     }
     write_json(out / ADAPTER_JSON, record)

@@ -19,7 +19,13 @@ from medisyn_cli.core.images import image_grid
 from medisyn_cli.core.progress import console, make_progress, rate_text
 from medisyn_cli.generate.manifest import load_manifest
 from medisyn_cli.pipeline.load import load_pipeline, make_scheduler, quiet_libraries
-from medisyn_cli.pipeline.lora import add_lora, check_train_options, data_fingerprint, save_adapter
+from medisyn_cli.pipeline.lora import (
+    add_lora,
+    check_train_options,
+    checkpoint_adapters_only,
+    data_fingerprint,
+    save_adapter,
+)
 from medisyn_cli.pipeline.tokenizer import build_corpus_tokenizer
 
 MINI = {
@@ -366,8 +372,8 @@ def min_snr_weights(scheduler, timesteps, gamma: float):
     return weights
 
 
-def diffusion_loss(parts, latents, ids, generator, config: TrainConfig):
-    """One denoising loss on a batch of scaled latents and token ids."""
+def diffusion_loss(parts, latents, hidden, generator, config: TrainConfig):
+    """One denoising loss on a batch of scaled latents and the text encoder's hidden states of their captions."""
     import torch
     import torch.nn.functional as F
 
@@ -377,13 +383,30 @@ def diffusion_loss(parts, latents, ids, generator, config: TrainConfig):
         latents.device
     )
     noisy = scheduler.add_noise(latents, noise, t)
-    hidden = parts["text_encoder"](ids)[0]
     pred = parts["unet"](noisy, t, hidden).sample.float()
     target = (
         noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
     )
     per_sample = F.mse_loss(pred, target.float(), reduction="none").flatten(1).mean(1)
     return (per_sample * min_snr_weights(scheduler, t, config.min_snr_gamma)).mean()
+
+
+def caption_states(parts, ids_of, accelerator):
+    """Hidden states of every caption when the text encoder is frozen: computed once, not at every step (None
+    when it trains)."""
+    import torch
+
+    if parts["train_text_encoder"]:
+        return None
+    with torch.no_grad(), accelerator.autocast():
+        return parts["text_encoder"](ids_of.to(accelerator.device))[0]
+
+
+def text_states(parts, ids_of, rows, cached, device):
+    """The hidden states of the captions `rows` of one batch (from the cache when the text encoder is frozen)."""
+    if cached is not None:
+        return cached[rows.to(cached.device)]
+    return parts["text_encoder"](ids_of[rows].to(device))[0]
 
 
 def tokenize(tokenizer, texts: list[str]):
@@ -532,6 +555,8 @@ def _optimiser(parts, config: TrainConfig, accelerator):
     from diffusers.training_utils import EMAModel
 
     trainable = _trainable(parts, config)
+    if config.lora:
+        checkpoint_adapters_only(accelerator)
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-2)
     lr_lambda = lambda step: min(1.0, (step + 1) / 100)  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
@@ -562,16 +587,16 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
     start, done = time.time(), 0
     unet.train()
     text_encoder.train(parts["train_text_encoder"])
+    cached = caption_states(parts, ids_of, accelerator)
     while step < config.steps:
         idx = draw_batch(weights, len(latents), config.batch_size, generator)
         mean, std = latents[idx].float().chunk(2, dim=1)
         z = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
         drop = torch.rand(len(idx), generator=generator) < config.caption_dropout
-        ids = ids_of[torch.where(drop, len(unique), caption_index[idx])]
+        rows = torch.where(drop, len(unique), caption_index[idx])
         with accelerator.accumulate(unet), accelerator.autocast():
-            loss = diffusion_loss(
-                parts, z.to(accelerator.device), ids.to(accelerator.device), generator, config
-            )
+            hidden = text_states(parts, ids_of, rows, cached, accelerator.device)
+            loss = diffusion_loss(parts, z.to(accelerator.device), hidden, generator, config)
             accelerator.backward(loss)
             optimizer.step()
             lr_schedule.step()
