@@ -53,6 +53,8 @@ def generate(
     threshold: float | None = None,
     batch_size: int = 16,
     threads: int | None = None,
+    seed: int = 0,
+    model: Path = MODEL,
 ) -> dict:
     """One `medisyn generate` run (optionally judged), timed; returns seconds, kept, generated and its rows."""
     from medisyn_cli.generate.config import GenerateConfig
@@ -68,6 +70,8 @@ def generate(
             guidance=guidance,
             batch_size=batch_size,
             threads=threads,
+            seed=seed,
+            model=str(model),
             formats=("imagefolder",),
             overwrite=True,
             max_attempts=50,
@@ -104,20 +108,38 @@ def images(rows: list) -> list:
 
 
 def pool(dataset: str, args, work: Path) -> tuple[list, dict]:
-    """The unjudged pool of a data set (evaluate_mini's if present, else made here) and how it was made."""
+    """The unjudged pool of a data set, --pool-per-class images a class: evaluate_mini's run (seed 0, else made
+    here alike), topped up by a run with seed 1 (other image seeds, same settings) when it holds fewer."""
+    from collections import Counter
+
     from medisyn_cli.generate.manifest import load_manifest
 
-    out = args.pool_root / dataset / "synthetic"
-    if not (out / "run.json").exists():
-        manifest = REPO / "prompts" / f"{SETS[dataset]}.csv"
-        out = work / dataset / "pool"
-        generate(
-            manifest, out, args.pool_per_class * len(load_manifest(manifest).labels), 20, 3.0, batch_size=64
-        )
-    options = json.loads((out / "run.json").read_text())["options"]
-    return folder_rows(out), {k: options[k] for k in ("n", "steps", "guidance", "seed")} | {
-        "folder": str(out)
+    manifest = REPO / "prompts" / f"{SETS[dataset]}.csv"
+    classes = len(load_manifest(manifest).labels)
+    runs = [args.pool_root / dataset / "synthetic"]
+    if not (runs[0] / "run.json").exists():
+        runs[0] = work / dataset / "pool"
+        made_pool(manifest, runs[0], args.pool_per_class * classes, 0, args.model)
+    have = min(Counter(label for _, label in folder_rows(runs[0])).values())
+    if have < args.pool_per_class:
+        runs.append(work / dataset / "pool-extra")
+        made_pool(manifest, runs[1], (args.pool_per_class - have) * classes, 1, args.model)
+    rows = [row for run in runs for row in folder_rows(run)]
+    made = [json.loads((run / "run.json").read_text())["options"] for run in runs]
+    return rows, {
+        "n": len(rows),
+        "runs": [{k: o[k] for k in ("n", "steps", "guidance", "seed")} for o in made],
+        "folders": [str(run) for run in runs],
     }
+
+
+def made_pool(manifest: Path, out: Path, n: int, seed: int, model: Path) -> None:
+    """An unjudged pool run (20 steps, guidance 3.0), reused when `out` already holds one with this n and seed."""
+    if (out / "run.json").exists():
+        options = json.loads((out / "run.json").read_text())["options"]
+        if (options["n"], options["seed"]) == (n, seed):
+            return
+    generate(manifest, out, n, 20, 3.0, batch_size=64, seed=seed, model=model)
 
 
 def utility(train_rows: list, test_x: np.ndarray, test_y: np.ndarray, classes: list[str], args) -> dict:
@@ -166,7 +188,7 @@ def run_set(dataset: str, args, work: Path) -> dict:
     from medisyn_cli.judge.model import cnn_arrays, load_judge
 
     # 1. judge on the real training split; the real hold-out as test set
-    train, test = real_split(dataset, MODEL)
+    train, test = real_split(dataset, args.model)
     classes = sorted({label for _, label in train})
     meta = build_judge(
         JudgeConfig(
@@ -263,6 +285,7 @@ def product(dataset: str, args, work: Path) -> dict:
         args.product_steps,
         3.0,
         threads=2,
+        model=args.model,
     )  # page in the model once
     runs = []
     for threshold in [None] + args.product_thresholds:
@@ -275,6 +298,7 @@ def product(dataset: str, args, work: Path) -> dict:
             None if threshold is None else work / dataset / "judge",
             threshold,
             threads=2,
+            model=args.model,
         )
         made.pop("rows")
         runs.append(
@@ -297,6 +321,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--model", type=Path, default=MODEL, help="model folder (with holdout.csv)")
     parser.add_argument("--per-class", type=int, default=30, help="images a class in every condition")
     parser.add_argument(
         "--utility-sets",

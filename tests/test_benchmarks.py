@@ -187,3 +187,92 @@ def test_utility_mini_trains_the_products_classifier(monkeypatch):
     model = product(x, y, 2, settings, 0, torch.device("cpu"))
     expected = roc_auc_score(y, classifier.predict(model, x, torch.device("cpu"), False)[:, 1])
     assert score == expected
+
+
+@pytest.mark.slow
+def test_lora_benchmark_compares_every_condition(bench, monkeypatch, tmp_path):
+    """benchmarks/lora.py end to end on the tiny model: every condition trained in its own process, timed and
+    scored, and `generate --lora` compared with plain diffusers + load_lora_weights."""
+    utility_mini, model = bench
+    import lora
+
+    monkeypatch.setattr(lora, "DATA", utility_mini.DATA)
+    out = tmp_path / "results"
+    run_main(
+        lora,
+        monkeypatch,
+        [
+            "--model",
+            str(model),
+            "--sets",
+            "bccd_blood_smear",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--train-per-class",
+            "3",
+            "--per-class",
+            "3",
+            "--sample-steps",
+            "2",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--scratch",
+            str(tmp_path / "scratch"),
+            "--out",
+            str(out),
+        ],
+    )
+    result = json.loads((out / "results.json").read_text())
+    rows = result["datasets"]["bccd_blood_smear"]["conditions"]
+    assert list(rows) == ["bundled", "full", "lora4", "lora8", "lora16"]
+    assert rows["full"]["trainable"] == result["unet_parameters"]
+    assert rows["lora4"]["trainable"] * 2 == rows["lora8"]["trainable"] < rows["lora16"]["trainable"]
+    assert all(
+        rows[name]["steps"] == 3 and rows[name]["s_per_step"] > 0 for name in rows if name != "bundled"
+    )
+    assert all(0 <= row["auroc"] <= 1 for row in rows.values())
+    assert result["equivalence_max_pixel_difference"] <= 1
+    assert "| bccd_blood_smear | lora16 |" in (out / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_label_check_benchmark_measures_every_condition(bench, monkeypatch, tmp_path):
+    """benchmarks/label_check.py end to end on the tiny model: judge, pool (topped up by a second seed), GAN-test,
+    the same budget per condition (utility, coverage, yield) and timed product runs with --judge."""
+    utility_mini, model = bench
+    import label_check
+
+    results = tmp_path / "results"
+    common = ["--model", str(model), "--sets", "bccd_blood_smear", "--per-class", "2", "--seeds", "1"]
+    common += ["--classifier-steps", "2", "--out", str(tmp_path / "w")]
+    common += ["--thresholds", "0.0,1.01", "--results", str(results)]
+    run_main(
+        label_check, monkeypatch, [*common, "--pool-per-class", "2", "--pool-root", str(tmp_path / "no")]
+    )
+    made = tmp_path / "w" / "bccd_blood_smear" / "pool"  # as if evaluate_mini.py had made it: topped up below
+    shutil.copytree(made, tmp_path / "root" / "bccd_blood_smear" / "synthetic")
+    more = [
+        "--pool-per-class",
+        "3",
+        "--pool-root",
+        str(tmp_path / "root"),
+        "--product-set",
+        "bccd_blood_smear",
+    ]
+    run_main(label_check, monkeypatch, [*common, *more, "--product-per-class", "1"])
+    saved = json.loads((results / "results.json").read_text())
+    found = saved["sets"][0]
+    assert found["pool"]["n"] == 9 and [r["seed"] for r in found["pool"]["runs"]] == [0, 1]
+    assert 0 <= found["gan_test"]["accuracy"] <= 1 and 0 <= found["judge"]["heldout_accuracy"] <= 1
+    plain, everything, nothing = found["conditions"]
+    assert plain["kept"] == everything["kept"] == 6 and plain["yield"] == everything["yield"] == 1.0
+    assert 0 <= plain["auroc"] <= 1 and 0 <= everything["coverage"] <= 1
+    assert nothing["kept"] == 0 and "short" in nothing  # no image scores above 1
+    runs = saved["product"]["runs"]
+    assert [r["condition"] for r in runs] == ["no judge", "judge >= 0.5"] and runs[0]["time_ratio"] == 1.0
