@@ -353,3 +353,29 @@ def test_lora_run_resumes_and_refuses_another_rank(tiny_model, tmp_path):
         show_progress=False,
     )
     assert result.steps == 6 and json.loads((out / "adapter.json").read_text())["steps"] == 6
+
+
+class _CpuAccelerator:
+    device = torch.device("cpu")
+
+    @staticmethod
+    def autocast():
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def test_a_frozen_text_encoder_encodes_each_caption_once_and_the_same(tiny_model):
+    from medisyn_cli.train.loop import caption_states, text_states, tokenize
+
+    pipe = base_parts(tiny_model)["pipe"]
+    parts = {"text_encoder": pipe.text_encoder.eval(), "train_text_encoder": False}
+    ids_of = tokenize(pipe.tokenizer, ["frontal chest x-ray", "dermoscopy image of melanoma", ""])
+    rows = torch.tensor([2, 0, 0, 1])
+    cached = caption_states(parts, ids_of, _CpuAccelerator())
+    assert cached.shape[0] == 3
+    with torch.no_grad():
+        direct = text_states(parts, ids_of, rows, None, torch.device("cpu"))
+    assert torch.allclose(text_states(parts, ids_of, rows, cached, torch.device("cpu")), direct, atol=1e-5)
+    assert caption_states(parts, ids_of, _CpuAccelerator(), limit=cached.numel() * 4 - 1) is None  # too many
+    assert caption_states({**parts, "train_text_encoder": True}, ids_of, _CpuAccelerator()) is None

@@ -28,6 +28,7 @@ from medisyn_cli.pipeline.lora import (
 )
 from medisyn_cli.pipeline.tokenizer import build_corpus_tokenizer
 
+CAPTION_CACHE_BYTES = 256 * 2**20  # the frozen text encoder's outputs of all distinct captions, at most
 MINI = {
     "vae": dict(
         in_channels=3,
@@ -391,15 +392,18 @@ def diffusion_loss(parts, latents, hidden, generator, config: TrainConfig):
     return (per_sample * min_snr_weights(scheduler, t, config.min_snr_gamma)).mean()
 
 
-def caption_states(parts, ids_of, accelerator):
-    """Hidden states of every caption when the text encoder is frozen: computed once, not at every step (None
-    when it trains)."""
+def caption_states(parts, ids_of, accelerator, limit: int = CAPTION_CACHE_BYTES):
+    """Hidden states of every distinct caption when the text encoder is frozen: computed once, not at every step.
+    None when it trains, or when they would take more than `limit` bytes (many free-text captions): then each
+    batch is encoded as it comes."""
     import torch
 
-    if parts["train_text_encoder"]:
+    encoder = parts["text_encoder"]
+    width = getattr(getattr(encoder, "module", encoder).config, "hidden_size", None)
+    if parts["train_text_encoder"] or not width or ids_of.numel() * width * 4 > limit:
         return None
     with torch.no_grad(), accelerator.autocast():
-        return parts["text_encoder"](ids_of.to(accelerator.device))[0]
+        return torch.cat([encoder(chunk.to(accelerator.device))[0] for chunk in ids_of.split(256)])
 
 
 def text_states(parts, ids_of, rows, cached, device):
