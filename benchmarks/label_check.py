@@ -120,11 +120,12 @@ def pool(dataset: str, args, work: Path) -> tuple[list, dict]:
     if not (runs[0] / "run.json").exists():
         runs[0] = work / dataset / "pool"
         made_pool(manifest, runs[0], args.pool_per_class * classes, 0, args.model)
-    have = min(Counter(label for _, label in folder_rows(runs[0])).values())
+    rows = folder_rows(runs[0])
+    have = min(Counter(label for _, label in rows).values())
     if have < args.pool_per_class:
         runs.append(work / dataset / "pool-extra")
         made_pool(manifest, runs[1], (args.pool_per_class - have) * classes, 1, args.model)
-    rows = [row for run in runs for row in folder_rows(run)]
+        rows += folder_rows(runs[1])
     made = [json.loads((run / "run.json").read_text())["options"] for run in runs]
     return rows, {
         "n": len(rows),

@@ -399,7 +399,7 @@ def caption_states(parts, ids_of, accelerator, limit: int = CAPTION_CACHE_BYTES)
     import torch
 
     encoder = parts["text_encoder"]
-    width = getattr(getattr(encoder, "module", encoder).config, "hidden_size", None)
+    width = getattr(_unwrap(encoder).config, "hidden_size", None)
     if parts["train_text_encoder"] or not width or ids_of.numel() * width * 4 > limit:
         return None
     with torch.no_grad(), accelerator.autocast():
