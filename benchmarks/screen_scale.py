@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 DATA = REPO.parent / "shared" / "data"
-TYPES = ("flat", "hnsw", "ivfpq")
+TYPES = ("flat", "hnsw", "ivfpq", "hnsw-full")  # hnsw-full: an HNSW graph over the full vectors (before #16)
 NEIGHBOURS, BETA_MAX, GAMMA_MAX, SIGMA, NEAR_DUPLICATES = 10, 0.3, 2.5, 0.05, 0.1
 COPY_COSINE = (0.972, 0.99)
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -235,6 +235,20 @@ def quality(sims: np.ndarray, ids: np.ndarray, truth: Exact, source: np.ndarray,
     }
 
 
+def index_plan(index_type: str, count: int, embedder):
+    """medisyn's plan for the type; hnsw-full: HNSW over the full vectors, as medisyn built it before issue #16."""
+    from medisyn_cli.screening.faiss_index import HNSW_EF_SEARCH, IndexPlan, plan_index
+
+    if index_type != "hnsw-full":
+        return plan_index(index_type, count, embedder, None)
+    params = {
+        k: v
+        for k, v in plan_index("hnsw", count, embedder, None).params.items()
+        if k in ("M", "efConstruction")
+    }
+    return IndexPlan("hnsw", {**params, "efSearch": HNSW_EF_SEARCH})
+
+
 def measure(
     index_type: str,
     vectors: np.ndarray,
@@ -247,14 +261,14 @@ def measure(
     """Build, size and search one index type; returns (results, faiss index, exact vectors or None, exact top-k)."""
     import faiss
 
-    from medisyn_cli.screening.faiss_index import fill_index, plan_index
+    from medisyn_cli.screening.faiss_index import fill_index
 
     with PeakRSS() as build_memory:
         started, cpu = time.perf_counter(), time.process_time()
-        plan = plan_index(index_type, len(vectors), embedder, None)
+        plan = index_plan(index_type, len(vectors), embedder)
         index = fill_index(vectors, plan, embedder)
         build, build_cpu = time.perf_counter() - started, time.process_time() - cpu
-    exact = vectors if plan.type == "ivfpq" else None  # vectors.npy, memory-mapped, as build_index keeps it
+    exact = vectors if plan.keeps_vectors else None  # vectors.npy, memory-mapped, as build_index keeps it
     with PeakRSS() as search_memory:
         sims1, ids1, qps1 = timed_search(index, queries, 1, embedder, exact)
         sims5, ids5, qps5 = timed_search(index, queries, 5, embedder, exact)
@@ -301,7 +315,6 @@ def screening_images(images: list, count: int, seed: int) -> tuple[list, np.ndar
 def screen(index, plan_type: str, exact, embedder, images: list, rows: np.ndarray) -> tuple[dict, np.ndarray]:
     """images/s of embedding (identity, all views), of the view search, and of Screener.check end to end;
     also each image's screened similarity."""
-    from medisyn_cli.screening.faiss_index import plan_index
     from medisyn_cli.screening.index import FORMAT, TrainingIndex
     from medisyn_cli.screening.screener import Screener
 
@@ -316,7 +329,10 @@ def screen(index, plan_type: str, exact, embedder, images: list, rows: np.ndarra
             "dim": embedder.dim,
             "binary": embedder.binary,
         },
-        "index": {"type": plan_type, "params": plan_index(plan_type, count, embedder, None).params},
+        "index": {
+            "type": "hnsw" if plan_type == "hnsw-full" else plan_type,
+            "params": index_plan(plan_type, count, embedder).params,
+        },
         "screening": {"views": "general"},
     }  # the default view set of indexes built since issue #16
     training = TrainingIndex(
@@ -376,30 +392,30 @@ def print_tables(say: Report, results: dict, n: int, queries: int) -> None:
         f"\n== indexes over {n:,} vectors, {queries:,} queries (half near-copies, half fresh); baseline: flat (exact)"
     )
     say(
-        f"{'type':<6} {'build s':>8} {'(CPU s)':>8} {'index MB':>9} {'+vectors MB':>11} {'build RSS+ MB':>13} "
+        f"{'type':<9} {'build s':>8} {'(CPU s)':>8} {'index MB':>9} {'+vectors MB':>11} {'build RSS+ MB':>13} "
         f"{'search RSS+ MB':>14} {'q/s k=1':>9} {'q/s k=5':>9} {'q/s ratio k=1/k=5':>17} {'mem ratio':>9}  params"
     )
     for name, r in results.items():
         say(
-            f"{name:<6} {r['build_s']:>8.1f} {r['build_cpu_s']:>8.1f} {mb(r['index_bytes']):>9} "
+            f"{name:<9} {r['build_s']:>8.1f} {r['build_cpu_s']:>8.1f} {mb(r['index_bytes']):>9} "
             f"{mb(r['exact_vectors_bytes'] or None):>11} {mb(r['build_peak_rss_delta_bytes']):>13} "
             f"{mb(r['search_peak_rss_delta_bytes']):>14} {r['qps_k1']:>9,.0f} {r['qps_k5']:>9,.0f} "
             f"{r['qps_k1'] / base['qps_k1']:>8.2f}/{r['qps_k5'] / base['qps_k5']:<8.2f} "
             f"{r['index_bytes'] / base['index_bytes']:>9.3f}  {r['params'] or ''}"
         )
     say(
-        "  index MB: faiss.write_index size; +vectors: IVF-PQ's exact vectors (vectors.npy, memory-mapped) used to "
-        "re-score its candidates; RSS+: peak resident growth of the process (the memory-mapped vectors are in the "
+        "  index MB: faiss.write_index size; +vectors: the exact vectors of IVF-PQ and of the projected HNSW "
+        "(vectors.npy, memory-mapped) used to re-score their candidates; hnsw-full: HNSW over the full vectors; RSS+: peak resident growth of the process (the memory-mapped vectors are in the "
         "baseline); mem ratio: index MB / flat's"
     )
     say(
-        f"\n{'type':<6} {'k':>2} {'recall@1':>9} {'copies':>8} {'fresh':>8} {'copy det @0.97':>15} {'source found':>13}"
+        f"\n{'type':<9} {'k':>2} {'recall@1':>9} {'copies':>8} {'fresh':>8} {'copy det @0.97':>15} {'source found':>13}"
     )
     for name, r in results.items():
         for k in ("k1", "k5"):
             q = r[k]
             say(
-                f"{name:<6} {k[1:]:>2} {100 * q['recall_at_1']:>8.2f}% {100 * q['recall_at_1_copies']:>7.2f}% "
+                f"{name:<9} {k[1:]:>2} {100 * q['recall_at_1']:>8.2f}% {100 * q['recall_at_1_copies']:>7.2f}% "
                 f"{100 * q['recall_at_1_fresh']:>7.2f}% {100 * q['copy_detection']:>14.2f}% "
                 f"{100 * q['source_found']:>12.2f}%"
             )
@@ -411,12 +427,12 @@ def print_screening(say: Report, screening: dict) -> None:
         "screen_quality's copy transforms (all are copies of indexed images)"
     )
     say(
-        f"{'index':<6} {'images':>6} {'views':>5} {'embed img/s':>11} {'embed views img/s':>17} "
+        f"{'index':<9} {'images':>6} {'views':>5} {'embed img/s':>11} {'embed views img/s':>17} "
         f"{'view search img/s':>17} {'check img/s':>11} {'near-copy':>9} {'source':>7} {'= flat':>7}"
     )
     for name, s in screening.items():
         say(
-            f"{name:<6} {s['images']:>6} {s['views']:>5} {s['embed_identity_ips']:>11,.0f} {s['embed_views_ips']:>17,.1f} "
+            f"{name:<9} {s['images']:>6} {s['views']:>5} {s['embed_identity_ips']:>11,.0f} {s['embed_views_ips']:>17,.1f} "
             f"{s['view_search_ips']:>17,.1f} {s['check_ips']:>11,.1f} {100 * s['near_copy']:>8.1f}% "
             f"{100 * s['source_match']:>6.1f}% {100 * s['agrees_with_flat']:>6.1f}%"
         )

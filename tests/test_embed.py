@@ -217,3 +217,41 @@ def test_pixel_vectors_do_not_depend_on_the_blas_thread_count(real_images):
     with threadpool_limits(1, user_api="blas"):
         one = embedder.embed_views(real_images[:4], views)
     assert np.array_equal(many, one)
+
+
+def test_views_sharing_resamplings_embed_as_each_view_alone(real_images):
+    embedder = get_embedder("pixel")
+    views = embedder.default_views() + embedder.region_views()  # grids: many views share rows or columns
+    together = embedder.embed_views(real_images[:3], views)
+    alone = np.stack([embedder.embed_views(real_images[:3], (view,))[:, 0] for view in views[::7]], axis=1)
+    np.testing.assert_allclose(together[:, ::7], alone, atol=2e-6)
+
+
+def test_blas_limit_shared_by_threads_is_restored_by_the_last_and_spares_faiss():
+    import threading
+
+    import faiss
+
+    from medisyn_cli.screening.embed import _threadpools, blas_threads
+
+    def blas() -> list[int]:  # numpy's BLAS (process-wide); faiss's OpenMP-threaded one is left alone
+        return [lib["num_threads"] for lib in _threadpools().info()]
+
+    before, threads, seen = blas(), faiss.omp_get_max_threads(), []
+    entered, release = threading.Event(), threading.Event()
+
+    def worker():
+        with blas_threads():
+            entered.set()
+            release.wait(10)
+        seen.append(blas())  # left before the main thread: the limit holds
+
+    with blas_threads():  # the main thread enters first and leaves last, as Screener.check does
+        thread = threading.Thread(target=worker)
+        thread.start()
+        entered.wait(10)
+        seen.append(blas())
+        assert faiss.omp_get_max_threads() == threads  # faiss's searches in this thread keep their threads
+        release.set()
+        thread.join()
+    assert seen == [[1] * len(before)] * 2 and blas() == before

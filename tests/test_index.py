@@ -17,8 +17,17 @@ from medisyn_cli.core.datasets import find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.build import build_index
 from medisyn_cli.screening.embed import Embedder, get_embedder
-from medisyn_cli.screening.faiss_index import exact_search, fill_index, parse_memory, plan_index, recall_at_1
+from medisyn_cli.screening.faiss_index import (
+    HNSW_PCA_DIMS,
+    exact_search,
+    fill_index,
+    parse_memory,
+    plan_index,
+    recall_at_1,
+    search_index,
+)
 from medisyn_cli.screening.index import TrainingIndex, load_index
+from medisyn_cli.screening.screener import Screener
 
 FIXTURE = Path(__file__).parent / "fixtures" / "images"
 
@@ -132,6 +141,23 @@ def test_approximate_indexes_report_recall_and_find_copies(index_type, tmp_path)
     assert (tmp_path / "idx" / "vectors.npy").exists() == (index_type == "ivfpq")
 
 
+def test_projected_hnsw_index_keeps_exact_vectors_and_finds_copies(tmp_path, monkeypatch):
+    import medisyn_cli.screening.faiss_index as faiss_index
+
+    monkeypatch.setattr(faiss_index, "HNSW_PCA_MIN_COUNT", 1)  # the fixture's 12 images, projected to 8 dims
+    monkeypatch.setattr(faiss_index, "HNSW_PCA_DIMS", 8)
+    meta = build_index([FIXTURE], tmp_path / "idx", index_type="hnsw", show_progress=False)
+    assert meta["index"]["params"]["pca"] == 8 and meta["index"]["vectors"] == "vectors.npy"
+    index = load_index(tmp_path / "idx")
+    assert faiss_index.hnsw_graph(index.faiss_index).hnsw.efSearch == meta["index"]["params"]["efSearch"]
+    assert index.exact.shape == (12, 1024) and index.can_reconstruct
+    image = Image.open(index.key([5])[0])
+    sims, ids = index.search(index.embedder.embed([image]), k=2)
+    assert ids[0, 0] == 5 and sims[0, 0] == pytest.approx(1.0, abs=1e-5) and sims[0, 1] < sims[0, 0]
+    result = Screener(index).check([image.transpose(Image.Transpose.ROTATE_90)])[0]
+    assert result.nn_id == 5 and result.near_copy and result.view == "rot270"
+
+
 class VectorEmbedder(Embedder):
     """Stand-in embedder for index tests on random vectors."""
 
@@ -161,12 +187,34 @@ def test_index_types_find_nearest_neighbours(index_type, min_recall):
         assert plan.params["nlist"] >= 100 and 32 % plan.params["m"] == 0
 
 
+def test_projected_hnsw_proposes_candidates_that_exact_vectors_rescore():
+    embedder, vectors = VectorEmbedder(512), clustered(12_000, 512, seed=0)
+    plan = plan_index("hnsw", len(vectors), embedder, None)
+    assert plan.params["pca"] == HNSW_PCA_DIMS and plan.keeps_vectors
+    index = fill_index(vectors, plan, embedder)
+    queries = vectors[:300] + 0.02 * np.random.default_rng(1).normal(size=(300, 512)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact_s, exact_i = exact_search(vectors, queries, embedder, k=3)
+    sims, ids = search_index(index, queries, 3, embedder, vectors)
+    assert np.mean(ids[:, 0] == exact_i[:, 0]) >= 0.95
+    found = ids[:, 0] == exact_i[:, 0]
+    np.testing.assert_allclose(
+        sims[found, 0], exact_s[found, 0], atol=1e-5
+    )  # exact similarities, not PCA ones
+    assert np.all(np.diff(sims, axis=1) <= 0)
+
+
 def test_auto_index_type_follows_count_and_memory_budget():
     embedder = VectorEmbedder(512)
     assert plan_index("auto", 10_000, embedder, None).type == "flat"
     assert plan_index("auto", 1_000_000, embedder, None).type == "hnsw"
     assert plan_index("auto", 10_000_000, embedder, None).type == "ivfpq"
-    assert plan_index("auto", 50_000, embedder, parse_memory("64MB")).type == "ivfpq"
+    # a projected HNSW keeps only its low-dimensional graph in memory (the exact vectors are memory-mapped, as for IVF-PQ)
+    projected = plan_index("auto", 1_000_000, embedder, None).params
+    assert projected["pca"] == HNSW_PCA_DIMS and "pca" not in plan_index("hnsw", 5_000, embedder, None).params
+    assert "pca" not in plan_index("hnsw", 1_000_000, VectorEmbedder(128), None).params
+    assert plan_index("auto", 200_000, embedder, parse_memory("200MB")).type == "hnsw"
+    assert plan_index("auto", 200_000, embedder, parse_memory("64MB")).type == "ivfpq"
     small = plan_index("ivfpq", 10_000_000, embedder, parse_memory("200MB"))
     assert 10_000_000 * (small.params["m"] + 8) * 1.2 <= 200e6
     with pytest.raises(MedisynError, match="too small"):

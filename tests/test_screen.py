@@ -232,3 +232,24 @@ def test_projected_tile_search_ranks_by_exact_similarity(index):
     assert np.array_equal(ids[:, 0], exact_ids[:, 0])
     assert np.allclose(sims, np.einsum("nd,nkd->nk", queries, tiles[ids]), atol=1e-5)
     assert np.all(np.diff(sims, axis=1) <= 0)
+
+
+def test_screening_in_chunks_embedded_by_a_thread_equals_one_chunk(index):
+    from threadpoolctl import threadpool_info
+
+    blas_before = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    originals = [Image.open(p).convert("RGB") for p in sorted((FIXTURES / "images").rglob("*.png"))]
+    images = originals + [COPIES[name](im) for name in ("crop", "jpeg", "hflip") for im in originals[:4]]
+    screener = Screener(index)
+    whole = screener.check(images, chunk=len(images))
+    pipelined = screener.check(
+        images, chunk=5
+    )  # 4 chunks: each embedded in a thread while the one before is searched
+    same = lambda r: (r.nn_id, r.nn_key, r.near_copy, r.view, r.region)  # noqa: E731
+    assert [same(r) for r in pipelined] == [same(r) for r in whole] and all(r.near_copy for r in whole)
+    np.testing.assert_allclose(
+        [r.nn_similarity for r in pipelined], [r.nn_similarity for r in whole], atol=1e-6
+    )
+    assert [
+        (i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"
+    ] == blas_before

@@ -31,6 +31,7 @@ own images (screen.calibrate), never below a calibrated default.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -46,6 +47,7 @@ PIXEL_THRESHOLD = 0.97
 GEOMETRIC_PENALTY = 0.015
 CROPS, ZOOM_OUT, ANGLES = (0.8,), (0.05, 0.1, 0.15), (-10.0, -5.0, 5.0, 10.0)  # the general view set's extras
 ZOOM_IN = 0.9  # region views: the part of the query a training image's tile fills
+_OPERATORS_LOCK = threading.Lock()
 OPERATORS = 72  # resampling operators kept: the coarse views' and every refinement's (about 1 MB each)
 PHASH_THRESHOLD = 0.88  # 1 - 30/256 = 0.883: at most 30 of 256 bits differ
 BLAS_THREADS: int | None = (
@@ -133,20 +135,45 @@ TILES = tuple(
 
 @lru_cache(maxsize=1)
 def _threadpools():
+    """The BLAS libraries whose thread count is one setting for the whole process. Those threaded with OpenMP
+    (faiss's OpenBLAS) are left out: their limit would be OpenMP's, which is per thread, and would hold faiss's
+    searches in that thread to one thread too."""
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController()
+    blas = ThreadpoolController().select(user_api="blas")
+    return blas.select(
+        threading_layer=[
+            lib.info().get("threading_layer")
+            for lib in blas.lib_controllers
+            if lib.info().get("threading_layer") != "openmp"
+        ]
+    )
+
+
+_BLAS = {"lock": threading.Lock(), "users": 0, "limiter": None}  # blas_threads's state, shared by threads
 
 
 @contextmanager
 def blas_threads(limit: int | None = None):
-    """At most `limit` BLAS threads (default BLAS_THREADS; None: leave BLAS as it is) for small matrix products."""
+    """At most `limit` BLAS threads (default BLAS_THREADS; None: leave BLAS as it is) for small matrix products.
+    Overlapping users (threads) share one limit: the first sets it, the last restores the original. Enter it first
+    in the main thread around work that threads share (threadpoolctl's limit is unreliable when a worker thread
+    sets it after the main thread has set and restored it)."""
     limit = BLAS_THREADS if limit is None else limit
     if limit is None:
         yield
         return
-    with _threadpools().limit(limits=limit, user_api="blas"):
+    with _BLAS["lock"]:
+        if _BLAS["users"] == 0:
+            _BLAS["limiter"] = _threadpools().limit(limits=limit)
+        _BLAS["users"] += 1
+    try:
         yield
+    finally:
+        with _BLAS["lock"]:
+            _BLAS["users"] -= 1
+            if _BLAS["users"] == 0:
+                _BLAS["limiter"].restore_original_limits()
 
 
 def apply_view(image, view: View):
@@ -342,23 +369,34 @@ class PixelEmbedder(Embedder):
         groups: dict = {}  # (turn, angle) -> positions: each rotation of the image is resampled once
         for position, view in enumerate(views):
             groups.setdefault((view.turn % 4, view.angle), []).append(position)
+        plain = {key: tuple(View(views[p].flip, views[p].box) for p in at) for key, at in groups.items()}
+        inverted = [position for position, view in enumerate(views) if view.invert]
+        operators: dict = {}  # (image shape, group) -> operator, looked up once per call
         for n, image in enumerate(images):
             grey = self._working_grey(image)
             for (turn, angle), positions in groups.items():
-                plain = tuple(View(views[p].flip, views[p].box) for p in positions)
-                out[n, positions] = self._band(_rotated(grey, turn, angle), plain)
-            for position, view in enumerate(views):
-                if (
-                    view.invert
-                ):  # the band-passed, standardised thumbnail of the inverted image is the negation
-                    out[n, position] = -out[n, position]
+                turned = _rotated(grey, turn, angle)
+                key = (turned.shape, turn, angle)
+                if key not in operators:
+                    operators[key] = self._operator(turned.shape, plain[turn, angle])
+                out[n, positions] = self._band(turned, operators[key])
+            # the band-passed, standardised thumbnail of the inverted image is the negation
+            out[n, inverted] = -out[n, inverted]
         return out
 
-    def _band(self, grey: np.ndarray, views: tuple[View, ...]) -> np.ndarray:
-        """(V, dim) band-passed, standardised, L2-normalised thumbnails of one grey image under flip/box views."""
-        rows, cols = self._operator(grey.shape, views)
-        band = (rows @ grey).reshape(2 * len(views), self.size, -1) @ cols  # (2V, size, size), float32
-        flat = (band[: len(views)] - band[len(views) :]).reshape(len(views), self.dim)
+    def _band(self, grey: np.ndarray, operator: tuple) -> np.ndarray:
+        """(V, dim) band-passed, standardised, L2-normalised thumbnails of one grey image under the flip/box views
+        of `operator` (`_operator`)."""
+        rows, row_of, cols, by_col = operator
+        resampled = (rows @ grey).reshape(
+            2, -1, self.size, grey.shape[1]
+        )  # each distinct vertical resampling
+        band = np.empty((2, len(row_of), self.size, self.size), np.float32)  # low-pass and high-pass
+        for col, positions in enumerate(by_col):  # one product per pass and horizontal resampling
+            for i in range(2):
+                block = resampled[i, row_of[positions]].reshape(-1, resampled.shape[3]) @ cols[i, col]
+                band[i, positions] = block.reshape(len(positions), self.size, self.size)
+        flat = (band[0] - band[1]).reshape(len(row_of), self.dim)
         flat -= flat.mean(axis=1, keepdims=True)
         # a flat image has no pattern: zero vector (similar to nothing), not amplified rounding noise
         tolerance = 1e-4 * float(grey.max() - grey.min()) + 1e-5 * float(np.abs(grey).max()) * math.sqrt(
@@ -380,34 +418,48 @@ class PixelEmbedder(Embedder):
             )
         return grey.astype(np.float32)
 
-    def _operator(self, shape: tuple[int, int], views: tuple[View, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows (2V*size, H), cols (2V, W, size)): low-pass then high-pass stacks of every view's resampling."""
+    def _operator(self, shape: tuple[int, int], views: tuple[View, ...]) -> tuple:
+        """The views' resampling operator for images of `shape` (`_new_operator`), cached."""
         key = (shape, views)
-        if key in self._operators:
-            self._operators.move_to_end(key)
-        else:
+        with _OPERATORS_LOCK:  # a screener embeds its next images in a thread while it refines these
+            if key in self._operators:
+                self._operators.move_to_end(key)
+                return self._operators[key]
+        operator = self._new_operator(shape, views)
+        with _OPERATORS_LOCK:
             if (
                 len(self._operators) >= OPERATORS
-            ):  # the 61 coarse views' operator stays: it is used for every image
+            ):  # the coarse views' operator stays: it is used for every image
                 self._operators.popitem(last=False)
-            low, high = _gaussian_matrix(self.size, self.blur), _gaussian_matrix(self.size, self.background)
-            ry = np.stack([self._resample(view, shape[0], vertical=True) for view in views])
-            rx = np.stack([self._resample(view, shape[1], vertical=False) for view in views])
-            rows = np.concatenate([low @ ry, (high @ ry) if self.background > 0 else 0 * ry]).reshape(
-                -1, shape[0]
-            )
-            cols = np.concatenate([low @ rx, (high @ rx) if self.background > 0 else 0 * rx]).transpose(
-                0, 2, 1
-            )
-            self._operators[key] = (rows.astype(np.float32), np.ascontiguousarray(cols, dtype=np.float32))
-        return self._operators[key]
+            self._operators[key] = operator
+        return operator
 
-    def _resample(self, view: View, length: int, vertical: bool) -> np.ndarray:
-        """(size, length) weights taking the view's central window along one axis to `size` samples."""
-        start, stop = (view.box[1], view.box[3]) if vertical else (view.box[0], view.box[2])
+    def _new_operator(self, shape: tuple[int, int], views: tuple[View, ...]) -> tuple:
+        """The views' resamplings, low-pass and high-pass, each distinct one once (views on a grid share their rows
+        or columns): rows (2 * Y * size, H), each view's row block (V,), cols (2, X, W, size), and the views of
+        each column block."""
+        low, high = _gaussian_matrix(self.size, self.blur), _gaussian_matrix(self.size, self.background)
+        high = high if self.background > 0 else np.zeros_like(high)
+        row_keys = {(v.box[1], v.box[3], v.flip == "v"): None for v in views}
+        col_keys = {(v.box[0], v.box[2], v.flip == "h"): None for v in views}
+        ry = np.stack([self._resample_axis(*k, shape[0]) for k in row_keys])  # (Y, size, H)
+        rx = np.stack([self._resample_axis(*k, shape[1]) for k in col_keys])  # (X, size, W)
+        rows = np.stack([low @ ry, high @ ry]).reshape(-1, shape[0])
+        cols = np.stack([low @ rx, high @ rx]).transpose(0, 1, 3, 2)
+        row_of = np.array([list(row_keys).index((v.box[1], v.box[3], v.flip == "v")) for v in views])
+        col_of = np.array([list(col_keys).index((v.box[0], v.box[2], v.flip == "h")) for v in views])
+        return (
+            rows.astype(np.float32),
+            row_of,
+            np.ascontiguousarray(cols, dtype=np.float32),
+            [np.flatnonzero(col_of == col) for col in range(len(col_keys))],
+        )
+
+    def _resample_axis(self, start: float, stop: float, flipped: bool, length: int) -> np.ndarray:
+        """(size, length) weights taking the central window of [start, stop) (frame fractions) along one axis of
+        `length` pixels to `size` samples, reversed for a flip along that axis."""
         margin = (stop - start) * (1.0 - self.window) / 2
         matrix = resample_matrix(length, (start + margin) * length, (stop - margin) * length, self.size)
-        flipped = view.flip == ("v" if vertical else "h")
         return matrix[:, ::-1] if flipped else matrix
 
     def default_views(self, view_set: str = "general") -> tuple[View, ...]:

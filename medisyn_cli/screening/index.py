@@ -4,7 +4,8 @@ An index folder holds:
 
     index.faiss     the FAISS index (float: inner product = cosine; binary: Hamming)
     keys.parquet    vector id -> key (file path, or parquet file:row id), label where known, source
-    vectors.npy     IVF-PQ only: the exact vectors, memory-mapped, to re-score the compressed index's candidates
+    vectors.npy     IVF-PQ and HNSW over a PCA projection: the exact vectors, memory-mapped, to re-score the
+                    candidates of the compressed or projected index
     regions.faiss   16 overlapping tiles of every training image (embed.TILES), so crops and partial copies
                     match the region they copy (default up to REGIONS_MAX images; float embedders)
     index.json      embedder spec and settings, dim, metric, count, index type and parameters (and recall@1
@@ -72,7 +73,7 @@ class TrainingIndex:
     faiss_index: object
     keys: list[str]
     labels: list[str | None]
-    exact: np.ndarray | None = None  # IVF-PQ: the exact vectors (memory-mapped vectors.npy)
+    exact: np.ndarray | None = None  # IVF-PQ, projected HNSW: the exact vectors (memory-mapped vectors.npy)
     regions: object | None = None  # FAISS index of the training images' tiles (embed.TILES), or None
 
     def __len__(self) -> int:
@@ -118,7 +119,7 @@ class TrainingIndex:
             index,
             list(keys),
             list(labels or [None] * len(keys)),
-            vectors if plan.type == "ivfpq" else None,
+            vectors if plan.keeps_vectors else None,
             tiles,
         )
 

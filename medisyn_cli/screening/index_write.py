@@ -65,7 +65,7 @@ def finish_index(
     # 3. the FAISS index, its recall when approximate, and the training set's own neighbour similarities
     plan = plan_index(index_type, embedded.count, model, budget)
     index = fill_index(vectors, plan, model)
-    exact = _exact_store(vectors, out / (VECTORS_FILE + ".tmp")) if plan.type == "ivfpq" else None
+    exact = _exact_store(vectors, out / (VECTORS_FILE + ".tmp")) if plan.keeps_vectors else None
     search = lambda queries, k: search_index(index, queries, k, model, exact)  # noqa: E731
     recall = None if plan.type == "flat" else round(recall_at_1(search, vectors, model), 4)
     tiles = region_index(embedded.regions, embedded.count, model)
@@ -94,10 +94,10 @@ def finish_index(
         _write_index(tiles, model, out / (REGIONS_FILE + ".tmp"))
     _write_json(meta, out / (META_FILE + ".tmp"))
     del vectors, embedded
-    exact = None  # frees the IVF-PQ exact store before the index is saved
+    exact = None  # frees the exact store before the index is saved
     for name in (
         (INDEX_FILE, KEYS_FILE)
-        + ((VECTORS_FILE,) if plan.type == "ivfpq" else ())
+        + ((VECTORS_FILE,) if plan.keeps_vectors else ())
         + ((REGIONS_FILE,) if tiles is not None else ())
         + (META_FILE,)
     ):
@@ -167,7 +167,7 @@ def _metadata(
             "params": plan.params,
             "recall_at_1": recall,
             "recall_queries": None if recall is None else RECALL_QUERIES,
-            "vectors": VECTORS_FILE if plan.type == "ivfpq" else None,
+            "vectors": VECTORS_FILE if plan.keeps_vectors else None,
         },
         "sources": [str(s.path) for s in found],
         "fingerprint": source_fingerprint(found),

@@ -24,6 +24,7 @@ with the views they were calibrated for ("tuned") and without tiles.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.embed import TILES, blas_threads
-from medisyn_cli.screening.faiss_index import search_index
+from medisyn_cli.screening.faiss_index import rescore, search_index
 from medisyn_cli.screening.index import TrainingIndex
 
 REGION_PENALTY = (
@@ -82,27 +83,36 @@ class Screener:
         self.candidates = max(1, int(candidates))
         regional = views and self.view_set == "general" and index.regions is not None
         self.region_views = self.embedder.region_views() if regional else ()
+        self._union = tuple(dict.fromkeys(self.views + self.region_views))
         self.region_search = None  # built on first use: the tiles' projected search
 
-    def check(self, images: list, chunk: int = 64, exclude: list | None = None) -> list[ScreenResult]:
-        """One ScreenResult per image, in order (screened `chunk` images at a time); `exclude`: per image, the
-        training ids it may not match (e.g. itself, when an index screens its own images to calibrate)."""
+    def check(self, images: list, chunk: int = 32, exclude: list | None = None) -> list[ScreenResult]:
+        """One ScreenResult per image, in order (screened `chunk` images at a time; a thread embeds the next chunk
+        while this one is searched); `exclude`: per image, the training ids it may not match (e.g. itself, when an
+        index screens its own images to calibrate)."""
         exclude = exclude or [()] * len(images)
-        return [
-            result
-            for start in range(0, len(images), chunk)
-            for result in self._check(images[start : start + chunk], exclude[start : start + chunk])
-        ]
+        parts = [(images[s : s + chunk], exclude[s : s + chunk]) for s in range(0, len(images), chunk)]
+        if len(parts) <= 1:
+            return [r for part, banned in parts for r in self._check(part, banned, self._embed(part))]
+        results = []
+        with blas_threads(), ThreadPoolExecutor(1, thread_name_prefix="medisyn-embed") as pool:
+            embedded = pool.submit(self._embed, parts[0][0])
+            for j, (part, banned) in enumerate(parts):
+                vectors = embedded.result()
+                if j + 1 < len(parts):
+                    embedded = pool.submit(self._embed, parts[j + 1][0])
+                results += self._check(part, banned, vectors)
+        return results
 
-    def _check(self, images: list, exclude: list) -> list[ScreenResult]:
+    def _embed(self, images: list) -> np.ndarray:
+        """The images under the union of the whole-image and region views (views both use embedded once)."""
+        return self.embedder.embed_views(images, self._union)
+
+    def _check(self, images: list, exclude: list, vectors: np.ndarray) -> list[ScreenResult]:
         if not images:
             return []
         index, refine = self.index, self.refine
-        union = tuple(
-            dict.fromkeys(self.views + self.region_views)
-        )  # views both stores use are embedded once
-        vectors = self.embedder.embed_views(images, union)
-        column = {view: i for i, view in enumerate(union)}
+        column = {view: i for i, view in enumerate(self._union)}
         pick = lambda views: vectors[:, [column[v] for v in views]]  # noqa: E731
         matches = self._best(
             images, exclude, self.views, pick(self.views), index.search, index.reconstruct if refine else None
@@ -217,13 +227,8 @@ class ProjectedSearch:
             max(k, self.candidates),
             _INNER_PRODUCT,
         )
-        exact, rows = np.empty(ids.shape, np.float32), np.empty(queries.shape, np.float32)
-        for j in range(ids.shape[1]):  # one candidate column at a time: no (queries x candidates x dim) copy
-            np.take(self.vectors, np.maximum(ids[:, j], 0), axis=0, out=rows)
-            exact[:, j] = np.einsum("nd,nd->n", queries, rows)
-        exact[ids < 0] = -np.inf
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(exact, order, 1).astype(np.float32), np.take_along_axis(ids, order, 1)
+        sims, ids = rescore(queries, ids, self.vectors, k)
+        return sims.astype(np.float32), ids
 
 
 class _InnerProduct:
