@@ -391,21 +391,34 @@ def make_condition(name: str):
         return embedder, {"view_set": "tuned"}, lambda index, images: 0.97
     if name in ("pixel", "pixel-views"):
         return get_embedder("pixel"), {}, calibrated
+    if name == "pixel+partial":
+        return get_embedder("pixel"), {"measure_partial": True}, partial(calibrated, both=True)
     if name == "learned":
         return LEARNED["embedder"], {}, calibrated
     embedder = get_embedder(name)
     return embedder, {}, lambda index, images: embedder.default_threshold
 
 
-def calibrated(index, images: list) -> float:
-    """The threshold `medisyn index build` would calibrate for this index (same sample rule, same function)."""
+def calibrated(index, images: list, both: bool = False):
+    """The threshold `medisyn index build` would calibrate for this index (same sample rule, same function);
+    both: (threshold, partial-similarity threshold)."""
     from medisyn_cli.screening.calibrate import CALIBRATION_SAMPLE, calibrate
 
     count = len(images)
     sample = np.sort(
         np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False)
     )
-    return calibrate(index, [(int(i), images[i]) for i in sample])["threshold"]
+    found = calibrate(index, [(int(i), images[i]) for i in sample])
+    return (found["threshold"], found.get("partial_threshold")) if both else found["threshold"]
+
+
+def combined_score(result, threshold: float, partial_threshold: float | None) -> float:
+    """One score per query for a detector with two rules: the whole-image similarity, or the partial similarity
+    moved down by the gap between the two thresholds, whichever is higher (at the calibrated threshold: caught
+    by either rule; other thresholds move both rules together)."""
+    if partial_threshold is None or result.partial_similarity is None:
+        return result.nn_similarity
+    return max(result.nn_similarity, result.partial_similarity - (partial_threshold - threshold))
 
 
 class ImagededupPHash:
@@ -459,7 +472,7 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
     vectors = embed_all(embedder, images)
     tiles = (
         np.concatenate([embedder.embed_views(images[i : i + 256], TILES) for i in range(0, len(images), 256)])
-        if name == "pixel"
+        if name in ("pixel", "pixel+partial")
         else None
     )
     out = {
@@ -479,11 +492,16 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
         index = TrainingIndex.from_vectors(
             vectors[members], [str(i) for i in members], embedder, regions=regions
         )
-        out["thresholds"][dataset] = float(threshold_of(index, [images[i] for i in members]))
-        screener = Screener(index, threshold=out["thresholds"][dataset], **options)
+        found = threshold_of(index, [images[i] for i in members])
+        threshold, partial_threshold = found if isinstance(found, tuple) else (found, None)
+        out["thresholds"][dataset] = float(threshold)
+        out.setdefault("partial_thresholds", {})[dataset] = partial_threshold
+        options = {**options, **({"partial_threshold": partial_threshold} if partial_threshold else {})}
+        screener = Screener(index, threshold=threshold, **options)
+        score = partial(combined_score, threshold=threshold, partial_threshold=partial_threshold)
         chosen = np.where(sets[negatives] == dataset)[0]
         clock = time.perf_counter()  # screening speed: real non-copies, the common case while generating
-        out["neg"][chosen] = [r.nn_similarity for r in screener.check([images[i] for i in negatives[chosen]])]
+        out["neg"][chosen] = [score(r) for r in screener.check([images[i] for i in negatives[chosen]])]
         out["screen_seconds"] += time.perf_counter() - clock
         out["screened"] += len(chosen)
         for family, made in planted.items():
@@ -491,7 +509,7 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
                 pick = np.where(sets[sources] == dataset)[0]
                 results = screener.check([copies[j] for j in pick])
                 sims, found = out["copies"][family][transform]
-                sims[pick] = [r.nn_similarity for r in results]
+                sims[pick] = [score(r) for r in results]
                 found[pick] = [groups[members[r.nn_id]] == groups[sources[j]] for r, j in zip(results, pick)]
     out["neg_sets"] = sets[negatives]
     out["copy_sets"] = {f: {t: sets[s] for t, (s, _) in made.items()} for f, made in planted.items()}

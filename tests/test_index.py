@@ -341,6 +341,9 @@ def test_build_calibrates_the_threshold_on_its_own_images(tmp_path, monkeypatch)
         calibration["sample"] == 12 and calibration["negatives"] == 24 and calibration["target_fpr"] == 0.05
     )
     assert calibration["fpr_at_threshold"] <= 0.05
+    assert calibration["threshold"] <= calibration["partial_threshold"] <= 1.0
+    assert calibration["fpr_at_threshold"] <= calibration["partial_fpr_at_threshold"] <= 0.05
+    assert load_index(tmp_path / "idx").partial_threshold == calibration["partial_threshold"]
     curve = {row["threshold"]: row for row in calibration["curve"]}
     assert all(0 <= row["fpr"] <= 1 and 0 <= row["tpr"] <= 1 for row in curve.values())
     fprs = [row["fpr"] for row in calibration["curve"]]

@@ -253,3 +253,37 @@ def test_screening_in_chunks_embedded_by_a_thread_equals_one_chunk(index):
     assert [
         (i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"
     ] == blas_before
+
+
+def overlaid(image: Image.Image) -> Image.Image:
+    """The benchmark's marker overlay: text, a cross and a box drawn in white."""
+    from PIL import ImageDraw
+
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    draw.text((6, 40), "L R 12", fill=(255, 255, 255))
+    draw.line((40, 20, 52, 20), fill=(255, 255, 255))
+    draw.line((46, 14, 46, 26), fill=(255, 255, 255))
+    draw.rectangle((50, 2, 61, 9), outline=(255, 255, 255))
+    return out
+
+
+def test_partial_similarity_sees_the_copy_under_a_marker_overlay(index):
+    source = Image.open(index.key([3])[0])
+    screener = Screener(index, measure_partial=True)
+    copy, other = screener.check([overlaid(source), Image.open(index.key([8])[0]).rotate(30)])
+    assert copy.nn_id == 3 and copy.partial_similarity > max(copy.nn_similarity, 0.97)
+    assert other.partial_similarity < 0.9
+    assert Screener(index).check([overlaid(source)])[0].partial_similarity is None  # not measured by default
+
+
+def test_partial_rule_flags_at_its_own_threshold_and_reports_the_partial_match(index):
+    copy = overlaid(Image.open(index.key([3])[0]))
+    measured = Screener(index, measure_partial=True).check([copy])[0]
+    below = Screener(index, threshold=0.999, partial_threshold=measured.partial_similarity + 0.001).check(
+        [copy]
+    )
+    above = Screener(index, threshold=0.999, partial_threshold=measured.partial_similarity - 0.001).check(
+        [copy]
+    )
+    assert not below[0].near_copy and above[0].near_copy and above[0].nn_id == 3 and above[0].region == ""

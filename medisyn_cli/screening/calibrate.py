@@ -59,23 +59,20 @@ def calibrate(
     and rises above it where this data or the views make chance matches more similar."""
     clock = time.time()
     rng = np.random.default_rng(seed)
-    screener = Screener(index, threshold=1.0)
+    screener = Screener(index, threshold=1.0, measure_partial=True)
     ids = [i for i, _ in sample]
     changed = [copy_augment(image, rng) for _, image in sample]
     banned = _duplicates_of(screener, [image for _, image in sample], ids)
-    negatives = np.array(
-        [
-            r.nn_similarity
-            for r in screener.check([im for _, im in sample] + changed, exclude=banned + banned)
-        ],
-        np.float64,
-    )
+    found = screener.check([im for _, im in sample] + changed, exclude=banned + banned)
+    negatives = np.array([r.nn_similarity for r in found], np.float64)
     copies = screener.check(changed)
     positives = np.array([r.nn_similarity if r.nn_id in banned[j] else -np.inf for j, r in enumerate(copies)])
     floor = index.embedder.default_threshold if index.embedder.calibrated_default else THRESHOLD_RANGE[0]
     threshold = max(floor, _threshold_for(negatives[np.isfinite(negatives)], target_fpr))
+    partial = np.array([-np.inf if r.partial_similarity is None else r.partial_similarity for r in found])
     return {
         "threshold": threshold,
+        **(_partial_threshold(negatives, partial, threshold, target_fpr) if screener.partial else {}),
         "target_fpr": target_fpr,
         "view_set": screener.view_set,
         "floor": floor,
@@ -121,6 +118,25 @@ def _duplicates_of(screener: Screener, images: list, ids: list[int]) -> list[set
             break
         banned = [b | {r.nn_id} if r.near_copy else b for b, r in zip(banned, results)]
     return banned
+
+
+def _partial_threshold(
+    negatives: np.ndarray, partial: np.ndarray, threshold: float, target_fpr: float
+) -> dict:
+    """The partial-similarity threshold: the lowest (at least `threshold`, 3 decimals) at which the negatives that
+    either rule flags stay within `target_fpr`, or within what the whole-image threshold alone lets through."""
+    flagged = negatives >= threshold
+    allowed = max(target_fpr, float(np.mean(flagged)))
+    unflagged = np.sort(partial[~flagged])[::-1]
+    spare = max(
+        0, int(np.floor(allowed * len(negatives) + 1e-9)) - int(flagged.sum())
+    )  # the partial rule may add
+    above = float(unflagged[spare]) if spare < len(unflagged) and np.isfinite(unflagged[spare]) else -1.0
+    value = round(min(max(threshold, math.floor(above * 1000) / 1000 + 0.001), 1.0), 3)
+    return {
+        "partial_threshold": value,
+        "partial_fpr_at_threshold": round(float(np.mean(flagged | (partial >= value))), 4),
+    }
 
 
 def _threshold_for(negatives: np.ndarray, target_fpr: float) -> float:

@@ -47,6 +47,10 @@ PIXEL_THRESHOLD = 0.97
 GEOMETRIC_PENALTY = 0.015
 CROPS, ZOOM_OUT, ANGLES = (0.8,), (0.05, 0.1, 0.15), (-10.0, -5.0, 5.0, 10.0)  # the general view set's extras
 ZOOM_IN = 0.9  # region views: the part of the query a training image's tile fills
+PARTIAL_BLOCK, PARTIAL_KEEP = (
+    8,
+    0.5,
+)  # partial similarity: 8x8-pixel blocks of the thumbnail, the best half kept
 _OPERATORS_LOCK = threading.Lock()
 OPERATORS = 72  # resampling operators kept: the coarse views' and every refinement's (about 1 MB each)
 PHASH_THRESHOLD = 0.88  # 1 - 30/256 = 0.883: at most 30 of 256 bits differ
@@ -259,6 +263,11 @@ class Embedder:
     def refine_views(self, view: View) -> tuple[View, ...]:
         """Views near `view` (a query's best), compared with its best candidates only (none by default)."""
         return ()
+
+    def partial_similarity(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray | None:
+        """How well part of the query matches each candidate vector ((k,) similarities), for embedders whose vectors
+        are images (pixel); None where a vector has no parts."""
+        return None
 
     def region_views(self) -> tuple[View, ...]:
         """Views a query is compared with the training images' tiles under (TILES): identity and flips by default."""
@@ -503,6 +512,25 @@ class PixelEmbedder(Embedder):
         return (
             self.default_views("tuned") + zoom + tuple(replace(t, penalty=GEOMETRIC_PENALTY) for t in TILES)
         )
+
+    def partial_similarity(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The correlation of the query's thumbnail with each candidate's over the PARTIAL_KEEP share of their
+        PARTIAL_BLOCK-pixel blocks where the two agree best: a copy with a marker, text or another local change
+        on part of it still agrees on the rest (benchmarks/screen_quality.py, overlay)."""
+        blocks = self.size // PARTIAL_BLOCK
+
+        def tiled(v: np.ndarray) -> np.ndarray:  # (n, blocks * blocks, PARTIAL_BLOCK ** 2)
+            v = v.reshape(-1, blocks, PARTIAL_BLOCK, blocks, PARTIAL_BLOCK).transpose(0, 1, 3, 2, 4)
+            return v.reshape(len(v), blocks * blocks, -1)
+
+        q, x = tiled(query[None]), tiled(candidates)
+        keep = max(1, round(PARTIAL_KEEP * blocks * blocks))
+        best = np.argsort(((q - x) ** 2).sum(axis=2), axis=1, kind="stable")[:, :keep, None]
+        q = np.take_along_axis(np.broadcast_to(q, x.shape), best, 1).reshape(len(x), -1)
+        x = np.take_along_axis(x, best, 1).reshape(len(x), -1)
+        q, x = q - q.mean(axis=1, keepdims=True), x - x.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(q, axis=1) * np.linalg.norm(x, axis=1)
+        return np.where(norms > 0, (q * x).sum(axis=1) / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 
     def refine_views(self, view: View) -> tuple[View, ...]:
         """The 26 views half a thumbnail pixel and 2.5% zoom around `view` (same turn, flip, inversion), with the

@@ -129,6 +129,12 @@ class TrainingIndex:
         return float(self.meta["threshold"])
 
     @property
+    def partial_threshold(self) -> float | None:
+        """The partial-similarity threshold calibrated at build time; None for indexes built without one."""
+        value = self.meta.get("screening", {}).get("calibration", {}).get("partial_threshold")
+        return None if value is None else float(value)
+
+    @property
     def view_set(self) -> str:
         """The query views its threshold was set for: 'general', or 'tuned' for indexes built before issue #16."""
         return self.meta.get("screening", {}).get("views", "tuned")

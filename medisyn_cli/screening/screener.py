@@ -51,6 +51,9 @@ class ScreenResult:
     nn_label: str | None = None  # the training image's label, where its source had one
     view: str = "identity"  # the query view that matched best (identity, hflip, vflip, box(...))
     region: str = ""  # the training image's tile that matched ("region(l,t,r,b)"), "" for the whole image
+    partial_similarity: float | None = (
+        None  # the query's best half against its closest candidate; None: not measured
+    )
 
 
 def require_embedder(index: TrainingIndex, spec: str) -> None:
@@ -73,9 +76,22 @@ class Screener:
         views: bool = True,
         candidates: int = 5,
         view_set: str | None = None,
+        partial_threshold: float | None = None,
+        measure_partial: bool = False,
     ):
         self.index, self.embedder = index, index.embedder
         self.threshold = self.embedder.valid_threshold(index.threshold if threshold is None else threshold)
+        partial = index.partial_threshold if partial_threshold is None else partial_threshold
+        self.partial_threshold = None if partial is None else self.embedder.valid_threshold(partial)
+        self.partial = (
+            (measure_partial or self.partial_threshold is not None)
+            and views
+            and index.can_reconstruct
+            and self.embedder.partial_similarity(
+                np.zeros(self.embedder.dim), np.zeros((1, self.embedder.dim))
+            )
+            is not None
+        )
         self.view_set = view_set or index.view_set
         all_views = self.embedder.default_views(self.view_set)
         self.views = all_views if views else all_views[:1]
@@ -117,7 +133,7 @@ class Screener:
         matches = self._best(
             images, exclude, self.views, pick(self.views), index.search, index.reconstruct if refine else None
         )
-        regions = [None] * len(images)
+        whole, regions = list(matches), [None] * len(images)
         if self.region_views:
             tiles = len(TILES)
             banned = [{t * tiles + r for t in b for r in range(tiles)} for b in exclude]
@@ -133,6 +149,12 @@ class Screener:
                 if tile >= 0 and sim - REGION_PENALTY > matches[j][0]:
                     matches[j] = (sim - REGION_PENALTY, tile // tiles, view, None)
                     regions[j] = TILES[tile % tiles].box
+        partial = [
+            self._partial(image, match) if self.partial else None for image, match in zip(images, whole)
+        ]
+        for j, found in enumerate(partial):
+            if found is not None and not matches[j][0] >= self.threshold and self._partly(found[0]):
+                matches[j], regions[j] = (found[2], found[1], whole[j][2], None), None
         ids = np.array([m[1] for m in matches], dtype=np.int64)
         keys, labels = self.index.key(ids), self.index.label(ids)
         return [
@@ -140,13 +162,33 @@ class Screener:
                 int(i),
                 key,
                 float(sim),
-                bool(sim >= self.threshold),
+                bool(sim >= self.threshold or (found is not None and self._partly(found[0]))),
                 label,
                 view.name,
                 "" if region is None else "region(" + ",".join(f"{v:.2f}" for v in region) + ")",
+                None if found is None else found[0],
             )
-            for (sim, i, view, _), key, label, region in zip(matches, keys, labels, regions)
+            for (sim, i, view, _), key, label, region, found in zip(matches, keys, labels, regions, partial)
         ]
+
+    def _partly(self, similarity: float) -> bool:
+        return self.partial_threshold is not None and similarity >= self.partial_threshold
+
+    def _partial(self, image, match: tuple) -> tuple[float, int, float] | None:
+        """(partial similarity, id, whole similarity) of the whole-image match's candidate (nn among them) whose
+        best half agrees best with the query's, under the matched view (Embedder.partial_similarity)."""
+        _, nn, view, candidates = match
+        ids = np.unique(np.append(np.asarray(candidates if candidates is not None else [], np.int64), nn))
+        ids = ids[ids >= 0]
+        if not len(ids):
+            return None
+        query = self.embedder.embed_views([image], (view,))[0, 0]
+        vectors = self.index.reconstruct(ids)
+        with blas_threads():
+            scores = self.embedder.partial_similarity(query, vectors)
+            best = int(np.argmax(scores))
+            whole = float(min(query @ vectors[best], 1.0))
+        return float(scores[best]) - view.penalty, int(ids[best]), whole - view.penalty
 
     def _search_regions(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.region_search is None:
