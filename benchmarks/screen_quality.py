@@ -543,6 +543,7 @@ def summarise(result: dict) -> dict:
     at = {"1%": threshold_at_fpr(result["neg"], 0.01), "0.1%": threshold_at_fpr(result["neg"], 0.001)}
     summary: dict = {
         "thresholds": result["thresholds"],
+        "partial_thresholds": result.get("partial_thresholds", {}),
         "fpr_thresholds": at,
         "fp_default": float(np.mean(result["neg"] >= default_neg)),
         "fp_default_per_set": {
@@ -627,6 +628,12 @@ def table(summaries: dict) -> list[str]:
         lines.append(
             f"  {name}: default thresholds "
             + ", ".join(f"{d[:8]} {t:.4f}" for d, t in s["thresholds"].items())
+            + (
+                "; partial thresholds "
+                + ", ".join(f"{d[:8]} {t:.4f}" for d, t in s["partial_thresholds"].items() if t is not None)
+                if any(t is not None for t in s.get("partial_thresholds", {}).values())
+                else ""
+            )
             + "; FP per set "
             + ", ".join(f"{d[:8]} {100 * v:.2f}%" for d, v in s["fp_default_per_set"].items())
         )

@@ -420,6 +420,7 @@ def test_index_build_prints_the_calibration_curve(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert "calibrated for 5.00% false positives" in result.output and "copies caught" in result.output
+    assert f"partial threshold {meta['screening']['calibration']['partial_threshold']:g}" in result.output
     assert f"{meta['threshold']:g}" in result.output
     plain = CliRunner().invoke(
         app,

@@ -287,3 +287,32 @@ def test_partial_rule_flags_at_its_own_threshold_and_reports_the_partial_match(i
         [copy]
     )
     assert not below[0].near_copy and above[0].near_copy and above[0].nn_id == 3 and above[0].region == ""
+
+
+def test_screen_flags_a_partial_copy_at_the_index_partial_threshold_and_reports_it(index, tmp_path):
+    import csv
+    import json
+    import shutil
+
+    from medisyn_cli.screening.audit import screen_dataset
+
+    calibrated = (
+        tmp_path / "calibrated"
+    )  # the fixture index is too small to calibrate: give it a partial threshold
+    shutil.copytree(index.path, calibrated)
+    meta = json.loads((calibrated / "index.json").read_text())
+    meta["threshold"], meta["screening"]["calibration"]["partial_threshold"] = 0.99, 0.97
+    (calibrated / "index.json").write_text(json.dumps(meta))
+    folder = tmp_path / "synthetic"
+    folder.mkdir()
+    overlaid(Image.open(index.key([3])[0])).save(folder / "marked.png")
+    Image.open(FIXTURES / "screen" / "distinct" / "tr_normal2_im_0775_0001.png").save(folder / "other.png")
+    summary = screen_dataset(folder, calibrated, report_dir=tmp_path / "report", show_progress=False)
+    with open(tmp_path / "report" / "screen.csv", newline="") as handle:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(handle)}
+    marked = rows["marked.png"]
+    assert summary.near_copies == 1 and marked["near_copy"] == "True" and int(marked["nn_id"]) == 3
+    assert float(marked["nn_similarity"]) < 0.99 and float(marked["partial_similarity"]) >= 0.97
+    assert rows["other.png"]["near_copy"] == "False" and float(rows["other.png"]["partial_similarity"]) < 0.97
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert f"half of the image matches: partial similarity {float(marked['partial_similarity']):.3f}" in page

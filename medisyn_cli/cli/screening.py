@@ -126,6 +126,14 @@ def _print_calibration(calibration: dict) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if "partial_threshold" in calibration:
+        console.print(
+            f"partial threshold {calibration['partial_threshold']:g}: the best half of an image matching a training "
+            f"image's (markers, text, local edits); both rules together flag "
+            f"{calibration['partial_fpr_at_threshold']:.1%} of the same negatives",
+            highlight=False,
+            soft_wrap=True,
+        )
     table = Table(title="measured on the index's own images")
     for name in ("threshold", "false positives", "copies caught"):
         table.add_column(name)

@@ -31,8 +31,8 @@ class Check:
     privacy: object | None = None  # the ScreenResult when the run also screens against an index
 
     def __getattr__(self, name: str):
-        """nn_id, nn_key, nn_similarity, nn_label, view, region: the privacy result's, else None."""
-        if name in ("nn_id", "nn_key", "nn_similarity", "nn_label", "view", "region"):
+        """nn_id, nn_key, nn_similarity, nn_label, view, region, partial_similarity: the privacy result's, else None."""
+        if name in ("nn_id", "nn_key", "nn_similarity", "nn_label", "view", "region", "partial_similarity"):
             return getattr(self.privacy, name) if self.privacy is not None else None
         raise AttributeError(name)
 

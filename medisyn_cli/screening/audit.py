@@ -38,6 +38,7 @@ SCREEN_COLUMNS = {
     "near_copy": "bool_",
     "view": "string",
     "region": "string",
+    "partial_similarity": "float32",
     "error": "string",
 }
 THUMB = 96
@@ -45,9 +46,11 @@ THUMB = 96
 
 @dataclass(order=True)
 class Pair:
-    """A screened image and its nearest training image, for the report (thumbnail PNG bytes); ordered by similarity."""
+    """A screened image and its nearest training image, for the report (thumbnail PNG bytes); ordered near-copies
+    first (a partial copy can be less similar as a whole than a kept image), then by similarity."""
 
-    similarity: float
+    rank: tuple[bool, float]
+    similarity: float = field(compare=False)
     image: str = field(compare=False)
     nn_key: str = field(compare=False)
     near_copy: bool = field(compare=False)
@@ -55,6 +58,7 @@ class Pair:
     region: str = field(
         default="", compare=False
     )  # the training image's matched tile, "region(l,t,r,b)"; "" = whole
+    partial: float | None = field(default=None, compare=False)  # its partial similarity (None: not measured)
 
 
 @dataclass
@@ -183,7 +187,7 @@ def screen_dataset(
                 f"image), so nothing was screened"
             )
     summary.seconds = time.time() - clock
-    summary.pairs.sort(key=lambda pair: -pair.similarity)
+    summary.pairs.sort(reverse=True)  # near-copies first, then the most similar
 
     # 3. the report, the filtered copy, and screen.json last
     summary.files = ["screen.parquet", "screen.csv", "report.html", "screen.json"]
@@ -214,6 +218,7 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
             "near_copy": None,
             "view": None,
             "region": None,
+            "partial_similarity": None,
             "error": None,
         }
         image, error = decode(record)
@@ -235,6 +240,7 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
                 near_copy=result.near_copy,
                 view=result.view,
                 region=result.region,
+                partial_similarity=result.partial_similarity,
             )
             _tally(summary, row, image, pairs)
     summary.histogram += np.histogram([r["nn_similarity"] for r in rows if r["error"] is None], BINS)[0]
@@ -246,14 +252,17 @@ def _tally(summary: ScreenSummary, row: dict, image, pairs: int) -> None:
     summary.near_copies += int(row["near_copy"])
     counts = summary.per_label.setdefault(row["label"] or "-", [0, 0])
     counts[0], counts[1] = counts[0] + 1, counts[1] + int(row["near_copy"])
-    if len(summary.pairs) < pairs or row["nn_similarity"] > summary.pairs[0].similarity:
+    rank = (bool(row["near_copy"]), float(row["nn_similarity"]))
+    if len(summary.pairs) < pairs or rank > summary.pairs[0].rank:
         pair = Pair(
+            rank,
             row["nn_similarity"],
             row["image"],
             row["nn_key"],
             row["near_copy"],
             thumbnail_png(image),
             row["region"] or "",
+            row["partial_similarity"],
         )
         (heapq.heappush if len(summary.pairs) < pairs else heapq.heapreplace)(summary.pairs, pair)
 

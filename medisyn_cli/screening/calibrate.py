@@ -13,6 +13,7 @@ from medisyn_cli.screening.screener import Screener
 
 CALIBRATION_SAMPLE, CALIBRATION_MIN = 200, 50  # images planted as copies; fewer images keep the default
 THRESHOLD_RANGE = (0.90, 0.995)
+PARTIAL_MARGIN = 0.01  # the partial-similarity threshold is at least this far above the whole-image one
 
 
 CURVE = tuple(round(0.9 + 0.005 * i, 3) for i in range(20))
@@ -72,7 +73,7 @@ def calibrate(
     partial = np.array([-np.inf if r.partial_similarity is None else r.partial_similarity for r in found])
     return {
         "threshold": threshold,
-        **(_partial_threshold(negatives, partial, threshold, target_fpr) if screener.partial else {}),
+        **(_partial_threshold(negatives, partial, threshold) if screener.partial else {}),
         "target_fpr": target_fpr,
         "view_set": screener.view_set,
         "floor": floor,
@@ -120,19 +121,15 @@ def _duplicates_of(screener: Screener, images: list, ids: list[int]) -> list[set
     return banned
 
 
-def _partial_threshold(
-    negatives: np.ndarray, partial: np.ndarray, threshold: float, target_fpr: float
-) -> dict:
-    """The partial-similarity threshold: the lowest (at least `threshold`, 3 decimals) at which the negatives that
-    either rule flags stay within `target_fpr`, or within what the whole-image threshold alone lets through."""
+def _partial_threshold(negatives: np.ndarray, partial: np.ndarray, threshold: float) -> dict:
+    """The partial-similarity threshold: just above the highest partial similarity of the negatives the whole-image
+    threshold lets through (the partial rule adds no false positive on the index's own images: a few hundred
+    negatives cannot measure a 0.5% tail of a second rule), and at least PARTIAL_MARGIN above `threshold` (the
+    best half of any pair agrees better than the whole)."""
     flagged = negatives >= threshold
-    allowed = max(target_fpr, float(np.mean(flagged)))
-    unflagged = np.sort(partial[~flagged])[::-1]
-    spare = max(
-        0, int(np.floor(allowed * len(negatives) + 1e-9)) - int(flagged.sum())
-    )  # the partial rule may add
-    above = float(unflagged[spare]) if spare < len(unflagged) and np.isfinite(unflagged[spare]) else -1.0
-    value = round(min(max(threshold, math.floor(above * 1000) / 1000 + 0.001), 1.0), 3)
+    kept = partial[~flagged & np.isfinite(partial)]
+    above = math.floor(float(kept.max()) * 1000) / 1000 + 0.001 if len(kept) else -1.0
+    value = round(min(max(threshold + PARTIAL_MARGIN, above), 1.0), 3)
     return {
         "partial_threshold": value,
         "partial_fpr_at_threshold": round(float(np.mean(flagged | (partial >= value))), 4),

@@ -69,6 +69,11 @@ def write_screen_report(summary, path: Path, index) -> Path:
                 if pair.region
                 else ""
             )
+            + (
+                f'<span class="region">half of the image matches: partial similarity {pair.partial:.3f}</span><br>'
+                if pair.near_copy and pair.partial is not None and pair.similarity < summary.threshold
+                else ""
+            )
             + f'<span class="key">{e(pair.image)}<br>&harr; {e(pair.nn_key)}</span></div>'
         )
     body.append("</div>")

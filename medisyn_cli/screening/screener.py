@@ -311,6 +311,7 @@ class RejectedLog:
         "nn_similarity": "float32",
         "view": "string",
         "region": "string",
+        "partial_similarity": "float32",
     }
 
     def __init__(self, path):
@@ -334,7 +335,15 @@ class RejectedLog:
             "attempt": item.attempt,
             **{
                 name: getattr(screen, name)
-                for name in ("nn_id", "nn_key", "nn_label", "nn_similarity", "view", "region")
+                for name in (
+                    "nn_id",
+                    "nn_key",
+                    "nn_label",
+                    "nn_similarity",
+                    "view",
+                    "region",
+                    "partial_similarity",
+                )
             },
         }
 
