@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.embed import TILES, Embedder
+from medisyn_cli.screening.embed import TILES, Embedder, blas_threads
 
 FLAT_MAX = 100_000  # auto: exact search up to this many vectors (and while it fits the memory budget)
 
@@ -269,8 +269,6 @@ def rescore(
     """The top k of candidate `ids` (per query; -1: none) by exact inner product with `vectors` (may be a memmap).
     Consecutive queries (the views of one image) share most candidates: each block of queries gathers its distinct
     candidates once and scores them in one product, when that is less work than a gather per candidate."""
-    from medisyn_cli.screening.embed import blas_threads
-
     queries, vectors = (
         np.ascontiguousarray(queries, dtype=np.float32),
         np.asarray(vectors),
