@@ -382,7 +382,7 @@ def _read_faiss(path: Path, embedder: Embedder):
         raise MedisynError(f"{path}: cannot read the FAISS index ({first}); rebuild it") from exc
 
 
-SMALL_SEARCH = 1_000_000_000  # query x vector x dimension products (about 50 ms on one core) below which one
+SMALL_SEARCH = 2_000_000_000  # query x vector x dimension products (about 100 ms on one core) below which one
 
 
 def region_index(regions: np.ndarray | None, count: int, model: Embedder):
