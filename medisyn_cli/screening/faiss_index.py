@@ -382,7 +382,9 @@ def _read_faiss(path: Path, embedder: Embedder):
         raise MedisynError(f"{path}: cannot read the FAISS index ({first}); rebuild it") from exc
 
 
-SMALL_SEARCH = 2_000_000_000  # query x vector x dimension products (about 100 ms on one core) below which one
+# query x vector x dimension products (about 100 ms on one core) below which one FAISS thread is faster beside a
+# busy model (benchmarks/overhead.py: generate's 8-image batches against the general views and the tiles)
+SMALL_SEARCH = 2_000_000_000
 
 
 def region_index(regions: np.ndarray | None, count: int, model: Embedder):

@@ -48,18 +48,6 @@ REGIONS_MAX = 20_000  # images up to which `index build` adds the tiles by defau
 FORMAT = 1
 
 
-# --- choosing and building the FAISS index --------------------------------------------------------------
-
-
-# --- exact search, recall and the training set's own neighbour distances --------------------------------
-
-
-# FAISS thread is faster beside a busy model (benchmarks/overhead.py)
-
-
-# --- build ----------------------------------------------------------------------------------------------
-
-
 # --- load -----------------------------------------------------------------------------------------------
 
 
