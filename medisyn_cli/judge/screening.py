@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.judge.model import Judge, load_judge, read_meta
-from medisyn_cli.screening.screener import RejectedLog
+from medisyn_cli.screening.screener import MATCH_FIELDS, RejectedLog
 
 DEFAULT_MIN_SCORE = 0.5
 NEAR_COPY, LABEL = "near_copy", "label"
@@ -31,8 +31,8 @@ class Check:
     privacy: object | None = None  # the ScreenResult when the run also screens against an index
 
     def __getattr__(self, name: str):
-        """nn_id, nn_key, nn_similarity, nn_label, view, region, partial_similarity: the privacy result's, else None."""
-        if name in ("nn_id", "nn_key", "nn_similarity", "nn_label", "view", "region", "partial_similarity"):
+        """The privacy result's MATCH_FIELDS (nn_id, nn_key, nn_similarity...), else None."""
+        if name in MATCH_FIELDS:
             return getattr(self.privacy, name) if self.privacy is not None else None
         raise AttributeError(name)
 

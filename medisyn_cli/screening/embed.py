@@ -47,10 +47,8 @@ PIXEL_THRESHOLD = 0.97
 GEOMETRIC_PENALTY = 0.015
 CROPS, ZOOM_OUT, ANGLES = (0.8,), (0.05, 0.1, 0.15), (-10.0, -5.0, 5.0, 10.0)  # the general view set's extras
 ZOOM_IN = 0.9  # region views: the part of the query a training image's tile fills
-PARTIAL_BLOCK, PARTIAL_KEEP = (
-    8,
-    0.5,
-)  # partial similarity: 8x8-pixel blocks of the thumbnail, the best half kept
+# partial similarity: 8x8-pixel blocks of the thumbnail, the best half kept
+PARTIAL_BLOCK, PARTIAL_KEEP = 8, 0.5
 _OPERATORS_LOCK = threading.Lock()
 OPERATORS = 72  # resampling operators kept: the coarse views' and every refinement's (about 1 MB each)
 PHASH_THRESHOLD = 0.88  # 1 - 30/256 = 0.883: at most 30 of 256 bits differ
@@ -240,6 +238,7 @@ class Embedder:
     binary: bool = False
     default_threshold: float = 0.9
     calibrated_default: bool = True  # default_threshold measured on patient-split real data (False: a guess)
+    has_parts: bool = False  # vectors are images, so partial_similarity can compare their parts (pixel)
 
     def settings(self) -> dict:
         """Everything that changes the vectors; stored in index.json and compared when an index is loaded."""
@@ -264,10 +263,10 @@ class Embedder:
         """Views near `view` (a query's best), compared with its best candidates only (none by default)."""
         return ()
 
-    def partial_similarity(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray | None:
+    def partial_similarity(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """How well part of the query matches each candidate vector ((k,) similarities), for embedders whose vectors
-        are images (pixel); None where a vector has no parts."""
-        return None
+        are images (`has_parts`)."""
+        raise NotImplementedError(f"{self.name} vectors have no parts")
 
     def region_views(self) -> tuple[View, ...]:
         """Views a query is compared with the training images' tiles under (TILES): identity and flips by default."""
@@ -341,6 +340,8 @@ class PixelEmbedder(Embedder):
     is one linear operator (resample, then blur) applied as two matrix products, so 300 views cost ~10 ms.
     """
 
+    has_parts = True
+
     def __init__(self, size: int = 32, window: float = 0.8, blur: float = 1.2, background: float = 4.0):
         self.name, self.size, self.window, self.blur, self.background = (
             "pixel",
@@ -397,9 +398,8 @@ class PixelEmbedder(Embedder):
         """(V, dim) band-passed, standardised, L2-normalised thumbnails of one grey image under the flip/box views
         of `operator` (`_operator`)."""
         rows, row_of, cols, by_col = operator
-        resampled = (rows @ grey).reshape(
-            2, -1, self.size, grey.shape[1]
-        )  # each distinct vertical resampling
+        # each distinct vertical resampling, low-pass and high-pass
+        resampled = (rows @ grey).reshape(2, -1, self.size, grey.shape[1])
         band = np.empty((2, len(row_of), self.size, self.size), np.float32)  # low-pass and high-pass
         for col, positions in enumerate(by_col):  # one product per pass and horizontal resampling
             for i in range(2):
@@ -449,19 +449,21 @@ class PixelEmbedder(Embedder):
         each column block."""
         low, high = _gaussian_matrix(self.size, self.blur), _gaussian_matrix(self.size, self.background)
         high = high if self.background > 0 else np.zeros_like(high)
-        row_keys = {(v.box[1], v.box[3], v.flip == "v"): None for v in views}
-        col_keys = {(v.box[0], v.box[2], v.flip == "h"): None for v in views}
-        ry = np.stack([self._resample_axis(*k, shape[0]) for k in row_keys])  # (Y, size, H)
-        rx = np.stack([self._resample_axis(*k, shape[1]) for k in col_keys])  # (X, size, W)
+        row_keys = [(v.box[1], v.box[3], v.flip == "v") for v in views]
+        col_keys = [(v.box[0], v.box[2], v.flip == "h") for v in views]
+        row_index, col_index = (
+            {key: i for i, key in enumerate(dict.fromkeys(keys))} for keys in (row_keys, col_keys)
+        )
+        ry = np.stack([self._resample_axis(*k, shape[0]) for k in row_index])  # (Y, size, H)
+        rx = np.stack([self._resample_axis(*k, shape[1]) for k in col_index])  # (X, size, W)
         rows = np.stack([low @ ry, high @ ry]).reshape(-1, shape[0])
         cols = np.stack([low @ rx, high @ rx]).transpose(0, 1, 3, 2)
-        row_of = np.array([list(row_keys).index((v.box[1], v.box[3], v.flip == "v")) for v in views])
-        col_of = np.array([list(col_keys).index((v.box[0], v.box[2], v.flip == "h")) for v in views])
+        col_of = np.array([col_index[k] for k in col_keys])
         return (
             rows.astype(np.float32),
-            row_of,
+            np.array([row_index[k] for k in row_keys]),
             np.ascontiguousarray(cols, dtype=np.float32),
-            [np.flatnonzero(col_of == col) for col in range(len(col_keys))],
+            [np.flatnonzero(col_of == col) for col in range(len(col_index))],
         )
 
     def _resample_axis(self, start: float, stop: float, flipped: bool, length: int) -> np.ndarray:

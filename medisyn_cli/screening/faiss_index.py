@@ -199,9 +199,8 @@ def fill_index(vectors: np.ndarray, plan: IndexPlan, embedder: Embedder, chunk: 
     index = new_faiss_index(plan, embedder)
     if not index.is_trained:
         if plan.type == "ivfpq" and len(vectors) < 39 * 2 ** plan.params["nbits"]:
-            index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = (
-                1  # tiny sets: no warnings
-            )
+            # tiny sets: train anyway, without faiss's warnings
+            index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1
         step = max(1, len(vectors) // plan.params["train_size"])
         index.train(np.ascontiguousarray(vectors[::step][: plan.params["train_size"]], dtype=np.float32))
     for start in range(0, len(vectors), chunk):
@@ -269,10 +268,8 @@ def rescore(
     """The top k of candidate `ids` (per query; -1: none) by exact inner product with `vectors` (may be a memmap).
     Consecutive queries (the views of one image) share most candidates: each block of queries gathers its distinct
     candidates once and scores them in one product, when that is less work than a gather per candidate."""
-    queries, vectors = (
-        np.ascontiguousarray(queries, dtype=np.float32),
-        np.asarray(vectors),
-    )  # memmap: a plain view
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    vectors = np.asarray(vectors)  # a memmap as a plain view: no memmap wrapping per gather
     exact = np.empty(ids.shape, np.float32)
     with blas_threads():
         for start in range(0, len(ids), block):
@@ -289,9 +286,8 @@ def rescore(
     return np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1)
 
 
-RESCORE_SHARED = (
-    8  # a block's distinct candidates, per candidate column, up to which one product scores them all
-)
+# a block's distinct candidates, per candidate column, up to which one product scores them all
+RESCORE_SHARED = 8
 
 
 @contextmanager

@@ -51,9 +51,12 @@ class ScreenResult:
     nn_label: str | None = None  # the training image's label, where its source had one
     view: str = "identity"  # the query view that matched best (identity, hflip, vflip, box(...))
     region: str = ""  # the training image's tile that matched ("region(l,t,r,b)"), "" for the whole image
-    partial_similarity: float | None = (
-        None  # the query's best half against its closest candidate; None: not measured
-    )
+    # the query's best half against its closest candidate; None: not measured
+    partial_similarity: float | None = None
+
+
+# the ScreenResult fields other records carry (rejected.parquet, the label judge's checks)
+MATCH_FIELDS = ("nn_id", "nn_key", "nn_label", "nn_similarity", "view", "region", "partial_similarity")
 
 
 def require_embedder(index: TrainingIndex, spec: str) -> None:
@@ -87,10 +90,7 @@ class Screener:
             (measure_partial or self.partial_threshold is not None)
             and views
             and index.can_reconstruct
-            and self.embedder.partial_similarity(
-                np.zeros(self.embedder.dim), np.zeros((1, self.embedder.dim))
-            )
-            is not None
+            and self.embedder.has_parts
         )
         self.view_set = view_set or index.view_set
         all_views = self.embedder.default_views(self.view_set)
@@ -152,8 +152,9 @@ class Screener:
         partial = [
             self._partial(image, match) if self.partial else None for image, match in zip(images, whole)
         ]
+        partly = [found is not None and self._partly(found[0]) for found in partial]
         for j, found in enumerate(partial):
-            if found is not None and not matches[j][0] >= self.threshold and self._partly(found[0]):
+            if partly[j] and not matches[j][0] >= self.threshold:  # the partial match is the one reported
                 matches[j], regions[j] = (found[2], found[1], whole[j][2], None), None
         ids = np.array([m[1] for m in matches], dtype=np.int64)
         keys, labels = self.index.key(ids), self.index.label(ids)
@@ -162,13 +163,15 @@ class Screener:
                 int(i),
                 key,
                 float(sim),
-                bool(sim >= self.threshold or (found is not None and self._partly(found[0]))),
+                bool(sim >= self.threshold or flagged),
                 label,
                 view.name,
                 "" if region is None else "region(" + ",".join(f"{v:.2f}" for v in region) + ")",
                 None if found is None else found[0],
             )
-            for (sim, i, view, _), key, label, region, found in zip(matches, keys, labels, regions, partial)
+            for (sim, i, view, _), key, label, region, found, flagged in zip(
+                matches, keys, labels, regions, partial, partly
+            )
         ]
 
     def _partly(self, similarity: float) -> bool:
@@ -333,18 +336,7 @@ class RejectedLog:
             "prompt": item.job.prompt,
             "seed": item.seed,
             "attempt": item.attempt,
-            **{
-                name: getattr(screen, name)
-                for name in (
-                    "nn_id",
-                    "nn_key",
-                    "nn_label",
-                    "nn_similarity",
-                    "view",
-                    "region",
-                    "partial_similarity",
-                )
-            },
+            **{name: getattr(screen, name) for name in MATCH_FIELDS},
         }
 
     def write(self, items: list) -> None:
