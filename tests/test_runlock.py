@@ -15,11 +15,11 @@ from medisyn_cli.core.runlock import RunBusy, RunLock, process_start, read_holde
 
 HOST = socket.gethostname()
 MALFORMED = [
-    '{"host": "%s", "pid": "abc", "since": "then"}' % HOST,
+    json.dumps({"host": HOST, "pid": "abc", "since": "then"}),
     "[1, 2, 3]",
-    '{"host": "%s", "pid": 123456789012345678901}' % HOST,
-    '{"host": "%s", "pid": -4}' % HOST,
-    '{"host": "%s", "pid": true}' % HOST,
+    json.dumps({"host": HOST, "pid": 123456789012345678901}),
+    json.dumps({"host": HOST, "pid": -4}),
+    json.dumps({"host": HOST, "pid": True}),
     '{"host": ["x"], "pid": 12}',
     "{}",
     '"just a string"',
