@@ -13,18 +13,33 @@ from medisyn_cli.cli.judge import judge_app
 from medisyn_cli.cli.screening import index_app, screen
 from medisyn_cli.cli.study import study_app
 from medisyn_cli.cli.train import train
-from medisyn_cli.core.progress import console
+from medisyn_cli.core.progress import console, results
+from medisyn_cli.core.version import __version__
+
+# Help without a terminal (`medisyn generate --help > f`) wraps at this width and never cuts an option name.
+HELP_WIDTH_WITHOUT_TERMINAL = 120
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     help="Make synthetic medical image datasets with text-guided latent diffusion.\n\n"
     "Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth",
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        results.print(f"medisyn {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     state["debug"] = debug
 
 
@@ -41,8 +56,17 @@ app.add_typer(index_app, name="index")
 
 def main() -> None:
     """Console-script entry point."""
+    _help_width()
     try:
         app()
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+
+
+def _help_width() -> None:
+    """Typer renders help at 80 columns without a terminal, cutting option names; give it room instead."""
+    import typer.rich_utils
+
+    if typer.rich_utils.MAX_WIDTH is None and not sys.stdout.isatty():
+        typer.rich_utils.MAX_WIDTH = HELP_WIDTH_WITHOUT_TERMINAL

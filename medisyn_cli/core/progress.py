@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 from rich.console import Console
@@ -14,8 +16,20 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
-results = Console()
+# Without a terminal (a batch job's log, a pipe) nothing is cut to 80 columns: lines are as long as they need.
+UNLIMITED_WIDTH = 100_000
+
+
+def output_width(stream) -> int | None:
+    """The width to render for: the terminal's (None lets rich ask it), $COLUMNS if set, else unlimited."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    isatty = getattr(stream, "isatty", None)
+    return None if isatty is not None and isatty() else UNLIMITED_WIDTH
+
+
+console = Console(stderr=True, width=output_width(sys.stderr))
+results = Console(width=output_width(sys.stdout))
 
 
 class LoggingProgress(Progress):

@@ -1,0 +1,66 @@
+"""The face of the CLI (#28): `--version`, and output that is never cut when it goes to a file."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+import typer.main
+
+from medisyn_cli.cli.main import app
+from medisyn_cli.core.progress import UNLIMITED_WIDTH, output_width
+from medisyn_cli.core.version import __version__
+
+
+def _leaf_commands() -> list[tuple[list[str], object]]:
+    found = []
+
+    def walk(command, path: list[str]) -> None:
+        if hasattr(command, "commands"):
+            for name, sub in sorted(command.commands.items()):
+                walk(sub, path + [name])
+        else:
+            found.append((path, command))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_version_prints_the_package_version():
+    done = subprocess.run(["medisyn", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"medisyn {__version__}"
+
+
+def test_output_width_is_unlimited_without_a_terminal(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert output_width(io.StringIO()) == UNLIMITED_WIDTH
+    monkeypatch.setenv("COLUMNS", "132")
+    assert output_width(io.StringIO()) == 132
+
+
+@pytest.mark.slow
+def test_help_redirected_to_a_file_has_every_option_name_whole(tmp_path):
+    """`medisyn X --help > f` (no terminal) names every option of X in full, and cuts nothing with an ellipsis."""
+    script = (
+        "import sys; from medisyn_cli.cli.main import main; sys.argv = ['medisyn'] + sys.argv[1:]; main()"
+    )
+    for path, command in _leaf_commands():
+        log = tmp_path / "help.txt"
+        with log.open("w") as out:
+            subprocess.run(
+                [sys.executable, "-c", script, *path, "--help"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
+        text = log.read_text()
+        assert "…" not in text, f"medisyn {' '.join(path)} --help cuts text"
+        for param in command.params:
+            if getattr(param, "hidden", False):
+                continue
+            for name in param.opts:
+                if name.startswith("--"):
+                    assert name in text, f"medisyn {' '.join(path)} --help lost {name}"
