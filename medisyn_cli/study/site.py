@@ -33,9 +33,11 @@ def normalise(image, size: int, mode: str):
 
 
 def png_of(image) -> bytes:
-    """PNG bytes written the same way for every image (no text, time, gamma or physical-size chunks)."""
+    """PNG bytes written the same way for every image: no text, time, gamma or physical-size chunks, and no
+    compression, so every image of one size and mode has one byte size (a compressed size would tell smooth
+    synthetic images from real ones, and a browser shows it as Content-Length)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=6)
+    image.save(buffer, format="PNG", compress_level=0)
     return buffer.getvalue()
 
 
