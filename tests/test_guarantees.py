@@ -257,6 +257,46 @@ def test_after_kill_9_no_partial_dataset_is_loadable_and_ctrl_c_says_how_to_resu
     assert len(ImageFolder(str(out / "imagefolder"))) == 10
 
 
+def handles(pid: int, *numbers: int) -> bool:
+    """True once the process has its own handler for each signal (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return all(mask >> (number - 1) & 1 for number in numbers)
+
+
+def loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="reads /proc to see when start-up is under way"
+)
+def test_a_signal_during_start_up_is_one_line_and_exit_75_or_130(tiny_model, tmp_path):
+    out = tmp_path / "o"
+    cases = [
+        (signal.SIGTERM, None, 75, "interrupted: SIGTERM"),  # the moment the CLI starts: before Typer parses
+        (signal.SIGUSR1, "libtorch", 75, "interrupted: SIGUSR1"),  # while the model loads
+        (signal.SIGINT, "libtorch", 130, "interrupted: Ctrl-C"),
+    ]
+    for number, library, code, message in cases:
+        proc = start(tmp_path, tiny_model, out)
+        wait_for(lambda p=proc.pid: handles(p, signal.SIGTERM, signal.SIGUSR1), proc, timeout=60)
+        if library:
+            wait_for(lambda p=proc.pid, lib=library: loaded(p, lib), proc, timeout=60)
+        proc.send_signal(number)
+        stdout, stderr = proc.communicate(timeout=60)
+        lines = (stdout + stderr).strip().splitlines()
+        assert proc.returncode == code and len(lines) == 1 and lines[0].startswith(message), (number, lines)
+        assert "--resume" in lines[0] or number == signal.SIGINT
+        assert not (out / "_work").exists()
+
+
 def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkeypatch):
     import errno
 

@@ -1,4 +1,5 @@
-"""What every command shares: errors as exit codes (one line, exit 2), --debug, exit code constants."""
+"""What every command shares: errors as exit codes (one line, exit 2), signals from the first line, --debug, exit
+code constants."""
 
 from __future__ import annotations
 
@@ -13,6 +14,29 @@ state = {"debug": False}
 
 
 EXIT_MEMORISES = 3  # a class kept producing near-copies of training images
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # SLURM preemption and its --signal walltime warning
+
+
+class Stopped(BaseException):
+    """SIGTERM/SIGUSR1 outside the batch loop. A BaseException, as KeyboardInterrupt is, so that no library's
+    `except Exception` (around an optional import, say) swallows it and the command runs on."""
+
+    exit_code = 75
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGUSR1 stop the command (one line, exit 75: the sbatch script requeues) from the CLI's first
+    line; `generate` replaces them while it makes batches, so the batch in flight is finished first."""
+    import signal
+
+    def handler(number, frame):
+        raise Stopped(
+            f"{signal.Signals(number).name}: stopped before the command finished; what it completed is kept: run "
+            f"the same command again (generate: with --resume, same options)"
+        )
+
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), handler)
 
 
 @contextmanager
@@ -25,7 +49,7 @@ def errors_as_exit_codes():
             raise
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except Interrupted as exc:
+    except (Interrupted, Stopped) as exc:
         console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:

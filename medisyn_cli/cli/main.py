@@ -6,13 +6,14 @@ import sys
 
 import typer
 
-from medisyn_cli.cli.common import state
+from medisyn_cli.cli.common import Stopped, interrupt_on_signals, state
 from medisyn_cli.cli.evaluate import evaluate_app, report_command
 from medisyn_cli.cli.generate import generate, merge
 from medisyn_cli.cli.judge import judge_app
 from medisyn_cli.cli.screening import index_app, screen
 from medisyn_cli.cli.study import study_app
 from medisyn_cli.cli.train import train
+from medisyn_cli.core.errors import Interrupted
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.core.version import __version__
 
@@ -56,9 +57,13 @@ app.add_typer(index_app, name="index")
 
 def main() -> None:
     """Console-script entry point."""
-    _help_width()
     try:
+        interrupt_on_signals()
+        _help_width()
         app()
+    except (Interrupted, Stopped) as exc:  # a signal before a command's errors_as_exit_codes
+        console.print(f"interrupted: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
