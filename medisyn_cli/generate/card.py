@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from medisyn_cli.core.files import atomic_write_text
+from medisyn_cli.generate.plan import class_names
 from medisyn_cli.judge.card import card_lines as judge_lines
 
 HEADER = """---
@@ -56,12 +57,7 @@ def card_text(out: Path, summary) -> str:
         "",
         "## Classes",
         "",
-        "| label | images | regenerated | near-copies replaced |",
-        "|---|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {label} | {c.written}{' (ended early)' if c.ended else ''} | {c.regenerated} | {c.rejected} |"
-        for label, c in summary.counts.items()
+        *_class_lines(run, summary.counts),
     ]
     warnings = run.get("warnings") or []
     if warnings:
@@ -111,6 +107,28 @@ def card_text(out: Path, summary) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _class_lines(run: dict, counts: dict) -> list[str]:
+    """The class table in label_id order, and how the ids were chosen."""
+    names = (run.get("manifest") or {}).get("classes") or list(counts)
+    order = (
+        "in sorted order of their folder names (`imagefolder/<name>/`), as torchvision's and Hugging Face's "
+        "ImageFolder loaders do"
+        if names == class_names(names)
+        else "in manifest order (an older medisyn's rule: ImageFolder loaders number them differently)"
+    )
+    lines = [
+        f"`label_id` numbers the classes {order}; in Parquet it is a `ClassLabel` with these names.",
+        "",
+        "| label_id | label | images | regenerated | near-copies replaced |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for number, label in enumerate(names):
+        c = counts[label]
+        ended = " (ended early)" if c.ended else ""
+        lines.append(f"| {number} | {label} | {c.written}{ended} | {c.regenerated} | {c.rejected} |")
+    return lines
 
 
 def _adapter_lines(adapters: list[dict] | None) -> list[str]:

@@ -57,19 +57,25 @@ def image_id(label: str, index: int) -> str:
     return f"{safe_name(label)}-{index:06d}"
 
 
+def class_names(labels: list[str]) -> list[str]:
+    """The classes in label_id order: sorted by folder name, as torchvision's and `datasets`' ImageFolder do."""
+    return sorted(labels, key=lambda label: (safe_name(label), label))
+
+
 def iter_jobs(manifest: Manifest, counts: dict[str, int], seed: int) -> Iterator[Job]:
     """Jobs interleaved across classes (so any prefix stays balanced); variants used in turn."""
     labels = manifest.labels
+    ids = {label: number for number, label in enumerate(class_names(labels))}
     variants = {label: manifest.variants(label) for label in labels}
     for index in range(max(counts.values())):
-        for label_id, label in enumerate(labels):
+        for label in labels:
             if index >= counts[label]:
                 continue
             row = variants[label][index % len(variants[label])]
             yield Job(
                 id=image_id(label, index),
                 label=label,
-                label_id=label_id,
+                label_id=ids[label],
                 index=index,
                 prompt=row.prompt,
                 negative_prompt=row.negative_prompt,

@@ -13,6 +13,7 @@ from medisyn_cli.core.shards import Shard, batch_count
 from medisyn_cli.generate.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig
 from medisyn_cli.generate.finish import REJECTED_FILE
 from medisyn_cli.generate.manifest import Manifest
+from medisyn_cli.generate.plan import class_names
 from medisyn_cli.generate.runkey import run_key
 from medisyn_cli.pipeline.load import model_source
 
@@ -86,7 +87,11 @@ def start_record(
         "medisyn": _version("medisyn"),
         "command": "generate",
         "options": {**config.to_dict(), "out": str(out), "shard": None, "resume": False, "overwrite": False},
-        "manifest": {"path": str(manifest.path), "sha256": manifest.sha256, "classes": manifest.labels},
+        "manifest": {
+            "path": str(manifest.path),
+            "sha256": manifest.sha256,
+            "classes": class_names(manifest.labels),
+        },
         "model": {
             "source": model_source(config.model),
             "name": model_name(config.model),

@@ -19,7 +19,7 @@ from medisyn_cli.generate.finish import ClassCount, RunSummary, completed_summar
 from medisyn_cli.generate.manifest import Manifest, load_manifest
 from medisyn_cli.generate.plan import iter_jobs, quotas
 from medisyn_cli.generate.record import model_name, model_settings, start_record
-from medisyn_cli.generate.runkey import RESOLVED, run_key
+from medisyn_cli.generate.runkey import RESOLVED, check_numbering, run_key
 from medisyn_cli.generate.sampler import Renderer, Settings
 from medisyn_cli.generate.validate import (
     check_options,
@@ -106,6 +106,7 @@ def run_generate(config: GenerateConfig, show_progress: bool = True, env: dict |
         return RunSummary(out, manifest, counts, dry_run=True, preview=preview, warnings=inputs.warnings)
     refuse_if_busy(out)
     state = out_state(out, config, inputs.shard)
+    check_numbering(out, manifest, state)
     config = resolved_threads(recorded_threads(config, out, state))
     if state == "complete":
         return completed_summary(out, run_key(config, manifest, inputs.screener))

@@ -8,8 +8,14 @@ model, batch size, threads) are compared only when given.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.store import WorkDir
 from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.manifest import Manifest
+from medisyn_cli.generate.plan import class_names
 from medisyn_cli.judge.screening import judge_key
 from medisyn_cli.pipeline.load import model_source, weight_hashes
 from medisyn_cli.pipeline.lora import adapter_key
@@ -74,3 +80,24 @@ def key_of_record(run: dict) -> dict:
         "max_attempts": screening.get("max_attempts"),
         **{name: options.get(name) for name in NUMERIC_OPTIONS},
     }
+
+
+def check_numbering(out: Path, manifest: Manifest, state: str) -> None:
+    """A run continued (resume, shard, complete) must number its classes as this version does (label_id by
+    sorted folder name); an older medisyn numbered them in manifest order. Other differences: the run key."""
+    if state == "new":
+        return
+    work = WorkDir(out)
+    path = work.config_path if work.exists() else out / "run.json"
+    try:
+        recorded = json.loads(path.read_text())["manifest"]["classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable records are reported by the checks that need them
+    wanted = class_names(manifest.labels)
+    if recorded != wanted and sorted(recorded) == sorted(wanted):
+        raise MedisynError(
+            f"--out {out}: this run numbers its classes in manifest order (label_id 0 = '{recorded[0]}'), "
+            f"an older medisyn's rule; this version numbers them by sorted folder name, as ImageFolder "
+            f"loaders do (0 = '{wanted[0]}'), so its rows would disagree. Finish it with the medisyn that "
+            f"started it, or use --overwrite to start again"
+        )
