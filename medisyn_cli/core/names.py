@@ -1,0 +1,12 @@
+"""File names made from user text (labels): safe on every file system, and distinct for distinct labels."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+
+def safe_name(label: str) -> str:
+    """A label made safe as a file or folder name (the exact label stays in the metadata)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
+    return name if name == label else f"{name}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"

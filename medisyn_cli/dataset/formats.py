@@ -1,0 +1,73 @@
+"""The output-format registry: --format names -> OutputFormat objects (dataset.base), help and error texts from it.
+
+    register_format("dicom", dicom.FORMAT)      # one module per format; registered here, not by import side effect
+    get_format("webdataset").consolidate(work, out, batches, run)
+    format_names()                              # ("dicom", "webdataset", ...) for --help and error texts
+
+Adding a format: a module with an object that has the OutputFormat attributes and methods, and one
+`register_format` line (here for medisyn's own, anywhere for a plug-in).
+"""
+
+from __future__ import annotations
+
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.dataset import dicom, webdataset
+from medisyn_cli.dataset.base import OutputFormat
+
+_FORMATS: dict[str, OutputFormat] = {}
+METHODS = ("write_batch", "consolidate", "describe", "keep_out", "card_lines")
+
+
+def register_format(name: str, fmt: OutputFormat, replace: bool = False) -> None:
+    """Make `fmt` the --format value `name`; ValueError if it lacks a method or the name is taken."""
+    missing = [m for m in ("folder", "help", *METHODS) if not hasattr(fmt, m)]
+    if missing:
+        raise ValueError(f"format '{name}': missing {', '.join(missing)}")
+    if name in _FORMATS and _FORMATS[name] is not fmt and not replace:
+        raise ValueError(f"format '{name}' is already registered")
+    if not name or "," in name:
+        raise ValueError(f"format name {name!r}: must be a non-empty word without commas")
+    _FORMATS[name] = fmt
+
+
+def unregister_format(name: str) -> None:
+    """Remove a registered format (plug-ins and tests)."""
+    _FORMATS.pop(name, None)
+
+
+def format_names() -> tuple[str, ...]:
+    """The registered format names, in registration order."""
+    return tuple(_FORMATS)
+
+
+def get_format(name: str) -> OutputFormat:
+    """The format registered as `name`; MedisynError listing the known names otherwise."""
+    try:
+        return _FORMATS[name]
+    except KeyError:
+        raise MedisynError(f"--format: '{name}' is not one of {', '.join(format_names())}") from None
+
+
+def formats_help() -> str:
+    """One line per registered format, for --help."""
+    return "\n".join(f"{name}: {fmt.help}" for name, fmt in _FORMATS.items())
+
+
+register_format("dicom", dicom.FORMAT)
+register_format("webdataset", webdataset.FORMAT)
+
+
+# --format values that stand for several formats
+ALIASES = {"both": ("parquet", "imagefolder")}
+
+
+def parse_format_list(value: str) -> tuple[str, ...]:
+    """'dicom,webdataset' (aliases expanded, duplicates dropped) -> registered names; MedisynError naming the
+    unknown ones and listing the known."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    formats = tuple(dict.fromkeys(f for n in names for f in ALIASES.get(n, (n,))))
+    unknown = [f for f in formats if f not in _FORMATS]
+    if unknown or not formats:
+        known = ", ".join([*format_names(), *ALIASES])
+        raise MedisynError(f"--format: '{value}' is not a comma-separated list of {known}")
+    return formats
