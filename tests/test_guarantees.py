@@ -31,7 +31,7 @@ def exe() -> str:
     return shutil.which("medisyn") or str(Path(sys.executable).with_name("medisyn"))
 
 
-def start(tmp: Path, model: Path, out: Path, *extra: str, n: int = 10) -> subprocess.Popen:
+def start(tmp: Path, model: Path, out: Path, *extra: str, n: int = 10, **popen) -> subprocess.Popen:
     """`medisyn generate` as a real process, its output redirected (as in a batch job)."""
     if not (tmp / "m.csv").exists():
         (tmp / "m.csv").write_text(MANIFEST)
@@ -55,6 +55,7 @@ def start(tmp: Path, model: Path, out: Path, *extra: str, n: int = 10) -> subpro
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
 
 
@@ -336,6 +337,30 @@ def test_disk_full_names_the_file_and_how_to_resume(tiny_model, tmp_path, monkey
     monkeypatch.setattr(runner, "provenance_row", real)
     assert CliRunner().invoke(app, args + ["--resume"]).exit_code == 0
     assert len(pd.read_parquet(tmp_path / "o" / "parquet")) == 10
+
+
+def test_a_file_size_limit_is_like_a_full_disk_one_line_naming_the_file_and_resumable(tiny_model, tmp_path):
+    import resource
+
+    out = tmp_path / "o"
+    for kib, named in ((2, str(out / "_work" / "config.json")), (30, str(out))):
+        proc = start(
+            tmp_path,
+            tiny_model,
+            out,
+            "--steps",
+            "2",
+            *(["--resume"] if out.exists() else []),
+            n=12,
+            preexec_fn=lambda kib=kib: resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024)),
+        )
+        stdout, stderr = proc.communicate(timeout=300)
+        lines = (stdout + stderr).strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "File too large" in lines[0], lines
+        assert f"error: {named}" in lines[0] and "--resume" in lines[0]
+    code, output = run(tmp_path, tiny_model, out, "--steps", "2", "--resume", n=12)
+    assert code == 0, output
+    assert len(pd.read_parquet(out / "parquet")) == 12
 
 
 # --- medisyn screen ------------------------------------------------------------------------------------------

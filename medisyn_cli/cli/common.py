@@ -55,6 +55,16 @@ def errors_as_exit_codes():
     except KeyboardInterrupt:
         console.print("interrupted: Ctrl-C", highlight=False)
         raise typer.Exit(130) from None
+    except OSError as exc:
+        if state["debug"]:
+            raise
+        full = storage_full(exc)
+        console.print(
+            f"[red]error:[/red] {full or f'{type(exc).__name__}: {exc} (rerun with --debug for the traceback)'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2 if full else 1) from None
     except Exception as exc:
         if state["debug"]:
             raise
@@ -64,3 +74,22 @@ def errors_as_exit_codes():
             soft_wrap=True,
         )
         raise typer.Exit(1) from None
+
+
+def storage_full(exc: OSError) -> str | None:
+    """One line for a write refused for lack of room (disk full, quota, a file size limit such as `ulimit -f`):
+    the file, the cause, and how to go on; None for any other OSError."""
+    import errno
+
+    causes = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EFBIG: "the file size limit (ulimit -f, or the file system's largest file) is reached",
+    }
+    if exc.errno not in causes:
+        return None
+    return (
+        f"{exc.filename or 'a file'}: {exc.strerror} (errno {exc.errno}: {causes[exc.errno]}); make room or raise "
+        f"the limit, then run the same command again (generate: with --resume, same options; the batches done are "
+        f"kept)"
+    )

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.files import to_json
+from medisyn_cli.core.files import naming, to_json
 from medisyn_cli.core.runlock import RunBusy, RunLock
 
 WORK = "_work"
@@ -59,8 +59,9 @@ class WorkDir:
         for name in self.FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(to_json(record))
         try:
+            with naming(self.config_path):
+                tmp.write_text(to_json(record))
             os.link(tmp, self.config_path)  # atomic: fails if another process got there first
             return True
         except FileExistsError:
