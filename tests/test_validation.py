@@ -96,6 +96,40 @@ def test_broken_models_are_one_line_errors(tmp_path):
         assert not (tmp_path / "o").exists()
 
 
+def _no_unet_weights(model: Path) -> None:
+    (model / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+
+
+def _unet_config_of_another_size(model: Path) -> None:
+    config = json.loads((model / "unet" / "config.json").read_text())
+    (model / "unet" / "config.json").write_text(json.dumps({**config, "cross_attention_dim": 7}))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_no_unet_weights, "unet has config.json but no weights file"),
+        (
+            lambda m: (m / "unet" / "config.json").write_text('{"_class_name": "UNet2D'),
+            "config.json: not valid JSON",
+        ),
+        (lambda m: (m / "unet" / "config.json").write_text("[]"), "config.json: holds a JSON list"),
+        (lambda m: (m / "model_index.json").write_text(""), "model_index.json: not valid JSON"),
+        (lambda m: (m / "model_index.json").write_text("{}"), "model_index.json: names no pipeline class"),
+        (_unet_config_of_another_size, "not a loadable diffusers pipeline"),  # found only by loading it
+    ],
+)
+def test_a_damaged_model_folder_is_one_line_naming_the_file_exit_2(tmp_path, damage, message):
+    (tmp_path / "m.csv").write_text(GOOD)
+    model = tmp_path / "model"
+    shutil.copytree(REPO / "medisyn_cli" / "bundled" / "mini", model)
+    damage(model)
+    args = ["--manifest", tmp_path / "m.csv", "--n", "2", "--out", tmp_path / "o", "--model", model]
+    code, output = invoke("generate", *args, "--steps", "1", "--no-progress")
+    assert code == 2 and message in output and one_line(output), output
+    assert str(model) in output and not (tmp_path / "o").exists()
+
+
 def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path):
     (tmp_path / "m.csv").write_text(GOOD)
     (tmp_path / "file").write_text("")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import file_sha256
+from medisyn_cli.pipeline.speed import check_offload, offload_to
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -25,6 +26,16 @@ SCHEDULERS = {
     "ddpm": ("DDPMScheduler", {}),
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".ckpt",
+    ".pt",
+    ".pth",
+    ".msgpack",
+    ".safetensors.index.json",
+    ".bin.index.json",
+)
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
@@ -74,9 +85,14 @@ def model_source(model: str | None) -> str:
 
 
 def load_pipeline(
-    model: str | None, device: torch.device, dtype: torch.dtype, scheduler: str | None = "dpm++"
+    model: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    scheduler: str | None = "dpm++",
+    offload: str = "none",
 ) -> DiffusionPipeline:
-    """Load any text-to-image DiffusionPipeline, without safety checker, on a device."""
+    """Load any text-to-image DiffusionPipeline, without safety checker, on a device (or offloaded to it)."""
+    check_offload(offload, device)
     quiet_libraries()
     source = check_model_source(model)
     path = Path(source).expanduser()
@@ -95,7 +111,7 @@ def load_pipeline(
         import torch
 
         torch.set_flush_denormal(True)
-    return pipe.to(device)
+    return offload_to(pipe, offload, device)
 
 
 def check_model_source(model: str | None) -> str:
@@ -117,17 +133,14 @@ def check_model_source(model: str | None) -> str:
 
 
 def _check_folder(path: Path) -> None:
-    """A diffusers folder must have model_index.json and every component it lists, with readable weights."""
-    import json
-
-    try:
-        index = json.loads((path / "model_index.json").read_text())
-    except FileNotFoundError:
+    """A diffusers folder must have model_index.json naming a pipeline class, and every component it lists, with
+    readable configs and (for models) a readable weights file."""
+    index = _read_config(path / "model_index.json", "not a diffusers pipeline folder (no model_index.json)")
+    if not isinstance(index.get("_class_name"), str):
         raise MedisynError(
-            f"--model: {path} is not a diffusers pipeline folder (no model_index.json)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise MedisynError(f"--model: {path / 'model_index.json'}: not valid JSON ({exc})") from exc
+            f"--model: {path / 'model_index.json'}: names no pipeline class ('_class_name'); an incomplete "
+            f"download or copy?"
+        )
     for name, spec in index.items():
         if name.startswith("_") or not isinstance(spec, list) or None in spec:
             continue
@@ -136,8 +149,37 @@ def _check_folder(path: Path) -> None:
                 f"--model: {path} lists component '{name}' in model_index.json but has no {name}/ "
                 f"folder (an incomplete download or copy?)"
             )
-        for weights in (path / name).glob("*.safetensors"):
-            _check_safetensors(weights)
+        _check_component(path / name)
+
+
+def _check_component(folder: Path) -> None:
+    """Every *config.json of a component is a JSON object; a model component (config.json) has weights."""
+    for config in sorted(folder.glob("*config.json")):
+        _read_config(config, "missing")
+    weights = [f for f in folder.iterdir() if f.name.endswith(WEIGHT_SUFFIXES)]
+    if (folder / "config.json").exists() and not weights:
+        raise MedisynError(
+            f"--model: {folder} has config.json but no weights file ({', '.join(WEIGHT_SUFFIXES)}); an "
+            f"incomplete download or copy?"
+        )
+    for weights_file in weights:
+        if weights_file.suffix == ".safetensors":
+            _check_safetensors(weights_file)
+
+
+def _read_config(file: Path, missing: str) -> dict:
+    """A model's JSON config file as a dict; a one-line error naming the file if it is absent or not an object."""
+    import json
+
+    try:
+        config = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise MedisynError(f"--model: {file.parent}: {missing}") from None
+    except (OSError, ValueError) as exc:
+        raise MedisynError(f"--model: {file}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise MedisynError(f"--model: {file}: holds a JSON {type(config).__name__}, not an object")
+    return config
 
 
 def _check_safetensors(path: Path) -> None:
@@ -184,7 +226,20 @@ def _looks_local(source: str) -> bool:
 def _load_folder(path: Path, dtype):
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None)
+    try:
+        return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None)
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as exc:  # diffusers' many ways to say "broken"
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise MedisynError(
+            f"--model: {path}: not a loadable diffusers pipeline{where}: {type(exc).__name__}: "
+            f"{(str(exc).strip().splitlines() or [''])[0][:300]}"
+        ) from exc
 
 
 def _load_hub(repo_id: str, dtype):
