@@ -130,6 +130,39 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file_exit_2(tmp_path, dam
     assert str(model) in output and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            '{"label": "melanoma", "prompt": ["dermoscopy", "melanoma"]}',
+            "column 'prompt': expected a string, got a JSON list",
+        ),
+        (
+            '{"label": {"name": "melanoma"}, "prompt": "dermoscopy"}',
+            "column 'label': expected a string, got a JSON object",
+        ),
+        ('{"label": 3, "prompt": "dermoscopy"}', "column 'label': expected a string, got a JSON number"),
+        (
+            '{"label": "melanoma", "prompt": "x", "negative_prompt": true}',
+            "column 'negative_prompt': expected a string",
+        ),
+        (
+            '{"label": "melanoma", "prompt": "{finding}", "finding": [1]}',
+            "column 'finding': expected a string or a number",
+        ),
+    ],
+)
+def test_a_jsonl_value_that_is_not_text_is_one_line_naming_file_and_line(tmp_path, row, message):
+    path = tmp_path / "m.jsonl"
+    path.write_text(
+        '{"label": "nevus", "prompt": "dermoscopy image of benign nevus", "weight": 2}\n' + row + "\n"
+    )
+    code, output = invoke("generate", "--manifest", path, "--n", "4", "--out", tmp_path / "o", "--dry-run")
+    assert code == 2 and f"{path}:2: {message}" in output and one_line(output), output
+    path.write_text('{"label": "nevus", "prompt": "image of {finding}", "finding": 3, "weight": 2.5}\n')
+    assert load_manifest(path).rows[0].prompt == "image of 3"
+
+
 def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path):
     (tmp_path / "m.csv").write_text(GOOD)
     (tmp_path / "file").write_text("")

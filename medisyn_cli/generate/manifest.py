@@ -108,8 +108,29 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
         if not isinstance(record, dict):
             raise MedisynError(f"{path}:{line}: expected a JSON object per line")
         _check_columns(path, list(record), line)
-        records.append((line, {k: "" if v is None else str(v).strip() for k, v in record.items()}))
+        records.append((line, {k: _json_value(path, line, k, v) for k, v in record.items()}))
     return records
+
+
+def _json_value(path: Path, line: int, column: str, value) -> str:
+    """A JSONL value as the text a CSV cell would hold: text columns take strings, others strings or numbers."""
+    if value is None:
+        return ""
+    text_only = column in (*REQUIRED, *TEMPLATED, "mode")
+    if isinstance(value, str) or (
+        not text_only and isinstance(value, int | float) and not isinstance(value, bool)
+    ):
+        return str(value).strip()
+    wanted = "a string" if text_only else "a string or a number"
+    raise MedisynError(
+        f"{path}:{line}: column '{column}': expected {wanted}, got a JSON {_json_type(value)} "
+        f"({json.dumps(value)[:60]})"
+    )
+
+
+def _json_type(value) -> str:
+    names = {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _check_columns(path: Path, columns: list[str], line: int = 1) -> None:
