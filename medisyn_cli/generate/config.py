@@ -116,6 +116,19 @@ class GenerateConfig:
     )
     vae_slicing: bool = field(default=False, metadata={"help": "Decode one image at a time (less memory)."})
     vae_tiling: bool = field(default=False, metadata={"help": "Decode in tiles (large images, less memory)."})
+    attention_slicing: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute attention a slice of heads at a time (less memory on small GPUs, slower)."
+        },
+    )
+    offload: str = field(
+        default="none",
+        metadata={  # pipeline/speed.py OFFLOAD
+            "help": "Keep weights in CPU memory and move them to the GPU when used: none, model (one model at "
+            "a time, a little slower) or sequential (one layer at a time, least GPU memory, much slower)."
+        },
+    )
     loras: tuple[str, ...] = field(
         default=(),
         metadata={  # lora.py
@@ -163,6 +176,7 @@ FLAGS = {
     "shard": "--shard",
     "judge": "--judge",
     "min_label_score": "--min-label-score",
+    "offload": "--offload",
 }
 
 
@@ -173,6 +187,7 @@ SWITCHES = {
     "compile": "--compile",
     "vae_slicing": "--vae-slicing",
     "vae_tiling": "--vae-tiling",
+    "attention_slicing": "--attention-slicing",
     "fuse_lora": "--fuse-lora",
     "force_lora": "--force-lora",
 }

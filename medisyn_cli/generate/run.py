@@ -120,11 +120,19 @@ def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> Ru
     out, manifest, screener, judge = inputs.out, inputs.manifest, inputs.screener, inputs.judge
     device = resolve_device(config.device, inputs.shard.local_rank)
     dtype = resolve_dtype(config.dtype, device)
-    pipe = load_pipeline(config.model, device, _weights_dtype(dtype, device), config.scheduler)
+    pipe = load_pipeline(
+        config.model, device, _weights_dtype(dtype, device), config.scheduler, config.offload
+    )
     apply_adapters(pipe, inputs.adapters, config.fuse_lora)
     speed = apply_speed_options(
-        pipe, config.channels_last, config.compile, config.vae_slicing, config.vae_tiling
+        pipe,
+        config.channels_last,
+        config.compile,
+        config.vae_slicing,
+        config.vae_tiling,
+        config.attention_slicing,
     )
+    speed["offload"] = config.offload
     settings = Settings(**model_settings(config, pipe), autocast_bf16=_autocast(dtype, device))
     config, speed["batch_size_from"] = resolve_batch_size(config, pipe, settings, device, out)
     claim = claim_out(out, config, inputs.shard)

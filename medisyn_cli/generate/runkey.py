@@ -53,6 +53,9 @@ def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict
         "max_attempts": config.max_attempts if screened or config.judge else None,
         **judge_key(config),
         **{name: getattr(config, name) for name in NUMERIC_OPTIONS},
+        # sliced attention rounds differently; only when on, so that older keys still match. --offload moves
+        # weights between memories (the same kernels run on the same device) and is not compared
+        **({"attention_slicing": True} if config.attention_slicing else {}),
         **adapter_key(config),
     }
 

@@ -117,7 +117,7 @@ class PromptCache:
             self.cache.move_to_end(key)
             return self.cache[key]
         positive, negative_embeds = self.pipe.encode_prompt(
-            prompt, self.pipe.device, 1, self.guidance, negative or None
+            prompt, self.pipe._execution_device, 1, self.guidance, negative or None
         )
         self.cache[key] = (positive, negative_embeds)
         self.encoded += 1

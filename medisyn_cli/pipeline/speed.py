@@ -8,6 +8,8 @@ CPU_BATCH = 16  # at 64 px on CPU, 2.7x batch 1's images/s; 32 adds 4% (benchmar
 CPU_PIXELS = 128 * 128  # up to this image size CPU_BATCH; larger images get proportionally smaller batches
 MAX_BATCH = 64
 HEADROOM = 0.8  # share of the free device memory a batch may use
+# accelerate's CPU offload: one whole model on the GPU at a time, or one layer at a time
+OFFLOAD = ("none", "model", "sequential")
 
 
 def apply_speed_options(
@@ -16,6 +18,7 @@ def apply_speed_options(
     compile: bool = False,
     vae_slicing: bool = False,
     vae_tiling: bool = False,
+    attention_slicing: bool = False,
 ) -> dict:
     """Set the speed options on a loaded pipeline; returns what was applied (recorded in run.json)."""
     import torch
@@ -27,6 +30,8 @@ def apply_speed_options(
         pipe.vae.enable_slicing()
     if vae_tiling:
         pipe.vae.enable_tiling()
+    if attention_slicing:
+        pipe.enable_attention_slicing()
     if compile:
         try:
             pipe.unet = torch.compile(pipe.unet, fullgraph=False)
@@ -38,7 +43,30 @@ def apply_speed_options(
         "compile": compile,
         "vae_slicing": vae_slicing,
         "vae_tiling": vae_tiling,
+        "attention_slicing": attention_slicing,
     }
+
+
+def check_offload(offload: str, device) -> None:
+    """--offload names one of OFFLOAD and needs an accelerator: on CPU the weights are in CPU memory already."""
+    if offload not in OFFLOAD:
+        raise MedisynError(f"--offload: unknown mode '{offload}' (choose from {', '.join(OFFLOAD)})")
+    if offload != "none" and device.type == "cpu":
+        raise MedisynError(
+            f"--offload {offload}: needs a GPU (it keeps the weights in CPU memory and moves them to the GPU "
+            f"when used); on CPU they are in CPU memory already"
+        )
+
+
+def offload_to(pipe, offload: str, device):
+    """The pipeline on `device`, or with its weights in CPU memory moved to `device` when used (accelerate)."""
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
+    return pipe
 
 
 def attention_name(pipe) -> str:
