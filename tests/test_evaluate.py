@@ -645,6 +645,7 @@ def generated(tmp_path) -> Path:
 
     out = tmp_path / "synth"
     (out / "parquet").mkdir(parents=True)
+    (out / ".medisyn").write_text('{"tool": "medisyn", "command": "generate", "run_id": "r1"}')
     build_index([FIXTURES / "images"], tmp_path / "index", show_progress=False)
     rows = [
         {
@@ -716,6 +717,7 @@ def test_report_is_one_offline_page_with_samples_counts_rejections_similarities_
 
 def test_report_omits_missing_parts_with_a_note_instead_of_failing(tmp_path):
     out = label_folders(tmp_path / "bare" / "imagefolder", TRAIN_IMAGES[:4], ["id"]).parent
+    (out / ".medisyn").write_text('{"tool": "medisyn", "command": "generate", "run_id": "r1"}')
     result = invoke("report", out)
     assert result.exit_code == 0, result.output
     page = (out / "report.html").read_text()

@@ -54,7 +54,7 @@ def fixture_index(tmp_path_factory) -> Path:
 
 def test_build_writes_index_keys_and_metadata(fixture_index):
     meta = json.loads((fixture_index / "index.json").read_text())
-    assert sorted(p.name for p in fixture_index.iterdir()) == [
+    assert sorted(p.name for p in fixture_index.iterdir() if not p.name.startswith(".medisyn")) == [
         "index.faiss",
         "index.json",
         "keys.parquet",
@@ -277,14 +277,14 @@ def test_all_unreadable_images_is_an_error(tmp_path):
 def test_non_empty_out_is_refused_unless_overwrite(tmp_path, fixture_index):
     out = tmp_path / "idx"
     shutil.copytree(fixture_index, out)
-    with pytest.raises(MedisynError, match="not empty"):
+    with pytest.raises(MedisynError, match="holds an index; use --overwrite"):
         build_index([FIXTURE], out, show_progress=False)
     meta = build_index([FIXTURE], out, embedder="phash", overwrite=True, show_progress=False)
     assert load_index(out).meta["embedder"]["spec"] == meta["embedder"]["spec"] == "phash"
     other = tmp_path / "results"
     other.mkdir()
     (other / "important.csv").write_text("keep me")
-    with pytest.raises(MedisynError, match="only replaces an index folder"):
+    with pytest.raises(MedisynError, match="was not made by medisyn index build"):
         build_index([FIXTURE], other, overwrite=True, show_progress=False)
     assert (other / "important.csv").exists()
 

@@ -66,6 +66,7 @@ def test_shards_build_the_same_index_as_one_process(train, tmp_path, shards):
     ]
     assert all(r.get("partial") for r in results[:-1]) and results[-1]["count"] == 12
     assert sorted(p.name for p in sharded.iterdir()) == [
+        ".medisyn",
         "index.faiss",
         "index.json",
         "keys.parquet",

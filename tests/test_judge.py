@@ -409,7 +409,7 @@ def test_a_judge_that_does_not_know_a_class_is_refused(judge_dir, tmp_path):
         (["{real}", "--out", "{tmp}/j", "--classifier", "svm"], "unknown classifier 'svm'"),
         (["{real}", "--out", "{tmp}/j", "--embedder", "phash"], "a hash has no vector space"),
         (["{tmp}/none", "--out", "{tmp}/j"], "no such file or folder"),
-        (["{real}", "--out", "{real}"], "not a judge folder, so it is never replaced"),
+        (["{real}", "--out", "{real}"], "was not made by medisyn judge build"),
         (["{real}/cell", "--out", "{tmp}/j"], "no label (the judge learns from labelled images"),
     ],
 )

@@ -101,6 +101,7 @@ def _judged_out(tmp: Path, rejected: list[dict] | None, with_pixels: bool) -> Pa
         "classes": ["cell", "xray"],
     }
     (out / "run.json").write_text(json.dumps(_run_record({"cell": 4, "xray": 4}, judge)))
+    (out / ".medisyn").write_text('{"tool": "medisyn", "command": "generate", "run_id": "r1"}')
     return out
 
 
@@ -250,6 +251,7 @@ def test_an_unjudged_run_with_an_alignment_result_simulates_the_filter(tmp_path,
     rows += [_row(p, f"xray-{i}", "xray") for i, p in enumerate(XRAYS[:4] + CELLS[4:6])]  # two off-class
     pq.write_table(pa.Table.from_pylist(rows), out / "parquet" / "part-00000.parquet")
     (out / "run.json").write_text(json.dumps(_run_record({"cell": 4, "xray": 6}, None)))
+    (out / ".medisyn").write_text('{"tool": "medisyn", "command": "generate", "run_id": "r1"}')
     build_judge(JudgeConfig(real=(str(real),), out=str(tmp_path / "judge")))
     alignment = run_alignment(AlignmentConfig(synthetic=(str(out),), judge=str(tmp_path / "judge")))
     write_report(out)

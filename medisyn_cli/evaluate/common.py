@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +15,9 @@ import numpy as np
 from medisyn_cli.core.batching import batched
 from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records, open_or_skip
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.files import atomic_path, atomic_write_text, finite
+from medisyn_cli.core.files import finite
 from medisyn_cli.core.images import to_8bit
+from medisyn_cli.core.ownership import claim, remove_temp
 
 LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
 
@@ -154,17 +157,39 @@ def default_out(synthetic: str | Path | None) -> Path:
     return Path("evaluate")
 
 
+# what an older `evaluate` wrote into its --out (a folder without a record of its files)
+EVALUATE_FILE = re.compile(r"(fidelity|utility|privacy|leakage|closest_pairs)[\w-]*\.(json|csv|png)")
+
+
+def _legacy_evaluate_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_file() and EVALUATE_FILE.fullmatch(p.name)}
+
+
+@contextmanager
+def owned_path(path: Path) -> Iterator[Path]:
+    """A temp path to write `path` through: its folder is created, or is medisyn evaluate's own (locked while
+    writing); a file there that medisyn did not write is never replaced (one-line error naming it)."""
+    path = Path(path)
+    with claim(path.parent, "evaluate", "--out", fallback=_legacy_evaluate_files, adopt=True) as owner:
+        owner.check_free([path.name])
+        tmp = owner.temp(path.name)
+        try:
+            yield tmp
+            owner.publish(tmp, path.name)
+        finally:
+            remove_temp(tmp)
+
+
 def write_json(path: Path, data: dict) -> Path:
     """JSON written to a temp name, then renamed (NaN written as null)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(finite(data), indent=2, default=str) + "\n")
+    with owned_path(path) as tmp:
+        tmp.write_text(json.dumps(finite(data), indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
     """CSV of dict rows (columns of the first row), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with owned_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows(rows)
@@ -175,9 +200,8 @@ def save_figure(figure, path: Path) -> Path:
     """A matplotlib figure saved as PNG atomically, then closed."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, ".png") as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight")
+    with owned_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(figure)
     return path
 

@@ -24,6 +24,8 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
 from medisyn_cli.core.html import LOAD_PROBE, figure_uri, img_tag, page
 from medisyn_cli.core.images import png_bytes, thumbnail
+from medisyn_cli.core.outdir import generate_files
+from medisyn_cli.core.ownership import claim, is_ours
 from medisyn_cli.evaluate.common import new_figure, open_sources
 from medisyn_cli.evaluate.fidelity import _flat
 from medisyn_cli.evaluate.filtering import diversity_guard, find_alignment, label_check, read_rejected
@@ -56,6 +58,16 @@ def write_report(
     out = Path(out)
     if not out.is_dir():
         raise MedisynError(f"{out}: no such folder (expected a medisyn generate output folder)")
+    if not is_ours(out):
+        raise MedisynError(
+            f"{out}: not a medisyn output folder (no .medisyn marker), so medisyn report writes nothing into it"
+        )
+    with claim(out, "report", "DIR", accept=("generate", "screen"), fallback=generate_files) as owner:
+        owner.check_free(["report.html", "report.json"], "DIR")
+        return _write_report(owner, out, per_class, real)
+
+
+def _write_report(owner, out: Path, per_class: int, real) -> tuple[Path, list[str]]:
     if real:
         open_sources(list(real), "--real")  # a bad reference set is an error, not an omitted section
     run = _read_json(out / "run.json")
@@ -81,15 +93,14 @@ def write_report(
         except Exception as exc:  # a damaged part must not stop the rest of the report
             name = step.__name__.strip("_").replace("_", " ")
             report.skip(f"{name} omitted: {type(exc).__name__}: {exc}"[:300])
+    tmp = owner.temp("report.json")
     write_json(
-        out / "report.json",
-        {"folder": str(out), "real": list(report.real) or None, **report.data, "notes": report.notes},
+        tmp, {"folder": str(out), "real": list(report.real) or None, **report.data, "notes": report.notes}
     )
-    path = out / "report.html"
-    tmp = path.with_name(f".{path.name}.tmp")
+    owner.publish(tmp, "report.json")
+    tmp = owner.temp("report.html")
     tmp.write_text(_page(out, report), encoding="utf-8")
-    tmp.replace(path)
-    return path, report.notes
+    return owner.publish(tmp, "report.html"), report.notes
 
 
 # --- inputs ---------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medisyn_cli.core.errors import Interrupted, MedisynError
-from medisyn_cli.core.outdir import LOCK, MARKER, claim_marker, is_ours, move_aside
+from medisyn_cli.core.outdir import LOCK, MARKER, claim_marker, is_ours, move_aside, read_marker
+from medisyn_cli.core.ownership import asides_note, refuse_aside, refuse_cwd, remove_empty
+from medisyn_cli.core.progress import console
 from medisyn_cli.core.runlock import RunBusy, RunLock, busy_message, read_holder
 from medisyn_cli.core.shards import Shard
 from medisyn_cli.core.store import WorkDir
@@ -18,8 +20,11 @@ from medisyn_cli.generate.finish import RUN_FILE
 
 def out_state(out: Path, config: GenerateConfig, shard: Shard) -> str:
     """'new', 'join' (an unfinished run to continue) or 'complete'; a clear error for anything else."""
+    if out.is_symlink() and not out.exists():
+        raise MedisynError(f"--out {out}: a symbolic link to a folder that does not exist")
     if out.exists() and not out.is_dir():
         raise MedisynError(f"--out {out}: exists and is not a folder")
+    refuse_aside(out.resolve())
     if not out.exists() or not any(p.name != LOCK for p in out.iterdir()):
         return "new"
     if not is_ours(out):
@@ -28,7 +33,13 @@ def out_state(out: Path, config: GenerateConfig, shard: Shard) -> str:
             f"no {MARKER} marker), so medisyn will neither write into it nor delete it "
             f"(--overwrite included); choose another --out"
         )
+    if (read_marker(out) or {}).get("command", "generate") != "generate":
+        raise MedisynError(
+            f"--out {out}: is the folder of medisyn {read_marker(out)['command']}, not of a generate run; "
+            f"choose another --out"
+        )
     if config.overwrite:
+        refuse_cwd(out.resolve())
         if shard.count > 1:
             raise MedisynError(
                 "--overwrite with shards would let each shard delete the others' work; "
@@ -75,21 +86,25 @@ def claim_out(out: Path, config: GenerateConfig, shard: Shard) -> Claim:
         refuse_if_busy(out)
         return Claim(out_state(out, config, shard))
     existed = out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out / LOCK, f"--out {out}")
+    real = out.resolve()  # a symlink to a run stays a symlink: the folder it names is moved aside
+    real.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(real / LOCK, f"--out {out}")
     try:
         lock.acquire()
         claim = Claim(out_state(out, config, shard), lock=lock)
-        if claim.state == "new" and any(p.name != LOCK for p in out.iterdir()):
-            claim.replaced = move_aside(out)
-            out.mkdir()
-            claim.lock = RunLock(out / LOCK, f"--out {out}").acquire()
+        if claim.state == "new" and any(p.name != LOCK for p in real.iterdir()):
+            claim.replaced = move_aside(real, config.out or "")
+            real.mkdir()
+            claim.lock = RunLock(real / LOCK, f"--out {out}").acquire()
             lock.release()
+        note = asides_note(real, claim.replaced)
+        if note:
+            console.print(f"[yellow]warning:[/yellow] {note}", highlight=False, soft_wrap=True)
         return claim
     except BaseException:
         lock.release()
-        if not existed and out.exists() and not any(out.iterdir()):
-            out.rmdir()
+        if not existed and real.exists() and not any(real.iterdir()):
+            remove_empty(real)
         raise
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 from pathlib import Path
 
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.ownership import listed_files, remove_empty, remove_private, remove_recorded
 from medisyn_cli.core.store import WorkDir
 from medisyn_cli.generate.writers.base import COLUMNS
 
@@ -52,9 +53,13 @@ def _publish(staged: Path, final: Path, describe, build) -> dict:
     if final.exists() and not staged.exists():
         return describe(final)
     output = build(staged)
-    shutil.rmtree(
-        final, ignore_errors=True
-    )  # a partial one from an older version's interrupted consolidation
+    if final.exists():  # a partial one from an older version's interrupted consolidation
+        root = final.parent
+        remove_recorded(root, [p.relative_to(root).as_posix() for p in final.rglob("part-*.parquet")])
+        listing = f"{final.name}/metadata.csv"
+        remove_recorded(root, [*listed_files(root, listing, "file_name"), listing])
+        if final.exists():
+            raise MedisynError(f"{final}: holds files medisyn did not write; move them away, then run again")
     staged.rename(final)
     return output
 
@@ -68,7 +73,8 @@ def _adopt_published_pngs(work: WorkDir) -> None:
         target = staged / png.relative_to(final)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(png, target)
-    shutil.rmtree(final)
+    remove_recorded(work.out, ["imagefolder/metadata.csv"])
+    remove_empty(final)
 
 
 def _describe_parquet(folder: Path) -> dict:
@@ -94,7 +100,7 @@ def _consolidate_parquet(source: Path, target: Path, rows_per_part: int) -> dict
 
     target.mkdir(parents=True, exist_ok=True)
     for old in target.glob("part-*.parquet"):
-        old.unlink()
+        remove_private(old)
     files, rows, handle, part_rows = [], 0, None, 0
     for batch_file in sorted(source.glob("b-*.parquet")):
         table = pq.read_table(batch_file)
@@ -136,7 +142,7 @@ def _consolidate_metadata(work: WorkDir, target: Path) -> dict:
     tmp.replace(target / "metadata.csv")
     for png in target.rglob("*.png"):
         if png.relative_to(target).as_posix() not in listed:
-            png.unlink()
+            remove_private(png)
     return {"format": "imagefolder", "rows": rows, "files": ["metadata.csv"]}
 
 
@@ -152,4 +158,4 @@ def _consolidate_rejected(source: Path, log) -> dict:
 
 def remove(work: WorkDir) -> None:
     """Delete the work folder once the dataset is consolidated."""
-    shutil.rmtree(work.root, ignore_errors=True)
+    remove_private(work.root)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
-from medisyn_cli.core.outdir import discard_previous
+from medisyn_cli.core.outdir import discard_previous, run_files
+from medisyn_cli.core.ownership import foreign_message, holds_files, is_ours, record_files, refuse_if_busy
 from medisyn_cli.core.shards import Shard
 from medisyn_cli.core.store import WORK, IncompleteRun, WorkDir, differences, missing_report
 from medisyn_cli.generate.card import write_card
@@ -104,6 +105,8 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
     summary.warnings = list(record.get("warnings") or [])
     write_card(out, summary)
     write_json(out / RUN_FILE, summary.run)  # last: a folder with run.json holds a complete dataset
+    files, lists = run_files(out)
+    record_files(out, files, lists, replace=True)  # what --overwrite may delete once this run is replaced
     remove_work(work)
     work.unlock()
     summary.note = _discard_replaced(record.get("replaces"))
@@ -116,8 +119,8 @@ def _discard_replaced(path: str | None) -> str:
         return ""
     left = discard_previous(Path(path))
     return (
-        f"the replaced run's files were deleted; {len(left)} other entries were left in {path}: "
-        f"{', '.join(left[:5])}"
+        f"the replaced run's files were deleted; {len(left)} files medisyn did not write were left in "
+        f"{path}: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}"
         if left
         else ""
     )
@@ -167,6 +170,10 @@ def merge_run(out: str | Path) -> RunSummary:
     """`medisyn merge`: consolidate a sharded run, or say precisely which shards still have work."""
     out = Path(out)
     work = WorkDir(out)
+    if out.is_dir() and holds_files(out) and not is_ours(out):
+        raise MedisynError(foreign_message(out, "OUT", "generate"))
+    if out.is_dir():
+        refuse_if_busy(out, f"{out}")  # a single process still writing it
     if not work.exists():
         if (out / RUN_FILE).exists():
             return completed_summary(out)

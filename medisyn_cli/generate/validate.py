@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.ownership import remove_temp
 from medisyn_cli.core.store import WorkDir
 from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.manifest import Manifest
@@ -54,12 +55,12 @@ def check_writable(out: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise MedisynError(f"--out {out}: {existing} is a file, not a folder")
-    probe = existing / f".medisyn-write-test-{os.getpid()}"
+    probe = existing / f".medisyn-tmp-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
     except OSError as exc:
         raise MedisynError(f"--out {out}: cannot write into {existing} ({exc.strerror})") from exc
-    probe.unlink(missing_ok=True)
+    remove_temp(probe)
 
 
 def recorded_threads(config: GenerateConfig, out: Path, state: str) -> GenerateConfig:

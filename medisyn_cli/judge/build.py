@@ -8,9 +8,7 @@ rest, so the accuracy and calibration in judge.json are those of the judge `gene
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -19,6 +17,16 @@ import numpy as np
 from medisyn_cli.core.datasets import Record, iter_images, read_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
+from medisyn_cli.core.ownership import (
+    Owned,
+    claim,
+    foreign_message,
+    holds_files,
+    is_ours,
+    legacy_files,
+    remove_temp,
+    replace_in_place,
+)
 from medisyn_cli.evaluate.classifier import TrainSettings, predict, train_classifier
 from medisyn_cli.judge.features import get_features
 from medisyn_cli.judge.metrics import calibration, confusion, pass_rates
@@ -98,14 +106,11 @@ def check_config(config: JudgeConfig) -> None:
     if config.max_per_class is not None and config.max_per_class < 2:
         raise MedisynError(f"--max-per-class: must be at least 2, got {config.max_per_class}")
     out = Path(config.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not config.overwrite or not (out / JUDGE_FILE).is_file():
-            what = (
-                "a judge folder: add --overwrite"
-                if (out / JUDGE_FILE).is_file()
-                else "not a judge folder, so it is never replaced"
-            )
-            raise MedisynError(f"--out {out}: exists and is not empty ({what})")
+    if out.exists() and not out.is_dir():
+        raise MedisynError(f"--out {out}: exists and is not a folder")
+    if holds_files(out) and not is_ours(out) and legacy_files(out, _legacy_judge_files) is None:
+        raise MedisynError(foreign_message(out, "--out", "judge build"))
+    _check_replace(out, config.overwrite)
     if config.classifier != "cnn":
         if get_features(config.embedder).binary:
             raise MedisynError(
@@ -170,9 +175,30 @@ def build_judge(config: JudgeConfig) -> dict:
             f"measure the judge"
         )
     # 2. train on the training part, score the held-out part
-    out = Path(config.out)
-    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    staging.mkdir(parents=True)
+    with claim(config.out, "judge build", fallback=_legacy_judge_files, adopt=True) as owner:
+        _check_replace(owner.path, config.overwrite)  # again under the lock
+        owner.check_free([JUDGE_FILE, model_file(config.classifier)])
+        return _train_and_save(config, owner, records, images, skipped, classes, y, train, held, clock)
+
+
+def _legacy_judge_files(folder: Path) -> set[str]:
+    """The files an older `judge build` wrote (a folder with judge.json and no record of its files)."""
+    names = {JUDGE_FILE, model_file("cnn"), model_file("knn")}
+    return {n for n in names if (folder / n).is_file()} if (folder / JUDGE_FILE).is_file() else set()
+
+
+def _check_replace(out: Path, overwrite: bool) -> None:
+    if (out / JUDGE_FILE).is_file() and not overwrite:
+        raise MedisynError(
+            f"--out {out}: holds a judge; add --overwrite to replace it (the old one is kept until the new one "
+            f"is complete), or choose another --out"
+        )
+
+
+def _train_and_save(config, owner: Owned, records, images, skipped, classes, y, train, held, clock) -> dict:
+    """Fit and measure the judge in a temp folder of this run, then publish it over the old one."""
+    staging = owner.temp("new")
+    staging.mkdir()
     try:
         features, probs = _fit(
             config,
@@ -197,9 +223,9 @@ def build_judge(config: JudgeConfig) -> dict:
             time.time() - clock,
         )
         write_json(staging / JUDGE_FILE, meta)
-        _publish(staging, out)
+        replace_in_place(owner, staging, sorted(p.name for p in staging.iterdir() if p.is_file()))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_temp(staging)
     return meta
 
 
@@ -291,15 +317,3 @@ def _record(
         "config": asdict(config),
         "seconds": round(seconds, 1),
     }
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished judge into place; an old judge folder (--overwrite) is replaced only now."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(out)

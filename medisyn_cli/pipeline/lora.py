@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import atomic_write_text, write_json
+from medisyn_cli.core.ownership import remove_private
 from medisyn_cli.pipeline.load import file_sha256, model_source, weight_hashes
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -158,7 +158,7 @@ def save_adapter(parts: dict, out: Path, config, info: dict) -> Path:
     layers = adapter_state(parts, config.save_dtype)
     meta = {f"{name}_lora_adapter_metadata": _peft_metadata(parts["lora_configs"][name]) for name in layers}
     tmp = out / "_work" / "adapter"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_private(tmp)
     StableDiffusionPipeline.save_lora_weights(
         tmp,
         unet_lora_layers=layers.get("unet"),

@@ -7,6 +7,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from medisyn_cli.core.ownership import remove_temp
+
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
@@ -51,7 +53,7 @@ def build_corpus_tokenizer(texts: Iterable[str], folder: Path) -> object:
     the full vocabulary; other text falls back to shorter pieces, never to unknown tokens.
     """
     merges = clip_bpe_merges()
-    full = write_tokenizer(folder / "_full", merges)
+    full = write_tokenizer(folder / ".medisyn-tmp-full", merges)
     used = {tok for text in texts for tok in full.tokenize(text)}
     parts = {"".join(m): m for m in merges}
     keep: set[str] = set()
@@ -63,7 +65,5 @@ def build_corpus_tokenizer(texts: Iterable[str], folder: Path) -> object:
         keep.add(token)
         stack.extend(parts[token])
     kept = [m for m in merges if "".join(m) in keep]
-    for path in (folder / "_full").iterdir():
-        path.unlink()
-    (folder / "_full").rmdir()
+    remove_temp(folder / ".medisyn-tmp-full")
     return write_tokenizer(folder, kept)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from medisyn_cli.core.datasets import Record, Source, decode, find_sources, iter
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
 from medisyn_cli.core.images import thumbnail_png
-from medisyn_cli.core.outdir import holds_files
+from medisyn_cli.core.ownership import Owned, claim, holds_files, is_ours, remove_temp
 from medisyn_cli.core.progress import make_progress, rate_text
 from medisyn_cli.generate.card import write_run_card
 from medisyn_cli.screening.index import load_index
@@ -162,12 +163,50 @@ def screen_dataset(
     summary = ScreenSummary(
         dataset, report_dir, str(index), training.meta["embedder"]["spec"], screener.threshold
     )
+    # 2. the folders: the report's (created, or medisyn screen's own) and --keep-out (new), both locked
+    owner = claim(report_dir, "screen", "--report", fallback=_legacy_screen_files, adopt=True)
+    try:
+        owner.check_free(REPORT_FILES, "--report")
+        kept = _claim_keep_out(keep_out)
+        try:
+            _screen(
+                dataset, sources, screener, training, summary, owner, kept, batch_size, pairs, show_progress
+            )
+        finally:
+            if kept is not None:
+                kept.release()
+    finally:
+        owner.release()
+    return summary
 
-    # 2. screen batch by batch into the tables
-    made_report_dir = not report_dir.exists()
-    report_dir.mkdir(parents=True, exist_ok=True)
+
+REPORT_FILES = ("screen.parquet", "screen.csv", "report.html", "screen.json")
+
+
+def _legacy_screen_files(folder: Path) -> set[str]:
+    """The files an older medisyn screen wrote in a report folder without a record (DATASET/screen)."""
+    return {name for name in REPORT_FILES} if folder.name == "screen" and is_ours(folder.parent) else set()
+
+
+def _claim_keep_out(keep_out: Path | None) -> Owned | None:
+    """--keep-out: a new (or empty) folder, locked for the copy; a folder another command holds is refused."""
+    if keep_out is None:
+        return None
+    owner = claim(keep_out, "screen", "--keep-out")
+    try:
+        _check_new_folder(keep_out, "--keep-out")  # again under the lock: another command may have written it
+    except BaseException:
+        owner.release()
+        raise
+    return owner
+
+
+def _screen(
+    dataset, sources, screener, training, summary, owner: Owned, kept, batch_size, pairs, show_progress
+):
+    """Screen batch by batch into the tables; then the report, the filtered copy, and screen.json last."""
     clock, copies = time.time(), set()
-    with _Tables(report_dir) as tables, make_progress(disable=not show_progress) as progress:
+    with _Tables(owner) as tables, make_progress(disable=not show_progress) as progress:
         task = progress.add_task("screen", total=None, rate="", info="")
         for batch in batched((r for source in sources for r in iter_source_records(source)), batch_size):
             rows = _screen_batch(screener, batch, summary, pairs)
@@ -180,8 +219,6 @@ def screen_dataset(
                 info=f"{summary.near_copies} near-copies",
             )
         if summary.screened == 0:
-            if made_report_dir:
-                shutil.rmtree(report_dir, ignore_errors=True)
             raise MedisynError(
                 f"{dataset}: none of its {summary.errors} images could be read (corrupt or not an "
                 f"image), so nothing was screened"
@@ -189,19 +226,28 @@ def screen_dataset(
     summary.seconds = time.time() - clock
     summary.pairs.sort(reverse=True)  # near-copies first, then the most similar
 
-    # 3. the report, the filtered copy, and screen.json last
-    summary.files = ["screen.parquet", "screen.csv", "report.html", "screen.json"]
-    write_screen_report(summary, report_dir / "report.html", training)
-    if keep_out is not None:
-        write_kept_copy(dataset, sources, copies, keep_out, summary)
-        summary.kept_out = keep_out
-    write_json(report_dir / "screen.json", summary.to_dict())
-    return summary
+    summary.files = list(REPORT_FILES)
+    tmp = owner.temp("report.html")
+    write_screen_report(summary, tmp, training)
+    owner.publish(tmp, "report.html")
+    if kept is not None:
+        write_kept_copy(dataset, sources, copies, kept, summary)
+        summary.kept_out = kept.path
+    tmp = owner.temp("screen.json")
+    write_json(tmp, summary.to_dict())
+    owner.publish(tmp, "screen.json")
 
 
 def _check_new_folder(folder: Path | None, option: str) -> None:
-    if folder is not None and holds_files(folder):
-        raise MedisynError(f"{option} {folder}: exists and is not an empty folder")
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise MedisynError(f"{option} {folder}: exists and is not a folder")
+    if holds_files(folder, lambda p: p.name.startswith(".medisyn") and is_ours(folder)):
+        raise MedisynError(
+            f"{option} {folder}: exists and is not an empty folder; medisyn writes the filtered copy only into "
+            f"a new or empty folder, and leaves what is there as it is"
+        )
 
 
 def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: int) -> list[dict]:
@@ -270,12 +316,12 @@ def _tally(summary: ScreenSummary, row: dict, image, pairs: int) -> None:
 class _Tables:
     """screen.parquet and screen.csv, streamed under temporary names and renamed when complete."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, owner: Owned):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.paths = [folder / "screen.parquet", folder / "screen.csv"]
-        self.tmps = [p.with_name(f".{p.name}.tmp") for p in self.paths]
+        self.owner, self.names = owner, ["screen.parquet", "screen.csv"]
+        self.tmps = [owner.temp(name) for name in self.names]
         self.schema = pa.schema([pa.field(k, getattr(pa, v)()) for k, v in SCREEN_COLUMNS.items()])
         self.parquet = pq.ParquetWriter(self.tmps[0], self.schema)
         self.handle = open(self.tmps[1], "w", newline="", encoding="utf-8")
@@ -294,19 +340,19 @@ class _Tables:
     def __exit__(self, kind, *exc) -> None:
         self.parquet.close()
         self.handle.close()
-        for tmp, path in zip(self.tmps, self.paths):
-            tmp.replace(path) if kind is None else tmp.unlink(missing_ok=True)
+        for tmp, name in zip(self.tmps, self.names):
+            self.owner.publish(tmp, name) if kind is None else remove_temp(tmp)
 
 
 # --- --keep-out: a copy of the dataset without the near-copies ------------------------------------------
 
 
 def write_kept_copy(
-    dataset: Path, sources: list[Source], copies: set[str], out: Path, summary: ScreenSummary | None = None
+    dataset: Path, sources: list[Source], copies: set[str], owner: Owned, summary: ScreenSummary | None = None
 ) -> None:
-    """Copy `dataset` to `out` without the records whose key is in `copies` (built under a temp name)."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Copy `dataset` into the claimed folder without the records whose key is in `copies` (built in a temp
+    folder of this run inside it, then its entries renamed in and recorded)."""
+    tmp = owner.temp("copy")
     tmp.mkdir(parents=True)
     try:
         if (dataset / "run.json").exists():
@@ -316,12 +362,13 @@ def write_kept_copy(
         else:
             for source in sources:
                 _copy_source(source, copies, tmp / _relative(source.path, dataset))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+        names = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir())
+        owner.check_free(names, "--keep-out")
+        for entry in tmp.iterdir():
+            os.replace(entry, owner.path / entry.name)
+        owner.record(names)
+    finally:
+        remove_temp(tmp)
 
 
 def _relative(path: Path, root: Path) -> Path:

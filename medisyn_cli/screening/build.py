@@ -9,7 +9,8 @@ from pathlib import Path
 
 from medisyn_cli.core.datasets import count_images, find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.outdir import holds_files
+from medisyn_cli.core.ownership import Owned, claim, remove_temp, replace_in_place
+from medisyn_cli.core.progress import console
 from medisyn_cli.core.shards import shard_from_env
 from medisyn_cli.screening.embed import get_embedder
 from medisyn_cli.screening.embedding import embed_sources
@@ -118,24 +119,58 @@ def build_index(
         )
     if shard is not None and shard.count > 1:
         return build_shard(found, out, model, index_type, budget, batch_size, show_progress, shard)
-    _prepare_out(out, overwrite)
+    # 2. take --out (locked); build in a temp folder of this run inside it; the old index stays until then
+    with claim(out, "index build", fallback=_legacy_index_files, adopt=True) as owner:
+        for note in owner.notes:
+            console.print(f"note: --out {out}: {note}", highlight=False, soft_wrap=True)
+        _check_replace(owner, overwrite)
+        staging = owner.temp("new")
+        staging.mkdir()
+        try:
+            meta = _build(
+                found,
+                model,
+                staging,
+                index_type,
+                budget,
+                batch_size,
+                show_progress,
+                target_fpr,
+                regions,
+                sources,
+            )
+            left = replace_in_place(
+                owner,
+                staging,
+                sorted(p.name for p in staging.iterdir() if p.is_file() and not p.name.endswith(".tmp")),
+            )
+        finally:
+            remove_temp(staging)
+        if left:
+            console.print(
+                f"note: --out {out}: {len(left)} files medisyn did not write are left there: {', '.join(left[:5])}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        return meta
+
+
+def _build(
+    found, model, staging: Path, index_type, budget, batch_size, show_progress, target_fpr, regions, sources
+) -> dict:
+    """Embed every image into `staging` and write the index files there (index.json last)."""
     total = sum(count_images(source) for source in found)
     if (
         model.name == "learned"
-    ):  # trained on the images it indexes, saved in `out` (learned.safetensors/.json)
+    ):  # trained on the images it indexes, saved with them (learned.safetensors/.json)
         model = fit_for_index(
-            [record for source in found for record in iter_source_records(source)], out, show_progress
+            [record for source in found for record in iter_source_records(source)], staging, show_progress
         )
     tiled = not model.binary and bool(model.region_views())
     regions = (tiled and total <= REGIONS_MAX) if regions is None else bool(regions and tiled)
-    # 2. embed in batches into a memmap, keys straight to parquet
     started = time.time()
-    try:
-        embedded = embed_sources(found, model, out, total, batch_size, show_progress, regions)
-        return finish_index(out, embedded, model, found, index_type, budget, started, sources, target_fpr)
-    finally:
-        for tmp in out.glob("*.tmp"):
-            tmp.unlink()
+    embedded = embed_sources(found, model, staging, total, batch_size, show_progress, regions)
+    return finish_index(staging, embedded, model, found, index_type, budget, started, sources, target_fpr)
 
 
 def check_target_fpr(target_fpr: float | None) -> None:
@@ -148,18 +183,23 @@ def check_target_fpr(target_fpr: float | None) -> None:
         )
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty folder unless overwrite, and then only an index folder (index.json or leftovers)."""
-    if out.exists() and not out.is_dir():
-        raise MedisynError(f"{out}: exists and is not a folder")
-    if holds_files(out):
-        if not overwrite:
-            raise MedisynError(f"{out}: folder exists and is not empty (use overwrite to replace the index)")
-        ours = {INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE, REGIONS_FILE, WEIGHTS_FILE, CONFIG_FILE}
-        if not all(p.name in ours or p.name.endswith(".tmp") for p in out.iterdir()):
-            raise MedisynError(
-                f"{out}: overwrite only replaces an index folder, and this folder holds other files"
-            )
-        for p in out.iterdir():
-            p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+INDEX_FILES = (INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE, REGIONS_FILE, WEIGHTS_FILE, CONFIG_FILE)
+
+
+def _legacy_index_files(folder: Path) -> set[str]:
+    """The files an older `index build` wrote (a folder with index.json and no record of its files)."""
+    return (
+        {name for name in INDEX_FILES if (folder / name).is_file()}
+        if (folder / META_FILE).is_file()
+        else set()
+    )
+
+
+def _check_replace(owner: Owned, overwrite: bool) -> None:
+    """A complete index is replaced only with overwrite; none of the files to write may be someone else's."""
+    if (owner.path / META_FILE).is_file() and not overwrite:
+        raise MedisynError(
+            f"--out {owner.path}: holds an index; use --overwrite to replace it (the old one is kept until the "
+            f"new one is complete), or another --out"
+        )
+    owner.check_free(INDEX_FILES)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +25,15 @@ import numpy as np
 
 from medisyn_cli.core.datasets import Record, Source, count_images, find_sources
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.outdir import holds_files
+from medisyn_cli.core.ownership import (
+    claim_marker,
+    holds_files,
+    is_ours,
+    new_run_id,
+    record_files,
+    remove_private,
+    remove_temp,
+)
 from medisyn_cli.core.progress import make_progress, rate_text
 from medisyn_cli.core.shards import Shard, batch_count, shard_batches
 from medisyn_cli.core.store import IncompleteRun, WorkDir, batch_name, missing_report
@@ -89,10 +96,11 @@ def build_shard(
     out = Path(out)
     if (out / META_FILE).exists():
         return _already_built(out)
-    if holds_files(out, ignore=lambda p: p.name == SHARDS or p.name.endswith(".tmp")):
+    if holds_files(out, ignore=lambda p: p.name == SHARDS or p.name.endswith(".tmp")) and not is_ours(out):
         raise MedisynError(
             f"{out}: folder exists and holds other files than a sharded index build ({SHARDS}/)"
         )
+    claim_marker(out, new_run_id(), "index build")  # every shard: the first one writes it
     total = sum(count_images(source) for source in found)
     batches = batch_count(total, batch_size)
     work = ShardDir(out)
@@ -208,8 +216,9 @@ def merge_shards(out: str | Path) -> dict:
         )
     finally:
         for tmp in out.glob("*.tmp"):
-            tmp.unlink()
-    shutil.rmtree(work.root, ignore_errors=True)
+            remove_temp(tmp)
+    record_files(out, [p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")])
+    remove_private(work.root)
     return meta
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,6 +17,15 @@ from pathlib import Path
 
 from medisyn_cli.core.datasets import find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.ownership import (
+    claim,
+    foreign_message,
+    holds_files,
+    is_ours,
+    legacy_files,
+    remove_temp,
+    replace_in_place,
+)
 from medisyn_cli.screening.embed import to_8bit
 from medisyn_cli.study.design import DEFAULT_MIX, REAL, SYNTHETIC, Pick, draw_design
 from medisyn_cli.study.site import KEY_FORMAT, normalise, png_of, public_study, write_site
@@ -107,12 +115,25 @@ def build_study(config: StudyConfig) -> dict:
     return key
 
 
+def _legacy_study_files(folder: Path) -> set[str]:
+    """The files an older `study build` wrote (key.json and site/, no record of its files)."""
+    if not (folder / "key.json").is_file():
+        return set()
+    return {"key.json"} | {
+        p.relative_to(folder).as_posix() for p in (folder / "site").rglob("*") if p.is_file()
+    }
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise MedisynError(f"--out {out}: exists and is not a folder")
+    if holds_files(out) and not is_ours(out) and legacy_files(out, _legacy_study_files) is None:
+        raise MedisynError(foreign_message(out, "--out", "study build"))
+    if holds_files(
+        out, lambda p: p.name.startswith(".medisyn") or p.name == "answers" and not any(p.iterdir())
+    ):
         if not overwrite:
             raise MedisynError(f"{out}: exists and is not empty (pass --overwrite to replace a study)")
-        if not (out / "key.json").is_file():
-            raise MedisynError(f"{out}: --overwrite only replaces a study folder (no key.json there)")
         answers = list((out / "answers").glob("*.json"))
         if answers:
             raise MedisynError(
@@ -276,16 +297,16 @@ def _key(
 
 
 def _write(out: Path, key: dict, pngs: dict[str, bytes], overwrite: bool) -> None:
-    """Write site/ and key.json into a temporary sibling folder, then rename it to `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{key['study_id']}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "answers").mkdir(parents=True)
-    write_site(tmp / "site", public_study(key), pngs)
-    (tmp / "key.json").write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
-    if out.exists():
-        if overwrite and out.is_dir() and any(out.iterdir()):
-            shutil.rmtree(out)
-        else:
-            out.rmdir()
-    tmp.rename(out)
+    """Write site/ and key.json into a temp folder of this run inside `out`, then rename them in over the old
+    study's recorded files (anything else in `out` stays)."""
+    with claim(out, "study build", fallback=_legacy_study_files, adopt=True) as owner:
+        _check_out(owner.path, overwrite)  # again under the lock
+        tmp = owner.temp("new")
+        try:
+            write_site(tmp / "site", public_study(key), pngs)
+            (tmp / "key.json").write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
+            names = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+            replace_in_place(owner, tmp, names)
+        finally:
+            remove_temp(tmp)
+        (owner.path / "answers").mkdir(exist_ok=True)

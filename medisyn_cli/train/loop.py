@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,16 @@ from medisyn_cli.core.datasets import Record, iter_images, read_records
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
 from medisyn_cli.core.images import image_grid
+from medisyn_cli.core.ownership import (
+    claim,
+    foreign_message,
+    holds_files,
+    is_ours,
+    record_files,
+    recorded,
+    remove_private,
+    remove_recorded,
+)
 from medisyn_cli.core.progress import console, make_progress, rate_text
 from medisyn_cli.generate.manifest import load_manifest
 from medisyn_cli.pipeline.load import load_pipeline, make_scheduler, quiet_libraries
@@ -429,6 +438,29 @@ def tokenize(tokenizer, texts: list[str]):
 
 def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     """Train (VAE first when there is none), then the UNet; save a diffusers pipeline folder."""
+    _check_out(Path(config.out), config)
+    owner = claim(config.out, "train", fallback=_legacy_train_files, adopt=True)
+    foreign = {p.relative_to(owner.path).as_posix() for p in owner.path.rglob("*") if p.is_file()}
+    foreign -= recorded(owner.path, _legacy_train_files) or set()
+    try:
+        result = _train(config, show_progress)
+        mine = {p.relative_to(owner.path).as_posix() for p in owner.path.rglob("*") if p.is_file()}
+        record_files(owner.path, [n for n in mine - foreign if not n.startswith((".medisyn", "_work/"))])
+        return result
+    finally:
+        owner.release()
+
+
+def _legacy_train_files(folder: Path) -> set[str]:
+    """An older `train` run's folder (its _work/config.json): the files it wrote are all but none known; only
+    its scratch folder is taken as medisyn's."""
+    work = folder / "_work"
+    return (
+        {p.relative_to(folder).as_posix() for p in work.rglob("*") if p.is_file()} if work.is_dir() else set()
+    )
+
+
+def _train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     import torch
     from accelerate import Accelerator
 
@@ -462,7 +494,7 @@ def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
         losses = _diffusion_stage(parts, latents, captions, scale, config, accelerator, progress, work)
     _save(parts, out, config, losses, pixels, captions, len(held))
     _write_reports(out, losses, config, held, skipped, psnr, time.time() - started, len(pixels))
-    shutil.rmtree(work / "tokenizer", ignore_errors=True)
+    remove_private(work / "tokenizer")
     return TrainResult(
         out, len(losses), _tail_mean(losses), len(pixels), skipped, time.time() - started, psnr
     )
@@ -501,7 +533,11 @@ def _run_options(config: TrainConfig) -> dict:
 
 
 def _check_out(out: Path, config: TrainConfig) -> None:
-    if out.exists() and any(out.iterdir()) and not config.resume:
+    if out.exists() and not out.is_dir():
+        raise MedisynError(f"--out {out}: exists and is not a folder")
+    if holds_files(out) and not is_ours(out) and not (out / "_work" / "config.json").is_file():
+        raise MedisynError(foreign_message(out, "--out", "train"))
+    if holds_files(out, lambda p: p.name.startswith(".medisyn")) and not config.resume:
         raise MedisynError(f"--out {out}: folder exists and is not empty (use --resume to continue a run)")
     saved = out / "_work" / "config.json"
     if config.resume and saved.exists():
@@ -694,14 +730,14 @@ def _checkpoint(accelerator, work: Path, step: int, losses: list[float]) -> None
     """Save state to a temp folder, then rename it; keep the latest two."""
     root = work / "checkpoints"
     tmp = root / f".tmp-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_private(tmp)
     accelerator.save_state(str(tmp))
     (tmp / "medisyn_state.json").write_text(json.dumps({"step": step, "losses": losses}))
     final = root / f"step-{step:06d}"
-    shutil.rmtree(final, ignore_errors=True)
+    remove_private(final)
     tmp.rename(final)
     for old in sorted(root.glob("step-*"))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_private(old)
 
 
 def latest_checkpoint(work: Path) -> Path | None:
@@ -785,14 +821,16 @@ def save_pipeline(parts, out: Path, config: TrainConfig) -> Path:
     if config.save_dtype == "fp16":
         pipe = pipe.to(torch.float16)
     tmp = out / "_work" / "pipeline"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_private(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
     _load_in_fp32(tmp / "text_encoder" / "config.json")
     _follow_umask(tmp)
     for item in tmp.iterdir():
         target = out / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
+        if target.exists():  # a pipeline an earlier run saved here: only the files it recorded
+            remove_recorded(out, [n for n in recorded(out) or () if n.split("/")[0] == item.name])
+        if target.exists():
+            raise MedisynError(f"{target}: holds files medisyn did not write; move them away, then run again")
         item.rename(target)
     return out
 
