@@ -281,3 +281,19 @@ def test_run_info_from_a_run_record():
 @pytest.mark.parametrize("label", ["glioma", "no tumor", "grade 1.5", "Ödem/ödem", "..", "a_b-c.d"])
 def test_core_safe_name_matches_the_manifests_until_it_moves_there(label):
     assert safe_name(label) == generate_safe_name(label)
+
+
+def test_dataset_layer_imports_only_core_and_itself():
+    """dataset/ sits below the stages (#28): generate, screening and study may import it, never the reverse."""
+    import ast
+
+    import medisyn_cli
+
+    for path in sorted((Path(medisyn_cli.__file__).parent / "dataset").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in (n for n in names if n.startswith("medisyn_cli")):
+                assert name.startswith(("medisyn_cli.core", "medisyn_cli.dataset")), (
+                    f"{path.name}:{node.lineno} {name}"
+                )

@@ -43,7 +43,7 @@ def provenance(
         summary = check_provenance(
             paths, out, screen, str(index) if index else None, batch_size, show_progress=progress
         )
-    table = Table(title=f"provenance of {summary.files} images" + (f" (index {index})" if index else ""))
+    table = Table(title=f"provenance of {summary.files} images")
     for name in ("evidence", "images", "synthetic"):
         table.add_column(name)
     for evidence, count in sorted(summary.evidence.items()):
@@ -51,7 +51,8 @@ def provenance(
         table.add_row(evidence, str(count), "yes" if synthetic else "no", style="red" if synthetic else None)
     table.add_row("all", str(summary.files), str(summary.synthetic), style="bold")
     results.print(table)
-    console.print(f"table: {summary.out / 'provenance.csv'}", highlight=False)
+    matched = f"; matched against {index}" if index else "; no --index: marks only"
+    console.print(f"table: {summary.out / 'provenance.csv'}{matched}", highlight=False, soft_wrap=True)
     if fail_on_synthetic and summary.synthetic:
         console.print(f"--fail-on-synthetic: {summary.synthetic} synthetic images", highlight=False)
         raise typer.Exit(1)
