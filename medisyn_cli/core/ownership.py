@@ -216,6 +216,10 @@ class Owned:
         """Add `names` (relative paths this run wrote) to the folder's record."""
         record_files(self.path, names)
 
+    def keep(self) -> None:
+        """The command completed: the folder and its marker stay even if it wrote no file (an empty copy)."""
+        self.marked = False
+
     def publish(self, tmp: Path, name: str) -> Path:
         """Rename this run's temp file `tmp` to NAME (checked free first) and record it."""
         self.check_free([name])

@@ -367,6 +367,7 @@ def write_kept_copy(
         for entry in tmp.iterdir():
             os.replace(entry, owner.path / entry.name)
         owner.record(names)
+        owner.keep()
     finally:
         remove_temp(tmp)
 
