@@ -186,3 +186,13 @@ def test_card_lines_say_how_files_are_marked_or_that_they_are_not():
     assert MARK.run_id in marked and "medisyn provenance" in marked
     unmarked = " ".join(card_lines(None, ("parquet",)))
     assert "--no-mark" in unmarked and "0008,001C" not in unmarked
+
+
+def test_jpeg_mark_goes_after_a_leading_exif_segment_and_keeps_it():
+    exif = Image.Exif()
+    exif[0x0131] = "scanner 2.1"  # Software
+    jpeg = encode(Image.open(io.BytesIO(real_png("isic2017_dermoscopy"))), "JPEG", exif=exif.tobytes())
+    marked = mark_jpeg(jpeg, MARK)
+    assert marked.find(b"Exif\x00\x00") < marked.find(b"http://ns.adobe.com/xap/1.0/\x00")
+    assert Image.open(io.BytesIO(marked)).getexif()[0x0131] == "scanner 2.1"
+    assert read_mark(marked)["run_id"] == MARK.run_id

@@ -68,6 +68,8 @@ def mixed(tmp_path) -> Path:
     parquet(folder / "plain.parquet", [png, mark_png(png, MARK)])
     (folder / "corrupt.png").write_bytes(png[:100])
     (folder / "notes.txt").write_text("not an image")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "hidden.png").write_bytes(mark_png(png, MARK))  # hidden folders are not searched
     return folder
 
 
@@ -93,7 +95,12 @@ def test_marks_are_found_in_every_kind_of_file(mixed, tmp_path):
     assert found["marked.png"]["run_id"] == MARK.run_id and found["marked.png"]["image_id"] == MARK.image_id
     for name in ("real2.png", "real3.png", "plain.parquet:r0", "corrupt.png"):
         assert (found[name]["synthetic"], found[name]["evidence"]) == ("False", "none"), name
-    assert "notes.txt" not in found and summary.files == 12 and summary.synthetic == 8
+    assert (
+        "notes.txt" not in found
+        and "hidden.png" not in found
+        and summary.files == 12
+        and summary.synthetic == 8
+    )
     assert summary.evidence == {
         "mark: xmp-iptc": 3,
         "mark: dicom-synthetic": 2,

@@ -215,11 +215,16 @@ def _is_xmp_app1(data: bytes, marker: int, start: int) -> bool:
 
 
 def mark_jpeg(jpeg: bytes, mark: Mark) -> bytes:
-    """`jpeg` with the mark's XMP packet as an APP1 segment after SOI and any JFIF APP0 (older XMP replaced)."""
+    """`jpeg` with the mark's XMP packet as an APP1 segment after SOI and the JFIF APP0 / Exif APP1 segments that
+    lead the file (older XMP replaced)."""
     segments = list(_jpeg_segments(jpeg))
     payload = JPEG_XMP_HEADER + xmp_packet(mark)
     app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    cut = segments[0][2] if segments and segments[0][0] == 0xE0 else 2
+    cut = 2
+    for marker, start, end in segments:
+        if not (marker == 0xE0 or marker == 0xE1 and jpeg[start + 4 : start + 10] == b"Exif\x00\x00"):
+            break
+        cut = end
     drop = [(s, e) for m, s, e in segments if _is_xmp_app1(jpeg, m, s)]
     body = jpeg[cut:]
     for start, end in sorted(drop, reverse=True):

@@ -133,18 +133,27 @@ def find_files(paths: list[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise MedisynError(f"{path}: no such file or folder")
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        files = (
+            [path]
+            if path.is_file()
+            else sorted(p for p in path.rglob("*") if p.is_file() and _visible(p, path))
+        )
         found += [p for p in files if _wanted(p, explicit=path.is_file())]
     if not found:
         raise MedisynError(f"{', '.join(map(str, paths))}: no image, DICOM or Parquet files found")
     return found
 
 
+def _visible(path: Path, root: Path) -> bool:
+    """No hidden file or folder on the way from root (.git, .cache, temp files)."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _wanted(path: Path, explicit: bool) -> bool:
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES or suffix == ".parquet":
         return True
-    if path.name.startswith(".") or suffix and not explicit:
+    if suffix and not explicit:
         return False
     with open(path, "rb") as handle:  # DICOM files from a PACS often have no suffix
         return is_dicom(handle.read(132))
