@@ -43,6 +43,7 @@ def train(
     lora_alpha: float | None = option(TrainConfig, "lora_alpha", "--lora-alpha"),
     lora_targets: str = option(TrainConfig, "lora_targets", "--lora-targets"),
     lora_dropout: float = option(TrainConfig, "lora_dropout", "--lora-dropout"),
+    deterministic: bool = option(TrainConfig, "deterministic", "--deterministic"),
 ) -> None:
     """Train or fine-tune a text-to-image model and save a diffusers pipeline folder.
 
@@ -77,6 +78,7 @@ def train(
             lora_alpha=lora_alpha,
             lora_targets=lora_targets,
             lora_dropout=lora_dropout,
+            deterministic=deterministic,
         )
         result = run_train(cfg)
     table = Table(title=f"trained {'adapter' if lora else 'model'} in {result.model_dir}")

@@ -175,6 +175,13 @@ class TrainConfig:
     )
     lora_targets: str = field(default="unet", metadata={"help": "unet or unet+text."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout of the LoRA layers in training."})
+    deterministic: bool = field(
+        default=False,
+        metadata={
+            "help": "Only deterministic CUDA algorithms (torch.use_deterministic_algorithms), so a GPU run with "
+            "the same seed and data gives the same weights; slower. CPU runs are reproducible without it."
+        },
+    )
 
 
 @dataclass
@@ -479,6 +486,7 @@ def _train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     _check_numbers(config)
     check_train_options(config)
     _reset_accelerate()
+    seed_run(config.seed, config.deterministic)
     pixels, captions, skipped, held = load_training_images(config)
     _save_options(work, config)
     accelerator = Accelerator(
@@ -512,6 +520,19 @@ def _save(parts, out: Path, config: TrainConfig, losses, pixels, captions, held:
         "data_fingerprint": data_fingerprint(pixels, captions),
     }
     return save_adapter(parts, out, config, info)
+
+
+def seed_run(seed: int, deterministic: bool = False) -> None:
+    """Seed every generator a run draws from without its own: fresh weights, the LoRA layers' initial values,
+    dropout, the autoencoder's samples (python, numpy, torch and CUDA); `deterministic`: CUDA's algorithms too."""
+    import torch
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 def _reset_accelerate() -> None:
@@ -622,13 +643,14 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
     caption_index = torch.tensor([unique.index(c) for c in captions])
     weights = caption_weights(caption_index, config.balance) if config.balance else None
     losses, step = _restore(accelerator, work)
-    generator = torch.Generator().manual_seed(config.seed + step)
+    generator, micro = torch.Generator(), 0
     task = progress.add_task("diffusion", total=config.steps, completed=step, rate="", info="")
     start, done = time.time(), 0
     unet.train()
     text_encoder.train(parts["train_text_encoder"])
     cached = caption_states(parts, ids_of, accelerator)
     while step < config.steps:
+        generator.manual_seed(step_seed(config.seed, step, micro))  # a resumed run draws as an unbroken one
         idx = draw_batch(weights, len(latents), config.batch_size, generator)
         mean, std = latents[idx].float().chunk(2, dim=1)
         z = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
@@ -641,6 +663,7 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
             optimizer.step()
             lr_schedule.step()
             optimizer.zero_grad()
+        micro = 0 if accelerator.sync_gradients else micro + 1
         if accelerator.sync_gradients:
             step += 1
             done += len(idx)
@@ -692,6 +715,13 @@ def _trainable(parts, config: TrainConfig) -> list:
     return list(parts["unet"].parameters()) + (
         list(parts["text_encoder"].parameters()) if parts["train_text_encoder"] else []
     )
+
+
+def step_seed(seed: int, step: int, micro: int = 0) -> int:
+    """The seed of one batch's draws (images, latents, noise, timesteps, caption dropout), from the run's seed,
+    the optimiser step and the batch's place in a --grad-accum step."""
+    digest = hashlib.sha256(f"{seed}/{step}/{micro}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def caption_weights(caption_index, power: float):
