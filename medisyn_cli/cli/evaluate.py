@@ -122,6 +122,7 @@ def privacy(
     pairs: int = option(PrivacyConfig, "pairs", "--pairs"),
     batch_size: int = option(PrivacyConfig, "batch_size", "--batch-size"),
     out: Path | None = option(PrivacyConfig, "out", "--out", "-o"),
+    train_reference: int = option(PrivacyConfig, "train_reference", "--train-reference"),
 ) -> None:
     """Are synthetic images closer to training images than unseen real images are? (distance to closest record)
 
@@ -138,6 +139,7 @@ def privacy(
             pairs,
             batch_size,
             str(out) if out else None,
+            train_reference,
         )
         result = run_privacy(config)
     table = Table(
@@ -158,19 +160,36 @@ def privacy(
             f"{result['near_copy_rate'][name]:.1%}",
         )
     results.print(table)
-    leaks = result["heldout_near_copies"]
+    leaks, copies, reference = (
+        result["heldout_near_copies"],
+        result["synthetic_near_copies"],
+        result["reference"],
+    )
     results.print(
-        f"held-out near-copies of training images: {leaks['count']} ({leaks['share']:.1%}), left out of "
-        f"the reference ({result['reference_images']} images)",
+        f"held-out near-copies of training images (natural duplicates, kept in the reference): {leaks['count']} "
+        f"({leaks['share']:.1%}); reference: {reference['source']}, {result['reference_images']} images",
         highlight=False,
     )
     for warning in result.get("warnings", []):
-        results.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+        style = "bold red" if warning == copies["warning"] else "yellow"  # synthetic near-copies: a finding
+        results.print(f"[{style}]warning: {warning}[/{style}]", highlight=False)
     p = result["p_values"]
     results.print(
         f"synthetic above the reference 95th percentile: {result['share_above_heldout_p95']:.1%} "
         f"(expected 5%, p {p['tail_p95']:.3g}); near-copies p {p['near_copies']:.3g}; distribution "
-        f"(Mann-Whitney) p {p['distribution']:.3g}; each test at p < {result['test_level']:.3g}",
+        f"(Mann-Whitney) p {p['distribution']:.3g}; levels: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in result["test_levels"].items()),
+        highlight=False,
+    )
+    power, audit = result["power"], result.get("membership_audit")
+    results.print(
+        f"power to flag {power['copy_share']:.0%} copies: {power['power']:.2f} (target {power['target']:g}; "
+        f"synthetic images needed: {power['synthetic_images_needed'] or 'none would do'})"
+        + (
+            f"; membership audit AUC {audit['auc']:.3f} ({audit['auc_ci95'][0]:.3f}-{audit['auc_ci95'][1]:.3f})"
+            if audit
+            else ""
+        ),
         highlight=False,
     )
     pixel = result["pixel_distance_percentiles"]

@@ -1,29 +1,32 @@
 """Privacy / memorisation: distance to the closest training record (DCR) of synthetic vs held-out real images.
 
-A model that memorises puts its images closer to its training images than unseen real images are. For each
-synthetic image and each held-out real image we find the nearest training image with the same `Screener`
-that `generate --index` uses: the embedder (default `pixel`) under its query views (flips, shifts, crops), so
-a flipped or shifted copy counts as close. Similarity is cosine (1 = identical); DCR = 1 - similarity. Both
-sets go through the same views, so the comparison is fair; the views raise every similarity a little.
+A model that memorises puts its images closer to its training images than fresh real images from the same
+distribution are, duplicates and all. For each synthetic image and each held-out real image we find the nearest
+training image with the same `Screener` that `generate --index` uses: the embedder (default `pixel`) under its
+query views (flips, shifts, crops), so a flipped or shifted copy counts as close. Similarity is cosine
+(1 = identical); DCR = 1 - similarity. Both sets go through the same views, so the comparison is fair.
 
-Before testing, the held-out set is screened against the training index (as `medisyn evaluate leakage` does):
-held-out images at or above the near-copy threshold are duplicates of training images in the source data, not
-unseen images; they are reported (count, share, examples; a warning above 5%) and left out of the reference
-distribution, whose near-copy rate is then zero by construction.
+Held-out images at or above the near-copy threshold are the data set's own cross-split duplicates: they are
+reported (`heldout_near_copies`: count, share, examples; a warning above 5%) and kept in the reference, since a
+fresh image from the same distribution has them at the same rate. A sample of `--train-reference` training
+images, each screened against the other training images, adds the training set's own nearest-neighbour
+distribution where it agrees with the held-out set (memorisation.py: the reference, the three tests, the
+three-state verdict with its power, the membership-style ROC audit).
 
-Three one-sided tests at ALPHA / 3 each (Bonferroni: the verdict's false-alarm rate stays below ALPHA);
-`memorises` when any of them fires:
-- tail: synthetic images above the reference's 95th percentile, against the exact null of exchangeable
-  samples (negative hypergeometric: synthetic images ranked before the (m+1)-th reference image, m = reference
-  images above the cut);
-- near-copies: synthetic vs reference images at or above the threshold (Fisher's exact test);
-- distribution: Mann-Whitney U, synthetic images closer to training than reference ones.
-The tail tests see partial memorisation (a few percent of copies) that the distribution test misses. The same
-statistics are reported per class (a class's synthetic images against its held-out images).
+Near-copies among the synthetic images are reported on their own (`synthetic_near_copies`: count, share,
+per class, highest similarity, every pair), a privacy finding whatever the statistics say.
+
+privacy.json fields (besides the inputs): `memorises` true / false / null (undecidable at this sample size) and
+`verdict` (one sentence); `power` (the near-copy test's power to flag 5% copies, `synthetic_images_needed`, the
+smallest synthetic sample that would decide); `reference` (heldout or heldout+train_self, the agreement tests);
+`p_values`, `flagged_by`, `test_level`; `near_copy_rate` and `near_copy_count`; `percentiles` (synthetic,
+heldout, reference, train_self); `membership_audit` (ROC, AUC with its DeLong interval, TPR at 1% / 10% FPR);
+`heldout_near_copies`, `synthetic_near_copies`; `per_class` (the same tests per label).
 
 Figure 4b of the MediSyn paper: each synthetic (and held-out) image's pixel-space normalised Euclidean distance
 to its nearest training image (RMS difference of 64x64 RGB in [0, 1]; 0 = identical; the query under the view
-that matched, so a flipped copy is compared unflipped), beside the embedding similarity. Training vectors and 64 px thumbnails are held in memory (12 KB an image).
+that matched, so a flipped copy is compared unflipped), beside the embedding similarity. Training vectors and
+64 px thumbnails are held in memory (12 KB an image).
 """
 
 from __future__ import annotations
@@ -47,14 +50,15 @@ from medisyn_cli.evaluate.common import (
     write_csv,
     write_json,
 )
+from medisyn_cli.evaluate.memorisation import ALPHA, EXPECTED_SHARE, TESTS, memorisation_tests, percentiles  # noqa: F401 (importable here)
 from medisyn_cli.screening.embed import View, apply_view, get_embedder
 from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.screener import Screener
 
-EXPECTED_SHARE, ALPHA, TESTS = 0.05, 0.05, 3
 LEAK_WARNING = 0.05  # warn when a larger share of held-out images are near-copies of training images
 PIXEL_SIDE = 64  # thumbnails for the pixel-space distance
-PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+MAX_PAIRS = 200  # synthetic near-copy pairs listed in privacy.json (all of them are in privacy.csv)
+TRAIN_REFERENCE = 1000  # training images screened against the others as the training self-reference
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,14 @@ class PrivacyConfig:
     )
     batch_size: int = field(default=64, metadata={"help": "Images embedded at a time."})
     out: str | None = field(default=None, metadata={"help": "Folder for privacy.json/.csv and figures."})
+    train_reference: int = field(
+        default=TRAIN_REFERENCE,
+        metadata={
+            "help": "Training images (a random sample) screened against the other training images: the "
+            "training set's own nearest-neighbour distribution, joined to the held-out reference where the two "
+            "agree (0: held-out only)."
+        },
+    )
 
 
 @dataclass
@@ -123,12 +135,24 @@ def run_privacy(config: PrivacyConfig) -> dict:
     # 2. the training set as an in-memory exact index
     train = training_index(sources["train"], embedder, "--train", config.batch_size)
     screener = Screener(train.index, threshold, views=config.views)
-    # 3. nearest training image of each held-out and synthetic image; held-out near-copies screened out
+    # 3. nearest training image of each held-out and synthetic image, and of a sample of training images
     heldout = nearest(sources["heldout"], screener, train, "--heldout", config.batch_size)
     synthetic = nearest(sources["synthetic"], screener, train, "--synthetic", config.batch_size)
+    own = self_reference(sources["train"], screener, train, config.train_reference, config.batch_size)
     leaks = near_copies(heldout, train, threshold)
+    copies = near_copies(
+        synthetic,
+        train,
+        threshold,
+        MAX_PAIRS,
+        0.0,
+        "a privacy finding whatever the statistics say: review them (closest_pairs.png, privacy.csv)",
+    )
     # 4. statistics, files
-    stats = memorisation_tests(np.array(synthetic.similarity), np.array(heldout.similarity), threshold)
+    stats = memorisation_tests(
+        np.array(synthetic.similarity), np.array(heldout.similarity), threshold, train_self=own.similarity
+    )
+    stats["percentiles"]["train_self"] = percentiles(own.similarity)
     result = {
         "evaluation": "privacy",
         "embedder": embedder.name,
@@ -141,22 +165,25 @@ def run_privacy(config: PrivacyConfig) -> dict:
             "train": len(train.image_set),
             "heldout": len(heldout.image_set),
             "synthetic": len(synthetic.image_set),
+            "train_self": len(own.similarity),
         },
         "heldout_near_copies": leaks,
+        "synthetic_near_copies": copies,
         **stats,
         "pixel_distance_percentiles": {
-            name: _percentiles(np.array(found.pixel_distance))
+            name: percentiles(np.array(found.pixel_distance))
             for name, found in (("synthetic", synthetic), ("heldout", heldout))
         },
-        "per_class": per_class_tests(synthetic, heldout, threshold),
+        "per_class": per_class_tests(synthetic, heldout, threshold, own),
         "skipped": {
             s.name: s.skipped for s in (train.image_set, heldout.image_set, synthetic.image_set) if s.skipped
         },
         "seconds": round(time.time() - started, 1),
         "config": asdict(config),
     }
-    if leaks["warning"]:
-        result["warnings"] = [leaks["warning"]]
+    warnings = [found["warning"] for found in (copies, leaks) if found["warning"]]
+    if warnings:
+        result["warnings"] = warnings
     out = Path(config.out) if config.out else default_out(config.synthetic[0])
     pairs = closest_pairs_figure(
         synthetic,
@@ -201,6 +228,33 @@ def nearest(sources: list, screener, train: Training, name: str, batch_size: int
     return found
 
 
+@dataclass
+class SelfReference:
+    """A sample of training images, each with its nearest *other* training image's similarity."""
+
+    similarity: np.ndarray
+    labels: list[str | None]
+
+
+def self_reference(
+    sources: list, screener, train: Training, count: int, batch_size: int, seed: int = 0
+) -> SelfReference:
+    """Screen a random sample of `count` training images against the training index, each image itself excluded
+    (its duplicates kept): the training set's own nearest-neighbour distribution."""
+    total = len(train.image_set)
+    if count < 1 or total < 3:
+        return SelfReference(np.zeros(0), [])
+    ids = np.sort(np.random.default_rng(seed).choice(total, min(count, total), replace=False))
+    positions = [train.image_set.positions[i] for i in ids]
+    images = fetch_images(sources, positions)
+    similarity = []
+    for start in range(0, len(ids), batch_size):
+        part = [int(i) for i in ids[start : start + batch_size]]
+        batch = [images[train.image_set.positions[i]] for i in part]
+        similarity += [r.nn_similarity for r in screener.check(batch, exclude=[{i} for i in part])]
+    return SelfReference(np.array(similarity, np.float64), [train.image_set.labels[i] for i in ids])
+
+
 def view_from_name(name: str):
     """The View a ScreenResult names ('identity', 'hflip', 'rot90+vflip', 'invert', 'box(l,t,r,b)', joined by +)."""
     fields: dict = {}
@@ -226,8 +280,16 @@ def pixel_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(diff * diff)))
 
 
-def near_copies(found: Nearest, train: Training, threshold: float, examples: int = 10) -> dict:
-    """Images of a set at or above the threshold: count, share, per class, the closest examples, a warning."""
+def near_copies(
+    found: Nearest,
+    train: Training,
+    threshold: float,
+    examples: int = 10,
+    warn_above: float = LEAK_WARNING,
+    finding: str = "the split leaks (the data set's own cross-split duplicates)",
+) -> dict:
+    """Images of a set at or above the threshold: count, share, per class, the closest examples (the pairs) and a
+    warning naming `finding` when their share exceeds `warn_above`."""
     sim = np.array(found.similarity)
     hit = sim >= threshold
     labels = [label or "" for label in found.image_set.labels]
@@ -244,15 +306,15 @@ def near_copies(found: Nearest, train: Training, threshold: float, examples: int
     share = float(hit.mean()) if len(hit) else 0.0
     warning = (
         f"{found.image_set.name}: {int(hit.sum())} of {len(hit)} images ({share:.1%}) are near-copies of "
-        f"training images (similarity >= {threshold:g}); the split leaks, and they are left out of the "
-        f"reference distribution"
-        if share > LEAK_WARNING
+        f"training images (similarity >= {threshold:g}, highest {float(sim.max()):.3f}); {finding}"
+        if share > warn_above
         else None
     )
     return {
         "count": int(hit.sum()),
         "share": share,
         "threshold": threshold,
+        "highest_similarity": float(sim.max()) if len(sim) else float("nan"),
         "per_class": per_class,
         "examples": [
             {
@@ -269,105 +331,14 @@ def near_copies(found: Nearest, train: Training, threshold: float, examples: int
     }
 
 
-def memorisation_tests(
-    synthetic: np.ndarray, heldout: np.ndarray, threshold: float, alpha: float = ALPHA
+def per_class_tests(
+    synthetic: Nearest, heldout: Nearest, threshold: float, own: SelfReference | None = None
 ) -> dict:
-    """The three tests against the screened held-out reference, percentiles, near-copy rates and the verdict."""
-    from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu, nhypergeom
-
-    synthetic, heldout = np.asarray(synthetic, np.float64), np.asarray(heldout, np.float64)
-    reference = heldout[heldout < threshold]
-    if len(synthetic) < 1:
-        raise MedisynError("privacy: no synthetic images to test")
-    if len(reference) < 2:
-        return _untestable(synthetic, heldout, reference, threshold)
-    cut = float(np.percentile(reference, 100 * (1 - EXPECTED_SHARE)))
-    above, above_ref = int((synthetic > cut).sum()), int((reference > cut).sum())
-    near = int((synthetic >= threshold).sum())
-    p_tail = float(nhypergeom(len(synthetic) + len(reference), len(synthetic), above_ref + 1).sf(above - 1))
-    p_near = float(
-        fisher_exact([[near, len(synthetic) - near], [0, len(reference)]], alternative="greater")[1]
-    )
-    mw = mannwhitneyu(synthetic, reference, alternative="greater")
-    ks = ks_2samp(synthetic, reference)
-    p_values = {"tail_p95": p_tail, "near_copies": p_near, "distribution": float(mw.pvalue)}
-    level = alpha / TESTS
-    flagged = [name for name, p in p_values.items() if p < level]
-    share = above / len(synthetic)
-    return {
-        "percentiles": {
-            name: _percentiles(values)
-            for name, values in (("synthetic", synthetic), ("heldout", heldout), ("reference", reference))
-        },
-        "reference_images": int(len(reference)),
-        "heldout_p95_similarity": cut,
-        "share_above_heldout_p95": share,
-        "expected_share": EXPECTED_SHARE,
-        "share_ratio": share / EXPECTED_SHARE,
-        "near_copy_rate": {
-            "synthetic": near / len(synthetic),
-            "heldout": float(np.mean(heldout >= threshold)),
-            "reference": 0.0,
-        },
-        "p_synthetic_closer": float(mw.statistic / (len(synthetic) * len(reference))),
-        "p_values": p_values,
-        "test_level": level,
-        "flagged_by": flagged,
-        "mannwhitney_p": float(mw.pvalue),
-        "ks_statistic": float(ks.statistic),
-        "ks_p": float(ks.pvalue),
-        "memorises": bool(flagged),
-        "verdict": _verdict(flagged, share, near, len(synthetic), p_values, level),
-    }
-
-
-def _untestable(synthetic: np.ndarray, heldout: np.ndarray, reference: np.ndarray, threshold: float) -> dict:
-    """The result when fewer than two held-out images are left once near-copies are screened out: no verdict."""
-    nan = float("nan")
-    near = int((synthetic >= threshold).sum())
-    return {
-        "percentiles": {
-            name: _percentiles(values)
-            for name, values in (("synthetic", synthetic), ("heldout", heldout), ("reference", reference))
-        },
-        "reference_images": int(len(reference)),
-        "heldout_p95_similarity": nan,
-        "share_above_heldout_p95": nan,
-        "expected_share": EXPECTED_SHARE,
-        "share_ratio": nan,
-        "near_copy_rate": {
-            "synthetic": near / len(synthetic),
-            "heldout": float(np.mean(heldout >= threshold)),
-            "reference": 0.0,
-        },
-        "p_synthetic_closer": nan,
-        "p_values": {"tail_p95": nan, "near_copies": nan, "distribution": nan},
-        "test_level": ALPHA / TESTS,
-        "flagged_by": [],
-        "mannwhitney_p": nan,
-        "ks_statistic": nan,
-        "ks_p": nan,
-        "memorises": None,
-        "verdict": f"cannot test: {len(reference)} of {len(heldout)} held-out images are not near-copies of "
-        f"training images (at least 2 are needed as the reference); {near} of {len(synthetic)} "
-        f"synthetic images are near-copies",
-    }
-
-
-def _verdict(flagged: list[str], share: float, near: int, count: int, p_values: dict, level: float) -> str:
-    facts = (
-        f"{share:.1%} above the held-out 95th percentile (expected {EXPECTED_SHARE:.0%}, p = "
-        f"{p_values['tail_p95']:.2g}), {near} of {count} near-copies (p = {p_values['near_copies']:.2g}), "
-        f"distribution p = {p_values['distribution']:.2g}"
-    )
-    if flagged:
-        return f"memorises ({', '.join(flagged)} at p < {level:.3g}): {facts}"
-    return f"no sign of memorisation (each test at p < {level:.3g}): {facts}"
-
-
-def per_class_tests(synthetic: Nearest, heldout: Nearest, threshold: float) -> dict:
-    """memorisation_tests per label present in both sets (each class's synthetic vs its held-out images)."""
+    """memorisation_tests per label present in both sets (each class's synthetic vs its held-out images and its
+    training images' self-reference)."""
     rows = {}
+    own = own or SelfReference(np.zeros(0), [])
+    own_labels = np.array(own.labels, object)
     s_labels, h_labels = (
         np.array(synthetic.image_set.labels, object),
         np.array(heldout.image_set.labels, object),
@@ -376,7 +347,7 @@ def per_class_tests(synthetic: Nearest, heldout: Nearest, threshold: float) -> d
         s = np.array(synthetic.similarity)[s_labels == label]
         h = np.array(heldout.similarity)[h_labels == label]
         try:
-            tests = memorisation_tests(s, h, threshold)
+            tests = memorisation_tests(s, h, threshold, train_self=own.similarity[own_labels == label])
         except MedisynError as exc:
             rows[label] = {"synthetic": len(s), "heldout": len(h), "note": str(exc)}
             continue
@@ -384,10 +355,12 @@ def per_class_tests(synthetic: Nearest, heldout: Nearest, threshold: float) -> d
             "synthetic": len(s),
             "heldout": len(h),
             "reference": tests["reference_images"],
+            "reference_source": tests["reference"]["source"],
             "share_above_heldout_p95": tests["share_above_heldout_p95"],
             "near_copy_rate": tests["near_copy_rate"],
             "p_values": tests["p_values"],
             "memorises": tests["memorises"],
+            "power": tests["power"],
             "median_similarity": {"synthetic": float(np.median(s)), "heldout": float(np.median(h))},
         }
     return rows
@@ -396,12 +369,6 @@ def per_class_tests(synthetic: Nearest, heldout: Nearest, threshold: float) -> d
 def compare_distributions(synthetic: np.ndarray, heldout: np.ndarray, threshold: float) -> dict:
     """Kept name for callers: memorisation_tests."""
     return memorisation_tests(synthetic, heldout, threshold)
-
-
-def _percentiles(values: np.ndarray) -> dict:
-    if len(values) == 0:
-        return {f"p{q}": float("nan") for q in PERCENTILES}
-    return {f"p{q}": float(np.percentile(values, q)) for q in PERCENTILES}
 
 
 def write_privacy(
@@ -451,13 +418,14 @@ def write_privacy(
 
 
 def similarity_histogram(synthetic: Nearest, heldout: Nearest, result: dict, path: Path) -> Path:
-    """Left: nearest-training similarity with the reference p95 and the threshold; right: pixel distance (Fig. 4b)."""
+    """Nearest-training similarity with the reference p95 and the threshold; pixel distance (Fig. 4b); the ROC of
+    the membership-style audit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13.0, 4.0))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(17.0, 4.0))
     sim_s, sim_h = np.array(synthetic.similarity), np.array(heldout.similarity)
     bins = np.linspace(float(min(sim_s.min(), sim_h.min())), 1.0, 40)
     left.hist(sim_h, bins=bins, alpha=0.55, density=True, label=f"held-out real ({len(sim_h)})")
@@ -467,31 +435,36 @@ def similarity_histogram(synthetic: Nearest, heldout: Nearest, result: dict, pat
             result["heldout_p95_similarity"],
             color="black",
             linestyle=":",
-            label="95th percentile of held-out (near-copies left out)",
+            label=f"95th percentile of the reference ({result['reference']['source']})",
         )
     left.axvline(
         result["threshold"], color="red", linestyle="--", label=f"near-copy threshold {result['threshold']:g}"
     )
     left.set_xlabel(f"similarity to the nearest training image ({result['embedder']})")
     left.set_ylabel("density")
-    left.set_title(
-        "memorisation: "
-        + (
-            "FLAGGED by " + ", ".join(result["flagged_by"])
-            if result["memorises"]
-            else "not flagged"
-            if result["memorises"] is False
-            else "cannot test"
-        )
-    )
+    state = {True: "FLAGGED by " + ", ".join(result["flagged_by"]), False: "not flagged"}
+    left.set_title("memorisation: " + state.get(result["memorises"], "undecidable at this sample size"))
     left.legend(fontsize=7)
     dist_s, dist_h = np.array(synthetic.pixel_distance), np.array(heldout.pixel_distance)
     bins = np.linspace(0.0, float(max(dist_s.max(), dist_h.max(), 1e-6)), 40)
-    right.hist(dist_h, bins=bins, alpha=0.55, density=True, label="held-out real")
-    right.hist(dist_s, bins=bins, alpha=0.55, density=True, label="synthetic")
-    right.set_xlabel("pixel-space normalised Euclidean distance to that training image (RMS, 0 = identical)")
-    right.set_title("Figure 4b: pixel distance to the nearest training image")
-    right.legend(fontsize=7)
+    middle.hist(dist_h, bins=bins, alpha=0.55, density=True, label="held-out real")
+    middle.hist(dist_s, bins=bins, alpha=0.55, density=True, label="synthetic")
+    middle.set_xlabel("pixel-space normalised Euclidean distance to that training image (RMS, 0 = identical)")
+    middle.set_title("Figure 4b: pixel distance to the nearest training image")
+    middle.legend(fontsize=7)
+    audit = result.get("membership_audit")
+    if audit:
+        roc = np.array(audit["roc"])
+        right.plot(
+            roc[:, 0],
+            roc[:, 1],
+            label=f"AUC {audit['auc']:.3f} ({audit['auc_ci95'][0]:.3f}-{audit['auc_ci95'][1]:.3f})",
+        )
+        right.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        right.set_xlabel("held-out images scored synthetic (false-positive rate)")
+        right.set_ylabel("synthetic images scored synthetic (true-positive rate)")
+        right.set_title("membership-style audit: similarity as the score")
+        right.legend(fontsize=7)
     return save_figure(figure, path)
 
 

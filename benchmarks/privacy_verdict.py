@@ -1,0 +1,268 @@
+"""The memorisation verdict (`medisyn evaluate privacy`, issue #29) checked by simulation on real similarities.
+
+For each data set of ../shared/data (64 px; default brain_tumor_mri and isic2017_dermoscopy), measured once:
+the similarity of every image to every other image as the privacy command's Screener sees it (pixel embedder,
+its general views with their penalties, the best view kept; the Screener's refinement step left out, and its
+agreement with the real Screener on one split reported as `pairwise_vs_screener`), and of a planted copy of every
+image (screening.calibrate's copy_augment: crop, small rotation, JPEG, blur, contrast or flip, plus Gaussian
+noise of sigma 2-12 in 255) to every image. Then --runs random runs per condition, each a new split and draw:
+- the training set: --train-share of the images, by a random split ("random split": the data set's own
+  near-duplicates fall on both sides at their natural rate), or by near-duplicate group with a share of groups
+  split image by image, tuned so ~10.8% of held-out images are near-copies of training images ("group split":
+  the brain MRI case of the issue);
+- held-out: n_h images outside the training set; synthetic: n_s - k other images outside it (drawn like the
+  held-out set, their natural duplicates included) and k planted copies of training images (k = share * n_s);
+- train_self: up to 1000 training images against the other training images (run_privacy's --train-reference);
+and judged by memorisation_tests (the code run_privacy runs). Reported per condition: the share of runs with
+memorises true / false / null, the mean held-out near-copy rate, and the median synthetic_images_needed of the
+null runs. Targets (issue #29): copies at 2%, 5%, 10% flagged in >= 95% of runs at >= 100 images; none flagged in
+<= 5% of runs with natural duplicates alone.
+
+    python benchmarks/privacy_verdict.py                       # results/privacy_verdict/{results.json,output.txt}
+    python benchmarks/privacy_verdict.py --runs 20 --sets isic2017_dermoscopy --out /tmp/pv   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from medisyn_cli.evaluate.memorisation import memorisation_tests  # noqa: E402
+from medisyn_cli.screening.calibrate import copy_augment  # noqa: E402
+from medisyn_cli.screening.embed import get_embedder  # noqa: E402
+from medisyn_cli.screening.index import TrainingIndex  # noqa: E402
+from medisyn_cli.screening.screener import Screener  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results" / "privacy_verdict"
+SETS = ("brain_tumor_mri", "isic2017_dermoscopy")
+SYNTHETIC, HELDOUT, SHARES = (50, 100, 200, 500), (50, 200), (0.0, 0.02, 0.05, 0.10)
+TRAIN_SELF = 1000
+
+
+def load_images(folder: Path) -> list:
+    """Every 64 px image of a data set, decoded."""
+    from PIL import Image
+
+    images = []
+    for path in sorted((folder / "images").glob("*.png")):
+        with Image.open(path) as image:
+            images.append(image.convert("RGB") if image.mode not in ("L", "RGB") else image.copy())
+    return images
+
+
+def noisy_copy(image, rng: np.random.Generator):
+    """A copy-style change of a training image plus Gaussian noise."""
+    from PIL import Image
+
+    changed = np.asarray(copy_augment(image, rng), np.float64)
+    changed = changed + rng.normal(0.0, rng.uniform(2.0, 12.0), changed.shape)
+    return Image.fromarray(np.clip(changed, 0, 255).astype(np.uint8))
+
+
+def pairwise(queries: list, vectors: np.ndarray, embedder, chunk: int = 32) -> np.ndarray:
+    """(queries, images) similarity of each query, under the screener's views (penalties subtracted, the best
+    view kept), to each image's plain vector: the screener's similarity without its refinement step."""
+    views = embedder.default_views("general")
+    penalty = np.array([view.penalty for view in views], np.float32)[None, :, None]
+    rows = []
+    for start in range(0, len(queries), chunk):
+        embedded = embedder.embed_views(queries[start : start + chunk], views).astype(np.float32)
+        sims = embedded.reshape(-1, embedded.shape[-1]) @ vectors.T
+        rows.append((sims.reshape(len(embedded), len(views), -1) - penalty).max(1))
+    return np.concatenate(rows)
+
+
+def similarities(images: list, seed: int) -> dict:
+    """Every image against every other (`pairs`), and a planted copy of every image against every image."""
+    rng = np.random.default_rng(seed)
+    embedder = get_embedder("pixel")
+    vectors = embedder.embed(images).astype(np.float32)
+    return {
+        "threshold": embedder.default_threshold,
+        "pairs": pairwise(images, vectors, embedder),
+        "copies": pairwise([noisy_copy(image, rng) for image in images], vectors, embedder),
+    }
+
+
+def screener_check(images: list, found: dict, seed: int, sample: int = 150) -> dict:
+    """The pairwise nearest-training similarity against the real Screener's (with refinement) on one split."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
+    train, queries = order[: len(images) // 2], order[len(images) // 2 :][:sample]
+    embedder = get_embedder("pixel")
+    index = TrainingIndex.from_vectors(
+        embedder.embed([images[i] for i in train]), [str(i) for i in train], embedder, "flat"
+    )
+    real = np.array([r.nn_similarity for r in Screener(index).check([images[i] for i in queries])])
+    approx = found["pairs"][np.ix_(queries, train)].max(1)
+    return {
+        "queries": len(queries),
+        "median_abs_difference": round(float(np.median(np.abs(real - approx))), 4),
+        "p95_abs_difference": round(float(np.percentile(np.abs(real - approx), 95)), 4),
+        "near_copy_agreement": round(float(np.mean((real >= 0.97) == (approx >= 0.97))), 4),
+    }
+
+
+def groups(found: dict) -> np.ndarray:
+    """Group id of every image: connected components of the near-copy graph (either direction >= threshold)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    linked = (found["pairs"] >= found["threshold"]) | (found["pairs"] >= found["threshold"]).T
+    return connected_components(csr_matrix(linked), directed=False)[1]
+
+
+def split(group: np.ndarray, leak: float, train_share: float, rng: np.random.Generator) -> np.ndarray:
+    """Training mask: whole near-copy groups to one side, except a `leak` share of groups split image by image
+    (leak 1: a random split of the images)."""
+    whole = rng.random(group.max() + 1) < train_share
+    leaky = rng.random(group.max() + 1) < leak
+    return np.where(leaky[group], rng.random(len(group)) < train_share, whole[group])
+
+
+def leak_for(rate: float, found: dict, group: np.ndarray, train_share: float, rng) -> float:
+    """The leak whose splits give held-out images `rate` near-copies of training images (mean of 5 splits)."""
+
+    def held_out_rate(leak: float) -> float:
+        rates = []
+        for _ in range(5):
+            train = split(group, leak, train_share, rng)
+            rates.append(np.mean(found["pairs"][np.ix_(~train, train)].max(1) >= found["threshold"]))
+        return float(np.mean(rates))
+
+    leaks = np.linspace(0.0, 1.0, 21)
+    return float(leaks[np.argmin([abs(held_out_rate(leak) - rate) for leak in leaks])])
+
+
+def draw(outside: np.ndarray, n: int, taken: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """n images from outside the training set, not among `taken` while enough are left (else with replacement)."""
+    free = np.setdiff1d(outside, taken)
+    return rng.choice(free, n, replace=False) if n <= len(free) else rng.choice(outside, n)
+
+
+def one_run(
+    found: dict, group, leak: float, n_h: int, n_s: int, copies: int, train_share: float, rng
+) -> dict:
+    """One random split and draw, judged by memorisation_tests."""
+    pairs, t = found["pairs"], found["threshold"]
+    train = np.flatnonzero(split(group, leak, train_share, rng))
+    outside = np.setdiff1d(np.arange(len(group)), train)
+    heldout = draw(outside, n_h, np.array([], int), rng)
+    synthetic = draw(outside, n_s - copies, heldout, rng)
+    sources = rng.choice(train, copies, replace=False)
+    own = rng.choice(train, min(TRAIN_SELF, len(train)), replace=False)
+    self_sims = pairs[np.ix_(own, train)]
+    self_sims[own[:, None] == train[None, :]] = -np.inf  # each training image itself excluded
+    return memorisation_tests(
+        np.concatenate(
+            [pairs[np.ix_(synthetic, train)].max(1), found["copies"][np.ix_(sources, train)].max(1)]
+        ),
+        pairs[np.ix_(heldout, train)].max(1),
+        t,
+        train_self=self_sims.max(1),
+    )
+
+
+def condition(
+    found: dict, group, natural: str, leak: float, n_h: int, n_s: int, copies: int, args, rng
+) -> dict:
+    """`runs` random splits and draws of one condition: the share of runs per verdict state."""
+    states, needed, rates = [], [], []
+    for _ in range(args.runs):
+        result = one_run(found, group, leak, n_h, n_s, copies, args.train_share, rng)
+        states.append(result["memorises"])
+        rates.append(result["near_copy_rate"]["heldout"])
+        if result["memorises"] is None:
+            needed.append(result["power"]["synthetic_images_needed"] or np.inf)
+    return {
+        "natural": natural,
+        "leak": leak,
+        "heldout": n_h,
+        "synthetic": n_s,
+        "copies": copies,
+        "share": copies / n_s,
+        "runs": args.runs,
+        "heldout_near_copy_rate": round(float(np.mean(rates)), 4),
+        "true": float(np.mean([s is True for s in states])),
+        "false": float(np.mean([s is False for s in states])),
+        "null": float(np.mean([s is None for s in states])),
+        "median_needed_when_null": float(np.median(needed)) if needed else None,
+    }
+
+
+def scenarios(name: str, found: dict, group: np.ndarray, train_share: float, rng) -> dict:
+    """natural -> leak: a random split (the data set's own near-duplicates fall on both sides), and for brain MRI
+    a split by near-duplicate group with the leak that gives its held-out set the issue's ~10.8%."""
+    chosen = {"random split": 1.0}
+    if name == "brain_tumor_mri":
+        chosen["group split, ~10.8% leak"] = leak_for(0.108, found, group, train_share, rng)
+    return chosen
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The conditions as text lines."""
+    head = f"  {'natural':>26} {'n_h':>4} {'n_s':>4} {'copies':>6} {'h_rate':>6} {'true':>6} {'false':>6} {'null':>6}"
+    lines = [head + " needed (median, null runs)"]
+    for r in rows:
+        lines.append(
+            f"  {r['natural']:>26} {r['heldout']:>4} {r['synthetic']:>4} {r['copies']:>6} "
+            f"{r['heldout_near_copy_rate']:>6.3f} {r['true']:>6.3f} {r['false']:>6.3f} {r['null']:>6.3f} "
+            f"{r['median_needed_when_null']}"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--train-share", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rng, report, lines = np.random.default_rng(args.seed), {}, []
+    for name in args.sets.split(","):
+        clock = time.time()
+        images = load_images(args.data / name)
+        found = similarities(images, args.seed)
+        group = groups(found)
+        check = screener_check(images, found, args.seed)
+        rows = []
+        for natural, leak in scenarios(name, found, group, args.train_share, rng).items():
+            for n_h in HELDOUT:
+                for n_s in SYNTHETIC:
+                    for share in SHARES:
+                        copies = round(share * n_s)
+                        rows.append(condition(found, group, natural, leak, n_h, n_s, copies, args, rng))
+                rows.append(condition(found, group, natural, leak, n_h, 55, 3, args, rng))  # the issue's case
+        report[name] = {
+            "images": len(images),
+            "threshold": found["threshold"],
+            "near_copy_groups": int(np.sum(np.bincount(group) > 1)),
+            "pairwise_vs_screener": check,
+            "conditions": rows,
+            "seconds": round(time.time() - clock, 1),
+        }
+        lines += [
+            f"{name}: {len(images)} images, {report[name]['near_copy_groups']} near-copy groups, threshold "
+            f"{found['threshold']:g}; pairwise similarity vs the Screener's: {json.dumps(check)}"
+        ]
+        lines += table(rows)
+        print("\n".join(lines[-len(rows) - 2 :]), flush=True)
+    settings = vars(args) | {"data": str(args.data), "out": str(args.out)}
+    (args.out / "results.json").write_text(json.dumps({"args": settings, **report}, indent=1))
+    (args.out / "output.txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

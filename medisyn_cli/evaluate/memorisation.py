@@ -1,0 +1,372 @@
+"""The memorisation verdict on nearest-training similarities: are the synthetic images closer to training images
+than fresh real images from the same distribution are, duplicates and all?
+
+Inputs are similarities to the nearest training image (1 = identical): `synthetic`; `heldout`, real images the
+model never saw, their natural near-duplicates of training images included (a data set's own cross-split
+duplicates are part of what a fresh image looks like: dropping them would judge a synthetic set that has them at
+the same natural rate against a cleaned reference); and optionally `train_self`, a sample of training images
+each screened against the other training images (itself excluded): the training set's own nearest-neighbour
+distribution, its duplicates included.
+
+The reference: the held-out similarities, pooled with `train_self` where the two agree on what the tests use
+(near-copy rate, share above the pooled 95th percentile: two-sided Fisher tests, each at p >= AGREEMENT), so the
+training set stands in for fresh images where the held-out set is too small to tell. It is a fair stand-in on a
+random split and a conservative one on a split by patient (a patient's other images are closer than a
+stranger's); where the two disagree (a split by patient, a training set deduplicated but not against its
+held-out set) the held-out set alone is the reference. The index's calibrated false-positive rate is not used
+as the null rate: its negatives leave the training set's own duplicates out by construction, so it would judge
+a data set with natural duplicates against a cleaned reference again; `train_self` is the same measurement with
+them kept.
+
+Three one-sided tests, at ALPHA split by WEIGHTS (weighted Bonferroni: the near-copy test at ALPHA / 2, the others
+at ALPHA / 4):
+- near_copies: synthetic vs reference images at or above the threshold (Fisher's exact test);
+- tail_p95: synthetic images above the reference's 95th percentile, against the exact null of exchangeable
+  samples (negative hypergeometric);
+- distribution: Mann-Whitney U, synthetic vs held-out images (like with like; `train_self` is not used).
+
+`memorises`:
+- true: a test fires;
+- false: none fires and the near-copy test had power >= POWER to flag a set in which COPY_SHARE of the images
+  are extra near-copies (exact: binomial synthetic counts at the reference's near-copy rate plus COPY_SHARE,
+  each judged by the Fisher test against the observed reference);
+- null: none fires but that power is below POWER: undecidable at this sample size. `power` names the smallest
+  synthetic sample that would decide (None: no synthetic sample would, the reference is too small).
+Near-copies are a privacy finding whatever the statistics say: the verdict sentence names them, and says "no
+sign of memorisation" only when there are none.
+
+Membership-style audit (`membership_audit`): the similarity as a score telling synthetic from held-out images,
+as membership-inference papers report it: ROC curve, AUC (P(a synthetic image is closer than a held-out one),
+ties half; 0.5 = no difference) with DeLong's 95% interval, and the true-positive rate at 1% and 10% false
+positives.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from medisyn_cli.core.errors import MedisynError
+
+EXPECTED_SHARE, ALPHA, TESTS = 0.05, 0.05, 3
+# weighted Bonferroni: each test's share of ALPHA (they add up to 1, so the false-alarm rate stays below ALPHA);
+# the near-copy test, the one that sees a few copies, gets half
+WEIGHTS = {"tail_p95": 0.25, "near_copies": 0.5, "distribution": 0.25}
+COPY_SHARE, POWER = (
+    0.05,
+    0.8,
+)  # memorises false: a set with 5% extra near-copies would be flagged >= 80% of the time
+AGREEMENT = (
+    0.01  # train_self joins the reference unless a two-sided test tells it from held-out at this level
+)
+MAX_IMAGES = 1 << 20  # the largest synthetic sample the power search tries
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+ROC_POINTS = 101
+
+
+def memorisation_tests(
+    synthetic: np.ndarray,
+    heldout: np.ndarray,
+    threshold: float,
+    alpha: float = ALPHA,
+    train_self: np.ndarray | None = None,
+) -> dict:
+    """The three tests against the reference, near-copy rates, power, the membership audit and the verdict."""
+    from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu, nhypergeom
+
+    synthetic, heldout = np.asarray(synthetic, np.float64), np.asarray(heldout, np.float64)
+    if len(synthetic) < 1:
+        raise MedisynError("privacy: no synthetic images to test")
+    if len(heldout) < 2:
+        return _untestable(synthetic, heldout, threshold, alpha)
+    reference, source = choose_reference(heldout, train_self, threshold)
+    cut = float(np.percentile(reference, 100 * (1 - EXPECTED_SHARE)))
+    above, above_ref = int((synthetic > cut).sum()), int((reference > cut).sum())
+    near, near_ref = int((synthetic >= threshold).sum()), int((reference >= threshold).sum())
+    p_tail = float(nhypergeom.sf(above - 1, len(synthetic) + len(reference), len(synthetic), above_ref + 1))
+    table = [[near, len(synthetic) - near], [near_ref, len(reference) - near_ref]]
+    p_near = float(fisher_exact(table, alternative="greater")[1])
+    mw = mannwhitneyu(synthetic, heldout, alternative="greater")
+    ks = ks_2samp(synthetic, heldout)
+    p_values = {"tail_p95": p_tail, "near_copies": p_near, "distribution": float(mw.pvalue)}
+    levels = {name: alpha * weight for name, weight in WEIGHTS.items()}
+    flagged = [name for name, p in p_values.items() if p < levels[name]]
+    power = power_summary(len(synthetic), near_ref, len(reference), levels["near_copies"])
+    memorises = True if flagged else False if power["power"] >= POWER else None
+    share = above / len(synthetic)
+    result = {
+        "percentiles": {
+            name: percentiles(values)
+            for name, values in (("synthetic", synthetic), ("heldout", heldout), ("reference", reference))
+        },
+        "reference": source,
+        "reference_images": int(len(reference)),
+        "heldout_p95_similarity": cut,
+        "share_above_heldout_p95": share,
+        "expected_share": EXPECTED_SHARE,
+        "share_ratio": share / EXPECTED_SHARE,
+        "near_copy_rate": {
+            "synthetic": near / len(synthetic),
+            "heldout": float(np.mean(heldout >= threshold)),
+            "reference": near_ref / len(reference),
+        },
+        "near_copy_count": {"synthetic": near, "reference": near_ref},
+        "p_synthetic_closer": float(mw.statistic / (len(synthetic) * len(heldout))),
+        "p_values": p_values,
+        "test_level": levels["near_copies"],  # the near-copy test's; each test's in test_levels
+        "test_levels": levels,
+        "flagged_by": flagged,
+        "mannwhitney_p": float(mw.pvalue),
+        "ks_statistic": float(ks.statistic),
+        "ks_p": float(ks.pvalue),
+        "power": power,
+        "membership_audit": membership_audit(synthetic, heldout),
+        "memorises": memorises,
+    }
+    result["verdict"] = verdict(result, synthetic, threshold)
+    return result
+
+
+def choose_reference(
+    heldout: np.ndarray, train_self: np.ndarray | None, threshold: float
+) -> tuple[np.ndarray, dict]:
+    """The held-out similarities, pooled with the training self-reference where the two agree (module docstring)."""
+    from scipy.stats import fisher_exact
+
+    source = {"source": "heldout", "heldout": int(len(heldout)), "train_self": 0}
+    if train_self is None or len(train_self) < 2:
+        return heldout, source
+    train_self = np.asarray(train_self, np.float64)
+    pooled = np.concatenate([heldout, train_self])
+    cut = float(np.percentile(pooled, 100 * (1 - EXPECTED_SHARE)))
+    agreement = {
+        name: float(
+            fisher_exact(
+                [
+                    [int(hit(heldout).sum()), int((~hit(heldout)).sum())],
+                    [int(hit(train_self).sum()), int((~hit(train_self)).sum())],
+                ]
+            )[1]
+        )
+        for name, hit in (
+            ("near_copy_rate", lambda x: x >= threshold),
+            ("share_above_p95", lambda x: x > cut),
+        )
+    }
+    rates = {
+        "near_copy_rate": {
+            "heldout": float(np.mean(heldout >= threshold)),
+            "train_self": float(np.mean(train_self >= threshold)),
+        }
+    }
+    agree = min(agreement.values()) >= AGREEMENT
+    source = {
+        "source": "heldout+train_self" if agree else "heldout",
+        "heldout": int(len(heldout)),
+        "train_self": int(len(train_self)) if agree else 0,
+        "train_self_available": int(len(train_self)),
+        "agreement_p": agreement,
+        "agreement_level": AGREEMENT,
+        **rates,
+    }
+    return (pooled if agree else heldout), source
+
+
+@lru_cache(maxsize=4096)
+def fisher_rejects_from(
+    synthetic_images: int, near_reference: int, reference_images: int, level: float
+) -> int:
+    """The smallest synthetic near-copy count the one-sided Fisher test flags (synthetic_images + 1: none)."""
+    from scipy.stats import hypergeom
+
+    total = synthetic_images + reference_images
+    low, high = (
+        0,
+        synthetic_images + 1,
+    )  # counts below `low` are not flagged; `high` is (or is the "none" mark)
+    while low < high:  # the p-value falls as the count grows: narrow [low, high] on grids of 64 counts
+        counts = np.unique(np.linspace(low, high - 1, min(64, high - low)).round().astype(np.int64))
+        flagged = counts[hypergeom.sf(counts - 1, total, counts + near_reference, synthetic_images) < level]
+        if not len(flagged):
+            return high
+        before = counts[counts < flagged[0]]
+        low, high = (int(before[-1]) + 1 if len(before) else low), int(flagged[0])
+    return high
+
+
+@lru_cache(maxsize=4096)
+def near_copy_power(
+    synthetic_images: int, near_reference: int, reference_images: int, level: float, share: float = COPY_SHARE
+) -> float:
+    """P(the near-copy test flags a synthetic set with `share` extra near-copies over the reference's rate)."""
+    from scipy.stats import binom
+
+    rate = near_reference / reference_images
+    rate += share * (1.0 - rate)
+    first = fisher_rejects_from(synthetic_images, near_reference, reference_images, level)
+    return float(binom.sf(first - 1, synthetic_images, rate)) if first <= synthetic_images else 0.0
+
+
+@lru_cache(maxsize=4096)
+def images_to_decide(
+    near_reference: int, reference_images: int, level: float, share: float = COPY_SHARE, power: float = POWER
+) -> int | None:
+    """The smallest synthetic sample at which the near-copy test reaches `power` (None: none up to MAX_IMAGES)."""
+    from scipy.stats import binom
+
+    rate = near_reference / reference_images
+    rate += share * (1.0 - rate)
+    if (
+        binom.cdf(near_reference, reference_images, rate) >= level
+    ):  # even endless synthetic images cannot tell
+        return None
+    low, high = 1, 2
+    while near_copy_power(high, near_reference, reference_images, level, share) < power:
+        low, high = high, 2 * high
+        if high > MAX_IMAGES:
+            return None
+    while low + 1 < high and high - low > 0.02 * high:  # to 2%: "about N images"
+        middle = (low + high) // 2
+        if near_copy_power(middle, near_reference, reference_images, level, share) >= power:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def power_summary(synthetic_images: int, near_reference: int, reference_images: int, level: float) -> dict:
+    """The near-copy test's power at this sample size and the smallest sample that would decide."""
+    power = near_copy_power(synthetic_images, near_reference, reference_images, level)
+    needed = (
+        synthetic_images
+        if power >= POWER
+        else images_to_decide(near_reference, reference_images, level, COPY_SHARE, POWER)
+    )
+    return {
+        "copy_share": COPY_SHARE,
+        "power": power,
+        "target": POWER,
+        "synthetic_images_needed": needed,
+    }
+
+
+def membership_audit(synthetic: np.ndarray, heldout: np.ndarray) -> dict:
+    """ROC of nearest-training similarity as a score for 'synthetic, not held-out': AUC, DeLong 95% interval."""
+    synthetic, heldout = np.asarray(synthetic, np.float64), np.asarray(heldout, np.float64)
+    ordered_h, ordered_s = np.sort(heldout), np.sort(synthetic)
+    below = np.searchsorted(ordered_h, synthetic, "left")
+    ties = np.searchsorted(ordered_h, synthetic, "right") - below
+    v10 = (below + 0.5 * ties) / len(heldout)  # per synthetic image: share of held-out it beats
+    above = len(synthetic) - np.searchsorted(ordered_s, heldout, "right")
+    ties = np.searchsorted(ordered_s, heldout, "right") - np.searchsorted(ordered_s, heldout, "left")
+    v01 = (above + 0.5 * ties) / len(synthetic)  # per held-out image: share of synthetic that beat it
+    auc = float(v10.mean())
+    variance = (np.var(v10, ddof=1) / len(synthetic) if len(synthetic) > 1 else 0.0) + (
+        np.var(v01, ddof=1) / len(heldout) if len(heldout) > 1 else 0.0
+    )
+    half = 1.959964 * float(np.sqrt(variance))
+    fpr, tpr = roc_curve(synthetic, heldout)
+    return {
+        "score": "similarity to the nearest training image (higher: more likely synthetic)",
+        "auc": auc,
+        "auc_ci95": [max(0.0, auc - half), min(1.0, auc + half)],
+        "interval": "DeLong",
+        "tpr_at_fpr": {f"{f:g}": float(np.interp(f, fpr, tpr)) for f in (0.01, 0.1)},
+        "roc": [[round(float(f), 4), round(float(t), 4)] for f, t in _thin(fpr, tpr)],
+    }
+
+
+def roc_curve(synthetic: np.ndarray, heldout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate) at every distinct score, from (0, 0) to (1, 1)."""
+    cuts = np.unique(np.concatenate([synthetic, heldout]))[::-1]
+    ordered_s, ordered_h = np.sort(synthetic), np.sort(heldout)
+    tpr = (len(synthetic) - np.searchsorted(ordered_s, cuts, "left")) / len(synthetic)
+    fpr = (len(heldout) - np.searchsorted(ordered_h, cuts, "left")) / len(heldout)
+    return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])
+
+
+def _thin(fpr: np.ndarray, tpr: np.ndarray) -> list[tuple[float, float]]:
+    if len(fpr) <= ROC_POINTS:
+        return list(zip(fpr, tpr))
+    keep = np.unique(np.linspace(0, len(fpr) - 1, ROC_POINTS).round().astype(int))
+    return list(zip(fpr[keep], tpr[keep]))
+
+
+def verdict(result: dict, synthetic: np.ndarray, threshold: float) -> str:
+    """One sentence: the state, the evidence, and the near-copies on their own."""
+    p, levels, power = result["p_values"], result["test_levels"], result["power"]
+    near = int((synthetic >= threshold).sum())
+    facts = (
+        f"{result['share_above_heldout_p95']:.1%} above the reference 95th percentile (expected "
+        f"{EXPECTED_SHARE:.0%}, p = {p['tail_p95']:.2g}), {near} of {len(synthetic)} near-copies against "
+        f"{result['near_copy_rate']['reference']:.1%} in the reference ({result['reference']['source']}, "
+        f"{result['reference_images']} images; p = {p['near_copies']:.2g}), distribution p = "
+        f"{p['distribution']:.2g}"
+    )
+    copies = (
+        f"; {near} of {len(synthetic)} synthetic images are near-copies of training images (similarity >= "
+        f"{threshold:g}, highest {float(synthetic.max()):.3f}): a privacy finding whatever the statistics say, "
+        f"review them"
+        if near
+        else ""
+    )
+    if result["memorises"]:
+        fired = ", ".join(f"{name} p < {levels[name]:.3g}" for name in result["flagged_by"])
+        return f"memorises ({fired}): {facts}{copies}"
+    detect = (
+        f"a set with {COPY_SHARE:.0%} copies would be flagged with probability {power['power']:.2f} at "
+        f"{len(synthetic)} images"
+    )
+    if result["memorises"] is False:
+        head = "no sign of memorisation" if not near else "not memorising by the statistics"
+        return f"{head} (no test below its level; {detect}): {facts}{copies}"
+    needed = power["synthetic_images_needed"]
+    decide = (
+        f"about {needed} synthetic images would decide"
+        if needed
+        else "no synthetic sample would decide against this reference: more held-out images are needed"
+    )
+    return f"undecidable at this sample size ({detect}; {decide}): {facts}{copies}"
+
+
+def _untestable(synthetic: np.ndarray, heldout: np.ndarray, threshold: float, alpha: float) -> dict:
+    """The result when fewer than two held-out images are readable: no verdict."""
+    nan = float("nan")
+    near = int((synthetic >= threshold).sum())
+    return {
+        "percentiles": {
+            name: percentiles(values) for name, values in (("synthetic", synthetic), ("heldout", heldout))
+        },
+        "reference": {"source": "heldout", "heldout": int(len(heldout)), "train_self": 0},
+        "reference_images": int(len(heldout)),
+        "heldout_p95_similarity": nan,
+        "share_above_heldout_p95": nan,
+        "expected_share": EXPECTED_SHARE,
+        "share_ratio": nan,
+        "near_copy_rate": {
+            "synthetic": near / len(synthetic),
+            "heldout": float(np.mean(heldout >= threshold)) if len(heldout) else nan,
+            "reference": nan,
+        },
+        "near_copy_count": {"synthetic": near, "reference": 0},
+        "p_synthetic_closer": nan,
+        "p_values": {"tail_p95": nan, "near_copies": nan, "distribution": nan},
+        "test_level": alpha * WEIGHTS["near_copies"],
+        "test_levels": {name: alpha * weight for name, weight in WEIGHTS.items()},
+        "flagged_by": [],
+        "mannwhitney_p": nan,
+        "ks_statistic": nan,
+        "ks_p": nan,
+        "power": {"copy_share": COPY_SHARE, "power": 0.0, "target": POWER, "synthetic_images_needed": None},
+        "memorises": None,
+        "verdict": f"cannot test: {len(heldout)} held-out images (at least 2 are needed as the reference); "
+        f"{near} of {len(synthetic)} synthetic images are near-copies of training images",
+    }
+
+
+def percentiles(values: np.ndarray) -> dict:
+    """p1 ... p99 of an array (NaN when empty)."""
+    if len(values) == 0:
+        return {f"p{q}": float("nan") for q in PERCENTILES}
+    return {f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES))}
