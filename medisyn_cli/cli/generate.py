@@ -16,6 +16,8 @@ from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.slurm import SlurmOptions, submit_generate
 from medisyn_cli.generate.writers import parse_formats
 
+PLAN_ROWS = 200  # classes a dry run lists (a table of 100k rows takes minutes to draw and cannot be read)
+
 
 def format_option(formats: tuple[str, ...]) -> str:
     """GenerateConfig.formats as --format says it: both, parquet or imagefolder."""
@@ -177,13 +179,14 @@ def _print_summary(summary) -> None:
         )
         for name in ("label", "images", "variants", "weight"):
             table.add_column(name)
-        for label, count in summary.counts.items():
+        weights, counts = summary.manifest.weights(), list(summary.counts.items())
+        for label, count in counts[:PLAN_ROWS]:
             table.add_row(
-                label,
-                str(count.planned),
-                str(len(summary.manifest.variants(label))),
-                f"{summary.manifest.weights()[label]:g}",
+                label, str(count.planned), str(len(summary.manifest.variants(label))), f"{weights[label]:g}"
             )
+        if len(counts) > PLAN_ROWS:
+            rest = counts[PLAN_ROWS:]
+            table.add_row(f"... {len(rest)} more classes", str(sum(c.planned for _, c in rest)), "", "")
         results.print(table)
         jobs = Table(title="first planned images")
         for name in ("id", "seed", "prompt"):

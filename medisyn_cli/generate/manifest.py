@@ -10,6 +10,7 @@ import math
 import re
 import string
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
@@ -41,15 +42,23 @@ class Manifest:
     sha256: str
     rows: tuple[PromptRow, ...]
 
+    @cached_property
+    def _classes(self) -> dict[str, list[PromptRow]]:
+        """Rows grouped by class, classes in first-seen order: one pass, so no lookup scans every row."""
+        classes: dict[str, list[PromptRow]] = {}
+        for row in self.rows:
+            classes.setdefault(row.label, []).append(row)
+        return classes
+
     @property
     def labels(self) -> list[str]:
-        return list(dict.fromkeys(row.label for row in self.rows))
+        return list(self._classes)
 
     def weights(self) -> dict[str, float]:
-        return {row.label: row.weight for row in self.rows}
+        return {label: rows[-1].weight for label, rows in self._classes.items()}
 
     def variants(self, label: str) -> list[PromptRow]:
-        return [row for row in self.rows if row.label == label]
+        return list(self._classes.get(label, ()))
 
 
 def load_manifest(path: str | Path) -> Manifest:

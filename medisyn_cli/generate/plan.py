@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,13 +37,23 @@ def quotas(weights: dict[str, float], n: int) -> dict[str, int]:
     total = sum(weights.values())
     exact = {label: n * w / total for label, w in weights.items()}
     counts = {label: int(v) for label, v in exact.items()}
-    order = sorted(weights, key=lambda label: (-(exact[label] - counts[label]), list(weights).index(label)))
+    # sorted is stable: ties stay in manifest order
+    order = sorted(weights, key=lambda label: -(exact[label] - counts[label]))
     for label in order[: n - sum(counts.values())]:
         counts[label] += 1
-    for label in [k for k, v in counts.items() if v == 0]:
-        donor = max(counts, key=lambda k: counts[k])
+    return _one_each(counts)
+
+
+def _one_each(counts: dict[str, int]) -> dict[str, int]:
+    """Give every class with no image one, taken from the class with the most (the earlier one on ties)."""
+    empty = [label for label, count in counts.items() if count == 0]
+    largest = [(-count, place, label) for place, (label, count) in enumerate(counts.items())]
+    heapq.heapify(largest)
+    for label in empty:
+        _, place, donor = heapq.heappop(largest)
         counts[donor] -= 1
         counts[label] = 1
+        heapq.heappush(largest, (-counts[donor], place, donor))
     return counts
 
 
@@ -67,10 +78,10 @@ def iter_jobs(manifest: Manifest, counts: dict[str, int], seed: int) -> Iterator
     labels = manifest.labels
     ids = {label: number for number, label in enumerate(class_names(labels))}
     variants = {label: manifest.variants(label) for label in labels}
+    active = labels
     for index in range(max(counts.values())):
-        for label in labels:
-            if index >= counts[label]:
-                continue
+        active = [label for label in active if index < counts[label]]  # classes done drop out: O(n) in all
+        for label in active:
             row = variants[label][index % len(variants[label])]
             yield Job(
                 id=image_id(label, index),
