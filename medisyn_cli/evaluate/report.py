@@ -465,18 +465,38 @@ def _utility_html(result: dict) -> str:
 
 
 def _privacy_html(result: dict) -> str:
+    state = {True: "true", False: "false"}.get(
+        result.get("memorises"), "null (undecidable at this sample size)"
+    )
+    power, audit = result.get("power") or {}, result.get("membership_audit") or {}
     facts = {
         "embedder": result.get("embedder"),
+        "memorises": state,
         "verdict": result.get("verdict"),
-        "share above held-out p95": result.get("share_above_heldout_p95"),
+        "synthetic near-copies of training (a finding of their own)": (
+            result.get("synthetic_near_copies") or {}
+        ).get("count"),
+        "share above the reference p95": result.get("share_above_heldout_p95"),
         "near-copy rate (synthetic / held-out)": "{synthetic} / {heldout}".format(
             **result.get("near_copy_rate", {"synthetic": "?", "heldout": "?"})
         ),
+        "reference": (result.get("reference") or {}).get("source"),
         "P(synthetic closer than held-out)": result.get("p_synthetic_closer"),
-        "p-values (each at p < alpha/3)": ", ".join(
-            f"{k} {v:.3g}" for k, v in (result.get("p_values") or {}).items()
+        "p-values (levels)": ", ".join(
+            f"{k} {v:.3g} ({(result.get('test_levels') or {}).get(k, float('nan')):.3g})"
+            for k, v in (result.get("p_values") or {}).items()
         ),
-        "held-out near-copies of training (left out)": (result.get("heldout_near_copies") or {}).get("count"),
+        "power to flag 5% copies / images that would decide": f"{power.get('power')} / "
+        f"{power.get('synthetic_images_needed')}"
+        if power
+        else None,
+        "membership audit AUC (95% interval)": f"{audit['auc']:.3f} ({audit['auc_ci95'][0]:.3f}-"
+        f"{audit['auc_ci95'][1]:.3f})"
+        if audit
+        else None,
+        "held-out near-copies of training (kept in the reference)": (
+            result.get("heldout_near_copies") or {}
+        ).get("count"),
         "warnings": "; ".join(result.get("warnings", [])) or None,
         "images": ", ".join(f"{k} {v}" for k, v in (result.get("images") or {}).items()),
     }
