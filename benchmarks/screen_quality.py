@@ -18,6 +18,12 @@ refinement) on in-memory flat indexes, one per data set:
   marker overlay, a 20% squeeze (aspect change) and colour -> grey (colour sets only). A copy counts as
   detected when it is called a near-copy *and* its match is its source (or an image of the source's
   near-duplicate group).
+- random families (issue #29): each copy's parameters drawn at random from the family's range, seeded: affine
+  (rotation at any angle cropped to hide the corners, one axis squeezed to 0.6-1.0 and padded back, shear up to 12
+  degrees, translation up to 15%, all of them at once), crops of 50-90% of the area anywhere, borders of any width
+  per side and any colour or noise, photometric (contrast/brightness, gamma 0.4-2.5, noise, inversion, mixtures),
+  composites (70/30 and 60/40 blends with another indexed image, a region of 1/3-1/2 of the area pasted anywhere
+  onto a real image that is not indexed, 2-6 random marks). `--families random` plants only these.
 
 Per embedder (condition): the detection rate (TPR) of every transform at its default threshold and at the
 thresholds that give 1% and 0.1% false positives on the pooled negatives, the false-positive rate at the
@@ -36,6 +42,8 @@ default, and AUROC (copies matched to the wrong image count as missed). Conditio
                        learned` over the six folders would; never on a negative or a copy) except each index's
                        calibration sample (held out as `index build` does), 16 query views (turns, flips,
                        inversions), no tiles, threshold self-calibrated per index on the held-out sample
+    pixel+verify       pixel+partial plus local-feature verification (screening/verify.py): candidates' SIFT
+                       keypoints matched with the query's, RANSAC affine inliers, threshold calibrated per index
     pixel+learned      both detectors: per image the larger margin over each one's own calibrated threshold
                        (a copy is caught when either catches it); needs pixel and learned in the same run or
                        in --raw from earlier runs
@@ -73,6 +81,17 @@ FAMILIES = {
     "crop": ("crop70", "crop80"),
     "padding": ("pad10",),
     "blend/overlay": ("blend", "overlay"),
+    "geometric (random)": (
+        "affine_rotate",
+        "affine_squeeze",
+        "affine_shear",
+        "affine_translate",
+        "affine_mixed",
+        "crop_any",
+        "border_any",
+    ),
+    "photometric (random)": ("photo_contrast", "photo_gamma", "photo_noise", "photo_invert", "photo_mixed"),
+    "composite (random)": ("blend70", "blend60", "paste_region", "overlay_any"),
 }
 
 
@@ -291,21 +310,237 @@ def unseen_transforms() -> dict:
     }
 
 
-def plant(images: list, sets: np.ndarray, groups: np.ndarray, sources: np.ndarray, seed: int) -> dict:
+def random_transforms() -> dict:
+    """name -> f(image, rng, partner, real) for families whose parameters are drawn at random per copy from the
+    family's range (not fixed instances): `partner` is another indexed image of the set, `real` a real image that is
+    not indexed (the background of a pasted region)."""
+    return {
+        "affine_rotate": lambda im, rng, other, real: _affine(im, rng, angle=rng.uniform(0, 360)),
+        "affine_squeeze": _squeeze_pad,
+        "affine_shear": lambda im, rng, other, real: _affine(im, rng, shear=rng.uniform(-12, 12)),
+        "affine_translate": lambda im, rng, other, real: _affine(im, rng, shift=0.15, zoom=False),
+        "affine_mixed": lambda im, rng, other, real: _affine(
+            im,
+            rng,
+            angle=rng.uniform(0, 360),
+            scale=rng.uniform(0.75, 1.0),
+            shear=rng.uniform(-10, 10),
+            shift=0.1,
+        ),
+        "crop_any": _crop_any,
+        "border_any": _border_any,
+        "photo_contrast": lambda im, rng, other, real: _photometric(im, rng, ("contrast",)),
+        "photo_gamma": lambda im, rng, other, real: _photometric(im, rng, ("gamma",)),
+        "photo_noise": lambda im, rng, other, real: _photometric(im, rng, ("noise",)),
+        "photo_invert": lambda im, rng, other, real: _photometric(im, rng, ("invert", "contrast")),
+        "photo_mixed": lambda im, rng, other, real: _photometric(
+            im,
+            rng,
+            tuple(k for k in ("contrast", "gamma", "noise", "invert") if rng.random() < 0.6) or ("gamma",),
+        ),
+        "blend70": lambda im, rng, other, real: _blend(im, other, 0.7),
+        "blend60": lambda im, rng, other, real: _blend(im, other, 0.6),
+        "paste_region": _paste,
+        "overlay_any": _overlay_any,
+    }
+
+
+def _array(im) -> np.ndarray:
+    return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
+
+
+def _image(a: np.ndarray, mode: str):
+    from PIL import Image
+
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).convert(mode)
+
+
+def _fill(rng, channels: int) -> tuple:
+    """A random border / fill colour (`channels` ints): black, white or any grey or colour."""
+    kind = rng.integers(3)
+    if kind < 2:
+        return (255 * int(kind),) * channels
+    return tuple(int(v) for v in rng.integers(0, 256, channels))
+
+
+def _colour(rng, mode: str):
+    """_fill for a PIL image of `mode` (an int for grey images)."""
+    value = _fill(rng, 1 if mode == "L" else 3)
+    return value[0] if mode == "L" else value
+
+
+def _affine(im, rng, angle=0.0, scale=1.0, shear=0.0, shift=0.0, zoom=True):
+    """Rotate (degrees), squeeze one axis (scale), shear (degrees), translate (fraction of the side) about the
+    centre; zoom: enlarge until no corner of the output falls outside the image (crop to hide the corners)."""
+    import cv2
+
+    a = _array(im)
+    w, h = im.size
+    rad = np.radians(angle)
+    rotation = np.array([[np.cos(rad), -np.sin(rad)], [np.sin(rad), np.cos(rad)]])
+    squeeze = np.diag([scale, 1.0]) if rng.random() < 0.5 else np.diag([1.0, scale])
+    t = np.tan(np.radians(shear))
+    skew = np.array([[1.0, t], [0.0, 1.0]]) if rng.random() < 0.5 else np.array([[1.0, 0.0], [t, 1.0]])
+    m = rotation @ squeeze @ skew
+    if zoom:  # the inverse map of the output's corners must stay inside the source
+        corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64) * [w / 2, h / 2]
+        reach = np.abs(corners @ np.linalg.inv(m).T).max(0) / [w / 2, h / 2]
+        m = m * max(reach.max(), 1.0)
+    centre = np.array([w / 2, h / 2])
+    offset = centre - m @ centre + rng.uniform(-shift, shift, 2) * [w, h]
+    channels = 1 if a.ndim == 2 else 3
+    out = cv2.warpAffine(
+        a,
+        np.hstack([m, offset[:, None]]).astype(np.float32),
+        (w, h),
+        flags=cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=_fill(rng, channels),
+    )
+    return _image(out, im.mode)
+
+
+def _squeeze_pad(im, rng, other, real):
+    """One axis scaled by 0.6-1.0, padded back to the original size (the content anywhere along that axis)."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = rng.uniform(0.6, 1.0)
+    size = (round(w * scale), h) if rng.random() < 0.5 else (w, round(h * scale))
+    small = im.resize(size, Image.Resampling.BICUBIC)
+    canvas = Image.new(im.mode, (w, h), _colour(rng, im.mode))
+    canvas.paste(small, (int(rng.integers(0, w - size[0] + 1)), int(rng.integers(0, h - size[1] + 1))))
+    return canvas
+
+
+def _crop_any(im, rng, other, real):
+    """A box of 50-90% of the area, aspect 3:4 to 4:3, anywhere, resized back to the image size."""
+    from PIL import Image
+
+    w, h = im.size
+    area, aspect = rng.uniform(0.5, 0.9), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+    cw, ch = min(w, np.sqrt(area * w * h * aspect)), min(h, np.sqrt(area * w * h / aspect))
+    x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    return im.crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.BICUBIC)
+
+
+def _border_any(im, rng, other, real):
+    """Borders of 0-20% of the side on each side (different widths), of a random colour or noise, resized back."""
+    from PIL import Image
+
+    w, h = im.size
+    left, top, right, bottom = (int(round(rng.uniform(0, 0.2) * w)) for _ in range(4))
+    a = _array(im).astype(np.float64)
+    shape = (h + top + bottom, w + left + right) + a.shape[2:]
+    if rng.random() < 0.25:
+        canvas = rng.uniform(0, 255, shape)
+    else:
+        canvas = np.empty(shape)
+        canvas[...] = _fill(rng, 1 if a.ndim == 2 else 3)[0] if a.ndim == 2 else _fill(rng, 3)
+    canvas[top : top + h, left : left + w] = a
+    return _image(canvas, im.mode).resize((w, h), Image.Resampling.LANCZOS)
+
+
+def _photometric(im, rng, kinds: tuple):
+    """Contrast/brightness (0.5-1.6 / +-40), gamma (0.4-2.5), Gaussian noise (sigma 4-20), inversion: in that order."""
+    a = _array(im).astype(np.float64)
+    if "contrast" in kinds:
+        a = (a - a.mean()) * rng.uniform(0.5, 1.6) + a.mean() + rng.uniform(-40, 40)
+    if "gamma" in kinds:
+        a = 255 * (np.clip(a, 0, 255) / 255) ** np.exp(rng.uniform(np.log(0.4), np.log(2.5)))
+    if "noise" in kinds:
+        a = a + rng.normal(0, rng.uniform(4, 20), a.shape)
+    if "invert" in kinds:
+        a = 255 - np.clip(a, 0, 255)
+    return _image(a, im.mode)
+
+
+def _blend(im, other, weight: float):
+    from PIL import Image
+
+    return Image.blend(other.convert(im.mode), im, weight)
+
+
+def _paste(im, rng, other, real):
+    """A region of 1/3 to 1/2 of the area of the indexed image (aspect 3:4 to 4:3), anywhere in it, pasted anywhere
+    onto a real image that is not indexed."""
+    w, h = im.size
+    area, aspect = rng.uniform(1 / 3, 1 / 2), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+    cw, ch = min(w, round(np.sqrt(area * w * h * aspect))), min(h, round(np.sqrt(area * w * h / aspect)))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    out = real.convert(im.mode).resize((w, h))
+    out.paste(
+        im.crop((x, y, x + cw, y + ch)), (int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)))
+    )
+    return out
+
+
+def _overlay_any(im, rng, other, real):
+    """2-6 random marks: text, crosses, rectangles, filled dots, lines, of random colour and place."""
+    from PIL import ImageDraw
+
+    out = im.copy()
+    draw = ImageDraw.Draw(out)
+    w, h = out.size
+    for _ in range(int(rng.integers(2, 7))):
+        colour = _colour(rng, out.mode)
+        x, y = int(rng.integers(0, w - 8)), int(rng.integers(0, h - 8))
+        size = int(rng.integers(4, 16))
+        kind = rng.integers(5)
+        if kind == 0:
+            draw.text((x, y), str(rng.choice(["L", "R", "AP", "12", "x2", "PA"])), fill=colour)
+        elif kind == 1:
+            draw.line((x, y + size // 2, x + size, y + size // 2), fill=colour)
+            draw.line((x + size // 2, y, x + size // 2, y + size), fill=colour)
+        elif kind == 2:
+            draw.rectangle((x, y, x + size, y + size // 2), outline=colour)
+        elif kind == 3:
+            draw.ellipse((x, y, x + size // 2, y + size // 2), fill=colour)
+        else:
+            draw.line((x, y, int(rng.integers(0, w)), int(rng.integers(0, h))), fill=colour, width=1)
+    return out
+
+
+PLANTED = ("tuned", "unseen", "random")
+
+
+def plant(
+    images: list,
+    sets: np.ndarray,
+    groups: np.ndarray,
+    sources: np.ndarray,
+    seed: int,
+    indexed=None,
+    families: tuple = PLANTED,
+) -> dict:
     """{family: {transform: (source indices, copies)}}: the same copies for every condition."""
     rng = np.random.default_rng(seed + 1)
-    out: dict = {"tuned": {}, "unseen": {}}
-    for name, make in transforms().items():
-        out["tuned"][name] = (sources, [make(images[i], rng) for i in sources])
-    for name, make in unseen_transforms().items():
-        kept, copies = [], []
-        for i in sources:
-            pool = np.where((sets == sets[i]) & (groups != groups[i]))[0]
-            copy = make(images[i], rng, images[int(rng.choice(pool))])
-            if copy is not None:
-                kept.append(i)
-                copies.append(copy)
-        out["unseen"][name] = (np.array(kept, np.int64), copies)
+    out: dict = {family: {} for family in families}
+    if "tuned" in families:
+        for name, make in transforms().items():
+            out["tuned"][name] = (sources, [make(images[i], rng) for i in sources])
+    if "unseen" in families:
+        for name, make in unseen_transforms().items():
+            kept, copies = [], []
+            for i in sources:
+                pool = np.where((sets == sets[i]) & (groups != groups[i]))[0]
+                copy = make(images[i], rng, images[int(rng.choice(pool))])
+                if copy is not None:
+                    kept.append(i)
+                    copies.append(copy)
+            out["unseen"][name] = (np.array(kept, np.int64), copies)
+    if "random" in families:
+        indexed = np.ones(len(images), bool) if indexed is None else indexed
+        for name, make in random_transforms().items():
+            rng = np.random.default_rng([seed + 7, sum(map(ord, name))])  # each family its own stream
+            copies = []
+            for i in sources:
+                other = np.where((sets == sets[i]) & (groups != groups[i]) & indexed)[0]
+                real = np.where((sets == sets[i]) & ~np.isin(groups, groups[indexed]))[0]
+                copies.append(
+                    make(images[i], rng, images[int(rng.choice(other))], images[int(rng.choice(real))])
+                )
+            out["random"][name] = (sources, copies)
     return out
 
 
@@ -391,7 +626,7 @@ def make_condition(name: str):
         return embedder, {"view_set": "tuned"}, lambda index, images: 0.97
     if name in ("pixel", "pixel-views"):
         return get_embedder("pixel"), {}, calibrated
-    if name == "pixel+partial":
+    if name in ("pixel+partial", "pixel+verify"):
         return get_embedder("pixel"), {"measure_partial": True}, partial(calibrated, both=True)
     if name == "learned":
         return LEARNED["embedder"], {}, calibrated
@@ -401,7 +636,7 @@ def make_condition(name: str):
 
 def calibrated(index, images: list, both: bool = False):
     """The threshold `medisyn index build` would calibrate for this index (same sample rule, same function);
-    both: (threshold, partial-similarity threshold)."""
+    both: calibrate's whole record (partial-similarity and verification thresholds, calibration false positives)."""
     from medisyn_cli.screening.calibrate import CALIBRATION_SAMPLE, calibrate
 
     count = len(images)
@@ -409,16 +644,24 @@ def calibrated(index, images: list, both: bool = False):
         np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False)
     )
     found = calibrate(index, [(int(i), images[i]) for i in sample])
-    return (found["threshold"], found.get("partial_threshold")) if both else found["threshold"]
+    return found if both else found["threshold"]
 
 
-def combined_score(result, threshold: float, partial_threshold: float | None) -> float:
-    """One score per query for a detector with two rules: the whole-image similarity, or the partial similarity
+def combined_score(
+    result, threshold: float, partial_threshold: float | None, verify_threshold: int | None = None
+) -> float:
+    """One score per query for a detector with several rules: the whole-image similarity, or the partial similarity
     moved down by the gap between the two thresholds, whichever is higher (at the calibrated threshold: caught
-    by either rule; other thresholds move both rules together)."""
-    if partial_threshold is None or result.partial_similarity is None:
-        return result.nn_similarity
-    return max(result.nn_similarity, result.partial_similarity - (partial_threshold - threshold))
+    by either rule; other thresholds move both rules together); a verified copy (inliers at or above
+    `verify_threshold`) scores at least the threshold (the pooled-FPR columns treat it as such)."""
+    score = result.nn_similarity
+    if np.isnan(score):
+        score = -1.0
+    if partial_threshold is not None and result.partial_similarity is not None:
+        score = max(score, result.partial_similarity - (partial_threshold - threshold))
+    if verify_threshold is not None and (result.inliers or 0) >= verify_threshold:
+        score = max(score, threshold)
+    return score
 
 
 class ImagededupPHash:
@@ -467,14 +710,21 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
     from medisyn_cli.screening.embed import TILES
     from medisyn_cli.screening.index import TrainingIndex
     from medisyn_cli.screening.screener import Screener
+    from medisyn_cli.screening.verify import LocalFeatures
 
     embedder, options, threshold_of = make_condition(name)
     vectors = embed_all(embedder, images)
     tiles = (
         np.concatenate([embedder.embed_views(images[i : i + 256], TILES) for i in range(0, len(images), 256)])
-        if name in ("pixel", "pixel+partial")
+        if name in ("pixel", "pixel+partial", "pixel+verify")
         else None
     )
+    keypoints = (
+        LocalFeatures.from_images([images[i] for i in np.where(indexed)[0]])
+        if name == "pixel+verify"
+        else None
+    )
+    position = np.cumsum(indexed) - 1  # row of an indexed image in `keypoints`
     out = {
         "neg": np.zeros(len(negatives), np.float32),
         "thresholds": {},
@@ -489,16 +739,36 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
     for dataset in np.unique(sets):
         members = np.where((sets == dataset) & indexed)[0]
         regions = None if tiles is None else tiles[members].reshape(-1, embedder.dim)
+        local = (
+            None
+            if keypoints is None
+            else LocalFeatures.from_parts([keypoints.image(i) for i in position[members]])
+        )
         index = TrainingIndex.from_vectors(
-            vectors[members], [str(i) for i in members], embedder, regions=regions
+            vectors[members], [str(i) for i in members], embedder, regions=regions, local=local
         )
         found = threshold_of(index, [images[i] for i in members])
-        threshold, partial_threshold = found if isinstance(found, tuple) else (found, None)
+        found = found if isinstance(found, dict) else {"threshold": found}
+        threshold, partial_threshold = found["threshold"], found.get("partial_threshold")
+        verify_threshold = found.get("verify_threshold")
         out["thresholds"][dataset] = float(threshold)
         out.setdefault("partial_thresholds", {})[dataset] = partial_threshold
-        options = {**options, **({"partial_threshold": partial_threshold} if partial_threshold else {})}
+        out.setdefault("verify_thresholds", {})[dataset] = verify_threshold
+        out.setdefault("calibration_fp", {})[dataset] = found.get(
+            "verify_fpr_at_threshold", found.get("partial_fpr_at_threshold", found.get("fpr_at_threshold"))
+        )
+        options = {
+            **options,
+            **({"partial_threshold": partial_threshold} if partial_threshold else {}),
+            **({"verify_threshold": verify_threshold} if verify_threshold else {}),
+        }
         screener = Screener(index, threshold=threshold, **options)
-        score = partial(combined_score, threshold=threshold, partial_threshold=partial_threshold)
+        score = partial(
+            combined_score,
+            threshold=threshold,
+            partial_threshold=partial_threshold,
+            verify_threshold=verify_threshold,
+        )
         chosen = np.where(sets[negatives] == dataset)[0]
         clock = time.perf_counter()  # screening speed: real non-copies, the common case while generating
         out["neg"][chosen] = [score(r) for r in screener.check([images[i] for i in negatives[chosen]])]
@@ -544,6 +814,8 @@ def summarise(result: dict) -> dict:
     summary: dict = {
         "thresholds": result["thresholds"],
         "partial_thresholds": result.get("partial_thresholds", {}),
+        "verify_thresholds": result.get("verify_thresholds", {}),
+        "calibration_fp": result.get("calibration_fp", {}),
         "fpr_thresholds": at,
         "fp_default": float(np.mean(result["neg"] >= default_neg)),
         "fp_default_per_set": {
@@ -572,6 +844,8 @@ def summarise(result: dict) -> dict:
                 np.mean([summary["tpr"][t][key] for t in made])
             )
     for group, members in FAMILIES.items():
+        if not all(t in summary["tpr"] for t in members):
+            continue
         summary.setdefault("groups", {})[group] = {
             key: float(np.mean([summary["tpr"][t][key] for t in members]))
             for key in ("default", "1%", "0.1%")
@@ -591,7 +865,7 @@ def table(summaries: dict) -> list[str]:
     ]
     cell = lambda d: f"{100 * d['default']:6.1f} {100 * d['1%']:6.1f} {100 * d['0.1%']:6.1f}   "  # noqa: E731
     first = summaries[names[0]]
-    for family in ("tuned", "unseen"):
+    for family in first["overall"]:
         for transform, row in first["tpr"].items():
             if row["family"] == family:
                 lines.append(
@@ -602,14 +876,21 @@ def table(summaries: dict) -> list[str]:
             f"{'= ' + family + ' mean':<18}"
             + "".join(f"{cell(s['overall'][family]):>26}" for s in summaries.values())
         )
-    for group in FAMILIES:
+    for group in first.get("groups", {}):
         lines.append(
             f"{'~ ' + group:<18}" + "".join(f"{cell(s['groups'][group]):>26}" for s in summaries.values())
         )
     lines.append(
         f"{'FP at default':<18}" + "".join(f"{100 * s['fp_default']:>23.2f}%  " for s in summaries.values())
     )
-    for family in ("tuned", "unseen"):
+    lines.append(
+        f"{'FP calibration':<18}"
+        + "".join(
+            f"{100 * np.mean([v for v in s['calibration_fp'].values() if v is not None] or [np.nan]):>23.2f}%  "
+            for s in summaries.values()
+        )
+    )
+    for family in first["overall"]:
         lines.append(
             f"{'AUROC ' + family:<18}" + "".join(f"{s['auroc'][family]:>24.4f}  " for s in summaries.values())
         )
@@ -632,6 +913,11 @@ def table(summaries: dict) -> list[str]:
                 "; partial thresholds "
                 + ", ".join(f"{d[:8]} {t:.4f}" for d, t in s["partial_thresholds"].items() if t is not None)
                 if any(t is not None for t in s.get("partial_thresholds", {}).values())
+                else ""
+            )
+            + (
+                "; verify thresholds " + ", ".join(f"{d[:8]} {t}" for d, t in s["verify_thresholds"].items())
+                if any(t is not None for t in s.get("verify_thresholds", {}).values())
                 else ""
             )
             + "; FP per set "
@@ -683,6 +969,13 @@ def main() -> None:
         "--negatives", type=int, default=400, help="Non-indexed real images per data set screened."
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        default=list(PLANTED),
+        choices=PLANTED,
+        help="Copies planted: tuned / unseen (fixed instances), random (parameters drawn per copy).",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--raw", type=Path, default=None, help="Keep / reuse each condition's raw scores here."
@@ -707,11 +1000,12 @@ def main() -> None:
         )
 
     sources, negatives = pick(np.where(indexed)[0], args.sources), pick(candidates, args.negatives)
-    planted = plant(images, sets, groups, sources, args.seed)
+    planted = plant(images, sets, groups, sources, args.seed, indexed, tuple(args.families))
     copies = sum(len(s) for made in planted.values() for s, _ in made.values())
     lines = [
         f"# python benchmarks/screen_quality.py --conditions {' '.join(args.conditions)} --sources {args.sources} "
-        f"--negatives {args.negatives} --seed {args.seed}   ({os.cpu_count()} CPUs)",
+        f"--negatives {args.negatives} --seed {args.seed} --families {' '.join(args.families)}   "
+        f"({os.cpu_count()} CPUs)",
         f"{len(images)} images in {len(np.unique(sets))} data sets, {len(np.unique(groups))} near-duplicate "
         f"groups; {indexed.sum()} indexed (half of each set); {dropped} non-indexed images dropped as copies of "
         f"indexed ones (same group); {len(negatives)} negatives, {len(sources)} sources -> {copies} planted "

@@ -58,8 +58,10 @@ def test_build_writes_index_keys_and_metadata(fixture_index):
         "index.faiss",
         "index.json",
         "keys.parquet",
+        "local.npz",
         "regions.faiss",
     ]
+    assert meta["local"]["file"] == "local.npz" and meta["local"]["keypoints"] > 12 * 20
     assert meta["count"] == 12 and meta["embedder"]["spec"] == "pixel" and meta["embedder"]["dim"] == 1024
     assert meta["metric"] == "inner_product" and meta["index"]["type"] == "flat"
     assert meta["threshold"] == get_embedder("pixel").default_threshold

@@ -10,6 +10,7 @@ import numpy as np
 
 from medisyn_cli.screening.index import TARGET_FPR, TrainingIndex
 from medisyn_cli.screening.screener import Screener
+from medisyn_cli.screening.verify import VERIFY_FLOOR
 
 CALIBRATION_SAMPLE, CALIBRATION_MIN = 200, 50  # images planted as copies; fewer images keep the default
 THRESHOLD_RANGE = (0.90, 0.995)
@@ -60,7 +61,7 @@ def calibrate(
     and rises above it where this data or the views make chance matches more similar."""
     clock = time.time()
     rng = np.random.default_rng(seed)
-    screener = Screener(index, threshold=1.0, measure_partial=True)
+    screener = Screener(index, threshold=1.0, measure_partial=True, measure_verify=True)
     ids = [i for i, _ in sample]
     changed = [copy_augment(image, rng) for _, image in sample]
     banned = _duplicates_of(screener, [image for _, image in sample], ids)
@@ -71,9 +72,14 @@ def calibrate(
     floor = index.embedder.default_threshold if index.embedder.calibrated_default else THRESHOLD_RANGE[0]
     threshold = max(floor, _threshold_for(negatives[np.isfinite(negatives)], target_fpr))
     partial = np.array([-np.inf if r.partial_similarity is None else r.partial_similarity for r in found])
+    partly = _partial_threshold(negatives, partial, threshold) if screener.partial else {}
+    flagged = (negatives >= threshold) | (partial >= partly.get("partial_threshold", np.inf))
+    inliers = np.array([r.inliers or 0 for r in found])
+    verified = np.array([r.inliers or 0 for r in copies])
     return {
         "threshold": threshold,
-        **(_partial_threshold(negatives, partial, threshold) if screener.partial else {}),
+        **partly,
+        **(_verify_threshold(flagged, inliers, verified) if screener.verifier is not None else {}),
         "target_fpr": target_fpr,
         "view_set": screener.view_set,
         "floor": floor,
@@ -133,6 +139,19 @@ def _partial_threshold(negatives: np.ndarray, partial: np.ndarray, threshold: fl
     return {
         "partial_threshold": value,
         "partial_fpr_at_threshold": round(float(np.mean(flagged | (partial >= value))), 4),
+    }
+
+
+def _verify_threshold(flagged: np.ndarray, inliers: np.ndarray, copies: np.ndarray) -> dict:
+    """The verification threshold (affine inliers): one above the most inliers of any negative the other rules let
+    through (no new false positive on the index's own images), and at least VERIFY_FLOOR."""
+    kept = inliers[~flagged]
+    value = int(max(VERIFY_FLOOR, kept.max() + 1 if len(kept) else 0))
+    return {
+        "verify_threshold": value,
+        "verify_fpr_at_threshold": round(float(np.mean(flagged | (inliers >= value))), 4),
+        "verify_tpr_at_threshold": round(float(np.mean(copies >= value)), 4),
+        "verify_negative_inliers": {f"p{q}": float(np.percentile(inliers, q)) for q in (50, 99, 100)},
     }
 
 

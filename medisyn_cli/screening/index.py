@@ -6,6 +6,8 @@ An index folder holds:
     keys.parquet    vector id -> key (file path, or parquet file:row id), label where known, source
     vectors.npy     IVF-PQ and HNSW over a PCA projection: the exact vectors, memory-mapped, to re-score the
                     candidates of the compressed or projected index
+    local.npz       SIFT keypoints of every training image (screening.verify): candidates are verified by an affine
+                    model between their keypoints and the query's (default up to REGIONS_MAX images)
     regions.faiss   16 overlapping tiles of every training image (embed.TILES), so crops and partial copies
                     match the region they copy (default up to REGIONS_MAX images; float embedders)
     index.json      embedder spec and settings, dim, metric, count, index type and parameters (and recall@1
@@ -39,6 +41,7 @@ from medisyn_cli.screening.faiss_index import (
     set_search_params,
 )
 from medisyn_cli.screening.learned import load_embedder
+from medisyn_cli.screening.verify import VERIFY_DEFAULT, LocalFeatures
 
 TARGET_FPR = 0.005  # the default false-positive rate an index calibrates its threshold for (screen.calibrate)
 
@@ -63,6 +66,7 @@ class TrainingIndex:
     labels: list[str | None]
     exact: np.ndarray | None = None  # IVF-PQ, projected HNSW: the exact vectors (memory-mapped vectors.npy)
     regions: object | None = None  # FAISS index of the training images' tiles (embed.TILES), or None
+    local: LocalFeatures | None = None  # the training images' keypoints (verify.py), or None
 
     def __len__(self) -> int:
         return int(self.meta["count"])
@@ -76,9 +80,11 @@ class TrainingIndex:
         index_type: str = "flat",
         labels: list[str | None] | None = None,
         regions: np.ndarray | None = None,
+        local: LocalFeatures | None = None,
     ) -> TrainingIndex:
         """An in-memory index over given vectors (no files): for tests, benchmarks and small ad-hoc checks;
-        `regions`: (len(vectors) * len(TILES), dim) tile vectors, for region matching."""
+        `regions`: (len(vectors) * len(TILES), dim) tile vectors, for region matching; `local`: the images'
+        keypoints, for verification."""
         if len(vectors) != len(keys):
             raise MedisynError(f"{len(vectors)} vectors but {len(keys)} keys")
         plan = plan_index(index_type, len(vectors), embedder, None)
@@ -109,6 +115,7 @@ class TrainingIndex:
             list(labels or [None] * len(keys)),
             vectors if plan.keeps_vectors else None,
             tiles,
+            local,
         )
 
     @property
@@ -121,6 +128,15 @@ class TrainingIndex:
         """The partial-similarity threshold calibrated at build time; None for indexes built without one."""
         value = self.meta.get("screening", {}).get("calibration", {}).get("partial_threshold")
         return None if value is None else float(value)
+
+    @property
+    def verify_threshold(self) -> int | None:
+        """The inliers that make a verified candidate a near-copy, calibrated at build time (VERIFY_DEFAULT for an
+        index too small to calibrate); None: no keypoints, no verification."""
+        value = self.meta.get("screening", {}).get("calibration", {}).get("verify_threshold")
+        if value is None:
+            return None if self.local is None else VERIFY_DEFAULT
+        return int(value)
 
     @property
     def view_set(self) -> str:
@@ -203,7 +219,8 @@ def load_index(path: str | Path) -> TrainingIndex:
             f"{path}: {REGIONS_FILE} holds {regions.ntotal} tiles, expected {meta['count']} x "
             f"{len(TILES)}; rebuild the index"
         )
-    return TrainingIndex(path, meta, embedder, faiss_index, keys, labels, exact, regions)
+    local = LocalFeatures.load(path / meta["local"]["file"], meta["count"]) if meta.get("local") else None
+    return TrainingIndex(path, meta, embedder, faiss_index, keys, labels, exact, regions, local)
 
 
 def read_meta(path: Path) -> dict:

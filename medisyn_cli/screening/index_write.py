@@ -41,6 +41,7 @@ from medisyn_cli.screening.index import (
     TrainingIndex,
     _read_keys,
 )
+from medisyn_cli.screening.verify import LOCAL_FILE, SETTINGS, LocalFeatures
 
 
 def finish_index(
@@ -69,7 +70,8 @@ def finish_index(
     search = lambda queries, k: search_index(index, queries, k, model, exact)  # noqa: E731
     recall = None if plan.type == "flat" else round(recall_at_1(search, vectors, model), 4)
     tiles = region_index(embedded.regions, embedded.count, model)
-    calibration = _calibrate(out, model, plan, index, exact, embedded.count, target_fpr, tiles)
+    local = _local_features(out, embedded.count) if tiles is not None else None
+    calibration = _calibrate(out, model, plan, index, exact, embedded.count, target_fpr, tiles, local)
     threshold = calibration.get("threshold", model.default_threshold)
     meta = _metadata(
         model,
@@ -86,12 +88,17 @@ def finish_index(
         regions=None
         if tiles is None
         else {"file": REGIONS_FILE, "tiles": [list(t.box) for t in TILES], "count": int(tiles.ntotal)},
+        local=None
+        if local is None
+        else {"file": LOCAL_FILE, "keypoints": int(len(local.descriptors)), "settings": SETTINGS},
         **model.index_record(),
     )
     # 4. write under temporary names, then rename; index.json last
     _write_index(index, model, out / (INDEX_FILE + ".tmp"))
     if tiles is not None:
         _write_index(tiles, model, out / (REGIONS_FILE + ".tmp"))
+    if local is not None:
+        local.save(out / (LOCAL_FILE + ".tmp"))
     _write_json(meta, out / (META_FILE + ".tmp"))
     del vectors, embedded
     exact = None  # frees the exact store before the index is saved
@@ -99,6 +106,7 @@ def finish_index(
         (INDEX_FILE, KEYS_FILE)
         + ((VECTORS_FILE,) if plan.keeps_vectors else ())
         + ((REGIONS_FILE,) if tiles is not None else ())
+        + ((LOCAL_FILE,) if local is not None else ())
         + (META_FILE,)
     ):
         os.replace(out / (name + ".tmp"), out / name)
@@ -114,6 +122,7 @@ def _calibrate(
     count: int,
     target_fpr: float | None,
     tiles=None,
+    local: LocalFeatures | None = None,
 ) -> dict:
     """Screen a sample of the index's own images against it (screen.calibrate); {} without a target or images."""
     if target_fpr is None:
@@ -127,7 +136,7 @@ def _calibrate(
         "index": {"type": plan.type},
         "screening": {"views": "general"},
     }
-    training = TrainingIndex(out, meta, model, index, keys, labels, exact, tiles)
+    training = TrainingIndex(out, meta, model, index, keys, labels, exact, tiles, local)
     sample = np.sort(
         np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False)
     )
@@ -138,6 +147,19 @@ def _calibrate(
         except Exception:  # a file that went away since it was embedded: calibrate on the others
             continue
     return calibrate(training, images, target_fpr)
+
+
+def _local_features(out: Path, count: int) -> LocalFeatures:
+    """Keypoints of every indexed image (verify.py), read again by key; an image that went away has none."""
+    keys, _ = _read_keys(out / (KEYS_FILE + ".tmp"))
+
+    def read(key: str):
+        try:
+            return open_key(key)
+        except Exception:  # gone since it was embedded: no keypoints, never verified
+            return None
+
+    return LocalFeatures.from_images([read(key) for key in keys[:count]], threads=os.cpu_count() or 1)
 
 
 def _metadata(

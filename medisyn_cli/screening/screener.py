@@ -34,6 +34,7 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.embed import TILES, blas_threads
 from medisyn_cli.screening.faiss_index import rescore, search_index
 from medisyn_cli.screening.index import TrainingIndex
+from medisyn_cli.screening.verify import Verifier, features
 
 REGION_PENALTY = (
     0.0  # subtracted from a tile match (16 tiles x the region views: more chances than whole images)
@@ -53,10 +54,21 @@ class ScreenResult:
     region: str = ""  # the training image's tile that matched ("region(l,t,r,b)"), "" for the whole image
     # the query's best half against its closest candidate; None: not measured
     partial_similarity: float | None = None
+    # inliers of the affine model between the query's keypoints and its best-verified candidate's; None: not measured
+    inliers: int | None = None
 
 
 # the ScreenResult fields other records carry (rejected.parquet, the label judge's checks)
-MATCH_FIELDS = ("nn_id", "nn_key", "nn_label", "nn_similarity", "view", "region", "partial_similarity")
+MATCH_FIELDS = (
+    "nn_id",
+    "nn_key",
+    "nn_label",
+    "nn_similarity",
+    "view",
+    "region",
+    "partial_similarity",
+    "inliers",
+)
 
 
 def require_embedder(index: TrainingIndex, spec: str) -> None:
@@ -81,6 +93,8 @@ class Screener:
         view_set: str | None = None,
         partial_threshold: float | None = None,
         measure_partial: bool = False,
+        verify_threshold: int | None = None,
+        measure_verify: bool = False,
     ):
         self.index, self.embedder = index, index.embedder
         self.threshold = self.embedder.valid_threshold(index.threshold if threshold is None else threshold)
@@ -101,6 +115,13 @@ class Screener:
         self.region_views = self.embedder.region_views() if regional else ()
         self._union = tuple(dict.fromkeys(self.views + self.region_views))
         self.region_search = None  # built on first use: the tiles' projected search
+        # measure_verify: inliers measured, not decided on (calibration)
+        verify = index.verify_threshold if verify_threshold is None else verify_threshold
+        verify = None if measure_verify else verify
+        self.verify_threshold = None if verify is None else int(verify)
+        verifying = measure_verify or self.verify_threshold is not None
+        verifying = verifying and views and self.view_set == "general" and index.local is not None
+        self.verifier = Verifier(index.local) if verifying else None  # "tuned": screens as before #16 and #29
 
     def check(self, images: list, chunk: int = 32, exclude: list | None = None) -> list[ScreenResult]:
         """One ScreenResult per image, in order (screened `chunk` images at a time; a thread embeds the next chunk
@@ -120,13 +141,16 @@ class Screener:
                 results += self._check(part, banned, vectors)
         return results
 
-    def _embed(self, images: list) -> np.ndarray:
-        """The images under the union of the whole-image and region views (views both use embedded once)."""
-        return self.embedder.embed_views(images, self._union)
+    def _embed(self, images: list) -> tuple[np.ndarray, list | None]:
+        """The images under the union of the whole-image and region views (views both use embedded once), and
+        their keypoints where candidates are verified."""
+        vectors = self.embedder.embed_views(images, self._union)
+        return vectors, None if self.verifier is None else [features(image) for image in images]
 
-    def _check(self, images: list, exclude: list, vectors: np.ndarray) -> list[ScreenResult]:
+    def _check(self, images: list, exclude: list, embedded: tuple) -> list[ScreenResult]:
         if not images:
             return []
+        vectors, keypoints = embedded
         index, refine = self.index, self.refine
         column = {view: i for i, view in enumerate(self._union)}
         pick = lambda views: vectors[:, [column[v] for v in views]]  # noqa: E731
@@ -134,6 +158,7 @@ class Screener:
             images, exclude, self.views, pick(self.views), index.search, index.reconstruct if refine else None
         )
         whole, regions = list(matches), [None] * len(images)
+        candidates = [[m[1]] + ([] if m[3] is None else list(m[3])) for m in matches]
         if self.region_views:
             tiles = len(TILES)
             banned = [{t * tiles + r for t in b for r in range(tiles)} for b in exclude]
@@ -145,7 +170,9 @@ class Screener:
                 self._search_regions,
                 self._reconstruct_regions if refine else None,
             )
-            for j, (sim, tile, view, _) in enumerate(found):
+            for j, (sim, tile, view, near) in enumerate(found):
+                if near is not None:
+                    candidates[j] += [int(t) // tiles for t in near]
                 if tile >= 0 and sim - REGION_PENALTY > matches[j][0]:
                     matches[j] = (sim - REGION_PENALTY, tile // tiles, view, None)
                     regions[j] = TILES[tile % tiles].box
@@ -156,6 +183,16 @@ class Screener:
         for j, found in enumerate(partial):
             if partly[j] and not matches[j][0] >= self.threshold:  # the partial match is the one reported
                 matches[j], regions[j] = (found[2], found[1], whole[j][2], None), None
+        verified = (
+            self._verify(keypoints, candidates, exclude) if keypoints is not None else [None] * len(images)
+        )
+        for j, found in enumerate(verified):
+            if self._verified(found) and not (matches[j][0] >= self.threshold or partly[j]):
+                matches[j], regions[j] = (
+                    (self._similarity(vectors[j, 0], found[1]), found[1], whole[j][2], None),
+                    None,
+                )
+                partly[j] = True
         ids = np.array([m[1] for m in matches], dtype=np.int64)
         keys, labels = self.index.key(ids), self.index.label(ids)
         return [
@@ -168,11 +205,25 @@ class Screener:
                 view.name,
                 "" if region is None else "region(" + ",".join(f"{v:.2f}" for v in region) + ")",
                 None if found is None else found[0],
+                None if checked is None else checked[0],
             )
-            for (sim, i, view, _), key, label, region, found, flagged in zip(
-                matches, keys, labels, regions, partial, partly
+            for (sim, i, view, _), key, label, region, found, flagged, checked in zip(
+                matches, keys, labels, regions, partial, partly, verified
             )
         ]
+
+    def _verified(self, found: tuple | None) -> bool:
+        return found is not None and self.verify_threshold is not None and found[0] >= self.verify_threshold
+
+    def _verify(self, keypoints: list, candidates: list, exclude: list) -> list[tuple[int, int]]:
+        """Per image: (inliers, id) of its best-verified candidate (search candidates and descriptor votes)."""
+        return self.verifier.score(keypoints, candidates, exclude)
+
+    def _similarity(self, vector: np.ndarray, i: int) -> float:
+        """The query's (identity view) similarity with training image i, where the index keeps exact vectors."""
+        if not self.index.can_reconstruct:
+            return float("nan")
+        return float(min(float(vector @ self.index.reconstruct([i])[0]), 1.0))
 
     def _partly(self, similarity: float) -> bool:
         return self.partial_threshold is not None and similarity >= self.partial_threshold
@@ -315,6 +366,7 @@ class RejectedLog:
         "view": "string",
         "region": "string",
         "partial_similarity": "float32",
+        "inliers": "int32",
     }
 
     def __init__(self, path):

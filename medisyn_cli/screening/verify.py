@@ -1,0 +1,240 @@
+"""Local-feature verification of near-copy candidates: invariant to affine changes, crops, borders and pasted regions
+by construction, not by a list of query views.
+
+Every training image's SIFT keypoints (positions and descriptors, on a WORK_SIDE grey copy) are kept in the index
+folder (`local.npz`). A query's keypoints are matched with those of its candidates (the whole-image and region
+searches' best, plus the training images its own descriptors vote for in a search of all stored descriptors, so a
+region pasted into another image still becomes a candidate), and a RANSAC affine model counts the matches that one
+geometric transform explains (inliers). Intensity inversion and mirroring permute a SIFT descriptor's bins, so the
+query is matched under all four at no extra detection cost.
+
+    local = LocalFeatures.from_images(images)          # at index build
+    verifier = Verifier(local)
+    inliers, ids = verifier.score(query_images, candidates)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.images import to_8bit
+from medisyn_cli.screening.embed import blas_threads
+
+LOCAL_FILE = "local.npz"
+WORK_SIDE = 128  # images are compared as WORK_SIDE x WORK_SIDE grey copies (SIFT doubles it internally)
+QUERY_KEYPOINTS, STORED_KEYPOINTS = 200, 128  # strongest keypoints kept per query / per training image
+CONTRAST = 0.005  # SIFT contrast threshold: low, so smooth images (dermoscopy) still have keypoints
+RATIO = 0.8  # Lowe's ratio test on RootSIFT distances
+RANSAC_PIXELS = 3.0  # reprojection error of an inlier, in WORK_SIDE pixels
+VOTED = 6  # training images a query's descriptors vote for that are verified besides the search's candidates
+PROJECTED = 32  # dimensions of the descriptor search (PCA of RootSIFT)
+MIN_INLIERS = 8  # fewest inliers an affine model needs to count at all
+# inliers that make a verified candidate a near-copy where the index has no calibrated value (fewer than
+# calibrate.CALIBRATION_MIN images: two distinct chest x-rays can share 12), and the least a calibrated value may be
+VERIFY_DEFAULT, VERIFY_FLOOR = 20, 12
+SETTINGS = {"work_side": WORK_SIDE, "keypoints": STORED_KEYPOINTS, "contrast": CONTRAST, "version": 1}
+
+_GRID = np.arange(128).reshape(4, 4, 8)  # OpenCV's SIFT layout: (row bin, column bin, orientation bin)
+# an inverted image's descriptor at the same keypoint: the spatial grid turned by 180 degrees
+INVERTED = _GRID[::-1, ::-1, :].ravel()
+# a mirrored image's descriptor: rows of the grid reversed, orientation bins mirrored
+MIRRORED = _GRID[::-1, :, :][:, :, (-np.arange(8)) % 8].ravel()
+
+
+def features(image, keep: int = QUERY_KEYPOINTS) -> tuple[np.ndarray, np.ndarray]:
+    """(points float32 (n, 2) in WORK_SIDE pixels, SIFT descriptors uint8 (n, 128)) of the `keep` strongest
+    keypoints of an image (none for None)."""
+    import cv2
+    from PIL import Image
+
+    if image is None:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
+    grey = np.asarray(
+        to_8bit(image).convert("L").resize((WORK_SIDE, WORK_SIDE), Image.Resampling.BICUBIC), np.uint8
+    )
+    cv2.setNumThreads(1)  # one image per call: threads of its own would only compete with the caller's
+    sift = cv2.SIFT_create(nfeatures=keep, contrastThreshold=CONTRAST)
+    keypoints, descriptors = sift.detectAndCompute(grey, None)
+    if descriptors is None or not keypoints:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
+    order = np.argsort([-k.response for k in keypoints], kind="stable")[:keep]
+    points = np.array([keypoints[i].pt for i in order], np.float32)
+    return points, np.clip(np.rint(descriptors[order]), 0, 255).astype(np.uint8)
+
+
+def root(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (L1-normalised, square-rooted: unit L2 norm) as float32."""
+    d = descriptors.astype(np.float32)
+    return np.sqrt(d / (d.sum(axis=1, keepdims=True) + 1e-7))
+
+
+@dataclass
+class LocalFeatures:
+    """The training images' keypoints: positions, descriptors, and which image each belongs to."""
+
+    points: np.ndarray  # float32 (N, 2)
+    descriptors: np.ndarray  # uint8 (N, 128)
+    offsets: np.ndarray  # int64 (images + 1,): image i's keypoints are rows offsets[i]:offsets[i + 1]
+
+    @classmethod
+    def from_images(cls, images: list, threads: int = 2) -> LocalFeatures:
+        """Keypoints of every image (STORED_KEYPOINTS strongest); an unreadable image has none."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # OpenCV releases the GIL
+            found = list(pool.map(lambda im: features(im, STORED_KEYPOINTS), images))
+        return cls.from_parts(found)
+
+    @classmethod
+    def from_parts(cls, found: list[tuple[np.ndarray, np.ndarray]]) -> LocalFeatures:
+        """From per-image (points, descriptors)."""
+        counts = [len(p) for p, _ in found]
+        return cls(
+            np.concatenate([p for p, _ in found] or [np.zeros((0, 2))]).astype(np.float32),
+            np.concatenate([d for _, d in found] or [np.zeros((0, 128))]).astype(np.uint8),
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def image(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(points, descriptors) of training image i."""
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.points[a:b], self.descriptors[a:b]
+
+    def owners(self) -> np.ndarray:
+        """The training image of every stored keypoint."""
+        return np.repeat(np.arange(len(self)), np.diff(self.offsets))
+
+    def save(self, path: Path) -> None:
+        """Write local.npz (uncompressed, so it loads fast)."""
+        with open(path, "wb") as handle:
+            np.savez(handle, points=self.points, descriptors=self.descriptors, offsets=self.offsets)
+
+    @classmethod
+    def load(cls, path: Path, count: int) -> LocalFeatures:
+        """Read local.npz; MedisynError when it is missing or does not cover `count` images."""
+        try:
+            with np.load(path) as data:
+                local = cls(data["points"], data["descriptors"], data["offsets"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise MedisynError(f"{path}: cannot read the local features ({exc}); rebuild the index") from exc
+        if len(local) != count or local.offsets[-1] != len(local.descriptors):
+            raise MedisynError(
+                f"{path}: local features of {len(local)} images, expected {count}; rebuild the index"
+            )
+        return local
+
+
+class Verifier:
+    """Scores queries against training images by the inliers of a RANSAC affine model between their keypoints."""
+
+    def __init__(self, local: LocalFeatures):
+        self.local = local
+        self._search = None  # built on first use: the descriptor search (PCA, FAISS)
+
+    def score(self, keypoints: list, candidates: list, exclude: list | None = None) -> list[tuple[int, int]]:
+        """Per query (its `features`): (inliers, training id) of its best-verified candidate among `candidates` (ids
+        per query) and the training images its descriptors vote for, but none of `exclude` (ids per query); (0, -1)
+        when none verifies."""
+        out = []
+        for (points, descriptors), ids, banned in zip(
+            keypoints, candidates, exclude or [()] * len(keypoints)
+        ):
+            if len(points) < MIN_INLIERS:
+                out.append((0, -1))
+                continue
+            query = root(descriptors)
+            variants = np.concatenate([query, query[:, INVERTED]])
+            ids = [
+                i
+                for i in dict.fromkeys([int(i) for i in ids] + self.voted(variants))
+                if i >= 0 and i not in banned
+            ]
+            best = max(((self.inliers(points, variants, i), i) for i in ids), default=(0, -1))
+            out.append(best if best[0] > 0 else (0, -1))
+        return out
+
+    def inliers(self, points: np.ndarray, variants: np.ndarray, i: int) -> int:
+        """Most inliers of an affine model between the query (`variants`: its RootSIFT descriptors, then the same
+        permuted as for its inversion) and training image i."""
+        train_points, train_descriptors = self.local.image(i)
+        if len(train_points) < MIN_INLIERS:
+            return 0
+        with blas_threads():
+            sims = variants @ root(train_descriptors).T
+        rows = np.arange(len(sims))
+        nearest = np.argmax(sims, axis=1)
+        first = sims[rows, nearest]
+        sims[rows, nearest] = -1.0
+        second = sims.max(axis=1)
+        good = (2 - 2 * first) < RATIO**2 * (2 - 2 * second)  # squared distances of unit vectors
+        n = len(points)
+        return max(
+            _affine_inliers(
+                points[good[v * n : (v + 1) * n]],
+                train_points[nearest[v * n : (v + 1) * n][good[v * n : (v + 1) * n]]],
+            )
+            for v in range(len(variants) // n)
+        )
+
+    def voted(self, query: np.ndarray) -> list[int]:
+        """The VOTED training images most query descriptors have as a nearest stored descriptor."""
+        if self._search is None:
+            self._search = _DescriptorSearch(root(self.local.descriptors), self.local.owners())
+        return self._search.vote(query, VOTED)
+
+
+def _affine_inliers(query: np.ndarray, train: np.ndarray) -> int:
+    """Inliers of the RANSAC affine model of matched points (0 below MIN_INLIERS or for a degenerate model)."""
+    import cv2
+
+    if len(query) < MIN_INLIERS:
+        return 0
+    model, mask = cv2.estimateAffine2D(
+        query, train, ransacReprojThreshold=RANSAC_PIXELS, maxIters=500, refineIters=0
+    )
+    if model is None or mask is None:
+        return 0
+    det = abs(np.linalg.det(model[:, :2]))
+    count = int(mask.sum())
+    return count if 1 / 16 <= det <= 16 and count >= MIN_INLIERS else 0
+
+
+class _DescriptorSearch:
+    """Nearest stored descriptors through a PCA projection (FAISS flat, IVF above 50k descriptors)."""
+
+    def __init__(self, descriptors: np.ndarray, owners: np.ndarray):
+        import faiss
+
+        sample = descriptors[np.random.default_rng(0).permutation(len(descriptors))[:20000]].astype(
+            np.float64
+        )
+        with blas_threads():
+            _, basis = np.linalg.eigh(sample.T @ sample)
+        self.basis = np.ascontiguousarray(basis[:, ::-1][:, :PROJECTED], np.float32)
+        projected = np.ascontiguousarray(descriptors @ self.basis)
+        if len(projected) > 50_000:
+            lists = int(min(4096, 4 * np.sqrt(len(projected))))
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(PROJECTED), PROJECTED, lists)
+            self.index.train(projected[np.random.default_rng(1).permutation(len(projected))[: 64 * lists]])
+            self.index.nprobe = 4
+        else:
+            self.index = faiss.IndexFlatL2(PROJECTED)
+        self.index.add(projected)
+        self.owners = owners
+
+    def vote(self, queries: np.ndarray, top: int) -> list[int]:
+        """The `top` training images with the most query descriptors among their nearest stored ones (k=2)."""
+        if not len(self.owners):
+            return []
+        _, found = self.index.search(np.ascontiguousarray(queries @ self.basis), 2)
+        found = found[found >= 0]
+        votes = np.bincount(self.owners[found], minlength=1)
+        order = np.argsort(-votes, kind="stable")[:top]
+        return [int(i) for i in order if votes[i] >= MIN_INLIERS // 2]

@@ -1,0 +1,161 @@
+"""Local-feature verification: copies under any affine change, inversion, or pasted into another image are verified
+by the keypoints they share with their source; distinct images are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.build import build_index
+from medisyn_cli.screening.index import load_index
+from medisyn_cli.screening.screener import Screener
+from medisyn_cli.screening.verify import (
+    INVERTED,
+    LOCAL_FILE,
+    VERIFY_DEFAULT,
+    VERIFY_FLOOR,
+    WORK_SIDE,
+    LocalFeatures,
+    Verifier,
+    features,
+)
+
+IMAGES = Path(__file__).parent / "fixtures" / "images" / "images"
+
+
+def fixture_images() -> list[Image.Image]:
+    return [Image.open(path).convert("RGB") for path in sorted(IMAGES.glob("*.png"))]
+
+
+def affine(image: Image.Image, angle: float, shear: float, squeeze: float) -> Image.Image:
+    """Rotation by `angle`, shear (degrees) and one axis squeezed, zoomed in so no corner is empty."""
+    import cv2
+
+    a = np.asarray(image)
+    rad, t = np.radians(angle), np.tan(np.radians(shear))
+    m = (
+        np.array([[np.cos(rad), -np.sin(rad)], [np.sin(rad), np.cos(rad)]])
+        @ np.diag([squeeze, 1])
+        @ [[1, t], [0, 1]]
+    )
+    m = m * 1.6
+    offset = np.array([32, 32]) - m @ [32, 32]
+    out = cv2.warpAffine(a, np.hstack([m, offset[:, None]]), (64, 64), flags=cv2.INTER_CUBIC)
+    return Image.fromarray(out)
+
+
+def pasted(image: Image.Image, background: Image.Image | None = None) -> Image.Image:
+    """The central 40x40 of `image` (39% of the area) pasted into the corner of `background` (default: smooth noise,
+    an image that is not indexed)."""
+    if background is None:
+        noise = np.random.default_rng(0).uniform(0, 255, (16, 16))
+        background = Image.fromarray(noise.astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)
+    out = background.convert(image.mode)
+    out.paste(image.crop((12, 12, 52, 52)), (24, 0))
+    return out
+
+
+BLEND = lambda im, other: Image.blend(other, im, 0.6)  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    images = fixture_images()
+    return Verifier(LocalFeatures.from_images(images)), images
+
+
+def test_inverted_descriptor_is_a_permutation_of_the_original():
+    import cv2
+
+    grey = np.asarray(fixture_images()[4].convert("L").resize((WORK_SIDE, WORK_SIDE)))
+    sift = cv2.SIFT_create(100, contrastThreshold=0.005)
+    keypoints, descriptors = sift.detectAndCompute(grey, None)
+    turned = [cv2.KeyPoint(*k.pt, k.size, (k.angle + 180) % 360, k.response, k.octave) for k in keypoints]
+    _, inverted = sift.compute(255 - grey, turned)
+    error = np.linalg.norm(descriptors[:, INVERTED] - inverted, axis=1) / np.linalg.norm(descriptors, axis=1)
+    assert np.median(error) < 0.01
+    assert (
+        np.median(np.linalg.norm(descriptors - inverted, axis=1) / np.linalg.norm(descriptors, axis=1)) > 0.5
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda im, other: affine(im, 37, 0, 1),
+        lambda im, other: affine(im, 200, 9, 0.7),
+        lambda im, other: ImageOps.invert(affine(im, 123, -6, 1)),
+        BLEND,
+        lambda im, other: pasted(im),
+    ],
+    ids=["rotation-37", "rotation-shear-squeeze", "inverted-affine", "blend-60-40", "pasted-region"],
+)
+def test_copies_are_verified_against_their_source(verifier, make):
+    check, images = verifier
+    for source, other in ((0, 5), (6, 3), (10, 8)):
+        copy = make(images[source], images[other])
+        ((inliers, found),) = check.score([features(copy)], [[]])
+        # a blend holds two training images: either is a right match
+        assert found in (source, other if make is BLEND else source), (source, inliers, found)
+        assert inliers >= VERIFY_FLOOR + 4, (source, inliers, found)
+
+
+def test_distinct_images_are_not_verified(verifier):
+    check, images = verifier
+    patient = [
+        path.stem.rsplit("_", 1)[0] for path in sorted(IMAGES.glob("*.png"))
+    ]  # person101_bacteria_483/484
+    for i, image in enumerate(images):
+        others = [j for j in range(len(images)) if patient[j] != patient[i]]
+        banned = {j for j in range(len(images)) if patient[j] == patient[i]}
+        ((inliers, _),) = check.score([features(image)], [others], exclude=[banned])
+        assert inliers < VERIFY_FLOOR, (i, inliers)
+
+
+def test_local_features_round_trip_and_refuse_a_wrong_count(tmp_path):
+    local = LocalFeatures.from_images(fixture_images()[:3] + [None])
+    assert len(local) == 4 and len(local.image(3)[0]) == 0 and len(local.image(0)[0]) > 20
+    local.save(tmp_path / LOCAL_FILE)
+    again = LocalFeatures.load(tmp_path / LOCAL_FILE, 4)
+    assert np.array_equal(again.descriptors, local.descriptors) and np.array_equal(
+        again.offsets, local.offsets
+    )
+    with pytest.raises(MedisynError, match="expected 5"):
+        LocalFeatures.load(tmp_path / LOCAL_FILE, 5)
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    out = tmp_path_factory.mktemp("verify") / "pixel"
+    build_index([IMAGES.parent], out, show_progress=False)
+    return load_index(out)
+
+
+def test_index_build_stores_keypoints_and_screen_flags_a_pasted_region(index):
+    assert (index.path / LOCAL_FILE).is_file() and index.meta["local"]["file"] == LOCAL_FILE
+    assert index.verify_threshold == VERIFY_DEFAULT  # 12 images: too few to calibrate
+    source = index.keys.index(str(IMAGES / "te_im_0015_0001.png"))
+    copy = pasted(Image.open(IMAGES / "te_im_0015_0001.png").convert("L"))
+    with_verify, without = Screener(index).check([copy]), Screener(index, views=False).check([copy])
+    assert with_verify[0].near_copy and with_verify[0].nn_id == source and with_verify[0].inliers >= VERIFY_DEFAULT
+    assert not without[0].near_copy and without[0].inliers is None
+
+
+def test_old_index_without_keypoints_screens_without_verification(index, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(index.path, old)
+    (old / LOCAL_FILE).unlink()
+    meta = json.loads((old / "index.json").read_text())
+    del meta["local"]
+    (old / "index.json").write_text(json.dumps(meta))
+    loaded = load_index(old)
+    assert loaded.local is None and loaded.verify_threshold is None
+    result = Screener(loaded).check([fixture_images()[0]])[0]
+    assert result.inliers is None and result.near_copy
