@@ -141,7 +141,11 @@ def test_index_build_stores_keypoints_and_screen_flags_a_pasted_region(index):
     source = index.keys.index(str(IMAGES / "te_im_0015_0001.png"))
     copy = pasted(Image.open(IMAGES / "te_im_0015_0001.png").convert("L"))
     with_verify, without = Screener(index).check([copy]), Screener(index, views=False).check([copy])
-    assert with_verify[0].near_copy and with_verify[0].nn_id == source and with_verify[0].inliers >= VERIFY_DEFAULT
+    assert (
+        with_verify[0].near_copy
+        and with_verify[0].nn_id == source
+        and with_verify[0].inliers >= VERIFY_DEFAULT
+    )
     assert not without[0].near_copy and without[0].inliers is None
 
 
