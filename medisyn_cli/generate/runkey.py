@@ -101,6 +101,6 @@ def check_numbering(out: Path, manifest: Manifest, state: str) -> None:
         raise MedisynError(
             f"--out {out}: this run numbers its classes in manifest order (label_id 0 = '{recorded[0]}'), "
             f"an older medisyn's rule; this version numbers them by sorted folder name, as ImageFolder "
-            f"loaders do (0 = '{wanted[0]}'), so its rows would disagree. Finish it with the medisyn that "
+            f"loaders do (0 = '{wanted[0]}'), so its rows would disagree. Continue it with the medisyn that "
             f"started it, or use --overwrite to start again"
         )
