@@ -187,14 +187,48 @@ def test_train_and_screen_refuse_zero_counts(tmp_path):
     assert code == 2 and "batch-size" in output
 
 
-def test_a_billion_image_dry_run_streams_the_plan(tmp_path):
+def test_a_hundred_million_image_dry_run_streams_the_plan(tmp_path):
     (tmp_path / "m.csv").write_text(GOOD)
-    summary = run_generate(
-        GenerateConfig(manifest=str(tmp_path / "m.csv"), n=10**9, out=str(tmp_path / "o"), dry_run=True),
-        show_progress=False,
+    config = GenerateConfig(
+        manifest=str(tmp_path / "m.csv"), n=10**8, batch_size=16, out=str(tmp_path / "o"), dry_run=True
     )
-    assert summary.counts["melanoma"].planned == 5 * 10**8 and len(summary.preview) == 20
+    summary = run_generate(config, show_progress=False)
+    assert summary.counts["melanoma"].planned == 5 * 10**7 and len(summary.preview) == 20
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "n, extra, message",
+    [
+        (10**12, [], "--n: 1000000000000 images is more than one run makes (100,000,000)"),
+        (5 * 10**7, [], "makes 50,000,000 batches, more than 10,000,000; give --batch-size 5 or more"),
+        (5 * 10**7, ["--batch-size", "2"], "--batch-size 2 makes 25,000,000 batches"),
+    ],
+)
+def test_an_n_one_run_cannot_make_is_refused_by_the_dry_run_too(tmp_path, n, extra, message):
+    (tmp_path / "m.csv").write_text(GOOD)
+    for dry in (["--dry-run"], []):  # refused before the model loads, so the dry run says it as well
+        code, output = invoke(
+            "generate", "--manifest", tmp_path / "m.csv", "--n", n, "--out", tmp_path / "o", *extra, *dry
+        )
+        assert code == 2 and message in output and one_line(output), output
+        assert not (tmp_path / "o").exists()
+
+
+def test_the_batches_left_are_counted_without_a_set_of_every_batch():
+    import tracemalloc
+
+    from medisyn_cli.core.shards import Shard
+    from medisyn_cli.generate.run import Pending
+
+    tracemalloc.start()
+    pending = Pending(10**7, Shard(0, 3), done={3, 4, 5})  # shard 0 of 3: batches 0, 3, ..., 9999999
+    images = pending.images(total=10**8 - 3, size=10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100_000  # bytes: a set of 3.3 million batch numbers takes over 100 MB
+    # 3333334 batches of 10 images, one done, the last holding 7
+    assert images == (3_333_334 - 1) * 10 - 3 and 6 in pending and 3 not in pending and 4 not in pending
 
 
 def test_json_never_holds_nan(tmp_path):

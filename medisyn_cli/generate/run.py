@@ -11,7 +11,7 @@ from pathlib import Path
 from medisyn_cli.core.batching import batched
 from medisyn_cli.core.errors import Cancelled, Interrupted, MedisynError
 from medisyn_cli.core.progress import console, make_progress, rate_text
-from medisyn_cli.core.shards import Shard, resolve_shard, shard_batches
+from medisyn_cli.core.shards import Shard, resolve_shard
 from medisyn_cli.core.store import WorkDir
 from medisyn_cli.generate.claim import claim_out, explained_failures, out_state, refuse_if_busy, start_out
 from medisyn_cli.generate.config import GenerateConfig
@@ -213,7 +213,7 @@ def _make_batches(
     """
     done = work.done()
     ended = {label: reason for rec in work.done_records() for label, reason in rec["ended"].items()}
-    mine = set(shard_batches(work.read_config()["batches"], shard)) - done
+    mine = Pending(work.read_config()["batches"], shard, done)
     constant = {
         "model": row_model(model_name(config.model), work.read_config().get("adapters")),
         "scheduler": config.scheduler,
@@ -232,7 +232,7 @@ def _make_batches(
     ):
         task = progress.add_task(
             f"generate {shard.name}" if shard.count > 1 else "generate",
-            total=sum(len(jobs) for b, jobs in _batches(manifest, class_quotas, config) if b in mine),
+            total=mine.images(sum(class_quotas.values()), config.batch_size),
             rate="",
             info="",
         )
@@ -270,6 +270,26 @@ def _make_batches(
                 f"--resume (same options)"
             ) from None
     return tally["made"]
+
+
+class Pending:
+    """This shard's batches not done yet, held as a range and the done set (no set of every batch number: memory
+    stays flat in --n)."""
+
+    def __init__(self, batches: int, shard: Shard, done: set[int]):
+        self.mine, self.done = range(shard.index, batches, shard.count), done
+
+    def __contains__(self, number: int) -> bool:
+        return number in self.mine and number not in self.done
+
+    def images(self, total: int, size: int) -> int:
+        """Images in these batches: every batch holds `size` but the plan's last, which holds the rest."""
+
+        def count(number: int) -> int:
+            return min(size, total - number * size)
+
+        every = len(self.mine) * size - (size - count(self.mine[-1]) if self.mine else 0)
+        return every - sum(count(number) for number in self.done if number in self.mine)
 
 
 def _done_text(work: WorkDir) -> str:

@@ -18,10 +18,16 @@ from medisyn_cli.generate.manifest import Manifest
 from medisyn_cli.generate.writers import parse_formats
 from medisyn_cli.pipeline.load import SCHEDULERS, check_model_source, model_source
 
+# A run's batches are files named in plan order (core.store.batch_name: 7 digits), and consolidation keeps a list
+# of every image file of the run: 100 million images fit both (10 million batches of 10), a few GB of bookkeeping.
+MAX_IMAGES = 10**8
+MAX_BATCHES = 10**7
+
 
 def check_options(config: GenerateConfig) -> None:
     """Fail on bad options before anything is written or loaded."""
     parse_formats(",".join(config.formats))
+    check_size(config.n, config.batch_size)
     if config.scheduler not in SCHEDULERS:
         raise MedisynError(
             f"--scheduler: unknown scheduler '{config.scheduler}' (choose from {', '.join(SCHEDULERS)})"
@@ -46,6 +52,24 @@ def check_options(config: GenerateConfig) -> None:
         raise MedisynError(f"--guidance: must be a number from 0 to 1000, got {config.guidance}")
     if config.threshold is not None and not (math.isfinite(config.threshold) and 0 < config.threshold <= 1):
         raise MedisynError(f"--threshold: {config.threshold} is outside (0, 1] (a cosine similarity)")
+
+
+def check_size(n: int, batch_size: int | None) -> None:
+    """--n within what one run can plan and consolidate; above 10 million images --batch-size must be given, so
+    that the number of batches is known before the model loads."""
+    if n > MAX_IMAGES:
+        raise MedisynError(
+            f"--n: {n} images is more than one run makes ({MAX_IMAGES:,}); split the dataset into several "
+            f"runs (another --seed or manifest each)"
+        )
+    batches = -(-n // (batch_size or 1))
+    if batches > MAX_BATCHES:
+        raise MedisynError(
+            f"--n {n}"
+            + (f" with --batch-size {batch_size}" if batch_size else "")
+            + f" makes {batches:,} batches, "
+            f"more than {MAX_BATCHES:,}; give --batch-size {-(-n // MAX_BATCHES)} or more"
+        )
 
 
 def check_writable(out: Path) -> None:
