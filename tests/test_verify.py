@@ -22,6 +22,7 @@ from medisyn_cli.screening.verify import (
     LocalFeatures,
     Verifier,
     features,
+    root,
 )
 
 IMAGES = Path(__file__).parent / "fixtures" / "images" / "images"
@@ -124,6 +125,9 @@ def test_local_features_round_trip_and_refuse_a_wrong_count(tmp_path):
     assert np.array_equal(again.descriptors, local.descriptors) and np.array_equal(
         again.offsets, local.offsets
     )
+    query = root(features(fixture_images()[1])[1])
+    assert again.search is not None and again.search.vote(query, 2) == local.search.vote(query, 2)
+    assert again.search.vote(query, 2)[0] == 1
     with pytest.raises(MedisynError, match="expected 5"):
         LocalFeatures.load(tmp_path / LOCAL_FILE, 5)
 

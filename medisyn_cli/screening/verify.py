@@ -15,7 +15,7 @@ query is matched under all four at no extra detection cost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,7 @@ class LocalFeatures:
     points: np.ndarray  # float32 (N, 2)
     descriptors: np.ndarray  # uint8 (N, 128)
     offsets: np.ndarray  # int64 (images + 1,): image i's keypoints are rows offsets[i]:offsets[i + 1]
+    search: _DescriptorSearch | None = field(default=None, repr=False)  # built on first use, saved with them
 
     @classmethod
     def from_images(cls, images: list, threads: int = 2) -> LocalFeatures:
@@ -111,10 +112,26 @@ class LocalFeatures:
         """The training image of every stored keypoint."""
         return np.repeat(np.arange(len(self)), np.diff(self.offsets))
 
+    def descriptor_search(self) -> _DescriptorSearch:
+        """The search of all stored descriptors (built once, here or at index build)."""
+        if self.search is None:
+            self.search = _DescriptorSearch.build(self.descriptors, self.owners())
+        return self.search
+
     def save(self, path: Path) -> None:
-        """Write local.npz (uncompressed, so it loads fast)."""
+        """Write local.npz (uncompressed, so it loads fast), with the descriptor search."""
+        import faiss
+
+        search = self.descriptor_search()
         with open(path, "wb") as handle:
-            np.savez(handle, points=self.points, descriptors=self.descriptors, offsets=self.offsets)
+            np.savez(
+                handle,
+                points=self.points,
+                descriptors=self.descriptors,
+                offsets=self.offsets,
+                basis=search.basis,
+                search=faiss.serialize_index(search.index),
+            )
 
     @classmethod
     def load(cls, path: Path, count: int) -> LocalFeatures:
@@ -122,6 +139,8 @@ class LocalFeatures:
         try:
             with np.load(path) as data:
                 local = cls(data["points"], data["descriptors"], data["offsets"])
+                if "search" in data:
+                    local.search = _DescriptorSearch.load(data["basis"], data["search"], local.owners())
         except (OSError, KeyError, ValueError) as exc:
             raise MedisynError(f"{path}: cannot read the local features ({exc}); rebuild the index") from exc
         if len(local) != count or local.offsets[-1] != len(local.descriptors):
@@ -136,7 +155,6 @@ class Verifier:
 
     def __init__(self, local: LocalFeatures):
         self.local = local
-        self._search = None  # built on first use: the descriptor search (PCA, FAISS)
 
     def score(self, keypoints: list, candidates: list, exclude: list | None = None) -> list[tuple[int, int]]:
         """Per query (its `features`): (inliers, training id) of its best-verified candidate among `candidates` (ids
@@ -185,9 +203,7 @@ class Verifier:
 
     def voted(self, query: np.ndarray) -> list[int]:
         """The VOTED training images most query descriptors have as a nearest stored descriptor."""
-        if self._search is None:
-            self._search = _DescriptorSearch(root(self.local.descriptors), self.local.owners())
-        return self._search.vote(query, VOTED)
+        return self.local.descriptor_search().vote(query, VOTED)
 
 
 def _affine_inliers(query: np.ndarray, train: np.ndarray) -> int:
@@ -207,27 +223,44 @@ def _affine_inliers(query: np.ndarray, train: np.ndarray) -> int:
 
 
 class _DescriptorSearch:
-    """Nearest stored descriptors through a PCA projection (FAISS flat, IVF above 50k descriptors)."""
+    """Nearest stored descriptors through a PCA projection of RootSIFT (FAISS flat, IVF above 50k descriptors)."""
 
-    def __init__(self, descriptors: np.ndarray, owners: np.ndarray):
+    def __init__(self, basis: np.ndarray, index, owners: np.ndarray):
+        self.basis, self.index, self.owners = basis, index, owners
+
+    @classmethod
+    def build(cls, descriptors: np.ndarray, owners: np.ndarray) -> _DescriptorSearch:
+        """PCA basis from a sample, then every descriptor projected (in blocks) and added."""
         import faiss
 
-        sample = descriptors[np.random.default_rng(0).permutation(len(descriptors))[:20000]].astype(
-            np.float64
-        )
+        rows = np.sort(np.random.default_rng(0).permutation(len(descriptors))[:20000])
+        sample = root(descriptors[rows]).astype(np.float64)
         with blas_threads():
             _, basis = np.linalg.eigh(sample.T @ sample)
-        self.basis = np.ascontiguousarray(basis[:, ::-1][:, :PROJECTED], np.float32)
-        projected = np.ascontiguousarray(descriptors @ self.basis)
+            basis = np.ascontiguousarray(basis[:, ::-1][:, :PROJECTED], np.float32)
+            projected = np.concatenate(
+                [root(descriptors[i : i + 65536]) @ basis for i in range(0, len(descriptors), 65536)]
+                or [np.zeros((0, PROJECTED), np.float32)]
+            )
         if len(projected) > 50_000:
             lists = int(min(4096, 4 * np.sqrt(len(projected))))
-            self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(PROJECTED), PROJECTED, lists)
-            self.index.train(projected[np.random.default_rng(1).permutation(len(projected))[: 64 * lists]])
-            self.index.nprobe = 4
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(PROJECTED), PROJECTED, lists)
+            index.train(projected[np.random.default_rng(1).permutation(len(projected))[: 32 * lists]])
+            index.nprobe = 4
         else:
-            self.index = faiss.IndexFlatL2(PROJECTED)
-        self.index.add(projected)
-        self.owners = owners
+            index = faiss.IndexFlatL2(PROJECTED)
+        index.add(np.ascontiguousarray(projected))
+        return cls(basis, index, owners)
+
+    @classmethod
+    def load(cls, basis: np.ndarray, serialized: np.ndarray, owners: np.ndarray) -> _DescriptorSearch:
+        """From local.npz's basis and serialized FAISS index."""
+        import faiss
+
+        index = faiss.deserialize_index(serialized)
+        if hasattr(index, "nprobe"):
+            faiss.extract_index_ivf(index).nprobe = 4
+        return cls(basis, index, owners)
 
     def vote(self, queries: np.ndarray, top: int) -> list[int]:
         """The `top` training images with the most query descriptors among their nearest stored ones (k=2)."""
