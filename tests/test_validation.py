@@ -163,6 +163,28 @@ def test_a_jsonl_value_that_is_not_text_is_one_line_naming_file_and_line(tmp_pat
     assert load_manifest(path).rows[0].prompt == "image of 3"
 
 
+@pytest.mark.parametrize("scale", ["1e9", "-5", "4.01"])
+def test_a_lora_scale_that_saturates_images_is_refused_before_the_model_loads(tmp_path, scale):
+    from medisyn_cli.pipeline.lora import parse_spec
+
+    (tmp_path / "m.csv").write_text(GOOD)
+    adapter = tmp_path / "adapter"
+    args = [
+        "--manifest",
+        tmp_path / "m.csv",
+        "--n",
+        "2",
+        "--out",
+        tmp_path / "o",
+        "--lora",
+        f"{adapter}:{scale}",
+    ]
+    code, output = invoke("generate", *args)
+    assert code == 2 and f"scale {scale} is outside -4..4" in output and one_line(output), output
+    assert not (tmp_path / "o").exists()
+    assert [parse_spec(f"{adapter}:{s}")[1] for s in ("-4", "0.5", "4")] == [-4.0, 0.5, 4.0]
+
+
 def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path):
     (tmp_path / "m.csv").write_text(GOOD)
     (tmp_path / "file").write_text("")
