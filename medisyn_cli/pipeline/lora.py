@@ -15,8 +15,9 @@ from medisyn_cli.core.ownership import remove_private
 from medisyn_cli.pipeline.load import file_sha256, model_source, weight_hashes
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
-# diffusers/peft scale the low-rank update linearly: scales used in practice are 0..1 (docs), up to ~2 for a strong
-# effect and negative for "slider" adapters; 4x the trained update already saturates images.
+# diffusers/peft scale the low-rank update linearly: scales used in practice are 0..1 (their docs), up to ~2 for a
+# strong effect and negative for "slider" adapters; -4..4 leaves room beyond those, and refuses a typo such as 1e9
+# (which gave saturated images and exit 0).
 MAX_SCALE = 4.0
 ADAPTER_JSON = "adapter.json"
 CHECKPOINT = "adapter_state.safetensors"  # a LoRA run's training checkpoint (adapter tensors only)
@@ -285,8 +286,8 @@ def parse_spec(spec: str) -> tuple[str, float]:
         if not -MAX_SCALE <= scale <= MAX_SCALE:
             raise MedisynError(
                 f"--lora {spec}: scale {tail} is outside -{MAX_SCALE:g}..{MAX_SCALE:g} (1 is the adapter as "
-                f"trained, 0.5-1.5 the usual range, a negative scale pushes away from what it learned; beyond "
-                f"{MAX_SCALE:g} its update swamps the model's weights and images saturate)"
+                f"trained, 0.5-1.5 the usual range, a negative scale pushes away from what it learned; far "
+                f"beyond that the update swamps the model's weights and images saturate)"
             )
         return head, scale
     return spec, 1.0
