@@ -135,7 +135,7 @@ def explained_failures(out: Path, work: WorkDir, replaced: Path | None):
     except Interrupted as exc:
         raise type(exc)(f"{exc}{kept}") from None
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO):
             raise
         done = f"{len(work.done())} of {work.read_config()['batches']} batches are done and kept"
         raise MedisynError(
