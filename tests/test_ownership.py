@@ -557,3 +557,20 @@ def test_keep_out_racing_generate_into_one_folder_one_is_refused_before_writing(
         assert (target / "run.json").exists() and read_marker(target)["command"] == "generate"
     else:
         assert read_marker(target)["command"] == "screen" and (tmp_path / "r" / "screen.json").exists()
+
+
+@pytest.mark.parametrize(
+    "command", ["screen --report", "report", "index build", "judge build", "study build", "evaluate --out"]
+)
+def test_matrix_user_files_inside_a_medisyn_folder_survive_a_rerun(command, data, tiny_model, run, tmp_path):
+    out = copy_run(run, tmp_path / "out") if command == "report" else tmp_path / "out"
+    code, output = invoke(*command_args(command, out, data, tiny_model))
+    assert code == 0, output
+    theirs = {"mine.txt": b"user notes", "sub/mine.csv": b"a,b"}
+    for name, content in theirs.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(content)
+    code, output = invoke(*command_args(command, out, data, tiny_model))  # --overwrite where it has one
+    assert code == 0, output
+    assert all((out / name).read_bytes() == content for name, content in theirs.items())
+    assert not list(out.glob(f"{TMP}*")) and not (out / ".medisyn.lock").exists()
