@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
 from medisyn_cli.pipeline.tokenizer import clip_bpe_merges, write_tokenizer  # noqa: E402
@@ -235,6 +236,29 @@ def half(module):
     import torch
 
     return module.to(torch.float16)
+
+
+def training_images(
+    folder: Path, size: int, per_class: int = 4, dataset: str = "isic2017_dermoscopy", offset: int = 0
+) -> Path:
+    """Label folders of real images from ../shared/data/<dataset>/128, upsampled to `size` px (LANCZOS)."""
+    import csv
+
+    from PIL import Image
+
+    source = DATA / dataset / "128"
+    taken: dict[str, int] = {}
+    for row in csv.DictReader(open(source / "metadata.csv")):
+        label = row["label"]
+        taken[label] = taken.get(label, 0) + 1
+        if not offset < taken[label] <= offset + per_class:
+            continue
+        image = Image.open(source / row["file_name"]).convert("RGB")
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        image.resize((size, size), Image.Resampling.LANCZOS).save(
+            folder / label / Path(row["file_name"]).name
+        )
+    return folder
 
 
 def folder_bytes(folder: Path) -> int:
