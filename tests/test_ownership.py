@@ -574,3 +574,21 @@ def test_matrix_user_files_inside_a_medisyn_folder_survive_a_rerun(command, data
     assert code == 0, output
     assert all((out / name).read_bytes() == content for name, content in theirs.items())
     assert not list(out.glob(f"{TMP}*")) and not (out / ".medisyn.lock").exists()
+
+
+def test_single_and_sharded_index_builds_never_share_an_out(data, tmp_path):
+    from medisyn_cli.core.errors import MedisynError
+    from medisyn_cli.core.runlock import RunBusy
+    from medisyn_cli.core.shards import parse_shard
+
+    out = tmp_path / "idx"
+    assert build_index([FIXTURES], out, batch_size=4, show_progress=False, shard=parse_shard("0/2"))[
+        "partial"
+    ]
+    with pytest.raises(MedisynError, match="holds an unfinished sharded build"):
+        build_index([FIXTURES], out, batch_size=4, show_progress=False, overwrite=True)
+    assert (out / "_shards" / "config.json").exists()
+    busy = tmp_path / "busy"
+    with claim(busy, "index build"):
+        with pytest.raises(RunBusy, match="in use by pid"):
+            build_index([FIXTURES], busy, batch_size=4, show_progress=False, shard=parse_shard("1/2"))

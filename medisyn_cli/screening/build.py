@@ -24,7 +24,7 @@ from medisyn_cli.screening.index import (
     TARGET_FPR,
     VECTORS_FILE,
 )
-from medisyn_cli.screening.index_shards import build_shard
+from medisyn_cli.screening.index_shards import SHARDS, build_shard
 from medisyn_cli.screening.index_write import finish_index
 from medisyn_cli.screening.learned import CONFIG_FILE, WEIGHTS_FILE, fit_for_index, untrained
 
@@ -203,3 +203,8 @@ def _check_replace(owner: Owned, overwrite: bool) -> None:
             f"new one is complete), or another --out"
         )
     owner.check_free(INDEX_FILES)
+    if (owner.path / SHARDS / "config.json").exists():
+        raise MedisynError(
+            f"--out {owner.path}: holds an unfinished sharded build ({SHARDS}/); finish it with the same "
+            f"options and --shard K/N, or choose another --out"
+        )

@@ -31,6 +31,7 @@ from medisyn_cli.core.ownership import (
     is_ours,
     new_run_id,
     record_files,
+    refuse_if_busy,
     remove_private,
     remove_temp,
 )
@@ -100,6 +101,8 @@ def build_shard(
         raise MedisynError(
             f"{out}: folder exists and holds other files than a sharded index build ({SHARDS}/)"
         )
+    if out.is_dir():
+        refuse_if_busy(out, f"--out {out}")  # a single-process build writing it
     claim_marker(out, new_run_id(), "index build")  # every shard: the first one writes it
     total = sum(count_images(source) for source in found)
     batches = batch_count(total, batch_size)
