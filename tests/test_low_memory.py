@@ -74,3 +74,29 @@ def test_offload_on_cpu_or_an_unknown_mode_is_one_line_exit_2(tiny_model, manife
 def test_load_pipeline_without_offload_puts_the_pipeline_on_the_device(tiny_model):
     pipe = load_pipeline(str(tiny_model), torch.device("cpu"), torch.float32, offload="none")
     assert pipe.device.type == "cpu" and pipe._execution_device.type == "cpu"
+
+
+def test_weight_hashes_are_read_once_per_file_version(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    import medisyn_cli.pipeline.load as load
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    monkeypatch.setenv("MEDISYN_CACHE", str(tmp_path / "cache"))
+    reads = []
+    hash_file = load.file_sha256
+    monkeypatch.setattr(load, "file_sha256", lambda path: reads.append(path) or hash_file(path))
+    first = load.weight_hashes(str(model))
+    assert len(reads) == len(first) >= 3 and load.weight_hashes(str(model)) == first
+    assert len(reads) == len(first)  # the second time from the cache
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")  # same size, new content and mtime
+    changed = load.weight_hashes(str(model))
+    assert len(reads) == len(first) + 1
+    assert (
+        changed["unet/diffusion_pytorch_model.safetensors"]
+        != first["unet/diffusion_pytorch_model.safetensors"]
+    )
+    (tmp_path / "cache" / "weights-sha256.json").write_text("[not json")
+    assert load.weight_hashes(str(model)) == changed  # a broken cache is hashed again, not an error

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.files import file_sha256
+from medisyn_cli.core.files import atomic_write_text, file_sha256
 from medisyn_cli.pipeline.speed import check_offload, offload_to
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -287,4 +287,33 @@ def weight_hashes(model: str | None) -> dict[str, str]:
     files = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
     weights = [f for f in files if f.is_file() and f.name.endswith(SINGLE_FILE_SUFFIXES)]
     root = path.parent if path.is_file() else path
-    return {str(f.relative_to(root)): file_sha256(f) for f in weights}
+    return {str(f.relative_to(root)): cached_sha256(f) for f in weights}
+
+
+def hash_cache() -> Path:
+    """The file that remembers weight hashes: $MEDISYN_CACHE or $XDG_CACHE_HOME/medisyn or ~/.cache/medisyn."""
+    root = os.environ.get("MEDISYN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "medisyn"
+    return Path(root).expanduser() / "weights-sha256.json"
+
+
+def cached_sha256(path: Path) -> str:
+    """file_sha256, remembered per (path, inode, size, mtime): a 7 GB model is read once, not at every run."""
+    import json
+
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache = hash_cache()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), str):
+        return known[key]
+    digest = file_sha256(path)
+    known = known if isinstance(known, dict) else {}
+    try:  # a cache that cannot be written (read-only home) only costs the hashing again
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps({**known, key: digest}))
+    except OSError:
+        pass
+    return digest
