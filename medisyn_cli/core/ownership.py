@@ -353,12 +353,10 @@ def remove_temp(path: Path) -> None:
 
 
 def remove_private(path: Path) -> None:
-    """Delete a path inside medisyn's own scratch folder (OUT/_work, INDEX/_shards, a temp folder) of a folder
-    that holds medisyn's marker (or of a medisyn cache)."""
+    """Delete a path inside medisyn's own scratch folder (OUT/_work, INDEX/_shards, a temp folder): claims
+    refuse a foreign folder before any command writes there, so these names are medisyn's."""
     path = Path(path)
-    parts = path.parts
-    inside = [i for i, part in enumerate(parts) if part in PRIVATE or part.startswith(TMP)]
-    if not inside or not (is_ours(Path(*parts[: inside[0]])) or "medisyn" in parts[inside[0] - 1]):
+    if not any(part in PRIVATE or part.startswith(TMP) for part in path.parts):
         raise ValueError(f"{path}: not inside a scratch folder of medisyn's, medisyn will not delete it")
     _delete(path)
 

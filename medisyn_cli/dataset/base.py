@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.ownership import remove_private
 from medisyn_cli.dataset.marks import Mark, weights_digest
 
 DEFAULT_SHARD_SIZE = 1000  # WebDataset images per tar shard
@@ -82,11 +83,8 @@ class OutputFormat(Protocol):
 
 
 def fresh(path: Path) -> Path:
-    """`path` with whatever a killed process left there removed (a file or a folder)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    """`path` (inside OUT/_work) with whatever a killed process left there removed (a file or a folder)."""
+    remove_private(path)
     return path
 
 
