@@ -78,7 +78,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "real": root / "real", "synthetic": root / "synthetic", "index": root / "index"}
 
 
-def generate_args(data, tiny_model, out, *extra, n: int = 2) -> list:
+def generate_args(data, tiny_model, out, *extra, n: int = 2, steps: int | None = 2) -> list:
     return [
         "generate",
         "--manifest",
@@ -91,8 +91,7 @@ def generate_args(data, tiny_model, out, *extra, n: int = 2) -> list:
         tiny_model,
         "--batch-size",
         2,
-        "--steps",
-        2,
+        *(["--steps", steps] if steps else []),
         "--no-progress",
         *extra,
     ]
@@ -592,3 +591,28 @@ def test_single_and_sharded_index_builds_never_share_an_out(data, tmp_path):
     with claim(busy, "index build"):
         with pytest.raises(RunBusy, match="in use by pid"):
             build_index([FIXTURES], busy, batch_size=4, show_progress=False, shard=parse_shard("1/2"))
+
+
+@pytest.mark.slow
+def test_kill_9_during_overwrite_then_overwrite_again_names_the_first_aside(data, tiny_model, run, tmp_path):
+    import time
+
+    slow = tmp_path / "slow-model"
+    shutil.copytree(tiny_model, slow)
+    (slow / "medisyn.json").write_text(json.dumps({"recommended": {"steps": 40}}))
+    out = copy_run(run, tmp_path / "o")
+    proc = medisyn(*generate_args(data, slow, out, "--overwrite", "--seed", "1", n=12, steps=None))
+    deadline, done = time.time() + 240, out / "_work" / "done"
+    while not (done.exists() and any(done.glob("b-*.json"))):  # the model's 40 steps: the kill lands mid-run
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = next(tmp_path.glob("o.previous-*"))
+    old = snapshot(first)
+    code, output = finish(medisyn(*generate_args(data, tiny_model, out, "--overwrite", "--seed", "2")))
+    assert code == 0, output
+    assert str(first) in " ".join(output.split()) and "did not complete" in " ".join(output.split())
+    assert {k: v for k, v in snapshot(first).items() if k != MARKER} == {
+        k: v for k, v in old.items() if k != MARKER
+    }
