@@ -11,7 +11,7 @@
    memory option (--attention-slicing, --vae-slicing, --vae-tiling).
 4. Screening cost per image at 64, 512 and 1024 px (the embedder shrinks an image once, first).
 
-    python benchmarks/real_size.py --n 2 --steps 1 --repeats 2
+    python benchmarks/real_size.py --n 1 --more-n 3 --steps 1 --repeats 2 --threads 1
 
 Writes benchmarks/results/real_size/results.json and results.txt.
 """
@@ -81,7 +81,7 @@ def bare_loop(
     from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
     from medisyn_cli.core.batching import batched
-    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.dataset.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs, quotas
 
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
@@ -155,28 +155,40 @@ def medisyn_run(
     }
 
 
-def memory_options(model: str, steps: int, size: int, batch_size: int = 2) -> dict:
-    """Peak RSS above the loaded model while rendering one batch, and its seconds, under each memory option."""
+def memory_options(model: str, size: int, batch_size: int = 2) -> dict:
+    """RSS above the loaded model, and seconds, of the stage each memory option changes: one UNet call with
+    guidance (2 x batch_size rows) plain vs --attention-slicing; one VAE decode of batch_size latents plain vs
+    --vae-slicing (--vae-tiling only acts above the VAE's tile size, 512 px for SD 1.5: not measured at 512)."""
     import torch
 
-    from medisyn_cli.generate.sampler import Renderer, Settings
     from medisyn_cli.pipeline.load import load_pipeline
-    from medisyn_cli.pipeline.speed import apply_speed_options
 
     pipe = load_pipeline(model, torch.device("cpu"), torch.float32)
-    render = Renderer(pipe, Settings(steps, GUIDANCE, size, size), cache_prompts=False)
-    prompts, seeds = ["dermoscopy image of melanoma"] * batch_size, list(range(batch_size))
-    render(prompts, [""] * batch_size, seeds)  # warm-up: first-call allocations are not the option's
+    generator = torch.Generator().manual_seed(0)
+    side = size // pipe.vae_scale_factor
+    latents = torch.randn(2 * batch_size, 4, side, side, generator=generator)
+    text = torch.randn(2 * batch_size, 77, pipe.text_encoder.config.hidden_size, generator=generator)
+    steps = {
+        "unet": lambda: pipe.unet(latents, 999, encoder_hidden_states=text),
+        "vae decode": lambda: pipe.vae.decode(latents[:batch_size] / pipe.vae.config.scaling_factor),
+    }
+    switches = {
+        "unet": (pipe.enable_attention_slicing, pipe.disable_attention_slicing, "attention_slicing"),
+        "vae decode": (pipe.vae.enable_slicing, pipe.vae.disable_slicing, "vae_slicing"),
+    }
     results = {}
-    for name in ("none", "attention_slicing", "vae_slicing", "vae_tiling"):
-        pipe.disable_attention_slicing()
-        pipe.vae.disable_slicing()
-        pipe.vae.disable_tiling()
-        apply_speed_options(pipe, **({} if name == "none" else {name: True}))
-        start = time.perf_counter()
-        with PeakRSS() as peak:
-            render(prompts, [""] * batch_size, seeds)
-        results[name] = {"extra_gb": peak.extra / 2**30, "seconds": time.perf_counter() - start}
+    for stage, call in steps.items():
+        enable, disable, name = switches[stage]
+        for option in ("none", name):
+            (enable if option == name else disable)()
+            start = time.perf_counter()
+            with torch.inference_mode(), PeakRSS() as peak:
+                call()
+            results[f"{stage}: {option}"] = {
+                "extra_gb": peak.extra / 2**30,
+                "seconds": time.perf_counter() - start,
+            }
+            print(f"{stage}: {option}", results[f"{stage}: {option}"], file=sys.stderr, flush=True)
     return results
 
 
@@ -266,7 +278,7 @@ def screening_cost(index: Path, sizes: tuple[int, ...], count: int, work: Path) 
 
 
 def measure(args, work: Path) -> dict:
-    """Every measurement of the module docstring; returns the results dict."""
+    """Every measurement of the module docstring, most telling first; raw results saved after each step."""
     from medisyn_cli.screening.build import build_index
 
     model = str(real_size_model("sd15"))
@@ -274,29 +286,33 @@ def measure(args, work: Path) -> dict:
     index = work / "index"
     build_index([train], index, show_progress=False)
     manifest = work / "derm.csv"
-    manifest.write_text(MANIFEST_TEXT)
+    lines = MANIFEST_TEXT.splitlines()
+    manifest.write_text("\n".join(lines[: 1 + args.classes]) + "\n")
     common = {"model": model, "manifest": str(manifest), "n": args.n, "steps": args.steps, "size": args.size}
     medisyn = {**common, "kind": "medisyn", "index": str(index), "batch_size": 1}
     bare = {**common, "kind": "bare", "batch_size": 1, "device": "cpu", "dtype": "fp32"}
-    runs: dict[str, list] = {"bare diffusers loop": [], "medisyn generate": []}
+    raw: dict = {"runs": {"bare diffusers loop": [], "medisyn generate": []}}
+    raw["screening"] = screening_cost(index, (64, 512, 1024), args.screen_images, work)
+    save(args, raw)
     for repeat in range(args.repeats):
-        runs["bare diffusers loop"].append(run_child(bare, args.threads))
-        out = str(work / f"out-{repeat}")
-        runs["medisyn generate"].append(run_child({**medisyn, "out": out}, args.threads))
-        print(repeat, {k: round(v[-1]["seconds"], 1) for k, v in runs.items()}, flush=True)
-    memory = {f"generate --n {args.n}": runs["medisyn generate"][0]["peak_rss_gb"]}
-    double = run_child({**medisyn, "n": 2 * args.n, "out": str(work / "out-2n")}, args.threads)
-    memory[f"generate --n {2 * args.n}"] = double["peak_rss_gb"]
-    spec = {"kind": "options", "model": model, "steps": args.steps, "size": args.size}
-    options = run_child(spec, args.threads)
-    print(options, flush=True)
-    return {
-        "runs": runs,
-        "double_n": double,
-        "memory": memory,
-        "options": options,
-        "screening": screening_cost(index, (64, 512, 1024), args.screen_images, work),
-    }
+        raw["runs"]["bare diffusers loop"].append(run_child(bare, args.threads))
+        raw["runs"]["medisyn generate"].append(
+            run_child({**medisyn, "out": str(work / f"out-{repeat}")}, args.threads)
+        )
+        save(args, raw)
+        if repeat == 0:
+            raw["options"] = run_child({"kind": "options", "model": model, "size": args.size}, args.threads)
+            save(args, raw)
+            more = {**medisyn, "n": args.more_n, "out": str(work / "out-more")}
+            raw["more_n"] = run_child(more, args.threads)
+            save(args, raw)
+    return raw
+
+
+def save(args, raw: dict) -> None:
+    """The raw results so far (a run cut short keeps what it measured)."""
+    (args.out / "raw.json").write_text(json.dumps(raw, indent=2) + "\n")
+    print(json.dumps(raw)[:2000], flush=True)
 
 
 def summarise(raw: dict, args) -> dict:
@@ -323,7 +339,8 @@ def summarise(raw: dict, args) -> dict:
         "seconds_per_image_by_stage": stages,
         "stage_share": {s: v / (median["medisyn generate"] / images) for s, v in stages.items()},
         "peak_rss_gb": {
-            **raw["memory"],
+            f"generate --n {args.n}": generate[0]["peak_rss_gb"],
+            f"generate --n {args.more_n}": raw["more_n"]["peak_rss_gb"],
             "bare diffusers loop": raw["runs"]["bare diffusers loop"][0]["peak_rss_gb"],
         },
         "extra_rss_gb_batch_2_by_option": {
@@ -359,7 +376,7 @@ def text_table(result: dict) -> str:
         for k, v in result["seconds_per_image_by_stage"].items()
     ]
     lines += ["", "peak RSS (GB):"] + [f"  {k:<24} {v:6.2f}" for k, v in result["peak_rss_gb"].items()]
-    lines += ["", "one batch of 2 images by memory option: RSS above the loaded model (GB), seconds:"]
+    lines += ["", "batch of 2 images, by stage and memory option: RSS above the loaded model (GB), seconds:"]
     lines += [
         f"  {k:<18} {v:6.2f} GB  {result['seconds_batch_2_by_option'][k]:7.1f} s"
         for k, v in result["extra_rss_gb_batch_2_by_option"].items()
@@ -373,7 +390,9 @@ def text_table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=2)
+    parser.add_argument("--n", type=int, default=1)
+    parser.add_argument("--more-n", type=int, default=3, help="--n of the run that shows RSS flat in n")
+    parser.add_argument("--classes", type=int, default=1, choices=(1, 2))
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
@@ -388,7 +407,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="medisyn-real-size-") as work:
         raw = measure(args, Path(work))
-    (args.out / "raw.json").write_text(json.dumps(raw, indent=2) + "\n")  # kept if the summary fails
     result = summarise(raw, args)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "results.txt").write_text(text_table(result))
