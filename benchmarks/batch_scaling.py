@@ -23,7 +23,7 @@ MANIFEST = REPO / "prompts" / "mini_dermoscopy.csv"
 
 
 def setup(device_name: str, dtype_name: str):
-    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.dataset.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs, quotas
     from medisyn_cli.pipeline.load import BUNDLED_MODEL, load_pipeline, resolve_device, resolve_dtype
 

@@ -12,7 +12,7 @@ holdout.csv, is the test set the model never saw):
    images, "judge >= t" the first ones whose own-label score is at least t -- what `generate --judge
    --min-label-score t` keeps, with the replacements drawn from the next images of the pool instead of new
    seeds of the same image (the same distribution). Yield = kept / images examined. Utility: the same small CNN
-   (medisyn_cli.evaluate.classifier, 32 px, the same optimiser steps for every condition) trained on each set,
+   (medisyn_cli.judge.classifier, 32 px, the same optimiser steps for every condition) trained on each set,
    macro AUROC on the real hold-out, mean over --seeds; coverage (Naeem et al. 2020, k=5, thumb features) of the
    real hold-out by each set (same size for every condition);
 5. --product-set: real `medisyn generate` runs without and with `--judge` (same n, steps, batch size and
@@ -112,7 +112,7 @@ def pool(dataset: str, args, work: Path) -> tuple[list, dict]:
     here alike), topped up by a run with seed 1 (other image seeds, same settings) when it holds fewer."""
     from collections import Counter
 
-    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.dataset.manifest import load_manifest
 
     manifest = REPO / "prompts" / f"{SETS[dataset]}.csv"
     classes = len(load_manifest(manifest).labels)
@@ -147,7 +147,7 @@ def utility(train_rows: list, test_x: np.ndarray, test_y: np.ndarray, classes: l
     """Macro AUROC on the real test set of the small CNN trained on `train_rows` (same steps for every set)."""
     import torch
 
-    from medisyn_cli.evaluate.classifier import TrainSettings, macro_auroc, predict, train_classifier
+    from medisyn_cli.judge.classifier import TrainSettings, macro_auroc, predict, train_classifier
     from medisyn_cli.judge.model import cnn_arrays
 
     x = cnn_arrays(images(train_rows))
@@ -275,7 +275,7 @@ def line(dataset: str, row: dict, base: dict) -> str:
 
 def product(dataset: str, args, work: Path) -> dict:
     """Real generate runs, unjudged and with --judge at each threshold: seconds, time ratio and yield."""
-    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.dataset.manifest import load_manifest
 
     manifest = REPO / "prompts" / f"{SETS[dataset]}.csv"
     n = args.product_per_class * len(load_manifest(manifest).labels)

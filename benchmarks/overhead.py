@@ -37,7 +37,7 @@ def bare_loop(n: int, batch_size: int) -> dict:
     from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
     from medisyn_cli.core.batching import batched
-    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.dataset.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs, quotas
     from medisyn_cli.pipeline.load import BUNDLED_MODEL
 

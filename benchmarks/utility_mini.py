@@ -1,7 +1,7 @@
 """Are the bundled model's images recognisably of their class?
 
 For each data set of ../shared/data, train the product's classifier (`medisyn evaluate utility`'s small CNN
-and training loop, imported from medisyn_cli.evaluate.classifier) on (a) synthetic images made by
+and training loop, imported from medisyn_cli.judge.classifier) on (a) synthetic images made by
 `medisyn generate` with the bundled model and (b) as many real training images, then report macro AUROC on
 real images the model never saw (its hold-out split, listed in the model's holdout.csv).
 
@@ -44,7 +44,7 @@ def load(paths: list[Path], size: int) -> np.ndarray:
     """Images as uint8 (N, 3, size, size), as `medisyn evaluate utility` holds them."""
     from PIL import Image
 
-    from medisyn_cli.evaluate.common import to_rgb_array
+    from medisyn_cli.core.images import to_rgb_array
 
     return np.stack([to_rgb_array(Image.open(p), size) for p in paths])
 
@@ -55,7 +55,7 @@ def train_and_score(x_train, y_train, x_test, y_test, classes: int, seed: int, e
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from medisyn_cli.evaluate.classifier import TrainSettings, predict, train_classifier
+    from medisyn_cli.judge.classifier import TrainSettings, predict, train_classifier
 
     device = torch.device("cpu")
     settings = TrainSettings(arch="small-cnn", epochs=epochs, batch_size=64, lr=2e-3)
@@ -77,8 +77,8 @@ def synthetic(
 ) -> list:
     """Generate per_class images per class with medisyn (or reuse those in OUT made with the same options);
     returns (path, label)."""
+    from medisyn_cli.dataset.manifest import load_manifest
     from medisyn_cli.generate.config import GenerateConfig
-    from medisyn_cli.generate.manifest import load_manifest
     from medisyn_cli.generate.run import run_generate
 
     wanted = {

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from medisyn_cli.core.errors import MedisynError  # noqa: E402
 from medisyn_cli.core.version import __version__  # noqa: E402,F401
+from medisyn_cli.dataset.manifest import load_manifest
 from medisyn_cli.generate.config import GenerateConfig  # noqa: E402
-from medisyn_cli.generate.manifest import load_manifest  # noqa: E402
 from medisyn_cli.generate.run import run_generate  # noqa: E402
 from medisyn_cli.pipeline.load import load_pipeline  # noqa: E402
 from medisyn_cli.screening.audit import screen_dataset  # noqa: E402

@@ -66,6 +66,67 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# The folder layers (ARCHITECTURE.md): each folder may import only the folders listed for it (and itself).
+LOWER = {
+    "core": set(),
+    "pipeline": {"core"},
+    "dataset": {"core", "pipeline"},
+    "screening": {"core", "pipeline", "dataset"},
+    "judge": {"core", "pipeline", "dataset", "screening"},
+}
+STAGE = {"core", "pipeline", "dataset", "screening", "judge"}  # generate, train, evaluate, study: siblings
+ALLOWED = {
+    **LOWER,
+    **{stage: STAGE for stage in ("generate", "train", "evaluate", "study")},
+    "cli": STAGE | {"generate", "train", "evaluate", "study"},
+}
+ALLOWED["medisyn_cli"] = set(ALLOWED) | {"bundled"}  # the package's __init__ and __main__ (the Python API)
+
+
+def _folder(module: str) -> str:
+    """medisyn_cli.core.files -> core; medisyn_cli and medisyn_cli.__main__ -> medisyn_cli."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else "medisyn_cli"
+
+
+def _layer_violations(trees: dict[str, ast.Module], allowed: dict[str, set[str]]) -> list[str]:
+    """'file:line: folder imports target' for every import of a folder that `allowed` does not list."""
+    found = []
+    for name, tree in sorted(trees.items()):
+        source = _folder(name)
+        for node, target in _own_imports(tree, set(trees)):
+            folder = _folder(target)
+            if folder != source and folder not in allowed.get(source, set()):
+                path = name.replace(".", "/") + ".py"
+                found.append(f"{path}:{node.lineno}: {source} imports {folder} ({target})")
+    return sorted(set(found))
+
+
+def test_folders_import_only_the_layers_below_them():
+    trees = _modules()
+    folders = {_folder(name) for name in trees}
+    assert folders <= set(ALLOWED), f"folders with no row in ALLOWED: {sorted(folders - set(ALLOWED))}"
+    violations = _layer_violations(trees, ALLOWED)
+    assert not violations, "imports against the layers of ARCHITECTURE.md:\n" + "\n".join(violations)
+
+
+def test_layer_check_names_the_offending_file_and_line():
+    trees = {
+        "medisyn_cli.screening.audit": ast.parse("import os\nfrom medisyn_cli.generate.card import x\n"),
+        "medisyn_cli.generate.card": ast.parse("from medisyn_cli.core.files import y\n"),
+        "medisyn_cli.core.files": ast.parse(""),
+    }
+    assert _layer_violations(trees, ALLOWED) == [
+        "medisyn_cli/screening/audit.py:2: screening imports generate (medisyn_cli.generate.card)"
+    ]
+
+
+def test_layers_form_a_dag_and_stages_are_siblings():
+    assert _cycle({folder: targets for folder, targets in ALLOWED.items()}) is None
+    stages = ("generate", "train", "evaluate", "study")
+    assert all(not ALLOWED[a] & set(stages) for a in stages)
+
+
 def test_no_import_cycle_between_medisyn_modules():
     assert _cycle(_graph()) is None, " -> ".join(_cycle(_graph()) or [])
 

@@ -172,7 +172,7 @@ def test_utility_mini_trains_the_products_classifier(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import utility_mini
 
-    from medisyn_cli.evaluate import classifier
+    from medisyn_cli.judge import classifier
 
     calls = []
     product = classifier.train_classifier

@@ -44,7 +44,7 @@ def test_bundled_model_loads_offline_with_plain_diffusers(monkeypatch):
 
 
 def test_bundled_model_generates_distinct_non_black_images_of_the_right_size():
-    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.dataset.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs, quotas
     from medisyn_cli.generate.sampler import Renderer, Settings, generate_batch
 
@@ -64,7 +64,7 @@ def test_bundled_model_generates_distinct_non_black_images_of_the_right_size():
 def test_mini_manifests_use_words_the_bundled_tokenizer_knows(manifest):
     from transformers import CLIPTokenizer
 
-    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.dataset.manifest import load_manifest
 
     tokenizer = CLIPTokenizer.from_pretrained(BUNDLED_MODEL / "tokenizer")
     for row in load_manifest(manifest).rows:

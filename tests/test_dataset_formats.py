@@ -25,7 +25,6 @@ from medisyn_cli.dataset.formats import (
 )
 from medisyn_cli.dataset.marks import mark_png, read_mark
 from medisyn_cli.dataset.webdataset import iter_samples, sample_key
-from medisyn_cli.generate.manifest import safe_name as generate_safe_name
 
 RUN = RunInfo("3f2a9c1b7d4e", "2026-12-06T22:31:05+00:00", ("glioma", "no tumor"), "mini", "ab" * 32, "0.1.0")
 FORMATS = ["dicom", "webdataset"]
@@ -276,11 +275,6 @@ def test_run_info_from_a_run_record():
     )
     assert len(info.model_sha256) == 64 and not info.marked and info.shard_size == 10
     assert info.mark("glioma-000001").image_id == "glioma-000001"
-
-
-@pytest.mark.parametrize("label", ["glioma", "no tumor", "grade 1.5", "Ödem/ödem", "..", "a_b-c.d"])
-def test_core_safe_name_matches_the_manifests_until_it_moves_there(label):
-    assert safe_name(label) == generate_safe_name(label)
 
 
 def test_dataset_layer_imports_only_core_and_itself():

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from medisyn_cli.cli.evaluate import evaluate_app, report_command
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.classifier import auroc, macro_auroc
 from medisyn_cli.evaluate.metrics import diversity, fid, kid, prdc, trace_sqrt_product
+from medisyn_cli.judge.classifier import auroc, macro_auroc
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN_IMAGES = sorted((FIXTURES / "images" / "images").glob("*.png"))
@@ -293,7 +293,7 @@ def test_utility_gives_every_condition_the_same_optimiser_steps(sets, tmp_path, 
 
 
 def test_utility_multi_label_fraction_keeps_each_finding_and_no_finding_share():
-    from medisyn_cli.evaluate.common import ImageSet
+    from medisyn_cli.core.imagesets import ImageSet
     from medisyn_cli.evaluate.utility import fraction_rows
 
     labels = ["a"] * 200 + ["b"] * 30 + ["a|c"] * 10 + [""] * 760  # c: rare, only with a
@@ -306,7 +306,7 @@ def test_utility_multi_label_fraction_keeps_each_finding_and_no_finding_share():
 
 
 def test_bootstrap_auroc_interval_holds_the_estimate_and_narrows_with_more_test_images():
-    from medisyn_cli.evaluate.classifier import bootstrap_auroc
+    from medisyn_cli.judge.classifier import bootstrap_auroc
 
     rng = np.random.default_rng(4)
     widths = []
@@ -898,7 +898,7 @@ def test_privacy_with_too_few_held_out_images_gives_no_verdict():
 def test_utility_trains_a_random_init_torchvision_resnet18_with_classifier_resnet18(sets, tmp_path):
     import torchvision
 
-    from medisyn_cli.evaluate.classifier import build_network
+    from medisyn_cli.judge.classifier import build_network
 
     network = build_network("resnet18", 2)
     assert isinstance(network[0], torchvision.models.ResNet)

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from medisyn_cli.cli.main import app
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.dataset.manifest import load_manifest
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.generate.manifest import load_manifest
 from medisyn_cli.generate.plan import iter_jobs, quotas
 from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.sampler import Renderer, Settings, generate_batch

@@ -76,7 +76,7 @@ def _stub_render(real: Path):
 
 
 def test_an_image_of_the_wrong_class_is_rejected_and_replaced_with_the_reason(real, judge_dir, tmp_path):
-    from medisyn_cli.generate.manifest import load_manifest
+    from medisyn_cli.dataset.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs
     from medisyn_cli.generate.sampler import generate_screened
     from medisyn_cli.judge.screening import JudgedRejectedLog, LabelCheck

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.names import class_names, safe_name
 from medisyn_cli.core.store import WorkDir
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.generate.manifest import safe_name
-from medisyn_cli.generate.plan import class_names
 from medisyn_cli.generate.run import run_generate
 
 # unsorted, and "b c" sorts before "b-d" as a label but after it as a folder name ("b_c-<hash>")

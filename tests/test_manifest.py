@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.manifest import load_manifest
+from medisyn_cli.dataset.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,8 @@ import pytest
 
 from medisyn_cli.core.batching import batched
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.manifest import load_manifest, safe_name
+from medisyn_cli.core.names import safe_name
+from medisyn_cli.dataset.manifest import load_manifest
 from medisyn_cli.generate.plan import image_id, image_seed, iter_jobs, quotas
 
 

@@ -3,7 +3,7 @@ and of 100k classes over 18 minutes while every class lookup scanned every manif
 
 from pathlib import Path
 
-from medisyn_cli.generate.manifest import Manifest, PromptRow
+from medisyn_cli.dataset.manifest import Manifest, PromptRow
 from medisyn_cli.generate.plan import iter_jobs, quotas
 
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import medisyn_cli.generate.worker as runner_module
 from medisyn_cli.cli.main import app
 from medisyn_cli.core.batching import batched
+from medisyn_cli.dataset.manifest import load_manifest
 from medisyn_cli.generate.config import GenerateConfig, command_line
-from medisyn_cli.generate.manifest import load_manifest
 from medisyn_cli.generate.plan import iter_jobs, quotas
 from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.sampler import PromptCache, Renderer, Settings, generate_batch

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from medisyn_cli.cli.main import app
 from medisyn_cli.core.files import to_json, write_json
 from medisyn_cli.core.progress import make_progress
+from medisyn_cli.dataset.manifest import load_manifest
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.generate.manifest import load_manifest
 from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.validate import prompt_warnings
 

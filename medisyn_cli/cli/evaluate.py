@@ -15,7 +15,7 @@ from rich.table import Table
 from medisyn_cli.cli.common import errors_as_exit_codes
 from medisyn_cli.cli.options import argument, comma_list, option
 from medisyn_cli.core.progress import results
-from medisyn_cli.evaluate.common import default_out
+from medisyn_cli.core.results import default_out
 from medisyn_cli.evaluate.fidelity import NOT_COMPARABLE, FidelityConfig, run_fidelity
 from medisyn_cli.evaluate.leakage import LeakageConfig, run_leakage
 from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy

@@ -95,3 +95,11 @@ def rgb_float(image) -> np.ndarray:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
         return rgba[..., :3] * (rgba[..., 3:] / 255.0)
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.float32)
+
+
+def to_rgb_array(image, size: int) -> np.ndarray:
+    """uint8 (3, size, size) of any PIL image (grey and 16-bit images become 8-bit RGB)."""
+    from PIL import Image
+
+    rgb = to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)

@@ -30,23 +30,20 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.images import to_8bit
-from medisyn_cli.evaluate.classifier import TrainSettings, features, train_classifier
-from medisyn_cli.evaluate.common import (
+from medisyn_cli.core.images import to_8bit, to_rgb_array
+from medisyn_cli.core.imagesets import (
     ImageSet,
-    default_out,
     iter_batches,
     label_vocabulary,
     load_arrays,
     open_sources,
     require_labels,
     targets,
-    to_rgb_array,
-    write_csv,
-    write_json,
 )
+from medisyn_cli.core.results import default_out, write_csv, write_json
 from medisyn_cli.evaluate.inception import inception_features, load_inception
 from medisyn_cli.evaluate.metrics import bootstrap_intervals, diversity, fid, kid, prdc
+from medisyn_cli.judge.classifier import TrainSettings, features, train_classifier
 from medisyn_cli.pipeline.load import resolve_device
 from medisyn_cli.screening.embed import get_embedder
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.common import open_sources
+from medisyn_cli.core.imagesets import open_sources
 from medisyn_cli.evaluate.fidelity import FidelityConfig, extract, make_extractor
 from medisyn_cli.evaluate.metrics import diversity, prdc
 from medisyn_cli.pipeline.load import resolve_device

@@ -17,7 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from medisyn_cli.evaluate.common import open_sources, write_csv, write_json
+from medisyn_cli.core.imagesets import open_sources
+from medisyn_cli.core.results import write_csv, write_json
 from medisyn_cli.evaluate.privacy import closest_pairs_figure, near_copies, nearest, training_index
 from medisyn_cli.screening.embed import get_embedder
 from medisyn_cli.screening.screener import Screener

@@ -38,18 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.images import save_png, thumbnail
-from medisyn_cli.evaluate.common import (
-    ImageSet,
-    default_out,
-    fetch_images,
-    iter_batches,
-    open_sources,
-    save_figure,
-    to_rgb_array,
-    write_csv,
-    write_json,
-)
+from medisyn_cli.core.images import save_png, thumbnail, to_rgb_array
+from medisyn_cli.core.imagesets import ImageSet, fetch_images, iter_batches, open_sources
+from medisyn_cli.core.results import default_out, save_figure, write_csv, write_json
 from medisyn_cli.evaluate.memorisation import ALPHA, EXPECTED_SHARE, TESTS, memorisation_tests, percentiles  # noqa: F401 (importable here)
 from medisyn_cli.screening.embed import View, apply_view, get_embedder
 from medisyn_cli.screening.index import TrainingIndex

@@ -25,7 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.classifier import (
+from medisyn_cli.core.imagesets import (
+    ImageSet,
+    check_same_labels,
+    label_vocabulary,
+    load_arrays,
+    open_sources,
+    require_labels,
+    split_labels,
+    targets,
+)
+from medisyn_cli.core.results import default_out, new_figure, save_figure, write_csv, write_json
+from medisyn_cli.judge.classifier import (
     TrainSettings,
     bootstrap_auroc,
     check_arch,
@@ -34,21 +45,6 @@ from medisyn_cli.evaluate.classifier import (
     predict,
     seed_interval,
     train_classifier,
-)
-from medisyn_cli.evaluate.common import (
-    ImageSet,
-    check_same_labels,
-    default_out,
-    label_vocabulary,
-    load_arrays,
-    new_figure,
-    open_sources,
-    require_labels,
-    save_figure,
-    split_labels,
-    targets,
-    write_csv,
-    write_json,
 )
 from medisyn_cli.pipeline.load import resolve_device
 

@@ -14,11 +14,11 @@ from medisyn_cli.core.outdir import discard_previous, run_files
 from medisyn_cli.core.ownership import foreign_message, holds_files, is_ours, record_files, refuse_if_busy
 from medisyn_cli.core.shards import Shard
 from medisyn_cli.core.store import WORK, IncompleteRun, WorkDir, differences, missing_report
-from medisyn_cli.generate.card import write_card
+from medisyn_cli.dataset.card import write_card
+from medisyn_cli.dataset.manifest import Manifest
 from medisyn_cli.generate.config import GenerateConfig, command_line
 from medisyn_cli.generate.consolidate import consolidate
 from medisyn_cli.generate.consolidate import remove as remove_work
-from medisyn_cli.generate.manifest import Manifest
 from medisyn_cli.generate.plan import Job
 from medisyn_cli.generate.runkey import RESOLVED, key_of_record
 from medisyn_cli.judge.screening import JudgedRejectedLog, judge_totals

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.manifest import Manifest, safe_name
+from medisyn_cli.core.names import class_names, safe_name
+from medisyn_cli.dataset.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,6 @@ def image_seed(run_seed: int, label: str, index: int, attempt: int = 0) -> int:
 def image_id(label: str, index: int) -> str:
     """Stable id of the index-th image of a class."""
     return f"{safe_name(label)}-{index:06d}"
-
-
-def class_names(labels: list[str]) -> list[str]:
-    """The classes in label_id order: sorted by folder name, as torchvision's and `datasets`' ImageFolder do."""
-    return sorted(labels, key=lambda label: (safe_name(label), label))
 
 
 def iter_jobs(manifest: Manifest, counts: dict[str, int], seed: int) -> Iterator[Job]:

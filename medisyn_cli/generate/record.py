@@ -8,12 +8,12 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
+from medisyn_cli.core.names import class_names
 from medisyn_cli.core.outdir import new_run_id
 from medisyn_cli.core.shards import Shard, batch_count
+from medisyn_cli.dataset.manifest import Manifest
 from medisyn_cli.generate.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig
 from medisyn_cli.generate.finish import REJECTED_FILE
-from medisyn_cli.generate.manifest import Manifest
-from medisyn_cli.generate.plan import class_names
 from medisyn_cli.generate.runkey import run_key
 from medisyn_cli.pipeline.load import model_source
 

@@ -13,10 +13,10 @@ from medisyn_cli.core.errors import Cancelled, Interrupted, MedisynError
 from medisyn_cli.core.progress import console, make_progress, rate_text
 from medisyn_cli.core.shards import Shard, resolve_shard
 from medisyn_cli.core.store import WorkDir
+from medisyn_cli.dataset.manifest import Manifest, load_manifest
 from medisyn_cli.generate.claim import claim_out, explained_failures, out_state, refuse_if_busy, start_out
 from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.finish import ClassCount, RunSummary, completed_summary, finish_run, partial_summary
-from medisyn_cli.generate.manifest import Manifest, load_manifest
 from medisyn_cli.generate.plan import iter_jobs, quotas
 from medisyn_cli.generate.record import model_name, model_settings, start_record
 from medisyn_cli.generate.runkey import RESOLVED, check_numbering, run_key

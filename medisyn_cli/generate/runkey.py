@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.names import class_names
 from medisyn_cli.core.store import WorkDir
+from medisyn_cli.dataset.manifest import Manifest
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.generate.manifest import Manifest
-from medisyn_cli.generate.plan import class_names
 from medisyn_cli.judge.screening import judge_key
 from medisyn_cli.pipeline.load import model_source, weight_hashes
 from medisyn_cli.pipeline.lora import adapter_key

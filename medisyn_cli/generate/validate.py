@@ -13,8 +13,8 @@ from pathlib import Path
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.ownership import remove_temp
 from medisyn_cli.core.store import WorkDir
+from medisyn_cli.dataset.manifest import Manifest
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.generate.manifest import Manifest
 from medisyn_cli.generate.writers import parse_formats
 from medisyn_cli.pipeline.load import SCHEDULERS, check_model_source, model_source
 

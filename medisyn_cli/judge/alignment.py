@@ -19,15 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.common import (
-    ImageSet,
-    default_out,
-    iter_batches,
-    open_sources,
-    write_csv,
-    write_json,
-)
-from medisyn_cli.generate.card import write_run_card
+from medisyn_cli.core.imagesets import ImageSet, iter_batches, open_sources
+from medisyn_cli.core.results import default_out, write_csv, write_json
+from medisyn_cli.dataset.card import write_run_card
 from medisyn_cli.judge.build import JudgeConfig, build_judge
 from medisyn_cli.judge.metrics import confusion
 from medisyn_cli.judge.model import load_judge

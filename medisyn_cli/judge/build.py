@@ -27,7 +27,7 @@ from medisyn_cli.core.ownership import (
     remove_temp,
     replace_in_place,
 )
-from medisyn_cli.evaluate.classifier import TrainSettings, predict, train_classifier
+from medisyn_cli.judge.classifier import TrainSettings, predict, train_classifier
 from medisyn_cli.judge.features import get_features
 from medisyn_cli.judge.metrics import calibration, confusion, pass_rates
 from medisyn_cli.judge.model import (
@@ -246,7 +246,7 @@ def _fit(
         network = train_classifier(cnn_arrays(train_images), train_y, classes, settings, config.seed, device)
         torch.save(network.state_dict(), weights)
         features = {
-            "network": "small-cnn (medisyn_cli.evaluate.classifier)",
+            "network": "small-cnn (medisyn_cli.judge.classifier)",
             "size": 32,
             "steps": config.steps,
         }

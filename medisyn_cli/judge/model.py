@@ -2,7 +2,7 @@
 
     JUDGE/judge.json    classes, classifier, features, held-out accuracy and calibration, fingerprint
     JUDGE/model.npz     knn: training vectors + labels; linear: weights, bias, feature mean / scale
-    JUDGE/model.pt      cnn: the small CNN's state dict (medisyn_cli.evaluate.classifier, 32 px)
+    JUDGE/model.pt      cnn: the small CNN's state dict (medisyn_cli.judge.classifier, 32 px)
 
 Classifiers (`CLASSIFIERS`): `knn` (cosine k nearest neighbours on embedder vectors, smoothed votes),
 `linear` (multinomial logistic regression on standardised embedder vectors, L2) and `cnn` (the evaluations'
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.evaluate.classifier import build_network, predict
-from medisyn_cli.evaluate.common import to_rgb_array
+from medisyn_cli.core.images import to_rgb_array
+from medisyn_cli.judge.classifier import build_network, predict
 from medisyn_cli.judge.features import get_features
 from medisyn_cli.pipeline.load import file_sha256
 from medisyn_cli.screening.embed import blas_threads

@@ -24,7 +24,7 @@ from medisyn_cli.core.files import write_json
 from medisyn_cli.core.images import thumbnail_png
 from medisyn_cli.core.ownership import Owned, claim, holds_files, is_ours, remove_temp
 from medisyn_cli.core.progress import make_progress, rate_text
-from medisyn_cli.generate.card import write_run_card
+from medisyn_cli.dataset.card import write_run_card
 from medisyn_cli.screening.index import load_index
 from medisyn_cli.screening.report import BINS, write_screen_report
 from medisyn_cli.screening.screener import Screener, require_embedder

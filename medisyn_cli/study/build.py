@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medisyn_cli.core.datasets import find_sources, iter_source_records
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.images import to_8bit
 from medisyn_cli.core.ownership import (
     claim,
     foreign_message,
@@ -26,7 +27,6 @@ from medisyn_cli.core.ownership import (
     remove_temp,
     replace_in_place,
 )
-from medisyn_cli.screening.embed import to_8bit
 from medisyn_cli.study.design import DEFAULT_MIX, REAL, SYNTHETIC, Pick, draw_design
 from medisyn_cli.study.site import KEY_FORMAT, normalise, png_of, public_study, write_site
 

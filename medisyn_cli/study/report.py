@@ -8,7 +8,7 @@ from pathlib import Path
 
 from medisyn_cli.core.files import atomic_write_text
 from medisyn_cli.core.html import figure_uri, page
-from medisyn_cli.evaluate.common import new_figure, write_csv, write_json
+from medisyn_cli.core.results import new_figure, write_csv, write_json
 
 METRIC_NAMES = {
     "detection_accuracy": "detection accuracy (per image)",

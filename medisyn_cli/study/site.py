@@ -9,7 +9,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from medisyn_cli.screening.embed import to_8bit
+from medisyn_cli.core.images import to_8bit
 from medisyn_cli.study.design import CANNOT_TELL, PAIR_ANSWERS
 
 KEY_FORMAT = "medisyn-study-key"

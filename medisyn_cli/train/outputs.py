@@ -14,7 +14,7 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
 from medisyn_cli.core.images import image_grid
 from medisyn_cli.core.ownership import recorded, remove_private, remove_recorded
-from medisyn_cli.generate.manifest import load_manifest
+from medisyn_cli.dataset.manifest import load_manifest
 from medisyn_cli.pipeline.lora import data_fingerprint, save_adapter
 from medisyn_cli.train.config import TrainConfig
 from medisyn_cli.train.model import build_pipeline, unwrap

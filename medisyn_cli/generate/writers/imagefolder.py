@@ -6,7 +6,7 @@ import csv
 import os
 from pathlib import Path
 
-from medisyn_cli.generate.manifest import safe_name
+from medisyn_cli.core.names import safe_name
 from medisyn_cli.generate.writers.base import COLUMNS
 
 

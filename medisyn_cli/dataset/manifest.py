@@ -7,13 +7,13 @@ import hashlib
 import io
 import json
 import math
-import re
 import string
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.names import safe_name
 
 REQUIRED = ("label", "prompt")
 TEMPLATED = ("prompt", "negative_prompt")
@@ -253,9 +253,3 @@ def _class_weights(path: Path, rows: tuple[PromptRow, ...]) -> tuple[PromptRow, 
     return tuple(
         replace(row, weight=stated[row.label].weight if row.label in stated else 1.0) for row in rows
     )
-
-
-def safe_name(label: str) -> str:
-    """A label made safe as a file or folder name (the exact label stays in the metadata)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "class"
-    return name if name == label else f"{name}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"

@@ -1,4 +1,4 @@
-"""The dataset card's label-check section (no heavy imports: card.py uses it for every run)."""
+"""The dataset card's label-check sections, rendered from the run record's `judge` and `alignment` entries."""
 
 from __future__ import annotations
 

@@ -1,12 +1,8 @@
-"""Shared parts of the evaluations: reading labelled image sets in batches, label checks, atomic writes."""
+"""Labelled image sets read in batches, and their label checks (shared by the judge and the evaluations)."""
 
 from __future__ import annotations
 
-import csv
-import json
-import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +11,7 @@ import numpy as np
 from medisyn_cli.core.batching import batched
 from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records, open_or_skip
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.files import finite
-from medisyn_cli.core.images import to_8bit
-from medisyn_cli.core.ownership import claim, remove_temp
+from medisyn_cli.core.images import to_rgb_array
 
 LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
 
@@ -75,14 +69,6 @@ def fetch_images(sources: list[Source], positions: list[int]) -> dict[int, objec
             if len(found) == len(wanted):
                 return found
     return found
-
-
-def to_rgb_array(image, size: int) -> np.ndarray:
-    """uint8 (3, size, size) of any PIL image (grey and 16-bit images become 8-bit RGB)."""
-    from PIL import Image
-
-    rgb = to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def load_arrays(sources: list[Source], size: int, name: str) -> tuple[np.ndarray, ImageSet]:
@@ -148,69 +134,3 @@ def targets(image_set: ImageSet, classes: list[str], multi_label: bool) -> np.nd
         for part in split_labels(label, True):
             hot[row, index[part]] = 1.0
     return hot
-
-
-def default_out(synthetic: str | Path | None) -> Path:
-    """SYNTHETIC/evaluate for a medisyn output folder (so `medisyn report` finds it), else ./evaluate."""
-    if synthetic is not None and (Path(synthetic) / "run.json").exists():
-        return Path(synthetic) / "evaluate"
-    return Path("evaluate")
-
-
-# what an older `evaluate` wrote into its --out (a folder without a record of its files)
-EVALUATE_FILE = re.compile(r"(fidelity|utility|privacy|leakage|closest_pairs)[\w-]*\.(json|csv|png)")
-
-
-def _legacy_evaluate_files(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir() if p.is_file() and EVALUATE_FILE.fullmatch(p.name)}
-
-
-@contextmanager
-def owned_path(path: Path) -> Iterator[Path]:
-    """A temp path to write `path` through: its folder is created, or is medisyn evaluate's own (locked while
-    writing); a file there that medisyn did not write is never replaced (one-line error naming it)."""
-    path = Path(path)
-    with claim(path.parent, "evaluate", "--out", fallback=_legacy_evaluate_files, adopt=True) as owner:
-        owner.check_free([path.name])
-        tmp = owner.temp(path.name)
-        try:
-            yield tmp
-            owner.publish(tmp, path.name)
-        finally:
-            remove_temp(tmp)
-
-
-def write_json(path: Path, data: dict) -> Path:
-    """JSON written to a temp name, then renamed (NaN written as null)."""
-    with owned_path(path) as tmp:
-        tmp.write_text(json.dumps(finite(data), indent=2, default=str) + "\n", encoding="utf-8")
-    return path
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    """CSV of dict rows (columns of the first row), written atomically."""
-    with owned_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def save_figure(figure, path: Path) -> Path:
-    """A matplotlib figure saved as PNG atomically, then closed."""
-    import matplotlib.pyplot as plt
-
-    with owned_path(path) as tmp:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(figure)
-    return path
-
-
-def new_figure(width: float = 6.4, height: float = 4.0):
-    """(figure, axes) with the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height))

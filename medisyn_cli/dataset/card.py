@@ -6,8 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from medisyn_cli.core.files import atomic_write_text
-from medisyn_cli.generate.plan import class_names
-from medisyn_cli.judge.card import card_lines as judge_lines
+from medisyn_cli.core.names import class_names
+from medisyn_cli.dataset.card_labels import card_lines as judge_lines
 
 HEADER = """---
 license: other
