@@ -135,17 +135,19 @@ def test_only_adapter_parameters_train(tiny_model):
     assert any(p.requires_grad for p in parts["text_encoder"].parameters())
 
 
-def test_plain_diffusers_loads_the_adapter_and_it_lowers_the_training_loss(adapter, tiny_model):
+def test_plain_diffusers_loads_the_adapter_and_it_lowers_the_training_loss(adapter, tiny_model, tmp_path):
     from diffusers import DDPMScheduler
 
-    from medisyn_cli.train.loop import diffusion_loss, encode_latents, load_training_images, tokenize
+    from medisyn_cli.train.data import load_training_images
+    from medisyn_cli.train.latents import encode_latents
+    from medisyn_cli.train.step import diffusion_loss, tokenize
 
     config = lora_config(adapter, tiny_model)
     parts = base_parts(tiny_model)
     pipe = parts["pipe"]
-    pixels, captions, _, _ = load_training_images(config)
-    mean = encode_latents(pipe.vae, pixels, torch.device("cpu")).float().chunk(2, dim=1)[0]
-    z, ids = mean * pipe.vae.config.scaling_factor, tokenize(pipe.tokenizer, captions)
+    data = load_training_images(config, tmp_path)
+    mean = encode_latents(pipe.vae, data.pixels[:], torch.device("cpu")).float().chunk(2, dim=1)[0]
+    z, ids = mean * pipe.vae.config.scaling_factor, tokenize(pipe.tokenizer, data.captions)
     parts["noise_scheduler"] = DDPMScheduler.from_config(pipe.scheduler.config)
 
     def loss() -> float:
@@ -366,7 +368,7 @@ class _CpuAccelerator:
 
 
 def test_a_frozen_text_encoder_encodes_each_caption_once_and_the_same(tiny_model):
-    from medisyn_cli.train.loop import caption_states, text_states, tokenize
+    from medisyn_cli.train.step import caption_states, text_states, tokenize
 
     pipe = base_parts(tiny_model)["pipe"]
     parts = {"text_encoder": pipe.text_encoder.eval(), "train_text_encoder": False}

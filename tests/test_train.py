@@ -109,7 +109,7 @@ def test_resume_with_other_options_is_refused(tmp_path):
 
 
 def test_balance_draws_every_caption_equally_often():
-    from medisyn_cli.train.loop import caption_weights, draw_batch
+    from medisyn_cli.train.step import caption_weights, draw_batch
 
     caption_index = torch.tensor([0] * 90 + [1] * 10)
     assert (

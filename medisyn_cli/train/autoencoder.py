@@ -8,12 +8,13 @@ from pathlib import Path
 
 from medisyn_cli.core.progress import rate_text
 from medisyn_cli.train.config import TrainConfig
-from medisyn_cli.train.data import to_unit
-from medisyn_cli.train.latents import encode_latents
+from medisyn_cli.train.data import PixelFile, TrainingSet, to_unit
+from medisyn_cli.train.latents import LatentCache, encode_batch
 
 
-def autoencoder_stage(parts, pixels, config, accelerator, progress, work: Path):
-    """The autoencoder the latents come from: the base's (frozen), one trained earlier in this run, or a new one trained now (with its latent scaling factor); returns its PSNR (dB) or None."""
+def autoencoder_stage(parts, data: TrainingSet, config: TrainConfig, accelerator, progress, work: Path):
+    """The autoencoder the latents come from: the base's (frozen), one trained earlier in this run, or a new one
+    trained now (with its latent scaling factor); returns its PSNR (dB), None for the base's."""
     from diffusers import AutoencoderKL
 
     saved = work / "vae"
@@ -27,9 +28,10 @@ def autoencoder_stage(parts, pixels, config, accelerator, progress, work: Path):
 
     # its own Accelerator, so that diffusion checkpoints hold only the UNet and text encoder
     vae_accelerator = Accelerator(mixed_precision=accelerator.mixed_precision)
-    psnr = train_vae(parts["vae"], pixels, config, vae_accelerator, progress)
+    psnr = train_vae(parts["vae"], data.pixels, config, vae_accelerator, progress)
     vae = parts["vae"]
-    latents = encode_latents(vae, pixels[: min(512, len(pixels))], accelerator.device)
+    cache = LatentCache(vae, data.pixels, work, accelerator.device, data.pixel_sha256)
+    latents = cache[: min(512, len(data))]
     vae.register_to_config(scaling_factor=float(1.0 / latents[:, : latents.shape[1] // 2].float().std()))
     vae.save_pretrained(saved)
     (saved / "psnr.json").write_text(json.dumps({"psnr": psnr}))
@@ -62,7 +64,7 @@ def train_vae(vae, pixels, config: TrainConfig, accelerator, progress) -> float:
             info=f"loss {loss.item():.4f}",
         )
     vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
-    return vae_psnr(vae, pixels[: min(256, len(pixels))], accelerator.device)
+    return vae_psnr(vae, pixels, accelerator.device)
 
 
 def _edge_loss(a, b):
@@ -73,12 +75,16 @@ def _edge_loss(a, b):
     return (ay - by).abs().mean() + (ax - bx).abs().mean()
 
 
-def vae_psnr(vae, pixels, device) -> float:
-    """Mean reconstruction PSNR (dB) of the autoencoder on these images."""
+def vae_psnr(vae, pixels: PixelFile, device, count: int = 256) -> float:
+    """Mean reconstruction PSNR (dB) of the autoencoder on the first `count` images, a few at a time."""
     import torch
 
+    values = []
+    batch = encode_batch(pixels.size)
     with torch.no_grad():
-        x = to_unit(pixels).to(device)
-        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        mse = ((recon - x) / 2).pow(2).flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+        for start in range(0, min(count, len(pixels)), batch):
+            x = to_unit(pixels[start : min(start + batch, count)]).to(device)
+            recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            mse = ((recon - x) / 2).pow(2).flatten(1).mean(1)
+            values.append(10 * torch.log10(1 / mse.clamp_min(1e-10)))
+    return float(torch.cat(values).mean())

@@ -13,7 +13,7 @@ from medisyn_cli.train.autoencoder import autoencoder_stage
 from medisyn_cli.train.checkpoint import check_out, legacy_train_files, restore, save_checkpoint, save_options
 from medisyn_cli.train.config import TrainConfig, TrainResult, check_options, mixed_precision
 from medisyn_cli.train.data import load_training_images
-from medisyn_cli.train.latents import encode_latents
+from medisyn_cli.train.latents import LatentCache
 from medisyn_cli.train.model import build_components, reset_accelerate, seed_run
 from medisyn_cli.train.outputs import sample_grid, save_outputs, tail_mean, validation_prompts, write_reports
 from medisyn_cli.train.step import (
@@ -28,18 +28,11 @@ from medisyn_cli.train.step import (
     tokenize,
 )
 
-__all__ = [  # also read by tests and benchmarks from here
+__all__ = [  # read_records: tests/test_datasets reads it from here; diffusion_loss: benchmarks/lora.py times it here
     "TrainConfig",
     "TrainResult",
-    "caption_states",
-    "caption_weights",
     "diffusion_loss",
-    "draw_batch",
-    "encode_latents",
-    "load_training_images",
     "read_records",
-    "text_states",
-    "tokenize",
     "train",
 ]
 
@@ -73,8 +66,14 @@ def _train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     torch.set_flush_denormal(True)  # denormal floats slow CPU training by 5-10x once weights get small
     reset_accelerate()
     seed_run(config.seed, config.deterministic)
-    # 2. the training images and their captions
-    pixels, captions, skipped, held = load_training_images(config)
+    # 2. the training images, decoded once into a file of pixels; their captions
+    fresh = not work.exists()
+    try:
+        data = load_training_images(config, work / "data")
+    except BaseException:
+        if fresh:  # nothing of this run stays: a rerun after fixing the data is a new run, not a --resume
+            remove_private(work)
+        raise
     save_options(work, config)
     accelerator = Accelerator(
         mixed_precision=mixed_precision(config.mixed_precision),
@@ -82,18 +81,23 @@ def _train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
         project_dir=str(work),
     )
     # 3. the model's parts: a base pipeline's, or fresh ones
-    parts = build_components(config, captions, work)
+    parts = build_components(config, data.captions, work)
     with make_progress(disable=not show_progress) as progress:
-        # 4. the autoencoder (trained when there is none), 5. the latents, 6. the diffusion steps
-        psnr = autoencoder_stage(parts, pixels, config, accelerator, progress, work)
-        latents = encode_latents(parts["vae"], pixels, accelerator.device)
+        # 4. the autoencoder (trained when there is none)
+        psnr = autoencoder_stage(parts, data, config, accelerator, progress, work)
+        # 5. the latents, encoded as batches first need them and cached on disk (reused on resume)
+        latents = LatentCache(parts["vae"], data.pixels, work, accelerator.device, data.pixel_sha256)
+        # 6. the diffusion steps
         scale = parts["vae"].config.scaling_factor
-        losses = _diffusion_stage(parts, latents, captions, scale, config, accelerator, progress, work)
+        losses = _diffusion_stage(parts, latents, data.captions, scale, config, accelerator, progress, work)
     # 7. the pipeline or adapter, loss curve and training.json
-    save_outputs(parts, out, config, losses, pixels, captions, len(held))
-    write_reports(out, losses, config, held, skipped, psnr, time.time() - started, len(pixels))
+    save_outputs(parts, out, config, losses, data)
+    write_reports(out, losses, config, data.held, data.skipped, psnr, time.time() - started, len(data))
     remove_private(work / "tokenizer")
-    return TrainResult(out, len(losses), tail_mean(losses), len(pixels), skipped, time.time() - started, psnr)
+    remove_private(work / "data")  # the pixels: as large as the data set; the latents stay for a resume
+    return TrainResult(
+        out, len(losses), tail_mean(losses), len(data), data.skipped, time.time() - started, psnr
+    )
 
 
 def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progress, work):

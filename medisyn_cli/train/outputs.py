@@ -15,8 +15,9 @@ from medisyn_cli.core.files import write_json
 from medisyn_cli.core.images import image_grid
 from medisyn_cli.core.ownership import recorded, remove_private, remove_recorded
 from medisyn_cli.dataset.manifest import load_manifest
-from medisyn_cli.pipeline.lora import data_fingerprint, save_adapter
+from medisyn_cli.pipeline.lora import save_adapter
 from medisyn_cli.train.config import TrainConfig
+from medisyn_cli.train.data import TrainingSet
 from medisyn_cli.train.model import build_pipeline, unwrap
 
 
@@ -55,16 +56,16 @@ def sample_grid(parts, prompts: list[str], path: Path, device, per_prompt: int =
     return image_grid(images, rows=len(prompts), path=path, labels=prompts)
 
 
-def save_outputs(parts, out: Path, config: TrainConfig, losses, pixels, captions, held: int) -> Path:
+def save_outputs(parts, out: Path, config: TrainConfig, losses, data: TrainingSet) -> Path:
     """The trained pipeline, or with --lora only the adapter (diffusers' LoRA format, adapter.json, card)."""
     if not config.lora:
         return save_pipeline(parts, out, config)
     info = {
         "steps": len(losses),
         "final_loss": tail_mean(losses),
-        "train_images": len(pixels),
-        "held_out_images": held,
-        "data_fingerprint": data_fingerprint(pixels, captions),
+        "train_images": len(data),
+        "held_out_images": len(data.held),
+        "data_fingerprint": data.fingerprint,
     }
     return save_adapter(parts, out, config, info)
 
