@@ -20,6 +20,7 @@ null runs. Targets (issue #29): copies at 2%, 5%, 10% flagged in >= 95% of runs 
 
     python benchmarks/privacy_verdict.py                       # results/privacy_verdict/{results.json,output.txt}
     python benchmarks/privacy_verdict.py --runs 20 --sets isic2017_dermoscopy --out /tmp/pv   # a smoke run
+    python benchmarks/privacy_verdict.py --sets brain_tumor_mri --shares 0 --no-55 --runs 400   # the null, closer
 """
 
 from __future__ import annotations
@@ -225,6 +226,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--shares", default=",".join(f"{s:g}" for s in SHARES), help="copy shares to run")
+    parser.add_argument(
+        "--no-55", action="store_true", help="leave out the issue's 55 images / 3 copies case"
+    )
     parser.add_argument("--train-share", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -241,10 +246,11 @@ def main() -> None:
         for natural, leak in scenarios(name, found, group, args.train_share, rng).items():
             for n_h in HELDOUT:
                 for n_s in SYNTHETIC:
-                    for share in SHARES:
+                    for share in (float(v) for v in args.shares.split(",")):
                         copies = round(share * n_s)
                         rows.append(condition(found, group, natural, leak, n_h, n_s, copies, args, rng))
-                rows.append(condition(found, group, natural, leak, n_h, 55, 3, args, rng))  # the issue's case
+                if not args.no_55:  # the issue's case
+                    rows.append(condition(found, group, natural, leak, n_h, 55, 3, args, rng))
         report[name] = {
             "images": len(images),
             "threshold": found["threshold"],

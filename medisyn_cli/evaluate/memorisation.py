@@ -35,6 +35,13 @@ at ALPHA / 4):
 Near-copies are a privacy finding whatever the statistics say: the verdict sentence names them, and says "no
 sign of memorisation" only when there are none.
 
+Limits (measured by benchmarks/privacy_verdict.py on real similarities): a copy the screen scores below the
+threshold counts only through the tail and distribution tests, so k copies are flagged about as often as the
+screen catches them; a few copies cannot be told from a natural near-copy rate of the same size (2% copies over
+0.8% natural duplicates need ~500 images), and under a natural rate of 10-25% (brain MRI) the verdict is mostly
+null. Fisher's test counts images as independent, while duplicates come in groups (the training set's own
+near-copies are mostly mutual pairs); the false-alarm rate stays near ALPHA in the simulation, not below it.
+
 Membership-style audit (`membership_audit`): the similarity as a score telling synthetic from held-out images,
 as membership-inference papers report it: ROC curve, AUC (P(a synthetic image is closer than a held-out one),
 ties half; 0.5 = no difference) with DeLong's 95% interval, and the true-positive rate at 1% and 10% false
