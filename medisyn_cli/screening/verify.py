@@ -33,6 +33,9 @@ RANSAC_PIXELS = 3.0  # reprojection error of an inlier, in WORK_SIDE pixels
 VOTED = 6  # training images a query's descriptors vote for that are verified besides the search's candidates
 PROJECTED = 32  # dimensions of the descriptor search (PCA of RootSIFT)
 MIN_INLIERS = 8  # fewest inliers an affine model needs to count at all
+# least share of the query the inliers' convex hull must cover: burned-in text and scanner marks shared by distinct
+# images of one device match in a small patch, a copied region (a third of the image or more) spans far more
+MIN_SPREAD = 0.1
 # inliers that make a verified candidate a near-copy where the index has no calibrated value (fewer than
 # calibrate.CALIBRATION_MIN images: two distinct chest x-rays can share 12), and the least a calibrated value may be
 VERIFY_DEFAULT, VERIFY_FLOOR = 20, 12
@@ -207,7 +210,8 @@ class Verifier:
 
 
 def _affine_inliers(query: np.ndarray, train: np.ndarray) -> int:
-    """Inliers of the RANSAC affine model of matched points (0 below MIN_INLIERS or for a degenerate model)."""
+    """Inliers of the RANSAC affine model of matched points (0 below MIN_INLIERS, for a degenerate model, or when
+    they cover less than MIN_SPREAD of the query)."""
     import cv2
 
     if len(query) < MIN_INLIERS:
@@ -219,7 +223,10 @@ def _affine_inliers(query: np.ndarray, train: np.ndarray) -> int:
         return 0
     det = abs(np.linalg.det(model[:, :2]))
     count = int(mask.sum())
-    return count if 1 / 16 <= det <= 16 and count >= MIN_INLIERS else 0
+    if not (1 / 16 <= det <= 16 and count >= MIN_INLIERS):
+        return 0
+    hull = cv2.convexHull(query[mask.ravel() > 0].astype(np.float32))
+    return count if cv2.contourArea(hull) >= MIN_SPREAD * WORK_SIDE**2 else 0
 
 
 class _DescriptorSearch:
