@@ -407,7 +407,7 @@ def test_privacy_flags_copies_of_training_images_as_memorised(privacy_sets, tmp_
     assert data["memorises"] and data["share_above_heldout_p95"] == 1.0
     assert data["near_copy_rate"] == {"synthetic": 1.0, "heldout": 0.0, "reference": 0.0}
     assert data["mannwhitney_p"] < 0.001 and data["p_synthetic_closer"] == 1.0
-    assert set(data["flagged_by"]) == {"tail_p95", "near_copies", "distribution"}
+    assert set(data["flagged_by"]) == {"tail_p95", "near_copies", "distribution", "beyond_reference"}
     assert (
         data["pixel_distance_percentiles"]["synthetic"]["p50"]
         < data["pixel_distance_percentiles"]["heldout"]["p5"]

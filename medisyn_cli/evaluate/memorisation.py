@@ -18,12 +18,14 @@ as the null rate: its negatives leave the training set's own duplicates out by c
 a data set with natural duplicates against a cleaned reference again; `train_self` is the same measurement with
 them kept.
 
-Three one-sided tests, at ALPHA split by WEIGHTS (weighted Bonferroni: the near-copy test at ALPHA / 2, the others
-at ALPHA / 4):
-- near_copies: synthetic vs reference images at or above the threshold (Fisher's exact test);
-- tail_p95: synthetic images above the reference's 95th percentile, against the exact null of exchangeable
-  samples (negative hypergeometric);
-- distribution: Mann-Whitney U, synthetic vs held-out images (like with like; `train_self` is not used).
+Four one-sided tests, at ALPHA split by WEIGHTS (weighted Bonferroni: the shares add up to 1, so the false-alarm
+rate stays below ALPHA):
+- near_copies (0.4): synthetic vs reference images at or above the threshold (Fisher's exact test);
+- beyond_reference (0.3): synthetic images closer to training than every reference image (exact null of
+  exchangeable samples: the negative hypergeometric); a copy at 0.999 beside a reference whose closest image is
+  at 0.99 is evidence a count at the threshold cannot see;
+- tail_p95 (0.15): synthetic images above the reference's 95th percentile (negative hypergeometric);
+- distribution (0.15): Mann-Whitney U, synthetic vs held-out images (like with like; `train_self` is not used).
 
 `memorises`:
 - true: a test fires;
@@ -56,10 +58,9 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 
-EXPECTED_SHARE, ALPHA, TESTS = 0.05, 0.05, 3
-# weighted Bonferroni: each test's share of ALPHA (they add up to 1, so the false-alarm rate stays below ALPHA);
-# the near-copy test, the one that sees a few copies, gets half
-WEIGHTS = {"tail_p95": 0.25, "near_copies": 0.5, "distribution": 0.25}
+EXPECTED_SHARE, ALPHA, TESTS = 0.05, 0.05, 4
+# weighted Bonferroni: each test's share of ALPHA (module docstring); the two that see a few copies get most
+WEIGHTS = {"tail_p95": 0.15, "near_copies": 0.4, "distribution": 0.15, "beyond_reference": 0.3}
 COPY_SHARE, POWER = (
     0.05,
     0.8,
@@ -79,7 +80,7 @@ def memorisation_tests(
     alpha: float = ALPHA,
     train_self: np.ndarray | None = None,
 ) -> dict:
-    """The three tests against the reference, near-copy rates, power, the membership audit and the verdict."""
+    """The four tests against the reference, near-copy rates, power, the membership audit and the verdict."""
     from scipy.stats import fisher_exact, ks_2samp, mannwhitneyu, nhypergeom
 
     synthetic, heldout = np.asarray(synthetic, np.float64), np.asarray(heldout, np.float64)
@@ -92,11 +93,18 @@ def memorisation_tests(
     above, above_ref = int((synthetic > cut).sum()), int((reference > cut).sum())
     near, near_ref = int((synthetic >= threshold).sum()), int((reference >= threshold).sum())
     p_tail = float(nhypergeom.sf(above - 1, len(synthetic) + len(reference), len(synthetic), above_ref + 1))
+    beyond = int((synthetic > reference.max()).sum())  # closer than every reference image
+    p_beyond = float(nhypergeom.sf(beyond - 1, len(synthetic) + len(reference), len(synthetic), 1))
     table = [[near, len(synthetic) - near], [near_ref, len(reference) - near_ref]]
     p_near = float(fisher_exact(table, alternative="greater")[1])
     mw = mannwhitneyu(synthetic, heldout, alternative="greater")
     ks = ks_2samp(synthetic, heldout)
-    p_values = {"tail_p95": p_tail, "near_copies": p_near, "distribution": float(mw.pvalue)}
+    p_values = {
+        "tail_p95": p_tail,
+        "near_copies": p_near,
+        "distribution": float(mw.pvalue),
+        "beyond_reference": p_beyond,
+    }
     levels = {name: alpha * weight for name, weight in WEIGHTS.items()}
     flagged = [name for name, p in p_values.items() if p < levels[name]]
     power = power_summary(len(synthetic), near_ref, len(reference), levels["near_copies"])
@@ -119,6 +127,8 @@ def memorisation_tests(
             "reference": near_ref / len(reference),
         },
         "near_copy_count": {"synthetic": near, "reference": near_ref},
+        "beyond_reference": beyond,
+        "reference_max_similarity": float(reference.max()),
         "p_synthetic_closer": float(mw.statistic / (len(synthetic) * len(heldout))),
         "p_values": p_values,
         "test_level": levels["near_copies"],  # the near-copy test's; each test's in test_levels
@@ -308,8 +318,8 @@ def verdict(result: dict, synthetic: np.ndarray, threshold: float) -> str:
         f"{result['share_above_heldout_p95']:.1%} above the reference 95th percentile (expected "
         f"{EXPECTED_SHARE:.0%}, p = {p['tail_p95']:.2g}), {near} of {len(synthetic)} near-copies against "
         f"{result['near_copy_rate']['reference']:.1%} in the reference ({result['reference']['source']}, "
-        f"{result['reference_images']} images; p = {p['near_copies']:.2g}), distribution p = "
-        f"{p['distribution']:.2g}"
+        f"{result['reference_images']} images; p = {p['near_copies']:.2g}), {result['beyond_reference']} closer "
+        f"than every reference image (p = {p['beyond_reference']:.2g}), distribution p = {p['distribution']:.2g}"
     )
     copies = (
         f"; {near} of {len(synthetic)} synthetic images are near-copies of training images (similarity >= "
@@ -357,8 +367,10 @@ def _untestable(synthetic: np.ndarray, heldout: np.ndarray, threshold: float, al
             "reference": nan,
         },
         "near_copy_count": {"synthetic": near, "reference": 0},
+        "beyond_reference": 0,
+        "reference_max_similarity": nan,
         "p_synthetic_closer": nan,
-        "p_values": {"tail_p95": nan, "near_copies": nan, "distribution": nan},
+        "p_values": {"tail_p95": nan, "near_copies": nan, "distribution": nan, "beyond_reference": nan},
         "test_level": alpha * WEIGHTS["near_copies"],
         "test_levels": {name: alpha * weight for name, weight in WEIGHTS.items()},
         "flagged_by": [],

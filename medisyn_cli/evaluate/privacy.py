@@ -10,7 +10,7 @@ Held-out images at or above the near-copy threshold are the data set's own cross
 reported (`heldout_near_copies`: count, share, examples; a warning above 5%) and kept in the reference, since a
 fresh image from the same distribution has them at the same rate. A sample of `--train-reference` training
 images, each screened against the other training images, adds the training set's own nearest-neighbour
-distribution where it agrees with the held-out set (memorisation.py: the reference, the three tests, the
+distribution where it agrees with the held-out set (memorisation.py: the reference, the four tests, the
 three-state verdict with its power, the membership-style ROC audit).
 
 Near-copies among the synthetic images are reported on their own (`synthetic_near_copies`: count, share,
@@ -19,9 +19,11 @@ per class, highest similarity, every pair), a privacy finding whatever the stati
 privacy.json fields (besides the inputs): `memorises` true / false / null (undecidable at this sample size) and
 `verdict` (one sentence); `power` (the near-copy test's power to flag 5% copies, `synthetic_images_needed`, the
 smallest synthetic sample that would decide); `reference` (heldout or heldout+train_self, the agreement tests);
-`p_values`, `flagged_by`, `test_level`; `near_copy_rate` and `near_copy_count`; `percentiles` (synthetic,
-heldout, reference, train_self); `membership_audit` (ROC, AUC with its DeLong interval, TPR at 1% / 10% FPR);
-`heldout_near_copies`, `synthetic_near_copies`; `per_class` (the same tests per label).
+`p_values` (tail_p95, near_copies, beyond_reference, distribution), `flagged_by`, `test_levels` (`test_level`:
+the near-copy test's); `near_copy_rate`, `near_copy_count`, `beyond_reference` (synthetic images closer than
+every reference image), `reference_max_similarity`; `percentiles` (synthetic, heldout, reference, train_self);
+`membership_audit` (ROC, AUC with its DeLong interval, TPR at 1% / 10% FPR); `heldout_near_copies`,
+`synthetic_near_copies` (count, share, highest similarity, per class, the pairs); `per_class` (the same tests).
 
 Figure 4b of the MediSyn paper: each synthetic (and held-out) image's pixel-space normalised Euclidean distance
 to its nearest training image (RMS difference of 64x64 RGB in [0, 1]; 0 = identical; the query under the view
@@ -41,7 +43,13 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.images import save_png, thumbnail, to_rgb_array
 from medisyn_cli.core.imagesets import ImageSet, fetch_images, iter_batches, open_sources
 from medisyn_cli.core.results import default_out, save_figure, write_csv, write_json
-from medisyn_cli.evaluate.memorisation import ALPHA, EXPECTED_SHARE, TESTS, memorisation_tests, percentiles  # noqa: F401 (importable here)
+from medisyn_cli.evaluate.memorisation import (  # noqa: F401 (ALPHA, EXPECTED_SHARE, TESTS importable here)
+    ALPHA,
+    EXPECTED_SHARE,
+    TESTS,
+    memorisation_tests,
+    percentiles,
+)
 from medisyn_cli.screening.embed import View, apply_view, get_embedder
 from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.screener import Screener
