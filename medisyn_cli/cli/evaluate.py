@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, comma_list, option
+from medisyn_cli.cli.options import argument, comma_list, option, progress_option
 from medisyn_cli.core.progress import results
 from medisyn_cli.core.results import default_out
 from medisyn_cli.evaluate.fidelity import NOT_COMPARABLE, FidelityConfig, run_fidelity
@@ -62,6 +62,7 @@ def utility(
     multi_label: bool = option(UtilityConfig, "multi_label", "--multi-label"),
     device: str = option(UtilityConfig, "device", "--device"),
     out: Path | None = option(UtilityConfig, "out", "--out", "-o"),
+    progress: bool = progress_option(run_utility),
 ) -> None:
     """Train a classifier on real, synthetic and real + synthetic images; macro AUROC on real test images.
 
@@ -86,7 +87,7 @@ def utility(
             steps=steps,
             bootstrap=bootstrap,
         )
-        result = run_utility(config)
+        result = run_utility(config, show_progress=progress)
     table = Table(
         title=f"utility: macro AUROC on {result['images']['test']} real test images "
         f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)",
@@ -123,6 +124,7 @@ def privacy(
     batch_size: int = option(PrivacyConfig, "batch_size", "--batch-size"),
     out: Path | None = option(PrivacyConfig, "out", "--out", "-o"),
     train_reference: int = option(PrivacyConfig, "train_reference", "--train-reference"),
+    progress: bool = progress_option(run_privacy),
 ) -> None:
     """Are synthetic images closer to training images than unseen real images are? (distance to closest record)
 
@@ -141,7 +143,7 @@ def privacy(
             str(out) if out else None,
             train_reference,
         )
-        result = run_privacy(config)
+        result = run_privacy(config, show_progress=progress)
     table = Table(
         title=f"privacy: similarity to the nearest training image ({result['embedder']}, "
         f"{result['images']['train']} training images)"
@@ -222,6 +224,7 @@ def leakage(
     pairs: int = option(LeakageConfig, "pairs", "--pairs"),
     batch_size: int = option(LeakageConfig, "batch_size", "--batch-size"),
     out: Path = option(LeakageConfig, "out", "--out", "-o", to_cli=Path),
+    progress: bool = progress_option(run_leakage),
 ) -> None:
     """Test images that are near-copies of training images, per class (a leaky split inflates utility numbers).
 
@@ -238,7 +241,8 @@ def leakage(
                 pairs,
                 batch_size=batch_size,
                 out=str(out),
-            )
+            ),
+            show_progress=progress,
         )
     table = Table(
         title=f"leakage: test images near-copies of training images ({result['embedder']}, similarity "
@@ -273,6 +277,7 @@ def fidelity(
     batch_size: int = option(FidelityConfig, "batch_size", "--batch-size"),
     device: str = option(FidelityConfig, "device", "--device"),
     out: Path | None = option(FidelityConfig, "out", "--out", "-o"),
+    progress: bool = progress_option(run_fidelity),
 ) -> None:
     """FID, KID, precision/recall, density/coverage and within-class diversity of synthetic vs real images.
 
@@ -293,7 +298,7 @@ def fidelity(
             str(out) if out else None,
             bootstrap=bootstrap,
         )
-        result = run_fidelity(config)
+        result = run_fidelity(config, show_progress=progress)
     table = Table(title=f"fidelity, features: {result['features']}", caption=NOT_COMPARABLE)
     columns = (
         "real",

@@ -12,7 +12,7 @@ import typer
 
 from medisyn_cli.cli.common import errors_as_exit_codes
 from medisyn_cli.cli.evaluate import evaluate_app
-from medisyn_cli.cli.options import argument, option
+from medisyn_cli.cli.options import argument, option, progress_option
 from medisyn_cli.core.progress import console
 from medisyn_cli.judge.alignment import AlignmentConfig, run_alignment
 from medisyn_cli.judge.build import JudgeConfig, build_judge
@@ -36,6 +36,7 @@ def build(
     max_per_class: int | None = option(JudgeConfig, "max_per_class", "--max-per-class"),
     seed: int = option(JudgeConfig, "seed", "--seed"),
     overwrite: bool = option(JudgeConfig, "overwrite", "--overwrite"),
+    progress: bool = progress_option(build_judge),
 ) -> None:
     """Train a label classifier on real labelled images; held-out accuracy and calibration go to judge.json."""
     with errors_as_exit_codes():
@@ -51,7 +52,8 @@ def build(
                 seed=seed,
                 max_per_class=max_per_class,
                 overwrite=overwrite,
-            )
+            ),
+            show_progress=progress,
         )
     console.print(
         f"judge: {meta['classifier']} on {meta['train']} images of {len(meta['classes'])} classes; "
@@ -75,6 +77,7 @@ def alignment(
     real_train: list[Path] = option(AlignmentConfig, "real_train", "--real-train", to_cli=list),
     min_label_score: float = option(AlignmentConfig, "min_label_score", "--min-label-score"),
     out: Path | None = option(AlignmentConfig, "out", "--out", "-o"),
+    progress: bool = progress_option(run_alignment),
 ) -> None:
     """GAN-test accuracy: the share of synthetic images a classifier trained on real images recognises, per class."""
     with errors_as_exit_codes():
@@ -85,7 +88,8 @@ def alignment(
                 real_train=tuple(map(str, real_train)),
                 out=str(out) if out else None,
                 min_label_score=min_label_score,
-            )
+            ),
+            show_progress=progress,
         )
     ceiling = result["ceiling_real_heldout_accuracy"]
     console.print(

@@ -91,3 +91,12 @@ def argument(
 def comma_list(values: tuple) -> str:
     """(0.1, 0.25, 1.0) -> '0.1,0.25,1': a tuple default as the comma list the option parses."""
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+PROGRESS_HELP = "Show a progress bar (else log lines)."
+
+
+def progress_option(owner: Any) -> Any:
+    """--progress/--no-progress, bound to `owner`'s show_progress (an API parameter or a config field)."""
+    table = Source(owner, "show_progress").help()
+    return option(owner, "show_progress", "--progress/--no-progress", help=None if table else PROGRESS_HELP)

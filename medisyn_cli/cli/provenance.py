@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, option
+from medisyn_cli.cli.options import argument, option, progress_option
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.dataset.provenance import Match, ProvenanceConfig, Screen, check_provenance
 from medisyn_cli.screening.index import load_index
@@ -32,7 +32,7 @@ def provenance(
     threshold: float | None = option(ProvenanceConfig, "threshold", "--threshold"),
     batch_size: int = option(ProvenanceConfig, "batch_size", "--batch-size"),
     fail_on_synthetic: bool = option(ProvenanceConfig, "fail_on_synthetic", "--fail-on-synthetic"),
-    progress: bool = option(ProvenanceConfig, "show_progress", "--progress/--no-progress"),
+    progress: bool = progress_option(ProvenanceConfig),
 ) -> None:
     """Is each image synthetic, and why: its mark (XMP, DICOM, Parquet), a near-copy in --index, or none.
 

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, option
+from medisyn_cli.cli.options import argument, option, progress_option
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.core.shards import resolve_shard
 from medisyn_cli.screening.audit import ScreenConfig, screen_dataset
@@ -25,7 +25,7 @@ def screen(
     fail_on_copies: bool = typer.Option(False, "--fail-on-copies", help="Exit 1 if any near-copy is found."),
     embedder: str | None = option(ScreenConfig, "embedder", "--embedder"),
     batch_size: int = option(ScreenConfig, "batch_size", "--batch-size"),
-    progress: bool = option(ScreenConfig, "show_progress", "--progress/--no-progress"),
+    progress: bool = progress_option(ScreenConfig),
 ) -> None:
     """Audit a dataset: the nearest training image of every image, near-copies flagged, an HTML report.
 
@@ -77,7 +77,7 @@ def index_build(
     batch_size: int = option(IndexConfig, "batch_size", "--batch-size"),
     overwrite: bool = option(IndexConfig, "overwrite", "--overwrite"),
     shard: str | None = option(IndexConfig, "shard", "--shard"),
-    progress: bool = option(IndexConfig, "show_progress", "--progress/--no-progress"),
+    progress: bool = progress_option(IndexConfig),
     target_fpr: float = option(IndexConfig, "target_fpr", "--target-fpr"),
     regions: bool | None = option(IndexConfig, "regions", "--regions/--no-regions"),
 ) -> None:

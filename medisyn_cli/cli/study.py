@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, comma_list, option
+from medisyn_cli.cli.options import argument, comma_list, option, progress_option
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.progress import results
 from medisyn_cli.study import StudyConfig, build_study, make_server, score_study
@@ -46,6 +46,7 @@ def build(
     title: str = option(StudyConfig, "title", "--title"),
     size: int | None = option(StudyConfig, "size", "--size"),
     overwrite: bool = option(StudyConfig, "overwrite", "--overwrite"),
+    progress: bool = progress_option(build_study),
 ) -> None:
     """Draw a blinded, seeded study design and write its static reader page and answer key.
 
@@ -65,7 +66,7 @@ def build(
             parse_mix(pair_mix),
             overwrite,
         )
-        key = build_study(config)
+        key = build_study(config, show_progress=progress)
     design = key["design"]
     results.print(
         f"study {key['study_id']}: {design['pairs']} pairs, {design['classify']} classification items, "

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, option
+from medisyn_cli.cli.options import argument, option, progress_option
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.train.loop import TrainConfig
 from medisyn_cli.train.loop import train as run_train
@@ -44,6 +44,7 @@ def train(
     lora_targets: str = option(TrainConfig, "lora_targets", "--lora-targets"),
     lora_dropout: float = option(TrainConfig, "lora_dropout", "--lora-dropout"),
     deterministic: bool = option(TrainConfig, "deterministic", "--deterministic"),
+    progress: bool = progress_option(run_train),
 ) -> None:
     """Train or fine-tune a text-to-image model and save a diffusers pipeline folder.
 
@@ -80,7 +81,7 @@ def train(
             lora_dropout=lora_dropout,
             deterministic=deterministic,
         )
-        result = run_train(cfg)
+        result = run_train(cfg, show_progress=progress)
     table = Table(title=f"trained {'adapter' if lora else 'model'} in {result.model_dir}")
     for name in ("steps", "images", "final_loss", "vae_psnr", "seconds"):
         table.add_column(name)

@@ -9,9 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.batching import batched
-from medisyn_cli.core.datasets import Record, Source, find_sources, iter_source_records, open_or_skip
+from medisyn_cli.core.datasets import (
+    Record,
+    Source,
+    count_images,
+    find_sources,
+    iter_source_records,
+    open_or_skip,
+)
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.images import to_rgb_array
+from medisyn_cli.core.progress import Task, current
 
 LABEL_SEPARATOR = "|"  # multi-label sets: "effusion|pneumonia" in the label column (empty: no finding)
 
@@ -42,9 +50,13 @@ def open_sources(paths: list[str | Path] | str | Path, option: str) -> list[Sour
 def iter_batches(
     sources: list[Source], batch_size: int, image_set: ImageSet
 ) -> Iterator[tuple[list[Record], list]]:
-    """(records, PIL images) batches of every readable image; unreadable ones go to image_set.skipped."""
+    """(records, PIL images) batches of every readable image; unreadable ones go to image_set.skipped. Inside a
+    `core.progress.reporting` block each batch counts on a bar once the caller is done with it."""
+    shown = current()
+    task = Task(shown, f"reading {image_set.name}", sum(map(count_images, sources)) if shown else None)
     for batch in batched(_readable(sources, image_set), batch_size):
         yield [record for record, _ in batch], [image for _, image in batch]
+        task.advance(len(batch))
 
 
 def _readable(sources: list[Source], image_set: ImageSet) -> Iterator[tuple[Record, object]]:

@@ -40,6 +40,7 @@ from medisyn_cli.core.imagesets import (
     require_labels,
     targets,
 )
+from medisyn_cli.core.progress import Task, current, reporting
 from medisyn_cli.core.results import default_out, write_csv, write_json
 from medisyn_cli.evaluate.inception import inception_features, load_inception
 from medisyn_cli.evaluate.metrics import bootstrap_intervals, diversity, fid, kid, prdc
@@ -142,7 +143,10 @@ def _cnn_extractor(real_sources: list, config: FidelityConfig, device) -> Extrac
             f"or more to learn features; use --features pixel or inception:FILE"
         )
     settings = TrainSettings("small-cnn", config.cnn_epochs, config.batch_size)
-    model = train_classifier(x, targets(real, classes, False), len(classes), settings, 0, device)
+    task = Task(current(), "fidelity: training the cnn features", settings.steps_for(len(x)), "step")
+    model = train_classifier(
+        x, targets(real, classes, False), len(classes), settings, 0, device, lambda *_: task.advance(1)
+    )
     del x
     name = (
         f"cnn (small CNN penultimate layer, 128-d, trained on the real set: {len(real)} images, "
@@ -163,8 +167,11 @@ def extract(sources: list, extractor: Extractor, name: str, batch_size: int) -> 
     return np.concatenate(chunks), image_set
 
 
-def compare(real: np.ndarray, fake: np.ndarray, config: FidelityConfig) -> dict:
-    """FID, KID and PRDC of two feature sets; metrics the sample sizes do not allow are None, with a note."""
+def compare(
+    real: np.ndarray, fake: np.ndarray, config: FidelityConfig, on_round: Callable[[], None] | None = None
+) -> dict:
+    """FID, KID and PRDC of two feature sets; metrics the sample sizes do not allow are None, with a note.
+    `on_round()` after each bootstrap round (progress)."""
     row: dict = {"real_images": len(real), "synthetic_images": len(fake)}
     notes = []
     try:
@@ -178,7 +185,7 @@ def compare(real: np.ndarray, fake: np.ndarray, config: FidelityConfig) -> dict:
     except MedisynError as exc:
         row.update(precision=None, recall=None, density=None, coverage=None)
         notes.append(str(exc))
-    row["ci95"] = bootstrap_intervals(real, fake, config.k, config.bootstrap)
+    row["ci95"] = bootstrap_intervals(real, fake, config.k, config.bootstrap, on_round=on_round)
     row["real_diversity"], row["synthetic_diversity"] = diversity(real), diversity(fake)
     if min(len(real), len(fake)) < SMALL_N:
         notes.append(
@@ -190,8 +197,13 @@ def compare(real: np.ndarray, fake: np.ndarray, config: FidelityConfig) -> dict:
     return row
 
 
-def run_fidelity(config: FidelityConfig) -> dict:
+def run_fidelity(config: FidelityConfig, show_progress: bool = True) -> dict:
     """Extract features of both sets and compare them overall and per class; write fidelity.json / .csv."""
+    with reporting(show_progress) as progress:
+        return _run_fidelity(config, progress)
+
+
+def _run_fidelity(config: FidelityConfig, progress) -> dict:
     # 1. inputs and extractor
     device = resolve_device(config.device)
     if config.k < 1:
@@ -206,11 +218,15 @@ def run_fidelity(config: FidelityConfig) -> dict:
     real, real_set = extract(real_sources, extractor, "--real", config.batch_size)
     fake, fake_set = extract(synthetic_sources, extractor, "--synthetic", config.batch_size)
     # 3. metrics: overall, per class, within-class diversity
-    overall = compare(real, fake, config)
     classes = sorted(
         {l for l in real_set.labels if l is not None} & {l for l in fake_set.labels if l is not None}
     )
-    per_class = {label: _class_row(real, real_set, fake, fake_set, label, config) for label in classes}
+    scopes = 1 + (len(classes) if config.per_class else 0)
+    rounds = Task(progress, "fidelity: bootstrap FID", config.bootstrap * scopes, "round")
+    overall = compare(real, fake, config, rounds.advance)
+    per_class = {
+        label: _class_row(real, real_set, fake, fake_set, label, config, rounds.advance) for label in classes
+    }
     if classes:
         overall["real_diversity_within_class"] = _mean([r["real_diversity"] for r in per_class.values()])
         overall["synthetic_diversity_within_class"] = _mean(
@@ -242,12 +258,13 @@ def _class_row(
     fake_set: ImageSet,
     label: str,
     config: FidelityConfig,
+    on_round: Callable[[], None] | None = None,
 ) -> dict:
     """Metrics of one class: full comparison with --per-class, else its diversity only."""
     r = real[np.array([l == label for l in real_set.labels])]
     f = fake[np.array([l == label for l in fake_set.labels])]
     if config.per_class:
-        return compare(r, f, config)
+        return compare(r, f, config, on_round)
     return {
         "real_images": len(r),
         "synthetic_images": len(f),

@@ -8,7 +8,7 @@ the training images with the `Screener` of `generate --index` (embedder default 
 leakage_pairs.png (the closest test / training pairs).
 
     from medisyn_cli.evaluate.leakage import LeakageConfig, run_leakage
-    result = run_leakage(LeakageConfig(train=("data/train",), test=("data/test",)))
+    result = run_leakage(LeakageConfig(train=("data/train",), test=("data/test",)), show_progress=False)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medisyn_cli.core.imagesets import open_sources
+from medisyn_cli.core.progress import reporting
 from medisyn_cli.core.results import write_csv, write_json
 from medisyn_cli.evaluate.privacy import closest_pairs_figure, near_copies, nearest, training_index
 from medisyn_cli.screening.embed import get_embedder
@@ -49,8 +50,13 @@ class LeakageConfig:
     out: str = field(default="evaluate", metadata={"help": "Folder for leakage.json/.csv/_pairs.png."})
 
 
-def run_leakage(config: LeakageConfig) -> dict:
+def run_leakage(config: LeakageConfig, show_progress: bool = True) -> dict:
     """Screen every test image against the training images; counts and shares per class, examples, files."""
+    with reporting(show_progress):
+        return _run_leakage(config)
+
+
+def _run_leakage(config: LeakageConfig) -> dict:
     # 1. inputs, embedder, threshold
     train_sources, test_sources = open_sources(config.train, "--train"), open_sources(config.test, "--test")
     embedder = get_embedder(config.embedder)

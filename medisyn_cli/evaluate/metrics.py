@@ -18,6 +18,8 @@ All take float arrays (N, d) of real and synthetic features; none needs images o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
@@ -115,23 +117,30 @@ def prdc_per_sample(
 
 
 def bootstrap_intervals(
-    real: np.ndarray, fake: np.ndarray, k: int = 5, rounds: int = 100, seed: int = 0
+    real: np.ndarray,
+    fake: np.ndarray,
+    k: int = 5,
+    rounds: int = 100,
+    seed: int = 0,
+    on_round: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
     """95% bootstrap intervals. FID: both sets resampled with replacement; duplicates bias every resampled FID
     upward, so the percentiles are shifted by that bias (bootstrap mean - estimate), clipped at 0. PRDC: over the
     samples each is a mean of (synthetic for precision / density, real for recall / coverage), the k-NN balls
-    fixed (resampling the ball owners would put duplicates at distance 0)."""
+    fixed (resampling the ball owners would put duplicates at distance 0). `on_round()` after each FID round."""
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {}
     if rounds < 1:
         return out
     if len(real) >= 2 and len(fake) >= 2:
-        values = np.array(
-            [
+        values = []
+        for _ in range(rounds):
+            values.append(
                 fid(real[rng.integers(0, len(real), len(real))], fake[rng.integers(0, len(fake), len(fake))])
-                for _ in range(rounds)
-            ]
-        )
+            )
+            if on_round is not None:
+                on_round()
+        values = np.array(values)
         estimate = fid(real, fake)
         shifted = values - (values.mean() - estimate)
         out["fid"] = [max(0.0, float(v)) for v in np.percentile(shifted, [2.5, 97.5])]

@@ -42,6 +42,7 @@ import numpy as np
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.images import save_png, thumbnail, to_rgb_array
 from medisyn_cli.core.imagesets import ImageSet, fetch_images, iter_batches, open_sources
+from medisyn_cli.core.progress import reporting
 from medisyn_cli.core.results import default_out, save_figure, write_csv, write_json
 from medisyn_cli.evaluate.memorisation import (  # noqa: F401 (ALPHA, EXPECTED_SHARE, TESTS importable here)
     ALPHA,
@@ -115,8 +116,13 @@ class Training:
     thumbnails: np.ndarray
 
 
-def run_privacy(config: PrivacyConfig) -> dict:
+def run_privacy(config: PrivacyConfig, show_progress: bool = True) -> dict:
     """Nearest training image of every synthetic and held-out image; statistics, figures, privacy.json / .csv."""
+    with reporting(show_progress):
+        return _run_privacy(config)
+
+
+def _run_privacy(config: PrivacyConfig) -> dict:
     # 1. inputs, embedder, threshold
     sources = {
         name: open_sources(paths, option)

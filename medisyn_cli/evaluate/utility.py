@@ -35,6 +35,7 @@ from medisyn_cli.core.imagesets import (
     split_labels,
     targets,
 )
+from medisyn_cli.core.progress import Task, reporting
 from medisyn_cli.core.results import default_out, new_figure, save_figure, write_csv, write_json
 from medisyn_cli.judge.classifier import (
     TrainSettings,
@@ -142,8 +143,13 @@ def parse_fractions(text: str) -> tuple[float, ...]:
     return values
 
 
-def run_utility(config: UtilityConfig) -> dict:
+def run_utility(config: UtilityConfig, show_progress: bool = True) -> dict:
     """Train and score every condition; write utility.json, utility.csv and utility.png; return the results."""
+    with reporting(show_progress) as progress:
+        return _run_utility(config, progress)
+
+
+def _run_utility(config: UtilityConfig, progress) -> dict:
     # 1. options and inputs, checked before any image is decoded
     check_arch(config.arch, config.weights)
     if config.seeds < 1 or config.epochs < 1:
@@ -180,10 +186,13 @@ def run_utility(config: UtilityConfig) -> dict:
         steps=step_budget(config, len(arrays["train"]), len(arrays["synthetic"])),
     )
     started = time.time()
+    task = Task(progress, "utility: classifiers trained", config.seeds * len(conditions), "run")
     for seed in range(config.seeds):
         for condition in conditions:
             x_train, y_train = _training_set(condition, arrays, y, sets["train"], config.multi_label, seed)
-            model = train_classifier(x_train, y_train, len(classes), settings, seed, device)
+            model = train_classifier(
+                x_train, y_train, len(classes), settings, seed, device, _step_info(task, condition, seed)
+            )
             scores = predict(model, arrays["test"], device, config.multi_label)
             value, per_class = macro_auroc(y["test"], scores, classes, config.multi_label)
             condition.scores.append(value)
@@ -192,10 +201,22 @@ def run_utility(config: UtilityConfig) -> dict:
             condition.intervals.append(
                 bootstrap_auroc(y["test"], scores, classes, config.multi_label, config.bootstrap, seed)
             )
+            task.advance(1)
     # 4. summary and files
     result = _summary(config, settings, conditions, classes, sets, size, str(device), time.time() - started)
     write_utility(result, Path(config.out) if config.out else default_out(config.synthetic[0]))
     return result
+
+
+def _step_info(task: Task, condition: Condition, seed: int):
+    """on_step of train_classifier: the condition, seed and step beside the bar (every 10 steps)."""
+    name = condition.name if condition.fraction is None else f"{condition.name} {condition.fraction:g}"
+
+    def on_step(done: int, steps: int) -> None:
+        if done % 10 == 0 or done == steps:
+            task.advance(0, f"{name}, seed {seed}: step {done}/{steps}")
+
+    return on_step
 
 
 def check_utility_labels(

@@ -20,6 +20,7 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.imagesets import ImageSet, iter_batches, open_sources
+from medisyn_cli.core.progress import reporting
 from medisyn_cli.core.results import default_out, write_csv, write_json
 from medisyn_cli.dataset.card import write_run_card
 from medisyn_cli.judge.build import JudgeConfig, build_judge
@@ -81,8 +82,13 @@ def _score(config: AlignmentConfig, judge) -> tuple[list[str], list[str | None],
     return image_set.keys, image_set.labels, np.concatenate(chunks), image_set.skipped
 
 
-def run_alignment(config: AlignmentConfig) -> dict:
+def run_alignment(config: AlignmentConfig, show_progress: bool = True) -> dict:
     """GAN-test accuracy per class and the confusion matrix of synthetic images; results written under OUT."""
+    with reporting(show_progress):
+        return _run_alignment(config)
+
+
+def _run_alignment(config: AlignmentConfig) -> dict:
     clock = time.time()
     if not 0.0 <= config.min_label_score <= 1.0:
         raise MedisynError(f"--min-label-score: {config.min_label_score} is outside [0, 1]")

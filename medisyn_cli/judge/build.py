@@ -27,6 +27,7 @@ from medisyn_cli.core.ownership import (
     remove_temp,
     replace_in_place,
 )
+from medisyn_cli.core.progress import Task, current, reporting
 from medisyn_cli.judge.classifier import TrainSettings, predict, train_classifier
 from medisyn_cli.judge.features import get_features
 from medisyn_cli.judge.metrics import calibration, confusion, pass_rates
@@ -139,7 +140,10 @@ def split(
 def read_labelled(paths: tuple[str, ...]) -> tuple[list[Record], list, list[dict]]:
     """Labelled, readable records and their images; unreadable files listed, unlabelled ones refused."""
     records, images, skipped = [], [], []
-    for record, image, error in iter_images(read_records(list(paths))):
+    listed = read_records(list(paths))
+    task = Task(current(), "judge: reading images", len(listed))
+    for record, image, error in iter_images(listed):
+        task.advance(1)
         if record.label is None:
             raise MedisynError(
                 f"{record.key}: no label (the judge learns from labelled images: label folders, "
@@ -159,8 +163,13 @@ def read_labelled(paths: tuple[str, ...]) -> tuple[list[Record], list, list[dict
     return records, images, skipped
 
 
-def build_judge(config: JudgeConfig) -> dict:
+def build_judge(config: JudgeConfig, show_progress: bool = True) -> dict:
     """Train, measure and save a judge (see module docstring); returns judge.json's content."""
+    with reporting(show_progress):
+        return _build_judge(config)
+
+
+def _build_judge(config: JudgeConfig) -> dict:
     clock = time.time()
     # 1. check options, read the images and split them
     check_config(config)
@@ -243,7 +252,16 @@ def _fit(
 
         device = torch.device("cpu")
         settings = TrainSettings(arch="small-cnn", steps=config.steps, batch_size=64, lr=2e-3)
-        network = train_classifier(cnn_arrays(train_images), train_y, classes, settings, config.seed, device)
+        task = Task(current(), "judge: training the cnn", config.steps, "step")
+        network = train_classifier(
+            cnn_arrays(train_images),
+            train_y,
+            classes,
+            settings,
+            config.seed,
+            device,
+            lambda *_: task.advance(1),
+        )
         torch.save(network.state_dict(), weights)
         features = {
             "network": "small-cnn (medisyn_cli.judge.classifier)",

@@ -9,6 +9,7 @@ set), with a random shift of up to 1/16 of the side as augmentation, AdamW and a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,17 @@ def to_input(batch: np.ndarray, device):
     return (x - mean) / std
 
 
-def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, settings: TrainSettings, seed: int, device):
-    """Train a fresh network on uint8 images x and targets y (indices, or multi-hot for multi-label); eval mode."""
+def train_classifier(
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: int,
+    settings: TrainSettings,
+    seed: int,
+    device,
+    on_step: Callable[[int, int], None] | None = None,
+):
+    """Train a fresh network on uint8 images x and targets y (indices, or multi-hot for multi-label); eval mode.
+    `on_step(done, steps)` is called after each optimiser step (progress)."""
     import torch
 
     torch.manual_seed(seed)
@@ -141,6 +151,8 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, settings: Train
         optimizer.step()
         schedule.step()
         done += 1
+        if on_step is not None:
+            on_step(done, steps)
     model.steps_trained = done  # what the loop actually ran, reported per condition
     return model.eval()
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.images import to_rgb_array
+from medisyn_cli.core.progress import Task, current
 from medisyn_cli.judge.classifier import build_network, predict
 from medisyn_cli.judge.features import get_features
 from medisyn_cli.pipeline.load import file_sha256
@@ -101,7 +102,10 @@ def embed_images(embedder, images: list, batch: int = 64) -> np.ndarray:
             f"--embedder {embedder.name}: a hash has no vector space for a classifier; use pixel, "
             f"clip:<model> or hf:<model>"
         )
-    chunks = [embedder.embed(images[i : i + batch]) for i in range(0, len(images), batch)]
+    task, chunks = Task(current(), f"judge: embedding ({embedder.name})", len(images)), []
+    for start in range(0, len(images), batch):
+        chunks.append(embedder.embed(images[start : start + batch]))
+        task.advance(len(chunks[-1]))
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, embedder.dim), np.float32)
 
 

@@ -27,6 +27,7 @@ from medisyn_cli.core.ownership import (
     remove_temp,
     replace_in_place,
 )
+from medisyn_cli.core.progress import Task, current, reporting
 from medisyn_cli.study.design import DEFAULT_MIX, REAL, SYNTHETIC, Pick, draw_design
 from medisyn_cli.study.site import KEY_FORMAT, normalise, png_of, public_study, write_site
 
@@ -89,8 +90,13 @@ class StudyConfig:
     notes: list[str] = field(default_factory=list, compare=False)
 
 
-def build_study(config: StudyConfig) -> dict:
+def build_study(config: StudyConfig, show_progress: bool = True) -> dict:
     """Build the study folder; returns its key (design, answers, provenance)."""
+    with reporting(show_progress):
+        return _build_study(config)
+
+
+def _build_study(config: StudyConfig) -> dict:
     out = Path(config.out)
     _check_out(out, config.overwrite)
     if config.pairs < 0 or (config.classify or 0) < 0:
@@ -110,7 +116,10 @@ def build_study(config: StudyConfig) -> dict:
     size, mode = _geometry(images.values(), config.size)
     files = _file_names(images, config.seed)
     key = _key(config, classes, items, files, size, mode)
-    pngs = {files[pick]: png_of(normalise(image, size, mode)) for pick, image in images.items()}
+    task, pngs = Task(current(), "study: encoding images", len(images)), {}
+    for pick, image in images.items():
+        pngs[files[pick]] = png_of(normalise(image, size, mode))
+        task.advance(1)
     _write(out, key, pngs, config.overwrite)
     return key
 
@@ -195,7 +204,7 @@ def _classify_count(classify: int | None, classes: list[tuple]) -> int:
 def load_picks(picks: list[Pick], config: StudyConfig) -> dict:
     """{pick: PIL image} for the chosen images, reading each set once more (MedisynError if one won't decode)."""
     wanted = {(p.source, p.key): p for p in picks}
-    found = {}
+    found, task = {}, Task(current(), "study: reading the chosen images", len(wanted))
     for source_name, paths in ((REAL, config.real), (SYNTHETIC, config.synthetic)):
         for source in find_sources(list(paths)):
             for record in iter_source_records(source):
@@ -203,6 +212,7 @@ def load_picks(picks: list[Pick], config: StudyConfig) -> dict:
                 if pick is not None and pick not in found:
                     try:
                         found[pick] = record.open()
+                        task.advance(1)
                     except Exception as exc:  # PIL raises many types for corrupt data
                         raise MedisynError(
                             f"{record.key}: cannot decode ({type(exc).__name__}: {exc}); "
