@@ -21,7 +21,7 @@ privacy.json fields (besides the inputs): `memorises` true / false / null (undec
 smallest synthetic sample that would decide); `reference` (heldout or heldout+train_self, the agreement tests);
 `p_values` (tail_p95, near_copies, beyond_reference, distribution), `flagged_by`, `test_levels` (`test_level`:
 the near-copy test's); `near_copy_rate`, `near_copy_count`, `beyond_reference` (synthetic images closer than
-every reference image), `reference_max_similarity`; `percentiles` (synthetic, heldout, reference, train_self);
+every held-out image), `heldout_max_similarity`; `percentiles` (synthetic, heldout, reference, train_self);
 `membership_audit` (ROC, AUC with its DeLong interval, TPR at 1% / 10% FPR); `heldout_near_copies`,
 `synthetic_near_copies` (count, share, highest similarity, per class, the pairs); `per_class` (the same tests).
 
