@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from medisyn_cli.cli.main import app
 from medisyn_cli.cli.options import argument, comma_list, option
+from medisyn_cli.dataset.formats import parse_format_list
 from medisyn_cli.evaluate.utility import UtilityConfig, parse_fractions
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.generate.writers import parse_formats
 from medisyn_cli.screening.audit import ScreenConfig, screen_dataset
 from medisyn_cli.screening.build import IndexConfig, build_index
 from medisyn_cli.study.build import StudyConfig
@@ -122,7 +122,7 @@ def test_help_renders(path, command):
 def test_converted_defaults_parse_back():
     """Where the option spells the API's value differently, parsing the option's default gives it back."""
     generate = {p.name: p for p in dict(COMMANDS)["generate"].params}
-    assert parse_formats(generate["format"].default) == GenerateConfig.formats
+    assert parse_format_list(generate["format"].default) == GenerateConfig.formats
     assert parse_fractions(comma_list(UtilityConfig.fractions)) == UtilityConfig.fractions
     assert parse_mix(comma_list(StudyConfig.mix)) == StudyConfig.mix
     assert comma_list((5, 10)) == "5,10"

@@ -90,6 +90,9 @@ def test_a_format_from_outside_the_package_registers_and_runs(tmp_path):
         def describe(self, folder):
             return {"format": "listing", "rows": len((folder / "ids.txt").read_text().split())}
 
+        def files(self, out):
+            return {"listing/ids.txt"} if (out / "listing" / "ids.txt").exists() else set()
+
         def keep_out(self, out, target, drop):
             raise NotImplementedError
 

@@ -6,8 +6,10 @@ import pytest
 from PIL import Image
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.writers import make_writers, parse_formats
-from medisyn_cli.generate.writers.base import COLUMNS
+from medisyn_cli.dataset.formats import parse_format_list
+from medisyn_cli.dataset.imagefolder import ImageFolderWriter
+from medisyn_cli.dataset.parquet import ParquetWriter
+from medisyn_cli.dataset.rows import COLUMNS
 
 LABELS = ["melanoma", "x ray/normal"]
 
@@ -41,7 +43,8 @@ def complete_files(folder):
 
 @pytest.mark.parametrize("fmt", ["parquet", "imagefolder"])
 def test_writer_streams_rows_and_renames_on_close(tmp_path, fmt):
-    (writer,) = make_writers((fmt,), tmp_path, LABELS, rows_per_part=4)
+    folder = tmp_path / fmt
+    writer = ParquetWriter(folder, LABELS, 4) if fmt == "parquet" else ImageFolderWriter(folder)
     for i in range(10):
         writer.write(*row(i))
     visible = complete_files(tmp_path)
@@ -63,7 +66,8 @@ def test_writer_streams_rows_and_renames_on_close(tmp_path, fmt):
 
 
 def test_format_option_parsing():
-    assert parse_formats("both") == ("parquet", "imagefolder")
-    assert parse_formats("imagefolder") == ("imagefolder",)
-    with pytest.raises(MedisynError, match="--format: 'zip'"):
-        parse_formats("zip")
+    assert parse_format_list("both") == ("parquet", "imagefolder")
+    assert parse_format_list("imagefolder") == ("imagefolder",)
+    assert parse_format_list("parquet,dicom,webdataset,parquet") == ("parquet", "dicom", "webdataset")
+    with pytest.raises(MedisynError, match="--format: 'zip'.*parquet, imagefolder, dicom, webdataset, both"):
+        parse_format_list("zip")

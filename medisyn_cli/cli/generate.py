@@ -10,18 +10,13 @@ from rich.table import Table
 from medisyn_cli.cli.common import EXIT_MEMORISES, errors_as_exit_codes
 from medisyn_cli.cli.options import option
 from medisyn_cli.core.progress import console, results
-from medisyn_cli.generate.config import FORMATS, GenerateConfig
+from medisyn_cli.dataset.formats import format_option, parse_format_list
+from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.finish import merge_run
 from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.slurm import SlurmOptions, submit_generate
-from medisyn_cli.generate.writers import parse_formats
 
 PLAN_ROWS = 200  # classes a dry run lists (a table of 100k rows takes minutes to draw and cannot be read)
-
-
-def format_option(formats: tuple[str, ...]) -> str:
-    """GenerateConfig.formats as --format says it: both, parquet or imagefolder."""
-    return "both" if tuple(formats) == FORMATS else ",".join(formats)
 
 
 def generate(
@@ -31,6 +26,7 @@ def generate(
     model: str | None = option(GenerateConfig, "model", "--model"),
     seed: int = option(GenerateConfig, "seed", "--seed"),
     format: str = option(GenerateConfig, "formats", "--format", to_cli=format_option),
+    mark: bool = option(GenerateConfig, "mark", "--mark/--no-mark"),
     device: str = option(GenerateConfig, "device", "--device"),
     dtype: str = option(GenerateConfig, "dtype", "--dtype"),
     scheduler: str = option(GenerateConfig, "scheduler", "--scheduler"),
@@ -104,7 +100,8 @@ def generate(
             out=str(out) if out else None,
             model=model,
             seed=seed,
-            formats=parse_formats(format),
+            formats=parse_format_list(format),
+            mark=mark,
             device=device,
             dtype=dtype,
             scheduler=scheduler,

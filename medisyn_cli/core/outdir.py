@@ -1,11 +1,7 @@
-"""The layout of a `generate` output folder: which files medisyn writes there, for folders whose marker holds no
-record of its files (made by an older version, or a run killed before it completed). The rule itself (markers,
-claims, deleting only what medisyn wrote) lives in core/ownership.py; its names are re-exported here."""
+"""The ownership names a `generate` output folder uses (markers, claims, deleting only what medisyn wrote), from
+core/ownership.py. Which files a run writes there depends on its formats: dataset/layout.py."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 from medisyn_cli.core.ownership import (  # noqa: F401  (re-exported)
     LEGACY_MARKER,
@@ -21,40 +17,3 @@ from medisyn_cli.core.ownership import (  # noqa: F401  (re-exported)
     new_run_id,
     read_marker,
 )
-
-TOP_FILES = ("run.json", "README.md", "rejected.parquet", "report.html", "report.json")
-SLURM_LOG = re.compile(r"slurm/(generate\.sbatch|\d+_\d+\.out)")
-SCREEN_FILES = ("screen.parquet", "screen.csv", "screen.json", "report.html")
-
-
-def generate_files(out: Path) -> set[str]:
-    """Relative paths of the files a generate run (and screen, report, SLURM under it) writes in `out`."""
-    out = Path(out)
-    names = {name for name in TOP_FILES if (out / name).is_file()}
-    names |= {p.relative_to(out).as_posix() for p in (out / "parquet").glob("part-*.parquet")}
-    names |= {"imagefolder/metadata.csv"} | listed_files(out, "imagefolder/metadata.csv", "file_name")
-    names |= {p.relative_to(out).as_posix() for p in (out / "_work").rglob("*") if not p.is_dir()}
-    names |= {p.relative_to(out).as_posix() for p in (out / "slurm").glob("*")
-              if SLURM_LOG.fullmatch(p.relative_to(out).as_posix())}
-    if not (out / "screen" / MARKER).exists():  # screen of an older version: its screen.json names its files
-        names |= {f"screen/{name}" for name in SCREEN_FILES}
-    return names
-
-
-def run_files(out: Path) -> tuple[list[str], dict[str, str]]:
-    """The record a completed generate run writes into its marker: files, and the CSV that lists its PNGs."""
-    names = [
-        n
-        for n in sorted(generate_files(out))
-        if not n.startswith(("_work/", "screen/", "report."))
-        and (not n.startswith("imagefolder/") or n == "imagefolder/metadata.csv")
-    ]
-    if not (out / "imagefolder" / "metadata.csv").exists():
-        names = [n for n in names if n != "imagefolder/metadata.csv"]
-        return names, {}
-    return names, {"imagefolder/metadata.csv": "file_name"}
-
-
-def discard_previous(path: Path) -> list[str]:
-    """Delete a run moved aside, but only the files it recorded writing; returns the paths left in place."""
-    return discard(path, generate_files)

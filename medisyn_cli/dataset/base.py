@@ -6,6 +6,7 @@ A format is one module owning one folder of OUT. Its life in a run:
     fmt.consolidate(work, out, batches, run)         # every done batch, in plan order -> OUT/<folder>, one rename
     fmt.keep_out(out, copy, drop_ids)                # `screen --keep-out`: a copy of OUT/<folder> without drop_ids
     fmt.card_lines(output, run)                      # the dataset card's lines on that folder
+    fmt.files(out)                                   # the files it wrote in OUT (what --overwrite may delete)
 
 `items`' PNG bytes are final (marked by the caller with marks.mark_png when the run marks its images); every
 method is deterministic: the same rows and PNGs give the same bytes, whatever the sharding or resumes.
@@ -13,6 +14,8 @@ method is deterministic: the same rows and PNGs give the same bytes, whatever th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -21,10 +24,11 @@ from pathlib import Path
 from typing import Protocol
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.ownership import remove_private
+from medisyn_cli.core.ownership import listed_files, remove_private, remove_recorded
 from medisyn_cli.dataset.marks import Mark, weights_digest
 
 DEFAULT_SHARD_SIZE = 1000  # WebDataset images per tar shard
+DEFAULT_ROWS_PER_PART = 5000  # Parquet rows per part file
 
 
 @dataclass(frozen=True)
@@ -41,24 +45,35 @@ class RunInfo:
     version: str = ""
     marked: bool = True  # False: `generate --no-mark` (PNG and Parquet unmarked; DICOM is always marked)
     shard_size: int = DEFAULT_SHARD_SIZE
+    rows_per_part: int = DEFAULT_ROWS_PER_PART
 
     def mark(self, image_id: str = "") -> Mark:
         """The synthetic-content mark of one image of this run (dicom uses it even when `marked` is False)."""
         return Mark(self.run_id, image_id, self.model, self.model_sha256, self.version)
 
 
-def run_info(record: dict, marked: bool = True, shard_size: int = DEFAULT_SHARD_SIZE) -> RunInfo:
-    """RunInfo from a run record (OUT/_work/config.json or run.json)."""
-    model = record.get("model") or {}
+def content_id(record: dict) -> str:
+    """The id the run's files carry: a digest of its run key (every option that changes the images), so the
+    same run made twice, in shards or resumed gives the same bytes; a record without a key: its run_id."""
+    if not record.get("key"):
+        return str(record["run_id"])
+    canonical = json.dumps(record["key"], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def run_info(record: dict, marked: bool | None = None, shard_size: int = DEFAULT_SHARD_SIZE) -> RunInfo:
+    """RunInfo from a run record (OUT/_work/config.json or run.json); `marked` None: the record's --no-mark."""
+    model, options = record.get("model") or {}, record.get("options") or {}
     return RunInfo(
-        run_id=str(record["run_id"]),
+        run_id=content_id(record),
         started=str(record["started"]),
         labels=tuple((record.get("manifest") or {}).get("classes") or ()),
         model=str(model.get("name") or model.get("source") or ""),
         model_sha256=weights_digest(model.get("weights_sha256")),
         version=str(record.get("medisyn") or ""),
-        marked=marked,
+        marked=options.get("mark", True) if marked is None else marked,
         shard_size=shard_size,
+        rows_per_part=options.get("rows_per_part") or DEFAULT_ROWS_PER_PART,
     )
 
 
@@ -76,6 +91,8 @@ class OutputFormat(Protocol):
     def consolidate(self, work: Path, out: Path, batches: Sequence[str], run: RunInfo) -> dict: ...
 
     def describe(self, folder: Path) -> dict: ...
+
+    def files(self, out: Path) -> set[str]: ...
 
     def keep_out(self, out: Path, target: Path, drop: set[str]) -> dict: ...
 
@@ -98,6 +115,25 @@ def publish(
     if final.exists():
         raise MedisynError(f"{final}: exists and was not published by this run; move it away, then run again")
     output = build(fresh(staged))
+    staged.rename(final)
+    return output
+
+
+def publish_over_older(
+    staged: Path, final: Path, build: Callable[[Path], dict], describe: Callable[[Path], dict]
+) -> dict:
+    """publish() for the formats an older medisyn wrote in place (parquet, imagefolder): a partial folder left by
+    its interrupted consolidation is removed first (only the files it recorded writing)."""
+    if final.exists() and not staged.exists():
+        return describe(final)
+    output = build(staged)  # imagefolder's staged folder already holds the batches' PNGs
+    if final.exists():
+        root = final.parent
+        remove_recorded(root, [p.relative_to(root).as_posix() for p in final.rglob("part-*.parquet")])
+        listing = f"{final.name}/metadata.csv"
+        remove_recorded(root, [*listed_files(root, listing, "file_name"), listing])
+        if final.exists():
+            raise MedisynError(f"{final}: holds files medisyn did not write; move them away, then run again")
     staged.rename(final)
     return output
 

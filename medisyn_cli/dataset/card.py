@@ -7,7 +7,10 @@ from types import SimpleNamespace
 
 from medisyn_cli.core.files import atomic_write_text
 from medisyn_cli.core.names import class_names
+from medisyn_cli.dataset import marks
+from medisyn_cli.dataset.base import RunInfo, run_info
 from medisyn_cli.dataset.card_labels import card_lines as judge_lines
+from medisyn_cli.dataset.formats import DEFAULT_FORMATS, format_names, get_format
 
 HEADER = """---
 license: other
@@ -55,6 +58,10 @@ def card_text(out: Path, summary) -> str:
         "diffusion model; none shows a real patient. Do not use them for diagnosis or to make claims "
         "about patients.",
         "",
+        "## Synthetic images and their marks",
+        "",
+        *_mark_lines(run),
+        "",
         "## Classes",
         "",
         *_class_lines(run, summary.counts),
@@ -88,8 +95,7 @@ def card_text(out: Path, summary) -> str:
         "",
         "## Layout",
         "",
-        "- `parquet/`: Parquet parts with an `image` column (`bytes`, `path`) and the provenance columns",
-        "- `imagefolder/<label>/<id>.png` with `imagefolder/metadata.csv` (`file_name` + provenance)",
+        *_layout_lines(run),
         "- `run.json`: every option, the model's weight hashes and library versions",
         "- `rejected.parquet` (screened or judged runs): the images kept out, with their seed: "
         "near-copies with their nearest training id (never their pixels); judged runs add `reason`, "
@@ -107,6 +113,34 @@ def card_text(out: Path, summary) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _run_info(run: dict) -> RunInfo:
+    """The run facts the format and mark lines need (a run.json of an older medisyn may lack some)."""
+    return run_info({"run_id": "", "started": "", **run})
+
+
+def _outputs(run: dict) -> list[dict]:
+    """run.json's entries of registered formats; an older run.json without outputs: the default formats."""
+    outputs = run.get("outputs") or [
+        {"format": name} for name in (run.get("options") or {}).get("formats", DEFAULT_FORMATS)
+    ]
+    return [output for output in outputs if output.get("format") in format_names()]
+
+
+def _layout_lines(run: dict) -> list[str]:
+    """Each output format's lines on its folder."""
+    info = _run_info(run)
+    return [
+        line for output in _outputs(run) for line in get_format(output["format"]).card_lines(output, info)
+    ]
+
+
+def _mark_lines(run: dict) -> list[str]:
+    """That the images are synthetic and how each file says so (marks.card_lines)."""
+    info = _run_info(run)
+    formats = tuple(output["format"] for output in _outputs(run))
+    return marks.card_lines(info.mark() if info.marked else None, formats)
 
 
 def _class_lines(run: dict, counts: dict) -> list[str]:

@@ -264,6 +264,10 @@ class DicomFormat:
         """The run.json entry of a dicom folder."""
         return {"format": self.name, "folder": self.folder, "rows": sum(1 for _ in folder.rglob("*.dcm"))}
 
+    def files(self, out: Path) -> set[str]:
+        """The files of this format in OUT, relative to it."""
+        return {p.relative_to(out).as_posix() for p in (out / self.folder).rglob("*.dcm")}
+
     def keep_out(self, out: Path, target: Path, drop: set[str]) -> dict:
         """Copy OUT/dicom to target/dicom without the objects whose image id is in `drop` (bytes unchanged)."""
         source, copy = out / self.folder, target / self.folder

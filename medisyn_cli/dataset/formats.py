@@ -10,12 +10,14 @@ Adding a format: a module with an object that has the OutputFormat attributes an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.dataset import dicom, webdataset
+from medisyn_cli.dataset import dicom, imagefolder, parquet, webdataset
 from medisyn_cli.dataset.base import OutputFormat
 
 _FORMATS: dict[str, OutputFormat] = {}
-METHODS = ("write_batch", "consolidate", "describe", "keep_out", "card_lines")
+METHODS = ("write_batch", "consolidate", "describe", "files", "keep_out", "card_lines")
 
 
 def register_format(name: str, fmt: OutputFormat, replace: bool = False) -> None:
@@ -53,12 +55,26 @@ def formats_help() -> str:
     return "\n".join(f"{name}: {fmt.help}" for name, fmt in _FORMATS.items())
 
 
+register_format("parquet", parquet.FORMAT)
+register_format("imagefolder", imagefolder.FORMAT)
 register_format("dicom", dicom.FORMAT)
 register_format("webdataset", webdataset.FORMAT)
 
 
 # --format values that stand for several formats
 ALIASES = {"both": ("parquet", "imagefolder")}
+DEFAULT_FORMATS = ALIASES["both"]
+
+
+def format_option(formats: tuple[str, ...]) -> str:
+    """A tuple of formats as --format says it: an alias where one stands for exactly these, else a comma list."""
+    aliases = [alias for alias, names in ALIASES.items() if tuple(formats) == names]
+    return aliases[0] if aliases else ",".join(formats)
+
+
+def format_files(out: Path, formats: tuple[str, ...] | None = None) -> set[str]:
+    """The files the formats (default: every registered one) wrote in OUT, relative to it."""
+    return {name for fmt in formats or format_names() for name in get_format(fmt).files(out)}
 
 
 def parse_format_list(value: str) -> tuple[str, ...]:

@@ -147,6 +147,10 @@ class WebDatasetFormat:
         rows, files = count_samples(folder)
         return {"format": self.name, "folder": self.folder, "rows": rows, "files": files}
 
+    def files(self, out: Path) -> set[str]:
+        """The files of this format in OUT, relative to it."""
+        return {p.relative_to(out).as_posix() for p in (out / self.folder).glob("shard-*.tar")}
+
     def keep_out(self, out: Path, target: Path, drop: set[str]) -> dict:
         """Copy OUT/webdataset to target/webdataset without the samples of the image ids in `drop`; shards keep
         their names (one may hold fewer samples, or none), so a brace pattern over them stays valid."""

@@ -25,9 +25,9 @@ from medisyn_cli.core.files import write_json
 from medisyn_cli.core.html import LOAD_PROBE, figure_uri, img_tag, page
 from medisyn_cli.core.images import png_bytes, thumbnail
 from medisyn_cli.core.imagesets import open_sources
-from medisyn_cli.core.outdir import generate_files
 from medisyn_cli.core.ownership import claim, is_ours
 from medisyn_cli.core.results import new_figure
+from medisyn_cli.dataset.layout import generate_files
 from medisyn_cli.evaluate.fidelity import _flat
 from medisyn_cli.evaluate.filtering import diversity_guard, find_alignment, label_check, read_rejected
 

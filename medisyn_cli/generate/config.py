@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-FORMATS = ("parquet", "imagefolder")
+from medisyn_cli.dataset.formats import DEFAULT_FORMATS, format_names, format_option
+
+FORMATS = DEFAULT_FORMATS
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,19 @@ class GenerateConfig:
     seed: int = field(
         default=0, metadata={"help": "Run seed; each image's seed derives from it, its class and index."}
     )
-    formats: tuple[str, ...] = field(default=FORMATS, metadata={"help": "parquet, imagefolder or both."})
+    formats: tuple[str, ...] = field(
+        default=FORMATS,
+        metadata={
+            "help": f"Comma-separated list of {', '.join(format_names())}; both = {','.join(FORMATS)}."
+        },
+    )
+    mark: bool = field(
+        default=True,
+        metadata={
+            "help": "Mark every PNG and Parquet row as synthetic (XMP with the IPTC digital source type); "
+            "--no-mark is recorded in run.json and the card."
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps."})
     dtype: str = field(
         default="auto", metadata={"help": "auto (fp16/bf16 on GPU, fp32 on CPU), fp32, fp16, bf16."}
@@ -190,6 +204,7 @@ SWITCHES = {
     "attention_slicing": "--attention-slicing",
     "fuse_lora": "--fuse-lora",
     "force_lora": "--force-lora",
+    "mark": "--mark",
 }
 
 
@@ -209,6 +224,6 @@ def command_line(config: GenerateConfig, program: str = "medisyn") -> str:
     for spec in config.loras:
         words += ["--lora", spec]
     if tuple(config.formats) != FORMATS:
-        words += ["--format", ",".join(config.formats)]
+        words += ["--format", format_option(config.formats)]
     words += ["--resume"] if config.resume else []
     return " ".join([program] + [shlex.quote(w) for w in words])

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.files import write_json
-from medisyn_cli.core.outdir import discard_previous, run_files
 from medisyn_cli.core.ownership import foreign_message, holds_files, is_ours, record_files, refuse_if_busy
 from medisyn_cli.core.shards import Shard
 from medisyn_cli.core.store import WORK, IncompleteRun, WorkDir, differences, missing_report
 from medisyn_cli.dataset.card import write_card
+from medisyn_cli.dataset.layout import discard_previous, run_files
 from medisyn_cli.dataset.manifest import Manifest
 from medisyn_cli.generate.config import GenerateConfig, command_line
 from medisyn_cli.generate.consolidate import consolidate
@@ -78,7 +78,7 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
     log = (
         (JudgedRejectedLog if record.get("judge") else RejectedLog) if screened else None
     )  # judged: with reasons
-    outputs = consolidate(work, tuple(options["formats"]), options["rows_per_part"], log)
+    outputs = consolidate(work, tuple(options["formats"]), log)
     started = datetime.fromisoformat(record["started"])
     finished = datetime.now(timezone.utc)
     summary = RunSummary(

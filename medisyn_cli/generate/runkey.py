@@ -56,6 +56,7 @@ def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict
         # sliced attention rounds differently; only when on, so that older keys still match. --offload moves
         # weights between memories (the same kernels run on the same device) and is not compared
         **({"attention_slicing": True} if config.attention_slicing else {}),
+        **({"mark": False} if not config.mark else {}),  # unmarked files differ; only when off (older keys)
         **adapter_key(config),
     }
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.ownership import remove_temp
 from medisyn_cli.core.store import WorkDir
+from medisyn_cli.dataset.formats import parse_format_list
 from medisyn_cli.dataset.manifest import Manifest
 from medisyn_cli.generate.config import GenerateConfig
-from medisyn_cli.generate.writers import parse_formats
 from medisyn_cli.pipeline.load import SCHEDULERS, check_model_source, model_source
 
 # A run's batches are files named in plan order (core.store.batch_name: 7 digits), and consolidation keeps a list
@@ -26,7 +26,7 @@ MAX_BATCHES = 10**7
 
 def check_options(config: GenerateConfig) -> None:
     """Fail on bad options before anything is written or loaded."""
-    parse_formats(",".join(config.formats))
+    parse_format_list(",".join(config.formats))
     check_size(config.n, config.batch_size)
     if config.scheduler not in SCHEDULERS:
         raise MedisynError(

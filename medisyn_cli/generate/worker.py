@@ -7,10 +7,12 @@ import time
 from contextlib import contextmanager
 
 from medisyn_cli.core.store import WorkDir, batch_name
+from medisyn_cli.dataset.base import run_info
+from medisyn_cli.dataset.formats import get_format
+from medisyn_cli.dataset.marks import mark_png
 from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.plan import Job
 from medisyn_cli.generate.sampler import generate_batch, generate_screened
-from medisyn_cli.generate.writers import make_writers
 from medisyn_cli.judge.screening import rejected_log
 
 
@@ -104,7 +106,11 @@ class BatchWorker:
             constant,
             work,
         )
-        self.labels = work.read_config()["manifest"]["classes"]
+        self.run = run_info(work.read_config())
+
+    def marked(self, png: bytes, row: dict) -> tuple[dict, bytes]:
+        """(row, png) with the run's synthetic-content mark in the PNG (unless --no-mark)."""
+        return row, mark_png(png, self.run.mark(row["id"])) if self.run.marked else png
 
     def first_attempt(self, jobs: list[Job]) -> list:
         """The model's images for `jobs` (bad images regenerated), before screening: on the main thread."""
@@ -128,19 +134,15 @@ class BatchWorker:
             else None
         )
         name = batch_name(number)
-        writers = make_writers(
-            self.config.formats, self.work.out, self.labels, self.config.rows_per_part, batch=name
-        )
         rejected = (
             rejected_log(self.work.root / "rejected" / f"{name}.parquet", self.screener)
             if self.screener
             else None
         )
         counts: dict[str, dict] = {}
+        items = []
         for item in result.kept if result else []:
-            png, row = item.png(), provenance_row(item, self.constant)
-            for writer in writers:
-                writer.write(row, png)
+            items.append(self.marked(item.png(), provenance_row(item, self.constant)))
             tally = counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})
             tally["written"] += 1
             tally["regenerated"] += int(item.attempt > 0)
@@ -151,8 +153,8 @@ class BatchWorker:
         if rejected is not None:
             rejected.write(result.rejected if result else [])
             rejected.close()
-        for writer in writers:
-            writer.close()
+        for fmt in self.config.formats:
+            get_format(fmt).write_batch(self.work.root, name, items, self.run)
         record = {
             "batch": number,
             "ids": [item.job.id for item in result.kept] if result else [],

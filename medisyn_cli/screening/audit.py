@@ -25,6 +25,9 @@ from medisyn_cli.core.images import thumbnail_png
 from medisyn_cli.core.ownership import Owned, claim, holds_files, is_ours, remove_temp
 from medisyn_cli.core.progress import make_progress, rate_text
 from medisyn_cli.dataset.card import write_run_card
+from medisyn_cli.dataset.formats import format_names, get_format
+from medisyn_cli.dataset.imagefolder import filter_imagefolder
+from medisyn_cli.dataset.parquet import filter_parquet
 from medisyn_cli.screening.index import load_index
 from medisyn_cli.screening.report import BINS, write_screen_report
 from medisyn_cli.screening.screener import Screener, require_embedder
@@ -381,11 +384,9 @@ def _copy_source(source: Source, copies: set[str], target: Path) -> None:
         files = [source.path] if source.path.is_file() else sorted(source.path.rglob("*.parquet"))
         for file in files:
             name = file.name if source.path.is_file() else file.relative_to(source.path)
-            _filter_parquet(file, lambda ids, f=file: [f"{f}:{i}" not in copies for i in ids], target / name)
+            filter_parquet(file, lambda ids, f=file: [f"{f}:{i}" not in copies for i in ids], target / name)
     elif source.kind == "imagefolder":
-        _filter_imagefolder(
-            source.path, lambda row: str(source.path / row["file_name"]) not in copies, target
-        )
+        filter_imagefolder(source.path, lambda row: str(source.path / row["file_name"]) not in copies, target)
     else:
         root = source.path if source.path.is_dir() else source.path.parent
         for record in iter_source_records(source):
@@ -395,12 +396,11 @@ def _copy_source(source: Source, copies: set[str], target: Path) -> None:
 
 
 def _copy_medisyn_output(dataset: Path, copies: set[str], target: Path) -> None:
-    """Both formats of a medisyn output, filtered by image id; run.json, the card and logs copied as they are."""
+    """Every format folder of a medisyn output, filtered by image id; run.json, the card and logs copied as they are."""
     ids = {key.rsplit(":", 1)[1] for key in copies}
-    for file in sorted((dataset / "parquet").glob("*.parquet")):
-        _filter_parquet(file, lambda values: [v not in ids for v in values], target / "parquet" / file.name)
-    if (dataset / "imagefolder" / "metadata.csv").exists():
-        _filter_imagefolder(dataset / "imagefolder", lambda row: row["id"] not in ids, target / "imagefolder")
+    for fmt in map(get_format, format_names()):
+        if (dataset / fmt.folder).exists():
+            fmt.keep_out(dataset, target, ids)
     for name in ("run.json", "README.md", "rejected.parquet"):
         if (dataset / name).exists():
             shutil.copy2(dataset / name, target / name)
@@ -416,7 +416,7 @@ def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
         if label in run.get("classes", {}):
             run["classes"][label]["written"] -= count
     for output in run.get("outputs", []):
-        if output.get("format") in ("parquet", "imagefolder"):
+        if output.get("format") in format_names():
             output["rows"] = max(0, output.get("rows", 0) - sum(removed.values()))
     run["filtered"] = {
         "by": "medisyn screen --keep-out",
@@ -430,42 +430,3 @@ def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
     }
     write_json(copy / "run.json", run)
     write_run_card(copy, run)
-
-
-def _filter_parquet(file: Path, keep, target: Path) -> None:
-    """Rewrite one Parquet file batch by batch, keeping rows for which keep(ids) is true (schema metadata kept)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    source = pq.ParquetFile(file)
-    row = 0
-    with pq.ParquetWriter(target, source.schema_arrow) as writer:
-        for batch in source.iter_batches(batch_size=256):
-            names = batch.schema.names
-            ids = (
-                batch.column(names.index("id")).to_pylist()
-                if "id" in names
-                else list(range(row, row + len(batch)))
-            )
-            row += len(batch)
-            writer.write_table(pa.Table.from_batches([batch]).filter(pa.array(keep(ids))))
-
-
-def _filter_imagefolder(folder: Path, keep, target: Path) -> None:
-    """Copy the kept images of an ImageFolder and the matching rows of its metadata.csv."""
-    target.mkdir(parents=True, exist_ok=True)
-    with (
-        open(folder / "metadata.csv", newline="", encoding="utf-8") as src,
-        open(target / "metadata.csv", "w", newline="", encoding="utf-8") as dst,
-    ):
-        reader = csv.DictReader(src)
-        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames)
-        writer.writeheader()
-        for row in reader:
-            if (
-                keep(row) and (folder / row["file_name"]).is_file()
-            ):  # unreadable rows were reported, not copied
-                (target / row["file_name"]).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(folder / row["file_name"], target / row["file_name"])
-                writer.writerow(row)

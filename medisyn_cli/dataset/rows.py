@@ -1,8 +1,6 @@
-"""What every dataset writer shares: the row schema (COLUMNS) and the Writer interface."""
+"""The metadata row stored beside every image, in every format: its columns and their Arrow types."""
 
 from __future__ import annotations
-
-from typing import Protocol
 
 # Provenance columns every writer stores beside the image, with their Arrow types.
 COLUMNS = {
@@ -25,13 +23,3 @@ COLUMNS = {
     "label_score": "float32",
     "judged_label": "string",  # label check (generate --judge); empty unjudged
 }
-
-
-class Writer(Protocol):
-    """A dataset format. Nothing it writes looks complete before close()."""
-
-    name: str
-
-    def write(self, row: dict, png: bytes) -> None: ...
-
-    def close(self) -> dict: ...
