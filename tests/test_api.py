@@ -34,8 +34,9 @@ COMMANDS = {
     "evaluate alignment": "run_alignment",
     "judge build": "build_judge",
     "study build": "build_study",
+    "report": "write_report",
 }
-QUIET_BY_NATURE = {"merge": "merge_run", "report": "write_report", "study score": "score_study"}  # no bar
+QUIET_BY_NATURE = {"merge": "merge_run", "study score": "score_study"}  # no bar
 
 
 def kind(path: Path) -> str:

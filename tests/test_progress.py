@@ -34,6 +34,7 @@ LONG_COMMANDS = (
     "evaluate alignment",
     "judge build",
     "study build",
+    "report",
 )
 
 

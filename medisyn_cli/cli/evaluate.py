@@ -351,6 +351,7 @@ def report_command(
         to_cli=list,
         help=f"Real reference images for the diversity guard's coverage and recall: {SETS_HELP}.",
     ),
+    progress: bool = progress_option(write_report),
 ) -> None:
     """Write OUT/report.html and report.json: samples, counts, rejections, label check, diversity guard,
     similarities and evaluate metrics (offline).
@@ -358,7 +359,7 @@ def report_command(
     Example: medisyn report derm-synth --real ../shared/data/isic2017_dermoscopy
     """
     with _errors():
-        path, notes = write_report(out, per_class, _strs(real))
+        path, notes = write_report(out, per_class, _strs(real), show_progress=progress)
     for note in notes:
         results.print(f"[dim]omitted: {note}[/dim]", highlight=False)
     results.print(f"written: {path}", highlight=False)

@@ -26,6 +26,7 @@ from medisyn_cli.core.html import LOAD_PROBE, figure_uri, img_tag, page
 from medisyn_cli.core.images import png_bytes, thumbnail
 from medisyn_cli.core.imagesets import open_sources
 from medisyn_cli.core.ownership import claim, is_ours
+from medisyn_cli.core.progress import Task, current, reporting
 from medisyn_cli.core.results import new_figure
 from medisyn_cli.dataset.layout import generate_files
 from medisyn_cli.evaluate.fidelity import _flat
@@ -52,11 +53,15 @@ class Page:
 
 
 def write_report(
-    out: str | Path, per_class: int = 8, real: tuple[str, ...] | list[str] = ()
+    out: str | Path, per_class: int = 8, real: tuple[str, ...] | list[str] = (), show_progress: bool = True
 ) -> tuple[Path, list[str]]:
     """Write OUT/report.html and OUT/report.json; returns the page's path and the notes on omitted parts.
     `real`: real reference images for the diversity guard's coverage and recall."""
-    out = Path(out)
+    with reporting(show_progress):
+        return _claim_and_write(Path(out), per_class, real)
+
+
+def _claim_and_write(out: Path, per_class: int, real) -> tuple[Path, list[str]]:
     if not out.is_dir():
         raise MedisynError(f"{out}: no such folder (expected a medisyn generate output folder)")
     if not is_ours(out):
@@ -78,22 +83,14 @@ def _write_report(owner, out: Path, per_class: int, real) -> tuple[Path, list[st
     except Exception as exc:  # unreadable Parquet or CSV: report the rest
         kept = None
         report.skip(f"kept rows unreadable ({type(exc).__name__}: {exc})"[:300])
-    for step in (
-        _run_section,
-        _counts_section,
-        _samples_section,
-        _rejections_section,
-        _label_check_section,
-        _diversity_section,
-        _similarity_section,
-        _pairs_section,
-        _evaluate_sections,
-    ):
+    task = Task(current(), "report: sections", len(SECTIONS), "section")
+    for step in SECTIONS:
+        name = step.__name__.strip("_").replace("_", " ")
         try:
             step(report, out, run, kept, per_class)
         except Exception as exc:  # a damaged part must not stop the rest of the report
-            name = step.__name__.strip("_").replace("_", " ")
             report.skip(f"{name} omitted: {type(exc).__name__}: {exc}"[:300])
+        task.advance(1, name)
     tmp = owner.temp("report.json")
     write_json(
         tmp, {"folder": str(out), "real": list(report.real) or None, **report.data, "notes": report.notes}
@@ -572,3 +569,16 @@ def _page(out: Path, report: Page) -> str:
         "<p><b>Synthetic images are not for clinical use.</b></p>\n" + "\n".join(report.sections)
     )
     return page(f"medisyn report: {html.escape(out.name)}", body, style, LOAD_PROBE)
+
+
+SECTIONS = (  # report.html from top to bottom
+    _run_section,
+    _counts_section,
+    _samples_section,
+    _rejections_section,
+    _label_check_section,
+    _diversity_section,
+    _similarity_section,
+    _pairs_section,
+    _evaluate_sections,
+)
