@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from medisyn_cli.cli.common import EXIT_MEMORISES, errors_as_exit_codes
-from medisyn_cli.cli.options import option
+from medisyn_cli.cli.options import option, progress_option
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.dataset.formats import format_option, parse_format_list
 from medisyn_cli.generate.config import GenerateConfig
@@ -82,12 +82,7 @@ def generate(
         help="Extra sbatch option, e.g. --sbatch=--account=abc.",
     ),
     dry_run: bool = option(GenerateConfig, "dry_run", "--dry-run"),
-    progress: bool = option(
-        run_generate,
-        "show_progress",
-        "--progress/--no-progress",
-        help="Show a progress bar (else log lines).",
-    ),
+    progress: bool = progress_option(run_generate),
 ) -> None:
     """Generate a balanced, labelled synthetic dataset from a prompt manifest.
 
