@@ -11,6 +11,7 @@ from medisyn_cli.cli.evaluate import evaluate_app, report_command
 from medisyn_cli.cli.generate import generate, merge
 from medisyn_cli.cli.judge import judge_app
 from medisyn_cli.cli.provenance import provenance
+from medisyn_cli.cli.publish import publish_command
 from medisyn_cli.cli.screening import index_app, screen
 from medisyn_cli.cli.study import study_app
 from medisyn_cli.cli.train import train
@@ -50,6 +51,7 @@ app.command()(train)
 app.command()(screen)
 app.command()(merge)
 app.command()(provenance)
+app.command("publish")(publish_command)
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(judge_app, name="judge")  # cli.judge also adds `evaluate alignment`
 app.add_typer(study_app, name="study")

@@ -11,6 +11,7 @@ from pathlib import Path
 from medisyn_cli.core.names import class_names
 from medisyn_cli.core.outdir import new_run_id
 from medisyn_cli.core.shards import Shard, batch_count
+from medisyn_cli.dataset.licence import portable
 from medisyn_cli.dataset.manifest import Manifest
 from medisyn_cli.generate.config import DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig
 from medisyn_cli.generate.finish import REJECTED_FILE
@@ -53,7 +54,9 @@ def screening_record(screener) -> dict | None:
 
 
 def model_name(model: str | None) -> str:
-    return "medisyn-mini (bundled)" if model is None else model
+    """The model as rows, marks and the card name it: a hub id, or a local folder's or file's name (never its path,
+    which would travel with the dataset); run.json's `source` keeps the path."""
+    return "medisyn-mini (bundled)" if model is None else portable(model)
 
 
 def start_record(

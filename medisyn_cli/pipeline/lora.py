@@ -420,8 +420,9 @@ def apply_adapters(pipe, adapters: list[Adapter], fuse: bool = False) -> None:
 
 
 def describe(adapters: list[dict]) -> str:
-    """Adapters as one string for each dataset row: 'path@sha256[:12]:scale', joined by ' + '."""
-    return " + ".join(f"{a['path']}@{a['sha256'][:12]}:{a['scale']:g}" for a in adapters)
+    """Adapters as one string for each dataset row: 'name@sha256[:12]:scale', joined by ' + ' (the adapter's
+    folder or file name, never its local path: rows travel with the dataset)."""
+    return " + ".join(f"{Path(a['path']).name}@{a['sha256'][:12]}:{a['scale']:g}" for a in adapters)
 
 
 def adapter_key(config) -> dict:
