@@ -85,6 +85,23 @@ def test_report_html_shows_the_closest_pairs_and_the_histogram(index, dataset, t
     assert len(images) == 1 + 2 * 8 and all(i["src"].startswith("data:image/png;base64,") for i in images)
 
 
+def test_report_says_it_holds_training_images_and_can_leave_them_out(index, dataset, tmp_path):
+    """A report for sharing (#27): --no-training-thumbnails embeds no training image, and each page says which it is."""
+    screen(dataset, "--index", index, "--report", tmp_path / "with")
+    screen(dataset, "--index", index, "--report", tmp_path / "without", "--no-training-thumbnails")
+    with_page = (tmp_path / "with" / "report.html").read_text()
+    without_page = (tmp_path / "without" / "report.html").read_text()
+    assert "embeds thumbnails of real training images" in with_page
+    assert "Training images are left out of this page" in without_page
+    parser = Tags()
+    parser.feed(without_page)
+    images = [attrs for tag, attrs in parser.tags if tag == "img"]
+    assert [i["alt"] for i in images].count("training") == 0 and [i["alt"] for i in images].count(
+        "screened"
+    ) == 8
+    assert without_page.count("&harr;") == 8  # every pair still names its training image's key
+
+
 def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:

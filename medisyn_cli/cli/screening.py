@@ -25,6 +25,9 @@ def screen(
     fail_on_copies: bool = typer.Option(False, "--fail-on-copies", help="Exit 1 if any near-copy is found."),
     embedder: str | None = option(ScreenConfig, "embedder", "--embedder"),
     batch_size: int = option(ScreenConfig, "batch_size", "--batch-size"),
+    training_thumbnails: bool = option(
+        ScreenConfig, "training_thumbnails", "--training-thumbnails/--no-training-thumbnails"
+    ),
     progress: bool = progress_option(ScreenConfig),
 ) -> None:
     """Audit a dataset: the nearest training image of every image, near-copies flagged, an HTML report.
@@ -33,7 +36,15 @@ def screen(
     """
     with errors_as_exit_codes():
         summary = screen_dataset(
-            dataset, index, threshold, report, keep_out, embedder, batch_size, show_progress=progress
+            dataset,
+            index,
+            threshold,
+            report,
+            keep_out,
+            embedder,
+            batch_size,
+            show_progress=progress,
+            training_thumbnails=training_thumbnails,
         )
     table = Table(
         title=f"screened {summary.dataset} against {summary.index} (threshold {summary.threshold:g})"

@@ -83,6 +83,7 @@ class ScreenSummary:
     per_label: dict[str, list[int]] = field(default_factory=dict)  # label -> [screened, near copies]
     kept_out: Path | None = None
     files: list[str] = field(default_factory=list)
+    training_thumbnails: bool = True  # report.html shows the real training images beside the screened ones
 
     def to_dict(self) -> dict:
         """The machine-readable summary (screen.json)."""
@@ -134,6 +135,13 @@ class ScreenConfig:
     )
     batch_size: int = field(default=64, metadata={"help": "Images decoded and screened at a time."})
     pairs: int = field(default=24, metadata={"help": "Closest pairs shown in report.html."})
+    training_thumbnails: bool = field(
+        default=True,
+        metadata={
+            "help": "Show thumbnails of the real training images (patients' images) in report.html; "
+            "--no-training-thumbnails for a report that will be shared (keys and similarities only)."
+        },
+    )
     show_progress: bool = field(default=True, metadata={"help": "Show a progress bar (else log lines)."})
 
 
@@ -147,6 +155,7 @@ def screen_dataset(
     batch_size: int = 64,
     pairs: int = 24,
     show_progress: bool = True,
+    training_thumbnails: bool = True,
 ) -> ScreenSummary:
     """Screen every image of `dataset`; write screen.parquet, screen.csv, screen.json and report.html."""
     # 1. inputs: everything that can fail on input fails before any output is written
@@ -166,6 +175,7 @@ def screen_dataset(
     summary = ScreenSummary(
         dataset, report_dir, str(index), training.meta["embedder"]["spec"], screener.threshold
     )
+    summary.training_thumbnails = training_thumbnails
     # 2. the folders: the report's (created, or medisyn screen's own) and --keep-out (new), both locked
     owner = claim(report_dir, "screen", "--report", fallback=_legacy_screen_files, adopt=True)
     try:

@@ -23,6 +23,30 @@ def region_png(image, region: str, size: int = THUMB) -> bytes:
     return png_bytes(image)
 
 
+def _training_images_notice(shown: bool) -> str:
+    """The page says whether it holds real patients' images, so that whoever shares it knows."""
+    if shown:
+        return (
+            '<p class="notice"><b>This page embeds thumbnails of real training images</b> (patients\' images) '
+            "beside the screened ones. Share it only where the training data may be shown, or make it again "
+            "with <code>--no-training-thumbnails</code>.</p>"
+        )
+    return (
+        '<p class="notice">Training images are left out of this page (<code>--no-training-thumbnails</code>): '
+        "each pair shows the screened image, the training image's key and the similarity.</p>"
+    )
+
+
+def _training_uri(pair) -> str:
+    """The pair's training thumbnail (its matched region outlined) as a data URI; "" if its file cannot be opened."""
+    try:
+        image = open_key(pair.nn_key)
+        return data_uri(region_png(image, pair.region) if pair.region else thumbnail_png(image))
+    except Exception as exc:  # a training file moved since the index was built: say so in the page
+        pair.nn_key += f" (cannot open: {type(exc).__name__})"
+        return ""
+
+
 def write_screen_report(summary, path: Path, index) -> Path:
     """report.html of `medisyn screen`: totals, per-label counts, similarity histogram, the closest pairs."""
     import html
@@ -35,6 +59,7 @@ def write_screen_report(summary, path: Path, index) -> Path:
         f"<code>{e(summary.index)}</code> (embedder <code>{e(summary.embedder)}</code>, threshold "
         f"{summary.threshold:g}): <b>{summary.near_copies} near-copies ({rate:.2%})</b>, "
         f"{summary.errors} unreadable.</p>",
+        _training_images_notice(summary.training_thumbnails),
         "<table><tr><th>label</th><th>screened</th><th>near-copies</th></tr>",
     ]
     body += [
@@ -49,19 +74,12 @@ def write_screen_report(summary, path: Path, index) -> Path:
         '<div class="pairs">',
     ]
     for pair in summary.pairs:
-        try:
-            training = data_uri(
-                region_png(open_key(pair.nn_key), pair.region)
-                if pair.region
-                else thumbnail_png(open_key(pair.nn_key))
-            )
-        except Exception as exc:  # a training file moved since the index was built: say so in the page
-            training = ""
-            pair.nn_key += f" (cannot open: {type(exc).__name__})"
+        training = _training_uri(pair) if summary.training_thumbnails else ""
         body.append(
             f'<div class="pair{" copy" if pair.near_copy else ""}">'
             f'<img alt="screened" src="{data_uri(pair.thumbnail)}"> '
-            f'<img alt="training" src="{training}"><br>'
+            + (f'<img alt="training" src="{training}">' if training else "")
+            + "<br>"
             f"similarity <b>{pair.similarity:.3f}</b>{' &mdash; near-copy' if pair.near_copy else ''}"
             "<br>"
             + (
