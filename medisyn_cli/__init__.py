@@ -13,7 +13,7 @@ The Python API mirrors the CLI, one function per command; each takes `show_progr
 Commands and functions: generate run_generate (merge: merge_run), train run_train, index build build_index,
 screen screen_dataset, provenance check_provenance, evaluate utility|privacy|leakage|fidelity|alignment
 run_utility|run_privacy|run_leakage|run_fidelity|run_alignment, report write_report, judge build build_judge,
-study build|score build_study|score_study.
+study build|score|serve build_study|score_study|make_server, publish publish.
 
 Stages, one folder each (ARCHITECTURE.md walks through them): core/ (plumbing), pipeline/ (loading a diffusion
 model, speed options, LoRA adapters), dataset/, generate/, screening/, train/, evaluate/, judge/, study/, and
@@ -60,6 +60,8 @@ _API = {
     "StudyConfig": ("study.build", "StudyConfig"),
     "build_study": ("study.build", "build_study"),
     "score_study": ("study.score", "score_study"),
+    "make_server": ("study.server", "make_server"),
+    "publish": ("dataset.publish", "publish"),
 }
 __all__ = sorted(name for name in _API if name != "__version__")
 

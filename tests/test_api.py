@@ -36,7 +36,12 @@ COMMANDS = {
     "study build": "build_study",
     "report": "write_report",
 }
-QUIET_BY_NATURE = {"merge": "merge_run", "study score": "score_study"}  # no bar
+QUIET_BY_NATURE = {
+    "merge": "merge_run",
+    "study score": "score_study",
+    "study serve": "make_server",
+    "publish": "publish",
+}  # no bar
 
 
 def kind(path: Path) -> str:
