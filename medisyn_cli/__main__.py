@@ -1,5 +1,5 @@
 """`python -m medisyn_cli` is the `medisyn` command (used by generated SLURM scripts)."""
 
-from medisyn_cli.cli.main import main
+from medisyn_cli.cli.entry import main
 
 main()

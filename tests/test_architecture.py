@@ -147,13 +147,17 @@ def test_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
+# Modules that import medisyn inside a function on purpose, and why.
+DEFERRED = {"medisyn_cli.cli.entry": "installs the stop-signal handlers before the CLI's imports run"}
+
+
 def test_medisyn_modules_are_imported_at_module_level():
     trees = _modules()
     lazy = [
         f"{name}:{node.lineno}"
         for name, tree in trees.items()
         for node, _ in _own_imports(tree, set(trees), name)
-        if node not in tree.body
+        if node not in tree.body and name not in DEFERRED
     ]
     assert not lazy, f"imports of medisyn modules inside functions: {lazy}"
 

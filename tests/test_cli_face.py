@@ -64,3 +64,22 @@ def test_help_redirected_to_a_file_has_every_option_name_whole(tmp_path):
             for name in param.opts:
                 if name.startswith("--"):
                     assert name in text, f"medisyn {' '.join(path)} --help lost {name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_while_the_cli_imports_exits_75_with_one_line(name):
+    """A preemption in the first second (while `medisyn` imports its stages) requeues like any other: exit 75."""
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        ["medisyn", "generate", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.4)  # the console script has installed its early handlers; the CLI's imports take longer
+    process.send_signal(getattr(signal, name))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 75, (process.returncode, err)
+    assert err.strip().splitlines() == [
+        f"interrupted: {name}: stopped while medisyn was starting; nothing was written: run the same command again"
+    ]
