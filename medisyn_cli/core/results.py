@@ -28,6 +28,14 @@ def _legacy_evaluate_files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir() if p.is_file() and EVALUATE_FILE.fullmatch(p.name)}
 
 
+def claim_results_folder(folder: Path) -> Path:
+    """Make `folder` medisyn evaluate's own (created, or already its own) before something is built inside it
+    (e.g. a judge in OUT/judge), so that writing its results there later is not refused as a foreign folder."""
+    with claim(Path(folder), "evaluate", "--out", fallback=_legacy_evaluate_files, adopt=True) as owner:
+        owner.keep()
+    return Path(folder)
+
+
 @contextmanager
 def owned_path(path: Path) -> Iterator[Path]:
     """A temp path to write `path` through: its folder is created, or is medisyn evaluate's own (locked while

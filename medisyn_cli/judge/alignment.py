@@ -21,7 +21,7 @@ import numpy as np
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.imagesets import ImageSet, iter_batches, open_sources
 from medisyn_cli.core.progress import reporting
-from medisyn_cli.core.results import default_out, write_csv, write_json
+from medisyn_cli.core.results import claim_results_folder, default_out, write_csv, write_json
 from medisyn_cli.dataset.card import write_run_card
 from medisyn_cli.judge.build import JudgeConfig, build_judge
 from medisyn_cli.judge.metrics import confusion
@@ -61,6 +61,7 @@ def _judge_of(config: AlignmentConfig, out: Path):
         )
     if config.judge is not None:
         return load_judge(config.judge)
+    claim_results_folder(out)  # OUT is evaluate's before the judge is built inside it
     build_judge(JudgeConfig(real=tuple(config.real_train), out=str(out / "judge"), overwrite=True))
     return load_judge(out / "judge")
 
