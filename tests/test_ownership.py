@@ -616,3 +616,70 @@ def test_kill_9_during_overwrite_then_overwrite_again_names_the_first_aside(data
     assert {k: v for k, v in snapshot(first).items() if k != MARKER} == {
         k: v for k, v in old.items() if k != MARKER
     }
+
+
+# --- signals and file-size limits, for every writing command, as real processes -------------------------------
+
+
+def inputs_of(data) -> dict:
+    """The commands' inputs (images, index, runs), without `screen --keep-out`'s report folder `r`."""
+    return {k: v for k, v in snapshot(data["root"]).items() if k != "r" and not k.startswith("r/")}
+
+
+FRESH_OUT = [c for c in COMMANDS if c not in ("report", "merge", "generate --overwrite")]
+
+
+def run_medisyn(
+    args: list, limit_bytes: int | None = None, term_after: float | None = None
+) -> tuple[int, str]:
+    """Run the installed `medisyn` (output to pipes, no terminal); optionally under a file-size limit
+    (RLIMIT_FSIZE, as `ulimit -f`) or with SIGTERM sent `term_after` seconds after it starts."""
+    import resource
+    import time
+
+    def limit():
+        if limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    exe = shutil.which("medisyn") or str(Path(sys.executable).with_name("medisyn"))
+    proc = subprocess.Popen(
+        [exe, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limit
+    )
+    if term_after is not None:
+        time.sleep(term_after)
+        proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=600)
+    return proc.returncode, output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS)
+def test_matrix_sigterm_at_start_up_exits_75_in_one_line_and_writes_nothing(
+    command, data, tiny_model, tmp_path
+):
+    out = tmp_path / "theirs"
+    before = user_files(out, ("thesis.txt",))
+    inputs = inputs_of(data)
+    code, output = run_medisyn(command_args(command, out, data, tiny_model), term_after=0.4)
+    assert code == 75, output
+    assert output.strip().splitlines() == [
+        "interrupted: SIGTERM: stopped while medisyn was starting; nothing was written: run the same command again"
+    ]
+    assert snapshot(out) == before and inputs_of(data) == inputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", FRESH_OUT)
+def test_matrix_a_file_size_limit_is_one_line_exit_2_and_changes_no_input(
+    command, data, tiny_model, tmp_path
+):
+    """EFBIG (`ulimit -f`, a quota) like a full disk: one line naming the cause and how to go on, exit 2; the
+    inputs are untouched and no temp file of the command is left in the folder it claimed."""
+    out = tmp_path / "new"
+    inputs = inputs_of(data)
+    code, output = run_medisyn(command_args(command, out, data, tiny_model), limit_bytes=1024)
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert code == 2, output
+    assert lines[-1].startswith("error:") and "File too large" in lines[-1], output
+    assert inputs_of(data) == inputs
+    assert not list(out.glob(f"{TMP}*"))

@@ -7,6 +7,7 @@ cli/main.py installs the full handlers once it is loaded.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -20,7 +21,10 @@ def _stopped_while_starting(number, frame) -> None:
         f"interrupted: {signal.Signals(number).name}: stopped while medisyn was starting; nothing was written: "
         "run the same command again\n"
     )
-    raise SystemExit(EXIT_INTERRUPTED)
+    sys.stderr.flush()
+    # nothing is open for writing yet, and an exception raised inside an import can be swallowed by a library's
+    # bare `except:` (the command then ran on), so leave at once
+    os._exit(EXIT_INTERRUPTED)
 
 
 def main() -> None:

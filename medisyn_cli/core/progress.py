@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -24,9 +23,7 @@ UNLIMITED_WIDTH = 100_000
 
 
 def output_width(stream) -> int | None:
-    """The width to render for: the terminal's (None lets rich ask it), $COLUMNS if set, else unlimited."""
-    if os.environ.get("COLUMNS", "").isdigit():
-        return int(os.environ["COLUMNS"])
+    """The width to render for: the terminal's (None lets rich ask it, $COLUMNS included), else unlimited."""
     isatty = getattr(stream, "isatty", None)
     return None if isatty is not None and isatty() else UNLIMITED_WIDTH
 

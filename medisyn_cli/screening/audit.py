@@ -351,10 +351,16 @@ class _Tables:
         self.csv.writerows(rows)
 
     def __exit__(self, kind, *exc) -> None:
-        self.parquet.close()
-        self.handle.close()
-        for tmp, name in zip(self.tmps, self.names):
-            self.owner.publish(tmp, name) if kind is None else remove_temp(tmp)
+        try:
+            self.parquet.close()  # flushes: a full disk or a file-size limit raises here
+            self.handle.close()
+        except BaseException:
+            self.handle.close() if not self.handle.closed else None
+            kind = kind or OSError
+            raise
+        finally:
+            for tmp, name in zip(self.tmps, self.names):
+                self.owner.publish(tmp, name) if kind is None else remove_temp(tmp)
 
 
 # --- --keep-out: a copy of the dataset without the near-copies ------------------------------------------
