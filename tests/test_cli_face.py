@@ -79,5 +79,6 @@ def test_a_stop_signal_while_the_cli_imports_exits_75_with_one_line(name):
     out, err = process.communicate(timeout=60)
     assert process.returncode == 75, (process.returncode, err)
     assert err.strip().splitlines() == [
-        f"interrupted: {name}: stopped while medisyn was starting; nothing was written: run the same command again"
+        f"interrupted: {name}: stopped while medisyn was starting; nothing was written: "
+        "run the same command again (generate: with --resume if its run had started before)"
     ]

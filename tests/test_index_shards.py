@@ -70,6 +70,7 @@ def test_shards_build_the_same_index_as_one_process(train, tmp_path, shards):
         "index.faiss",
         "index.json",
         "keys.parquet",
+        "local.npz",
         "regions.faiss",
     ]
     same_index(one, sharded)

@@ -663,7 +663,8 @@ def test_matrix_sigterm_at_start_up_exits_75_in_one_line_and_writes_nothing(
     code, output = run_medisyn(command_args(command, out, data, tiny_model), term_after=0.4)
     assert code == 75, output
     assert output.strip().splitlines() == [
-        "interrupted: SIGTERM: stopped while medisyn was starting; nothing was written: run the same command again"
+        "interrupted: SIGTERM: stopped while medisyn was starting; nothing was written: "
+        "run the same command again (generate: with --resume if its run had started before)"
     ]
     assert snapshot(out) == before and inputs_of(data) == inputs
 

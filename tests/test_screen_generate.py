@@ -146,4 +146,4 @@ def test_index_build_command_prints_a_summary_and_writes_index_json(tmp_path):
     text = " ".join(result.output.split())
     assert meta["count"] == 12 and "│ 12 │" in text and "nearest other training image" in text
     again = CliRunner().invoke(app, ["index", "build", str(fixtures), "--out", str(tmp_path / "i")])
-    assert again.exit_code == 2 and "not empty" in again.output
+    assert again.exit_code == 2 and "holds an index; use --overwrite" in again.output

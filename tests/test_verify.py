@@ -167,3 +167,23 @@ def test_old_index_without_keypoints_screens_without_verification(index, tmp_pat
     assert loaded.local is None and loaded.verify_threshold is None
     result = Screener(loaded).check([fixture_images()[0]])[0]
     assert result.inliers is None and result.near_copy
+
+
+def test_local_features_save_and_load_with_simpleitk_imported_after_faiss(tmp_path):
+    """SimpleITK (radiology code often imports it) takes over SWIG's byte vectors once imported after faiss;
+    the descriptor search must still be written and read."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("SimpleITK")
+    script = (
+        "import faiss, numpy as np, SimpleITK\n"
+        "from medisyn_cli.screening.verify import index_bytes, index_from_bytes\n"
+        "x = np.random.default_rng(0).random((40, 8), dtype=np.float32)\n"
+        "index = faiss.IndexFlatL2(8); index.add(x)\n"
+        "back = index_from_bytes(index_bytes(index))\n"
+        "assert back.ntotal == 40 and np.array_equal(back.search(x[:3], 1)[1].ravel(), [0, 1, 2])\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

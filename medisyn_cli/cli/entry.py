@@ -19,7 +19,7 @@ EXIT_CTRL_C = 130
 def _stopped_while_starting(number, frame) -> None:
     sys.stderr.write(
         f"interrupted: {signal.Signals(number).name}: stopped while medisyn was starting; nothing was written: "
-        "run the same command again\n"
+        "run the same command again (generate: with --resume if its run had started before)\n"
     )
     sys.stderr.flush()
     # nothing is open for writing yet, and an exception raised inside an import can be swallowed by a library's

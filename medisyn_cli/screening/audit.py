@@ -135,6 +135,7 @@ class ScreenConfig:
     )
     batch_size: int = field(default=64, metadata={"help": "Images decoded and screened at a time."})
     pairs: int = field(default=24, metadata={"help": "Closest pairs shown in report.html."})
+    show_progress: bool = field(default=True, metadata={"help": "Show a progress bar (else log lines)."})
     training_thumbnails: bool = field(
         default=True,
         metadata={
@@ -142,7 +143,6 @@ class ScreenConfig:
             "--no-training-thumbnails for a report that will be shared (keys and similarities only)."
         },
     )
-    show_progress: bool = field(default=True, metadata={"help": "Show a progress bar (else log lines)."})
 
 
 def screen_dataset(

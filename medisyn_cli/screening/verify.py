@@ -123,7 +123,6 @@ class LocalFeatures:
 
     def save(self, path: Path) -> None:
         """Write local.npz (uncompressed, so it loads fast), with the descriptor search."""
-        import faiss
 
         search = self.descriptor_search()
         with open(path, "wb") as handle:
@@ -133,7 +132,7 @@ class LocalFeatures:
                 descriptors=self.descriptors,
                 offsets=self.offsets,
                 basis=search.basis,
-                search=faiss.serialize_index(search.index),
+                search=index_bytes(search.index),
             )
 
     @classmethod
@@ -264,7 +263,7 @@ class _DescriptorSearch:
         """From local.npz's basis and serialized FAISS index."""
         import faiss
 
-        index = faiss.deserialize_index(serialized)
+        index = index_from_bytes(serialized)
         if hasattr(index, "nprobe"):
             faiss.extract_index_ivf(index).nprobe = 4
         return cls(basis, index, owners)
@@ -278,3 +277,26 @@ class _DescriptorSearch:
         votes = np.bincount(self.owners[found], minlength=1)
         order = np.argsort(-votes, kind="stable")[:top]
         return [int(i) for i in order if votes[i] >= MIN_INLIERS // 2]
+
+
+def index_bytes(index) -> np.ndarray:
+    """A FAISS index as bytes (uint8). Not faiss.serialize_index: once SimpleITK (another SWIG library, common
+    in radiology code) is imported after faiss, SWIG hands faiss's byte vector to SimpleITK's type and it fails."""
+    import io
+
+    import faiss
+
+    buffer = io.BytesIO()
+    faiss.write_index(index, faiss.PyCallbackIOWriter(buffer.write))
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
+def index_from_bytes(data: np.ndarray):
+    """The FAISS index `index_bytes` wrote."""
+    import io
+
+    import faiss
+
+    return faiss.read_index(
+        faiss.PyCallbackIOReader(io.BytesIO(np.asarray(data, dtype=np.uint8).tobytes()).read)
+    )
