@@ -115,3 +115,24 @@ def test_every_png_medisyn_writes_carries_the_mark_unless_no_mark(tiny_model, re
     assert len(pngs) == 10 and all(read_mark(p) is None for p in pngs)
     card = (out / "README.md").read_text()
     assert "`--no-mark`" in card and '"mark": false' in (out / "run.json").read_text()
+
+
+def test_shard_size_cuts_the_webdataset_tars_and_is_part_of_the_run(tiny_model, tmp_path):
+    """--shard-size N: ceil(n / N) tar shards of N images in plan order; a resume with another size is refused."""
+    import webdataset as wds
+
+    from medisyn_cli.core.errors import MedisynError
+
+    out = run_generate(
+        config(tmp_path, tiny_model, "wds", "webdataset", shard_size=4), show_progress=False
+    ).out
+    tars = sorted((out / "webdataset").glob("*.tar"))
+    assert [t.name for t in tars] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    counts = [sum(1 for _ in wds.WebDataset(str(t), shardshuffle=False)) for t in tars]
+    assert counts == [4, 4, 2]
+    with pytest.raises(MedisynError, match="shard_size"):
+        run_generate(
+            config(tmp_path, tiny_model, "wds", "webdataset", shard_size=5, resume=True), show_progress=False
+        )
+    with pytest.raises(MedisynError, match="--shard-size: must be at least 1"):
+        run_generate(config(tmp_path, tiny_model, "bad", "webdataset", shard_size=0), show_progress=False)

@@ -72,7 +72,7 @@ def run_info(record: dict, marked: bool | None = None, shard_size: int = DEFAULT
         model_sha256=weights_digest(model.get("weights_sha256")),
         version=str(record.get("medisyn") or ""),
         marked=options.get("mark", True) if marked is None else marked,
-        shard_size=shard_size,
+        shard_size=options.get("shard_size") or shard_size,
         rows_per_part=options.get("rows_per_part") or DEFAULT_ROWS_PER_PART,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from medisyn_cli.dataset.base import DEFAULT_SHARD_SIZE
 from medisyn_cli.dataset.formats import DEFAULT_FORMATS, format_names, format_option
 
 FORMATS = DEFAULT_FORMATS
@@ -42,6 +43,10 @@ class GenerateConfig:
             "help": "Mark every PNG and Parquet row as synthetic (XMP with the IPTC digital source type); "
             "--no-mark is recorded in run.json and the card."
         },
+    )
+    shard_size: int = field(
+        default=DEFAULT_SHARD_SIZE,
+        metadata={"help": "Images per tar shard of the webdataset format (OUT/webdataset/shard-NNNNNN.tar)."},
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps."})
     dtype: str = field(
@@ -175,6 +180,7 @@ FLAGS = {
     "out": "--out",
     "model": "--model",
     "seed": "--seed",
+    "shard_size": "--shard-size",
     "device": "--device",
     "dtype": "--dtype",
     "scheduler": "--scheduler",

@@ -57,6 +57,8 @@ def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict
         # weights between memories (the same kernels run on the same device) and is not compared
         **({"attention_slicing": True} if config.attention_slicing else {}),
         **({"mark": False} if not config.mark else {}),  # unmarked files differ; only when off (older keys)
+        # webdataset shards are cut at --shard-size images; only where it matters, so that older keys still match
+        **({"shard_size": config.shard_size} if "webdataset" in config.formats else {}),
         **adapter_key(config),
     }
 

@@ -33,7 +33,16 @@ def check_options(config: GenerateConfig) -> None:
             f"--scheduler: unknown scheduler '{config.scheduler}' (choose from {', '.join(SCHEDULERS)})"
         )
     check_model_source(config.model)
-    for name in ("steps", "height", "width", "batch_size", "threads", "rows_per_part", "max_attempts"):
+    for name in (
+        "steps",
+        "height",
+        "width",
+        "batch_size",
+        "threads",
+        "rows_per_part",
+        "max_attempts",
+        "shard_size",
+    ):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise MedisynError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
