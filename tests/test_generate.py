@@ -134,9 +134,9 @@ def test_same_image_whatever_the_batch_size_or_order(tiny_model, tmp_path):
     jobs = list(iter_jobs(m, quotas(m.weights(), 6), seed=3))
     settings = Settings(steps=2, guidance=7.5, height=16, width=16)
     render = Renderer(pipe, settings)
-    together = {g.job.id: np.asarray(g.image) for g in generate_batch(render, jobs, 3)}
+    together = {g.job.id: np.asarray(g.image) for g in generate_batch(render, jobs)}
     alone = {
-        g.job.id: np.asarray(g.image) for job in reversed(jobs) for g in generate_batch(render, [job], 3)
+        g.job.id: np.asarray(g.image) for job in reversed(jobs) for g in generate_batch(render, [job])
     }
     for key in together:
         assert np.abs(together[key].astype(int) - alone[key].astype(int)).max() <= 1
@@ -152,7 +152,7 @@ def test_black_or_nan_images_are_regenerated_with_a_new_recorded_seed(manifest):
         calls.append(seeds)
         return [np.full((8, 8, 3), np.nan if i == 1 and len(calls) == 1 else 0.5) for i in range(len(seeds))]
 
-    out = generate_batch(fake, jobs, run_seed=0)
+    out = generate_batch(fake, jobs)
     assert [g.attempt for g in out] == [0, 1, 0]
     assert out[1].seed == calls[1][0] != jobs[1].seed and len(calls) == 2
 
@@ -160,7 +160,7 @@ def test_black_or_nan_images_are_regenerated_with_a_new_recorded_seed(manifest):
         return [np.zeros((8, 8, 3)) for _ in seeds]
 
     with pytest.raises(MedisynError, match="black or NaN 3 times"):
-        generate_batch(black, jobs, run_seed=0, max_regenerate=2)
+        generate_batch(black, jobs, max_regenerate=2)
 
 
 def test_existing_output_is_refused_then_overwritten_and_kept_if_the_new_run_fails(

@@ -79,18 +79,20 @@ def test_an_image_of_the_wrong_class_is_rejected_and_replaced_with_the_reason(re
     from medisyn_cli.dataset.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs
     from medisyn_cli.generate.sampler import generate_screened
-    from medisyn_cli.judge.screening import JudgedRejectedLog, LabelCheck
+    from medisyn_cli.judge.screening import LabelCheck
+    from medisyn_cli.screening.checks import Checks, RejectedLog
 
     (tmp_path / "m.csv").write_text(MANIFEST)
     jobs = list(iter_jobs(load_manifest(tmp_path / "m.csv"), {"cell": 5, "xray": 5}, 0))
-    check = LabelCheck(None, load_judge(judge_dir), 0.5)
-    result = generate_screened(_stub_render(real), jobs, 0, check, max_attempts=20)
+    checks = Checks([LabelCheck(load_judge(judge_dir), 0.5)])
+    result = generate_screened(_stub_render(real), jobs, checks, max_attempts=20)
     assert sorted(item.job.id for item in result.kept) == sorted(job.id for job in jobs)  # quota exact
-    assert all(item.screen.judged_label == item.job.label for item in result.kept)
-    assert result.rejected and all(item.screen.reason == "label" for item in result.rejected)
-    assert all(item.screen.judged_label != item.job.label for item in result.rejected)
-    log = JudgedRejectedLog(tmp_path / "rejected.parquet")
-    log.write(result.rejected)
+    assert all(item.screen.details["judged_label"] == item.job.label for item in result.kept)
+    assert result.rejected and all(item.screen.check == "label" for item in result.rejected)
+    assert all(item.screen.details["judged_label"] != item.job.label for item in result.rejected)
+    assert all(item.screen.reason.startswith("off-label: the judge scores") for item in result.rejected)
+    log = RejectedLog(tmp_path / "rejected.parquet", checks.columns())
+    log.write(result.rejected, checks)
     log.close()
     frame = pd.read_parquet(tmp_path / "rejected.parquet")
     assert (

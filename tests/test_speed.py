@@ -52,11 +52,11 @@ def test_each_distinct_prompt_is_encoded_once_per_run(pipe, manifest):
     calls, handle = count_text_encoder_calls(pipe)
     try:
         cached = Renderer(pipe, SETTINGS)
-        with_cache = [g for batch in batches for g in generate_batch(cached, batch, 0)]
+        with_cache = [g for batch in batches for g in generate_batch(cached, batch)]
         encoded_with_cache = len(calls)
         calls.clear()
         plain = Renderer(pipe, SETTINGS, cache_prompts=False)
-        without = [g for batch in batches for g in generate_batch(plain, batch, 0)]
+        without = [g for batch in batches for g in generate_batch(plain, batch)]
     finally:
         handle.remove()
     assert 1 < len(distinct) < len(jobs)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from medisyn_cli.dataset.base import DEFAULT_SHARD_SIZE
 from medisyn_cli.dataset.formats import DEFAULT_FORMATS, format_names, format_option
+from medisyn_cli.screening.checks import check_names
 
 FORMATS = DEFAULT_FORMATS
 
@@ -102,6 +103,13 @@ class GenerateConfig:
     min_label_score: float | None = field(
         default=None,
         metadata={"help": "Reject images whose own-label probability under --judge is below (default 0.5)."},
+    )
+    checks: tuple[str, ...] = field(
+        default=(),
+        metadata={  # screening/checks.py: the registry, plug-ins included
+            "help": "More image checks, comma-separated, run after --index's and --judge's (rejected images "
+            f"are replaced): {', '.join(check_names())}."
+        },
     )
     shard: str | None = field(
         default=None,
@@ -231,5 +239,7 @@ def command_line(config: GenerateConfig, program: str = "medisyn") -> str:
         words += ["--lora", spec]
     if tuple(config.formats) != FORMATS:
         words += ["--format", format_option(config.formats)]
+    if config.checks:
+        words += ["--check", ",".join(config.checks)]
     words += ["--resume"] if config.resume else []
     return " ".join([program] + [shlex.quote(w) for w in words])

@@ -21,8 +21,8 @@ from medisyn_cli.generate.consolidate import consolidate
 from medisyn_cli.generate.consolidate import remove as remove_work
 from medisyn_cli.generate.plan import Job
 from medisyn_cli.generate.runkey import RESOLVED, key_of_record
-from medisyn_cli.judge.screening import JudgedRejectedLog, judge_totals
-from medisyn_cli.screening.screener import RejectedLog
+from medisyn_cli.judge.screening import judge_totals
+from medisyn_cli.screening.checks import batches_log
 
 RUN_FILE, REJECTED_FILE = "run.json", "rejected.parquet"
 
@@ -70,14 +70,11 @@ def finish_run(out: Path, manifest: Manifest | None = None) -> RunSummary:
     for done in work.done_records():
         for label, tally in done["counts"].items():
             for name, value in tally.items():
-                setattr(counts[label], name, getattr(counts[label], name) + value)
+                setattr(counts[label], name, getattr(counts[label], name, 0) + value)  # <check>_rejected too
         for label, reason in done["ended"].items():
             counts[label].ended = counts[label].ended or reason
     work.clean_partial()  # every batch is done: any temp file left is from a killed process
-    screened = record["screening"] is not None or bool(record.get("judge"))
-    log = (
-        (JudgedRejectedLog if record.get("judge") else RejectedLog) if screened else None
-    )  # judged: with reasons
+    log = batches_log(work.root / "rejected")  # the columns of the run's checks; None: it had none
     outputs = consolidate(work, tuple(options["formats"]), log)
     started = datetime.fromisoformat(record["started"])
     finished = datetime.now(timezone.utc)
@@ -126,11 +123,18 @@ def _discard_replaced(path: str | None) -> str:
     )
 
 
+def _class_count(values: dict) -> ClassCount:
+    """A ClassCount from run.json, with a plug-in check's tally (<check>_rejected) kept as an attribute."""
+    count = ClassCount(**{k: v for k, v in values.items() if k in ClassCount.__dataclass_fields__})
+    count.__dict__.update({k: v for k, v in values.items() if k not in ClassCount.__dataclass_fields__})
+    return count
+
+
 def completed_summary(out: Path, requested: dict | None = None) -> RunSummary:
     """The summary of a run that already finished, after checking it is the run asked for (`requested` key)."""
     try:
         run = json.loads((out / RUN_FILE).read_text())
-        counts = {label: ClassCount(**values) for label, values in run["classes"].items()}
+        counts = {label: _class_count(values) for label, values in run["classes"].items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MedisynError(f"{out / RUN_FILE}: cannot read the finished run's record ({exc})") from exc
     if requested is not None:

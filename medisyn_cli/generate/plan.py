@@ -14,7 +14,7 @@ from medisyn_cli.dataset.manifest import Manifest
 
 @dataclass(frozen=True)
 class Job:
-    """One planned image: stable id, class, prompt variant and its own seed."""
+    """One planned image: stable id, class, prompt variant and its own seeds (one per attempt)."""
 
     id: str
     label: str
@@ -23,7 +23,16 @@ class Job:
     prompt: str
     negative_prompt: str
     mode: str
-    seed: int
+    run_seed: int
+
+    @property
+    def seed(self) -> int:
+        """The seed of the first image made for this job."""
+        return self.attempt_seed(0)
+
+    def attempt_seed(self, attempt: int) -> int:
+        """The seed of the attempt-th image made for this job (attempt > 0: after a rejection or a bad image)."""
+        return image_seed(self.run_seed, self.label, self.index, attempt)
 
 
 def quotas(weights: dict[str, float], n: int) -> dict[str, int]:
@@ -87,5 +96,5 @@ def iter_jobs(manifest: Manifest, counts: dict[str, int], seed: int) -> Iterator
                 prompt=row.prompt,
                 negative_prompt=row.negative_prompt,
                 mode=row.mode,
-                seed=image_seed(seed, label, index),
+                run_seed=seed,
             )

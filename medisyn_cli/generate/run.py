@@ -30,11 +30,7 @@ from medisyn_cli.generate.validate import (
     torch_threads,
 )
 from medisyn_cli.generate.worker import BatchWorker, Lane, Locked, stop_on_signals
-from medisyn_cli.judge.screening import (
-    judge_record,
-    open_judge,
-    with_judge,
-)
+from medisyn_cli.judge.screening import judge_record, open_judge, run_checks
 from medisyn_cli.pipeline.load import load_pipeline, resolve_device, resolve_dtype
 from medisyn_cli.pipeline.lora import apply_adapters, check_adapters, row_model
 from medisyn_cli.pipeline.speed import apply_speed_options, choose_batch_size
@@ -162,7 +158,7 @@ def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> Ru
                 inputs.quotas,
                 config,
                 settings,
-                with_judge(screener, judge, config),
+                run_checks(screener, judge, config),
                 work,
                 inputs.shard,
                 show_progress,

@@ -52,6 +52,7 @@ def run_key(config: GenerateConfig, manifest: Manifest, screener, sampling: dict
         "threshold": screener.threshold if screened else None,
         "max_attempts": config.max_attempts if screened or config.judge else None,
         **judge_key(config),
+        **({"checks": list(config.checks)} if config.checks else {}),  # plug-in checks; only when given
         **{name: getattr(config, name) for name in NUMERIC_OPTIONS},
         # sliced attention rounds differently; only when on, so that older keys still match. --offload moves
         # weights between memories (the same kernels run on the same device) and is not compared

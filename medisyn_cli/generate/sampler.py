@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.generate.plan import Job, image_seed
+from medisyn_cli.generate.plan import Job
+from medisyn_cli.screening.checks import Checks, Verdict
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Generated:
     image: object
     seed: int
     attempt: int
-    screen: object | None = None  # ScreenResult when the run screens against a training index
+    screen: Verdict | None = None  # the run's checks' verdict (screening.checks), None when it has none
 
     def png(self) -> bytes:
         """The image as PNG bytes (single channel for mode L)."""
@@ -148,7 +149,6 @@ def to_image(array, mode: str):
 def generate_batch(
     render: Callable,
     jobs: list[Job],
-    run_seed: int,
     max_regenerate: int = 5,
     attempts: dict[str, int] | None = None,
 ) -> list[Generated]:
@@ -161,7 +161,7 @@ def generate_batch(
     done: dict[str, Generated] = {}
     pending = list(jobs)
     while pending:
-        seeds = [image_seed(run_seed, job.label, job.index, attempts.get(job.id, 0)) for job in pending]
+        seeds = [job.attempt_seed(attempts.get(job.id, 0)) for job in pending]
         arrays = render([j.prompt for j in pending], [j.negative_prompt for j in pending], seeds)
         retry = []
         for job, seed, array in zip(pending, seeds, arrays):
@@ -182,7 +182,7 @@ def generate_batch(
 
 @dataclass
 class Screened:
-    """A batch after screening: images kept, near-copies rejected, classes ended for memorising."""
+    """A batch after its checks: images kept, images rejected, classes ended (rejected too often in a row)."""
 
     kept: list[Generated] = field(default_factory=list)
     rejected: list[Generated] = field(default_factory=list)
@@ -192,19 +192,18 @@ class Screened:
 def generate_screened(
     render: Callable,
     jobs: list[Job],
-    run_seed: int,
-    screener=None,
+    checks: Checks | None = None,
     max_attempts: int = 10,
     max_regenerate: int = 5,
     first: list[Generated] | None = None,
     ended: dict[str, str] | None = None,
 ) -> Screened:
-    """Generate a batch and replace near-copies of training images with new images from new recorded seeds.
+    """Generate a batch, run the checks on it and replace rejected images with new images from new recorded seeds.
 
     `first`: the batch's first images when they were already made (the model makes the next batch while this one
-    is screened). An image that is still a near-copy after `max_attempts` attempts ends its class (the model
-    memorises it): the class is named in `ended` and its remaining jobs are dropped, as are jobs of classes in the
-    `ended` given (ended by an earlier batch).
+    is checked). An image still rejected after `max_attempts` attempts ends its class (e.g. the model memorises
+    it): the class is named in `ended` with the checks' reason and its remaining jobs are dropped, as are jobs of
+    classes in the `ended` given (ended by an earlier batch).
     """
     result, closed = Screened(), set(ended or {})
     stopped = lambda label: label in closed or label in result.ended  # noqa: E731
@@ -213,39 +212,26 @@ def generate_screened(
     pending = [job for job in jobs if not stopped(job.label)]
     while pending:
         if items is None:
-            items = generate_batch(render, pending, run_seed, max_regenerate, attempts)
-        checks = _checks(screener, items)
+            items = generate_batch(render, pending, max_regenerate, attempts)
+        verdicts = (
+            checks.check([item.image for item in items], [item.job.label for item in items])
+            if checks is not None
+            else [None] * len(items)
+        )
         retry = []
-        for item, check in zip(items, checks):
-            item.screen = check
-            if check is None or not check.near_copy:
+        for item, verdict in zip(items, verdicts):
+            item.screen = verdict
+            if verdict is None or not verdict.rejected:
                 result.kept.append(item)
                 continue
             result.rejected.append(item)
             attempts[item.job.id] = item.attempt + 1
             rejections[item.job.id] += 1
             if rejections[item.job.id] >= max_attempts:
-                result.ended.setdefault(item.job.label, _ended_reason(item, max_attempts))
+                reason = checks.ended_reason(verdict, item.job.id, item.job.label, max_attempts)
+                result.ended.setdefault(item.job.label, reason)
             retry.append(item.job)
         pending, items = [job for job in retry if not stopped(job.label)], None
     order = {job.id: i for i, job in enumerate(jobs)}
     result.kept.sort(key=lambda item: order[item.job.id])
     return result
-
-
-def _checks(screener, items: list[Generated]) -> list:
-    """Per item: its screening result (a judge's LabelCheck also reads each item's label), or None unscreened."""
-    if screener is None:
-        return [None] * len(items)
-    if getattr(screener, "judges_labels", False):
-        return screener.check_items(items)
-    return screener.check([item.image for item in items])
-
-
-def _ended_reason(item: Generated, max_attempts: int) -> str:
-    if hasattr(item.screen, "ended_reason"):  # a judged run: the last rejection's reason (near-copy or label)
-        return item.screen.ended_reason(item.job.id, item.job.label, max_attempts)
-    return (
-        f"{max_attempts} images in a row for {item.job.id} were near-copies of training images (last: "
-        f"{item.screen.nn_key}, similarity {item.screen.nn_similarity:.3f}); the model memorises this class"
-    )

@@ -13,7 +13,7 @@ from medisyn_cli.dataset.marks import mark_png
 from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.plan import Job
 from medisyn_cli.generate.sampler import generate_batch, generate_screened
-from medisyn_cli.judge.screening import rejected_log
+from medisyn_cli.screening.checks import Checks, RejectedLog
 
 
 @contextmanager
@@ -95,14 +95,14 @@ class Lane:
 
 
 class BatchWorker:
-    """One batch's life: the model's first attempt, screened replacements of near-copies and off-label images,
-    the rows written under OUT/_work by every format's writer, then the done marker (last)."""
+    """One batch's life: the model's first attempt, the run's checks (near-copy, label, plug-ins) with replacements
+    of rejected images, the rows written under OUT/_work by every format's writer, then the done marker (last)."""
 
-    def __init__(self, render, config: GenerateConfig, screener, constant: dict, work: WorkDir):
-        self.render, self.config, self.screener, self.constant, self.work = (
+    def __init__(self, render, config: GenerateConfig, checks: Checks | None, constant: dict, work: WorkDir):
+        self.render, self.config, self.checks, self.constant, self.work = (
             render,
             config,
-            screener,
+            checks,
             constant,
             work,
         )
@@ -114,17 +114,16 @@ class BatchWorker:
 
     def first_attempt(self, jobs: list[Job]) -> list:
         """The model's images for `jobs` (bad images regenerated), before screening: on the main thread."""
-        return generate_batch(self.render, jobs, self.config.seed, self.config.max_regenerate) if jobs else []
+        return generate_batch(self.render, jobs, self.config.max_regenerate) if jobs else []
 
     def finish(self, number: int, jobs: list[Job], first: list, ended: dict) -> dict:
-        """Screen the batch (replacing rejected images), write it under OUT/_work, then mark it done (last)."""
+        """Check the batch (replacing rejected images), write it under OUT/_work, then mark it done (last)."""
         clock = time.time()
         result = (
             generate_screened(
                 self.render,
                 jobs,
-                self.config.seed,
-                self.screener,
+                self.checks,
                 self.config.max_attempts,
                 self.config.max_regenerate,
                 first=first,
@@ -135,8 +134,8 @@ class BatchWorker:
         )
         name = batch_name(number)
         rejected = (
-            rejected_log(self.work.root / "rejected" / f"{name}.parquet", self.screener)
-            if self.screener
+            RejectedLog(self.work.root / "rejected" / f"{name}.parquet", self.checks.columns())
+            if self.checks
             else None
         )
         counts: dict[str, dict] = {}
@@ -147,11 +146,13 @@ class BatchWorker:
             tally["written"] += 1
             tally["regenerated"] += int(item.attempt > 0)
         for item in result.rejected if result else []:
-            kind = "label_rejected" if getattr(item.screen, "reason", None) == "label" else "rejected"
+            kind = self.checks.counter(
+                item.screen
+            )  # rejected (near-copies), label_rejected, <check>_rejected
             tally = counts.setdefault(item.job.label, {"written": 0, "regenerated": 0, "rejected": 0})
             tally[kind] = tally.get(kind, 0) + 1
         if rejected is not None:
-            rejected.write(result.rejected if result else [])
+            rejected.write(result.rejected if result else [], self.checks)
             rejected.close()
         for fmt in self.config.formats:
             get_format(fmt).write_batch(self.work.root, name, items, self.run)
@@ -168,7 +169,7 @@ class BatchWorker:
 
 def provenance_row(item, constant: dict) -> dict:
     """The metadata stored with each image."""
-    job, screen = item.job, item.screen
+    job, details = item.job, item.screen.details if item.screen else {}
     return {
         "id": job.id,
         "label": job.label,
@@ -179,8 +180,8 @@ def provenance_row(item, constant: dict) -> dict:
         "attempt": item.attempt,
         "mode": job.mode,
         **constant,
-        "nn_id": screen.nn_id if screen else None,
-        "nn_similarity": screen.nn_similarity if screen else None,
-        "label_score": getattr(screen, "label_score", None),
-        "judged_label": getattr(screen, "judged_label", None),
+        "nn_id": details.get("nn_id"),
+        "nn_similarity": details.get("nn_similarity"),
+        "label_score": details.get("label_score"),
+        "judged_label": details.get("judged_label"),
     }

@@ -1,84 +1,83 @@
 """The label check inside `generate --judge`: keep an image only when the judge recognises its class.
 
-`with_judge(screener, judge, min_score)` wraps the run's privacy screener (or None) and the judge into one
-`LabelCheck`, which `generate.generate_screened` uses like a screener: an image that is a near-copy of a training
-image (reason `near_copy`) or whose own-label score is below `min_score` (reason `label`) is rejected and
-replaced from a new recorded seed, and `--max-attempts` rejections in a row end its class with a message that
-says which. Rejections go to rejected.parquet with the reason (`JudgedRejectedLog`).
+`LabelCheck` is the image check `label` (screening.checks): an image whose own-label score is below
+`--min-label-score` is rejected ("off-label") and replaced from a new recorded seed; rejections go to
+rejected.parquet with reason `label`, the score, the judged label and the image (it passed the privacy screen:
+`medisyn report` measures diversity before the label filter with it). `run_checks` gives the checks of a run:
+near_copy (--index), label (--judge), then each --check, in that order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.judge.model import Judge, load_judge, read_meta
-from medisyn_cli.screening.screener import MATCH_FIELDS, RejectedLog
+from medisyn_cli.screening.checks import (
+    Checks,
+    NearCopyCheck,
+    Verdict,
+    get_check,
+    parse_check_list,
+)
 
 DEFAULT_MIN_SCORE = 0.5
-NEAR_COPY, LABEL = "near_copy", "label"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One image's verdict: rejected (`near_copy`, the name generate_screened reads) for a reason, or kept."""
-
-    near_copy: bool  # rejected, for either reason
-    reason: str | None  # NEAR_COPY, LABEL or None (kept)
-    label_score: float
-    judged_label: str
-    privacy: object | None = None  # the ScreenResult when the run also screens against an index
-
-    def __getattr__(self, name: str):
-        """The privacy result's MATCH_FIELDS (nn_id, nn_key, nn_similarity...), else None."""
-        if name in MATCH_FIELDS:
-            return getattr(self.privacy, name) if self.privacy is not None else None
-        raise AttributeError(name)
-
-    def ended_reason(self, image_id: str, label: str, max_attempts: int) -> str:
-        """Why a class ended after `max_attempts` rejections in a row of one image."""
-        if self.reason == NEAR_COPY:
-            return (
-                f"{max_attempts} images in a row for {image_id} were rejected, the last a near-copy of a training "
-                f"image ({self.nn_key}, similarity {self.nn_similarity:.3f}); the model memorises this class"
-            )
-        return (
-            f"{max_attempts} images in a row for {image_id} were rejected, the last because the judge did not "
-            f"recognise '{label}' (score {self.label_score:.2f}, judged '{self.judged_label}'); the model does "
-            f"not draw this class recognisably: check its prompts, or lower --min-label-score"
-        )
+NEAR_COPY, LABEL = NearCopyCheck.name, "label"
 
 
 class LabelCheck:
-    """The privacy screener (optional) and the judge, as one screener over generated items."""
+    """The judge as an image check: rejects an image whose own-label probability is below `min_score`."""
 
-    judges_labels = True
+    name = LABEL
+    counter = "label_rejected"
+    columns = {"label_score": "float32", "judged_label": "string"}
+    keeps_image = True  # off-label images passed the privacy screen (report measures diversity with them)
 
-    def __init__(self, screener, judge: Judge, min_score: float):
-        self.screener, self.judge, self.min_score = screener, judge, min_score
+    def __init__(self, judge: Judge, min_score: float):
+        self.judge, self.min_score = judge, min_score
 
-    def check_items(self, items: list) -> list[Check]:
-        """A Check per generated item (its image and its job's label), in order."""
-        images = [item.image for item in items]
-        privacy = self.screener.check(images) if self.screener is not None else [None] * len(items)
-        scores, judged = self.judge.label_scores(images, [item.job.label for item in items])
-        checks = []
-        for result, score, label in zip(privacy, scores, judged):
-            reason = (
-                NEAR_COPY
-                if result is not None and result.near_copy
-                else LABEL
-                if score < self.min_score
-                else None
-            )
-            checks.append(Check(reason is not None, reason, round(float(score), 6), label, result))
-        return checks
+    def check(self, images: list, labels: list[str]) -> list[Verdict]:
+        """A Verdict per image; details: its own-label score and the label the judge gives it."""
+        scores, judged = self.judge.label_scores(images, list(labels))
+        verdicts = []
+        for score, label, wanted in zip(scores, judged, labels):
+            score = round(float(score), 6)
+            off = score < self.min_score
+            reason = f"off-label: the judge scores '{wanted}' {score:.2f} (judged '{label}')" if off else ""
+            verdicts.append(Verdict(off, reason, {"label_score": score, "judged_label": label}))
+        return verdicts
+
+    def ended_reason(self, verdict: Verdict, image_id: str, label: str, max_attempts: int) -> str:
+        """The model does not draw the class recognisably."""
+        return (
+            f"{max_attempts} images in a row for {image_id} were rejected, the last because the judge did not "
+            f"recognise '{label}' (score {verdict.details['label_score']:.2f}, judged "
+            f"'{verdict.details['judged_label']}'); the model does not draw this class recognisably: check its "
+            f"prompts, or lower --min-label-score"
+        )
 
 
-def with_judge(screener, judge: Judge | None, config):
-    """The screener generate uses: the privacy screener alone, or a LabelCheck when the run has a judge."""
-    return screener if judge is None else LabelCheck(screener, judge, min_score(config))
+def label_check(config) -> LabelCheck:
+    """The label check of a run's --judge and --min-label-score."""
+    if getattr(config, "judge", None) is None:
+        raise MedisynError("--check label: needs --judge (a judge folder from medisyn judge build)")
+    return LabelCheck(load_judge(config.judge), min_score(config))
+
+
+def run_checks(screener, judge: Judge | None, config) -> Checks | None:
+    """The run's checks, in order: near_copy (the screener of --index), label (--judge), then each --check;
+    None when it has none."""
+    checks = [NearCopyCheck(screener)] if screener is not None else []
+    checks += [LabelCheck(judge, min_score(config))] if judge is not None else []
+    for name in extra_checks(config):
+        if name not in (check.name for check in checks):
+            checks.append(get_check(name)(config))
+    return Checks(checks) if checks else None
+
+
+def extra_checks(config) -> tuple[str, ...]:
+    """The names of --check (registered ones; MedisynError naming an unknown one)."""
+    return parse_check_list(getattr(config, "checks", ()))
 
 
 def min_score(config) -> float:
@@ -88,6 +87,7 @@ def min_score(config) -> float:
 
 def open_judge(config, manifest) -> Judge | None:
     """The judge of --judge, checked before any model loads: readable, knows every class of the manifest."""
+    extra_checks(config)  # an unknown --check fails here too, before any model loads
     score = config.min_label_score
     if config.judge is None:
         if score is not None:
@@ -161,37 +161,3 @@ def judge_totals(section: dict, counts: dict) -> dict:
         }
     )
     return section
-
-
-# --- rejected.parquet with reasons ---------------------------------------------------------------------
-
-
-class JudgedRejectedLog(RejectedLog):
-    """rejected.parquet of a judged run: the near-copy columns (empty for label rejections without an index) plus
-    `reason` (near_copy | label), `label_score`, `judged_label` and, for label rejections only, the `image` (PNG
-    bytes: they passed the privacy screen; `medisyn report` measures diversity before the label filter with
-    them). A near-copy's pixels are never stored."""
-
-    SCHEMA = {
-        **RejectedLog.SCHEMA,
-        "reason": "string",
-        "label_score": "float32",
-        "judged_label": "string",
-        "image": "binary",
-    }
-
-    def row(self, item) -> dict:
-        """One rejected `Generated` item (its Check in `.screen`): the near-copy columns, reason and score."""
-        check = item.screen
-        return {
-            **super().row(item),
-            "reason": check.reason,
-            "label_score": check.label_score,
-            "judged_label": check.judged_label,
-            "image": item.png() if check.reason == LABEL else None,
-        }
-
-
-def rejected_log(path: Path, screener) -> RejectedLog:
-    """The batch's rejected log: with reasons when the run has a judge."""
-    return JudgedRejectedLog(path) if isinstance(screener, LabelCheck) else RejectedLog(path)

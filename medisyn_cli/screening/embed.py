@@ -11,6 +11,12 @@ reported on one scale everywhere: higher is more similar, 1.0 is identical (for 
                        file as clip:<arch>/<file>, an hf-hub: id, or <arch>/<pretrained tag>
     hf:<model>         transformers vision encoder (DINOv2, SigLIP, CLIP, ViT, ...) from a folder or hub id;
                        hf:<model>#cls or #mean picks the pooling (default: pooled output, else CLS)
+    learned            the copy descriptor `index build` trains on an index's own images (screening/learned.py)
+
+The registry (end of this module) is the one picker of every --embedder value: `register_embedder(name,
+factory, help=..., prefix=False)`, `get_embedder(spec)`, `embedder_names()`, `embedders_help()`; other packages
+add theirs through the `medisyn.embedders` entry point group (core.plugins). `Embedder.features(images)` gives
+the raw features the judge and `evaluate fidelity` use (an encoder's output before normalisation).
 
 Query-time views (`Embedder.default_views`, `View`): a copy made by a memorising model may be flipped,
 turned, shifted, cropped or inverted. The screener embeds each query under several views and keeps the best
@@ -33,6 +39,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -42,6 +49,7 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.images import HIGH_DEPTH, to_8bit, to_grey
+from medisyn_cli.core.plugins import load_plugins
 
 PIXEL_THRESHOLD = 0.97
 GEOMETRIC_PENALTY = 0.015
@@ -239,6 +247,7 @@ class Embedder:
     default_threshold: float = 0.9
     calibrated_default: bool = True  # default_threshold measured on patient-split real data (False: a guess)
     has_parts: bool = False  # vectors are images, so partial_similarity can compare their parts (pixel)
+    features_normalised: bool = True  # `features` are embed's unit vectors (False: an encoder's raw output)
 
     def settings(self) -> dict:
         """Everything that changes the vectors; stored in index.json and compared when an index is loaded."""
@@ -249,6 +258,14 @@ class Embedder:
         if not images:
             return np.zeros((0, self.code_size), dtype=np.uint8 if self.binary else np.float32)
         return self._embed(images)
+
+    def features(self, images: list) -> np.ndarray:
+        """(N, dim) float32 features for statistics (FID, a judge's classifier): a neural encoder's raw output,
+        before screening's L2 normalisation (`features_normalised` False), else `embed`'s vectors; MedisynError
+        for binary hash codes, which have no mean or covariance."""
+        if self.binary:
+            raise MedisynError(f"{self.name}: binary hash codes are not features (no mean or covariance)")
+        return np.asarray(self.embed(images), dtype=np.float32)
 
     def embed_views(self, images: list, views: tuple[View, ...] | list[View]) -> np.ndarray:
         """(N, V, ...) embeddings of every image under every view (views in the order given)."""
@@ -628,17 +645,24 @@ class PHashEmbedder(Embedder):
 
 
 class TorchEmbedder(Embedder):
-    """Shared parts of the neural embedders: device choice, batching through `_forward`, normalisation."""
+    """Shared parts of the neural embedders: device choice, raw features through `_forward`, normalisation."""
 
     default_threshold = MODEL_THRESHOLD
     calibrated_default = False
+    features_normalised = False
 
-    def _embed(self, images: list) -> np.ndarray:
+    def features(self, images: list) -> np.ndarray:
+        """(N, dim) float32 raw encoder outputs (as torch-fidelity's CLIP / DINOv2 features), not normalised."""
         import torch
 
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
         with torch.inference_mode():
             features = self._forward([to_8bit(image).convert("RGB") for image in images])
-        return l2_normalise(features.float().cpu().numpy())
+        return features.float().cpu().numpy()
+
+    def _embed(self, images: list) -> np.ndarray:
+        return l2_normalise(self.features(images))
 
     def _forward(self, images: list):
         raise NotImplementedError
@@ -782,6 +806,114 @@ def _probe_image():
 # --- registry -------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EmbedderEntry:
+    """One --embedder value: its factory (or "module:attr", imported on first use) and its help line."""
+
+    name: str  # "pixel"; a prefix entry's word before the colon ("clip" for clip:<model>)
+    factory: Callable[..., Embedder] | str  # prefix entries are called with the text after the colon
+    help: str
+    prefix: bool = False
+    metavar: str = "<model>"  # what follows the colon, in help and error texts
+
+    @property
+    def spec(self) -> str:
+        """How the value is written: pixel, clip:<model>."""
+        return f"{self.name}:{self.metavar}" if self.prefix else self.name
+
+    def make(self, argument: str | None = None) -> Embedder:
+        """A new embedder (a prefix entry's `argument`: the text after the colon)."""
+        factory = self.factory
+        if isinstance(factory, str):
+            from importlib import import_module
+
+            module, _, attribute = factory.partition(":")
+            factory = getattr(import_module(module), attribute)
+        return factory(argument) if self.prefix else factory()
+
+
+_EMBEDDERS: dict[str, EmbedderEntry] = {}  # by spec, in registration order
+PLUGINS = "medisyn.embedders"  # the entry point group of other packages' embedders (core.plugins)
+
+
+def register_embedder(
+    name: str,
+    factory: Callable[..., Embedder] | str,
+    *,
+    help: str,
+    prefix: bool = False,
+    metavar: str = "<model>",
+    replace: bool = False,
+) -> None:
+    """Make `factory` the --embedder value `name` (`prefix`: `name:<anything>`, the rest passed to the factory);
+    ValueError if the name is taken or not a plain word."""
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"embedder name {name!r}: must be a non-empty word (letters, digits, - _ .)")
+    entry = EmbedderEntry(name, factory, " ".join(help.split()), prefix, metavar)
+    if entry.spec in _EMBEDDERS and not replace:
+        raise ValueError(f"embedder '{entry.spec}' is already registered")
+    _EMBEDDERS[entry.spec] = entry
+
+
+def unregister_embedder(spec: str) -> None:
+    """Remove a registered embedder, by its spec ('toy', 'clip:<model>') (plug-ins and tests)."""
+    _EMBEDDERS.pop(spec, None)
+
+
+def _entries() -> dict[str, EmbedderEntry]:
+    load_plugins(PLUGINS, _register_plugin)
+    return _EMBEDDERS
+
+
+def _register_plugin(name: str, factory) -> None:
+    """An entry point's factory: its `help` attribute (else its docstring's first line), `prefix`, `metavar`."""
+    doc = (getattr(factory, "__doc__", None) or "").strip().splitlines()
+    register_embedder(
+        name,
+        factory,
+        help=getattr(factory, "help", None) or (doc[0] if doc else f"plug-in {name}"),
+        prefix=bool(getattr(factory, "prefix", False)),
+        metavar=getattr(factory, "metavar", "<model>"),
+    )
+
+
+def embedder_names() -> tuple[str, ...]:
+    """Every --embedder value as written (pixel, phash, clip:<model>, ...), plug-ins included."""
+    return tuple(_entries())
+
+
+def embedders_help() -> str:
+    """One line per --embedder value, for --help."""
+    return "\n".join(f"{entry.spec}: {entry.help}" for entry in _entries().values())
+
+
+def find_embedder(spec: str) -> tuple[EmbedderEntry, str | None] | None:
+    """(entry, argument) that `spec` names (argument: a prefix entry's text after the colon), or None; plug-ins are
+    loaded only for a name medisyn's own embedders do not hold."""
+    spec = (spec or "").strip()
+    return _match(_EMBEDDERS, spec) or _match(_entries(), spec)
+
+
+def _match(entries: dict[str, EmbedderEntry], spec: str) -> tuple[EmbedderEntry, str | None] | None:
+    entry = entries.get(spec)
+    if entry is not None and not entry.prefix:
+        return entry, None
+    word, colon, argument = spec.partition(":")
+    prefixed = [e for e in entries.values() if e.prefix and e.name == word]
+    return (prefixed[0], argument) if prefixed and colon and argument else None
+
+
+def get_embedder(spec: str) -> Embedder:
+    """A new embedder named by `spec` (pixel, phash, clip:<model>, ...); MedisynError listing the valid values."""
+    found = find_embedder(spec)
+    if found is None:
+        raise MedisynError(
+            f"unknown embedder '{(spec or '').strip()}' (valid: {', '.join(embedder_names())})"
+        )
+    entry, argument = found
+    return entry.make(argument)
+
+
 def _learned_needs_an_index() -> Embedder:
     raise MedisynError(
         "the learned embedder is trained on an index's own images: build one with `medisyn index "
@@ -789,17 +921,29 @@ def _learned_needs_an_index() -> Embedder:
     )
 
 
-EMBEDDERS = {"pixel": PixelEmbedder, "phash": PHashEmbedder, "learned": _learned_needs_an_index}
-FAMILIES = {"clip:": ClipEmbedder, "hf:": HFEmbedder}  # screening/learned.py adds "learned:" (<index folder>)
-SPECS = ("pixel", "phash", "clip:<model>", "hf:<model>", "learned", "learned:<index folder>")
-
-
-def get_embedder(spec: str) -> Embedder:
-    """The embedder named by `spec`: pixel, phash, clip:<model> or hf:<model> (see the module docstring)."""
-    spec = (spec or "").strip()
-    if spec in EMBEDDERS:
-        return EMBEDDERS[spec]()
-    for prefix, family in FAMILIES.items():
-        if spec.startswith(prefix) and len(spec) > len(prefix):
-            return family(spec[len(prefix) :])
-    raise MedisynError(f"unknown embedder '{spec}' (valid: {', '.join(SPECS)})")
+register_embedder("pixel", PixelEmbedder, help="default, no weights: band-passed grey thumbnails (cosine)")
+register_embedder("phash", PHashEmbedder, help="perceptual hash, 256 bits (Hamming): near-exact copies only")
+register_embedder(
+    "clip",
+    ClipEmbedder,
+    help="open_clip image tower (a folder, hf-hub:<org/repo> or <arch>/<tag>)",
+    prefix=True,
+)
+register_embedder(
+    "hf",
+    HFEmbedder,
+    help="transformers vision encoder (a folder or hub id; #cls or #mean pooling)",
+    prefix=True,
+)
+register_embedder(
+    "learned",
+    _learned_needs_an_index,
+    help="a copy descriptor trained by `index build` on the index's own images, saved in the index",
+)
+register_embedder(
+    "learned",
+    "medisyn_cli.screening.learned:load_embedder",  # imported on first use (torch)
+    help="the learned descriptor saved in an index folder (e.g. for evaluate privacy)",
+    prefix=True,
+    metavar="<index folder>",
+)

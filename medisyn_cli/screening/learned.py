@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.screening.embed import DIHEDRAL, FAMILIES, Embedder, View, to_grey
+from medisyn_cli.screening.embed import DIHEDRAL, Embedder, View, to_grey
 
 WEIGHTS_FILE, CONFIG_FILE = "learned.safetensors", "learned.json"
 FORMAT = 1
@@ -612,6 +612,3 @@ def load_embedder(folder: str | Path) -> LearnedEmbedder:
             f"({meta['weights_sha256'][:12]}...); {how}"
         )
     return LearnedEmbedder(network.eval(), config, meta.get("training"), digest)
-
-
-FAMILIES["learned:"] = load_embedder  # get_embedder("learned:<index folder>"), e.g. for `evaluate privacy`

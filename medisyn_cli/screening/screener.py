@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -58,7 +57,7 @@ class ScreenResult:
     inliers: int | None = None
 
 
-# the ScreenResult fields other records carry (rejected.parquet, the label judge's checks)
+# the ScreenResult fields other records carry (rejected.parquet: screening.checks.NearCopyCheck)
 MATCH_FIELDS = (
     "nn_id",
     "nn_key",
@@ -348,65 +347,6 @@ def _unique_top(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
             if len(seen) == k:
                 break
     return np.array(seen, dtype=np.int64)
-
-
-class RejectedLog:
-    """rejected.parquet: one row per near-copy kept out of a dataset (no image: it resembles a patient's)."""
-
-    SCHEMA = {
-        "id": "string",
-        "label": "string",
-        "prompt": "string",
-        "seed": "int64",
-        "attempt": "int32",
-        "nn_id": "int64",
-        "nn_key": "string",
-        "nn_label": "string",
-        "nn_similarity": "float32",
-        "view": "string",
-        "region": "string",
-        "partial_similarity": "float32",
-        "inliers": "int32",
-    }
-
-    def __init__(self, path):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.schema = pa.schema([pa.field(k, getattr(pa, v)()) for k, v in self.SCHEMA.items()])
-        self.handle = pq.ParquetWriter(self.tmp, self.schema)
-        self.rows = 0
-
-    def row(self, item) -> dict:
-        """One rejected `Generated` item (its ScreenResult in `.screen`) as a row of SCHEMA."""
-        screen = item.screen
-        return {
-            "id": item.job.id,
-            "label": item.job.label,
-            "prompt": item.job.prompt,
-            "seed": item.seed,
-            "attempt": item.attempt,
-            **{name: getattr(screen, name) for name in MATCH_FIELDS},
-        }
-
-    def write(self, items: list) -> None:
-        """Log rejected `Generated` items."""
-        import pyarrow as pa
-
-        if not items:
-            return
-        rows = [self.row(item) for item in items]
-        self.handle.write_table(
-            pa.Table.from_pylist([{k: r.get(k) for k in self.SCHEMA} for r in rows], schema=self.schema)
-        )
-        self.rows += len(rows)
-
-    def close(self) -> dict:
-        self.handle.close()
-        self.tmp.replace(self.path)
-        return {"file": self.path.name, "rows": self.rows}
 
 
 # --- self-calibrated threshold ---------------------------------------------------------------------------
