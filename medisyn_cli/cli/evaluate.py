@@ -10,10 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, comma_list, option, progress_option
+from medisyn_cli.cli.options import (
+    VocabularyGroup,
+    argument,
+    comma_list,
+    json_option,
+    option,
+    progress_option,
+)
+from medisyn_cli.cli.tables import Column, Tables, column, number, percent
 from medisyn_cli.core.progress import results
 from medisyn_cli.core.results import default_out
 from medisyn_cli.evaluate.fidelity import NOT_COMPARABLE, FidelityConfig, run_fidelity
@@ -23,6 +30,7 @@ from medisyn_cli.evaluate.report import write_report
 from medisyn_cli.evaluate.utility import UtilityConfig, parse_fractions, run_utility
 
 evaluate_app = typer.Typer(
+    cls=VocabularyGroup,
     no_args_is_help=True,
     help="Evaluate a synthetic dataset: downstream utility, privacy (memorisation) and fidelity / diversity.",
 )
@@ -63,8 +71,11 @@ def utility(
     device: str = option(UtilityConfig, "device", "--device"),
     out: Path | None = option(UtilityConfig, "out", "--out", "-o"),
     progress: bool = progress_option(run_utility),
+    json_path: str | None = json_option(),
 ) -> None:
     """Train a classifier on real, synthetic and real + synthetic images; macro AUROC on real test images.
+
+    Writes OUT/utility.json (every number), utility.csv and utility.png; --json adds the summary table.
 
     Example: medisyn evaluate utility --real-train real/train --real-test real/test --synthetic derm-synth --seeds 3
     """
@@ -88,34 +99,37 @@ def utility(
             bootstrap=bootstrap,
         )
         result = run_utility(config, show_progress=progress)
-    table = Table(
-        title=f"utility: macro AUROC on {result['images']['test']} real test images "
-        f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)",
-        caption=f"budget: {result['budget']['text']}",
-    )
-    for name in ("condition", "frac", "real", "synth", "steps", "AUROC ± std", "95% CI"):
-        table.add_column(name, no_wrap=True)
-    for row in result["rows"]:
-        low, high = row["auroc_ci95"]
-        table.add_row(
-            row["condition"],
-            "-" if row["real_fraction"] is None else f"{row['real_fraction']:g}",
-            str(row["real_images"]),
-            str(row["synthetic_images"]),
-            str(row["steps"]),
-            f"{_fmt(row['auroc_mean'])} ± {_fmt(row['auroc_std'])}",
-            f"{_fmt(low)}-{_fmt(high)}",
+    with Tables("evaluate utility", json_path) as tables:
+        tables.show(
+            "utility",
+            f"utility: macro AUROC on {result['images']['test']} real test images "
+            f"({result['classifier']['arch']}, {result['seeds']} seeds, {result['seconds']:.0f} s)",
+            [
+                column("condition"),
+                column("frac", "real_fraction", lambda v: "-" if v is None else f"{v:g}"),
+                column("real", "real_images"),
+                column("synth", "synthetic_images"),
+                column("steps"),
+                Column(
+                    "AUROC ± std",
+                    ("auroc_mean", "auroc_std"),
+                    lambda r: f"{_fmt(r['auroc_mean'])} ± {_fmt(r['auroc_std'])}",
+                ),
+                Column("95% CI", ("auroc_ci95",), lambda r: "-".join(_fmt(v) for v in r["auroc_ci95"])),
+            ],
+            result["rows"],
+            caption=f"budget: {result['budget']['text']}",
+            no_wrap=True,
         )
-    results.print(table)
-    results.print(
-        f"written: {_out_of(config, result)}/utility.json, utility.csv, utility.png", highlight=False
-    )
+        results.print(
+            f"written: {_out_of(config, result)}/utility.json, utility.csv, utility.png", highlight=False
+        )
 
 
 @evaluate_app.command("privacy")
 def privacy(
-    train: list[Path] = option(PrivacyConfig, "train", "--train"),
-    heldout: list[Path] = option(PrivacyConfig, "heldout", "--heldout"),
+    train: list[Path] = option(PrivacyConfig, "train", "--real-train"),
+    heldout: list[Path] = option(PrivacyConfig, "heldout", "--real-heldout"),
     synthetic: list[Path] = option(PrivacyConfig, "synthetic", "--synthetic"),
     embedder: str = option(PrivacyConfig, "embedder", "--embedder"),
     threshold: float | None = option(PrivacyConfig, "threshold", "--threshold"),
@@ -125,10 +139,13 @@ def privacy(
     out: Path | None = option(PrivacyConfig, "out", "--out", "-o"),
     train_reference: int = option(PrivacyConfig, "train_reference", "--train-reference"),
     progress: bool = progress_option(run_privacy),
+    json_path: str | None = json_option(),
 ) -> None:
     """Are synthetic images closer to training images than unseen real images are? (distance to closest record)
 
-    Example: medisyn evaluate privacy --train data/train --heldout data/heldout --synthetic derm-synth
+    Writes OUT/privacy.json (every number, the verdict), privacy.csv and figures; --json adds the summary table.
+
+    Example: medisyn evaluate privacy --real-train data/train --real-heldout data/heldout --synthetic derm-synth
     """
     with _errors():
         config = PrivacyConfig(
@@ -144,24 +161,34 @@ def privacy(
             train_reference,
         )
         result = run_privacy(config, show_progress=progress)
-    table = Table(
-        title=f"privacy: similarity to the nearest training image ({result['embedder']}, "
-        f"{result['images']['train']} training images)"
+    with Tables("evaluate privacy", json_path) as tables:
+        _print_privacy(tables, config, result)
+
+
+def _print_privacy(tables: Tables, config: PrivacyConfig, result: dict) -> None:
+    tables.values.update(
+        memorises=result["memorises"], verdict=result["verdict"], threshold=result["threshold"]
     )
-    for name in ("set", "images", "p5", "median", "p95", "p99", f"near-copies (>= {result['threshold']:g})"):
-        table.add_column(name)
-    for name in ("heldout", "synthetic"):
-        p = result["percentiles"][name]
-        table.add_row(
-            name,
-            str(result["images"][name]),
-            _fmt(p["p5"]),
-            _fmt(p["p50"]),
-            _fmt(p["p95"]),
-            _fmt(p["p99"]),
-            f"{result['near_copy_rate'][name]:.1%}",
-        )
-    results.print(table)
+    tables.show(
+        "privacy",
+        f"privacy: similarity to the nearest training image ({result['embedder']}, "
+        f"{result['images']['train']} training images)",
+        [column("set"), column("images")]
+        + [
+            column(header, key, number(3))
+            for header, key in (("p5", "p5"), ("median", "p50"), ("p95", "p95"), ("p99", "p99"))
+        ]
+        + [column(f"near-copies (>= {result['threshold']:g})", "near_copy_rate", percent)],
+        [
+            {
+                "set": name,
+                "images": result["images"][name],
+                **{k: result["percentiles"][name][k] for k in ("p5", "p50", "p95", "p99")},
+                "near_copy_rate": result["near_copy_rate"][name],
+            }
+            for name in ("heldout", "synthetic")
+        ],
+    )
     leaks, copies, reference = (
         result["heldout_near_copies"],
         result["synthetic_near_copies"],
@@ -216,8 +243,8 @@ def privacy(
 
 @evaluate_app.command("leakage")
 def leakage(
-    train: list[Path] = option(LeakageConfig, "train", "--train"),
-    test: list[Path] = option(LeakageConfig, "test", "--test"),
+    train: list[Path] = option(LeakageConfig, "train", "--real-train"),
+    test: list[Path] = option(LeakageConfig, "test", "--real-test"),
     embedder: str = option(LeakageConfig, "embedder", "--embedder"),
     threshold: float | None = option(LeakageConfig, "threshold", "--threshold"),
     views: bool = option(LeakageConfig, "views", "--views/--no-views"),
@@ -225,10 +252,13 @@ def leakage(
     batch_size: int = option(LeakageConfig, "batch_size", "--batch-size"),
     out: Path = option(LeakageConfig, "out", "--out", "-o", to_cli=Path),
     progress: bool = progress_option(run_leakage),
+    json_path: str | None = json_option(),
 ) -> None:
     """Test images that are near-copies of training images, per class (a leaky split inflates utility numbers).
 
-    Example: medisyn evaluate leakage --train data/train --test data/test
+    Writes OUT/leakage.json (every number), leakage.csv and leakage_pairs.png; --json adds the summary table.
+
+    Example: medisyn evaluate leakage --real-train data/train --real-test data/test
     """
     with _errors():
         result = run_leakage(
@@ -244,23 +274,31 @@ def leakage(
             ),
             show_progress=progress,
         )
-    table = Table(
-        title=f"leakage: test images near-copies of training images ({result['embedder']}, similarity "
-        f">= {result['threshold']:g})"
+    rows = [{"class": label, **row} for label, row in result["per_class"].items()]
+    rows.append(
+        {
+            "class": "all",
+            "images": result["images"]["test"],
+            "near_copies": result["count"],
+            "share": result["share"],
+        }
     )
-    for name in ("class", "test images", "near-copies", "share"):
-        table.add_column(name)
-    for label, row in list(result["per_class"].items()) + [
-        (
-            "all",
-            {"images": result["images"]["test"], "near_copies": result["count"], "share": result["share"]},
+    with Tables("evaluate leakage", json_path) as tables:
+        tables.show(
+            "leakage",
+            f"leakage: test images near-copies of training images ({result['embedder']}, similarity "
+            f">= {result['threshold']:g})",
+            [
+                column("class", fmt=lambda v: v or "(none)"),
+                column("test images", "images"),
+                column("near-copies", "near_copies"),
+                column("share", fmt=percent),
+            ],
+            rows,
         )
-    ]:
-        table.add_row(label or "(none)", str(row["images"]), str(row["near_copies"]), f"{row['share']:.1%}")
-    results.print(table)
-    if result["warning"]:
-        results.print(f"[yellow]warning: {result['warning']}[/yellow]", highlight=False)
-    results.print(f"written: {out}/leakage.json, leakage.csv, leakage_pairs.png", highlight=False)
+        if result["warning"]:
+            results.print(f"[yellow]warning: {result['warning']}[/yellow]", highlight=False)
+        results.print(f"written: {out}/leakage.json, leakage.csv, leakage_pairs.png", highlight=False)
 
 
 @evaluate_app.command("fidelity")
@@ -278,8 +316,11 @@ def fidelity(
     device: str = option(FidelityConfig, "device", "--device"),
     out: Path | None = option(FidelityConfig, "out", "--out", "-o"),
     progress: bool = progress_option(run_fidelity),
+    json_path: str | None = json_option(),
 ) -> None:
     """FID, KID, precision/recall, density/coverage and within-class diversity of synthetic vs real images.
+
+    Writes OUT/fidelity.json (every number) and fidelity.csv; --json adds the summary table.
 
     Example: medisyn evaluate fidelity --real data/train --synthetic derm-synth --per-class
     """
@@ -299,49 +340,47 @@ def fidelity(
             bootstrap=bootstrap,
         )
         result = run_fidelity(config, show_progress=progress)
-    table = Table(title=f"fidelity, features: {result['features']}", caption=NOT_COMPARABLE)
-    columns = (
-        "real",
-        "synthetic",
-        "FID [95% CI]",
-        "KID",
-        "precision",
-        "recall",
-        "density",
-        "coverage",
-        "diversity real",
-        "diversity synthetic",
-    )
-    table.add_column("scope")
-    for name in columns:
-        table.add_column(name)
-    for scope, row in [("all", result["overall"])] + list(result["per_class"].items()):
-        low, high = row.get("ci95", {}).get("fid", (None, None))
-        fid_text = _fmt(row.get("fid"), 2) + (
-            f" [{_fmt(low, 2)}, {_fmt(high, 2)}]" if low is not None else ""
+    rows = [
+        {"scope": scope, **row, "fid_ci95": row.get("ci95", {}).get("fid", (None, None))}
+        for scope, row in [("all", result["overall"])] + list(result["per_class"].items())
+    ]
+    with Tables("evaluate fidelity", json_path) as tables:
+        tables.show(
+            "fidelity",
+            f"fidelity, features: {result['features']}",
+            [
+                column("scope"),
+                column("real", "real_images"),
+                column("synthetic", "synthetic_images"),
+                Column("FID [95% CI]", ("fid", "fid_ci95"), _fid_text),
+                column("KID", "kid", number(4)),
+                *(column(name, fmt=number(3)) for name in ("precision", "recall", "density", "coverage")),
+                column("diversity real", "real_diversity", number(3)),
+                column("diversity synthetic", "synthetic_diversity", number(3)),
+            ],
+            rows,
+            caption=NOT_COMPARABLE,
         )
-        table.add_row(
-            scope,
-            str(row["real_images"]),
-            str(row["synthetic_images"]),
-            fid_text,
-            _fmt(row.get("kid"), 4),
-            _fmt(row.get("precision")),
-            _fmt(row.get("recall")),
-            _fmt(row.get("density")),
-            _fmt(row.get("coverage")),
-            _fmt(row.get("real_diversity")),
-            _fmt(row.get("synthetic_diversity")),
-        )
-    results.print(table)
-    if result["overall"].get("note"):
-        results.print(f"[yellow]note: {result['overall']['note']}[/yellow]", highlight=False)
-    results.print(f"written: {_out_of(config, result)}/fidelity.json, fidelity.csv", highlight=False)
+        if result["overall"].get("note"):
+            results.print(f"[yellow]note: {result['overall']['note']}[/yellow]", highlight=False)
+        results.print(f"written: {_out_of(config, result)}/fidelity.json, fidelity.csv", highlight=False)
+
+
+def _fid_text(row: dict) -> str:
+    low, high = row["fid_ci95"]
+    return _fmt(row.get("fid"), 2) + (f" [{_fmt(low, 2)}, {_fmt(high, 2)}]" if low is not None else "")
 
 
 def report_command(
-    out: Path = argument(
+    dataset: Path = argument(
         write_report, "out", help="A medisyn generate output folder (run.json, parquet/, imagefolder/)."
+    ),
+    out: Path | None = option(
+        write_report,
+        "report_dir",
+        "--out",
+        "-o",
+        help="Folder for report.html and report.json (default: DATASET itself).",
     ),
     per_class: int = option(write_report, "per_class", "--per-class", help="Sample images shown per class."),
     real: list[Path] = option(
@@ -353,13 +392,13 @@ def report_command(
     ),
     progress: bool = progress_option(write_report),
 ) -> None:
-    """Write OUT/report.html and report.json: samples, counts, rejections, label check, diversity guard,
-    similarities and evaluate metrics (offline).
+    """Write report.html and report.json (into DATASET, or --out): samples, counts, rejections, label check,
+    diversity guard, similarities and evaluate metrics (offline).
 
-    Example: medisyn report derm-synth --real ../shared/data/isic2017_dermoscopy
+    Example: medisyn report derm-synth --real ../shared/data/isic2017_dermoscopy --out derm-report
     """
     with _errors():
-        path, notes = write_report(out, per_class, _strs(real), show_progress=progress)
+        path, notes = write_report(dataset, per_class, _strs(real), show_progress=progress, report_dir=out)
     for note in notes:
         results.print(f"[dim]omitted: {note}[/dim]", highlight=False)
     results.print(f"written: {path}", highlight=False)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from medisyn_cli.cli.common import EXIT_MEMORISES, errors_as_exit_codes
-from medisyn_cli.cli.options import option, progress_option
+from medisyn_cli.cli.options import json_option, option, progress_option
+from medisyn_cli.cli.tables import Tables, column
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.dataset.formats import format_option, parse_format_list
 from medisyn_cli.generate.config import GenerateConfig
 from medisyn_cli.generate.finish import merge_run
 from medisyn_cli.generate.run import run_generate
 from medisyn_cli.generate.slurm import SlurmOptions, submit_generate
+from medisyn_cli.screening.checks import parse_check_list
 
 PLAN_ROWS = 200  # classes a dry run lists (a table of 100k rows takes minutes to draw and cannot be read)
 
@@ -53,6 +54,7 @@ def generate(
     max_attempts: int = option(GenerateConfig, "max_attempts", "--max-attempts"),
     judge: Path | None = option(GenerateConfig, "judge", "--judge"),
     min_label_score: float | None = option(GenerateConfig, "min_label_score", "--min-label-score"),
+    check: str = option(GenerateConfig, "checks", "--check", to_cli=",".join),
     shard: str | None = option(GenerateConfig, "shard", "--shard"),
     resume: bool = option(GenerateConfig, "resume", "--resume"),
     overwrite: bool = option(GenerateConfig, "overwrite", "--overwrite"),
@@ -84,8 +86,12 @@ def generate(
     ),
     dry_run: bool = option(GenerateConfig, "dry_run", "--dry-run"),
     progress: bool = progress_option(run_generate),
+    json_path: str | None = json_option(),
 ) -> None:
     """Generate a balanced, labelled synthetic dataset from a prompt manifest.
+
+    Writes the dataset and OUT/run.json (counts, options, screening); --json adds the summary table
+    (with --dry-run: the plan).
 
     Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth
     """
@@ -116,6 +122,7 @@ def generate(
             overwrite=overwrite,
             judge=str(judge) if judge else None,
             min_label_score=min_label_score,
+            checks=parse_check_list(check),
             dry_run=dry_run,
             cache_prompts=prompt_cache,
             overlap=overlap,
@@ -135,7 +142,8 @@ def generate(
             )
             return _submit(cfg, slurm)
         summary = run_generate(cfg, show_progress=progress)
-    _print_summary(summary)
+    with Tables("generate", json_path) as tables:
+        _print_summary(tables, summary)
     for label, reason in summary.ended.items():
         console.print(
             f"[red]error:[/red] class '{label}' ended short of its quota: {reason}",
@@ -162,43 +170,36 @@ def _submit(cfg, slurm) -> None:
     )
 
 
-def _print_summary(summary) -> None:
+def _print_summary(tables: Tables, summary) -> None:
     if summary.note:
         console.print(summary.note, highlight=False, soft_wrap=True)
     if not summary.complete:
         return
     if summary.dry_run:
-        table = Table(
-            title=f"plan: {sum(c.planned for c in summary.counts.values())} images -> {summary.out}"
-        )
-        for name in ("label", "images", "variants", "weight"):
-            table.add_column(name)
-        weights, counts = summary.manifest.weights(), list(summary.counts.items())
-        for label, count in counts[:PLAN_ROWS]:
-            table.add_row(
-                label, str(count.planned), str(len(summary.manifest.variants(label))), f"{weights[label]:g}"
-            )
-        if len(counts) > PLAN_ROWS:
-            rest = counts[PLAN_ROWS:]
-            table.add_row(f"... {len(rest)} more classes", str(sum(c.planned for _, c in rest)), "", "")
-        results.print(table)
-        jobs = Table(title="first planned images")
-        for name in ("id", "seed", "prompt"):
-            jobs.add_column(name)
-        for job in summary.preview:
-            jobs.add_row(job.id, str(job.seed), job.prompt)
-        results.print(jobs)
+        _print_plan(tables, summary)
         return
-    table = Table(title=f"{summary.out} ({summary.seconds:.0f} s)")
-    columns = ("label", "planned", "written", "regenerated") + (
-        ("near-copies replaced",) if summary.screened else ()
+    columns = [column("label"), column("planned"), column("written"), column("regenerated")]
+    if summary.screened:
+        columns.append(column("near-copies replaced", "rejected"))
+    rows = [
+        {
+            "label": label,
+            "planned": count.planned,
+            "written": count.written,
+            "regenerated": count.regenerated,
+            "rejected": count.rejected,
+            "ended": count.ended,
+        }
+        for label, count in summary.counts.items()
+    ]
+    tables.values.update(seconds=summary.seconds, ended=dict(summary.ended))
+    tables.show(
+        "classes",
+        f"{summary.out} ({summary.seconds:.0f} s)",
+        columns,
+        rows,
+        style=lambda row: "red" if row["ended"] else None,
     )
-    for name in columns:
-        table.add_column(name)
-    for label, count in summary.counts.items():
-        cells = [label, str(count.planned), str(count.written), str(count.regenerated), str(count.rejected)]
-        table.add_row(*cells[: len(columns)], style="red" if count.ended else None)
-    results.print(table)
     judged = (summary.run or {}).get("judge") or {}
     if judged.get("kept") is not None:
         console.print(
@@ -208,8 +209,50 @@ def _print_summary(summary) -> None:
         )
 
 
+def _print_plan(tables: Tables, summary) -> None:
+    """--dry-run: images per class (the first PLAN_ROWS classes, then one row for the rest) and the first jobs."""
+    weights, counts = summary.manifest.weights(), list(summary.counts.items())
+    rows = [
+        {
+            "label": label,
+            "images": count.planned,
+            "variants": len(summary.manifest.variants(label)),
+            "weight": weights[label],
+        }
+        for label, count in counts[:PLAN_ROWS]
+    ]
+    if len(counts) > PLAN_ROWS:
+        rest = counts[PLAN_ROWS:]
+        rows.append(
+            {
+                "label": f"... {len(rest)} more classes",
+                "images": sum(c.planned for _, c in rest),
+                "variants": None,
+                "weight": None,
+            }
+        )
+    tables.show(
+        "plan",
+        f"plan: {sum(c.planned for c in summary.counts.values())} images -> {summary.out}",
+        [
+            column("label"),
+            column("images"),
+            column("variants", fmt=lambda v: "" if v is None else str(v)),
+            column("weight", fmt=lambda v: "" if v is None else f"{v:g}"),
+        ],
+        rows,
+    )
+    tables.show(
+        "first_planned_images",
+        "first planned images",
+        [column("id"), column("seed"), column("prompt")],
+        [{"id": job.id, "seed": job.seed, "prompt": job.prompt} for job in summary.preview],
+    )
+
+
 def merge(
     out: Path = typer.Argument(..., help="Output folder of a sharded or interrupted generate run."),
+    json_path: str | None = json_option(),
 ) -> None:
     """Check that every planned image of a sharded run is there once, and consolidate the dataset.
 
@@ -217,4 +260,5 @@ def merge(
     """
     with errors_as_exit_codes():
         summary = merge_run(out)
-    _print_summary(summary)
+    with Tables("merge", json_path) as tables:
+        _print_summary(tables, summary)

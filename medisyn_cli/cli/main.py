@@ -10,6 +10,7 @@ from medisyn_cli.cli.common import Stopped, interrupt_on_signals, state
 from medisyn_cli.cli.evaluate import evaluate_app, report_command
 from medisyn_cli.cli.generate import generate, merge
 from medisyn_cli.cli.judge import judge_app
+from medisyn_cli.cli.options import VocabularyGroup
 from medisyn_cli.cli.provenance import provenance
 from medisyn_cli.cli.publish import publish_command
 from medisyn_cli.cli.screening import index_app, screen
@@ -23,6 +24,7 @@ from medisyn_cli.core.version import __version__
 HELP_WIDTH_WITHOUT_TERMINAL = 120
 
 app = typer.Typer(
+    cls=VocabularyGroup,
     add_completion=True,
     no_args_is_help=True,
     help="Make synthetic medical image datasets with text-guided latent diffusion.\n\n"

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
+
+from medisyn_cli.cli.tables import JSON_HELP, Tables
+from medisyn_cli.core.version import __version__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,3 +107,81 @@ def progress_option(owner: Any) -> Any:
     """--progress/--no-progress, bound to `owner`'s show_progress (an API parameter or a config field)."""
     table = Source(owner, "show_progress").help()
     return option(owner, "show_progress", "--progress/--no-progress", help=None if table else PROGRESS_HELP)
+
+
+# --- one vocabulary: old option names kept for one release -----------------------------------------------------
+
+# old name -> new name; an old name works only in a command that has the new one and not the old one
+DEPRECATED = {
+    "--report": "--out",
+    "--train": "--real-train",
+    "--heldout": "--real-heldout",
+    "--test": "--real-test",
+}
+
+
+def removal_release(version: str = __version__) -> str:
+    """The release that drops the old names: the next minor one ('0.1.0' -> '0.2')."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return f"{major}.{minor + 1}"
+
+
+def deprecation_line(old: str, new: str) -> str:
+    """What an old option name prints to stderr, once per command line."""
+    return f"medisyn: {old} is deprecated, use {new} (it will be removed in {removal_release()})"
+
+
+def rename_deprecated(command: click.Command, args: list[str]) -> list[str]:
+    """`args` with each deprecated option name that `command` understands under its new name renamed (one
+    deprecation line to stderr per old name); values of options and everything after `--` are left alone."""
+    names = {name for param in command.params for name in param.opts + param.secondary_opts}
+    takes_value = {
+        name
+        for param in command.params
+        if isinstance(param, click.Option) and not param.is_flag and not param.count
+        for name in param.opts
+    }
+    renamed, warned, value_next = [], set(), False
+    for index, arg in enumerate(args):
+        if value_next:
+            renamed.append(arg)
+            value_next = False
+            continue
+        if arg == "--":
+            return renamed + list(args[index:])
+        name, equals, value = arg.partition("=")
+        new = DEPRECATED.get(name)
+        if new and new in names and name not in names:
+            if name not in warned:
+                sys.stderr.write(deprecation_line(name, new) + "\n")
+                warned.add(name)
+            name, arg = new, new + equals + value
+        renamed.append(arg)
+        value_next = name in takes_value and not equals
+    return renamed
+
+
+class VocabularyGroup(TyperGroup):
+    """A command group whose commands accept the deprecated option names of DEPRECATED (hidden from --help)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not isinstance(command, click.Group):
+            rest = rename_deprecated(command, rest)
+        return name, command, rest
+
+
+# --- --json PATH ------------------------------------------------------------------------------------------------
+
+
+def _check_json_path(value: str | None) -> str | None:
+    if value and value != "-" and Path(value).is_dir():
+        raise typer.BadParameter(
+            f"{value} is a folder; give a file name such as {Path(value) / 'summary.json'}"
+        )
+    return value
+
+
+def json_option() -> Any:
+    """--json PATH (or - for stdout): the command's summary table(s) as JSON (cli/tables.py)."""
+    return option(Tables, "json_path", "--json", help=JSON_HELP, metavar="PATH", callback=_check_json_path)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, option, progress_option
-from medisyn_cli.core.progress import console, results
+from medisyn_cli.cli.options import argument, json_option, option, progress_option
+from medisyn_cli.cli.tables import Tables, column
+from medisyn_cli.core.progress import console
 from medisyn_cli.dataset.provenance import Match, ProvenanceConfig, Screen, check_provenance
 from medisyn_cli.screening.index import load_index
 from medisyn_cli.screening.screener import Screener
@@ -33,8 +33,11 @@ def provenance(
     batch_size: int = option(ProvenanceConfig, "batch_size", "--batch-size"),
     fail_on_synthetic: bool = option(ProvenanceConfig, "fail_on_synthetic", "--fail-on-synthetic"),
     progress: bool = progress_option(ProvenanceConfig),
+    json_path: str | None = json_option(),
 ) -> None:
     """Is each image synthetic, and why: its mark (XMP, DICOM, Parquet), a near-copy in --index, or none.
+
+    Writes OUT/provenance.csv (one row per image); --json adds the summary table.
 
     Example: medisyn provenance site-data/ --index my-outputs-index --out prov --fail-on-synthetic
     """
@@ -43,16 +46,30 @@ def provenance(
         summary = check_provenance(
             paths, out, screen, str(index) if index else None, batch_size, show_progress=progress
         )
-    table = Table(title=f"provenance of {summary.files} images")
-    for name in ("evidence", "images", "synthetic"):
-        table.add_column(name)
-    for evidence, count in sorted(summary.evidence.items()):
-        synthetic = evidence.startswith("mark") or evidence == "match"
-        table.add_row(evidence, str(count), "yes" if synthetic else "no", style="red" if synthetic else None)
-    table.add_row("all", str(summary.files), str(summary.synthetic), style="bold")
-    results.print(table)
+    rows = [
+        {
+            "evidence": evidence,
+            "images": count,
+            "synthetic": evidence.startswith("mark") or evidence == "match",
+        }
+        for evidence, count in sorted(summary.evidence.items())
+    ]
+    rows.append({"evidence": "all", "images": summary.files, "synthetic": summary.synthetic})
+    with Tables("provenance", json_path) as tables:
+        tables.show(
+            "provenance",
+            f"provenance of {summary.files} images",
+            [column("evidence"), column("images"), column("synthetic", fmt=_yes_no_or_count)],
+            rows,
+            style=lambda row: "bold" if row is rows[-1] else "red" if row["synthetic"] else None,
+        )
     matched = f"; matched against {index}" if index else "; no --index: marks only"
     console.print(f"table: {summary.out / 'provenance.csv'}{matched}", highlight=False, soft_wrap=True)
     if fail_on_synthetic and summary.synthetic:
         console.print(f"--fail-on-synthetic: {summary.synthetic} synthetic images", highlight=False)
         raise typer.Exit(1)
+
+
+def _yes_no_or_count(value: bool | int) -> str:
+    """A class row says whether its evidence means synthetic; the 'all' row counts the synthetic images."""
+    return ("yes" if value else "no") if isinstance(value, bool) else str(value)

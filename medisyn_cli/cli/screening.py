@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, option, progress_option
-from medisyn_cli.core.progress import console, results
+from medisyn_cli.cli.options import VocabularyGroup, argument, json_option, option, progress_option
+from medisyn_cli.cli.tables import Tables, column, number, percent
+from medisyn_cli.core.progress import console
 from medisyn_cli.core.shards import resolve_shard
 from medisyn_cli.screening.audit import ScreenConfig, screen_dataset
 from medisyn_cli.screening.build import IndexConfig, build_index
@@ -20,7 +20,7 @@ def screen(
     dataset: Path = argument(ScreenConfig, "dataset"),
     index: Path = option(ScreenConfig, "index", "--index"),
     threshold: float | None = option(ScreenConfig, "threshold", "--threshold"),
-    report: Path | None = option(ScreenConfig, "report_dir", "--report"),
+    out: Path | None = option(ScreenConfig, "report_dir", "--out", "-o"),
     keep_out: Path | None = option(ScreenConfig, "keep_out", "--keep-out"),
     fail_on_copies: bool = typer.Option(False, "--fail-on-copies", help="Exit 1 if any near-copy is found."),
     embedder: str | None = option(ScreenConfig, "embedder", "--embedder"),
@@ -29,41 +29,28 @@ def screen(
         ScreenConfig, "training_thumbnails", "--training-thumbnails/--no-training-thumbnails"
     ),
     progress: bool = progress_option(ScreenConfig),
+    json_path: str | None = json_option(),
 ) -> None:
     """Audit a dataset: the nearest training image of every image, near-copies flagged, an HTML report.
 
-    Example: medisyn screen derm-synth --index train-index --fail-on-copies
+    Writes OUT/screen.parquet, screen.csv, screen.json and report.html; --json adds the summary table.
+
+    Example: medisyn screen derm-synth --index train-index --out derm-screen --fail-on-copies
     """
-    with errors_as_exit_codes():
-        summary = screen_dataset(
-            dataset,
-            index,
-            threshold,
-            report,
-            keep_out,
-            embedder,
-            batch_size,
-            show_progress=progress,
-            training_thumbnails=training_thumbnails,
-        )
-    table = Table(
-        title=f"screened {summary.dataset} against {summary.index} (threshold {summary.threshold:g})"
-    )
-    for name in ("label", "screened", "near-copies"):
-        table.add_column(name)
-    for label, (n, copies) in summary.per_label.items():
-        table.add_row(label, str(n), str(copies), style="red" if copies else None)
-    table.add_row("all", str(summary.screened), str(summary.near_copies), style="bold")
-    results.print(table)
-    if summary.errors:
-        console.print(
-            f"{summary.errors} unreadable images (rows with an error in screen.csv)", highlight=False
-        )
-    console.print(
-        f"report: {summary.report_dir / 'report.html'}"
-        + (f"; copy without near-copies: {summary.kept_out}" if summary.kept_out else ""),
-        highlight=False,
-    )
+    with Tables("screen", json_path) as tables:
+        with errors_as_exit_codes():
+            summary = screen_dataset(
+                dataset,
+                index,
+                threshold,
+                out,
+                keep_out,
+                embedder,
+                batch_size,
+                show_progress=progress,
+                training_thumbnails=training_thumbnails,
+            )
+        _print_screen(tables, summary)
     if fail_on_copies and (summary.near_copies or summary.errors):
         if summary.errors:
             console.print(
@@ -75,7 +62,34 @@ def screen(
         raise typer.Exit(1)
 
 
-index_app = typer.Typer(no_args_is_help=True, help="Indexes of training images, for near-copy screening.")
+def _print_screen(tables: Tables, summary) -> None:
+    rows = [
+        {"label": label, "screened": n, "near_copies": copies}
+        for label, (n, copies) in summary.per_label.items()
+    ]
+    rows.append({"label": "all", "screened": summary.screened, "near_copies": summary.near_copies})
+    tables.values["threshold"] = summary.threshold
+    tables.show(
+        "screen",
+        f"screened {summary.dataset} against {summary.index} (threshold {summary.threshold:g})",
+        [column("label"), column("screened"), column("near-copies", "near_copies")],
+        rows,
+        style=lambda row: "bold" if row is rows[-1] else "red" if row["near_copies"] else None,
+    )
+    if summary.errors:
+        console.print(
+            f"{summary.errors} unreadable images (rows with an error in screen.csv)", highlight=False
+        )
+    console.print(
+        f"report: {summary.report_dir / 'report.html'}"
+        + (f"; copy without near-copies: {summary.kept_out}" if summary.kept_out else ""),
+        highlight=False,
+    )
+
+
+index_app = typer.Typer(
+    cls=VocabularyGroup, no_args_is_help=True, help="Indexes of training images, for near-copy screening."
+)
 
 
 @index_app.command("build")
@@ -91,40 +105,48 @@ def index_build(
     progress: bool = progress_option(IndexConfig),
     target_fpr: float = option(IndexConfig, "target_fpr", "--target-fpr"),
     regions: bool | None = option(IndexConfig, "regions", "--regions/--no-regions"),
+    json_path: str | None = json_option(),
 ) -> None:
     """Embed training images and build the FAISS index that `generate --index` and `screen` search.
+
+    Writes OUT/index.json (embedder, threshold, calibration) beside the index; --json adds the summary tables.
 
     Example: medisyn index build ../shared/data --out train-index
     """
     import os
 
-    with errors_as_exit_codes():
-        place = resolve_shard(shard, os.environ)
-        meta = build_index(
-            sources,
-            out,
-            embedder,
-            index_type,
-            max_memory,
-            batch_size,
-            progress,
-            overwrite,
-            place,
-            target_fpr or None,
-            regions,
-        )
-    _print_index(out, meta)
+    with Tables("index build", json_path) as tables:
+        with errors_as_exit_codes():
+            place = resolve_shard(shard, os.environ)
+            meta = build_index(
+                sources,
+                out,
+                embedder,
+                index_type,
+                max_memory,
+                batch_size,
+                progress,
+                overwrite,
+                place,
+                target_fpr or None,
+                regions,
+            )
+        _print_index(tables, out, meta)
 
 
 @index_app.command("merge")
-def index_merge(out: Path = typer.Argument(..., help="Folder of a sharded `index build`.")) -> None:
+def index_merge(
+    out: Path = typer.Argument(..., help="Folder of a sharded `index build`."),
+    json_path: str | None = json_option(),
+) -> None:
     """Build the index from every shard's embeddings, or name the shards that are not done."""
-    with errors_as_exit_codes():
-        meta = merge_shards(out)
-    _print_index(out, meta)
+    with Tables("index merge", json_path) as tables:
+        with errors_as_exit_codes():
+            meta = merge_shards(out)
+        _print_index(tables, out, meta)
 
 
-def _print_calibration(calibration: dict) -> None:
+def _print_calibration(tables: Tables, calibration: dict) -> None:
     """The threshold calibration of `index build`: the chosen threshold and the measured curve around it."""
     if "curve" not in calibration:
         if calibration.get("skipped"):
@@ -145,16 +167,26 @@ def _print_calibration(calibration: dict) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    table = Table(title="measured on the index's own images")
-    for name in ("threshold", "false positives", "copies caught"):
-        table.add_column(name)
-    for row in calibration["curve"]:
-        if abs(row["threshold"] - calibration["threshold"]) <= 0.0151:
-            table.add_row(f"{row['threshold']:g}", f"{row['fpr']:.1%}", f"{row['tpr']:.1%}")
-    results.print(table)
+    tables.values["calibration"] = {
+        k: calibration.get(k) for k in ("threshold", "target_fpr", "negatives", "floor", "partial_threshold")
+    }
+    tables.show(
+        "calibration",
+        "measured on the index's own images",
+        [
+            column("threshold", fmt=_g),
+            column("false positives", "fpr", percent),
+            column("copies caught", "tpr", percent),
+        ],
+        [row for row in calibration["curve"] if abs(row["threshold"] - calibration["threshold"]) <= 0.0151],
+    )
 
 
-def _print_index(out: Path, meta: dict) -> None:
+def _g(value) -> str:
+    return f"{value:g}"
+
+
+def _print_index(tables: Tables, out: Path, meta: dict) -> None:
     if meta.get("partial"):
         console.print(
             f"shard {meta['shard']} embedded {meta['made']} batches; {meta['done']} of {meta['batches']} "
@@ -167,34 +199,38 @@ def _print_index(out: Path, meta: dict) -> None:
     if meta.get("note"):
         console.print(meta["note"], highlight=False)
     index, skipped = meta["index"], meta["skipped"]
-    table = Table(title=f"index {out} ({meta['seconds']:.0f} s)")
-    for name in ("images", "skipped", "embedder", "index", "recall@1", "threshold"):
-        table.add_column(name)
-    recall = "exact" if index["recall_at_1"] is None else f"{index['recall_at_1']:.3f}"
-    table.add_row(
-        str(meta["count"]),
-        str(skipped["count"]),
-        meta["embedder"]["spec"],
-        index["type"],
-        recall,
-        f"{meta['threshold']:g}",
+    row = {
+        "images": meta["count"],
+        "skipped": skipped["count"],
+        "embedder": meta["embedder"]["spec"],
+        "index": index["type"],
+        "recall_at_1": index["recall_at_1"],
+        "threshold": meta["threshold"],
+    }
+    tables.show(
+        "index",
+        f"index {out} ({meta['seconds']:.0f} s)",
+        [
+            column("images"),
+            column("skipped"),
+            column("embedder"),
+            column("index"),
+            column("recall@1", "recall_at_1", lambda v: "exact" if v is None else f"{v:.3f}"),
+            column("threshold", fmt=_g),
+        ],
+        [row],
     )
-    results.print(table)
     nearest = meta["nearest_neighbour_similarity"]
     if nearest["percentiles"]:
-        spread = Table(
-            title=f"similarity of training images to their nearest other training image "
-            f"({nearest['sample']} sampled)"
+        shown = [k for k in nearest["percentiles"] if k in ("p1", "p5", "p50", "p95", "p99", "p100")]
+        tables.show(
+            "nearest_neighbour_similarity",
+            f"similarity of training images to their nearest other training image ({nearest['sample']} sampled)",
+            [column(k.replace("p100", "max"), k, number(3)) for k in shown]
+            + [column(">= threshold", "at_or_above_threshold", percent)],
+            [{**nearest["percentiles"], "at_or_above_threshold": nearest["at_or_above_threshold"]}],
         )
-        shown = {
-            k: v for k, v in nearest["percentiles"].items() if k in ("p1", "p5", "p50", "p95", "p99", "p100")
-        }
-        for name in shown:
-            spread.add_column(name.replace("p100", "max"))
-        spread.add_column(">= threshold")
-        spread.add_row(*(f"{v:.3f}" for v in shown.values()), f"{nearest['at_or_above_threshold']:.1%}")
-        results.print(spread)
-    _print_calibration(meta.get("screening", {}).get("calibration", {}))
+    _print_calibration(tables, meta.get("screening", {}).get("calibration", {}))
     for item in skipped["files"][:20]:
         console.print(f"skipped {item['key']}: {item['reason']}", highlight=False, soft_wrap=True)
     if skipped["count"] > 20:

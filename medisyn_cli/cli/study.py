@@ -8,16 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, comma_list, option, progress_option
+from medisyn_cli.cli.options import (
+    VocabularyGroup,
+    argument,
+    comma_list,
+    json_option,
+    option,
+    progress_option,
+)
+from medisyn_cli.cli.tables import Column, Tables, column
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.progress import results
 from medisyn_cli.study import StudyConfig, build_study, make_server, score_study
 from medisyn_cli.study.design import parse_mix
 
 study_app = typer.Typer(
+    cls=VocabularyGroup,
     no_args_is_help=True,
     help="Blinded reader studies: can readers tell real from synthetic images, and classify both?",
 )
@@ -126,8 +134,11 @@ def score(
         score_study, "bins", "--years-bins", to_cli=comma_list, help="Experience groups' edges in years."
     ),
     seed: int = option(score_study, "seed", "--seed", help="Seed of the bootstrap over readers."),
+    json_path: str | None = json_option(),
 ) -> None:
     """Score readers: detection accuracy, sensitivity, specificity, classification, agreement, experience groups.
+
+    Writes OUT/score.json (every number), score.html and CSV tables; --json adds the readers' table.
 
     Example: medisyn study score derm-study --answers derm-study/answers
     """
@@ -137,51 +148,52 @@ def score(
         except ValueError as exc:
             raise MedisynError(f"--years-bins {years_bins!r}: expected whole years such as 5,10") from exc
         result, written = score_study(study, list(answers), out, bins, seed)
-    _print_score(result)
-    for problem in result["problems"]:
-        results.print(f"[yellow]left out:[/yellow] {problem}", highlight=False, soft_wrap=True)
-    folder = written["score.html"].parent
-    results.print(
-        f"written: {folder}/score.html, score.json, readers.csv, classes.csv, groups.csv", highlight=False
-    )
-
-
-def _print_score(result: dict) -> None:
-    table = Table(
-        title=f"study {result['study_id']}: spotting synthetic images (chance {result['chance']:.2f})"
-    )
-    for name in (
-        "reader",
-        "answered",
-        "accuracy",
-        "sensitivity",
-        "specificity",
-        "pairs exact",
-        "p > chance",
-        "classify real",
-        "classify synthetic",
-    ):
-        table.add_column(name)
-    for row in result["readers"] + [result["pooled"]]:
-        m = row["metrics"]
-        p_value = row["beats_chance"]["p_value"]
-        table.add_row(
-            row["reader"],
-            f"{row['answered']}/{row['items']}",
-            *(
-                _cell(m[n])
-                for n in (
-                    "detection_accuracy",
-                    "detection_sensitivity",
-                    "detection_specificity",
-                    "pair_accuracy",
-                )
-            ),
-            "-" if p_value != p_value else f"{p_value:.2g}",
-            _cell(m["classify_real"]),
-            _cell(m["classify_synthetic"]),
+    with Tables("study score", json_path) as tables:
+        _print_score(tables, result)
+        for problem in result["problems"]:
+            results.print(f"[yellow]left out:[/yellow] {problem}", highlight=False, soft_wrap=True)
+        folder = written["score.html"].parent
+        results.print(
+            f"written: {folder}/score.html, score.json, readers.csv, classes.csv, groups.csv", highlight=False
         )
-    results.print(table)
+
+
+METRICS = {  # header -> the metric of score.json it shows (value [95% CI])
+    "accuracy": "detection_accuracy",
+    "sensitivity": "detection_sensitivity",
+    "specificity": "detection_specificity",
+    "pairs exact": "pair_accuracy",
+    "classify real": "classify_real",
+    "classify synthetic": "classify_synthetic",
+}
+
+
+def _print_score(tables: Tables, result: dict) -> None:
+    rows = [
+        {
+            "reader": row["reader"],
+            "answered": row["answered"],
+            "items": row["items"],
+            "p_value": row["beats_chance"]["p_value"],
+            **{key: row["metrics"][key] for key in METRICS.values()},
+        }
+        for row in result["readers"] + [result["pooled"]]
+    ]
+    metric = {header: column(header, key, _cell) for header, key in METRICS.items()}
+    tables.values["chance"] = result["chance"]
+    tables.show(
+        "readers",
+        f"study {result['study_id']}: spotting synthetic images (chance {result['chance']:.2f})",
+        [
+            column("reader"),
+            Column("answered", ("answered", "items"), lambda r: f"{r['answered']}/{r['items']}"),
+            *(metric[h] for h in ("accuracy", "sensitivity", "specificity", "pairs exact")),
+            column("p > chance", "p_value", lambda p: "-" if p is None or p != p else f"{p:.2g}"),
+            metric["classify real"],
+            metric["classify synthetic"],
+        ],
+        rows,
+    )
 
 
 def _cell(value: dict) -> str:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.table import Table
-
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, option, progress_option
-from medisyn_cli.core.progress import console, results
+from medisyn_cli.cli.options import argument, json_option, option, progress_option
+from medisyn_cli.cli.tables import Tables, column
+from medisyn_cli.core.progress import console
 from medisyn_cli.train.loop import TrainConfig
 from medisyn_cli.train.loop import train as run_train
 
 
 def train(
     data: list[Path] = argument(TrainConfig, "data"),
-    out: Path = option(TrainConfig, "out", "--out"),
+    out: Path = option(TrainConfig, "out", "--out", "-o"),
     base: str | None = option(TrainConfig, "base", "--base"),
     config: str = option(TrainConfig, "config", "--config"),
     resolution: int = option(TrainConfig, "resolution", "--resolution"),
@@ -45,8 +44,11 @@ def train(
     lora_dropout: float = option(TrainConfig, "lora_dropout", "--lora-dropout"),
     deterministic: bool = option(TrainConfig, "deterministic", "--deterministic"),
     progress: bool = progress_option(run_train),
+    json_path: str | None = json_option(),
 ) -> None:
     """Train or fine-tune a text-to-image model and save a diffusers pipeline folder.
+
+    Writes the model (or adapter) and its reports into OUT; --json adds the summary table.
 
     Example: medisyn train ../shared/data --out my-model --steps 2000 --holdout 0.2
     """
@@ -82,13 +84,19 @@ def train(
             deterministic=deterministic,
         )
         result = run_train(cfg, show_progress=progress)
-    table = Table(title=f"trained {'adapter' if lora else 'model'} in {result.model_dir}")
-    for name in ("steps", "images", "final_loss", "vae_psnr", "seconds"):
-        table.add_column(name)
-    psnr = "-" if result.vae_psnr is None else f"{result.vae_psnr:.1f} dB"
-    table.add_row(
-        str(result.steps), str(result.images), f"{result.final_loss:.4f}", psnr, f"{result.seconds:.0f}"
-    )
-    results.print(table)
+    row = {k: getattr(result, k) for k in ("steps", "images", "final_loss", "vae_psnr", "seconds")}
+    with Tables("train", json_path) as tables:
+        tables.show(
+            "train",
+            f"trained {'adapter' if lora else 'model'} in {result.model_dir}",
+            [
+                column("steps"),
+                column("images"),
+                column("final_loss", fmt=lambda v: f"{v:.4f}"),
+                column("vae_psnr", fmt=lambda v: "-" if v is None else f"{v:.1f} dB"),
+                column("seconds", fmt=lambda v: f"{v:.0f}"),
+            ],
+            [row],
+        )
     for key, error in result.skipped:
         console.print(f"skipped {key}: {error}", highlight=False)

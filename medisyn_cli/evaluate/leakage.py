@@ -58,16 +58,23 @@ def run_leakage(config: LeakageConfig, show_progress: bool = True) -> dict:
 
 def _run_leakage(config: LeakageConfig) -> dict:
     # 1. inputs, embedder, threshold
-    train_sources, test_sources = open_sources(config.train, "--train"), open_sources(config.test, "--test")
+    train_sources, test_sources = (
+        open_sources(config.train, "--real-train"),
+        open_sources(config.test, "--real-test"),
+    )
     embedder = get_embedder(config.embedder)
     threshold = embedder.valid_threshold(
         embedder.default_threshold if config.threshold is None else config.threshold
     )
     started = time.time()
     # 2. index of the training images, nearest training image of each test image
-    train = training_index(train_sources, embedder, "--train", config.batch_size)
+    train = training_index(train_sources, embedder, "--real-train", config.batch_size)
     found = nearest(
-        test_sources, Screener(train.index, threshold, views=config.views), train, "--test", config.batch_size
+        test_sources,
+        Screener(train.index, threshold, views=config.views),
+        train,
+        "--real-test",
+        config.batch_size,
     )
     # 3. summary and files
     leaks = near_copies(found, train, threshold, config.examples)

@@ -127,8 +127,8 @@ def _run_privacy(config: PrivacyConfig) -> dict:
     sources = {
         name: open_sources(paths, option)
         for name, paths, option in (
-            ("train", config.train, "--train"),
-            ("heldout", config.heldout, "--heldout"),
+            ("train", config.train, "--real-train"),
+            ("heldout", config.heldout, "--real-heldout"),
             ("synthetic", config.synthetic, "--synthetic"),
         )
     }
@@ -138,10 +138,10 @@ def _run_privacy(config: PrivacyConfig) -> dict:
     )
     started = time.time()
     # 2. the training set as an in-memory exact index
-    train = training_index(sources["train"], embedder, "--train", config.batch_size)
+    train = training_index(sources["train"], embedder, "--real-train", config.batch_size)
     screener = Screener(train.index, threshold, views=config.views)
     # 3. nearest training image of each held-out and synthetic image, and of a sample of training images
-    heldout = nearest(sources["heldout"], screener, train, "--heldout", config.batch_size)
+    heldout = nearest(sources["heldout"], screener, train, "--real-heldout", config.batch_size)
     synthetic = nearest(sources["synthetic"], screener, train, "--synthetic", config.batch_size)
     own = self_reference(sources["train"], screener, train, config.train_reference, config.batch_size)
     leaks = near_copies(heldout, train, threshold)

@@ -53,23 +53,33 @@ class Page:
 
 
 def write_report(
-    out: str | Path, per_class: int = 8, real: tuple[str, ...] | list[str] = (), show_progress: bool = True
+    out: str | Path,
+    per_class: int = 8,
+    real: tuple[str, ...] | list[str] = (),
+    show_progress: bool = True,
+    report_dir: str | Path | None = None,
 ) -> tuple[Path, list[str]]:
-    """Write OUT/report.html and OUT/report.json; returns the page's path and the notes on omitted parts.
+    """Write report.html and report.json of the generate output folder `out` into `report_dir` (default: `out`
+    itself); returns the page's path and the notes on omitted parts.
     `real`: real reference images for the diversity guard's coverage and recall."""
     with reporting(show_progress):
-        return _claim_and_write(Path(out), per_class, real)
+        return _claim_and_write(Path(out), per_class, real, Path(report_dir) if report_dir else None)
 
 
-def _claim_and_write(out: Path, per_class: int, real) -> tuple[Path, list[str]]:
+def _claim_and_write(out: Path, per_class: int, real, report_dir: Path | None) -> tuple[Path, list[str]]:
     if not out.is_dir():
         raise MedisynError(f"{out}: no such folder (expected a medisyn generate output folder)")
-    if not is_ours(out):
-        raise MedisynError(
-            f"{out}: not a medisyn output folder (no .medisyn marker), so medisyn report writes nothing into it"
-        )
-    with claim(out, "report", "DIR", accept=("generate", "screen"), fallback=generate_files) as owner:
-        owner.check_free(["report.html", "report.json"], "DIR")
+    if report_dir is None or report_dir.resolve() == out.resolve():
+        if not is_ours(out):
+            raise MedisynError(
+                f"{out}: not a medisyn output folder (no .medisyn marker), so medisyn report writes nothing into "
+                "it (--out names another folder for the report)"
+            )
+        folder = claim(out, "report", "DATASET", accept=("generate", "screen"), fallback=generate_files)
+    else:
+        folder = claim(report_dir, "report", "--out")
+    with folder as owner:
+        owner.check_free(["report.html", "report.json"], "--out" if report_dir else "DATASET")
         return _write_report(owner, out, per_class, real)
 
 

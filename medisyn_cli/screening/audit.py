@@ -177,9 +177,9 @@ def screen_dataset(
     )
     summary.training_thumbnails = training_thumbnails
     # 2. the folders: the report's (created, or medisyn screen's own) and --keep-out (new), both locked
-    owner = claim(report_dir, "screen", "--report", fallback=_legacy_screen_files, adopt=True)
+    owner = claim(report_dir, "screen", "--out", fallback=_legacy_screen_files, adopt=True)
     try:
-        owner.check_free(REPORT_FILES, "--report")
+        owner.check_free(REPORT_FILES, "--out")
         kept = _claim_keep_out(keep_out)
         try:
             _screen(
