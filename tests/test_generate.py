@@ -135,9 +135,7 @@ def test_same_image_whatever_the_batch_size_or_order(tiny_model, tmp_path):
     settings = Settings(steps=2, guidance=7.5, height=16, width=16)
     render = Renderer(pipe, settings)
     together = {g.job.id: np.asarray(g.image) for g in generate_batch(render, jobs)}
-    alone = {
-        g.job.id: np.asarray(g.image) for job in reversed(jobs) for g in generate_batch(render, [job])
-    }
+    alone = {g.job.id: np.asarray(g.image) for job in reversed(jobs) for g in generate_batch(render, [job])}
     for key in together:
         assert np.abs(together[key].astype(int) - alone[key].astype(int)).max() <= 1
     assert not np.array_equal(together[jobs[0].id], together[jobs[3].id])

@@ -5,7 +5,9 @@
     format_names()                              # ("dicom", "webdataset", ...) for --help and error texts
 
 Adding a format: a module with an object that has the OutputFormat attributes and methods, and one
-`register_format` line (here for medisyn's own, anywhere for a plug-in).
+`register_format` line (here for medisyn's own); another package declares it as an entry point of the
+`medisyn.formats` group instead (name = "module:OBJECT"), loaded the first time the registry lists its names or
+is asked for one it does not hold (core.plugins).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.plugins import load_plugins
 from medisyn_cli.dataset import dicom, imagefolder, parquet, webdataset
 from medisyn_cli.dataset.base import OutputFormat
 
 _FORMATS: dict[str, OutputFormat] = {}
+PLUGINS = "medisyn.formats"  # the entry point group of other packages' formats
 METHODS = ("write_batch", "consolidate", "describe", "files", "keep_out", "card_lines")
 
 
@@ -37,22 +41,27 @@ def unregister_format(name: str) -> None:
     _FORMATS.pop(name, None)
 
 
+def _formats() -> dict[str, OutputFormat]:
+    load_plugins(PLUGINS, register_format)
+    return _FORMATS
+
+
 def format_names() -> tuple[str, ...]:
-    """The registered format names, in registration order."""
-    return tuple(_FORMATS)
+    """The registered format names, plug-ins included, in registration order."""
+    return tuple(_formats())
 
 
 def get_format(name: str) -> OutputFormat:
     """The format registered as `name`; MedisynError listing the known names otherwise."""
     try:
-        return _FORMATS[name]
+        return _FORMATS[name] if name in _FORMATS else _formats()[name]
     except KeyError:
         raise MedisynError(f"--format: '{name}' is not one of {', '.join(format_names())}") from None
 
 
 def formats_help() -> str:
     """One line per registered format, for --help."""
-    return "\n".join(f"{name}: {fmt.help}" for name, fmt in _FORMATS.items())
+    return "\n".join(f"{name}: {fmt.help}" for name, fmt in _formats().items())
 
 
 register_format("parquet", parquet.FORMAT)
@@ -82,7 +91,7 @@ def parse_format_list(value: str) -> tuple[str, ...]:
     unknown ones and listing the known."""
     names = [n.strip() for n in value.split(",") if n.strip()]
     formats = tuple(dict.fromkeys(f for n in names for f in ALIASES.get(n, (n,))))
-    unknown = [f for f in formats if f not in _FORMATS]
+    unknown = [f for f in formats if f not in _formats()]
     if unknown or not formats:
         known = ", ".join([*format_names(), *ALIASES])
         raise MedisynError(f"--format: '{value}' is not a comma-separated list of {known}")

@@ -11,6 +11,7 @@ Every number depends on the feature extractor, and numbers from different extrac
     pixel          medisyn's pixel embedder (band-passed grey 32x32 thumbnails, L2-normalised); no weights
     clip:<model>   open_clip image tower; hf:<model> a transformers vision encoder (see medisyn_cli.screening.embed); raw,
                    unnormalised features (as torch-fidelity's CLIP / DINOv2 FD), not screening's unit vectors
+    any other      a registered embedder (plug-ins too): its `Embedder.features`; hashes (phash) are refused
 
 Every FID and precision/recall/density/coverage comes with a 95% bootstrap interval (`bootstrap` rounds), and a
 warning where a side has fewer than SMALL_N images: FID is biased upward at small n, so compare FIDs only at
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.images import to_8bit, to_rgb_array
+from medisyn_cli.core.images import to_rgb_array
 from medisyn_cli.core.imagesets import (
     ImageSet,
     iter_batches,
@@ -46,7 +47,7 @@ from medisyn_cli.evaluate.inception import inception_features, load_inception
 from medisyn_cli.evaluate.metrics import bootstrap_intervals, diversity, fid, kid, prdc
 from medisyn_cli.judge.classifier import TrainSettings, features, train_classifier
 from medisyn_cli.pipeline.load import resolve_device
-from medisyn_cli.screening.embed import get_embedder
+from medisyn_cli.screening.embed import embedder_names, find_embedder, get_embedder
 
 NOT_COMPARABLE = "numbers computed with different features are not comparable"
 SMALL_N = 500
@@ -66,8 +67,8 @@ class FidelityConfig:
     features: str = field(
         default="cnn",
         metadata={
-            "help": "cnn (default: small CNN trained on the real labels), inception:FILE, pixel, clip:<model>, "
-            "hf:<model>."
+            "help": "cnn (default: small CNN trained on the real labels), inception:FILE, or an embedder: "
+            f"{', '.join(embedder_names())} (its features: raw for clip: / hf:)."
         },
     )
     per_class: bool = field(default=False, metadata={"help": "Also FID/KID/PRDC per class."})
@@ -93,8 +94,16 @@ class Extractor:
     embed: Callable[[list], np.ndarray]
 
 
+OWN = ("cnn", "inception:FILE")  # fidelity's own extractors, layered on the embedder registry
+
+
+def feature_names() -> tuple[str, ...]:
+    """Every --features value: cnn, inception:FILE, then the registered embedders (hashes are refused on use)."""
+    return OWN + embedder_names()
+
+
 def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device) -> Extractor:
-    """The extractor named by `spec` (cnn, inception:FILE, pixel, clip:..., hf:...)."""
+    """The extractor named by `spec`: cnn, inception:FILE, or a registered embedder's `features`."""
     spec = spec.strip()
     if spec == "cnn":
         return _cnn_extractor(real_sources, config, device)
@@ -104,31 +113,16 @@ def make_extractor(spec: str, real_sources: list, config: FidelityConfig, device
             f"{spec} ({variant} Inception v3 pool3, 2048-d)",
             lambda images: inception_features(model, images, device),
         )
-    if spec == "phash":
+    if find_embedder(spec) is None:
+        raise MedisynError(f"--features: unknown extractor '{spec}' (valid: {', '.join(feature_names())})")
+    embedder = get_embedder(spec)
+    if embedder.binary:
         raise MedisynError(
-            "--features phash: binary hashes have no mean or covariance; use cnn, pixel, "
-            "inception:FILE, clip:<model> or hf:<model>"
+            f"--features {spec}: binary hashes have no mean or covariance; use cnn, inception:FILE or a "
+            f"real-valued embedder"
         )
-    if spec == "pixel" or spec.startswith(("clip:", "hf:")):
-        embedder = get_embedder(spec)
-        if spec == "pixel":
-            return Extractor(f"{embedder.name} ({embedder.dim}-d, L2-normalised)", embedder.embed)
-        return Extractor(
-            f"{embedder.name} ({embedder.dim}-d, raw features, not normalised)",
-            lambda images: raw_features(embedder, images),
-        )
-    raise MedisynError(
-        f"--features: unknown extractor '{spec}' (valid: cnn, inception:FILE, pixel, clip:<model>, "
-        f"hf:<model>)"
-    )
-
-
-def raw_features(embedder, images: list) -> np.ndarray:
-    """A neural embedder's features before screening's L2 normalisation (FD is defined on raw features)."""
-    import torch
-
-    with torch.inference_mode():
-        return embedder._forward([to_8bit(image).convert("RGB") for image in images]).float().cpu().numpy()
+    kind = "L2-normalised" if embedder.features_normalised else "raw features, not normalised"
+    return Extractor(f"{embedder.name} ({embedder.dim}-d, {kind})", embedder.features)
 
 
 def _cnn_extractor(real_sources: list, config: FidelityConfig, device) -> Extractor:

@@ -21,7 +21,7 @@ from medisyn_cli.core.imagesets import open_sources
 from medisyn_cli.core.progress import reporting
 from medisyn_cli.core.results import write_csv, write_json
 from medisyn_cli.evaluate.privacy import closest_pairs_figure, near_copies, nearest, training_index
-from medisyn_cli.screening.embed import get_embedder
+from medisyn_cli.screening.embed import embedder_names, get_embedder
 from medisyn_cli.screening.screener import Screener
 
 
@@ -37,7 +37,7 @@ class LeakageConfig:
     )
     test: tuple[str, ...] = field(metadata={"help": "Test (or held-out) images to audit."})
     embedder: str = field(
-        default="pixel", metadata={"help": "pixel (default, no weights), phash, clip:<model>, hf:<model>."}
+        default="pixel", metadata={"help": f"Embedder (default pixel): {', '.join(embedder_names())}."}
     )
     threshold: float | None = field(
         default=None,

@@ -51,7 +51,7 @@ from medisyn_cli.evaluate.memorisation import (  # noqa: F401 (ALPHA, EXPECTED_S
     memorisation_tests,
     percentiles,
 )
-from medisyn_cli.screening.embed import View, apply_view, get_embedder
+from medisyn_cli.screening.embed import View, apply_view, embedder_names, get_embedder
 from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.screener import Screener
 
@@ -74,7 +74,7 @@ class PrivacyConfig:
     heldout: tuple[str, ...] = field(metadata={"help": "Real images of the same kind the model never saw."})
     synthetic: tuple[str, ...] = field(metadata={"help": "Synthetic images."})
     embedder: str = field(
-        default="pixel", metadata={"help": "pixel (default, no weights), phash, clip:<model>, hf:<model>."}
+        default="pixel", metadata={"help": f"Embedder (default pixel): {', '.join(embedder_names())}."}
     )
     threshold: float | None = field(
         default=None,

@@ -29,7 +29,7 @@ from medisyn_cli.core.ownership import (
 )
 from medisyn_cli.core.progress import Task, current, reporting
 from medisyn_cli.judge.classifier import TrainSettings, predict, train_classifier
-from medisyn_cli.judge.features import get_features
+from medisyn_cli.judge.features import feature_names, get_features
 from medisyn_cli.judge.metrics import calibration, confusion, pass_rates
 from medisyn_cli.judge.model import (
     CLASSIFIERS,
@@ -66,7 +66,7 @@ class JudgeConfig:
     embedder: str = field(
         default="thumb",
         metadata={  # features.py; cnn: its own
-            "help": "Features of knn / linear: thumb, pixel, clip:<model>, hf:<model>."
+            "help": f"Features of knn / linear: {', '.join(feature_names())} (default thumb)."
         },
     )
     holdout: float = field(

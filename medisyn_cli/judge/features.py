@@ -1,5 +1,6 @@
-"""Features of the knn / linear judges: `thumb` (default: a small colour thumbnail, no weights) or any embedder of
-embed.py (`pixel`, `clip:<model>`, `hf:<model>`).
+"""Features of the knn / linear judges: `thumb` (default: a small colour thumbnail, no weights) or any registered
+embedder (screening.embed's registry: `pixel`, `clip:<model>`, `hf:<model>`, plug-ins); `thumb` is layered on
+top of that registry here, so help and error texts list both.
 
 The `pixel` embedder is built to find copies (band-passed grey structure: colour and overall brightness removed);
 class identity also lives in colour and brightness, which `thumb` keeps. `judge.json` records the held-out
@@ -12,7 +13,7 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.images import to_8bit
-from medisyn_cli.screening.embed import get_embedder, l2_normalise
+from medisyn_cli.screening.embed import embedder_names, find_embedder, get_embedder, l2_normalise
 
 THUMB_SIDE = 16
 
@@ -55,16 +56,22 @@ class ThumbFeatures:
         return l2_normalise(np.stack(rows))
 
 
+OWN = ("thumb", "thumb:<side>")  # the judge's own values, before the registry's
+
+
+def feature_names() -> tuple[str, ...]:
+    """Every --embedder value of `judge build`: thumb, then the registered embedders."""
+    return OWN + embedder_names()
+
+
 def get_features(spec: str):
-    """The feature extractor named by `spec`: thumb[:side], or an embed.py embedder (pixel, clip:, hf:)."""
+    """The feature extractor named by `spec`: thumb[:side], or a registered embedder (pixel, clip:, hf:, ...)."""
     spec = (spec or "").strip()
     if spec == "thumb" or spec.startswith("thumb:"):
         side = spec.partition(":")[2] or str(THUMB_SIDE)
         if not side.isdigit() or not 4 <= int(side) <= 128:
             raise MedisynError(f"--embedder {spec}: thumb:<side> takes a side from 4 to 128 pixels")
         return ThumbFeatures(int(side))
-
-    try:
-        return get_embedder(spec)
-    except MedisynError as exc:
-        raise MedisynError(f"{exc}; the judge also has 'thumb' (default)") from exc
+    if find_embedder(spec) is None:
+        raise MedisynError(f"--embedder: unknown features '{spec}' (valid: {', '.join(feature_names())})")
+    return get_embedder(spec)

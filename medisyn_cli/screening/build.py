@@ -12,7 +12,7 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.ownership import Owned, claim, remove_temp, replace_in_place
 from medisyn_cli.core.progress import console
 from medisyn_cli.core.shards import shard_from_env
-from medisyn_cli.screening.embed import get_embedder
+from medisyn_cli.screening.embed import embedder_names, get_embedder
 from medisyn_cli.screening.embedding import embed_sources
 from medisyn_cli.screening.faiss_index import INDEX_TYPES, parse_memory
 from medisyn_cli.screening.index import (
@@ -43,8 +43,8 @@ class IndexConfig:
     embedder: str = field(
         default="pixel",
         metadata={
-            "help": "pixel (default, no weights), phash, learned (a copy descriptor trained here on these "
-            "images, saved in the index), clip:<model> or hf:<model>."
+            "help": "pixel (default, no weights), learned (a copy descriptor trained here on these images, "
+            f"saved in the index), or another registered embedder: {', '.join(embedder_names())}."
         },
     )
     index_type: str = field(default="auto", metadata={"help": "auto, flat (exact), hnsw or ivfpq."})
