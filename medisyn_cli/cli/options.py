@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -111,12 +110,11 @@ def progress_option(owner: Any) -> Any:
 
 # --- one vocabulary: old option names kept for one release -----------------------------------------------------
 
-# old name -> new name; an old name works only in a command that has the new one and not the old one
+# command -> {old name: new name}; an old name works in its command only, hidden from --help
 DEPRECATED = {
-    "--report": "--out",
-    "--train": "--real-train",
-    "--heldout": "--real-heldout",
-    "--test": "--real-test",
+    "screen": {"--report": "--out"},
+    "evaluate privacy": {"--train": "--real-train", "--heldout": "--real-heldout"},
+    "evaluate leakage": {"--train": "--real-train", "--test": "--real-test"},
 }
 
 
@@ -131,14 +129,15 @@ def deprecation_line(old: str, new: str) -> str:
     return f"medisyn: {old} is deprecated, use {new} (it will be removed in {removal_release()})"
 
 
-def rename_deprecated(command: click.Command, args: list[str]) -> list[str]:
-    """`args` with each deprecated option name that `command` understands under its new name renamed (one
-    deprecation line to stderr per old name); values of options and everything after `--` are left alone."""
+def rename_deprecated(command: Any, args: list[str], aliases: dict[str, str]) -> list[str]:
+    """`args` with each old option name of `aliases` renamed to its new one (one deprecation line to stderr per
+    old name); values of options and everything after `--` are left alone."""
     names = {name for param in command.params for name in param.opts + param.secondary_opts}
     takes_value = {
         name
         for param in command.params
-        if isinstance(param, click.Option) and not param.is_flag and not param.count
+        if getattr(param, "is_flag", True) is False
+        and not getattr(param, "count", False)  # an option with a value
         for name in param.opts
     }
     renamed, warned, value_next = [], set(), False
@@ -150,7 +149,7 @@ def rename_deprecated(command: click.Command, args: list[str]) -> list[str]:
         if arg == "--":
             return renamed + list(args[index:])
         name, equals, value = arg.partition("=")
-        new = DEPRECATED.get(name)
+        new = aliases.get(name)
         if new and new in names and name not in names:
             if name not in warned:
                 sys.stderr.write(deprecation_line(name, new) + "\n")
@@ -162,12 +161,13 @@ def rename_deprecated(command: click.Command, args: list[str]) -> list[str]:
 
 
 class VocabularyGroup(TyperGroup):
-    """A command group whose commands accept the deprecated option names of DEPRECATED (hidden from --help)."""
+    """A command group whose commands accept their old option names of DEPRECATED (hidden from --help)."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(self, ctx: Any, args: list[str]):
         name, command, rest = super().resolve_command(ctx, args)
-        if command is not None and not isinstance(command, click.Group):
-            rest = rename_deprecated(command, rest)
+        path = name if ctx.parent is None else f"{ctx.info_name} {name}"
+        if command is not None and path in DEPRECATED:
+            rest = rename_deprecated(command, rest, DEPRECATED[path])
         return name, command, rest
 
 
