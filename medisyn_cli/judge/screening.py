@@ -32,6 +32,7 @@ class LabelCheck:
     counter = "label_rejected"
     columns = {"label_score": "float32", "judged_label": "string"}
     keeps_image = True  # off-label images passed the privacy screen (report measures diversity with them)
+    records_message = False  # its columns say why (label_score, judged_label)
 
     def __init__(self, judge: Judge, min_score: float):
         self.judge, self.min_score = judge, min_score

@@ -8,8 +8,9 @@
 A check is an object with `name` and `check(images, labels) -> list[Verdict]`; optional attributes:
 `columns` (its rejected.parquet columns, name -> pyarrow type name, filled from `Verdict.details`), `counter`
 (the per-class tally its rejections count in: run.json `classes`; default `<name>_rejected`), `keeps_image`
-(rejected.parquet keeps the PNG of the images it rejects) and `ended_reason(verdict, image_id, label,
-max_attempts)` (why a class ended). `Checks` runs a run's checks in order over every image: the first that
+(rejected.parquet keeps the PNG of the images it rejects), `records_message` (default True: rejected.parquet's
+`message` column holds `Verdict.reason`; medisyn's own checks say why in their columns) and
+`ended_reason(verdict, image_id, label, max_attempts)` (why a class ended). `Checks` runs a run's checks in order over every image: the first that
 rejects an image gives its reason, every check's details go with it.
 
 The registry: `register_check(name, factory, help=...)`, `get_check`, `check_names`, `checks_help`; medisyn's
@@ -165,13 +166,16 @@ class Checks:
 
     def columns(self) -> dict[str, str]:
         """rejected.parquet's columns: the image, the near-copy columns (every screened or judged run has them), and
-        with any other check `reason` (the rejecting check's name), each check's columns and `image`."""
+        with any other check `reason` (the rejecting check's name), each check's columns, `message` (the reason in
+        words, where a check records it) and `image`."""
         columns = {**BASE_COLUMNS, **NearCopyCheck.columns}
         others = [check for check in self.checks if check.name != NearCopyCheck.name]
         if others:
             columns["reason"] = "string"
             for check in others:
                 columns.update(getattr(check, "columns", {}))
+            if any(getattr(check, "records_message", True) for check in others):
+                columns["message"] = "string"
             if any(getattr(check, "keeps_image", False) for check in others):
                 columns["image"] = "binary"
         return columns
@@ -189,6 +193,7 @@ class NearCopyCheck:
 
     name = "near_copy"
     counter = "rejected"
+    records_message = False  # its columns say why (nearest training image and similarity)
     columns = MATCH_TYPES  # the nearest training image (screener.MATCH_FIELDS)
 
     def __init__(self, screener: Screener):
@@ -275,6 +280,7 @@ class RejectedLog:
             "attempt": item.attempt,
             **verdict.details,
             "reason": verdict.check,
+            "message": verdict.reason,
             "image": item.png() if checks.keeps_image(verdict) else None,
         }
 
