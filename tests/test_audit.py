@@ -61,7 +61,7 @@ class Tags(HTMLParser):
 
 
 def test_screen_flags_planted_copies_and_reports_corrupt_files_as_rows(index, dataset, tmp_path):
-    result = screen(dataset, "--index", index, "--report", tmp_path / "rep")
+    result = screen(dataset, "--index", index, "--out", tmp_path / "rep")
     assert result.exit_code == 0, result.output
     rows = pd.read_parquet(tmp_path / "rep" / "screen.parquet").set_index("image")
     assert len(rows) == 9 and len(pd.read_csv(tmp_path / "rep" / "screen.csv")) == 9
@@ -76,7 +76,7 @@ def test_screen_flags_planted_copies_and_reports_corrupt_files_as_rows(index, da
 
 
 def test_report_html_shows_the_closest_pairs_and_the_histogram(index, dataset, tmp_path):
-    screen(dataset, "--index", index, "--report", tmp_path / "rep")
+    screen(dataset, "--index", index, "--out", tmp_path / "rep")
     parser = Tags()
     parser.feed((tmp_path / "rep" / "report.html").read_text())
     images = [attrs for tag, attrs in parser.tags if tag == "img"]
@@ -87,8 +87,8 @@ def test_report_html_shows_the_closest_pairs_and_the_histogram(index, dataset, t
 
 def test_report_says_it_holds_training_images_and_can_leave_them_out(index, dataset, tmp_path):
     """A report for sharing (#27): --no-training-thumbnails embeds no training image, and each page says which it is."""
-    screen(dataset, "--index", index, "--report", tmp_path / "with")
-    screen(dataset, "--index", index, "--report", tmp_path / "without", "--no-training-thumbnails")
+    screen(dataset, "--index", index, "--out", tmp_path / "with")
+    screen(dataset, "--index", index, "--out", tmp_path / "without", "--no-training-thumbnails")
     with_page = (tmp_path / "with" / "report.html").read_text()
     without_page = (tmp_path / "without" / "report.html").read_text()
     assert "embeds thumbnails of real training images" in with_page
@@ -131,7 +131,7 @@ def render(exe: str, page: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium_with_every_image_loaded(index, dataset, tmp_path):
     exe = chromium()
-    screen(dataset, "--index", index, "--report", tmp_path / "rep")
+    screen(dataset, "--index", index, "--out", tmp_path / "rep")
     page = tmp_path / "rep" / "report.html"
     dom, shot = render(exe, page, tmp_path)
     loaded = re.search(r'data-images="(\d+)" data-loaded="(\d+)"', dom)
@@ -145,7 +145,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(index, data
 
 
 def test_keep_out_writes_the_dataset_without_near_copies(index, dataset, tmp_path):
-    result = screen(dataset, "--index", index, "--report", tmp_path / "rep", "--keep-out", tmp_path / "kept")
+    result = screen(dataset, "--index", index, "--out", tmp_path / "rep", "--keep-out", tmp_path / "kept")
     assert result.exit_code == 0, result.output
     kept = pd.read_csv(tmp_path / "kept" / "metadata.csv")
     assert sorted(kept["file_name"]) == sorted(
@@ -191,14 +191,14 @@ def test_screen_a_medisyn_output_fail_on_copies_and_keep_out_both_formats(tiny_m
 )
 def test_bad_inputs_exit_2_with_one_line_and_write_no_report(index, dataset, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, index=index, dataset=dataset) for a in args]
-    result = screen(dataset, *args, "--report", tmp_path / "rep")
+    result = screen(dataset, *args, "--out", tmp_path / "rep")
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()) and not (tmp_path / "rep").exists()
 
 
 def test_an_empty_dataset_is_a_clear_error(index, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = screen(tmp_path / "empty", "--index", index, "--report", tmp_path / "rep")
+    result = screen(tmp_path / "empty", "--index", index, "--out", tmp_path / "rep")
     assert result.exit_code == 2 and "no images found" in result.output
 
 

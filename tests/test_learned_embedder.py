@@ -180,7 +180,7 @@ def test_index_build_trains_saves_and_screen_loads_the_descriptor(learned_index,
             "--index",
             str(learned_index),
             "--no-progress",
-            "--report",
+            "--out",
             str(tmp_path / "report"),
         ],
     )
@@ -212,7 +212,7 @@ def test_index_with_missing_or_corrupt_weights_is_a_one_line_error(learned_index
             "--index",
             str(learned_index),
             "--no-progress",
-            "--report",
+            "--out",
             str(tmp_path / "report"),
         ],
     )

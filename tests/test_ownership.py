@@ -177,7 +177,7 @@ def test_3_report_and_screen_never_overwrite_the_users_report_files(data, run, t
     code, output = invoke("report", mine)
     one_line(output, code)
     assert "not a medisyn output folder" in output
-    code, output = invoke("screen", FIXTURES, "--index", data["index"], "--report", mine, "--no-progress")
+    code, output = invoke("screen", FIXTURES, "--index", data["index"], "--out", mine, "--no-progress")
     one_line(output, code)
     assert "was not made by medisyn screen" in output
     assert snapshot(mine) == before
@@ -203,7 +203,7 @@ def test_4_keep_out_never_touches_a_users_folder_named_like_a_temp(data, tmp_pat
     project = tmp_path / "proj"
     before = user_files(project / ".clean.tmp", ("scan-1.png", "notes.txt"))
     code, output = invoke(
-        "screen", FIXTURES, "--index", data["index"], "--report", tmp_path / "report", "--keep-out",
+        "screen", FIXTURES, "--index", data["index"], "--out", tmp_path / "report", "--keep-out",
         project / "clean", "--no-progress",
     )  # fmt: skip
     assert code == 0, output
@@ -301,7 +301,7 @@ def test_a_killed_index_build_is_reported_unfinished_and_the_next_build_cleans_u
         [sys.executable, "-c", KILLED.format(out=str(out), command="index build")], capture_output=True
     )
     assert killed.returncode == -signal.SIGKILL
-    code, output = invoke("screen", FIXTURES, "--index", out, "--report", tmp_path / "r", "--no-progress")
+    code, output = invoke("screen", FIXTURES, "--index", out, "--out", tmp_path / "r", "--no-progress")
     one_line(output, code)
     assert "unfinished build" in output
     code, output = invoke("index", "build", FIXTURES, "--out", out, "--no-progress")
@@ -376,9 +376,9 @@ def command_args(name: str, out, data, tiny_model) -> list:
     return {
         "generate": generate_args(data, tiny_model, out),
         "generate --overwrite": generate_args(data, tiny_model, out, "--overwrite"),
-        "screen --report": ["screen", FIXTURES, "--index", index, "--report", out, "--no-progress"],
+        "screen --out": ["screen", FIXTURES, "--index", index, "--out", out, "--no-progress"],
         "screen --keep-out": [
-            "screen", FIXTURES, "--index", index, "--report", data["root"] / "r", "--keep-out", out, "--no-progress",
+            "screen", FIXTURES, "--index", index, "--out", data["root"] / "r", "--keep-out", out, "--no-progress",
         ],
         "report": ["report", out],
         "merge": ["merge", out],
@@ -401,7 +401,7 @@ def command_args(name: str, out, data, tiny_model) -> list:
 COMMANDS = [
     "generate",
     "generate --overwrite",
-    "screen --report",
+    "screen --out",
     "screen --keep-out",
     "report",
     "merge",
@@ -411,7 +411,7 @@ COMMANDS = [
     "train",
     "evaluate --out",
 ]
-MARKED = {"generate": "generate", "generate --overwrite": "generate", "screen --report": "screen"}
+MARKED = {"generate": "generate", "generate --overwrite": "generate", "screen --out": "screen"}
 MARKED |= {"screen --keep-out": "screen", "report": "generate", "index build": "index build"}
 MARKED |= {"judge build": "judge build", "study build": "study build", "train": "train"}
 MARKED |= {"evaluate --out": "evaluate", "merge": "generate"}
@@ -496,7 +496,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "command", ["screen --report", "index build", "judge build", "study build", "evaluate --out"]
+    "command", ["screen --out", "index build", "judge build", "study build", "evaluate --out"]
 )
 def test_matrix_kill_9_then_rerun_completes_and_leaves_no_temp(command, data, tiny_model, tmp_path):
     out = tmp_path / "killed"
@@ -543,7 +543,7 @@ def test_keep_out_racing_generate_into_one_folder_one_is_refused_before_writing(
     target = tmp_path / "B"
     generate = medisyn(*generate_args(data, tiny_model, target, n=6))
     screen = medisyn(
-        "screen", data["synthetic"], "--index", data["index"], "--report", tmp_path / "r", "--keep-out", target,
+        "screen", data["synthetic"], "--index", data["index"], "--out", tmp_path / "r", "--keep-out", target,
         "--no-progress",
     )  # fmt: skip
     results = {"generate": finish(generate), "screen": finish(screen)}
@@ -559,7 +559,7 @@ def test_keep_out_racing_generate_into_one_folder_one_is_refused_before_writing(
 
 
 @pytest.mark.parametrize(
-    "command", ["screen --report", "report", "index build", "judge build", "study build", "evaluate --out"]
+    "command", ["screen --out", "report", "index build", "judge build", "study build", "evaluate --out"]
 )
 def test_matrix_user_files_inside_a_medisyn_folder_survive_a_rerun(command, data, tiny_model, run, tmp_path):
     out = copy_run(run, tmp_path / "out") if command == "report" else tmp_path / "out"

@@ -163,7 +163,7 @@ def test_screen_and_index_build_at_512_and_1024_px(real, generated, tmp_path):
     medisyn("index", "build", str(big), "--out", str(tmp_path / "index1024"), "--no-progress")
     assert len(pd.read_parquet(tmp_path / "index1024" / "keys.parquet")) == 4
     report = tmp_path / "screen"
-    medisyn("screen", str(generated), "--index", str(real["index"]), "--report", str(report), "--no-progress")
+    medisyn("screen", str(generated), "--index", str(real["index"]), "--out", str(report), "--no-progress")
     rows = pd.read_csv(report / "screen.csv")
     assert len(rows) == 2 and not rows["near_copy"].any()
     # a training image itself, at 1024 px, is found as a near-copy of itself in the 1024 px index
@@ -172,7 +172,7 @@ def test_screen_and_index_build_at_512_and_1024_px(real, generated, tmp_path):
         str(big),
         "--index",
         str(tmp_path / "index1024"),
-        "--report",
+        "--out",
         str(tmp_path / "self"),
         "--no-progress",
     )
@@ -224,9 +224,9 @@ def test_evaluate_and_study_build_on_512_px_outputs(real, generated, tmp_path):
     medisyn(
         "evaluate",
         "privacy",
-        "--train",
+        "--real-train",
         str(real["train"]),
-        "--heldout",
+        "--real-heldout",
         str(held),
         "--synthetic",
         str(generated),

@@ -297,7 +297,7 @@ def test_screen_runs_in_a_batch_job_with_output_redirected(tmp_path):
             str(fixtures / "screen"),
             "--index",
             str(tmp_path / "idx"),
-            "--report",
+            "--out",
             str(tmp_path / "rep"),
         ],
         stdout=log,

@@ -1,4 +1,4 @@
-"""`medisyn report OUT`: one self-contained HTML page about a generate output folder (images as data URIs),
+"""`medisyn report DATASET`: one self-contained HTML page about a generate output folder (images as data URIs),
 and OUT/report.json with its numbers (label check, diversity guard, notes).
 
 Sections, each omitted with a one-line note when its inputs are missing: run (model, sampling), per-class
@@ -330,7 +330,7 @@ def _diversity_html(result: dict) -> str:
     reference = (
         "against the real reference " + html.escape(", ".join(result["real"]))
         if result.get("real")
-        else "no real reference given (medisyn report OUT --real REAL adds coverage and recall)"
+        else "no real reference given (medisyn report DATASET --real REAL adds coverage and recall)"
     )
     change = ", ".join(f"{name} {_cell(value)}" for name, value in (result.get("change") or {}).items())
     return (
