@@ -47,6 +47,13 @@ def test_seed_depends_on_run_seed_label_index_and_attempt_only():
     assert 0 <= base < 2**63
 
 
+def test_a_jobs_seeds_come_from_one_function_of_the_run_seed(manifest):
+    m = load_manifest(manifest)
+    job = next(iter_jobs(m, quotas(m.weights(), 3), seed=5))
+    assert job.seed == job.attempt_seed(0) == image_seed(5, job.label, job.index)
+    assert job.attempt_seed(2) == image_seed(5, job.label, job.index, 2) != job.seed
+
+
 def test_jobs_are_interleaved_unique_and_use_variants_in_turn(manifest):
     m = load_manifest(manifest)
     counts = quotas(m.weights(), 9)
