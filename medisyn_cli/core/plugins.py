@@ -20,6 +20,7 @@ from medisyn_cli.core.errors import MedisynError
 GROUPS = ("medisyn.embedders", "medisyn.formats", "medisyn.checks")
 _LOADED: set[str] = set()
 _LOCK = threading.RLock()
+_SCAN: dict = {"points": None}  # every installed entry point, scanned once (reset_plugins scans again)
 
 
 def load_plugins(group: str, register: Callable[[str, object], None]) -> None:
@@ -45,9 +46,13 @@ def reset_plugins(group: str | None = None) -> None:
     """Forget which groups were loaded (tests), so the next registry look-up loads them again."""
     with _LOCK:
         _LOADED.difference_update([group] if group else list(_LOADED))
+        _SCAN["points"] = None
 
 
 def _entry_points(group: str) -> list:
-    from importlib.metadata import entry_points
+    """The group's entry points by name (one scan of the installed packages serves every group)."""
+    if _SCAN["points"] is None:
+        from importlib.metadata import entry_points
 
-    return sorted(entry_points(group=group), key=lambda point: point.name)
+        _SCAN["points"] = entry_points()
+    return sorted(_SCAN["points"].select(group=group), key=lambda point: point.name)
