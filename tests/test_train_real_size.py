@@ -15,7 +15,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.slow
+# ~10 minutes and ~9 GB on a 2-core CPU: run on request, like tests/test_real_size.py
+# (`MEDISYN_REAL_SIZE=1 pytest -m slow tests/test_train_real_size.py`), not in CI's suite
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("MEDISYN_REAL_SIZE") != "1", reason="real-size pipelines: set MEDISYN_REAL_SIZE=1"
+    ),
+]
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
