@@ -79,7 +79,11 @@ def calibrate(
     return {
         "threshold": threshold,
         **partly,
-        **(_verify_threshold(flagged, inliers, verified) if screener.verifier is not None else {}),
+        **(
+            _verify_threshold(flagged, inliers, verified, dense=index.local.thumbs is not None)
+            if screener.verifier is not None
+            else {}
+        ),
         "target_fpr": target_fpr,
         "view_set": screener.view_set,
         "floor": floor,
@@ -142,11 +146,18 @@ def _partial_threshold(negatives: np.ndarray, partial: np.ndarray, threshold: fl
     }
 
 
-def _verify_threshold(flagged: np.ndarray, inliers: np.ndarray, copies: np.ndarray) -> dict:
-    """The verification threshold (affine inliers): one above the most inliers of any negative the other rules let
-    through (no new false positive on the index's own images), and at least VERIFY_FLOOR."""
+def _verify_threshold(
+    flagged: np.ndarray, inliers: np.ndarray, copies: np.ndarray, dense: bool = True
+) -> dict:
+    """The verification threshold (affine inliers). With the dense check (verify.AGREEMENT: the aligned images
+    must agree block by block), VERIFY_FLOOR: the rule is the method's, and what it lets through on the index's own
+    images is measured and recorded, not tuned away -- the negatives here still hold the training set's own
+    duplicates that the embedding did not catch (a shifted frame, the next slice, the same cell cropped again),
+    so raising the threshold to pass them would blind the screen to the copies it exists to catch. Without it (an
+    index from before): one above the most inliers of any negative the other rules let through, at least
+    VERIFY_FLOOR."""
     kept = inliers[~flagged]
-    value = int(max(VERIFY_FLOOR, kept.max() + 1 if len(kept) else 0))
+    value = VERIFY_FLOOR if dense else int(max(VERIFY_FLOOR, kept.max() + 1 if len(kept) else 0))
     return {
         "verify_threshold": value,
         "verify_fpr_at_threshold": round(float(np.mean(flagged | (inliers >= value))), 4),

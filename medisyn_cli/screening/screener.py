@@ -33,7 +33,7 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.embed import TILES, blas_threads
 from medisyn_cli.screening.faiss_index import rescore, search_index
 from medisyn_cli.screening.index import TrainingIndex
-from medisyn_cli.screening.verify import Verifier, features
+from medisyn_cli.screening.verify import Verifier, query_features
 
 REGION_PENALTY = (
     0.0  # subtracted from a tile match (16 tiles x the region views: more chances than whole images)
@@ -144,7 +144,7 @@ class Screener:
         """The images under the union of the whole-image and region views (views both use embedded once), and
         their keypoints where candidates are verified."""
         vectors = self.embedder.embed_views(images, self._union)
-        return vectors, None if self.verifier is None else [features(image) for image in images]
+        return vectors, None if self.verifier is None else [query_features(image) for image in images]
 
     def _check(self, images: list, exclude: list, embedded: tuple) -> list[ScreenResult]:
         if not images:

@@ -8,6 +8,14 @@ region pasted into another image still becomes a candidate), and a RANSAC affine
 geometric transform explains (inliers). Intensity inversion and mirroring permute a SIFT descriptor's bins, so the
 query is matched under all four at no extra detection cost.
 
+Inliers alone do not tell a copy from a look-alike: two chest x-rays of different children share 30-40 inliers
+(ribs, clavicles and the heart border line up under one affine map). So the training image is then warped onto the
+query with that model and compared where the inliers are (their convex hull): in every 8x8 block of it, the squared
+correlation of the two images (a local linear fit, so any contrast, gamma or inversion change keeps it near 1).
+A copy -- rotated, sheared, cropped, bordered, pasted into another image -- agrees in most blocks; a look-alike
+agrees in its outlines but not in its texture. A candidate is verified when its median block agreement is at least
+AGREEMENT. The training images' grey thumbnails (THUMB_SIDE) are kept in local.npz for this.
+
     local = LocalFeatures.from_images(images)          # at index build
     verifier = Verifier(local)
     inliers, ids = verifier.score(query_images, candidates)
@@ -39,7 +47,19 @@ MIN_SPREAD = 0.1
 # inliers that make a verified candidate a near-copy where the index has no calibrated value (fewer than
 # calibrate.CALIBRATION_MIN images: two distinct chest x-rays can share 12), and the least a calibrated value may be
 VERIFY_DEFAULT, VERIFY_FLOOR = 20, 12
-SETTINGS = {"work_side": WORK_SIDE, "keypoints": STORED_KEYPOINTS, "contrast": CONTRAST, "version": 1}
+THUMB_SIDE = 64  # training images' grey thumbnails kept for the dense check (upsampled to WORK_SIDE)
+BLOCK = 8  # side of the blocks the dense check correlates, in WORK_SIDE pixels
+# least median squared block correlation of a verified copy: the six data sets' copies under random affine, crop,
+# border and paste edits reach it in 90% of cases, distinct look-alikes (chest x-rays, hands) in < 0.5%
+AGREEMENT = 0.85
+SETTINGS = {
+    "work_side": WORK_SIDE,
+    "keypoints": STORED_KEYPOINTS,
+    "contrast": CONTRAST,
+    "thumb_side": THUMB_SIDE,
+    "agreement": AGREEMENT,
+    "version": 2,
+}
 
 _GRID = np.arange(128).reshape(4, 4, 8)  # OpenCV's SIFT layout: (row bin, column bin, orientation bin)
 # an inverted image's descriptor at the same keypoint: the spatial grid turned by 180 degrees
@@ -48,17 +68,32 @@ INVERTED = _GRID[::-1, ::-1, :].ravel()
 MIRRORED = _GRID[::-1, :, :][:, :, (-np.arange(8)) % 8].ravel()
 
 
+def grey(image, side: int = WORK_SIDE) -> np.ndarray:
+    """The image as a side x side grey uint8 array (bicubic)."""
+    from PIL import Image
+
+    return np.asarray(to_8bit(image).convert("L").resize((side, side), Image.Resampling.BICUBIC), np.uint8)
+
+
 def features(image, keep: int = QUERY_KEYPOINTS) -> tuple[np.ndarray, np.ndarray]:
     """(points float32 (n, 2) in WORK_SIDE pixels, SIFT descriptors uint8 (n, 128)) of the `keep` strongest
     keypoints of an image (none for None)."""
-    import cv2
-    from PIL import Image
-
     if image is None:
         return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
-    grey = np.asarray(
-        to_8bit(image).convert("L").resize((WORK_SIDE, WORK_SIDE), Image.Resampling.BICUBIC), np.uint8
-    )
+    return _keypoints(grey(image), keep)
+
+
+def query_features(image) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A query's keypoints (`features`) and its WORK_SIDE grey copy, for the dense check."""
+    if image is None:
+        return (*features(None), None)
+    pixels = grey(image)
+    return (*_keypoints(pixels, QUERY_KEYPOINTS), pixels)
+
+
+def _keypoints(grey: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
     cv2.setNumThreads(1)  # one image per call: threads of its own would only compete with the caller's
     sift = cv2.SIFT_create(nfeatures=keep, contrastThreshold=CONTRAST)
     keypoints, descriptors = sift.detectAndCompute(grey, None)
@@ -82,6 +117,9 @@ class LocalFeatures:
     points: np.ndarray  # float32 (N, 2)
     descriptors: np.ndarray  # uint8 (N, 128)
     offsets: np.ndarray  # int64 (images + 1,): image i's keypoints are rows offsets[i]:offsets[i + 1]
+    thumbs: np.ndarray | None = (
+        None  # uint8 (images, THUMB_SIDE, THUMB_SIDE) grey; None: an index from before
+    )
     search: _DescriptorSearch | None = field(default=None, repr=False)  # built on first use, saved with them
 
     @classmethod
@@ -90,26 +128,30 @@ class LocalFeatures:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max(1, threads)) as pool:  # OpenCV releases the GIL
-            found = list(pool.map(lambda im: features(im, STORED_KEYPOINTS), images))
+            found = list(pool.map(_stored, images))
         return cls.from_parts(found)
 
     @classmethod
-    def from_parts(cls, found: list[tuple[np.ndarray, np.ndarray]]) -> LocalFeatures:
-        """From per-image (points, descriptors)."""
-        counts = [len(p) for p, _ in found]
+    def from_parts(cls, found: list[tuple]) -> LocalFeatures:
+        """From per-image (points, descriptors, thumbnail) (thumbnails optional: all or none)."""
+        counts = [len(part[0]) for part in found]
+        thumbs = [part[2] for part in found if len(part) > 2]
         return cls(
-            np.concatenate([p for p, _ in found] or [np.zeros((0, 2))]).astype(np.float32),
-            np.concatenate([d for _, d in found] or [np.zeros((0, 128))]).astype(np.uint8),
+            np.concatenate([part[0] for part in found] or [np.zeros((0, 2))]).astype(np.float32),
+            np.concatenate([part[1] for part in found] or [np.zeros((0, 128))]).astype(np.uint8),
             np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            np.stack(thumbs).astype(np.uint8) if found and len(thumbs) == len(found) else None,
         )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def image(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(points, descriptors) of training image i."""
+    def image(self, i: int) -> tuple:
+        """(points, descriptors[, thumbnail]) of training image i."""
         a, b = self.offsets[i], self.offsets[i + 1]
-        return self.points[a:b], self.descriptors[a:b]
+        if self.thumbs is None:
+            return self.points[a:b], self.descriptors[a:b]
+        return self.points[a:b], self.descriptors[a:b], self.thumbs[i]
 
     def owners(self) -> np.ndarray:
         """The training image of every stored keypoint."""
@@ -131,6 +173,7 @@ class LocalFeatures:
                 points=self.points,
                 descriptors=self.descriptors,
                 offsets=self.offsets,
+                **({} if self.thumbs is None else {"thumbs": self.thumbs}),
                 basis=search.basis,
                 search=index_bytes(search.index),
             )
@@ -140,12 +183,17 @@ class LocalFeatures:
         """Read local.npz; MedisynError when it is missing or does not cover `count` images."""
         try:
             with np.load(path) as data:
-                local = cls(data["points"], data["descriptors"], data["offsets"])
+                thumbs = data["thumbs"] if "thumbs" in data else None
+                local = cls(data["points"], data["descriptors"], data["offsets"], thumbs)
                 if "search" in data:
                     local.search = _DescriptorSearch.load(data["basis"], data["search"], local.owners())
         except (OSError, KeyError, ValueError) as exc:
             raise MedisynError(f"{path}: cannot read the local features ({exc}); rebuild the index") from exc
-        if len(local) != count or local.offsets[-1] != len(local.descriptors):
+        if (
+            len(local) != count
+            or local.offsets[-1] != len(local.descriptors)
+            or (local.thumbs is not None and len(local.thumbs) != count)
+        ):
             raise MedisynError(
                 f"{path}: local features of {len(local)} images, expected {count}; rebuild the index"
             )
@@ -153,19 +201,21 @@ class LocalFeatures:
 
 
 class Verifier:
-    """Scores queries against training images by the inliers of a RANSAC affine model between their keypoints."""
+    """Scores queries against training images: inliers of a RANSAC affine model between their keypoints, confirmed by
+    the agreement of the aligned images where the inliers are (module docstring)."""
 
     def __init__(self, local: LocalFeatures):
         self.local = local
 
     def score(self, keypoints: list, candidates: list, exclude: list | None = None) -> list[tuple[int, int]]:
-        """Per query (its `features`): (inliers, training id) of its best-verified candidate among `candidates` (ids
-        per query) and the training images its descriptors vote for, but none of `exclude` (ids per query); (0, -1)
-        when none verifies."""
+        """Per query (its `query_features`, or `features` without the dense check): (inliers, training id) of its
+        best-verified candidate among `candidates` (ids per query) and the training images its descriptors vote
+        for, but none of `exclude` (ids per query); (0, -1) when none verifies. Where the index keeps thumbnails
+        and the query its grey copy, a candidate whose aligned image agrees less than AGREEMENT counts as 0."""
         out = []
-        for (points, descriptors), ids, banned in zip(
-            keypoints, candidates, exclude or [()] * len(keypoints)
-        ):
+        for found, ids, banned in zip(keypoints, candidates, exclude or [()] * len(keypoints)):
+            points, descriptors = found[0], found[1]
+            pixels = found[2] if len(found) > 2 else None
             if len(points) < MIN_INLIERS:
                 out.append((0, -1))
                 continue
@@ -176,16 +226,31 @@ class Verifier:
                 for i in dict.fromkeys([int(i) for i in ids] + self.voted(variants))
                 if i >= 0 and i not in banned
             ]
-            best = max(((self.inliers(points, variants, i), i) for i in ids), default=(0, -1))
+            best = max(((self.verified(points, variants, pixels, i), i) for i in ids), default=(0, -1))
             out.append(best if best[0] > 0 else (0, -1))
         return out
+
+    def verified(self, points: np.ndarray, variants: np.ndarray, pixels: np.ndarray | None, i: int) -> int:
+        """The inliers of the query's affine model with training image i, 0 when the aligned images disagree."""
+        count, model, matched = self.match(points, variants, i)
+        if count == 0 or pixels is None or self.local.thumbs is None:
+            return count
+        return count if agreement(pixels, self.local.thumbs[i], model, matched) >= AGREEMENT else 0
 
     def inliers(self, points: np.ndarray, variants: np.ndarray, i: int) -> int:
         """Most inliers of an affine model between the query (`variants`: its RootSIFT descriptors, then the same
         permuted as for its inversion) and training image i."""
-        train_points, train_descriptors = self.local.image(i)
+        return self.match(points, variants, i)[0]
+
+    def match(
+        self, points: np.ndarray, variants: np.ndarray, i: int
+    ) -> tuple[int, np.ndarray | None, np.ndarray]:
+        """(inliers, the 2x3 affine map from query to training pixels, the query's inlier points) of the variant
+        with the most inliers; (0, None, no points) when none has a valid model."""
+        train_points, train_descriptors = self.local.image(i)[:2]
+        none = (0, None, np.zeros((0, 2), np.float32))
         if len(train_points) < MIN_INLIERS:
-            return 0
+            return none
         with blas_threads():
             sims = variants @ root(train_descriptors).T
         rows = np.arange(len(sims))
@@ -195,37 +260,75 @@ class Verifier:
         second = sims.max(axis=1)
         good = (2 - 2 * first) < RATIO**2 * (2 - 2 * second)  # squared distances of unit vectors
         n = len(points)
-        return max(
-            _affine_inliers(
+        models = (
+            _affine_model(
                 points[good[v * n : (v + 1) * n]],
                 train_points[nearest[v * n : (v + 1) * n][good[v * n : (v + 1) * n]]],
             )
             for v in range(len(variants) // n)
         )
+        return max(models, key=lambda found: found[0], default=none)
 
     def voted(self, query: np.ndarray) -> list[int]:
         """The VOTED training images most query descriptors have as a nearest stored descriptor."""
         return self.local.descriptor_search().vote(query, VOTED)
 
 
-def _affine_inliers(query: np.ndarray, train: np.ndarray) -> int:
-    """Inliers of the RANSAC affine model of matched points (0 below MIN_INLIERS, for a degenerate model, or when
-    they cover less than MIN_SPREAD of the query)."""
+def agreement(query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: np.ndarray) -> float:
+    """Median over the BLOCK x BLOCK blocks inside the inliers' convex hull (and inside the warped training image)
+    of the squared correlation between the query's grey copy and the training thumbnail warped onto it by `model`
+    (query -> training pixels); 0 where fewer than 4 blocks have texture in both."""
     import cv2
 
+    side = WORK_SIDE
+    train = cv2.resize(thumb, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpAffine(train, model, (side, side), flags=flags)
+    inside = cv2.warpAffine(np.ones((side, side), np.uint8), model, (side, side), flags=flags)
+    region = np.zeros((side, side), np.uint8)
+    cv2.fillConvexPoly(region, cv2.convexHull(matched.astype(np.float32)).astype(np.int32), 1)
+    region = cv2.dilate(region, np.ones((9, 9), np.uint8)) & cv2.erode(inside, np.ones((5, 5), np.uint8))
+    blocks = side // BLOCK
+    tile = lambda a: a.reshape(blocks, BLOCK, blocks, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)  # noqa: E731
+    full = tile(region).min(axis=1) > 0
+    a, b = tile(query.astype(np.float32))[full], tile(warped)[full]
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    textured = (a.std(axis=1) > 2) & (b.std(axis=1) > 2)
+    if textured.sum() < 4:
+        return 0.0
+    a, b = a[textured], b[textured]
+    r = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return float(np.median(r**2))
+
+
+def _affine_model(query: np.ndarray, train: np.ndarray) -> tuple[int, np.ndarray | None, np.ndarray]:
+    """(inliers, model, the query's inlier points) of the RANSAC affine model of matched points: 0 inliers below
+    MIN_INLIERS, for a degenerate model, or when they cover less than MIN_SPREAD of the query."""
+    import cv2
+
+    none = (0, None, np.zeros((0, 2), np.float32))
     if len(query) < MIN_INLIERS:
-        return 0
+        return none
     model, mask = cv2.estimateAffine2D(
         query, train, ransacReprojThreshold=RANSAC_PIXELS, maxIters=500, refineIters=0
     )
     if model is None or mask is None:
-        return 0
+        return none
     det = abs(np.linalg.det(model[:, :2]))
     count = int(mask.sum())
     if not (1 / 16 <= det <= 16 and count >= MIN_INLIERS):
-        return 0
-    hull = cv2.convexHull(query[mask.ravel() > 0].astype(np.float32))
-    return count if cv2.contourArea(hull) >= MIN_SPREAD * WORK_SIDE**2 else 0
+        return none
+    matched = query[mask.ravel() > 0].astype(np.float32)
+    if cv2.contourArea(cv2.convexHull(matched)) < MIN_SPREAD * WORK_SIDE**2:
+        return none
+    return count, model, matched
+
+
+def _stored(image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A training image's keypoints (STORED_KEYPOINTS strongest) and grey thumbnail (zeros for an unreadable one)."""
+    if image is None:
+        return (*features(None), np.zeros((THUMB_SIDE, THUMB_SIDE), np.uint8))
+    return (*features(image, STORED_KEYPOINTS), grey(image, THUMB_SIDE))
 
 
 class _DescriptorSearch:
