@@ -8,7 +8,7 @@ from pathlib import Path
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.ownership import foreign_message, holds_files, is_ours, remove_private
 from medisyn_cli.core.progress import console
-from medisyn_cli.train.config import TrainConfig, run_options
+from medisyn_cli.train.config import FREE_ON_RESUME, TrainConfig, run_options
 
 
 def check_out(out: Path, config: TrainConfig) -> None:
@@ -23,7 +23,9 @@ def check_out(out: Path, config: TrainConfig) -> None:
     if config.resume and saved.exists():
         previous, current = json.loads(saved.read_text()), run_options(config)
         defaults = run_options(TrainConfig(data=config.data, out=config.out))
-        changed = [k for k in current if current[k] != previous.get(k, defaults[k])]
+        changed = [
+            k for k in current if k not in FREE_ON_RESUME and current[k] != previous.get(k, defaults[k])
+        ]
         if changed:
             raise MedisynError(f"--resume: options differ from the run in {out}: {', '.join(changed)}")
 
@@ -34,13 +36,17 @@ def save_options(work: Path, config: TrainConfig) -> None:
     (work / "config.json").write_text(json.dumps(run_options(config), indent=2))
 
 
-def save_checkpoint(accelerator, work: Path, step: int, losses: list[float]) -> None:
-    """Save state to a temp folder, then rename it; keep the latest two."""
+def save_checkpoint(
+    accelerator, work: Path, step: int, losses: list[float], optimizer: str = "adamw"
+) -> None:
+    """Save state (and the optimiser's name) to a temp folder, then rename it; keep the latest two."""
     root = work / "checkpoints"
     tmp = root / f".tmp-{step:06d}"
     remove_private(tmp)
     accelerator.save_state(str(tmp))
-    (tmp / "medisyn_state.json").write_text(json.dumps({"step": step, "losses": losses}))
+    (tmp / "medisyn_state.json").write_text(
+        json.dumps({"step": step, "losses": losses, "optimizer": optimizer})
+    )
     final = root / f"step-{step:06d}"
     remove_private(final)
     tmp.rename(final)
@@ -54,13 +60,20 @@ def latest_checkpoint(work: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def restore(accelerator, work: Path) -> tuple[list[float], int]:
-    """Load the latest checkpoint into the accelerator; returns (losses so far, step), or ([], 0) for a new run."""
+def restore(accelerator, work: Path, optimizer: str = "adamw") -> tuple[list[float], int]:
+    """Load the latest checkpoint into the accelerator; returns (losses so far, step), or ([], 0) for a new run.
+    A checkpoint of another optimiser is refused: its state would not load into this one."""
     checkpoint = latest_checkpoint(work)
     if checkpoint is None:
         return [], 0
-    accelerator.load_state(str(checkpoint))
     state = json.loads((checkpoint / "medisyn_state.json").read_text())
+    saved = state.get("optimizer", "adamw")  # checkpoints from before --optimizer: AdamW
+    if saved != optimizer:
+        raise MedisynError(
+            f"--optimizer {optimizer}: the checkpoint {checkpoint} holds {saved} state; resume with "
+            f"--optimizer {saved}, or train into a new --out"
+        )
+    accelerator.load_state(str(checkpoint))
     console.print(f"resumed from {checkpoint} at step {state['step']}")
     return state["losses"], state["step"]
 

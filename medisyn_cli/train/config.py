@@ -76,6 +76,7 @@ TINY = {
 
 
 CONFIGS = {"mini": MINI, "tiny": TINY}
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,23 @@ class TrainConfig:
     steps: int = field(default=2000, metadata={"help": "Diffusion (UNet) optimisation steps."})
     vae_steps: int = field(default=600, metadata={"help": "Autoencoder steps (from scratch only)."})
     batch_size: int = field(default=64, metadata={"help": "Images per training batch."})
-    lr: float = field(default=5e-4, metadata={"help": "Learning rate (AdamW, 100 warm-up steps)."})
+    lr: float = field(default=5e-4, metadata={"help": "Learning rate (100 warm-up steps)."})
+    optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "adamw; adamw8bit (bitsandbytes' 8-bit state: pip install bitsandbytes); adafactor (factored "
+            "second moments, no first: the least memory, for full fine-tuning on small machines)."
+        },
+    )
     vae_lr: float = 1e-3
     mixed_precision: str = field(default="auto", metadata={"help": "auto, no, fp16 or bf16."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute activations in the backward pass instead of holding them (the UNet, and the text "
+            "encoder when it trains): less memory, slower steps, the same weights."
+        },
+    )
     grad_accum: int = field(default=1, metadata={"help": "Batches accumulated per optimiser step."})
     ema: bool = field(
         default=True, metadata={"help": "Save an exponential moving average of the trained weights."}
@@ -179,6 +194,8 @@ def check_options(config: TrainConfig) -> None:
     """Every option a run can refuse before it reads data or loads a model: one line naming the option."""
     if not config.base and config.config not in CONFIGS:
         raise MedisynError(f"--config: unknown config '{config.config}' (choose from {', '.join(CONFIGS)})")
+    if config.optimizer not in OPTIMIZERS:
+        raise MedisynError(f"--optimizer: '{config.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     if not 0.0 <= config.balance <= 1.0:
         raise MedisynError(
             f"--balance: {config.balance} is not between 0 (uniform) and 1 (every caption equally often)"
@@ -213,6 +230,9 @@ def mixed_precision(name: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16"
+
+
+FREE_ON_RESUME = ("gradient_checkpointing",)  # saved, but a resume may change them: the weights stay the same
 
 
 def run_options(config: TrainConfig) -> dict:

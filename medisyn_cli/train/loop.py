@@ -19,6 +19,7 @@ from medisyn_cli.train.outputs import sample_grid, save_outputs, tail_mean, vali
 from medisyn_cli.train.step import (
     caption_states,
     caption_weights,
+    check_optimizer,
     diffusion_loss,
     draw_batch,
     ema_weights,
@@ -65,6 +66,7 @@ def _train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
     quiet_libraries()
     torch.set_flush_denormal(True)  # denormal floats slow CPU training by 5-10x once weights get small
     reset_accelerate()
+    check_optimizer(config.optimizer)
     seed_run(config.seed, config.deterministic)
     # 2. the training images, decoded once into a file of pixels; their captions
     fresh = not work.exists()
@@ -109,7 +111,7 @@ def _diffusion_stage(parts, latents, captions, scale, config, accelerator, progr
     ids_of = tokenize(parts["tokenizer"], unique + [""])
     caption_index = torch.tensor([unique.index(c) for c in captions])
     weights = caption_weights(caption_index, config.balance) if config.balance else None
-    losses, step = restore(accelerator, work)
+    losses, step = restore(accelerator, work, config.optimizer)
     generator, micro = torch.Generator(), 0
     task = progress.add_task("diffusion", total=config.steps, completed=step, rate="", info="")
     start, done = time.time(), 0
@@ -163,7 +165,7 @@ def _after_step(
 ) -> None:
     """Checkpoint and draw the validation grid when their step comes."""
     if step % config.checkpoint_every == 0 or step == config.steps:
-        save_checkpoint(accelerator, work, step, losses)
+        save_checkpoint(accelerator, work, step, losses, config.optimizer)
     if config.validate_every and (step % config.validate_every == 0 or step == config.steps):
         with ema_weights(ema, trainable):
             sample_grid(

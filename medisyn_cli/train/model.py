@@ -76,6 +76,20 @@ def trainable_parameters(parts, config: TrainConfig) -> list:
     )
 
 
+def checkpoint_activations(parts) -> None:
+    """Gradient checkpointing: the UNet (and the text encoder when it trains) recompute their activations in the
+    backward pass instead of holding them."""
+    parts["unet"].enable_gradient_checkpointing()
+    if parts["train_text_encoder"]:
+        encoder = parts["text_encoder"]
+        enable = (
+            getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+        )
+        enable(
+            {"use_reentrant": False}
+        )  # a frozen input (the token embeddings of LoRA runs) still gets gradients
+
+
 def seed_run(seed: int, deterministic: bool = False) -> None:
     """Seed every generator a run draws from without its own: fresh weights, the LoRA layers' initial values,
     dropout, the autoencoder's samples (python, numpy, torch and CUDA); `deterministic`: CUDA's algorithms too."""

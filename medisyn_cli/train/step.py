@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.pipeline.lora import checkpoint_adapters_only
 from medisyn_cli.train.config import CAPTION_CACHE_BYTES, TrainConfig
-from medisyn_cli.train.model import trainable_parameters, unwrap
+from medisyn_cli.train.model import checkpoint_activations, trainable_parameters, unwrap
+
+WEIGHT_DECAY = 1e-2
 
 
 def step_seed(seed: int, step: int, micro: int = 0) -> int:
@@ -104,7 +107,9 @@ def optimiser(parts, config: TrainConfig, accelerator):
     trainable = trainable_parameters(parts, config)
     if config.lora:
         checkpoint_adapters_only(accelerator)
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=1e-2)
+    if config.gradient_checkpointing:
+        checkpoint_activations(parts)
+    optimizer = make_optimizer(trainable, config.optimizer, config.lr, accelerator.device)
     lr_lambda = lambda step: min(1.0, (step + 1) / 100)  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(
@@ -117,6 +122,67 @@ def optimiser(parts, config: TrainConfig, accelerator):
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     return trainable, optimizer, lr_schedule, ema
+
+
+def make_optimizer(params: list, name: str, lr: float, device):
+    """The --optimizer: torch's AdamW, bitsandbytes' AdamW8bit, or transformers' Adafactor at a fixed `lr` (no
+    first moment, factored second moments: state far smaller than the model)."""
+    import torch
+
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            params,
+            lr=lr,
+            relative_step=False,
+            scale_parameter=False,
+            warmup_init=False,
+            weight_decay=WEIGHT_DECAY,
+        )
+    if name == "adamw8bit":
+        return adamw8bit(device)(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
+
+
+def check_optimizer(name: str) -> None:
+    """Refuse --optimizer adamw8bit before any data or model is read where bitsandbytes is missing or cannot run."""
+    if name == "adamw8bit":
+        from accelerate import PartialState
+
+        adamw8bit(PartialState().device)
+
+
+def adamw8bit(device):
+    """bitsandbytes' AdamW8bit class, once a trial step on `device` worked: else a one-line error saying what to use."""
+    import torch
+
+    instead = "use --optimizer adafactor (the least memory) or adamw"
+    try:
+        import bitsandbytes
+    except Exception as error:  # not installed, or (older releases) no build for this machine
+        raise MedisynError(
+            f"--optimizer adamw8bit: bitsandbytes cannot be imported ({first_line(error)}); "
+            f"pip install bitsandbytes, or {instead}"
+        ) from error
+    probe = torch.zeros(
+        4096, device=device, requires_grad=True
+    )  # 4096: the smallest tensor it keeps in 8 bits
+    probe.grad = torch.ones_like(probe)
+    try:
+        bitsandbytes.optim.AdamW8bit([probe], lr=1e-3).step()
+    except Exception as error:
+        raise MedisynError(
+            f"--optimizer adamw8bit: bitsandbytes {getattr(bitsandbytes, '__version__', '')} cannot run on "
+            f"{device} ({first_line(error)}); {instead}"
+        ) from error
+    return bitsandbytes.optim.AdamW8bit
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line, at most 200 characters."""
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
 
 
 class ema_weights:
