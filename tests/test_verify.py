@@ -23,6 +23,7 @@ from medisyn_cli.screening.verify import (
     LocalFeatures,
     Verifier,
     agreement,
+    descriptor_variants,
     features,
     query_features,
     root,
@@ -118,8 +119,17 @@ def test_copies_are_verified_against_their_source(verifier, make):
         (lambda im: affine(im, 200, 9, 0.7), (0, 10)),
         (lambda im: ImageOps.invert(affine(im, 123, -6, 1)), (0, 6, 10)),
         (lambda im: pasted(im), (0, 6, 10)),
+        (lambda im: ImageOps.mirror(affine(im, 23, 4, 0.9)), (0, 6, 10)),
+        (lambda im: ImageOps.invert(ImageOps.flip(affine(im, 71, 0, 1))), (0, 6, 10)),
     ],
-    ids=["rotation-37", "rotation-shear-squeeze", "inverted-affine", "pasted-region"],
+    ids=[
+        "rotation-37",
+        "rotation-shear-squeeze",
+        "inverted-affine",
+        "pasted-region",
+        "mirrored-affine",
+        "flipped-inverted-affine",
+    ],
 )
 def test_copies_pass_the_dense_check(verifier, make, sources):
     check, images = verifier
@@ -140,7 +150,7 @@ def test_look_alikes_share_an_affine_model_but_fail_the_dense_check(pair):
     check = Verifier(local)
     points, descriptors, pixels = query_features(query)
     q = root(descriptors)
-    inliers, model, matched = check.match(points, np.concatenate([q, q[:, INVERTED]]), 0)
+    inliers, model, matched = check.match(points, descriptor_variants(q), 0)
     assert inliers >= VERIFY_FLOOR + 10  # keypoints alone would call it a copy
     assert agreement(pixels, local.thumbs[0], model, matched) < AGREEMENT
     assert check.score([(points, descriptors, pixels)], [[0]]) == [(0, -1)]

@@ -219,8 +219,7 @@ class Verifier:
             if len(points) < MIN_INLIERS:
                 out.append((0, -1))
                 continue
-            query = root(descriptors)
-            variants = np.concatenate([query, query[:, INVERTED]])
+            variants = descriptor_variants(root(descriptors))
             ids = [
                 i
                 for i in dict.fromkeys([int(i) for i in ids] + self.voted(variants))
@@ -238,8 +237,8 @@ class Verifier:
         return count if agreement(pixels, self.local.thumbs[i], model, matched) >= AGREEMENT else 0
 
     def inliers(self, points: np.ndarray, variants: np.ndarray, i: int) -> int:
-        """Most inliers of an affine model between the query (`variants`: its RootSIFT descriptors, then the same
-        permuted as for its inversion) and training image i."""
+        """Most inliers of an affine model between the query (`variants`: its `descriptor_variants`) and training
+        image i."""
         return self.match(points, variants, i)[0]
 
     def match(
@@ -272,6 +271,13 @@ class Verifier:
     def voted(self, query: np.ndarray) -> list[int]:
         """The VOTED training images most query descriptors have as a nearest stored descriptor."""
         return self.local.descriptor_search().vote(query, VOTED)
+
+
+def descriptor_variants(query: np.ndarray) -> np.ndarray:
+    """A query's RootSIFT descriptors as they would read in its intensity inversion, its mirror image and both,
+    stacked after the originals: any of the four matches a copy made under that change."""
+    mirrored = query[:, MIRRORED]
+    return np.concatenate([query, query[:, INVERTED], mirrored, mirrored[:, INVERTED]])
 
 
 def agreement(query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: np.ndarray) -> float:
