@@ -391,6 +391,7 @@ def test_screen_keep_out_copy_tells_its_own_counts_and_unreadable_input_fails(ti
     assert kept["filtered"]["near_copies_removed"] == 2 and kept["filtered"]["threshold"] > 0
     card = (tmp_path / "kept" / "README.md").read_text()
     assert "| melanoma | 0 |" in card and "filtered afterwards by `medisyn screen --keep-out`: 2" in card
+    assert "pretty_name: kept\n" in card and "# kept: synthetic" in card and ".medisyn-tmp" not in card
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("a.png", "b.png"):

@@ -377,7 +377,7 @@ def write_kept_copy(
         if (dataset / "run.json").exists():
             _copy_medisyn_output(dataset, copies, tmp)
             if summary is not None:
-                _record_filtering(tmp, summary)
+                _record_filtering(tmp, summary, owner.path.name)
         else:
             for source in sources:
                 _copy_source(source, copies, tmp / _relative(source.path, dataset))
@@ -422,8 +422,9 @@ def _copy_medisyn_output(dataset: Path, copies: set[str], target: Path) -> None:
             shutil.copy2(dataset / name, target / name)
 
 
-def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
-    """The copy's run.json and dataset card give its own counts and the screening that made it."""
+def _record_filtering(copy: Path, summary: ScreenSummary, name: str) -> None:
+    """The copy's run.json and dataset card (named `name`, the folder it is published as) give its own counts and
+    the screening that made it."""
     import json
 
     run = json.loads((copy / "run.json").read_text())
@@ -445,4 +446,4 @@ def _record_filtering(copy: Path, summary: ScreenSummary) -> None:
         "unreadable": summary.errors,
     }
     write_json(copy / "run.json", run)
-    write_run_card(copy, run)
+    write_run_card(copy, run, name)
