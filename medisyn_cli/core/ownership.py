@@ -185,6 +185,15 @@ def foreign_message(out: Path, option: str, command: str) -> str:
     )
 
 
+def refuse_foreign(out: Path, command: str, fallback=None, option: str = "--out") -> None:
+    """MedisynError if `out` is a file, or a non-empty folder medisyn did not make (one holding only the files
+    `fallback(out)` names, an older medisyn's, is accepted)."""
+    if out.exists() and not out.is_dir():
+        raise MedisynError(f"{option} {out}: exists and is not a folder")
+    if holds_files(out) and not is_ours(out) and legacy_files(out, fallback) is None:
+        raise MedisynError(foreign_message(out, option, command))
+
+
 class Owned:
     """A folder this process may write, holding its lock: files are checked free, written, recorded."""
 
@@ -272,9 +281,8 @@ def claim(
     out = resolve_out(path, option)
     refuse_aside(out, option)
     created = not out.exists()
+    refuse_foreign(out, command, fallback if adopt else None, option)
     adopt = legacy_files(out, fallback) if adopt else None
-    if not created and holds_files(out) and not is_ours(out) and adopt is None:
-        raise MedisynError(foreign_message(out, option, command))
     marker = read_marker(out)
     if marker is not None and marker.get("command", "generate") not in (command, *accept):
         raise MedisynError(

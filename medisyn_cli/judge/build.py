@@ -20,10 +20,7 @@ from medisyn_cli.core.files import write_json
 from medisyn_cli.core.ownership import (
     Owned,
     claim,
-    foreign_message,
-    holds_files,
-    is_ours,
-    legacy_files,
+    refuse_foreign,
     remove_temp,
     replace_in_place,
 )
@@ -107,10 +104,7 @@ def check_config(config: JudgeConfig) -> None:
     if config.max_per_class is not None and config.max_per_class < 2:
         raise MedisynError(f"--max-per-class: must be at least 2, got {config.max_per_class}")
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise MedisynError(f"--out {out}: exists and is not a folder")
-    if holds_files(out) and not is_ours(out) and legacy_files(out, _legacy_judge_files) is None:
-        raise MedisynError(foreign_message(out, "--out", "judge build"))
+    refuse_foreign(out, "judge build", _legacy_judge_files)
     _check_replace(out, config.overwrite)
     if config.classifier != "cnn":
         if get_features(config.embedder).binary:

@@ -20,10 +20,8 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.images import to_8bit
 from medisyn_cli.core.ownership import (
     claim,
-    foreign_message,
     holds_files,
-    is_ours,
-    legacy_files,
+    refuse_foreign,
     remove_temp,
     replace_in_place,
 )
@@ -134,10 +132,7 @@ def _legacy_study_files(folder: Path) -> set[str]:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise MedisynError(f"--out {out}: exists and is not a folder")
-    if holds_files(out) and not is_ours(out) and legacy_files(out, _legacy_study_files) is None:
-        raise MedisynError(foreign_message(out, "--out", "study build"))
+    refuse_foreign(out, "study build", _legacy_study_files)
     if holds_files(
         out, lambda p: p.name.startswith(".medisyn") or p.name == "answers" and not any(p.iterdir())
     ):
