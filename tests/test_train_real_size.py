@@ -1,5 +1,6 @@
 """`medisyn train --lora` at real size (#26), on CPU: the SD-1.5-shaped pipeline with random weights
-(benchmarks/real_size_models.py), 512 px training images, then `generate --lora` with the adapter it saved."""
+(benchmarks/real_size_models.py), 512 px training images, then `generate --lora` with the adapter it saved; and full
+fine-tuning (--gradient-checkpointing --optimizer adafactor) that checkpoints and resumes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-# ~10 minutes and ~9 GB on a 2-core CPU: run on request, like tests/test_real_size.py
+# ~10 minutes and ~9 GB (LoRA), ~8 minutes and ~11 GB (full fine-tuning) on a 2-core CPU: run on request, like tests/test_real_size.py
 # (`MEDISYN_REAL_SIZE=1 pytest -m slow tests/test_train_real_size.py`), not in CI's suite
 pytestmark = [
     pytest.mark.slow,
@@ -82,3 +83,64 @@ def build_shapes(file: Path) -> dict:
 
     with safe_open(str(file), framework="pt") as handle:
         return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+
+
+def test_sd15_full_fine_tuning_checkpoints_and_resumes_with_adafactor_and_gradient_checkpointing(tmp_path):
+    """Every UNet weight trains (no --lora) at 512 px: 1 step and a checkpoint, then a --resume to step 2. Prints
+    each run's seconds and peak RSS (benchmarks/results/real_size/full_finetune.txt)."""
+    build = models()
+    model = build.real_size_model("sd15")
+    data = build.training_images(tmp_path / "train", 512, per_class=2)
+    out = tmp_path / "model"
+    options = [
+        "train", str(data), "--out", str(out), "--base", str(model), "--batch-size", "1", "--resolution", "512",
+        "--validate-every", "0", "--mixed-precision", "no", "--checkpoint-every", "1", "--no-ema",
+        "--gradient-checkpointing", "--optimizer", "adafactor", "--caption-template", "dermoscopy image of {label}",
+    ]  # fmt: skip
+    measured(*options, "--steps", "1")
+    checkpoint = out / "_work" / "checkpoints" / "step-000001"
+    assert json.loads((checkpoint / "medisyn_state.json").read_text())["optimizer"] == "adafactor"
+    unet = out / "unet" / "diffusion_pytorch_model.safetensors"
+    trained_once, loss_once = one_tensor(unet), (out / "loss.csv").read_text().splitlines()
+    # Adafactor's factored second moments: 0.53 of the UNet's size (a 3x3 kernel factors over its last two axes
+    # only), a quarter of AdamW's two full fp32 moments
+    assert (checkpoint / "optimizer.bin").stat().st_size < 0.6 * unet.stat().st_size
+    second = measured(*options, "--steps", "2", "--resume")
+    assert "resumed from" in second.stdout + second.stderr and "at step 1" in second.stdout + second.stderr
+    loss = (out / "loss.csv").read_text().splitlines()
+    assert loss[:2] == loss_once and len(loss) == 3 and np.isfinite(float(loss[2].split(",")[1]))
+    assert not np.array_equal(one_tensor(unet), trained_once)  # step 2 changed the weights
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 2 and record["config"]["gradient_checkpointing"] is True
+    assert record["config"]["optimizer"] == "adafactor" and record["config"]["lora"] is None
+
+
+def one_tensor(file: Path, name: str = "conv_in.weight") -> np.ndarray:
+    """One tensor of a safetensors file, read without loading the rest."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="np") as handle:
+        return handle.get_tensor(name)
+
+
+def measured(*args: str) -> subprocess.CompletedProcess:
+    """`medisyn ARGS` as medisyn() runs it, printing its seconds and peak RSS (the child's own, from wait4)."""
+    import tempfile
+    import time
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "medisyn_cli", *args], stdout=stdout, stderr=stderr, env=env
+        )
+        _, status, usage = os.wait4(child.pid, 0)  # reaps the child: its own peak RSS, unlike RUSAGE_CHILDREN
+        child.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0), stderr.seek(0)
+        done = subprocess.CompletedProcess(
+            args, child.returncode, stdout.read().decode(), stderr.read().decode()
+        )
+    seconds = time.perf_counter() - start
+    print(f"medisyn {' '.join(args)}\n  seconds {seconds:.0f}  peak RSS {usage.ru_maxrss / 2**20:.2f} GB")
+    assert done.returncode == 0, f"medisyn {' '.join(args)}: {done.stdout[-1500:]} {done.stderr[-3000:]}"
+    return done
