@@ -20,7 +20,13 @@ from pathlib import Path
 from medisyn_cli.core.imagesets import open_sources
 from medisyn_cli.core.progress import reporting
 from medisyn_cli.core.results import write_csv, write_json
-from medisyn_cli.evaluate.privacy import closest_pairs_figure, near_copies, nearest, training_index
+from medisyn_cli.evaluate.privacy import (
+    closest_pairs_figure,
+    near_copies,
+    nearest,
+    nearest_rows,
+    training_index,
+)
 from medisyn_cli.screening.embed import embedder_names, get_embedder
 from medisyn_cli.screening.screener import Screener
 
@@ -89,28 +95,8 @@ def _run_leakage(config: LeakageConfig) -> dict:
         "config": asdict(config),
     }
     out = Path(config.out)
-    rows = [
-        {
-            "key": key,
-            "label": label,
-            "nn_key": train.image_set.keys[i],
-            "nn_label": train.image_set.labels[i],
-            "nn_similarity": sim,
-            "pixel_distance": dist,
-            "view": view,
-            "near_copy": sim >= threshold,
-        }
-        for key, label, sim, i, view, dist in zip(
-            found.image_set.keys,
-            found.image_set.labels,
-            found.similarity,
-            found.nn_id,
-            found.view,
-            found.pixel_distance,
-        )
-    ]
     files = {"json": out / "leakage.json", "csv": out / "leakage.csv"}
-    write_csv(files["csv"], rows)
+    write_csv(files["csv"], nearest_rows(found, train.image_set, threshold))
     pairs = closest_pairs_figure(
         found, test_sources, train.image_set, train_sources, config.pairs, out / "leakage_pairs.png"
     )

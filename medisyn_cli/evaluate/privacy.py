@@ -198,7 +198,7 @@ def _run_privacy(config: PrivacyConfig) -> dict:
         config.pairs,
         out / "closest_pairs.png",
     )
-    write_privacy(result, out, heldout, synthetic, train.image_set, train.index, pairs)
+    write_privacy(result, out, heldout, synthetic, train.image_set, pairs)
     return result
 
 
@@ -382,32 +382,13 @@ def write_privacy(
     heldout: Nearest,
     synthetic: Nearest,
     train: ImageSet,
-    index,
     pairs: Path | None = None,
 ) -> dict[str, Path]:
     """privacy.json (last), privacy.csv (one row per synthetic and held-out image) and privacy_histogram.png."""
     rows = [
-        {
-            "set": name,
-            "key": key,
-            "label": label,
-            "nn_key": index.key([i])[0],
-            "nn_label": train.labels[i],
-            "nn_similarity": sim,
-            "dcr": 1.0 - sim,
-            "pixel_distance": dist,
-            "view": view,
-            "near_copy": sim >= result["threshold"],
-        }
+        {"set": name, **row}
         for name, found in (("synthetic", synthetic), ("heldout", heldout))
-        for key, label, sim, i, view, dist in zip(
-            found.image_set.keys,
-            found.image_set.labels,
-            found.similarity,
-            found.nn_id,
-            found.view,
-            found.pixel_distance,
-        )
+        for row in nearest_rows(found, train, result["threshold"], dcr=True)
     ]
     files = {
         "json": out / "privacy.json",
@@ -420,6 +401,26 @@ def write_privacy(
     similarity_histogram(synthetic, heldout, result, files["histogram"])
     write_json(files["json"], result | {"files": {k: p.name for k, p in files.items()}})
     return files
+
+
+def nearest_rows(found: Nearest, train: ImageSet, threshold: float, dcr: bool = False) -> list[dict]:
+    """One CSV row per image of `found`: key, label, its nearest training image, similarity (and DCR), pixel
+    distance, view, near-copy or not."""
+    rows = []
+    for key, label, sim, i, view, dist in zip(
+        found.image_set.keys,
+        found.image_set.labels,
+        found.similarity,
+        found.nn_id,
+        found.view,
+        found.pixel_distance,
+    ):
+        row = {"key": key, "label": label, "nn_key": train.keys[i], "nn_label": train.labels[i]}
+        row["nn_similarity"] = sim
+        if dcr:
+            row["dcr"] = 1.0 - sim
+        rows.append(row | {"pixel_distance": dist, "view": view, "near_copy": sim >= threshold})
+    return rows
 
 
 def similarity_histogram(synthetic: Nearest, heldout: Nearest, result: dict, path: Path) -> Path:
