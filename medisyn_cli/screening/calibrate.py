@@ -80,7 +80,7 @@ def calibrate(
         "threshold": threshold,
         **partly,
         **(
-            _verify_threshold(flagged, inliers, verified, dense=index.local.thumbs is not None)
+            _verify_threshold(flagged, inliers, verified, index.local.thumbs is not None, target_fpr)
             if screener.verifier is not None
             else {}
         ),
@@ -147,17 +147,25 @@ def _partial_threshold(negatives: np.ndarray, partial: np.ndarray, threshold: fl
 
 
 def _verify_threshold(
-    flagged: np.ndarray, inliers: np.ndarray, copies: np.ndarray, dense: bool = True
+    flagged: np.ndarray,
+    inliers: np.ndarray,
+    copies: np.ndarray,
+    dense: bool = True,
+    target_fpr: float = TARGET_FPR,
 ) -> dict:
-    """The verification threshold (affine inliers). With the dense check (verify.AGREEMENT: the aligned images
-    must agree block by block), VERIFY_FLOOR: the rule is the method's, and what it lets through on the index's own
-    images is measured and recorded, not tuned away -- the negatives here still hold the training set's own
-    duplicates that the embedding did not catch (a shifted frame, the next slice, the same cell cropped again),
-    so raising the threshold to pass them would blind the screen to the copies it exists to catch. Without it (an
-    index from before): one above the most inliers of any negative the other rules let through, at least
-    VERIFY_FLOOR."""
-    kept = inliers[~flagged]
-    value = VERIFY_FLOOR if dense else int(max(VERIFY_FLOOR, kept.max() + 1 if len(kept) else 0))
+    """The verification threshold (affine inliers of a candidate that passed the dense check). With the dense check
+    (verify.AGREEMENT): the fewest inliers at which at most `target_fpr` of the negatives the other rules let
+    through are verified, and at least VERIFY_FLOOR -- look-alike anatomy (hand radiographs of different children
+    at 64 px) can pass the dense check with 12-20 inliers, and the quantile, not the maximum, leaves the training
+    set's own duplicates the embedding did not catch (the next slice, the same frame shifted), which a few hundred
+    negatives always hold, a share of `target_fpr` instead of setting the threshold. Without it (an index from
+    before): one above the most inliers of any negative the other rules let through, at least VERIFY_FLOOR."""
+    kept = np.sort(inliers[~flagged])[::-1]
+    if dense:
+        allowed = int(np.floor(target_fpr * len(inliers)))
+        value = int(max(VERIFY_FLOOR, kept[allowed] + 1 if allowed < len(kept) else 0))
+    else:
+        value = int(max(VERIFY_FLOOR, kept[0] + 1 if len(kept) else 0))
     return {
         "verify_threshold": value,
         "verify_fpr_at_threshold": round(float(np.mean(flagged | (inliers >= value))), 4),
