@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from medisyn_cli.cli.common import EXIT_MEMORISES, errors_as_exit_codes
-from medisyn_cli.cli.options import json_option, option, progress_option
+from medisyn_cli.cli.options import config_from, json_option, option, progress_option
 from medisyn_cli.cli.tables import Tables, column
 from medisyn_cli.core.progress import console, results
 from medisyn_cli.dataset.formats import format_option, parse_format_list
@@ -96,45 +96,12 @@ def generate(
     Example: medisyn generate --manifest prompts/mini_dermoscopy.csv --n 60 --out derm-synth
     """
     with errors_as_exit_codes():
-        cfg = GenerateConfig(
-            manifest=str(manifest),
-            n=n,
-            out=str(out) if out else None,
-            model=model,
-            seed=seed,
+        cfg = config_from(
+            generate,
+            GenerateConfig,
+            locals(),
             formats=parse_format_list(format),
-            mark=mark,
-            shard_size=shard_size,
-            device=device,
-            dtype=dtype,
-            scheduler=scheduler,
-            steps=steps,
-            guidance=guidance,
-            height=height,
-            width=width,
-            batch_size=batch_size,
-            threads=threads,
-            index=str(index) if index else None,
-            threshold=threshold,
-            max_attempts=max_attempts,
-            shard=shard,
-            resume=resume,
-            overwrite=overwrite,
-            judge=str(judge) if judge else None,
-            min_label_score=min_label_score,
             checks=parse_check_list(check),
-            dry_run=dry_run,
-            cache_prompts=prompt_cache,
-            overlap=overlap,
-            channels_last=channels_last,
-            compile=compile,
-            vae_slicing=vae_slicing,
-            vae_tiling=vae_tiling,
-            attention_slicing=attention_slicing,
-            offload=offload,
-            loras=tuple(lora),
-            fuse_lora=fuse_lora,
-            force_lora=force_lora,
         )
         if slurm_array is not None:
             slurm = SlurmOptions(

@@ -94,6 +94,27 @@ def argument(
     return info
 
 
+def config_from(command: Callable, owner: Any, values: dict[str, Any], **converted: Any) -> Any:
+    """The dataclass `owner` from a command's option values (`values`: its locals()): each option declared with
+    `option(owner, field, ...)` or `argument(...)` fills that field, a path as a string and a list as a tuple;
+    `converted`: the fields whose values the command converts itself."""
+    fields = {}
+    for name, param in inspect.signature(command).parameters.items():
+        source = getattr(param.default, "source", None)
+        if source is not None and source.owner is owner and source.name not in converted:
+            fields[source.name] = _api_value(values[name])
+    return owner(**fields, **converted)
+
+
+def _api_value(value: Any) -> Any:
+    """A CLI value as the API takes it: Path -> str, list -> tuple (of str where paths)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return tuple(_api_value(item) for item in value)
+    return value
+
+
 def comma_list(values: tuple) -> str:
     """(0.1, 0.25, 1.0) -> '0.1,0.25,1': a tuple default as the comma list the option parses."""
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)

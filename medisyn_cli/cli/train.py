@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medisyn_cli.cli.common import errors_as_exit_codes
-from medisyn_cli.cli.options import argument, json_option, option, progress_option
+from medisyn_cli.cli.options import argument, config_from, json_option, option, progress_option
 from medisyn_cli.cli.tables import Tables, column
 from medisyn_cli.core.progress import console
 from medisyn_cli.train.loop import TrainConfig
@@ -55,38 +55,7 @@ def train(
     Example: medisyn train ../shared/data --out my-model --steps 2000 --holdout 0.2
     """
     with errors_as_exit_codes():
-        cfg = TrainConfig(
-            data=tuple(map(str, data)),
-            out=str(out),
-            base=base,
-            config=config,
-            resolution=resolution,
-            steps=steps,
-            vae_steps=vae_steps,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            mixed_precision=mixed_precision,
-            gradient_checkpointing=gradient_checkpointing,
-            grad_accum=grad_accum,
-            ema=ema,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            caption_dropout=caption_dropout,
-            balance=balance,
-            caption_template=caption_template,
-            validation_prompts=str(validation_prompts) if validation_prompts else None,
-            validate_every=validate_every,
-            train_text_encoder=train_text_encoder,
-            holdout=holdout,
-            save_dtype=save_dtype,
-            seed=seed,
-            lora=lora,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            lora_dropout=lora_dropout,
-            deterministic=deterministic,
-        )
+        cfg = config_from(train, TrainConfig, locals())
         result = run_train(cfg, show_progress=progress)
     row = {k: getattr(result, k) for k in ("steps", "images", "final_loss", "vae_psnr", "seconds")}
     with Tables("train", json_path) as tables:
