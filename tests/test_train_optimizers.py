@@ -81,6 +81,19 @@ def test_gradient_checkpointing_gives_the_weights_of_a_run_without_it(tiny_model
     assert saved["gradient_checkpointing"] is record["gradient_checkpointing"] is True
 
 
+def test_gradient_checkpointing_gives_the_adapter_of_a_run_without_it_with_lora_on_unet_and_text(
+    tiny_model, tmp_path
+):
+    from safetensors.torch import load_file
+
+    options = dict(steps=2, lora=4, lora_targets="unet+text", train_text_encoder=None, lr=1e-2)
+    train(full(tmp_path / "plain", tiny_model, **options), show_progress=False)
+    train(full(tmp_path / "ckpt", tiny_model, gradient_checkpointing=True, **options), show_progress=False)
+    plain, ckpt = (load_file(tmp_path / n / "pytorch_lora_weights.safetensors") for n in ("plain", "ckpt"))
+    assert plain.keys() == ckpt.keys() and any(k.startswith("text_encoder") for k in plain)
+    assert all(torch.allclose(plain[k], ckpt[k], rtol=1e-5, atol=1e-6) for k in plain)
+
+
 def test_checkpointing_covers_the_text_encoder_only_when_it_trains(tiny_model):
     from diffusers import StableDiffusionPipeline
 

@@ -85,9 +85,8 @@ def checkpoint_activations(parts) -> None:
         enable = (
             getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
         )
-        enable(
-            {"use_reentrant": False}
-        )  # a frozen input (the token embeddings of LoRA runs) still gets gradients
+        # non-reentrant: a frozen input (the token embeddings of LoRA runs) still passes gradients on
+        enable({"use_reentrant": False})
 
 
 def seed_run(seed: int, deterministic: bool = False) -> None:

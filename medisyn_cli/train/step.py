@@ -165,9 +165,7 @@ def adamw8bit(device):
             f"--optimizer adamw8bit: bitsandbytes cannot be imported ({first_line(error)}); "
             f"pip install bitsandbytes, or {instead}"
         ) from error
-    probe = torch.zeros(
-        4096, device=device, requires_grad=True
-    )  # 4096: the smallest tensor it keeps in 8 bits
+    probe = torch.zeros(4096, device=device, requires_grad=True)  # the smallest size it keeps in 8 bits
     probe.grad = torch.ones_like(probe)
     try:
         bitsandbytes.optim.AdamW8bit([probe], lr=1e-3).step()
