@@ -69,6 +69,9 @@ def test_screen_flags_planted_copies_and_reports_corrupt_files_as_rows(index, da
     assert copies == {"te_person11_virus_38.png", "flipped.png"}
     flipped = rows.loc[str(dataset / "distinct" / "flipped.png")]
     assert flipped["nn_key"].endswith("platelet_00005_16.png") and flipped["view"] == "hflip"
+    assert flipped["inliers"] >= 20  # its keypoints, mirrored, verify it too
+    distinct = rows[~rows["near_copy"].fillna(True).astype(bool)]
+    assert len(distinct) == 6 and (distinct["inliers"] == 0).all()
     corrupt = rows.loc[str(dataset / "distinct" / "corrupt.png")]
     assert corrupt["error"] and pd.isna(corrupt["near_copy"])
     summary = json.loads((tmp_path / "rep" / "screen.json").read_text())

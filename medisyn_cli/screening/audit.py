@@ -43,6 +43,7 @@ SCREEN_COLUMNS = {
     "view": "string",
     "region": "string",
     "partial_similarity": "float32",
+    "inliers": "int32",  # keypoints the verified training image shares under one affine map (0: none verified)
     "error": "string",
 }
 THUMB = 96
@@ -278,6 +279,7 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
             "view": None,
             "region": None,
             "partial_similarity": None,
+            "inliers": None,
             "error": None,
         }
         image, error = decode(record)
@@ -300,6 +302,7 @@ def _screen_batch(screener, batch: list[Record], summary: ScreenSummary, pairs: 
                 view=result.view,
                 region=result.region,
                 partial_similarity=result.partial_similarity,
+                inliers=result.inliers,
             )
             _tally(summary, row, image, pairs)
     summary.histogram += np.histogram([r["nn_similarity"] for r in rows if r["error"] is None], BINS)[0]
