@@ -16,6 +16,7 @@ from medisyn_cli.cli.options import (
     VocabularyGroup,
     argument,
     comma_list,
+    config_from,
     json_option,
     option,
     progress_option,
@@ -80,24 +81,7 @@ def utility(
     Example: medisyn evaluate utility --real-train real/train --real-test real/test --synthetic derm-synth --seeds 3
     """
     with _errors():
-        config = UtilityConfig(
-            _strs(real_train),
-            _strs(real_test),
-            _strs(synthetic),
-            parse_fractions(fractions),
-            arch,
-            seeds,
-            multi_label,
-            epochs,
-            batch_size,
-            size,
-            str(weights) if weights else None,
-            device,
-            str(out) if out else None,
-            budget=budget,
-            steps=steps,
-            bootstrap=bootstrap,
-        )
+        config = config_from(utility, UtilityConfig, locals(), fractions=parse_fractions(fractions))
         result = run_utility(config, show_progress=progress)
     with Tables("evaluate utility", json_path) as tables:
         tables.show(
@@ -148,18 +132,7 @@ def privacy(
     Example: medisyn evaluate privacy --real-train data/train --real-heldout data/heldout --synthetic derm-synth
     """
     with _errors():
-        config = PrivacyConfig(
-            _strs(train),
-            _strs(heldout),
-            _strs(synthetic),
-            embedder,
-            threshold,
-            views,
-            pairs,
-            batch_size,
-            str(out) if out else None,
-            train_reference,
-        )
+        config = config_from(privacy, PrivacyConfig, locals())
         result = run_privacy(config, show_progress=progress)
     with Tables("evaluate privacy", json_path) as tables:
         _print_privacy(tables, config, result)
@@ -262,16 +235,7 @@ def leakage(
     """
     with _errors():
         result = run_leakage(
-            LeakageConfig(
-                _strs(train),
-                _strs(test),
-                embedder,
-                threshold,
-                views,
-                pairs,
-                batch_size=batch_size,
-                out=str(out),
-            ),
+            config_from(leakage, LeakageConfig, locals()),
             show_progress=progress,
         )
     rows = [{"class": label, **row} for label, row in result["per_class"].items()]
@@ -325,20 +289,7 @@ def fidelity(
     Example: medisyn evaluate fidelity --real data/train --synthetic derm-synth --per-class
     """
     with _errors():
-        config = FidelityConfig(
-            _strs(real),
-            _strs(synthetic),
-            features,
-            per_class,
-            k,
-            kid_subsets,
-            kid_subset_size,
-            cnn_epochs,
-            batch_size,
-            device,
-            str(out) if out else None,
-            bootstrap=bootstrap,
-        )
+        config = config_from(fidelity, FidelityConfig, locals())
         result = run_fidelity(config, show_progress=progress)
     rows = [
         {"scope": scope, **row, "fid_ci95": row.get("ci95", {}).get("fid", (None, None))}

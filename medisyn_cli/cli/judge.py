@@ -12,7 +12,14 @@ import typer
 
 from medisyn_cli.cli.common import errors_as_exit_codes
 from medisyn_cli.cli.evaluate import evaluate_app
-from medisyn_cli.cli.options import VocabularyGroup, argument, json_option, option, progress_option
+from medisyn_cli.cli.options import (
+    VocabularyGroup,
+    argument,
+    config_from,
+    json_option,
+    option,
+    progress_option,
+)
 from medisyn_cli.cli.tables import Tables, column, number
 from medisyn_cli.core.progress import console
 from medisyn_cli.judge.alignment import AlignmentConfig, run_alignment
@@ -49,18 +56,7 @@ def build(
     """
     with errors_as_exit_codes():
         meta = build_judge(
-            JudgeConfig(
-                real=tuple(map(str, real)),
-                out=str(out),
-                classifier=classifier,
-                embedder=embedder,
-                holdout=holdout,
-                k=k,
-                steps=steps,
-                seed=seed,
-                max_per_class=max_per_class,
-                overwrite=overwrite,
-            ),
+            config_from(build, JudgeConfig, locals()),
             show_progress=progress,
         )
     console.print(
@@ -110,13 +106,7 @@ def alignment(
     """
     with errors_as_exit_codes():
         result = run_alignment(
-            AlignmentConfig(
-                synthetic=tuple(map(str, synthetic)),
-                judge=str(judge) if judge else None,
-                real_train=tuple(map(str, real_train)),
-                out=str(out) if out else None,
-                min_label_score=min_label_score,
-            ),
+            config_from(alignment, AlignmentConfig, locals()),
             show_progress=progress,
         )
     ceiling = result["ceiling_real_heldout_accuracy"]

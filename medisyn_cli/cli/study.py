@@ -14,6 +14,7 @@ from medisyn_cli.cli.options import (
     VocabularyGroup,
     argument,
     comma_list,
+    config_from,
     json_option,
     option,
     progress_option,
@@ -61,18 +62,12 @@ def build(
     Example: medisyn study build --real ../shared/data/isic2017_dermoscopy --synthetic derm-synth --out derm-study
     """
     with _errors():
-        config = StudyConfig(
-            tuple(map(str, real)),
-            tuple(map(str, synthetic)),
-            str(out),
-            pairs,
-            classify,
-            tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (),
-            seed,
-            title,
-            size,
-            parse_mix(pair_mix),
-            overwrite,
+        config = config_from(
+            build,
+            StudyConfig,
+            locals(),
+            labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (),
+            mix=parse_mix(pair_mix),
         )
         key = build_study(config, show_progress=progress)
     design = key["design"]
