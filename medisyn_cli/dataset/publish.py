@@ -74,12 +74,12 @@ def plan_upload(dataset: str | Path) -> list[Upload]:
 
 def check_portable(text_file: Path, dataset: Path) -> None:
     """Refuse a text file that names an absolute local path (it would tell the world where the data lived)."""
-    roots = {str(dataset.resolve()), str(Path.home())}
-    for number, line in enumerate(text_file.read_text(encoding="utf-8").splitlines(), start=1):
-        if any(root in line for root in roots if len(root) > 1) or ABSOLUTE_PATH.search(line):
-            raise MedisynError(
-                f"{text_file}:{number}: names an absolute local path, which publish would upload: {line.strip()[:120]}"
-            )
+    found = first_local_path(text_file.read_text(encoding="utf-8").splitlines(), dataset)
+    if found is not None:
+        number, line = found
+        raise MedisynError(
+            f"{text_file}:{number}: names an absolute local path, which publish would upload: {line.strip()[:120]}"
+        )
 
 
 def check_parquet_portable(path: Path, dataset: Path) -> None:
@@ -90,12 +90,21 @@ def check_parquet_portable(path: Path, dataset: Path) -> None:
     texts = [value.decode("utf-8", "replace") for value in (schema.metadata or {}).values()]
     if "model" in schema.names:
         texts += [str(v) for v in pq.read_table(path, columns=["model"]).column("model").unique().to_pylist()]
-    roots = {str(dataset.resolve()), str(Path.home())}
-    for text in texts:
-        if any(root in text for root in roots if len(root) > 1) or ABSOLUTE_PATH.search(text):
-            raise MedisynError(
-                f"{path}: names an absolute local path, which publish would upload: {text[:120]}"
-            )
+    found = first_local_path(texts, dataset)
+    if found is not None:
+        raise MedisynError(
+            f"{path}: names an absolute local path, which publish would upload: {found[1][:120]}"
+        )
+
+
+def first_local_path(texts: list[str], dataset: Path) -> tuple[int, str] | None:
+    """(number from 1, text) of the first of `texts` that names an absolute local path (the dataset's folder, the
+    home folder, or any path ABSOLUTE_PATH matches); None if none does."""
+    roots = [root for root in {str(dataset.resolve()), str(Path.home())} if len(root) > 1]
+    for number, text in enumerate(texts, start=1):
+        if any(root in text for root in roots) or ABSOLUTE_PATH.search(text):
+            return number, text
+    return None
 
 
 def hub_client():
