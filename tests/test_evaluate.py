@@ -420,6 +420,27 @@ def test_privacy_flags_copies_of_training_images_as_memorised(privacy_sets, tmp_
     assert Image.open(out / "closest_pairs.png").size[0] > 400 and (out / "privacy_histogram.png").exists()
 
 
+def test_privacy_counts_rotated_copies_the_keypoints_verify(privacy_sets, tmp_path):
+    """Copies rotated by 20 degrees and cropped to hide the corners: the embedding alone sees them as far from every
+    training image; the keypoint verification confirms them, so they are near-copies and the set memorises."""
+    from medisyn_cli.evaluate.privacy import PrivacyConfig, run_privacy
+
+    rotated = tmp_path / "rotated"
+    for path in TRAIN_IMAGES:
+        (rotated / path.parent.name).mkdir(parents=True, exist_ok=True)
+        image = Image.open(path).convert("RGB").rotate(20, Image.Resampling.BICUBIC)
+        image.crop((7, 7, 57, 57)).resize((64, 64), Image.Resampling.BICUBIC).save(
+            rotated / path.parent.name / path.name
+        )
+    sets = ((str(FIXTURES / "images"),), (str(privacy_sets / "heldout"),), (str(rotated),))
+    data = run_privacy(PrivacyConfig(*sets, pairs=0, out=str(tmp_path / "out")))
+    assert data["near_copy_rate"]["synthetic"] >= 0.9 and data["near_copy_rate"]["heldout"] == 0.0
+    assert data["memorises"] is True and "near_copies" in data["flagged_by"]
+    rows = pd.read_csv(tmp_path / "out" / "privacy.csv")
+    verified = rows[(rows["set"] == "synthetic") & rows["near_copy"]]
+    assert len(verified) >= 11 and (verified["nn_similarity"] == 1.0).all()  # a verified copy counts as 1.0
+
+
 def test_privacy_does_not_flag_images_as_far_from_training_as_held_out_ones(privacy_sets, tmp_path):
     """12 synthetic images against 12 held-out and 12 training images: not flagged, and too few to decide (the
     reference is too small for any synthetic sample to reach the power target)."""

@@ -4,7 +4,11 @@ A model that memorises puts its images closer to its training images than fresh 
 distribution are, duplicates and all. For each synthetic image and each held-out real image we find the nearest
 training image with the same `Screener` that `generate --index` uses: the embedder (default `pixel`) under its
 query views (flips, shifts, crops), so a flipped or shifted copy counts as close. Similarity is cosine
-(1 = identical); DCR = 1 - similarity. Both sets go through the same views, so the comparison is fair.
+(1 = identical); DCR = 1 - similarity. Both sets go through the same views, so the comparison is fair. The
+training images' keypoints are kept too (screening.verify), and an image whose candidate the keypoint verification
+confirms -- a copy rotated, sheared, cropped, mirrored or pasted into another image, which the embedding does not
+see as close -- counts at similarity 1.0, in every set alike (a held-out image verified against a training image
+is a cross-split duplicate like any other).
 
 Held-out images at or above the near-copy threshold are the data set's own cross-split duplicates: they are
 reported (`heldout_near_copies`: count, share, examples; a warning above 5%) and kept in the reference, since a
@@ -54,6 +58,7 @@ from medisyn_cli.evaluate.memorisation import (  # noqa: F401 (ALPHA, EXPECTED_S
 from medisyn_cli.screening.embed import View, apply_view, embedder_names, get_embedder
 from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.screener import Screener
+from medisyn_cli.screening.verify import LocalFeatures, stored_features
 
 LEAK_WARNING = 0.05  # warn when a larger share of held-out images are near-copies of training images
 PIXEL_SIDE = 64  # thumbnails for the pixel-space distance
@@ -204,14 +209,20 @@ def _run_privacy(config: PrivacyConfig) -> dict:
 
 def training_index(sources: list, embedder, name: str, batch_size: int) -> Training:
     """Plain (identity-view) embeddings and 64 px thumbnails of every readable image, as an exact index."""
-    image_set, chunks, thumbs = ImageSet(name), [], []
+    image_set, chunks, thumbs, keypoints = ImageSet(name), [], [], []
     for _, images in iter_batches(sources, batch_size, image_set):
         chunks.append(embedder.embed(images))
         thumbs.extend(to_rgb_array(image, PIXEL_SIDE) for image in images)
+        keypoints.extend(map(stored_features, images))
     if not chunks:
         raise MedisynError(f"{name}: no readable images ({len(image_set.skipped)} unreadable)")
     index = TrainingIndex.from_vectors(
-        np.concatenate(chunks), image_set.keys, embedder, "flat", image_set.labels
+        np.concatenate(chunks),
+        image_set.keys,
+        embedder,
+        "flat",
+        image_set.labels,
+        local=LocalFeatures.from_parts(keypoints),
     )
     return Training(image_set, index, np.stack(thumbs))
 
@@ -221,7 +232,7 @@ def nearest(sources: list, screener, train: Training, name: str, batch_size: int
     found = Nearest(ImageSet(name))
     for _, images in iter_batches(sources, batch_size, found.image_set):
         for image, result in zip(images, screener.check(images)):
-            found.similarity.append(result.nn_similarity)
+            found.similarity.append(closeness(result, screener))
             found.nn_id.append(result.nn_id)
             found.view.append(result.view)
             aligned = apply_view(image, view_from_name(result.view))  # a flipped copy compared unflipped
@@ -256,8 +267,14 @@ def self_reference(
     for start in range(0, len(ids), batch_size):
         part = [int(i) for i in ids[start : start + batch_size]]
         batch = [images[train.image_set.positions[i]] for i in part]
-        similarity += [r.nn_similarity for r in screener.check(batch, exclude=[{i} for i in part])]
+        similarity += [closeness(r, screener) for r in screener.check(batch, exclude=[{i} for i in part])]
     return SelfReference(np.array(similarity, np.float64), [train.image_set.labels[i] for i in ids])
+
+
+def closeness(result, screener: Screener) -> float:
+    """The similarity the tests use: the embedding's, or 1.0 for a copy only the keypoint verification confirms."""
+    verified = result.near_copy and not result.nn_similarity >= screener.threshold
+    return 1.0 if verified else float(result.nn_similarity)
 
 
 def view_from_name(name: str):

@@ -128,7 +128,7 @@ class LocalFeatures:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max(1, threads)) as pool:  # OpenCV releases the GIL
-            found = list(pool.map(_stored, images))
+            found = list(pool.map(stored_features, images))
         return cls.from_parts(found)
 
     @classmethod
@@ -330,7 +330,7 @@ def _affine_model(query: np.ndarray, train: np.ndarray) -> tuple[int, np.ndarray
     return count, model, matched
 
 
-def _stored(image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stored_features(image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A training image's keypoints (STORED_KEYPOINTS strongest) and grey thumbnail (zeros for an unreadable one)."""
     if image is None:
         return (*features(None), np.zeros((THUMB_SIDE, THUMB_SIDE), np.uint8))
