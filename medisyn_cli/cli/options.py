@@ -73,10 +73,7 @@ def option(
     **extra: Any,
 ) -> Any:
     """typer.Option with the default and help of `owner`'s field (or parameter) `name`."""
-    source = Source(owner, name, to_cli)
-    info = typer.Option(source.cli_default(), *flags, help=_help(source, help), **extra)
-    info.source = source
-    return info
+    return _declared(typer.Option, Source(owner, name, to_cli), flags, help, extra)
 
 
 def argument(
@@ -88,8 +85,14 @@ def argument(
     **extra: Any,
 ) -> Any:
     """typer.Argument with the default and help of `owner`'s field (or parameter) `name`."""
-    source = Source(owner, name, to_cli)
-    info = typer.Argument(source.cli_default(), help=_help(source, help), **extra)
+    return _declared(typer.Argument, Source(owner, name, to_cli), (), help, extra)
+
+
+def _declared(
+    kind: Callable[..., Any], source: Source, flags: tuple[str, ...], help: str | None, extra: dict
+) -> Any:
+    """`kind` (typer.Option or typer.Argument) with `source`'s default and help, and the source attached."""
+    info = kind(source.cli_default(), *flags, help=_help(source, help), **extra)
     info.source = source
     return info
 
