@@ -40,11 +40,6 @@ SETS_HELP = (
 )
 
 
-def _errors():
-
-    return errors_as_exit_codes()
-
-
 def _strs(paths: list[Path]) -> tuple[str, ...]:
     return tuple(str(p) for p in paths)
 
@@ -80,7 +75,7 @@ def utility(
 
     Example: medisyn evaluate utility --real-train real/train --real-test real/test --synthetic derm-synth --seeds 3
     """
-    with _errors():
+    with errors_as_exit_codes():
         config = config_from(utility, UtilityConfig, locals(), fractions=parse_fractions(fractions))
         result = run_utility(config, show_progress=progress)
     with Tables("evaluate utility", json_path) as tables:
@@ -131,7 +126,7 @@ def privacy(
 
     Example: medisyn evaluate privacy --real-train data/train --real-heldout data/heldout --synthetic derm-synth
     """
-    with _errors():
+    with errors_as_exit_codes():
         config = config_from(privacy, PrivacyConfig, locals())
         result = run_privacy(config, show_progress=progress)
     with Tables("evaluate privacy", json_path) as tables:
@@ -233,7 +228,7 @@ def leakage(
 
     Example: medisyn evaluate leakage --real-train data/train --real-test data/test
     """
-    with _errors():
+    with errors_as_exit_codes():
         result = run_leakage(
             config_from(leakage, LeakageConfig, locals()),
             show_progress=progress,
@@ -288,7 +283,7 @@ def fidelity(
 
     Example: medisyn evaluate fidelity --real data/train --synthetic derm-synth --per-class
     """
-    with _errors():
+    with errors_as_exit_codes():
         config = config_from(fidelity, FidelityConfig, locals())
         result = run_fidelity(config, show_progress=progress)
     rows = [
@@ -348,7 +343,7 @@ def report_command(
 
     Example: medisyn report derm-synth --real ../shared/data/isic2017_dermoscopy --out derm-report
     """
-    with _errors():
+    with errors_as_exit_codes():
         path, notes = write_report(dataset, per_class, _strs(real), show_progress=progress, report_dir=out)
     for note in notes:
         results.print(f"[dim]omitted: {note}[/dim]", highlight=False)

@@ -37,11 +37,6 @@ def labels_option(labels: tuple[str, ...]) -> str | None:
     return ",".join(labels) or None
 
 
-def _errors():
-
-    return errors_as_exit_codes()
-
-
 @study_app.command("build")
 def build(
     real: list[Path] = option(StudyConfig, "real", "--real"),
@@ -61,7 +56,7 @@ def build(
 
     Example: medisyn study build --real ../shared/data/isic2017_dermoscopy --synthetic derm-synth --out derm-study
     """
-    with _errors():
+    with errors_as_exit_codes():
         config = config_from(
             build,
             StudyConfig,
@@ -99,7 +94,7 @@ def serve(
 
     Example: medisyn study serve derm-study --port 8000
     """
-    with _errors():
+    with errors_as_exit_codes():
         server = make_server(study, host, port)
     address, bound = server.server_address[:2]
     results.print(
@@ -137,7 +132,7 @@ def score(
 
     Example: medisyn study score derm-study --answers derm-study/answers
     """
-    with _errors():
+    with errors_as_exit_codes():
         try:
             bins = tuple(int(x) for x in years_bins.split(",") if x.strip())
         except ValueError as exc:
