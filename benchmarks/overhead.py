@@ -30,7 +30,7 @@ DATA = REPO.parent / "shared" / "data" / "isic2017_dermoscopy"
 MANIFEST = REPO / "prompts" / "mini_dermoscopy.csv"
 
 
-def bare_loop(n: int, batch_size: int) -> dict:
+def bare_loop(n: int, batch_size: int, steps: int | None = None) -> dict:
     """The model's own cost: plain diffusers over the plan's prompts and seeds."""
     start = time.perf_counter()
     import torch
@@ -55,7 +55,7 @@ def bare_loop(n: int, batch_size: int) -> dict:
         images += pipe(
             prompt=[job.prompt for job in jobs],
             negative_prompt=negatives if any(negatives) else None,
-            num_inference_steps=settings["steps"],
+            num_inference_steps=steps or settings["steps"],
             guidance_scale=settings["guidance"],
             generator=generators,
         ).images
@@ -63,7 +63,13 @@ def bare_loop(n: int, batch_size: int) -> dict:
 
 
 def medisyn_run(
-    n: int, batch_size: int, index: str, out: str, overlap: bool | None, cache_prompts: bool
+    n: int,
+    batch_size: int,
+    index: str | None,
+    out: str,
+    overlap: bool | None,
+    cache_prompts: bool,
+    steps: int | None = None,
 ) -> dict:
     start = time.perf_counter()
     from medisyn_cli.generate.config import GenerateConfig
@@ -77,6 +83,7 @@ def medisyn_run(
         index=index,
         overlap=overlap,
         cache_prompts=cache_prompts,
+        steps=steps,
     )
     summary = run_generate(config, show_progress=False)
     return {
@@ -89,6 +96,12 @@ def medisyn_run(
 VARIANTS = {
     "bare diffusers loop": {"kind": "bare"},
     "medisyn generate": {"kind": "medisyn", "overlap": None, "cache_prompts": True},
+    "  without screening (no --index)": {
+        "kind": "medisyn",
+        "overlap": None,
+        "cache_prompts": True,
+        "index": False,
+    },
     "  with overlap (GPU default)": {"kind": "medisyn", "overlap": True, "cache_prompts": True},
     "  without prompt cache": {"kind": "medisyn", "overlap": None, "cache_prompts": False},
 }
@@ -98,10 +111,11 @@ def child(args) -> None:
     """Run one variant in this (fresh) process and print its JSON result."""
     spec = VARIANTS[args.variant]
     if spec["kind"] == "bare":
-        result = bare_loop(args.n, args.batch_size)
+        result = bare_loop(args.n, args.batch_size, args.steps)
     else:
+        index = args.index if spec.get("index", True) else None
         result = medisyn_run(
-            args.n, args.batch_size, args.index, args.child_out, spec["overlap"], spec["cache_prompts"]
+            args.n, args.batch_size, index, args.child_out, spec["overlap"], spec["cache_prompts"], args.steps
         )
     print(json.dumps(result))
 
@@ -121,7 +135,7 @@ def run_child(args, variant: str, index: Path, out: Path) -> dict:
         str(index),
         "--child-out",
         str(out),
-    ]
+    ] + (["--steps", str(args.steps)] if args.steps else [])
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
@@ -141,6 +155,7 @@ def main() -> None:
     )
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None, help="Sampling steps (default: the model's own).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overhead.json")
     parser.add_argument(
