@@ -14,7 +14,13 @@ from medisyn_cli.screening.verify import VERIFY_FLOOR
 
 CALIBRATION_SAMPLE, CALIBRATION_MIN = 200, 50  # images planted as copies; fewer images keep the default
 THRESHOLD_RANGE = (0.90, 0.995)
-PARTIAL_MARGIN = 0.01  # the partial-similarity threshold is at least this far above the whole-image one
+PARTIAL_MARGIN = 0.01
+# verify threshold bounds (inliers): the calibrated value stays within VERIFY_FLOOR..VERIFY_CAP; a calibration
+# negative verified with VERIFY_DUPLICATE inliers or more is a duplicate within the training set, not a negative
+VERIFY_CAP, VERIFY_DUPLICATE = (
+    30,
+    60,
+)  # the partial-similarity threshold is at least this far above the whole-image one
 
 
 CURVE = tuple(round(0.9 + 0.005 * i, 3) for i in range(20))
@@ -155,15 +161,18 @@ def _verify_threshold(
 ) -> dict:
     """The verification threshold (affine inliers of a candidate that passed the dense check). With the dense check
     (verify.AGREEMENT): the fewest inliers at which at most `target_fpr` of the negatives the other rules let
-    through are verified, and at least VERIFY_FLOOR -- look-alike anatomy (hand radiographs of different children
-    at 64 px) can pass the dense check with 12-20 inliers, and the quantile, not the maximum, leaves the training
-    set's own duplicates the embedding did not catch (the next slice, the same frame shifted), which a few hundred
-    negatives always hold, a share of `target_fpr` instead of setting the threshold. Without it (an index from
-    before): one above the most inliers of any negative the other rules let through, at least VERIFY_FLOOR."""
+    through are verified, within VERIFY_FLOOR..VERIFY_CAP. Look-alike anatomy (hand radiographs of different
+    children at 64 px) passes the dense check with 12-20 inliers, so the floor alone flags them; a negative verified
+    with VERIFY_DUPLICATE inliers or more is the training set's own duplicate the embedding missed (the same cell
+    cropped again, the next frame, the next slice: no two distinct patients' images of six data sets share half
+    that many), not a chance match, and is left out, and VERIFY_CAP keeps a data set whose duplicates are many
+    from raising the threshold above what copies reach. Without the dense check (an index from before): one above
+    the most inliers of any negative the other rules let through, at least VERIFY_FLOOR."""
     kept = np.sort(inliers[~flagged])[::-1]
     if dense:
+        chance = kept[kept < VERIFY_DUPLICATE]
         allowed = int(np.floor(target_fpr * len(inliers)))
-        value = int(max(VERIFY_FLOOR, kept[allowed] + 1 if allowed < len(kept) else 0))
+        value = int(np.clip(chance[allowed] + 1 if allowed < len(chance) else 0, VERIFY_FLOOR, VERIFY_CAP))
     else:
         value = int(max(VERIFY_FLOOR, kept[0] + 1 if len(kept) else 0))
     return {
