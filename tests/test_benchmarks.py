@@ -3,6 +3,7 @@ small blood-smear set built from the fixture images (rotated copies, so every cl
 
 import csv
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -190,6 +191,10 @@ def test_utility_mini_trains_the_products_classifier(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("MEDISYN_BENCHMARK_TESTS") != "1",
+    reason="a minute of training processes: run on request with MEDISYN_BENCHMARK_TESTS=1 (CI's 20 minutes)",
+)
 def test_lora_benchmark_compares_every_condition(bench, monkeypatch, tmp_path):
     """benchmarks/lora.py end to end on the tiny model: every condition trained in its own process, timed and
     scored, and `generate --lora` compared with plain diffusers + load_lora_weights."""

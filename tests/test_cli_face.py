@@ -45,8 +45,13 @@ def test_help_redirected_to_a_file_has_every_option_name_whole(tmp_path):
     script = (
         "import sys; from medisyn_cli.cli.main import main; sys.argv = ['medisyn'] + sys.argv[1:]; main()"
     )
-    for path, command in _leaf_commands():
-        log = tmp_path / "help.txt"
+    from concurrent.futures import ThreadPoolExecutor
+
+    commands = list(_leaf_commands())
+
+    def write_help(job: tuple[int, tuple]) -> str:
+        number, (path, _) = job
+        log = tmp_path / f"help-{number}.txt"
         with log.open("w") as out:
             subprocess.run(
                 [sys.executable, "-c", script, *path, "--help"],
@@ -54,7 +59,11 @@ def test_help_redirected_to_a_file_has_every_option_name_whole(tmp_path):
                 stderr=subprocess.STDOUT,
                 timeout=120,
             )
-        text = log.read_text()
+        return log.read_text()
+
+    with ThreadPoolExecutor(2) as pool:  # each process is CPU-bound importing medisyn: one per core
+        texts = list(pool.map(write_help, enumerate(commands)))
+    for (path, command), text in zip(commands, texts):
         assert "…" not in text, f"medisyn {' '.join(path)} --help cuts text"
         for param in command.params:
             if getattr(param, "hidden", False):

@@ -128,7 +128,7 @@ def test_every_command_with_a_table_has_json(path):
 
 
 def _help_to_file(path: str, tmp_path: Path) -> str:
-    log = tmp_path / "help.txt"
+    log = tmp_path / f"help-{path.replace(' ', '-')}.txt"
     with log.open("w") as handle:
         done = subprocess.run(
             ["medisyn", *path.split(), "--help"], stdout=handle, stderr=subprocess.STDOUT, timeout=120
@@ -146,8 +146,12 @@ def test_installed_help_redirected_to_a_file_shows_out_and_o(path, tmp_path):
 
 @pytest.mark.slow
 def test_installed_help_of_every_writing_command_shows_out_and_o(tmp_path):
-    for path in sorted(WRITES):
-        text = _help_to_file(path, tmp_path)
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(WRITES)
+    with ThreadPoolExecutor(2) as pool:  # each process is CPU-bound importing medisyn: one per core
+        texts = list(pool.map(lambda path: _help_to_file(path, tmp_path), paths))
+    for path, text in zip(paths, texts):
         assert "--out" in text and "-o" in text.split(), f"medisyn {path} --help > file"
         for name in REAL.get(path, ()):
             assert name in text, f"medisyn {path} --help lost {name}"
