@@ -89,7 +89,7 @@ def real(tmp_path_factory) -> dict:
 def generated(real) -> Path:
     """`generate` at 512 px, fp32, screened, both writers: the dataset the later commands read."""
     out = real["work"] / "fp32"
-    generate(real, out, "--dtype", "fp32", "--steps", "2")
+    generate(real, out, "--dtype", "fp32", "--steps", "2", "--index", str(real["index"]))
     return out
 
 
@@ -129,14 +129,14 @@ def assert_real_images(out: Path, count: int, size: int) -> dict:
     assert len(images) == count and all(image.shape[:2] == (size, size) for image in images)
     assert all(image.std() > 0.02 and image.max() > 0.2 for image in images)
     assert len(list((out / "imagefolder").rglob("*.png"))) == count
-    assert sum(c["regenerated"] for c in run["counts"].values()) == 0
+    assert sum(c["regenerated"] for c in run["classes"].values()) == 0
     return run
 
 
 def test_sd15_generates_at_512_screened_in_both_writers(real, generated):
     run = assert_real_images(generated, 2, 512)
     assert run["screening"]["fingerprint"] and run["sampling"]["height"] == 512
-    assert sum(c["rejected"] for c in run["counts"].values()) == 0  # random images are no copies of ISIC
+    assert sum(c["rejected"] for c in run["classes"].values()) == 0  # random images are no copies of ISIC
 
 
 def test_sd15_generates_at_512_in_bf16(real):
