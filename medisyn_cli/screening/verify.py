@@ -236,11 +236,6 @@ class Verifier:
             return count
         return count if agreement(pixels, self.local.thumbs[i], model, matched) >= AGREEMENT else 0
 
-    def inliers(self, points: np.ndarray, variants: np.ndarray, i: int) -> int:
-        """Most inliers of an affine model between the query (`variants`: its `descriptor_variants`) and training
-        image i."""
-        return self.match(points, variants, i)[0]
-
     def match(
         self, points: np.ndarray, variants: np.ndarray, i: int
     ) -> tuple[int, np.ndarray | None, np.ndarray]:
