@@ -60,6 +60,7 @@ def test_build_writes_index_keys_and_metadata(fixture_index):
         "keys.parquet",
         "local.npz",
         "regions.faiss",
+        "regions_pca.npz",
     ]
     assert meta["local"]["file"] == "local.npz" and meta["local"]["keypoints"] > 12 * 20
     assert meta["count"] == 12 and meta["embedder"]["spec"] == "pixel" and meta["embedder"]["dim"] == 1024

@@ -53,6 +53,7 @@ def same_index(a: Path, b: Path) -> None:
         first.regions.reconstruct_n(0, first.regions.ntotal),
         second.regions.reconstruct_n(0, second.regions.ntotal),
     )
+    assert all(map(np.array_equal, first.region_projection, second.region_projection))
 
 
 @pytest.mark.parametrize("shards", [2, 3])
@@ -72,6 +73,7 @@ def test_shards_build_the_same_index_as_one_process(train, tmp_path, shards):
         "keys.parquet",
         "local.npz",
         "regions.faiss",
+        "regions_pca.npz",
     ]
     same_index(one, sharded)
     assert results[-1]["skipped"]["count"] == 1 and "corrupt.png" in results[-1]["skipped"]["files"][0]["key"]

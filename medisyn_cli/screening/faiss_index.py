@@ -293,13 +293,20 @@ RESCORE_SHARED = 8
 @contextmanager
 def _threads_for(work: int):
     """One FAISS thread for small searches (e.g. screening a batch against a small index beside a busy model)."""
-    import faiss
-
     if work >= SMALL_SEARCH:
         yield
         return
+    with faiss_threads(1):
+        yield
+
+
+@contextmanager
+def faiss_threads(count: int):
+    """At most `count` OpenMP threads in FAISS calls made from this thread (restored after)."""
+    import faiss
+
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(min(count, threads))
     try:
         yield
     finally:
@@ -400,6 +407,33 @@ def region_index(regions: np.ndarray | None, count: int, model: Embedder):
 
 
 REGIONS_FLAT_MAX = 16_384  # tiles searched exactly up to this many (1,024 images), with HNSW beyond
+
+
+# the tiles' PCA projection (screener.ProjectedSearch): its dimensions and the tiles its basis is estimated on
+TILE_PCA_DIMS, TILE_PCA_SAMPLE = 128, 8192
+
+
+def stored_vectors(index) -> np.ndarray:
+    """The vectors of a flat or HNSW-flat float FAISS index, as a numpy view of its storage (no copy)."""
+    import faiss
+
+    flat = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+
+
+def tile_projection(
+    vectors: np.ndarray, dims: int = TILE_PCA_DIMS, sample: int = TILE_PCA_SAMPLE
+) -> tuple[np.ndarray, np.ndarray]:
+    """(basis float32 (dim, dims), projected float32 (N, dims)): the top principal directions (uncentred) of a
+    seeded sample of the tile vectors, and every tile projected on them. Computed once at index build (stored in
+    regions_pca.npz) or, for an index built before, when a screener first searches its tiles."""
+    rows = np.random.default_rng(0).choice(len(vectors), size=min(sample, len(vectors)), replace=False)
+    part = vectors[np.sort(rows)].astype(np.float64)
+    with blas_threads():
+        _, basis = np.linalg.eigh(part.T @ part)
+        basis = np.ascontiguousarray(basis[:, ::-1][:, : min(dims, vectors.shape[1])], dtype=np.float32)
+        projected = np.ascontiguousarray(vectors @ basis)
+    return basis, projected
 
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")

@@ -47,6 +47,7 @@ TARGET_FPR = 0.005  # the default false-positive rate an index calibrates its th
 
 INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE = "index.faiss", "keys.parquet", "index.json", "vectors.npy"
 REGIONS_FILE = "regions.faiss"  # vectors of each training image's overlapping tiles (partial copies, crops)
+REGIONS_PCA_FILE = "regions_pca.npz"  # the tiles' PCA basis and projected tiles (screener.ProjectedSearch)
 REGIONS_MAX = 20_000  # images up to which `index build` adds the tiles by default (16 vectors each)
 FORMAT = 1
 
@@ -67,6 +68,8 @@ class TrainingIndex:
     exact: np.ndarray | None = None  # IVF-PQ, projected HNSW: the exact vectors (memory-mapped vectors.npy)
     regions: object | None = None  # FAISS index of the training images' tiles (embed.TILES), or None
     local: LocalFeatures | None = None  # the training images' keypoints (verify.py), or None
+    # the tiles' (PCA basis, projected tiles) from regions_pca.npz; None: computed when first searched
+    region_projection: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.meta["count"])
@@ -220,7 +223,27 @@ def load_index(path: str | Path) -> TrainingIndex:
             f"{len(TILES)}; rebuild the index"
         )
     local = LocalFeatures.load(path / meta["local"]["file"], meta["count"]) if meta.get("local") else None
-    return TrainingIndex(path, meta, embedder, faiss_index, keys, labels, exact, regions, local)
+    projection = (
+        read_tile_projection(path / meta["regions"]["projection"]["file"], regions.ntotal, embedder.dim)
+        if regions is not None and meta["regions"].get("projection")
+        else None
+    )
+    return TrainingIndex(path, meta, embedder, faiss_index, keys, labels, exact, regions, local, projection)
+
+
+def read_tile_projection(path: Path, tiles: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(basis, projected tiles) of regions_pca.npz; MedisynError when it is missing or does not fit the tiles."""
+    try:
+        with np.load(path) as data:
+            basis, projected = data["basis"], data["projected"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise MedisynError(f"{path}: cannot read the tiles' projection ({exc}); rebuild the index") from exc
+    if basis.ndim != 2 or basis.shape[0] != dim or projected.shape != (tiles, basis.shape[1]):
+        raise MedisynError(
+            f"{path}: a projection of shape {projected.shape} onto {basis.shape}, expected {tiles} tiles of "
+            f"{dim} dimensions; rebuild the index"
+        )
+    return np.ascontiguousarray(basis, np.float32), np.ascontiguousarray(projected, np.float32)
 
 
 def read_meta(path: Path) -> dict:

@@ -29,6 +29,8 @@ from medisyn_cli.screening.faiss_index import (
     recall_at_1,
     region_index,
     search_index,
+    stored_vectors,
+    tile_projection,
 )
 from medisyn_cli.screening.index import (
     FORMAT,
@@ -36,6 +38,7 @@ from medisyn_cli.screening.index import (
     KEYS_FILE,
     META_FILE,
     REGIONS_FILE,
+    REGIONS_PCA_FILE,
     TARGET_FPR,
     VECTORS_FILE,
     TrainingIndex,
@@ -71,7 +74,10 @@ def finish_index(
     recall = None if plan.type == "flat" else round(recall_at_1(search, vectors, model), 4)
     tiles = region_index(embedded.regions, embedded.count, model)
     local = _local_features(out, embedded.count) if tiles is not None else None
-    calibration = _calibrate(out, model, plan, index, exact, embedded.count, target_fpr, tiles, local)
+    projection = None if tiles is None else tile_projection(stored_vectors(tiles))
+    calibration = _calibrate(
+        out, model, plan, index, exact, embedded.count, target_fpr, tiles, local, projection
+    )
     threshold = calibration.get("threshold", model.default_threshold)
     meta = _metadata(
         model,
@@ -87,7 +93,12 @@ def finish_index(
         screening={"views": "general", "calibration": calibration},
         regions=None
         if tiles is None
-        else {"file": REGIONS_FILE, "tiles": [list(t.box) for t in TILES], "count": int(tiles.ntotal)},
+        else {
+            "file": REGIONS_FILE,
+            "tiles": [list(t.box) for t in TILES],
+            "count": int(tiles.ntotal),
+            "projection": {"file": REGIONS_PCA_FILE, "dims": int(projection[0].shape[1])},
+        },
         local=None
         if local is None
         else {"file": LOCAL_FILE, "keypoints": int(len(local.descriptors)), "settings": SETTINGS},
@@ -97,6 +108,7 @@ def finish_index(
     _write_index(index, model, out / (INDEX_FILE + ".tmp"))
     if tiles is not None:
         _write_index(tiles, model, out / (REGIONS_FILE + ".tmp"))
+        _write_projection(projection, out / (REGIONS_PCA_FILE + ".tmp"))
     if local is not None:
         local.save(out / (LOCAL_FILE + ".tmp"))
     _write_json(meta, out / (META_FILE + ".tmp"))
@@ -105,7 +117,7 @@ def finish_index(
     for name in (
         (INDEX_FILE, KEYS_FILE)
         + ((VECTORS_FILE,) if plan.keeps_vectors else ())
-        + ((REGIONS_FILE,) if tiles is not None else ())
+        + ((REGIONS_FILE, REGIONS_PCA_FILE) if tiles is not None else ())
         + ((LOCAL_FILE,) if local is not None else ())
         + (META_FILE,)
     ):
@@ -123,6 +135,7 @@ def _calibrate(
     target_fpr: float | None,
     tiles=None,
     local: LocalFeatures | None = None,
+    projection: tuple | None = None,
 ) -> dict:
     """Screen a sample of the index's own images against it (screen.calibrate); {} without a target or images."""
     if target_fpr is None:
@@ -136,7 +149,7 @@ def _calibrate(
         "index": {"type": plan.type},
         "screening": {"views": "general"},
     }
-    training = TrainingIndex(out, meta, model, index, keys, labels, exact, tiles, local)
+    training = TrainingIndex(out, meta, model, index, keys, labels, exact, tiles, local, projection)
     sample = np.sort(
         np.random.default_rng(2).choice(count, size=min(CALIBRATION_SAMPLE, count), replace=False)
     )
@@ -199,6 +212,12 @@ def _metadata(
         "seconds": round(seconds, 1),
         "medisyn_version": __version__,
     }
+
+
+def _write_projection(projection: tuple[np.ndarray, np.ndarray], path: Path) -> None:
+    """regions_pca.npz (uncompressed: it loads in milliseconds, where computing it takes seconds)."""
+    with open(path, "wb") as handle:
+        np.savez(handle, basis=projection[0], projected=projection[1])
 
 
 def _write_json(meta: dict, path: Path) -> None:

@@ -31,7 +31,15 @@ import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.embed import TILES, blas_threads
-from medisyn_cli.screening.faiss_index import rescore, search_index
+from medisyn_cli.screening.faiss_index import (
+    TILE_PCA_DIMS,
+    TILE_PCA_SAMPLE,
+    faiss_threads,
+    rescore,
+    search_index,
+    stored_vectors,
+    tile_projection,
+)
 from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.verify import Verifier, query_features
 
@@ -128,8 +136,9 @@ class Screener:
         index screens its own images to calibrate)."""
         exclude = exclude or [()] * len(images)
         parts = [(images[s : s + chunk], exclude[s : s + chunk]) for s in range(0, len(images), chunk)]
-        if len(parts) <= 1:
-            return [r for part, banned in parts for r in self._check(part, banned, self._embed(part))]
+        if len(parts) <= 1:  # one BLAS thread for every small product (as the chunks below), not one per call
+            with blas_threads():
+                return [r for part, banned in parts for r in self._check(part, banned, self._embed(part))]
         results = []
         with blas_threads(), ThreadPoolExecutor(1, thread_name_prefix="medisyn-embed") as pool:
             embedded = pool.submit(self._embed, parts[0][0])
@@ -215,8 +224,10 @@ class Screener:
         return found is not None and self.verify_threshold is not None and found[0] >= self.verify_threshold
 
     def _verify(self, keypoints: list, candidates: list, exclude: list) -> list[tuple[int, int]]:
-        """Per image: (inliers, id) of its best-verified candidate (search candidates and descriptor votes)."""
-        return self.verifier.score(keypoints, candidates, exclude)
+        """Per image: (inliers, id) of its best-verified candidate (search candidates and descriptor votes); the
+        descriptor search on one FAISS thread (a few hundred descriptors: OpenMP's start-up costs more)."""
+        with faiss_threads(1):
+            return self.verifier.score(keypoints, candidates, exclude)
 
     def _similarity(self, vector: np.ndarray, i: int) -> float:
         """The query's (identity view) similarity with training image i, where the index keeps exact vectors."""
@@ -245,7 +256,7 @@ class Screener:
 
     def _search_regions(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.region_search is None:
-            self.region_search = ProjectedSearch(self.index.regions)
+            self.region_search = ProjectedSearch(self.index.regions, stored=self.index.region_projection)
         return self.region_search.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
     def _reconstruct_regions(self, ids) -> np.ndarray:
@@ -300,18 +311,21 @@ class ProjectedSearch:
     the projected index proposes CANDIDATES per query, their exact similarity ranks them. 8x less work for the
     region tiles (16 per training image), which every query view is compared with."""
 
-    def __init__(self, index, dims: int = 128, candidates: int = 16, sample: int = 8192):
+    def __init__(
+        self,
+        index,
+        dims: int = TILE_PCA_DIMS,
+        candidates: int = 16,
+        sample: int = TILE_PCA_SAMPLE,
+        stored: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
+        """`stored`: the (basis, projected tiles) computed at index build (regions_pca.npz); None: computed here."""
         import faiss
 
-        flat = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
-        self.vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
-        rows = np.random.default_rng(0).choice(flat.ntotal, size=min(sample, flat.ntotal), replace=False)
-        part = self.vectors[np.sort(rows)].astype(np.float64)
-        with blas_threads():
-            values, basis = np.linalg.eigh(part.T @ part)
-        self.basis = np.ascontiguousarray(basis[:, ::-1][:, : min(dims, flat.d)], dtype=np.float32)
+        self.vectors = stored_vectors(index)
+        self.basis, projected = stored or tile_projection(self.vectors, dims, sample)
         self.projected = faiss.IndexFlatIP(self.basis.shape[1])
-        self.projected.add(np.ascontiguousarray(self.vectors @ self.basis))
+        self.projected.add(projected)
         self.candidates = candidates
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,113 @@
+"""Screening speed-ups that must not change a decision: the tiles' projection stored at build, thread limits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.screening.build import build_index
+from medisyn_cli.screening.faiss_index import stored_vectors, tile_projection
+from medisyn_cli.screening.index import REGIONS_PCA_FILE, load_index
+from medisyn_cli.screening.screener import ProjectedSearch, Screener
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """Pixel index (with tiles and keypoints) of the 12 real fixture images."""
+    out = tmp_path_factory.mktemp("speed") / "pixel"
+    build_index([FIXTURES / "images"], out, show_progress=False)
+    return out
+
+
+def queries() -> list[Image.Image]:
+    """Copies (crops, flips, a pasted region) of the fixture images and the distinct images of the same classes."""
+    originals = [Image.open(p).convert("RGB") for p in sorted((FIXTURES / "images").rglob("*.png"))]
+    crops = [im.crop((10, 6, 58, 54)).resize((64, 64), Image.Resampling.BICUBIC) for im in originals[:6]]
+    pasted = []
+    for a, b in zip(originals[:4], originals[6:10]):
+        base = b.copy()
+        base.paste(a.crop((16, 16, 48, 48)), (4, 20))
+        pasted.append(base)
+    distinct = [
+        Image.open(p).convert("RGB") for p in sorted((FIXTURES / "screen" / "distinct").glob("*.png"))
+    ]
+    return crops + [ImageOps.mirror(im) for im in originals[:4]] + pasted + distinct
+
+
+def decisions(results) -> list[tuple]:
+    return [(r.nn_id, r.near_copy, r.view, r.region, r.inliers, round(r.nn_similarity, 5)) for r in results]
+
+
+def as_before_the_projection_file(built: Path, folder: Path) -> Path:
+    """A copy of the index as medisyn wrote it before regions_pca.npz (no file, no entry in index.json)."""
+    shutil.copytree(built, folder)
+    (folder / REGIONS_PCA_FILE).unlink()
+    meta = json.loads((folder / "index.json").read_text())
+    del meta["regions"]["projection"]
+    (folder / "index.json").write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def test_index_build_stores_the_tiles_projection_a_screener_would_compute(built):
+    meta = json.loads((built / "index.json").read_text())
+    assert meta["regions"]["projection"] == {"file": REGIONS_PCA_FILE, "dims": 128}
+    index = load_index(built)
+    basis, projected = index.region_projection
+    computed = tile_projection(stored_vectors(index.regions))
+    assert basis.shape == (1024, 128) and projected.shape == (12 * 16, 128)
+    assert np.array_equal(basis, computed[0]) and np.array_equal(projected, computed[1])
+    search = Screener(index)
+    search.check(queries()[:1])
+    assert search.region_search.basis is basis  # the stored one, not computed again
+
+
+def test_index_built_before_the_projection_file_screens_identically(built, tmp_path):
+    old = load_index(as_before_the_projection_file(built, tmp_path / "old"))
+    assert old.region_projection is None
+    images = queries()
+    stored, computed = Screener(load_index(built)).check(images), Screener(old).check(images)
+    assert decisions(stored) == decisions(computed)
+    assert sum(r.near_copy for r in stored) >= 10 and not any(r.near_copy for r in stored[-6:])
+
+
+def test_projection_file_that_does_not_fit_the_tiles_is_refused(built, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(built, folder)
+    with open(folder / REGIONS_PCA_FILE, "wb") as handle:
+        np.savez(handle, basis=np.zeros((1024, 128), np.float32), projected=np.zeros((5, 128), np.float32))
+    with pytest.raises(MedisynError, match=r"regions_pca\.npz.*rebuild the index"):
+        load_index(folder)
+    (folder / REGIONS_PCA_FILE).write_bytes(b"not an npz")
+    with pytest.raises(MedisynError, match=r"regions_pca\.npz: cannot read"):
+        load_index(folder)
+
+
+def test_projected_search_from_the_stored_projection_equals_one_computed(built):
+    index = load_index(built)
+    rng = np.random.default_rng(1)
+    tiles = stored_vectors(index.regions)
+    found = tiles[rng.choice(len(tiles), 30, replace=False)] + rng.normal(0, 0.02, (30, tiles.shape[1]))
+    found = (found / np.linalg.norm(found, axis=1, keepdims=True)).astype(np.float32)
+    stored = ProjectedSearch(index.regions, stored=index.region_projection).search(found, 5)
+    computed = ProjectedSearch(index.regions).search(found, 5)
+    assert np.array_equal(stored[1], computed[1]) and np.array_equal(stored[0], computed[0])
+
+
+def test_screening_leaves_faiss_and_blas_threads_as_they_were(built):
+    import faiss
+    from threadpoolctl import threadpool_info
+
+    blas = lambda: [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]  # noqa: E731
+    before, threads = blas(), faiss.omp_get_max_threads()
+    screener = Screener(load_index(built))
+    screener.check(queries()[:3])  # one chunk
+    screener.check(queries(), chunk=4)  # chunks embedded by a thread
+    assert blas() == before and faiss.omp_get_max_threads() == threads
