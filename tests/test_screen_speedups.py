@@ -111,3 +111,23 @@ def test_screening_leaves_faiss_and_blas_threads_as_they_were(built):
     screener.check(queries()[:3])  # one chunk
     screener.check(queries(), chunk=4)  # chunks embedded by a thread
     assert blas() == before and faiss.omp_get_max_threads() == threads
+
+
+def test_tile_search_scored_by_blas_finds_the_candidates_faiss_finds_pair_by_pair(built):
+    import faiss
+
+    from medisyn_cli.screening.faiss_index import blas_distances
+
+    index = load_index(built)
+    search = ProjectedSearch(index.regions, stored=index.region_projection)
+    views = Screener(index).region_views
+    tiles = index.embedder.embed_views(queries(), views).reshape(-1, index.embedder.dim)
+    projected = np.ascontiguousarray(tiles @ search.basis)
+    before = faiss.cvar.distance_compute_blas_threshold
+    pairwise = search.projected.search(projected, 16)
+    with blas_distances():
+        assert faiss.cvar.distance_compute_blas_threshold == 20 < before
+        blas = search.projected.search(projected, 16)
+    assert faiss.cvar.distance_compute_blas_threshold == before
+    assert len(projected) == 20 * len(views) and np.array_equal(pairwise[1], blas[1])
+    np.testing.assert_allclose(pairwise[0], blas[0], atol=1e-6)

@@ -34,6 +34,7 @@ from medisyn_cli.screening.embed import TILES, blas_threads
 from medisyn_cli.screening.faiss_index import (
     TILE_PCA_DIMS,
     TILE_PCA_SAMPLE,
+    blas_distances,
     faiss_threads,
     rescore,
     search_index,
@@ -330,12 +331,13 @@ class ProjectedSearch:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarity, id) of the top k by exact inner product among the projected search's candidates."""
-        _, ids = search_index(
-            self.projected,
-            np.ascontiguousarray(queries @ self.basis),
-            max(k, self.candidates),
-            _INNER_PRODUCT,
-        )
+        with blas_distances():
+            _, ids = search_index(
+                self.projected,
+                np.ascontiguousarray(queries @ self.basis),
+                max(k, self.candidates),
+                _INNER_PRODUCT,
+            )
         sims, ids = rescore(queries, ids, self.vectors, k)
         return sims.astype(np.float32), ids
 
