@@ -191,6 +191,66 @@ def _duplicates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return close | ((r > 0.97) & (residual < 10))
 
 
+def verified_duplicates(
+    images: list, sets: np.ndarray, indexed: np.ndarray, negatives: np.ndarray
+) -> list[tuple]:
+    """(negative, indexed image, inliers, agreement) for every negative that is the same picture as an indexed image
+    of its set under an affine map, by a stricter rule than the screen's (verify.py: at least
+    calibrate.VERIFY_DUPLICATE inliers and a dense agreement of at least verify.AGREEMENT), among the indexed images
+    its keypoints vote for: the data sets' own duplicates the pixel test above misses (the same cell cropped twice,
+    the next ultrasound frame, the next slice). They stay among the negatives; the FP rate is reported with and
+    without them, and the pairs are written out for review (duplicates.csv, duplicates.png)."""
+    from medisyn_cli.screening.calibrate import VERIFY_DUPLICATE
+    from medisyn_cli.screening.verify import (
+        AGREEMENT,
+        LocalFeatures,
+        Verifier,
+        agreement,
+        descriptor_variants,
+        query_features,
+        root,
+    )
+
+    found = []
+    for dataset in np.unique(sets[negatives]):
+        members = np.where((sets == dataset) & indexed)[0]
+        verifier = Verifier(LocalFeatures.from_images([images[i] for i in members]))
+        for n in negatives[sets[negatives] == dataset]:
+            points, descriptors, pixels = query_features(images[n])
+            if len(points) < 8:
+                continue
+            variants = descriptor_variants(root(descriptors))
+            for k in verifier.voted(variants):
+                count, model, matched = verifier.match(points, variants, k)
+                if count >= VERIFY_DUPLICATE:
+                    agree = agreement(pixels, verifier.local.thumbs[k], model, matched)
+                    if agree >= AGREEMENT:
+                        found.append((int(n), int(members[k]), count, round(float(agree), 3)))
+                        break
+    return found
+
+
+def duplicate_sheet(images: list, names: list[str], sets: np.ndarray, pairs: list[tuple], out: Path) -> None:
+    """duplicates.csv (every pair) and duplicates.png (each negative beside the indexed image it duplicates)."""
+    from PIL import Image, ImageDraw
+
+    with open(out / "duplicates.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["data_set", "negative", "indexed", "inliers", "agreement"])
+        for n, i, count, agree in pairs:
+            writer.writerow([sets[n], names[n], names[i], count, agree])
+    side, columns = 96, 4
+    rows = (len(pairs) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * (2 * side + 12), max(1, rows) * (side + 14)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, (n, i, count, agree) in enumerate(pairs):
+        x, y = (j % columns) * (2 * side + 12), (j // columns) * (side + 14)
+        for k, image in enumerate((images[n], images[i])):
+            sheet.paste(image.convert("RGB").resize((side, side)), (x + k * side, y))
+        draw.text((x, y + side), f"{str(sets[n])[:8]} {count} {agree:.2f}", fill="black")
+    sheet.save(out / "duplicates.png")
+
+
 # --- planted copies -------------------------------------------------------------------------------------
 
 
@@ -754,6 +814,9 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
         out["thresholds"][dataset] = float(threshold)
         out.setdefault("partial_thresholds", {})[dataset] = partial_threshold
         out.setdefault("verify_thresholds", {})[dataset] = verify_threshold
+        out.setdefault("calibration_fp_without_duplicates", {})[dataset] = found.get(
+            "verify_fpr_without_duplicates"
+        )
         out.setdefault("calibration_fp", {})[dataset] = found.get(
             "verify_fpr_at_threshold", found.get("partial_fpr_at_threshold", found.get("fpr_at_threshold"))
         )
@@ -816,8 +879,14 @@ def summarise(result: dict) -> dict:
         "partial_thresholds": result.get("partial_thresholds", {}),
         "verify_thresholds": result.get("verify_thresholds", {}),
         "calibration_fp": result.get("calibration_fp", {}),
+        "calibration_fp_without_duplicates": result.get("calibration_fp_without_duplicates", {}),
         "fpr_thresholds": at,
         "fp_default": float(np.mean(result["neg"] >= default_neg)),
+        "fp_default_without_duplicates": float(
+            np.mean(
+                (result["neg"] >= default_neg)[~result.get("neg_duplicate", np.zeros(len(default_neg), bool))]
+            )
+        ),
         "fp_default_per_set": {
             d: float(np.mean(result["neg"][result["neg_sets"] == d] >= result["thresholds"][d]))
             for d in np.unique(result["neg_sets"])
@@ -884,9 +953,20 @@ def table(summaries: dict) -> list[str]:
         f"{'FP at default':<18}" + "".join(f"{100 * s['fp_default']:>23.2f}%  " for s in summaries.values())
     )
     lines.append(
+        f"{'FP w/o duplicates':<18}"
+        + "".join(f"{100 * s['fp_default_without_duplicates']:>23.2f}%  " for s in summaries.values())
+    )
+    lines.append(
         f"{'FP calibration':<18}"
         + "".join(
             f"{100 * np.mean([v for v in s['calibration_fp'].values() if v is not None] or [np.nan]):>23.2f}%  "
+            for s in summaries.values()
+        )
+    )
+    lines.append(
+        f"{'FP calib. w/o dup':<18}"
+        + "".join(
+            f"{100 * np.mean([v for v in s.get('calibration_fp_without_duplicates', {}).values() if v is not None] or [np.nan]):>23.2f}%  "
             for s in summaries.values()
         )
     )
@@ -1011,10 +1091,19 @@ def main() -> None:
         f"indexed ones (same group); {len(negatives)} negatives, {len(sources)} sources -> {copies} planted "
         f"copies ({time.time() - start:.0f} s)",
     ]
+    pairs = verified_duplicates(images, sets, indexed, negatives)
+    duplicate = np.isin(negatives, [n for n, *_ in pairs])
+    lines.append(
+        f"{len(pairs)} negatives are verified duplicates of indexed images (duplicates.csv / .png, for review): "
+        + ", ".join(f"{d[:8]} {int(np.sum(duplicate & (sets[negatives] == d)))}" for d in np.unique(sets))
+    )
     print("\n".join(lines), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    duplicate_sheet(images, names, sets, pairs, args.out)
     summaries: dict = {}
     for name in args.conditions:
         result = condition_result(name, args, images, sets, groups, indexed, negatives, planted)
+        result["neg_duplicate"] = duplicate
         summaries[name] = summarise(result)
         summaries[name].update(
             seconds=result["seconds"],

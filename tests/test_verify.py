@@ -241,3 +241,34 @@ def test_local_features_save_and_load_with_simpleitk_imported_after_faiss(tmp_pa
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_blend_of_two_training_images_is_explained_by_the_pair(verifier):
+    check, images = verifier
+    by_pair = 0
+    for source, other in ((0, 5), (6, 3), (10, 8), (7, 4)):
+        blend = Image.blend(images[other], images[source], 0.55)
+        points, descriptors, pixels = query_features(blend)
+        variants = descriptor_variants(root(descriptors))
+        matches = {i: check.match(points, variants, i) for i in (source, other)}
+        found = check.best(matches, pixels)
+        assert found[1] in (source, other) and found[0] >= VERIFY_FLOOR, (source, other, found)
+        alone = [agreement(pixels, check.local.thumbs[i], *m[1:]) for i, m in matches.items() if m[0]]
+        by_pair += max(alone) < AGREEMENT  # neither alone agrees: the pair explained it
+    assert by_pair >= 1
+
+
+def test_a_look_alike_with_any_partner_is_not_explained_as_a_blend(verifier):
+    _, images = verifier
+    query, train = (
+        Image.open(LOOKALIKES / f"{name}.png") for name in ("te_normal2_im_0321_0001", "tr_im_0223_0001")
+    )
+    local = LocalFeatures.from_images([train] + images)
+    check = Verifier(local)
+    points, descriptors, pixels = query_features(query)
+    variants = descriptor_variants(root(descriptors))
+    matches = {i: check.match(points, variants, i) for i in range(len(local))}
+    assert (
+        matches[0][0] >= VERIFY_FLOOR + 10
+    )  # the look-alike has an affine model, every fixture is a partner
+    assert check.best(matches, pixels) == (0, -1)

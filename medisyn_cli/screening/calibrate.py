@@ -178,6 +178,10 @@ def _verify_threshold(
     return {
         "verify_threshold": value,
         "verify_fpr_at_threshold": round(float(np.mean(flagged | (inliers >= value))), 4),
+        # the same without the negatives verified as the training set's own duplicates (VERIFY_DUPLICATE inliers)
+        "verify_fpr_without_duplicates": round(
+            float(np.mean((flagged | (inliers >= value))[inliers < VERIFY_DUPLICATE])) if dense else np.nan, 4
+        ),
         "verify_tpr_at_threshold": round(float(np.mean(copies >= value)), 4),
         "verify_negative_inliers": {f"p{q}": float(np.percentile(inliers, q)) for q in (50, 99, 100)},
     }
