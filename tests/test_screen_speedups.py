@@ -131,3 +131,38 @@ def test_tile_search_scored_by_blas_finds_the_candidates_faiss_finds_pair_by_pai
     assert faiss.cvar.distance_compute_blas_threshold == before
     assert len(projected) == 20 * len(views) and np.array_equal(pairwise[1], blas[1])
     np.testing.assert_allclose(pairwise[0], blas[0], atol=1e-6)
+
+
+def test_screening_by_two_threads_equals_one_thread(built):
+    index = load_index(built)
+    images = queries()
+    one = Screener(index, workers=1).check(images)
+    two = Screener(index, workers=2)
+    assert two.workers == 2 and decisions(two.check(images)) == decisions(one)
+    assert decisions(two.check(images, chunk=3)) == decisions(one)  # 7 parts, two at a time
+    assert [decisions(two.check([im])) for im in images[:3]] == [[d] for d in decisions(one)[:3]]
+
+
+def test_overlapping_blas_distances_restore_faiss_setting_when_the_last_leaves():
+    import threading
+
+    import faiss
+
+    from medisyn_cli.screening.faiss_index import blas_distances
+
+    before, inside, release = faiss.cvar.distance_compute_blas_threshold, threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with blas_distances():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    inside.wait(10)
+    with blas_distances():
+        assert faiss.cvar.distance_compute_blas_threshold == 20
+    assert faiss.cvar.distance_compute_blas_threshold == 20  # the thread is still inside
+    release.set()
+    thread.join()
+    assert faiss.cvar.distance_compute_blas_threshold == before

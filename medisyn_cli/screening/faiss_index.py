@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,17 +302,28 @@ def _threads_for(work: int):
 
 
 @contextmanager
-def blas_distances(queries: int = 20):
-    """FAISS's flat searches of at least `queries` queries scored as one matrix product (BLAS), not one vector pair at
-    a time: this faiss does that only from 128,000 queries on, 4.5x slower for the tiles' 128-d projected search."""
+def blas_distances():
+    """FAISS's flat searches of at least BLAS_QUERIES queries scored as one matrix product (BLAS), not one vector pair
+    at a time: this faiss does that only from 128,000 queries on, 4.5x slower for the tiles' 128-d projected search.
+    The setting is the process's: overlapping users (threads) share it, the last one out restores it."""
     import faiss
 
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = min(before, queries)
+    with _BLAS_DISTANCES["lock"]:
+        if _BLAS_DISTANCES["users"] == 0:
+            _BLAS_DISTANCES["before"] = faiss.cvar.distance_compute_blas_threshold
+            faiss.cvar.distance_compute_blas_threshold = min(_BLAS_DISTANCES["before"], BLAS_QUERIES)
+        _BLAS_DISTANCES["users"] += 1
     try:
         yield
     finally:
-        faiss.cvar.distance_compute_blas_threshold = before
+        with _BLAS_DISTANCES["lock"]:
+            _BLAS_DISTANCES["users"] -= 1
+            if _BLAS_DISTANCES["users"] == 0:
+                faiss.cvar.distance_compute_blas_threshold = _BLAS_DISTANCES["before"]
+
+
+BLAS_QUERIES = 20  # faiss's own default before it raised it
+_BLAS_DISTANCES = {"lock": threading.Lock(), "users": 0, "before": None}  # blas_distances's state
 
 
 @contextmanager

@@ -24,6 +24,7 @@ with the views they were calibrated for ("tuned") and without tiles.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,6 +44,10 @@ from medisyn_cli.screening.faiss_index import (
 )
 from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.verify import Verifier, query_features
+
+# threads a check screens its parts with (each embeds and searches its own images; one FAISS and BLAS thread each):
+# generate's batch screened on both cores of a CPU the model has left, no OpenMP spin beside a busy core
+SCREEN_WORKERS = 2
 
 REGION_PENALTY = (
     0.0  # subtracted from a tile match (16 tiles x the region views: more chances than whole images)
@@ -103,8 +108,11 @@ class Screener:
         measure_partial: bool = False,
         verify_threshold: int | None = None,
         measure_verify: bool = False,
+        workers: int | None = None,
     ):
+        """`workers`: threads that screen parts of a check at once (default: SCREEN_WORKERS, at most the CPUs)."""
         self.index, self.embedder = index, index.embedder
+        self.workers = max(1, workers or min(SCREEN_WORKERS, os.cpu_count() or 1))
         self.threshold = self.embedder.valid_threshold(index.threshold if threshold is None else threshold)
         partial = index.partial_threshold if partial_threshold is None else partial_threshold
         self.partial_threshold = None if partial is None else self.embedder.valid_threshold(partial)
@@ -132,23 +140,36 @@ class Screener:
         self.verifier = Verifier(index.local) if verifying else None  # "tuned": screens as before #16 and #29
 
     def check(self, images: list, chunk: int = 32, exclude: list | None = None) -> list[ScreenResult]:
-        """One ScreenResult per image, in order (screened `chunk` images at a time; a thread embeds the next chunk
-        while this one is searched); `exclude`: per image, the training ids it may not match (e.g. itself, when an
-        index screens its own images to calibrate)."""
+        """One ScreenResult per image, in order: screened `chunk` images at a time (fewer where that gives each of
+        the screener's `workers` threads a part), each part embedded and searched by one thread; `exclude`: per
+        image, the training ids it may not match (e.g. itself, when an index screens its own images to calibrate)."""
         exclude = exclude or [()] * len(images)
-        parts = [(images[s : s + chunk], exclude[s : s + chunk]) for s in range(0, len(images), chunk)]
-        if len(parts) <= 1:  # one BLAS thread for every small product (as the chunks below), not one per call
-            with blas_threads():
-                return [r for part, banned in parts for r in self._check(part, banned, self._embed(part))]
-        results = []
-        with blas_threads(), ThreadPoolExecutor(1, thread_name_prefix="medisyn-embed") as pool:
-            embedded = pool.submit(self._embed, parts[0][0])
-            for j, (part, banned) in enumerate(parts):
-                vectors = embedded.result()
-                if j + 1 < len(parts):
-                    embedded = pool.submit(self._embed, parts[j + 1][0])
-                results += self._check(part, banned, vectors)
-        return results
+        size = max(1, min(chunk, -(-len(images) // self.workers)))
+        parts = [(images[s : s + size], exclude[s : s + size]) for s in range(0, len(images), size)]
+        with blas_threads():  # one BLAS thread for every small product, set once for every thread
+            self._prepare()
+            if len(parts) <= 1 or self.workers == 1:
+                return [r for part in parts for r in self._screen(part)]
+            with ThreadPoolExecutor(
+                min(self.workers, len(parts)), thread_name_prefix="medisyn-screen"
+            ) as pool:
+                return [r for found in pool.map(self._screen_alone, parts) for r in found]
+
+    def _screen(self, part: tuple[list, list]) -> list[ScreenResult]:
+        images, exclude = part
+        return self._check(images, exclude, self._embed(images))
+
+    def _screen_alone(self, part: tuple[list, list]) -> list[ScreenResult]:
+        """One part in a worker thread: the threads are the parallelism, so FAISS starts no OpenMP team in them."""
+        with faiss_threads(1):
+            return self._screen(part)
+
+    def _prepare(self) -> None:
+        """What the worker threads share, built before they start: the tiles' search, the descriptor search."""
+        if self.region_views and self.region_search is None:
+            self.region_search = ProjectedSearch(self.index.regions, stored=self.index.region_projection)
+        if self.verifier is not None:
+            self.verifier.local.descriptor_search()
 
     def _embed(self, images: list) -> tuple[np.ndarray, list | None]:
         """The images under the union of the whole-image and region views (views both use embedded once), and
