@@ -56,9 +56,12 @@ BLOCK = 8  # side of the blocks the dense check correlates, in WORK_SIDE pixels
 # six data sets' copies under random affine, crop, border and paste edits reach it in 88-100% of cases per family
 # (most 0.95-1.0), distinct images (chest x-rays, hands of different children) in < 0.3%
 AGREEMENT = 0.9
-# below this agreement the RANSAC model is refined by ECC (ECC_ITERATIONS) and the better agreement kept: a copy
-# aligned to a pixel agrees 0.95-1.0; refining costs ~2 ms per candidate, so a clear copy skips it
-REFINE_BELOW, ECC_ITERATIONS = 0.95, 50
+# between these agreements the RANSAC model is refined by ECC (ECC_ITERATIONS) and the better agreement kept: a copy
+# aligned to a pixel agrees 0.95-1.0, and 70 of the 71 copies refining rescued agreed 0.6 or more before; refining
+# costs ~2 ms per candidate, so a clear copy and a clear non-copy skip it
+REFINE_FROM, REFINE_BELOW, ECC_ITERATIONS = 0.6, 0.95, 50
+# least agreement of the candidate a blend is explained from (its larger share alone explains more than this)
+PAIR_FROM = 0.4
 SETTINGS = {
     "work_side": WORK_SIDE,
     "keypoints": STORED_KEYPOINTS,
@@ -251,9 +254,9 @@ class Verifier:
         """(inliers, id) of the candidate that agrees best when it and another candidate together explain the query
         (a blend of two training images: each alone explains only its share of every block), the other aligned by
         its own affine model or by the first one's (superposed in register); (0, -1) when no pair does."""
-        if not agrees:
+        first = max(agrees, key=agrees.get, default=None)
+        if first is None or agrees[first] < PAIR_FROM:
             return 0, -1
-        first = max(agrees, key=agrees.get)
         count, model, matched = matches[first]
         train = _upsampled(self.local.thumbs[first])
         for other, (_, own, _) in matches.items():
@@ -318,7 +321,7 @@ def agreement(query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: 
     cv2.fillConvexPoly(hull, cv2.convexHull(matched.astype(np.float32)).astype(np.int32), 1)
     hull = cv2.dilate(hull, np.ones((9, 9), np.uint8))
     found = _block_agreement(query, train, model, hull)
-    if found < REFINE_BELOW:
+    if REFINE_FROM <= found < REFINE_BELOW:
         found = max(found, _block_agreement(query, train, _refined(query, train, model, matched), hull))
     return found
 
