@@ -332,17 +332,22 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 # --- pixel ----------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=16)
 def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
-    """(n, n) row-normalised Gaussian blur with reflected borders; identity for sigma 0."""
+    """(n, n) row-normalised Gaussian blur with reflected borders; identity for sigma 0 (cached, read-only)."""
     if sigma <= 0:
-        return np.eye(n, dtype=np.float32)
+        matrix = np.eye(n, dtype=np.float32)
+        matrix.flags.writeable = False
+        return matrix
     rows = np.arange(n)
     matrix = np.zeros((n, n), dtype=np.float64)
     for offset in range(-math.ceil(3 * sigma), math.ceil(3 * sigma) + 1):
         cols = np.abs(rows + offset)
         cols = np.where(cols > n - 1, 2 * (n - 1) - cols, cols)
         np.add.at(matrix, (rows, cols), math.exp(-offset * offset / (2 * sigma * sigma)))
-    return (matrix / matrix.sum(axis=1, keepdims=True)).astype(np.float32)
+    matrix = (matrix / matrix.sum(axis=1, keepdims=True)).astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
 
 
 class PixelEmbedder(Embedder):
@@ -595,8 +600,8 @@ def resample_matrix(length: int, start: float, stop: float, size: int) -> np.nda
     weights = np.clip(1.0 - np.abs(taps[None, :] + 0.5 - centres[:, None]) / support, 0.0, None)
     weights /= weights.sum(axis=1, keepdims=True)
     matrix = np.zeros((size, length))
-    for j, tap in enumerate(np.clip(taps, 0, length - 1)):
-        matrix[:, tap] += weights[:, j]
+    # every tap added in order (clipped edge taps add up as a loop over them adds them)
+    np.add.at(matrix, (slice(None), np.clip(taps, 0, length - 1)), weights)
     return matrix
 
 
