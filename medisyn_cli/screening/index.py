@@ -10,6 +10,8 @@ An index folder holds:
                     model between their keypoints and the query's (default up to REGIONS_MAX images)
     regions.faiss   16 overlapping tiles of every training image (embed.TILES), so crops and partial copies
                     match the region they copy (default up to REGIONS_MAX images; float embedders)
+    regions_pca.npz the tiles' PCA basis and projected tiles, which the tile search proposes candidates with
+                    (indexes built before it compute them when a screener first searches the tiles)
     index.json      embedder spec and settings, dim, metric, count, index type and parameters (and recall@1
                     for approximate types), default threshold, source fingerprint, skipped files with reasons,
                     the similarity of each training image to its nearest other training image (percentiles),
