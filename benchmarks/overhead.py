@@ -170,6 +170,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    load = [
+        round(os.getloadavg()[0], 2)
+    ]  # the machine's load: other jobs slow the model and screening unequally
     with tempfile.TemporaryDirectory() as tmp:
         index = build_index(Path(tmp) / "index")
         wanted = {v.strip() for v in args.variants.split(",")} | {"bare diffusers loop"}
@@ -180,8 +183,10 @@ def main() -> None:
                 result = run_child(args, variant, index, Path(tmp) / f"out-{repeat}-{number}")
                 times[variant].append(result["seconds"])
                 extra[variant] = result
+                load.append(round(os.getloadavg()[0], 2))
                 print(
-                    f"  repeat {repeat + 1}/{args.repeats} {variant.strip():<28} {result['seconds']:6.1f} s",
+                    f"  repeat {repeat + 1}/{args.repeats} {variant.strip():<28} {result['seconds']:6.1f} s "
+                    f"(load {load[-1]:.2f})",
                     flush=True,
                 )
     base = statistics.median(times["bare diffusers loop"])
@@ -197,7 +202,7 @@ def main() -> None:
     command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:])
     print(
         f"\n{args.n} images, bundled model, batch {args.batch_size}, {os.cpu_count()} CPUs, median of "
-        f"{args.repeats} fresh processes (model load included)"
+        f"{args.repeats} fresh processes (model load included); load average {min(load):.2f}-{max(load):.2f}"
     )
     print(f"{'variant':<30} {'seconds':>8} {'img/s':>7} {'ratio':>6}")
     for name, row in rows.items():
@@ -215,6 +220,7 @@ def main() -> None:
                 "repeats": args.repeats,
                 "cpus": os.cpu_count(),
                 "machine": platform.machine(),
+                "load_average": load,
                 "variants": rows,
                 "command": command,
             },
