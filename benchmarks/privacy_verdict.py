@@ -12,11 +12,18 @@ noise of sigma 2-12 in 255) to every image. Then --runs random runs per conditio
   the brain MRI case of the issue);
 - held-out: n_h images outside the training set; synthetic: n_s - k other images outside it (drawn like the
   held-out set, their natural duplicates included) and k planted copies of training images (k = share * n_s);
-- train_self: up to 1000 training images against the other training images (run_privacy's --train-reference);
+- train_self: up to TRAIN_REFERENCE (2000) training images against the other training images (run_privacy's --train-reference);
 and judged by memorisation_tests (the code run_privacy runs). Reported per condition: the share of runs with
 memorises true / false / null, the mean held-out near-copy rate, and the median synthetic_images_needed of the
 null runs. Targets (issue #29): copies at 2%, 5%, 10% flagged in >= 95% of runs at >= 100 images; none flagged in
 <= 5% of runs with natural duplicates alone.
+
+Before the runs, what is possible on each set at level 0.05 (`possible` in results.json): from the measured
+natural near-copy rate of a held-out image (random splits) and the share of planted copies the screen scores at
+or above the threshold, the power of (a) an oracle that knows the natural rate and counts near-copies, (b) an
+oracle that knows both similarity distributions (Neyman-Pearson on binned similarities, randomised to size
+0.05; Monte Carlo) and (c) the Boschloo count test at the whole 0.05 with the rate estimated from a reference of
+200 held-out images plus the training self-reference.
 
     python benchmarks/privacy_verdict.py                       # results/privacy_verdict/{results.json,output.txt}
     python benchmarks/privacy_verdict.py --runs 20 --sets isic2017_dermoscopy --out /tmp/pv   # a smoke run
@@ -35,7 +42,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from medisyn_cli.evaluate.memorisation import memorisation_tests  # noqa: E402
+from medisyn_cli.evaluate.memorisation import boschloo_greater, memorisation_tests  # noqa: E402
+from medisyn_cli.evaluate.privacy import TRAIN_REFERENCE  # noqa: E402
 from medisyn_cli.screening.calibrate import copy_augment  # noqa: E402
 from medisyn_cli.screening.embed import get_embedder  # noqa: E402
 from medisyn_cli.screening.index import TrainingIndex  # noqa: E402
@@ -45,7 +53,9 @@ DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results" / "privacy_verdict"
 SETS = ("brain_tumor_mri", "isic2017_dermoscopy")
 SYNTHETIC, HELDOUT, SHARES = (50, 100, 200, 500), (50, 200), (0.0, 0.02, 0.05, 0.10)
-TRAIN_SELF = 1000
+TRAIN_SELF = TRAIN_REFERENCE  # run_privacy's default sample of training images
+POSSIBLE = ((50, 1), (55, 3), (100, 2), (100, 5), (200, 4), (500, 10))  # (synthetic images, copies)
+EDGES = (-1.0, 0.90, 0.93, 0.95, 0.96, 0.965, 0.97, 0.98, 0.99, 0.995, 2.0)  # the likelihood oracle's bins
 
 
 def load_images(folder: Path) -> list:
@@ -208,6 +218,106 @@ def scenarios(name: str, found: dict, group: np.ndarray, train_share: float, rng
     return chosen
 
 
+def natural_and_copies(
+    found: dict, train_share: float, rng, splits: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out nearest-training similarities over random splits, and every planted copy's similarity to its source."""
+    pairs, natural = found["pairs"].copy(), []
+    np.fill_diagonal(pairs, -np.inf)
+    for _ in range(splits):
+        train = rng.random(len(pairs)) < train_share
+        natural.append(pairs[np.ix_(~train, train)].max(1))
+    return np.concatenate(natural), found["copies"].max(1)
+
+
+def count_oracle(n_s: int, k: int, rate: float, caught: float, alpha: float = 0.05) -> tuple[int, float]:
+    """Knowing the natural rate: the near-copy count it flags at, and P(flag) with k copies (caught at `caught`)."""
+    from scipy.stats import binom
+
+    first = next(c for c in range(n_s + 2) if binom.sf(c - 1, n_s, rate) <= alpha)
+    counts = np.convolve(
+        binom.pmf(np.arange(n_s - k + 1), n_s - k, rate), binom.pmf(np.arange(k + 1), k, caught)
+    )
+    return first, float(counts[first:].sum())
+
+
+def likelihood_oracle(
+    n_s: int, k: int, natural: np.ndarray, copies: np.ndarray, rng, alpha=0.05, runs=100_000
+):
+    """Knowing both distributions: the most powerful test of 'k copies' on binned similarities (randomised size)."""
+    f0 = np.maximum(np.histogram(natural, EDGES)[0] / len(natural), 1e-6)
+    f0, f1 = f0 / f0.sum(), np.histogram(copies, EDGES)[0] / len(copies)
+    weight = np.log1p(k / n_s * (f1 / f0 - 1))  # log likelihood ratio per image of the k-in-n_s mixture
+
+    def score(null: bool) -> np.ndarray:
+        counts = rng.multinomial(n_s, f0, runs) if null else rng.multinomial(n_s - k, f0, runs)
+        return (counts if null else counts + rng.multinomial(k, f1, runs)) @ weight
+
+    null, alternative = score(True), score(False)
+    cut = np.quantile(null, 1 - alpha)
+    over, at = np.mean(null > cut + 1e-12), np.mean(np.abs(null - cut) <= 1e-12)
+    share = (alpha - over) / at if at else 0.0
+    return float(np.mean(alternative > cut + 1e-12) + share * np.mean(np.abs(alternative - cut) <= 1e-12))
+
+
+def boschloo_power(n_s: int, k: int, n_r: int, rate: float, caught: float, alpha: float = 0.05) -> float:
+    """P(the Boschloo count test at `alpha` flags k copies) with the rate estimated from n_r reference images."""
+    from scipy.stats import binom
+
+    counts = np.convolve(
+        binom.pmf(np.arange(n_s - k + 1), n_s - k, rate), binom.pmf(np.arange(k + 1), k, caught)
+    )
+    power = 0.0
+    for r in range(int(binom.isf(1e-6, n_r, rate)) + 1):
+        first = next((x for x in range(n_s + 1) if boschloo_greater(x, r, n_s, n_r) < alpha), n_s + 1)
+        power += binom.pmf(r, n_r, rate) * float(counts[first:].sum())
+    return power
+
+
+def possible(found: dict, train_share: float, rng) -> dict:
+    """What any test can do on this set at level 0.05: the oracles and the estimated-rate bound per (n_s, copies)."""
+    natural, copies = natural_and_copies(found, train_share, rng)
+    rate, caught = float(np.mean(natural >= found["threshold"])), float(np.mean(copies >= found["threshold"]))
+    n_r = HELDOUT[-1] + min(TRAIN_SELF, int(train_share * len(found["pairs"])))
+    rows = []
+    for n_s, k in POSSIBLE:
+        first, power = count_oracle(n_s, k, rate, caught)
+        rows.append(
+            {
+                "synthetic": n_s,
+                "copies": k,
+                "count_oracle_flags_at": first,
+                "count_oracle": round(power, 3),
+                "likelihood_oracle": round(likelihood_oracle(n_s, k, natural, copies, rng), 3),
+                "boschloo_estimated_rate": round(boschloo_power(n_s, k, n_r, rate, caught), 3),
+                "boschloo_every_copy_caught": round(boschloo_power(n_s, k, n_r, rate, 1.0), 3),
+            }
+        )
+    return {
+        "natural_rate": round(rate, 4),
+        "copies_caught": round(caught, 3),
+        "reference_images": n_r,
+        "rows": rows,
+    }
+
+
+def possible_lines(found: dict) -> list[str]:
+    """The `possible` section as text lines."""
+    lines = [
+        f"  possible at level 0.05: natural near-copy rate {found['natural_rate']:.2%}, copies caught "
+        f"{found['copies_caught']:.1%}, reference {found['reference_images']} images; power of",
+        f"  {'n_s':>5} {'copies':>6} {'count oracle (flags at)':>24} {'likelihood oracle':>18} "
+        f"{'Boschloo, rate estimated':>25} {'(every copy caught)':>20}",
+    ]
+    for r in found["rows"]:
+        lines.append(
+            f"  {r['synthetic']:>5} {r['copies']:>6} {r['count_oracle']:>17.3f} ({r['count_oracle_flags_at']:>3}) "
+            f"{r['likelihood_oracle']:>18.3f} {r['boschloo_estimated_rate']:>25.3f} "
+            f"{r['boschloo_every_copy_caught']:>20.3f}"
+        )
+    return lines
+
+
 def table(rows: list[dict]) -> list[str]:
     """The conditions as text lines."""
     head = f"  {'natural':>26} {'n_h':>4} {'n_s':>4} {'copies':>6} {'h_rate':>6} {'true':>6} {'false':>6} {'null':>6}"
@@ -242,6 +352,8 @@ def main() -> None:
         found = similarities(images, args.seed)
         group = groups(found)
         check = screener_check(images, found, args.seed)
+        bound = possible(found, args.train_share, np.random.default_rng(args.seed))
+        print("\n".join([name] + possible_lines(bound)), flush=True)
         rows = []
         for natural, leak in scenarios(name, found, group, args.train_share, rng).items():
             for n_h in HELDOUT:
@@ -256,6 +368,7 @@ def main() -> None:
             "threshold": found["threshold"],
             "near_copy_groups": int(np.sum(np.bincount(group) > 1)),
             "pairwise_vs_screener": check,
+            "possible": bound,
             "conditions": rows,
             "seconds": round(time.time() - clock, 1),
         }
@@ -263,8 +376,8 @@ def main() -> None:
             f"{name}: {len(images)} images, {report[name]['near_copy_groups']} near-copy groups, threshold "
             f"{found['threshold']:g}; pairwise similarity vs the Screener's: {json.dumps(check)}"
         ]
-        lines += table(rows)
-        print("\n".join(lines[-len(rows) - 2 :]), flush=True)
+        lines += possible_lines(bound) + table(rows)
+        print("\n".join(table(rows)), flush=True)
     settings = vars(args) | {"data": str(args.data), "out": str(args.out)}
     (args.out / "results.json").write_text(json.dumps({"args": settings, **report}, indent=1))
     (args.out / "output.txt").write_text("\n".join(lines) + "\n")

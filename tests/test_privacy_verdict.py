@@ -18,7 +18,9 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from medisyn_cli.evaluate.memorisation import (
     COPY_SHARE,
+    boschloo_greater,
     choose_reference,
+    fisher_greater,
     membership_audit,
     memorisation_tests,
     near_copy_power,
@@ -86,15 +88,32 @@ def test_copies_at_5_and_10_percent_are_flagged_in_95_percent_of_runs(n_s, share
 
 
 def test_few_copies_at_100_images_are_mostly_flagged_and_rarely_cleared():
-    """5 copies in 100 (a tenth of them below the threshold, as the screen misses them) are flagged in >= 85% of
-    runs; 2% copies over a 0.8% natural rate are two images against one natural near-copy expected: no test can
-    tell them from chance at 100 images, but 500 images mostly do."""
+    """5 copies in 100 (a tenth of them below the threshold, as the screen misses them) are flagged in >= 90% of
+    runs; 2% copies over a 0.8% natural rate are two images against one natural near-copy expected: even an
+    oracle that knows the natural rate flags them in about half the runs at 100 images (it needs 3 near-copies at
+    level 0.05), but 500 images mostly do."""
     rng = np.random.default_rng(2)
     five = states([run(rng, "dermoscopy", 100, 0.05, 0.008, 0.008, 0.008) for _ in range(150)])
     two = states([run(rng, "dermoscopy", 100, 0.02, 0.008, 0.008, 0.008) for _ in range(150)])
     large = states([run(rng, "dermoscopy", 500, 0.02, 0.008, 0.008, 0.008) for _ in range(150)])
-    assert five[True] >= 0.85 and five[False] <= 0.05, five
-    assert two[True] > 0.1 and large[True] >= 0.7, (two, large)
+    assert five[True] >= 0.9 and five[False] <= 0.1, five
+    assert two[True] > 0.2 and large[True] >= 0.8, (two, large)
+
+
+@pytest.mark.parametrize(
+    "count, reference_count, images, reference_images",
+    [(2, 2, 100, 681), (3, 4, 100, 681), (1, 0, 1, 5), (5, 9, 55, 1119), (0, 3, 40, 200), (12, 3, 300, 900)],
+)
+def test_the_near_copy_test_is_boschloos_and_never_weaker_than_fishers(
+    count, reference_count, images, reference_images
+):
+    from scipy.stats import boschloo_exact
+
+    table = [[count, reference_count], [images - count, reference_images - reference_count]]
+    expected = boschloo_exact(table, alternative="greater", n=64).pvalue
+    found = boschloo_greater(count, reference_count, images, reference_images)
+    assert found == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    assert found <= float(fisher_greater(count, reference_count, images, reference_images)) + 1e-12
 
 
 @pytest.mark.parametrize("n_s", [50, 200, 500])
