@@ -1,5 +1,5 @@
 """`generate --dtype bf16` on a CPU without bfloat16 instructions warns, before the model loads, that bf16 is
-emulated there (a 512 px UNet convolution ran 170x slower than fp32 on this project's AVX2 machine, #26);
+emulated there (a 512 px UNet convolution ran 208x slower than fp32 on this project's AVX2 machine, #26);
 tests/test_bundled.py shows bf16 generation itself works."""
 
 from __future__ import annotations

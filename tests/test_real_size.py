@@ -139,7 +139,18 @@ def test_sd15_generates_at_512_screened_in_both_writers(real, generated):
     assert sum(c["rejected"] for c in run["classes"].values()) == 0  # random images are no copies of ISIC
 
 
+def native_bf16() -> bool:
+    from medisyn_cli.generate.run import native_bf16
+
+    return native_bf16()
+
+
 def test_sd15_generates_at_512_in_bf16(real):
+    if not native_bf16():  # AVX2-only: one 512 px step did not finish its first UNet call in 22 minutes
+        pytest.skip(
+            "this CPU emulates bfloat16 (benchmarks/results/real_size/bf16_cpu.txt: a UNet convolution 208x "
+            "slower than fp32); generate warns of it (tests/test_bf16_cpu.py)"
+        )
     out = real["work"] / "bf16"
     generate(real, out, "--dtype", "bf16", "--steps", "1", "--index", str(real["index"]))
     assert_real_images(out, 2, 512)

@@ -119,8 +119,8 @@ def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> Ru
     if _emulated_bf16(dtype, device):
         console.print(
             "[yellow]warning:[/yellow] --dtype bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or "
-            "AMX), so bf16 is emulated and many times slower than fp32 (a 512 px UNet convolution 170x slower "
-            "on an AVX2 CPU); use --dtype fp32 here",
+            "AMX), so bf16 is emulated and many times slower than fp32 (a 512 px UNet convolution 208x slower "
+            "on an AVX2 CPU, benchmarks/bf16_cpu.py); use --dtype fp32 here",
             highlight=False,
             soft_wrap=True,
         )
