@@ -166,3 +166,33 @@ def test_overlapping_blas_distances_restore_faiss_setting_when_the_last_leaves()
     release.set()
     thread.join()
     assert faiss.cvar.distance_compute_blas_threshold == before
+
+
+def test_embedders_that_run_their_own_threads_screen_with_one_worker_and_the_same_results():
+    import os
+
+    from medisyn_cli.screening.embed import TILES, PixelEmbedder
+    from medisyn_cli.screening.index import TrainingIndex
+
+    class Serial(PixelEmbedder):  # as a torch embedder: its own thread pool, one caller at a time
+        concurrent = False
+
+    originals = [Image.open(p).convert("RGB") for p in sorted((FIXTURES / "images").rglob("*.png"))]
+    model = Serial()
+    tiles = model.embed_views(originals, TILES).reshape(-1, model.dim)
+    index = TrainingIndex.from_vectors(
+        model.embed(originals), [str(i) for i in range(12)], model, regions=tiles
+    )
+    serial, parallel = Screener(index), Screener(index, workers=2)
+    assert serial.workers == 1 and Screener(index, workers=3).workers == 3
+    assert Screener(load_index_of(PixelEmbedder())).workers == min(2, os.cpu_count() or 1)
+    images = queries()
+    assert decisions(serial.check(images, chunk=4)) == decisions(parallel.check(images, chunk=4))
+
+
+def load_index_of(model):
+    """A one-image in-memory index (no tiles) of `model`."""
+    from medisyn_cli.screening.index import TrainingIndex
+
+    image = Image.open(sorted((FIXTURES / "images").rglob("*.png"))[0]).convert("RGB")
+    return TrainingIndex.from_vectors(model.embed([image]), ["0"], model)

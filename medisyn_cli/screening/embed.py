@@ -247,6 +247,8 @@ class Embedder:
     default_threshold: float = 0.9
     calibrated_default: bool = True  # default_threshold measured on patient-split real data (False: a guess)
     has_parts: bool = False  # vectors are images, so partial_similarity can compare their parts (pixel)
+    # embed_views may run in several threads at once, one core each (numpy / PIL: no thread pool of its own)
+    concurrent: bool = False
     features_normalised: bool = True  # `features` are embed's unit vectors (False: an encoder's raw output)
 
     def settings(self) -> dict:
@@ -362,7 +364,7 @@ class PixelEmbedder(Embedder):
     is one linear operator (resample, then blur) applied as two matrix products, so 300 views cost ~10 ms.
     """
 
-    has_parts = True
+    has_parts = concurrent = True
 
     def __init__(self, size: int = 32, window: float = 0.8, blur: float = 1.2, background: float = 4.0):
         self.name, self.size, self.window, self.blur, self.background = (
@@ -631,6 +633,8 @@ def pixel_views(
 
 class PHashEmbedder(Embedder):
     """Perceptual hash (DCT of a grey thumbnail, imagehash.phash): hash_size**2 bits packed into bytes."""
+
+    concurrent = True
 
     def __init__(self, hash_size: int = 16):
         self.name, self.hash_size, self.dim, self.binary = "phash", hash_size, hash_size * hash_size, True

@@ -110,9 +110,12 @@ class Screener:
         measure_verify: bool = False,
         workers: int | None = None,
     ):
-        """`workers`: threads that screen parts of a check at once (default: SCREEN_WORKERS, at most the CPUs)."""
+        """`workers`: threads that screen parts of a check at once (default: SCREEN_WORKERS, at most the CPUs, for
+        embedders that run in threads at once (`Embedder.concurrent`); 1 for the others, whose next part is embedded
+        by a thread while this one is searched)."""
         self.index, self.embedder = index, index.embedder
-        self.workers = max(1, workers or min(SCREEN_WORKERS, os.cpu_count() or 1))
+        default = min(SCREEN_WORKERS, os.cpu_count() or 1) if self.embedder.concurrent else 1
+        self.workers = max(1, workers or default)
         self.threshold = self.embedder.valid_threshold(index.threshold if threshold is None else threshold)
         partial = index.partial_threshold if partial_threshold is None else partial_threshold
         self.partial_threshold = None if partial is None else self.embedder.valid_threshold(partial)
@@ -148,12 +151,26 @@ class Screener:
         parts = [(images[s : s + size], exclude[s : s + size]) for s in range(0, len(images), size)]
         with blas_threads():  # one BLAS thread for every small product, set once for every thread
             self._prepare()
-            if len(parts) <= 1 or self.workers == 1:
+            if len(parts) <= 1:
                 return [r for part in parts for r in self._screen(part)]
+            if self.workers == 1:
+                return self._pipelined(parts)
             with ThreadPoolExecutor(
                 min(self.workers, len(parts)), thread_name_prefix="medisyn-screen"
             ) as pool:
                 return [r for found in pool.map(self._screen_alone, parts) for r in found]
+
+    def _pipelined(self, parts: list[tuple[list, list]]) -> list[ScreenResult]:
+        """One worker: a thread embeds the next part while this one is searched."""
+        results = []
+        with ThreadPoolExecutor(1, thread_name_prefix="medisyn-embed") as pool:
+            embedded = pool.submit(self._embed, parts[0][0])
+            for j, (part, banned) in enumerate(parts):
+                vectors = embedded.result()
+                if j + 1 < len(parts):
+                    embedded = pool.submit(self._embed, parts[j + 1][0])
+                results += self._check(part, banned, vectors)
+        return results
 
     def _screen(self, part: tuple[list, list]) -> list[ScreenResult]:
         images, exclude = part
