@@ -191,16 +191,19 @@ def _duplicates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return close | ((r > 0.97) & (residual < 10))
 
 
+DUPLICATE_INLIERS = 60
+
+
 def verified_duplicates(
     images: list, sets: np.ndarray, indexed: np.ndarray, negatives: np.ndarray
 ) -> list[tuple]:
     """(negative, indexed image, inliers, agreement) for every negative that is the same picture as an indexed image
     of its set under an affine map, by a stricter rule than the screen's (verify.py: at least
-    calibrate.VERIFY_DUPLICATE inliers and a dense agreement of at least verify.AGREEMENT), among the indexed images
+    DUPLICATE_INLIERS inliers, twice calibrate.VERIFY_DUPLICATE, and a dense agreement of at least verify.AGREEMENT),
+    among the indexed images
     its keypoints vote for: the data sets' own duplicates the pixel test above misses (the same cell cropped twice,
     the next ultrasound frame, the next slice). They stay among the negatives; the FP rate is reported with and
     without them, and the pairs are written out for review (duplicates.csv, duplicates.png)."""
-    from medisyn_cli.screening.calibrate import VERIFY_DUPLICATE
     from medisyn_cli.screening.verify import (
         AGREEMENT,
         LocalFeatures,
@@ -222,7 +225,7 @@ def verified_duplicates(
             variants = descriptor_variants(root(descriptors))
             for k in verifier.voted(variants):
                 count, model, matched = verifier.match(points, variants, k)
-                if count >= VERIFY_DUPLICATE:
+                if count >= DUPLICATE_INLIERS:
                     agree = agreement(pixels, verifier.local.thumbs[k], model, matched)
                     if agree >= AGREEMENT:
                         found.append((int(n), int(members[k]), count, round(float(agree), 3)))

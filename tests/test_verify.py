@@ -272,3 +272,19 @@ def test_a_look_alike_with_any_partner_is_not_explained_as_a_blend(verifier):
         matches[0][0] >= VERIFY_FLOOR + 10
     )  # the look-alike has an affine model, every fixture is a partner
     assert check.best(matches, pixels) == (0, -1)
+
+
+def test_the_calibrated_inlier_threshold_leaves_out_the_training_sets_own_duplicates():
+    from medisyn_cli.screening.calibrate import VERIFY_CAP, VERIFY_DUPLICATE, _verify_threshold
+
+    inliers = np.zeros(200, np.int64)
+    inliers[:4] = [VERIFY_DUPLICATE, 45, 80, 100]  # verified training duplicates: the same cell, frame, slice
+    inliers[4:7] = [18, 16, 14]  # distinct images that pass the dense check (hands of different children)
+    found = _verify_threshold(np.zeros(200, bool), inliers, np.full(50, 40), dense=True, target_fpr=0.005)
+    assert (
+        found["verify_threshold"] == 17
+    )  # 0.5% of 200 = one chance match may pass: the second most, plus one
+    assert found["verify_fpr_without_duplicates"] == round(1 / 196, 4)
+    assert found["verify_fpr_at_threshold"] == round(5 / 200, 4)
+    inliers[4:7] = [VERIFY_CAP - 1, VERIFY_CAP - 1, 28]  # many look-alikes: never above the cap copies reach
+    assert _verify_threshold(np.zeros(200, bool), inliers, np.full(50, 40))["verify_threshold"] == VERIFY_CAP

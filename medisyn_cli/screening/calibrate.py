@@ -15,12 +15,13 @@ from medisyn_cli.screening.verify import VERIFY_FLOOR
 CALIBRATION_SAMPLE, CALIBRATION_MIN = 200, 50  # images planted as copies; fewer images keep the default
 THRESHOLD_RANGE = (0.90, 0.995)
 PARTIAL_MARGIN = 0.01
-# verify threshold bounds (inliers): the calibrated value stays within VERIFY_FLOOR..VERIFY_CAP; a calibration
-# negative verified with VERIFY_DUPLICATE inliers or more is a duplicate within the training set, not a negative
-VERIFY_CAP, VERIFY_DUPLICATE = (
-    30,
-    60,
-)  # the partial-similarity threshold is at least this far above the whole-image one
+# verify threshold bounds (inliers): the calibrated value stays within VERIFY_FLOOR..VERIFY_CAP. A calibration negative
+# verified (dense check passed) with VERIFY_DUPLICATE inliers or more is one the screen calls a copy at any
+# calibrated threshold: the training set's own duplicate (on six data sets every such pair was the same cell, frame
+# or slice; no two distinct patients' images passed the dense check with more than 23), not a chance match
+VERIFY_CAP = 30
+VERIFY_DUPLICATE = VERIFY_CAP
+# the partial-similarity threshold is at least PARTIAL_MARGIN above the whole-image one
 
 
 CURVE = tuple(round(0.9 + 0.005 * i, 3) for i in range(20))
@@ -164,9 +165,8 @@ def _verify_threshold(
     through are verified, within VERIFY_FLOOR..VERIFY_CAP. Look-alike anatomy (hand radiographs of different
     children at 64 px) passes the dense check with 12-20 inliers, so the floor alone flags them; a negative verified
     with VERIFY_DUPLICATE inliers or more is the training set's own duplicate the embedding missed (the same cell
-    cropped again, the next frame, the next slice: no two distinct patients' images of six data sets share half
-    that many), not a chance match, and is left out, and VERIFY_CAP keeps a data set whose duplicates are many
-    from raising the threshold above what copies reach. Without the dense check (an index from before): one above
+    cropped again, the next frame, the next slice), not a chance match, and is left out, and VERIFY_CAP keeps a
+    data set whose duplicates are many from raising the threshold above what copies reach. Without the dense check (an index from before): one above
     the most inliers of any negative the other rules let through, at least VERIFY_FLOOR."""
     kept = np.sort(inliers[~flagged])[::-1]
     if dense:
