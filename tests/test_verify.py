@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.build import build_index
+from medisyn_cli.screening.checks import NearCopyCheck
 from medisyn_cli.screening.index import load_index
 from medisyn_cli.screening.screener import Screener
 from medisyn_cli.screening.verify import (
@@ -205,6 +206,8 @@ def test_index_build_stores_keypoints_and_screen_flags_a_pasted_region(index):
         and with_verify[0].inliers >= VERIFY_DEFAULT
     )
     assert not without[0].near_copy and without[0].inliers is None
+    (verdict,) = NearCopyCheck(Screener(index)).check([copy], ["x"])
+    assert verdict.rejected and f"{with_verify[0].inliers} keypoints fit one affine map" in verdict.reason
 
 
 def test_old_index_without_keypoints_screens_without_verification(index, tmp_path):

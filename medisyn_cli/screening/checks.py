@@ -204,13 +204,21 @@ class NearCopyCheck:
         return [
             Verdict(
                 result.near_copy,
-                f"near-copy of {result.nn_key} (similarity {result.nn_similarity:.3f})"
-                if result.near_copy
-                else "",
+                f"near-copy of {result.nn_key} ({self.evidence(result)})" if result.near_copy else "",
                 {name: getattr(result, name) for name in MATCH_TYPES},
             )
             for result in self.screener.check(images)
         ]
+
+    def evidence(self, result) -> str:
+        """Why a result is a near-copy: its similarity, and the keypoint verification where that decided."""
+        screener, phrase = self.screener, f"similarity {result.nn_similarity:.3f}"
+        verified = (
+            screener.verify_threshold is not None and (result.inliers or 0) >= screener.verify_threshold
+        )
+        if verified and not result.nn_similarity >= screener.threshold:
+            phrase += f"; {result.inliers} keypoints fit one affine map and the aligned images agree"
+        return phrase
 
     def ended_reason(self, verdict: Verdict, image_id: str, label: str, max_attempts: int) -> str:
         """The model memorises the class."""
