@@ -185,7 +185,7 @@ def test_embedders_that_run_their_own_threads_screen_with_one_worker_and_the_sam
     )
     serial, parallel = Screener(index), Screener(index, workers=2)
     assert serial.workers == 1 and Screener(index, workers=3).workers == 3
-    assert Screener(load_index_of(PixelEmbedder())).workers == min(2, os.cpu_count() or 1)
+    assert Screener(load_index_of(PixelEmbedder())).workers == min(2, len(os.sched_getaffinity(0)))
     images = queries()
     assert decisions(serial.check(images, chunk=4)) == decisions(parallel.check(images, chunk=4))
 

@@ -114,7 +114,7 @@ class Screener:
         embedders that run in threads at once (`Embedder.concurrent`); 1 for the others, whose next part is embedded
         by a thread while this one is searched)."""
         self.index, self.embedder = index, index.embedder
-        default = min(SCREEN_WORKERS, os.cpu_count() or 1) if self.embedder.concurrent else 1
+        default = min(SCREEN_WORKERS, _usable_cpus()) if self.embedder.concurrent else 1
         self.workers = max(1, workers or default)
         self.threshold = self.embedder.valid_threshold(index.threshold if threshold is None else threshold)
         partial = index.partial_threshold if partial_threshold is None else partial_threshold
@@ -390,6 +390,14 @@ class _InnerProduct:
 
 
 _INNER_PRODUCT = _InnerProduct()
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a job given 1 of 64 cores screens on one thread)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _unique_top(sims: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
