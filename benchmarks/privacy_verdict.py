@@ -91,6 +91,23 @@ def pairwise(queries: list, vectors: np.ndarray, embedder, chunk: int = 32) -> n
     return np.concatenate(rows)
 
 
+def cached_similarities(images: list, seed: int, cache: Path | None) -> dict:
+    """`similarities`, read from / written to cache (an .npz per data set and seed) when one is given."""
+    if cache is not None and cache.is_file():
+        with np.load(cache) as stored:
+            return {
+                "threshold": float(stored["threshold"]),
+                "pairs": stored["pairs"],
+                "copies": stored["copies"],
+            }
+    found = similarities(images, seed)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache.with_suffix(".tmp.npz"), **found)
+        cache.with_suffix(".tmp.npz").replace(cache)
+    return found
+
+
 def similarities(images: list, seed: int) -> dict:
     """Every image against every other (`pairs`), and a planted copy of every image against every image."""
     rng = np.random.default_rng(seed)
@@ -267,10 +284,13 @@ def boschloo_power(n_s: int, k: int, n_r: int, rate: float, caught: float, alpha
     counts = np.convolve(
         binom.pmf(np.arange(n_s - k + 1), n_s - k, rate), binom.pmf(np.arange(k + 1), k, caught)
     )
-    power = 0.0
-    for r in range(int(binom.isf(1e-6, n_r, rate)) + 1):
-        first = next((x for x in range(n_s + 1) if boschloo_greater(x, r, n_s, n_r) < alpha), n_s + 1)
-        power += binom.pmf(r, n_r, rate) * float(counts[first:].sum())
+    power, low = 0.0, 0
+    for r in range(int(binom.ppf(1e-6, n_r, rate)), int(binom.isf(1e-6, n_r, rate)) + 1):
+        high = n_s + 1  # the smallest count flagged lies in [low, high]; it grows with r
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if boschloo_greater(middle, r, n_s, n_r) < alpha else (middle + 1, high)
+        power += binom.pmf(r, n_r, rate) * float(counts[low:].sum())
     return power
 
 
@@ -343,13 +363,17 @@ def main() -> None:
     parser.add_argument("--train-share", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--cache", type=Path, help="folder for the measured similarities (reused when present)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rng, report, lines = np.random.default_rng(args.seed), {}, []
     for name in args.sets.split(","):
         clock = time.time()
         images = load_images(args.data / name)
-        found = similarities(images, args.seed)
+        cache = args.cache / f"{name}-seed{args.seed}.npz" if args.cache else None
+        found = cached_similarities(images, args.seed, cache)
         group = groups(found)
         check = screener_check(images, found, args.seed)
         bound = possible(found, args.train_share, np.random.default_rng(args.seed))
@@ -378,7 +402,7 @@ def main() -> None:
         ]
         lines += possible_lines(bound) + table(rows)
         print("\n".join(table(rows)), flush=True)
-    settings = vars(args) | {"data": str(args.data), "out": str(args.out)}
+    settings = vars(args) | {"data": str(args.data), "out": str(args.out), "cache": str(args.cache)}
     (args.out / "results.json").write_text(json.dumps({"args": settings, **report}, indent=1))
     (args.out / "output.txt").write_text("\n".join(lines) + "\n")
 
