@@ -19,44 +19,19 @@ a data set with natural duplicates against a cleaned reference again; `train_sel
 them kept.
 
 Four one-sided tests, at ALPHA split by WEIGHTS (weighted Bonferroni: the shares add up to 1, so the false-alarm
-rate stays below ALPHA). Most of ALPHA goes to the near-copy count, where copies show (see "What is possible"):
-- near_copies (0.8): synthetic vs reference images at or above the threshold, Boschloo's exact unconditional test
-  (one-sided: Fisher's p-value as the statistic, its size maximised over the common near-copy rate on NUISANCE):
-  exact at every rate and never less powerful than Fisher's conditional test, which it replaced (Fisher's above
-  BOSCHLOO_IMAGES images, where the two barely differ);
-- beyond_reference (0.1): synthetic images closer to training than every held-out image (exact null of
-  exchangeable samples: the negative hypergeometric); a copy at 0.999 beside a held-out set whose closest image
-  is far below it is evidence a count at the threshold cannot see. Against held-out images only: the training
-  set's own near-copies come in mutual pairs (both in the sample or neither), which makes the maximum of
-  `train_self` too variable to stand in for a fresh image's (it raised false alarms in the simulation);
-- tail_p95 (0.05): synthetic images above the reference's 95th percentile (negative hypergeometric): copies the
-  screen scores just below the threshold;
-- distribution (0.05): Mann-Whitney U, synthetic vs held-out images (like with like; `train_self` is not used):
-  a model whose every image is a little closer to training.
-
-`memorises`:
-- true: a test fires;
-- false: none fires and the near-copy test had power >= POWER to flag a set in which COPY_SHARE of the images
-  are extra near-copies (exact: binomial synthetic counts at the reference's near-copy rate plus COPY_SHARE,
-  each judged by Fisher's test against the observed reference: a lower bound of the Boschloo test's power, whose
-  rejection region holds Fisher's at the same level);
-- null: none fires but that power is below POWER: undecidable at this sample size. `power` names the smallest
-  synthetic sample that would decide (None: no synthetic sample would, the reference is too small).
-Near-copies are a privacy finding whatever the statistics say: the verdict sentence names them, and says "no
-sign of memorisation" only when there are none.
-
-What is possible (issue #29's target: 2% copies flagged in >= 95% of runs at 100 images). On the dermoscopy set of
-benchmarks/privacy_verdict.py the natural near-copy rate of a fresh image is 0.31% and the screen scores 86% of
-the planted copies at or above the threshold. An oracle that knows the natural rate exactly and spends all of
-the 0.05 on the near-copy count flags 100 images with 2 copies when it counts >= 2 near-copies (P = 0.037 under
-the null): power 0.81 (0.74 that both copies are caught, plus one caught and a natural near-copy). An oracle
-that knows both similarity distributions exactly (the Neyman-Pearson test on binned similarities, randomised to
-size 0.05) reaches 0.87. With the rate estimated from the reference (50-200 held-out + ~480 training images,
-~2 near-copies in it) the same count needs 3-4 near-copies: Boschloo at the whole 0.05 flags 2 copies in 100
-with probability 0.54 even if the screen caught every copy. So 2% at 100 images is out of reach at this
-false-alarm rate for any test (it needs ~500 images); 5% at 100 is within reach (oracle 0.999), and the weights
-above spend the alpha there. A larger training self-reference narrows the rate (Boschloo, 2 caught copies in
-100: 0.54 with 681 reference images, 0.64 with 1,200, 0.87 with 5,000).
+rate stays below ALPHA). Most of ALPHA goes to the near-copy count, where copies show (see "What is possible (issue #29's target: 2% copies flagged in >= 95% of runs at 100 images; the numbers are the
+`possible` section of benchmarks/results/privacy_verdict/isic2017_dermoscopy). On that dermoscopy set the natural
+near-copy rate of a fresh image is 0.30% and the screen scores 86% of the planted copies at or above the
+threshold. An oracle that knows the natural rate exactly and spends all of the 0.05 on the near-copy count flags
+100 images when it counts >= 2 near-copies (P = 0.037 under the null): 2 copies give power 0.80 (0.74 that both
+are caught, plus one caught beside a natural near-copy). An oracle that knows both similarity distributions
+exactly (Neyman-Pearson on binned similarities, randomised to size 0.05) reaches 0.875. With the rate estimated
+from the reference (200 held-out + ~480 training images, ~2 near-copies in it) the count needs 3-4 near-copies:
+Boschloo at the whole 0.05 flags 2 copies in 100 with probability 0.43 (0.54 if the screen caught every copy).
+So 2% at 100 images is out of reach at this false-alarm rate for any test; the verdict flags it in 32-42% of
+runs, and 2% at 500 images in 78-91%. 5% at 100 is within reach (oracle 0.999, Boschloo at 0.05: 0.98), and the
+weights above spend the alpha there: 93.5-96%. A larger training self-reference narrows the rate (Boschloo, 2
+caught copies in 100 at a 0.3% rate: 0.54 with 681 reference images, 0.64 with 1,200, 0.87 with 5,000).
 
 Limits (measured by benchmarks/privacy_verdict.py on real similarities): a copy the screen scores below the
 threshold counts only through the tail and distribution tests, so k copies are flagged about as often as the
