@@ -41,13 +41,14 @@ MANIFEST_TEXT = (
 RESULTS = REPO / "benchmarks" / "results" / "real_size"
 GUIDANCE = 7.5
 STAGES = ("text encoding", "unet", "vae decode", "screening", "writing")
+RUN_STAGES = ("index", "consolidate")  # once a run, not per image
 
 
 class Clock:
     """Seconds spent in each stage, added up by wrappers around the pipeline's modules and medisyn's steps."""
 
     def __init__(self):
-        self.seconds = {stage: 0.0 for stage in STAGES + ("load",)}
+        self.seconds = {stage: 0.0 for stage in STAGES + RUN_STAGES + ("load",)}
 
     def wrap(self, owner, name: str, stage: str) -> None:
         """Replace owner.name by a function that adds its run time to `stage`."""
@@ -84,6 +85,7 @@ def bare_loop(
     from medisyn_cli.dataset.manifest import load_manifest
     from medisyn_cli.generate.plan import iter_jobs, quotas
 
+    loading = time.perf_counter()  # imports are outside the model on both sides
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, safety_checker=None)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
@@ -93,7 +95,7 @@ def bare_loop(
     pipe = pipe.to(device)
     clock = Clock()
     clock.pipeline(pipe)
-    clock.seconds["load"] = time.perf_counter() - start
+    clock.seconds["load"] = time.perf_counter() - loading
     plan = load_manifest(manifest)
     images = []
     for jobs in batched(iter_jobs(plan, quotas(plan.weights(), n), 0), batch_size):
@@ -119,13 +121,17 @@ def medisyn_run(
     start = time.perf_counter()
     import medisyn_cli.generate.run as run_module
     import medisyn_cli.generate.worker as worker_module
+    import medisyn_cli.pipeline.load as load_module
     from medisyn_cli.generate.config import GenerateConfig
     from medisyn_cli.screening.screener import Screener
 
     clock = Clock()
-    clock.wrap(run_module, "load_pipeline", "load")
+    # load: reading the weights (DiffusionPipeline.from_pretrained), as in the bare loop; imports are outside
+    clock.wrap(load_module, "_load_folder", "load")
     load = run_module.load_pipeline
     run_module.load_pipeline = lambda *args, **kwargs: clock.pipeline(load(*args, **kwargs))
+    clock.wrap(run_module, "open_index", "index")
+    clock.wrap(run_module, "finish_run", "consolidate")
     clock.wrap(Screener, "check", "screening")
     clock.wrap(worker_module.BatchWorker, "finish", "writing")
     config = GenerateConfig(
@@ -292,15 +298,19 @@ def measure(args, work: Path) -> dict:
     medisyn = {**common, "kind": "medisyn", "index": str(index), "batch_size": 1}
     bare = {**common, "kind": "bare", "batch_size": 1, "device": "cpu", "dtype": "fp32"}
     raw: dict = {"runs": {"bare diffusers loop": [], "medisyn generate": []}}
-    raw["screening"] = screening_cost(index, (64, 512, 1024), args.screen_images, work)
-    save(args, raw)
-    for repeat in range(args.repeats):
-        raw["runs"]["bare diffusers loop"].append(run_child(bare, args.threads))
-        raw["runs"]["medisyn generate"].append(
-            run_child({**medisyn, "out": str(work / f"out-{repeat}")}, args.threads)
-        )
+    if not args.overhead_only:
+        raw["screening"] = screening_cost(index, (64, 512, 1024), args.screen_images, work)
         save(args, raw)
-        if repeat == 0:
+    raw["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    for repeat in range(args.repeats):
+        pair = [
+            ("bare diffusers loop", bare),
+            ("medisyn generate", {**medisyn, "out": str(work / f"out-{repeat}")}),
+        ]
+        for name, spec in pair if repeat % 2 == 0 else pair[::-1]:  # alternating: neither side always first
+            raw["runs"][name].append(run_child(spec, args.threads))
+            save(args, raw)
+        if repeat == 0 and not args.overhead_only:
             raw["options"] = run_child({"kind": "options", "model": model, "size": args.size}, args.threads)
             save(args, raw)
             more = {**medisyn, "n": args.more_n, "out": str(work / "out-more")}
@@ -311,8 +321,13 @@ def measure(args, work: Path) -> dict:
 
 def save(args, raw: dict) -> None:
     """The raw results so far (a run cut short keeps what it measured)."""
-    (args.out / "raw.json").write_text(json.dumps(raw, indent=2) + "\n")
+    (args.out / f"{_stem(args)}raw.json").write_text(json.dumps(raw, indent=2) + "\n")
     print(json.dumps(raw)[:2000], flush=True)
+
+
+def _stem(args) -> str:
+    """File name prefix: the overhead-only runs keep their own files (overhead_n2_steps2_raw.json ...)."""
+    return f"overhead_n{args.n}_steps{args.steps}_" if args.overhead_only else ""
 
 
 def summarise(raw: dict, args) -> dict:
@@ -321,7 +336,12 @@ def summarise(raw: dict, args) -> dict:
     generate = raw["runs"]["medisyn generate"]
     images = generate[0]["images"]
     stages = {s: statistics.median(r["stages"][s] for r in generate) / images for s in STAGES}
+    once = {s: statistics.median(r["stages"].get(s, 0.0) for r in generate) for s in RUN_STAGES}
     outside = {name: statistics.median(_outside_model(r) for r in runs) for name, runs in raw["runs"].items()}
+    pairs = [
+        m["seconds"] / b["seconds"]
+        for b, m in zip(raw["runs"]["bare diffusers loop"], raw["runs"]["medisyn generate"])
+    ]
     return {
         "model": "sd15-shaped (random weights): UNet 860M, CLIP ViT-L/14 text encoder, VAE 84M; fp32",
         "size": args.size,
@@ -332,19 +352,19 @@ def summarise(raw: dict, args) -> dict:
         "threads": args.threads,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
         "seconds_median": median,
+        "load_average": raw.get("load_average"),
         "ratio": median["medisyn generate"] / median["bare diffusers loop"],
-        "ratios_per_repeat": [
-            m["seconds"] / b["seconds"]
-            for b, m in zip(raw["runs"]["bare diffusers loop"], raw["runs"]["medisyn generate"])
-        ],
-        # on a shared CPU the model's own stages vary between processes by more than medisyn adds; this ratio
-        # charges the bare loop's time with what medisyn spends outside the model (screening, writing, hashing,
-        # index, imports, consolidation) beyond what the bare loop spends there
+        "ratios_per_repeat": pairs,
+        "ratio_median_of_repeats": statistics.median(pairs),
+        # on a shared CPU the model's own compute varies between processes by more than medisyn adds; this ratio
+        # charges the bare loop's time with what medisyn spends outside the model's compute (imports, reading the
+        # weights, index, screening, writing, run records, consolidation) beyond what the bare loop spends there
         "seconds_outside_model_median": outside,
         "ratio_outside_model": 1
         + (outside["medisyn generate"] - outside["bare diffusers loop"]) / median["bare diffusers loop"],
         "seconds_per_image_by_stage": stages,
         "stage_share": {s: v / (median["medisyn generate"] / images) for s, v in stages.items()},
+        "seconds_per_run_by_stage": once,
         "peak_rss_gb": {
             f"generate --n {args.n}": generate[0]["peak_rss_gb"],
             f"generate --n {args.more_n}": raw["more_n"]["peak_rss_gb"] if "more_n" in raw else None,
@@ -357,15 +377,17 @@ def summarise(raw: dict, args) -> dict:
             k: v["seconds"] for k, v in raw.get("options", {}).items() if isinstance(v, dict)
         },
         "screening_seconds_per_image_by_px": {
-            size: v["seconds_per_image"] for size, v in raw["screening"].items()
+            size: v["seconds_per_image"] for size, v in raw.get("screening", {}).items()
         },
         "raw": raw,
     }
 
 
 def _outside_model(run: dict) -> float:
-    """Seconds of a run spent outside model loading, text encoding, UNet and VAE decode."""
-    model = ("load", "text encoding", "unet", "vae decode")
+    """Seconds of a run outside the model's compute (text encoding, UNet, VAE decode): imports and reading the
+    weights (the same work on both sides, whichever side of the split each library's import falls), index,
+    screening, writing, run records, consolidation."""
+    model = ("text encoding", "unet", "vae decode")
     return run["seconds"] - sum(run["stages"][stage] for stage in model)
 
 
@@ -373,17 +395,19 @@ def text_table(result: dict) -> str:
     """The results as a few aligned lines."""
     lines = [
         f"{result['model']}, {result['size']} px, n={result['n']}, steps={result['steps']}, "
-        f"guidance {result['guidance']}, {result['repeats']} repeats, {result['machine']}",
+        f"guidance {result['guidance']}, {result['repeats']} repeats (alternating), threads "
+        f"{result['threads']}, {result['machine']}, load average {result['load_average']}",
         "",
         "seconds (median):",
     ]
     lines += [f"  {k:<24} {v:8.1f}" for k, v in result["seconds_median"].items()]
     lines += [
         f"  ratio medisyn / bare: {result['ratio']:.3f} "
-        f"(per repeat {', '.join(f'{r:.3f}' for r in result['ratios_per_repeat'])})",
-        "  seconds outside the model (median): "
+        f"(per repeat {', '.join(f'{r:.3f}' for r in result['ratios_per_repeat'])}; "
+        f"median of repeats {result['ratio_median_of_repeats']:.3f})",
+        "  seconds outside the model's compute, loading included (median): "
         + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds_outside_model_median"].items()),
-        f"  ratio with the model's seconds taken from the bare loop: {result['ratio_outside_model']:.3f}",
+        f"  ratio with the model's compute seconds taken from the bare loop: {result['ratio_outside_model']:.3f}",
         "",
         "seconds per image by stage (medisyn generate):",
     ]
@@ -391,6 +415,9 @@ def text_table(result: dict) -> str:
         f"  {k:<16} {v:8.2f}  ({100 * result['stage_share'][k]:.1f}%)"
         for k, v in result["seconds_per_image_by_stage"].items()
     ]
+    lines += [f"  {k:<16} {v:8.2f}  (once a run)" for k, v in result["seconds_per_run_by_stage"].items()]
+    if not result["seconds_batch_2_by_option"] and not result["screening_seconds_per_image_by_px"]:
+        return "\n".join(lines) + "\n"  # --overhead-only
     lines += ["", "peak RSS (GB):"]
     lines += [f"  {k:<24} {v:6.2f}" for k, v in result["peak_rss_gb"].items() if v is not None]
     lines += ["", "batch of 2 images, by stage and memory option: RSS above the loaded model (GB), seconds:"]
@@ -417,6 +444,12 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=8)
     parser.add_argument("--screen-images", type=int, default=12)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="Only the alternating bare/medisyn runs (no memory options, --more-n or screening cost); "
+        "writes overhead_n{N}_steps{S}_{raw,results}.json and .txt.",
+    )
     parser.add_argument("--child", default=None)
     parser.add_argument(
         "--from-raw", type=Path, default=None, help="Summarise a raw.json again; measure nothing."
@@ -431,8 +464,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="medisyn-real-size-") as work:
             raw = measure(args, Path(work))
     result = summarise(raw, args)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "results.txt").write_text(text_table(result))
+    (args.out / f"{_stem(args)}results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{_stem(args)}results.txt").write_text(text_table(result))
     print(text_table(result))
 
 
