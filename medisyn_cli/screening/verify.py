@@ -251,22 +251,33 @@ class Verifier:
         return max(verified, default=(0, -1)) if verified else self.blended(pixels, matches, agrees)
 
     def blended(self, pixels: np.ndarray, matches: dict, agrees: dict) -> tuple[int, int]:
-        """(inliers, id) of the candidate that agrees best when it and another candidate together explain the query
-        (a blend of two training images: each alone explains only its share of every block), the other aligned by
-        its own affine model or by the first one's (superposed in register); (0, -1) when no pair does."""
+        """(inliers, id) of the candidate that agrees best when it and another training image together explain the
+        query (a blend of two training images: each alone explains only its share of every block); (0, -1) when no
+        pair does. The partners tried: the other candidates and the training images the query's remainder (the
+        first image's fit taken out) votes for, each aligned by its own affine model or by the first one's
+        (superposed in register)."""
         first = max(agrees, key=agrees.get, default=None)
         if first is None or agrees[first] < PAIR_FROM:
             return 0, -1
         count, model, matched = matches[first]
         train = _upsampled(self.local.thumbs[first])
-        for other, (_, own, _) in matches.items():
-            if other == first:
-                continue
+        partners = {i: m[1] for i, m in matches.items() if i != first}
+        partners.update(self.remainder_votes(pixels, train, model, set(matches)))
+        for other, own in partners.items():
             partner = _upsampled(self.local.thumbs[other])
             for partner_model in [own, model] if own is not None else [model]:
                 if _pair_agreement(pixels, train, model, matched, partner, partner_model) >= AGREEMENT:
                     return count, first
         return 0, -1
+
+    def remainder_votes(self, pixels: np.ndarray, train: np.ndarray, model: np.ndarray, known: set) -> dict:
+        """id -> affine model (None: none) of the training images, other than `known`, that the keypoints of the
+        query's remainder vote for: the query less its least-squares fit of `train` warped by `model`."""
+        points, descriptors = _keypoints(_remainder(pixels, *_warped(train, model)), QUERY_KEYPOINTS)
+        if len(points) < MIN_INLIERS:
+            return {}
+        variants = descriptor_variants(root(descriptors))
+        return {i: self.match(points, variants, i)[1] for i in self.voted(variants) if i not in known}
 
     def match(
         self, points: np.ndarray, variants: np.ndarray, i: int
@@ -348,6 +359,19 @@ def _pair_agreement(
     cv2.fillConvexPoly(hull, cv2.convexHull(matched.astype(np.float32)).astype(np.int32), 1)
     (first, inside), (second, covered) = _warped(train, model), _warped(other, other_model)
     return _explained(query, [first, second], cv2.dilate(hull, np.ones((9, 9), np.uint8)) & inside & covered)
+
+
+def _remainder(query: np.ndarray, warped: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The query less its least-squares fit (gain and offset) of `warped` where that lands, as uint8 (1st to 99th
+    percentile stretched): in a blend, the other image."""
+    rest = query.astype(np.float64)
+    where = inside > 0
+    if where.sum() > 16:
+        x, y = warped[where].astype(np.float64), rest[where]
+        gain = float(np.cov(x, y)[0, 1] / (x.var() + 1e-9))
+        rest[where] = y - gain * x
+    low, high = np.percentile(rest, (1, 99))
+    return np.clip((rest - low) * 255 / max(high - low, 1e-6), 0, 255).astype(np.uint8)
 
 
 def _upsampled(thumb: np.ndarray) -> np.ndarray:
