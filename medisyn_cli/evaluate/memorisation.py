@@ -28,7 +28,7 @@ are caught, plus one caught beside a natural near-copy). An oracle that knows bo
 exactly (Neyman-Pearson on binned similarities, randomised to size 0.05) reaches 0.875. With the rate estimated
 from the reference (200 held-out + ~480 training images, ~2 near-copies in it) the count needs 3-4 near-copies:
 Boschloo at the whole 0.05 flags 2 copies in 100 with probability 0.43 (0.54 if the screen caught every copy).
-So 2% at 100 images is out of reach at this false-alarm rate for any test; the verdict flags it in 32-42% of
+So 2% at 100 images is out of reach at this false-alarm rate for any test; the verdict flags it in 32-41.5% of
 runs, and 2% at 500 images in 78-91%. 5% at 100 is within reach (oracle 0.999, Boschloo at 0.05: 0.98), and the
 weights above spend the alpha there: 93.5-96%. A larger training self-reference narrows the rate (Boschloo, 2
 caught copies in 100 at a 0.3% rate: 0.54 with 681 reference images, 0.64 with 1,200, 0.87 with 5,000).
