@@ -20,18 +20,19 @@ them kept.
 
 Four one-sided tests, at ALPHA split by WEIGHTS (weighted Bonferroni: the shares add up to 1, so the false-alarm
 rate stays below ALPHA). Most of ALPHA goes to the near-copy count, where copies show (see "What is possible (issue #29's target: 2% copies flagged in >= 95% of runs at 100 images; the numbers are the
-`possible` section of benchmarks/results/privacy_verdict/isic2017_dermoscopy). On that dermoscopy set the natural
-near-copy rate of a fresh image is 0.30% and the screen scores 86% of the planted copies at or above the
-threshold. An oracle that knows the natural rate exactly and spends all of the 0.05 on the near-copy count flags
-100 images when it counts >= 2 near-copies (P = 0.037 under the null): 2 copies give power 0.80 (0.74 that both
-are caught, plus one caught beside a natural near-copy). An oracle that knows both similarity distributions
-exactly (Neyman-Pearson on binned similarities, randomised to size 0.05) reaches 0.875. With the rate estimated
-from the reference (200 held-out + ~480 training images, ~2 near-copies in it) the count needs 3-4 near-copies:
-Boschloo at the whole 0.05 flags 2 copies in 100 with probability 0.43 (0.54 if the screen caught every copy).
-So 2% at 100 images is out of reach at this false-alarm rate for any test; the verdict flags it in 32-41.5% of
-runs, and 2% at 500 images in 78-91%. 5% at 100 is within reach (oracle 0.999, Boschloo at 0.05: 0.98), and the
-weights above spend the alpha there: 93.5-96%. A larger training self-reference narrows the rate (Boschloo, 2
-caught copies in 100 at a 0.3% rate: 0.54 with 681 reference images, 0.64 with 1,200, 0.87 with 5,000).
+`possible` section of benchmarks/results/privacy_verdict/isic2017_dermoscopy). On that dermoscopy set the
+natural near-copy rate of a fresh image is 0.30% and the screen scores 86% of the planted copies at or above
+the threshold. An oracle that knows the natural rate exactly and spends all of the 0.05 on the near-copy count
+flags 100 images when it counts >= 2 near-copies (P = 0.037 under the null): 2 copies give power 0.80 (0.74
+that both are caught, plus one caught beside a natural near-copy). An oracle that knows both similarity
+distributions exactly (Neyman-Pearson on binned similarities, randomised to size 0.05) reaches 0.875. With the
+rate estimated from the reference (200 held-out + ~480 training images, ~2 near-copies in it) the count needs
+3-4 near-copies: Boschloo at the whole 0.05 flags 2 copies in 100 with probability 0.43 (0.54 if the screen
+caught every copy). So 2% at 100 images is out of reach at this false-alarm rate for any test; the verdict
+flags it in 32-41.5% of runs, and 2% at 500 images in 78-91%. 5% at 100 is within reach (oracle 0.999,
+Boschloo at 0.05: 0.98), and the weights above spend the alpha there: 93.5-96%. A larger training
+self-reference narrows the rate (Boschloo, 2 caught copies in 100 at a 0.3% rate: 0.54 with 681 reference
+images, 0.64 with 1,200, 0.87 with 5,000).
 
 Limits (measured by benchmarks/privacy_verdict.py on real similarities): a copy the screen scores below the
 threshold counts only through the tail and distribution tests, so k copies are flagged about as often as the
