@@ -19,7 +19,33 @@ a data set with natural duplicates against a cleaned reference again; `train_sel
 them kept.
 
 Four one-sided tests, at ALPHA split by WEIGHTS (weighted Bonferroni: the shares add up to 1, so the false-alarm
-rate stays below ALPHA). Most of ALPHA goes to the near-copy count, where copies show (see "What is possible (issue #29's target: 2% copies flagged in >= 95% of runs at 100 images; the numbers are the
+rate stays below ALPHA). Most of ALPHA goes to the near-copy count, where copies show (see "What is possible"):
+- near_copies (0.8): synthetic vs reference images at or above the threshold, Boschloo's exact unconditional test
+  (one-sided: Fisher's p-value as the statistic, its size maximised over the common near-copy rate on NUISANCE):
+  exact at every rate and never less powerful than Fisher's conditional test, which it replaced (Fisher's above
+  BOSCHLOO_IMAGES images, where the two barely differ);
+- beyond_reference (0.1): synthetic images closer to training than every held-out image (exact null of
+  exchangeable samples: the negative hypergeometric); a copy at 0.999 beside a held-out set whose closest image
+  is far below it is evidence a count at the threshold cannot see. Against held-out images only: the training
+  set's own near-copies come in mutual pairs (both in the sample or neither), which makes the maximum of
+  `train_self` too variable to stand in for a fresh image's (it raised false alarms in the simulation);
+- tail_p95 (0.05): synthetic images above the reference's 95th percentile (negative hypergeometric): copies the
+  screen scores just below the threshold;
+- distribution (0.05): Mann-Whitney U, synthetic vs held-out images (like with like; `train_self` is not used):
+  a model whose every image is a little closer to training.
+
+`memorises`:
+- true: a test fires;
+- false: none fires and the near-copy test had power >= POWER to flag a set in which COPY_SHARE of the images
+  are extra near-copies (exact: binomial synthetic counts at the reference's near-copy rate plus COPY_SHARE,
+  each judged by Fisher's test against the observed reference: a lower bound of the Boschloo test's power, whose
+  rejection region holds Fisher's at the same level);
+- null: none fires but that power is below POWER: undecidable at this sample size. `power` names the smallest
+  synthetic sample that would decide (None: no synthetic sample would, the reference is too small).
+Near-copies are a privacy finding whatever the statistics say: the verdict sentence names them, and says "no
+sign of memorisation" only when there are none.
+
+What is possible (issue #29's target: 2% copies flagged in >= 95% of runs at 100 images; the numbers are the
 `possible` section of benchmarks/results/privacy_verdict/isic2017_dermoscopy). On that dermoscopy set the
 natural near-copy rate of a fresh image is 0.30% and the screen scores 86% of the planted copies at or above
 the threshold. An oracle that knows the natural rate exactly and spends all of the 0.05 on the near-copy count
