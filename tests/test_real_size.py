@@ -275,10 +275,10 @@ def test_evaluate_and_study_build_on_512_px_outputs(real, generated, tmp_path):
         str(generated),
         "--out",
         str(tmp_path / "study"),
-        "--pairs",
-        "2",
+        "--pairs",  # the generated dataset holds one image a class
+        "1",
         "--classify",
-        "2",
+        "1",
     )
     assert (tmp_path / "study" / "key.json").exists()
 
