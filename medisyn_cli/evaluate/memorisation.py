@@ -65,8 +65,8 @@ threshold counts only through the tail and distribution tests, so k copies are f
 screen catches them; a few copies cannot be told from a natural near-copy rate of the same size, and under a
 natural rate of 10-25% (brain MRI) the verdict is mostly null. The tests count images as independent, while
 duplicates come in groups (the training set's own near-copies are mostly mutual pairs): on brain MRI's random
-split (25% natural near-copies) sets without copies are flagged in 6.0% of runs (SE 1.1%; 4.0% on its group
-split, 0.5-5% on dermoscopy), above ALPHA; a test that counts duplicate groups as units would be the fix.
+split (25% natural near-copies) sets without copies are flagged in 5.9% of 1,600 runs (SE 0.6%; 4.6% on its
+group split, 0.5-5% on dermoscopy), above ALPHA; a test that counts duplicate groups as units would be the fix.
 
 Membership-style audit (`membership_audit`): the similarity as a score telling synthetic from held-out images,
 as membership-inference papers report it: ROC curve, AUC (P(a synthetic image is closer than a held-out one),
