@@ -260,20 +260,23 @@ class Verifier:
         if first is None or agrees[first] < PAIR_FROM:
             return 0, -1
         count, model, matched = matches[first]
-        train = _upsampled(self.local.thumbs[first])
+        warped, inside = _warped(_upsampled(self.local.thumbs[first]), model)
+        region = _hull(matched, grow=9) & inside  # the first image's blocks, as `agreement` compares them
         partners = {i: m[1] for i, m in matches.items() if i != first}
-        partners.update(self.remainder_votes(pixels, train, model, set(matches)))
+        partners.update(self.remainder_votes(pixels, warped, inside, set(matches)))
         for other, own in partners.items():
             partner = _upsampled(self.local.thumbs[other])
             for partner_model in [own, model] if own is not None else [model]:
-                if _pair_agreement(pixels, train, model, matched, partner, partner_model) >= AGREEMENT:
+                second, covered = _warped(partner, partner_model)
+                if _explained(pixels, [warped, second], region & covered) >= AGREEMENT:
                     return count, first
         return 0, -1
 
-    def remainder_votes(self, pixels: np.ndarray, train: np.ndarray, model: np.ndarray, known: set) -> dict:
+    def remainder_votes(self, pixels: np.ndarray, warped: np.ndarray, inside: np.ndarray, known: set) -> dict:
         """id -> affine model (None: none) of the training images, other than `known`, that the keypoints of the
-        query's remainder vote for: the query less its least-squares fit of `train` warped by `model`."""
-        points, descriptors = _keypoints(_remainder(pixels, *_warped(train, model)), QUERY_KEYPOINTS)
+        query's remainder vote for: the query less its least-squares fit of `warped` (a training image aligned to
+        it, landing on `inside`)."""
+        points, descriptors = _keypoints(_remainder(pixels, warped, inside), QUERY_KEYPOINTS)
         if len(points) < MIN_INLIERS:
             return {}
         variants = descriptor_variants(root(descriptors))
@@ -324,13 +327,8 @@ def agreement(query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: 
     (query -> training pixels), under the RANSAC model or that model refined by ECC where it agrees better (the
     keypoints fix the map to a pixel or two, which a fine texture cannot absorb); 0 where fewer than 4 blocks have
     texture in both."""
-    import cv2
 
-    side = WORK_SIDE
-    train = _upsampled(thumb)
-    hull = np.zeros((side, side), np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(matched.astype(np.float32)).astype(np.int32), 1)
-    hull = cv2.dilate(hull, np.ones((9, 9), np.uint8))
+    train, hull = _upsampled(thumb), _hull(matched, grow=9)
     found = _block_agreement(query, train, model, hull)
     if REFINE_FROM <= found < REFINE_BELOW:
         found = max(found, _block_agreement(query, train, _refined(query, train, model, matched), hull))
@@ -343,22 +341,13 @@ def _block_agreement(query: np.ndarray, train: np.ndarray, model: np.ndarray, hu
     return _explained(query, [warped], hull & inside)
 
 
-def _pair_agreement(
-    query: np.ndarray,
-    train: np.ndarray,
-    model: np.ndarray,
-    matched: np.ndarray,
-    other: np.ndarray,
-    other_model,
-) -> float:
-    """Median over the blocks inside the first image's inlier hull of the share of the query's variance that the two
-    training images (WORK_SIDE float32), each warped by its model, explain together (least squares per block)."""
+def _hull(points: np.ndarray, grow: int = 0) -> np.ndarray:
+    """uint8 WORK_SIDE mask of the points' convex hull, dilated by a `grow` x `grow` square (0: not dilated)."""
     import cv2
 
-    hull = np.zeros((WORK_SIDE, WORK_SIDE), np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(matched.astype(np.float32)).astype(np.int32), 1)
-    (first, inside), (second, covered) = _warped(train, model), _warped(other, other_model)
-    return _explained(query, [first, second], cv2.dilate(hull, np.ones((9, 9), np.uint8)) & inside & covered)
+    mask = np.zeros((WORK_SIDE, WORK_SIDE), np.uint8)
+    cv2.fillConvexPoly(mask, cv2.convexHull(points.reshape(-1, 2).astype(np.float32)).astype(np.int32), 1)
+    return cv2.dilate(mask, np.ones((grow, grow), np.uint8)) if grow else mask
 
 
 def _remainder(query: np.ndarray, warped: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -417,9 +406,7 @@ def _refined(query: np.ndarray, train: np.ndarray, model: np.ndarray, matched: n
     import cv2
 
     side = WORK_SIDE
-    mapped = cv2.transform(matched.reshape(-1, 1, 2).astype(np.float32), model.astype(np.float32))
-    mask = np.zeros((side, side), np.uint8)
-    cv2.fillConvexPoly(mask, cv2.convexHull(mapped).astype(np.int32), 1)
+    mask = _hull(cv2.transform(matched.reshape(-1, 1, 2).astype(np.float32), model.astype(np.float32)))
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, 1e-4)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(train, model, (side, side), flags=flags)
