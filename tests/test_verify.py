@@ -23,6 +23,7 @@ from medisyn_cli.screening.verify import (
     WORK_SIDE,
     LocalFeatures,
     Verifier,
+    _hull,
     agreement,
     descriptor_variants,
     features,
@@ -259,6 +260,26 @@ def test_a_blend_of_two_training_images_is_explained_by_the_pair(verifier):
         alone = [agreement(pixels, check.local.thumbs[i], *m[1:]) for i, m in matches.items() if m[0]]
         by_pair += max(alone) < AGREEMENT  # neither alone agrees: the pair explained it
     assert by_pair >= 1
+
+
+def test_a_blends_second_image_is_found_by_the_scan_in_register(verifier):
+    check, images = verifier
+    for source, other in ((0, 5), (6, 3), (10, 8), (7, 4), (2, 9)):
+        blend = Image.blend(images[other], images[source], 0.65)
+        points, descriptors, pixels = query_features(blend)
+        variants = descriptor_variants(root(descriptors))
+        matches = {i: check.match(points, variants, i) for i in (source, other)}
+        first = max(
+            matches, key=lambda i: matches[i][0]
+        )  # the image the keypoints align, the other to be found
+        count, model, matched = matches[first]
+        assert count > 0, (source, other)
+        found = check.in_register(pixels, first, model, _hull(matched, grow=9))
+        assert found[0] == source + other - first, (source, other, found)
+    # and a training image itself: the scan has nothing left to explain, so nothing scores above a look-alike's
+    points, descriptors, pixels = query_features(images[3])
+    count, model, matched = check.match(points, descriptor_variants(root(descriptors)), 3)
+    assert 3 not in check.in_register(pixels, 3, model, _hull(matched, grow=9))
 
 
 def test_a_look_alike_with_any_partner_is_not_explained_as_a_blend(verifier):

@@ -62,6 +62,9 @@ AGREEMENT = 0.9
 REFINE_FROM, REFINE_BELOW, ECC_ITERATIONS = 0.6, 0.95, 50
 # least agreement of the candidate a blend is explained from (its larger share alone explains more than this)
 PAIR_FROM = 0.4
+# partners of a blend found by scanning every thumbnail in register (`Verifier.in_register`): how many are tried,
+# and the largest index scanned (a scan of 20k thumbnails is ~80 MB of arithmetic per query)
+SCANNED, SCAN_LIMIT = 4, 20_000
 SETTINGS = {
     "work_side": WORK_SIDE,
     "keypoints": STORED_KEYPOINTS,
@@ -246,24 +249,29 @@ class Verifier:
         found = {i: m for i, m in matches.items() if m[0] > 0}
         if pixels is None or self.local.thumbs is None:
             return max(((m[0], i) for i, m in found.items()), default=(0, -1))
-        agrees = {i: agreement(pixels, self.local.thumbs[i], m[1], m[2]) for i, m in found.items()}
-        verified = [(found[i][0], i) for i, a in agrees.items() if a >= AGREEMENT]
-        return max(verified, default=(0, -1)) if verified else self.blended(pixels, matches, agrees)
+        fits = {i: aligned(pixels, self.local.thumbs[i], m[1], m[2]) for i, m in found.items()}
+        verified = [(found[i][0], i) for i, (a, _) in fits.items() if a >= AGREEMENT]
+        return max(verified, default=(0, -1)) if verified else self.blended(pixels, matches, fits)
 
-    def blended(self, pixels: np.ndarray, matches: dict, agrees: dict) -> tuple[int, int]:
+    def blended(self, pixels: np.ndarray, matches: dict, fits: dict) -> tuple[int, int]:
         """(inliers, id) of the candidate that agrees best when it and another training image together explain the
         query (a blend of two training images: each alone explains only its share of every block); (0, -1) when no
-        pair does. The partners tried: the other candidates and the training images the query's remainder (the
-        first image's fit taken out) votes for, each aligned by its own affine model or by the first one's
-        (superposed in register)."""
-        first = max(agrees, key=agrees.get, default=None)
-        if first is None or agrees[first] < PAIR_FROM:
+        pair does. The partners tried: the other candidates, the training images the query's remainder (the
+        first image's fit taken out) votes for, and those a scan of every thumbnail in register finds
+        (`in_register`), each aligned by its own affine model or by the first one's (superposed in register; ECC
+        refined where that made the first agree better). `fits`: id -> `aligned`."""
+        first = max(fits, key=lambda i: fits[i][0], default=None)
+        if first is None or fits[first][0] < PAIR_FROM:
             return 0, -1
-        count, model, matched = matches[first]
+        count, _, matched = matches[first]
+        model = fits[first][1]
         warped, inside = _warped(_upsampled(self.local.thumbs[first]), model)
         region = _hull(matched, grow=9) & inside  # the first image's blocks, as `agreement` compares them
         partners = {i: m[1] for i, m in matches.items() if i != first}
         partners.update(self.remainder_votes(pixels, warped, inside, set(matches)))
+        partners.update(
+            {i: None for i in self.in_register(pixels, first, model, region) if i not in partners}
+        )
         for other, own in partners.items():
             partner = _upsampled(self.local.thumbs[other])
             for partner_model in [own, model] if own is not None else [model]:
@@ -281,6 +289,26 @@ class Verifier:
             return {}
         variants = descriptor_variants(root(descriptors))
         return {i: self.match(points, variants, i)[1] for i in self.voted(variants) if i not in known}
+
+    def in_register(self, pixels: np.ndarray, first: int, model: np.ndarray, region: np.ndarray) -> list[int]:
+        """The SCANNED training images (not `first`) that best explain, with `first`, the query over `region` when
+        superposed in register with it (the query aligned onto `first` by `model`): a least-squares scan of every
+        thumbnail, for blends whose second image has no keypoints of its own to vote. None above SCAN_LIMIT images."""
+        import cv2
+
+        thumbs = self.local.thumbs
+        if len(thumbs) > SCAN_LIMIT:
+            return []
+        scale = THUMB_SIDE / WORK_SIDE
+        to_thumb = (model * scale).astype(np.float32)  # query -> thumbnail pixels
+        side = (THUMB_SIDE, THUMB_SIDE)
+        query = cv2.warpAffine(pixels.astype(np.float32), to_thumb, side, flags=cv2.INTER_LINEAR)
+        mask = cv2.warpAffine(region.astype(np.uint8), to_thumb, side, flags=cv2.INTER_NEAREST) > 0
+        if mask.sum() < 64:
+            return []
+        with blas_threads():
+            scores = _second_image_scores(query[mask], thumbs[:, mask], first)
+        return [int(i) for i in np.argsort(-scores, kind="stable")[:SCANNED] if scores[i] > 0]
 
     def match(
         self, points: np.ndarray, variants: np.ndarray, i: int
@@ -328,17 +356,44 @@ def agreement(query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: 
     keypoints fix the map to a pixel or two, which a fine texture cannot absorb); 0 where fewer than 4 blocks have
     texture in both."""
 
+    return aligned(query, thumb, model, matched)[0]
+
+
+def aligned(
+    query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """(`agreement`, the model it was measured under: `model` or its ECC refinement)."""
     train, hull = _upsampled(thumb), _hull(matched, grow=9)
     found = _block_agreement(query, train, model, hull)
     if REFINE_FROM <= found < REFINE_BELOW:
-        found = max(found, _block_agreement(query, train, _refined(query, train, model, matched), hull))
-    return found
+        refined = _refined(query, train, model, matched)
+        better = _block_agreement(query, train, refined, hull)
+        if better > found:
+            return better, refined
+    return found, model
 
 
 def _block_agreement(query: np.ndarray, train: np.ndarray, model: np.ndarray, hull: np.ndarray) -> float:
     """`agreement` under one model: `train` (WORK_SIDE float32) warped onto the query, blocks inside `hull`."""
     warped, inside = _warped(train, model)
     return _explained(query, [warped], hull & inside)
+
+
+def _second_image_scores(query: np.ndarray, thumbs: np.ndarray, first: int) -> np.ndarray:
+    """Per thumbnail (rows of `thumbs`, uint8, the pixels of one region): the share of the query's variance left
+    after a least-squares fit of thumbnail `first` that a fit of it explains (-1 for `first` itself)."""
+    basis = np.stack([np.ones(len(query)), thumbs[first].astype(np.float64)], axis=1)
+    q, _ = np.linalg.qr(basis)  # orthonormal constant and first image
+    rest = query - q @ (q.T @ query)
+    rows = thumbs.astype(np.float32)
+    along = rows @ q.astype(
+        np.float32
+    )  # (n, 2): each thumbnail's part in the span of the constant and `first`
+    energy = np.einsum("np,np->n", rows, rows) - np.einsum("nk,nk->n", along, along)
+    fit = rows @ rest.astype(np.float32)
+    scores = fit**2 / (np.maximum(energy, 1e-3) * max(float(rest @ rest), 1e-9))
+    scores[first] = -1.0
+    return scores
 
 
 def _hull(points: np.ndarray, grow: int = 0) -> np.ndarray:
