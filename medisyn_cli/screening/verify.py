@@ -63,8 +63,8 @@ REFINE_FROM, REFINE_BELOW, ECC_ITERATIONS = 0.6, 0.95, 50
 # least agreement of the candidate a blend is explained from (its larger share alone explains more than this)
 PAIR_FROM = 0.4
 # partners of a blend found by scanning every thumbnail in register (`Verifier.in_register`): how many are tried,
-# and the largest index scanned (a scan of 20k thumbnails is ~80 MB of arithmetic per query)
-SCANNED, SCAN_LIMIT = 4, 20_000
+# the largest index scanned, and the side of the scanned copies (kept in memory as float32: 8 KB an image)
+SCANNED, SCAN_LIMIT, SCAN_SIDE = 4, 20_000, 32
 SETTINGS = {
     "work_side": WORK_SIDE,
     "keypoints": STORED_KEYPOINTS,
@@ -220,6 +220,7 @@ class Verifier:
 
     def __init__(self, local: LocalFeatures):
         self.local = local
+        self.scan: tuple[np.ndarray, np.ndarray] | None = None  # `_scanned`, built on a blend's first scan
 
     def score(self, keypoints: list, candidates: list, exclude: list | None = None) -> list[tuple[int, int]]:
         """Per query (its `query_features`, or `features` without the dense check): (inliers, training id) of its
@@ -293,22 +294,37 @@ class Verifier:
     def in_register(self, pixels: np.ndarray, first: int, model: np.ndarray, region: np.ndarray) -> list[int]:
         """The SCANNED training images (not `first`) that best explain, with `first`, the query over `region` when
         superposed in register with it (the query aligned onto `first` by `model`): a least-squares scan of every
-        thumbnail, for blends whose second image has no keypoints of its own to vote. None above SCAN_LIMIT images."""
+        thumbnail (at SCAN_SIDE), for blends whose second image has no keypoints of its own to vote. None above
+        SCAN_LIMIT images."""
         import cv2
 
-        thumbs = self.local.thumbs
-        if len(thumbs) > SCAN_LIMIT:
+        if len(self.local.thumbs) > SCAN_LIMIT:
             return []
-        scale = THUMB_SIDE / WORK_SIDE
-        to_thumb = (model * scale).astype(np.float32)  # query -> thumbnail pixels
-        side = (THUMB_SIDE, THUMB_SIDE)
-        query = cv2.warpAffine(pixels.astype(np.float32), to_thumb, side, flags=cv2.INTER_LINEAR)
-        mask = cv2.warpAffine(region.astype(np.uint8), to_thumb, side, flags=cv2.INTER_NEAREST) > 0
-        if mask.sum() < 64:
+        side, to_train = (
+            (WORK_SIDE, WORK_SIDE),
+            model.astype(np.float32),
+        )  # the query in the training image's frame
+        query = _pooled(cv2.warpAffine(pixels.astype(np.float32), to_train, side, flags=cv2.INTER_LINEAR))
+        mask = (
+            _pooled(cv2.warpAffine(region.astype(np.float32), to_train, side, flags=cv2.INTER_NEAREST)) > 0.99
+        )
+        if mask.sum() < 32:
             return []
+        rows, squares = self._scanned()
         with blas_threads():
-            scores = _second_image_scores(query[mask], thumbs[:, mask], first)
+            scores = _second_image_scores(query, mask, rows, squares, first)
         return [int(i) for i in np.argsort(-scores, kind="stable")[:SCANNED] if scores[i] > 0]
+
+    def _scanned(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every thumbnail at SCAN_SIDE as a float32 row, and its squares (built once)."""
+        if self.scan is None:
+            rows = (
+                np.stack([_pooled(thumb) for thumb in self.local.thumbs])
+                if len(self.local)
+                else np.zeros((0, 1))
+            )
+            self.scan = rows, rows**2
+        return self.scan
 
     def match(
         self, points: np.ndarray, variants: np.ndarray, i: int
@@ -379,19 +395,24 @@ def _block_agreement(query: np.ndarray, train: np.ndarray, model: np.ndarray, hu
     return _explained(query, [warped], hull & inside)
 
 
-def _second_image_scores(query: np.ndarray, thumbs: np.ndarray, first: int) -> np.ndarray:
-    """Per thumbnail (rows of `thumbs`, uint8, the pixels of one region): the share of the query's variance left
-    after a least-squares fit of thumbnail `first` that a fit of it explains (-1 for `first` itself)."""
-    basis = np.stack([np.ones(len(query)), thumbs[first].astype(np.float64)], axis=1)
-    q, _ = np.linalg.qr(basis)  # orthonormal constant and first image
-    rest = query - q @ (q.T @ query)
-    rows = thumbs.astype(np.float32)
-    along = rows @ q.astype(
-        np.float32
-    )  # (n, 2): each thumbnail's part in the span of the constant and `first`
-    energy = np.einsum("np,np->n", rows, rows) - np.einsum("nk,nk->n", along, along)
-    fit = rows @ rest.astype(np.float32)
-    scores = fit**2 / (np.maximum(energy, 1e-3) * max(float(rest @ rest), 1e-9))
+def _pooled(image: np.ndarray) -> np.ndarray:
+    """A square image averaged down to SCAN_SIDE x SCAN_SIDE, flattened (float32)."""
+    f = len(image) // SCAN_SIDE
+    return image.reshape(SCAN_SIDE, f, SCAN_SIDE, f).mean(axis=(1, 3), dtype=np.float32).ravel()
+
+
+def _second_image_scores(
+    query: np.ndarray, mask: np.ndarray, rows: np.ndarray, squares: np.ndarray, first: int
+) -> np.ndarray:
+    """Per row (a thumbnail's pixels): the share of the query's variance over `mask` left after a least-squares fit
+    of row `first` (and a constant) that a fit of it explains (-1 for `first` itself)."""
+    basis = np.zeros((len(query), 2))
+    basis[mask] = np.linalg.qr(np.stack([np.ones(mask.sum()), rows[first, mask]], axis=1))[0]
+    rest = np.where(mask, query, 0.0)
+    rest -= basis @ (basis.T @ rest)
+    product = rows @ np.column_stack([basis, rest]).astype(np.float32)  # (n, 3)
+    energy = squares @ mask.astype(np.float32) - np.einsum("nk,nk->n", product[:, :2], product[:, :2])
+    scores = product[:, 2] ** 2 / (np.maximum(energy, 1e-3) * max(float(rest @ rest), 1e-9))
     scores[first] = -1.0
     return scores
 
