@@ -257,7 +257,7 @@ class Verifier:
     def blended(self, pixels: np.ndarray, matches: dict, fits: dict) -> tuple[int, int]:
         """(inliers, id) of the candidate that agrees best when it and another training image together explain the
         query (a blend of two training images: each alone explains only its share of every block); (0, -1) when no
-        pair does. The partners tried: the other candidates, the training images the query's remainder (the
+        pair does. The inliers are the pair's: the first's plus the partner's where the query's keypoints match it. The partners tried: the other candidates, the training images the query's remainder (the
         first image's fit taken out) votes for, and those a scan of every thumbnail in register finds
         (`in_register`), each aligned by its own affine model or by the first one's (superposed in register; ECC
         refined where that made the first agree better). `fits`: id -> `aligned`."""
@@ -277,8 +277,8 @@ class Verifier:
             partner = _upsampled(self.local.thumbs[other])
             for partner_model in [own, model] if own is not None else [model]:
                 second, covered = _warped(partner, partner_model)
-                if _explained(pixels, [warped, second], region & covered) >= AGREEMENT:
-                    return count, first
+                if _mixed(pixels, warped, second, region & covered) >= AGREEMENT:
+                    return count + (matches[other][0] if other in matches else 0), first
         return 0, -1
 
     def remainder_votes(self, pixels: np.ndarray, warped: np.ndarray, inside: np.ndarray, known: set) -> dict:
@@ -393,6 +393,21 @@ def _block_agreement(query: np.ndarray, train: np.ndarray, model: np.ndarray, hu
     """`agreement` under one model: `train` (WORK_SIDE float32) warped onto the query, blocks inside `hull`."""
     warped, inside = _warped(train, model)
     return _explained(query, [warped], hull & inside)
+
+
+def _mixed(query: np.ndarray, first: np.ndarray, second: np.ndarray, region: np.ndarray) -> float:
+    """`_explained` of the query by one mix of two aligned images, in the proportion a least-squares fit over the
+    whole `region` finds: a blend mixes two images in one proportion everywhere, where look-alikes (neighbouring
+    slices of a scan, two hands) would need a proportion of their own in every block; 0 when the fit does not add
+    the two with one sign (a blend, or its inversion)."""
+    where = region > 0
+    if where.sum() < 16:
+        return 0.0
+    x = np.stack([first[where], second[where], np.ones(int(where.sum()))], axis=1).astype(np.float64)
+    (a, b, _), *_ = np.linalg.lstsq(x, query[where].astype(np.float64), rcond=None)
+    if a * b <= 0:
+        return 0.0
+    return _explained(query, [first + np.float32(b / a) * second], region)
 
 
 def _pooled(image: np.ndarray) -> np.ndarray:
