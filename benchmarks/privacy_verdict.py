@@ -42,7 +42,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from medisyn_cli.evaluate.memorisation import boschloo_greater, memorisation_tests  # noqa: E402
+from medisyn_cli.evaluate.memorisation import (  # noqa: E402
+    WEIGHTS,
+    boschloo_greater,
+    memorisation_tests,
+    near_copy_groups,
+)
 from medisyn_cli.evaluate.privacy import TRAIN_REFERENCE  # noqa: E402
 from medisyn_cli.screening.calibrate import copy_augment  # noqa: E402
 from medisyn_cli.screening.embed import get_embedder  # noqa: E402
@@ -189,13 +194,15 @@ def one_run(
     own = rng.choice(train, min(TRAIN_SELF, len(train)), replace=False)
     self_sims = pairs[np.ix_(own, train)]
     self_sims[own[:, None] == train[None, :]] = -np.inf  # each training image itself excluded
+    own_nearest = self_sims.max(1)
     return memorisation_tests(
         np.concatenate(
             [pairs[np.ix_(synthetic, train)].max(1), found["copies"][np.ix_(sources, train)].max(1)]
         ),
         pairs[np.ix_(heldout, train)].max(1),
         t,
-        train_self=self_sims.max(1),
+        train_self=own_nearest,
+        train_self_groups=near_copy_groups(own, train[self_sims.argmax(1)], own_nearest, t),
     )
 
 
@@ -203,11 +210,13 @@ def condition(
     found: dict, group, natural: str, leak: float, n_h: int, n_s: int, copies: int, args, rng
 ) -> dict:
     """`runs` random splits and draws of one condition: the share of runs per verdict state."""
-    states, needed, rates = [], [], []
+    states, needed, rates, fired, effects = [], [], [], [], []
     for _ in range(args.runs):
         result = one_run(found, group, leak, n_h, n_s, copies, args.train_share, rng)
         states.append(result["memorises"])
         rates.append(result["near_copy_rate"]["heldout"])
+        fired.append(result["flagged_by"])
+        effects.append(result["reference"].get("design_effect", {}).get("near_copies", 1.0))
         if result["memorises"] is None:
             needed.append(result["power"]["synthetic_images_needed"] or np.inf)
     return {
@@ -223,6 +232,8 @@ def condition(
         "false": float(np.mean([s is False for s in states])),
         "null": float(np.mean([s is None for s in states])),
         "median_needed_when_null": float(np.median(needed)) if needed else None,
+        "fired": {name: float(np.mean([name in f for f in fired])) for name in WEIGHTS},  # share of runs
+        "design_effect": round(float(np.mean(effects)), 3),  # the near-copy count's, mean over runs
     }
 
 
@@ -341,12 +352,15 @@ def possible_lines(found: dict) -> list[str]:
 def table(rows: list[dict]) -> list[str]:
     """The conditions as text lines."""
     head = f"  {'natural':>26} {'n_h':>4} {'n_s':>4} {'copies':>6} {'h_rate':>6} {'true':>6} {'false':>6} {'null':>6}"
-    lines = [head + " needed (median, null runs)"]
+    lines = [head + "  deff  fired (near/beyond/tail/dist)  needed (median, null runs)"]
     for r in rows:
+        fired = "/".join(
+            f"{r['fired'][n]:.3f}" for n in ("near_copies", "beyond_reference", "tail_p95", "distribution")
+        )
         lines.append(
             f"  {r['natural']:>26} {r['heldout']:>4} {r['synthetic']:>4} {r['copies']:>6} "
             f"{r['heldout_near_copy_rate']:>6.3f} {r['true']:>6.3f} {r['false']:>6.3f} {r['null']:>6.3f} "
-            f"{r['median_needed_when_null']}"
+            f"{r['design_effect']:>5.2f}  {fired:>29}  {r['median_needed_when_null']}"
         )
     return lines
 

@@ -17,13 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
+from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.evaluate.memorisation import (
     COPY_SHARE,
     boschloo_greater,
     choose_reference,
+    design_effect,
     fisher_greater,
     membership_audit,
     memorisation_tests,
+    near_copy_groups,
     near_copy_power,
 )
 
@@ -243,6 +246,80 @@ def test_the_training_self_reference_joins_only_where_it_agrees_with_held_out():
         and apart["train_self"] == 0
         and apart["agreement_p"]["near_copy_rate"] < 0.01
     )
+
+
+def grouped_reference(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """50 held-out images (10 near-copies) and 800 self-reference images whose 160 near-copies come in groups of
+    `size` (the rest alone): both at a 20% natural near-copy rate."""
+    heldout = np.r_[np.full(10, 0.99), np.linspace(0.6, 0.95, 40)]
+    own = np.r_[np.full(160, 0.99), np.linspace(0.6, 0.95, 640)]
+    groups = np.r_[np.arange(160) // size, 1000 + np.arange(640)]
+    return heldout, own, groups
+
+
+def test_near_copy_groups_join_pairs_chains_and_images_sharing_a_nearest_training_image():
+    ids, nn = np.array([0, 1, 2, 3, 4, 5, 6]), np.array([1, 0, 3, 4, 0, 9, 9])
+    groups = near_copy_groups(ids, nn, np.array([0.99, 0.99, 0.98, 0.5, 0.1, 0.975, 0.99]), THRESHOLD)
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[5] == groups[6]
+    assert len({groups[0], groups[2], groups[4], groups[5]}) == 4  # 3 -> 4 and 4 -> 0 are below the threshold
+
+
+def test_design_effect_is_one_for_independent_images_and_near_the_group_size_for_grouped_duplicates():
+    hit = np.r_[np.ones(100, bool), np.zeros(900, bool)]
+    assert design_effect(hit, None) == 1.0 and design_effect(hit, np.arange(1000)) == pytest.approx(
+        1.0, abs=0.01
+    )
+    pairs, fours = (
+        design_effect(hit, np.r_[np.arange(100) // 2, 100 + np.arange(900)]),
+        design_effect(hit, np.r_[np.arange(100) // 4, 100 + np.arange(900)]),
+    )
+    assert 1.7 < pairs < 2.0 and 3.4 < fours < 4.0  # (1 - share) x the group size for rare positives
+    assert design_effect(np.zeros(10, bool), np.zeros(10)) == 1.0
+
+
+def test_grouped_duplicates_in_the_self_reference_no_longer_fire_the_near_copy_count():
+    """Synthetic images at 25% near-copies against a 20% reference whose self-reference duplicates come in groups
+    of 8: counted as 800 independent images the difference is significant; counted by its design effect (the
+    same information as ~120 independent images) it is not. The rate is unchanged, only its precision."""
+    heldout, own, groups = grouped_reference(8)
+    synthetic = np.r_[np.full(125, 0.99), np.linspace(0.6, 0.95, 375)]
+    as_images = memorisation_tests(synthetic, heldout, THRESHOLD, train_self=own)
+    as_groups = memorisation_tests(synthetic, heldout, THRESHOLD, train_self=own, train_self_groups=groups)
+    level = as_images["test_levels"]["near_copies"]
+    assert as_images["memorises"] is True and as_images["p_values"]["near_copies"] < level
+    assert as_groups["memorises"] is not True and as_groups["p_values"]["near_copies"] > level
+    effect = as_groups["reference"]["design_effect"]["near_copies"]
+    assert 6 < effect < 8 and as_groups["reference"]["source"] == "heldout+train_self"
+    assert as_groups["effective_reference_images"] == 50 + round(800 / effect) < as_groups["reference_images"]
+    assert as_groups["near_copy_rate"]["reference"] == as_images["near_copy_rate"]["reference"] == 0.2
+
+
+def test_copies_of_distinct_training_images_still_fire_against_a_grouped_reference():
+    heldout, own, groups = grouped_reference(8)
+    synthetic = np.r_[np.full(100, 0.99), np.full(50, 0.995), np.linspace(0.6, 0.95, 350)]  # 10% copies
+    result = memorisation_tests(synthetic, heldout, THRESHOLD, train_self=own, train_self_groups=groups)
+    assert result["memorises"] is True and "near_copies" in result["flagged_by"]
+
+
+def test_a_self_reference_of_single_images_is_judged_as_without_groups():
+    """Dermoscopy's case (3 near-copy groups in 962 images): no group, no change to any test or to the power."""
+    rng = np.random.default_rng(12)
+    synthetic, heldout, own = (
+        fresh(rng, "dermoscopy", 100, 0.03),
+        fresh(rng, "dermoscopy", 200, 0.003),
+        fresh(rng, "dermoscopy", 600, 0.003),
+    )
+    alone = memorisation_tests(
+        synthetic, heldout, THRESHOLD, train_self=own, train_self_groups=np.arange(600)
+    )
+    plain = memorisation_tests(synthetic, heldout, THRESHOLD, train_self=own)
+    assert alone["p_values"] == plain["p_values"] and alone["power"] == plain["power"]
+    assert alone["effective_reference_images"] == plain["reference_images"] == 800
+
+
+def test_group_labels_must_match_the_self_reference():
+    with pytest.raises(MedisynError, match="3 group labels for 4 train_self images"):
+        choose_reference(np.array([0.5, 0.6]), np.array([0.5, 0.6, 0.7, 0.8]), THRESHOLD, np.arange(3))
 
 
 def test_membership_audit_auc_matches_sklearn_and_its_interval_covers_chance_under_the_null():

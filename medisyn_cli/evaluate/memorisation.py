@@ -106,6 +106,7 @@ def memorisation_tests(
     threshold: float,
     alpha: float = ALPHA,
     train_self: np.ndarray | None = None,
+    train_self_groups: np.ndarray | None = None,
 ) -> dict:
     """The four tests against the reference, near-copy rates, power, the membership audit and the verdict."""
     from scipy.stats import ks_2samp, mannwhitneyu, nhypergeom
@@ -115,14 +116,19 @@ def memorisation_tests(
         raise MedisynError("privacy: no synthetic images to test")
     if len(heldout) < 2:
         return _untestable(synthetic, heldout, threshold, alpha)
-    reference, source = choose_reference(heldout, train_self, threshold)
+    reference, source = choose_reference(heldout, train_self, threshold, train_self_groups)
     cut = float(np.percentile(reference, 100 * (1 - EXPECTED_SHARE)))
-    above, above_ref = int((synthetic > cut).sum()), int((reference > cut).sum())
-    near, near_ref = int((synthetic >= threshold).sum()), int((reference >= threshold).sum())
-    p_tail = float(nhypergeom.sf(above - 1, len(synthetic) + len(reference), len(synthetic), above_ref + 1))
+    effects = source.get("design_effect", {})
+    above = int((synthetic > cut).sum())
+    above_ref, tail_images = effective_counts(reference > cut, len(heldout), effects.get("tail_p95", 1.0))
+    near = int((synthetic >= threshold).sum())
+    near_ref, reference_images = effective_counts(
+        reference >= threshold, len(heldout), effects.get("near_copies", 1.0)
+    )
+    p_tail = float(nhypergeom.sf(above - 1, len(synthetic) + tail_images, len(synthetic), above_ref + 1))
     beyond = int((synthetic > heldout.max()).sum())  # closer than every held-out image
     p_beyond = float(nhypergeom.sf(beyond - 1, len(synthetic) + len(heldout), len(synthetic), 1))
-    p_near = near_copy_p(near, near_ref, len(synthetic), len(reference))
+    p_near = near_copy_p(near, near_ref, len(synthetic), reference_images)
     mw = mannwhitneyu(synthetic, heldout, alternative="greater")
     ks = ks_2samp(synthetic, heldout)
     p_values = {
@@ -133,7 +139,7 @@ def memorisation_tests(
     }
     levels = {name: alpha * weight for name, weight in WEIGHTS.items()}
     flagged = [name for name, p in p_values.items() if p < levels[name]]
-    power = power_summary(len(synthetic), near_ref, len(reference), levels["near_copies"])
+    power = power_summary(len(synthetic), near_ref, reference_images, levels["near_copies"])
     memorises = True if flagged else False if power["power"] >= POWER else None
     share = above / len(synthetic)
     result = {
@@ -143,6 +149,7 @@ def memorisation_tests(
         },
         "reference": source,
         "reference_images": int(len(reference)),
+        "effective_reference_images": reference_images,  # the near-copy test's n (its design effect applied)
         "heldout_p95_similarity": cut,
         "share_above_heldout_p95": share,
         "expected_share": EXPECTED_SHARE,
@@ -150,9 +157,13 @@ def memorisation_tests(
         "near_copy_rate": {
             "synthetic": near / len(synthetic),
             "heldout": float(np.mean(heldout >= threshold)),
-            "reference": near_ref / len(reference),
+            "reference": float(np.mean(reference >= threshold)),
         },
-        "near_copy_count": {"synthetic": near, "reference": near_ref},
+        "near_copy_count": {
+            "synthetic": near,
+            "reference": int((reference >= threshold).sum()),
+            "reference_effective": near_ref,
+        },
         "beyond_reference": beyond,
         "heldout_max_similarity": float(heldout.max()),
         "p_synthetic_closer": float(mw.statistic / (len(synthetic) * len(heldout))),
@@ -172,9 +183,13 @@ def memorisation_tests(
 
 
 def choose_reference(
-    heldout: np.ndarray, train_self: np.ndarray | None, threshold: float
+    heldout: np.ndarray,
+    train_self: np.ndarray | None,
+    threshold: float,
+    train_self_groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """The held-out similarities, pooled with the training self-reference where the two agree (module docstring)."""
+    """The held-out similarities, pooled with the training self-reference where the two agree (module docstring);
+    `design_effect`: the self-reference's, per counted share, from its near-copy groups."""
     from scipy.stats import fisher_exact
 
     source = {"source": "heldout", "heldout": int(len(heldout)), "train_self": 0}
@@ -204,6 +219,13 @@ def choose_reference(
         }
     }
     agree = min(agreement.values()) >= AGREEMENT
+    groups = None if train_self_groups is None else np.asarray(train_self_groups)
+    if groups is not None and len(groups) != len(train_self):
+        raise MedisynError(f"privacy: {len(groups)} group labels for {len(train_self)} train_self images")
+    effects = {
+        "near_copies": design_effect(train_self >= threshold, groups),
+        "tail_p95": design_effect(train_self > cut, groups),
+    }
     source = {
         "source": "heldout+train_self" if agree else "heldout",
         "heldout": int(len(heldout)),
@@ -213,7 +235,51 @@ def choose_reference(
         "agreement_level": AGREEMENT,
         **rates,
     }
+    if agree:
+        source["design_effect"] = effects
+        source["train_self_groups"] = None if groups is None else int(len(np.unique(groups)))
     return (pooled if agree else heldout), source
+
+
+def near_copy_groups(
+    ids: np.ndarray, nn_ids: np.ndarray, similarity: np.ndarray, threshold: float
+) -> np.ndarray:
+    """Group label of each self-reference image: training images joined to their nearest other training image at
+    or above the threshold, transitively (a mutual pair is one group)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ids, nn_ids = np.asarray(ids, np.int64), np.asarray(nn_ids, np.int64)
+    linked = np.asarray(similarity) >= threshold
+    nodes, index = np.unique(np.concatenate([ids, nn_ids[linked]]), return_inverse=True)
+    rows, cols = index[: len(ids)][linked], index[len(ids) :]
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(nodes), len(nodes)))
+    return connected_components(graph, directed=False)[1][index[: len(ids)]]
+
+
+def design_effect(hit: np.ndarray, groups: np.ndarray | None) -> float:
+    """Rao-Scott design effect of a share over images that come in groups: the variance of the share with groups
+    resampled as units over the binomial variance (>= 1; 1 without groups)."""
+    hit = np.asarray(hit, np.float64)
+    share = float(hit.mean()) if len(hit) else 0.0
+    if groups is None or share in (0.0, 1.0):
+        return 1.0
+    label = np.unique(groups, return_inverse=True)[1]
+    sizes, hits = np.bincount(label), np.bincount(label, weights=hit)
+    if len(sizes) < 2:
+        return 1.0
+    grouped = len(sizes) / (len(sizes) - 1) * float(np.sum((hits - share * sizes) ** 2))
+    alone = len(hit) / (len(hit) - 1) * share * (1.0 - share) * len(hit)  # the same sum over single images
+    return max(1.0, grouped / alone)
+
+
+def effective_counts(hit: np.ndarray, heldout_images: int, effect: float) -> tuple[int, int]:
+    """(hits, images) of a reference, its self-reference part (after the first `heldout_images`) divided by its
+    design effect: independent images that carry the same information."""
+    hit = np.asarray(hit, bool)
+    own, images = hit[heldout_images:], len(hit) - heldout_images
+    count = int(hit[:heldout_images].sum()) + round(int(own.sum()) / effect)
+    return count, heldout_images + max(round(images / effect), 1 if images else 0)
 
 
 def fisher_greater(count, reference_count, images: int, reference_images: int) -> np.ndarray:

@@ -53,6 +53,7 @@ from medisyn_cli.evaluate.memorisation import (  # noqa: F401 (ALPHA, EXPECTED_S
     EXPECTED_SHARE,
     TESTS,
     memorisation_tests,
+    near_copy_groups,
     percentiles,
 )
 from medisyn_cli.screening.embed import View, apply_view, embedder_names, get_embedder
@@ -160,7 +161,11 @@ def _run_privacy(config: PrivacyConfig) -> dict:
     )
     # 4. statistics, files
     stats = memorisation_tests(
-        np.array(synthetic.similarity), np.array(heldout.similarity), threshold, train_self=own.similarity
+        np.array(synthetic.similarity),
+        np.array(heldout.similarity),
+        threshold,
+        train_self=own.similarity,
+        train_self_groups=own.groups,
     )
     stats["percentiles"]["train_self"] = percentiles(own.similarity)
     result = {
@@ -246,29 +251,35 @@ def nearest(sources: list, screener, train: Training, name: str, batch_size: int
 
 @dataclass
 class SelfReference:
-    """A sample of training images, each with its nearest *other* training image's similarity."""
+    """A sample of training images, each with its nearest *other* training image's similarity and its near-copy
+    group (the images joined to their nearest one at or above the threshold: a mutual pair is one group)."""
 
     similarity: np.ndarray
     labels: list[str | None]
+    groups: np.ndarray | None = None
 
 
 def self_reference(
     sources: list, screener, train: Training, count: int, batch_size: int, seed: int = 0
 ) -> SelfReference:
     """Screen a random sample of `count` training images against the training index, each image itself excluded
-    (its duplicates kept): the training set's own nearest-neighbour distribution."""
+    (its duplicates kept): the training set's own nearest-neighbour distribution, with its near-copy groups."""
     total = len(train.image_set)
     if count < 1 or total < 3:
-        return SelfReference(np.zeros(0), [])
+        return SelfReference(np.zeros(0), [], np.zeros(0, np.int64))
     ids = np.sort(np.random.default_rng(seed).choice(total, min(count, total), replace=False))
     positions = [train.image_set.positions[i] for i in ids]
     images = fetch_images(sources, positions)
-    similarity = []
+    similarity, nn_ids = [], []
     for start in range(0, len(ids), batch_size):
         part = [int(i) for i in ids[start : start + batch_size]]
         batch = [images[train.image_set.positions[i]] for i in part]
-        similarity += [closeness(r, screener) for r in screener.check(batch, exclude=[{i} for i in part])]
-    return SelfReference(np.array(similarity, np.float64), [train.image_set.labels[i] for i in ids])
+        for result in screener.check(batch, exclude=[{i} for i in part]):
+            similarity.append(closeness(result, screener))
+            nn_ids.append(result.nn_id)
+    similarity = np.array(similarity, np.float64)
+    groups = near_copy_groups(ids, np.array(nn_ids), similarity, screener.threshold)
+    return SelfReference(similarity, [train.image_set.labels[i] for i in ids], groups)
 
 
 def closeness(result, screener: Screener) -> float:
@@ -369,7 +380,11 @@ def per_class_tests(
         s = np.array(synthetic.similarity)[s_labels == label]
         h = np.array(heldout.similarity)[h_labels == label]
         try:
-            tests = memorisation_tests(s, h, threshold, train_self=own.similarity[own_labels == label])
+            mine = own_labels == label
+            groups = None if own.groups is None else own.groups[mine]
+            tests = memorisation_tests(
+                s, h, threshold, train_self=own.similarity[mine], train_self_groups=groups
+            )
         except MedisynError as exc:
             rows[label] = {"synthetic": len(s), "heldout": len(h), "note": str(exc)}
             continue
