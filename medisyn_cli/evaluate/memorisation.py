@@ -16,7 +16,14 @@ stranger's); where the two disagree (a split by patient, a training set deduplic
 held-out set) the held-out set alone is the reference. The index's calibrated false-positive rate is not used
 as the null rate: its negatives leave the training set's own duplicates out by construction, so it would judge
 a data set with natural duplicates against a cleaned reference again; `train_self` is the same measurement with
-them kept.
+them kept. Its near-copies come in groups (a mutual pair of training duplicates is two near-copies of one piece
+of evidence; a random split puts a whole group on one side or the other): counted as independent images, the
+pooled count is over-dispersed and the count and tail tests fire too often. With `train_self_groups` (run_privacy
+joins each sampled image to its nearest training image at or above the threshold), the self-reference's counts
+and size in the near-copy and tail tests are divided by their design effect (Rao-Scott: the variance of the
+share with groups resampled as units over the binomial variance; 1 for single images), so it weighs as many
+independent images at the same rate. The agreement tests keep the raw counts (over-dispersion makes them reject
+more often, which falls back to the held-out set alone: the safe side).
 
 Four one-sided tests, at ALPHA split by WEIGHTS (weighted Bonferroni: the shares add up to 1, so the false-alarm
 rate stays below ALPHA). Most of ALPHA goes to the near-copy count, where copies show (see "What is possible"):

@@ -22,7 +22,8 @@ per class, highest similarity, every pair), a privacy finding whatever the stati
 
 privacy.json fields (besides the inputs): `memorises` true / false / null (undecidable at this sample size) and
 `verdict` (one sentence); `power` (the near-copy test's power to flag 5% copies, `synthetic_images_needed`, the
-smallest synthetic sample that would decide); `reference` (heldout or heldout+train_self, the agreement tests);
+smallest synthetic sample that would decide); `reference` (heldout or heldout+train_self, the agreement tests,
+the self-reference's near-copy groups and design effect; `effective_reference_images`: the near-copy test's n);
 `p_values` (tail_p95, near_copies, beyond_reference, distribution), `flagged_by`, `test_levels` (`test_level`:
 the near-copy test's); `near_copy_rate`, `near_copy_count`, `beyond_reference` (synthetic images closer than
 every held-out image), `heldout_max_similarity`; `percentiles` (synthetic, heldout, reference, train_self);
