@@ -596,14 +596,15 @@ def plant(
         indexed = np.ones(len(images), bool) if indexed is None else indexed
         for name, make in random_transforms().items():
             rng = np.random.default_rng([seed + 7, sum(map(ord, name))])  # each family its own stream
-            copies = []
+            copies, partners = [], []
             for i in sources:
                 other = np.where((sets == sets[i]) & (groups != groups[i]) & indexed)[0]
                 real = np.where((sets == sets[i]) & ~np.isin(groups, groups[indexed]))[0]
-                copies.append(
-                    make(images[i], rng, images[int(rng.choice(other))], images[int(rng.choice(real))])
-                )
+                partners.append(int(rng.choice(other)))
+                copies.append(make(images[i], rng, images[partners[-1]], images[int(rng.choice(real))]))
             out["random"][name] = (sources, copies)
+            if name in BLENDS:
+                PARTNERS[("random", name)] = np.array(partners, np.int64)
     return out
 
 
@@ -611,6 +612,9 @@ def plant(
 
 LEARNED: dict = {}  # the trained descriptor of this run (train_learned), shared by the six indexes
 DONE: dict = {}  # raw scores of the conditions evaluated or loaded in this run
+# a blend holds two training images, and a match with either is right: (family, transform) -> the partner of each copy
+PARTNERS: dict = {}
+BLENDS = ("blend70", "blend60")
 
 
 def train_learned(images: list, sets: np.ndarray, indexed: np.ndarray, cache: Path | None):
@@ -846,7 +850,10 @@ def evaluate(name: str, images, sets, groups, indexed, negatives, planted) -> di
                 results = screener.check([copies[j] for j in pick])
                 sims, found = out["copies"][family][transform]
                 sims[pick] = [score(r) for r in results]
-                found[pick] = [groups[members[r.nn_id]] == groups[sources[j]] for r, j in zip(results, pick)]
+                right = [{groups[sources[j]]} for j in pick]
+                if (family, transform) in PARTNERS:
+                    right = [r | {groups[PARTNERS[(family, transform)][j]]} for r, j in zip(right, pick)]
+                found[pick] = [groups[members[r.nn_id]] in g for r, g in zip(results, right)]
     out["neg_sets"] = sets[negatives]
     out["copy_sets"] = {f: {t: sets[s] for t, (s, _) in made.items()} for f, made in planted.items()}
     return out

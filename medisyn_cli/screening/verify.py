@@ -257,7 +257,7 @@ class Verifier:
     def blended(self, pixels: np.ndarray, matches: dict, fits: dict) -> tuple[int, int]:
         """(inliers, id) of the candidate that agrees best when it and another training image together explain the
         query (a blend of two training images: each alone explains only its share of every block); (0, -1) when no
-        pair does. The inliers are the pair's: the first's plus the partner's where the query's keypoints match it. The partners tried: the other candidates, the training images the query's remainder (the
+        pair does. The partners tried: the other candidates, the training images the query's remainder (the
         first image's fit taken out) votes for, and those a scan of every thumbnail in register finds
         (`in_register`), each aligned by its own affine model or by the first one's (superposed in register; ECC
         refined where that made the first agree better). `fits`: id -> `aligned`."""
@@ -278,7 +278,7 @@ class Verifier:
             for partner_model in [own, model] if own is not None else [model]:
                 second, covered = _warped(partner, partner_model)
                 if _mixed(pixels, warped, second, region & covered) >= AGREEMENT:
-                    return count + (matches[other][0] if other in matches else 0), first
+                    return count, first
         return 0, -1
 
     def remainder_votes(self, pixels: np.ndarray, warped: np.ndarray, inside: np.ndarray, known: set) -> dict:
