@@ -28,6 +28,7 @@ oracle that knows both similarity distributions (Neyman-Pearson on binned simila
     python benchmarks/privacy_verdict.py                       # results/privacy_verdict/{results.json,output.txt}
     python benchmarks/privacy_verdict.py --runs 20 --sets isic2017_dermoscopy --out /tmp/pv   # a smoke run
     python benchmarks/privacy_verdict.py --sets brain_tumor_mri --shares 0 --no-55 --runs 400   # the null, closer
+    python benchmarks/privacy_verdict.py --sets brain_tumor_mri --shares 0 --no-55 --draw-seed 1   # other draws
 """
 
 from __future__ import annotations
@@ -376,13 +377,19 @@ def main() -> None:
     )
     parser.add_argument("--train-share", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--draw-seed",
+        type=int,
+        help="seed of the runs' splits and draws only (default --seed): a fresh set of runs",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--cache", type=Path, help="folder for the measured similarities (reused when present)"
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rng, report, lines = np.random.default_rng(args.seed), {}, []
+    draws = args.seed if args.draw_seed is None else args.draw_seed
+    rng, report, lines = np.random.default_rng(draws), {}, []
     for name in args.sets.split(","):
         clock = time.time()
         images = load_images(args.data / name)
