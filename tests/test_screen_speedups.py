@@ -196,3 +196,43 @@ def load_index_of(model):
 
     image = Image.open(sorted((FIXTURES / "images").rglob("*.png"))[0]).convert("RGB")
     return TrainingIndex.from_vectors(model.embed([image]), ["0"], model)
+
+
+def test_a_warmed_up_screener_decides_as_a_cold_one_and_has_built_its_tile_search(built):
+    index = load_index(built)
+    cold = decisions(Screener(index, workers=1).check(queries()))
+    warm = Screener(load_index(built), workers=1)
+    assert warm.region_search is None
+    warm.warm_up()  # a training thumbnail screened: every stage runs once
+    assert warm.region_search is not None and warm.embedder._operators
+    assert decisions(warm.check(queries())) == cold
+
+
+def test_warm_up_of_a_screener_that_cannot_screen_raises_nothing(built):
+    screener = Screener(load_index(built))
+    screener.index.faiss_index = None  # its first check would fail: the run reports it there
+    screener.warm_up()
+    with pytest.raises(AttributeError):
+        screener.check(queries()[:1])
+
+
+def test_generate_warms_the_screener_in_another_thread_while_the_block_runs():
+    import threading
+
+    from medisyn_cli.generate.run import warmed
+
+    seen, started, release = {}, threading.Event(), threading.Event()
+
+    class Slow:
+        def warm_up(self) -> None:
+            seen["thread"] = threading.current_thread()
+            started.set()
+            release.wait(10)
+            seen["done"] = True
+
+    with warmed(Slow()):
+        assert started.wait(10) and "done" not in seen  # the block runs while the warm-up runs
+        release.set()
+    assert seen["done"] and seen["thread"] is not threading.current_thread()  # joined at the block's end
+    with warmed(None):  # no --index: nothing to warm
+        pass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -124,9 +126,10 @@ def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> Ru
             highlight=False,
             soft_wrap=True,
         )
-    pipe = load_pipeline(
-        config.model, device, _weights_dtype(dtype, device), config.scheduler, config.offload
-    )
+    with warmed(screener):  # the screen's one-time costs paid on the core the model's loading leaves idle
+        pipe = load_pipeline(
+            config.model, device, _weights_dtype(dtype, device), config.scheduler, config.offload
+        )
     apply_adapters(pipe, inputs.adapters, config.fuse_lora)
     speed = apply_speed_options(
         pipe,
@@ -176,6 +179,20 @@ def _generate(config: GenerateConfig, inputs: Inputs, show_progress: bool) -> Ru
         return summary or partial_summary(out, manifest, work, inputs.shard, made)
     finally:
         claim.release()
+
+
+@contextmanager
+def warmed(screener: Screener | None):
+    """A thread runs `screener.warm_up()` while the block runs (loading the model: mostly one core); joined after."""
+    if screener is None:
+        yield
+        return
+    thread = threading.Thread(target=screener.warm_up, name="medisyn-warm-up", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 def resolve_batch_size(config: GenerateConfig, pipe, settings, device, out: Path):

@@ -160,6 +160,23 @@ class Screener:
             ) as pool:
                 return [r for found in pool.map(self._screen_alone, parts) for r in found]
 
+    def warm_up(self) -> None:
+        """Screen one image and forget the result: the first check's one-time costs (OpenCV's and BLAS's set-up, the
+        tiles' search, resampling operators) paid beforehand; `generate` runs it in a thread while the model loads.
+        The image is a training thumbnail (a copy: every stage of the screen runs), else grey noise."""
+        from PIL import Image
+
+        thumbs = getattr(self.index.local, "thumbs", None)
+        pixels = (
+            thumbs[0]
+            if thumbs is not None and len(thumbs)
+            else np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+        )
+        try:
+            self.check([Image.fromarray(pixels).convert("RGB")])
+        except Exception:  # noqa: BLE001 -- a screen that fails fails again in the run's first check, with its context
+            pass
+
     def _pipelined(self, parts: list[tuple[list, list]]) -> list[ScreenResult]:
         """One worker: a thread embeds the next part while this one is searched."""
         results = []
