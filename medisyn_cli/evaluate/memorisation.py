@@ -105,8 +105,7 @@ AGREEMENT = (
     0.01  # train_self joins the reference unless a two-sided test tells it from held-out at this level
 )
 MAX_IMAGES = 1 << 20  # the largest synthetic sample the power search tries
-# the design effect's shrinkage: estimated from g groups with hits, it keeps g / (g + SHRINK_GROUPS) of its excess
-SHRINK_GROUPS = 5
+MIN_GROUPS = 20  # the design effect is estimated from at least this many groups with hits (else 1)
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 ROC_POINTS = 101
 
@@ -270,8 +269,8 @@ def near_copy_groups(
 
 def design_effect(hit: np.ndarray, groups: np.ndarray | None) -> float:
     """Rao-Scott design effect of a share over images that come in groups: the variance of the share with groups
-    resampled as units over the binomial variance (>= 1; 1 without groups), shrunk toward 1 when few groups hold
-    the hits (weight g / (g + SHRINK_GROUPS) for g such groups: one pair's estimate is noise)."""
+    resampled as units over the binomial variance (>= 1); 1 without groups or with fewer than MIN_GROUPS groups
+    holding the hits (a variance estimated from one or two pairs is noise)."""
     hit = np.asarray(hit, np.float64)
     share = float(hit.mean()) if len(hit) else 0.0
     if groups is None or share in (0.0, 1.0):
@@ -282,8 +281,7 @@ def design_effect(hit: np.ndarray, groups: np.ndarray | None) -> float:
         return 1.0
     grouped = len(sizes) / (len(sizes) - 1) * float(np.sum((hits - share * sizes) ** 2))
     alone = len(hit) / (len(hit) - 1) * share * (1.0 - share) * len(hit)  # the same sum over single images
-    found = int(np.count_nonzero(hits))
-    return max(1.0, 1.0 + (grouped / alone - 1.0) * found / (found + SHRINK_GROUPS))
+    return max(1.0, grouped / alone) if np.count_nonzero(hits) >= MIN_GROUPS else 1.0
 
 
 def effective_counts(hit: np.ndarray, heldout_images: int, effect: float) -> tuple[int, int]:
