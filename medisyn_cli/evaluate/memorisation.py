@@ -21,9 +21,10 @@ of evidence; a random split puts a whole group on one side or the other): counte
 pooled count is over-dispersed and the count and tail tests fire too often. With `train_self_groups` (run_privacy
 joins each sampled image to its nearest training image at or above the threshold), the self-reference's counts
 and size in the near-copy and tail tests are divided by their design effect (Rao-Scott: the variance of the
-share with groups resampled as units over the binomial variance; 1 for single images), so it weighs as many
-independent images at the same rate. The agreement tests keep the raw counts (over-dispersion makes them reject
-more often, which falls back to the held-out set alone: the safe side).
+share with groups resampled as units over the binomial variance; 1 for single images, and where fewer than
+MIN_GROUPS groups hold the near-copies: an estimate from one or two pairs is noise that would halve the reference
+of a data set like dermoscopy), so it weighs as many independent images at the same rate. The agreement tests
+keep the raw counts (over-dispersion makes them reject more often, which falls back to the held-out set alone).
 
 Four one-sided tests, at ALPHA split by WEIGHTS (weighted Bonferroni: the shares add up to 1, so the false-alarm
 rate stays below ALPHA). Most of ALPHA goes to the near-copy count, where copies show (see "What is possible"):
