@@ -18,6 +18,7 @@ from medisyn_cli.screening.verify import (
     AGREEMENT,
     INVERTED,
     LOCAL_FILE,
+    VERIFY_CAP,
     VERIFY_DEFAULT,
     VERIFY_FLOOR,
     WORK_SIDE,
@@ -280,6 +281,18 @@ def test_a_blends_second_image_is_found_by_the_scan_in_register(verifier):
     points, descriptors, pixels = query_features(images[3])
     count, model, matched = check.match(points, descriptor_variants(root(descriptors)), 3)
     assert 3 not in check.in_register(pixels, 3, model, _hull(matched, grow=9))
+
+
+def test_an_unmoved_blend_is_explained_in_register_without_keypoints(verifier):
+    check, images = verifier
+    for source, other, weight in ((0, 5, 0.6), (6, 3, 0.7), (10, 8, 0.55)):
+        pixels = query_features(Image.blend(images[other], images[source], weight))[2]
+        count, found = check.registered(pixels, set())
+        assert count == VERIFY_CAP and found in (source, other), (source, other, found)  # either image is right
+        assert check.registered(pixels, {source, other}) == (0, -1)  # neither may be used: nothing explains it
+    look_alike = Image.open(LOOKALIKES / "te_normal2_im_0321_0001.png")
+    local = LocalFeatures.from_images([Image.open(LOOKALIKES / "tr_im_0223_0001.png")] + images)
+    assert Verifier(local).registered(query_features(look_alike)[2], set()) == (0, -1)
 
 
 def test_a_look_alike_with_any_partner_is_not_explained_as_a_blend(verifier):

@@ -10,7 +10,7 @@ import numpy as np
 
 from medisyn_cli.screening.index import TARGET_FPR, TrainingIndex
 from medisyn_cli.screening.screener import Screener
-from medisyn_cli.screening.verify import VERIFY_FLOOR
+from medisyn_cli.screening.verify import VERIFY_CAP, VERIFY_FLOOR
 
 CALIBRATION_SAMPLE, CALIBRATION_MIN = 200, 50  # images planted as copies; fewer images keep the default
 THRESHOLD_RANGE = (0.90, 0.995)
@@ -19,7 +19,6 @@ PARTIAL_MARGIN = 0.01
 # verified (dense check passed) with VERIFY_DUPLICATE inliers or more is one the screen calls a copy at any
 # calibrated threshold: the training set's own duplicate (on six data sets every such pair was the same cell, frame
 # or slice; no two distinct patients' images passed the dense check with more than 23), not a chance match
-VERIFY_CAP = 30
 VERIFY_DUPLICATE = VERIFY_CAP
 # the partial-similarity threshold is at least PARTIAL_MARGIN above the whole-image one
 
