@@ -74,7 +74,7 @@ screen catches them; a few copies cannot be told from a natural near-copy rate o
 natural rate of 10-25% (brain MRI) the verdict is mostly null. Counting the self-reference's images as
 independent, brain MRI's random split (25% natural near-copies, 220 near-copy groups) flagged sets without copies
 in 5.9% of 1,600 runs (the near-copy count 41 and the tail test 6 of 50 false alarms in a diagnosis run); counted
-by its groups (design effect ~2.1) in 4.7% (cells 3.5-6%), its group split in 4.6% (held-out reference there:
+by its groups (design effect ~2.1) in 4.8% (cells 3.5-6%), its group split in 4.6% (held-out reference there:
 unchanged). The agreement test's choice is a selection of its own: where it sends a random split to the held-out
 set alone, that set's rate is unusually low, and false alarms are likelier (3 of 14 such runs).
 
