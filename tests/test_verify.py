@@ -288,8 +288,15 @@ def test_an_unmoved_blend_is_explained_in_register_without_keypoints(verifier):
     for source, other, weight in ((0, 5, 0.6), (6, 3, 0.7), (10, 8, 0.55)):
         pixels = query_features(Image.blend(images[other], images[source], weight))[2]
         count, found = check.registered(pixels, set())
-        assert count == VERIFY_CAP and found in (source, other), (source, other, found)  # either image is right
-        assert check.registered(pixels, {source, other}) == (0, -1)  # neither may be used: nothing explains it
+        assert count == VERIFY_CAP and found in (source, other), (
+            source,
+            other,
+            found,
+        )  # either image is right
+        assert check.registered(pixels, {source, other}) == (
+            0,
+            -1,
+        )  # neither may be used: nothing explains it
     look_alike = Image.open(LOOKALIKES / "te_normal2_im_0321_0001.png")
     local = LocalFeatures.from_images([Image.open(LOOKALIKES / "tr_im_0223_0001.png")] + images)
     assert Verifier(local).registered(query_features(look_alike)[2], set()) == (0, -1)
