@@ -68,6 +68,9 @@ SCANNED, SCAN_LIMIT, SCAN_SIDE = 4, 20_000, 32
 # least agreement of a blend explained in register over the whole image (`Verifier.registered`): blends of two
 # unmoved training images 0.97-1.0 on blood smears and MedNIST, the best pair for a non-indexed image there <= 0.76
 REGISTERED = 0.95
+# ... tried only with partners that explain more than this share of what the first image leaves (the scan's score,
+# over the whole image): such blends' partners 0.93-1.0, the best for non-indexed images of four data sets <= 0.63
+REGISTERED_SHARE = 0.8
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 # inliers that make a verified candidate a near-copy at any calibrated threshold (the calibrated value's upper bound)
 VERIFY_CAP = 30
@@ -270,7 +273,7 @@ class Verifier:
         if correlation[first] ** 2 < PAIR_FROM:
             return 0, -1
         warped, whole = _upsampled(self.local.thumbs[first]), np.ones((WORK_SIDE, WORK_SIDE), np.uint8)
-        for other in self.in_register(pixels, first, IDENTITY, whole):
+        for other in self.in_register(pixels, first, IDENTITY, whole, least=REGISTERED_SHARE):
             if (
                 other not in banned
                 and _mixed(pixels, warped, _upsampled(self.local.thumbs[other]), whole) >= REGISTERED
@@ -326,11 +329,13 @@ class Verifier:
         variants = descriptor_variants(root(descriptors))
         return {i: self.match(points, variants, i)[1] for i in self.voted(variants) if i not in known}
 
-    def in_register(self, pixels: np.ndarray, first: int, model: np.ndarray, region: np.ndarray) -> list[int]:
+    def in_register(
+        self, pixels: np.ndarray, first: int, model: np.ndarray, region: np.ndarray, least: float = 0.0
+    ) -> list[int]:
         """The SCANNED training images (not `first`) that best explain, with `first`, the query over `region` when
         superposed in register with it (the query aligned onto `first` by `model`): a least-squares scan of every
         thumbnail (at SCAN_SIDE), for blends whose second image has no keypoints of its own to vote. None above
-        SCAN_LIMIT images."""
+        SCAN_LIMIT images, and none whose share is not above `least`."""
         import cv2
 
         if len(self.local.thumbs) > SCAN_LIMIT:
@@ -348,7 +353,7 @@ class Verifier:
         rows, squares, _ = self._scanned()
         with blas_threads():
             scores = _second_image_scores(query, mask, rows, squares, first)
-        return [int(i) for i in np.argsort(-scores, kind="stable")[:SCANNED] if scores[i] > 0]
+        return [int(i) for i in np.argsort(-scores, kind="stable")[:SCANNED] if scores[i] > least]
 
     def _scanned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every thumbnail at SCAN_SIDE as a float32 row, its squares, and its spread (the norm of the row less its
