@@ -229,9 +229,8 @@ class Verifier:
 
     def __init__(self, local: LocalFeatures):
         self.local = local
-        self.scan: tuple[np.ndarray, np.ndarray, np.ndarray] | None = (
-            None  # `_scanned`, built on a blend's first scan
-        )
+        # `_scanned`, built on a blend's first scan
+        self.scan: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def score(self, keypoints: list, candidates: list, exclude: list | None = None) -> list[tuple[int, int]]:
         """Per query (its `query_features`, or `features` without the dense check): (inliers, training id) of its
@@ -261,7 +260,7 @@ class Verifier:
         register (unmoved) at REGISTERED or more -- a blend of two training images whose keypoints need not match
         (smooth blood smears) -- counted as the most inliers any calibrated threshold asks for; (0, -1) for none.
         The first image is the thumbnail most correlated with the query (at least PAIR_FROM, squared)."""
-        if len(self.local) > SCAN_LIMIT:
+        if not 0 < len(self.local) <= SCAN_LIMIT:
             return 0, -1
         rows, _, spread = self._scanned()
         query = _pooled(pixels.astype(np.float32))
@@ -340,14 +339,10 @@ class Verifier:
 
         if len(self.local.thumbs) > SCAN_LIMIT:
             return []
-        side, to_train = (
-            (WORK_SIDE, WORK_SIDE),
-            model.astype(np.float32),
-        )  # the query in the training image's frame
+        side, to_train = (WORK_SIDE, WORK_SIDE), model.astype(np.float32)  # the query in the first's frame
         query = _pooled(cv2.warpAffine(pixels.astype(np.float32), to_train, side, flags=cv2.INTER_LINEAR))
-        mask = (
-            _pooled(cv2.warpAffine(region.astype(np.float32), to_train, side, flags=cv2.INTER_NEAREST)) > 0.99
-        )
+        region = cv2.warpAffine(region.astype(np.float32), to_train, side, flags=cv2.INTER_NEAREST)
+        mask = _pooled(region) > 0.99
         if mask.sum() < 32:
             return []
         rows, squares, _ = self._scanned()
