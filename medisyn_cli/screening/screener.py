@@ -162,8 +162,9 @@ class Screener:
 
     def warm_up(self) -> None:
         """Screen one image and forget the result: the first check's one-time costs (OpenCV's and BLAS's set-up, the
-        tiles' search, resampling operators) paid beforehand; `generate` runs it in a thread while the model loads.
-        The image is a training thumbnail (a copy: every stage of the screen runs), else grey noise."""
+        tiles' search, resampling operators, the blend scan's thumbnails) paid beforehand; `generate` runs it in a
+        thread while the model loads. The image is a training thumbnail (a copy: every stage of the screen runs),
+        else grey noise."""
         from PIL import Image
 
         thumbs = getattr(self.index.local, "thumbs", None)
@@ -174,6 +175,8 @@ class Screener:
         )
         try:
             self.check([Image.fromarray(pixels).convert("RGB")])
+            if self.verifier is not None:
+                self.verifier.prepare()
         except Exception:  # noqa: BLE001 -- a screen that fails fails again in the run's first check, with its context
             pass
 

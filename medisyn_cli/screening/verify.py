@@ -328,6 +328,11 @@ class Verifier:
         variants = descriptor_variants(root(descriptors))
         return {i: self.match(points, variants, i)[1] for i in self.voted(variants) if i not in known}
 
+    def prepare(self) -> None:
+        """Build what the blend scan reads (`_scanned`) now rather than in the first query that needs it."""
+        if self.local.thumbs is not None and 0 < len(self.local) <= SCAN_LIMIT:
+            self._scanned()
+
     def in_register(
         self, pixels: np.ndarray, first: int, model: np.ndarray, region: np.ndarray, least: float = 0.0
     ) -> list[int]:
@@ -352,13 +357,9 @@ class Verifier:
 
     def _scanned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every thumbnail at SCAN_SIDE as a float32 row, its squares, and its spread (the norm of the row less its
-        mean), built once."""
+        mean), built once (`prepare`)."""
         if self.scan is None:
-            rows = (
-                np.stack([_pooled(thumb) for thumb in self.local.thumbs])
-                if len(self.local)
-                else np.zeros((0, 1))
-            )
+            rows = _pooled(self.local.thumbs)
             spread = np.sqrt(np.maximum((rows**2).sum(axis=1) - rows.sum(axis=1) ** 2 / rows.shape[1], 1e-6))
             self.scan = rows, rows**2, spread
         return self.scan
@@ -447,10 +448,11 @@ def _mixed(query: np.ndarray, first: np.ndarray, second: np.ndarray, region: np.
     return _explained(query, [first + np.float32(b / a) * second], region)
 
 
-def _pooled(image: np.ndarray) -> np.ndarray:
-    """A square image averaged down to SCAN_SIDE x SCAN_SIDE, flattened (float32)."""
-    f = len(image) // SCAN_SIDE
-    return image.reshape(SCAN_SIDE, f, SCAN_SIDE, f).mean(axis=(1, 3), dtype=np.float32).ravel()
+def _pooled(images: np.ndarray) -> np.ndarray:
+    """Square images (..., side, side) averaged down to SCAN_SIDE x SCAN_SIDE, flattened (..., SCAN_SIDE**2) float32."""
+    lead, f = images.shape[:-2], images.shape[-1] // SCAN_SIDE
+    grid = images.reshape(*lead, SCAN_SIDE, f, SCAN_SIDE, f).mean(axis=(-3, -1), dtype=np.float32)
+    return grid.reshape(*lead, SCAN_SIDE * SCAN_SIDE)
 
 
 def _second_image_scores(
