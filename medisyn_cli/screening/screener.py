@@ -221,9 +221,15 @@ class Screener:
         index, refine = self.index, self.refine
         column = {view: i for i, view in enumerate(self._union)}
         pick = lambda views: vectors[:, [column[v] for v in views]]  # noqa: E731
-        matches = self._best(
-            images, exclude, self.views, pick(self.views), index.search, index.reconstruct if refine else None
-        )
+        with blas_distances():  # the whole-image views of a check: hundreds of queries, one matrix product
+            matches = self._best(
+                images,
+                exclude,
+                self.views,
+                pick(self.views),
+                index.search,
+                index.reconstruct if refine else None,
+            )
         whole, regions = list(matches), [None] * len(images)
         candidates = [[m[1]] + ([] if m[3] is None else list(m[3])) for m in matches]
         if self.region_views:

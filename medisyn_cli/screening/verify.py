@@ -249,7 +249,7 @@ class Verifier:
                     for i in dict.fromkeys([int(i) for i in ids] + self.voted(variants))
                     if i >= 0 and i not in banned
                 ]
-                best = self.best({i: self.match(points, variants, i) for i in ids}, pixels)
+                best = self.best(self.matches(points, variants, ids), pixels)
             if best[1] < 0 and pixels is not None and self.local.thumbs is not None:
                 best = self.registered(pixels, set(banned))
             out.append(best)
@@ -326,7 +326,8 @@ class Verifier:
         if len(points) < MIN_INLIERS:
             return {}
         variants = descriptor_variants(root(descriptors))
-        return {i: self.match(points, variants, i)[1] for i in self.voted(variants) if i not in known}
+        voted = [i for i in self.voted(variants) if i not in known]
+        return {i: found[1] for i, found in self.matches(points, variants, voted).items()}
 
     def prepare(self) -> None:
         """Build what the blend scan reads (`_scanned`) now rather than in the first query that needs it."""
@@ -369,12 +370,28 @@ class Verifier:
     ) -> tuple[int, np.ndarray | None, np.ndarray]:
         """(inliers, the 2x3 affine map from query to training pixels, the query's inlier points) of the variant
         with the most inliers; (0, None, no points) when none has a valid model."""
-        train_points, train_descriptors = self.local.image(i)[:2]
+        return self.matches(points, variants, [i])[i]
+
+    def matches(self, points: np.ndarray, variants: np.ndarray, ids: list[int]) -> dict:
+        """id -> `match` for each of `ids`: their stored descriptors scored against the query's in one product."""
         none = (0, None, np.zeros((0, 2), np.float32))
-        if len(train_points) < MIN_INLIERS:
-            return none
+        found = {i: none for i in ids}
+        kept = [i for i in ids if self.local.offsets[i + 1] - self.local.offsets[i] >= MIN_INLIERS]
+        if not kept:
+            return found
         with blas_threads():
-            sims = variants @ root(train_descriptors).T
+            sims = variants @ root(np.concatenate([self.local.image(i)[1] for i in kept])).T
+        start = 0
+        for i in kept:
+            train_points = self.local.image(i)[0]
+            part = sims[:, start : start + len(train_points)]
+            start += len(train_points)
+            found[i] = self._best_variant(points, part.copy(), train_points, none)
+        return found
+
+    @staticmethod
+    def _best_variant(points: np.ndarray, sims: np.ndarray, train_points: np.ndarray, none: tuple) -> tuple:
+        """The `match` of one training image from its similarity to every query descriptor variant."""
         rows = np.arange(len(sims))
         nearest = np.argmax(sims, axis=1)
         first = sims[rows, nearest]
@@ -387,7 +404,7 @@ class Verifier:
                 points[good[v * n : (v + 1) * n]],
                 train_points[nearest[v * n : (v + 1) * n][good[v * n : (v + 1) * n]]],
             )
-            for v in range(len(variants) // n)
+            for v in range(len(sims) // n)
         )
         return max(models, key=lambda found: found[0], default=none)
 
