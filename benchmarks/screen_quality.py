@@ -24,6 +24,13 @@ refinement) on in-memory flat indexes, one per data set:
   per side and any colour or noise, photometric (contrast/brightness, gamma 0.4-2.5, noise, inversion, mixtures),
   composites (70/30 and 60/40 blends with another indexed image, a region of 1/3-1/2 of the area pasted anywhere
   onto a real image that is not indexed, 2-6 random marks). `--families random` plants only these.
+- probe families (`--families probe`, not in the default): edits no earlier set lists, parameters drawn per copy,
+  each family its own stream: perspective warp (corners moved up to 10% of the side), Gaussian blur (sigma 0.7-2),
+  JPEG q10-30, elastic deformation (a smooth field of 2-4 px), resolution loss (24-40 px and back), cutout (1-3
+  rectangles, 10-30% of the area), unsharp mask, histogram equalisation, CLAHE, colour tint (hue and channel gains;
+  colour sets), false colour (grey sets: an OpenCV colour map, RGB), the left / right / top / bottom half beside a
+  non-indexed real image, chains of 2-3 random families, and a 2x2 mosaic with the training image in one quarter
+  (reported under the mean, not in it: a quarter of the area is below the issue's third).
 
 Per embedder (condition): the detection rate (TPR) of every transform at its default threshold and at the
 thresholds that give 1% and 0.1% false positives on the pooled negatives, the false-positive rate at the
@@ -1195,9 +1202,10 @@ def table(summaries: dict) -> list[str]:
     ]
     cell = lambda d: f"{100 * d['default']:6.1f} {100 * d['1%']:6.1f} {100 * d['0.1%']:6.1f}   "  # noqa: E731
     first = summaries[names[0]]
-    row = lambda label, key: (
-        f"{label:<18}" + "".join(f"{cell(s['tpr'][key]):>26}" for s in summaries.values())
-    )  # noqa: E731
+
+    def row(label: str, key: str) -> str:
+        return f"{label:<18}" + "".join(f"{cell(s['tpr'][key]):>26}" for s in summaries.values())
+
     for family in first["overall"]:
         members = [t for t, r in first["tpr"].items() if r["family"] == family]
         lines += [row(t, t) for t in members if t not in INFORMATIVE]
