@@ -25,6 +25,7 @@ from medisyn_cli.screening.verify import (
     LocalFeatures,
     Verifier,
     _hull,
+    _noise,
     agreement,
     descriptor_variants,
     features,
@@ -160,6 +161,78 @@ def test_look_alikes_share_an_affine_model_but_fail_the_dense_check(pair):
     assert check.score([(points, descriptors)], [[0]]) == [
         (inliers, 0)
     ]  # without the dense check (old index)
+
+
+def noisy(image: Image.Image, sigma: float, seed: int = 0) -> Image.Image:
+    """The image with white Gaussian noise of `sigma` grey levels added to every pixel and channel."""
+    a = np.asarray(image).astype(np.float64)
+    a = a + np.random.default_rng(seed).normal(0, sigma, a.shape)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def test_noise_estimate_measures_the_added_noise_not_the_texture():
+    from medisyn_cli.screening import verify
+
+    for image in fixture_images()[4:]:
+        clean = query_features(image)[2].astype(np.float32)
+        for sigma in (6, 12):
+            dirty = query_features(noisy(image, sigma))[2].astype(np.float32)
+            added = (dirty - clean).var()  # the noise as it reaches the WORK_SIDE grey copy
+            estimated = verify.NOISE_GAIN * (_noise(dirty) - _noise(clean))
+            assert 0.5 * added <= estimated <= 1.25 * added, (sigma, added, estimated)
+        # a clean image's flattest quarter: its grain, and little texture, is all there is to call noise
+        assert verify.NOISE_GAIN * _noise(clean) < 0.5 * added, (added, _noise(clean))
+
+
+@pytest.mark.parametrize("source", [4, 5, 8, 11])
+def test_a_noisy_affine_copy_passes_the_dense_check_with_its_noise_discounted(verifier, source, monkeypatch):
+    from medisyn_cli.screening import verify
+
+    check, images = verifier
+    found = query_features(noisy(affine(images[source], 37, 0, 1), 8, seed=source))
+    ((inliers, best),) = check.score([found], [[]])
+    assert best == source and inliers >= VERIFY_FLOOR, (source, inliers, best)
+    monkeypatch.setattr(verify, "NOISE_GAIN", 0.0)  # the correlation as measured: noise no fit can explain
+    assert check.score([found], [[]]) == [(0, -1)]
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [("te_normal2_im_0321_0001", "tr_im_0223_0001"), ("hand_xray_009316", "hand_xray_002179")],
+    ids=["chest-x-rays", "hands"],
+)
+def test_a_noisy_look_alike_still_fails_the_dense_check(pair):
+    query, train = (Image.open(LOOKALIKES / f"{name}.png") for name in pair)
+    check = Verifier(LocalFeatures.from_images([train]))
+    for sigma in (4, 8, 12):
+        assert check.score([query_features(noisy(query, sigma))], [[0]]) == [(0, -1)], sigma
+
+
+def keystone(image: Image.Image, shift: float) -> Image.Image:
+    """The image in perspective: its top corners moved inward by `shift` of the side (a keystone), edges reflected."""
+    import cv2
+
+    a = np.asarray(image)
+    side = a.shape[0]
+    corners = np.float32([[0, 0], [side, 0], [side, side], [0, side]])
+    moved = corners + np.float32([[shift, 0], [-shift, 0], [0, 0], [0, 0]]) * side
+    warp = cv2.getPerspectiveTransform(corners, moved)
+    return Image.fromarray(
+        cv2.warpPerspective(a, warp, (side, side), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    )
+
+
+@pytest.mark.parametrize("source", [5, 6, 8, 10])
+def test_a_copy_in_perspective_is_aligned_by_a_homography(verifier, source, monkeypatch):
+    from medisyn_cli.screening import verify
+
+    check, images = verifier
+    found = query_features(keystone(images[source], 0.15))
+    ((inliers, best),) = check.score([found], [[]])
+    assert best == source and inliers >= VERIFY_FLOOR, (source, inliers, best)
+    affine_only = verify._refined
+    monkeypatch.setattr(verify, "_refined", lambda *args, homography=False: affine_only(*args))
+    assert check.score([found], [[]]) == [(0, -1)]  # no affine map lays it on its source
 
 
 def test_distinct_images_are_not_verified(verifier):

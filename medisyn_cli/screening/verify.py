@@ -72,6 +72,13 @@ REGISTERED = 0.95
 # over the whole image): such blends' partners 0.93-1.0, the best for non-indexed images of four data sets <= 0.63
 REGISTERED_SHARE = 0.8
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+# per-pixel variance at WORK_SIDE of white noise added to a 64 px image, per unit of `_noise`'s estimate (medians
+# 1.7-2.1 on five data sets, sigma 4-16; the lower end: the discount errs on the small side)
+NOISE_GAIN = 1.7
+KEPT = 0.5
+_LAPLACE_PAIR = np.array(
+    [[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32
+)  # Immerkaer's noise estimation mask
 # inliers that make a verified candidate a near-copy at any calibrated threshold (the calibrated value's upper bound)
 VERIFY_CAP = 30
 SETTINGS = {
@@ -433,21 +440,43 @@ def agreement(query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: 
 def aligned(
     query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    """(`agreement`, the model it was measured under: `model` or its ECC refinement)."""
+    """(`agreement`, the affine model it was measured under: `model` or its ECC refinement). Where no affine map
+    aligns the two well enough, ECC also refines the map to a homography (a copy seen in perspective: keypoints
+    match it, one affine map does not lay it on its source) and that agreement counts; the model returned stays
+    the affine one, which the blend steps warp by."""
     train, hull = _upsampled(thumb), _hull(matched, grow=9)
-    found = _block_agreement(query, train, model, hull)
+    noise = NOISE_GAIN * max(0.0, _noise(query) - _noise(train))
+    found = _block_agreement(query, train, model, hull, noise)
     if REFINE_FROM <= found < REFINE_BELOW:
         refined = _refined(query, train, model, matched)
-        better = _block_agreement(query, train, refined, hull)
+        better = _block_agreement(query, train, refined, hull, noise)
         if better > found:
-            return better, refined
+            found, model = better, refined
+    if REFINE_FROM <= found < AGREEMENT:
+        projective = _refined(query, train, model, matched, homography=True)
+        found = max(found, _block_agreement(query, train, projective, hull, noise))
     return found, model
 
 
-def _block_agreement(query: np.ndarray, train: np.ndarray, model: np.ndarray, hull: np.ndarray) -> float:
-    """`agreement` under one model: `train` (WORK_SIDE float32) warped onto the query, blocks inside `hull`."""
+def _block_agreement(
+    query: np.ndarray, train: np.ndarray, model: np.ndarray, hull: np.ndarray, noise: float = 0.0
+) -> float:
+    """`agreement` under one model: `train` (WORK_SIDE float32) warped onto the query, blocks inside `hull`, the
+    query's `noise` (per-pixel variance) discounted."""
     warped, inside = _warped(train, model)
-    return _explained(query, [warped], hull & inside)
+    return _explained(query, [warped], hull & inside, noise)
+
+
+def _noise(image: np.ndarray) -> float:
+    """The white-noise variance of a WORK_SIDE grey image where it is flattest: Immerkaer's estimator (fast noise
+    variance estimation, 1996) in 8 x 8 windows on every second pixel (the scale of a 64 px image's own pixels, which
+    an upsampled copy smooths), the windows' first quartile (texture and clipped, black backgrounds do not count)."""
+    import cv2
+
+    sub = np.ascontiguousarray(image[::2, ::2], np.float32)
+    residual = np.abs(cv2.filter2D(sub, -1, _LAPLACE_PAIR))[1:-1, 1:-1]
+    local = cv2.blur(residual, (8, 8))[4:-4, 4:-4]
+    return float(np.percentile(np.pi / 2 * (local / 6) ** 2, 25))
 
 
 def _mixed(query: np.ndarray, first: np.ndarray, second: np.ndarray, region: np.ndarray) -> float:
@@ -517,39 +546,48 @@ def _upsampled(thumb: np.ndarray) -> np.ndarray:
 
 
 def _warped(train: np.ndarray, model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The training image warped onto the query by `model` (query -> training pixels), and where it lands (eroded)."""
+    """The training image warped onto the query by `model` (query -> training pixels; 2x3 affine or 3x3 homography),
+    and where it lands (eroded)."""
     import cv2
 
     side, flags = WORK_SIDE, cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpAffine(train, model, (side, side), flags=flags)
-    inside = cv2.warpAffine(np.ones((side, side), np.uint8), model, (side, side), flags=flags)
+    warp = cv2.warpPerspective if model.shape == (3, 3) else cv2.warpAffine
+    warped = warp(train, model, (side, side), flags=flags)
+    inside = warp(np.ones((side, side), np.uint8), model, (side, side), flags=flags)
     return warped, cv2.erode(inside, np.ones((5, 5), np.uint8))
 
 
-def _explained(query: np.ndarray, images: list[np.ndarray], region: np.ndarray) -> float:
+def _explained(query: np.ndarray, images: list[np.ndarray], region: np.ndarray, noise: float = 0.0) -> float:
     """Median over the BLOCK x BLOCK blocks wholly inside `region` where the query and one of `images` have texture
     of the share of the query's variance a least-squares fit of the images explains (one image: the squared
-    correlation); 0 where fewer than 4 blocks have texture."""
+    correlation); 0 where fewer than 4 blocks have texture. `noise`: the per-pixel variance of noise the query has
+    and the images have not (a noisy copy): no fit explains it, so it is taken out of the query's variance, and
+    blocks with less texture than noise do not count (the correlation corrected for attenuation)."""
     blocks = WORK_SIDE // BLOCK
     tile = lambda a: a.reshape(blocks, BLOCK, blocks, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)  # noqa: E731
     full = tile(region).min(axis=1) > 0
     q = tile(query.astype(np.float32))[full]
     x = np.stack([tile(image)[full] for image in images], axis=1)  # (blocks, images, pixels)
     q, x = q - q.mean(axis=1, keepdims=True), x - x.mean(axis=2, keepdims=True)
+    discount = (BLOCK * BLOCK - 1) * noise  # a block's noise energy once its mean is removed
     textured = (q.std(axis=1) > 2) & (x.std(axis=2) > 2).any(axis=1)
     if textured.sum() < 4:
         return 0.0
     q, x = q[textured].astype(np.float64), x[textured].astype(np.float64)
+    energy = np.einsum("bp,bp->b", q, q)
     gram = np.einsum("bip,bjp->bij", x, x) + 1e-6 * np.eye(len(images))
     fit = np.einsum("bip,bp->bi", x, q)
     explained = np.einsum("bi,bi->b", fit, np.linalg.solve(gram, fit[..., None])[..., 0])
-    return float(np.median(np.clip(explained / np.einsum("bp,bp->b", q, q), 0.0, 1.0)))
+    return float(np.median(np.clip(explained / np.maximum(energy - discount, KEPT * energy), 0.0, 1.0)))
 
 
-def _refined(query: np.ndarray, train: np.ndarray, model: np.ndarray, matched: np.ndarray) -> np.ndarray:
+def _refined(
+    query: np.ndarray, train: np.ndarray, model: np.ndarray, matched: np.ndarray, homography: bool = False
+) -> np.ndarray:
     """The affine model (query -> training pixels) refined by ECC: the map that maximises the correlation of the
     query with the warped training image, started from `model`, over the training image's part that the inliers
-    cover (a pasted region's new surroundings must not pull it); `model` itself where ECC does not converge."""
+    cover (a pasted region's new surroundings must not pull it); `model` itself where ECC does not converge.
+    `homography`: refined to a 3x3 homography instead."""
     import cv2
 
     side = WORK_SIDE
@@ -564,10 +602,11 @@ def _refined(query: np.ndarray, train: np.ndarray, model: np.ndarray, matched: n
     a, b = template[inside] - template[inside].mean(), warped[inside] - warped[inside].mean()
     if float(a @ b) < 0:  # an inverted copy: ECC climbs positive correlation
         template = 255 - template
+    start, motion = model.astype(np.float32), cv2.MOTION_AFFINE
+    if homography:
+        start, motion = np.vstack([start, [0.0, 0.0, 1.0]]).astype(np.float32), cv2.MOTION_HOMOGRAPHY
     try:
-        _, refined = cv2.findTransformECC(
-            template, train, model.astype(np.float32), cv2.MOTION_AFFINE, criteria, mask, 3
-        )
+        _, refined = cv2.findTransformECC(template, train, start, motion, criteria, mask, 3)
     except cv2.error:  # no convergence, or a flat image
         return model
     return refined
