@@ -14,7 +14,10 @@ query with that model and compared where the inliers are (their convex hull): in
 correlation of the two images (a local linear fit, so any contrast, gamma or inversion change keeps it near 1).
 Keypoints fix the map to a pixel or two, which a fine texture cannot absorb, so where the agreement is not already
 clear the map is refined by ECC (OpenCV's enhanced-correlation alignment, started from the RANSAC model, over the
-training image's part the inliers cover) and the better of the two agreements counts.
+training image's part the inliers cover) and the better of the two agreements counts; where no affine map lays the
+two on each other well enough (a copy seen in perspective), ECC refines the map to a homography too. Noise the query
+has beyond its candidate (a noisy copy) is explained by no fit: its variance, estimated where both images are
+flattest, is taken out of the query's before the correlation is read (a correction for attenuation).
 A copy -- rotated, sheared, cropped, bordered, pasted into another image -- agrees in most blocks; a look-alike
 agrees in its outlines but not in its texture. A candidate is verified when its median block agreement is at least
 AGREEMENT. The training images' grey thumbnails (THUMB_SIDE) are kept in local.npz for this.
