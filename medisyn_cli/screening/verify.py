@@ -78,6 +78,8 @@ IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 # per-pixel variance at WORK_SIDE of white noise added to a 64 px image, per unit of `_noise`'s estimate (medians
 # 1.7-2.1 on five data sets, sigma 4-16; the lower end: the discount errs on the small side)
 NOISE_GAIN = 1.7
+# the least share of a block's variance kept as signal when the noise is taken out (a noise estimate too large for a
+# weakly textured block must not turn its correlation into 1)
 KEPT = 0.5
 _LAPLACE_PAIR = np.array(
     [[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32
@@ -564,8 +566,8 @@ def _explained(query: np.ndarray, images: list[np.ndarray], region: np.ndarray, 
     """Median over the BLOCK x BLOCK blocks wholly inside `region` where the query and one of `images` have texture
     of the share of the query's variance a least-squares fit of the images explains (one image: the squared
     correlation); 0 where fewer than 4 blocks have texture. `noise`: the per-pixel variance of noise the query has
-    and the images have not (a noisy copy): no fit explains it, so it is taken out of the query's variance, and
-    blocks with less texture than noise do not count (the correlation corrected for attenuation)."""
+    and the images have not (a noisy copy): no fit explains it, so it is taken out of each block's variance, at most
+    down to KEPT of it (the correlation corrected for attenuation)."""
     blocks = WORK_SIDE // BLOCK
     tile = lambda a: a.reshape(blocks, BLOCK, blocks, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)  # noqa: E731
     full = tile(region).min(axis=1) > 0
