@@ -35,6 +35,12 @@ from medisyn_cli.screening.verify import (
 
 IMAGES = Path(__file__).parent / "fixtures" / "images" / "images"
 LOOKALIKES = Path(__file__).parent / "fixtures" / "lookalike"  # pairs of distinct patients (LICENSE.md)
+# (query, training image) of distinct patients: keypoints share an affine model, the texture does not agree
+LOOK_ALIKE_PAIRS = pytest.mark.parametrize(
+    "pair",
+    [("te_normal2_im_0321_0001", "tr_im_0223_0001"), ("hand_xray_009316", "hand_xray_002179")],
+    ids=["chest-x-rays", "hands"],
+)
 
 
 def fixture_images() -> list[Image.Image]:
@@ -143,11 +149,7 @@ def test_copies_pass_the_dense_check(verifier, make, sources):
         assert found == source and inliers >= VERIFY_FLOOR, (source, inliers, found)
 
 
-@pytest.mark.parametrize(
-    "pair",
-    [("te_normal2_im_0321_0001", "tr_im_0223_0001"), ("hand_xray_009316", "hand_xray_002179")],
-    ids=["chest-x-rays", "hands"],
-)
+@LOOK_ALIKE_PAIRS
 def test_look_alikes_share_an_affine_model_but_fail_the_dense_check(pair):
     query, train = (Image.open(LOOKALIKES / f"{name}.png") for name in pair)
     local = LocalFeatures.from_images([train])
@@ -196,11 +198,7 @@ def test_a_noisy_affine_copy_passes_the_dense_check_with_its_noise_discounted(ve
     assert check.score([found], [[]]) == [(0, -1)]
 
 
-@pytest.mark.parametrize(
-    "pair",
-    [("te_normal2_im_0321_0001", "tr_im_0223_0001"), ("hand_xray_009316", "hand_xray_002179")],
-    ids=["chest-x-rays", "hands"],
-)
+@LOOK_ALIKE_PAIRS
 def test_a_noisy_look_alike_still_fails_the_dense_check(pair):
     query, train = (Image.open(LOOKALIKES / f"{name}.png") for name in pair)
     check = Verifier(LocalFeatures.from_images([train]))

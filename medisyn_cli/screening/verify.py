@@ -75,6 +75,7 @@ REGISTERED = 0.95
 # over the whole image): such blends' partners 0.93-1.0, the best for non-indexed images of four data sets <= 0.63
 REGISTERED_SHARE = 0.8
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+NO_MATCH = (0, None, np.zeros((0, 2), np.float32))  # a `match` without a valid model
 # per-pixel variance at WORK_SIDE of white noise added to a 64 px image, per unit of `_noise`'s estimate (medians
 # 1.7-2.1 on five data sets, sigma 4-16; the lower end: the discount errs on the small side)
 NOISE_GAIN = 1.7
@@ -386,8 +387,7 @@ class Verifier:
 
     def matches(self, points: np.ndarray, variants: np.ndarray, ids: list[int]) -> dict:
         """id -> `match` for each of `ids`: their stored descriptors scored against the query's in one product."""
-        none = (0, None, np.zeros((0, 2), np.float32))
-        found = {i: none for i in ids}
+        found = {i: NO_MATCH for i in ids}
         kept = [i for i in ids if self.local.offsets[i + 1] - self.local.offsets[i] >= MIN_INLIERS]
         if not kept:
             return found
@@ -398,11 +398,11 @@ class Verifier:
             train_points = self.local.image(i)[0]
             part = sims[:, start : start + len(train_points)]
             start += len(train_points)
-            found[i] = self._best_variant(points, part.copy(), train_points, none)
+            found[i] = self._best_variant(points, part.copy(), train_points)
         return found
 
     @staticmethod
-    def _best_variant(points: np.ndarray, sims: np.ndarray, train_points: np.ndarray, none: tuple) -> tuple:
+    def _best_variant(points: np.ndarray, sims: np.ndarray, train_points: np.ndarray) -> tuple:
         """The `match` of one training image from its similarity to every query descriptor variant."""
         rows = np.arange(len(sims))
         nearest = np.argmax(sims, axis=1)
@@ -418,7 +418,7 @@ class Verifier:
             )
             for v in range(len(sims) // n)
         )
-        return max(models, key=lambda found: found[0], default=none)
+        return max(models, key=lambda found: found[0], default=NO_MATCH)
 
     def voted(self, query: np.ndarray) -> list[int]:
         """The VOTED training images most query descriptors have as a nearest stored descriptor."""
@@ -622,21 +622,20 @@ def _affine_model(query: np.ndarray, train: np.ndarray) -> tuple[int, np.ndarray
     MIN_INLIERS, for a degenerate model, or when they cover less than MIN_SPREAD of the query."""
     import cv2
 
-    none = (0, None, np.zeros((0, 2), np.float32))
     if len(query) < MIN_INLIERS:
-        return none
+        return NO_MATCH
     model, mask = cv2.estimateAffine2D(
         query, train, ransacReprojThreshold=RANSAC_PIXELS, maxIters=500, refineIters=0
     )
     if model is None or mask is None:
-        return none
+        return NO_MATCH
     det = abs(np.linalg.det(model[:, :2]))
     count = int(mask.sum())
     if not (1 / 16 <= det <= 16 and count >= MIN_INLIERS):
-        return none
+        return NO_MATCH
     matched = query[mask.ravel() > 0].astype(np.float32)
     if cv2.contourArea(cv2.convexHull(matched)) < MIN_SPREAD * WORK_SIDE**2:
-        return none
+        return NO_MATCH
     return count, model, matched
 
 
