@@ -230,6 +230,7 @@ def test_a_copy_in_perspective_is_aligned_by_a_homography(verifier, source, monk
     assert best == source and inliers >= VERIFY_FLOOR, (source, inliers, best)
     affine_only = verify._refined
     monkeypatch.setattr(verify, "_refined", lambda *args, homography=False: affine_only(*args))
+    monkeypatch.setattr(verify, "_deformed", lambda *args: 0.0)  # the elastic step absorbs a keystone too
     assert check.score([found], [[]]) == [(0, -1)]  # no affine map lays it on its source
 
 

@@ -43,7 +43,7 @@ from medisyn_cli.screening.faiss_index import (
     tile_projection,
 )
 from medisyn_cli.screening.index import TrainingIndex
-from medisyn_cli.screening.verify import Verifier, query_features
+from medisyn_cli.screening.verify import Verifier, colour_features, query_features
 
 # threads a check screens its parts with (each embeds and searches its own images; one FAISS and BLAS thread each):
 # generate's batch screened on both cores of a CPU the model has left, no OpenMP spin beside a busy core
@@ -212,7 +212,9 @@ class Screener:
         """The images under the union of the whole-image and region views (views both use embedded once), and
         their keypoints where candidates are verified."""
         vectors = self.embedder.embed_views(images, self._union)
-        return vectors, None if self.verifier is None else [query_features(image) for image in images]
+        if self.verifier is None:
+            return vectors, None
+        return vectors, [(*query_features(image), colour_features(image)) for image in images]
 
     def _check(self, images: list, exclude: list, embedded: tuple) -> list[ScreenResult]:
         if not images:
