@@ -234,6 +234,64 @@ def test_a_copy_in_perspective_is_aligned_by_a_homography(verifier, source, monk
     assert check.score([found], [[]]) == [(0, -1)]  # no affine map lays it on its source
 
 
+def elastic(image: Image.Image, seed: int, smooth: float = 6.0, reach: float = 3.0) -> Image.Image:
+    """The image moved by a smooth random displacement field (Gaussian-filtered noise of `smooth` px) of at most
+    `reach` px: the elastic deformation of medical-image augmentation."""
+    import cv2
+
+    a = np.asarray(image)
+    h, w = a.shape[:2]
+    rng = np.random.default_rng(seed)
+    field = np.stack([cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)), (0, 0), smooth) for _ in range(2)])
+    field = (field * reach / np.abs(field).max()).astype(np.float32)
+    x, y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    out = cv2.remap(a, x + field[0], y + field[1], cv2.INTER_CUBIC, None, cv2.BORDER_REFLECT)
+    return Image.fromarray(out)
+
+
+@pytest.mark.parametrize("source", [0, 2, 3, 5, 8])
+def test_an_elastic_copy_is_verified_under_a_smooth_displacement(verifier, source, monkeypatch):
+    from medisyn_cli.screening import verify
+
+    check, images = verifier
+    found = query_features(elastic(images[source], seed=source))
+    ((inliers, best),) = check.score([found], [[]])
+    assert best == source and inliers >= VERIFY_FLOOR, (source, inliers, best)
+    monkeypatch.setattr(verify, "_deformed", lambda *args: 0.0)
+    assert check.score([found], [[]]) == [(0, -1)]  # no affine map or homography lays it on its source
+
+
+@LOOK_ALIKE_PAIRS
+def test_a_displacement_does_not_lay_a_look_alike_on_the_query(pair):
+    from medisyn_cli.screening.verify import FLOW_AGREEMENT, _deformed, _upsampled, aligned
+
+    query, train = (Image.open(LOOKALIKES / f"{name}.png") for name in pair)
+    local = LocalFeatures.from_images([train])
+    points, descriptors, pixels = query_features(query)
+    _, model, matched = Verifier(local).match(points, descriptor_variants(root(descriptors)), 0)
+    refined = aligned(pixels, local.thumbs[0], model, matched)[1]
+    hull = _hull(matched, grow=9)
+    assert _deformed(pixels, _upsampled(local.thumbs[0]), refined, hull) < FLOW_AGREEMENT - 0.04
+
+
+@pytest.mark.parametrize("colours, source", [("JET", 9), ("TURBO", 7), ("TURBO", 9)])
+def test_a_false_colour_copy_is_verified_by_its_principal_grey(verifier, colours, source):
+    import cv2
+
+    from medisyn_cli.screening.verify import colour_features, principal_grey
+
+    check, images = verifier
+    grey = np.asarray(images[source].convert("L"))
+    copy = Image.fromarray(
+        cv2.cvtColor(cv2.applyColorMap(grey, getattr(cv2, f"COLORMAP_{colours}")), cv2.COLOR_BGR2RGB)
+    )
+    luma = query_features(copy)
+    assert check.score([luma], [[]])[0][1] != source or check.score([luma], [[]])[0][0] < VERIFY_FLOOR
+    ((inliers, best),) = check.score([(*luma, colour_features(copy))], [[]])
+    assert best == source and inliers >= VERIFY_FLOOR, (source, inliers, best)
+    assert principal_grey(images[source]) is None  # a grey image (as RGB): its luma is its only axis
+
+
 def test_distinct_images_are_not_verified(verifier):
     check, images = verifier
     patient = [

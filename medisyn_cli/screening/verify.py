@@ -15,9 +15,14 @@ correlation of the two images (a local linear fit, so any contrast, gamma or inv
 Keypoints fix the map to a pixel or two, which a fine texture cannot absorb, so where the agreement is not already
 clear the map is refined by ECC (OpenCV's enhanced-correlation alignment, started from the RANSAC model, over the
 training image's part the inliers cover) and the better of the two agreements counts; where no affine map lays the
-two on each other well enough (a copy seen in perspective), ECC refines the map to a homography too. Noise the query
-has beyond its candidate (a noisy copy) is explained by no fit: its variance, estimated where both images are
-flattest, is taken out of the query's before the correlation is read (a correction for attenuation).
+two on each other well enough (a copy seen in perspective), ECC refines the map to a homography too; where neither
+does (an elastic deformation: a smooth field of small displacements), a dense optical flow from the aligned image to
+the query, smoothed and capped, moves it on, and the fine detail (each image less its blur) must then agree in nearly
+every block: a look-alike's outlines can be moved onto the query, its texture cannot. Noise the query has beyond its
+candidate (a noisy copy) is explained by no fit: its variance, estimated where both images are flattest, is taken out
+of the query's before the correlation is read (a correction for attenuation). A colour query whose luma is not its
+main colour axis (a false-colour copy of a grey image: a colour map's luma is not monotone in the grey level) is
+matched again as its principal-component grey copy where its luma verifies nothing.
 A copy -- rotated, sheared, cropped, bordered, pasted into another image -- agrees in most blocks; a look-alike
 agrees in its outlines but not in its texture. A candidate is verified when its median block agreement is at least
 AGREEMENT. The training images' grey thumbnails (THUMB_SIDE) are kept in local.npz for this.
