@@ -31,6 +31,10 @@ refinement) on in-memory flat indexes, one per data set:
   colour sets), false colour (grey sets: an OpenCV colour map, RGB), the left / right / top / bottom half beside a
   non-indexed real image, chains of 2-3 random families, and a 2x2 mosaic with the training image in one quarter
   (reported under the mean, not in it: a quarter of the area is below the issue's third).
+- a second probe (`--families probe2`), drawn after the elastic step and the principal grey were built: grid
+  distortion (nodes of a 4-6 cell grid moved 2-5 px), lens distortion (barrel / pincushion), speckle
+  (multiplicative noise), salt and pepper, motion blur, posterisation (2-4 bits), an illumination (bias) field,
+  colour jitter, solarisation.
 
 Per embedder (condition): the detection rate (TPR) of every transform at its default threshold and at the
 thresholds that give 1% and 0.1% false positives on the pooled negatives, the false-positive rate at the
@@ -104,6 +108,9 @@ FAMILIES = {
     "degradation (probe)": ("blur", "jpeg_heavy", "low_resolution", "sharpen"),
     "photometric (probe)": ("equalise", "clahe", "colour_tint", "false_colour"),
     "occlusion (probe)": ("cutout", "stitch_half"),
+    "geometric (probe2)": ("grid_distortion", "lens_distortion"),
+    "degradation (probe2)": ("speckle", "salt_pepper", "motion_blur", "posterize"),
+    "photometric (probe2)": ("bias_field", "colour_jitter", "solarize"),
 }
 
 
@@ -442,6 +449,24 @@ def probe_transforms() -> dict:
     }
 
 
+def probe2_transforms() -> dict:
+    """name -> f(image, rng, partner, reals): a second probe, nine families drawn after the elastic step and the
+    principal grey were built (nothing in the screen was tuned on them): distortions of the grid and the lens,
+    multiplicative and impulse noise, motion blur, posterisation, an illumination (bias) field, colour jitter and
+    solarisation."""
+    return {
+        "grid_distortion": _grid_distortion,
+        "lens_distortion": _lens_distortion,
+        "speckle": _speckle,
+        "salt_pepper": _salt_pepper,
+        "motion_blur": _motion_blur,
+        "posterize": _posterize,
+        "bias_field": _bias_field,
+        "colour_jitter": _colour_jitter,
+        "solarize": _solarize,
+    }
+
+
 INFORMATIVE = ("mosaic_quarter",)  # reported, not in a family's mean: below the issue's "a third of the area"
 
 
@@ -639,6 +664,119 @@ def _mosaic(im, rng, other, reals):
             ((k % 2) * half[0], (k // 2) * half[1]),
         )
     return out
+
+
+def _remapped(im, dx: np.ndarray, dy: np.ndarray):
+    """The image resampled at (x + dx, y + dy) (cubic, edges reflected)."""
+    import cv2
+
+    a = _array(im)
+    h, w = a.shape[:2]
+    x, y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    out = cv2.remap(
+        a, x + dx.astype(np.float32), y + dy.astype(np.float32), cv2.INTER_CUBIC, None, cv2.BORDER_REFLECT
+    )
+    return _image(out, im.mode)
+
+
+def _grid_distortion(im, rng, other, reals):
+    """The nodes of a 4-6 cells a side grid each moved by up to 2-5 px, the displacement interpolated between them
+    (bicubic): a coarser, less smooth warp than `_elastic`."""
+    import cv2
+
+    w, h = im.size
+    nodes, reach = int(rng.integers(4, 7)) + 1, rng.uniform(2, 5)
+    dx, dy = (
+        cv2.resize(rng.uniform(-reach, reach, (nodes, nodes)), (w, h), interpolation=cv2.INTER_CUBIC)
+        for _ in "xy"
+    )
+    return _remapped(im, dx, dy)
+
+
+def _lens_distortion(im, rng, other, reals):
+    """Barrel or pincushion distortion about a centre near the middle: r -> r (1 + k r^2), |k| 0.1-0.3 (r = 1 at
+    the corners' half-diagonal)."""
+    w, h = im.size
+    k = rng.choice([-1, 1]) * rng.uniform(0.1, 0.3)
+    cx, cy = (w - 1) / 2 + rng.uniform(-3, 3), (h - 1) / 2 + rng.uniform(-3, 3)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    u, v = (x - cx) / (w / 2), (y - cy) / (h / 2)
+    factor = k * (u**2 + v**2) / 2
+    return _remapped(im, (x - cx) * factor, (y - cy) * factor)
+
+
+def _speckle(im, rng, other, reals):
+    """Multiplicative Gaussian noise (ultrasound speckle): each pixel times 1 + N(0, 0.1-0.3)."""
+    a = _array(im).astype(np.float64)
+    noise = rng.normal(0, rng.uniform(0.1, 0.3), a.shape[:2])
+    return _image(a * (1 + (noise if a.ndim == 2 else noise[..., None])), im.mode)
+
+
+def _salt_pepper(im, rng, other, reals):
+    """1-5% of the pixels set to black or white."""
+    a = _array(im).copy()
+    hit = rng.random(a.shape[:2]) < rng.uniform(0.01, 0.05)
+    values = np.where(rng.random(int(hit.sum())) < 0.5, 0, 255).astype(np.uint8)
+    a[hit] = values if a.ndim == 2 else values[:, None]
+    return _image(a, im.mode)
+
+
+def _motion_blur(im, rng, other, reals):
+    """A straight motion blur of 3-7 px at any angle."""
+    import cv2
+
+    length = int(rng.integers(3, 8))
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2, :] = 1.0
+    turn = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
+    kernel = cv2.warpAffine(kernel, turn, (length, length))
+    return _image(cv2.filter2D(_array(im), -1, kernel / max(kernel.sum(), 1e-6)), im.mode)
+
+
+def _posterize(im, rng, other, reals):
+    """Grey levels kept to 2-4 bits."""
+    from PIL import ImageOps
+
+    return ImageOps.posterize(
+        im.convert("RGB") if im.mode not in ("L", "RGB") else im, int(rng.integers(2, 5))
+    )
+
+
+def _bias_field(im, rng, other, reals):
+    """A smooth multiplicative illumination field (an MRI bias field, vignetting): 1 + 0.2-0.5 x a Gaussian-filtered
+    random field (sigma 12-24 px) scaled to [-1, 1]."""
+    import cv2
+
+    a = _array(im).astype(np.float64)
+    field = cv2.GaussianBlur(rng.uniform(-1, 1, a.shape[:2]), (0, 0), rng.uniform(12, 24))
+    field *= rng.uniform(0.2, 0.5) / max(np.abs(field).max(), 1e-9)
+    return _image(a * (1 + field if a.ndim == 2 else 1 + field[..., None]), im.mode)
+
+
+def _colour_jitter(im, rng, other, reals):
+    """Brightness and contrast 0.7-1.3; colour images also saturation 0.5-1.5 and hue shifted by 5-20 degrees."""
+    import cv2
+    from PIL import ImageEnhance
+
+    im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
+    im = ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(rng.uniform(0.7, 1.3))).enhance(
+        rng.uniform(0.7, 1.3)
+    )
+    if im.mode != "RGB":
+        return im
+    im = ImageEnhance.Color(im).enhance(rng.uniform(0.5, 1.5))
+    hsv = cv2.cvtColor(np.asarray(im), cv2.COLOR_RGB2HSV).astype(np.int64)
+    hsv[..., 0] = (hsv[..., 0] + round(rng.choice([-1, 1]) * rng.uniform(5, 20) / 2)) % 180
+    return _image(cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB), "RGB")
+
+
+def _solarize(im, rng, other, reals):
+    """Every level above a threshold of 128-224 inverted."""
+    from PIL import ImageOps
+
+    return ImageOps.solarize(
+        im.convert("RGB") if im.mode not in ("L", "RGB") else im, int(rng.integers(128, 225))
+    )
 
 
 def _array(im) -> np.ndarray:
@@ -840,17 +978,25 @@ def plant(
                 PARTNERS[("random", name)] = np.array(partners, np.int64)
     if "probe" in families:
         out["probe"] = plant_probe(images, sets, groups, sources, seed, indexed)
+    if "probe2" in families:
+        out["probe2"] = plant_probe(images, sets, groups, sources, seed + 2, indexed, probe2_transforms())
     return out
 
 
 def plant_probe(
-    images: list, sets: np.ndarray, groups: np.ndarray, sources: np.ndarray, seed: int, indexed
+    images: list,
+    sets: np.ndarray,
+    groups: np.ndarray,
+    sources: np.ndarray,
+    seed: int,
+    indexed,
+    made: dict | None = None,
 ) -> dict:
-    """{transform: (source indices, copies)} of the probe families, each its own stream (sources a family does not
-    apply to are left out)."""
+    """{transform: (source indices, copies)} of the probe families (`made`, default `probe_transforms`), each its own
+    stream (sources a family does not apply to are left out)."""
     indexed = np.ones(len(images), bool) if indexed is None else indexed
     out = {}
-    for name, make in probe_transforms().items():
+    for name, make in (made or probe_transforms()).items():
         rng = np.random.default_rng([seed + 11, zlib.crc32(name.encode())])
         kept, copies = [], []
         for i in sources:
@@ -1322,8 +1468,8 @@ def main() -> None:
         "--families",
         nargs="+",
         default=list(PLANTED),
-        choices=PLANTED + ("probe",),
-        help="Copies planted: tuned / unseen (fixed instances), random / probe (parameters drawn per copy).",
+        choices=PLANTED + ("probe", "probe2"),
+        help="Copies planted: tuned / unseen (fixed instances), random / probe / probe2 (parameters drawn per copy).",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
