@@ -537,8 +537,8 @@ def _deformed(
 ) -> float:
     """The lower quartile of the blocks' agreement in fine detail (each image less its Gaussian blur of FLOW_DETAIL
     pixels) with the training image warped by `model` and then moved by a smooth, small displacement field: OpenCV's
-    DIS optical flow to the query, smoothed by a Gaussian of FLOW_SMOOTH pixels, twice (the second pass from the
-    first's result), capped at FLOW_REACH pixels. A copy under an elastic deformation agrees in nearly every block;
+    DIS optical flow to the query, smoothed by a Gaussian of FLOW_SMOOTH pixels, in FLOW_PASSES passes (each from
+    the last one's result), the sum capped at FLOW_REACH pixels. A copy under an elastic deformation agrees in nearly every block;
     a look-alike's outlines can be moved onto the query, its fine texture cannot, and the lower quartile reads the
     blocks the outlines do not fill."""
     import cv2
@@ -547,10 +547,9 @@ def _deformed(
     where = (hull & inside) > 0
     if where.sum() < 64:
         return 0.0
+    # the training image brought to the query's contrast (or inverted) before the flow compares them
     x, y = warped[where], query[where].astype(np.float32)
-    gain = float(
-        np.cov(x, y)[0, 1] / (x.var() + 1e-6)
-    )  # the training image in the query's contrast (or inverted)
+    gain = float(np.cov(x, y)[0, 1] / (x.var() + 1e-6))
     rows, columns = np.mgrid[0:WORK_SIDE, 0:WORK_SIDE].astype(np.float32)
     flow, moved, kept = np.zeros((WORK_SIDE, WORK_SIDE, 2), np.float32), warped, inside
     search = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
