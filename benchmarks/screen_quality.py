@@ -509,21 +509,11 @@ def _elastic(im, rng, other, reals):
     """A smooth random displacement field (Gaussian-filtered noise, sigma 4-8 px) of at most 2-4 px."""
     import cv2
 
-    a = _array(im)
-    h, w = a.shape[:2]
+    w, h = im.size
     smooth, reach = rng.uniform(4, 8), rng.uniform(2, 4)
     field = np.stack([cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)), (0, 0), smooth) for _ in range(2)])
     field *= reach / max(np.abs(field).max(), 1e-9)
-    x, y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    out = cv2.remap(
-        a,
-        x + field[0].astype(np.float32),
-        y + field[1].astype(np.float32),
-        cv2.INTER_CUBIC,
-        None,
-        cv2.BORDER_REFLECT,
-    )
-    return _image(out, im.mode)
+    return _remapped(im, field[0], field[1])
 
 
 def _low_resolution(im, rng, other, reals):
