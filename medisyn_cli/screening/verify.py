@@ -350,8 +350,11 @@ class Verifier:
         found = {i: m for i, m in matches.items() if m[0] > 0}
         if pixels is None or self.local.thumbs is None:
             return max(((m[0], i) for i, m in found.items()), default=(0, -1))
+        noise = _noise(pixels)  # the query's, once for all its candidates
         fits = {
-            i: aligned(pixels, self.local.thumbs[i], m[1], m[2], deform=m[0] >= VERIFY_FLOOR)
+            i: aligned(
+                pixels, self.local.thumbs[i], m[1], m[2], deform=m[0] >= VERIFY_FLOOR, query_noise=noise
+            )
             for i, m in found.items()
         }
         verified = [(found[i][0], i) for i, (a, _) in fits.items() if a >= AGREEMENT]
@@ -496,15 +499,22 @@ def agreement(query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: 
 
 
 def aligned(
-    query: np.ndarray, thumb: np.ndarray, model: np.ndarray, matched: np.ndarray, deform: bool = False
+    query: np.ndarray,
+    thumb: np.ndarray,
+    model: np.ndarray,
+    matched: np.ndarray,
+    deform: bool = False,
+    query_noise: float | None = None,
 ) -> tuple[float, np.ndarray]:
     """(`agreement`, the affine model it was measured under: `model` or its ECC refinement). Where no affine map
     aligns the two well enough, ECC also refines the map to a homography (a copy seen in perspective: keypoints
     match it, one affine map does not lay it on its source) and that agreement counts; the model returned stays
     the affine one, which the blend steps warp by. `deform`: where neither agrees, a smooth displacement on top
-    (`_deformed`, an elastic deformation) that agrees in FLOW_AGREEMENT of the lower quartile counts as AGREEMENT."""
+    (`_deformed`, an elastic deformation) that agrees in FLOW_AGREEMENT of the lower quartile counts as AGREEMENT.
+    `query_noise`: the query's `_noise`, where the caller has it (measured here otherwise)."""
     train, hull = _upsampled(thumb), _hull(matched, grow=9)
-    noise = NOISE_GAIN * max(0.0, _noise(query) - _noise(train))
+    query_noise = _noise(query) if query_noise is None else query_noise
+    noise = NOISE_GAIN * max(0.0, query_noise - _noise(train))
     found = _block_agreement(query, train, model, hull, noise)
     if REFINE_FROM <= found < REFINE_BELOW:
         refined = _refined(query, train, model, matched)
@@ -538,9 +548,9 @@ def _deformed(
     """The lower quartile of the blocks' agreement in fine detail (each image less its Gaussian blur of FLOW_DETAIL
     pixels) with the training image warped by `model` and then moved by a smooth, small displacement field: OpenCV's
     DIS optical flow to the query, smoothed by a Gaussian of FLOW_SMOOTH pixels, in FLOW_PASSES passes (each from
-    the last one's result), the sum capped at FLOW_REACH pixels. A copy under an elastic deformation agrees in nearly every block;
-    a look-alike's outlines can be moved onto the query, its fine texture cannot, and the lower quartile reads the
-    blocks the outlines do not fill."""
+    the last one's result), the sum capped at FLOW_REACH pixels. A copy under an elastic deformation agrees in
+    nearly every block; a look-alike's outlines can be moved onto the query, its fine texture cannot, and the lower
+    quartile reads the blocks the outlines do not fill."""
     import cv2
 
     warped, inside = _warped(train, model)
