@@ -572,14 +572,20 @@ def _equalise(im, rng, clahe: bool):
 
 def _colour_tint(im, rng, other, reals):
     """Colour images: hue rotated by 10-90 degrees either way, channel gains 0.75-1.25 (None for grey images)."""
-    import cv2
 
     if im.mode != "RGB":
         return None
-    hsv = cv2.cvtColor(_array(im), cv2.COLOR_RGB2HSV).astype(np.int64)  # OpenCV hue: 0-179, 2 degrees a step
-    hsv[..., 0] = (hsv[..., 0] + round(rng.choice([-1, 1]) * rng.uniform(10, 90) / 2)) % 180
-    rgb = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float64)
+    rgb = _hue_rotated(_array(im), rng.choice([-1, 1]) * rng.uniform(10, 90)).astype(np.float64)
     return _image(rgb * rng.uniform(0.75, 1.25, 3), "RGB")
+
+
+def _hue_rotated(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    """An RGB uint8 array with its hue turned by `degrees` (OpenCV's HSV: hue 0-179, 2 degrees a step)."""
+    import cv2
+
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.int64)
+    hsv[..., 0] = (hsv[..., 0] + round(degrees / 2)) % 180
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
 
 
 FALSE_COLOURS = ("JET", "HOT", "BONE", "VIRIDIS", "INFERNO", "PLASMA", "TURBO", "OCEAN", "PINK", "COOL")
@@ -745,7 +751,6 @@ def _bias_field(im, rng, other, reals):
 
 def _colour_jitter(im, rng, other, reals):
     """Brightness and contrast 0.7-1.3; colour images also saturation 0.5-1.5 and hue shifted by 5-20 degrees."""
-    import cv2
     from PIL import ImageEnhance
 
     im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
@@ -755,9 +760,7 @@ def _colour_jitter(im, rng, other, reals):
     if im.mode != "RGB":
         return im
     im = ImageEnhance.Color(im).enhance(rng.uniform(0.5, 1.5))
-    hsv = cv2.cvtColor(np.asarray(im), cv2.COLOR_RGB2HSV).astype(np.int64)
-    hsv[..., 0] = (hsv[..., 0] + round(rng.choice([-1, 1]) * rng.uniform(5, 20) / 2)) % 180
-    return _image(cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB), "RGB")
+    return _image(_hue_rotated(np.asarray(im), rng.choice([-1, 1]) * rng.uniform(5, 20)), "RGB")
 
 
 def _solarize(im, rng, other, reals):
