@@ -98,13 +98,15 @@ def noisy_copy(image, rng: np.random.Generator):
 
 def pairwise(queries: list, vectors: np.ndarray, embedder, chunk: int = 32) -> np.ndarray:
     """(queries, images) similarity of each query, under the screener's views (penalties subtracted, the best
-    view kept), to each image's plain vector: the screener's similarity without its refinement step."""
+    view kept; each query's noise taken out as the Screener does, at most 1), to each image's plain vector: the
+    screener's similarity without its refinement step."""
     views = embedder.default_views("general")
     penalty = np.array([view.penalty for view in views], np.float32)[None, :, None]
     rows = []
     for start in range(0, len(queries), chunk):
-        embedded = embedder.embed_views(queries[start : start + chunk], views).astype(np.float32)
-        sims = embedded.reshape(-1, embedded.shape[-1]) @ vectors.T
+        part = queries[start : start + chunk]
+        embedded = embedder.embed_views(part, views) * embedder.noise_factors(part)[:, None, None]
+        sims = np.minimum(embedded.astype(np.float32).reshape(-1, embedded.shape[-1]) @ vectors.T, 1.0)
         rows.append((sims.reshape(len(embedded), len(views), -1) - penalty).max(1))
     return np.concatenate(rows)
 

@@ -103,3 +103,21 @@ def to_rgb_array(image, size: int) -> np.ndarray:
 
     rgb = to_8bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+_LAPLACE_PAIR = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer's noise estimation mask
+
+
+def noise_variance(grey: np.ndarray, window: int = 8) -> float:
+    """The white-noise variance of a grey image where it is flattest: Immerkaer's estimator (fast noise variance
+    estimation, 1996) in `window` x `window` windows, the windows' first quartile (texture and clipped, black
+    backgrounds do not count); 0 for an image too small to hold a window."""
+    import cv2
+
+    grey = np.ascontiguousarray(grey, np.float32)
+    if min(grey.shape[:2]) < window + 2 * (window // 2) + 2:
+        return 0.0
+    residual = np.abs(cv2.filter2D(grey, -1, _LAPLACE_PAIR))[1:-1, 1:-1]
+    half = window // 2
+    local = cv2.blur(residual, (window, window))[half:-half, half:-half]
+    return float(np.percentile(np.pi / 2 * (local / 6) ** 2, 25))

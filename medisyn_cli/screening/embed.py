@@ -48,11 +48,15 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.images import HIGH_DEPTH, to_8bit, to_grey
+from medisyn_cli.core.images import HIGH_DEPTH, noise_variance, to_8bit, to_grey
 from medisyn_cli.core.plugins import load_plugins
 
 PIXEL_THRESHOLD = 0.97
 GEOMETRIC_PENALTY = 0.015
+# a query's noise is taken out of its similarities (`PixelEmbedder.noise_factors`) up to this share of its band-passed
+# energy: at most a factor 1 / sqrt(1 - NOISE_SHARE) = 1.054, so a weakly patterned image's estimate cannot lift
+# its chance matches far
+NOISE_SHARE = 0.1
 CROPS, ZOOM_OUT, ANGLES = (0.8,), (0.05, 0.1, 0.15), (-10.0, -5.0, 5.0, 10.0)  # the general view set's extras
 ZOOM_IN = 0.9  # region views: the part of the query a training image's tile fills
 # partial similarity: 8x8-pixel blocks of the thumbnail, the best half kept
@@ -282,6 +286,11 @@ class Embedder:
         """Views near `view` (a query's best), compared with its best candidates only (none by default)."""
         return ()
 
+    def noise_factors(self, images: list) -> np.ndarray:
+        """Per query image, the factor taking its similarities to those of its noise-free version (1 here: no
+        estimate)."""
+        return np.ones(len(images), np.float32)
+
     def partial_similarity(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """How well part of the query matches each candidate vector ((k,) similarities), for embedders whose vectors
         are images (`has_parts`)."""
@@ -418,9 +427,47 @@ class PixelEmbedder(Embedder):
             out[n, inverted] = -out[n, inverted]
         return out
 
+    def noise_factors(self, images: list) -> np.ndarray:
+        """Per query image, the factor undoing what its white noise takes from its similarities: noise of variance
+        s2 (`noise_variance` of the working grey) adds about s2 * E (`_noise_energy`) to the squared norm n2 of the
+        band-passed thumbnail and nothing to its products with other images, so the noise-free image's similarities
+        are the noisy one's times sqrt(n2 / (n2 - s2 * E)). Noise counts for at most NOISE_SHARE of n2. Measured on
+        the identity view and used for every view (the crops' thumbnails hold more noise: an underestimate)."""
+        factors = np.ones(len(images), np.float32)
+        for n, image in enumerate(images):
+            grey = self._working_grey(image)
+            band = self._raw_band(grey, self._operator(grey.shape, (IDENTITY,)))[0]
+            energy = float(band @ band)
+            if energy > 0.0:
+                noise = min(noise_variance(grey) * self._noise_energy(grey.shape), NOISE_SHARE * energy)
+                factors[n] = math.sqrt(energy / (energy - noise))
+        return factors
+
+    def _noise_energy(self, shape: tuple[int, int]) -> float:
+        """The expected squared norm of the identity view's centred band-passed thumbnail of unit white noise on a
+        grey image of `shape`: the squared Frobenius norm of the linear map A1 G C1 - A2 G C2 (low-pass minus
+        high-pass, `_new_operator`) less its mean's share."""
+        rows, _, cols, _ = self._operator(shape, (IDENTITY,))
+        a, c = rows.astype(np.float64).reshape(2, self.size, shape[0]), cols[:, 0].astype(np.float64)
+        whole = (a[0] ** 2).sum() * (c[0] ** 2).sum() + (a[1] ** 2).sum() * (c[1] ** 2).sum()
+        whole -= 2.0 * (a[0] * a[1]).sum() * (c[0] * c[1]).sum()
+        u, v = a.sum(axis=1), c.sum(axis=2)  # the map's column sums: what the mean of the thumbnail takes
+        mean = (u[0] @ u[0]) * (v[0] @ v[0]) + (u[1] @ u[1]) * (v[1] @ v[1]) - 2.0 * (u[0] @ u[1]) * (v[0] @ v[1])
+        return float(whole - mean / self.dim)
+
     def _band(self, grey: np.ndarray, operator: tuple) -> np.ndarray:
         """(V, dim) band-passed, standardised, L2-normalised thumbnails of one grey image under the flip/box views
         of `operator` (`_operator`)."""
+        flat = self._raw_band(grey, operator)
+        # a flat image has no pattern: zero vector (similar to nothing), not amplified rounding noise
+        tolerance = 1e-4 * float(grey.max() - grey.min()) + 1e-5 * float(np.abs(grey).max()) * math.sqrt(
+            self.dim
+        )
+        flat[np.linalg.norm(flat, axis=1) <= tolerance] = 0.0
+        return l2_normalise(flat)
+
+    def _raw_band(self, grey: np.ndarray, operator: tuple) -> np.ndarray:
+        """(V, dim) band-passed thumbnails less their means, not normalised."""
         rows, row_of, cols, by_col = operator
         # each distinct vertical resampling, low-pass and high-pass
         resampled = (rows @ grey).reshape(2, -1, self.size, grey.shape[1])
@@ -430,13 +477,7 @@ class PixelEmbedder(Embedder):
                 block = resampled[i, row_of[positions]].reshape(-1, resampled.shape[3]) @ cols[i, col]
                 band[i, positions] = block.reshape(len(positions), self.size, self.size)
         flat = (band[0] - band[1]).reshape(len(row_of), self.dim)
-        flat -= flat.mean(axis=1, keepdims=True)
-        # a flat image has no pattern: zero vector (similar to nothing), not amplified rounding noise
-        tolerance = 1e-4 * float(grey.max() - grey.min()) + 1e-5 * float(np.abs(grey).max()) * math.sqrt(
-            self.dim
-        )
-        flat[np.linalg.norm(flat, axis=1) <= tolerance] = 0.0
-        return l2_normalise(flat)
+        return flat - flat.mean(axis=1, keepdims=True)
 
     def _working_grey(self, image) -> np.ndarray:
         """Luminance as float32, shrunk (antialiased) to at most `work` pixels a side (frame fractions unchanged)."""

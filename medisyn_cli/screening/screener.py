@@ -211,10 +211,15 @@ class Screener:
     def _embed(self, images: list) -> tuple[np.ndarray, list | None]:
         """The images under the union of the whole-image and region views (views both use embedded once), and
         their keypoints where candidates are verified."""
-        vectors = self.embedder.embed_views(images, self._union)
+        vectors = self._query(images, self._union)
         if self.verifier is None:
             return vectors, None
         return vectors, [(*query_features(image), colour_features(image)) for image in images]
+
+    def _query(self, images: list, views: tuple) -> np.ndarray:
+        """(n, views, dim) query vectors, each image's scaled by its noise factor (`Embedder.noise_factors`): their
+        products with training vectors are the similarities of the noise-free images (at most 1 once clipped)."""
+        return self.embedder.embed_views(images, views) * self.embedder.noise_factors(images)[:, None, None]
 
     def _check(self, images: list, exclude: list, embedded: tuple) -> list[ScreenResult]:
         if not images:
@@ -314,7 +319,7 @@ class Screener:
         ids = ids[ids >= 0]
         if not len(ids):
             return None
-        query = self.embedder.embed_views([image], (view,))[0, 0]
+        query = self._query([image], (view,))[0, 0]
         vectors = self.index.reconstruct(ids)
         with blas_threads():
             scores = self.embedder.partial_similarity(query, vectors)
@@ -347,6 +352,7 @@ class Screener:
         k = self.candidates + max(map(len, exclude), default=0)
         sims, ids = search(vectors.reshape(n * v, -1), min(k, max(1, len(self.index))))
         k = sims.shape[1]
+        sims = np.minimum(sims, 1.0)
         penalty = np.repeat([view.penalty for view in views], k).astype(np.float32)
         sims, ids = sims.reshape(n, v * k) - penalty, ids.reshape(n, v * k)
         for j, banned in enumerate(exclude):
@@ -364,7 +370,7 @@ class Screener:
         fine = self.embedder.refine_views(view)
         if not fine or len(candidates) == 0:
             return sim, nn, view, candidates
-        vectors = self.embedder.embed_views([image], fine)[0]
+        vectors = self._query([image], fine)[0]
         penalties = np.array([f.penalty for f in fine], dtype=np.float32)[:, None]
         with blas_threads():
             sims = np.minimum(vectors @ reconstruct(candidates).T, 1.0) - penalties

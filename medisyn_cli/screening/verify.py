@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
-from medisyn_cli.core.images import to_8bit
+from medisyn_cli.core.images import noise_variance, to_8bit
 from medisyn_cli.screening.embed import blas_threads
 
 LOCAL_FILE = "local.npz"
@@ -87,9 +87,6 @@ NOISE_GAIN = 1.7
 # the least share of a block's variance kept as signal when the noise is taken out (a noise estimate too large for a
 # weakly textured block must not turn its correlation into 1)
 KEPT = 0.5
-_LAPLACE_PAIR = np.array(
-    [[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32
-)  # Immerkaer's noise estimation mask
 # an elastic deformation (`_deformed`): the displacement field's smoothing, cap and passes, the blur taken out to
 # compare fine detail (WORK_SIDE pixels), the least lower quartile of block agreement that verifies under it, and the
 # least agreement of a candidate it is tried on. Chosen on screen_quality's probe copies planted with another seed than
@@ -576,15 +573,9 @@ def _deformed(
 
 
 def _noise(image: np.ndarray) -> float:
-    """The white-noise variance of a WORK_SIDE grey image where it is flattest: Immerkaer's estimator (fast noise
-    variance estimation, 1996) in 8 x 8 windows on every second pixel (the scale of a 64 px image's own pixels, which
-    an upsampled copy smooths), the windows' first quartile (texture and clipped, black backgrounds do not count)."""
-    import cv2
-
-    sub = np.ascontiguousarray(image[::2, ::2], np.float32)
-    residual = np.abs(cv2.filter2D(sub, -1, _LAPLACE_PAIR))[1:-1, 1:-1]
-    local = cv2.blur(residual, (8, 8))[4:-4, 4:-4]
-    return float(np.percentile(np.pi / 2 * (local / 6) ** 2, 25))
+    """The white-noise variance of a WORK_SIDE grey image where it is flattest (`noise_variance`), on every second
+    pixel: the scale of a 64 px image's own pixels, which an upsampled copy smooths."""
+    return noise_variance(image[::2, ::2])
 
 
 def _mixed(query: np.ndarray, first: np.ndarray, second: np.ndarray, region: np.ndarray) -> float:
