@@ -255,3 +255,45 @@ def test_blas_limit_shared_by_threads_is_restored_by_the_last_and_spares_faiss()
         release.set()
         thread.join()
     assert seen == [[1] * len(before)] * 2 and blas() == before
+
+
+def _noisy(image: Image.Image, sigma: float, seed: int = 0) -> Image.Image:
+    array = np.asarray(image, np.float64)
+    noise = np.random.default_rng(seed).normal(0.0, sigma, array.shape)
+    return Image.fromarray(np.clip(array + noise, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("sigma", [6.0, 12.0])
+def test_noise_factor_gives_a_noisy_copy_back_most_of_the_similarity_its_noise_took(real_images, sigma):
+    embedder = get_embedder("pixel")
+    noisy = [_noisy(image, sigma) for image in real_images]
+    similarity = (embedder.embed(noisy) * embedder.embed(real_images)).sum(axis=1)
+    factors = embedder.noise_factors(noisy)
+    assert np.all(factors > 1.0) and np.all(factors <= 1 / np.sqrt(0.9) + 1e-6)
+    lost, left = 1.0 - similarity, np.abs(1.0 - similarity * factors)
+    assert np.all(left < 0.5 * lost)  # measured: 75-90% of the loss given back
+    assert np.all(similarity * factors < 1.002)
+
+
+def test_noise_factor_is_one_on_clean_images_and_capped_on_pattern_free_noise(real_images):
+    embedder = get_embedder("pixel")
+    assert np.all(np.abs(embedder.noise_factors(real_images) - 1.0) < 1e-3)
+    flat_noise = _noisy(Image.new("L", (64, 64), 120), 10.0)
+    assert embedder.noise_factors([flat_noise])[0] == pytest.approx(1 / np.sqrt(0.9), abs=1e-5)
+    assert embedder.noise_factors([Image.new("L", (64, 64), 37)])[0] == 1.0  # no pattern: nothing to scale
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (80, 52)])
+def test_noise_energy_is_what_white_noise_puts_in_the_band(shape):
+    embedder = get_embedder("pixel")
+    rng = np.random.default_rng(0)
+    operator = embedder._operator(shape, (View(),))
+    energies = [
+        float(np.sum(embedder._raw_band(rng.normal(size=shape).astype(np.float32), operator) ** 2))
+        for _ in range(300)
+    ]
+    assert embedder._noise_energy(shape) == pytest.approx(np.mean(energies), rel=0.03)
+
+
+def test_other_embedders_do_not_scale_similarities(real_images):
+    assert np.array_equal(get_embedder("phash").noise_factors(real_images[:3]), np.ones(3, np.float32))

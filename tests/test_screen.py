@@ -96,6 +96,24 @@ def test_distinct_real_images_of_the_same_classes_are_not_near_copies(index):
     assert all(r.nn_similarity < 0.97 for r in Screener(index).check([Image.new("L", (64, 64), 90)]))
 
 
+def test_a_noisy_copys_noise_is_taken_out_of_its_similarity(index, monkeypatch):
+    """Noise of sigma 14 takes the platelet's copy below the threshold; the query's noise factor gives most of it back
+    (0.960 -> 0.992) and lifts distinct noisy images by their share only (at most 0.02 here)."""
+    from medisyn_cli.screening import embed
+
+    sources = [Image.open(FIXTURES / "images" / "images" / name) for name in SOURCES]
+    distinct = [Image.open(p) for p in sorted((FIXTURES / "screen" / "distinct").glob("*.png"))]
+    queries = [noisy(image, 14.0) for image in sources + distinct]
+    found = Screener(index).check(queries)
+    monkeypatch.setattr(embed, "NOISE_SHARE", 0.0)
+    plain = Screener(index).check(queries)
+    assert all(r.near_copy for r in found[:4]) and not plain[0].near_copy
+    assert [Path(r.nn_key).name for r in found[:4]] == SOURCES
+    assert all(f.nn_similarity >= p.nn_similarity for f, p in zip(found, plain))
+    assert not any(r.near_copy for r in found[4:])
+    assert max(f.nn_similarity - p.nn_similarity for f, p in zip(found[4:], plain[4:])) < 0.02
+
+
 def test_views_are_what_catch_flipped_and_cropped_copies(index):
     source = Image.open(FIXTURES / "images" / "images" / "white_blood_cell_00001_00.png")
     copies = [ImageOps.mirror(source), COPIES["crop"](source)]
