@@ -105,7 +105,9 @@ def to_rgb_array(image, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-_LAPLACE_PAIR = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer's noise estimation mask
+_LAPLACE_PAIR = np.array(
+    [[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32
+)  # Immerkaer's noise estimation mask
 
 
 def noise_variance(grey: np.ndarray, window: int = 8) -> float:

@@ -452,7 +452,11 @@ class PixelEmbedder(Embedder):
         whole = (a[0] ** 2).sum() * (c[0] ** 2).sum() + (a[1] ** 2).sum() * (c[1] ** 2).sum()
         whole -= 2.0 * (a[0] * a[1]).sum() * (c[0] * c[1]).sum()
         u, v = a.sum(axis=1), c.sum(axis=2)  # the map's column sums: what the mean of the thumbnail takes
-        mean = (u[0] @ u[0]) * (v[0] @ v[0]) + (u[1] @ u[1]) * (v[1] @ v[1]) - 2.0 * (u[0] @ u[1]) * (v[0] @ v[1])
+        mean = (
+            (u[0] @ u[0]) * (v[0] @ v[0])
+            + (u[1] @ u[1]) * (v[1] @ v[1])
+            - 2.0 * (u[0] @ u[1]) * (v[0] @ v[1])
+        )
         return float(whole - mean / self.dim)
 
     def _band(self, grey: np.ndarray, operator: tuple) -> np.ndarray:
