@@ -12,7 +12,10 @@ are searched in the whole index, then the `candidates` best training images foun
 query under views half a grid step around its best view (`Embedder.refine_views`), which recovers the exact
 alignment of a shifted or cropped copy. Shift and crop views carry a small penalty subtracted from their
 similarity (trying many alignments raises the chance similarity of distinct images too), so
-`nn_similarity` is the view-adjusted similarity. A result is a near-copy when it is at or above the threshold.
+`nn_similarity` is the view-adjusted similarity. A query's white noise is taken out of its similarities
+(`Embedder.noise_factors`: the pixel embedder scales them by what its estimated noise took away, at most 1.054x),
+so a noisy copy scores about as its clean version would. A result is a near-copy when it is at or above the
+threshold.
 
 Indexes built since issue #16 also hold 16 overlapping tiles of every training image (`regions.faiss`): the
 query, under the region views (shifts, crops, 90% zooms and its own tiles), is matched with them too, through
@@ -60,7 +63,7 @@ class ScreenResult:
 
     nn_id: int  # vector id in the index (-1: empty index)
     nn_key: str  # the training image: file path, or parquet file:row id
-    nn_similarity: float  # view-adjusted similarity, 1.0 = identical (cosine, or 1 - hamming/bits)
+    nn_similarity: float  # view-adjusted and noise-corrected, 1.0 = identical (cosine, or 1 - hamming/bits)
     near_copy: bool  # nn_similarity >= the screener's threshold
     nn_label: str | None = None  # the training image's label, where its source had one
     view: str = "identity"  # the query view that matched best (identity, hflip, vflip, box(...))
