@@ -249,6 +249,18 @@ def test_the_training_self_reference_joins_only_where_it_agrees_with_held_out():
     )
 
 
+def test_the_tail_test_reads_the_held_out_tail_even_where_the_self_reference_joins():
+    """A self-reference a little further from training than the held-out set (as a split leaves it when more of a
+    data set's duplicates fall across it) joins the near-copy count's reference, but a synthetic set drawn like the
+    held-out set is not in the pooled reference's tail: the pooled cut gave p = 1.3e-5 here, below 0.0025."""
+    rng = np.random.default_rng(1)
+    heldout, own = rng.normal(0.80, 0.03, 200), rng.normal(0.785, 0.03, 600)
+    result = memorisation_tests(rng.normal(0.80, 0.03, 500), heldout, THRESHOLD, train_self=own)
+    assert result["reference"]["source"] == "heldout+train_self"
+    assert result["heldout_p95_similarity"] == pytest.approx(np.percentile(heldout, 95))
+    assert result["p_values"]["tail_p95"] > 0.01 and result["flagged_by"] == []
+
+
 def grouped_reference(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """50 held-out images (10 near-copies) and 800 self-reference images whose 160 near-copies come in groups of
     `size` (the rest alone): both at a 20% natural near-copy rate."""

@@ -172,7 +172,7 @@ def _print_privacy(tables: Tables, config: PrivacyConfig, result: dict) -> None:
         results.print(f"[{style}]warning: {warning}[/{style}]", highlight=False)
     p = result["p_values"]
     results.print(
-        f"synthetic above the reference 95th percentile: {result['share_above_heldout_p95']:.1%} "
+        f"synthetic above the held-out 95th percentile: {result['share_above_heldout_p95']:.1%} "
         f"(expected 5%, p {p['tail_p95']:.3g}); near-copies p {p['near_copies']:.3g}; distribution "
         f"(Mann-Whitney) p {p['distribution']:.3g}; levels: "
         + ", ".join(f"{k} {v:.3g}" for k, v in result["test_levels"].items()),

@@ -457,7 +457,7 @@ def nearest_rows(found: Nearest, train: ImageSet, threshold: float, dcr: bool = 
 
 
 def similarity_histogram(synthetic: Nearest, heldout: Nearest, result: dict, path: Path) -> Path:
-    """Nearest-training similarity with the reference p95 and the threshold; pixel distance (Fig. 4b); the ROC of
+    """Nearest-training similarity with the held-out p95 and the threshold; pixel distance (Fig. 4b); the ROC of
     the membership-style audit."""
     import matplotlib
 
@@ -474,7 +474,7 @@ def similarity_histogram(synthetic: Nearest, heldout: Nearest, result: dict, pat
             result["heldout_p95_similarity"],
             color="black",
             linestyle=":",
-            label=f"95th percentile of the reference ({result['reference']['source']})",
+            label="95th percentile of the held-out images",
         )
     left.axvline(
         result["threshold"], color="red", linestyle="--", label=f"near-copy threshold {result['threshold']:g}"

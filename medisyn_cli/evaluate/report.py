@@ -484,7 +484,7 @@ def _privacy_html(result: dict) -> str:
         "synthetic near-copies of training (a finding of their own)": (
             result.get("synthetic_near_copies") or {}
         ).get("count"),
-        "share above the reference p95": result.get("share_above_heldout_p95"),
+        "share above the held-out p95": result.get("share_above_heldout_p95"),
         "near-copy rate (synthetic / held-out)": "{synthetic} / {heldout}".format(
             **result.get("near_copy_rate", {"synthetic": "?", "heldout": "?"})
         ),
