@@ -211,23 +211,24 @@ class Screener:
         if self.verifier is not None:
             self.verifier.local.descriptor_search()
 
-    def _embed(self, images: list) -> tuple[np.ndarray, list | None]:
-        """The images under the union of the whole-image and region views (views both use embedded once), and
-        their keypoints where candidates are verified."""
-        vectors = self._query(images, self._union)
+    def _embed(self, images: list) -> tuple[np.ndarray, list | None, np.ndarray]:
+        """The images under the union of the whole-image and region views (views both use embedded once), their
+        keypoints where candidates are verified, and their noise factors (`Embedder.noise_factors`)."""
+        factors = self.embedder.noise_factors(images)
+        vectors = self._query(images, self._union, factors)
         if self.verifier is None:
-            return vectors, None
-        return vectors, [(*query_features(image), colour_features(image)) for image in images]
+            return vectors, None, factors
+        return vectors, [(*query_features(image), colour_features(image)) for image in images], factors
 
-    def _query(self, images: list, views: tuple) -> np.ndarray:
-        """(n, views, dim) query vectors, each image's scaled by its noise factor (`Embedder.noise_factors`): their
-        products with training vectors are the similarities of the noise-free images (at most 1 once clipped)."""
-        return self.embedder.embed_views(images, views) * self.embedder.noise_factors(images)[:, None, None]
+    def _query(self, images: list, views: tuple, factors: np.ndarray) -> np.ndarray:
+        """(n, views, dim) query vectors, each image's scaled by its noise factor: their products with training
+        vectors are the similarities of the noise-free images (at most 1 once clipped)."""
+        return self.embedder.embed_views(images, views) * np.asarray(factors, np.float32)[:, None, None]
 
     def _check(self, images: list, exclude: list, embedded: tuple) -> list[ScreenResult]:
         if not images:
             return []
-        vectors, keypoints = embedded
+        vectors, keypoints, factors = embedded
         index, refine = self.index, self.refine
         column = {view: i for i, view in enumerate(self._union)}
         pick = lambda views: vectors[:, [column[v] for v in views]]  # noqa: E731
@@ -239,6 +240,7 @@ class Screener:
                 pick(self.views),
                 index.search,
                 index.reconstruct if refine else None,
+                factors,
             )
         whole, regions = list(matches), [None] * len(images)
         candidates = [[m[1]] + ([] if m[3] is None else list(m[3])) for m in matches]
@@ -252,6 +254,7 @@ class Screener:
                 pick(self.region_views),
                 self._search_regions,
                 self._reconstruct_regions if refine else None,
+                factors,
             )
             for j, (sim, tile, view, near) in enumerate(found):
                 if near is not None:
@@ -260,7 +263,8 @@ class Screener:
                     matches[j] = (sim - REGION_PENALTY, tile // tiles, view, None)
                     regions[j] = TILES[tile % tiles].box
         partial = [
-            self._partial(image, match) if self.partial else None for image, match in zip(images, whole)
+            self._partial(image, match, factor) if self.partial else None
+            for image, match, factor in zip(images, whole, factors)
         ]
         partly = [found is not None and self._partly(found[0]) for found in partial]
         for j, found in enumerate(partial):
@@ -314,7 +318,7 @@ class Screener:
     def _partly(self, similarity: float) -> bool:
         return self.partial_threshold is not None and similarity >= self.partial_threshold
 
-    def _partial(self, image, match: tuple) -> tuple[float, int, float] | None:
+    def _partial(self, image, match: tuple, factor: float) -> tuple[float, int, float] | None:
         """(partial similarity, id, whole similarity) of the whole-image match's candidate (nn among them) whose
         best half agrees best with the query's, under the matched view (Embedder.partial_similarity)."""
         _, nn, view, candidates = match
@@ -322,7 +326,7 @@ class Screener:
         ids = ids[ids >= 0]
         if not len(ids):
             return None
-        query = self._query([image], (view,))[0, 0]
+        query = self._query([image], (view,), np.array([factor]))[0, 0]
         vectors = self.index.reconstruct(ids)
         with blas_threads():
             scores = self.embedder.partial_similarity(query, vectors)
@@ -339,15 +343,25 @@ class Screener:
         return np.stack([self.index.regions.reconstruct(int(i)) for i in ids])
 
     def _best(
-        self, images: list, exclude: list, views: tuple, vectors: np.ndarray, search, reconstruct
+        self,
+        images: list,
+        exclude: list,
+        views: tuple,
+        vectors: np.ndarray,
+        search,
+        reconstruct,
+        factors: np.ndarray,
     ) -> list[tuple]:
         """Per image: (similarity, id, view, candidates) of its best match in one store (whole images or tiles):
         every view (`vectors`: the images under them) searched in the whole store, then views around the best
-        one against its candidates."""
+        one against its candidates (`factors`: the images' noise factors)."""
         matches = self._coarse(exclude, views, vectors, search)
         if reconstruct is None:
             return matches
-        return [self._refine(image, *match, reconstruct) for image, match in zip(images, matches)]
+        return [
+            self._refine(image, factor, *match, reconstruct)
+            for image, factor, match in zip(images, factors, matches)
+        ]
 
     def _coarse(self, exclude: list, views: tuple, vectors: np.ndarray, search) -> list[tuple]:
         """Per image: (similarity, id, view, candidate ids) of the best match over the views in the whole store."""
@@ -368,12 +382,14 @@ class Screener:
             for j, t in enumerate(top)
         ]
 
-    def _refine(self, image, sim: float, nn: int, view, candidates: np.ndarray, reconstruct) -> tuple:
+    def _refine(
+        self, image, factor: float, sim: float, nn: int, view, candidates: np.ndarray, reconstruct
+    ) -> tuple:
         """Compare the image under views around its best one with its candidates; keep any better."""
         fine = self.embedder.refine_views(view)
         if not fine or len(candidates) == 0:
             return sim, nn, view, candidates
-        vectors = self._query([image], fine)[0]
+        vectors = self._query([image], fine, np.array([factor]))[0]
         penalties = np.array([f.penalty for f in fine], dtype=np.float32)[:, None]
         with blas_threads():
             sims = np.minimum(vectors @ reconstruct(candidates).T, 1.0) - penalties
