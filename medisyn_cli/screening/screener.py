@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medisyn_cli.core.errors import MedisynError
+from medisyn_cli.core.images import without_impulses
 from medisyn_cli.screening.embed import TILES, blas_threads
 from medisyn_cli.screening.faiss_index import (
     TILE_PCA_DIMS,
@@ -211,14 +212,18 @@ class Screener:
         if self.verifier is not None:
             self.verifier.local.descriptor_search()
 
-    def _embed(self, images: list) -> tuple[np.ndarray, list | None, np.ndarray]:
+    def _embed(self, images: list) -> tuple:
         """The images under the union of the whole-image and region views (views both use embedded once), their
-        keypoints where candidates are verified, and their noise factors (`Embedder.noise_factors`)."""
-        factors = self.embedder.noise_factors(images)
-        vectors = self._query(images, self._union, factors)
+        keypoints where candidates are verified, their noise factors (`Embedder.noise_factors`), and the forms they
+        were embedded in: median-filtered where salt-and-pepper noise marks them (`without_impulses`; the keypoints
+        are the image's own)."""
+        queries = [without_impulses(image) for image in images]
+        factors = self.embedder.noise_factors(queries)
+        vectors = self._query(queries, self._union, factors)
         if self.verifier is None:
-            return vectors, None, factors
-        return vectors, [(*query_features(image), colour_features(image)) for image in images], factors
+            return vectors, None, factors, queries
+        keypoints = [(*query_features(image), colour_features(image)) for image in images]
+        return vectors, keypoints, factors, queries
 
     def _query(self, images: list, views: tuple, factors: np.ndarray) -> np.ndarray:
         """(n, views, dim) query vectors, each image's scaled by its noise factor: their products with training
@@ -228,13 +233,13 @@ class Screener:
     def _check(self, images: list, exclude: list, embedded: tuple) -> list[ScreenResult]:
         if not images:
             return []
-        vectors, keypoints, factors = embedded
+        vectors, keypoints, factors, queries = embedded  # queries: the forms embedded
         index, refine = self.index, self.refine
         column = {view: i for i, view in enumerate(self._union)}
         pick = lambda views: vectors[:, [column[v] for v in views]]  # noqa: E731
         with blas_distances():  # the whole-image views of a check: hundreds of queries, one matrix product
             matches = self._best(
-                images,
+                queries,
                 exclude,
                 self.views,
                 pick(self.views),
@@ -248,7 +253,7 @@ class Screener:
             tiles = len(TILES)
             banned = [{t * tiles + r for t in b for r in range(tiles)} for b in exclude]
             found = self._best(
-                images,
+                queries,
                 banned,
                 self.region_views,
                 pick(self.region_views),
@@ -264,7 +269,7 @@ class Screener:
                     regions[j] = TILES[tile % tiles].box
         partial = [
             self._partial(image, match, factor) if self.partial else None
-            for image, match, factor in zip(images, whole, factors)
+            for image, match, factor in zip(queries, whole, factors)
         ]
         partly = [found is not None and self._partly(found[0]) for found in partial]
         for j, found in enumerate(partial):
