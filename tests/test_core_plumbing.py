@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,3 +58,28 @@ def test_lazy_getattr_imports_on_first_use():
     assert get("batched") is batched
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         get("nope")
+
+
+def test_impulses_are_isolated_extremes_not_edges_and_are_median_filtered_away():
+    from PIL import Image
+
+    from medisyn_cli.core.images import IMPULSE_SHARE, impulse_share, without_impulses
+
+    edges = np.zeros((64, 64), np.float32)
+    edges[:, 32:] = 255.0
+    edges[20, :] = 255.0  # a one-pixel line is not an impulse either: it has neighbours of its own
+    assert impulse_share(edges) == 0.0
+    source = Path(__file__).parent / "fixtures" / "images" / "images" / "te_im_0015_0001.png"
+    grey = np.asarray(Image.open(source).convert("L"))
+    noisy = np.clip(grey + np.random.default_rng(0).normal(0, 10, grey.shape), 0, 255).astype(np.uint8)
+    for image in (Image.fromarray(grey), Image.fromarray(noisy)):
+        assert without_impulses(image) is image  # Gaussian noise of sigma 10 is not salt and pepper
+    salted = grey.copy()
+    spots = np.random.default_rng(1).random(grey.shape) < 0.02
+    salted[spots] = 255
+    assert impulse_share(salted.astype(np.float32)) > IMPULSE_SHARE
+    cleaned = np.asarray(without_impulses(Image.fromarray(salted)), np.float32)
+    off = lambda image: np.mean(np.abs(image.astype(np.float32) - grey) > 50)  # noqa: E731
+    assert off(cleaned) < 0.1 * off(salted)  # the impulses gone, the image otherwise about as it was
+    deep = Image.fromarray(salted.astype(np.uint16) * 256)  # mode I;16
+    assert without_impulses(deep).mode == "F"  # high bit depth: its grey, median-filtered
