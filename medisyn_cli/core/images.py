@@ -133,18 +133,20 @@ _RING[1, 1] = 0  # a pixel's 8 neighbours
 
 
 def impulse_share(grey: np.ndarray) -> float:
-    """The share of a grey image's pixels that are isolated impulses: more than a quarter of the image's range above
-    every one of their 8 neighbours, or below every one (salt and pepper, dead or hot pixels; never an edge, whose
-    pixels have neighbours on their own side)."""
+    """The share of a grey image's pixels that are isolated saturated impulses: at the image's brightest level and
+    more than a quarter of its range above every one of their 8 neighbours, or at its darkest and that far below
+    every one (salt and pepper, dead or hot pixels; never an edge, whose pixels have neighbours on their own side,
+    nor speckle or posterisation, whose outliers are not saturated)."""
     import cv2
 
     grey = np.ascontiguousarray(grey, np.float32)
-    step = 0.25 * float(grey.max() - grey.min())
+    low, high = float(grey.min()), float(grey.max())
+    step, level = 0.25 * (high - low), 0.01 * (high - low)
     if step <= 0 or min(grey.shape[:2]) < 3:
         return 0.0
-    above = grey - cv2.dilate(grey, _RING) > step
-    below = cv2.erode(grey, _RING) - grey > step
-    return float(np.mean(above | below))
+    salt = (grey >= high - level) & (grey - cv2.dilate(grey, _RING) > step)
+    pepper = (grey <= low + level) & (cv2.erode(grey, _RING) - grey > step)
+    return float(np.mean(salt | pepper))
 
 
 def without_impulses(image):
