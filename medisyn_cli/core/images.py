@@ -116,6 +116,7 @@ def noise_variance(grey: np.ndarray, window: int = 8) -> float:
     backgrounds do not count); 0 for an image too small to hold a window."""
     import cv2
 
+    cv2.setNumThreads(1)  # one small image per call: threads of its own would only compete with the caller's
     grey = np.ascontiguousarray(grey, np.float32)
     if min(grey.shape[:2]) < window + 2 * (window // 2) + 2:
         return 0.0
@@ -139,6 +140,7 @@ def impulse_share(grey: np.ndarray) -> float:
     nor speckle or posterisation, whose outliers are not saturated)."""
     import cv2
 
+    cv2.setNumThreads(1)  # one small image per call
     grey = np.ascontiguousarray(grey, np.float32)
     low, high = float(grey.min()), float(grey.max())
     step, level = 0.25 * (high - low), 0.01 * (high - low)
