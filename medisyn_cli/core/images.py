@@ -126,9 +126,8 @@ def noise_variance(grey: np.ndarray, window: int = 8) -> float:
     return float(np.percentile(np.pi / 2 * (local / 6) ** 2, 25))
 
 
-IMPULSE_SHARE = (
-    0.003  # the share of isolated impulse pixels from which an image counts as salt-and-pepper noisy
-)
+# the share of isolated saturated impulse pixels (`impulse_share`) from which an image counts as salt-and-pepper noisy
+IMPULSE_SHARE = 0.003
 _RING = np.ones((3, 3), np.uint8)
 _RING[1, 1] = 0  # a pixel's 8 neighbours
 
@@ -137,7 +136,7 @@ def impulse_share(grey: np.ndarray) -> float:
     """The share of a grey image's pixels that are isolated saturated impulses: at the image's brightest level and
     more than a quarter of its range above every one of their 8 neighbours, or at its darkest and that far below
     every one (salt and pepper, dead or hot pixels; never an edge, whose pixels have neighbours on their own side,
-    nor speckle or posterisation, whose outliers are not saturated)."""
+    and rarely speckle or posterisation, whose outliers are seldom saturated)."""
     import cv2
 
     cv2.setNumThreads(1)  # one small image per call
@@ -152,8 +151,8 @@ def impulse_share(grey: np.ndarray) -> float:
 
 
 def without_impulses(image):
-    """The image median-filtered (3 x 3) where at least IMPULSE_SHARE of its pixels are isolated impulses, else the
-    image itself: a copy under salt-and-pepper noise compared as its source looks."""
+    """The image median-filtered (3 x 3) where at least IMPULSE_SHARE of its pixels are isolated saturated impulses
+    (`impulse_share`), else the image itself: a copy under salt-and-pepper noise compared as its source looks."""
     from PIL import Image, ImageFilter
 
     if impulse_share(to_grey(image)) < IMPULSE_SHARE:
