@@ -105,7 +105,8 @@ def pairwise(queries: list, vectors: np.ndarray, embedder, chunk: int = 32) -> n
     rows = []
     for start in range(0, len(queries), chunk):
         part = queries[start : start + chunk]
-        embedded = embedder.embed_views(part, views) * embedder.noise_factors(part)[:, None, None]
+        embedded, factors = embedder.embed_queries(part, views)
+        embedded = embedded * factors[:, None, None]
         sims = np.minimum(embedded.astype(np.float32).reshape(-1, embedded.shape[-1]) @ vectors.T, 1.0)
         rows.append((sims.reshape(len(embedded), len(views), -1) - penalty).max(1))
     return np.concatenate(rows)

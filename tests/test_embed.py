@@ -297,3 +297,13 @@ def test_noise_energy_is_what_white_noise_puts_in_the_band(shape):
 
 def test_other_embedders_do_not_scale_similarities(real_images):
     assert np.array_equal(get_embedder("phash").noise_factors(real_images[:3]), np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("spec", ["pixel", "phash"])
+def test_embed_queries_is_embed_views_and_noise_factors_in_one_pass(real_images, spec):
+    embedder = get_embedder(spec)
+    queries = real_images[:4] + [_noisy(image, 12.0) for image in real_images[:4]]
+    views = embedder.default_views("general")
+    vectors, factors = embedder.embed_queries(queries, views)
+    assert np.array_equal(vectors, embedder.embed_views(queries, views))
+    assert np.array_equal(factors, embedder.noise_factors(queries))

@@ -155,10 +155,11 @@ def without_impulses(image):
     (`impulse_share`), else the image itself: a copy under salt-and-pepper noise compared as its source looks."""
     from PIL import Image, ImageFilter
 
-    if impulse_share(to_grey(image)) < IMPULSE_SHARE:
+    grey = to_grey(image)
+    if impulse_share(grey) < IMPULSE_SHARE:
         return image
     if image.mode in ("L", "RGB"):
         return image.filter(ImageFilter.MedianFilter(3))
     import cv2
 
-    return Image.fromarray(cv2.medianBlur(np.ascontiguousarray(to_grey(image), np.float32), 3), mode="F")
+    return Image.fromarray(cv2.medianBlur(np.ascontiguousarray(grey, np.float32), 3), mode="F")

@@ -291,6 +291,10 @@ class Embedder:
         estimate)."""
         return np.ones(len(images), np.float32)
 
+    def embed_queries(self, images: list, views) -> tuple[np.ndarray, np.ndarray]:
+        """(`embed_views`, `noise_factors`) of query images, in one pass over them where the embedder can."""
+        return self.embed_views(images, views), self.noise_factors(images)
+
     def partial_similarity(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """How well part of the query matches each candidate vector ((k,) similarities), for embedders whose vectors
         are images (`has_parts`)."""
@@ -407,7 +411,16 @@ class PixelEmbedder(Embedder):
         with blas_threads():
             return self._embed_views(images, views)
 
-    def _embed_views(self, images: list, views: tuple[View, ...] | list[View]) -> np.ndarray:
+    def embed_queries(self, images: list, views) -> tuple[np.ndarray, np.ndarray]:
+        """The views and the noise factors from one working grey copy of each image."""
+        factors = np.ones(len(images), np.float32)
+        with blas_threads():
+            return self._embed_views(images, views, factors), factors
+
+    def _embed_views(
+        self, images: list, views: tuple[View, ...] | list[View], factors: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N, V, dim) vectors; `factors`: filled with each image's `_noise_factor` where given."""
         out = np.empty((len(images), len(views), self.dim), dtype=np.float32)
         groups: dict = {}  # (turn, angle) -> positions: each rotation of the image is resampled once
         for position, view in enumerate(views):
@@ -417,6 +430,8 @@ class PixelEmbedder(Embedder):
         operators: dict = {}  # (image shape, group) -> operator, looked up once per call
         for n, image in enumerate(images):
             grey = self._working_grey(image)
+            if factors is not None:
+                factors[n] = self._noise_factor(grey)
             for (turn, angle), positions in groups.items():
                 turned = _rotated(grey, turn, angle)
                 key = (turned.shape, turn, angle)
@@ -433,15 +448,16 @@ class PixelEmbedder(Embedder):
         band-passed thumbnail and nothing to its products with other images, so the noise-free image's similarities
         are the noisy one's times sqrt(n2 / (n2 - s2 * E)). Noise counts for at most NOISE_SHARE of n2. Measured on
         the identity view and used for every view (the crops' thumbnails hold more noise: an underestimate)."""
-        factors = np.ones(len(images), np.float32)
-        for n, image in enumerate(images):
-            grey = self._working_grey(image)
-            band = self._raw_band(grey, self._operator(grey.shape, (IDENTITY,)))[0]
-            energy = float(band @ band)
-            if energy > 0.0:
-                noise = min(noise_variance(grey) * self._noise_energy(grey.shape), NOISE_SHARE * energy)
-                factors[n] = math.sqrt(energy / (energy - noise))
-        return factors
+        return np.array([self._noise_factor(self._working_grey(image)) for image in images], np.float32)
+
+    def _noise_factor(self, grey: np.ndarray) -> float:
+        """`noise_factors` of one working grey image."""
+        band = self._raw_band(grey, self._operator(grey.shape, (IDENTITY,)))[0]
+        energy = float(band @ band)
+        if energy <= 0.0:
+            return 1.0
+        noise = min(noise_variance(grey) * self._noise_energy(grey.shape), NOISE_SHARE * energy)
+        return math.sqrt(energy / (energy - noise))
 
     def _noise_energy(self, shape: tuple[int, int]) -> float:
         """The expected squared norm of the identity view's centred band-passed thumbnail of unit white noise on a

@@ -218,8 +218,8 @@ class Screener:
         were embedded in: median-filtered where salt-and-pepper noise marks them (`without_impulses`; the keypoints
         are the image's own)."""
         queries = [without_impulses(image) for image in images]
-        factors = self.embedder.noise_factors(queries)
-        vectors = self._query(queries, self._union, factors)
+        vectors, factors = self.embedder.embed_queries(queries, self._union)
+        vectors = vectors * factors[:, None, None]
         if self.verifier is None:
             return vectors, None, factors, queries
         keypoints = [(*query_features(image), colour_features(image)) for image in images]
