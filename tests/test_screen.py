@@ -257,20 +257,28 @@ def test_screen_report_shows_the_matched_region(index, tmp_path):
     assert f"matched region of the training image: {rows['crop.png']['region'][6:]}" in page
 
 
-def test_projected_tile_search_ranks_by_exact_similarity(index):
-    from medisyn_cli.screening.faiss_index import search_index
-    from medisyn_cli.screening.screener import ProjectedSearch
+def test_grouped_tile_search_finds_the_best_view_and_tile_an_exhaustive_search_finds(index):
+    from medisyn_cli.screening.screener import Screener, grouped_search
 
-    rng = np.random.default_rng(0)
-    tiles = index.regions.reconstruct_n(0, index.regions.ntotal)
-    queries = tiles[rng.choice(len(tiles), 40, replace=False)] + rng.normal(0, 0.01, (40, tiles.shape[1]))
-    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    projected = ProjectedSearch(index.regions, dims=32, candidates=8)
-    sims, ids = projected.search(queries, 3)
-    exact_sims, exact_ids = search_index(index.regions, queries, 3, index.embedder)
-    assert np.array_equal(ids[:, 0], exact_ids[:, 0])
-    assert np.allclose(sims, np.einsum("nd,nkd->nk", queries, tiles[ids]), atol=1e-5)
-    assert np.all(np.diff(sims, axis=1) <= 0)
+    screener = Screener(index)
+    views = screener.region_views
+    penalties = np.array([view.penalty for view in views], np.float32)
+    images = [Image.open(p).convert("RGB") for p in sorted((FIXTURES / "images").rglob("*.png"))]
+    images = [COPIES[name](im) for name in ("crop", "hflip", "jpeg") for im in images[:4]]
+    queries = index.embedder.embed_views(images, views)
+    search = grouped_search(index.regions, index.region_projection)
+    search.pool = 8  # of 192 tiles: the projection has to choose
+    sims, ids = search.search(queries, penalties)
+    tiles = search.vectors
+    exact = np.minimum(np.einsum("nvd,td->nvt", queries, tiles), 1.0) - penalties[None, :, None]
+    for j in range(len(images)):
+        best = np.unravel_index(np.argmax(exact[j]), exact[j].shape)
+        assert ids[j][0] == best[1] and np.argmax(sims[j][:, 0]) == best[0]
+        np.testing.assert_allclose(sims[j], exact[j][:, ids[j]], atol=1e-5)
+        assert len(ids[j]) == 8 and np.all(np.diff(sims[j].max(axis=0)) <= 1e-7)
+    banned = [{int(i[0])} for i in ids]
+    _, without = search.search(queries, penalties, banned)
+    assert all(i[0] not in b and len(i) == 8 for i, b in zip(without, banned))
 
 
 def test_screening_in_chunks_embedded_by_a_thread_equals_one_chunk(index):

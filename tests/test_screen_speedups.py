@@ -14,7 +14,7 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.screening.build import build_index
 from medisyn_cli.screening.faiss_index import stored_vectors, tile_projection
 from medisyn_cli.screening.index import REGIONS_PCA_FILE, load_index
-from medisyn_cli.screening.screener import ProjectedSearch, Screener
+from medisyn_cli.screening.screener import Screener, grouped_search
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -90,15 +90,17 @@ def test_projection_file_that_does_not_fit_the_tiles_is_refused(built, tmp_path)
         load_index(folder)
 
 
-def test_projected_search_from_the_stored_projection_equals_one_computed(built):
+def test_grouped_search_from_the_stored_projection_equals_one_computed(built):
     index = load_index(built)
     rng = np.random.default_rng(1)
     tiles = stored_vectors(index.regions)
     found = tiles[rng.choice(len(tiles), 30, replace=False)] + rng.normal(0, 0.02, (30, tiles.shape[1]))
     found = (found / np.linalg.norm(found, axis=1, keepdims=True)).astype(np.float32)
-    stored = ProjectedSearch(index.regions, stored=index.region_projection).search(found, 5)
-    computed = ProjectedSearch(index.regions).search(found, 5)
-    assert np.array_equal(stored[1], computed[1]) and np.array_equal(stored[0], computed[0])
+    found, penalties = found.reshape(3, 10, -1), np.zeros(10, np.float32)
+    stored = grouped_search(index.regions, index.region_projection).search(found, penalties)
+    computed = grouped_search(index.regions).search(found, penalties)
+    assert all(np.array_equal(a, b) for a, b in zip(stored[1], computed[1]))
+    assert all(np.array_equal(a, b) for a, b in zip(stored[0], computed[0]))
 
 
 def test_screening_leaves_faiss_and_blas_threads_as_they_were(built):
@@ -113,24 +115,48 @@ def test_screening_leaves_faiss_and_blas_threads_as_they_were(built):
     assert blas() == before and faiss.omp_get_max_threads() == threads
 
 
-def test_tile_search_scored_by_blas_finds_the_candidates_faiss_finds_pair_by_pair(built):
+def test_view_by_view_search_scored_by_blas_finds_what_faiss_finds_pair_by_pair(built):
     import faiss
 
     from medisyn_cli.screening.faiss_index import blas_distances
 
     index = load_index(built)
-    search = ProjectedSearch(index.regions, stored=index.region_projection)
-    views = Screener(index).region_views
-    tiles = index.embedder.embed_views(queries(), views).reshape(-1, index.embedder.dim)
-    projected = np.ascontiguousarray(tiles @ search.basis)
+    views = Screener(index).views
+    found = index.embedder.embed_views(queries(), views).reshape(-1, index.embedder.dim)
     before = faiss.cvar.distance_compute_blas_threshold
-    pairwise = search.projected.search(projected, 16)
+    pairwise = index.faiss_index.search(found, 5)
     with blas_distances():
         assert faiss.cvar.distance_compute_blas_threshold == 20 < before
-        blas = search.projected.search(projected, 16)
+        blas = index.faiss_index.search(found, 5)
     assert faiss.cvar.distance_compute_blas_threshold == before
-    assert len(projected) == 20 * len(views) and np.array_equal(pairwise[1], blas[1])
+    assert len(found) == 20 * len(views) and np.array_equal(pairwise[1], blas[1])
     np.testing.assert_allclose(pairwise[0], blas[0], atol=1e-6)
+
+
+class ViewByView(Screener):
+    """The whole images' views searched one by one (as HNSW and IVF-PQ indexes are)."""
+
+    def _groupable(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("pool", [64, 3])
+def test_whole_image_views_searched_together_decide_as_view_by_view(built, pool):
+    index = load_index(built)
+    grouped, alone = Screener(index), ViewByView(index)
+    grouped._prepare()
+    grouped.whole_search.pool = pool  # 3 of 12 images: the projection chooses; 64: every image
+    assert alone._prepare() is None and alone.whole_search is None
+    images = queries()
+    assert decisions(grouped.check(images)) == decisions(alone.check(images))
+    grouped_matches = grouped._grouped(
+        [()] * 4, grouped.views, embedded(grouped, images[:4]), grouped.whole_search
+    )
+    assert all(len(m[3]) == min(pool, grouped.candidates) for m in grouped_matches)
+
+
+def embedded(screener: Screener, images: list) -> np.ndarray:
+    return screener.embedder.embed_views(images, screener.views)
 
 
 def test_screening_by_two_threads_equals_one_thread(built):
@@ -202,9 +228,9 @@ def test_a_warmed_up_screener_decides_as_a_cold_one_and_has_built_its_tile_searc
     index = load_index(built)
     cold = decisions(Screener(index, workers=1).check(queries()))
     warm = Screener(load_index(built), workers=1)
-    assert warm.region_search is None
+    assert warm.region_search is None and warm.whole_search is None
     warm.warm_up()  # a training thumbnail screened: every stage runs once
-    assert warm.region_search is not None and warm.embedder._operators
+    assert warm.region_search is not None and warm.whole_search is not None and warm.embedder._operators
     assert decisions(warm.check(queries())) == cold
 
 

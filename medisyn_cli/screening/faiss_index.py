@@ -304,7 +304,7 @@ def _threads_for(work: int):
 @contextmanager
 def blas_distances():
     """FAISS's flat searches of at least BLAS_QUERIES queries scored as one matrix product (BLAS), not one vector pair
-    at a time: this faiss does that only from 128,000 queries on, 4.5x slower for the tiles' 128-d projected search.
+    at a time: this faiss does that only from 128,000 queries on (4.5x slower for a screen's view-by-view searches).
     The setting is the process's: overlapping users (threads) share it, the last one out restores it."""
     import faiss
 
@@ -442,7 +442,7 @@ def region_index(regions: np.ndarray | None, count: int, model: Embedder):
 REGIONS_FLAT_MAX = 16_384  # tiles searched exactly up to this many (1,024 images), with HNSW beyond
 
 
-# the tiles' PCA projection (screener.ProjectedSearch): its dimensions and the tiles its basis is estimated on
+# the tiles' PCA projection (grouped.GroupedSearch; whole images of a flat index too): its dimensions and the tiles its basis is estimated on
 TILE_PCA_DIMS, TILE_PCA_SAMPLE = 128, 8192
 
 

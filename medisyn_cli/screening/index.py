@@ -49,7 +49,7 @@ TARGET_FPR = 0.005  # the default false-positive rate an index calibrates its th
 
 INDEX_FILE, KEYS_FILE, META_FILE, VECTORS_FILE = "index.faiss", "keys.parquet", "index.json", "vectors.npy"
 REGIONS_FILE = "regions.faiss"  # vectors of each training image's overlapping tiles (partial copies, crops)
-REGIONS_PCA_FILE = "regions_pca.npz"  # the tiles' PCA basis and projected tiles (screener.ProjectedSearch)
+REGIONS_PCA_FILE = "regions_pca.npz"  # the tiles' PCA basis and projected tiles (grouped.GroupedSearch)
 REGIONS_MAX = 20_000  # images up to which `index build` adds the tiles by default (16 vectors each)
 FORMAT = 1
 

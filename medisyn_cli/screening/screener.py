@@ -8,8 +8,10 @@
 
 Each query is embedded under the embedder's views (identity, flips and, for `pixel`, a grid of shifts and
 crops); the best match over the views is the query's nearest neighbour. Two stages keep this cheap: the views
-are searched in the whole index, then the `candidates` best training images found are compared with the
-query under views half a grid step around its best view (`Embedder.refine_views`), which recovers the exact
+are searched in the whole index (an exact float index: all of an image's views at once, through a PCA
+projection whose best training images are scored exactly, `GroupedSearch`; HNSW and IVF-PQ indexes: view by
+view), then the `candidates` best training images found are compared with the query under views half a grid
+step around its best view (`Embedder.refine_views`), which recovers the exact
 alignment of a shifted or cropped copy. Shift and crop views carry a small penalty subtracted from their
 similarity (trying many alignments raises the chance similarity of distinct images too), so
 `nn_similarity` is the view-adjusted similarity. A query's white noise is taken out of its similarities
@@ -18,8 +20,8 @@ so a noisy copy scores about as its clean version would. A result is a near-copy
 threshold.
 
 Indexes built since issue #16 also hold 16 overlapping tiles of every training image (`regions.faiss`): the
-query, under the region views (shifts, crops, 90% zooms and its own tiles), is matched with them too, through
-a PCA-projected search whose candidates are ranked by exact similarity (ProjectedSearch), so a crop of a
+query, under the region views (shifts, crops, 90% zooms and its own tiles), is matched with them too (a
+GroupedSearch through the projection stored in regions_pca.npz), so a crop of a
 training image or a copied region is caught; `region` names the training image's tile that matched. Their
 threshold is calibrated at build time on the index's own images (`calibrate`); older indexes are screened
 with the views they were calibrated for ("tuned") and without tiles.
@@ -37,15 +39,12 @@ from medisyn_cli.core.errors import MedisynError
 from medisyn_cli.core.images import without_impulses
 from medisyn_cli.screening.embed import TILES, blas_threads
 from medisyn_cli.screening.faiss_index import (
-    TILE_PCA_DIMS,
-    TILE_PCA_SAMPLE,
     blas_distances,
     faiss_threads,
-    rescore,
-    search_index,
     stored_vectors,
     tile_projection,
 )
+from medisyn_cli.screening.grouped import GroupedSearch
 from medisyn_cli.screening.index import TrainingIndex
 from medisyn_cli.screening.verify import Verifier, colour_features, query_features
 
@@ -137,7 +136,10 @@ class Screener:
         regional = views and self.view_set == "general" and index.regions is not None
         self.region_views = self.embedder.region_views() if regional else ()
         self._union = tuple(dict.fromkeys(self.views + self.region_views))
-        self.region_search = None  # built on first use: the tiles' projected search
+        self.region_search = None  # built on first use: the tiles' grouped search
+        self.whole_search = (
+            None  # built on first use for a flat float index: the whole images' grouped search
+        )
         # measure_verify: inliers measured, not decided on (calibration)
         verify = index.verify_threshold if verify_threshold is None else verify_threshold
         verify = None if measure_verify else verify
@@ -206,9 +208,11 @@ class Screener:
             return self._screen(part)
 
     def _prepare(self) -> None:
-        """What the worker threads share, built before they start: the tiles' search, the descriptor search."""
+        """What the worker threads share, built before they start: the grouped searches, the descriptor search."""
         if self.region_views and self.region_search is None:
-            self.region_search = ProjectedSearch(self.index.regions, stored=self.index.region_projection)
+            self.region_search = grouped_search(self.index.regions, self.index.region_projection)
+        if self.whole_search is None and self._groupable():
+            self.whole_search = grouped_search(self.index.faiss_index)
         if self.verifier is not None:
             self.verifier.local.descriptor_search()
 
@@ -224,6 +228,16 @@ class Screener:
             return vectors, None, factors, queries
         keypoints = [(*query_features(image), colour_features(image)) for image in images]
         return vectors, keypoints, factors, queries
+
+    def _groupable(self) -> bool:
+        """Whether the whole images' views are searched together (GroupedSearch): an exact float index (flat) screened
+        under several views; HNSW and IVF-PQ indexes, made for many images, search view by view."""
+        return (
+            len(self.views) > 1
+            and self.index.meta["index"]["type"] == "flat"
+            and not self.embedder.binary
+            and len(self.index) > 0
+        )
 
     def _query(self, images: list, views: tuple, factors: np.ndarray) -> np.ndarray:
         """(n, views, dim) query vectors, each image's scaled by its noise factor: their products with training
@@ -243,7 +257,7 @@ class Screener:
                 exclude,
                 self.views,
                 pick(self.views),
-                index.search,
+                self.whole_search or index.search,
                 index.reconstruct if refine else None,
                 factors,
             )
@@ -257,7 +271,7 @@ class Screener:
                 banned,
                 self.region_views,
                 pick(self.region_views),
-                self._search_regions,
+                self.region_search,
                 self._reconstruct_regions if refine else None,
                 factors,
             )
@@ -339,13 +353,8 @@ class Screener:
             whole = float(min(query @ vectors[best], 1.0))
         return float(scores[best]) - view.penalty, int(ids[best]), whole - view.penalty
 
-    def _search_regions(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.region_search is None:
-            self.region_search = ProjectedSearch(self.index.regions, stored=self.index.region_projection)
-        return self.region_search.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-
     def _reconstruct_regions(self, ids) -> np.ndarray:
-        return np.stack([self.index.regions.reconstruct(int(i)) for i in ids])
+        return self.region_search.vectors[np.asarray(ids, np.int64)]
 
     def _best(
         self,
@@ -358,15 +367,33 @@ class Screener:
         factors: np.ndarray,
     ) -> list[tuple]:
         """Per image: (similarity, id, view, candidates) of its best match in one store (whole images or tiles):
-        every view (`vectors`: the images under them) searched in the whole store, then views around the best
-        one against its candidates (`factors`: the images' noise factors)."""
-        matches = self._coarse(exclude, views, vectors, search)
+        every view (`vectors`: the images under them) searched in the whole store (`search`: a GroupedSearch, or a
+        top-k search of view vectors), then views around the best one against its candidates (`factors`: the
+        images' noise factors)."""
+        if isinstance(search, GroupedSearch):
+            matches = self._grouped(exclude, views, vectors, search)
+        else:
+            matches = self._coarse(exclude, views, vectors, search)
         if reconstruct is None:
             return matches
         return [
             self._refine(image, factor, *match, reconstruct)
             for image, factor, match in zip(images, factors, matches)
         ]
+
+    def _grouped(
+        self, exclude: list, views: tuple, vectors: np.ndarray, search: GroupedSearch
+    ) -> list[tuple]:
+        """`_coarse` through a GroupedSearch: each image's views scored together, its pool best first."""
+        sims, ids = search.search(vectors, [view.penalty for view in views], exclude)
+        found = []
+        for sim, pool in zip(sims, ids):
+            if not len(pool):
+                found.append((-np.inf, -1, views[0], pool))
+                continue
+            row = int(np.argmax(sim[:, 0]))
+            found.append((float(sim[row, 0]), int(pool[0]), views[row], pool[: self.candidates]))
+        return found
 
     def _coarse(self, exclude: list, views: tuple, vectors: np.ndarray, search) -> list[tuple]:
         """Per image: (similarity, id, view, candidate ids) of the best match over the views in the whole store."""
@@ -404,50 +431,11 @@ class Screener:
         return sim, nn, view, candidates
 
 
-class ProjectedSearch:
-    """Top-k inner-product search of a flat / HNSW-flat FAISS index through a PCA projection (PROJECTED dims):
-    the projected index proposes CANDIDATES per query, their exact similarity ranks them. 8x less work for the
-    region tiles (16 per training image), which every query view is compared with."""
-
-    def __init__(
-        self,
-        index,
-        dims: int = TILE_PCA_DIMS,
-        candidates: int = 16,
-        sample: int = TILE_PCA_SAMPLE,
-        stored: tuple[np.ndarray, np.ndarray] | None = None,
-    ):
-        """`stored`: the (basis, projected tiles) computed at index build (regions_pca.npz); None: computed here."""
-        import faiss
-
-        self.vectors = stored_vectors(index)
-        self.basis, projected = stored or tile_projection(self.vectors, dims, sample)
-        self.projected = faiss.IndexFlatIP(self.basis.shape[1])
-        self.projected.add(projected)
-        self.candidates = candidates
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarity, id) of the top k by exact inner product among the projected search's candidates."""
-        with blas_distances():
-            _, ids = search_index(
-                self.projected,
-                np.ascontiguousarray(queries @ self.basis),
-                max(k, self.candidates),
-                _INNER_PRODUCT,
-            )
-        sims, ids = rescore(queries, ids, self.vectors, k)
-        return sims.astype(np.float32), ids
-
-
-class _InnerProduct:
-    binary, dim = False, 0
-
-    @staticmethod
-    def similarity_from_distance(distances: np.ndarray) -> np.ndarray:
-        return np.asarray(distances, dtype=np.float32)
-
-
-_INNER_PRODUCT = _InnerProduct()
+def grouped_search(index, stored: tuple[np.ndarray, np.ndarray] | None = None) -> GroupedSearch:
+    """The GroupedSearch of a flat or HNSW-flat float FAISS index, through `stored` (basis, projected vectors: the tiles'
+    regions_pca.npz) or a projection computed here (faiss_index.tile_projection)."""
+    vectors = stored_vectors(index)
+    return GroupedSearch(vectors, *(stored or tile_projection(vectors)))
 
 
 def _usable_cpus() -> int:
