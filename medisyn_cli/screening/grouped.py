@@ -41,9 +41,6 @@ class GroupedSearch:
         self.vectors, self.basis, self.projected = vectors, basis, projected
         self.pool = int(pool)
 
-    def __len__(self) -> int:
-        return len(self.vectors)
-
     def search(
         self, queries: np.ndarray, penalties: np.ndarray, banned: list | None = None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:

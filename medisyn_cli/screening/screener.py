@@ -137,9 +137,8 @@ class Screener:
         self.region_views = self.embedder.region_views() if regional else ()
         self._union = tuple(dict.fromkeys(self.views + self.region_views))
         self.region_search = None  # built on first use: the tiles' grouped search
-        self.whole_search = (
-            None  # built on first use for a flat float index: the whole images' grouped search
-        )
+        # built on first use for a flat float index: the whole images' grouped search
+        self.whole_search = None
         # measure_verify: inliers measured, not decided on (calibration)
         verify = index.verify_threshold if verify_threshold is None else verify_threshold
         verify = None if measure_verify else verify
@@ -257,7 +256,7 @@ class Screener:
                 exclude,
                 self.views,
                 pick(self.views),
-                self.whole_search or index.search,
+                index.search if self.whole_search is None else self.whole_search,
                 index.reconstruct if refine else None,
                 factors,
             )
