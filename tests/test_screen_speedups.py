@@ -262,3 +262,19 @@ def test_generate_warms_the_screener_in_another_thread_while_the_block_runs():
     assert seen["done"] and seen["thread"] is not threading.current_thread()  # joined at the block's end
     with warmed(None):  # no --index: nothing to warm
         pass
+
+
+def test_grouped_search_scores_the_store_in_blocks_as_in_one(built, monkeypatch):
+    from medisyn_cli.screening import grouped
+
+    index = load_index(built)
+    views = Screener(index).region_views
+    found = index.embedder.embed_views(queries()[:6], views)
+    penalties = np.array([view.penalty for view in views], np.float32)
+    search = grouped_search(index.regions, index.region_projection)
+    search.pool = 10
+    whole = search.search(found, penalties)
+    monkeypatch.setattr(grouped, "STORE_BLOCK", 7)  # 192 tiles in 28 blocks, the last one short
+    blocked = search.search(found, penalties)
+    assert all(np.array_equal(a, b) for a, b in zip(whole[1], blocked[1]))
+    assert all(np.allclose(a, b) for a, b in zip(whole[0], blocked[0]))
