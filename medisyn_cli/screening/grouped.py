@@ -7,7 +7,7 @@ through a PCA projection of the store, the best projected score over the views i
 the `pool` best stored vectors of the image are scored exactly under every view: one selection per image, and the
 exact best (view, vector) pair whenever it is among the pool (for a copy of a stored image it is the first).
 
-    search = GroupedSearch(vectors, dims=128)
+    search = GroupedSearch(vectors, *tile_projection(vectors))   # faiss_index: a PCA basis, the projected vectors
     sims, ids = search.search(queries, penalties)   # queries (images, views, dim) -> per image (views, pool), (pool,)
 """
 
