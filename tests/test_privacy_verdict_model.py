@@ -86,3 +86,11 @@ def test_the_screeners_matches_find_each_duplicate_in_turn_and_stop_at_the_first
     copies = [Image.fromarray(np.asarray(image)).rotate(3) for image in images[1:5]]
     copy_ids, _ = verdict.matches(screener, copies, [set() for _ in copies])
     assert copy_ids[:, 0].tolist() == [1, 2, 3, 4]
+
+
+def test_a_held_out_set_below_200_images_is_warned_about():
+    from medisyn_cli.evaluate.memorisation import SMALL_HELDOUT, heldout_size_warning
+
+    assert heldout_size_warning(SMALL_HELDOUT) is None and heldout_size_warning(5000) is None
+    text = heldout_size_warning(50)
+    assert text.startswith("--heldout: 50 images; below 200") and "hold out 200 or more" in text

@@ -53,6 +53,7 @@ from medisyn_cli.evaluate.memorisation import (  # noqa: F401 (ALPHA, EXPECTED_S
     ALPHA,
     EXPECTED_SHARE,
     TESTS,
+    heldout_size_warning,
     memorisation_tests,
     near_copy_groups,
     percentiles,
@@ -198,6 +199,7 @@ def _run_privacy(config: PrivacyConfig) -> dict:
         "config": asdict(config),
     }
     warnings = [found["warning"] for found in (copies, leaks) if found["warning"]]
+    warnings += [found for found in [heldout_size_warning(len(heldout.image_set))] if found]
     if warnings:
         result["warnings"] = warnings
     out = Path(config.out) if config.out else default_out(config.synthetic[0])
