@@ -198,8 +198,8 @@ def _run_privacy(config: PrivacyConfig) -> dict:
         "seconds": round(time.time() - started, 1),
         "config": asdict(config),
     }
-    warnings = [found["warning"] for found in (copies, leaks) if found["warning"]]
-    warnings += [found for found in [heldout_size_warning(len(heldout.image_set))] if found]
+    small = heldout_size_warning(len(heldout.image_set))
+    warnings = [warning for warning in (copies["warning"], leaks["warning"], small) if warning]
     if warnings:
         result["warnings"] = warnings
     out = Path(config.out) if config.out else default_out(config.synthetic[0])

@@ -442,7 +442,8 @@ def region_index(regions: np.ndarray | None, count: int, model: Embedder):
 REGIONS_FLAT_MAX = 16_384  # tiles searched exactly up to this many (1,024 images), with HNSW beyond
 
 
-# the tiles' PCA projection (grouped.GroupedSearch; whole images of a flat index too): its dimensions and the tiles its basis is estimated on
+# the PCA projection of the tiles and of a flat index's whole images (grouped.GroupedSearch): its dimensions and the
+# vectors its basis is estimated on
 TILE_PCA_DIMS, TILE_PCA_SAMPLE = 128, 8192
 
 
