@@ -222,14 +222,19 @@ def verified_duplicates(
     among the indexed images
     its keypoints vote for: the data sets' own duplicates the pixel test above misses (the same cell cropped twice,
     the next ultrasound frame, the next slice). They stay among the negatives; the FP rate is reported with and
-    without them, and the pairs are written out for review (duplicates.csv, duplicates.png)."""
+    without them, and the pairs are written out for review (duplicates.csv, duplicates.png). The negatives' keypoints
+    are their QUERY_KEYPOINTS strongest, as when the 12 pairs were reviewed, not the screen's spread selection (a
+    query's weaker keypoints in flat cells match fewer of the 128 strongest stored ones: the count this rule reads
+    would follow the screen's internals)."""
     from medisyn_cli.screening.verify import (
         AGREEMENT,
+        QUERY_KEYPOINTS,
         LocalFeatures,
         Verifier,
+        _keypoints,
         agreement,
         descriptor_variants,
-        query_features,
+        grey,
         root,
     )
 
@@ -238,7 +243,8 @@ def verified_duplicates(
         members = np.where((sets == dataset) & indexed)[0]
         verifier = Verifier(LocalFeatures.from_images([images[i] for i in members]))
         for n in negatives[sets[negatives] == dataset]:
-            points, descriptors, pixels = query_features(images[n])
+            pixels = grey(images[n])
+            points, descriptors = _keypoints(pixels, QUERY_KEYPOINTS)
             if len(points) < 8:
                 continue
             variants = descriptor_variants(root(descriptors))

@@ -5,8 +5,10 @@ Every training image's SIFT keypoints (positions and descriptors, on a WORK_SIDE
 folder (`local.npz`). A query's keypoints are matched with those of its candidates (the whole-image and region
 searches' best, plus the training images its own descriptors vote for in a search of all stored descriptors, so a
 region pasted into another image still becomes a candidate), and a RANSAC affine model counts the matches that one
-geometric transform explains (inliers). Intensity inversion and mirroring permute a SIFT descriptor's bins, so the
-query is matched under all four at no extra detection cost.
+geometric transform explains (inliers). A query keeps its strongest keypoints cell by cell (the 2 strongest of each
+of 8 x 8 cells first, then the strongest of the rest): a noisy or busy part of it (a noise border, the image a region
+was pasted into, an overlay) would otherwise hold every keypoint and leave the copied part none. Intensity inversion
+and mirroring permute a SIFT descriptor's bins, so the query is matched under all four at no extra detection cost.
 
 Inliers alone do not tell a copy from a look-alike: two chest x-rays of different children share 30-40 inliers
 (ribs, clavicles and the heart border line up under one affine map). So the training image is then warped onto the
@@ -52,6 +54,8 @@ RANSAC_PIXELS = 3.0  # reprojection error of an inlier, in WORK_SIDE pixels
 VOTED = 6  # training images a query's descriptors vote for that are verified besides the search's candidates
 PROJECTED = 32  # dimensions of the descriptor search (PCA of RootSIFT)
 MIN_INLIERS = 8  # fewest inliers an affine model needs to count at all
+# a query's keypoints (`_keypoints`): the SPREAD_QUOTA strongest of each of SPREAD_GRID x SPREAD_GRID cells first
+SPREAD_GRID, SPREAD_QUOTA = 8, 2
 # least share of the query the inliers' convex hull must cover: burned-in text and scanner marks shared by distinct
 # images of one device match in a small patch, a copied region (a third of the image or more) spans far more
 MIN_SPREAD = 0.1
@@ -134,13 +138,13 @@ def query_features(image) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if image is None:
         return (*features(None), None)
     pixels = grey(image)
-    return (*_keypoints(pixels, QUERY_KEYPOINTS), pixels)
+    return (*_keypoints(pixels, QUERY_KEYPOINTS, spread=True), pixels)
 
 
 def colour_features(image) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """`query_features` of a colour query's other grey copy (`principal_grey`), where it is not its luma."""
     pixels = None if image is None else principal_grey(image)
-    return None if pixels is None else (*_keypoints(pixels, QUERY_KEYPOINTS), pixels)
+    return None if pixels is None else (*_keypoints(pixels, QUERY_KEYPOINTS, spread=True), pixels)
 
 
 def principal_grey(image, side: int = WORK_SIDE) -> np.ndarray | None:
@@ -166,17 +170,40 @@ def principal_grey(image, side: int = WORK_SIDE) -> np.ndarray | None:
     return np.clip(stretched, 0, 255).astype(np.uint8).reshape(side, side)
 
 
-def _keypoints(grey: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+def _keypoints(grey: np.ndarray, keep: int, spread: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(points, descriptors) of the `keep` strongest SIFT keypoints; `spread` (a query's): first the SPREAD_QUOTA
+    strongest of every cell of a SPREAD_GRID x SPREAD_GRID grid, then the strongest of the rest, so a noisy or busy
+    part of the image (a noise border, an overlay, the image a region was pasted into) cannot take every keypoint
+    from the part that is a copy."""
     import cv2
 
     cv2.setNumThreads(1)  # one image per call: threads of its own would only compete with the caller's
-    sift = cv2.SIFT_create(nfeatures=keep, contrastThreshold=CONTRAST)
-    keypoints, descriptors = sift.detectAndCompute(grey, None)
+    sift = cv2.SIFT_create(nfeatures=0 if spread else keep, contrastThreshold=CONTRAST)
+    if spread:
+        found = sift.detect(grey, None)
+        order = np.argsort([-k.response for k in found], kind="stable")
+        chosen = _spread(np.array([found[i].pt for i in order], np.float32).reshape(-1, 2), order)[:keep]
+        keypoints, descriptors = (
+            sift.compute(grey, [found[i] for i in np.sort(chosen)]) if found else ((), None)
+        )
+    else:
+        keypoints, descriptors = sift.detectAndCompute(grey, None)
     if descriptors is None or not keypoints:
         return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
     order = np.argsort([-k.response for k in keypoints], kind="stable")[:keep]
     points = np.array([keypoints[i].pt for i in order], np.float32)
     return points, np.clip(np.rint(descriptors[order]), 0, 255).astype(np.uint8)
+
+
+def _spread(points: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """`order` (keypoints strongest first, at `points`) rearranged: each grid cell's SPREAD_QUOTA strongest first."""
+    cells = np.minimum((points * SPREAD_GRID // WORK_SIDE).astype(np.int64), SPREAD_GRID - 1)
+    cell = cells[:, 1] * SPREAD_GRID + cells[:, 0]
+    rank = np.zeros(len(cell), np.int64)
+    for c in np.unique(cell):
+        rank[cell == c] = np.arange(int((cell == c).sum()))
+    first = rank < SPREAD_QUOTA
+    return np.concatenate([order[first], order[~first]])
 
 
 def root(descriptors: np.ndarray) -> np.ndarray:
@@ -388,7 +415,7 @@ class Verifier:
         """id -> affine model (None: none) of the training images, other than `known`, that the keypoints of the
         query's remainder vote for: the query less its least-squares fit of `warped` (a training image aligned to
         it, landing on `inside`)."""
-        points, descriptors = _keypoints(_remainder(pixels, warped, inside), QUERY_KEYPOINTS)
+        points, descriptors = _keypoints(_remainder(pixels, warped, inside), QUERY_KEYPOINTS, spread=True)
         if len(points) < MIN_INLIERS:
             return {}
         variants = descriptor_variants(root(descriptors))
