@@ -182,7 +182,8 @@ def _keypoints(grey: np.ndarray, keep: int, spread: bool = False) -> tuple[np.nd
     if spread:
         found = sift.detect(grey, None)
         order = np.argsort([-k.response for k in found], kind="stable")
-        chosen = _spread(np.array([found[i].pt for i in order], np.float32).reshape(-1, 2), order)[:keep]
+        points = np.array([found[i].pt for i in order], np.float32).reshape(-1, 2)
+        chosen = _spread(points, order, grey.shape)[:keep]
         keypoints, descriptors = (
             sift.compute(grey, [found[i] for i in np.sort(chosen)]) if found else ((), None)
         )
@@ -195,9 +196,11 @@ def _keypoints(grey: np.ndarray, keep: int, spread: bool = False) -> tuple[np.nd
     return points, np.clip(np.rint(descriptors[order]), 0, 255).astype(np.uint8)
 
 
-def _spread(points: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """`order` (keypoints strongest first, at `points`) rearranged: each grid cell's SPREAD_QUOTA strongest first."""
-    cells = np.minimum((points * SPREAD_GRID // WORK_SIDE).astype(np.int64), SPREAD_GRID - 1)
+def _spread(points: np.ndarray, order: np.ndarray, shape: tuple) -> np.ndarray:
+    """`order` (keypoints strongest first, at `points` (x, y) in an image of `shape` (rows, columns)) rearranged: each
+    grid cell's SPREAD_QUOTA strongest first."""
+    size = np.array([shape[1], shape[0]], np.float32)
+    cells = np.minimum((points * SPREAD_GRID // size).astype(np.int64), SPREAD_GRID - 1)
     cell = cells[:, 1] * SPREAD_GRID + cells[:, 0]
     rank = np.zeros(len(cell), np.int64)
     for c in np.unique(cell):
