@@ -228,12 +228,11 @@ def verified_duplicates(
     would follow the screen's internals)."""
     from medisyn_cli.screening.verify import (
         AGREEMENT,
-        QUERY_KEYPOINTS,
         LocalFeatures,
         Verifier,
-        _keypoints,
         agreement,
         descriptor_variants,
+        features,
         grey,
         root,
     )
@@ -243,8 +242,8 @@ def verified_duplicates(
         members = np.where((sets == dataset) & indexed)[0]
         verifier = Verifier(LocalFeatures.from_images([images[i] for i in members]))
         for n in negatives[sets[negatives] == dataset]:
+            points, descriptors = features(images[n])  # the QUERY_KEYPOINTS strongest
             pixels = grey(images[n])
-            points, descriptors = _keypoints(pixels, QUERY_KEYPOINTS)
             if len(points) < 8:
                 continue
             variants = descriptor_variants(root(descriptors))

@@ -69,8 +69,8 @@ held-out + ~480 training images) Boschloo at the whole 0.05 flags 2 copies in 10
 2% at 500 images in 70-70.5%. 5% at 100 is within reach (the oracles 1.0, Boschloo at 0.05: 0.993), and the
 weights above spend the alpha there: 94.7% / 97.5% of 1,000 runs with 50 / 200 held-out images
 (isic2017_dermoscopy_v6; 93% before the noise correction, when the copies the screen missed all carried noise of
-sigma 6-12). The runs missed at 50 held-out
-images are those whose reference holds more of the data set's mutual duplicate pairs. No change of the weights
+sigma 6-12). The runs missed at 50 held-out images are those whose reference holds more of the data set's mutual
+duplicate pairs. No change of the weights
 reached 95% within the false-alarm target before (all of ALPHA on the count, in `_v2`: 95% / 93%, and the 200 / 500
 null at 5.5%). A larger training self-reference narrows the rate (Boschloo, 2 caught copies in 100 at a 0.3% rate:
 0.54 with 681 reference images, 0.64 with 1,200, 0.87 with 5,000).
@@ -91,9 +91,10 @@ leaves fewer inside the training set: the synthetic and self-reference near-copy
 correlated (-0.33 / -0.40 over 200 runs of 500 synthetic images), which an exact test of independent samples
 does not know, and that cell flags sets without copies in 9.5% of runs with 50 held-out images (4.5% with 200;
 7.5% / 6.5% in isic2017_dermoscopy_v3, whose screen finds 10 groups; 5.5% / 5.5% in _v5, the near-copy count
-alone 5.0% / 5.0%, once the tail test reads the held-out tail only; 6.4% / 4.5% of 1,000 fresh runs in _v6); the design effect does not help there (fewer
-than MIN_GROUPS groups; from any number of groups: 9.5% / 4.0%, and on other draws 6.3% with 50 held-out images at
-the price of 5% copies at 100 images flagged in 86.7% of runs instead of 93%).
+alone 5.0% / 5.0%, once the tail test reads the held-out tail only; 6.4% / 4.5% of 1,000 fresh runs in _v6); the
+design effect does not help there (fewer than MIN_GROUPS groups; from any number of groups: 9.5% / 4.0%, and on
+other draws 6.3% with 50 held-out images at the price of 5% copies at 100 images flagged in 86.7% of runs instead
+of 93%).
 
 Membership-style audit (`membership_audit`): the similarity as a score telling synthetic from held-out images,
 as membership-inference papers report it: ROC curve, AUC (P(a synthetic image is closer than a held-out one),
