@@ -35,6 +35,11 @@ refinement) on in-memory flat indexes, one per data set:
   distortion (nodes of a 4-6 cell grid moved 2-5 px), lens distortion (barrel / pincushion), speckle
   (multiplicative noise), salt and pepper, motion blur, posterisation (2-4 bits), an illumination (bias) field,
   colour jitter, solarisation.
+- a third probe (`--families probe3`), drawn after the spread keypoints: the issue's own families beyond the ranges
+  the random families draw from: blends with a real image that is not indexed (55-75% of the training image) and
+  near-even blends with another indexed one (either image a right answer), regions pasted at 0.7-1.3 times their
+  size or turned by any angle, the whole image shrunk to 0.6-0.85 onto a real one, crops of 35-50% of the area, any
+  rotation with a zoom of 0.8-1.25, a translucent watermark.
 
 Per embedder (condition): the detection rate (TPR) of every transform at its default threshold and at the
 thresholds that give 1% and 0.1% false positives on the pooled negatives, the false-positive rate at the
@@ -111,6 +116,15 @@ FAMILIES = {
     "geometric (probe2)": ("grid_distortion", "lens_distortion"),
     "degradation (probe2)": ("speckle", "salt_pepper", "motion_blur", "posterize"),
     "photometric (probe2)": ("bias_field", "colour_jitter", "solarize"),
+    "composite (probe3)": (
+        "blend_real",
+        "blend_even",
+        "paste_scaled",
+        "paste_rotated",
+        "zoom_out",
+        "watermark",
+    ),
+    "geometric (probe3)": ("crop_small", "rotate_zoom"),
 }
 
 
@@ -469,6 +483,26 @@ def probe2_transforms() -> dict:
         "bias_field": _bias_field,
         "colour_jitter": _colour_jitter,
         "solarize": _solarize,
+    }
+
+
+def probe3_transforms() -> dict:
+    """name -> f(image, rng, partner, reals): a third probe, the issue's own families beyond the ranges the random
+    families draw from, built after the spread keypoints (issue #29): blends with a real image that is not indexed
+    (55-75% of the training image) and near-even blends with another indexed one (50-55%; either image is a right
+    answer), regions pasted at another scale (0.7-1.3) or turned by any angle, the whole image shrunk onto a real one,
+    crops of 35-50% of the area, any rotation with a zoom, and a translucent watermark."""
+    return {
+        "blend_real": lambda im, rng, other, reals: _blend(
+            im, reals[0].resize(im.size), rng.uniform(0.55, 0.75)
+        ),
+        "blend_even": lambda im, rng, other, reals: _blend(im, other.resize(im.size), rng.uniform(0.5, 0.55)),
+        "paste_scaled": lambda im, rng, other, reals: _paste(im, rng, other, reals[0], scale=(0.7, 1.3)),
+        "paste_rotated": _paste_rotated,
+        "zoom_out": _zoom_out,
+        "crop_small": _crop_small,
+        "rotate_zoom": _rotate_zoom,
+        "watermark": _watermark,
     }
 
 
@@ -893,18 +927,98 @@ def _blend(im, other, weight: float):
     return Image.blend(other.convert(im.mode), im, weight)
 
 
-def _paste(im, rng, other, real):
+def _paste(im, rng, other, real, scale: tuple | None = None):
     """A region of 1/3 to 1/2 of the area of the indexed image (aspect 3:4 to 4:3), anywhere in it, pasted anywhere
-    onto a real image that is not indexed."""
+    onto a real image that is not indexed; `scale`: resized first by a factor drawn from that range (at most the
+    image's size)."""
+    from PIL import Image
+
     w, h = im.size
     area, aspect = rng.uniform(1 / 3, 1 / 2), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
     cw, ch = min(w, round(np.sqrt(area * w * h * aspect))), min(h, round(np.sqrt(area * w * h / aspect)))
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    region = im.crop((x, y, x + cw, y + ch))
+    if scale is not None:
+        factor = rng.uniform(*scale)
+        region = region.resize(
+            (min(w, round(cw * factor)), min(h, round(ch * factor))), Image.Resampling.BICUBIC
+        )
     out = real.convert(im.mode).resize((w, h))
+    rw, rh = region.size
+    out.paste(region, (int(rng.integers(0, w - rw + 1)), int(rng.integers(0, h - rh + 1))))
+    return out
+
+
+def _paste_rotated(im, rng, other, reals):
+    """A square region of 1/3 to 1/2 of the area turned by any angle (its corners transparent), pasted anywhere onto
+    a real image that is not indexed."""
+    from PIL import Image
+
+    w, h = im.size
+    side = int(round(np.sqrt(rng.uniform(1 / 3, 1 / 2)) * min(w, h)))
+    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    region = im.crop((x, y, x + side, y + side)).convert("RGBA")
+    region = region.rotate(rng.uniform(0, 360), resample=Image.Resampling.BICUBIC, expand=True)
+    region = region.resize((min(w, region.size[0]), min(h, region.size[1])), Image.Resampling.BICUBIC)
+    out = reals[0].convert(im.mode).resize((w, h)).convert("RGBA")
+    rw, rh = region.size
+    out.alpha_composite(region, (int(rng.integers(0, w - rw + 1)), int(rng.integers(0, h - rh + 1))))
+    return out.convert(im.mode)
+
+
+def _zoom_out(im, rng, other, reals):
+    """The whole image at 0.6-0.85 of its side, anywhere on a real image that is not indexed."""
+    from PIL import Image
+
+    w, h = im.size
+    factor = rng.uniform(0.6, 0.85)
+    small = im.resize((round(w * factor), round(h * factor)), Image.Resampling.LANCZOS)
+    out = reals[0].convert(im.mode).resize((w, h))
     out.paste(
-        im.crop((x, y, x + cw, y + ch)), (int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)))
+        small, (int(rng.integers(0, w - small.size[0] + 1)), int(rng.integers(0, h - small.size[1] + 1)))
     )
     return out
+
+
+def _rotate_zoom(im, rng, other, reals):
+    """Turned by any angle (the corners a random colour), scaled by 0.8-1.25 and shifted by up to 10% a side, cut
+    back to the image's size."""
+    w, h = im.size
+    angle, factor = rng.uniform(0, 360), rng.uniform(0.8, 1.25)
+    out = im.rotate(angle, resample=3, expand=True, fillcolor=_colour(rng, im.mode))  # 3: bicubic
+    out = out.resize((round(out.size[0] * factor), round(out.size[1] * factor)), 3)
+    cx, cy = out.size[0] / 2 + rng.uniform(-0.1, 0.1) * w, out.size[1] / 2 + rng.uniform(-0.1, 0.1) * h
+    return out.crop((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)).resize((w, h))
+
+
+def _crop_small(im, rng, other, reals):
+    """A box of 35-50% of the area (aspect 3:4 to 4:3), anywhere, resized back to the image size."""
+    from PIL import Image
+
+    w, h = im.size
+    area, aspect = rng.uniform(0.35, 0.5), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+    cw, ch = min(w, np.sqrt(area * w * h * aspect)), min(h, np.sqrt(area * w * h / aspect))
+    x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    return im.crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.BICUBIC)
+
+
+def _watermark(im, rng, other, reals):
+    """2-4 lines of text and a frame, in one random colour at 30-60% opacity, over the image."""
+    from PIL import Image, ImageDraw
+
+    w, h = im.size
+    base = (im.convert("RGB") if im.mode not in ("L", "RGB") else im).convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3)) + (int(rng.integers(80, 160)),)
+    for _ in range(int(rng.integers(2, 5))):
+        text = "SAMPLE CONFIDENTIAL"[: int(rng.integers(6, 20))]
+        draw.text((int(rng.integers(0, w // 3)), int(rng.integers(0, h - 10))), text, fill=colour)
+    box = (int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2)))
+    draw.rectangle(
+        box + (int(rng.integers(w // 2, w)), int(rng.integers(h // 2, h))), outline=colour, width=2
+    )
+    return Image.alpha_composite(base, layer).convert(im.mode)
 
 
 def _overlay_any(im, rng, other, real):
@@ -978,6 +1092,10 @@ def plant(
         out["probe"] = plant_probe(images, sets, groups, sources, seed, indexed)
     if "probe2" in families:
         out["probe2"] = plant_probe(images, sets, groups, sources, seed + 2, indexed, probe2_transforms())
+    if "probe3" in families:
+        out["probe3"] = plant_probe(
+            images, sets, groups, sources, seed + 3, indexed, probe3_transforms(), "probe3"
+        )
     return out
 
 
@@ -989,6 +1107,7 @@ def plant_probe(
     seed: int,
     indexed,
     made: dict | None = None,
+    family: str = "probe",
 ) -> dict:
     """{transform: (source indices, copies)} of the probe families (`made`, default `probe_transforms`), each its own
     stream (sources a family does not apply to are left out)."""
@@ -996,7 +1115,7 @@ def plant_probe(
     out = {}
     for name, make in (made or probe_transforms()).items():
         rng = np.random.default_rng([seed + 11, zlib.crc32(name.encode())])
-        kept, copies = [], []
+        kept, copies, partners = [], [], []
         for i in sources:
             other = np.where((sets == sets[i]) & (groups != groups[i]) & indexed)[0]
             real = np.where((sets == sets[i]) & ~np.isin(groups, groups[indexed]))[0]
@@ -1005,7 +1124,10 @@ def plant_probe(
             if copy is not None:
                 kept.append(i)
                 copies.append(copy)
+                partners.append(partner)
         out[name] = (np.array(kept, np.int64), copies)
+        if name in BLENDS:
+            PARTNERS[(family, name)] = np.array(partners, np.int64)
     return out
 
 
@@ -1015,7 +1137,7 @@ LEARNED: dict = {}  # the trained descriptor of this run (train_learned), shared
 DONE: dict = {}  # raw scores of the conditions evaluated or loaded in this run
 # a blend holds two training images, and a match with either is right: (family, transform) -> the partner of each copy
 PARTNERS: dict = {}
-BLENDS = ("blend70", "blend60")
+BLENDS = ("blend70", "blend60", "blend_even")  # either image is a right answer
 
 
 def train_learned(images: list, sets: np.ndarray, indexed: np.ndarray, cache: Path | None):
@@ -1466,8 +1588,9 @@ def main() -> None:
         "--families",
         nargs="+",
         default=list(PLANTED),
-        choices=PLANTED + ("probe", "probe2"),
-        help="Copies planted: tuned / unseen (fixed instances), random / probe / probe2 (parameters drawn per copy).",
+        choices=PLANTED + ("probe", "probe2", "probe3"),
+        help="Copies planted: tuned / unseen (fixed instances), random / probe / probe2 / probe3 (parameters drawn "
+        "per copy).",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(

@@ -27,7 +27,9 @@ main colour axis (a false-colour copy of a grey image: a colour map's luma is no
 matched again as its principal-component grey copy where its luma verifies nothing.
 A copy -- rotated, sheared, cropped, bordered, pasted into another image -- agrees in most blocks; a look-alike
 agrees in its outlines but not in its texture. A candidate is verified when its median block agreement is at least
-AGREEMENT. The training images' grey thumbnails (THUMB_SIDE) are kept in local.npz for this.
+AGREEMENT, or when its fine detail shows in the query's at one gain in nearly every block (`_detail_agreement`): a
+blend with an image the index does not hold explains only its share of each block, but its texture is there, at the
+blend's weight everywhere, where a look-alike's is not and its gains scatter. The training images' grey thumbnails (THUMB_SIDE) are kept in local.npz for this.
 
     local = LocalFeatures.from_images(images)          # at index build
     verifier = Verifier(local)
@@ -56,9 +58,11 @@ PROJECTED = 32  # dimensions of the descriptor search (PCA of RootSIFT)
 MIN_INLIERS = 8  # fewest inliers an affine model needs to count at all
 # a query's keypoints (`_keypoints`): the SPREAD_QUOTA strongest of each of SPREAD_GRID x SPREAD_GRID cells first
 SPREAD_GRID, SPREAD_QUOTA = 8, 2
-# least share of the query the inliers' convex hull must cover: burned-in text and scanner marks shared by distinct
-# images of one device match in a small patch, a copied region (a third of the image or more) spans far more
-MIN_SPREAD = 0.1
+# least share of the image the inliers' convex hull must cover, in the query or in the training image (the larger):
+# burned-in text and scanner marks shared by distinct images of one device match in a small patch; a copied region
+# (a third of the training image or more) spans more, though its inliers' hull covers only part of it, and less of
+# the query where it was pasted smaller (a third of the area at 0.7 times the side: the hull 5-10% of the query)
+MIN_SPREAD = 0.05
 # inliers that make a verified candidate a near-copy where the index has no calibrated value (fewer than
 # calibrate.CALIBRATION_MIN images: two distinct chest x-rays can share 12), and the least a calibrated value may be
 VERIFY_DEFAULT, VERIFY_FLOOR = 20, 12
@@ -97,6 +101,13 @@ KEPT = 0.5
 # its reports: 59 of 60 elastic copies and 23 of 60 grid distortions verify; distinct images: the six data sets' 835
 # negatives at most 0.72, the look-alike hands of tests/fixtures 0.72
 FLOW_SMOOTH, FLOW_REACH, FLOW_PASSES, FLOW_DETAIL, FLOW_AGREEMENT, FLOW_FROM = 3.0, 12.0, 3, 3.0, 0.78, 0.25
+# a blend with an image the index does not hold (`_detail_agreement`): the fine detail (each image less its Gaussian
+# blur of DETAIL_BLUR pixels) of the aligned training image shows in the query's at one gain everywhere. Verified where
+# the blocks' median correlation of fine detail and the share of blocks whose gain lies within DETAIL_SLOPE of the
+# median gain both reach DETAIL_AGREEMENT. Chosen on copies planted outside screen_quality's reports (blends of 50-75%
+# with a real image that is not indexed, or another indexed one): 40 of 49 such blends with enough inliers, 21 by the
+# plain agreement; distinct images with enough inliers (kermany chest x-rays, MedNIST hands) at most 0.62
+DETAIL_BLUR, DETAIL_SLOPE, DETAIL_AGREEMENT = 1.5, 0.35, 0.8
 # a colour query whose luma correlates less than this with its colours' main axis is verified as that grey copy too
 PRINCIPAL_LUMA = 0.9
 # inliers that make a verified candidate a near-copy at any calibrated threshold (the calibrated value's upper bound)
@@ -551,6 +562,8 @@ def aligned(
     if REFINE_FROM <= found < AGREEMENT:
         projective = _refined(query, train, model, matched, homography=True)
         found = max(found, _block_agreement(query, train, projective, hull, noise))
+    if PAIR_FROM <= found < AGREEMENT and _detail_agreement(query, train, model, hull) >= DETAIL_AGREEMENT:
+        found = AGREEMENT
     if (
         deform
         and FLOW_FROM <= found < AGREEMENT
@@ -600,6 +613,34 @@ def _deformed(
     detail = lambda image: image - cv2.GaussianBlur(image, (0, 0), FLOW_DETAIL)  # noqa: E731
     blocks = _block_shares(detail(query.astype(np.float32)), [detail(moved)], hull & kept, noise)
     return float(np.percentile(blocks, 25)) if len(blocks) else 0.0
+
+
+def _detail_agreement(query: np.ndarray, train: np.ndarray, model: np.ndarray, hull: np.ndarray) -> float:
+    """How plainly the training image warped by `model` is part of the query over `hull`, whatever else the query
+    holds: a blend with an image the index does not hold (DETAIL_BLUR). Per BLOCK x BLOCK block wholly inside where
+    both have fine detail: its correlation and its gain (the query's detail regressed on the training image's); the
+    smaller of the median correlation (signed by the median gain: an inversion) and the share of blocks whose gain lies
+    within DETAIL_SLOPE of the median. A look-alike's outlines correlate, its texture does not, and its gains scatter;
+    0 where fewer than 4 blocks have detail."""
+    import cv2
+
+    warped, inside = _warped(train, model)
+    detail = [
+        image - cv2.GaussianBlur(image, (0, 0), DETAIL_BLUR) for image in (query.astype(np.float32), warped)
+    ]
+    full = _tiles(hull & inside).min(axis=1) > 0
+    q, x = (_tiles(image)[full].astype(np.float64) for image in detail)
+    q, x = q - q.mean(axis=1, keepdims=True), x - x.mean(axis=1, keepdims=True)
+    textured = (q.std(axis=1) > 2) & (x.std(axis=1) > 2)
+    if textured.sum() < 4:
+        return 0.0
+    q, x = q[textured], x[textured]
+    product, qq, xx = (q * x).sum(axis=1), (q * q).sum(axis=1), (x * x).sum(axis=1)
+    gains = product / xx
+    gain = float(np.median(gains))
+    correlation = float(np.median(product / np.sqrt(qq * xx))) * (1.0 if gain >= 0 else -1.0)
+    consistent = float(np.mean(np.abs(gains - gain) <= DETAIL_SLOPE * abs(gain)))
+    return min(correlation, consistent)
 
 
 def _noise(image: np.ndarray) -> float:
@@ -686,6 +727,12 @@ def _warped(train: np.ndarray, model: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return warped, cv2.erode(inside, np.ones((5, 5), np.uint8))
 
 
+def _tiles(image: np.ndarray) -> np.ndarray:
+    """A WORK_SIDE image's BLOCK x BLOCK blocks as rows (blocks, BLOCK * BLOCK), row by row."""
+    blocks = WORK_SIDE // BLOCK
+    return image.reshape(blocks, BLOCK, blocks, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)
+
+
 def _explained(query: np.ndarray, images: list[np.ndarray], region: np.ndarray, noise: float = 0.0) -> float:
     """The median of `_block_shares`: 0 where fewer than 4 blocks have texture."""
     blocks = _block_shares(query, images, region, noise)
@@ -700,11 +747,9 @@ def _block_shares(
     blocks where fewer than 4 have texture. `noise`: the per-pixel variance of noise the query has
     and the images have not (a noisy copy): no fit explains it, so it is taken out of each block's variance, at most
     down to KEPT of it (the correlation corrected for attenuation)."""
-    blocks = WORK_SIDE // BLOCK
-    tile = lambda a: a.reshape(blocks, BLOCK, blocks, BLOCK).swapaxes(1, 2).reshape(-1, BLOCK * BLOCK)  # noqa: E731
-    full = tile(region).min(axis=1) > 0
-    q = tile(query.astype(np.float32))[full]
-    x = np.stack([tile(image)[full] for image in images], axis=1)  # (blocks, images, pixels)
+    full = _tiles(region).min(axis=1) > 0
+    q = _tiles(query.astype(np.float32))[full]
+    x = np.stack([_tiles(image)[full] for image in images], axis=1)  # (blocks, images, pixels)
     q, x = q - q.mean(axis=1, keepdims=True), x - x.mean(axis=2, keepdims=True)
     discount = (BLOCK * BLOCK - 1) * noise  # a block's noise energy once its mean is removed
     textured = (q.std(axis=1) > 2) & (x.std(axis=2) > 2).any(axis=1)
@@ -751,7 +796,8 @@ def _refined(
 
 def _affine_model(query: np.ndarray, train: np.ndarray) -> tuple[int, np.ndarray | None, np.ndarray]:
     """(inliers, model, the query's inlier points) of the RANSAC affine model of matched points: 0 inliers below
-    MIN_INLIERS, for a degenerate model, or when they cover less than MIN_SPREAD of the query."""
+    MIN_INLIERS, for a degenerate model, or when they cover less than MIN_SPREAD of the query and of the training
+    image."""
     import cv2
 
     if len(query) < MIN_INLIERS:
@@ -765,8 +811,12 @@ def _affine_model(query: np.ndarray, train: np.ndarray) -> tuple[int, np.ndarray
     count = int(mask.sum())
     if not (1 / 16 <= det <= 16 and count >= MIN_INLIERS):
         return NO_MATCH
-    matched = query[mask.ravel() > 0].astype(np.float32)
-    if cv2.contourArea(cv2.convexHull(matched)) < MIN_SPREAD * WORK_SIDE**2:
+    kept = mask.ravel() > 0
+    matched = query[kept].astype(np.float32)
+    hull = max(
+        cv2.contourArea(cv2.convexHull(points)) for points in (matched, train[kept].astype(np.float32))
+    )
+    if hull < MIN_SPREAD * WORK_SIDE**2:
         return NO_MATCH
     return count, model, matched
 
