@@ -330,15 +330,18 @@ class Verifier:
         `colour_features` or None, is tried where the first verifies nothing): (inliers, training id) of its
         best-verified candidate among `candidates` (ids per query) and the training images its descriptors vote
         for, but none of `exclude` (ids per query); (0, -1) when none verifies. Where the index keeps thumbnails
-        and the query its grey copy, a candidate whose aligned image agrees less than AGREEMENT counts as 0."""
+        and the query its grey copy, a candidate whose aligned image agrees less than AGREEMENT counts as 0, and a
+        blend of two training images in register (`registered`) counts VERIFY_CAP where nothing verifies with as many
+        inliers."""
         out = []
         for found, ids, banned in zip(keypoints, candidates, exclude or [()] * len(keypoints)):
             pixels = found[2] if len(found) > 2 else None
             best = self.verified(found[0], found[1], pixels, ids, banned)
             if best[1] < 0 and len(found) > 3 and found[3] is not None:
                 best = self.verified(*found[3], ids, banned)
-            if best[1] < 0 and pixels is not None and self.local.thumbs is not None:
-                best = self.registered(pixels, set(banned))
+            if best[0] < VERIFY_CAP and pixels is not None and self.local.thumbs is not None:
+                # a blend in register may be verified by too few inliers where its pair explains it
+                best = max(best, self.registered(pixels, set(banned)))
             out.append(best)
         return out
 
