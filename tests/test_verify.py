@@ -463,6 +463,18 @@ def test_an_unmoved_blend_is_explained_in_register_without_keypoints(verifier):
     assert Verifier(local).registered(query_features(look_alike)[2], set()) == (0, -1)
 
 
+def test_a_blend_verified_by_too_few_inliers_is_still_explained_in_register(verifier, monkeypatch):
+    check, images = verifier
+    found = query_features(Image.blend(images[5], images[0], 0.6))
+    monkeypatch.setattr(Verifier, "verified", lambda self, *args: (10, 0))  # e.g. its fine detail, 10 inliers
+    assert check.score([found], [[]]) == [
+        (VERIFY_CAP, 0)
+    ]  # the pair in register counts as many as any threshold
+    monkeypatch.setattr(Verifier, "verified", lambda self, *args: (VERIFY_CAP + 5, 0))
+    monkeypatch.setattr(Verifier, "registered", lambda self, *args: pytest.fail("scanned a verified copy"))
+    assert check.score([found], [[]]) == [(VERIFY_CAP + 5, 0)]
+
+
 def test_a_look_alike_with_any_partner_is_not_explained_as_a_blend(verifier):
     _, images = verifier
     query, train = (
