@@ -500,7 +500,7 @@ def probe3_transforms() -> dict:
         "paste_scaled": lambda im, rng, other, reals: _paste(im, rng, other, reals[0], scale=(0.7, 1.3)),
         "paste_rotated": _paste_rotated,
         "zoom_out": _zoom_out,
-        "crop_small": _crop_small,
+        "crop_small": lambda im, rng, other, reals: _crop_any(im, rng, other, reals, areas=(0.35, 0.5)),
         "rotate_zoom": _rotate_zoom,
         "watermark": _watermark,
     }
@@ -879,12 +879,12 @@ def _squeeze_pad(im, rng, other, real):
     return canvas
 
 
-def _crop_any(im, rng, other, real):
-    """A box of 50-90% of the area, aspect 3:4 to 4:3, anywhere, resized back to the image size."""
+def _crop_any(im, rng, other, real, areas: tuple = (0.5, 0.9)):
+    """A box of 50-90% of the area (`areas`), aspect 3:4 to 4:3, anywhere, resized back to the image size."""
     from PIL import Image
 
     w, h = im.size
-    area, aspect = rng.uniform(0.5, 0.9), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+    area, aspect = rng.uniform(*areas), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
     cw, ch = min(w, np.sqrt(area * w * h * aspect)), min(h, np.sqrt(area * w * h / aspect))
     x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
     return im.crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.BICUBIC)
@@ -989,17 +989,6 @@ def _rotate_zoom(im, rng, other, reals):
     out = out.resize((round(out.size[0] * factor), round(out.size[1] * factor)), 3)
     cx, cy = out.size[0] / 2 + rng.uniform(-0.1, 0.1) * w, out.size[1] / 2 + rng.uniform(-0.1, 0.1) * h
     return out.crop((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)).resize((w, h))
-
-
-def _crop_small(im, rng, other, reals):
-    """A box of 35-50% of the area (aspect 3:4 to 4:3), anywhere, resized back to the image size."""
-    from PIL import Image
-
-    w, h = im.size
-    area, aspect = rng.uniform(0.35, 0.5), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
-    cw, ch = min(w, np.sqrt(area * w * h * aspect)), min(h, np.sqrt(area * w * h / aspect))
-    x, y = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
-    return im.crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.BICUBIC)
 
 
 def _watermark(im, rng, other, reals):

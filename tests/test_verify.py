@@ -291,17 +291,24 @@ def test_an_elastic_copy_is_verified_under_a_smooth_displacement(verifier, sourc
     assert check.score([found], [[]]) == [(0, -1)]  # no affine map or homography lays it on its source
 
 
-@LOOK_ALIKE_PAIRS
-def test_a_displacement_does_not_lay_a_look_alike_on_the_query(pair):
-    from medisyn_cli.screening.verify import FLOW_AGREEMENT, _deformed, _upsampled, aligned
+def aligned_look_alike(pair: tuple) -> tuple:
+    """(query pixels, training image at WORK_SIDE, the refined affine model, the inliers' grown hull) of a look-alike
+    pair, as `Verifier.best` compares them."""
+    from medisyn_cli.screening.verify import _upsampled
 
     query, train = (Image.open(LOOKALIKES / f"{name}.png") for name in pair)
     local = LocalFeatures.from_images([train])
     points, descriptors, pixels = query_features(query)
     _, model, matched = Verifier(local).match(points, descriptor_variants(root(descriptors)), 0)
     refined = aligned(pixels, local.thumbs[0], model, matched)[1]
-    hull = _hull(matched, grow=9)
-    assert _deformed(pixels, _upsampled(local.thumbs[0]), refined, hull) < FLOW_AGREEMENT - 0.04
+    return pixels, _upsampled(local.thumbs[0]), refined, _hull(matched, grow=9)
+
+
+@LOOK_ALIKE_PAIRS
+def test_a_displacement_does_not_lay_a_look_alike_on_the_query(pair):
+    from medisyn_cli.screening.verify import FLOW_AGREEMENT, _deformed
+
+    assert _deformed(*aligned_look_alike(pair)) < FLOW_AGREEMENT - 0.04
 
 
 @pytest.mark.parametrize("colours, source", [("JET", 9), ("TURBO", 7), ("TURBO", 9)])
@@ -518,16 +525,9 @@ def test_a_blend_with_an_image_the_index_does_not_hold_is_verified_by_its_fine_d
 
 @LOOK_ALIKE_PAIRS
 def test_a_look_alikes_fine_detail_neither_correlates_nor_keeps_one_gain(pair):
-    from medisyn_cli.screening.verify import DETAIL_AGREEMENT, _detail_agreement, _upsampled
+    from medisyn_cli.screening.verify import DETAIL_AGREEMENT, _detail_agreement
 
-    query, train = (Image.open(LOOKALIKES / f"{name}.png") for name in pair)
-    local = LocalFeatures.from_images([train])
-    points, descriptors, pixels = query_features(query)
-    _, model, matched = Verifier(local).match(points, descriptor_variants(root(descriptors)), 0)
-    refined = aligned(pixels, local.thumbs[0], model, matched)[1]
-    assert _detail_agreement(pixels, _upsampled(local.thumbs[0]), refined, _hull(matched, grow=9)) < (
-        DETAIL_AGREEMENT - 0.15
-    )
+    assert _detail_agreement(*aligned_look_alike(pair)) < DETAIL_AGREEMENT - 0.15
 
 
 def test_a_region_pasted_smaller_is_verified_by_the_share_of_the_training_image_it_covers(verifier):
