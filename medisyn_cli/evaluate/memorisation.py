@@ -127,7 +127,7 @@ MAX_IMAGES = 1 << 20  # the largest synthetic sample the power search tries
 MIN_GROUPS = 20  # the design effect is estimated from at least this many groups with hits (else 1)
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 # held-out images below which the simulation's targets did not all hold (benchmarks/results/privacy_verdict/
-# isic2017_dermoscopy_v6: with 50, 6.4% false alarms at 500 synthetic images, 5% copies at 100 flagged in 94.7%)
+# isic2017_dermoscopy_v7: with 50, 7.0% false alarms at 500 synthetic images, 5% copies at 100 flagged in 94.9%)
 SMALL_HELDOUT = 200
 ROC_POINTS = 101
 
@@ -523,7 +523,7 @@ def heldout_size_warning(heldout_images: int) -> str | None:
         f"--heldout: {heldout_images} images; below {SMALL_HELDOUT} the near-copy reference is mostly the training "
         f"set's own duplicates, and in simulation on dermoscopy with 50 held-out images the verdict's targets did not "
         f"all hold (<= 5% false alarms, >= 95% of sets with 5% copies flagged from 100 images; "
-        f"benchmarks/results/privacy_verdict/isic2017_dermoscopy_v6): hold out {SMALL_HELDOUT} or more images"
+        f"benchmarks/results/privacy_verdict/isic2017_dermoscopy_v7): hold out {SMALL_HELDOUT} or more images"
     )
 
 
