@@ -574,7 +574,7 @@ def _cutout(im, rng, other, reals):
         aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
         rw = int(np.clip(round(np.sqrt(share * w * h * aspect)), 1, w))
         rh = int(np.clip(round(share * w * h / rw), 1, h))
-        x, y = int(rng.integers(0, w - rw + 1)), int(rng.integers(0, h - rh + 1))
+        x, y = _anywhere(rng, (w, h), (rw, rh))
         patch = a[y : y + rh, x : x + rw]
         flat = np.array(_fill(rng, 1 if a.ndim == 2 else 3), np.float64)
         patch[...] = rng.uniform(0, 255, patch.shape) if rng.random() < 0.3 else flat
@@ -811,6 +811,11 @@ def _solarize(im, rng, other, reals):
     )
 
 
+def _anywhere(rng, size: tuple, part: tuple) -> tuple[int, int]:
+    """(x, y) of a `part` (width, height) placed anywhere inside `size`, drawn uniformly (x first)."""
+    return int(rng.integers(0, size[0] - part[0] + 1)), int(rng.integers(0, size[1] - part[1] + 1))
+
+
 def _array(im) -> np.ndarray:
     return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
 
@@ -875,7 +880,7 @@ def _squeeze_pad(im, rng, other, real):
     size = (round(w * scale), h) if rng.random() < 0.5 else (w, round(h * scale))
     small = im.resize(size, Image.Resampling.BICUBIC)
     canvas = Image.new(im.mode, (w, h), _colour(rng, im.mode))
-    canvas.paste(small, (int(rng.integers(0, w - size[0] + 1)), int(rng.integers(0, h - size[1] + 1))))
+    canvas.paste(small, _anywhere(rng, (w, h), size))
     return canvas
 
 
@@ -936,7 +941,7 @@ def _paste(im, rng, other, real, scale: tuple | None = None):
     w, h = im.size
     area, aspect = rng.uniform(1 / 3, 1 / 2), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
     cw, ch = min(w, round(np.sqrt(area * w * h * aspect))), min(h, round(np.sqrt(area * w * h / aspect)))
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    x, y = _anywhere(rng, (w, h), (cw, ch))
     region = im.crop((x, y, x + cw, y + ch))
     if scale is not None:
         factor = rng.uniform(*scale)
@@ -944,8 +949,7 @@ def _paste(im, rng, other, real, scale: tuple | None = None):
             (min(w, round(cw * factor)), min(h, round(ch * factor))), Image.Resampling.BICUBIC
         )
     out = real.convert(im.mode).resize((w, h))
-    rw, rh = region.size
-    out.paste(region, (int(rng.integers(0, w - rw + 1)), int(rng.integers(0, h - rh + 1))))
+    out.paste(region, _anywhere(rng, (w, h), region.size))
     return out
 
 
@@ -956,13 +960,12 @@ def _paste_rotated(im, rng, other, reals):
 
     w, h = im.size
     side = int(round(np.sqrt(rng.uniform(1 / 3, 1 / 2)) * min(w, h)))
-    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    x, y = _anywhere(rng, (w, h), (side, side))
     region = im.crop((x, y, x + side, y + side)).convert("RGBA")
     region = region.rotate(rng.uniform(0, 360), resample=Image.Resampling.BICUBIC, expand=True)
     region = region.resize((min(w, region.size[0]), min(h, region.size[1])), Image.Resampling.BICUBIC)
     out = reals[0].convert(im.mode).resize((w, h)).convert("RGBA")
-    rw, rh = region.size
-    out.alpha_composite(region, (int(rng.integers(0, w - rw + 1)), int(rng.integers(0, h - rh + 1))))
+    out.alpha_composite(region, _anywhere(rng, (w, h), region.size))
     return out.convert(im.mode)
 
 
@@ -974,9 +977,7 @@ def _zoom_out(im, rng, other, reals):
     factor = rng.uniform(0.6, 0.85)
     small = im.resize((round(w * factor), round(h * factor)), Image.Resampling.LANCZOS)
     out = reals[0].convert(im.mode).resize((w, h))
-    out.paste(
-        small, (int(rng.integers(0, w - small.size[0] + 1)), int(rng.integers(0, h - small.size[1] + 1)))
-    )
+    out.paste(small, _anywhere(rng, (w, h), small.size))
     return out
 
 

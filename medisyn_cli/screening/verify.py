@@ -615,8 +615,9 @@ def _deformed(
         x_map, y_map = columns + flow[..., 0], rows + flow[..., 1]
         moved = cv2.remap(warped, x_map, y_map, cv2.INTER_LINEAR)
         kept = cv2.remap(inside, x_map, y_map, cv2.INTER_NEAREST)
-    detail = lambda image: image - cv2.GaussianBlur(image, (0, 0), FLOW_DETAIL)  # noqa: E731
-    blocks = _block_shares(detail(query.astype(np.float32)), [detail(moved)], hull & kept, noise)
+    blocks = _block_shares(
+        _fine(query.astype(np.float32), FLOW_DETAIL), [_fine(moved, FLOW_DETAIL)], hull & kept, noise
+    )
     return float(np.percentile(blocks, 25)) if len(blocks) else 0.0
 
 
@@ -627,14 +628,12 @@ def _detail_agreement(query: np.ndarray, train: np.ndarray, model: np.ndarray, h
     smaller of the median correlation (signed by the median gain: an inversion) and the share of blocks whose gain lies
     within DETAIL_SLOPE of the median. A look-alike's outlines correlate, its texture does not, and its gains scatter;
     0 where fewer than 4 blocks have detail."""
-    import cv2
-
     warped, inside = _warped(train, model)
-    detail = [
-        image - cv2.GaussianBlur(image, (0, 0), DETAIL_BLUR) for image in (query.astype(np.float32), warped)
-    ]
     full = _tiles(hull & inside).min(axis=1) > 0
-    q, x = (_tiles(image)[full].astype(np.float64) for image in detail)
+    q, x = (
+        _tiles(_fine(image, DETAIL_BLUR))[full].astype(np.float64)
+        for image in (query.astype(np.float32), warped)
+    )
     q, x = q - q.mean(axis=1, keepdims=True), x - x.mean(axis=1, keepdims=True)
     textured = (q.std(axis=1) > 2) & (x.std(axis=1) > 2)
     if textured.sum() < 4:
@@ -646,6 +645,13 @@ def _detail_agreement(query: np.ndarray, train: np.ndarray, model: np.ndarray, h
     correlation = float(np.median(product / np.sqrt(qq * xx))) * (1.0 if gain >= 0 else -1.0)
     consistent = float(np.mean(np.abs(gains - gain) <= DETAIL_SLOPE * abs(gain)))
     return min(correlation, consistent)
+
+
+def _fine(image: np.ndarray, sigma: float) -> np.ndarray:
+    """The image's fine detail: itself less its Gaussian blur of `sigma` pixels (float32)."""
+    import cv2
+
+    return image - cv2.GaussianBlur(image, (0, 0), sigma)
 
 
 def _noise(image: np.ndarray) -> float:
